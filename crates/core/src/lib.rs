@@ -1,0 +1,17 @@
+//! corral's pure core: resources, pools, tenants, pipelines, their envelopes,
+//! the rules that move a run forward and the resource controller.
+//!
+//! Nothing here does I/O or reads the clock: time comes in as a [`clock::Timestamp`].
+
+pub mod clock;
+pub mod controller;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+pub mod manifest;
+pub mod pipeline;
+pub mod pool;
+pub mod request;
+pub mod resources;
+pub mod run;
+pub mod tenant;

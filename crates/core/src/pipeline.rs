@@ -1,0 +1,384 @@
+//! Pipelines: DAGs of shell steps that say what they need before they run.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{FieldError, check_name};
+use crate::manifest::from_value;
+use crate::resources::{ResourceSpec, Resources};
+
+/// What a step gets when its spec leaves `resources` (or one of its fields) out.
+pub const DEFAULT_STEP_RESOURCES: Resources = Resources::new(500, 256, 0);
+
+/// A pipeline as submitted (kind `Pipeline`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub name: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i32,
+    pub steps: Vec<StepSpec>,
+}
+
+fn default_tenant() -> String {
+    "default".to_string()
+}
+
+/// One shell step of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    /// Run as `sh -c`.
+    pub run: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    #[serde(default)]
+    pub resources: ResourceSpec,
+    /// The pool to run on, by name; any pool when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Seconds, or a duration such as `90s`, `10m`, `1h30m`.
+    #[serde(
+        default,
+        with = "duration_secs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<u64>,
+    /// How many times a failed attempt is re-run.
+    #[serde(default)]
+    pub retries: u32,
+}
+
+impl StepSpec {
+    pub fn resources(&self) -> Resources {
+        self.resources.or(DEFAULT_STEP_RESOURCES)
+    }
+}
+
+/// Parses `90`, `90s`, `10m`, `1h30m` into seconds.
+pub fn parse_duration_secs(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(secs);
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return None,
+        };
+        let n: u64 = number.parse().ok()?;
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return None;
+    }
+    Some(total)
+}
+
+mod duration_secs {
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::ser::Serializer;
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(secs) => s.serialize_str(&format!("{secs}s")),
+            None => s.serialize_none(),
+        }
+    }
+
+    struct DurationVisitor;
+
+    impl Visitor<'_> for DurationVisitor {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as 90, 90s, 10m or 1h30m")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<u64>, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<u64>, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("{v} is not a duration (examples: 90s, 10m)")))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<u64>, E> {
+            super::parse_duration_secs(v).map(Some).ok_or_else(|| {
+                E::custom(format!(
+                    "{v:?} is not a duration (examples: 90s, 10m, 1h30m)"
+                ))
+            })
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_any(DurationVisitor)
+    }
+}
+
+/// A validated pipeline: the spec with its `needs` resolved to step indices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub spec: PipelineSpec,
+    /// `needs[i]` lists the indices of the steps step `i` waits for.
+    pub needs: Vec<Vec<usize>>,
+}
+
+impl PipelineSpec {
+    /// Parses a pipeline document (without its `kind`) and validates it.
+    pub fn parse(value: Value) -> Result<PipelineSpec, FieldError> {
+        let spec: PipelineSpec = from_value(value, "")?;
+        spec.clone().compile()?;
+        Ok(spec)
+    }
+
+    /// Validates the spec and resolves its DAG.
+    pub fn compile(self) -> Result<Pipeline, FieldError> {
+        check_name("name", &self.name)?;
+        check_name("tenant", &self.tenant)?;
+        if self.steps.is_empty() {
+            return Err(FieldError::new(
+                "steps",
+                "a pipeline needs at least one step",
+            ));
+        }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            check_name(&format!("steps[{i}].name"), &step.name)?;
+            if let Some(first) = index.insert(step.name.as_str(), i) {
+                return Err(FieldError::new(
+                    format!("steps[{i}].name"),
+                    format!("duplicate step name {:?} (also steps[{first}])", step.name),
+                ));
+            }
+            if step.run.trim().is_empty() {
+                return Err(FieldError::new(
+                    format!("steps[{i}].run"),
+                    "must not be empty",
+                ));
+            }
+            let r = step.resources();
+            if r.cpu_millis == 0 {
+                return Err(FieldError::new(
+                    format!("steps[{i}].resources.cpu"),
+                    "must be greater than zero",
+                ));
+            }
+            if r.memory_mib == 0 {
+                return Err(FieldError::new(
+                    format!("steps[{i}].resources.memory"),
+                    "must be greater than zero",
+                ));
+            }
+            if let Some(pool) = &step.pool {
+                check_name(&format!("steps[{i}].pool"), pool)?;
+            }
+            for key in step.env.keys() {
+                let valid = key
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(FieldError::new(
+                        format!("steps[{i}].env.{key}"),
+                        "is not a valid environment variable name",
+                    ));
+                }
+            }
+            if step.timeout == Some(0) {
+                return Err(FieldError::new(
+                    format!("steps[{i}].timeout"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        let mut needs = Vec::with_capacity(self.steps.len());
+        for (i, step) in self.steps.iter().enumerate() {
+            let mut deps = Vec::with_capacity(step.needs.len());
+            for (j, need) in step.needs.iter().enumerate() {
+                match index.get(need.as_str()) {
+                    Some(&d) if d == i => {
+                        return Err(FieldError::new(
+                            format!("steps[{i}].needs[{j}]"),
+                            format!("step {:?} cannot need itself", step.name),
+                        ));
+                    }
+                    Some(&d) => deps.push(d),
+                    None => {
+                        return Err(FieldError::new(
+                            format!("steps[{i}].needs[{j}]"),
+                            format!("unknown step {need:?}"),
+                        ));
+                    }
+                }
+            }
+            deps.sort_unstable();
+            deps.dedup();
+            needs.push(deps);
+        }
+        if let Some(cycle) = find_cycle(&needs) {
+            let names: Vec<&str> = cycle.iter().map(|&i| self.steps[i].name.as_str()).collect();
+            return Err(FieldError::new(
+                "steps",
+                format!("the needs form a cycle: {}", names.join(" -> ")),
+            ));
+        }
+        Ok(Pipeline { spec: self, needs })
+    }
+}
+
+/// Returns one cycle (first node repeated at the end) if the graph has any.
+fn find_cycle(needs: &[Vec<usize>]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let mut mark = vec![Mark::New; needs.len()];
+    for root in 0..needs.len() {
+        if mark[root] != Mark::New {
+            continue;
+        }
+        // Iterative DFS; `path` holds the open nodes with their next edge.
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = Mark::Open;
+        while let Some(&mut (node, ref mut edge)) = path.last_mut() {
+            if let Some(&next) = needs[node].get(*edge) {
+                *edge += 1;
+                match mark[next] {
+                    Mark::New => {
+                        mark[next] = Mark::Open;
+                        path.push((next, 0));
+                    }
+                    Mark::Open => {
+                        let start = path.iter().position(|&(n, _)| n == next).unwrap_or(0);
+                        // Edges point from a step to what it needs; report in run order.
+                        let mut cycle: Vec<usize> = path[start..].iter().map(|&(n, _)| n).collect();
+                        cycle.reverse();
+                        cycle.push(cycle[0]);
+                        return Some(cycle);
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                mark[node] = Mark::Done;
+                path.pop();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Pipeline, FieldError> {
+        PipelineSpec::parse(v.clone())?;
+        from_value::<PipelineSpec>(v, "")?.compile()
+    }
+
+    #[test]
+    fn resolves_needs() {
+        let p = parse(json!({"name": "p", "steps": [
+            {"name": "a", "run": "true"},
+            {"name": "b", "run": "true", "needs": ["a"]}
+        ]}))
+        .expect("valid");
+        assert_eq!(p.needs, vec![vec![], vec![0]]);
+        assert_eq!(p.spec.tenant, "default");
+        assert_eq!(p.spec.steps[0].resources(), DEFAULT_STEP_RESOURCES);
+    }
+
+    #[test]
+    fn names_the_cycle() {
+        let err = parse(json!({"name": "p", "steps": [
+            {"name": "a", "run": "true", "needs": ["c"]},
+            {"name": "b", "run": "true", "needs": ["a"]},
+            {"name": "c", "run": "true", "needs": ["b"]}
+        ]}))
+        .expect_err("cycle");
+        assert_eq!(err.path, "steps");
+        assert!(err.message.contains("cycle"), "{err}");
+        for name in ["a", "b", "c"] {
+            assert!(err.message.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_steps_with_paths() {
+        let cases = [
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x"}, {"name": "a", "run": "y"}]}),
+                "steps[1].name",
+            ),
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x", "needs": ["zz"]}]}),
+                "steps[0].needs[0]",
+            ),
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x", "resources": {"cpu": "2x"}}]}),
+                "steps[0].resources.cpu",
+            ),
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x", "resources": {"cpu": 0}}]}),
+                "steps[0].resources.cpu",
+            ),
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x", "resources": {"cpu": -1}}]}),
+                "steps[0].resources.cpu",
+            ),
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x", "resources": {"memory": "0Mi"}}]}),
+                "steps[0].resources.memory",
+            ),
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x", "colour": "red"}]}),
+                "steps[0].colour",
+            ),
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x", "timeout": "soon"}]}),
+                "steps[0].timeout",
+            ),
+            (json!({"name": "p", "steps": []}), "steps"),
+        ];
+        for (doc, path) in cases {
+            let err = parse(doc.clone()).expect_err("invalid");
+            assert_eq!(err.path, path, "{doc}: {err}");
+        }
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration_secs("90"), Some(90));
+        assert_eq!(parse_duration_secs("90s"), Some(90));
+        assert_eq!(parse_duration_secs("1h30m"), Some(5400));
+        assert_eq!(parse_duration_secs("10x"), None);
+        assert_eq!(parse_duration_secs("m"), None);
+    }
+}

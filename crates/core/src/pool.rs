@@ -1,0 +1,175 @@
+//! Pools: named capacity for workers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{FieldError, check_name};
+use crate::manifest::from_value;
+use crate::resources::{ResourceSpec, Resources};
+
+/// Who creates the workers of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Agent processes spawned on the server's host.
+    #[default]
+    Local,
+    /// Agents started by operators that register into the pool.
+    Static,
+    /// Ephemeral pods.
+    Kubernetes,
+}
+
+/// Whether a pool takes new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolState {
+    #[default]
+    Active,
+    Draining,
+    Disabled,
+}
+
+impl PoolState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolState::Active => "active",
+            PoolState::Draining => "draining",
+            PoolState::Disabled => "disabled",
+        }
+    }
+}
+
+/// Price per resource-hour, in the operator's currency.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub cpu_hour: f64,
+    #[serde(default)]
+    pub memory_gib_hour: f64,
+    #[serde(default)]
+    pub gpu_hour: f64,
+}
+
+/// A pool as written by an operator (kind `Pool`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    pub name: String,
+    #[serde(default)]
+    pub provider: Provider,
+    pub capacity: ResourceSpec,
+    #[serde(default = "default_max_workers")]
+    pub max_workers: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub price: Price,
+    #[serde(default)]
+    pub state: PoolState,
+}
+
+fn default_max_workers() -> u32 {
+    16
+}
+
+impl PoolSpec {
+    /// Parses and validates a pool document (without its `kind`).
+    pub fn parse(value: Value) -> Result<PoolSpec, FieldError> {
+        let spec: PoolSpec = from_value(value, "")?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_name("name", &self.name)?;
+        if self.provider != Provider::Local {
+            let name = match self.provider {
+                Provider::Static => "static",
+                _ => "kubernetes",
+            };
+            return Err(FieldError::new(
+                "provider",
+                format!("provider {name} is not available yet (supported: local)"),
+            ));
+        }
+        if self.capacity.cpu.unwrap_or(0) == 0 {
+            return Err(FieldError::new("capacity.cpu", "must be greater than zero"));
+        }
+        if self.capacity.memory.unwrap_or(0) == 0 {
+            return Err(FieldError::new(
+                "capacity.memory",
+                "must be greater than zero",
+            ));
+        }
+        if self.max_workers == 0 {
+            return Err(FieldError::new("max_workers", "must be at least 1"));
+        }
+        for (key, value) in &self.labels {
+            check_name(&format!("labels.{key}"), key)?;
+            if value.len() > 63 {
+                return Err(FieldError::new(
+                    format!("labels.{key}"),
+                    "value is longer than 63 characters",
+                ));
+            }
+        }
+        for (field, v) in [
+            ("price.cpu_hour", self.price.cpu_hour),
+            ("price.memory_gib_hour", self.price.memory_gib_hour),
+            ("price.gpu_hour", self.price.gpu_hour),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(FieldError::new(
+                    field,
+                    format!("{v} is not a price (a number zero or more)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn capacity(&self) -> Resources {
+        self.capacity.or(Resources::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_the_design_example() {
+        let spec = PoolSpec::parse(json!({
+            "name": "linux-small", "provider": "local",
+            "capacity": {"cpu": 8, "memory": "16Gi"}, "max_workers": 8,
+            "labels": {"os": "linux"},
+            "price": {"cpu_hour": 0.04, "memory_gib_hour": 0.005}
+        }))
+        .expect("valid pool");
+        assert_eq!(spec.capacity(), Resources::new(8000, 16384, 0));
+        assert_eq!(spec.state, PoolState::Active);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": "8x", "memory": "1Gi"}}))
+            .expect_err("bad cpu");
+        assert_eq!(err.path, "capacity.cpu");
+        let err = PoolSpec::parse(
+            json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "colour": 1}),
+        )
+        .expect_err("unknown field");
+        assert!(err.message.contains("colour"), "{err}");
+        let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 0, "memory": "1Gi"}}))
+            .expect_err("zero cpu");
+        assert_eq!(err.path, "capacity.cpu");
+        let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"cpu_hour": -1}}))
+            .expect_err("negative price");
+        assert_eq!(err.path, "price.cpu_hour");
+    }
+}

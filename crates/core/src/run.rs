@@ -1,0 +1,244 @@
+//! The life of a run and its steps: states, and the pure rules that move a run
+//! forward when an attempt ends.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($variant),* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    other => Err(format!(
+                        "unknown {} {other:?} (expected one of: {})",
+                        stringify!($name),
+                        [$($text),*].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The state of a run.
+    RunState {
+        Queued => "queued",
+        Admitted => "admitted",
+        Provisioning => "provisioning",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        Rejected => "rejected",
+    }
+);
+
+string_enum!(
+    /// The state of a step.
+    StepState {
+        Pending => "pending",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Skipped => "skipped",
+        Cancelled => "cancelled",
+    }
+);
+
+string_enum!(
+    /// The state of one attempt at a step.
+    AttemptState {
+        Assigned => "assigned",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        TimedOut => "timedout",
+        Lost => "lost",
+        Cancelled => "cancelled",
+    }
+);
+
+impl RunState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Rejected
+        )
+    }
+
+    /// Holds allocations: admitted and not yet ended.
+    pub fn holds_resources(self) -> bool {
+        matches!(
+            self,
+            RunState::Admitted | RunState::Provisioning | RunState::Running
+        )
+    }
+}
+
+impl StepState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, StepState::Pending | StepState::Running)
+    }
+}
+
+impl AttemptState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, AttemptState::Assigned | AttemptState::Running)
+    }
+}
+
+/// What the progress rules need to know of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepProgress {
+    pub state: StepState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub retries: u32,
+    pub needs: Vec<usize>,
+}
+
+/// The state a step takes when an attempt ends: a failed attempt goes back to
+/// pending while retries remain.
+pub fn after_attempt(step: &StepProgress, outcome: AttemptState) -> StepState {
+    match outcome {
+        AttemptState::Succeeded => StepState::Succeeded,
+        AttemptState::Cancelled => StepState::Cancelled,
+        _ if step.attempts <= step.retries => StepState::Pending,
+        _ => StepState::Failed,
+    }
+}
+
+/// Marks as skipped every pending step that can no longer run because something it
+/// needs did not succeed (transitively). Returns the indices it changed.
+pub fn skip_unreachable(steps: &mut [StepProgress]) -> Vec<usize> {
+    let mut changed = Vec::new();
+    loop {
+        let next = (0..steps.len()).find(|&i| {
+            steps[i].state == StepState::Pending
+                && steps[i].needs.iter().any(|&d| {
+                    matches!(
+                        steps[d].state,
+                        StepState::Failed | StepState::Skipped | StepState::Cancelled
+                    )
+                })
+        });
+        match next {
+            Some(i) => {
+                steps[i].state = StepState::Skipped;
+                changed.push(i);
+            }
+            None => return changed,
+        }
+    }
+}
+
+/// Pending steps whose needs have all succeeded.
+pub fn ready_steps(steps: &[StepProgress]) -> Vec<usize> {
+    (0..steps.len())
+        .filter(|&i| {
+            steps[i].state == StepState::Pending
+                && steps[i]
+                    .needs
+                    .iter()
+                    .all(|&d| steps[d].state == StepState::Succeeded)
+        })
+        .collect()
+}
+
+/// The run's final state once every step is terminal, else `None`.
+pub fn outcome(steps: &[StepProgress]) -> Option<RunState> {
+    if !steps.iter().all(|s| s.state.is_terminal()) {
+        return None;
+    }
+    if steps.iter().all(|s| s.state == StepState::Succeeded) {
+        Some(RunState::Succeeded)
+    } else if steps.iter().any(|s| s.state == StepState::Cancelled) {
+        Some(RunState::Cancelled)
+    } else {
+        Some(RunState::Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(state: StepState, needs: &[usize]) -> StepProgress {
+        StepProgress {
+            state,
+            attempts: 0,
+            retries: 0,
+            needs: needs.to_vec(),
+        }
+    }
+
+    #[test]
+    fn failure_skips_dependents_transitively() {
+        let mut steps = vec![
+            step(StepState::Failed, &[]),
+            step(StepState::Pending, &[0]),
+            step(StepState::Pending, &[1]),
+            step(StepState::Succeeded, &[]),
+        ];
+        assert_eq!(skip_unreachable(&mut steps), vec![1, 2]);
+        assert_eq!(outcome(&steps), Some(RunState::Failed));
+    }
+
+    #[test]
+    fn ready_waits_for_all_needs() {
+        let steps = vec![
+            step(StepState::Succeeded, &[]),
+            step(StepState::Running, &[]),
+            step(StepState::Pending, &[0]),
+            step(StepState::Pending, &[0, 1]),
+        ];
+        assert_eq!(ready_steps(&steps), vec![2]);
+        assert_eq!(outcome(&steps), None);
+    }
+
+    #[test]
+    fn retries_return_to_pending_until_exhausted() {
+        let mut s = step(StepState::Running, &[]);
+        s.retries = 1;
+        s.attempts = 1;
+        assert_eq!(after_attempt(&s, AttemptState::Failed), StepState::Pending);
+        s.attempts = 2;
+        assert_eq!(after_attempt(&s, AttemptState::TimedOut), StepState::Failed);
+        assert_eq!(
+            after_attempt(&s, AttemptState::Succeeded),
+            StepState::Succeeded
+        );
+    }
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for s in RunState::ALL {
+            assert_eq!(s.as_str().parse::<RunState>(), Ok(*s));
+        }
+        assert!("bogus".parse::<RunState>().is_err());
+    }
+}

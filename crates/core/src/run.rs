@@ -82,6 +82,16 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// The state of a worker: ready to serve, lost (missed its heartbeats) or gone
+    /// (told to exit).
+    WorkerState {
+        Ready => "ready",
+        Lost => "lost",
+        Gone => "gone",
+    }
+);
+
 impl RunState {
     pub fn is_terminal(self) -> bool {
         matches!(

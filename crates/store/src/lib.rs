@@ -1,1 +1,53 @@
-//! placeholder
+//! corral's persistence: one [`Store`] trait and its SQL implementation over
+//! SQLite (the embedded default) and PostgreSQL, sharing one schema.
+//!
+//! The store knows records and transactions, nothing of HTTP or of scheduling.
+
+mod records;
+mod sql;
+pub mod testing;
+
+use async_trait::async_trait;
+use corral_core::ids::RunId;
+
+pub use records::*;
+pub use sql::{Backend, SqlStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored {what} cannot be decoded: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("value of {field} does not fit the database column: {value}")]
+    OutOfRange { field: &'static str, value: u64 },
+    #[error("unsupported database url {0:?} (expected sqlite://PATH or postgres://...)")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where corral keeps everything that must survive a crash.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Applies `writes` in one transaction: all of them or none.
+    async fn commit(&self, writes: &[Write]) -> Result<()>;
+
+    /// Loads everything unfinished: pools, tenants, runs not ended with their
+    /// steps and attempts, open allocations, ready workers, and the largest ids.
+    async fn load_live(&self) -> Result<Live>;
+
+    /// A run with its steps, attempts and allocations.
+    async fn run(&self, id: RunId) -> Result<Option<RunDetail>>;
+
+    /// Runs, newest first.
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+
+    /// The allocation history, open and closed, oldest first.
+    async fn allocations(&self, filter: &AllocationFilter) -> Result<Vec<AllocationRecord>>;
+
+    /// A run's log chunks (of one step, or all), ordered by step, attempt and offset.
+    async fn logs(&self, run: RunId, step: Option<u32>) -> Result<Vec<LogChunk>>;
+}

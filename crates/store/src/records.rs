@@ -1,0 +1,173 @@
+//! The records the store keeps, one per table row, and the writes that change them.
+
+use std::collections::BTreeMap;
+
+use corral_core::clock::Timestamp;
+use corral_core::controller::Reason;
+use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::pipeline::PipelineSpec;
+use corral_core::pool::PoolSpec;
+use corral_core::request::ResourceRequest;
+use corral_core::resources::Resources;
+use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
+use corral_core::tenant::TenantSpec;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolRecord {
+    pub spec: PoolSpec,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRecord {
+    pub spec: TenantSpec,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub pipeline: String,
+    pub tenant: String,
+    pub priority: i32,
+    pub state: RunState,
+    /// Why the run waits or was rejected.
+    pub reason: Option<Reason>,
+    pub spec: PipelineSpec,
+    pub request: ResourceRequest,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRecord {
+    pub run_id: RunId,
+    pub idx: u32,
+    pub name: String,
+    pub group: u32,
+    pub state: StepState,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub id: AttemptId,
+    pub run_id: RunId,
+    pub step_idx: u32,
+    /// 1 for the first attempt at the step.
+    pub number: u32,
+    pub worker_id: WorkerId,
+    pub state: AttemptState,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationRecord {
+    pub id: AllocationId,
+    pub run_id: RunId,
+    pub group: u32,
+    pub tenant: String,
+    pub pool: String,
+    pub resources: Resources,
+    /// The worker serving the allocation, once one is bound.
+    pub worker_id: Option<WorkerId>,
+    pub opened_at: Timestamp,
+    pub closed_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRecord {
+    pub id: WorkerId,
+    pub pool: String,
+    pub name: String,
+    pub capacity: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub state: WorkerState,
+    pub registered_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A piece of a step's output, at a byte offset of its attempt's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    pub attempt_id: AttemptId,
+    pub run_id: RunId,
+    pub step_idx: u32,
+    pub offset: u64,
+    pub data: String,
+}
+
+/// One change to the store. A list of writes is committed as one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    PutPool(PoolRecord),
+    DeletePool(String),
+    PutTenant(TenantRecord),
+    DeleteTenant(String),
+    PutRun(RunRecord),
+    PutStep(StepRecord),
+    PutAttempt(AttemptRecord),
+    PutAllocation(AllocationRecord),
+    PutWorker(WorkerRecord),
+    /// Idempotent: a chunk already stored at that offset is kept as it is.
+    AppendLog(LogChunk),
+}
+
+/// Everything that is not finished: what the server needs in memory to work.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Live {
+    pub pools: Vec<PoolRecord>,
+    pub tenants: Vec<TenantRecord>,
+    /// Runs not in a terminal state, by id.
+    pub runs: Vec<RunRecord>,
+    /// The steps of those runs.
+    pub steps: Vec<StepRecord>,
+    /// The attempts of those runs.
+    pub attempts: Vec<AttemptRecord>,
+    pub open_allocations: Vec<AllocationRecord>,
+    /// Workers in state ready.
+    pub workers: Vec<WorkerRecord>,
+    pub max_ids: MaxIds,
+}
+
+/// The largest id in use per table (0 when empty), so new ids follow them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaxIds {
+    pub run: i64,
+    pub attempt: i64,
+    pub allocation: i64,
+    pub worker: i64,
+}
+
+/// A run with everything that belongs to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunDetail {
+    pub run: RunRecord,
+    pub steps: Vec<StepRecord>,
+    pub attempts: Vec<AttemptRecord>,
+    pub allocations: Vec<AllocationRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub tenant: Option<String>,
+    pub state: Option<RunState>,
+    /// Newest first; at most this many.
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllocationFilter {
+    pub tenant: Option<String>,
+    pub pool: Option<String>,
+    pub run: Option<RunId>,
+    /// Oldest first; at most this many.
+    pub limit: u32,
+}

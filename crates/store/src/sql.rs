@@ -1,0 +1,666 @@
+//! The SQL store: one implementation over sqlx's `Any` driver, for SQLite and
+//! PostgreSQL. The SQL is portable (`$n` placeholders in order, `BIGINT` keys,
+//! `ON CONFLICT` upserts); each backend keeps its own migration history.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use corral_core::clock::Timestamp;
+use corral_core::controller::{Reason, ReasonCode};
+use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::resources::Resources;
+use corral_core::run::{RunState, WorkerState};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use crate::records::*;
+use crate::{Result, Store, StoreError};
+
+/// Which database sits behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The SQL implementation of [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl SqlStore {
+    /// Opens (creating if needed) the SQLite store `corral.db` in `data_dir`.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<SqlStore> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Corrupt {
+            what: "data directory",
+            detail: format!("{}: {e}", data_dir.display()),
+        })?;
+        let url = format!("sqlite://{}?mode=rwc", data_dir.join("corral.db").display());
+        SqlStore::connect(&url).await
+    }
+
+    /// Connects to `sqlite://PATH` or `postgres://...` and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let pool = match backend {
+            // SQLite has one writer; one connection keeps transactions from
+            // tripping over each other. WAL with synchronous=NORMAL is safe
+            // against a killed process (not against power loss of the last commit).
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = NORMAL",
+                                "PRAGMA busy_timeout = 5000",
+                            ] {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .connect(url)
+                    .await?
+            }
+        };
+        match backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(SqlStore { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize to JSON: plain data, string keys")
+}
+
+fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn parse_enum<T: FromStr<Err = String>>(what: &'static str, text: &str) -> Result<T> {
+    text.parse()
+        .map_err(|detail| StoreError::Corrupt { what, detail })
+}
+
+fn int(field: &'static str, value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
+}
+
+fn uint<T: TryFrom<i64>>(what: &'static str, value: i64) -> Result<T> {
+    T::try_from(value).map_err(|_| StoreError::Corrupt {
+        what,
+        detail: format!("{value} is out of range"),
+    })
+}
+
+fn ts(row: &AnyRow, col: &str) -> Result<Timestamp> {
+    Ok(Timestamp(row.try_get::<i64, _>(col)?))
+}
+
+fn opt_ts(row: &AnyRow, col: &str) -> Result<Option<Timestamp>> {
+    Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
+}
+
+fn resources(row: &AnyRow) -> Result<Resources> {
+    Ok(Resources::new(
+        uint("cpu_millis", row.try_get("cpu_millis")?)?,
+        uint("memory_mib", row.try_get("memory_mib")?)?,
+        uint("gpu", row.try_get("gpu")?)?,
+    ))
+}
+
+const RUN_COLUMNS: &str = "id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at";
+const ATTEMPT_COLUMNS: &str = "id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at";
+const ALLOCATION_COLUMNS: &str =
+    "id, run_id, grp, tenant, pool, cpu_millis, memory_mib, gpu, worker_id, opened_at, closed_at";
+
+fn run_from(row: &AnyRow) -> Result<RunRecord> {
+    let reason = match (
+        row.try_get::<Option<String>, _>("reason_code")?,
+        row.try_get::<Option<String>, _>("reason")?,
+    ) {
+        (Some(code), Some(message)) => Some(Reason {
+            code: from_json::<ReasonCode>("reason code", &format!("\"{code}\""))?,
+            message,
+        }),
+        _ => None,
+    };
+    Ok(RunRecord {
+        id: RunId(row.try_get("id")?),
+        pipeline: row.try_get("pipeline")?,
+        tenant: row.try_get("tenant")?,
+        priority: uint("priority", row.try_get("priority")?)?,
+        state: parse_enum("run state", &row.try_get::<String, _>("state")?)?,
+        reason,
+        spec: from_json("pipeline spec", &row.try_get::<String, _>("spec")?)?,
+        request: from_json("resource request", &row.try_get::<String, _>("request")?)?,
+        created_at: ts(row, "created_at")?,
+        updated_at: ts(row, "updated_at")?,
+        finished_at: opt_ts(row, "finished_at")?,
+    })
+}
+
+fn step_from(row: &AnyRow) -> Result<StepRecord> {
+    Ok(StepRecord {
+        run_id: RunId(row.try_get("run_id")?),
+        idx: uint("step index", row.try_get("idx")?)?,
+        name: row.try_get("name")?,
+        group: uint("step group", row.try_get("grp")?)?,
+        state: parse_enum("step state", &row.try_get::<String, _>("state")?)?,
+        attempts: uint("step attempts", row.try_get("attempts")?)?,
+    })
+}
+
+fn attempt_from(row: &AnyRow) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        id: AttemptId(row.try_get("id")?),
+        run_id: RunId(row.try_get("run_id")?),
+        step_idx: uint("step index", row.try_get("step_idx")?)?,
+        number: uint("attempt number", row.try_get("number")?)?,
+        worker_id: WorkerId(row.try_get("worker_id")?),
+        state: parse_enum("attempt state", &row.try_get::<String, _>("state")?)?,
+        exit_code: row
+            .try_get::<Option<i64>, _>("exit_code")?
+            .map(|c| uint("exit code", c))
+            .transpose()?,
+        error: row.try_get("error")?,
+        created_at: ts(row, "created_at")?,
+        started_at: opt_ts(row, "started_at")?,
+        finished_at: opt_ts(row, "finished_at")?,
+    })
+}
+
+fn allocation_from(row: &AnyRow) -> Result<AllocationRecord> {
+    Ok(AllocationRecord {
+        id: AllocationId(row.try_get("id")?),
+        run_id: RunId(row.try_get("run_id")?),
+        group: uint("allocation group", row.try_get("grp")?)?,
+        tenant: row.try_get("tenant")?,
+        pool: row.try_get("pool")?,
+        resources: resources(row)?,
+        worker_id: row.try_get::<Option<i64>, _>("worker_id")?.map(WorkerId),
+        opened_at: ts(row, "opened_at")?,
+        closed_at: opt_ts(row, "closed_at")?,
+    })
+}
+
+fn worker_from(row: &AnyRow) -> Result<WorkerRecord> {
+    Ok(WorkerRecord {
+        id: WorkerId(row.try_get("id")?),
+        pool: row.try_get("pool")?,
+        name: row.try_get("name")?,
+        capacity: resources(row)?,
+        labels: from_json("worker labels", &row.try_get::<String, _>("labels")?)?,
+        state: parse_enum::<WorkerState>("worker state", &row.try_get::<String, _>("state")?)?,
+        registered_at: ts(row, "registered_at")?,
+        updated_at: ts(row, "updated_at")?,
+    })
+}
+
+fn reason_code_text(code: ReasonCode) -> String {
+    to_json(&code).trim_matches('"').to_string()
+}
+
+async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
+    match write {
+        Write::PutPool(p) => {
+            sqlx::query(
+                "INSERT INTO pools (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            )
+            .bind(&p.spec.name)
+            .bind(to_json(&p.spec))
+            .bind(p.created_at.0)
+            .bind(p.updated_at.0)
+            .execute(conn)
+            .await?;
+        }
+        Write::DeletePool(name) => {
+            sqlx::query("DELETE FROM pools WHERE name = $1")
+                .bind(name)
+                .execute(conn)
+                .await?;
+        }
+        Write::PutTenant(t) => {
+            sqlx::query(
+                "INSERT INTO tenants (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            )
+            .bind(&t.spec.name)
+            .bind(to_json(&t.spec))
+            .bind(t.created_at.0)
+            .bind(t.updated_at.0)
+            .execute(conn)
+            .await?;
+        }
+        Write::DeleteTenant(name) => {
+            sqlx::query("DELETE FROM tenants WHERE name = $1")
+                .bind(name)
+                .execute(conn)
+                .await?;
+        }
+        Write::PutRun(r) => {
+            sqlx::query(
+                "INSERT INTO runs (id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason_code = excluded.reason_code, \
+                 reason = excluded.reason, updated_at = excluded.updated_at, finished_at = excluded.finished_at",
+            )
+            .bind(r.id.0)
+            .bind(&r.pipeline)
+            .bind(&r.tenant)
+            .bind(i64::from(r.priority))
+            .bind(r.state.as_str())
+            .bind(r.reason.as_ref().map(|x| reason_code_text(x.code)))
+            .bind(r.reason.as_ref().map(|x| x.message.clone()))
+            .bind(to_json(&r.spec))
+            .bind(to_json(&r.request))
+            .bind(r.created_at.0)
+            .bind(r.updated_at.0)
+            .bind(r.finished_at.map(|t| t.0))
+            .execute(conn)
+            .await?;
+        }
+        Write::PutStep(s) => {
+            sqlx::query(
+                "INSERT INTO steps (run_id, idx, name, grp, state, attempts) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (run_id, idx) DO UPDATE SET state = excluded.state, attempts = excluded.attempts",
+            )
+            .bind(s.run_id.0)
+            .bind(i64::from(s.idx))
+            .bind(&s.name)
+            .bind(i64::from(s.group))
+            .bind(s.state.as_str())
+            .bind(i64::from(s.attempts))
+            .execute(conn)
+            .await?;
+        }
+        Write::PutAttempt(a) => {
+            sqlx::query(
+                "INSERT INTO attempts (id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, exit_code = excluded.exit_code, \
+                 error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at",
+            )
+            .bind(a.id.0)
+            .bind(a.run_id.0)
+            .bind(i64::from(a.step_idx))
+            .bind(i64::from(a.number))
+            .bind(a.worker_id.0)
+            .bind(a.state.as_str())
+            .bind(a.exit_code.map(i64::from))
+            .bind(a.error.clone())
+            .bind(a.created_at.0)
+            .bind(a.started_at.map(|t| t.0))
+            .bind(a.finished_at.map(|t| t.0))
+            .execute(conn)
+            .await?;
+        }
+        Write::PutAllocation(a) => {
+            sqlx::query(
+                "INSERT INTO allocations (id, run_id, grp, tenant, pool, cpu_millis, memory_mib, gpu, worker_id, opened_at, closed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (id) DO UPDATE SET worker_id = excluded.worker_id, closed_at = excluded.closed_at",
+            )
+            .bind(a.id.0)
+            .bind(a.run_id.0)
+            .bind(i64::from(a.group))
+            .bind(&a.tenant)
+            .bind(&a.pool)
+            .bind(int("cpu_millis", a.resources.cpu_millis)?)
+            .bind(int("memory_mib", a.resources.memory_mib)?)
+            .bind(int("gpu", a.resources.gpu)?)
+            .bind(a.worker_id.map(|w| w.0))
+            .bind(a.opened_at.0)
+            .bind(a.closed_at.map(|t| t.0))
+            .execute(conn)
+            .await?;
+        }
+        Write::PutWorker(w) => {
+            sqlx::query(
+                "INSERT INTO workers (id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .bind(w.id.0)
+            .bind(&w.pool)
+            .bind(&w.name)
+            .bind(int("cpu_millis", w.capacity.cpu_millis)?)
+            .bind(int("memory_mib", w.capacity.memory_mib)?)
+            .bind(int("gpu", w.capacity.gpu)?)
+            .bind(to_json(&w.labels))
+            .bind(w.state.as_str())
+            .bind(w.registered_at.0)
+            .bind(w.updated_at.0)
+            .execute(conn)
+            .await?;
+        }
+        Write::AppendLog(c) => {
+            sqlx::query(
+                "INSERT INTO log_chunks (attempt_id, byte_offset, run_id, step_idx, data) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (attempt_id, byte_offset) DO NOTHING",
+            )
+            .bind(c.attempt_id.0)
+            .bind(int("log offset", c.offset)?)
+            .bind(c.run_id.0)
+            .bind(i64::from(c.step_idx))
+            .bind(&c.data)
+            .execute(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `IN (...)` over the ids of the live runs, inlined: they are integers we own.
+fn id_list(ids: &[RunId]) -> String {
+    ids.iter()
+        .map(|i| i.0.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn commit(&self, writes: &[Write]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for write in writes {
+            apply(&mut tx, write).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_live(&self) -> Result<Live> {
+        let mut conn = self.pool.acquire().await?;
+        let pools = sqlx::query("SELECT spec, created_at, updated_at FROM pools ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(PoolRecord {
+                    spec: from_json("pool spec", &row.try_get::<String, _>("spec")?)?,
+                    created_at: ts(row, "created_at")?,
+                    updated_at: ts(row, "updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tenants = sqlx::query("SELECT spec, created_at, updated_at FROM tenants ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(TenantRecord {
+                    spec: from_json("tenant spec", &row.try_get::<String, _>("spec")?)?,
+                    created_at: ts(row, "created_at")?,
+                    updated_at: ts(row, "updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let live_states = RunState::ALL
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let runs = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state IN ({live_states}) ORDER BY id"
+        )))
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(run_from)
+        .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<RunId> = runs.iter().map(|r| r.id).collect();
+        let (steps, attempts) = if ids.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let list = id_list(&ids);
+            let steps = sqlx::query(AssertSqlSafe(format!(
+                "SELECT run_id, idx, name, grp, state, attempts FROM steps WHERE run_id IN ({list}) ORDER BY run_id, idx"
+            )))
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(step_from)
+            .collect::<Result<Vec<_>>>()?;
+            let attempts = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id IN ({list}) ORDER BY id"
+            )))
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(attempt_from)
+            .collect::<Result<Vec<_>>>()?;
+            (steps, attempts)
+        };
+        let open_allocations = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE closed_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(allocation_from)
+        .collect::<Result<Vec<_>>>()?;
+        let workers = sqlx::query(
+            "SELECT id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at \
+             FROM workers WHERE state = $1 ORDER BY id",
+        )
+        .bind(WorkerState::Ready.as_str())
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(worker_from)
+        .collect::<Result<Vec<_>>>()?;
+        let max = |table: &'static str| format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}");
+        let mut max_ids = MaxIds::default();
+        for (table, slot) in [
+            ("runs", &mut max_ids.run),
+            ("attempts", &mut max_ids.attempt),
+            ("allocations", &mut max_ids.allocation),
+            ("workers", &mut max_ids.worker),
+        ] {
+            *slot = sqlx::query(AssertSqlSafe(max(table)))
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("m")?;
+        }
+        Ok(Live {
+            pools,
+            tenants,
+            runs,
+            steps,
+            attempts,
+            open_allocations,
+            workers,
+            max_ids,
+        })
+    }
+
+    async fn run(&self, id: RunId) -> Result<Option<RunDetail>> {
+        let mut conn = self.pool.acquire().await?;
+        let Some(row) = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+        )))
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let run = run_from(&row)?;
+        let steps = sqlx::query(
+            "SELECT run_id, idx, name, grp, state, attempts FROM steps WHERE run_id = $1 ORDER BY idx",
+        )
+        .bind(id.0)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(step_from)
+        .collect::<Result<Vec<_>>>()?;
+        let attempts = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY id"
+        )))
+        .bind(id.0)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(attempt_from)
+        .collect::<Result<Vec<_>>>()?;
+        let allocations = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE run_id = $1 ORDER BY id"
+        )))
+        .bind(id.0)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(allocation_from)
+        .collect::<Result<Vec<_>>>()?;
+        Ok(Some(RunDetail {
+            run,
+            steps,
+            attempts,
+            allocations,
+        }))
+    }
+
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if filter.tenant.is_some() {
+            sql.push_str(&format!(" AND tenant = ${}", next()));
+        }
+        if filter.state.is_some() {
+            sql.push_str(&format!(" AND state = ${}", next()));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(t) = &filter.tenant {
+            query = query.bind(t.clone());
+        }
+        if let Some(s) = filter.state {
+            query = query.bind(s.as_str());
+        }
+        query
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(run_from)
+            .collect()
+    }
+
+    async fn allocations(&self, filter: &AllocationFilter) -> Result<Vec<AllocationRecord>> {
+        let mut sql = format!("SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if filter.tenant.is_some() {
+            sql.push_str(&format!(" AND tenant = ${}", next()));
+        }
+        if filter.pool.is_some() {
+            sql.push_str(&format!(" AND pool = ${}", next()));
+        }
+        if filter.run.is_some() {
+            sql.push_str(&format!(" AND run_id = ${}", next()));
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", next()));
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        if let Some(t) = &filter.tenant {
+            query = query.bind(t.clone());
+        }
+        if let Some(p) = &filter.pool {
+            query = query.bind(p.clone());
+        }
+        if let Some(r) = filter.run {
+            query = query.bind(r.0);
+        }
+        query
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(allocation_from)
+            .collect()
+    }
+
+    async fn logs(&self, run: RunId, step: Option<u32>) -> Result<Vec<LogChunk>> {
+        let rows = match step {
+            Some(step) => {
+                sqlx::query(
+                    "SELECT attempt_id, byte_offset, run_id, step_idx, data FROM log_chunks \
+                     WHERE run_id = $1 AND step_idx = $2 ORDER BY step_idx, attempt_id, byte_offset",
+                )
+                .bind(run.0)
+                .bind(i64::from(step))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT attempt_id, byte_offset, run_id, step_idx, data FROM log_chunks \
+                     WHERE run_id = $1 ORDER BY step_idx, attempt_id, byte_offset",
+                )
+                .bind(run.0)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(LogChunk {
+                    attempt_id: AttemptId(row.try_get("attempt_id")?),
+                    run_id: RunId(row.try_get("run_id")?),
+                    step_idx: uint("step index", row.try_get("step_idx")?)?,
+                    offset: uint("log offset", row.try_get("byte_offset")?)?,
+                    data: row.try_get("data")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,39 @@
+//! Helpers for tests that need a real database.
+
+use sqlx::Connection;
+
+/// The PostgreSQL server tests use: `CORRAL_TEST_DATABASE_URL`, or the local one.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CORRAL_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// Creates a fresh, empty database on the test PostgreSQL server and returns its
+/// URL. Panics with a clear message when PostgreSQL is unreachable: a test that
+/// needs it must fail, never skip.
+pub async fn fresh_postgres_database(label: &str) -> String {
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required for this test but {admin} is unreachable: {e}. \
+             Start it (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start) \
+             or set CORRAL_TEST_DATABASE_URL."
+            )
+        });
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!("corral_{label}_{}_{nanos}", std::process::id());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+    let base = admin
+        .rsplit_once('/')
+        .map(|(base, _)| base.to_string())
+        .unwrap_or(admin);
+    format!("{base}/{name}")
+}

@@ -1,0 +1,335 @@
+//! The store conformance suite, run against every backend: SQLite and PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use corral_core::clock::Timestamp;
+use corral_core::controller::{Reason, ReasonCode};
+use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::manifest::{Document, parse_documents};
+use corral_core::request::ResourceRequest;
+use corral_core::resources::Resources;
+use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
+use corral_core::tenant::TenantSpec;
+use corral_store::testing::fresh_postgres_database;
+use corral_store::*;
+
+fn pool_record() -> PoolRecord {
+    let docs = parse_documents(
+        "kind: Pool\nname: linux\ncapacity: {cpu: 8, memory: 16Gi}\nlabels: {os: linux}\nprice: {cpu_hour: 0.04}\n",
+    )
+    .expect("valid pool");
+    let Some(Document::Pool(spec)) = docs.into_iter().next() else {
+        panic!("expected a pool")
+    };
+    PoolRecord {
+        spec,
+        created_at: Timestamp(1),
+        updated_at: Timestamp(1),
+    }
+}
+
+fn run_record(id: i64, tenant: &str, state: RunState) -> RunRecord {
+    let docs = parse_documents(
+        "kind: Pipeline\nname: p\nsteps:\n  - {name: a, run: 'true', resources: {cpu: 1, memory: 1Gi}}\n  - {name: b, run: 'echo hi', needs: [a]}\n",
+    )
+    .expect("valid pipeline");
+    let Some(Document::Pipeline(spec)) = docs.into_iter().next() else {
+        panic!("expected a pipeline")
+    };
+    let request = ResourceRequest::for_pipeline(&spec.clone().compile().expect("compiles"));
+    RunRecord {
+        id: RunId(id),
+        pipeline: spec.name.clone(),
+        tenant: tenant.to_string(),
+        priority: 0,
+        state,
+        reason: Some(Reason {
+            code: ReasonCode::TenantQuota,
+            message: "tenant acme: cpu 6/6 in use, run needs 3".into(),
+        }),
+        spec,
+        request,
+        created_at: Timestamp(10 + id),
+        updated_at: Timestamp(10 + id),
+        finished_at: None,
+    }
+}
+
+fn allocation(id: i64, run: i64, group: u32, closed: Option<i64>) -> AllocationRecord {
+    AllocationRecord {
+        id: AllocationId(id),
+        run_id: RunId(run),
+        group,
+        tenant: "acme".into(),
+        pool: "linux".into(),
+        resources: Resources::new(1500, 1024, 0),
+        worker_id: None,
+        opened_at: Timestamp(100),
+        closed_at: closed.map(Timestamp),
+    }
+}
+
+async fn suite(store: &dyn Store) {
+    // An empty store has nothing live.
+    let live = store.load_live().await.expect("load");
+    assert_eq!(live, Live::default());
+
+    // Pools and tenants round-trip and are updated in place.
+    let mut pool = pool_record();
+    let tenant = TenantRecord {
+        spec: TenantSpec::unlimited("acme"),
+        created_at: Timestamp(2),
+        updated_at: Timestamp(2),
+    };
+    store
+        .commit(&[
+            Write::PutPool(pool.clone()),
+            Write::PutTenant(tenant.clone()),
+        ])
+        .await
+        .expect("commit pool and tenant");
+    pool.spec.max_workers = 3;
+    pool.updated_at = Timestamp(5);
+    store
+        .commit(&[Write::PutPool(pool.clone())])
+        .await
+        .expect("update pool");
+    let live = store.load_live().await.expect("load");
+    assert_eq!(live.pools, vec![pool.clone()]);
+    assert_eq!(live.tenants, vec![tenant.clone()]);
+
+    // Runs, steps, attempts, allocations, workers.
+    let run = run_record(1, "acme", RunState::Running);
+    let done = RunRecord {
+        finished_at: Some(Timestamp(50)),
+        reason: None,
+        ..run_record(2, "acme", RunState::Succeeded)
+    };
+    let step = StepRecord {
+        run_id: RunId(1),
+        idx: 0,
+        name: "a".into(),
+        group: 0,
+        state: StepState::Running,
+        attempts: 1,
+    };
+    let worker = WorkerRecord {
+        id: WorkerId(7),
+        pool: "linux".into(),
+        name: "local-7".into(),
+        capacity: Resources::new(1500, 1024, 0),
+        labels: BTreeMap::from([("os".into(), "linux".into())]),
+        state: WorkerState::Ready,
+        registered_at: Timestamp(90),
+        updated_at: Timestamp(90),
+    };
+    let attempt = AttemptRecord {
+        id: AttemptId(3),
+        run_id: RunId(1),
+        step_idx: 0,
+        number: 1,
+        worker_id: WorkerId(7),
+        state: AttemptState::Running,
+        exit_code: None,
+        error: None,
+        created_at: Timestamp(101),
+        started_at: Some(Timestamp(102)),
+        finished_at: None,
+    };
+    let mut open = allocation(4, 1, 0, None);
+    open.worker_id = Some(WorkerId(7));
+    store
+        .commit(&[
+            Write::PutRun(run.clone()),
+            Write::PutRun(done.clone()),
+            Write::PutStep(step.clone()),
+            Write::PutWorker(worker.clone()),
+            Write::PutAttempt(attempt.clone()),
+            Write::PutAllocation(open.clone()),
+            Write::PutAllocation(allocation(5, 2, 0, Some(60))),
+        ])
+        .await
+        .expect("commit run");
+    let live = store.load_live().await.expect("load");
+    assert_eq!(
+        live.runs,
+        vec![run.clone()],
+        "only unfinished runs are live"
+    );
+    assert_eq!(live.steps, vec![step.clone()]);
+    assert_eq!(live.attempts, vec![attempt.clone()]);
+    assert_eq!(live.open_allocations, vec![open.clone()]);
+    assert_eq!(live.workers, vec![worker.clone()]);
+    assert_eq!(
+        live.max_ids,
+        MaxIds {
+            run: 2,
+            attempt: 3,
+            allocation: 5,
+            worker: 7
+        }
+    );
+
+    // A transaction that breaks an invariant leaves nothing behind: a second open
+    // allocation for the same group is refused, and the run update with it.
+    let finished = RunRecord {
+        state: RunState::Failed,
+        ..run.clone()
+    };
+    let err = store
+        .commit(&[
+            Write::PutRun(finished),
+            Write::PutAllocation(allocation(6, 1, 0, None)),
+        ])
+        .await;
+    assert!(
+        err.is_err(),
+        "two open allocations for one group must be refused"
+    );
+    let detail = store.run(RunId(1)).await.expect("read").expect("exists");
+    assert_eq!(detail.run.state, RunState::Running);
+    assert_eq!(detail.allocations, vec![open.clone()]);
+    assert_eq!(detail.steps, vec![step.clone()]);
+    assert_eq!(detail.attempts, vec![attempt.clone()]);
+
+    // Releasing is idempotent: closing twice leaves one closed allocation.
+    let closed = AllocationRecord {
+        closed_at: Some(Timestamp(200)),
+        ..open.clone()
+    };
+    for _ in 0..2 {
+        store
+            .commit(&[Write::PutAllocation(closed.clone())])
+            .await
+            .expect("close");
+    }
+    let history = store
+        .allocations(&AllocationFilter {
+            run: Some(RunId(1)),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("history");
+    assert_eq!(history, vec![closed]);
+    assert!(
+        store
+            .load_live()
+            .await
+            .expect("load")
+            .open_allocations
+            .is_empty()
+    );
+
+    // Filters.
+    let by_pool = store
+        .allocations(&AllocationFilter {
+            pool: Some("linux".into()),
+            tenant: Some("acme".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("by pool");
+    assert_eq!(by_pool.len(), 2);
+    let none = store
+        .allocations(&AllocationFilter {
+            tenant: Some("other".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("by tenant");
+    assert!(none.is_empty());
+    let runs = store
+        .runs(&RunFilter {
+            tenant: Some("acme".into()),
+            state: None,
+            limit: 10,
+        })
+        .await
+        .expect("runs");
+    assert_eq!(runs.iter().map(|r| r.id.0).collect::<Vec<_>>(), vec![2, 1]);
+    let succeeded = store
+        .runs(&RunFilter {
+            tenant: None,
+            state: Some(RunState::Succeeded),
+            limit: 10,
+        })
+        .await
+        .expect("runs");
+    assert_eq!(succeeded, vec![done]);
+    let limited = store
+        .runs(&RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("runs");
+    assert_eq!(limited.len(), 1);
+
+    // Logs: appends are idempotent per offset and come back in order.
+    let chunk = |offset: u64, data: &str| LogChunk {
+        attempt_id: AttemptId(3),
+        run_id: RunId(1),
+        step_idx: 0,
+        offset,
+        data: data.into(),
+    };
+    store
+        .commit(&[
+            Write::AppendLog(chunk(6, "world\n")),
+            Write::AppendLog(chunk(0, "hello ")),
+        ])
+        .await
+        .expect("logs");
+    store
+        .commit(&[Write::AppendLog(chunk(0, "again "))])
+        .await
+        .expect("duplicate");
+    let logs = store.logs(RunId(1), Some(0)).await.expect("logs");
+    let text: String = logs.iter().map(|c| c.data.as_str()).collect();
+    assert_eq!(text, "hello world\n");
+    assert!(
+        store
+            .logs(RunId(1), Some(1))
+            .await
+            .expect("logs")
+            .is_empty()
+    );
+    assert_eq!(store.logs(RunId(1), None).await.expect("logs").len(), 2);
+
+    // Deletes.
+    store
+        .commit(&[
+            Write::DeletePool("linux".into()),
+            Write::DeleteTenant("acme".into()),
+        ])
+        .await
+        .expect("delete");
+    let live = store.load_live().await.expect("load");
+    assert!(live.pools.is_empty() && live.tenants.is_empty());
+    assert!(store.run(RunId(99)).await.expect("read").is_none());
+}
+
+#[tokio::test]
+async fn conformance_sqlite() {
+    let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = SqlStore::open_sqlite(&dir).await.expect("open sqlite");
+    assert_eq!(store.backend(), Backend::Sqlite);
+    suite(&store).await;
+    // Reopening finds the same data and does not re-run migrations.
+    store.close().await;
+    let again = SqlStore::open_sqlite(&dir).await.expect("reopen sqlite");
+    assert!(again.run(RunId(1)).await.expect("read").is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn conformance_postgres() {
+    let url = fresh_postgres_database("conformance").await;
+    let store = SqlStore::connect(&url).await.expect("connect postgres");
+    assert_eq!(store.backend(), Backend::Postgres);
+    suite(&store).await;
+}

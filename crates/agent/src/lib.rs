@@ -1,1 +1,149 @@
-//! placeholder
+//! `corral agent`: registers with a pool, long-polls the server for steps, runs
+//! them and reports. It rides out server restarts: running steps keep running and
+//! their reports are retried until the server has them.
+
+mod client;
+mod executor;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corral_api::{PollRequest, RegisterRequest, ResourcesView};
+
+use crate::client::{CallError, Client, with_retry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+    #[error("the server refused to register this agent ({status}): {message}")]
+    Refused { status: u16, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub pool: String,
+    pub name: String,
+    pub capacity: ResourcesView,
+    pub labels: BTreeMap<String, String>,
+    /// Workspaces live under `work_dir/workspaces`.
+    pub work_dir: PathBuf,
+    /// Spawned by the server for one shape of work: exits when retired or when
+    /// the server has been unreachable for `orphan_timeout` with nothing running.
+    pub ephemeral: bool,
+    pub orphan_timeout: Duration,
+}
+
+/// Attempts running here, with their process groups once started.
+type Running = Arc<Mutex<HashMap<i64, Option<u32>>>>;
+
+fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<i64, Option<u32>>> {
+    running
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the agent until it is told to exit.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let client = Client::new(&config.server)?;
+    let running: Running = Arc::new(Mutex::new(HashMap::new()));
+    loop {
+        let worker = register(&client, &config).await?;
+        tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
+        serve(&client, &config, worker, &running).await;
+        if config.ephemeral {
+            return Ok(());
+        }
+        tracing::warn!("the server no longer knows this agent; registering again");
+    }
+}
+
+async fn register(client: &Client, config: &AgentConfig) -> Result<i64, AgentError> {
+    let req = RegisterRequest {
+        pool: config.pool.clone(),
+        name: config.name.clone(),
+        capacity: config.capacity,
+        labels: config.labels.clone(),
+    };
+    with_retry("register", || client.register(&req))
+        .await
+        .map(|r| r.worker_id)
+        .map_err(|(status, message)| AgentError::Refused { status, message })
+}
+
+/// Polls and runs assignments until the server says to shut down (or, for an
+/// ephemeral agent, the server stays away too long).
+async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Running) {
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        let req = PollRequest {
+            running: lock(running).keys().copied().collect(),
+            wait_ms: 10_000,
+        };
+        let response = match client.poll(worker, &req).await {
+            Ok(r) => {
+                unreachable_since = None;
+                r
+            }
+            Err(CallError::Refused(status, text)) => {
+                tracing::warn!(status, %text, "poll refused");
+                return;
+            }
+            Err(CallError::Retry(e)) => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if config.ephemeral
+                    && lock(running).is_empty()
+                    && since.elapsed() > config.orphan_timeout
+                {
+                    tracing::warn!("the server has been unreachable for too long; exiting");
+                    return;
+                }
+                tracing::debug!(error = %e, "poll failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        for id in &response.cancel {
+            if let Some(Some(pgid)) = lock(running).get(id) {
+                tracing::info!(attempt = id, "cancelling");
+                executor::kill_group(*pgid);
+            }
+        }
+        if response.shutdown {
+            let ids: Vec<Option<u32>> = lock(running).values().copied().collect();
+            for pgid in ids.into_iter().flatten() {
+                executor::kill_group(pgid);
+            }
+            return;
+        }
+        for assignment in response.assignments {
+            let id = assignment.attempt_id;
+            // A redelivered assignment already running here is not started twice.
+            if !seen.insert(id) || lock(running).contains_key(&id) {
+                continue;
+            }
+            lock(running).insert(id, None);
+            tracing::info!(attempt = id, run = assignment.run_id, step = %assignment.step, "starting");
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+            let client = client.clone();
+            let work_dir = config.work_dir.clone();
+            let running_for_task = running.clone();
+            tokio::spawn(async move {
+                executor::execute(client, worker, &work_dir, assignment, started_tx).await;
+                lock(&running_for_task).remove(&id);
+            });
+            let running = running.clone();
+            tokio::spawn(async move {
+                if let Ok(pgid) = started_rx.await
+                    && let Some(slot) = lock(&running).get_mut(&id)
+                {
+                    *slot = Some(pgid);
+                }
+            });
+        }
+    }
+}

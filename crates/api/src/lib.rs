@@ -1,1 +1,262 @@
-//! placeholder
+//! Wire types of corral's HTTP API, shared by the server, the agent and the CLI.
+//!
+//! Resources travel as integers in base units (`cpu_millis`, `memory_mib`, `gpu`),
+//! times as RFC 3339 strings with milliseconds.
+
+use std::collections::BTreeMap;
+
+use corral_core::resources::Resources;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Resources in base units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct ResourcesView {
+    pub cpu_millis: u64,
+    pub memory_mib: u64,
+    pub gpu: u64,
+}
+
+impl From<Resources> for ResourcesView {
+    fn from(r: Resources) -> Self {
+        ResourcesView {
+            cpu_millis: r.cpu_millis,
+            memory_mib: r.memory_mib,
+            gpu: r.gpu,
+        }
+    }
+}
+
+impl From<ResourcesView> for Resources {
+    fn from(r: ResourcesView) -> Self {
+        Resources::new(r.cpu_millis, r.memory_mib, r.gpu)
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid`, `not_found`, `conflict`, `internal`.
+    pub code: String,
+    pub message: String,
+    /// For `invalid`: `{"path": "steps[2].resources.cpu"}`.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PriceView {
+    pub cpu_hour: f64,
+    pub memory_gib_hour: f64,
+    pub gpu_hour: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolView {
+    pub name: String,
+    /// `local`, `static` or `kubernetes`.
+    pub provider: String,
+    pub capacity: ResourcesView,
+    pub max_workers: u32,
+    pub labels: BTreeMap<String, String>,
+    pub price: PriceView,
+    /// `active`, `draining` or `disabled`.
+    pub state: String,
+    /// Sum of the open allocations on the pool.
+    pub used: ResourcesView,
+    /// Open allocations, one worker each.
+    pub workers: u32,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A tenant's quota; a field left out (null) is unlimited.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuotaView {
+    pub cpu_millis: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub gpu: Option<u64>,
+    pub runs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantView {
+    pub name: String,
+    pub weight: u32,
+    pub quota: QuotaView,
+    pub allowed_pools: Option<Vec<String>>,
+    /// Sum of the tenant's open allocations across all pools.
+    pub used: ResourcesView,
+    /// Runs holding allocations now.
+    pub runs: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReasonView {
+    /// Stable code, e.g. `tenant_quota`, `pool_full`, `larger_than_pools`.
+    pub code: String,
+    /// A sentence with the numbers, e.g. `tenant acme: cpu 6/6 in use, run needs 3`.
+    pub message: String,
+}
+
+/// A run in a list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunSummary {
+    pub id: i64,
+    pub pipeline: String,
+    pub tenant: String,
+    pub priority: i32,
+    /// `queued`, `admitted`, `provisioning`, `running`, `succeeded`, `failed`,
+    /// `cancelled` or `rejected`.
+    pub state: String,
+    pub reason: Option<ReasonView>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GroupView {
+    pub index: u32,
+    /// The pool the group's steps asked for; null for any pool.
+    pub pool: Option<String>,
+    /// The group's envelope: its peak concurrent demand.
+    pub resources: ResourcesView,
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequestView {
+    pub groups: Vec<GroupView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    pub id: i64,
+    pub number: u32,
+    /// `assigned`, `running`, `succeeded`, `failed`, `timedout`, `lost` or `cancelled`.
+    pub state: String,
+    pub worker_id: i64,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    pub name: String,
+    pub group: u32,
+    /// `pending`, `running`, `succeeded`, `failed`, `skipped` or `cancelled`.
+    pub state: String,
+    pub needs: Vec<String>,
+    pub attempts: Vec<AttemptView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AllocationView {
+    pub id: i64,
+    pub run_id: i64,
+    pub group: u32,
+    pub tenant: String,
+    pub pool: String,
+    pub resources: ResourcesView,
+    pub worker_id: Option<i64>,
+    pub opened_at: String,
+    /// Null while the allocation is open.
+    pub closed_at: Option<String>,
+}
+
+/// A run with its request, steps and allocations.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    pub request: RequestView,
+    pub steps: Vec<StepView>,
+    pub allocations: Vec<AllocationView>,
+}
+
+/// What `apply` did with one document.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Applied {
+    pub kind: String,
+    pub name: String,
+    /// `created`, `updated` or `unchanged`.
+    pub action: String,
+}
+
+// ---- the agent protocol ----
+
+/// An agent joining a pool.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    pub pool: String,
+    pub name: String,
+    pub capacity: ResourcesView,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegisterResponse {
+    pub worker_id: i64,
+    /// The agent is lost when it has not polled for this long.
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// A long-poll, which is also the agent's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PollRequest {
+    /// Attempts the agent is running now.
+    #[serde(default)]
+    pub running: Vec<i64>,
+    /// How long the server may hold the poll when there is nothing to say.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PollResponse {
+    pub assignments: Vec<Assignment>,
+    /// Running attempts the agent must kill (cancelled, or no longer its own).
+    pub cancel: Vec<i64>,
+    /// The agent should exit: it was retired or is unknown.
+    pub shutdown: bool,
+}
+
+/// One attempt at a step, handed to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    pub attempt_id: i64,
+    pub run_id: i64,
+    pub step: String,
+    /// Run with `sh -c`.
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+    pub timeout_secs: Option<u64>,
+    /// Directory name of the run's workspace on the worker.
+    pub workspace: String,
+}
+
+/// A piece of an attempt's output at a byte offset; sending it again is harmless.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogAppend {
+    pub offset: u64,
+    pub data: String,
+}
+
+/// How an attempt ended; reporting it again is harmless.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReportRequest {
+    /// `succeeded`, `failed`, `timedout` or `cancelled`.
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}

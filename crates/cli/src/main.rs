@@ -1,1 +1,343 @@
-fn main() {}
+//! The `corral` command: the server, the agent, and the client commands that talk
+//! to a server over its HTTP API.
+
+mod client;
+mod output;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use corral_api::ResourcesView;
+use corral_core::resources::{parse_cpu, parse_memory};
+use corral_server::engine::EngineConfig;
+
+use crate::client::Client;
+use crate::output::Format;
+
+#[derive(Parser)]
+#[command(name = "corral", version, about = "Resource-governed pipeline runner")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ServerArg {
+    /// The corral server to talk to.
+    #[arg(long, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Pools,
+    Tenants,
+    Runs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DescribeKind {
+    Run,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: API, controller and the local pool.
+    Server {
+        /// Holds the embedded SQLite store and local workers' workspaces.
+        #[arg(long, default_value = "./.corral")]
+        data_dir: PathBuf,
+        /// Use PostgreSQL (postgres://...) instead of the embedded store.
+        #[arg(long, env = "CORRAL_DATABASE_URL")]
+        database_url: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+        /// Seconds without a poll after which a worker is lost.
+        #[arg(long, default_value_t = 30)]
+        heartbeat_timeout: u64,
+        /// Seconds an idle local worker is kept warm.
+        #[arg(long, default_value_t = 120)]
+        idle_ttl: u64,
+    },
+    /// Run an agent that joins a pool and runs its steps.
+    Agent {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        pool: String,
+        /// cpu to offer, e.g. 4 or 1500m.
+        #[arg(long)]
+        cpu: String,
+        /// memory to offer, e.g. 8Gi.
+        #[arg(long)]
+        memory: String,
+        #[arg(long, default_value_t = 0)]
+        gpu: u64,
+        /// Labels, as k=v,k2=v2.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// The agent's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "./.corral-agent")]
+        work_dir: PathBuf,
+        /// Spawned by the server for one shape of work; exits when retired.
+        #[arg(long)]
+        ephemeral: bool,
+    },
+    /// Create or update pools and tenants from a YAML file (`-` for stdin).
+    Apply {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(short = 'f', long = "file")]
+        file: String,
+    },
+    /// Submit a pipeline; prints the run id.
+    Submit {
+        #[command(flatten)]
+        server: ServerArg,
+        file: String,
+        /// Stream the logs until the run ends; exit 0 only if it succeeded.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// List pools, tenants or runs.
+    Get {
+        #[command(flatten)]
+        server: ServerArg,
+        kind: Kind,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// For runs: only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// For runs: only in this state.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show a run in detail, with why it waits.
+    Describe {
+        #[command(flatten)]
+        server: ServerArg,
+        kind: DescribeKind,
+        id: i64,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Print a run's logs (all steps, or one).
+    Logs {
+        #[command(flatten)]
+        server: ServerArg,
+        run: i64,
+        step: Option<String>,
+        /// Keep printing until the run ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a run.
+    Cancel {
+        #[command(flatten)]
+        server: ServerArg,
+        run: i64,
+    },
+}
+
+fn read_input(file: &str) -> Result<String> {
+    if file == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading standard input")?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
+    }
+}
+
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+            None => bail!("--labels: {pair:?} is not key=value"),
+        })
+        .collect()
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    let ok = std::process::ExitCode::SUCCESS;
+    match cli.command {
+        Command::Server {
+            data_dir,
+            database_url,
+            listen,
+            heartbeat_timeout,
+            idle_ttl,
+        } => {
+            let config = corral_server::ServerConfig {
+                listen,
+                data_dir,
+                database_url,
+                exe: std::env::current_exe().context("locating the corral binary")?,
+                engine: EngineConfig {
+                    heartbeat_timeout: Duration::from_secs(heartbeat_timeout),
+                    idle_ttl: Duration::from_secs(idle_ttl),
+                    ..EngineConfig::default()
+                },
+                tick: Duration::from_millis(500),
+            };
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            };
+            corral_server::serve(config, shutdown).await?;
+            Ok(ok)
+        }
+        Command::Agent {
+            server,
+            pool,
+            cpu,
+            memory,
+            gpu,
+            labels,
+            name,
+            work_dir,
+            ephemeral,
+        } => {
+            let capacity = ResourcesView {
+                cpu_millis: parse_cpu(&cpu).map_err(|e| anyhow::anyhow!("--cpu: {e}"))?,
+                memory_mib: parse_memory(&memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
+                gpu,
+            };
+            let name = match name {
+                Some(n) => n,
+                None => std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "agent".into()),
+            };
+            corral_agent::run(corral_agent::AgentConfig {
+                server: server.server,
+                pool,
+                name,
+                capacity,
+                labels: parse_labels(&labels)?,
+                work_dir,
+                ephemeral,
+                orphan_timeout: Duration::from_secs(120),
+            })
+            .await?;
+            Ok(ok)
+        }
+        Command::Apply { server, file } => {
+            let client = Client::new(&server.server)?;
+            let applied = client.apply(&read_input(&file)?).await?;
+            for a in applied {
+                println!("{} {} {}", a.kind.to_lowercase(), a.name, a.action);
+            }
+            Ok(ok)
+        }
+        Command::Submit {
+            server,
+            file,
+            follow,
+        } => {
+            let client = Client::new(&server.server)?;
+            let run = client.submit(&read_input(&file)?).await?;
+            println!("{}", run.summary.id);
+            if run.summary.state == "rejected" {
+                let reason = run.summary.reason.map(|r| r.message).unwrap_or_default();
+                eprintln!("run {} rejected: {reason}", run.summary.id);
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+            if !follow {
+                return Ok(ok);
+            }
+            let state = client.follow(run.summary.id, None, true).await?;
+            eprintln!("run {} {state}", run.summary.id);
+            Ok(if state == "succeeded" {
+                ok
+            } else {
+                std::process::ExitCode::FAILURE
+            })
+        }
+        Command::Get {
+            server,
+            kind,
+            output,
+            tenant,
+            state,
+        } => {
+            let client = Client::new(&server.server)?;
+            let text = match kind {
+                Kind::Pools => output::pools(&client.pools().await?, output)?,
+                Kind::Tenants => output::tenants(&client.tenants().await?, output)?,
+                Kind::Runs => output::runs(
+                    &client.runs(tenant.as_deref(), state.as_deref()).await?,
+                    output,
+                )?,
+            };
+            print!("{text}");
+            Ok(ok)
+        }
+        Command::Describe {
+            server,
+            kind: DescribeKind::Run,
+            id,
+            output,
+        } => {
+            let client = Client::new(&server.server)?;
+            print!("{}", output::describe_run(&client.run(id).await?, output)?);
+            Ok(ok)
+        }
+        Command::Logs {
+            server,
+            run,
+            step,
+            follow,
+        } => {
+            let client = Client::new(&server.server)?;
+            if follow {
+                client.follow(run, step.as_deref(), step.is_none()).await?;
+            } else {
+                print!("{}", client.logs(run, step.as_deref()).await?);
+            }
+            Ok(ok)
+        }
+        Command::Cancel { server, run } => {
+            let client = Client::new(&server.server)?;
+            let run = client.cancel(run).await?;
+            println!("run {} {}", run.summary.id, run.summary.state);
+            Ok(ok)
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The agent's side of the HTTP protocol, with retries: a server restart is
+//! ridden out, not fatal.
+
+use std::time::Duration;
+
+use corral_api::{
+    LogAppend, PollRequest, PollResponse, RegisterRequest, RegisterResponse, ReportRequest,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::AgentError;
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// What a failed call means for the caller.
+pub enum CallError {
+    /// The server could not be reached or failed: try again.
+    Retry(String),
+    /// The server refused the call (4xx): trying again will not help.
+    Refused(u16, String),
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Client, AgentError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| AgentError::Http(e.to_string()))?;
+        Ok(Client {
+            http,
+            base: server.trim_end_matches('/').to_string(),
+        })
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Option<R>, CallError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| CallError::Retry(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            if status == reqwest::StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            return response
+                .json::<R>()
+                .await
+                .map(Some)
+                .map_err(|e| CallError::Retry(e.to_string()));
+        }
+        let text = response.text().await.unwrap_or_default();
+        if status.is_client_error() {
+            Err(CallError::Refused(status.as_u16(), text))
+        } else {
+            Err(CallError::Retry(format!("{status}: {text}")))
+        }
+    }
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, CallError> {
+        self.post("/api/v1/agents/register", req)
+            .await?
+            .ok_or_else(|| CallError::Retry("empty register answer".into()))
+    }
+
+    pub async fn poll(&self, worker: i64, req: &PollRequest) -> Result<PollResponse, CallError> {
+        self.post(&format!("/api/v1/agents/{worker}/poll"), req)
+            .await?
+            .ok_or_else(|| CallError::Retry("empty poll answer".into()))
+    }
+
+    pub async fn append_log(
+        &self,
+        worker: i64,
+        attempt: i64,
+        req: &LogAppend,
+    ) -> Result<(), CallError> {
+        self.post::<_, serde_json::Value>(
+            &format!("/api/v1/agents/{worker}/attempts/{attempt}/logs"),
+            req,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn report(
+        &self,
+        worker: i64,
+        attempt: i64,
+        req: &ReportRequest,
+    ) -> Result<(), CallError> {
+        self.post::<_, serde_json::Value>(
+            &format!("/api/v1/agents/{worker}/attempts/{attempt}/report"),
+            req,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Retries `call` with a growing pause until it succeeds or is refused.
+pub async fn with_retry<T, F, Fut>(what: &str, mut call: F) -> Result<T, (u16, String)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(CallError::Refused(status, text)) => return Err((status, text)),
+            Err(CallError::Retry(e)) => {
+                tracing::debug!(what, error = %e, "retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Runs one attempt: `sh -c` in the run's workspace, in its own process group so
+//! a timeout or a cancel kills everything it started; streams its output back in
+//! chunks and reports how it ended.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use corral_api::{Assignment, LogAppend, ReportRequest};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+
+use crate::client::{Client, with_retry};
+
+/// How the process ended, before it is reported.
+pub struct Outcome {
+    pub outcome: &'static str,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// Kills a step's whole process group.
+pub fn kill_group(pgid: u32) {
+    if let Ok(pid) = i32::try_from(pgid) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+async fn pump(mut reader: impl AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send(buf[..n].to_vec()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Ships output to the server in chunks, at most every 100 ms or 64 KiB, each at
+/// its byte offset so a resend is harmless. Holds back a split UTF-8 character.
+async fn ship_logs(client: Client, worker: i64, attempt: i64, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut offset: u64 = 0;
+    let mut open = true;
+    let mut give_up = false;
+    while open {
+        let first = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
+        match first {
+            Ok(Some(bytes)) => pending.extend(bytes),
+            Ok(None) => open = false,
+            Err(_) => {}
+        }
+        while pending.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(bytes) => pending.extend(bytes),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let cut = match std::str::from_utf8(&pending) {
+            Ok(_) => pending.len(),
+            Err(e) if e.error_len().is_none() && open => e.valid_up_to(),
+            Err(_) => pending.len(),
+        };
+        if cut == 0 || give_up {
+            pending.drain(..cut);
+            continue;
+        }
+        let data = String::from_utf8_lossy(&pending[..cut]).into_owned();
+        pending.drain(..cut);
+        let chunk = LogAppend { offset, data };
+        offset += chunk.data.len() as u64;
+        if let Err((status, text)) =
+            with_retry("log", || client.append_log(worker, attempt, &chunk)).await
+        {
+            tracing::warn!(attempt, status, %text, "the server refused output; dropping the rest");
+            give_up = true;
+        }
+    }
+}
+
+/// Runs the assignment to its end (or its timeout, or `cancel`), ships its output
+/// and reports the outcome, retrying until the server has it.
+pub async fn execute(
+    client: Client,
+    worker: i64,
+    work_dir: &Path,
+    assignment: Assignment,
+    started: tokio::sync::oneshot::Sender<u32>,
+) {
+    let attempt = assignment.attempt_id;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+    let shipper = tokio::spawn(ship_logs(client.clone(), worker, attempt, rx));
+    let outcome = run_process(work_dir, &assignment, tx, started).await;
+    let _ = shipper.await;
+    let report = ReportRequest {
+        outcome: outcome.outcome.to_string(),
+        exit_code: outcome.exit_code,
+        error: outcome.error,
+    };
+    match with_retry("report", || client.report(worker, attempt, &report)).await {
+        Ok(()) => tracing::info!(attempt, outcome = report.outcome, "reported"),
+        Err((status, text)) => {
+            tracing::warn!(attempt, status, %text, "the server refused the report")
+        }
+    }
+}
+
+async fn run_process(
+    work_dir: &Path,
+    a: &Assignment,
+    tx: mpsc::Sender<Vec<u8>>,
+    started: tokio::sync::oneshot::Sender<u32>,
+) -> Outcome {
+    let workspace = work_dir.join("workspaces").join(&a.workspace);
+    if let Err(e) = tokio::fs::create_dir_all(&workspace).await {
+        return Outcome {
+            outcome: "failed",
+            exit_code: None,
+            error: Some(format!(
+                "cannot create workspace {}: {e}",
+                workspace.display()
+            )),
+        };
+    }
+    let env: BTreeMap<&String, &String> = a.env.iter().collect();
+    let spawned = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&a.command)
+        .current_dir(&workspace)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome {
+                outcome: "failed",
+                exit_code: None,
+                error: Some(format!("cannot start sh: {e}")),
+            };
+        }
+    };
+    let pgid = child.id().unwrap_or(0);
+    let _ = started.send(pgid);
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(out, tx.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(err, tx.clone())));
+    }
+    drop(tx);
+    let limit = a.timeout_secs.map(Duration::from_secs);
+    let waited = match limit {
+        Some(limit) => tokio::time::timeout(limit, child.wait()).await,
+        None => Ok(child.wait().await),
+    };
+    // Whatever it left behind in its group goes with it.
+    kill_group(pgid);
+    let outcome = match waited {
+        Err(_) => {
+            let _ = child.wait().await;
+            Outcome {
+                outcome: "timedout",
+                exit_code: None,
+                error: Some(format!("timed out after {}s", a.timeout_secs.unwrap_or(0))),
+            }
+        }
+        Ok(Err(e)) => Outcome {
+            outcome: "failed",
+            exit_code: None,
+            error: Some(format!("cannot wait for the step: {e}")),
+        },
+        Ok(Ok(status)) => match status.code() {
+            Some(0) => Outcome {
+                outcome: "succeeded",
+                exit_code: Some(0),
+                error: None,
+            },
+            Some(code) => Outcome {
+                outcome: "failed",
+                exit_code: Some(code),
+                error: None,
+            },
+            None => Outcome {
+                outcome: "failed",
+                exit_code: None,
+                error: Some("killed by a signal".into()),
+            },
+        },
+    };
+    // A process that escaped the group may hold the pipes open: do not wait forever.
+    for p in pumps {
+        let abort = p.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), p)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    outcome
+}

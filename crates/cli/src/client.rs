@@ -1,0 +1,141 @@
+//! The CLI's HTTP client for the corral API.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use corral_api::{Applied, ErrorBody, PoolView, RunSummary, RunView, TenantView};
+use serde::de::DeserializeOwned;
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Client {
+            http,
+            base: server.trim_end_matches('/').to_string(),
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the corral server at {}: {e}", self.base))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Err(anyhow!("{} ({})", body.error.message, status)),
+            Err(_) => Err(anyhow!("the server answered {status}: {text}")),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
+        Ok(self.send(request).await?.json().await?)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    pub async fn apply(&self, text: &str) -> Result<Vec<Applied>> {
+        self.json(self.http.post(self.url("/apply")).body(text.to_string()))
+            .await
+    }
+
+    pub async fn submit(&self, text: &str) -> Result<RunView> {
+        self.json(self.http.post(self.url("/runs")).body(text.to_string()))
+            .await
+    }
+
+    pub async fn pools(&self) -> Result<Vec<PoolView>> {
+        self.json(self.http.get(self.url("/pools"))).await
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantView>> {
+        self.json(self.http.get(self.url("/tenants"))).await
+    }
+
+    pub async fn runs(&self, tenant: Option<&str>, state: Option<&str>) -> Result<Vec<RunSummary>> {
+        let mut query = BTreeMap::new();
+        if let Some(t) = tenant {
+            query.insert("tenant", t);
+        }
+        if let Some(s) = state {
+            query.insert("state", s);
+        }
+        self.json(self.http.get(self.url("/runs")).query(&query))
+            .await
+    }
+
+    pub async fn run(&self, id: i64) -> Result<RunView> {
+        self.json(self.http.get(self.url(&format!("/runs/{id}"))))
+            .await
+    }
+
+    pub async fn cancel(&self, id: i64) -> Result<RunView> {
+        self.json(self.http.post(self.url(&format!("/runs/{id}/cancel"))))
+            .await
+    }
+
+    pub async fn logs(&self, id: i64, step: Option<&str>) -> Result<String> {
+        let mut request = self.http.get(self.url(&format!("/runs/{id}/logs")));
+        if let Some(step) = step {
+            request = request.query(&[("step", step)]);
+        }
+        Ok(self.send(request).await?.text().await?)
+    }
+
+    /// Prints a run's output as it comes (one step, or every step with its name
+    /// before each line) until the run ends; returns its final state.
+    pub async fn follow(&self, id: i64, step: Option<&str>, prefixed: bool) -> Result<String> {
+        let mut printed: BTreeMap<String, usize> = BTreeMap::new();
+        loop {
+            let run = self.run(id).await?;
+            let ended = matches!(
+                run.summary.state.as_str(),
+                "succeeded" | "failed" | "cancelled" | "rejected"
+            );
+            let steps: Vec<String> = match step {
+                Some(s) => vec![s.to_string()],
+                None => run.steps.iter().map(|s| s.name.clone()).collect(),
+            };
+            for name in steps {
+                let text = self.logs(id, Some(&name)).await?;
+                let done = printed.entry(name.clone()).or_insert(0);
+                let fresh = text.get(*done..).unwrap_or("");
+                // Print whole lines only, unless the run has ended.
+                let upto = if ended {
+                    fresh.len()
+                } else {
+                    fresh.rfind('\n').map_or(0, |i| i + 1)
+                };
+                for line in fresh[..upto].split_inclusive('\n') {
+                    if prefixed {
+                        print!("{name} | {line}");
+                    } else {
+                        print!("{line}");
+                    }
+                    if !line.ends_with('\n') {
+                        println!();
+                    }
+                }
+                *done += upto;
+            }
+            if ended {
+                return Ok(run.summary.state);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! What the CLI prints: aligned tables for people, JSON or YAML for scripts.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use clap::ValueEnum;
+use corral_api::{PoolView, ResourcesView, RunSummary, RunView, TenantView};
+use corral_core::resources::{format_cpu, format_memory};
+use serde::Serialize;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+fn structured<T: Serialize>(value: &T, format: Format) -> Result<Option<String>> {
+    Ok(match format {
+        Format::Table => None,
+        Format::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
+        Format::Yaml => Some(serde_saphyr::to_string(value)?),
+    })
+}
+
+/// Columns padded to their widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let last = row.len() - 1;
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn resources(r: &ResourcesView) -> String {
+    let mut s = format!(
+        "cpu {}, mem {}",
+        format_cpu(r.cpu_millis),
+        format_memory(r.memory_mib)
+    );
+    if r.gpu > 0 {
+        let _ = write!(s, ", gpu {}", r.gpu);
+    }
+    s
+}
+
+fn usage(used: &ResourcesView, capacity: &ResourcesView) -> String {
+    format!(
+        "cpu {}/{}, mem {}/{}",
+        format_cpu(used.cpu_millis),
+        format_cpu(capacity.cpu_millis),
+        format_memory(used.memory_mib),
+        format_memory(capacity.memory_mib)
+    )
+}
+
+pub fn pools(pools: &[PoolView], format: Format) -> Result<String> {
+    if let Some(s) = structured(&pools, format)? {
+        return Ok(s);
+    }
+    let rows = pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.provider.clone(),
+                p.state.clone(),
+                usage(&p.used, &p.capacity),
+                format!("{}/{}", p.workers, p.max_workers),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["NAME", "PROVIDER", "STATE", "USED/CAPACITY", "WORKERS"],
+        rows,
+    ))
+}
+
+pub fn tenants(tenants: &[TenantView], format: Format) -> Result<String> {
+    if let Some(s) = structured(&tenants, format)? {
+        return Ok(s);
+    }
+    let limit = |v: Option<u64>, f: fn(u64) -> String| v.map_or("-".to_string(), f);
+    let rows = tenants
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.weight.to_string(),
+                resources(&t.used),
+                format!(
+                    "cpu {}, mem {}, runs {}",
+                    limit(t.quota.cpu_millis, format_cpu),
+                    limit(t.quota.memory_mib, format_memory),
+                    limit(t.quota.runs, |n| n.to_string())
+                ),
+                t.runs.to_string(),
+            ]
+        })
+        .collect();
+    Ok(table(&["NAME", "WEIGHT", "USED", "QUOTA", "RUNS"], rows))
+}
+
+pub fn runs(runs: &[RunSummary], format: Format) -> Result<String> {
+    if let Some(s) = structured(&runs, format)? {
+        return Ok(s);
+    }
+    let rows = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.pipeline.clone(),
+                r.tenant.clone(),
+                r.state.clone(),
+                r.created_at.clone(),
+                r.reason
+                    .as_ref()
+                    .map(|x| x.message.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["ID", "PIPELINE", "TENANT", "STATE", "CREATED", "REASON"],
+        rows,
+    ))
+}
+
+pub fn describe_run(run: &RunView, format: Format) -> Result<String> {
+    if let Some(s) = structured(run, format)? {
+        return Ok(s);
+    }
+    let s = &run.summary;
+    let mut out = String::new();
+    let _ = writeln!(out, "Run:       {}", s.id);
+    let _ = writeln!(out, "Pipeline:  {}", s.pipeline);
+    let _ = writeln!(out, "Tenant:    {}", s.tenant);
+    let _ = writeln!(out, "Priority:  {}", s.priority);
+    let _ = writeln!(out, "State:     {}", s.state);
+    let _ = writeln!(out, "Created:   {}", s.created_at);
+    if let Some(f) = &s.finished_at {
+        let _ = writeln!(out, "Finished:  {f}");
+    }
+    if let Some(reason) = &s.reason {
+        let verb = if s.state == "rejected" {
+            "Rejected"
+        } else {
+            "Waiting"
+        };
+        let _ = writeln!(out, "{verb}:   {} ({})", reason.message, reason.code);
+    }
+    let _ = writeln!(out, "\nRequest:");
+    for g in &run.request.groups {
+        let _ = writeln!(
+            out,
+            "  group {} on {}: {} for steps {}",
+            g.index,
+            g.pool.as_deref().unwrap_or("any pool"),
+            resources(&g.resources),
+            g.steps.join(", ")
+        );
+    }
+    if !run.allocations.is_empty() {
+        let _ = writeln!(out, "\nAllocations:");
+        for a in &run.allocations {
+            let _ = writeln!(
+                out,
+                "  #{} group {} on pool {}: {} (opened {}, {})",
+                a.id,
+                a.group,
+                a.pool,
+                resources(&a.resources),
+                a.opened_at,
+                a.closed_at
+                    .as_ref()
+                    .map_or("open".to_string(), |c| format!("closed {c}"))
+            );
+        }
+    }
+    let _ = writeln!(out, "\nSteps:");
+    let rows = run
+        .steps
+        .iter()
+        .map(|st| {
+            let last = st.attempts.last();
+            vec![
+                st.name.clone(),
+                st.state.clone(),
+                st.attempts.len().to_string(),
+                last.and_then(|a| a.exit_code)
+                    .map_or("-".into(), |c| c.to_string()),
+                last.and_then(|a| a.error.clone()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    for line in table(&["STEP", "STATE", "ATTEMPTS", "EXIT", "ERROR"], rows).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    Ok(out)
+}

@@ -1,0 +1,5 @@
+//! The HTTP API: routes, errors and views.
+
+mod error;
+pub mod routes;
+mod views;

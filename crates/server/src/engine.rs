@@ -1,0 +1,959 @@
+//! The engine: every change to corral's state goes through here. Each operation
+//! reads the in-memory state, computes the writes, commits them to the store in
+//! one transaction and only then applies them in memory and acts (wakes agents,
+//! spawns workers). One lock serializes the operations.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_api::{Assignment, PollRequest, PollResponse, RegisterRequest, ReportRequest};
+use corral_core::clock::{Clock, Timestamp};
+use corral_core::controller::{Decision, check_ever_fits, decide};
+use corral_core::error::FieldError;
+use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::manifest::{from_value, parse_single};
+use corral_core::pipeline::PipelineSpec;
+use corral_core::pool::{PoolSpec, Provider};
+use corral_core::request::{ResourceRequest, WorkerTemplate};
+use corral_core::resources::Resources;
+use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
+use corral_core::tenant::TenantSpec;
+use corral_store::{
+    AllocationRecord, LogChunk, PoolRecord, RunRecord, StepRecord, Store, StoreError, TenantRecord,
+    WorkerRecord, Write,
+};
+use tokio::sync::{Mutex, MutexGuard, Notify};
+
+use crate::progress::RunUpdate;
+use crate::provider::LocalProvider;
+use crate::state::State;
+
+/// Errors of engine operations; the API maps each to an HTTP status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("{what} {name} not found")]
+    NotFound { what: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<FieldError> for EngineError {
+    fn from(e: FieldError) -> Self {
+        EngineError::Invalid(e)
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Timings of the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// A worker that has not polled for this long is lost.
+    pub heartbeat_timeout: Duration,
+    /// A local worker idle for this long is retired.
+    pub idle_ttl: Duration,
+    /// The longest a poll is held open.
+    pub max_poll_wait: Duration,
+    /// A spawned worker that has not registered after this long is spawned again.
+    pub spawn_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            heartbeat_timeout: Duration::from_secs(30),
+            idle_ttl: Duration::from_secs(120),
+            max_poll_wait: Duration::from_secs(20),
+            spawn_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What `apply` did with a pool or tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// A local worker spawned for an allocation that has not registered yet.
+#[derive(Debug, Clone)]
+struct PendingSpawn {
+    pool: String,
+    allocation: AllocationId,
+    at: Timestamp,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    provider: LocalProvider,
+    state: Mutex<State>,
+    pending: std::sync::Mutex<BTreeMap<String, PendingSpawn>>,
+    /// Wakes the controller loop.
+    pub wake_controller: Notify,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Engine {
+    /// Loads the state from the store.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+        provider: LocalProvider,
+    ) -> Result<Engine> {
+        let live = store.load_live().await?;
+        let state = State::from_live(live, clock.now());
+        Ok(Engine {
+            store,
+            clock,
+            config,
+            provider,
+            state: Mutex::new(state),
+            pending: std::sync::Mutex::new(BTreeMap::new()),
+            wake_controller: Notify::new(),
+        })
+    }
+
+    pub fn provider(&self) -> &LocalProvider {
+        &self.provider
+    }
+
+    pub fn config(&self) -> EngineConfig {
+        self.config
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A read-only look at the state.
+    pub async fn read(&self) -> MutexGuard<'_, State> {
+        self.state.lock().await
+    }
+
+    async fn commit(&self, state: &mut State, writes: Vec<Write>) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.store.commit(&writes).await?;
+        state.apply_all(&writes, self.clock.now());
+        Ok(())
+    }
+
+    fn wake_workers(state: &State, workers: impl IntoIterator<Item = WorkerId>) {
+        for w in workers {
+            if let Some(live) = state.workers.get(&w) {
+                live.wake.notify_one();
+            }
+        }
+    }
+
+    // ---- first start ----
+
+    /// On an empty store: a `local` pool sized to this machine and a `default`
+    /// tenant, so that a pipeline runs with no set-up at all.
+    pub async fn bootstrap(&self, machine: Resources) -> Result<Vec<String>> {
+        let mut state = self.state.lock().await;
+        let now = self.now();
+        let mut writes = Vec::new();
+        let mut created = Vec::new();
+        if state.pools.is_empty() {
+            let spec = PoolSpec {
+                name: "local".into(),
+                provider: Provider::Local,
+                capacity: machine.into(),
+                max_workers: 16,
+                labels: BTreeMap::new(),
+                price: Default::default(),
+                state: Default::default(),
+            };
+            created.push(format!("pool local ({machine}, 16 workers)"));
+            writes.push(Write::PutPool(PoolRecord {
+                spec,
+                created_at: now,
+                updated_at: now,
+            }));
+        }
+        if state.tenants.is_empty() {
+            created.push("tenant default (no quota)".into());
+            writes.push(Write::PutTenant(TenantRecord {
+                spec: TenantSpec::unlimited("default"),
+                created_at: now,
+                updated_at: now,
+            }));
+        }
+        self.commit(&mut state, writes).await?;
+        Ok(created)
+    }
+
+    // ---- pools and tenants ----
+
+    /// Creates or replaces a pool. `create_only` refuses an existing name.
+    pub async fn put_pool(
+        &self,
+        spec: PoolSpec,
+        create_only: bool,
+    ) -> Result<(PoolRecord, Action)> {
+        spec.validate()?;
+        let mut state = self.state.lock().await;
+        let now = self.now();
+        let (record, action) = match state.pools.get(&spec.name) {
+            Some(_) if create_only => {
+                return Err(EngineError::Conflict(format!(
+                    "pool {} already exists",
+                    spec.name
+                )));
+            }
+            Some(old) if old.spec == spec => (old.clone(), Action::Unchanged),
+            Some(old) => (
+                PoolRecord {
+                    spec,
+                    created_at: old.created_at,
+                    updated_at: now,
+                },
+                Action::Updated,
+            ),
+            None => (
+                PoolRecord {
+                    spec,
+                    created_at: now,
+                    updated_at: now,
+                },
+                Action::Created,
+            ),
+        };
+        if action != Action::Unchanged {
+            self.commit(&mut state, vec![Write::PutPool(record.clone())])
+                .await?;
+            self.wake_controller.notify_one();
+        }
+        Ok((record, action))
+    }
+
+    pub async fn delete_pool(&self, name: &str) -> Result<()> {
+        let mut state = self.state.lock().await;
+        if !state.pools.contains_key(name) {
+            return Err(EngineError::NotFound {
+                what: "pool",
+                name: name.into(),
+            });
+        }
+        let open = state
+            .runs
+            .values()
+            .flat_map(|r| &r.allocations)
+            .filter(|a| a.pool == name)
+            .count();
+        if open > 0 {
+            return Err(EngineError::Conflict(format!(
+                "pool {name} has {open} open allocation(s); delete it when they are released"
+            )));
+        }
+        let now = self.now();
+        let mut writes = vec![Write::DeletePool(name.into())];
+        for w in state.workers.values().filter(|w| w.record.pool == name) {
+            writes.push(Write::PutWorker(WorkerRecord {
+                state: WorkerState::Gone,
+                updated_at: now,
+                ..w.record.clone()
+            }));
+        }
+        self.commit(&mut state, writes).await
+    }
+
+    pub async fn put_tenant(
+        &self,
+        spec: TenantSpec,
+        create_only: bool,
+    ) -> Result<(TenantRecord, Action)> {
+        spec.validate()?;
+        let mut state = self.state.lock().await;
+        let now = self.now();
+        let (record, action) = match state.tenants.get(&spec.name) {
+            Some(_) if create_only => {
+                return Err(EngineError::Conflict(format!(
+                    "tenant {} already exists",
+                    spec.name
+                )));
+            }
+            Some(old) if old.spec == spec => (old.clone(), Action::Unchanged),
+            Some(old) => (
+                TenantRecord {
+                    spec,
+                    created_at: old.created_at,
+                    updated_at: now,
+                },
+                Action::Updated,
+            ),
+            None => (
+                TenantRecord {
+                    spec,
+                    created_at: now,
+                    updated_at: now,
+                },
+                Action::Created,
+            ),
+        };
+        if action != Action::Unchanged {
+            self.commit(&mut state, vec![Write::PutTenant(record.clone())])
+                .await?;
+            self.wake_controller.notify_one();
+        }
+        Ok((record, action))
+    }
+
+    pub async fn delete_tenant(&self, name: &str) -> Result<()> {
+        let mut state = self.state.lock().await;
+        if !state.tenants.contains_key(name) {
+            return Err(EngineError::NotFound {
+                what: "tenant",
+                name: name.into(),
+            });
+        }
+        let open = state
+            .runs
+            .values()
+            .flat_map(|r| &r.allocations)
+            .filter(|a| a.tenant == name)
+            .count();
+        if open > 0 {
+            return Err(EngineError::Conflict(format!(
+                "tenant {name} has {open} open allocation(s); delete it when they are released"
+            )));
+        }
+        self.commit(&mut state, vec![Write::DeleteTenant(name.into())])
+            .await
+    }
+
+    // ---- runs ----
+
+    /// Validates a pipeline spec (YAML or JSON) and queues a run of it, or stores
+    /// it as rejected when it can never fit. Nothing is stored for an invalid spec.
+    pub async fn submit(&self, text: &str) -> Result<RunRecord> {
+        let value = parse_single(text, "Pipeline")?;
+        let spec: PipelineSpec = from_value(value, "")?;
+        let pipeline = spec.compile()?;
+        let request = ResourceRequest::for_pipeline(&pipeline);
+        let mut state = self.state.lock().await;
+        if !state.tenants.contains_key(&pipeline.spec.tenant) {
+            return Err(FieldError::new(
+                "tenant",
+                format!("unknown tenant {:?}", pipeline.spec.tenant),
+            )
+            .into());
+        }
+        let snapshot = state.snapshot();
+        let tenant = &snapshot.tenants[&pipeline.spec.tenant];
+        let verdict = check_ever_fits(&snapshot, tenant, &request.groups);
+        let now = self.now();
+        let id = state.next_run_id();
+        let (run_state, reason, finished_at) = match verdict {
+            Ok(()) => (RunState::Queued, None, None),
+            Err(reason) => (RunState::Rejected, Some(reason), Some(now)),
+        };
+        let steps: Vec<StepRecord> = pipeline
+            .spec
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepRecord {
+                run_id: id,
+                idx: u32::try_from(i).unwrap_or(u32::MAX),
+                name: s.name.clone(),
+                group: request.group_of(i).unwrap_or(0),
+                state: if run_state == RunState::Rejected {
+                    StepState::Cancelled
+                } else {
+                    StepState::Pending
+                },
+                attempts: 0,
+            })
+            .collect();
+        let record = RunRecord {
+            id,
+            pipeline: pipeline.spec.name.clone(),
+            tenant: pipeline.spec.tenant.clone(),
+            priority: pipeline.spec.priority,
+            state: run_state,
+            reason,
+            spec: pipeline.spec,
+            request,
+            created_at: now,
+            updated_at: now,
+            finished_at,
+        };
+        // The run goes first so the steps find it when applied in memory.
+        let writes = std::iter::once(Write::PutRun(record.clone()))
+            .chain(steps.into_iter().map(Write::PutStep))
+            .collect();
+        self.commit(&mut state, writes).await?;
+        drop(state);
+        self.wake_controller.notify_one();
+        Ok(record)
+    }
+
+    /// Cancels a run that has not ended: releases everything it holds at once
+    /// and tells its workers to kill its processes.
+    pub async fn cancel(&self, id: RunId) -> Result<RunRecord> {
+        let mut state = self.state.lock().await;
+        let Some(run) = state.runs.get(&id) else {
+            drop(state);
+            return match self.store.run(id).await? {
+                Some(detail) => Err(EngineError::Conflict(format!(
+                    "run {id} has already ended ({})",
+                    detail.run.state
+                ))),
+                None => Err(EngineError::NotFound {
+                    what: "run",
+                    name: id.to_string(),
+                }),
+            };
+        };
+        let mut update = RunUpdate::new(run, self.now());
+        let workers: BTreeSet<WorkerId> = run
+            .attempts
+            .iter()
+            .filter(|a| !a.state.is_terminal())
+            .map(|a| a.worker_id)
+            .collect();
+        update.finish(RunState::Cancelled);
+        let record = update.run.record.clone();
+        self.commit(&mut state, update.writes).await?;
+        Self::wake_workers(&state, workers);
+        drop(state);
+        self.wake_controller.notify_one();
+        Ok(record)
+    }
+
+    // ---- the controller cycle ----
+
+    /// One controller cycle: lose silent workers, retire idle ones, decide on the
+    /// queue, commit the decisions, then provision workers for new allocations.
+    pub async fn cycle(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        self.lose_silent_workers(&mut state).await?;
+        self.retire_idle_workers(&mut state).await?;
+        let now = self.now();
+        let decisions = decide(&state.snapshot(), &state.queue(), now);
+        let mut writes = Vec::new();
+        for decision in decisions {
+            let run = &state.runs[&decision.run()];
+            let mut record = run.record.clone();
+            match decision {
+                Decision::Admit { placements, .. } => {
+                    for p in placements {
+                        let id = state.next_allocation_id();
+                        writes.push(Write::PutAllocation(AllocationRecord {
+                            id,
+                            run_id: record.id,
+                            group: p.group,
+                            tenant: record.tenant.clone(),
+                            pool: p.pool,
+                            resources: p.resources,
+                            worker_id: None,
+                            opened_at: now,
+                            closed_at: None,
+                        }));
+                    }
+                    record.state = RunState::Admitted;
+                    record.reason = None;
+                    record.updated_at = now;
+                    writes.push(Write::PutRun(record));
+                }
+                Decision::Reject { reason, .. } => {
+                    record.state = RunState::Rejected;
+                    record.reason = Some(reason);
+                    record.updated_at = now;
+                    record.finished_at = Some(now);
+                    writes.push(Write::PutRun(record));
+                }
+                Decision::Wait { reason, .. } => {
+                    if record.reason.as_ref() != Some(&reason) {
+                        record.reason = Some(reason);
+                        record.updated_at = now;
+                        writes.push(Write::PutRun(record));
+                    }
+                }
+            }
+        }
+        self.commit(&mut state, writes).await?;
+        self.provision(&mut state).await
+    }
+
+    /// Binds allocations that have no worker to idle workers that fit, and spawns
+    /// local workers for the rest. Idempotent: re-driven on every cycle.
+    async fn provision(&self, state: &mut State) -> Result<()> {
+        let (writes, spawns) = self.plan_provision(state);
+        let assigned: BTreeSet<WorkerId> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::PutAttempt(a) => Some(a.worker_id),
+                _ => None,
+            })
+            .collect();
+        self.commit(state, writes).await?;
+        Self::wake_workers(state, assigned);
+        for (name, pool, resources) in spawns {
+            if let Err(e) = self.provider.spawn(&name, &pool, resources) {
+                tracing::error!(worker = %name, error = %e, "cannot spawn a local worker");
+            }
+        }
+        Ok(())
+    }
+
+    /// The writes that bind allocations to workers, and the workers to spawn.
+    #[expect(clippy::type_complexity, reason = "a private pair of plain lists")]
+    fn plan_provision(&self, state: &mut State) -> (Vec<Write>, Vec<(String, String, Resources)>) {
+        let now = self.now();
+        let mut writes = Vec::new();
+        let mut spawns: Vec<(String, String, Resources)> = Vec::new();
+        let mut taken: BTreeSet<WorkerId> = BTreeSet::new();
+        let mut retired: BTreeSet<WorkerId> = BTreeSet::new();
+        let run_ids: Vec<RunId> = state
+            .runs
+            .values()
+            .filter(|r| r.allocations.iter().any(|a| a.worker_id.is_none()))
+            .map(|r| r.record.id)
+            .collect();
+        let mut pending = self
+            .pending
+            .lock()
+            .expect("the pending-spawn lock is never held across a panic");
+        pending.retain(|_, p| now.millis_since(p.at) < ms(self.config.spawn_timeout));
+        for run_id in run_ids {
+            let run = &state.runs[&run_id];
+            let mut update = RunUpdate::new(run, now);
+            let unbound: Vec<AllocationRecord> = run
+                .allocations
+                .iter()
+                .filter(|a| a.worker_id.is_none())
+                .cloned()
+                .collect();
+            let mut spawned = false;
+            for alloc in unbound {
+                let idle = state
+                    .workers
+                    .values()
+                    .filter(|w| {
+                        w.idle_since.is_some()
+                            && w.record.pool == alloc.pool
+                            && !taken.contains(&w.record.id)
+                            && !retired.contains(&w.record.id)
+                            && alloc.resources.fits_in(&w.record.capacity)
+                    })
+                    .min_by_key(|w| (w.record.capacity, w.record.id));
+                if let Some(worker) = idle {
+                    taken.insert(worker.record.id);
+                    update.bind(alloc.group, Some(worker.record.id));
+                    continue;
+                }
+                if pending.values().any(|p| p.allocation == alloc.id) {
+                    continue;
+                }
+                let Some(pool) = state.pools.get(&alloc.pool) else {
+                    continue;
+                };
+                if pool.spec.provider != Provider::Local {
+                    continue;
+                }
+                // Make room under max_workers by retiring idle workers of other shapes.
+                let alive = state
+                    .workers
+                    .values()
+                    .filter(|w| w.record.pool == alloc.pool && !retired.contains(&w.record.id))
+                    .count()
+                    + pending.values().filter(|p| p.pool == alloc.pool).count();
+                if alive >= pool.spec.max_workers as usize {
+                    let victim = state
+                        .workers
+                        .values()
+                        .filter(|w| {
+                            w.idle_since.is_some()
+                                && w.record.pool == alloc.pool
+                                && !taken.contains(&w.record.id)
+                                && !retired.contains(&w.record.id)
+                        })
+                        .min_by_key(|w| w.record.id);
+                    let Some(victim) = victim else { continue };
+                    retired.insert(victim.record.id);
+                    writes.push(Write::PutWorker(WorkerRecord {
+                        state: WorkerState::Gone,
+                        updated_at: now,
+                        ..victim.record.clone()
+                    }));
+                }
+                let name = format!("{}-{}-{}", alloc.pool, alloc.id, now.0 % 100_000);
+                let template = WorkerTemplate::for_group(
+                    &run.record.request.groups[alloc.group as usize],
+                    &alloc.pool,
+                    &pool.spec.labels,
+                    &run.record.pipeline,
+                    &run.record.tenant,
+                );
+                pending.insert(
+                    name.clone(),
+                    PendingSpawn {
+                        pool: alloc.pool.clone(),
+                        allocation: alloc.id,
+                        at: now,
+                    },
+                );
+                spawns.push((name, template.pool, template.resources));
+                spawned = true;
+            }
+            if spawned && update.run.record.state == RunState::Admitted {
+                update.set_run_state(RunState::Provisioning);
+            }
+            update.advance(state);
+            writes.append(&mut update.writes);
+        }
+        (writes, spawns)
+    }
+
+    async fn lose_silent_workers(&self, state: &mut State) -> Result<()> {
+        let now = self.now();
+        let timeout = ms(self.config.heartbeat_timeout);
+        let lost: Vec<WorkerRecord> = state
+            .workers
+            .values()
+            .filter(|w| now.millis_since(w.last_seen) > timeout)
+            .map(|w| w.record.clone())
+            .collect();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let lost_ids: BTreeSet<WorkerId> = lost.iter().map(|w| w.id).collect();
+        let mut writes: Vec<Write> = lost
+            .into_iter()
+            .map(|w| {
+                tracing::warn!(worker = w.id.0, name = %w.name, "worker lost: no heartbeat");
+                Write::PutWorker(WorkerRecord {
+                    state: WorkerState::Lost,
+                    updated_at: now,
+                    ..w
+                })
+            })
+            .collect();
+        let affected: Vec<RunId> = state
+            .runs
+            .values()
+            .filter(|r| {
+                r.allocations
+                    .iter()
+                    .any(|a| a.worker_id.is_some_and(|w| lost_ids.contains(&w)))
+            })
+            .map(|r| r.record.id)
+            .collect();
+        for run_id in affected {
+            let run = &state.runs[&run_id];
+            let mut update = RunUpdate::new(run, now);
+            for attempt in run
+                .attempts
+                .iter()
+                .filter(|a| !a.state.is_terminal() && lost_ids.contains(&a.worker_id))
+            {
+                update.end_attempt(
+                    attempt.clone(),
+                    AttemptState::Lost,
+                    None,
+                    Some("worker lost".into()),
+                );
+            }
+            for alloc in &run.allocations {
+                if alloc.worker_id.is_some_and(|w| lost_ids.contains(&w)) {
+                    update.bind(alloc.group, None);
+                }
+            }
+            update.advance(state);
+            writes.append(&mut update.writes);
+        }
+        self.commit(state, writes).await?;
+        self.wake_controller.notify_one();
+        Ok(())
+    }
+
+    async fn retire_idle_workers(&self, state: &mut State) -> Result<()> {
+        let now = self.now();
+        let ttl = ms(self.config.idle_ttl);
+        let writes: Vec<Write> = state
+            .workers
+            .values()
+            .filter(|w| w.idle_since.is_some_and(|t| now.millis_since(t) > ttl))
+            .map(|w| {
+                Write::PutWorker(WorkerRecord {
+                    state: WorkerState::Gone,
+                    updated_at: now,
+                    ..w.record.clone()
+                })
+            })
+            .collect();
+        self.commit(state, writes).await
+    }
+
+    // ---- the agent protocol ----
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<WorkerId> {
+        corral_core::error::check_name("name", &req.name)?;
+        let capacity: Resources = req.capacity.into();
+        if capacity.cpu_millis == 0 || capacity.memory_mib == 0 {
+            return Err(
+                FieldError::new("capacity", "cpu and memory must be greater than zero").into(),
+            );
+        }
+        let mut state = self.state.lock().await;
+        if !state.pools.contains_key(&req.pool) {
+            return Err(FieldError::new("pool", format!("unknown pool {:?}", req.pool)).into());
+        }
+        let now = self.now();
+        let id = state.next_worker_id();
+        let record = WorkerRecord {
+            id,
+            pool: req.pool,
+            name: req.name.clone(),
+            capacity,
+            labels: req.labels,
+            state: WorkerState::Ready,
+            registered_at: now,
+            updated_at: now,
+        };
+        let mut writes = vec![Write::PutWorker(record)];
+        // A worker spawned for an allocation serves that allocation.
+        let spawned_for = {
+            let mut pending = self
+                .pending
+                .lock()
+                .expect("the pending-spawn lock is never held across a panic");
+            pending.remove(&req.name)
+        };
+        if let Some(p) = spawned_for {
+            let target = state.runs.values().find_map(|r| {
+                r.allocations
+                    .iter()
+                    .find(|a| a.id == p.allocation && a.worker_id.is_none())
+                    .map(|a| (r.record.id, a.group))
+            });
+            if let Some((run_id, group)) = target {
+                let mut update = RunUpdate::new(&state.runs[&run_id], now);
+                update.bind(group, Some(id));
+                update.advance(&mut state);
+                writes.append(&mut update.writes);
+            }
+        }
+        self.commit(&mut state, writes).await?;
+        tracing::info!(worker = id.0, name = %req.name, "worker registered");
+        self.provision(&mut state).await?;
+        Ok(id)
+    }
+
+    /// Answers a worker's poll: its new assignments, the attempts it must kill,
+    /// or that it should exit. Holds the poll open while there is nothing to say.
+    pub async fn poll(&self, worker: WorkerId, req: PollRequest) -> Result<PollResponse> {
+        let wait = Duration::from_millis(req.wait_ms).min(self.config.max_poll_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let wake = {
+                let mut state = self.state.lock().await;
+                let now = self.now();
+                let Some(live) = state.workers.get_mut(&worker) else {
+                    return Ok(PollResponse {
+                        shutdown: true,
+                        cancel: req.running.clone(),
+                        ..PollResponse::default()
+                    });
+                };
+                live.last_seen = now;
+                let wake = live.wake.clone();
+                let response = self.take_assignments(&mut state, worker, &req).await?;
+                if !response.assignments.is_empty()
+                    || !response.cancel.is_empty()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return Ok(response);
+                }
+                wake
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    async fn take_assignments(
+        &self,
+        state: &mut State,
+        worker: WorkerId,
+        req: &PollRequest,
+    ) -> Result<PollResponse> {
+        let now = self.now();
+        let mut writes = Vec::new();
+        let mut assignments = Vec::new();
+        for run in state.runs.values() {
+            if !run.allocations.iter().any(|a| a.worker_id == Some(worker)) {
+                continue;
+            }
+            // Assigned attempts, and running ones the worker does not know of: the
+            // answer that carried them was lost (the server died before sending it).
+            for attempt in run.attempts.iter().filter(|a| {
+                a.worker_id == worker
+                    && (a.state == AttemptState::Assigned
+                        || (a.state == AttemptState::Running && !req.running.contains(&a.id.0)))
+            }) {
+                let step = &run.record.spec.steps[attempt.step_idx as usize];
+                let mut env = step.env.clone();
+                env.insert("CORRAL_RUN_ID".into(), run.record.id.to_string());
+                env.insert("CORRAL_PIPELINE".into(), run.record.pipeline.clone());
+                env.insert("CORRAL_TENANT".into(), run.record.tenant.clone());
+                env.insert("CORRAL_STEP".into(), step.name.clone());
+                env.insert("CORRAL_ATTEMPT".into(), attempt.number.to_string());
+                assignments.push(Assignment {
+                    attempt_id: attempt.id.0,
+                    run_id: run.record.id.0,
+                    step: step.name.clone(),
+                    command: step.run.clone(),
+                    env,
+                    timeout_secs: step.timeout,
+                    workspace: format!("run-{}", run.record.id),
+                });
+                if attempt.state == AttemptState::Assigned {
+                    let mut started = attempt.clone();
+                    started.state = AttemptState::Running;
+                    started.started_at = Some(now);
+                    writes.push(Write::PutAttempt(started));
+                }
+            }
+        }
+        let cancel: Vec<i64> = req
+            .running
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let live = state
+                    .attempt_runs
+                    .get(&AttemptId(id))
+                    .and_then(|r| state.runs.get(r))
+                    .and_then(|r| r.attempt(AttemptId(id)));
+                !live.is_some_and(|a| !a.state.is_terminal() && a.worker_id == worker)
+            })
+            .collect();
+        self.commit(state, writes).await?;
+        Ok(PollResponse {
+            assignments,
+            cancel,
+            shutdown: false,
+        })
+    }
+
+    /// Stores a chunk of an attempt's output (idempotent per offset).
+    pub async fn append_log(&self, attempt: AttemptId, offset: u64, data: String) -> Result<()> {
+        let (run_id, step_idx) = {
+            let state = self.state.lock().await;
+            let found = state
+                .attempt_runs
+                .get(&attempt)
+                .and_then(|r| state.runs.get(r))
+                .and_then(|r| r.attempt(attempt));
+            match found {
+                Some(a) => (a.run_id, a.step_idx),
+                None => {
+                    return Err(EngineError::NotFound {
+                        what: "live attempt",
+                        name: attempt.to_string(),
+                    });
+                }
+            }
+        };
+        self.store
+            .commit(&[Write::AppendLog(LogChunk {
+                attempt_id: attempt,
+                run_id,
+                step_idx,
+                offset,
+                data,
+            })])
+            .await?;
+        Ok(())
+    }
+
+    /// Records how an attempt ended and moves its run forward. Reporting an
+    /// attempt that has already ended changes nothing.
+    pub async fn report(
+        &self,
+        worker: WorkerId,
+        attempt_id: AttemptId,
+        req: ReportRequest,
+    ) -> Result<()> {
+        let outcome = match req.outcome.as_str() {
+            "succeeded" => AttemptState::Succeeded,
+            "failed" => AttemptState::Failed,
+            "timedout" => AttemptState::TimedOut,
+            "cancelled" => AttemptState::Cancelled,
+            other => {
+                return Err(FieldError::new(
+                    "outcome",
+                    format!("{other:?} is not an outcome (succeeded, failed, timedout, cancelled)"),
+                )
+                .into());
+            }
+        };
+        let mut state = self.state.lock().await;
+        let Some(run) = state
+            .attempt_runs
+            .get(&attempt_id)
+            .and_then(|r| state.runs.get(r))
+        else {
+            // The run has ended: the attempt was recorded then.
+            return Ok(());
+        };
+        let Some(attempt) = run.attempt(attempt_id).cloned() else {
+            return Ok(());
+        };
+        if attempt.state.is_terminal() {
+            return Ok(());
+        }
+        if attempt.worker_id != worker {
+            return Err(EngineError::Conflict(format!(
+                "attempt {attempt_id} belongs to worker {}, not {worker}",
+                attempt.worker_id
+            )));
+        }
+        let mut update = RunUpdate::new(run, self.now());
+        update.end_attempt(attempt, outcome, req.exit_code, req.error);
+        update.advance(&mut state);
+        let ended = update.run.record.state.is_terminal();
+        let workers = update.assigned_workers();
+        self.commit(&mut state, update.writes).await?;
+        Self::wake_workers(&state, workers);
+        drop(state);
+        if ended {
+            self.wake_controller.notify_one();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! Moving one run forward: applies the core's step rules to a run's records and
+//! collects the writes that persist the result.
+
+use corral_core::clock::Timestamp;
+use corral_core::ids::WorkerId;
+use corral_core::run::{
+    AttemptState, RunState, StepState, after_attempt, outcome, ready_steps, skip_unreachable,
+};
+use corral_store::{AttemptRecord, Write};
+
+use crate::state::{LiveRun, State};
+
+/// A working copy of a live run and the writes made to it so far.
+pub struct RunUpdate {
+    pub run: LiveRun,
+    pub writes: Vec<Write>,
+    now: Timestamp,
+}
+
+impl RunUpdate {
+    pub fn new(run: &LiveRun, now: Timestamp) -> RunUpdate {
+        RunUpdate {
+            run: run.clone(),
+            writes: Vec::new(),
+            now,
+        }
+    }
+
+    pub fn set_run_state(&mut self, state: RunState) {
+        if self.run.record.state == state {
+            return;
+        }
+        self.run.record.state = state;
+        self.run.record.reason = None;
+        self.run.record.updated_at = self.now;
+        if state.is_terminal() {
+            self.run.record.finished_at = Some(self.now);
+        }
+        self.writes.push(Write::PutRun(self.run.record.clone()));
+    }
+
+    fn set_step(&mut self, idx: usize, state: StepState, attempts: u32) {
+        let step = &mut self.run.steps[idx];
+        step.state = state;
+        step.attempts = attempts;
+        self.writes.push(Write::PutStep(step.clone()));
+    }
+
+    fn put_attempt(&mut self, attempt: AttemptRecord) {
+        match self.run.attempts.iter_mut().find(|a| a.id == attempt.id) {
+            Some(slot) => *slot = attempt.clone(),
+            None => self.run.attempts.push(attempt.clone()),
+        }
+        self.writes.push(Write::PutAttempt(attempt));
+    }
+
+    /// Ends a live attempt and moves its step on (back to pending while retries remain).
+    pub fn end_attempt(
+        &mut self,
+        mut attempt: AttemptRecord,
+        outcome: AttemptState,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    ) {
+        attempt.state = outcome;
+        attempt.exit_code = exit_code;
+        attempt.error = error;
+        attempt.finished_at = Some(self.now);
+        let idx = attempt.step_idx as usize;
+        self.put_attempt(attempt);
+        let progress = self.run.progress();
+        let next = after_attempt(&progress[idx], outcome);
+        let attempts = self.run.steps[idx].attempts;
+        self.set_step(idx, next, attempts);
+    }
+
+    /// Ends the run now in `state`: live attempts and unfinished steps are
+    /// cancelled, and every open allocation is closed.
+    pub fn finish(&mut self, state: RunState) {
+        let live: Vec<AttemptRecord> = self
+            .run
+            .attempts
+            .iter()
+            .filter(|a| !a.state.is_terminal())
+            .cloned()
+            .collect();
+        for mut a in live {
+            a.state = AttemptState::Cancelled;
+            a.finished_at = Some(self.now);
+            self.put_attempt(a);
+        }
+        for idx in 0..self.run.steps.len() {
+            if !self.run.steps[idx].state.is_terminal() {
+                let attempts = self.run.steps[idx].attempts;
+                self.set_step(idx, StepState::Cancelled, attempts);
+            }
+        }
+        self.close_allocations();
+        self.set_run_state(state);
+    }
+
+    fn close_allocations(&mut self) {
+        for mut alloc in std::mem::take(&mut self.run.allocations) {
+            alloc.closed_at = Some(self.now);
+            self.writes.push(Write::PutAllocation(alloc));
+        }
+    }
+
+    /// Skips what can no longer run, starts what is ready on the group's worker,
+    /// and ends the run when every step has ended.
+    pub fn advance(&mut self, state: &mut State) {
+        let mut progress = self.run.progress();
+        for idx in skip_unreachable(&mut progress) {
+            let attempts = self.run.steps[idx].attempts;
+            self.set_step(idx, StepState::Skipped, attempts);
+        }
+        if let Some(end) = outcome(&progress) {
+            self.close_allocations();
+            self.set_run_state(end);
+            return;
+        }
+        for idx in ready_steps(&progress) {
+            let group = self.run.steps[idx].group;
+            let Some(worker) = self.bound_worker(group) else {
+                continue;
+            };
+            let number = self.run.steps[idx].attempts + 1;
+            let attempt = AttemptRecord {
+                id: state.next_attempt_id(),
+                run_id: self.run.record.id,
+                step_idx: self.run.steps[idx].idx,
+                number,
+                worker_id: worker,
+                state: AttemptState::Assigned,
+                exit_code: None,
+                error: None,
+                created_at: self.now,
+                started_at: None,
+                finished_at: None,
+            };
+            self.put_attempt(attempt);
+            self.set_step(idx, StepState::Running, number);
+        }
+        if self.run.attempts.iter().any(|a| !a.state.is_terminal())
+            && matches!(
+                self.run.record.state,
+                RunState::Admitted | RunState::Provisioning
+            )
+        {
+            self.set_run_state(RunState::Running);
+        }
+    }
+
+    fn bound_worker(&self, group: u32) -> Option<WorkerId> {
+        self.run
+            .allocations
+            .iter()
+            .find(|a| a.group == group)
+            .and_then(|a| a.worker_id)
+    }
+
+    /// Workers that were handed new attempts by this update.
+    pub fn assigned_workers(&self) -> Vec<WorkerId> {
+        let mut workers: Vec<WorkerId> = self
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::PutAttempt(a) if a.state == AttemptState::Assigned => Some(a.worker_id),
+                _ => None,
+            })
+            .collect();
+        workers.sort_unstable();
+        workers.dedup();
+        workers
+    }
+
+    /// Binds a group's allocation to a worker.
+    pub fn bind(&mut self, group: u32, worker: Option<WorkerId>) {
+        if let Some(alloc) = self.run.allocations.iter_mut().find(|a| a.group == group) {
+            alloc.worker_id = worker;
+            self.writes.push(Write::PutAllocation(alloc.clone()));
+        }
+    }
+}

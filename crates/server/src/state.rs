@@ -1,0 +1,295 @@
+//! The server's in-memory view of everything unfinished: loaded from the store on
+//! start, and changed only by applying writes the store has just committed, so it
+//! never holds anything the store does not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use corral_core::clock::Timestamp;
+use corral_core::controller::{OpenAllocation, QueuedRun, Snapshot};
+use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::run::{RunState, StepProgress, WorkerState};
+use corral_store::{
+    AllocationRecord, AttemptRecord, Live, MaxIds, PoolRecord, RunRecord, StepRecord, TenantRecord,
+    WorkerRecord, Write,
+};
+use tokio::sync::Notify;
+
+/// An unfinished run with its steps, attempts and open allocations.
+#[derive(Debug, Clone)]
+pub struct LiveRun {
+    pub record: RunRecord,
+    pub steps: Vec<StepRecord>,
+    pub attempts: Vec<AttemptRecord>,
+    pub allocations: Vec<AllocationRecord>,
+    /// `needs[i]`: indices of the steps step `i` waits for.
+    pub needs: Vec<Vec<usize>>,
+}
+
+impl LiveRun {
+    fn new(record: RunRecord) -> LiveRun {
+        let needs = record
+            .spec
+            .steps
+            .iter()
+            .map(|s| {
+                s.needs
+                    .iter()
+                    .filter_map(|n| record.spec.steps.iter().position(|x| &x.name == n))
+                    .collect()
+            })
+            .collect();
+        LiveRun {
+            record,
+            steps: Vec::new(),
+            attempts: Vec::new(),
+            allocations: Vec::new(),
+            needs,
+        }
+    }
+
+    pub fn progress(&self) -> Vec<StepProgress> {
+        self.steps
+            .iter()
+            .map(|s| StepProgress {
+                state: s.state,
+                attempts: s.attempts,
+                retries: self
+                    .record
+                    .spec
+                    .steps
+                    .get(s.idx as usize)
+                    .map_or(0, |x| x.retries),
+                needs: self.needs.get(s.idx as usize).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    pub fn attempt(&self, id: AttemptId) -> Option<&AttemptRecord> {
+        self.attempts.iter().find(|a| a.id == id)
+    }
+}
+
+/// A ready worker and what only the running server knows of it.
+#[derive(Debug)]
+pub struct LiveWorker {
+    pub record: WorkerRecord,
+    /// Last poll; a worker is lost when this grows too old. Reset on server start.
+    pub last_seen: Timestamp,
+    /// Since when no allocation is bound to it.
+    pub idle_since: Option<Timestamp>,
+    /// Wakes the worker's pending long-poll.
+    pub wake: Arc<Notify>,
+}
+
+/// Everything unfinished, indexed for the engine.
+#[derive(Debug, Default)]
+pub struct State {
+    pub pools: BTreeMap<String, PoolRecord>,
+    pub tenants: BTreeMap<String, TenantRecord>,
+    pub runs: BTreeMap<RunId, LiveRun>,
+    pub workers: BTreeMap<WorkerId, LiveWorker>,
+    /// Which live run an attempt belongs to.
+    pub attempt_runs: HashMap<AttemptId, RunId>,
+    pub last_ids: MaxIds,
+}
+
+impl State {
+    /// Builds the state from what the store holds; every worker counts as just seen.
+    pub fn from_live(live: Live, now: Timestamp) -> State {
+        let mut state = State {
+            last_ids: live.max_ids,
+            ..State::default()
+        };
+        let writes = live
+            .pools
+            .into_iter()
+            .map(Write::PutPool)
+            .chain(live.tenants.into_iter().map(Write::PutTenant))
+            .chain(live.runs.into_iter().map(Write::PutRun))
+            .chain(live.steps.into_iter().map(Write::PutStep))
+            .chain(live.attempts.into_iter().map(Write::PutAttempt))
+            .chain(live.open_allocations.into_iter().map(Write::PutAllocation))
+            .chain(live.workers.into_iter().map(Write::PutWorker));
+        let writes: Vec<Write> = writes.collect();
+        state.apply_all(&writes, now);
+        state
+    }
+
+    pub fn next_run_id(&mut self) -> RunId {
+        self.last_ids.run += 1;
+        RunId(self.last_ids.run)
+    }
+
+    pub fn next_attempt_id(&mut self) -> AttemptId {
+        self.last_ids.attempt += 1;
+        AttemptId(self.last_ids.attempt)
+    }
+
+    pub fn next_allocation_id(&mut self) -> AllocationId {
+        self.last_ids.allocation += 1;
+        AllocationId(self.last_ids.allocation)
+    }
+
+    pub fn next_worker_id(&mut self) -> WorkerId {
+        self.last_ids.worker += 1;
+        WorkerId(self.last_ids.worker)
+    }
+
+    /// Applies one committed write.
+    fn apply(&mut self, write: &Write, now: Timestamp) {
+        match write {
+            Write::PutPool(p) => {
+                self.pools.insert(p.spec.name.clone(), p.clone());
+            }
+            Write::DeletePool(name) => {
+                self.pools.remove(name);
+            }
+            Write::PutTenant(t) => {
+                self.tenants.insert(t.spec.name.clone(), t.clone());
+            }
+            Write::DeleteTenant(name) => {
+                self.tenants.remove(name);
+            }
+            Write::PutRun(r) if r.state.is_terminal() => {
+                if let Some(run) = self.runs.remove(&r.id) {
+                    for a in &run.attempts {
+                        self.attempt_runs.remove(&a.id);
+                    }
+                }
+            }
+            Write::PutRun(r) => match self.runs.get_mut(&r.id) {
+                Some(run) => run.record = r.clone(),
+                None => {
+                    self.runs.insert(r.id, LiveRun::new(r.clone()));
+                }
+            },
+            Write::PutStep(s) => {
+                if let Some(run) = self.runs.get_mut(&s.run_id) {
+                    match run.steps.get_mut(s.idx as usize) {
+                        Some(slot) => *slot = s.clone(),
+                        None => run.steps.push(s.clone()),
+                    }
+                }
+            }
+            Write::PutAttempt(a) => {
+                if let Some(run) = self.runs.get_mut(&a.run_id) {
+                    match run.attempts.iter_mut().find(|x| x.id == a.id) {
+                        Some(slot) => *slot = a.clone(),
+                        None => run.attempts.push(a.clone()),
+                    }
+                    self.attempt_runs.insert(a.id, a.run_id);
+                }
+            }
+            Write::PutAllocation(a) => {
+                let Some(run) = self.runs.get_mut(&a.run_id) else {
+                    return;
+                };
+                let previous = run.allocations.iter().position(|x| x.id == a.id);
+                match (previous, a.closed_at) {
+                    (Some(i), Some(_)) => {
+                        run.allocations.remove(i);
+                    }
+                    (Some(i), None) => run.allocations[i] = a.clone(),
+                    (None, None) => run.allocations.push(a.clone()),
+                    (None, Some(_)) => {}
+                }
+            }
+            Write::PutWorker(w) if w.state == WorkerState::Ready => {
+                match self.workers.get_mut(&w.id) {
+                    Some(live) => live.record = w.clone(),
+                    None => {
+                        self.workers.insert(
+                            w.id,
+                            LiveWorker {
+                                record: w.clone(),
+                                last_seen: now,
+                                idle_since: Some(now),
+                                wake: Arc::new(Notify::new()),
+                            },
+                        );
+                    }
+                }
+            }
+            Write::PutWorker(w) => {
+                if let Some(live) = self.workers.remove(&w.id) {
+                    live.wake.notify_one();
+                }
+            }
+            Write::AppendLog(_) => {}
+        }
+    }
+
+    /// Applies a committed batch of writes.
+    pub fn apply_all(&mut self, writes: &[Write], now: Timestamp) {
+        for w in writes {
+            self.apply(w, now);
+        }
+        let binding_changed = writes.iter().any(|w| {
+            matches!(w, Write::PutAllocation(_) | Write::PutWorker(_))
+                || matches!(w, Write::PutRun(r) if r.state.is_terminal())
+        });
+        if binding_changed {
+            self.refresh_idle(now);
+        }
+    }
+
+    /// A worker is idle when no open allocation is bound to it.
+    fn refresh_idle(&mut self, now: Timestamp) {
+        let busy: std::collections::BTreeSet<WorkerId> = self
+            .runs
+            .values()
+            .flat_map(|r| r.allocations.iter().filter_map(|a| a.worker_id))
+            .collect();
+        for (id, w) in &mut self.workers {
+            if busy.contains(id) {
+                w.idle_since = None;
+            } else {
+                w.idle_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// The worker bound to a run's group, if any.
+    pub fn worker_of(&self, run: RunId, group: u32) -> Option<WorkerId> {
+        self.runs
+            .get(&run)?
+            .allocations
+            .iter()
+            .find(|a| a.group == group)?
+            .worker_id
+    }
+
+    /// The controller's snapshot of pools, tenants and open allocations.
+    pub fn snapshot(&self) -> Snapshot {
+        let pools: Vec<_> = self.pools.values().map(|p| p.spec.clone()).collect();
+        let tenants: Vec<_> = self.tenants.values().map(|t| t.spec.clone()).collect();
+        let open: Vec<OpenAllocation> = self
+            .runs
+            .values()
+            .flat_map(|r| r.allocations.iter())
+            .map(|a| OpenAllocation {
+                run: a.run_id,
+                tenant: a.tenant.clone(),
+                pool: a.pool.clone(),
+                resources: a.resources,
+            })
+            .collect();
+        Snapshot::build(&pools, &tenants, &open)
+    }
+
+    /// Runs waiting for admission.
+    pub fn queue(&self) -> Vec<QueuedRun> {
+        self.runs
+            .values()
+            .filter(|r| r.record.state == RunState::Queued)
+            .map(|r| QueuedRun {
+                id: r.record.id,
+                tenant: r.record.tenant.clone(),
+                priority: r.record.priority,
+                enqueued_at: r.record.created_at,
+                groups: r.record.request.groups.clone(),
+            })
+            .collect()
+    }
+}

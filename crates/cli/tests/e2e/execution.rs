@@ -1,0 +1,183 @@
+//! Execution on real agents: parallel steps within the envelope, timeouts that
+//! kill the process group, retries, failure skipping, cancellation, logs.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Server, StoreKind, eventually};
+
+const POOL: &str = "kind: Pool\nname: exec\ncapacity: {cpu: 4, memory: 4Gi}\n---\nkind: Tenant\nname: t\nallowed_pools: [exec]\n";
+
+fn attempts(run: &Value, step: usize) -> Vec<Value> {
+    run["steps"][step]["attempts"]
+        .as_array()
+        .expect("attempts")
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn independent_steps_run_in_parallel_and_dependents_wait() {
+    let server = Server::start("parallel", StoreKind::Sqlite).await;
+    server.apply(POOL).await;
+    // a and b each wait for the other's marker: they only both succeed together.
+    let wait_for = |me: &str, other: &str| {
+        format!(
+            "touch {me}.started; for i in $(seq 100); do [ -f {other}.started ] && exit 0; sleep 0.1; done; exit 1"
+        )
+    };
+    let doc = format!(
+        r#"
+kind: Pipeline
+name: fan
+tenant: t
+steps:
+  - {{name: a, run: "{}", resources: {{cpu: 1, memory: 256Mi}}}}
+  - {{name: b, run: "{}", resources: {{cpu: 1, memory: 256Mi}}}}
+  - {{name: c, run: "ls *.started | wc -l", needs: [a, b], resources: {{cpu: 2, memory: 128Mi}}}}
+"#,
+        wait_for("a", "b"),
+        wait_for("b", "a")
+    );
+    let run = server.submit(&doc).await;
+    assert_eq!(
+        run["request"]["groups"][0]["resources"],
+        serde_json::json!({"cpu_millis": 2000, "memory_mib": 512, "gpu": 0}),
+        "the envelope is the peak concurrent demand"
+    );
+    let id = run["id"].as_i64().expect("id");
+    let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let (_, logs) = server
+        .get_text(&format!("/api/v1/runs/{id}/logs?step=c"))
+        .await;
+    assert_eq!(
+        logs.trim(),
+        "2",
+        "c ran after a and b, in the same workspace"
+    );
+    let (_, all) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
+    assert_eq!(all, "c | 2\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_kill_the_process_group_and_retries_rerun() {
+    let server = Server::start("timeout", StoreKind::Sqlite).await;
+    server.apply(POOL).await;
+    let doc = r#"
+kind: Pipeline
+name: flaky
+tenant: t
+steps:
+  - {name: slow, run: "sleep 60 & sleep 60; echo never", timeout: 1s, retries: 1}
+  - {name: after, run: "echo unreachable", needs: [slow]}
+"#;
+    let id = server.submit(doc).await["id"].as_i64().expect("id");
+    let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
+    assert_eq!(run["state"], "failed", "{run:#}");
+    let tries = attempts(&run, 0);
+    assert_eq!(tries.len(), 2, "one retry: {run:#}");
+    assert!(tries.iter().all(|a| a["state"] == "timedout"), "{tries:#?}");
+    assert_eq!(run["steps"][1]["state"], "skipped");
+    assert!(run["allocations"][0]["closed_at"].is_string(), "released");
+    // The background `sleep 60` of the step's group was killed too.
+    eventually(
+        "the step's process group to be killed",
+        Duration::from_secs(10),
+        || async {
+            let out = std::process::Command::new("pgrep")
+                .args(["-f", "sleep 60"])
+                .output()
+                .expect("pgrep");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A step that fails twice then succeeds, with retries: 2.
+    let doc = r#"
+kind: Pipeline
+name: third-time
+tenant: t
+steps:
+  - {name: s, run: "n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; echo try $n; [ $n -ge 3 ]", retries: 2}
+"#;
+    let id = server.submit(doc).await["id"].as_i64().expect("id");
+    let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let tries = attempts(&run, 0);
+    assert_eq!(
+        tries
+            .iter()
+            .map(|a| a["exit_code"].as_i64())
+            .collect::<Vec<_>>(),
+        vec![Some(1), Some(1), Some(0)]
+    );
+    let (_, logs) = server
+        .get_text(&format!("/api/v1/runs/{id}/logs?step=s"))
+        .await;
+    assert_eq!(
+        logs,
+        "--- attempt 1 ---\ntry 1\n--- attempt 2 ---\ntry 2\n--- attempt 3 ---\ntry 3\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
+    let server = Server::start("cancel", StoreKind::Sqlite).await;
+    server.apply(POOL).await;
+    let doc = "kind: Pipeline\nname: long\ntenant: t\nsteps:\n  - {name: s, run: 'echo up; sleep 120', resources: {cpu: 4, memory: 1Gi}}\n";
+    let id = server.submit(doc).await["id"].as_i64().expect("id");
+    let waiting = server.submit(doc).await["id"].as_i64().expect("id");
+    eventually("the step to print", Duration::from_secs(20), || async {
+        let (_, text) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
+        text.contains("up").then_some(())
+    })
+    .await;
+    let (status, run) = server
+        .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
+        .await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["state"], "cancelled");
+    assert!(
+        run["allocations"][0]["closed_at"].is_string(),
+        "released at once: {run:#}"
+    );
+    // The next run gets the room.
+    eventually(
+        "the waiting run to start",
+        Duration::from_secs(20),
+        || async { (server.run(waiting).await["state"] == "running").then_some(()) },
+    )
+    .await;
+    let (status, body) = server
+        .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
+        .await;
+    assert_eq!(status, 409, "cancelling an ended run conflicts: {body}");
+    let (status, _) = server.send("POST", "/api/v1/runs/999999/cancel", "").await;
+    assert_eq!(status, 404);
+    let (status, run) = server
+        .send("POST", &format!("/api/v1/runs/{waiting}/cancel"), "")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(run["state"], "cancelled");
+    // Both processes are gone.
+    eventually(
+        "the killed steps to exit",
+        Duration::from_secs(10),
+        || async {
+            let out = std::process::Command::new("pgrep")
+                .args(["-f", "sleep 120"])
+                .output()
+                .expect("pgrep");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+}

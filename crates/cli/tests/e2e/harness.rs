@@ -1,0 +1,353 @@
+//! Real processes for end-to-end tests: a `corral server` (with its local agents)
+//! on 127.0.0.1, driven over HTTP; killed with its process group when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
+
+/// Which store a test server uses.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres(String),
+}
+
+impl StoreKind {
+    pub async fn postgres(label: &str) -> StoreKind {
+        StoreKind::Postgres(corral_store::testing::fresh_postgres_database(label).await)
+    }
+}
+
+pub fn temp_dir(label: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir =
+        std::env::temp_dir().join(format!("corral-e2e-{label}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct Server {
+    pub url: String,
+    pub data_dir: PathBuf,
+    port: u16,
+    store: StoreKind,
+    child: Option<Child>,
+    /// Process groups started by this server (it and its local agents).
+    groups: Vec<i32>,
+    http: reqwest::Client,
+    extra_args: Vec<String>,
+}
+
+impl Server {
+    pub async fn start(label: &str, store: StoreKind) -> Server {
+        Server::start_with(label, store, &[]).await
+    }
+
+    pub async fn start_with(label: &str, store: StoreKind, extra_args: &[&str]) -> Server {
+        let port = free_port();
+        let mut server = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            data_dir: temp_dir(label),
+            port,
+            store,
+            child: None,
+            groups: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .env("CORRAL_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.data_dir.join("server.log"))
+                    .expect("server log"),
+            );
+        if let StoreKind::Postgres(url) = &self.store {
+            cmd.arg("--database-url").arg(url);
+        }
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("spawn corral server");
+        self.groups
+            .push(i32::try_from(child.id()).expect("pid fits"));
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not come up; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` the server process only: its agents and their steps live on.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+            kill(pid, Signal::SIGKILL).expect("kill -9 the server");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> T {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert!(status.is_success(), "GET {path}: {status}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
+    }
+
+    /// Sends a request and returns the status with the JSON body (null when empty).
+    pub async fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn apply(&self, yaml: &str) {
+        let (status, body) = self.send("POST", "/api/v1/apply", yaml).await;
+        assert_eq!(status, 200, "apply: {body}");
+    }
+
+    /// Submits a pipeline and returns the run (answer of POST /runs).
+    pub async fn submit(&self, yaml: &str) -> Value {
+        let (status, body) = self.send("POST", "/api/v1/runs", yaml).await;
+        assert_eq!(status, 201, "submit: {body}");
+        body
+    }
+
+    pub async fn run(&self, id: i64) -> Value {
+        self.get(&format!("/api/v1/runs/{id}")).await
+    }
+
+    /// Waits until the run has ended and returns it.
+    pub async fn wait_run_ended(&self, id: i64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let run = self.run(id).await;
+            if matches!(
+                run["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled" | "rejected")
+            ) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} did not end within {within:?}: {run:#}\nserver log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for g in &self.groups {
+            let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the persisted allocation history: at no instant do the open
+/// allocations of `tenant` exceed `limit_cpu` millicores, nor those of each pool
+/// its capacity; every run holds at most one open allocation per group at once.
+/// Returns the tenant's peak.
+pub fn check_history(
+    allocations: &[Value],
+    tenant: &str,
+    limit_cpu: u64,
+    capacities: &[(&str, u64)],
+) -> u64 {
+    #[derive(Debug)]
+    struct Event {
+        at: String,
+        open: bool,
+        cpu: u64,
+        tenant: String,
+        pool: String,
+    }
+    let mut events = Vec::new();
+    for a in allocations {
+        let cpu = a["resources"]["cpu_millis"].as_u64().expect("cpu");
+        let t = a["tenant"].as_str().expect("tenant").to_string();
+        let p = a["pool"].as_str().expect("pool").to_string();
+        events.push(Event {
+            at: a["opened_at"].as_str().expect("opened").into(),
+            open: true,
+            cpu,
+            tenant: t.clone(),
+            pool: p.clone(),
+        });
+        if let Some(closed) = a["closed_at"].as_str() {
+            events.push(Event {
+                at: closed.into(),
+                open: false,
+                cpu,
+                tenant: t,
+                pool: p,
+            });
+        }
+    }
+    // RFC 3339 in UTC with milliseconds sorts as text; at the same millisecond a
+    // release is counted before a grant.
+    events.sort_by(|a, b| a.at.cmp(&b.at).then(a.open.cmp(&b.open)));
+    let mut tenant_use: u64 = 0;
+    let mut peak = 0;
+    let mut pool_use: std::collections::BTreeMap<String, u64> = Default::default();
+    for e in &events {
+        let pool = pool_use.entry(e.pool.clone()).or_default();
+        if e.open {
+            *pool += e.cpu;
+            if e.tenant == tenant {
+                tenant_use += e.cpu;
+            }
+        } else {
+            *pool -= e.cpu;
+            if e.tenant == tenant {
+                tenant_use -= e.cpu;
+            }
+        }
+        peak = peak.max(tenant_use);
+        assert!(
+            tenant_use <= limit_cpu,
+            "tenant {tenant} above its quota at {}: {tenant_use}m",
+            e.at
+        );
+        for (name, cap) in capacities {
+            if *name == e.pool {
+                assert!(
+                    *pool <= *cap,
+                    "pool {name} above capacity at {}: {pool}m",
+                    e.at
+                );
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for a in allocations {
+        let key = (a["run_id"].as_i64(), a["group"].as_u64());
+        assert!(
+            seen.insert(key),
+            "run {:?} group {:?} was granted twice",
+            key.0,
+            key.1
+        );
+    }
+    peak
+}
+
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("the workspace root")
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `corral` binary as server, agents and CLI, on
+//! 127.0.0.1, against both stores where the store matters.
+
+mod admission;
+mod api;
+mod crash;
+mod execution;
+mod harness;
+mod quick_start;

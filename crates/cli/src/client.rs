@@ -66,8 +66,15 @@ impl Client {
         self.json(self.http.get(self.url("/tenants"))).await
     }
 
-    pub async fn runs(&self, tenant: Option<&str>, state: Option<&str>) -> Result<Vec<RunSummary>> {
+    pub async fn runs(
+        &self,
+        tenant: Option<&str>,
+        state: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<RunSummary>> {
+        let limit = limit.to_string();
         let mut query = BTreeMap::new();
+        query.insert("limit", limit.as_str());
         if let Some(t) = tenant {
             query.insert("tenant", t);
         }

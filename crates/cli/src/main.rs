@@ -1,6 +1,7 @@
 //! The `corral` command: the server, the agent, and the client commands that talk
 //! to a server over its HTTP API.
 
+mod bench;
 mod client;
 mod output;
 
@@ -118,6 +119,9 @@ enum Command {
         /// For runs: only in this state.
         #[arg(long)]
         state: Option<String>,
+        /// For runs: at most this many, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
     /// Show a run in detail, with why it waits.
     Describe {
@@ -143,6 +147,18 @@ enum Command {
         #[command(flatten)]
         server: ServerArg,
         run: i64,
+    },
+    /// Measure latency and throughput on a temporary server (SQLite, local workers).
+    Bench {
+        /// One-at-a-time runs for the latency figures.
+        #[arg(long, default_value_t = 500)]
+        latency_runs: usize,
+        /// Runs submitted at once for the throughput figure.
+        #[arg(long, default_value_t = 2000)]
+        throughput_runs: usize,
+        /// Warm local workers in the bench pool.
+        #[arg(long, default_value_t = 8)]
+        workers: u32,
     },
 }
 
@@ -296,13 +312,16 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             output,
             tenant,
             state,
+            limit,
         } => {
             let client = Client::new(&server.server)?;
             let text = match kind {
                 Kind::Pools => output::pools(&client.pools().await?, output)?,
                 Kind::Tenants => output::tenants(&client.tenants().await?, output)?,
                 Kind::Runs => output::runs(
-                    &client.runs(tenant.as_deref(), state.as_deref()).await?,
+                    &client
+                        .runs(tenant.as_deref(), state.as_deref(), limit)
+                        .await?,
                     output,
                 )?,
             };
@@ -331,6 +350,19 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             } else {
                 print!("{}", client.logs(run, step.as_deref()).await?);
             }
+            Ok(ok)
+        }
+        Command::Bench {
+            latency_runs,
+            throughput_runs,
+            workers,
+        } => {
+            bench::run(bench::BenchConfig {
+                latency_runs,
+                throughput_runs,
+                workers,
+            })
+            .await?;
             Ok(ok)
         }
         Command::Cancel { server, run } => {

@@ -235,7 +235,7 @@ pub fn parse_memory(input: &str) -> Result<u64, QuantityError> {
 
 /// Formats millicores: whole cores as `2`, the rest as `1500m`.
 pub fn format_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
@@ -244,9 +244,9 @@ pub fn format_cpu(millis: u64) -> String {
 
 /// Formats MiB: `4Gi` when it is a whole number of GiB, otherwise `512Mi`.
 pub fn format_memory(mib: u64) -> String {
-    if mib != 0 && mib % (1024 * 1024) == 0 {
+    if mib != 0 && mib.is_multiple_of(1024 * 1024) {
         format!("{}Ti", mib / (1024 * 1024))
-    } else if mib != 0 && mib % 1024 == 0 {
+    } else if mib != 0 && mib.is_multiple_of(1024) {
         format!("{}Gi", mib / 1024)
     } else {
         format!("{mib}Mi")

@@ -528,7 +528,6 @@ impl Engine {
     }
 
     /// The writes that bind allocations to workers, and the workers to spawn.
-    #[expect(clippy::type_complexity, reason = "a private pair of plain lists")]
     fn plan_provision(&self, state: &mut State) -> (Vec<Write>, Vec<(String, String, Resources)>) {
         let now = self.now();
         let mut writes = Vec::new();

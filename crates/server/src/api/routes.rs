@@ -322,7 +322,7 @@ async fn delete_tenant(
 #[utoipa::path(post, path = "/api/v1/apply", request_body(content = String, description = "Multi-document YAML (or JSON) of Pools and Tenants"),
     responses((status = 200, body = [Applied]), (status = 400, body = ErrorBody)))]
 async fn apply(State(engine): State<AppState>, body: Bytes) -> ApiResult<Json<Vec<Applied>>> {
-    let docs = parse_documents(body_text(&body)?).map_err(|e| ApiError::invalid(e))?;
+    let docs = parse_documents(body_text(&body)?)?;
     if let Some(i) = docs.iter().position(|d| matches!(d, Document::Pipeline(_))) {
         return Err(FieldError::new(
             format!("documents[{i}].kind"),

@@ -1,0 +1,203 @@
+//! `corral bench`: starts a server on a fresh SQLite store in a temporary
+//! directory, with local workers, and measures (1) submit-to-succeeded latency
+//! of one-step `true` pipelines on warm workers and (2) the throughput of many
+//! such runs from 4 tenants. Times come from the server's own records (created
+//! at submit, finished at the final report), in milliseconds.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use corral_api::RunSummary;
+use corral_server::engine::EngineConfig;
+use futures::StreamExt;
+
+use crate::client::Client;
+
+pub struct BenchConfig {
+    pub latency_runs: usize,
+    pub throughput_runs: usize,
+    pub workers: u32,
+}
+
+const TENANTS: [&str; 4] = ["t1", "t2", "t3", "t4"];
+
+fn pipeline(tenant: &str, i: usize) -> String {
+    format!(
+        "kind: Pipeline\nname: bench-{i}\ntenant: {tenant}\nsteps:\n  - {{name: s, run: 'true', resources: {{cpu: 100m, memory: 64Mi}}}}\n"
+    )
+}
+
+fn millis(text: &str) -> Result<i64> {
+    Ok(chrono::DateTime::parse_from_rfc3339(text)
+        .with_context(|| format!("bad time {text}"))?
+        .timestamp_millis())
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn wait_all_ended(client: &Client, ids: &[i64]) -> Result<Vec<RunSummary>> {
+    let wanted: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last_report = Instant::now();
+    loop {
+        let failed = client.runs(None, Some("failed"), 10_000).await?;
+        if let Some(bad) = failed.iter().find(|r| wanted.contains(&r.id)) {
+            bail!("run {} failed", bad.id);
+        }
+        let done: Vec<RunSummary> = client
+            .runs(None, Some("succeeded"), 10_000)
+            .await?
+            .into_iter()
+            .filter(|r| wanted.contains(&r.id))
+            .collect();
+        if done.len() == wanted.len() {
+            return Ok(done);
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("  {} of {} runs succeeded", done.len(), wanted.len());
+            last_report = Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} runs did not end within 10 minutes",
+                wanted.len() - done.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn run(config: BenchConfig) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    let server_config = corral_server::ServerConfig {
+        listen: addr,
+        data_dir: dir.clone(),
+        database_url: None,
+        exe: std::env::current_exe()?,
+        engine: EngineConfig::default(),
+        tick: Duration::from_millis(500),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(corral_server::serve(server_config, async {
+        let _ = stop_rx.await;
+    }));
+    let client = Client::new(&format!("http://{addr}"))?;
+    let start = Instant::now();
+    while client.pools().await.is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the bench server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut cluster = format!(
+        "kind: Pool\nname: bench\ncapacity: {{cpu: 64, memory: 128Gi}}\nmax_workers: {}\n---\nkind: Pool\nname: local\ncapacity: {{cpu: 1, memory: 1Gi}}\nstate: disabled\n",
+        config.workers
+    );
+    for t in TENANTS {
+        cluster.push_str(&format!("---\nkind: Tenant\nname: {t}\n"));
+    }
+    client.apply(&cluster).await?;
+
+    // Warm up: one run per worker, at once, so every worker is spawned.
+    eprintln!("warming up {} workers...", config.workers);
+    let warm: Vec<i64> = futures::future::try_join_all((0..config.workers as usize).map(|i| {
+        let client = &client;
+        async move {
+            client
+                .submit(&pipeline("t1", i))
+                .await
+                .map(|r| r.summary.id)
+        }
+    }))
+    .await?;
+    wait_all_ended(&client, &warm).await?;
+
+    eprintln!("latency: {} runs, one at a time...", config.latency_runs);
+    let mut latencies = Vec::with_capacity(config.latency_runs);
+    let wall = Instant::now();
+    for i in 0..config.latency_runs {
+        let run = client.submit(&pipeline(TENANTS[i % 4], i)).await?;
+        let ended = wait_one(&client, run.summary.id).await?;
+        let finished = ended.finished_at.context("finished run has finished_at")?;
+        latencies.push(millis(&finished)? - millis(&ended.created_at)?);
+    }
+    let client_side = wall.elapsed();
+    latencies.sort_unstable();
+    println!(
+        "latency (submit to succeeded, server clock, {} runs, warm workers): median {} ms, p99 {} ms, max {} ms; client round trip incl. polling {:.1} ms/run",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0),
+        client_side.as_secs_f64() * 1000.0 / config.latency_runs as f64
+    );
+
+    eprintln!(
+        "throughput: {} runs from 4 tenants...",
+        config.throughput_runs
+    );
+    let wall = Instant::now();
+    let ids: Vec<i64> = futures::stream::iter(0..config.throughput_runs)
+        .map(|i| {
+            let client = &client;
+            async move {
+                client
+                    .submit(&pipeline(TENANTS[i % 4], i))
+                    .await
+                    .map(|r| r.summary.id)
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let submitted = wall.elapsed();
+    let ended = wait_all_ended(&client, &ids).await?;
+    let first = ended
+        .iter()
+        .map(|r| millis(&r.created_at))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .min()
+        .unwrap_or(0);
+    let last = ended
+        .iter()
+        .filter_map(|r| r.finished_at.as_deref().map(millis))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let span = (last - first).max(1) as f64 / 1000.0;
+    println!(
+        "throughput: {} runs in {:.2} s (first submit to last success) = {:.0} runs/s; submitting took {:.2} s ({:.0} submits/s); {} workers",
+        ids.len(),
+        span,
+        ids.len() as f64 / span,
+        submitted.as_secs_f64(),
+        ids.len() as f64 / submitted.as_secs_f64(),
+        config.workers
+    );
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn wait_one(client: &Client, id: i64) -> Result<RunSummary> {
+    loop {
+        let run = client.run(id).await?;
+        match run.summary.state.as_str() {
+            "succeeded" => return Ok(run.summary),
+            "failed" | "cancelled" | "rejected" => bail!("run {id} ended {}", run.summary.state),
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}

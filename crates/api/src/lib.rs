@@ -140,7 +140,7 @@ pub struct RequestView {
 pub struct AttemptView {
     pub id: i64,
     pub number: u32,
-    /// `assigned`, `running`, `succeeded`, `failed`, `timedout`, `lost` or `cancelled`.
+    /// `running`, `succeeded`, `failed`, `timedout`, `lost` or `cancelled`.
     pub state: String,
     pub worker_id: i64,
     pub exit_code: Option<i32>,

@@ -9,7 +9,7 @@
 //!    later runs in the same cycle see it. A run that must wait never blocks the
 //!    runs behind it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -209,10 +209,41 @@ pub fn decide(snapshot: &Snapshot, queue: &[QueuedRun], now: Timestamp) -> Vec<D
             .then(a.enqueued_at.cmp(&b.enqueued_at))
             .then(a.id.cmp(&b.id))
     });
-    order
-        .into_iter()
-        .map(|run| decide_one(&mut work, run, now))
-        .collect()
+    // Runs of the same tenant and shape get the same verdict until something is
+    // admitted: remember it instead of recomputing (and reformatting) it.
+    let mut verdicts: HashMap<(&str, Vec<(Option<&str>, Resources)>), Decision> = HashMap::new();
+    let mut decisions = Vec::with_capacity(order.len());
+    for run in order {
+        let shape = (
+            run.tenant.as_str(),
+            run.groups
+                .iter()
+                .map(|g| (g.pool.as_deref(), g.resources))
+                .collect::<Vec<_>>(),
+        );
+        let decision = match verdicts.get(&shape) {
+            Some(Decision::Reject { reason, .. }) => Decision::Reject {
+                run: run.id,
+                reason: reason.clone(),
+            },
+            Some(Decision::Wait { reason, .. }) => Decision::Wait {
+                run: run.id,
+                reason: reason.clone(),
+                waited_ms: now.millis_since(run.enqueued_at),
+            },
+            _ => {
+                let decision = decide_one(&mut work, run, now);
+                if matches!(decision, Decision::Admit { .. }) {
+                    verdicts.clear();
+                } else {
+                    verdicts.insert(shape, decision.clone());
+                }
+                decision
+            }
+        };
+        decisions.push(decision);
+    }
+    decisions
 }
 
 fn decide_one(work: &mut Snapshot, run: &QueuedRun, now: Timestamp) -> Decision {

@@ -70,9 +70,9 @@ string_enum!(
 );
 
 string_enum!(
-    /// The state of one attempt at a step.
+    /// The state of one attempt at a step: running from the moment it is handed
+    /// to a worker until the worker reports how it ended.
     AttemptState {
-        Assigned => "assigned",
         Running => "running",
         Succeeded => "succeeded",
         Failed => "failed",
@@ -117,7 +117,7 @@ impl StepState {
 
 impl AttemptState {
     pub fn is_terminal(self) -> bool {
-        !matches!(self, AttemptState::Assigned | AttemptState::Running)
+        self != AttemptState::Running
     }
 }
 

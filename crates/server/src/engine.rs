@@ -788,7 +788,7 @@ impl Engine {
                 };
                 live.last_seen = now;
                 let wake = live.wake.clone();
-                let response = self.take_assignments(&mut state, worker, &req).await?;
+                let response = self.take_assignments(&mut state, worker, &req);
                 if !response.assignments.is_empty()
                     || !response.cancel.is_empty()
                     || tokio::time::Instant::now() >= deadline
@@ -804,25 +804,30 @@ impl Engine {
         }
     }
 
-    async fn take_assignments(
+    fn take_assignments(
         &self,
         state: &mut State,
         worker: WorkerId,
         req: &PollRequest,
-    ) -> Result<PollResponse> {
+    ) -> PollResponse {
         let now = self.now();
-        let mut writes = Vec::new();
+        let redeliver_after = ms(self.config.max_poll_wait) * 2;
         let mut assignments = Vec::new();
+        let mut delivered = Vec::new();
         for run in state.runs.values() {
             if !run.allocations.iter().any(|a| a.worker_id == Some(worker)) {
                 continue;
             }
-            // Assigned attempts, and running ones the worker does not know of: the
-            // answer that carried them was lost (the server died before sending it).
+            // Running attempts the worker does not report as running: new ones, and
+            // any whose answer was lost (the server died, or the poll timed out).
             for attempt in run.attempts.iter().filter(|a| {
                 a.worker_id == worker
-                    && (a.state == AttemptState::Assigned
-                        || (a.state == AttemptState::Running && !req.running.contains(&a.id.0)))
+                    && a.state == AttemptState::Running
+                    && !req.running.contains(&a.id.0)
+                    && state
+                        .delivered
+                        .get(&a.id)
+                        .is_none_or(|at| now.millis_since(*at) > redeliver_after)
             }) {
                 let step = &run.record.spec.steps[attempt.step_idx as usize];
                 let mut env = step.env.clone();
@@ -840,12 +845,7 @@ impl Engine {
                     timeout_secs: step.timeout,
                     workspace: format!("run-{}", run.record.id),
                 });
-                if attempt.state == AttemptState::Assigned {
-                    let mut started = attempt.clone();
-                    started.state = AttemptState::Running;
-                    started.started_at = Some(now);
-                    writes.push(Write::PutAttempt(started));
-                }
+                delivered.push(attempt.id);
             }
         }
         let cancel: Vec<i64> = req
@@ -861,12 +861,14 @@ impl Engine {
                 !live.is_some_and(|a| !a.state.is_terminal() && a.worker_id == worker)
             })
             .collect();
-        self.commit(state, writes).await?;
-        Ok(PollResponse {
+        for id in delivered {
+            state.delivered.insert(id, now);
+        }
+        PollResponse {
             assignments,
             cancel,
             shutdown: false,
-        })
+        }
     }
 
     /// Stores a chunk of an attempt's output (idempotent per offset).

@@ -131,11 +131,11 @@ impl RunUpdate {
                 step_idx: self.run.steps[idx].idx,
                 number,
                 worker_id: worker,
-                state: AttemptState::Assigned,
+                state: AttemptState::Running,
                 exit_code: None,
                 error: None,
                 created_at: self.now,
-                started_at: None,
+                started_at: Some(self.now),
                 finished_at: None,
             };
             self.put_attempt(attempt);
@@ -165,7 +165,9 @@ impl RunUpdate {
             .writes
             .iter()
             .filter_map(|w| match w {
-                Write::PutAttempt(a) if a.state == AttemptState::Assigned => Some(a.worker_id),
+                Write::PutAttempt(a) if a.created_at == self.now && !a.state.is_terminal() => {
+                    Some(a.worker_id)
+                }
                 _ => None,
             })
             .collect();

@@ -91,6 +91,9 @@ pub struct State {
     pub workers: BTreeMap<WorkerId, LiveWorker>,
     /// Which live run an attempt belongs to.
     pub attempt_runs: HashMap<AttemptId, RunId>,
+    /// Running attempts handed to their worker, and when. Not persisted: after a
+    /// restart a worker gets again what it does not report as running.
+    pub delivered: HashMap<AttemptId, Timestamp>,
     pub last_ids: MaxIds,
 }
 
@@ -155,6 +158,7 @@ impl State {
                 if let Some(run) = self.runs.remove(&r.id) {
                     for a in &run.attempts {
                         self.attempt_runs.remove(&a.id);
+                        self.delivered.remove(&a.id);
                     }
                 }
             }
@@ -179,6 +183,9 @@ impl State {
                         None => run.attempts.push(a.clone()),
                     }
                     self.attempt_runs.insert(a.id, a.run_id);
+                    if a.state.is_terminal() {
+                        self.delivered.remove(&a.id);
+                    }
                 }
             }
             Write::PutAllocation(a) => {

@@ -198,6 +198,10 @@ impl Decision {
     }
 }
 
+/// What a verdict depends on besides the snapshot: the tenant and, per group, the
+/// pool selector and resources.
+type Shape<'a> = (&'a str, Vec<(Option<&'a str>, Resources)>);
+
 /// Decides, for every queued run, whether it is admitted (and where), rejected,
 /// or left waiting with a reason. Deterministic: same input, same output.
 pub fn decide(snapshot: &Snapshot, queue: &[QueuedRun], now: Timestamp) -> Vec<Decision> {
@@ -211,7 +215,7 @@ pub fn decide(snapshot: &Snapshot, queue: &[QueuedRun], now: Timestamp) -> Vec<D
     });
     // Runs of the same tenant and shape get the same verdict until something is
     // admitted: remember it instead of recomputing (and reformatting) it.
-    let mut verdicts: HashMap<(&str, Vec<(Option<&str>, Resources)>), Decision> = HashMap::new();
+    let mut verdicts: HashMap<Shape<'_>, Decision> = HashMap::new();
     let mut decisions = Vec::with_capacity(order.len());
     for run in order {
         let shape = (

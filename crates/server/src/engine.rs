@@ -25,6 +25,7 @@ use corral_store::{
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
+use crate::commit::{Batch, CommitQueue};
 use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
 use crate::state::State;
@@ -40,6 +41,8 @@ pub enum EngineError {
     Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the store failed to commit: {0}")]
+    CommitFailed(String),
 }
 
 impl From<FieldError> for EngineError {
@@ -106,9 +109,20 @@ pub struct Engine {
     config: EngineConfig,
     provider: LocalProvider,
     state: Mutex<State>,
+    commits: CommitQueue,
     pending: std::sync::Mutex<BTreeMap<String, PendingSpawn>>,
     /// Wakes the controller loop.
     pub wake_controller: Notify,
+}
+
+/// What an operation does once its writes are settled.
+#[derive(Default)]
+struct Effects {
+    /// The last batch the answer depends on.
+    seq: u64,
+    wake: Vec<Arc<Notify>>,
+    spawns: Vec<(String, String, Resources)>,
+    controller: bool,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -131,6 +145,7 @@ impl Engine {
             config,
             provider,
             state: Mutex::new(state),
+            commits: CommitQueue::new(0),
             pending: std::sync::Mutex::new(BTreeMap::new()),
             wake_controller: Notify::new(),
         })
@@ -157,21 +172,84 @@ impl Engine {
         self.state.lock().await
     }
 
-    async fn commit(&self, state: &mut State, writes: Vec<Write>) -> Result<()> {
-        if writes.is_empty() {
-            return Ok(());
+    /// Applies `writes` in memory and queues them for the store; the caller's
+    /// answer and effects wait for them through `fx`.
+    fn stage(&self, state: &mut State, writes: Vec<Write>, fx: &mut Effects) {
+        if !writes.is_empty() {
+            state.seq += 1;
+            state.apply_all(&writes, self.clock.now(), state.seq);
+            self.commits.enqueue(Batch {
+                seq: state.seq,
+                writes,
+            });
         }
-        self.store.commit(&writes).await?;
-        state.apply_all(&writes, self.clock.now());
+        fx.seq = state.seq;
+    }
+
+    /// Waits until the operation's writes are settled, then acts.
+    async fn finish(&self, fx: Effects) -> Result<()> {
+        self.commits
+            .settle(fx.seq)
+            .await
+            .map_err(EngineError::CommitFailed)?;
+        for wake in fx.wake {
+            wake.notify_one();
+        }
+        if fx.controller {
+            self.wake_controller.notify_one();
+        }
+        for (name, pool, resources) in fx.spawns {
+            if let Err(e) = self.provider.spawn(&name, &pool, resources) {
+                tracing::error!(worker = %name, error = %e, "cannot spawn a local worker");
+            }
+        }
         Ok(())
     }
 
-    fn wake_workers(state: &State, workers: impl IntoIterator<Item = WorkerId>) {
-        for w in workers {
-            if let Some(live) = state.workers.get(&w) {
-                live.wake.notify_one();
+    /// The committer: writes every queued batch in one transaction, again and
+    /// again. When a transaction fails, the memory holds writes the store does
+    /// not: the state is rebuilt from the store and the operations fail.
+    pub async fn run_committer(&self) {
+        loop {
+            let batches = self.commits.next().await;
+            let first = batches.first().map_or(0, |b| b.seq);
+            let last = batches.last().map_or(0, |b| b.seq);
+            let writes: Vec<Write> = batches.into_iter().flat_map(|b| b.writes).collect();
+            match self.store.commit(&writes).await {
+                Ok(()) => self.commits.mark_committed(last),
+                Err(e) => {
+                    tracing::error!(error = %e, "commit failed; reloading the state from the store");
+                    let mut state = self.state.lock().await;
+                    let later = self.commits.drain();
+                    let last = later.last().map_or(last, |b| b.seq);
+                    loop {
+                        match self.store.load_live().await {
+                            Ok(live) => {
+                                let seq = state.seq;
+                                *state = State::from_live(live, self.now());
+                                state.seq = seq;
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot reload the state; retrying");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                    self.commits.mark_failed(first, last, e.to_string());
+                }
             }
         }
+    }
+
+    fn wake_handles(
+        state: &State,
+        workers: impl IntoIterator<Item = WorkerId>,
+    ) -> Vec<Arc<Notify>> {
+        workers
+            .into_iter()
+            .filter_map(|w| state.workers.get(&w).map(|live| live.wake.clone()))
+            .collect()
     }
 
     // ---- first start ----
@@ -208,7 +286,10 @@ impl Engine {
                 updated_at: now,
             }));
         }
-        self.commit(&mut state, writes).await?;
+        let mut fx = Effects::default();
+        self.stage(&mut state, writes, &mut fx);
+        drop(state);
+        self.finish(fx).await?;
         Ok(created)
     }
 
@@ -248,11 +329,15 @@ impl Engine {
                 Action::Created,
             ),
         };
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
         if action != Action::Unchanged {
-            self.commit(&mut state, vec![Write::PutPool(record.clone())])
-                .await?;
-            self.wake_controller.notify_one();
+            self.stage(&mut state, vec![Write::PutPool(record.clone())], &mut fx);
         }
+        drop(state);
+        self.finish(fx).await?;
         Ok((record, action))
     }
 
@@ -284,7 +369,10 @@ impl Engine {
                 ..w.record.clone()
             }));
         }
-        self.commit(&mut state, writes).await
+        let mut fx = Effects::default();
+        self.stage(&mut state, writes, &mut fx);
+        drop(state);
+        self.finish(fx).await
     }
 
     pub async fn put_tenant(
@@ -320,11 +408,15 @@ impl Engine {
                 Action::Created,
             ),
         };
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
         if action != Action::Unchanged {
-            self.commit(&mut state, vec![Write::PutTenant(record.clone())])
-                .await?;
-            self.wake_controller.notify_one();
+            self.stage(&mut state, vec![Write::PutTenant(record.clone())], &mut fx);
         }
+        drop(state);
+        self.finish(fx).await?;
         Ok((record, action))
     }
 
@@ -347,8 +439,10 @@ impl Engine {
                 "tenant {name} has {open} open allocation(s); delete it when they are released"
             )));
         }
-        self.commit(&mut state, vec![Write::DeleteTenant(name.into())])
-            .await
+        let mut fx = Effects::default();
+        self.stage(&mut state, vec![Write::DeleteTenant(name.into())], &mut fx);
+        drop(state);
+        self.finish(fx).await
     }
 
     // ---- runs ----
@@ -412,9 +506,13 @@ impl Engine {
         let writes = std::iter::once(Write::PutRun(record.clone()))
             .chain(steps.into_iter().map(Write::PutStep))
             .collect();
-        self.commit(&mut state, writes).await?;
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
+        self.stage(&mut state, writes, &mut fx);
         drop(state);
-        self.wake_controller.notify_one();
+        self.finish(fx).await?;
         Ok(record)
     }
 
@@ -444,10 +542,14 @@ impl Engine {
             .collect();
         update.finish(RunState::Cancelled);
         let record = update.run.record.clone();
-        self.commit(&mut state, update.writes).await?;
-        Self::wake_workers(&state, workers);
+        let mut fx = Effects {
+            wake: Self::wake_handles(&state, workers),
+            controller: true,
+            ..Effects::default()
+        };
+        self.stage(&mut state, update.writes, &mut fx);
         drop(state);
-        self.wake_controller.notify_one();
+        self.finish(fx).await?;
         Ok(record)
     }
 
@@ -457,8 +559,9 @@ impl Engine {
     /// queue, commit the decisions, then provision workers for new allocations.
     pub async fn cycle(&self) -> Result<()> {
         let mut state = self.state.lock().await;
-        self.lose_silent_workers(&mut state).await?;
-        self.retire_idle_workers(&mut state).await?;
+        let mut fx = Effects::default();
+        self.lose_silent_workers(&mut state, &mut fx);
+        self.retire_idle_workers(&mut state, &mut fx);
         let now = self.now();
         let decisions = decide(&state.snapshot(), &state.queue(), now);
         let mut writes = Vec::new();
@@ -502,13 +605,17 @@ impl Engine {
                 }
             }
         }
-        self.commit(&mut state, writes).await?;
-        self.provision(&mut state).await
+        // The decisions are staged before any provisioning, and nothing is
+        // spawned until both are committed.
+        self.stage(&mut state, writes, &mut fx);
+        self.provision(&mut state, &mut fx);
+        drop(state);
+        self.finish(fx).await
     }
 
     /// Binds allocations that have no worker to idle workers that fit, and spawns
     /// local workers for the rest. Idempotent: re-driven on every cycle.
-    async fn provision(&self, state: &mut State) -> Result<()> {
+    fn provision(&self, state: &mut State, fx: &mut Effects) {
         let (writes, spawns) = self.plan_provision(state);
         let assigned: BTreeSet<WorkerId> = writes
             .iter()
@@ -517,14 +624,9 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        self.commit(state, writes).await?;
-        Self::wake_workers(state, assigned);
-        for (name, pool, resources) in spawns {
-            if let Err(e) = self.provider.spawn(&name, &pool, resources) {
-                tracing::error!(worker = %name, error = %e, "cannot spawn a local worker");
-            }
-        }
-        Ok(())
+        self.stage(state, writes, fx);
+        fx.wake.extend(Self::wake_handles(state, assigned));
+        fx.spawns.extend(spawns);
     }
 
     /// The writes that bind allocations to workers, and the workers to spawn.
@@ -635,7 +737,7 @@ impl Engine {
         (writes, spawns)
     }
 
-    async fn lose_silent_workers(&self, state: &mut State) -> Result<()> {
+    fn lose_silent_workers(&self, state: &mut State, fx: &mut Effects) {
         let now = self.now();
         let timeout = ms(self.config.heartbeat_timeout);
         let lost: Vec<WorkerRecord> = state
@@ -645,7 +747,7 @@ impl Engine {
             .map(|w| w.record.clone())
             .collect();
         if lost.is_empty() {
-            return Ok(());
+            return;
         }
         let lost_ids: BTreeSet<WorkerId> = lost.iter().map(|w| w.id).collect();
         let mut writes: Vec<Write> = lost
@@ -692,12 +794,11 @@ impl Engine {
             update.advance(state);
             writes.append(&mut update.writes);
         }
-        self.commit(state, writes).await?;
-        self.wake_controller.notify_one();
-        Ok(())
+        self.stage(state, writes, fx);
+        fx.controller = true;
     }
 
-    async fn retire_idle_workers(&self, state: &mut State) -> Result<()> {
+    fn retire_idle_workers(&self, state: &mut State, fx: &mut Effects) {
         let now = self.now();
         let ttl = ms(self.config.idle_ttl);
         let writes: Vec<Write> = state
@@ -712,7 +813,7 @@ impl Engine {
                 })
             })
             .collect();
-        self.commit(state, writes).await
+        self.stage(state, writes, fx);
     }
 
     // ---- the agent protocol ----
@@ -764,9 +865,12 @@ impl Engine {
                 writes.append(&mut update.writes);
             }
         }
-        self.commit(&mut state, writes).await?;
+        let mut fx = Effects::default();
+        self.stage(&mut state, writes, &mut fx);
+        self.provision(&mut state, &mut fx);
+        drop(state);
+        self.finish(fx).await?;
         tracing::info!(worker = id.0, name = %req.name, "worker registered");
-        self.provision(&mut state).await?;
         Ok(id)
     }
 
@@ -812,6 +916,9 @@ impl Engine {
     ) -> PollResponse {
         let now = self.now();
         let redeliver_after = ms(self.config.max_poll_wait) * 2;
+        // Only what is committed is handed out or cancelled.
+        let settled = self.commits.settled();
+        state.unsettled.retain(|_, seq| *seq > settled);
         let mut assignments = Vec::new();
         let mut delivered = Vec::new();
         for run in state.runs.values() {
@@ -824,6 +931,7 @@ impl Engine {
                 a.worker_id == worker
                     && a.state == AttemptState::Running
                     && !req.running.contains(&a.id.0)
+                    && !state.unsettled.contains_key(&a.id)
                     && state
                         .delivered
                         .get(&a.id)
@@ -859,6 +967,7 @@ impl Engine {
                     .and_then(|r| state.runs.get(r))
                     .and_then(|r| r.attempt(AttemptId(id)));
                 !live.is_some_and(|a| !a.state.is_terminal() && a.worker_id == worker)
+                    && !state.unsettled.contains_key(&AttemptId(id))
             })
             .collect();
         for id in delivered {
@@ -873,14 +982,15 @@ impl Engine {
 
     /// Stores a chunk of an attempt's output (idempotent per offset).
     pub async fn append_log(&self, attempt: AttemptId, offset: u64, data: String) -> Result<()> {
-        let (run_id, step_idx) = {
-            let state = self.state.lock().await;
+        let mut fx = Effects::default();
+        {
+            let mut state = self.state.lock().await;
             let found = state
                 .attempt_runs
                 .get(&attempt)
                 .and_then(|r| state.runs.get(r))
                 .and_then(|r| r.attempt(attempt));
-            match found {
+            let (run_id, step_idx) = match found {
                 Some(a) => (a.run_id, a.step_idx),
                 None => {
                     return Err(EngineError::NotFound {
@@ -888,18 +998,17 @@ impl Engine {
                         name: attempt.to_string(),
                     });
                 }
-            }
-        };
-        self.store
-            .commit(&[Write::AppendLog(LogChunk {
+            };
+            let chunk = Write::AppendLog(LogChunk {
                 attempt_id: attempt,
                 run_id,
                 step_idx,
                 offset,
                 data,
-            })])
-            .await?;
-        Ok(())
+            });
+            self.stage(&mut state, vec![chunk], &mut fx);
+        }
+        self.finish(fx).await
     }
 
     /// Records how an attempt ended and moves its run forward. Reporting an
@@ -924,20 +1033,21 @@ impl Engine {
             }
         };
         let mut state = self.state.lock().await;
-        let Some(run) = state
+        // Whatever the answer, it stands only once what it rests on is committed.
+        let mut fx = Effects {
+            seq: state.seq,
+            ..Effects::default()
+        };
+        let live = state
             .attempt_runs
             .get(&attempt_id)
             .and_then(|r| state.runs.get(r))
-        else {
-            // The run has ended: the attempt was recorded then.
-            return Ok(());
+            .and_then(|run| Some((run, run.attempt(attempt_id).cloned()?)));
+        // When the run has ended, or the attempt has, it was recorded then.
+        let Some((run, attempt)) = live.filter(|(_, a)| !a.state.is_terminal()) else {
+            drop(state);
+            return self.finish(fx).await;
         };
-        let Some(attempt) = run.attempt(attempt_id).cloned() else {
-            return Ok(());
-        };
-        if attempt.state.is_terminal() {
-            return Ok(());
-        }
         if attempt.worker_id != worker {
             return Err(EngineError::Conflict(format!(
                 "attempt {attempt_id} belongs to worker {}, not {worker}",
@@ -947,14 +1057,10 @@ impl Engine {
         let mut update = RunUpdate::new(run, self.now());
         update.end_attempt(attempt, outcome, req.exit_code, req.error);
         update.advance(&mut state);
-        let ended = update.run.record.state.is_terminal();
-        let workers = update.assigned_workers();
-        self.commit(&mut state, update.writes).await?;
-        Self::wake_workers(&state, workers);
+        fx.controller = update.run.record.state.is_terminal();
+        fx.wake = Self::wake_handles(&state, update.assigned_workers());
+        self.stage(&mut state, update.writes, &mut fx);
         drop(state);
-        if ended {
-            self.wake_controller.notify_one();
-        }
-        Ok(())
+        self.finish(fx).await
     }
 }

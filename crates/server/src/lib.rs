@@ -2,6 +2,7 @@
 //! around an [`engine::Engine`] that owns every state change.
 
 pub mod api;
+mod commit;
 pub mod engine;
 mod logs;
 mod progress;
@@ -89,6 +90,8 @@ pub async fn serve(
     let provider = LocalProvider::new(config.exe.clone(), config.data_dir.join("workers"));
     let engine =
         Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
+    let committer = engine.clone();
+    tokio::spawn(async move { committer.run_committer().await });
     for created in engine.bootstrap(machine_resources()).await? {
         tracing::info!("first start: created {created}");
     }

@@ -1,6 +1,6 @@
 //! The server's in-memory view of everything unfinished: loaded from the store on
-//! start, and changed only by applying writes the store has just committed, so it
-//! never holds anything the store does not.
+//! start, and changed by the writes the engine stages for the store. Nothing acts
+//! on a write before the store has committed it (see `commit.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -94,6 +94,10 @@ pub struct State {
     /// Running attempts handed to their worker, and when. Not persisted: after a
     /// restart a worker gets again what it does not report as running.
     pub delivered: HashMap<AttemptId, Timestamp>,
+    /// Attempts whose last write is not committed yet, with that write's batch.
+    pub unsettled: HashMap<AttemptId, u64>,
+    /// The last batch of writes staged.
+    pub seq: u64,
     pub last_ids: MaxIds,
 }
 
@@ -115,7 +119,8 @@ impl State {
             .chain(live.open_allocations.into_iter().map(Write::PutAllocation))
             .chain(live.workers.into_iter().map(Write::PutWorker));
         let writes: Vec<Write> = writes.collect();
-        state.apply_all(&writes, now);
+        state.apply_all(&writes, now, 0);
+        state.unsettled.clear();
         state
     }
 
@@ -140,7 +145,7 @@ impl State {
     }
 
     /// Applies one committed write.
-    fn apply(&mut self, write: &Write, now: Timestamp) {
+    fn apply(&mut self, write: &Write, now: Timestamp, seq: u64) {
         match write {
             Write::PutPool(p) => {
                 self.pools.insert(p.spec.name.clone(), p.clone());
@@ -177,6 +182,7 @@ impl State {
                 }
             }
             Write::PutAttempt(a) => {
+                self.unsettled.insert(a.id, seq);
                 if let Some(run) = self.runs.get_mut(&a.run_id) {
                     match run.attempts.iter_mut().find(|x| x.id == a.id) {
                         Some(slot) => *slot = a.clone(),
@@ -227,10 +233,10 @@ impl State {
         }
     }
 
-    /// Applies a committed batch of writes.
-    pub fn apply_all(&mut self, writes: &[Write], now: Timestamp) {
+    /// Applies a batch of writes staged as batch `seq`.
+    pub fn apply_all(&mut self, writes: &[Write], now: Timestamp, seq: u64) {
         for w in writes {
-            self.apply(w, now);
+            self.apply(w, now, seq);
         }
         let binding_changed = writes.iter().any(|w| {
             matches!(w, Write::PutAllocation(_) | Write::PutWorker(_))

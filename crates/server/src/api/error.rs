@@ -55,6 +55,15 @@ impl From<EngineError> for ApiError {
                 details: json!({}),
             },
             EngineError::Store(e) => e.into(),
+            EngineError::CommitFailed(message) => {
+                tracing::error!(%message, "commit failed");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "unavailable",
+                    message: format!("the store failed to commit; nothing was changed: {message}"),
+                    details: json!({}),
+                }
+            }
         }
     }
 }

@@ -101,23 +101,28 @@ impl Snapshot {
                 })
                 .collect(),
         };
+        snapshot.charge(open);
+        snapshot
+    }
+
+    /// Adds open allocations to what pools and tenants use.
+    pub fn charge(&mut self, open: &[OpenAllocation]) {
         let mut runs_by_tenant: BTreeMap<&str, std::collections::BTreeSet<RunId>> = BTreeMap::new();
         for a in open {
-            if let Some(pool) = snapshot.pools.get_mut(&a.pool) {
+            if let Some(pool) = self.pools.get_mut(&a.pool) {
                 pool.used = pool.used.saturating_add(&a.resources);
                 pool.workers = pool.workers.saturating_add(1);
             }
-            if let Some(tenant) = snapshot.tenants.get_mut(&a.tenant) {
+            if let Some(tenant) = self.tenants.get_mut(&a.tenant) {
                 tenant.used = tenant.used.saturating_add(&a.resources);
             }
             runs_by_tenant.entry(&a.tenant).or_default().insert(a.run);
         }
         for (tenant, runs) in runs_by_tenant {
-            if let Some(t) = snapshot.tenants.get_mut(tenant) {
-                t.runs = runs.len() as u64;
+            if let Some(t) = self.tenants.get_mut(tenant) {
+                t.runs = t.runs.saturating_add(runs.len() as u64);
             }
         }
-        snapshot
     }
 }
 

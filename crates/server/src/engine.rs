@@ -462,7 +462,8 @@ impl Engine {
             )
             .into());
         }
-        let snapshot = state.snapshot();
+        // Whether it can ever fit depends on capacities and quotas, not on use.
+        let snapshot = state.capacities();
         let tenant = &snapshot.tenants[&pipeline.spec.tenant];
         let verdict = check_ever_fits(&snapshot, tenant, &request.groups);
         let now = self.now();

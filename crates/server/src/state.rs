@@ -275,8 +275,7 @@ impl State {
 
     /// The controller's snapshot of pools, tenants and open allocations.
     pub fn snapshot(&self) -> Snapshot {
-        let pools: Vec<_> = self.pools.values().map(|p| p.spec.clone()).collect();
-        let tenants: Vec<_> = self.tenants.values().map(|t| t.spec.clone()).collect();
+        let mut snapshot = self.capacities();
         let open: Vec<OpenAllocation> = self
             .runs
             .values()
@@ -288,7 +287,15 @@ impl State {
                 resources: a.resources,
             })
             .collect();
-        Snapshot::build(&pools, &tenants, &open)
+        snapshot.charge(&open);
+        snapshot
+    }
+
+    /// The snapshot with nothing in use: pools' capacities and tenants' quotas.
+    pub fn capacities(&self) -> Snapshot {
+        let pools: Vec<_> = self.pools.values().map(|p| p.spec.clone()).collect();
+        let tenants: Vec<_> = self.tenants.values().map(|t| t.spec.clone()).collect();
+        Snapshot::build(&pools, &tenants, &[])
     }
 
     /// Runs waiting for admission.

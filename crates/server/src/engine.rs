@@ -878,7 +878,10 @@ impl Engine {
     /// Answers a worker's poll: its new assignments, the attempts it must kill,
     /// or that it should exit. Holds the poll open while there is nothing to say.
     pub async fn poll(&self, worker: WorkerId, req: PollRequest) -> Result<PollResponse> {
-        let wait = Duration::from_millis(req.wait_ms).min(self.config.max_poll_wait);
+        // A held poll is not seen as a heartbeat: keep it well inside the timeout.
+        let wait = Duration::from_millis(req.wait_ms)
+            .min(self.config.max_poll_wait)
+            .min(self.config.heartbeat_timeout / 3);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let wake = {

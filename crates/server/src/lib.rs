@@ -112,10 +112,26 @@ pub async fn serve(
         .set_server_url(format!("http://{host}:{}", addr.port()));
     tracing::info!(%addr, "corral server listening");
     tokio::spawn(controller_loop(engine.clone(), config.tick));
-    axum::serve(listener, api::routes::router(engine))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::Serve)
+    // On shutdown, stop taking connections; held long-polls get a short grace,
+    // then the server exits (agents ride it out and re-attach to the next one).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let mut graceful = stopped.clone();
+    let mut grace = stopped;
+    let server =
+        axum::serve(listener, api::routes::router(engine)).with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|s| *s).await;
+        });
+    tokio::select! {
+        served = server => served.map_err(ServerError::Serve),
+        _ = async move {
+            let _ = grace.wait_for(|s| *s).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        } => Ok(()),
+    }
 }
 
 /// The controller loop: one cycle whenever something changed, or every `tick`.

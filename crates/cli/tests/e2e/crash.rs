@@ -38,6 +38,14 @@ steps:
 async fn crash_and_recover(store: StoreKind) {
     let mut server = Server::start("crash", store).await;
     server.apply(CLUSTER).await;
+    // One run has ended before the crash.
+    let done = server
+        .submit(&pipeline("done").replace("sleep 3", "exit 0"))
+        .await["id"]
+        .as_i64()
+        .expect("id");
+    let done_before = server.wait_run_ended(done, Duration::from_secs(30)).await;
+    assert_eq!(done_before["state"], "succeeded", "{done_before:#}");
     // Two runs fill the pool; two more wait.
     let mut ids = Vec::new();
     for i in 0..4 {
@@ -72,6 +80,13 @@ async fn crash_and_recover(store: StoreKind) {
     server.restart().await;
 
     // Everything is as it was.
+    assert_eq!(
+        server.run(done).await,
+        done_before,
+        "an ended run is kept whole"
+    );
+    let (_, done_logs) = server.get_text(&format!("/api/v1/runs/{done}/logs")).await;
+    assert_eq!(done_logs, "work | started\n");
     let pools_after: Value = server.get("/api/v1/pools").await;
     let tenants_after: Value = server.get("/api/v1/tenants").await;
     assert_eq!(pools_after, pools_before);
@@ -111,7 +126,7 @@ async fn crash_and_recover(store: StoreKind) {
     let history: Vec<Value> = server.get("/api/v1/allocations?tenant=crashers").await;
     assert_eq!(
         history.len(),
-        ids.len(),
+        ids.len() + 1,
         "one allocation per run: {history:#?}"
     );
     assert!(

@@ -181,3 +181,85 @@ async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_worker_is_replaced_and_its_step_retried() {
+    let server = Server::start_with("lost", StoreKind::Sqlite, &["--heartbeat-timeout", "2"]).await;
+    server.apply(POOL).await;
+    let doc = r#"
+kind: Pipeline
+name: survivor
+tenant: t
+steps:
+  - {name: s, run: "if [ -f tried ]; then echo second; else touch tried; echo first; sleep 61; fi", retries: 1}
+"#;
+    let id = server.submit(doc).await["id"].as_i64().expect("id");
+    eventually(
+        "the first attempt to print",
+        Duration::from_secs(20),
+        || async {
+            let (_, text) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
+            text.contains("first").then_some(())
+        },
+    )
+    .await;
+    let agents = format!("agent --server {}", server.url);
+    let killed = std::process::Command::new("pkill")
+        .args(["-9", "-f", &agents])
+        .status()
+        .expect("pkill");
+    assert!(killed.success(), "an agent was running");
+    let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
+    let _ = std::process::Command::new("pkill")
+        .args(["-9", "-f", "sleep 61"])
+        .status();
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let tries = attempts(&run, 0);
+    assert_eq!(tries.len(), 2, "{run:#}");
+    assert_eq!(tries[0]["state"], "lost");
+    assert_eq!(tries[0]["error"], "worker lost");
+    assert_eq!(tries[1]["state"], "succeeded");
+    assert_ne!(
+        tries[0]["worker_id"], tries[1]["worker_id"],
+        "another worker ran it"
+    );
+    let (_, logs) = server
+        .get_text(&format!("/api/v1/runs/{id}/logs?step=s"))
+        .await;
+    assert_eq!(
+        logs,
+        "--- attempt 1 ---\nfirst\n--- attempt 2 ---\nsecond\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn steps_on_different_pools_run_on_a_worker_per_group() {
+    let server = Server::start("groups", StoreKind::Sqlite).await;
+    server
+        .apply("kind: Pool\nname: one\ncapacity: {cpu: 2, memory: 2Gi}\n---\nkind: Pool\nname: two\ncapacity: {cpu: 2, memory: 2Gi}\n")
+        .await;
+    let doc = r#"
+kind: Pipeline
+name: split
+steps:
+  - {name: a, run: "echo on one", pool: one, resources: {cpu: 1, memory: 256Mi}}
+  - {name: b, run: "echo on two", pool: two, needs: [a], resources: {cpu: 2, memory: 512Mi}}
+"#;
+    let run = server.submit(doc).await;
+    let groups = run["request"]["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 2);
+    let id = run["id"].as_i64().expect("id");
+    let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let pools: Vec<&str> = run["allocations"]
+        .as_array()
+        .expect("allocations")
+        .iter()
+        .map(|a| a["pool"].as_str().expect("pool"))
+        .collect();
+    assert_eq!(pools, vec!["one", "two"]);
+    assert_ne!(
+        attempts(&run, 0)[0]["worker_id"],
+        attempts(&run, 1)[0]["worker_id"]
+    );
+}

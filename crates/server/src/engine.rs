@@ -129,6 +129,54 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// What putting `new` over `old` (with its creation time) does: the creation time
+/// to keep and the action; `create_only` refuses an existing name.
+fn upsert<T: PartialEq>(
+    kind: &str,
+    name: &str,
+    old: Option<(&T, Timestamp)>,
+    new: &T,
+    create_only: bool,
+    now: Timestamp,
+) -> Result<(Timestamp, Action)> {
+    match old {
+        Some(_) if create_only => Err(EngineError::Conflict(format!(
+            "{kind} {name} already exists"
+        ))),
+        Some((old, created)) if old == new => Ok((created, Action::Unchanged)),
+        Some((_, created)) => Ok((created, Action::Updated)),
+        None => Ok((now, Action::Created)),
+    }
+}
+
+/// A pool or tenant may be deleted when it exists and no open allocation is on it.
+fn check_deletable(
+    state: &State,
+    kind: &'static str,
+    name: &str,
+    exists: bool,
+    holds: impl Fn(&AllocationRecord) -> bool,
+) -> Result<()> {
+    if !exists {
+        return Err(EngineError::NotFound {
+            what: kind,
+            name: name.into(),
+        });
+    }
+    let open = state
+        .runs
+        .values()
+        .flat_map(|r| &r.allocations)
+        .filter(|a| holds(a))
+        .count();
+    if open > 0 {
+        return Err(EngineError::Conflict(format!(
+            "{kind} {name} has {open} open allocation(s); delete it when they are released"
+        )));
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Loads the state from the store.
     pub async fn load(
@@ -302,64 +350,29 @@ impl Engine {
         create_only: bool,
     ) -> Result<(PoolRecord, Action)> {
         spec.validate()?;
-        let mut state = self.state.lock().await;
+        let state = self.state.lock().await;
         let now = self.now();
-        let (record, action) = match state.pools.get(&spec.name) {
-            Some(_) if create_only => {
-                return Err(EngineError::Conflict(format!(
-                    "pool {} already exists",
-                    spec.name
-                )));
-            }
-            Some(old) if old.spec == spec => (old.clone(), Action::Unchanged),
-            Some(old) => (
-                PoolRecord {
-                    spec,
-                    created_at: old.created_at,
-                    updated_at: now,
-                },
-                Action::Updated,
-            ),
-            None => (
-                PoolRecord {
-                    spec,
-                    created_at: now,
-                    updated_at: now,
-                },
-                Action::Created,
-            ),
+        let old = state.pools.get(&spec.name).map(|p| (&p.spec, p.created_at));
+        let (created_at, action) = upsert("pool", &spec.name, old, &spec, create_only, now)?;
+        let record = PoolRecord {
+            spec,
+            created_at,
+            updated_at: now,
         };
-        let mut fx = Effects {
-            controller: true,
-            ..Effects::default()
+        let record = match action {
+            Action::Unchanged => state.pools[&record.spec.name].clone(),
+            _ => record,
         };
-        if action != Action::Unchanged {
-            self.stage(&mut state, vec![Write::PutPool(record.clone())], &mut fx);
-        }
-        drop(state);
-        self.finish(fx).await?;
+        self.finish_upsert(state, action, Write::PutPool(record.clone()))
+            .await?;
         Ok((record, action))
     }
 
     pub async fn delete_pool(&self, name: &str) -> Result<()> {
         let mut state = self.state.lock().await;
-        if !state.pools.contains_key(name) {
-            return Err(EngineError::NotFound {
-                what: "pool",
-                name: name.into(),
-            });
-        }
-        let open = state
-            .runs
-            .values()
-            .flat_map(|r| &r.allocations)
-            .filter(|a| a.pool == name)
-            .count();
-        if open > 0 {
-            return Err(EngineError::Conflict(format!(
-                "pool {name} has {open} open allocation(s); delete it when they are released"
-            )));
-        }
+        check_deletable(&state, "pool", name, state.pools.contains_key(name), |a| {
+            a.pool == name
+        })?;
         let now = self.now();
         let mut writes = vec![Write::DeletePool(name.into())];
         for w in state.workers.values().filter(|w| w.record.pool == name) {
@@ -375,72 +388,64 @@ impl Engine {
         self.finish(fx).await
     }
 
+    /// Creates or replaces a tenant. `create_only` refuses an existing name.
     pub async fn put_tenant(
         &self,
         spec: TenantSpec,
         create_only: bool,
     ) -> Result<(TenantRecord, Action)> {
         spec.validate()?;
-        let mut state = self.state.lock().await;
+        let state = self.state.lock().await;
         let now = self.now();
-        let (record, action) = match state.tenants.get(&spec.name) {
-            Some(_) if create_only => {
-                return Err(EngineError::Conflict(format!(
-                    "tenant {} already exists",
-                    spec.name
-                )));
-            }
-            Some(old) if old.spec == spec => (old.clone(), Action::Unchanged),
-            Some(old) => (
-                TenantRecord {
-                    spec,
-                    created_at: old.created_at,
-                    updated_at: now,
-                },
-                Action::Updated,
-            ),
-            None => (
-                TenantRecord {
-                    spec,
-                    created_at: now,
-                    updated_at: now,
-                },
-                Action::Created,
-            ),
+        let old = state
+            .tenants
+            .get(&spec.name)
+            .map(|t| (&t.spec, t.created_at));
+        let (created_at, action) = upsert("tenant", &spec.name, old, &spec, create_only, now)?;
+        let record = TenantRecord {
+            spec,
+            created_at,
+            updated_at: now,
         };
-        let mut fx = Effects {
-            controller: true,
-            ..Effects::default()
+        let record = match action {
+            Action::Unchanged => state.tenants[&record.spec.name].clone(),
+            _ => record,
         };
-        if action != Action::Unchanged {
-            self.stage(&mut state, vec![Write::PutTenant(record.clone())], &mut fx);
-        }
-        drop(state);
-        self.finish(fx).await?;
+        self.finish_upsert(state, action, Write::PutTenant(record.clone()))
+            .await?;
         Ok((record, action))
     }
 
     pub async fn delete_tenant(&self, name: &str) -> Result<()> {
         let mut state = self.state.lock().await;
-        if !state.tenants.contains_key(name) {
-            return Err(EngineError::NotFound {
-                what: "tenant",
-                name: name.into(),
-            });
-        }
-        let open = state
-            .runs
-            .values()
-            .flat_map(|r| &r.allocations)
-            .filter(|a| a.tenant == name)
-            .count();
-        if open > 0 {
-            return Err(EngineError::Conflict(format!(
-                "tenant {name} has {open} open allocation(s); delete it when they are released"
-            )));
-        }
+        check_deletable(
+            &state,
+            "tenant",
+            name,
+            state.tenants.contains_key(name),
+            |a| a.tenant == name,
+        )?;
         let mut fx = Effects::default();
         self.stage(&mut state, vec![Write::DeleteTenant(name.into())], &mut fx);
+        drop(state);
+        self.finish(fx).await
+    }
+
+    /// Stages a pool or tenant write unless nothing changed; the controller looks
+    /// again, since limits may have moved.
+    async fn finish_upsert(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        action: Action,
+        write: Write,
+    ) -> Result<()> {
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
+        if action != Action::Unchanged {
+            self.stage(&mut state, vec![write], &mut fx);
+        }
         drop(state);
         self.finish(fx).await
     }

@@ -1,6 +1,7 @@
 //! The SQL store: one implementation over sqlx's `Any` driver, for SQLite and
 //! PostgreSQL. The SQL is portable (`$n` placeholders in order, `BIGINT` keys,
-//! `ON CONFLICT` upserts); each backend keeps its own migration history.
+//! `ON CONFLICT` upserts, partial indexes), so one migrations folder serves both;
+//! each database records its own migration history.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -33,8 +34,8 @@ pub struct SqlStore {
     backend: Backend,
 }
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// The schema, in portable SQL; each database records its own history of it.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl SqlStore {
     /// Opens (creating if needed) the SQLite store `corral.db` in `data_dir`.
@@ -86,10 +87,7 @@ impl SqlStore {
                     .await?
             }
         };
-        match backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
-        }
+        MIGRATIONS.run(&pool).await?;
         Ok(SqlStore { pool, backend })
     }
 
@@ -237,44 +235,90 @@ fn reason_code_text(code: ReasonCode) -> String {
     to_json(&code).trim_matches('"').to_string()
 }
 
+/// Upserts a row of `pools` or `tenants`: a name and its spec.
+async fn put_named(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static str,
+    name: &str,
+    spec: String,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+) -> Result<()> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at"
+    )))
+    .bind(name)
+    .bind(spec)
+    .bind(created_at.0)
+    .bind(updated_at.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn delete_named(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static str,
+    name: &str,
+) -> Result<()> {
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {table} WHERE name = $1"
+    )))
+    .bind(name)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads every row of `pools` or `tenants` as (spec, created, updated).
+async fn named_specs<T: DeserializeOwned>(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static str,
+    what: &'static str,
+) -> Result<Vec<(T, Timestamp, Timestamp)>> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT spec, created_at, updated_at FROM {table} ORDER BY name"
+    )))
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|row| {
+        Ok((
+            from_json(what, &row.try_get::<String, _>("spec")?)?,
+            ts(row, "created_at")?,
+            ts(row, "updated_at")?,
+        ))
+    })
+    .collect()
+}
+
 async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
     match write {
         Write::PutPool(p) => {
-            sqlx::query(
-                "INSERT INTO pools (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            put_named(
+                conn,
+                "pools",
+                &p.spec.name,
+                to_json(&p.spec),
+                p.created_at,
+                p.updated_at,
             )
-            .bind(&p.spec.name)
-            .bind(to_json(&p.spec))
-            .bind(p.created_at.0)
-            .bind(p.updated_at.0)
-            .execute(conn)
             .await?;
         }
-        Write::DeletePool(name) => {
-            sqlx::query("DELETE FROM pools WHERE name = $1")
-                .bind(name)
-                .execute(conn)
-                .await?;
-        }
+        Write::DeletePool(name) => delete_named(conn, "pools", name).await?,
         Write::PutTenant(t) => {
-            sqlx::query(
-                "INSERT INTO tenants (name, spec, created_at, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+            put_named(
+                conn,
+                "tenants",
+                &t.spec.name,
+                to_json(&t.spec),
+                t.created_at,
+                t.updated_at,
             )
-            .bind(&t.spec.name)
-            .bind(to_json(&t.spec))
-            .bind(t.created_at.0)
-            .bind(t.updated_at.0)
-            .execute(conn)
             .await?;
         }
-        Write::DeleteTenant(name) => {
-            sqlx::query("DELETE FROM tenants WHERE name = $1")
-                .bind(name)
-                .execute(conn)
-                .await?;
-        }
+        Write::DeleteTenant(name) => delete_named(conn, "tenants", name).await?,
         Write::PutRun(r) => {
             sqlx::query(
                 "INSERT INTO runs (id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at) \
@@ -412,30 +456,24 @@ impl Store for SqlStore {
 
     async fn load_live(&self) -> Result<Live> {
         let mut conn = self.pool.acquire().await?;
-        let pools = sqlx::query("SELECT spec, created_at, updated_at FROM pools ORDER BY name")
-            .fetch_all(&mut *conn)
+        let pools = named_specs(&mut conn, "pools", "pool spec")
             .await?
-            .iter()
-            .map(|row| {
-                Ok(PoolRecord {
-                    spec: from_json("pool spec", &row.try_get::<String, _>("spec")?)?,
-                    created_at: ts(row, "created_at")?,
-                    updated_at: ts(row, "updated_at")?,
-                })
+            .into_iter()
+            .map(|(spec, created_at, updated_at)| PoolRecord {
+                spec,
+                created_at,
+                updated_at,
             })
-            .collect::<Result<Vec<_>>>()?;
-        let tenants = sqlx::query("SELECT spec, created_at, updated_at FROM tenants ORDER BY name")
-            .fetch_all(&mut *conn)
+            .collect();
+        let tenants = named_specs(&mut conn, "tenants", "tenant spec")
             .await?
-            .iter()
-            .map(|row| {
-                Ok(TenantRecord {
-                    spec: from_json("tenant spec", &row.try_get::<String, _>("spec")?)?,
-                    created_at: ts(row, "created_at")?,
-                    updated_at: ts(row, "updated_at")?,
-                })
+            .into_iter()
+            .map(|(spec, created_at, updated_at)| TenantRecord {
+                spec,
+                created_at,
+                updated_at,
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         let live_states = RunState::ALL
             .iter()
             .filter(|s| !s.is_terminal())

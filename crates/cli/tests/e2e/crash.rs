@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, check_history, eventually};
+use crate::harness::{Server, StoreKind, check_history};
 
 const CLUSTER: &str = r#"
 kind: Pool
@@ -54,17 +54,9 @@ async fn crash_and_recover(store: StoreKind) {
     }
     // Wait until two steps are running and have printed their first line.
     let first = ids[0];
-    eventually(
-        "the first run to print its first line",
-        Duration::from_secs(20),
-        || async {
-            let (_, text) = server
-                .get_text(&format!("/api/v1/runs/{first}/logs?step=work"))
-                .await;
-            text.contains("started").then_some(())
-        },
-    )
-    .await;
+    server
+        .wait_for_output(first, "started", Duration::from_secs(20))
+        .await;
     let pools_before: Value = server.get("/api/v1/pools").await;
     let tenants_before: Value = server.get("/api/v1/tenants").await;
     let allocations_before: Vec<Value> = server.get("/api/v1/allocations?tenant=crashers").await;

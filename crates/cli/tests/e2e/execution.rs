@@ -132,11 +132,9 @@ async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
     let doc = "kind: Pipeline\nname: long\ntenant: t\nsteps:\n  - {name: s, run: 'echo up; sleep 120', resources: {cpu: 4, memory: 1Gi}}\n";
     let id = server.submit(doc).await["id"].as_i64().expect("id");
     let waiting = server.submit(doc).await["id"].as_i64().expect("id");
-    eventually("the step to print", Duration::from_secs(20), || async {
-        let (_, text) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
-        text.contains("up").then_some(())
-    })
-    .await;
+    server
+        .wait_for_output(id, "up", Duration::from_secs(20))
+        .await;
     let (status, run) = server
         .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
         .await;
@@ -194,15 +192,9 @@ steps:
   - {name: s, run: "if [ -f tried ]; then echo second; else touch tried; echo first; sleep 61; fi", retries: 1}
 "#;
     let id = server.submit(doc).await["id"].as_i64().expect("id");
-    eventually(
-        "the first attempt to print",
-        Duration::from_secs(20),
-        || async {
-            let (_, text) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
-            text.contains("first").then_some(())
-        },
-    )
-    .await;
+    server
+        .wait_for_output(id, "first", Duration::from_secs(20))
+        .await;
     let agents = format!("agent --server {}", server.url);
     let killed = std::process::Command::new("pkill")
         .args(["-9", "-f", &agents])

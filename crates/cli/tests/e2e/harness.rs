@@ -206,6 +206,15 @@ impl Server {
         self.get(&format!("/api/v1/runs/{id}")).await
     }
 
+    /// Waits until the run's output contains `text` (it was acknowledged).
+    pub async fn wait_for_output(&self, id: i64, text: &str, within: Duration) {
+        let path = format!("/api/v1/runs/{id}/logs");
+        eventually(&format!("run {id} to print {text:?}"), within, || async {
+            self.get_text(&path).await.1.contains(text).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until the run has ended and returns it.
     pub async fn wait_run_ended(&self, id: i64, within: Duration) -> Value {
         let deadline = Instant::now() + within;

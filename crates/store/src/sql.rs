@@ -432,6 +432,38 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
     Ok(())
 }
 
+/// A value bound to a placeholder of a filtered query.
+enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// `select WHERE column = $1 AND ... order LIMIT $n`, for the filters that are set.
+fn filtered<const N: usize>(
+    select: &str,
+    filters: [(&str, Option<Param>); N],
+    order: &str,
+    limit: u32,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    let set: Vec<(&str, Param)> = filters
+        .into_iter()
+        .filter_map(|(column, value)| value.map(|v| (column, v)))
+        .collect();
+    let mut sql = format!("{select} WHERE 1 = 1");
+    for (i, (column, _)) in set.iter().enumerate() {
+        sql.push_str(&format!(" AND {column} = ${}", i + 1));
+    }
+    sql.push_str(&format!(" {order} LIMIT ${}", set.len() + 1));
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for (_, value) in set {
+        query = match value {
+            Param::Text(t) => query.bind(t),
+            Param::Int(n) => query.bind(n),
+        };
+    }
+    query.bind(i64::from(limit))
+}
+
 /// `IN (...)` over the ids of the live runs, inlined: they are integers we own.
 fn id_list(ids: &[RunId]) -> String {
     ids.iter()
@@ -602,28 +634,15 @@ impl Store for SqlStore {
     }
 
     async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
-        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1");
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            n
-        };
-        if filter.tenant.is_some() {
-            sql.push_str(&format!(" AND tenant = ${}", next()));
-        }
-        if filter.state.is_some() {
-            sql.push_str(&format!(" AND state = ${}", next()));
-        }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", next()));
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        if let Some(t) = &filter.tenant {
-            query = query.bind(t.clone());
-        }
-        if let Some(s) = filter.state {
-            query = query.bind(s.as_str());
-        }
-        query
-            .bind(i64::from(filter.limit))
+        let select = format!("SELECT {RUN_COLUMNS} FROM runs");
+        let filters = [
+            ("tenant", filter.tenant.clone().map(Param::Text)),
+            (
+                "state",
+                filter.state.map(|s| Param::Text(s.as_str().into())),
+            ),
+        ];
+        filtered(&select, filters, "ORDER BY id DESC", filter.limit)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -632,34 +651,13 @@ impl Store for SqlStore {
     }
 
     async fn allocations(&self, filter: &AllocationFilter) -> Result<Vec<AllocationRecord>> {
-        let mut sql = format!("SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE 1 = 1");
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            n
-        };
-        if filter.tenant.is_some() {
-            sql.push_str(&format!(" AND tenant = ${}", next()));
-        }
-        if filter.pool.is_some() {
-            sql.push_str(&format!(" AND pool = ${}", next()));
-        }
-        if filter.run.is_some() {
-            sql.push_str(&format!(" AND run_id = ${}", next()));
-        }
-        sql.push_str(&format!(" ORDER BY id LIMIT ${}", next()));
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        if let Some(t) = &filter.tenant {
-            query = query.bind(t.clone());
-        }
-        if let Some(p) = &filter.pool {
-            query = query.bind(p.clone());
-        }
-        if let Some(r) = filter.run {
-            query = query.bind(r.0);
-        }
-        query
-            .bind(i64::from(filter.limit))
+        let select = format!("SELECT {ALLOCATION_COLUMNS} FROM allocations");
+        let filters = [
+            ("tenant", filter.tenant.clone().map(Param::Text)),
+            ("pool", filter.pool.clone().map(Param::Text)),
+            ("run_id", filter.run.map(|r| Param::Int(r.0))),
+        ];
+        filtered(&select, filters, "ORDER BY id", filter.limit)
             .fetch_all(&self.pool)
             .await?
             .iter()

@@ -99,24 +99,18 @@ pub struct WorkerTemplate {
 }
 
 impl WorkerTemplate {
-    /// The template for a group placed on `pool` with `labels`; the worker's env
-    /// carries the run's identity so steps can see it.
+    /// The template for a group placed on `pool` with `labels`. Its env names the
+    /// pool only: a warm worker serves many runs, which get their own env per step.
     pub fn for_group(
         group: &GroupRequest,
         pool: &str,
         labels: &BTreeMap<String, String>,
-        pipeline: &str,
-        tenant: &str,
     ) -> WorkerTemplate {
-        let env = BTreeMap::from([
-            ("CORRAL_PIPELINE".to_string(), pipeline.to_string()),
-            ("CORRAL_TENANT".to_string(), tenant.to_string()),
-        ]);
         WorkerTemplate {
             pool: pool.to_string(),
             resources: group.resources,
             labels: labels.clone(),
-            env,
+            env: BTreeMap::from([("CORRAL_POOL".to_string(), pool.to_string())]),
         }
     }
 }
@@ -151,15 +145,12 @@ steps:
         assert_eq!(request.groups.len(), 1);
         assert_eq!(request.groups[0].resources, Resources::new(3000, 4096, 0));
         assert_eq!(request.groups[0].pool, None);
-        let template = WorkerTemplate::for_group(
-            &request.groups[0],
-            "linux",
-            &BTreeMap::new(),
-            "build-and-test",
-            "acme",
-        );
+        let labels = BTreeMap::from([("os".to_string(), "linux".to_string())]);
+        let template = WorkerTemplate::for_group(&request.groups[0], "linux", &labels);
         assert_eq!(template.resources, Resources::new(3000, 4096, 0));
         assert_eq!(template.pool, "linux");
+        assert_eq!(template.labels, labels);
+        assert_eq!(template.env["CORRAL_POOL"], "linux");
     }
 
     #[test]

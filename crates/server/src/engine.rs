@@ -121,7 +121,7 @@ struct Effects {
     /// The last batch the answer depends on.
     seq: u64,
     wake: Vec<Arc<Notify>>,
-    spawns: Vec<(String, String, Resources)>,
+    spawns: Vec<(String, WorkerTemplate)>,
     controller: bool,
 }
 
@@ -246,8 +246,8 @@ impl Engine {
         if fx.controller {
             self.wake_controller.notify_one();
         }
-        for (name, pool, resources) in fx.spawns {
-            if let Err(e) = self.provider.spawn(&name, &pool, resources) {
+        for (name, template) in fx.spawns {
+            if let Err(e) = self.provider.spawn(&name, &template) {
                 tracing::error!(worker = %name, error = %e, "cannot spawn a local worker");
             }
         }
@@ -636,10 +636,10 @@ impl Engine {
     }
 
     /// The writes that bind allocations to workers, and the workers to spawn.
-    fn plan_provision(&self, state: &mut State) -> (Vec<Write>, Vec<(String, String, Resources)>) {
+    fn plan_provision(&self, state: &mut State) -> (Vec<Write>, Vec<(String, WorkerTemplate)>) {
         let now = self.now();
         let mut writes = Vec::new();
-        let mut spawns: Vec<(String, String, Resources)> = Vec::new();
+        let mut spawns: Vec<(String, WorkerTemplate)> = Vec::new();
         let mut taken: BTreeSet<WorkerId> = BTreeSet::new();
         let mut retired: BTreeSet<WorkerId> = BTreeSet::new();
         let run_ids: Vec<RunId> = state
@@ -720,8 +720,6 @@ impl Engine {
                     &run.record.request.groups[alloc.group as usize],
                     &alloc.pool,
                     &pool.spec.labels,
-                    &run.record.pipeline,
-                    &run.record.tenant,
                 );
                 pending.insert(
                     name.clone(),
@@ -731,7 +729,7 @@ impl Engine {
                         at: now,
                     },
                 );
-                spawns.push((name, template.pool, template.resources));
+                spawns.push((name, template));
                 spawned = true;
             }
             if spawned && update.run.record.state == RunState::Admitted {

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 
-use corral_core::resources::{Resources, format_cpu, format_memory};
+use corral_core::request::WorkerTemplate;
+use corral_core::resources::{format_cpu, format_memory};
 
 pub struct LocalProvider {
     /// The `corral` binary.
@@ -30,9 +31,16 @@ impl LocalProvider {
         let _ = self.server_url.set(url);
     }
 
-    /// Starts an agent named `name` for `pool` with `resources`. It outlives the
-    /// server: a restart does not kill running steps.
-    pub fn spawn(&self, name: &str, pool: &str, resources: Resources) -> std::io::Result<()> {
+    /// Starts an agent named `name` shaped by `template`; its environment is the
+    /// template's, which its steps inherit. It outlives the server: a restart does
+    /// not kill running steps.
+    pub fn spawn(&self, name: &str, template: &WorkerTemplate) -> std::io::Result<()> {
+        let resources = template.resources;
+        let labels: Vec<String> = template
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let url = self
             .server_url
             .get()
@@ -44,11 +52,13 @@ impl LocalProvider {
         command
             .arg("agent")
             .args(["--server", url])
-            .args(["--pool", pool])
+            .args(["--pool", &template.pool])
             .args(["--name", name])
             .args(["--cpu", &format_cpu(resources.cpu_millis)])
             .args(["--memory", &format_memory(resources.memory_mib)])
             .args(["--gpu", &resources.gpu.to_string()])
+            .args(["--labels", &labels.join(",")])
+            .envs(&template.env)
             .arg("--work-dir")
             .arg(&self.work_dir)
             .arg("--ephemeral")
@@ -57,7 +67,7 @@ impl LocalProvider {
             .stderr(log)
             .kill_on_drop(false);
         let mut child = command.spawn()?;
-        tracing::info!(worker = %name, pool, %resources, pid = child.id(), "spawned a local worker");
+        tracing::info!(worker = %name, pool = %template.pool, %resources, pid = child.id(), "spawned a local worker");
         // Reap it when it exits so it does not linger as a zombie.
         tokio::spawn(async move {
             let _ = child.wait().await;

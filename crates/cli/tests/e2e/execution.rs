@@ -234,8 +234,8 @@ async fn steps_on_different_pools_run_on_a_worker_per_group() {
 kind: Pipeline
 name: split
 steps:
-  - {name: a, run: "echo on one", pool: one, resources: {cpu: 1, memory: 256Mi}}
-  - {name: b, run: "echo on two", pool: two, needs: [a], resources: {cpu: 2, memory: 512Mi}}
+  - {name: a, run: "echo on $CORRAL_POOL $GREETING", pool: one, env: {GREETING: hi}, resources: {cpu: 1, memory: 256Mi}}
+  - {name: b, run: "echo on $CORRAL_POOL step $CORRAL_STEP", pool: two, needs: [a], resources: {cpu: 2, memory: 512Mi}}
 "#;
     let run = server.submit(doc).await;
     let groups = run["request"]["groups"].as_array().expect("groups");
@@ -253,5 +253,10 @@ steps:
     assert_ne!(
         attempts(&run, 0)[0]["worker_id"],
         attempts(&run, 1)[0]["worker_id"]
+    );
+    let (_, logs) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
+    assert_eq!(
+        logs, "a | on one hi\nb | on two step b\n",
+        "the worker's and the step's env"
     );
 }

@@ -22,6 +22,26 @@ pub async fn fresh_postgres_database(label: &str) -> String {
              or set CORRAL_TEST_DATABASE_URL."
             )
         });
+    // Databases left by test processes that have ended are dropped here.
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'corral\\_%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+    for old in names {
+        let owner_alive = old
+            .rsplit('_')
+            .nth(1)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !owner_alive {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{old}\" WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -3,6 +3,7 @@
 
 mod admission;
 mod api;
+mod cli;
 mod crash;
 mod execution;
 mod harness;

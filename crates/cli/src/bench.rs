@@ -184,6 +184,9 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         ids.len() as f64 / submitted.as_secs_f64(),
         config.workers
     );
+    // Retire the bench's workers before the server goes, so none is left polling.
+    client.delete_pool("bench").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -53,6 +53,12 @@ impl Client {
             .await
     }
 
+    pub async fn delete_pool(&self, name: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/pools/{name}"))))
+            .await?;
+        Ok(())
+    }
+
     pub async fn submit(&self, text: &str) -> Result<RunView> {
         self.json(self.http.post(self.url("/runs")).body(text.to_string()))
             .await

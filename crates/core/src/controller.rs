@@ -343,10 +343,26 @@ pub fn check_ever_fits(
     groups: &[GroupRequest],
 ) -> Result<(), Reason> {
     let need = total(groups);
-    if let Some(text) = shortfall(&Resources::ZERO, &tenant.quota.resources, &need) {
+    let over: Vec<String> = need
+        .exceeding(&tenant.quota.resources)
+        .into_iter()
+        .map(|d| {
+            format!(
+                "{} {} (quota {})",
+                d.name(),
+                d.format(need.get(d)),
+                d.format(tenant.quota.resources.get(d))
+            )
+        })
+        .collect();
+    if !over.is_empty() {
         return Err(Reason::new(
             ReasonCode::LargerThanQuota,
-            format!("larger than tenant {}'s quota: {text}", tenant.name),
+            format!(
+                "larger than tenant {}'s quota: needs {}",
+                tenant.name,
+                over.join(", ")
+            ),
         ));
     }
     if tenant.quota.runs == 0 {

@@ -63,7 +63,7 @@ async fn readme_quick_start_works() {
     }
     assert!(stderr.contains("run 1 succeeded"), "{stderr}");
     assert!(
-        stderr.contains("run 2 rejected: larger than tenant acme's quota"),
+        stderr.contains("run 2 rejected: larger than tenant acme's quota: needs cpu 64 (quota 2), memory 256Gi (quota 4Gi)"),
         "{stderr}"
     );
     let run = server.run(1).await;

@@ -106,6 +106,14 @@ fn rejects_what_can_never_fit() {
     );
     assert_eq!(reason_of(&d, 1).code, ReasonCode::LargerThanPools);
     assert_eq!(reason_of(&d, 2).code, ReasonCode::LargerThanQuota);
+    assert_eq!(
+        reason_of(&d, 2).message,
+        "larger than tenant small's quota: needs cpu 3 (quota 2)"
+    );
+    assert_eq!(
+        reason_of(&d, 1).message,
+        "group 0 needs cpu 5, memory 1Gi, more than the capacity of every matching pool: p (cpu 4, memory 64Gi)"
+    );
     assert_eq!(reason_of(&d, 3).code, ReasonCode::UnknownTenant);
     assert!(d.iter().all(|x| matches!(x, Decision::Reject { .. })));
 }

@@ -89,19 +89,23 @@ async fn ship_logs(client: Client, worker: i64, attempt: i64, mut rx: mpsc::Rece
     }
 }
 
-/// Runs the assignment to its end (or its timeout, or `cancel`), ships its output
-/// and reports the outcome, retrying until the server has it.
+/// Runs the assignment to its end (or its timeout, or a kill of its process
+/// group), ships its output and reports the outcome, retrying until the server
+/// has it. `started` gets the process group once it runs; `exited` is called as
+/// soon as the process has ended, before the report.
 pub async fn execute(
     client: Client,
     worker: i64,
     work_dir: &Path,
     assignment: Assignment,
-    started: tokio::sync::oneshot::Sender<u32>,
+    started: impl FnOnce(u32),
+    exited: impl FnOnce(),
 ) {
     let attempt = assignment.attempt_id;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
     let shipper = tokio::spawn(ship_logs(client.clone(), worker, attempt, rx));
     let outcome = run_process(work_dir, &assignment, tx, started).await;
+    exited();
     let _ = shipper.await;
     let report = ReportRequest {
         outcome: outcome.outcome.to_string(),
@@ -120,7 +124,7 @@ async fn run_process(
     work_dir: &Path,
     a: &Assignment,
     tx: mpsc::Sender<Vec<u8>>,
-    started: tokio::sync::oneshot::Sender<u32>,
+    started: impl FnOnce(u32),
 ) -> Outcome {
     let workspace = work_dir.join("workspaces").join(&a.workspace);
     if let Err(e) = tokio::fs::create_dir_all(&workspace).await {
@@ -156,7 +160,7 @@ async fn run_process(
         }
     };
     let pgid = child.id().unwrap_or(0);
-    let _ = started.send(pgid);
+    started(pgid);
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
         pumps.push(tokio::spawn(pump(out, tx.clone())));

@@ -5,7 +5,7 @@
 mod client;
 mod executor;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,10 +37,19 @@ pub struct AgentConfig {
     pub orphan_timeout: Duration,
 }
 
-/// Attempts running here, with their process groups once started.
-type Running = Arc<Mutex<HashMap<i64, Option<u32>>>>;
+/// An attempt running here.
+#[derive(Debug, Default, Clone, Copy)]
+struct Slot {
+    /// Its process group while the process runs.
+    pgid: Option<u32>,
+    /// Killed on the server's word: no longer reported as running.
+    cancelled: bool,
+}
 
-fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<i64, Option<u32>>> {
+/// Attempts running here, until their outcome is reported.
+type Running = Arc<Mutex<HashMap<i64, Slot>>>;
+
+fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<i64, Slot>> {
     running
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -77,11 +86,14 @@ async fn register(client: &Client, config: &AgentConfig) -> Result<i64, AgentErr
 /// Polls and runs assignments until the server says to shut down (or, for an
 /// ephemeral agent, the server stays away too long).
 async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Running) {
-    let mut seen: HashSet<i64> = HashSet::new();
     let mut unreachable_since: Option<Instant> = None;
     loop {
         let req = PollRequest {
-            running: lock(running).keys().copied().collect(),
+            running: lock(running)
+                .iter()
+                .filter(|(_, slot)| !slot.cancelled)
+                .map(|(id, _)| *id)
+                .collect(),
             wait_ms: 10_000,
         };
         let response = match client.poll(worker, &req).await {
@@ -108,41 +120,51 @@ async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Run
             }
         };
         for id in &response.cancel {
-            if let Some(Some(pgid)) = lock(running).get(id) {
+            if let Some(slot) = lock(running).get_mut(id) {
                 tracing::info!(attempt = id, "cancelling");
-                executor::kill_group(*pgid);
+                slot.cancelled = true;
+                if let Some(pgid) = slot.pgid {
+                    executor::kill_group(pgid);
+                }
             }
         }
         if response.shutdown {
-            let ids: Vec<Option<u32>> = lock(running).values().copied().collect();
-            for pgid in ids.into_iter().flatten() {
-                executor::kill_group(pgid);
+            for slot in lock(running).values_mut() {
+                slot.cancelled = true;
+                if let Some(pgid) = slot.pgid {
+                    executor::kill_group(pgid);
+                }
             }
             return;
         }
         for assignment in response.assignments {
             let id = assignment.attempt_id;
             // A redelivered assignment already running here is not started twice.
-            if !seen.insert(id) || lock(running).contains_key(&id) {
+            if lock(running).contains_key(&id) {
                 continue;
             }
-            lock(running).insert(id, None);
+            lock(running).insert(id, Slot::default());
             tracing::info!(attempt = id, run = assignment.run_id, step = %assignment.step, "starting");
-            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
             let client = client.clone();
             let work_dir = config.work_dir.clone();
-            let running_for_task = running.clone();
-            tokio::spawn(async move {
-                executor::execute(client, worker, &work_dir, assignment, started_tx).await;
-                lock(&running_for_task).remove(&id);
-            });
             let running = running.clone();
             tokio::spawn(async move {
-                if let Ok(pgid) = started_rx.await
-                    && let Some(slot) = lock(&running).get_mut(&id)
-                {
-                    *slot = Some(pgid);
-                }
+                let on_start = |pgid: u32| {
+                    if let Some(slot) = lock(&running).get_mut(&id) {
+                        // Cancelled before it started: it does not get to run.
+                        if slot.cancelled {
+                            executor::kill_group(pgid);
+                        }
+                        slot.pgid = Some(pgid);
+                    }
+                };
+                let on_exit = || {
+                    if let Some(slot) = lock(&running).get_mut(&id) {
+                        slot.pgid = None;
+                    }
+                };
+                executor::execute(client, worker, &work_dir, assignment, on_start, on_exit).await;
+                lock(&running).remove(&id);
             });
         }
     }

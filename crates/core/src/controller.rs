@@ -279,7 +279,7 @@ fn decide_one(work: &mut Snapshot, run: &QueuedRun, now: Timestamp) -> Decision 
     if let Err(reason) = check_quota(tenant, &run.groups) {
         return wait(reason);
     }
-    let placements = match place(work, tenant, &run.groups) {
+    let placements = match place(work, tenant, &run.groups, false) {
         Ok(p) => p,
         Err(reason) => return wait(reason),
     };
@@ -400,6 +400,18 @@ pub fn check_ever_fits(
             ));
         }
     }
+    // Groups that share a pool add up: the gang must fit its pools when empty.
+    if groups.len() > 1
+        && let Err(reason) = place(work, tenant, groups, true)
+    {
+        return Err(Reason::new(
+            ReasonCode::LargerThanPools,
+            format!(
+                "the groups together never fit, even in empty pools: {}",
+                reason.message
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -423,19 +435,26 @@ fn check_quota(tenant: &TenantView, groups: &[GroupRequest]) -> Result<(), Reaso
 }
 
 /// Why `pool` cannot take `need` now, if it cannot.
+/// With `empty`, the pool is taken as active with nothing in use: would it ever fit?
 fn pool_blocker(
     pool: &PoolView,
     need: &Resources,
     extra: Resources,
     extra_workers: u32,
+    empty: bool,
 ) -> Option<Reason> {
-    if pool.state != PoolState::Active {
+    let (in_use, workers_in_use) = if empty {
+        (Resources::ZERO, 0)
+    } else {
+        (pool.used, pool.workers)
+    };
+    if !empty && pool.state != PoolState::Active {
         return Some(Reason::new(
             ReasonCode::PoolNotActive,
             format!("pool {} is {}", pool.name, pool.state.as_str()),
         ));
     }
-    let workers = pool.workers.saturating_add(extra_workers);
+    let workers = workers_in_use.saturating_add(extra_workers);
     if workers >= pool.max_workers {
         return Some(Reason::new(
             ReasonCode::PoolMaxWorkers,
@@ -445,17 +464,19 @@ fn pool_blocker(
             ),
         ));
     }
-    let used = pool.used.saturating_add(&extra);
+    let used = in_use.saturating_add(&extra);
     shortfall(&used, &pool.capacity, need)
         .map(|text| Reason::new(ReasonCode::PoolFull, format!("pool {}: {text}", pool.name)))
 }
 
 /// Places every group (binpack: the fullest pool that has room), or explains
 /// which group cannot be placed. Groups of the same run placed on one pool add up.
+/// With `empty`, every pool is taken as active and unused.
 fn place(
     work: &Snapshot,
     tenant: &TenantView,
     groups: &[GroupRequest],
+    empty: bool,
 ) -> Result<Vec<Placement>, Reason> {
     let mut extra: BTreeMap<&str, (Resources, u32)> = BTreeMap::new();
     let mut placements = Vec::with_capacity(groups.len());
@@ -468,7 +489,7 @@ fn place(
                 .get(pool.name.as_str())
                 .copied()
                 .unwrap_or((Resources::ZERO, 0));
-            match pool_blocker(pool, &g.resources, more, more_workers) {
+            match pool_blocker(pool, &g.resources, more, more_workers, empty) {
                 Some(reason) => {
                     first_code.get_or_insert(reason.code);
                     blockers.push(reason.message);

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::error::{FieldError, check_name};
 use crate::manifest::from_value;
-use crate::resources::{ResourceSpec, Resources};
+use crate::resources::{MAX_QUANTITY, ResourceSpec, Resources};
 
 /// Who creates the workers of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -103,6 +103,12 @@ impl PoolSpec {
             return Err(FieldError::new(
                 "capacity.memory",
                 "must be greater than zero",
+            ));
+        }
+        if let Some(gpu) = self.capacity.gpu.filter(|g| *g > MAX_QUANTITY) {
+            return Err(FieldError::new(
+                "capacity.gpu",
+                format!("{gpu} is too large"),
             ));
         }
         if self.max_workers == 0 {

@@ -160,6 +160,9 @@ pub struct QuantityError {
     pub examples: &'static str,
 }
 
+/// The largest amount of any dimension: what a signed 64-bit database column holds.
+pub const MAX_QUANTITY: u64 = i64::MAX as u64;
+
 const CPU_EXAMPLES: &str = "500m, 2, 1.5";
 const MEMORY_EXAMPLES: &str = "512Mi, 4Gi, 1.5Ti";
 
@@ -193,7 +196,7 @@ fn parse_scaled(number: &str, unit: u64) -> Option<u64> {
         }
         total = total.checked_add(u64::try_from(scaled / denominator).ok()?)?;
     }
-    Some(total)
+    (total <= MAX_QUANTITY).then_some(total)
 }
 
 /// Parses a cpu quantity into millicores: `2`, `1.5`, `500m`.
@@ -382,6 +385,8 @@ mod tests {
         assert!(parse_cpu("1.5m").is_err());
         assert!(parse_cpu("").is_err());
         assert!(parse_cpu("99999999999999999999").is_err());
+        assert!(parse_cpu(&format!("{}m", MAX_QUANTITY)).is_ok());
+        assert!(parse_cpu(&format!("{}m", MAX_QUANTITY + 1)).is_err());
     }
 
     #[test]
@@ -421,17 +426,18 @@ mod tests {
 
     proptest! {
         #[test]
-        fn cpu_roundtrips(millis in any::<u64>()) {
+        fn cpu_roundtrips(millis in 0..=MAX_QUANTITY) {
             prop_assert_eq!(parse_cpu(&format_cpu(millis)), Ok(millis));
         }
 
         #[test]
-        fn memory_roundtrips(mib in any::<u64>()) {
+        fn memory_roundtrips(mib in 0..=MAX_QUANTITY) {
             prop_assert_eq!(parse_memory(&format_memory(mib)), Ok(mib));
         }
 
         #[test]
-        fn spec_roundtrips(r in any_resources()) {
+        fn spec_roundtrips(c in 0..=MAX_QUANTITY, m in 0..=MAX_QUANTITY, g in any::<u64>()) {
+            let r = Resources::new(c, m, g);
             let json = serde_json::to_string(&ResourceSpec::from(r)).expect("serializes");
             let back: ResourceSpec = serde_json::from_str(&json).expect("parses");
             prop_assert_eq!(back.or(Resources::ZERO), r);

@@ -74,7 +74,12 @@ impl CommitQueue {
     }
 
     pub fn mark_failed(&self, first: u64, last: u64, message: String) {
-        lock(&self.failures).push(Failure {
+        let mut failures = lock(&self.failures);
+        // Waiters read a failure as soon as it is marked; old ones are not needed.
+        if failures.len() >= 1000 {
+            failures.remove(0);
+        }
+        failures.push(Failure {
             first,
             last,
             message,

@@ -16,7 +16,7 @@ use corral_core::manifest::{from_value, parse_single};
 use corral_core::pipeline::PipelineSpec;
 use corral_core::pool::{PoolSpec, Provider};
 use corral_core::request::{ResourceRequest, WorkerTemplate};
-use corral_core::resources::Resources;
+use corral_core::resources::{Dimension, MAX_QUANTITY, Resources};
 use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
 use corral_core::tenant::TenantSpec;
 use corral_store::{
@@ -223,6 +223,15 @@ impl Engine {
     /// Applies `writes` in memory and queues them for the store; the caller's
     /// answer and effects wait for them through `fx`.
     fn stage(&self, state: &mut State, writes: Vec<Write>, fx: &mut Effects) {
+        // A retired or lost worker's pending poll is answered once that is committed.
+        for w in &writes {
+            if let Write::PutWorker(w) = w
+                && w.state != WorkerState::Ready
+                && let Some(live) = state.workers.get(&w.id)
+            {
+                fx.wake.push(live.wake.clone());
+            }
+        }
         if !writes.is_empty() {
             state.seq += 1;
             state.apply_all(&writes, self.clock.now(), state.seq);
@@ -276,6 +285,10 @@ impl Engine {
                                 let seq = state.seq;
                                 *state = State::from_live(live, self.now());
                                 state.seq = seq;
+                                self.pending
+                                    .lock()
+                                    .expect("the pending-spawn lock is never held across a panic")
+                                    .clear();
                                 break;
                             }
                             Err(e) => {
@@ -565,6 +578,7 @@ impl Engine {
     /// queue, commit the decisions, then provision workers for new allocations.
     pub async fn cycle(&self) -> Result<()> {
         let mut state = self.state.lock().await;
+        state.prune_settled(self.commits.settled());
         let mut fx = Effects::default();
         self.lose_silent_workers(&mut state, &mut fx);
         self.retire_idle_workers(&mut state, &mut fx);
@@ -596,11 +610,9 @@ impl Engine {
                     writes.push(Write::PutRun(record));
                 }
                 Decision::Reject { reason, .. } => {
-                    record.state = RunState::Rejected;
-                    record.reason = Some(reason);
-                    record.updated_at = now;
-                    record.finished_at = Some(now);
-                    writes.push(Write::PutRun(record));
+                    let mut update = RunUpdate::new(run, now);
+                    update.finish_with(RunState::Rejected, Some(reason));
+                    writes.append(&mut update.writes);
                 }
                 Decision::Wait { reason, .. } => {
                     if record.reason.as_ref() != Some(&reason) {
@@ -825,6 +837,12 @@ impl Engine {
     pub async fn register(&self, req: RegisterRequest) -> Result<WorkerId> {
         corral_core::error::check_name("name", &req.name)?;
         let capacity: Resources = req.capacity.into();
+        if Dimension::ALL
+            .iter()
+            .any(|d| capacity.get(*d) > MAX_QUANTITY)
+        {
+            return Err(FieldError::new("capacity", format!("{capacity} is too large")).into());
+        }
         if capacity.cpu_millis == 0 || capacity.memory_mib == 0 {
             return Err(
                 FieldError::new("capacity", "cpu and memory must be greater than zero").into(),
@@ -891,6 +909,14 @@ impl Engine {
                 let mut state = self.state.lock().await;
                 let now = self.now();
                 let Some(live) = state.workers.get_mut(&worker) else {
+                    // Told to exit only once its removal is committed.
+                    if let Some(&seq) = state.retiring.get(&worker)
+                        && seq > self.commits.settled()
+                    {
+                        drop(state);
+                        let _ = self.commits.settle(seq).await;
+                        continue;
+                    }
                     return Ok(PollResponse {
                         shutdown: true,
                         cancel: req.running.clone(),
@@ -925,7 +951,7 @@ impl Engine {
         let redeliver_after = ms(self.config.max_poll_wait) * 2;
         // Only what is committed is handed out or cancelled.
         let settled = self.commits.settled();
-        state.unsettled.retain(|_, seq| *seq > settled);
+        state.prune_settled(settled);
         let mut assignments = Vec::new();
         let mut delivered = Vec::new();
         for run in state.runs.values() {
@@ -989,6 +1015,15 @@ impl Engine {
 
     /// Stores a chunk of an attempt's output (idempotent per offset).
     pub async fn append_log(&self, attempt: AttemptId, offset: u64, data: String) -> Result<()> {
+        if offset > MAX_QUANTITY {
+            return Err(FieldError::new("offset", format!("{offset} is too large")).into());
+        }
+        // Text columns cannot hold NUL (PostgreSQL refuses it).
+        let data = if data.contains('\0') {
+            data.replace('\0', "\u{FFFD}")
+        } else {
+            data
+        };
         let mut fx = Effects::default();
         {
             let mut state = self.state.lock().await;

@@ -2,6 +2,7 @@
 //! collects the writes that persist the result.
 
 use corral_core::clock::Timestamp;
+use corral_core::controller::Reason;
 use corral_core::ids::WorkerId;
 use corral_core::run::{
     AttemptState, RunState, StepState, after_attempt, outcome, ready_steps, skip_unreachable,
@@ -27,11 +28,15 @@ impl RunUpdate {
     }
 
     pub fn set_run_state(&mut self, state: RunState) {
+        self.set_run_state_with(state, None);
+    }
+
+    fn set_run_state_with(&mut self, state: RunState, reason: Option<Reason>) {
         if self.run.record.state == state {
             return;
         }
         self.run.record.state = state;
-        self.run.record.reason = None;
+        self.run.record.reason = reason;
         self.run.record.updated_at = self.now;
         if state.is_terminal() {
             self.run.record.finished_at = Some(self.now);
@@ -77,6 +82,11 @@ impl RunUpdate {
     /// Ends the run now in `state`: live attempts and unfinished steps are
     /// cancelled, and every open allocation is closed.
     pub fn finish(&mut self, state: RunState) {
+        self.finish_with(state, None);
+    }
+
+    /// Ends the run as [`RunUpdate::finish`] does, saying why.
+    pub fn finish_with(&mut self, state: RunState, reason: Option<Reason>) {
         let live: Vec<AttemptRecord> = self
             .run
             .attempts
@@ -96,7 +106,7 @@ impl RunUpdate {
             }
         }
         self.close_allocations();
-        self.set_run_state(state);
+        self.set_run_state_with(state, reason);
     }
 
     fn close_allocations(&mut self) {

@@ -96,6 +96,8 @@ pub struct State {
     pub delivered: HashMap<AttemptId, Timestamp>,
     /// Attempts whose last write is not committed yet, with that write's batch.
     pub unsettled: HashMap<AttemptId, u64>,
+    /// Workers whose removal (gone or lost) is not committed yet, with its batch.
+    pub retiring: HashMap<WorkerId, u64>,
     /// The last batch of writes staged.
     pub seq: u64,
     pub last_ids: MaxIds,
@@ -121,6 +123,7 @@ impl State {
         let writes: Vec<Write> = writes.collect();
         state.apply_all(&writes, now, 0);
         state.unsettled.clear();
+        state.retiring.clear();
         state
     }
 
@@ -225,9 +228,8 @@ impl State {
                 }
             }
             Write::PutWorker(w) => {
-                if let Some(live) = self.workers.remove(&w.id) {
-                    live.wake.notify_one();
-                }
+                self.workers.remove(&w.id);
+                self.retiring.insert(w.id, seq);
             }
             Write::AppendLog(_) => {}
         }
@@ -289,6 +291,12 @@ impl State {
             .collect();
         snapshot.charge(&open);
         snapshot
+    }
+
+    /// Forgets what has been committed up to batch `settled`.
+    pub fn prune_settled(&mut self, settled: u64) {
+        self.unsettled.retain(|_, seq| *seq > settled);
+        self.retiring.retain(|_, seq| *seq > settled);
     }
 
     /// The snapshot with nothing in use: pools' capacities and tenants' quotas.

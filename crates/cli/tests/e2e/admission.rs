@@ -164,3 +164,42 @@ async fn tenant_quota_reason_names_the_numbers() {
     let run = server.wait_run_ended(second, Duration::from_secs(30)).await;
     assert_eq!(run["state"], "succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_run_that_can_no_longer_fit_is_rejected() {
+    let server = Server::start("shrink", StoreKind::Sqlite).await;
+    server
+        .apply("kind: Pool\nname: shrinking\ncapacity: {cpu: 2, memory: 2Gi}\n---\nkind: Tenant\nname: s\nallowed_pools: [shrinking]\n")
+        .await;
+    let job = |run: &str| {
+        format!(
+            "kind: Pipeline\nname: j\ntenant: s\nsteps:\n  - {{name: a, run: '{run}', resources: {{cpu: 2, memory: 1Gi}}}}\n  - {{name: b, run: 'true', needs: [a]}}\n"
+        )
+    };
+    let first = server.submit(&job("sleep 2")).await["id"]
+        .as_i64()
+        .expect("id");
+    let waiting = server.submit(&job("true")).await["id"]
+        .as_i64()
+        .expect("id");
+    let (status, body) = server
+        .send(
+            "PUT",
+            "/api/v1/pools/shrinking",
+            "name: shrinking\ncapacity: {cpu: 1, memory: 2Gi}\n",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = server
+        .wait_run_ended(waiting, Duration::from_secs(20))
+        .await;
+    assert_eq!(run["state"], "rejected", "{run:#}");
+    assert_eq!(run["reason"]["code"], "larger_than_pools");
+    for step in run["steps"].as_array().expect("steps") {
+        assert_eq!(step["state"], "cancelled", "{run:#}");
+    }
+    assert!(run["allocations"].as_array().expect("list").is_empty());
+    // The running one keeps its place: shrinking never kills running work.
+    let run = server.wait_run_ended(first, Duration::from_secs(20)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+}

@@ -260,3 +260,17 @@ steps:
         "the worker's and the step's env"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_with_nul_bytes_is_kept_on_postgres() {
+    let server = Server::start("nul", StoreKind::postgres("nul").await).await;
+    server.apply(POOL).await;
+    let doc = "kind: Pipeline\nname: nul\ntenant: t\nsteps:\n  - {name: s, run: \"printf 'a\\\\000b\\\\n'\"}\n";
+    let id = server.submit(doc).await["id"].as_i64().expect("id");
+    let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let (_, logs) = server
+        .get_text(&format!("/api/v1/runs/{id}/logs?step=s"))
+        .await;
+    assert_eq!(logs, "a\u{FFFD}b\n");
+}

@@ -176,6 +176,26 @@ fn gang_is_all_or_nothing() {
 }
 
 #[test]
+fn a_gang_that_only_fits_group_by_group_is_rejected() {
+    let snap = snapshot(vec![pool("p", 4, 64)], vec![tenant("a")]);
+    let mut r = run(1, "a", 3);
+    r.groups.push(GroupRequest {
+        index: 1,
+        pool: Some("p".into()),
+        resources: Resources::new(3000, GI, 0),
+        steps: vec![1],
+    });
+    let d = decide(&snap, &[r], Timestamp(0));
+    let reason = reason_of(&d, 1);
+    assert!(matches!(d[0], Decision::Reject { .. }), "{d:?}");
+    assert_eq!(reason.code, ReasonCode::LargerThanPools);
+    assert_eq!(
+        reason.message,
+        "the groups together never fit, even in empty pools: group 1: pool p: cpu 3/4 in use, run needs 3"
+    );
+}
+
+#[test]
 fn snapshot_counts_open_allocations() {
     let pools = [crate::pool::PoolSpec {
         name: "p".into(),

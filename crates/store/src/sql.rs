@@ -432,6 +432,15 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
     Ok(())
 }
 
+/// Fetches the rows of `query` and decodes each with `decode`.
+async fn decode_all<T>(
+    conn: &mut sqlx::AnyConnection,
+    query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+    decode: fn(&AnyRow) -> Result<T>,
+) -> Result<Vec<T>> {
+    query.fetch_all(conn).await?.iter().map(decode).collect()
+}
+
 /// A value bound to a placeholder of a filtered query.
 enum Param {
     Text(String),
@@ -512,55 +521,45 @@ impl Store for SqlStore {
             .map(|s| format!("'{}'", s.as_str()))
             .collect::<Vec<_>>()
             .join(",");
-        let runs = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE state IN ({live_states}) ORDER BY id"
-        )))
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(run_from)
-        .collect::<Result<Vec<_>>>()?;
+        let runs = decode_all(
+            &mut conn,
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE state IN ({live_states}) ORDER BY id"
+            ))),
+            run_from,
+        )
+        .await?;
         let ids: Vec<RunId> = runs.iter().map(|r| r.id).collect();
         let (steps, attempts) = if ids.is_empty() {
             (Vec::new(), Vec::new())
         } else {
             let list = id_list(&ids);
-            let steps = sqlx::query(AssertSqlSafe(format!(
+            let steps = decode_all(&mut conn, sqlx::query(AssertSqlSafe(format!(
                 "SELECT run_id, idx, name, grp, state, attempts FROM steps WHERE run_id IN ({list}) ORDER BY run_id, idx"
-            )))
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(step_from)
-            .collect::<Result<Vec<_>>>()?;
-            let attempts = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id IN ({list}) ORDER BY id"
-            )))
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(attempt_from)
-            .collect::<Result<Vec<_>>>()?;
+            ))), step_from).await?;
+            let attempts = decode_all(
+                &mut conn,
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id IN ({list}) ORDER BY id"
+                ))),
+                attempt_from,
+            )
+            .await?;
             (steps, attempts)
         };
-        let open_allocations = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE closed_at IS NULL ORDER BY id"
-        )))
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(allocation_from)
-        .collect::<Result<Vec<_>>>()?;
-        let workers = sqlx::query(
+        let open_allocations = decode_all(
+            &mut conn,
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE closed_at IS NULL ORDER BY id"
+            ))),
+            allocation_from,
+        )
+        .await?;
+        let workers = decode_all(&mut conn, sqlx::query(
             "SELECT id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at \
              FROM workers WHERE state = $1 ORDER BY id",
         )
-        .bind(WorkerState::Ready.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(worker_from)
-        .collect::<Result<Vec<_>>>()?;
+        .bind(WorkerState::Ready.as_str()), worker_from).await?;
         let max = |table: &'static str| format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}");
         let mut max_ids = MaxIds::default();
         for (table, slot) in [
@@ -598,33 +597,28 @@ impl Store for SqlStore {
             return Ok(None);
         };
         let run = run_from(&row)?;
-        let steps = sqlx::query(
+        let steps = decode_all(&mut conn, sqlx::query(
             "SELECT run_id, idx, name, grp, state, attempts FROM steps WHERE run_id = $1 ORDER BY idx",
         )
-        .bind(id.0)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(step_from)
-        .collect::<Result<Vec<_>>>()?;
-        let attempts = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY id"
-        )))
-        .bind(id.0)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(attempt_from)
-        .collect::<Result<Vec<_>>>()?;
-        let allocations = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE run_id = $1 ORDER BY id"
-        )))
-        .bind(id.0)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(allocation_from)
-        .collect::<Result<Vec<_>>>()?;
+        .bind(id.0), step_from).await?;
+        let attempts = decode_all(
+            &mut conn,
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = $1 ORDER BY id"
+            )))
+            .bind(id.0),
+            attempt_from,
+        )
+        .await?;
+        let allocations = decode_all(
+            &mut conn,
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ALLOCATION_COLUMNS} FROM allocations WHERE run_id = $1 ORDER BY id"
+            )))
+            .bind(id.0),
+            allocation_from,
+        )
+        .await?;
         Ok(Some(RunDetail {
             run,
             steps,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, eventually};
+use crate::harness::{Server, StoreKind, eventually, no_process_matches};
 
 const POOL: &str = "kind: Pool\nname: exec\ncapacity: {cpu: 4, memory: 4Gi}\n---\nkind: Tenant\nname: t\nallowed_pools: [exec]\n";
 
@@ -81,21 +81,7 @@ steps:
     assert_eq!(run["steps"][1]["state"], "skipped");
     assert!(run["allocations"][0]["closed_at"].is_string(), "released");
     // The background `sleep 60` of the step's group was killed too.
-    eventually(
-        "the step's process group to be killed",
-        Duration::from_secs(10),
-        || async {
-            let out = std::process::Command::new("pgrep")
-                .args(["-f", "sleep 60"])
-                .output()
-                .expect("pgrep");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await;
+    no_process_matches("sleep 60").await;
 
     // A step that fails twice then succeeds, with retries: 2.
     let doc = r#"
@@ -163,21 +149,7 @@ async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
     assert_eq!(status, 200);
     assert_eq!(run["state"], "cancelled");
     // Both processes are gone.
-    eventually(
-        "the killed steps to exit",
-        Duration::from_secs(10),
-        || async {
-            let out = std::process::Command::new("pgrep")
-                .args(["-f", "sleep 120"])
-                .output()
-                .expect("pgrep");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await;
+    no_process_matches("sleep 120").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -109,20 +109,16 @@ impl Server {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not come up; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let url = format!("{}/healthz", self.url);
+        eventually(
+            &format!("the server to come up; log:\n{}", self.log()),
+            Duration::from_secs(30),
+            || async {
+                let answer = self.http.get(&url).send().await;
+                answer.is_ok_and(|r| r.status().is_success()).then_some(())
+            },
+        )
+        .await;
     }
 
     pub fn log(&self) -> String {
@@ -217,22 +213,15 @@ impl Server {
 
     /// Waits until the run has ended and returns it.
     pub async fn wait_run_ended(&self, id: i64, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        eventually(&format!("run {id} to end"), within, || async {
             let run = self.run(id).await;
-            if matches!(
+            let ended = matches!(
                 run["state"].as_str(),
                 Some("succeeded" | "failed" | "cancelled" | "rejected")
-            ) {
-                return run;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run {id} did not end within {within:?}: {run:#}\nserver log:\n{}",
-                self.log()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            ended.then_some(run)
+        })
+        .await
     }
 }
 
@@ -248,6 +237,25 @@ impl Drop for Server {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
+}
+
+/// Waits until no process's command line matches `pattern` (`pgrep -f`).
+pub async fn no_process_matches(pattern: &str) {
+    eventually(
+        &format!("no process to match {pattern:?}"),
+        Duration::from_secs(10),
+        || async {
+            let out = Command::new("pgrep")
+                .args(["-f", pattern])
+                .output()
+                .expect("pgrep");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Polls `check` until it returns `Some`, failing with `what` after `within`.

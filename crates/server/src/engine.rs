@@ -129,23 +129,23 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// What putting `new` over `old` (with its creation time) does: the creation time
-/// to keep and the action; `create_only` refuses an existing name.
+/// What putting `new` over `old` (with its creation and update times) does: the
+/// times to keep and the action; `create_only` refuses an existing name.
 fn upsert<T: PartialEq>(
     kind: &str,
     name: &str,
-    old: Option<(&T, Timestamp)>,
+    old: Option<(&T, Timestamp, Timestamp)>,
     new: &T,
     create_only: bool,
     now: Timestamp,
-) -> Result<(Timestamp, Action)> {
+) -> Result<(Timestamp, Timestamp, Action)> {
     match old {
         Some(_) if create_only => Err(EngineError::Conflict(format!(
             "{kind} {name} already exists"
         ))),
-        Some((old, created)) if old == new => Ok((created, Action::Unchanged)),
-        Some((_, created)) => Ok((created, Action::Updated)),
-        None => Ok((now, Action::Created)),
+        Some((old, created, updated)) if old == new => Ok((created, updated, Action::Unchanged)),
+        Some((_, created, _)) => Ok((created, now, Action::Updated)),
+        None => Ok((now, now, Action::Created)),
     }
 }
 
@@ -365,16 +365,16 @@ impl Engine {
         spec.validate()?;
         let state = self.state.lock().await;
         let now = self.now();
-        let old = state.pools.get(&spec.name).map(|p| (&p.spec, p.created_at));
-        let (created_at, action) = upsert("pool", &spec.name, old, &spec, create_only, now)?;
+        let old = state
+            .pools
+            .get(&spec.name)
+            .map(|p| (&p.spec, p.created_at, p.updated_at));
+        let (created_at, updated_at, action) =
+            upsert("pool", &spec.name, old, &spec, create_only, now)?;
         let record = PoolRecord {
             spec,
             created_at,
-            updated_at: now,
-        };
-        let record = match action {
-            Action::Unchanged => state.pools[&record.spec.name].clone(),
-            _ => record,
+            updated_at,
         };
         self.finish_upsert(state, action, Write::PutPool(record.clone()))
             .await?;
@@ -413,16 +413,13 @@ impl Engine {
         let old = state
             .tenants
             .get(&spec.name)
-            .map(|t| (&t.spec, t.created_at));
-        let (created_at, action) = upsert("tenant", &spec.name, old, &spec, create_only, now)?;
+            .map(|t| (&t.spec, t.created_at, t.updated_at));
+        let (created_at, updated_at, action) =
+            upsert("tenant", &spec.name, old, &spec, create_only, now)?;
         let record = TenantRecord {
             spec,
             created_at,
-            updated_at: now,
-        };
-        let record = match action {
-            Action::Unchanged => state.tenants[&record.spec.name].clone(),
-            _ => record,
+            updated_at,
         };
         self.finish_upsert(state, action, Write::PutTenant(record.clone()))
             .await?;

@@ -167,7 +167,8 @@ steps:
     server
         .wait_for_output(id, "first", Duration::from_secs(20))
         .await;
-    let agents = format!("agent --server {}", server.url);
+    // The trailing space keeps port 4123 from matching another test's port 41234.
+    let agents = format!("agent --server {} ", server.url);
     let killed = std::process::Command::new("pkill")
         .args(["-9", "-f", &agents])
         .status()

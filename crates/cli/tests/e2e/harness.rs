@@ -141,15 +141,8 @@ impl Server {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> T {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = response.status();
-        let text = response.text().await.expect("body");
-        assert!(status.is_success(), "GET {path}: {status}: {text}");
+        let (status, text) = self.get_text(path).await;
+        assert!((200..300).contains(&status), "GET {path}: {status}: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
     }
 

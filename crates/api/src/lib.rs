@@ -71,6 +71,9 @@ pub struct PoolView {
     pub used: ResourcesView,
     /// Open allocations, one worker each.
     pub workers: u32,
+    /// Live agents of a static pool, whose capacity is theirs summed.
+    #[serde(default)]
+    pub agents: Option<u32>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -90,6 +93,9 @@ pub struct TenantView {
     pub weight: u32,
     pub quota: QuotaView,
     pub allowed_pools: Option<Vec<String>>,
+    /// Limits in single pools, by pool.
+    #[serde(default)]
+    pub pool_limits: BTreeMap<String, QuotaView>,
     /// Sum of the tenant's open allocations across all pools.
     pub used: ResourcesView,
     /// Runs holding allocations now.
@@ -104,6 +110,35 @@ pub struct ReasonView {
     pub code: String,
     /// A sentence with the numbers, e.g. `tenant acme: cpu 6/6 in use, run needs 3`.
     pub message: String,
+    /// The limits that block the run, with their numbers.
+    #[serde(default)]
+    pub limits: Vec<LimitView>,
+}
+
+/// A limit a run hits: `in_use` of `limit` taken, and the run `needs` more.
+/// Amounts in base units: millicores, MiB, gpus, runs or workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LimitView {
+    /// `pool small`, `tenant acme`, `tenant acme in pool gpu`.
+    pub scope: String,
+    /// `cpu`, `memory`, `gpu`, `runs` or `workers`.
+    pub dimension: String,
+    pub in_use: u64,
+    pub limit: u64,
+    pub needs: u64,
+}
+
+/// A queued run's place in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueuePlaceView {
+    /// 1-based position in the whole queue, in admission order.
+    pub position: u64,
+    /// 1-based position among its tenant's queued runs.
+    pub tenant_position: u64,
+    pub waited_ms: i64,
+    /// Pools holding room for it (empty: its tenant's quota), once it has
+    /// waited long enough to get a reservation.
+    pub reserved: Option<Vec<String>>,
 }
 
 /// A run in a list.
@@ -117,6 +152,9 @@ pub struct RunSummary {
     /// `cancelled` or `rejected`.
     pub state: String,
     pub reason: Option<ReasonView>,
+    /// For a run waiting for admission.
+    #[serde(default)]
+    pub queue: Option<QueuePlaceView>,
     pub created_at: String,
     pub finished_at: Option<String>,
 }
@@ -124,8 +162,8 @@ pub struct RunSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GroupView {
     pub index: u32,
-    /// The pool the group's steps asked for; null for any pool.
-    pub pool: Option<String>,
+    /// The pools its steps may use: `any pool`, `pool gpu`, `pools labelled gpu=a100`.
+    pub pool: String,
     /// The group's envelope: its peak concurrent demand.
     pub resources: ResourcesView,
     pub steps: Vec<String>,
@@ -181,6 +219,9 @@ pub struct RunView {
     pub request: RequestView,
     pub steps: Vec<StepView>,
     pub allocations: Vec<AllocationView>,
+    /// For a waiting or rejected run: why, in sentences, and what would let it in.
+    #[serde(default)]
+    pub explanation: Option<String>,
 }
 
 /// What `apply` did with one document.

@@ -91,6 +91,18 @@ impl Client {
             .await
     }
 
+    /// Queued runs in admission order.
+    pub async fn queue(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<RunSummary>> {
+        let limit = limit.to_string();
+        let mut query = BTreeMap::new();
+        query.insert("limit", limit.as_str());
+        if let Some(t) = tenant {
+            query.insert("tenant", t);
+        }
+        self.json(self.http.get(self.url("/queue")).query(&query))
+            .await
+    }
+
     pub async fn run(&self, id: i64) -> Result<RunView> {
         self.json(self.http.get(self.url(&format!("/runs/{id}"))))
             .await

@@ -13,7 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use corral_api::ResourcesView;
+use corral_core::controller::Policy;
+use corral_core::pipeline::PriorityClasses;
 use corral_core::resources::{parse_cpu, parse_memory};
+use corral_core::selector::PlacementPolicy;
 use corral_server::engine::EngineConfig;
 
 use crate::client::Client;
@@ -38,6 +41,8 @@ enum Kind {
     Pools,
     Tenants,
     Runs,
+    /// Queued runs in admission order, with their positions and reasons.
+    Queue,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -63,6 +68,20 @@ enum Command {
         /// Seconds an idle local worker is kept warm.
         #[arg(long, default_value_t = 120)]
         idle_ttl: u64,
+        /// How groups are placed among pools (and static agents) with room.
+        #[arg(long, default_value = "binpack", value_parser = ["binpack", "spread", "cheapest"])]
+        placement: String,
+        /// Half-life of the recent usage fair share counts, e.g. 1h or 30m.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        fair_share_half_life: Duration,
+        /// A run waiting longer than this gets a reservation: room that runs
+        /// behind it may not take.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        starvation_after: Duration,
+        /// A priority class, NAME=VALUE; repeat for several. Replaces the
+        /// default classes low=-100, normal=0, high=100.
+        #[arg(long = "priority-class", value_parser = PriorityClasses::parse_class)]
+        priority_classes: Vec<(String, i32)>,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -113,13 +132,14 @@ enum Command {
         kind: Kind,
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
-        /// For runs: only this tenant's.
+        /// For runs and the queue: only this tenant's.
         #[arg(long)]
         tenant: Option<String>,
         /// For runs: only in this state.
         #[arg(long)]
         state: Option<String>,
-        /// For runs: at most this many, newest first.
+        /// For runs and the queue: at most this many (runs newest first, the
+        /// queue in admission order).
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -173,6 +193,12 @@ fn read_input(file: &str) -> Result<String> {
     }
 }
 
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    corral_core::pipeline::parse_duration_secs(text)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a duration (examples: 90s, 10m, 1h)"))
+}
+
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
     text.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -222,7 +248,22 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             listen,
             heartbeat_timeout,
             idle_ttl,
+            placement,
+            fair_share_half_life,
+            starvation_after,
+            priority_classes,
         } => {
+            let policy = Policy {
+                placement: PlacementPolicy::parse(&placement)
+                    .context("--placement: expected binpack, spread or cheapest")?,
+                starvation_after_ms: i64::try_from(starvation_after.as_millis())
+                    .context("--starvation-after is too long")?,
+            };
+            let priority_classes = if priority_classes.is_empty() {
+                PriorityClasses::default()
+            } else {
+                PriorityClasses(priority_classes.into_iter().collect())
+            };
             let config = corral_server::ServerConfig {
                 listen,
                 data_dir,
@@ -231,6 +272,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 engine: EngineConfig {
                     heartbeat_timeout: Duration::from_secs(heartbeat_timeout),
                     idle_ttl: Duration::from_secs(idle_ttl),
+                    policy,
+                    fair_share_half_life,
+                    priority_classes,
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),
@@ -327,6 +371,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         .await?,
                     output,
                 )?,
+                Kind::Queue => output::queue(&client.queue(tenant.as_deref(), limit).await?, output)?,
             };
             print!("{text}");
             Ok(ok)

@@ -82,11 +82,12 @@ pub fn pools(pools: &[PoolView], format: Format) -> Result<String> {
                 p.state.clone(),
                 usage(&p.used, &p.capacity),
                 format!("{}/{}", p.workers, p.max_workers),
+                p.agents.map_or("-".into(), |a| a.to_string()),
             ]
         })
         .collect();
     Ok(table(
-        &["NAME", "PROVIDER", "STATE", "USED/CAPACITY", "WORKERS"],
+        &["NAME", "PROVIDER", "STATE", "USED/CAPACITY", "WORKERS", "AGENTS"],
         rows,
     ))
 }
@@ -142,6 +143,54 @@ pub fn runs(runs: &[RunSummary], format: Format) -> Result<String> {
     ))
 }
 
+/// Queued runs in admission order.
+pub fn queue(runs: &[RunSummary], format: Format) -> Result<String> {
+    if let Some(s) = structured(&runs, format)? {
+        return Ok(s);
+    }
+    let rows = runs
+        .iter()
+        .map(|r| {
+            let q = r.queue.as_ref();
+            vec![
+                q.map_or("-".into(), |q| q.position.to_string()),
+                r.id.to_string(),
+                r.tenant.clone(),
+                q.map_or("-".into(), |q| q.tenant_position.to_string()),
+                r.priority.to_string(),
+                q.map_or("-".into(), |q| format!("{}s", q.waited_ms / 1000)),
+                r.reason.as_ref().map(|x| x.code.clone()).unwrap_or_default(),
+                r.reason
+                    .as_ref()
+                    .map(|x| x.message.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["POS", "RUN", "TENANT", "TENANT-POS", "PRIORITY", "WAITED", "CODE", "REASON"],
+        rows,
+    ))
+}
+
+/// Breaks text into lines of at most `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split_whitespace() {
+        if line > 0 && line + 1 + word.len() > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += word.len();
+    }
+    out
+}
+
 pub fn describe_run(run: &RunView, format: Format) -> Result<String> {
     if let Some(s) = structured(run, format)? {
         return Ok(s);
@@ -165,13 +214,23 @@ pub fn describe_run(run: &RunView, format: Format) -> Result<String> {
         };
         let _ = writeln!(out, "{verb}:   {} ({})", reason.message, reason.code);
     }
+    if let Some(q) = &s.queue {
+        let _ = writeln!(
+            out,
+            "Queue:     number {} overall, {} for tenant {}",
+            q.position, q.tenant_position, s.tenant
+        );
+    }
+    if let Some(text) = &run.explanation {
+        let _ = writeln!(out, "\n{}", wrap(text, 80));
+    }
     let _ = writeln!(out, "\nRequest:");
     for g in &run.request.groups {
         let _ = writeln!(
             out,
             "  group {} on {}: {} for steps {}",
             g.index,
-            g.pool.as_deref().unwrap_or("any pool"),
+            g.pool,
             resources(&g.resources),
             g.steps.join(", ")
         );

@@ -1,51 +1,133 @@
 //! The resource controller: a pure function from a snapshot of pools, tenants
 //! and open allocations, the queue and the time to admission decisions.
 //!
-//! One cycle, in phases:
-//! 1. order the queue: priority (higher first), then FIFO (enqueued time, id);
-//! 2. for each run: reject it if it can never fit; else check the tenant's quota
-//!    summed across pools; else place every group (gang: all or none);
-//! 3. an admitted run's grant is charged to the working snapshot at once, so
-//!    later runs in the same cycle see it. A run that must wait never blocks the
-//!    runs behind it.
+//! Order of admission, level by level (readmissions of runs that lost a worker
+//! first, then priority, higher first):
+//! 1. runs that have waited longer than `starvation_after`, oldest first: each
+//!    is admitted, or reserves the room it waits for so that runs after it
+//!    cannot take it (one reservation per pool);
+//! 2. then fair share: the tenant with the lowest weighted dominant share
+//!    (what it holds plus its decayed recent usage, over the total capacity,
+//!    divided by its weight) goes next, with its oldest run that may still fit;
+//!    FIFO within a tenant. A run that must wait blocks only the runs of its
+//!    class (same tenant, priority and groups), never the runs behind it.
+//!
+//! An admission is charged to the working snapshot at once, so later runs in the
+//! same cycle see it.
 
-use std::collections::{BTreeMap, HashMap};
-
-use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use crate::clock::Timestamp;
-use crate::ids::RunId;
-use crate::pool::{PoolSpec, PoolState};
+use crate::ids::{RunId, WorkerId};
+use crate::pool::{PoolSpec, PoolState, Price, Provider};
+use crate::queue::{Class, ClassId, Level, QueuedRun, RunQueue};
 use crate::request::GroupRequest;
 use crate::resources::{Dimension, Resources};
+use crate::selector::PlacementPolicy;
 use crate::tenant::{Quota, TenantSpec};
+use crate::usage::Amount;
+
+mod reason;
+pub use reason::{Limit, Reason, ReasonCode};
+
+/// A live agent of a static pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentView {
+    pub id: WorkerId,
+    pub capacity: Resources,
+    pub used: Resources,
+}
 
 /// A pool as the controller sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolView {
     pub name: String,
     pub state: PoolState,
+    pub labels: BTreeMap<String, String>,
+    pub price: Price,
+    /// For a static pool, the sum of its live agents'.
     pub capacity: Resources,
     pub max_workers: u32,
     /// Sum of the open allocations on the pool.
     pub used: Resources,
     /// Open allocations on the pool; each is served by one worker.
     pub workers: u32,
+    /// A static pool's live agents: a group must fit on one of them.
+    pub agents: Option<Vec<AgentView>>,
+    /// Held for a starving run during this cycle.
+    pub reserved: Option<(RunId, Resources)>,
+}
+
+impl PoolView {
+    pub fn new(spec: &PoolSpec, agents: Vec<AgentView>) -> PoolView {
+        let (capacity, agents) = match spec.provider {
+            Provider::Static => (
+                agents
+                    .iter()
+                    .fold(Resources::ZERO, |acc, a| acc.saturating_add(&a.capacity)),
+                Some(agents),
+            ),
+            _ => (spec.capacity(), None),
+        };
+        PoolView {
+            name: spec.name.clone(),
+            state: spec.state,
+            labels: spec.labels.clone(),
+            price: spec.price,
+            capacity,
+            max_workers: spec.max_workers,
+            used: Resources::ZERO,
+            workers: 0,
+            agents,
+            reserved: None,
+        }
+    }
+}
+
+/// What a tenant holds in one pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    pub resources: Resources,
+    pub runs: u64,
 }
 
 /// A tenant as the controller sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantView {
     pub name: String,
+    pub weight: u32,
     pub quota: Quota,
     pub allowed_pools: Option<Vec<String>>,
+    pub pool_limits: BTreeMap<String, Quota>,
     /// Sum of the tenant's open allocations across all pools.
     pub used: Resources,
     /// Runs holding allocations.
     pub runs: u64,
+    /// What it holds, per pool.
+    pub held: BTreeMap<String, Held>,
+    /// Decayed recent usage, as a resource amount (see `usage.rs`).
+    pub recent: Amount,
+    /// Held for a starving run of the tenant during this cycle.
+    pub reserved: Option<(RunId, Resources)>,
 }
 
 impl TenantView {
+    pub fn new(spec: &TenantSpec, recent: Amount) -> TenantView {
+        TenantView {
+            name: spec.name.clone(),
+            weight: spec.weight,
+            quota: spec.quota(),
+            allowed_pools: spec.allowed_pools.clone(),
+            pool_limits: spec.pool_limits(),
+            used: Resources::ZERO,
+            runs: 0,
+            held: BTreeMap::new(),
+            recent,
+            reserved: None,
+        }
+    }
+
     fn allows(&self, pool: &str) -> bool {
         self.allowed_pools
             .as_ref()
@@ -60,108 +142,110 @@ pub struct OpenAllocation {
     pub tenant: String,
     pub pool: String,
     pub resources: Resources,
+    pub worker: Option<WorkerId>,
 }
 
 /// What the controller decides from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub pools: BTreeMap<String, PoolView>,
     pub tenants: BTreeMap<String, TenantView>,
 }
 
 impl Snapshot {
-    /// Builds the snapshot from the stored specs and the open allocations.
-    pub fn build(pools: &[PoolSpec], tenants: &[TenantSpec], open: &[OpenAllocation]) -> Snapshot {
-        let mut snapshot = Snapshot {
-            pools: pools
-                .iter()
-                .map(|p| {
-                    let view = PoolView {
-                        name: p.name.clone(),
-                        state: p.state,
-                        capacity: p.capacity(),
-                        max_workers: p.max_workers,
-                        used: Resources::ZERO,
-                        workers: 0,
-                    };
-                    (p.name.clone(), view)
-                })
-                .collect(),
-            tenants: tenants
-                .iter()
-                .map(|t| {
-                    let view = TenantView {
-                        name: t.name.clone(),
-                        quota: t.quota(),
-                        allowed_pools: t.allowed_pools.clone(),
-                        used: Resources::ZERO,
-                        runs: 0,
-                    };
-                    (t.name.clone(), view)
-                })
-                .collect(),
-        };
-        snapshot.charge(open);
-        snapshot
-    }
-
-    /// Adds open allocations to what pools and tenants use.
+    /// Adds open allocations to what pools, agents and tenants use.
     pub fn charge(&mut self, open: &[OpenAllocation]) {
-        let mut runs_by_tenant: BTreeMap<&str, std::collections::BTreeSet<RunId>> = BTreeMap::new();
+        let mut runs: BTreeSet<(&str, RunId)> = BTreeSet::new();
+        let mut pool_runs: BTreeSet<(&str, &str, RunId)> = BTreeSet::new();
         for a in open {
             if let Some(pool) = self.pools.get_mut(&a.pool) {
                 pool.used = pool.used.saturating_add(&a.resources);
                 pool.workers = pool.workers.saturating_add(1);
+                if let (Some(agents), Some(w)) = (pool.agents.as_mut(), a.worker)
+                    && let Some(agent) = agents.iter_mut().find(|x| x.id == w)
+                {
+                    agent.used = agent.used.saturating_add(&a.resources);
+                }
             }
             if let Some(tenant) = self.tenants.get_mut(&a.tenant) {
                 tenant.used = tenant.used.saturating_add(&a.resources);
+                let held = tenant.held.entry(a.pool.clone()).or_default();
+                held.resources = held.resources.saturating_add(&a.resources);
+                if pool_runs.insert((&a.tenant, &a.pool, a.run)) {
+                    held.runs += 1;
+                }
+                if runs.insert((&a.tenant, a.run)) {
+                    tenant.runs += 1;
+                }
             }
-            runs_by_tenant.entry(&a.tenant).or_default().insert(a.run);
         }
-        for (tenant, runs) in runs_by_tenant {
-            if let Some(t) = self.tenants.get_mut(tenant) {
-                t.runs = t.runs.saturating_add(runs.len() as u64);
+    }
+
+    /// The sum of every pool's capacity: the denominator of shares.
+    pub fn total_capacity(&self) -> Resources {
+        self.pools
+            .values()
+            .fold(Resources::ZERO, |acc, p| acc.saturating_add(&p.capacity))
+    }
+
+    /// A tenant's dominant share divided by its weight.
+    pub fn weighted_share(&self, tenant: &TenantView, total: &Resources) -> f64 {
+        let dominant = Dimension::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| total.get(**d) > 0)
+            .map(|(i, d)| (tenant.used.get(*d) as f64 + tenant.recent[i]) / total.get(*d) as f64)
+            .fold(0.0, f64::max);
+        dominant / f64::from(tenant.weight.max(1))
+    }
+
+    fn admit(&mut self, run: RunId, tenant: &str, readmit: bool, placements: &[Placement]) {
+        for p in placements {
+            if let Some(pool) = self.pools.get_mut(&p.pool) {
+                pool.used = pool.used.saturating_add(&p.resources);
+                pool.workers = pool.workers.saturating_add(1);
+                if let (Some(agents), Some(w)) = (pool.agents.as_mut(), p.worker)
+                    && let Some(agent) = agents.iter_mut().find(|x| x.id == w)
+                {
+                    agent.used = agent.used.saturating_add(&p.resources);
+                }
             }
+        }
+        let Some(t) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        let mut pools_of_run: BTreeSet<&str> = BTreeSet::new();
+        for p in placements {
+            t.used = t.used.saturating_add(&p.resources);
+            let held = t.held.entry(p.pool.clone()).or_default();
+            held.resources = held.resources.saturating_add(&p.resources);
+            if pools_of_run.insert(&p.pool) && !readmit {
+                held.runs += 1;
+            }
+        }
+        if !readmit {
+            t.runs += 1;
+        }
+        if t.reserved.is_some_and(|(r, _)| r == run) {
+            t.reserved = None;
         }
     }
 }
 
-/// A run waiting for admission.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedRun {
-    pub id: RunId,
-    pub tenant: String,
-    pub priority: i32,
-    pub enqueued_at: Timestamp,
-    pub groups: Vec<GroupRequest>,
+/// Settings of the controller that are not part of the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Used for groups whose selector does not set one.
+    pub placement: PlacementPolicy,
+    /// After this wait, a run gets a reservation.
+    pub starvation_after_ms: i64,
 }
 
-/// Why a run waits or was rejected: a stable code and a sentence with numbers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reason {
-    pub code: ReasonCode,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonCode {
-    UnknownTenant,
-    NoMatchingPool,
-    LargerThanPools,
-    LargerThanQuota,
-    TenantQuota,
-    TenantRuns,
-    PoolNotActive,
-    PoolFull,
-    PoolMaxWorkers,
-}
-
-impl Reason {
-    fn new(code: ReasonCode, message: impl Into<String>) -> Reason {
-        Reason {
-            code,
-            message: message.into(),
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            placement: PlacementPolicy::Binpack,
+            starvation_after_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -172,132 +256,341 @@ pub struct Placement {
     pub group: u32,
     pub pool: String,
     pub resources: Resources,
+    /// The static agent that serves it.
+    pub worker: Option<WorkerId>,
 }
 
-/// The controller's verdict on one queued run.
+/// An admitted run and where its groups go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Admit {
-        run: RunId,
-        placements: Vec<Placement>,
-    },
-    Reject {
-        run: RunId,
-        reason: Reason,
-    },
-    Wait {
-        run: RunId,
-        reason: Reason,
-        /// How long the run has waited so far, in milliseconds.
-        waited_ms: i64,
-    },
+pub struct Admission {
+    pub run: RunId,
+    pub placements: Vec<Placement>,
 }
 
-impl Decision {
-    pub fn run(&self) -> RunId {
-        match self {
-            Decision::Admit { run, .. }
-            | Decision::Reject { run, .. }
-            | Decision::Wait { run, .. } => *run,
-        }
+/// Room held for a run that has waited too long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub run: RunId,
+    /// Pools holding room for it; empty when it holds its tenant's quota.
+    pub pools: Vec<String>,
+}
+
+/// The decisions of one cycle.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// In admission order.
+    pub admitted: Vec<Admission>,
+    pub rejected: Vec<(RunId, Reason)>,
+    /// Why the runs of each class still queued wait.
+    pub waiting: BTreeMap<ClassId, Reason>,
+    pub reservations: Vec<Reservation>,
+}
+
+/// Fair-share order key: lower goes first. Shares are finite and non-negative.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Share(f64);
+
+impl Eq for Share {}
+
+impl Ord for Share {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
     }
 }
 
-/// What a verdict depends on besides the snapshot: the tenant and, per group, the
-/// pool selector and resources.
-type Shape<'a> = (&'a str, Vec<(Option<&'a str>, Resources)>);
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
-/// Decides, for every queued run, whether it is admitted (and where), rejected,
-/// or left waiting with a reason. Deterministic: same input, same output.
-pub fn decide(snapshot: &Snapshot, queue: &[QueuedRun], now: Timestamp) -> Vec<Decision> {
-    let mut work = snapshot.clone();
-    let mut order: Vec<&QueuedRun> = queue.iter().collect();
-    order.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.enqueued_at.cmp(&b.enqueued_at))
-            .then(a.id.cmp(&b.id))
-    });
-    // Runs of the same tenant and shape get the same verdict until something is
-    // admitted: remember it instead of recomputing (and reformatting) it.
-    let mut verdicts: HashMap<Shape<'_>, Decision> = HashMap::new();
-    let mut decisions = Vec::with_capacity(order.len());
-    for run in order {
-        let shape = (
-            run.tenant.as_str(),
-            run.groups
-                .iter()
-                .map(|g| (g.pool.as_deref(), g.resources))
-                .collect::<Vec<_>>(),
-        );
-        let decision = match verdicts.get(&shape) {
-            Some(Decision::Reject { reason, .. }) => Decision::Reject {
-                run: run.id,
-                reason: reason.clone(),
-            },
-            Some(Decision::Wait { reason, .. }) => Decision::Wait {
-                run: run.id,
-                reason: reason.clone(),
-                waited_ms: now.millis_since(run.enqueued_at),
-            },
-            _ => {
-                let decision = decide_one(&mut work, run, now);
-                if matches!(decision, Decision::Admit { .. }) {
-                    verdicts.clear();
-                } else {
-                    verdicts.insert(shape, decision.clone());
+/// Decides which queued runs are admitted (and where), rejected, or left
+/// waiting with a reason. Deterministic: same input, same output.
+pub fn decide(snapshot: &Snapshot, queue: &RunQueue, now: Timestamp, policy: &Policy) -> Outcome {
+    let mut cycle = Cycle {
+        work: snapshot.clone(),
+        total: snapshot.total_capacity(),
+        queue,
+        now,
+        policy,
+        outcome: Outcome::default(),
+        classes: HashMap::new(),
+        empty: None,
+        reasons: HashMap::new(),
+    };
+    for (level, tenants) in queue.levels() {
+        cycle.level(level, tenants);
+    }
+    cycle.outcome
+}
+
+struct Cycle<'a> {
+    work: Snapshot,
+    total: Resources,
+    queue: &'a RunQueue,
+    now: Timestamp,
+    policy: &'a Policy,
+    outcome: Outcome,
+    /// Per class tried: what does not change within the cycle.
+    classes: HashMap<ClassId, ClassFacts>,
+    /// The pools emptied, to check that gangs fit them (see [`empty_pools`]).
+    empty: Option<Snapshot>,
+    reasons: ReasonCache,
+}
+
+/// What a cycle learns of a class the first time it tries one of its runs.
+struct ClassFacts {
+    /// Can it ever fit?
+    fits: Result<(), Reason>,
+    matching: Matching,
+}
+
+impl<'a> Cycle<'a> {
+    fn level(&mut self, _level: Level, tenants: &'a BTreeMap<String, BTreeSet<ClassId>>) {
+        let queue: &'a RunQueue = self.queue;
+        // Per class: its runs not yet admitted this cycle, oldest first.
+        let mut cursors: BTreeMap<
+            ClassId,
+            std::collections::btree_set::Iter<'a, (Timestamp, RunId)>,
+        > = BTreeMap::new();
+        let mut heads: BTreeMap<ClassId, (Timestamp, RunId)> = BTreeMap::new();
+        for classes in tenants.values() {
+            for &id in classes {
+                let Some(class) = queue.class(id) else {
+                    continue;
+                };
+                let mut iter = class.runs.iter();
+                if let Some(&head) = iter.next() {
+                    heads.insert(id, head);
+                    cursors.insert(id, iter);
                 }
-                decision
             }
-        };
-        decisions.push(decision);
+        }
+        // 1. Starving runs, oldest first: admitted, or they reserve.
+        let starve_before = self.now.0.saturating_sub(self.policy.starvation_after_ms);
+        let mut starving: Vec<((Timestamp, RunId), ClassId)> = heads
+            .iter()
+            .filter(|(_, (at, _))| at.0 <= starve_before)
+            .map(|(c, h)| (*h, *c))
+            .collect();
+        starving.sort();
+        for (_, class_id) in starving {
+            // Each class may admit several starving runs in a row.
+            while let Some(&(at, run)) = heads.get(&class_id) {
+                if at.0 > starve_before {
+                    break;
+                }
+                let Some(class) = queue.class(class_id) else {
+                    break;
+                };
+                if !self.try_run(class, run, true) {
+                    heads.remove(&class_id);
+                    break;
+                }
+                match cursors.get_mut(&class_id).and_then(Iterator::next) {
+                    Some(&next) => {
+                        heads.insert(class_id, next);
+                    }
+                    None => {
+                        heads.remove(&class_id);
+                    }
+                }
+            }
+        }
+        // 2. Fair share across tenants, FIFO within each.
+        let mut per_tenant: BTreeMap<&'a str, BTreeSet<((Timestamp, RunId), ClassId)>> =
+            BTreeMap::new();
+        for (&class_id, &head) in &heads {
+            if let Some(class) = queue.class(class_id) {
+                per_tenant
+                    .entry(class.tenant.as_str())
+                    .or_default()
+                    .insert((head, class_id));
+            }
+        }
+        let mut turn: BinaryHeap<std::cmp::Reverse<(Share, &'a str)>> = per_tenant
+            .keys()
+            .map(|&t| std::cmp::Reverse((self.share(t), t)))
+            .collect();
+        while let Some(std::cmp::Reverse((_, tenant))) = turn.pop() {
+            let Some(candidates) = per_tenant.get_mut(tenant) else {
+                continue;
+            };
+            let Some(((_, run), class_id)) = candidates.pop_first() else {
+                continue;
+            };
+            let Some(class) = queue.class(class_id) else {
+                continue;
+            };
+            if self.try_run(class, run, false)
+                && let Some(&next) = cursors.get_mut(&class_id).and_then(Iterator::next)
+            {
+                candidates.insert((next, class_id));
+            }
+            if !candidates.is_empty() {
+                turn.push(std::cmp::Reverse((self.share(tenant), tenant)));
+            }
+        }
     }
-    decisions
+
+    fn share(&self, tenant: &str) -> Share {
+        Share(
+            self.work
+                .tenants
+                .get(tenant)
+                .map_or(0.0, |t| self.work.weighted_share(t, &self.total)),
+        )
+    }
+
+    /// Decides one run, the oldest of its class still queued. Returns whether
+    /// it was admitted; if not, the class has its verdict (wait or reject).
+    fn try_run(&mut self, class: &Class, run: RunId, starving: bool) -> bool {
+        let Some(tenant) = self.work.tenants.get(&class.tenant) else {
+            let reason = Reason::simple(
+                ReasonCode::UnknownTenant,
+                format!("tenant {} does not exist", class.tenant),
+            );
+            self.reject_class(class, reason);
+            return false;
+        };
+        let facts = self.classes.entry(class.id).or_insert_with(|| {
+            let matching = matching(&self.work, &class.groups);
+            ClassFacts {
+                fits: if class.readmit {
+                    Ok(())
+                } else {
+                    ever_fits(&self.work, tenant, &class.groups, &matching, &mut self.empty)
+                },
+                matching,
+            }
+        });
+        if let Err(reason) = &facts.fits {
+            let reason = reason.clone();
+            self.reject_class(class, reason);
+            return false;
+        }
+        let policy = self.policy.placement;
+        let verdict = check_tenant(tenant, class, run).and_then(|()| {
+            place(
+                &self.work,
+                tenant,
+                &class.groups,
+                &facts.matching,
+                policy,
+                Some(run),
+                Some(&mut self.reasons),
+            )
+        });
+        match verdict {
+            Ok(placements) => {
+                self.work
+                    .admit(run, &class.tenant, class.readmit, &placements);
+                self.outcome.admitted.push(Admission { run, placements });
+                true
+            }
+            Err(mut reason) => {
+                if starving && reason.code != ReasonCode::Reserved {
+                    let waited = self
+                        .now
+                        .millis_since(self.queue.enqueued_at(run).unwrap_or(self.now));
+                    if let Some(reservation) = self.reserve(class, run, &reason) {
+                        reason.message = format!(
+                            "{}; it has waited {}, so {} room is held for it",
+                            reason.message,
+                            format_wait(waited),
+                            if reservation.pools.is_empty() {
+                                format!("tenant {}'s", class.tenant)
+                            } else {
+                                format!("pool {}", reservation.pools.join(", "))
+                            }
+                        );
+                        self.outcome.reservations.push(reservation);
+                    }
+                }
+                self.outcome.waiting.insert(class.id, reason);
+                false
+            }
+        }
+    }
+
+    fn reject_class(&mut self, class: &Class, reason: Reason) {
+        for (_, run) in &class.runs {
+            self.outcome.rejected.push((*run, reason.clone()));
+        }
+    }
+
+    /// Holds room for a starving run: in its tenant's quota when that blocks
+    /// it, else in one pool per group (the one with most room, not already held).
+    fn reserve(&mut self, class: &Class, run: RunId, reason: &Reason) -> Option<Reservation> {
+        let total = class.total();
+        if matches!(
+            reason.code,
+            ReasonCode::TenantQuota | ReasonCode::TenantRuns
+        ) {
+            let tenant = self.work.tenants.get_mut(&class.tenant)?;
+            if tenant.reserved.is_some() {
+                return None;
+            }
+            tenant.reserved = Some((run, total));
+            return Some(Reservation {
+                run,
+                pools: Vec::new(),
+            });
+        }
+        if !matches!(
+            reason.code,
+            ReasonCode::PoolFull
+                | ReasonCode::PoolMaxWorkers
+                | ReasonCode::GangPartnerFull
+                | ReasonCode::NoAgents
+                | ReasonCode::PoolLimit
+        ) {
+            return None;
+        }
+        let tenant = self.work.tenants.get(&class.tenant)?;
+        let mut chosen: Vec<(String, Resources)> = Vec::new();
+        for g in &class.groups {
+            let pool = self
+                .work
+                .pools
+                .values()
+                .filter(|p| {
+                    p.state == PoolState::Active
+                        && p.reserved.is_none()
+                        && !chosen.iter().any(|(c, _)| c == &p.name)
+                        && g.selector.matches(&p.name, &p.labels)
+                        && tenant.allows(&p.name)
+                        && g.resources.fits_in(&p.capacity)
+                })
+                .min_by_key(|p| {
+                    (
+                        std::cmp::Reverse(fullness(
+                            &p.capacity,
+                            &p.capacity.saturating_sub(&p.used),
+                        )),
+                        p.name.clone(),
+                    )
+                })?;
+            chosen.push((pool.name.clone(), g.resources));
+        }
+        for (name, need) in &chosen {
+            if let Some(p) = self.work.pools.get_mut(name) {
+                p.reserved = Some((run, *need));
+            }
+        }
+        Some(Reservation {
+            run,
+            pools: chosen.into_iter().map(|(n, _)| n).collect(),
+        })
+    }
 }
 
-fn decide_one(work: &mut Snapshot, run: &QueuedRun, now: Timestamp) -> Decision {
-    let wait = |reason| Decision::Wait {
-        run: run.id,
-        reason,
-        waited_ms: now.millis_since(run.enqueued_at),
-    };
-    let Some(tenant) = work.tenants.get(&run.tenant) else {
-        return Decision::Reject {
-            run: run.id,
-            reason: Reason::new(
-                ReasonCode::UnknownTenant,
-                format!("tenant {} does not exist", run.tenant),
-            ),
-        };
-    };
-    if let Err(reason) = check_ever_fits(work, tenant, &run.groups) {
-        return Decision::Reject {
-            run: run.id,
-            reason,
-        };
-    }
-    if let Err(reason) = check_quota(tenant, &run.groups) {
-        return wait(reason);
-    }
-    let placements = match place(work, tenant, &run.groups, false) {
-        Ok(p) => p,
-        Err(reason) => return wait(reason),
-    };
-    for p in &placements {
-        if let Some(pool) = work.pools.get_mut(&p.pool) {
-            pool.used = pool.used.saturating_add(&p.resources);
-            pool.workers = pool.workers.saturating_add(1);
-        }
-    }
-    if let Some(t) = work.tenants.get_mut(&run.tenant) {
-        for p in &placements {
-            t.used = t.used.saturating_add(&p.resources);
-        }
-        t.runs = t.runs.saturating_add(1);
-    }
-    Decision::Admit {
-        run: run.id,
-        placements,
+fn format_wait(ms: i64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -307,40 +600,115 @@ fn total(groups: &[GroupRequest]) -> Resources {
         .fold(Resources::ZERO, |acc, g| acc.saturating_add(&g.resources))
 }
 
-/// `cpu 6/6 in use, run needs 3; memory ...` for each dimension that does not fit.
-fn shortfall(used: &Resources, limit: &Resources, need: &Resources) -> Option<String> {
-    let parts: Vec<String> = Dimension::ALL
-        .into_iter()
-        .filter(|&d| need.get(d) > 0 && used.get(d).saturating_add(need.get(d)) > limit.get(d))
-        .map(|d| {
-            format!(
-                "{} {}/{} in use, run needs {}",
-                d.name(),
-                d.format(used.get(d)),
-                d.format(limit.get(d)),
-                d.format(need.get(d))
-            )
-        })
-        .collect();
-    (!parts.is_empty()).then(|| parts.join("; "))
-}
-
-fn matching_pools<'a>(
-    work: &'a Snapshot,
-    tenant: &'a TenantView,
-    group: &'a GroupRequest,
-) -> impl Iterator<Item = &'a PoolView> + 'a {
-    work.pools.values().filter(move |p| {
-        group.pool.as_ref().is_none_or(|name| &p.name == name) && tenant.allows(&p.name)
-    })
+/// The tenant's quota summed across pools, and room it holds for another run.
+fn check_tenant(tenant: &TenantView, class: &Class, run: RunId) -> Result<(), Reason> {
+    let need = class.total();
+    if !class.readmit && tenant.runs >= tenant.quota.runs {
+        return Err(Reason::limit(
+            ReasonCode::TenantRuns,
+            format!("tenant {}", tenant.name),
+            Limit::runs(tenant.runs, tenant.quota.runs),
+        ));
+    }
+    if let Some(limits) = Limit::shortfall(&tenant.used, &tenant.quota.resources, &need) {
+        return Err(Reason::limits(
+            ReasonCode::TenantQuota,
+            format!("tenant {}", tenant.name),
+            limits,
+        ));
+    }
+    if let Some((holder, held)) = tenant.reserved
+        && holder != run
+    {
+        let with_hold = tenant.used.saturating_add(&held);
+        if Limit::shortfall(&with_hold, &tenant.quota.resources, &need).is_some()
+            || (!class.readmit && tenant.runs.saturating_add(1) >= tenant.quota.runs)
+        {
+            return Err(Reason::simple(
+                ReasonCode::Reserved,
+                format!(
+                    "tenant {}: the room left in its quota ({} of {}) is held for its run {holder}, which has waited longest",
+                    tenant.name,
+                    tenant.quota.resources.saturating_sub(&tenant.used),
+                    held
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Can the run be admitted at all, were everything free? Used at submit and on
-/// every cycle (pools and quotas may have shrunk since).
+/// every cycle (pools and quotas may have shrunk since). Static pools may grow
+/// as agents join, so they never make a run impossible.
 pub fn check_ever_fits(
     work: &Snapshot,
     tenant: &TenantView,
     groups: &[GroupRequest],
+) -> Result<(), Reason> {
+    ever_fits(work, tenant, groups, &matching(work, groups), &mut None)
+}
+
+/// Per group, per pool in the order of `Snapshot::pools`: may the group use it?
+type Matching = Vec<Vec<bool>>;
+
+fn matching(work: &Snapshot, groups: &[GroupRequest]) -> Matching {
+    groups
+        .iter()
+        .map(|g| {
+            work.pools
+                .values()
+                .map(|p| g.selector.matches(&p.name, &p.labels))
+                .collect()
+        })
+        .collect()
+}
+
+/// The pools of `work` that group `g` may use, with their positions; `mask` is
+/// its row of [`matching`] of the same pools.
+fn candidates<'a>(
+    work: &'a Snapshot,
+    g: &'a GroupRequest,
+    mask: Option<&'a Vec<bool>>,
+) -> impl Iterator<Item = (usize, &'a PoolView)> + Clone {
+    work.pools
+        .values()
+        .enumerate()
+        .filter(move |(i, p)| match mask.and_then(|m| m.get(*i)) {
+            Some(&m) => m,
+            None => g.selector.matches(&p.name, &p.labels),
+        })
+}
+
+/// `work`'s pools as [`check_ever_fits`] sees them: empty, active, and static
+/// ones as large as agents may make them. Only pools: placing reads no tenant.
+fn empty_pools(work: &Snapshot) -> Snapshot {
+    let mut empty = Snapshot {
+        pools: work.pools.clone(),
+        tenants: BTreeMap::new(),
+    };
+    for p in empty.pools.values_mut() {
+        p.used = Resources::ZERO;
+        p.workers = 0;
+        p.state = PoolState::Active;
+        p.reserved = None;
+        if let Some(agents) = p.agents.as_mut() {
+            // Agents may join: only the written capacities are checked.
+            agents.clear();
+            p.capacity = Resources::new(u64::MAX, u64::MAX, u64::MAX);
+        }
+    }
+    empty
+}
+
+/// [`check_ever_fits`]; `empty` keeps [`empty_pools`] of `work` from one call
+/// to the next, as a cycle changes nothing of the pools it keeps.
+fn ever_fits(
+    work: &Snapshot,
+    tenant: &TenantView,
+    groups: &[GroupRequest],
+    matching: &[Vec<bool>],
+    empty: &mut Option<Snapshot>,
 ) -> Result<(), Reason> {
     let need = total(groups);
     let over: Vec<String> = need
@@ -356,7 +724,7 @@ pub fn check_ever_fits(
         })
         .collect();
     if !over.is_empty() {
-        return Err(Reason::new(
+        return Err(Reason::simple(
             ReasonCode::LargerThanQuota,
             format!(
                 "larger than tenant {}'s quota: needs {}",
@@ -366,178 +734,486 @@ pub fn check_ever_fits(
         ));
     }
     if tenant.quota.runs == 0 {
-        return Err(Reason::new(
+        return Err(Reason::simple(
             ReasonCode::LargerThanQuota,
             format!("tenant {} has a quota of 0 runs", tenant.name),
         ));
     }
-    for g in groups {
-        let mut candidates = matching_pools(work, tenant, g).peekable();
-        if candidates.peek().is_none() {
-            let what = match &g.pool {
-                Some(name) if work.pools.contains_key(name) => {
-                    format!("tenant {} is not allowed to use pool {name}", tenant.name)
-                }
-                Some(name) => format!("no pool named {name}"),
-                None => format!("no pool that tenant {} may use", tenant.name),
-            };
-            return Err(Reason::new(
+    for (index, g) in groups.iter().enumerate() {
+        let selected: Vec<&PoolView> = candidates(work, g, matching.get(index))
+            .map(|(_, p)| p)
+            .collect();
+        if selected.is_empty() {
+            return Err(Reason::simple(
                 ReasonCode::NoMatchingPool,
-                format!("group {}: {what}", g.index),
+                format!("group {}: there is no {}", g.index, g.selector),
             ));
         }
-        if !candidates.any(|p| g.resources.fits_in(&p.capacity)) {
-            let largest = matching_pools(work, tenant, g)
-                .map(|p| format!("{} ({})", p.name, p.capacity))
+        let allowed: Vec<&PoolView> = selected
+            .iter()
+            .copied()
+            .filter(|p| tenant.allows(&p.name))
+            .collect();
+        if allowed.is_empty() {
+            let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
+            return Err(Reason::simple(
+                ReasonCode::PoolNotAllowed,
+                format!(
+                    "group {}: tenant {} is not allowed to use pool {} (allowed pools: {})",
+                    g.index,
+                    tenant.name,
+                    names.join(", "),
+                    tenant
+                        .allowed_pools
+                        .as_deref()
+                        .unwrap_or_default()
+                        .join(", ")
+                ),
+            ));
+        }
+        let within = |p: &PoolView| {
+            let limit = tenant
+                .pool_limits
+                .get(&p.name)
+                .map_or(Quota::UNLIMITED, |q| *q);
+            g.resources.fits_in(&limit.resources) && limit.runs > 0
+        };
+        if !allowed
+            .iter()
+            .any(|p| (p.agents.is_some() || g.resources.fits_in(&p.capacity)) && within(p))
+        {
+            let largest = allowed
+                .iter()
+                .map(|p| match tenant.pool_limits.get(&p.name) {
+                    Some(l) if !g.resources.fits_in(&l.resources) || l.runs == 0 => {
+                        format!("{} (tenant limit {})", p.name, l.resources)
+                    }
+                    _ => format!("{} ({})", p.name, p.capacity),
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(Reason::new(
+            return Err(Reason::simple(
                 ReasonCode::LargerThanPools,
                 format!(
-                    "group {} needs {}, more than the capacity of every matching pool: {largest}",
+                    "group {} needs {}, more than every pool it may use allows: {largest}",
                     g.index, g.resources
                 ),
             ));
         }
     }
     // Groups that share a pool add up: the gang must fit its pools when empty.
-    if groups.len() > 1
-        && let Err(reason) = place(work, tenant, groups, true)
-    {
-        return Err(Reason::new(
-            ReasonCode::LargerThanPools,
-            format!(
-                "the groups together never fit, even in empty pools: {}",
-                reason.message
-            ),
-        ));
+    if groups.len() > 1 {
+        let empty = empty.get_or_insert_with(|| empty_pools(work));
+        // The tenant holding nothing (not cloned whole: what it holds is large).
+        let t = TenantView {
+            name: tenant.name.clone(),
+            weight: tenant.weight,
+            quota: tenant.quota,
+            allowed_pools: tenant.allowed_pools.clone(),
+            pool_limits: tenant.pool_limits.clone(),
+            used: tenant.used,
+            runs: 0,
+            held: BTreeMap::new(),
+            recent: tenant.recent,
+            reserved: None,
+        };
+        // `empty` has the pools of `work`, in the same order: `matching` holds.
+        if let Err(reason) = place(
+            empty,
+            &t,
+            groups,
+            matching,
+            PlacementPolicy::Binpack,
+            None,
+            None,
+        ) {
+            return Err(Reason::simple(
+                ReasonCode::LargerThanPools,
+                format!(
+                    "the groups together never fit, even in empty pools: {}",
+                    reason.message
+                ),
+            ));
+        }
     }
     Ok(())
 }
 
-fn check_quota(tenant: &TenantView, groups: &[GroupRequest]) -> Result<(), Reason> {
-    if tenant.runs >= tenant.quota.runs {
-        return Err(Reason::new(
-            ReasonCode::TenantRuns,
-            format!(
-                "tenant {}: {}/{} runs in use",
-                tenant.name, tenant.runs, tenant.quota.runs
-            ),
-        ));
-    }
-    match shortfall(&tenant.used, &tenant.quota.resources, &total(groups)) {
-        Some(text) => Err(Reason::new(
-            ReasonCode::TenantQuota,
-            format!("tenant {}: {text}", tenant.name),
-        )),
-        None => Ok(()),
-    }
+/// What stops a pool from taking a group now. Finding it allocates nothing:
+/// most pools a cycle looks at take the group or are passed over, and only when
+/// no pool takes it does [`Block::reason`] put the blocks in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Block {
+    NotAllowed,
+    Draining,
+    Disabled,
+    PoolLimitRuns { runs: u64, limit: u64 },
+    PoolLimit { used: Resources, limit: Resources },
+    NoAgents,
+    MaxWorkers { workers: u32 },
+    Full { used: Resources },
+    Reserved { holder: RunId, held: Resources, used: Resources },
+    /// A static pool none of whose agents has room.
+    NoAgentRoom,
 }
 
-/// Why `pool` cannot take `need` now, if it cannot.
-/// With `empty`, the pool is taken as active with nothing in use: would it ever fit?
+/// Does `used + need` go over `limit` in a dimension the run needs? As
+/// [`Limit::shortfall`], without building the limits.
+fn short(used: &Resources, limit: &Resources, need: &Resources) -> bool {
+    Dimension::ALL
+        .into_iter()
+        .any(|d| need.get(d) > 0 && used.get(d).saturating_add(need.get(d)) > limit.get(d))
+}
+
+/// What stops `pool` from taking `need` for `tenant` now, if anything. `extra`
+/// is what earlier groups of the same run take in it; `run` is the run being
+/// placed (room held for it is its own).
 fn pool_blocker(
     pool: &PoolView,
+    tenant: &TenantView,
     need: &Resources,
-    extra: Resources,
-    extra_workers: u32,
-    empty: bool,
-) -> Option<Reason> {
-    let (in_use, workers_in_use) = if empty {
-        (Resources::ZERO, 0)
-    } else {
-        (pool.used, pool.workers)
-    };
-    if !empty && pool.state != PoolState::Active {
-        return Some(Reason::new(
-            ReasonCode::PoolNotActive,
-            format!("pool {} is {}", pool.name, pool.state.as_str()),
-        ));
+    extra: (Resources, u32),
+    run: Option<RunId>,
+) -> Option<Block> {
+    if !tenant.allows(&pool.name) {
+        return Some(Block::NotAllowed);
     }
-    let workers = workers_in_use.saturating_add(extra_workers);
+    match pool.state {
+        PoolState::Active => {}
+        PoolState::Draining => return Some(Block::Draining),
+        PoolState::Disabled => return Some(Block::Disabled),
+    }
+    if let Some(limit) = tenant.pool_limits.get(&pool.name) {
+        let held = tenant.held.get(&pool.name).copied().unwrap_or_default();
+        let runs = held.runs.saturating_add(u64::from(extra.1 > 0));
+        if extra.1 == 0 && runs >= limit.runs {
+            return Some(Block::PoolLimitRuns {
+                runs,
+                limit: limit.runs,
+            });
+        }
+        let used = held.resources.saturating_add(&extra.0);
+        if short(&used, &limit.resources, need) {
+            return Some(Block::PoolLimit {
+                used,
+                limit: limit.resources,
+            });
+        }
+    }
+    if pool.agents.as_ref().is_some_and(|a| a.is_empty()) {
+        return Some(Block::NoAgents);
+    }
+    let workers = pool.workers.saturating_add(extra.1);
     if workers >= pool.max_workers {
-        return Some(Reason::new(
-            ReasonCode::PoolMaxWorkers,
-            format!(
-                "pool {}: {}/{} workers in use",
-                pool.name, workers, pool.max_workers
-            ),
-        ));
+        return Some(Block::MaxWorkers { workers });
     }
-    let used = in_use.saturating_add(&extra);
-    shortfall(&used, &pool.capacity, need)
-        .map(|text| Reason::new(ReasonCode::PoolFull, format!("pool {}: {text}", pool.name)))
+    let used = pool.used.saturating_add(&extra.0);
+    if short(&used, &pool.capacity, need) {
+        return Some(Block::Full { used });
+    }
+    if let Some((holder, held)) = pool.reserved
+        && Some(holder) != run
+        && short(&used.saturating_add(&held), &pool.capacity, need)
+    {
+        return Some(Block::Reserved { holder, held, used });
+    }
+    None
 }
 
-/// Places every group (binpack: the fullest pool that has room), or explains
-/// which group cannot be placed. Groups of the same run placed on one pool add up.
-/// With `empty`, every pool is taken as active and unused.
+/// Reasons of blocked pools, by position of the pool in the snapshot, block and
+/// need: the many classes that find the same pools full in one cycle share them.
+type ReasonCache = HashMap<(usize, Block, Resources), Reason>;
+
+impl Block {
+    /// Does its reason follow from the pool's position, the block and the need
+    /// alone (given pools whose names, capacities and limits stay as they are)?
+    fn of_pool_only(self) -> bool {
+        match self {
+            Block::Draining
+            | Block::Disabled
+            | Block::NoAgents
+            | Block::MaxWorkers { .. }
+            | Block::Full { .. }
+            | Block::Reserved { .. } => true,
+            // The tenant's name and pools, or the agents' use, are in the reason.
+            Block::NotAllowed
+            | Block::PoolLimitRuns { .. }
+            | Block::PoolLimit { .. }
+            | Block::NoAgentRoom => false,
+        }
+    }
+
+    /// The block of `pool` for a group that needs `need`, in words.
+    fn reason(self, pool: &PoolView, tenant: &TenantView, need: &Resources) -> Reason {
+        let scope = format!("pool {}", pool.name);
+        let tenant_in_pool = || format!("tenant {} in pool {}", tenant.name, pool.name);
+        match self {
+            Block::NotAllowed => Reason::simple(
+                ReasonCode::PoolNotAllowed,
+                format!(
+                    "{scope}: tenant {} is not allowed to use it (allowed pools: {})",
+                    tenant.name,
+                    tenant.allowed_pools.as_deref().unwrap_or_default().join(", ")
+                ),
+            ),
+            Block::Draining => Reason::simple(
+                ReasonCode::PoolDraining,
+                format!("{scope} is draining: it admits nothing new"),
+            ),
+            Block::Disabled => {
+                Reason::simple(ReasonCode::PoolDisabled, format!("{scope} is disabled"))
+            }
+            Block::PoolLimitRuns { runs, limit } => Reason::limit(
+                ReasonCode::PoolLimit,
+                tenant_in_pool(),
+                Limit::runs(runs, limit),
+            ),
+            Block::PoolLimit { used, limit } => Reason::limits(
+                ReasonCode::PoolLimit,
+                tenant_in_pool(),
+                Limit::shortfall(&used, &limit, need).unwrap_or_default(),
+            ),
+            Block::NoAgents => Reason::simple(
+                ReasonCode::NoAgents,
+                format!("{scope} has no live agent"),
+            ),
+            Block::MaxWorkers { workers } => Reason::limit(
+                ReasonCode::PoolMaxWorkers,
+                scope,
+                Limit::workers(u64::from(workers), u64::from(pool.max_workers)),
+            ),
+            Block::Full { used } => Reason::limits(
+                ReasonCode::PoolFull,
+                scope,
+                Limit::shortfall(&used, &pool.capacity, need).unwrap_or_default(),
+            ),
+            Block::Reserved { holder, held, used } => Reason::simple(
+                ReasonCode::Reserved,
+                format!(
+                    "{scope}: its free room ({}) is held for run {holder}, which has waited longest and needs {held}",
+                    pool.capacity.saturating_sub(&used)
+                ),
+            ),
+            Block::NoAgentRoom => {
+                let largest = pool
+                    .agents
+                    .iter()
+                    .flatten()
+                    .map(|a| a.capacity.saturating_sub(&a.used))
+                    .max()
+                    .unwrap_or(Resources::ZERO);
+                Reason::simple(
+                    ReasonCode::NoAgents,
+                    format!(
+                        "pool {}: no live agent has {need} free (the most free on one agent: {largest})",
+                        pool.name
+                    ),
+                )
+            }
+        }
+    }
+}
+
+/// What `agent` uses, with what earlier groups of the run take on it, if it has
+/// room for `need` besides.
+fn agent_room(
+    agent: &AgentView,
+    need: &Resources,
+    taken: &BTreeMap<WorkerId, Resources>,
+) -> Option<Resources> {
+    let used = agent
+        .used
+        .saturating_add(taken.get(&agent.id).unwrap_or(&Resources::ZERO));
+    need.fits_in(&agent.capacity.saturating_sub(&used))
+        .then_some(used)
+}
+
+/// The agent of a static pool that takes `need`, by policy; `None` exactly when
+/// no agent has room.
+fn pick_agent(
+    agents: &[AgentView],
+    need: &Resources,
+    taken: &BTreeMap<WorkerId, Resources>,
+    policy: PlacementPolicy,
+) -> Option<WorkerId> {
+    let candidates = agents.iter().filter_map(|a| {
+        agent_room(a, need, taken)
+            .map(|used| (fullness(&a.capacity, &used.saturating_add(need)), a.id))
+    });
+    match policy {
+        PlacementPolicy::Spread => candidates.min(),
+        PlacementPolicy::Binpack | PlacementPolicy::Cheapest => {
+            candidates.max_by_key(|(f, id)| (*f, std::cmp::Reverse(*id)))
+        }
+    }
+    .map(|(_, id)| id)
+}
+
+/// Places every group of a gang (all or none) by policy, or explains which group
+/// cannot be placed and why, pool by pool. Groups placed on one pool add up.
+/// `matching` is [`matching`] of `work` and `groups`; `reasons` keeps the
+/// reasons of blocked pools across calls on the same `work`.
 fn place(
     work: &Snapshot,
     tenant: &TenantView,
     groups: &[GroupRequest],
-    empty: bool,
+    matching: &[Vec<bool>],
+    default_policy: PlacementPolicy,
+    run: Option<RunId>,
+    mut reasons: Option<&mut ReasonCache>,
 ) -> Result<Vec<Placement>, Reason> {
     let mut extra: BTreeMap<&str, (Resources, u32)> = BTreeMap::new();
+    let mut taken: BTreeMap<WorkerId, Resources> = BTreeMap::new();
     let mut placements = Vec::with_capacity(groups.len());
-    for g in groups {
-        let mut best: Option<(&PoolView, u128)> = None;
-        let mut blockers: Vec<String> = Vec::new();
-        let mut first_code = None;
-        for pool in matching_pools(work, tenant, g) {
-            let (more, more_workers) = extra
-                .get(pool.name.as_str())
-                .copied()
-                .unwrap_or((Resources::ZERO, 0));
-            match pool_blocker(pool, &g.resources, more, more_workers, empty) {
-                Some(reason) => {
-                    first_code.get_or_insert(reason.code);
-                    blockers.push(reason.message);
+    for (index, g) in groups.iter().enumerate() {
+        let policy = g.selector.placement.unwrap_or(default_policy);
+        // Whether the pool takes the group, with which agent and how well
+        // (higher is better), or what blocks it.
+        // The agent of a static pool is picked only once the pool is chosen: the
+        // pool's score does not depend on it.
+        let judge = |pool: &PoolView| -> Result<(i64, u128), Block> {
+            let more = extra.get(pool.name.as_str()).copied().unwrap_or_default();
+            if let Some(block) = pool_blocker(pool, tenant, &g.resources, more, run) {
+                return Err(block);
+            }
+            if let Some(agents) = &pool.agents
+                && !agents
+                    .iter()
+                    .any(|a| agent_room(a, &g.resources, &taken).is_some())
+            {
+                return Err(Block::NoAgentRoom);
+            }
+            let after = pool
+                .used
+                .saturating_add(&more.0)
+                .saturating_add(&g.resources);
+            let full = fullness(&pool.capacity, &after);
+            let score = match policy {
+                PlacementPolicy::Binpack => (0, full),
+                PlacementPolicy::Spread => (0, u128::MAX - full),
+                PlacementPolicy::Cheapest => {
+                    let micros = (pool.price.hourly_cost(&g.resources) * 1e6).round() as i64;
+                    (-micros, full)
                 }
-                None => {
-                    let score = fullness(
-                        pool,
-                        &pool.used.saturating_add(&more).saturating_add(&g.resources),
-                    );
-                    if best.is_none_or(|(_, s)| score > s) {
-                        best = Some((pool, score));
-                    }
-                }
+            };
+            Ok(score)
+        };
+        let candidates = candidates(work, g, matching.get(index));
+        let mut best: Option<(&PoolView, (i64, u128))> = None;
+        for (_, pool) in candidates.clone() {
+            if let Ok(score) = judge(pool)
+                && best.as_ref().is_none_or(|(_, s)| score > *s)
+            {
+                best = Some((pool, score));
             }
         }
         let Some((pool, _)) = best else {
-            let prefix = if groups.len() > 1 {
-                format!("group {}: ", g.index)
-            } else {
-                String::new()
-            };
-            return Err(Reason::new(
-                first_code.unwrap_or(ReasonCode::NoMatchingPool),
-                format!("{prefix}{}", blockers.join("; ")),
+            // No pool takes the group: only now say why, pool by pool.
+            let blockers = candidates
+                .filter_map(|(i, p)| {
+                    let block = judge(p).err()?;
+                    Some(match reasons.as_deref_mut() {
+                        Some(cache) if block.of_pool_only() => cache
+                            .entry((i, block, g.resources))
+                            .or_insert_with(|| block.reason(p, tenant, &g.resources))
+                            .clone(),
+                        _ => block.reason(p, tenant, &g.resources),
+                    })
+                })
+                .collect();
+            return Err(Reason::blocked_group(
+                g,
+                groups.len(),
+                &placements,
+                blockers,
             ));
         };
-        let entry = extra
-            .entry(pool.name.as_str())
-            .or_insert((Resources::ZERO, 0));
+        let worker = pool
+            .agents
+            .as_ref()
+            .and_then(|agents| pick_agent(agents, &g.resources, &taken, policy));
+        let entry = extra.entry(pool.name.as_str()).or_default();
         entry.0 = entry.0.saturating_add(&g.resources);
         entry.1 = entry.1.saturating_add(1);
+        if let Some(w) = worker {
+            let t = taken.entry(w).or_insert(Resources::ZERO);
+            *t = t.saturating_add(&g.resources);
+        }
         placements.push(Placement {
             group: g.index,
             pool: pool.name.clone(),
             resources: g.resources,
+            worker,
         });
     }
     Ok(placements)
 }
 
-/// How full a pool would be, as the largest share over dimensions, in parts per 2^32.
-fn fullness(pool: &PoolView, used: &Resources) -> u128 {
+/// How full `used` makes `capacity`, as the largest share over dimensions, in
+/// parts per 2^32.
+fn fullness(capacity: &Resources, used: &Resources) -> u128 {
     Dimension::ALL
         .into_iter()
-        .filter(|&d| pool.capacity.get(d) > 0)
-        .map(|d| (u128::from(used.get(d)) << 32) / u128::from(pool.capacity.get(d)))
+        .filter(|&d| capacity.get(d) > 0)
+        .map(|d| (u128::from(used.get(d)) << 32) / u128::from(capacity.get(d)))
         .max()
         .unwrap_or(0)
+}
+
+/// The order in which the queued runs would be admitted were there room for
+/// all: levels, then fair share (each run charged to its tenant as it is
+/// taken), FIFO within a tenant. Gives each run its position in the queue.
+pub fn admission_order(snapshot: &Snapshot, queue: &RunQueue) -> Vec<RunId> {
+    let total = snapshot.total_capacity();
+    let mut tenants = snapshot.tenants.clone();
+    let mut order = Vec::with_capacity(queue.len());
+    for (_, level) in queue.levels() {
+        let mut fifo: BTreeMap<&str, BTreeSet<(Timestamp, RunId, ClassId)>> = BTreeMap::new();
+        for (tenant, classes) in level {
+            let set = fifo.entry(tenant.as_str()).or_default();
+            for &c in classes {
+                if let Some(class) = queue.class(c) {
+                    set.extend(class.runs.iter().map(|(at, r)| (*at, *r, c)));
+                }
+            }
+        }
+        let share = |tenants: &BTreeMap<String, TenantView>, t: &str| {
+            Share(
+                tenants
+                    .get(t)
+                    .map_or(0.0, |v| snapshot.weighted_share(v, &total)),
+            )
+        };
+        let mut turn: BinaryHeap<std::cmp::Reverse<(Share, &str)>> = fifo
+            .keys()
+            .map(|&t| std::cmp::Reverse((share(&tenants, t), t)))
+            .collect();
+        while let Some(std::cmp::Reverse((_, t))) = turn.pop() {
+            let Some(runs) = fifo.get_mut(t) else {
+                continue;
+            };
+            let Some((_, run, class)) = runs.pop_first() else {
+                continue;
+            };
+            order.push(run);
+            if let (Some(view), Some(class)) = (tenants.get_mut(t), queue.class(class)) {
+                view.used = view.used.saturating_add(&class.total());
+            }
+            if !runs.is_empty() {
+                turn.push(std::cmp::Reverse((share(&tenants, t), t)));
+            }
+        }
+    }
+    order
+}
+
+/// Builds a queue from a list of runs (for tests and tools).
+pub fn queue_of(runs: impl IntoIterator<Item = QueuedRun>) -> RunQueue {
+    let mut queue = RunQueue::new();
+    for run in runs {
+        queue.insert(run);
+    }
+    queue
 }
 
 #[cfg(test)]

@@ -8,6 +8,67 @@ use serde_json::Value;
 use crate::error::{FieldError, check_name};
 use crate::manifest::from_value;
 use crate::resources::{ResourceSpec, Resources};
+use crate::selector::PoolSelector;
+
+/// A run's priority as written: a class name or a number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Priority {
+    Value(i32),
+    Class(String),
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::Class("normal".to_string())
+    }
+}
+
+/// Named priority classes and their values, configured on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityClasses(pub BTreeMap<String, i32>);
+
+impl Default for PriorityClasses {
+    fn default() -> Self {
+        PriorityClasses(BTreeMap::from([
+            ("low".to_string(), -100),
+            ("normal".to_string(), 0),
+            ("high".to_string(), 100),
+        ]))
+    }
+}
+
+impl PriorityClasses {
+    /// Parses `name=value`.
+    pub fn parse_class(text: &str) -> Result<(String, i32), String> {
+        let (name, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: expected NAME=VALUE, e.g. high=100"))?;
+        check_name("priority class", name).map_err(|e| e.to_string())?;
+        let value = value
+            .trim()
+            .parse::<i32>()
+            .map_err(|_| format!("{text:?}: {value:?} is not a whole number"))?;
+        Ok((name.to_string(), value))
+    }
+
+    /// The numeric value of a written priority.
+    pub fn resolve(&self, priority: &Priority) -> Result<i32, FieldError> {
+        match priority {
+            Priority::Value(v) => Ok(*v),
+            Priority::Class(name) => self.0.get(name).copied().ok_or_else(|| {
+                let known: Vec<String> = self.0.iter().map(|(k, v)| format!("{k} ({v})")).collect();
+                FieldError::new(
+                    "priority",
+                    format!(
+                        "unknown priority class {name:?} (classes: {}; or a number)",
+                        known.join(", ")
+                    ),
+                )
+            }),
+        }
+    }
+}
 
 /// What a step gets when its spec leaves `resources` (or one of its fields) out.
 pub const DEFAULT_STEP_RESOURCES: Resources = Resources::new(500, 256, 0);
@@ -19,9 +80,10 @@ pub struct PipelineSpec {
     pub name: String,
     #[serde(default = "default_tenant")]
     pub tenant: String,
-    /// Higher runs first.
+    /// A priority class (`low`, `normal`, `high`, or one the server defines) or a
+    /// number; higher runs first.
     #[serde(default)]
-    pub priority: i32,
+    pub priority: Priority,
     pub steps: Vec<StepSpec>,
 }
 
@@ -40,9 +102,9 @@ pub struct StepSpec {
     pub needs: Vec<String>,
     #[serde(default)]
     pub resources: ResourceSpec,
-    /// The pool to run on, by name; any pool when left out.
+    /// The pool to run on, by name or labels; any pool when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool: Option<String>,
+    pub pool: Option<PoolSelector>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Seconds, or a duration such as `90s`, `10m`, `1h30m`.
@@ -193,7 +255,12 @@ impl PipelineSpec {
                 ));
             }
             if let Some(pool) = &step.pool {
-                check_name(&format!("steps[{i}].pool"), pool)?;
+                if let Some(name) = &pool.name {
+                    check_name(&format!("steps[{i}].pool.name"), name)?;
+                }
+                for key in pool.labels.keys() {
+                    check_name(&format!("steps[{i}].pool.labels.{key}"), key)?;
+                }
             }
             for key in step.env.keys() {
                 let valid = key
@@ -371,6 +438,28 @@ mod tests {
             let err = parse(doc.clone()).expect_err("invalid");
             assert_eq!(err.path, path, "{doc}: {err}");
         }
+    }
+
+    #[test]
+    fn priorities_are_classes_or_numbers() {
+        let classes = PriorityClasses::default();
+        let p =
+            parse(json!({"name": "p", "priority": "high", "steps": [{"name": "a", "run": "x"}]}))
+                .expect("valid");
+        assert_eq!(classes.resolve(&p.spec.priority), Ok(100));
+        let p = parse(json!({"name": "p", "priority": 7, "steps": [{"name": "a", "run": "x"}]}))
+            .expect("valid");
+        assert_eq!(classes.resolve(&p.spec.priority), Ok(7));
+        let err = classes
+            .resolve(&Priority::Class("urgent".into()))
+            .expect_err("unknown class");
+        assert_eq!(err.path, "priority");
+        assert!(err.message.contains("normal (0)"), "{err}");
+        assert_eq!(
+            PriorityClasses::parse_class("batch=-5"),
+            Ok(("batch".into(), -5))
+        );
+        assert!(PriorityClasses::parse_class("batch").is_err());
     }
 
     #[test]

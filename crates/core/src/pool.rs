@@ -54,6 +54,15 @@ pub struct Price {
     pub gpu_hour: f64,
 }
 
+impl Price {
+    /// What `need` costs per hour at these prices.
+    pub fn hourly_cost(&self, need: &Resources) -> f64 {
+        let cpu = need.cpu_millis as f64 / 1000.0;
+        let gib = need.memory_mib as f64 / 1024.0;
+        cpu * self.cpu_hour + gib * self.memory_gib_hour + need.gpu as f64 * self.gpu_hour
+    }
+}
+
 /// A pool as written by an operator (kind `Pool`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +70,9 @@ pub struct PoolSpec {
     pub name: String,
     #[serde(default)]
     pub provider: Provider,
+    /// Required for `local` pools; a `static` pool's capacity is the sum of its
+    /// live agents' and is not written.
+    #[serde(default)]
     pub capacity: ResourceSpec,
     #[serde(default = "default_max_workers")]
     pub max_workers: u32,
@@ -86,24 +98,32 @@ impl PoolSpec {
 
     pub fn validate(&self) -> Result<(), FieldError> {
         check_name("name", &self.name)?;
-        if self.provider != Provider::Local {
-            let name = match self.provider {
-                Provider::Static => "static",
-                _ => "kubernetes",
-            };
-            return Err(FieldError::new(
-                "provider",
-                format!("provider {name} is not available yet (supported: local)"),
-            ));
-        }
-        if self.capacity.cpu.unwrap_or(0) == 0 {
-            return Err(FieldError::new("capacity.cpu", "must be greater than zero"));
-        }
-        if self.capacity.memory.unwrap_or(0) == 0 {
-            return Err(FieldError::new(
-                "capacity.memory",
-                "must be greater than zero",
-            ));
+        match self.provider {
+            Provider::Local => {
+                if self.capacity.cpu.unwrap_or(0) == 0 {
+                    return Err(FieldError::new("capacity.cpu", "must be greater than zero"));
+                }
+                if self.capacity.memory.unwrap_or(0) == 0 {
+                    return Err(FieldError::new(
+                        "capacity.memory",
+                        "must be greater than zero",
+                    ));
+                }
+            }
+            Provider::Static => {
+                if self.capacity != ResourceSpec::default() {
+                    return Err(FieldError::new(
+                        "capacity",
+                        "a static pool's capacity is the sum of its live agents: leave it out",
+                    ));
+                }
+            }
+            Provider::Kubernetes => {
+                return Err(FieldError::new(
+                    "provider",
+                    "provider kubernetes is not available yet (supported: local, static)",
+                ));
+            }
         }
         if let Some(gpu) = self.capacity.gpu.filter(|g| *g > MAX_QUANTITY) {
             return Err(FieldError::new(
@@ -138,6 +158,7 @@ impl PoolSpec {
         Ok(())
     }
 
+    /// The written capacity (zero for a static pool, whose agents bring theirs).
     pub fn capacity(&self) -> Resources {
         self.capacity.or(Resources::ZERO)
     }
@@ -177,5 +198,21 @@ mod tests {
         let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"cpu_hour": -1}}))
             .expect_err("negative price");
         assert_eq!(err.path, "price.cpu_hour");
+        let err =
+            PoolSpec::parse(json!({"name": "p", "provider": "static", "capacity": {"cpu": 1}}))
+                .expect_err("static with capacity");
+        assert_eq!(err.path, "capacity");
+        let err = PoolSpec::parse(
+            json!({"name": "p", "provider": "kubernetes", "capacity": {"cpu": 1, "memory": "1Gi"}}),
+        )
+        .expect_err("kubernetes");
+        assert_eq!(err.path, "provider");
+    }
+
+    #[test]
+    fn static_pools_have_no_written_capacity() {
+        let spec = PoolSpec::parse(json!({"name": "metal", "provider": "static"})).expect("valid");
+        assert_eq!(spec.capacity(), Resources::ZERO);
+        assert_eq!(spec.provider, Provider::Static);
     }
 }

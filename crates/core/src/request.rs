@@ -8,14 +8,15 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::envelope;
 use crate::pipeline::Pipeline;
 use crate::resources::Resources;
+use crate::selector::PoolSelector;
 
 /// One group of a run: the steps sharing a pool selector, served by one worker
 /// whose resources are the group's envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRequest {
     pub index: u32,
-    /// The pool's name, or any pool when `None`.
-    pub pool: Option<String>,
+    /// The pools the group may run on.
+    pub selector: PoolSelector,
     pub resources: Resources,
     /// Indices of the group's steps in the pipeline.
     pub steps: Vec<usize>,
@@ -31,10 +32,12 @@ impl ResourceRequest {
     /// Derives the request of a pipeline: its steps grouped by pool selector (in
     /// order of first appearance), each group's resources its envelope.
     pub fn for_pipeline(pipeline: &Pipeline) -> ResourceRequest {
-        let mut selectors: Vec<Option<String>> = Vec::new();
+        let selector_of = |s: &crate::pipeline::StepSpec| s.pool.clone().unwrap_or_default();
+        let mut selectors: Vec<PoolSelector> = Vec::new();
         for step in &pipeline.spec.steps {
-            if !selectors.contains(&step.pool) {
-                selectors.push(step.pool.clone());
+            let selector = selector_of(step);
+            if !selectors.contains(&selector) {
+                selectors.push(selector);
             }
         }
         let edges: Vec<(usize, usize)> = pipeline
@@ -53,7 +56,7 @@ impl ResourceRequest {
                     .steps
                     .iter()
                     .map(|s| {
-                        if s.pool == selector {
+                        if selector_of(s) == selector {
                             s.resources()
                         } else {
                             Resources::ZERO
@@ -63,9 +66,9 @@ impl ResourceRequest {
                 GroupRequest {
                     index: u32::try_from(g).unwrap_or(u32::MAX),
                     steps: (0..pipeline.spec.steps.len())
-                        .filter(|&i| pipeline.spec.steps[i].pool == selector)
+                        .filter(|&i| selector_of(&pipeline.spec.steps[i]) == selector)
                         .collect(),
-                    pool: selector,
+                    selector,
                     resources: envelope(&demands, &edges),
                 }
             })
@@ -144,7 +147,7 @@ steps:
         let request = ResourceRequest::for_pipeline(&p);
         assert_eq!(request.groups.len(), 1);
         assert_eq!(request.groups[0].resources, Resources::new(3000, 4096, 0));
-        assert_eq!(request.groups[0].pool, None);
+        assert_eq!(request.groups[0].selector, PoolSelector::default());
         let labels = BTreeMap::from([("os".to_string(), "linux".to_string())]);
         let template = WorkerTemplate::for_group(&request.groups[0], "linux", &labels);
         assert_eq!(template.resources, Resources::new(3000, 4096, 0));
@@ -167,7 +170,7 @@ steps:
         );
         let request = ResourceRequest::for_pipeline(&p);
         assert_eq!(request.groups.len(), 2);
-        assert_eq!(request.groups[0].pool.as_deref(), Some("gpu"));
+        assert_eq!(request.groups[0].selector, PoolSelector::named("gpu"));
         // a and c may overlap (c waits for b only).
         assert_eq!(request.groups[0].resources, Resources::new(2000, 2048, 2));
         assert_eq!(request.groups[0].steps, vec![0, 2]);

@@ -1,5 +1,7 @@
 //! Tenants: the owners of pipelines, with their quotas.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -30,6 +32,20 @@ pub struct QuotaSpec {
     pub runs: Option<u64>,
 }
 
+impl QuotaSpec {
+    /// In base units, `u64::MAX` where unlimited.
+    pub fn limits(&self) -> Quota {
+        Quota {
+            resources: Resources::new(
+                self.cpu.unwrap_or(u64::MAX),
+                self.memory.unwrap_or(u64::MAX),
+                self.gpu.unwrap_or(u64::MAX),
+            ),
+            runs: self.runs.unwrap_or(u64::MAX),
+        }
+    }
+}
+
 /// A tenant's quota in base units, `u64::MAX` where unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
@@ -56,6 +72,9 @@ pub struct TenantSpec {
     /// Pools the tenant may use; all pools when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_pools: Option<Vec<String>>,
+    /// Limits on the tenant's open allocations in one pool, by pool name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pool_limits: BTreeMap<String, QuotaSpec>,
 }
 
 fn default_weight() -> u32 {
@@ -77,6 +96,7 @@ impl TenantSpec {
             weight: 1,
             quota: QuotaSpec::default(),
             allowed_pools: None,
+            pool_limits: BTreeMap::new(),
         }
     }
 
@@ -90,18 +110,22 @@ impl TenantSpec {
                 check_name(&format!("allowed_pools[{i}]"), pool)?;
             }
         }
+        for pool in self.pool_limits.keys() {
+            check_name(&format!("pool_limits.{pool}"), pool)?;
+        }
         Ok(())
     }
 
     pub fn quota(&self) -> Quota {
-        Quota {
-            resources: Resources::new(
-                self.quota.cpu.unwrap_or(u64::MAX),
-                self.quota.memory.unwrap_or(u64::MAX),
-                self.quota.gpu.unwrap_or(u64::MAX),
-            ),
-            runs: self.quota.runs.unwrap_or(u64::MAX),
-        }
+        self.quota.limits()
+    }
+
+    /// The tenant's limits in each pool that has some.
+    pub fn pool_limits(&self) -> BTreeMap<String, Quota> {
+        self.pool_limits
+            .iter()
+            .map(|(pool, q)| (pool.clone(), q.limits()))
+            .collect()
     }
 
     pub fn allows_pool(&self, pool: &str) -> bool {
@@ -135,5 +159,20 @@ mod tests {
         assert_eq!(err.path, "quota.memory");
         let err = TenantSpec::parse(json!({"name": "acme", "weight": 0})).expect_err("zero weight");
         assert_eq!(err.path, "weight");
+        let err = TenantSpec::parse(json!({"name": "acme", "pool_limits": {"gpu": {"cpu": "x"}}}))
+            .expect_err("bad pool limit");
+        assert_eq!(err.path, "pool_limits.gpu.cpu");
+    }
+
+    #[test]
+    fn pool_limits_are_per_pool() {
+        let spec = TenantSpec::parse(
+            json!({"name": "acme", "pool_limits": {"gpu": {"gpu": 2, "runs": 1}}}),
+        )
+        .expect("valid tenant");
+        let limits = spec.pool_limits();
+        assert_eq!(limits["gpu"].resources.gpu, 2);
+        assert_eq!(limits["gpu"].runs, 1);
+        assert_eq!(limits["gpu"].resources.cpu_millis, u64::MAX);
     }
 }

@@ -9,18 +9,19 @@ use std::time::Duration;
 
 use corral_api::{Assignment, PollRequest, PollResponse, RegisterRequest, ReportRequest};
 use corral_core::clock::{Clock, Timestamp};
-use corral_core::controller::{Decision, check_ever_fits, decide};
+use corral_core::controller::{Policy, check_ever_fits, decide};
 use corral_core::error::FieldError;
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::manifest::{from_value, parse_single};
-use corral_core::pipeline::PipelineSpec;
-use corral_core::pool::{PoolSpec, Provider};
+use corral_core::pipeline::{PipelineSpec, PriorityClasses};
+use corral_core::pool::{PoolSpec, PoolState, Provider};
 use corral_core::request::{ResourceRequest, WorkerTemplate};
 use corral_core::resources::{Dimension, MAX_QUANTITY, Resources};
 use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
 use corral_core::tenant::TenantSpec;
+use corral_core::usage::UsageLedger;
 use corral_store::{
-    AllocationRecord, LogChunk, PoolRecord, RunRecord, StepRecord, Store, StoreError, TenantRecord,
+    AllocationFilter, AllocationRecord, LogChunk, PoolRecord, RunRecord, StepRecord, Store, StoreError, TenantRecord,
     WorkerRecord, Write,
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
@@ -53,8 +54,8 @@ impl From<FieldError> for EngineError {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-/// Timings of the engine.
-#[derive(Debug, Clone, Copy)]
+/// Timings and admission policy of the engine.
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// A worker that has not polled for this long is lost.
     pub heartbeat_timeout: Duration,
@@ -64,6 +65,12 @@ pub struct EngineConfig {
     pub max_poll_wait: Duration,
     /// A spawned worker that has not registered after this long is spawned again.
     pub spawn_timeout: Duration,
+    /// Placement policy and when a waiting run gets a reservation.
+    pub policy: Policy,
+    /// Half-life of the recent usage that fair share counts.
+    pub fair_share_half_life: Duration,
+    /// Named priorities that pipelines may use.
+    pub priority_classes: PriorityClasses,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +80,9 @@ impl Default for EngineConfig {
             idle_ttl: Duration::from_secs(120),
             max_poll_wait: Duration::from_secs(20),
             spawn_timeout: Duration::from_secs(30),
+            policy: Policy::default(),
+            fair_share_half_life: Duration::from_secs(3600),
+            priority_classes: PriorityClasses::default(),
         }
     }
 }
@@ -185,8 +195,12 @@ impl Engine {
         config: EngineConfig,
         provider: LocalProvider,
     ) -> Result<Engine> {
-        let live = store.load_live().await?;
-        let state = State::from_live(live, clock.now());
+        let now = clock.now();
+        let state = State::from_live(
+            store.load_live().await?,
+            Self::replay_usage(store.as_ref(), &config, now).await?,
+            now,
+        );
         Ok(Engine {
             store,
             clock,
@@ -203,8 +217,32 @@ impl Engine {
         &self.provider
     }
 
-    pub fn config(&self) -> EngineConfig {
-        self.config
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Fair share's memory of recent usage, rebuilt from the allocations closed
+    /// within the last twenty half-lives (older ones weigh under a millionth).
+    async fn replay_usage(
+        store: &dyn Store,
+        config: &EngineConfig,
+        now: Timestamp,
+    ) -> Result<UsageLedger> {
+        let half_life = ms(config.fair_share_half_life);
+        let mut ledger = UsageLedger::new(half_life);
+        let closed = store
+            .allocations(&AllocationFilter {
+                closed_since: Some(Timestamp(now.0.saturating_sub(half_life.saturating_mul(20)))),
+                limit: u32::MAX,
+                ..AllocationFilter::default()
+            })
+            .await?;
+        for a in closed {
+            if let Some(end) = a.closed_at {
+                ledger.record(&a.tenant, &a.resources, a.opened_at, end);
+            }
+        }
+        Ok(ledger)
     }
 
     pub fn now(&self) -> Timestamp {
@@ -283,7 +321,8 @@ impl Engine {
                         match self.store.load_live().await {
                             Ok(live) => {
                                 let seq = state.seq;
-                                *state = State::from_live(live, self.now());
+                                let ledger = std::mem::replace(&mut state.ledger, UsageLedger::new(0));
+                                *state = State::from_live(live, ledger, self.now());
                                 state.seq = seq;
                                 self.pending
                                     .lock()
@@ -468,6 +507,7 @@ impl Engine {
         let value = parse_single(text, "Pipeline")?;
         let spec: PipelineSpec = from_value(value, "")?;
         let pipeline = spec.compile()?;
+        let priority = self.config.priority_classes.resolve(&pipeline.spec.priority)?;
         let request = ResourceRequest::for_pipeline(&pipeline);
         let mut state = self.state.lock().await;
         if !state.tenants.contains_key(&pipeline.spec.tenant) {
@@ -509,7 +549,7 @@ impl Engine {
             id,
             pipeline: pipeline.spec.name.clone(),
             tenant: pipeline.spec.tenant.clone(),
-            priority: pipeline.spec.priority,
+            priority,
             state: run_state,
             reason,
             spec: pipeline.spec,
@@ -580,46 +620,40 @@ impl Engine {
         self.lose_silent_workers(&mut state, &mut fx);
         self.retire_idle_workers(&mut state, &mut fx);
         let now = self.now();
-        let decisions = decide(&state.snapshot(), &state.queue(), now);
+        let outcome = decide(&state.snapshot(now), &state.queue, now, &self.config.policy);
         let mut writes = Vec::new();
-        for decision in decisions {
-            let run = &state.runs[&decision.run()];
-            let mut record = run.record.clone();
-            match decision {
-                Decision::Admit { placements, .. } => {
-                    for p in placements {
-                        let id = state.next_allocation_id();
-                        writes.push(Write::PutAllocation(AllocationRecord {
-                            id,
-                            run_id: record.id,
-                            group: p.group,
-                            tenant: record.tenant.clone(),
-                            pool: p.pool,
-                            resources: p.resources,
-                            worker_id: None,
-                            opened_at: now,
-                            closed_at: None,
-                        }));
-                    }
-                    record.state = RunState::Admitted;
-                    record.reason = None;
-                    record.updated_at = now;
-                    writes.push(Write::PutRun(record));
-                }
-                Decision::Reject { reason, .. } => {
-                    let mut update = RunUpdate::new(run, now);
-                    update.finish_with(RunState::Rejected, Some(reason));
-                    writes.append(&mut update.writes);
-                }
-                Decision::Wait { reason, .. } => {
-                    if record.reason.as_ref() != Some(&reason) {
-                        record.reason = Some(reason);
-                        record.updated_at = now;
-                        writes.push(Write::PutRun(record));
-                    }
-                }
+        let mut assigned = BTreeSet::new();
+        for admission in outcome.admitted {
+            let mut update = RunUpdate::new(&state.runs[&admission.run], now);
+            for p in admission.placements {
+                update.open(AllocationRecord {
+                    id: state.next_allocation_id(),
+                    run_id: admission.run,
+                    group: p.group,
+                    tenant: update.run.record.tenant.clone(),
+                    pool: p.pool,
+                    resources: p.resources,
+                    worker_id: p.worker,
+                    opened_at: now,
+                    closed_at: None,
+                });
             }
+            if update.run.record.state == RunState::Queued {
+                update.set_run_state(RunState::Admitted);
+            }
+            // Groups placed on static agents start at once.
+            update.advance(&mut state);
+            assigned.extend(update.assigned_workers());
+            writes.append(&mut update.writes);
         }
+        for (id, reason) in outcome.rejected {
+            let mut update = RunUpdate::new(&state.runs[&id], now);
+            update.finish_with(RunState::Rejected, Some(reason));
+            writes.append(&mut update.writes);
+        }
+        state.waiting = outcome.waiting;
+        state.reservations = outcome.reservations;
+        fx.wake.extend(Self::wake_handles(&state, assigned));
         // The decisions are staged before any provisioning, and nothing is
         // spawned until both are committed.
         self.stage(&mut state, writes, &mut fx);
@@ -753,24 +787,33 @@ impl Engine {
     fn lose_silent_workers(&self, state: &mut State, fx: &mut Effects) {
         let now = self.now();
         let timeout = ms(self.config.heartbeat_timeout);
-        let lost: Vec<WorkerRecord> = state
+        let lost: BTreeSet<WorkerId> = state
             .workers
             .values()
             .filter(|w| now.millis_since(w.last_seen) > timeout)
-            .map(|w| w.record.clone())
+            .map(|w| w.record.id)
             .collect();
+        self.lose_workers(state, &lost, "no heartbeat", fx);
+    }
+
+    /// Marks workers lost: their running attempts end as `lost` (and are retried
+    /// per the step's `retries`), and their allocations are released, so their
+    /// capacity leaves the pool at once; the groups wait in the queue for a new
+    /// allocation.
+    fn lose_workers(&self, state: &mut State, lost: &BTreeSet<WorkerId>, why: &str, fx: &mut Effects) {
         if lost.is_empty() {
             return;
         }
-        let lost_ids: BTreeSet<WorkerId> = lost.iter().map(|w| w.id).collect();
+        let now = self.now();
         let mut writes: Vec<Write> = lost
-            .into_iter()
+            .iter()
+            .filter_map(|id| state.workers.get(id))
             .map(|w| {
-                tracing::warn!(worker = w.id.0, name = %w.name, "worker lost: no heartbeat");
+                tracing::warn!(worker = w.record.id.0, name = %w.record.name, pool = %w.record.pool, "worker lost: {why}");
                 Write::PutWorker(WorkerRecord {
                     state: WorkerState::Lost,
                     updated_at: now,
-                    ..w
+                    ..w.record.clone()
                 })
             })
             .collect();
@@ -780,7 +823,7 @@ impl Engine {
             .filter(|r| {
                 r.allocations
                     .iter()
-                    .any(|a| a.worker_id.is_some_and(|w| lost_ids.contains(&w)))
+                    .any(|a| a.worker_id.is_some_and(|w| lost.contains(&w)))
             })
             .map(|r| r.record.id)
             .collect();
@@ -790,7 +833,7 @@ impl Engine {
             for attempt in run
                 .attempts
                 .iter()
-                .filter(|a| !a.state.is_terminal() && lost_ids.contains(&a.worker_id))
+                .filter(|a| !a.state.is_terminal() && lost.contains(&a.worker_id))
             {
                 update.end_attempt(
                     attempt.clone(),
@@ -800,8 +843,8 @@ impl Engine {
                 );
             }
             for alloc in &run.allocations {
-                if alloc.worker_id.is_some_and(|w| lost_ids.contains(&w)) {
-                    update.bind(alloc.group, None);
+                if alloc.worker_id.is_some_and(|w| lost.contains(&w)) {
+                    update.release(alloc.group);
                 }
             }
             update.advance(state);
@@ -811,13 +854,22 @@ impl Engine {
         fx.controller = true;
     }
 
+    /// Retires local workers idle for longer than `idle_ttl`, or idle in a
+    /// pool that is not active. Static agents stay: their operators own them.
     fn retire_idle_workers(&self, state: &mut State, fx: &mut Effects) {
         let now = self.now();
         let ttl = ms(self.config.idle_ttl);
         let writes: Vec<Write> = state
             .workers
             .values()
-            .filter(|w| w.idle_since.is_some_and(|t| now.millis_since(t) > ttl))
+            .filter(|w| {
+                let pool = state.pools.get(&w.record.pool);
+                let local = pool.is_none_or(|p| p.spec.provider == Provider::Local);
+                let active = pool.is_some_and(|p| p.spec.state == PoolState::Active);
+                local
+                    && w.idle_since
+                        .is_some_and(|t| !active || now.millis_since(t) > ttl)
+            })
             .map(|w| {
                 Write::PutWorker(WorkerRecord {
                     state: WorkerState::Gone,
@@ -849,6 +901,19 @@ impl Engine {
         if !state.pools.contains_key(&req.pool) {
             return Err(FieldError::new("pool", format!("unknown pool {:?}", req.pool)).into());
         }
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
+        // An agent that registers again under its name was restarted: what its
+        // earlier incarnation ran is lost now, not after the heartbeat timeout.
+        let earlier: BTreeSet<WorkerId> = state
+            .workers
+            .values()
+            .filter(|w| w.record.pool == req.pool && w.record.name == req.name)
+            .map(|w| w.record.id)
+            .collect();
+        self.lose_workers(&mut state, &earlier, "registered again", &mut fx);
         let now = self.now();
         let id = state.next_worker_id();
         let record = WorkerRecord {
@@ -884,7 +949,6 @@ impl Engine {
                 writes.append(&mut update.writes);
             }
         }
-        let mut fx = Effects::default();
         self.stage(&mut state, writes, &mut fx);
         self.provision(&mut state, &mut fx);
         drop(state);

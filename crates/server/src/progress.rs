@@ -7,7 +7,7 @@ use corral_core::ids::WorkerId;
 use corral_core::run::{
     AttemptState, RunState, StepState, after_attempt, outcome, ready_steps, skip_unreachable,
 };
-use corral_store::{AttemptRecord, Write};
+use corral_store::{AllocationRecord, AttemptRecord, Write};
 
 use crate::state::{LiveRun, State};
 
@@ -184,6 +184,22 @@ impl RunUpdate {
         workers.sort_unstable();
         workers.dedup();
         workers
+    }
+
+    /// Opens an allocation for one of the run's groups.
+    pub fn open(&mut self, alloc: AllocationRecord) {
+        self.run.allocations.push(alloc.clone());
+        self.writes.push(Write::PutAllocation(alloc));
+    }
+
+    /// Releases a group's allocation (its worker was lost): the group waits for
+    /// a new one in the queue.
+    pub fn release(&mut self, group: u32) {
+        if let Some(i) = self.run.allocations.iter().position(|a| a.group == group) {
+            let mut alloc = self.run.allocations.remove(i);
+            alloc.closed_at = Some(self.now);
+            self.writes.push(Write::PutAllocation(alloc));
+        }
     }
 
     /// Binds a group's allocation to a worker.

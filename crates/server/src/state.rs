@@ -6,7 +6,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use corral_core::clock::Timestamp;
-use corral_core::controller::{OpenAllocation, QueuedRun, Snapshot};
+use corral_core::controller::{
+    AgentView, OpenAllocation, PoolView, Reason, Reservation, Snapshot, TenantView,
+    admission_order,
+};
+use corral_core::pool::Provider;
+use corral_core::queue::{ClassId, QueuedRun, RunQueue};
+use corral_core::usage::UsageLedger;
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::run::{RunState, StepProgress, WorkerState};
 use corral_store::{
@@ -83,7 +89,7 @@ pub struct LiveWorker {
 }
 
 /// Everything unfinished, indexed for the engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct State {
     pub pools: BTreeMap<String, PoolRecord>,
     pub tenants: BTreeMap<String, TenantRecord>,
@@ -101,14 +107,36 @@ pub struct State {
     /// The last batch of writes staged.
     pub seq: u64,
     pub last_ids: MaxIds,
+    /// Runs waiting for admission: queued runs, and groups of admitted runs that
+    /// lost their allocation with their worker.
+    pub queue: RunQueue,
+    /// Decayed recent usage per tenant, for fair share.
+    pub ledger: UsageLedger,
+    /// Why each class of the queue waits, as of the last controller cycle.
+    pub waiting: BTreeMap<ClassId, Reason>,
+    /// Room held for starving runs in the last controller cycle.
+    pub reservations: Vec<Reservation>,
 }
 
 impl State {
-    /// Builds the state from what the store holds; every worker counts as just seen.
-    pub fn from_live(live: Live, now: Timestamp) -> State {
+    /// Builds the state from what the store holds; every worker counts as just
+    /// seen. `ledger` holds the usage of allocations closed before.
+    pub fn from_live(live: Live, ledger: UsageLedger, now: Timestamp) -> State {
         let mut state = State {
+            pools: BTreeMap::new(),
+            tenants: BTreeMap::new(),
+            runs: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            attempt_runs: HashMap::new(),
+            delivered: HashMap::new(),
+            unsettled: HashMap::new(),
+            retiring: HashMap::new(),
+            seq: 0,
             last_ids: live.max_ids,
-            ..State::default()
+            queue: RunQueue::new(),
+            ledger,
+            waiting: BTreeMap::new(),
+            reservations: Vec::new(),
         };
         let writes = live
             .pools
@@ -203,8 +231,10 @@ impl State {
                 };
                 let previous = run.allocations.iter().position(|x| x.id == a.id);
                 match (previous, a.closed_at) {
-                    (Some(i), Some(_)) => {
+                    (Some(i), Some(closed)) => {
                         run.allocations.remove(i);
+                        self.ledger
+                            .record(&a.tenant, &a.resources, a.opened_at, closed);
                     }
                     (Some(i), None) => run.allocations[i] = a.clone(),
                     (None, None) => run.allocations.push(a.clone()),
@@ -237,8 +267,24 @@ impl State {
 
     /// Applies a batch of writes staged as batch `seq`.
     pub fn apply_all(&mut self, writes: &[Write], now: Timestamp, seq: u64) {
+        let mut touched = std::collections::BTreeSet::new();
         for w in writes {
             self.apply(w, now, seq);
+            match w {
+                Write::PutRun(r) => {
+                    touched.insert(r.id);
+                }
+                Write::PutStep(s) => {
+                    touched.insert(s.run_id);
+                }
+                Write::PutAllocation(a) => {
+                    touched.insert(a.run_id);
+                }
+                _ => {}
+            }
+        }
+        for run in touched {
+            self.sync_queue(run);
         }
         let binding_changed = writes.iter().any(|w| {
             matches!(w, Write::PutAllocation(_) | Write::PutWorker(_))
@@ -265,6 +311,56 @@ impl State {
         }
     }
 
+    /// Puts a run in the queue, or takes it out, after its records changed: a
+    /// queued run waits with all its groups; an admitted one whose groups lost
+    /// their allocation (with their worker) waits for those groups again.
+    fn sync_queue(&mut self, id: RunId) {
+        let Some(run) = self.runs.get(&id) else {
+            self.queue.remove(id);
+            return;
+        };
+        let record = &run.record;
+        let (groups, readmit) = match record.state {
+            RunState::Queued => (record.request.groups.clone(), false),
+            RunState::Admitted | RunState::Provisioning | RunState::Running => {
+                let missing = record
+                    .request
+                    .groups
+                    .iter()
+                    .filter(|g| {
+                        !run.allocations.iter().any(|a| a.group == g.index)
+                            && g.steps.iter().any(|&i| {
+                                run.steps.get(i).is_some_and(|s| !s.state.is_terminal())
+                            })
+                    })
+                    .cloned()
+                    .collect();
+                (missing, true)
+            }
+            _ => (Vec::new(), false),
+        };
+        if groups.is_empty() {
+            self.queue.remove(id);
+            return;
+        }
+        let queued = QueuedRun {
+            id,
+            tenant: record.tenant.clone(),
+            priority: record.priority,
+            enqueued_at: record.created_at,
+            groups,
+            readmit,
+        };
+        let same = self.queue.class_of(id).is_some_and(|c| {
+            c.readmit == queued.readmit
+                && c.groups == queued.groups
+                && c.priority == queued.priority
+        });
+        if !same {
+            self.queue.insert(queued);
+        }
+    }
+
     /// The worker bound to a run's group, if any.
     pub fn worker_of(&self, run: RunId, group: u32) -> Option<WorkerId> {
         self.runs
@@ -275,9 +371,9 @@ impl State {
             .worker_id
     }
 
-    /// The controller's snapshot of pools, tenants and open allocations.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut snapshot = self.capacities();
+    /// The controller's snapshot of pools (a static pool with its live agents),
+    /// tenants (with their recent usage) and open allocations.
+    pub fn snapshot(&self, now: Timestamp) -> Snapshot {
         let open: Vec<OpenAllocation> = self
             .runs
             .values()
@@ -287,8 +383,22 @@ impl State {
                 tenant: a.tenant.clone(),
                 pool: a.pool.clone(),
                 resources: a.resources,
+                worker: a.worker_id,
             })
             .collect();
+        let mut opened: BTreeMap<&str, Vec<(&corral_core::resources::Resources, Timestamp)>> =
+            BTreeMap::new();
+        for a in self.runs.values().flat_map(|r| r.allocations.iter()) {
+            opened
+                .entry(a.tenant.as_str())
+                .or_default()
+                .push((&a.resources, a.opened_at));
+        }
+        let mut snapshot = self.capacities();
+        for (name, t) in &mut snapshot.tenants {
+            let mine = opened.get(name.as_str()).cloned().unwrap_or_default();
+            t.recent = self.ledger.recent(name, mine, now);
+        }
         snapshot.charge(&open);
         snapshot
     }
@@ -299,25 +409,78 @@ impl State {
         self.retiring.retain(|_, seq| *seq > settled);
     }
 
-    /// The snapshot with nothing in use: pools' capacities and tenants' quotas.
+    /// The snapshot with nothing in use: pools' capacities (a static pool's from
+    /// its live agents) and tenants' quotas.
     pub fn capacities(&self) -> Snapshot {
-        let pools: Vec<_> = self.pools.values().map(|p| p.spec.clone()).collect();
-        let tenants: Vec<_> = self.tenants.values().map(|t| t.spec.clone()).collect();
-        Snapshot::build(&pools, &tenants, &[])
+        let pools = self
+            .pools
+            .values()
+            .map(|p| {
+                let agents = if p.spec.provider == Provider::Static {
+                    self.workers
+                        .values()
+                        .filter(|w| w.record.pool == p.spec.name)
+                        .map(|w| AgentView {
+                            id: w.record.id,
+                            capacity: w.record.capacity,
+                            used: corral_core::resources::Resources::ZERO,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                (p.spec.name.clone(), PoolView::new(&p.spec, agents))
+            })
+            .collect();
+        let tenants = self
+            .tenants
+            .values()
+            .map(|t| (t.spec.name.clone(), TenantView::new(&t.spec, [0.0; 3])))
+            .collect();
+        Snapshot { pools, tenants }
     }
 
-    /// Runs waiting for admission.
-    pub fn queue(&self) -> Vec<QueuedRun> {
-        self.runs
-            .values()
-            .filter(|r| r.record.state == RunState::Queued)
-            .map(|r| QueuedRun {
-                id: r.record.id,
-                tenant: r.record.tenant.clone(),
-                priority: r.record.priority,
-                enqueued_at: r.record.created_at,
-                groups: r.record.request.groups.clone(),
+    /// The queue in admission order, each run with its place and why it waits.
+    pub fn queue_places(&self, now: Timestamp) -> Vec<QueuePlace> {
+        let order = admission_order(&self.snapshot(now), &self.queue);
+        let mut per_tenant: HashMap<&str, u64> = HashMap::new();
+        order
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, run)| {
+                let class = self.queue.class_of(run)?;
+                let n = per_tenant.entry(class.tenant.as_str()).or_insert(0);
+                *n += 1;
+                Some(QueuePlace {
+                    run,
+                    position: i as u64 + 1,
+                    tenant_position: *n,
+                    waited_ms: now.millis_since(self.queue.enqueued_at(run)?),
+                    regroup: class.readmit,
+                    reason: self.waiting.get(&class.id).cloned(),
+                    reserved: self
+                        .reservations
+                        .iter()
+                        .find(|r| r.run == run)
+                        .map(|r| r.pools.clone()),
+                })
             })
             .collect()
     }
+}
+
+/// A queued run's place in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuePlace {
+    pub run: RunId,
+    /// 1-based, in the whole queue and among the tenant's runs.
+    pub position: u64,
+    pub tenant_position: u64,
+    pub waited_ms: i64,
+    /// The run was admitted and waits for groups that lost their worker.
+    pub regroup: bool,
+    /// As of the last controller cycle; none before the first.
+    pub reason: Option<Reason>,
+    /// Pools holding room for it (empty: its tenant's quota), if any.
+    pub reserved: Option<Vec<String>>,
 }

@@ -168,6 +168,8 @@ pub struct AllocationFilter {
     pub tenant: Option<String>,
     pub pool: Option<String>,
     pub run: Option<RunId>,
+    /// Only allocations closed at or after this time.
+    pub closed_since: Option<Timestamp>,
     /// Oldest first; at most this many.
     pub limit: u32,
 }

@@ -153,10 +153,11 @@ fn run_from(row: &AnyRow) -> Result<RunRecord> {
         row.try_get::<Option<String>, _>("reason_code")?,
         row.try_get::<Option<String>, _>("reason")?,
     ) {
-        (Some(code), Some(message)) => Some(Reason {
-            code: from_json::<ReasonCode>("reason code", &format!("\"{code}\""))?,
+        // Stored reasons are those of rejected runs, which carry no limits.
+        (Some(code), Some(message)) => Some(Reason::simple(
+            from_json::<ReasonCode>("reason code", &format!("\"{code}\""))?,
             message,
-        }),
+        )),
         _ => None,
     };
     Ok(RunRecord {
@@ -447,7 +448,8 @@ enum Param {
     Int(i64),
 }
 
-/// `select WHERE column = $1 AND ... order LIMIT $n`, for the filters that are set.
+/// `select WHERE predicate $1 AND ... order LIMIT $n`, for the filters that are
+/// set; each predicate is a column and an operator, such as `tenant =`.
 fn filtered<const N: usize>(
     select: &str,
     filters: [(&str, Option<Param>); N],
@@ -460,7 +462,7 @@ fn filtered<const N: usize>(
         .collect();
     let mut sql = format!("{select} WHERE 1 = 1");
     for (i, (column, _)) in set.iter().enumerate() {
-        sql.push_str(&format!(" AND {column} = ${}", i + 1));
+        sql.push_str(&format!(" AND {column} ${}", i + 1));
     }
     sql.push_str(&format!(" {order} LIMIT ${}", set.len() + 1));
     let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -630,9 +632,9 @@ impl Store for SqlStore {
     async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
         let select = format!("SELECT {RUN_COLUMNS} FROM runs");
         let filters = [
-            ("tenant", filter.tenant.clone().map(Param::Text)),
+            ("tenant =", filter.tenant.clone().map(Param::Text)),
             (
-                "state",
+                "state =",
                 filter.state.map(|s| Param::Text(s.as_str().into())),
             ),
         ];
@@ -647,9 +649,10 @@ impl Store for SqlStore {
     async fn allocations(&self, filter: &AllocationFilter) -> Result<Vec<AllocationRecord>> {
         let select = format!("SELECT {ALLOCATION_COLUMNS} FROM allocations");
         let filters = [
-            ("tenant", filter.tenant.clone().map(Param::Text)),
-            ("pool", filter.pool.clone().map(Param::Text)),
-            ("run_id", filter.run.map(|r| Param::Int(r.0))),
+            ("tenant =", filter.tenant.clone().map(Param::Text)),
+            ("pool =", filter.pool.clone().map(Param::Text)),
+            ("run_id =", filter.run.map(|r| Param::Int(r.0))),
+            ("closed_at >=", filter.closed_since.map(|t| Param::Int(t.0))),
         ];
         filtered(&select, filters, "ORDER BY id", filter.limit)
             .fetch_all(&self.pool)

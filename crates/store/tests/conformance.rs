@@ -43,10 +43,10 @@ fn run_record(id: i64, tenant: &str, state: RunState) -> RunRecord {
         tenant: tenant.to_string(),
         priority: 0,
         state,
-        reason: Some(Reason {
-            code: ReasonCode::TenantQuota,
-            message: "tenant acme: cpu 6/6 in use, run needs 3".into(),
-        }),
+        reason: Some(Reason::simple(
+            ReasonCode::TenantQuota,
+            "tenant acme: cpu 6/6 in use, run needs 3",
+        )),
         spec,
         request,
         created_at: Timestamp(10 + id),
@@ -241,6 +241,17 @@ async fn suite(store: &dyn Store) {
         .await
         .expect("by tenant");
     assert!(none.is_empty());
+    for (since, expected) in [(200, 1), (201, 0)] {
+        let closed = store
+            .allocations(&AllocationFilter {
+                closed_since: Some(Timestamp(since)),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("closed since");
+        assert_eq!(closed.len(), expected, "closed since {since}");
+    }
     let runs = store
         .runs(&RunFilter {
             tenant: Some("acme".into()),

@@ -1,27 +1,24 @@
 use super::*;
+use crate::selector::PoolSelector;
 use proptest::prelude::*;
 
 const GI: u64 = 1024;
 
 fn pool(name: &str, cpu: u64, mem_gi: u64) -> PoolView {
-    PoolView {
+    let spec = PoolSpec {
         name: name.into(),
-        state: PoolState::Active,
-        capacity: Resources::new(cpu * 1000, mem_gi * GI, 0),
+        provider: Provider::Local,
+        capacity: Resources::new(cpu * 1000, mem_gi * GI, 0).into(),
         max_workers: 100,
-        used: Resources::ZERO,
-        workers: 0,
-    }
+        labels: BTreeMap::new(),
+        price: Price::default(),
+        state: PoolState::Active,
+    };
+    PoolView::new(&spec, Vec::new())
 }
 
 fn tenant(name: &str) -> TenantView {
-    TenantView {
-        name: name.into(),
-        quota: Quota::UNLIMITED,
-        allowed_pools: None,
-        used: Resources::ZERO,
-        runs: 0,
-    }
+    TenantView::new(&TenantSpec::unlimited(name), [0.0; 3])
 }
 
 fn snapshot(pools: Vec<PoolView>, tenants: Vec<TenantView>) -> Snapshot {
@@ -39,35 +36,54 @@ fn run(id: i64, tenant: &str, cpu: u64) -> QueuedRun {
         enqueued_at: Timestamp(id),
         groups: vec![GroupRequest {
             index: 0,
-            pool: None,
+            selector: PoolSelector::default(),
             resources: Resources::new(cpu * 1000, GI, 0),
             steps: vec![0],
         }],
+        readmit: false,
     }
 }
 
-fn admitted(decisions: &[Decision]) -> Vec<i64> {
-    decisions
-        .iter()
-        .filter_map(|d| match d {
-            Decision::Admit { run, .. } => Some(run.0),
-            _ => None,
-        })
-        .collect()
+/// Decides on `runs` and keeps the queue to look reasons up.
+struct Decided {
+    queue: RunQueue,
+    outcome: Outcome,
 }
 
-fn reason_of(decisions: &[Decision], id: i64) -> Reason {
-    decisions
-        .iter()
-        .find_map(|d| match d {
-            Decision::Wait { run, reason, .. } | Decision::Reject { run, reason }
-                if run.0 == id =>
-            {
-                Some(reason.clone())
-            }
-            _ => None,
-        })
-        .expect("the run has a reason")
+impl Decided {
+    fn admitted(&self) -> Vec<i64> {
+        self.outcome.admitted.iter().map(|a| a.run.0).collect()
+    }
+
+    fn reason(&self, id: i64) -> Reason {
+        if let Some((_, r)) = self.outcome.rejected.iter().find(|(r, _)| r.0 == id) {
+            return r.clone();
+        }
+        let class = self.queue.class_of(RunId(id)).expect("queued").id;
+        self.outcome
+            .waiting
+            .get(&class)
+            .cloned()
+            .expect("the run has a reason")
+    }
+
+    fn pools(&self) -> Vec<String> {
+        self.outcome
+            .admitted
+            .iter()
+            .map(|a| a.placements[0].pool.clone())
+            .collect()
+    }
+}
+
+fn decide_at(snap: &Snapshot, runs: Vec<QueuedRun>, now: i64, policy: &Policy) -> Decided {
+    let queue = queue_of(runs);
+    let outcome = decide(snap, &queue, Timestamp(now), policy);
+    Decided { queue, outcome }
+}
+
+fn decide_list(snap: &Snapshot, runs: Vec<QueuedRun>) -> Decided {
+    decide_at(snap, runs, 100, &Policy::default())
 }
 
 #[test]
@@ -75,21 +91,34 @@ fn tenant_quota_limits_admission_with_numbers() {
     let mut acme = tenant("acme");
     acme.quota.resources.cpu_millis = 6000;
     let snap = snapshot(vec![pool("p", 16, 64)], vec![acme]);
-    let queue: Vec<QueuedRun> = (1..=3).map(|i| run(i, "acme", 3)).collect();
-    let d = decide(&snap, &queue, Timestamp(100));
-    assert_eq!(admitted(&d), vec![1, 2]);
-    let reason = reason_of(&d, 3);
+    let d = decide_list(&snap, (1..=3).map(|i| run(i, "acme", 3)).collect());
+    assert_eq!(d.admitted(), vec![1, 2]);
+    let reason = d.reason(3);
     assert_eq!(reason.code, ReasonCode::TenantQuota);
     assert_eq!(reason.message, "tenant acme: cpu 6/6 in use, run needs 3");
+    assert_eq!(
+        reason.limits,
+        vec![Limit {
+            scope: "tenant acme".into(),
+            dimension: "cpu".into(),
+            in_use: 6000,
+            limit: 6000,
+            needs: 3000
+        }]
+    );
+    assert!(
+        reason.explain().contains("3 cpu are released"),
+        "{}",
+        reason.explain()
+    );
 }
 
 #[test]
 fn small_runs_pass_a_waiting_large_one() {
     let snap = snapshot(vec![pool("p", 4, 64)], vec![tenant("a")]);
-    let queue = vec![run(1, "a", 3), run(2, "a", 3), run(3, "a", 1)];
-    let d = decide(&snap, &queue, Timestamp(0));
-    assert_eq!(admitted(&d), vec![1, 3]);
-    let reason = reason_of(&d, 2);
+    let d = decide_list(&snap, vec![run(1, "a", 3), run(2, "a", 3), run(3, "a", 1)]);
+    assert_eq!(d.admitted(), vec![1, 3]);
+    let reason = d.reason(2);
     assert_eq!(reason.code, ReasonCode::PoolFull);
     assert_eq!(reason.message, "pool p: cpu 3/4 in use, run needs 3");
 }
@@ -99,50 +128,146 @@ fn rejects_what_can_never_fit() {
     let mut small = tenant("small");
     small.quota.resources.cpu_millis = 2000;
     let snap = snapshot(vec![pool("p", 4, 64)], vec![tenant("a"), small]);
-    let d = decide(
+    let d = decide_list(
         &snap,
-        &[run(1, "a", 5), run(2, "small", 3), run(3, "ghost", 1)],
-        Timestamp(0),
+        vec![run(1, "a", 5), run(2, "small", 3), run(3, "ghost", 1)],
     );
-    assert_eq!(reason_of(&d, 1).code, ReasonCode::LargerThanPools);
-    assert_eq!(reason_of(&d, 2).code, ReasonCode::LargerThanQuota);
+    assert_eq!(d.reason(1).code, ReasonCode::LargerThanPools);
+    assert_eq!(d.reason(2).code, ReasonCode::LargerThanQuota);
     assert_eq!(
-        reason_of(&d, 2).message,
+        d.reason(2).message,
         "larger than tenant small's quota: needs cpu 3 (quota 2)"
     );
     assert_eq!(
-        reason_of(&d, 1).message,
-        "group 0 needs cpu 5, memory 1Gi, more than the capacity of every matching pool: p (cpu 4, memory 64Gi)"
+        d.reason(1).message,
+        "group 0 needs cpu 5, memory 1Gi, more than every pool it may use allows: p (cpu 4, memory 64Gi)"
     );
-    assert_eq!(reason_of(&d, 3).code, ReasonCode::UnknownTenant);
-    assert!(d.iter().all(|x| matches!(x, Decision::Reject { .. })));
+    assert_eq!(d.reason(3).code, ReasonCode::UnknownTenant);
+    assert_eq!(d.outcome.rejected.len(), 3);
+    assert!(d.outcome.admitted.is_empty());
 }
 
 #[test]
-fn binpack_prefers_the_fullest_pool_and_respects_state_and_workers() {
+fn placement_policies() {
     let mut busy = pool("busy", 8, 64);
     busy.used = Resources::new(6000, GI, 0);
     busy.workers = 1;
-    let idle = pool("idle", 8, 64);
+    busy.price.cpu_hour = 0.10;
+    let mut idle = pool("idle", 8, 64);
+    idle.price.cpu_hour = 0.05;
     let mut draining = pool("draining", 8, 64);
     draining.state = PoolState::Draining;
     let snap = snapshot(vec![busy, idle, draining], vec![tenant("a")]);
-    let d = decide(&snap, &[run(1, "a", 2), run(2, "a", 2)], Timestamp(0));
-    let pools: Vec<String> = d
-        .iter()
-        .filter_map(|x| match x {
-            Decision::Admit { placements, .. } => Some(placements[0].pool.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(pools, vec!["busy", "idle"]);
+    let runs = || vec![run(1, "a", 2), run(2, "a", 2)];
+    let binpack = decide_list(&snap, runs());
+    assert_eq!(binpack.pools(), vec!["busy", "idle"]);
+    let spread = Policy {
+        placement: PlacementPolicy::Spread,
+        ..Policy::default()
+    };
+    assert_eq!(
+        decide_at(&snap, runs(), 0, &spread).pools(),
+        vec!["idle", "idle"]
+    );
+    let cheapest = Policy {
+        placement: PlacementPolicy::Cheapest,
+        ..Policy::default()
+    };
+    assert_eq!(
+        decide_at(&snap, runs(), 0, &cheapest).pools(),
+        vec!["idle", "idle"]
+    );
+    // The group's own policy overrides the server's.
+    let mut mine = runs();
+    for r in &mut mine {
+        r.groups[0].selector.placement = Some(PlacementPolicy::Binpack);
+    }
+    assert_eq!(
+        decide_at(&snap, mine, 0, &spread).pools(),
+        vec!["busy", "idle"]
+    );
+}
 
+#[test]
+fn max_workers_and_pool_states_are_reasons() {
     let mut one = pool("one", 8, 64);
     one.max_workers = 1;
     let snap = snapshot(vec![one], vec![tenant("a")]);
-    let d = decide(&snap, &[run(1, "a", 1), run(2, "a", 1)], Timestamp(0));
-    assert_eq!(admitted(&d), vec![1]);
-    assert_eq!(reason_of(&d, 2).message, "pool one: 1/1 workers in use");
+    let d = decide_list(&snap, vec![run(1, "a", 1), run(2, "a", 2)]);
+    assert_eq!(d.admitted(), vec![1]);
+    assert_eq!(d.reason(2).code, ReasonCode::PoolMaxWorkers);
+    assert_eq!(
+        d.reason(2).message,
+        "pool one: workers 1/1 in use, run needs 1"
+    );
+
+    for (state, code) in [
+        (PoolState::Draining, ReasonCode::PoolDraining),
+        (PoolState::Disabled, ReasonCode::PoolDisabled),
+    ] {
+        let mut p = pool("p", 8, 64);
+        p.state = state;
+        let d = decide_list(&snapshot(vec![p], vec![tenant("a")]), vec![run(1, "a", 1)]);
+        assert!(d.admitted().is_empty());
+        assert_eq!(d.reason(1).code, code);
+        assert!(
+            d.reason(1).message.starts_with("pool p is"),
+            "{:?}",
+            d.reason(1)
+        );
+    }
+}
+
+#[test]
+fn per_pool_limits_and_allowed_pools() {
+    let mut acme = tenant("acme");
+    acme.pool_limits.insert(
+        "gpu".into(),
+        Quota {
+            resources: Resources::new(2000, u64::MAX, u64::MAX),
+            runs: u64::MAX,
+        },
+    );
+    let snap = snapshot(vec![pool("gpu", 16, 64)], vec![acme.clone()]);
+    let d = decide_list(&snap, vec![run(1, "acme", 2), run(2, "acme", 1)]);
+    assert_eq!(d.admitted(), vec![1]);
+    assert_eq!(d.reason(2).code, ReasonCode::PoolLimit);
+    assert_eq!(
+        d.reason(2).message,
+        "tenant acme in pool gpu: cpu 2/2 in use, run needs 1"
+    );
+
+    // Labels select two pools; the tenant may use one, which is full.
+    let mut a = pool("a", 2, 64);
+    a.labels.insert("os".into(), "linux".into());
+    a.used = Resources::new(2000, 0, 0);
+    let mut b = pool("b", 8, 64);
+    b.labels.insert("os".into(), "linux".into());
+    acme.allowed_pools = Some(vec!["a".into()]);
+    let snap = snapshot(vec![a, b], vec![acme]);
+    let mut r = run(1, "acme", 1);
+    r.groups[0]
+        .selector
+        .labels
+        .insert("os".into(), "linux".into());
+    let d = decide_list(&snap, vec![r.clone()]);
+    assert!(d.admitted().is_empty());
+    let reason = d.reason(1);
+    assert_eq!(reason.code, ReasonCode::PoolFull);
+    assert!(
+        reason.message.contains("pool a: cpu 2/2 in use"),
+        "{reason:?}"
+    );
+    assert!(
+        reason
+            .message
+            .contains("pool b: tenant acme is not allowed to use it (allowed pools: a)"),
+        "{reason:?}"
+    );
+    // Selecting only a pool it may not use can never work.
+    r.groups[0].selector = PoolSelector::named("b");
+    let d = decide_list(&snap, vec![r]);
+    assert_eq!(d.reason(1).code, ReasonCode::PoolNotAllowed);
 }
 
 #[test]
@@ -150,8 +275,133 @@ fn priority_goes_first_then_fifo() {
     let snap = snapshot(vec![pool("p", 2, 64)], vec![tenant("a")]);
     let mut urgent = run(5, "a", 2);
     urgent.priority = 10;
-    let d = decide(&snap, &[run(1, "a", 2), urgent], Timestamp(0));
-    assert_eq!(admitted(&d), vec![5]);
+    let d = decide_list(&snap, vec![run(1, "a", 2), urgent]);
+    assert_eq!(d.admitted(), vec![5]);
+}
+
+#[test]
+fn fair_share_goes_to_the_lowest_weighted_share() {
+    let mut heavy = tenant("heavy");
+    heavy.used = Resources::new(4000, 0, 0);
+    let mut light = tenant("light");
+    light.used = Resources::new(1000, 0, 0);
+    let mut burst = tenant("burst");
+    // Holds nothing now but used a lot recently.
+    burst.recent = [6000.0, 0.0, 0.0];
+    let snap = snapshot(vec![pool("p", 10, 64)], vec![heavy, light, burst]);
+    // Room for one more run: the oldest is heavy's, then burst's, then light's.
+    let mut p = snap.clone();
+    p.pools.get_mut("p").expect("pool").used = Resources::new(8000, 0, 0);
+    let d = decide_list(
+        &p,
+        vec![run(1, "heavy", 2), run(2, "burst", 2), run(3, "light", 2)],
+    );
+    assert_eq!(d.admitted(), vec![3]);
+    // Weight: heavy with weight 8 has a lower weighted share than light.
+    p.tenants.get_mut("heavy").expect("tenant").weight = 8;
+    let d = decide_list(
+        &p,
+        vec![run(1, "heavy", 2), run(2, "burst", 2), run(3, "light", 2)],
+    );
+    assert_eq!(d.admitted(), vec![1]);
+    assert_eq!(
+        admission_order(
+            &p,
+            &queue_of(vec![
+                run(1, "heavy", 2),
+                run(2, "burst", 2),
+                run(3, "light", 2)
+            ])
+        ),
+        vec![RunId(1), RunId(3), RunId(2)]
+    );
+}
+
+#[test]
+fn a_starving_run_reserves_the_pool() {
+    let mut p = pool("p", 4, 64);
+    p.used = Resources::new(3000, 0, 0);
+    p.workers = 3;
+    let snap = snapshot(vec![p], vec![tenant("a"), tenant("b")]);
+    let policy = Policy {
+        starvation_after_ms: 1000,
+        ..Policy::default()
+    };
+    let big = run(1, "a", 4);
+    let small = run(2, "b", 1);
+    // Before the deadline the small run takes the free cpu.
+    let d = decide_at(&snap, vec![big.clone(), small.clone()], 500, &policy);
+    assert_eq!(d.admitted(), vec![2]);
+    // After it, the big run holds the pool and the small one waits behind it.
+    let d = decide_at(&snap, vec![big, small], 5000, &policy);
+    assert!(d.admitted().is_empty());
+    assert_eq!(
+        d.outcome.reservations,
+        vec![Reservation {
+            run: RunId(1),
+            pools: vec!["p".into()]
+        }]
+    );
+    assert!(
+        d.reason(1).message.contains("room is held for it"),
+        "{:?}",
+        d.reason(1)
+    );
+    assert_eq!(d.reason(2).code, ReasonCode::Reserved);
+    assert!(
+        d.reason(2).message.contains("held for run 1"),
+        "{:?}",
+        d.reason(2)
+    );
+}
+
+#[test]
+fn static_pools_place_on_agents() {
+    let spec = PoolSpec {
+        name: "metal".into(),
+        provider: Provider::Static,
+        capacity: Default::default(),
+        max_workers: 100,
+        labels: BTreeMap::new(),
+        price: Price::default(),
+        state: PoolState::Active,
+    };
+    let agents = vec![
+        AgentView {
+            id: WorkerId(1),
+            capacity: Resources::new(4000, 8 * GI, 0),
+            used: Resources::ZERO,
+        },
+        AgentView {
+            id: WorkerId(2),
+            capacity: Resources::new(4000, 8 * GI, 0),
+            used: Resources::ZERO,
+        },
+    ];
+    let snap = snapshot(vec![PoolView::new(&spec, agents)], vec![tenant("a")]);
+    assert_eq!(
+        snap.pools["metal"].capacity,
+        Resources::new(8000, 16 * GI, 0)
+    );
+    let d = decide_list(&snap, vec![run(1, "a", 3), run(2, "a", 1), run(3, "a", 2)]);
+    let workers: Vec<Option<WorkerId>> = d
+        .outcome
+        .admitted
+        .iter()
+        .map(|a| a.placements[0].worker)
+        .collect();
+    // Binpack: 3 then 1 fill agent 1; 2 goes to agent 2.
+    assert_eq!(
+        workers,
+        vec![Some(WorkerId(1)), Some(WorkerId(1)), Some(WorkerId(2))]
+    );
+    // Larger than any one agent: waits (agents may join), never rejected.
+    let d = decide_list(&snap, vec![run(4, "a", 5)]);
+    assert_eq!(d.reason(4).code, ReasonCode::NoAgents);
+    let empty = snapshot(vec![PoolView::new(&spec, Vec::new())], vec![tenant("a")]);
+    let d = decide_list(&empty, vec![run(5, "a", 1)]);
+    assert_eq!(d.reason(5).code, ReasonCode::NoAgents);
+    assert_eq!(d.reason(5).message, "pool metal has no live agent");
 }
 
 #[test]
@@ -162,16 +412,19 @@ fn gang_is_all_or_nothing() {
     let mut r = run(1, "a", 1);
     r.groups.push(GroupRequest {
         index: 1,
-        pool: Some("gpu".into()),
+        selector: PoolSelector::named("gpu"),
         resources: Resources::new(1000, GI, 0),
         steps: vec![1],
     });
-    let d = decide(&snap, &[r], Timestamp(0));
-    assert!(admitted(&d).is_empty());
+    let d = decide_list(&snap, vec![r]);
+    assert!(d.admitted().is_empty());
+    let reason = d.reason(1);
+    assert_eq!(reason.code, ReasonCode::GangPartnerFull);
     assert!(
-        reason_of(&d, 1)
+        reason
             .message
-            .starts_with("group 1: pool gpu: cpu 8/8 in use")
+            .starts_with("gang partner group 1 (pool gpu) has no room: pool gpu: cpu 8/8 in use"),
+        "{reason:?}"
     );
 }
 
@@ -181,65 +434,70 @@ fn a_gang_that_only_fits_group_by_group_is_rejected() {
     let mut r = run(1, "a", 3);
     r.groups.push(GroupRequest {
         index: 1,
-        pool: Some("p".into()),
+        selector: PoolSelector::named("p"),
         resources: Resources::new(3000, GI, 0),
         steps: vec![1],
     });
-    let d = decide(&snap, &[r], Timestamp(0));
-    let reason = reason_of(&d, 1);
-    assert!(matches!(d[0], Decision::Reject { .. }), "{d:?}");
+    let d = decide_list(&snap, vec![r]);
+    let reason = d.reason(1);
+    assert_eq!(d.outcome.rejected.len(), 1);
     assert_eq!(reason.code, ReasonCode::LargerThanPools);
-    assert_eq!(
-        reason.message,
-        "the groups together never fit, even in empty pools: group 1: pool p: cpu 3/4 in use, run needs 3"
+    assert!(
+        reason.message.starts_with(
+            "the groups together never fit, even in empty pools: gang partner group 1"
+        ),
+        "{reason:?}"
     );
 }
 
 #[test]
+fn readmissions_go_first_and_do_not_count_runs_twice() {
+    let mut a = tenant("a");
+    a.quota.runs = 1;
+    a.runs = 1;
+    let snap = snapshot(vec![pool("p", 2, 64)], vec![a]);
+    let mut again = run(9, "a", 2);
+    again.readmit = true;
+    let d = decide_list(&snap, vec![run(1, "a", 1), again]);
+    assert_eq!(d.admitted(), vec![9]);
+    assert_eq!(d.reason(1).code, ReasonCode::TenantRuns);
+}
+
+#[test]
 fn snapshot_counts_open_allocations() {
-    let pools = [crate::pool::PoolSpec {
-        name: "p".into(),
-        provider: crate::pool::Provider::Local,
-        capacity: Resources::new(4000, 4096, 0).into(),
-        max_workers: 4,
-        labels: Default::default(),
-        price: Default::default(),
-        state: PoolState::Active,
-    }];
-    let tenants = [TenantSpec::unlimited("a")];
-    let open = [
-        OpenAllocation {
-            run: RunId(1),
-            tenant: "a".into(),
-            pool: "p".into(),
-            resources: Resources::new(1000, 10, 0),
-        },
-        OpenAllocation {
-            run: RunId(1),
-            tenant: "a".into(),
-            pool: "p".into(),
-            resources: Resources::new(1000, 10, 0),
-        },
-    ];
-    let snap = Snapshot::build(&pools, &tenants, &open);
+    let mut snap = snapshot(vec![pool("p", 4, 4)], vec![tenant("a")]);
+    let alloc = OpenAllocation {
+        run: RunId(1),
+        tenant: "a".into(),
+        pool: "p".into(),
+        resources: Resources::new(1000, 10, 0),
+        worker: None,
+    };
+    snap.charge(&[alloc.clone(), alloc]);
     assert_eq!(snap.pools["p"].used, Resources::new(2000, 20, 0));
     assert_eq!(snap.pools["p"].workers, 2);
     assert_eq!(snap.tenants["a"].runs, 1);
+    assert_eq!(snap.tenants["a"].held["p"].runs, 1);
 }
 
-fn arb_case() -> impl Strategy<Value = (Snapshot, Vec<QueuedRun>)> {
-    let pools = prop::collection::vec((1u64..16, 1u64..8, any::<bool>()), 1..4);
-    let tenants = prop::collection::vec((0u64..12, 1u64..6), 1..4);
-    let runs = prop::collection::vec((0usize..4, 1u64..6, 0usize..4, -1i32..2), 0..60);
-    (pools, tenants, runs).prop_map(|(pools, tenants, runs)| {
+fn arb_case() -> impl Strategy<Value = (Snapshot, Vec<QueuedRun>, i64)> {
+    let pools = prop::collection::vec((1u64..16, 1u64..8, 0u8..4), 1..4);
+    let tenants = prop::collection::vec((0u64..12, 1u64..6, 0u64..6), 1..4);
+    let runs = prop::collection::vec((0usize..4, 1u64..6, 0usize..4, -1i32..2, 0i64..3000), 0..60);
+    (pools, tenants, runs, 0i64..4000).prop_map(|(pools, tenants, runs, now)| {
         let pool_views: Vec<PoolView> = pools
             .iter()
             .enumerate()
-            .map(|(i, &(cpu, workers, draining))| {
+            .map(|(i, &(cpu, workers, state))| {
                 let mut p = pool(&format!("p{i}"), cpu, 64);
                 p.max_workers = workers as u32;
-                if draining && i > 0 {
-                    p.state = PoolState::Draining;
+                p.labels.insert("kind".into(), format!("k{}", i % 2));
+                if i > 0 {
+                    p.state = match state {
+                        0 => PoolState::Draining,
+                        1 => PoolState::Disabled,
+                        _ => PoolState::Active,
+                    };
                 }
                 p
             })
@@ -247,56 +505,99 @@ fn arb_case() -> impl Strategy<Value = (Snapshot, Vec<QueuedRun>)> {
         let tenant_views: Vec<TenantView> = tenants
             .iter()
             .enumerate()
-            .map(|(i, &(cpu, runs))| {
+            .map(|(i, &(cpu, runs, pool_cpu))| {
                 let mut t = tenant(&format!("t{i}"));
                 t.quota.resources.cpu_millis = cpu * 1000;
                 t.quota.runs = runs;
+                t.weight = (i + 1) as u32;
+                if pool_cpu > 0 {
+                    t.pool_limits.insert(
+                        "p0".into(),
+                        Quota {
+                            resources: Resources::new(pool_cpu * 1000, u64::MAX, u64::MAX),
+                            runs: pool_cpu,
+                        },
+                    );
+                }
                 t
             })
             .collect();
         let queue = runs
             .iter()
             .enumerate()
-            .map(|(i, &(t, cpu, p, prio))| {
+            .map(|(i, &(t, cpu, p, prio, at))| {
                 let mut r = run(i as i64, &format!("t{}", t % tenant_views.len()), cpu);
                 r.priority = prio;
-                if p < pool_views.len() && p % 2 == 1 {
-                    r.groups[0].pool = Some(format!("p{p}"));
+                r.enqueued_at = Timestamp(at);
+                match p {
+                    1 => r.groups[0].selector = PoolSelector::named("p1"),
+                    2 => {
+                        r.groups[0]
+                            .selector
+                            .labels
+                            .insert("kind".into(), "k0".into());
+                    }
+                    3 => r.groups.push(GroupRequest {
+                        index: 1,
+                        selector: PoolSelector::named("p0"),
+                        resources: Resources::new(1000, GI, 0),
+                        steps: vec![1],
+                    }),
+                    _ => {}
                 }
                 r
             })
             .collect();
-        (snapshot(pool_views, tenant_views), queue)
+        (snapshot(pool_views, tenant_views), queue, now)
     })
 }
 
 proptest! {
     #[test]
-    fn never_exceeds_limits_and_is_deterministic((snap, queue) in arb_case()) {
-        let d = decide(&snap, &queue, Timestamp(1000));
-        prop_assert_eq!(&d, &decide(&snap, &queue, Timestamp(1000)));
-        prop_assert_eq!(d.len(), queue.len());
+    fn never_exceeds_limits_and_is_deterministic((snap, runs, now) in arb_case()) {
+        let policy = Policy { starvation_after_ms: 1000, ..Policy::default() };
+        let d = decide_at(&snap, runs.clone(), now, &policy);
+        let again = decide_at(&snap, runs.clone(), now, &policy);
+        prop_assert_eq!(&d.outcome, &again.outcome);
         let mut pools = snap.pools.clone();
         let mut tenants = snap.tenants.clone();
         let mut seen = std::collections::BTreeSet::new();
-        for decision in &d {
-            prop_assert!(seen.insert(decision.run()), "run decided twice");
-            if let Decision::Admit { run, placements } = decision {
-                let q = queue.iter().find(|q| q.id == *run).expect("queued");
-                prop_assert_eq!(placements.len(), q.groups.len());
-                let t = tenants.get_mut(&q.tenant).expect("tenant exists");
-                t.runs += 1;
-                for p in placements {
-                    let pool = pools.get_mut(&p.pool).expect("pool exists");
-                    prop_assert_eq!(pool.state, PoolState::Active);
-                    pool.used = pool.used.checked_add(&p.resources).expect("no overflow");
-                    pool.workers += 1;
-                    prop_assert!(pool.used.fits_in(&pool.capacity));
-                    prop_assert!(pool.workers <= pool.max_workers);
-                    t.used = t.used.checked_add(&p.resources).expect("no overflow");
+        for (run, _) in &d.outcome.rejected {
+            prop_assert!(seen.insert(*run), "run decided twice");
+        }
+        for admission in &d.outcome.admitted {
+            prop_assert!(seen.insert(admission.run), "run decided twice");
+            let q = runs.iter().find(|q| q.id == admission.run).expect("queued");
+            prop_assert_eq!(admission.placements.len(), q.groups.len());
+            let t = tenants.get_mut(&q.tenant).expect("tenant exists");
+            t.runs += 1;
+            let mut in_pool = BTreeSet::new();
+            for p in &admission.placements {
+                let pool = pools.get_mut(&p.pool).expect("pool exists");
+                prop_assert_eq!(pool.state, PoolState::Active);
+                pool.used = pool.used.checked_add(&p.resources).expect("no overflow");
+                pool.workers += 1;
+                prop_assert!(pool.used.fits_in(&pool.capacity));
+                prop_assert!(pool.workers <= pool.max_workers);
+                t.used = t.used.checked_add(&p.resources).expect("no overflow");
+                let held = t.held.entry(p.pool.clone()).or_default();
+                held.resources = held.resources.saturating_add(&p.resources);
+                if in_pool.insert(p.pool.clone()) {
+                    held.runs += 1;
                 }
-                prop_assert!(t.used.fits_in(&t.quota.resources));
-                prop_assert!(t.runs <= t.quota.runs);
+                if let Some(limit) = t.pool_limits.get(&p.pool) {
+                    prop_assert!(held.resources.fits_in(&limit.resources));
+                    prop_assert!(held.runs <= limit.runs);
+                }
+            }
+            prop_assert!(t.used.fits_in(&t.quota.resources));
+            prop_assert!(t.runs <= t.quota.runs);
+        }
+        // Every run still queued has a reason.
+        for r in &runs {
+            if !seen.contains(&r.id) {
+                let class = d.queue.class_of(r.id).expect("queued").id;
+                prop_assert!(d.outcome.waiting.contains_key(&class), "run {} has no reason", r.id);
             }
         }
     }

@@ -23,6 +23,7 @@ use utoipa::OpenApi;
 use super::error::ApiError;
 use super::views;
 use crate::engine::Engine;
+use crate::state::QueuePlace;
 
 type AppState = Arc<Engine>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -49,6 +50,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
         .route("/api/v1/runs/{id}/logs", get(run_logs))
         .route("/api/v1/allocations", get(list_allocations))
+        .route("/api/v1/queue", get(list_queue))
         .route("/api/v1/agents/register", post(register_agent))
         .route("/api/v1/agents/{worker}/poll", post(poll_agent))
         .route(
@@ -83,6 +85,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         cancel_run,
         run_logs,
         list_allocations,
+        list_queue,
         register_agent,
         poll_agent,
         append_log,
@@ -152,7 +155,7 @@ fn run_id(text: &str) -> ApiResult<RunId> {
 #[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = [PoolView])))]
 async fn list_pools(State(engine): State<AppState>) -> Json<Vec<PoolView>> {
     let state = engine.read().await;
-    let snapshot = state.snapshot();
+    let snapshot = state.snapshot(engine.now());
     Json(
         state
             .pools
@@ -168,7 +171,7 @@ async fn pool_view(engine: &Engine, name: &str) -> ApiResult<PoolView> {
         .pools
         .get(name)
         .ok_or_else(|| ApiError::not_found("pool", name))?;
-    Ok(views::pool(pool, &state.snapshot()))
+    Ok(views::pool(pool, &state.snapshot(engine.now())))
 }
 
 fn parse_pool(body: &Bytes) -> ApiResult<PoolSpec> {
@@ -236,7 +239,7 @@ async fn delete_pool(
 #[utoipa::path(get, path = "/api/v1/tenants", responses((status = 200, body = [TenantView])))]
 async fn list_tenants(State(engine): State<AppState>) -> Json<Vec<TenantView>> {
     let state = engine.read().await;
-    let snapshot = state.snapshot();
+    let snapshot = state.snapshot(engine.now());
     Json(
         state
             .tenants
@@ -252,7 +255,7 @@ async fn tenant_view(engine: &Engine, name: &str) -> ApiResult<TenantView> {
         .tenants
         .get(name)
         .ok_or_else(|| ApiError::not_found("tenant", name))?;
-    Ok(views::tenant(tenant, &state.snapshot()))
+    Ok(views::tenant(tenant, &state.snapshot(engine.now())))
 }
 
 fn parse_tenant(body: &Bytes) -> ApiResult<TenantSpec> {
@@ -360,7 +363,49 @@ async fn run_view(engine: &Engine, id: RunId) -> ApiResult<RunView> {
         .run(id)
         .await?
         .ok_or_else(|| ApiError::not_found("run", id))?;
-    Ok(views::run(&detail))
+    let places = queue_places(engine).await;
+    Ok(views::run(&detail, places.get(&id)))
+}
+
+/// The place of every queued run, by id.
+async fn queue_places(engine: &Engine) -> BTreeMap<RunId, QueuePlace> {
+    let state = engine.read().await;
+    if state.queue.is_empty() {
+        return BTreeMap::new();
+    }
+    state
+        .queue_places(engine.now())
+        .into_iter()
+        .map(|p| (p.run, p))
+        .collect()
+}
+
+/// The runs waiting for admission, in admission order, each with its position
+/// in the whole queue and in its tenant's, how long it has waited, and why.
+#[utoipa::path(get, path = "/api/v1/queue",
+    params(("tenant" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = [RunSummary]), (status = 400, body = ErrorBody)))]
+async fn list_queue(
+    State(engine): State<AppState>,
+    Query(query): Params,
+) -> ApiResult<Json<Vec<RunSummary>>> {
+    params(&query, &["tenant", "limit"])?;
+    let limit = limit(&query, 1000, 100_000)? as usize;
+    let tenant = query.get("tenant");
+    let state = engine.read().await;
+    let places = state.queue_places(engine.now());
+    Ok(Json(
+        places
+            .iter()
+            .filter_map(|p| {
+                let run = &state.runs.get(&p.run)?.record;
+                tenant
+                    .is_none_or(|t| &run.tenant == t)
+                    .then(|| views::run_summary(run, Some(p)))
+            })
+            .take(limit)
+            .collect(),
+    ))
 }
 
 /// Submit a pipeline: answers 201 with the run, `queued`, or `rejected` with its
@@ -400,7 +445,16 @@ async fn list_runs(
         limit: limit(&query, 100, 10_000)?,
     };
     let runs = engine.store().runs(&filter).await?;
-    Ok(Json(runs.iter().map(views::run_summary).collect()))
+    let places = if runs.iter().any(|r| !r.state.is_terminal()) {
+        queue_places(&engine).await
+    } else {
+        BTreeMap::new()
+    };
+    Ok(Json(
+        runs.iter()
+            .map(|r| views::run_summary(r, places.get(&r.id)))
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/runs/{id}", params(("id" = i64, Path)),
@@ -474,6 +528,7 @@ async fn list_allocations(
                     .map_err(|_| FieldError::new("run", format!("{r:?} is not a run id")))
             })
             .transpose()?,
+        closed_since: None,
         limit: limit(&query, 10_000, 1_000_000)?,
     };
     let allocations = engine.store().allocations(&filter).await?;

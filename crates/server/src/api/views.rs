@@ -4,7 +4,10 @@ use corral_api::*;
 use corral_core::clock::Timestamp;
 use corral_core::controller::{Reason, Snapshot};
 use corral_core::pool::Provider;
+use corral_core::tenant::QuotaSpec;
 use corral_store::{AllocationRecord, PoolRecord, RunDetail, RunRecord, TenantRecord};
+
+use crate::state::QueuePlace;
 
 /// RFC 3339 with milliseconds, in UTC.
 pub fn time(t: Timestamp) -> String {
@@ -20,6 +23,26 @@ fn reason(r: &Reason) -> ReasonView {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
         message: r.message.clone(),
+        limits: r
+            .limits
+            .iter()
+            .map(|l| LimitView {
+                scope: l.scope.clone(),
+                dimension: l.dimension.clone(),
+                in_use: l.in_use,
+                limit: l.limit,
+                needs: l.needs,
+            })
+            .collect(),
+    }
+}
+
+fn quota(q: &QuotaSpec) -> QuotaView {
+    QuotaView {
+        cpu_millis: q.cpu,
+        memory_mib: q.memory,
+        gpu: q.gpu,
+        runs: q.runs,
     }
 }
 
@@ -33,7 +56,7 @@ pub fn pool(p: &PoolRecord, snapshot: &Snapshot) -> PoolView {
             Provider::Kubernetes => "kubernetes",
         }
         .into(),
-        capacity: p.spec.capacity().into(),
+        capacity: live.map_or(p.spec.capacity(), |l| l.capacity).into(),
         max_workers: p.spec.max_workers,
         labels: p.spec.labels.clone(),
         price: PriceView {
@@ -44,6 +67,9 @@ pub fn pool(p: &PoolRecord, snapshot: &Snapshot) -> PoolView {
         state: p.spec.state.as_str().into(),
         used: live.map(|l| l.used).unwrap_or_default().into(),
         workers: live.map_or(0, |l| l.workers),
+        agents: live
+            .and_then(|l| l.agents.as_ref())
+            .map(|a| u32::try_from(a.len()).unwrap_or(u32::MAX)),
         created_at: time(p.created_at),
         updated_at: time(p.updated_at),
     }
@@ -54,13 +80,14 @@ pub fn tenant(t: &TenantRecord, snapshot: &Snapshot) -> TenantView {
     TenantView {
         name: t.spec.name.clone(),
         weight: t.spec.weight,
-        quota: QuotaView {
-            cpu_millis: t.spec.quota.cpu,
-            memory_mib: t.spec.quota.memory,
-            gpu: t.spec.quota.gpu,
-            runs: t.spec.quota.runs,
-        },
+        quota: quota(&t.spec.quota),
         allowed_pools: t.spec.allowed_pools.clone(),
+        pool_limits: t
+            .spec
+            .pool_limits
+            .iter()
+            .map(|(pool, q)| (pool.clone(), quota(q)))
+            .collect(),
         used: live.map(|l| l.used).unwrap_or_default().into(),
         runs: live.map_or(0, |l| l.runs),
         created_at: time(t.created_at),
@@ -68,14 +95,24 @@ pub fn tenant(t: &TenantRecord, snapshot: &Snapshot) -> TenantView {
     }
 }
 
-pub fn run_summary(r: &RunRecord) -> RunSummary {
+/// A run; one still waiting for admission shows its live reason and place.
+pub fn run_summary(r: &RunRecord, place: Option<&QueuePlace>) -> RunSummary {
     RunSummary {
         id: r.id.0,
         pipeline: r.pipeline.clone(),
         tenant: r.tenant.clone(),
         priority: r.priority,
         state: r.state.as_str().into(),
-        reason: r.reason.as_ref().map(reason),
+        reason: place
+            .and_then(|p| p.reason.as_ref())
+            .or(r.reason.as_ref())
+            .map(reason),
+        queue: place.map(|p| QueuePlaceView {
+            position: p.position,
+            tenant_position: p.tenant_position,
+            waited_ms: p.waited_ms,
+            reserved: p.reserved.clone(),
+        }),
         created_at: time(r.created_at),
         finished_at: r.finished_at.map(time),
     }
@@ -95,10 +132,11 @@ pub fn allocation(a: &AllocationRecord) -> AllocationView {
     }
 }
 
-pub fn run(d: &RunDetail) -> RunView {
+pub fn run(d: &RunDetail, place: Option<&QueuePlace>) -> RunView {
     let spec = &d.run.spec;
     RunView {
-        summary: run_summary(&d.run),
+        explanation: explain(&d.run, place),
+        summary: run_summary(&d.run, place),
         request: RequestView {
             groups: d
                 .run
@@ -107,7 +145,7 @@ pub fn run(d: &RunDetail) -> RunView {
                 .iter()
                 .map(|g| GroupView {
                     index: g.index,
-                    pool: g.pool.clone(),
+                    pool: g.selector.to_string(),
                     resources: g.resources.into(),
                     steps: g
                         .steps
@@ -148,4 +186,46 @@ pub fn run(d: &RunDetail) -> RunView {
             .collect(),
         allocations: d.allocations.iter().map(allocation).collect(),
     }
+}
+
+/// Sentences on where a waiting run stands and what would let it in, or why a
+/// rejected run never could.
+fn explain(r: &RunRecord, place: Option<&QueuePlace>) -> Option<String> {
+    if let Some(p) = place {
+        let what = if p.regroup {
+            format!(
+                "Run {} lost a worker and waits to be placed again for the groups it ran there",
+                r.id
+            )
+        } else {
+            format!("Run {} is queued", r.id)
+        };
+        let mut text = format!(
+            "{what}: number {} in the queue and {} among tenant {}'s runs, after {}s.",
+            p.position,
+            p.tenant_position,
+            r.tenant,
+            p.waited_ms / 1000
+        );
+        match &p.reason {
+            Some(reason) => {
+                text.push(' ');
+                text.push_str(&reason.explain());
+            }
+            None => text.push_str(" The controller has not looked at it yet."),
+        }
+        if let Some(pools) = &p.reserved {
+            text.push_str(&if pools.is_empty() {
+                format!(" It has waited longest: room in tenant {}'s quota is held for it.", r.tenant)
+            } else {
+                format!(
+                    " It has waited longest: room in pool {} is held for it, and no run behind it may take that room.",
+                    pools.join(", ")
+                )
+            });
+        }
+        return Some(text);
+    }
+    let reason = r.reason.as_ref()?;
+    Some(format!("Run {} is {}. {}", r.id, r.state, reason.explain()))
 }

@@ -1,0 +1,192 @@
+//! The queue of runs waiting for admission, indexed for the controller.
+//!
+//! Runs are kept in classes: runs of one tenant, at one priority, asking for the
+//! same groups. Every run of a class gets the same verdict until something
+//! changes, so a controller cycle looks at each class once, plus once per run
+//! it admits: its cost follows the number of classes and admissions, not the
+//! length of the queue.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::clock::Timestamp;
+use crate::ids::RunId;
+use crate::request::GroupRequest;
+use crate::resources::Resources;
+use crate::selector::PoolSelector;
+
+/// A run waiting for admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRun {
+    pub id: RunId,
+    pub tenant: String,
+    pub priority: i32,
+    pub enqueued_at: Timestamp,
+    /// The groups to admit: all of the run's, or, for a run that lost a worker,
+    /// the groups that lost their allocation.
+    pub groups: Vec<GroupRequest>,
+    /// The run was admitted before and holds its other groups: it goes first
+    /// and does not count against the tenant's runs again.
+    pub readmit: bool,
+}
+
+/// Identifies a class within one [`RunQueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassId(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClassKey {
+    readmit: bool,
+    priority: i32,
+    tenant: String,
+    shape: Vec<(u32, PoolSelector, Resources)>,
+}
+
+/// Runs that get the same verdict: same tenant, priority and groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    pub id: ClassId,
+    pub tenant: String,
+    pub priority: i32,
+    pub readmit: bool,
+    pub groups: Vec<GroupRequest>,
+    /// Its runs, oldest first.
+    pub runs: BTreeSet<(Timestamp, RunId)>,
+    key: ClassKey,
+}
+
+impl Class {
+    pub fn total(&self) -> Resources {
+        self.groups
+            .iter()
+            .fold(Resources::ZERO, |acc, g| acc.saturating_add(&g.resources))
+    }
+}
+
+/// Admission level: readmissions first, then by priority, higher first.
+pub type Level = (bool, i32);
+
+#[derive(Debug, Clone, Default)]
+pub struct RunQueue {
+    runs: HashMap<RunId, (ClassId, Timestamp)>,
+    classes: BTreeMap<ClassId, Class>,
+    keys: HashMap<ClassKey, ClassId>,
+    /// Per level, highest first: per tenant, its classes.
+    levels: BTreeMap<std::cmp::Reverse<Level>, BTreeMap<String, BTreeSet<ClassId>>>,
+    next: u64,
+}
+
+impl RunQueue {
+    pub fn new() -> RunQueue {
+        RunQueue::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    pub fn contains(&self, run: RunId) -> bool {
+        self.runs.contains_key(&run)
+    }
+
+    /// Adds a run, replacing what was queued under its id.
+    pub fn insert(&mut self, run: QueuedRun) {
+        self.remove(run.id);
+        let key = ClassKey {
+            readmit: run.readmit,
+            priority: run.priority,
+            tenant: run.tenant.clone(),
+            shape: run
+                .groups
+                .iter()
+                .map(|g| (g.index, g.selector.clone(), g.resources))
+                .collect(),
+        };
+        let id = match self.keys.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = ClassId(self.next);
+                self.next += 1;
+                self.keys.insert(key.clone(), id);
+                self.classes.insert(
+                    id,
+                    Class {
+                        id,
+                        tenant: run.tenant.clone(),
+                        priority: run.priority,
+                        readmit: run.readmit,
+                        groups: run.groups.clone(),
+                        runs: BTreeSet::new(),
+                        key,
+                    },
+                );
+                self.levels
+                    .entry(std::cmp::Reverse((run.readmit, run.priority)))
+                    .or_default()
+                    .entry(run.tenant.clone())
+                    .or_default()
+                    .insert(id);
+                id
+            }
+        };
+        if let Some(class) = self.classes.get_mut(&id) {
+            class.runs.insert((run.enqueued_at, run.id));
+        }
+        self.runs.insert(run.id, (id, run.enqueued_at));
+    }
+
+    /// Removes a run; a no-op when it is not queued.
+    pub fn remove(&mut self, run: RunId) {
+        let Some((id, at)) = self.runs.remove(&run) else {
+            return;
+        };
+        let Some(class) = self.classes.get_mut(&id) else {
+            return;
+        };
+        class.runs.remove(&(at, run));
+        if !class.runs.is_empty() {
+            return;
+        }
+        let Some(class) = self.classes.remove(&id) else {
+            return;
+        };
+        self.keys.remove(&class.key);
+        let level = std::cmp::Reverse((class.readmit, class.priority));
+        if let Some(tenants) = self.levels.get_mut(&level) {
+            if let Some(set) = tenants.get_mut(&class.tenant) {
+                set.remove(&id);
+                if set.is_empty() {
+                    tenants.remove(&class.tenant);
+                }
+            }
+            if tenants.is_empty() {
+                self.levels.remove(&level);
+            }
+        }
+    }
+
+    pub fn class_of(&self, run: RunId) -> Option<&Class> {
+        self.runs.get(&run).and_then(|(c, _)| self.classes.get(c))
+    }
+
+    pub fn class(&self, id: ClassId) -> Option<&Class> {
+        self.classes.get(&id)
+    }
+
+    pub fn classes(&self) -> impl Iterator<Item = &Class> {
+        self.classes.values()
+    }
+
+    /// When a queued run was enqueued.
+    pub fn enqueued_at(&self, run: RunId) -> Option<Timestamp> {
+        self.runs.get(&run).map(|(_, at)| *at)
+    }
+
+    /// Levels, highest first, each with its tenants' classes.
+    pub fn levels(&self) -> impl Iterator<Item = (Level, &BTreeMap<String, BTreeSet<ClassId>>)> {
+        self.levels.iter().map(|(l, t)| (l.0, t))
+    }
+}

@@ -7,7 +7,7 @@ pub mod engine;
 mod logs;
 mod progress;
 pub mod provider;
-mod state;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

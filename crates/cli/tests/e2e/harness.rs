@@ -134,6 +134,30 @@ impl Server {
         }
     }
 
+    /// Starts a `corral agent` that joins static pool `pool` from its own work
+    /// directory; killed with the server's processes when the test ends.
+    pub fn start_agent(&mut self, pool: &str, name: &str, cpu: &str, memory: &str) -> Agent {
+        let work_dir = self.data_dir.join("agents").join(name);
+        std::fs::create_dir_all(&work_dir).expect("agent work dir");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "--server", &self.url, "--pool", pool, "--name", name])
+            .args(["--cpu", cpu, "--memory", memory])
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .env("CORRAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.data_dir.join(format!("agent-{name}.log")))
+                    .expect("agent log"),
+            );
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("spawn corral agent");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        self.groups.push(pid);
+        Agent { child, work_dir }
+    }
+
     /// Starts the server again on the same port and store.
     pub async fn restart(&mut self) {
         self.kill9();
@@ -215,6 +239,22 @@ impl Server {
             ended.then_some(run)
         })
         .await
+    }
+}
+
+/// A `corral agent` process of a static pool.
+pub struct Agent {
+    child: Child,
+    pub work_dir: PathBuf,
+}
+
+impl Agent {
+    /// `kill -9` the agent only; the steps it started live on in their own
+    /// process groups until the test's end.
+    pub fn kill9(&mut self) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
+        kill(pid, Signal::SIGKILL).expect("kill -9 the agent");
+        let _ = self.child.wait();
     }
 }
 

@@ -6,5 +6,6 @@ mod api;
 mod cli;
 mod crash;
 mod execution;
+mod governance;
 mod harness;
 mod quick_start;

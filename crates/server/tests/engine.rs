@@ -1,0 +1,245 @@
+//! The engine driven by hand: a manual clock and explicit controller cycles, so
+//! each test says exactly which cycle does what.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use corral_api::{PollRequest, RegisterRequest, ResourcesView};
+use corral_core::clock::{Clock, ManualClock, Timestamp};
+use corral_core::controller::ReasonCode;
+use corral_core::ids::{RunId, WorkerId};
+use corral_core::manifest::{Document, parse_documents};
+use corral_core::run::{AttemptState, RunState};
+use corral_server::engine::{Engine, EngineConfig};
+use corral_server::provider::LocalProvider;
+use corral_store::SqlStore;
+
+struct Harness {
+    engine: Arc<Engine>,
+    clock: Arc<ManualClock>,
+}
+
+fn temp_dir(label: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "corral-engine-{label}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+impl Harness {
+    /// An engine on a fresh SQLite store whose local provider spawns nothing
+    /// that lasts (`/bin/true`), with `yaml`'s pools and tenants.
+    async fn new(label: &str, yaml: &str) -> Harness {
+        let dir = temp_dir(label);
+        let store = Arc::new(SqlStore::open_sqlite(&dir).await.expect("store"));
+        let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
+        let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"));
+        let engine = Arc::new(
+            Engine::load(store, clock.clone(), EngineConfig::default(), provider)
+                .await
+                .expect("engine"),
+        );
+        let committer = engine.clone();
+        tokio::spawn(async move { committer.run_committer().await });
+        for doc in parse_documents(yaml).expect("yaml") {
+            match doc {
+                Document::Pool(p) => {
+                    engine.put_pool(p, false).await.expect("pool");
+                }
+                Document::Tenant(t) => {
+                    engine.put_tenant(t, false).await.expect("tenant");
+                }
+                Document::Pipeline(_) => panic!("pipelines are submitted"),
+            }
+        }
+        Harness { engine, clock }
+    }
+
+    async fn submit(&self, name: &str, tenant: &str, cpu: u32, pool: &str) -> RunId {
+        let yaml = format!(
+            "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, run: 'true', pool: {pool}, retries: 1, resources: {{cpu: {cpu}, memory: 1Gi}}}}\n"
+        );
+        self.engine.submit(&yaml).await.expect("submit").id
+    }
+
+    async fn state_of(&self, run: RunId) -> (RunState, Option<ReasonCode>, String) {
+        let state = self.engine.read().await;
+        match state.runs.get(&run) {
+            Some(r) => {
+                let reason = state
+                    .queue_places(self.clock.now())
+                    .into_iter()
+                    .find(|p| p.run == run)
+                    .and_then(|p| p.reason);
+                (
+                    r.record.state,
+                    reason.as_ref().map(|x| x.code),
+                    reason.map(|x| x.message).unwrap_or_default(),
+                )
+            }
+            None => {
+                drop(state);
+                let detail = self
+                    .engine
+                    .store()
+                    .run(run)
+                    .await
+                    .expect("read")
+                    .expect("exists");
+                (detail.run.state, None, String::new())
+            }
+        }
+    }
+
+    async fn register(&self, pool: &str, name: &str, cpu: u64) -> WorkerId {
+        self.engine
+            .register(RegisterRequest {
+                pool: pool.into(),
+                name: name.into(),
+                capacity: ResourcesView {
+                    cpu_millis: cpu * 1000,
+                    memory_mib: 8192,
+                    gpu: 0,
+                },
+                labels: Default::default(),
+            })
+            .await
+            .expect("register")
+    }
+
+    async fn heartbeat(&self, worker: WorkerId) {
+        self.engine
+            .poll(
+                worker,
+                PollRequest {
+                    running: Vec::new(),
+                    wait_ms: 0,
+                },
+            )
+            .await
+            .expect("poll");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_frees_room_for_the_next_run_in_one_cycle() {
+    let h = Harness::new(
+        "cancel",
+        "kind: Pool\nname: tiny\ncapacity: {cpu: 1, memory: 4Gi}\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let first = h.submit("first", "t", 1, "tiny").await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(first).await.0, RunState::Provisioning);
+    let second = h.submit("second", "t", 1, "tiny").await;
+    h.engine.cycle().await.expect("cycle");
+    let (state, code, message) = h.state_of(second).await;
+    assert_eq!(state, RunState::Queued);
+    assert_eq!(code, Some(ReasonCode::PoolFull));
+    assert_eq!(message, "pool tiny: cpu 1/1 in use, run needs 1");
+
+    h.engine.cancel(first).await.expect("cancel");
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(first).await.0, RunState::Cancelled);
+    assert_eq!(h.state_of(second).await.0, RunState::Provisioning);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shrinking_a_pool_never_kills_and_admissions_wait_until_it_fits() {
+    let h = Harness::new(
+        "shrink",
+        "kind: Pool\nname: p\ncapacity: {cpu: 4, memory: 8Gi}\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let big = h.submit("big", "t", 3, "p").await;
+    h.engine.cycle().await.expect("cycle");
+    let docs = parse_documents("kind: Pool\nname: p\ncapacity: {cpu: 2, memory: 8Gi}\n")
+        .expect("yaml");
+    let Some(Document::Pool(smaller)) = docs.into_iter().next() else {
+        panic!("a pool");
+    };
+    h.engine.put_pool(smaller, false).await.expect("shrink");
+    let small = h.submit("small", "t", 1, "p").await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(big).await.0, RunState::Provisioning, "not killed");
+    let (state, code, message) = h.state_of(small).await;
+    assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::PoolFull)));
+    assert_eq!(message, "pool p: cpu 3/2 in use, run needs 1");
+    h.engine.cancel(big).await.expect("cancel");
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(small).await.0, RunState::Provisioning);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_another() {
+    let h = Harness::new(
+        "static",
+        "kind: Pool\nname: metal\nprovider: static\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let run = h.submit("job", "t", 2, "metal").await;
+    h.engine.cycle().await.expect("cycle");
+    let (state, code, _) = h.state_of(run).await;
+    assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::NoAgents)));
+
+    let a = h.register("metal", "a", 2).await;
+    let b = h.register("metal", "b", 2).await;
+    {
+        let state = h.engine.read().await;
+        let snapshot = state.snapshot(h.clock.now());
+        assert_eq!(snapshot.pools["metal"].capacity.cpu_millis, 4000);
+    }
+    h.engine.cycle().await.expect("cycle");
+    let first_worker = {
+        let state = h.engine.read().await;
+        let live = &state.runs[&run];
+        assert_eq!(live.record.state, RunState::Running);
+        assert_eq!(live.allocations.len(), 1);
+        live.allocations[0].worker_id.expect("bound to an agent")
+    };
+    let (lost, survivor) = if first_worker == a { (a, b) } else { (b, a) };
+
+    // The survivor keeps polling; the other goes silent past the timeout.
+    h.clock.advance(31_000);
+    h.heartbeat(survivor).await;
+    h.engine.cycle().await.expect("cycle: the agent is lost");
+    h.engine.cycle().await.expect("cycle: the group is placed again");
+    let state = h.engine.read().await;
+    let snapshot = state.snapshot(h.clock.now());
+    assert_eq!(
+        snapshot.pools["metal"].capacity.cpu_millis, 2000,
+        "the lost agent's capacity left the pool"
+    );
+    let live = &state.runs[&run];
+    assert_eq!(live.allocations.len(), 1, "one open allocation per group");
+    assert_eq!(live.allocations[0].worker_id, Some(survivor));
+    let attempts: Vec<(AttemptState, WorkerId)> = live
+        .attempts
+        .iter()
+        .map(|x| (x.state, x.worker_id))
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![(AttemptState::Lost, lost), (AttemptState::Running, survivor)]
+    );
+    drop(state);
+    let history = h
+        .engine
+        .store()
+        .allocations(&corral_store::AllocationFilter {
+            run: Some(run),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].worker_id, Some(lost));
+    assert!(history[0].closed_at.is_some(), "the lost agent's allocation is released");
+    assert_eq!(history[1].closed_at, None);
+}

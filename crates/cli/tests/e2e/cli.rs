@@ -89,6 +89,22 @@ async fn client_commands() {
         described.contains("Waiting:   pool tiny: cpu 1/1 in use, run needs 1 (pool_full)"),
         "{described}"
     );
+    assert!(
+        described.contains("Queue:     number 1 overall, 1 for tenant solo"),
+        "{described}"
+    );
+    // The explanation says, in sentences, what would let it in.
+    let prose = described.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        prose.contains("It waits for room in a pool")
+            && prose.contains("it gets in when 1 cpu is released there"),
+        "{described}"
+    );
+    let queue = stdout(&corral(&server, &["get", "queue"], None));
+    let entry = queue.lines().nth(1).unwrap_or_default();
+    let cells: Vec<&str> = entry.split_whitespace().collect();
+    assert_eq!(cells.get(..3), Some(&["1", second.as_str(), "solo"][..]), "{queue}");
+    assert!(entry.contains("pool_full"), "{queue}");
     let runs = stdout(&corral(&server, &["get", "runs"], None));
     assert!(
         runs.lines().next().is_some_and(|h| h.contains("REASON")),

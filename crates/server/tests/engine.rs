@@ -243,3 +243,61 @@ async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_anoth
     assert!(history[0].closed_at.is_some(), "the lost agent's allocation is released");
     assert_eq!(history[1].closed_at, None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn priorities_are_named_classes_or_numbers() {
+    let h = Harness::new(
+        "priority",
+        "kind: Pool\nname: p\ncapacity: {cpu: 1, memory: 4Gi}\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let job = |name: &str, priority: &str| {
+        format!(
+            "kind: Pipeline\nname: {name}\ntenant: t\npriority: {priority}\nsteps:\n  - {{name: s, run: 'true', resources: {{cpu: 1, memory: 1Gi}}}}\n"
+        )
+    };
+    let low = h.engine.submit(&job("low", "low")).await.expect("low");
+    let high = h.engine.submit(&job("high", "high")).await.expect("high");
+    let seven = h.engine.submit(&job("seven", "7")).await.expect("number");
+    assert_eq!((low.priority, high.priority, seven.priority), (-100, 100, 7));
+    let err = h
+        .engine
+        .submit(&job("bad", "urgent"))
+        .await
+        .expect_err("unknown class");
+    let corral_server::engine::EngineError::Invalid(field) = err else {
+        panic!("a field error: {err}");
+    };
+    assert_eq!(field.path, "priority");
+    // The one free cpu goes to the highest priority, though it came later.
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(high.id).await.0, RunState::Provisioning);
+    let (state, code, _) = h.state_of(low.id).await;
+    assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::PoolFull)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disabled_pool_admits_nothing_and_retires_its_idle_local_workers() {
+    let h = Harness::new(
+        "disabled",
+        "kind: Pool\nname: p\ncapacity: {cpu: 4, memory: 8Gi}\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let warm = h.register("p", "warm", 1).await;
+    h.engine.cycle().await.expect("cycle");
+    assert!(h.engine.read().await.workers.contains_key(&warm), "kept warm");
+    let docs = parse_documents(
+        "kind: Pool\nname: p\ncapacity: {cpu: 4, memory: 8Gi}\nstate: disabled\n",
+    )
+    .expect("yaml");
+    let Some(Document::Pool(disabled)) = docs.into_iter().next() else {
+        panic!("a pool");
+    };
+    h.engine.put_pool(disabled, false).await.expect("disable");
+    let run = h.submit("job", "t", 1, "p").await;
+    h.engine.cycle().await.expect("cycle");
+    assert!(!h.engine.read().await.workers.contains_key(&warm), "retired");
+    let (state, code, message) = h.state_of(run).await;
+    assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::PoolDisabled)));
+    assert_eq!(message, "pool p is disabled");
+}

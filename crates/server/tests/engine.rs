@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use corral_api::{PollRequest, RegisterRequest, ResourcesView};
 use corral_core::clock::{Clock, ManualClock, Timestamp};
-use corral_core::controller::ReasonCode;
+use corral_core::controller::{Policy, ReasonCode};
+use corral_core::selector::PlacementPolicy;
 use corral_core::ids::{RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents};
 use corral_core::run::{AttemptState, RunState};
@@ -35,29 +36,38 @@ impl Harness {
     /// An engine on a fresh SQLite store whose local provider spawns nothing
     /// that lasts (`/bin/true`), with `yaml`'s pools and tenants.
     async fn new(label: &str, yaml: &str) -> Harness {
+        Harness::with_config(label, yaml, EngineConfig::default()).await
+    }
+
+    async fn with_config(label: &str, yaml: &str, config: EngineConfig) -> Harness {
         let dir = temp_dir(label);
         let store = Arc::new(SqlStore::open_sqlite(&dir).await.expect("store"));
         let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
         let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"));
         let engine = Arc::new(
-            Engine::load(store, clock.clone(), EngineConfig::default(), provider)
+            Engine::load(store, clock.clone(), config, provider)
                 .await
                 .expect("engine"),
         );
         let committer = engine.clone();
         tokio::spawn(async move { committer.run_committer().await });
+        let harness = Harness { engine, clock };
+        harness.apply(yaml).await;
+        harness
+    }
+
+    async fn apply(&self, yaml: &str) {
         for doc in parse_documents(yaml).expect("yaml") {
             match doc {
                 Document::Pool(p) => {
-                    engine.put_pool(p, false).await.expect("pool");
+                    self.engine.put_pool(p, false).await.expect("pool");
                 }
                 Document::Tenant(t) => {
-                    engine.put_tenant(t, false).await.expect("tenant");
+                    self.engine.put_tenant(t, false).await.expect("tenant");
                 }
                 Document::Pipeline(_) => panic!("pipelines are submitted"),
             }
         }
-        Harness { engine, clock }
     }
 
     async fn submit(&self, name: &str, tenant: &str, cpu: u32, pool: &str) -> RunId {
@@ -158,12 +168,8 @@ async fn shrinking_a_pool_never_kills_and_admissions_wait_until_it_fits() {
     .await;
     let big = h.submit("big", "t", 3, "p").await;
     h.engine.cycle().await.expect("cycle");
-    let docs = parse_documents("kind: Pool\nname: p\ncapacity: {cpu: 2, memory: 8Gi}\n")
-        .expect("yaml");
-    let Some(Document::Pool(smaller)) = docs.into_iter().next() else {
-        panic!("a pool");
-    };
-    h.engine.put_pool(smaller, false).await.expect("shrink");
+    h.apply("kind: Pool\nname: p\ncapacity: {cpu: 2, memory: 8Gi}\n")
+        .await;
     let small = h.submit("small", "t", 1, "p").await;
     h.engine.cycle().await.expect("cycle");
     assert_eq!(h.state_of(big).await.0, RunState::Provisioning, "not killed");
@@ -286,18 +292,48 @@ async fn a_disabled_pool_admits_nothing_and_retires_its_idle_local_workers() {
     let warm = h.register("p", "warm", 1).await;
     h.engine.cycle().await.expect("cycle");
     assert!(h.engine.read().await.workers.contains_key(&warm), "kept warm");
-    let docs = parse_documents(
-        "kind: Pool\nname: p\ncapacity: {cpu: 4, memory: 8Gi}\nstate: disabled\n",
-    )
-    .expect("yaml");
-    let Some(Document::Pool(disabled)) = docs.into_iter().next() else {
-        panic!("a pool");
-    };
-    h.engine.put_pool(disabled, false).await.expect("disable");
+    h.apply("kind: Pool\nname: p\ncapacity: {cpu: 4, memory: 8Gi}\nstate: disabled\n")
+        .await;
     let run = h.submit("job", "t", 1, "p").await;
     h.engine.cycle().await.expect("cycle");
     assert!(!h.engine.read().await.workers.contains_key(&warm), "retired");
     let (state, code, message) = h.state_of(run).await;
     assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::PoolDisabled)));
     assert_eq!(message, "pool p is disabled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_price_change_steers_cheapest_placement_from_the_next_cycle() {
+    let pools = |a_price: &str| {
+        format!(
+            "kind: Pool\nname: a\ncapacity: {{cpu: 8, memory: 8Gi}}\nlabels: {{tier: batch}}\nprice: {{cpu_hour: {a_price}}}\n---\nkind: Pool\nname: b\ncapacity: {{cpu: 8, memory: 8Gi}}\nlabels: {{tier: batch}}\nprice: {{cpu_hour: 0.10}}\n"
+        )
+    };
+    let config = EngineConfig {
+        policy: Policy {
+            placement: PlacementPolicy::Cheapest,
+            ..Policy::default()
+        },
+        ..EngineConfig::default()
+    };
+    let h = Harness::with_config(
+        "price",
+        &format!("{}---\nkind: Tenant\nname: t\n", pools("0.05")),
+        config,
+    )
+    .await;
+    let placed_on = |run: RunId| {
+        let engine = h.engine.clone();
+        async move {
+            let state = engine.read().await;
+            state.runs[&run].allocations[0].pool.clone()
+        }
+    };
+    let first = h.submit("first", "t", 1, "{labels: {tier: batch}}").await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(placed_on(first).await, "a");
+    h.apply(&pools("0.20")).await;
+    let second = h.submit("second", "t", 1, "{labels: {tier: batch}}").await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(placed_on(second).await, "b");
 }

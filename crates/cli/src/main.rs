@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod output;
+mod sim;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -179,6 +180,12 @@ enum Command {
         /// Warm local workers in the bench pool.
         #[arg(long, default_value_t = 8)]
         workers: u32,
+    },
+    /// Simulate a workload on the real controller with a virtual clock (`-` for stdin).
+    Sim {
+        file: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
 }
 
@@ -371,7 +378,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         .await?,
                     output,
                 )?,
-                Kind::Queue => output::queue(&client.queue(tenant.as_deref(), limit).await?, output)?,
+                Kind::Queue => {
+                    output::queue(&client.queue(tenant.as_deref(), limit).await?, output)?
+                }
             };
             print!("{text}");
             Ok(ok)
@@ -413,6 +422,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             .await?;
             Ok(ok)
         }
+        Command::Sim { file, output } => sim::run(&file, output),
         Command::Cancel { server, run } => {
             let client = Client::new(&server.server)?;
             let run = client.cancel(run).await?;

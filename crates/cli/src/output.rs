@@ -15,7 +15,8 @@ pub enum Format {
     Yaml,
 }
 
-fn structured<T: Serialize>(value: &T, format: Format) -> Result<Option<String>> {
+/// The value as JSON or YAML; `None` for a table, which the caller renders.
+pub fn structured<T: Serialize>(value: &T, format: Format) -> Result<Option<String>> {
     Ok(match format {
         Format::Table => None,
         Format::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
@@ -87,7 +88,14 @@ pub fn pools(pools: &[PoolView], format: Format) -> Result<String> {
         })
         .collect();
     Ok(table(
-        &["NAME", "PROVIDER", "STATE", "USED/CAPACITY", "WORKERS", "AGENTS"],
+        &[
+            "NAME",
+            "PROVIDER",
+            "STATE",
+            "USED/CAPACITY",
+            "WORKERS",
+            "AGENTS",
+        ],
         rows,
     ))
 }
@@ -159,7 +167,10 @@ pub fn queue(runs: &[RunSummary], format: Format) -> Result<String> {
                 q.map_or("-".into(), |q| q.tenant_position.to_string()),
                 r.priority.to_string(),
                 q.map_or("-".into(), |q| format!("{}s", q.waited_ms / 1000)),
-                r.reason.as_ref().map(|x| x.code.clone()).unwrap_or_default(),
+                r.reason
+                    .as_ref()
+                    .map(|x| x.code.clone())
+                    .unwrap_or_default(),
                 r.reason
                     .as_ref()
                     .map(|x| x.message.clone())
@@ -168,7 +179,16 @@ pub fn queue(runs: &[RunSummary], format: Format) -> Result<String> {
         })
         .collect();
     Ok(table(
-        &["POS", "RUN", "TENANT", "TENANT-POS", "PRIORITY", "WAITED", "CODE", "REASON"],
+        &[
+            "POS",
+            "RUN",
+            "TENANT",
+            "TENANT-POS",
+            "PRIORITY",
+            "WAITED",
+            "CODE",
+            "REASON",
+        ],
         rows,
     ))
 }

@@ -25,8 +25,10 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-pub use report::{PoolReport, ResourceTime, RunCounts, SimReport, TenantReport, Totals, Utilization, Waits};
-pub use spec::{Arrival, GangSpec, MAX_BACKLOG, MAX_CYCLES, RunDuration, SimSpec, Span, WorkloadSpec};
+pub use report::{
+    PoolReport, ResourceTime, RunCounts, SimReport, TenantReport, Totals, Utilization, Waits,
+};
+pub use spec::{Arrival, GangSpec, RunDuration, SimSpec, Span, WorkloadSpec};
 
 use crate::clock::Timestamp;
 use crate::controller::{
@@ -238,15 +240,6 @@ impl Simulation {
         })
     }
 
-    pub fn spec(&self) -> &SimSpec {
-        &self.spec
-    }
-
-    /// The time of the next cycle.
-    pub fn now(&self) -> Timestamp {
-        self.now
-    }
-
     pub fn is_done(&self) -> bool {
         self.now >= self.end
     }
@@ -318,7 +311,8 @@ impl Simulation {
                 continue;
             };
             for p in &run.placements {
-                self.ledger.record(&run.tenant, &p.resources, admitted, ends);
+                self.ledger
+                    .record(&run.tenant, &p.resources, admitted, ends);
             }
         }
     }
@@ -416,6 +410,9 @@ impl Simulation {
         rejected: &[(RunId, Reason)],
     ) -> Vec<Violation> {
         let mut out = Vec::new();
+        if admitted.is_empty() && rejected.is_empty() {
+            return out;
+        }
         let mut books = Books::default();
         for run in self.running_runs() {
             books.add(run.id, &run.tenant, &run.placements);
@@ -486,7 +483,10 @@ impl Simulation {
                 ));
             }
             let Some(pool) = self.base.pools.get(&p.pool) else {
-                out.push(format!("group {} placed on unknown pool {}", p.group, p.pool));
+                out.push(format!(
+                    "group {} placed on unknown pool {}",
+                    p.group, p.pool
+                ));
                 continue;
             };
             if !selector.matches(&pool.name, &pool.labels) {
@@ -606,7 +606,8 @@ impl Simulation {
             };
             run.admitted = Some(now);
             run.placements = a.placements.clone();
-            self.running.insert((now.plus_millis(run.duration_ms), run.id));
+            self.running
+                .insert((now.plus_millis(run.duration_ms), run.id));
         }
         for (id, reason) in rejected {
             if !self.queue.contains(*id) {

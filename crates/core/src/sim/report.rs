@@ -5,7 +5,8 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
-use super::{Simulation, Violation};
+use super::{SimRun, Simulation, Span, Violation};
+use crate::clock::Timestamp;
 use crate::resources::{Dimension, Resources};
 use crate::selector::PlacementPolicy;
 
@@ -132,6 +133,33 @@ struct Tally {
 }
 
 impl Tally {
+    /// Counts a run as it stands at `horizon`.
+    fn count(&mut self, run: &SimRun, horizon: Timestamp) {
+        self.runs.submitted += 1;
+        match (run.admitted, run.ends()) {
+            (Some(admitted), Some(ends)) => {
+                self.runs.admitted += 1;
+                if ends <= horizon {
+                    self.runs.completed += 1;
+                } else {
+                    self.runs.running += 1;
+                }
+                self.waits.push(admitted.millis_since(run.arrived));
+                add_held(
+                    &mut self.held,
+                    &run.resources(),
+                    run.held_within(admitted, horizon),
+                );
+            }
+            _ if run.rejected.is_some() => self.runs.rejected += 1,
+            _ => {
+                self.runs.queued += 1;
+                let waited = horizon.millis_since(run.arrived);
+                self.oldest_queued = self.oldest_queued.max(Some(waited));
+            }
+        }
+    }
+
     fn waits(&mut self) -> Waits {
         self.waits.sort_unstable();
         Waits {
@@ -151,43 +179,15 @@ impl SimReport {
         let mut pools: Vec<(Held, u64)> = vec![([0; 3], 0); sim.spec.pools.len()];
         for run in &sim.runs {
             let tenant = sim.spec.tenants.iter().position(|t| t.name == run.tenant);
-            let mut tally = |f: &mut dyn FnMut(&mut Tally)| {
-                if let Some(t) = tenant.and_then(|i| tallies.get_mut(i)) {
-                    f(t);
-                }
-                f(&mut total);
-            };
-            tally(&mut |t| t.runs.submitted += 1);
-            match (run.admitted, run.ends()) {
-                (Some(admitted), Some(ends)) if admitted <= horizon => {
-                    let held = run.held_within(admitted, horizon);
-                    let done = ends <= horizon;
-                    let wait = admitted.millis_since(run.arrived);
-                    let resources = run.resources();
-                    tally(&mut |t| {
-                        t.runs.admitted += 1;
-                        if done {
-                            t.runs.completed += 1;
-                        } else {
-                            t.runs.running += 1;
-                        }
-                        t.waits.push(wait);
-                        add_held(&mut t.held, &resources, held);
-                    });
-                    for p in &run.placements {
-                        if let Some(i) = sim.spec.pools.iter().position(|x| x.name == p.pool) {
-                            add_held(&mut pools[i].0, &p.resources, held);
-                            pools[i].1 += 1;
-                        }
-                    }
-                }
-                _ if run.rejected.is_some() => tally(&mut |t| t.runs.rejected += 1),
-                _ => {
-                    let waited = horizon.millis_since(run.arrived);
-                    tally(&mut |t| {
-                        t.runs.queued += 1;
-                        t.oldest_queued = t.oldest_queued.max(Some(waited));
-                    });
+            let own = tenant.and_then(|i| tallies.get_mut(i));
+            for tally in own.into_iter().chain([&mut total]) {
+                tally.count(run, horizon);
+            }
+            let held = run.held_within(Timestamp(0), horizon);
+            for p in &run.placements {
+                if let Some(i) = sim.spec.pools.iter().position(|x| x.name == p.pool) {
+                    add_held(&mut pools[i].0, &p.resources, held);
+                    pools[i].1 += 1;
                 }
             }
         }
@@ -277,7 +277,7 @@ pub(crate) fn format_ms(ms: i64) -> String {
     match ms {
         m if m < 10_000 => format!("{:.1}s", m as f64 / 1000.0),
         m if m < 120_000 => format!("{secs}s"),
-        m if m < 7_200_000 => format!("{}m{:02}s", secs / 60, secs % 60),
+        m if m < 3_600_000 => format!("{}m{:02}s", secs / 60, secs % 60),
         _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
     }
 }
@@ -315,47 +315,63 @@ impl fmt::Display for SimReport {
         let _ = writeln!(
             out,
             "Simulated {} in {} cycles of {} (seed {}, placement {}, half-life {}, starvation after {}).\n",
-            format_ms(self.elapsed_ms),
+            Span(self.elapsed_ms),
             self.cycles,
-            format_ms(self.cycle_ms),
+            Span(self.cycle_ms),
             self.seed,
             self.placement.as_str(),
-            format_ms(self.half_life_ms),
-            format_ms(self.starvation_after_ms),
+            Span(self.half_life_ms),
+            Span(self.starvation_after_ms),
         );
         let gpu = self.total.received.gpu_seconds > 0.0;
         let mut header = vec![
-            "TENANT", "WEIGHT", "SUBMITTED", "ADMITTED", "DONE", "REJECTED", "QUEUED",
-            "WAIT P50", "WAIT P99", "OLDEST QUEUED", "CPU-H",
+            "TENANT",
+            "WEIGHT",
+            "SUBMITTED",
+            "ADMITTED",
+            "DONE",
+            "REJECTED",
+            "QUEUED",
+            "WAIT P50",
+            "WAIT P99",
+            "OLDEST QUEUED",
+            "CPU-H",
         ];
         if gpu {
             header.push("GPU-H");
         }
         header.extend(["SHARE", "WEIGHT SHARE"]);
-        let row = |name: String, weight: String, runs: &RunCounts, wait: &Waits, rt: &ResourceTime| {
-            let mut row = vec![
-                name,
-                weight,
-                runs.submitted.to_string(),
-                runs.admitted.to_string(),
-                runs.completed.to_string(),
-                runs.rejected.to_string(),
-                runs.queued.to_string(),
-                optional(wait.p50_ms),
-                optional(wait.p99_ms),
-                optional(wait.oldest_queued_ms),
-                format!("{:.1}", rt.cpu_seconds / 3600.0),
-            ];
-            if gpu {
-                row.push(format!("{:.1}", rt.gpu_seconds / 3600.0));
-            }
-            row
-        };
+        let row =
+            |name: String, weight: String, runs: &RunCounts, wait: &Waits, rt: &ResourceTime| {
+                let mut row = vec![
+                    name,
+                    weight,
+                    runs.submitted.to_string(),
+                    runs.admitted.to_string(),
+                    runs.completed.to_string(),
+                    runs.rejected.to_string(),
+                    runs.queued.to_string(),
+                    optional(wait.p50_ms),
+                    optional(wait.p99_ms),
+                    optional(wait.oldest_queued_ms),
+                    format!("{:.1}", rt.cpu_seconds / 3600.0),
+                ];
+                if gpu {
+                    row.push(format!("{:.1}", rt.gpu_seconds / 3600.0));
+                }
+                row
+            };
         let mut rows: Vec<Vec<String>> = self
             .tenants
             .iter()
             .map(|t| {
-                let mut r = row(t.name.clone(), t.weight.to_string(), &t.runs, &t.wait, &t.received);
+                let mut r = row(
+                    t.name.clone(),
+                    t.weight.to_string(),
+                    &t.runs,
+                    &t.wait,
+                    &t.received,
+                );
                 r.push(percent(t.share));
                 r.push(t.weight_share.map_or_else(|| "-".to_string(), percent));
                 r
@@ -388,7 +404,14 @@ impl fmt::Display for SimReport {
             .collect();
         table(
             &mut out,
-            &["POOL", "CAPACITY", "CPU USED", "MEMORY USED", "GPU USED", "PLACEMENTS"],
+            &[
+                "POOL",
+                "CAPACITY",
+                "CPU USED",
+                "MEMORY USED",
+                "GPU USED",
+                "PLACEMENTS",
+            ],
             &rows,
         );
         out.push('\n');

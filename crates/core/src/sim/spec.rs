@@ -18,9 +18,9 @@ use crate::selector::{PlacementPolicy, PoolSelector};
 use crate::tenant::TenantSpec;
 
 /// The most controller cycles one simulation may take.
-pub const MAX_CYCLES: i64 = 2_000_000;
+const MAX_CYCLES: i64 = 2_000_000;
 /// The most runs one backlog may queue.
-pub const MAX_BACKLOG: u64 = 1_000_000;
+const MAX_BACKLOG: u64 = 1_000_000;
 
 /// A length of simulated time, written `90`, `90s`, `10m` or `1h30m`, kept in
 /// milliseconds.
@@ -44,7 +44,11 @@ impl fmt::Display for Span {
         if secs == 0 {
             return f.write_str("0s");
         }
-        for (n, unit) in [(secs / 3600, "h"), (secs % 3600 / 60, "m"), (secs % 60, "s")] {
+        for (n, unit) in [
+            (secs / 3600, "h"),
+            (secs % 3600 / 60, "m"),
+            (secs % 60, "s"),
+        ] {
             if n > 0 {
                 write!(f, "{n}{unit}")?;
             }
@@ -173,7 +177,7 @@ pub struct WorkloadSpec {
 
 /// How runs arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum Arrival {
     /// One run every interval.
     Every(Span),
@@ -272,7 +276,8 @@ impl SimSpec {
         self.check_pools()?;
         let mut tenants = BTreeSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
-            t.validate().map_err(|e| within(&format!("tenants[{i}]"), e))?;
+            t.validate()
+                .map_err(|e| within(&format!("tenants[{i}]"), e))?;
             if !tenants.insert(t.name.as_str()) {
                 return Err(FieldError::new(
                     format!("tenants[{i}].name"),
@@ -302,7 +307,8 @@ impl SimSpec {
         }
         let mut names = BTreeSet::new();
         for (i, p) in self.pools.iter().enumerate() {
-            p.validate().map_err(|e| within(&format!("pools[{i}]"), e))?;
+            p.validate()
+                .map_err(|e| within(&format!("pools[{i}]"), e))?;
             if !names.insert(p.name.as_str()) {
                 return Err(FieldError::new(
                     format!("pools[{i}].name"),

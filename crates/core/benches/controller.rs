@@ -13,8 +13,10 @@
 //! a fingerprint of each outcome is printed so that a change meant to be
 //! behaviour-preserving can be checked. `CORRAL_BENCH_DUMP=dir` also writes
 //! each outcome in full to `dir`. `CORRAL_BENCH_REPS=n` sets the repetitions
-//! (default 7; the median is reported). `CORRAL_BENCH_ONLY=a`, `b` or `c` runs
-//! one part (for profiling).
+//! (default 7): times are their median, with the fastest in parentheses (the
+//! less disturbed by other work on the machine). `CORRAL_BENCH_ONLY=a`, `b` or `c` runs
+//! one part and `CORRAL_BENCH_SIZES=100000` sets the queue lengths of (b) (for
+//! profiling).
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -78,7 +80,7 @@ const DRAINING: [usize; 3] = [7, 21, 44];
 const STATIC: [usize; 2] = [13, 37];
 
 fn is_gpu_pool(i: usize) -> bool {
-    i % 8 == 0
+    i.is_multiple_of(8)
 }
 
 /// The pools, empty. `scale` multiplies capacities (and static agents).
@@ -380,22 +382,44 @@ fn reps() -> usize {
         .max(1)
 }
 
-/// Runs `f` `reps` times; the median time and the last result.
-fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+/// Times of repeated runs of one thing.
+#[derive(Clone, Copy)]
+struct Timing {
+    median: Duration,
+    min: Duration,
+}
+
+impl Timing {
+    fn of(mut times: Vec<Duration>) -> Timing {
+        times.sort();
+        Timing {
+            median: times[times.len() / 2],
+            min: times[0],
+        }
+    }
+}
+
+/// Runs `f` `reps` times on what `setup` makes afresh each time (not timed);
+/// the times and the last result, dropped untimed.
+fn time_with<S, T>(
+    reps: usize,
+    mut setup: impl FnMut() -> S,
+    mut f: impl FnMut(S) -> T,
+) -> (Timing, T) {
     let mut times = Vec::with_capacity(reps);
     let mut last = None;
     for _ in 0..reps {
+        let input = setup();
         let start = Instant::now();
-        let out = f();
+        let out = f(input);
         times.push(start.elapsed());
-        // Dropped outside the timed part.
         last = Some(out);
     }
-    times.sort();
-    (
-        times[times.len() / 2],
-        last.expect("at least one repetition"),
-    )
+    (Timing::of(times), last.expect("at least one repetition"))
+}
+
+fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> (Timing, T) {
+    time_with(reps, || (), |()| f())
 }
 
 fn fingerprint(name: &str, outcome: &Outcome) -> String {
@@ -432,12 +456,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+fn per_sec(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
 fn main() {
     let reps = reps();
     let policy = Policy::default();
     let mut fingerprints: Vec<(String, String)> = Vec::new();
     println!(
-        "corral-core controller bench: {TENANTS} tenants, {POOLS} pools ({} draining, {} static), one thread, median of {reps}",
+        "corral-core controller bench: {TENANTS} tenants, {POOLS} pools ({} draining, {} static), one thread, median (min) of {reps}",
         DRAINING.len(),
         STATIC.len()
     );
@@ -458,20 +486,22 @@ fn main() {
             queue.len()
         );
         println!(
-            "    decide {:.1} ms: admitted {admitted}, rejected {}, classes waiting {}, reservations {}",
-            ms(t),
+            "    decide {:.1} ms ({:.1}): admitted {admitted}, rejected {}, classes waiting {}, reservations {}",
+            ms(t.median),
+            ms(t.min),
             outcome.rejected.len(),
             outcome.waiting.len(),
             outcome.reservations.len()
         );
         println!(
-            "    {:.0} admissions/s, {:.0} decisions/s, {:.2} µs per admission",
-            admitted as f64 / t.as_secs_f64(),
-            decisions as f64 / t.as_secs_f64(),
-            t.as_secs_f64() * 1e6 / admitted.max(1) as f64
+            "    {:.0} ({:.0}) admissions/s, {:.0} ({:.0}) decisions/s (admitted + rejected + classes waiting)",
+            per_sec(admitted, t.median),
+            per_sec(admitted, t.min),
+            per_sec(decisions, t.median),
+            per_sec(decisions, t.min),
         );
-        println!("    waiting classes by reason: {}", by_code(&outcome));
-    fingerprints.push(("a".into(), fingerprint("a", &outcome)));
+        println!("    classes waiting by reason: {}", by_code(&outcome));
+        fingerprints.push(("a".into(), fingerprint("a", &outcome)));
     }
 
     // (b) Cycle time against queue length, pools nearly full.
@@ -484,92 +514,112 @@ fn main() {
         let free: Resources = snap.pools.values().fold(Resources::ZERO, |acc, p| {
             acc.saturating_add(&p.capacity.saturating_sub(&p.used))
         });
-        println!();
-        println!(
-            "(b) one cycle with pools nearly full ({} open allocations, {free} free in all)",
-            open.len()
-        );
-        println!(
-            "    {:>9} {:>8} {:>10} {:>12} {:>10} {:>9} {:>8} {:>8}",
-            "queued",
-            "classes",
-            "cycle ms",
-            "ns/queued",
-            "µs/class",
-            "admitted",
-            "rejected",
-            "waiting"
-        );
-        for n in [10_000usize, 100_000, 1_000_000]
-            .into_iter()
-            .filter(|_| part("b"))
-        {
+        if part("b") {
+            println!();
+            println!(
+                "(b) one cycle with pools nearly full ({} open allocations, {free} free in all)",
+                open.len()
+            );
+            println!(
+                "    {:>9} {:>8} {:>10} {:>8} {:>10} {:>9} {:>9} {:>8} {:>8}",
+                "queued",
+                "classes",
+                "cycle ms",
+                "(min)",
+                "ns/queued",
+                "µs/class",
+                "admitted",
+                "rejected",
+                "waiting"
+            );
+        }
+        let sizes: Vec<usize> = std::env::var("CORRAL_BENCH_SIZES")
+            .ok()
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![10_000, 100_000, 1_000_000]);
+        let mut rows: Vec<(usize, usize, Timing)> = Vec::new();
+        for n in sizes.into_iter().filter(|_| part("b")) {
             let runs = normal.runs(n, 2);
             let queue = queue_of(&runs);
             drop(runs);
             let classes = queue.classes().count();
             let (t, outcome) = time(reps, || decide(&snap, &queue, NOW, &policy));
             println!(
-                "    {:>9} {:>8} {:>10.2} {:>12.1} {:>10.2} {:>9} {:>8} {:>8}",
+                "    {:>9} {:>8} {:>10.1} {:>8.1} {:>10.1} {:>9.2} {:>9} {:>8} {:>8}",
                 n,
                 classes,
-                ms(t),
-                t.as_secs_f64() * 1e9 / n as f64,
-                t.as_secs_f64() * 1e6 / classes as f64,
+                ms(t.median),
+                ms(t.min),
+                t.median.as_secs_f64() * 1e9 / n as f64,
+                t.median.as_secs_f64() * 1e6 / classes as f64,
                 outcome.admitted.len(),
                 outcome.rejected.len(),
                 outcome.waiting.len()
             );
             fingerprints.push((format!("b{n}"), fingerprint(&format!("b{n}"), &outcome)));
+            rows.push((n, classes, t));
+        }
+        for pair in rows.windows(2) {
+            let ((n0, c0, t0), (n1, c1, t1)) = (pair[0], pair[1]);
+            println!(
+                "    {n0} -> {n1} queued (x{:.0}): classes x{:.2}, cycle time x{:.2}",
+                n1 as f64 / n0 as f64,
+                c1 as f64 / c0 as f64,
+                t1.median.as_secs_f64() / t0.median.as_secs_f64()
+            );
         }
 
         // (c) Queue operations and admission order.
         if part("c") {
             let runs = normal.runs(100_000, 3);
+            let n = runs.len();
             println!();
-            println!("(c) queue operations at 100k queued runs");
-            let (t_insert, queue) = time(reps, || {
-                let mut q = RunQueue::new();
-                for r in runs.iter().cloned() {
-                    q.insert(r);
-                }
-                q
-            });
-            // The clones above are part of the insert time; measure them alone.
-            let (t_clone, clones) = time(reps, || runs.clone());
-            drop(clones);
+            println!("(c) queue operations at {n} queued runs");
+            let (t_insert, queue) = time_with(
+                reps,
+                || runs.clone(),
+                |batch| {
+                    let mut q = RunQueue::new();
+                    for r in batch {
+                        q.insert(r);
+                    }
+                    q
+                },
+            );
             let mut order: Vec<RunId> = runs.iter().map(|r| r.id).collect();
             let mut rng = Rng(5);
             for i in (1..order.len()).rev() {
                 order.swap(i, rng.below(i + 1));
             }
-            // Each repetition removes every run from a fresh copy of the queue; only
-            // the removals are timed.
-            let mut removes: Vec<Duration> = (0..reps)
-                .map(|_| {
-                    let mut q = queue.clone();
-                    let start = Instant::now();
+            let (t_remove, emptied) = time_with(
+                reps,
+                || queue.clone(),
+                |mut q| {
                     for &id in &order {
                         q.remove(id);
                     }
-                    let elapsed = start.elapsed();
-                    assert!(q.is_empty());
-                    elapsed
-                })
-                .collect();
-            removes.sort();
-            let removes = removes[removes.len() / 2];
+                    q
+                },
+            );
+            assert!(emptied.is_empty());
             let (t_order, positions) = time(reps, || admission_order(&snap, &queue));
+            let ns = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
             println!(
-                "    insert {:.0} ns/run ({:.1} ms for 100k, run clones excluded), remove {:.0} ns/run (random order, down to empty)",
-                (t_insert.saturating_sub(t_clone)).as_secs_f64() * 1e9 / runs.len() as f64,
-                ms(t_insert.saturating_sub(t_clone)),
-                removes.as_secs_f64() * 1e9 / runs.len() as f64
+                "    insert {:.0} ({:.0}) ns/run into an empty queue ({} classes at the end)",
+                ns(t_insert.median),
+                ns(t_insert.min),
+                queue.classes().count()
             );
             println!(
-                "    admission_order {:.1} ms ({:.0} ns/run, {} positions)",
-                ms(t_order),
-                t_order.as_secs_f64() * 1e9 / runs.len() as f64,
+                "    remove {:.0} ({:.0}) ns/run, in random order down to empty",
+                ns(t_remove.median),
+                ns(t_remove.min)
+            );
+            println!(
+                "    admission_order {:.1} ({:.1}) ms, {:.0} ns/run, {} positions",
+                ms(t_order.median),
+                ms(t_order.min),
+                ns(t_order.median),
                 positions.len()
             );
             let mut h = DefaultHasher::new();

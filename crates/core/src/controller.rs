@@ -17,6 +17,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::clock::Timestamp;
 use crate::ids::{RunId, WorkerId};
@@ -24,7 +25,7 @@ use crate::pool::{PoolSpec, PoolState, Price, Provider};
 use crate::queue::{Class, ClassId, Level, QueuedRun, RunQueue};
 use crate::request::GroupRequest;
 use crate::resources::{Dimension, Resources};
-use crate::selector::PlacementPolicy;
+use crate::selector::{PlacementPolicy, PoolSelector};
 use crate::tenant::{Quota, TenantSpec};
 use crate::usage::Amount;
 
@@ -217,7 +218,10 @@ impl Snapshot {
         let mut pools_of_run: BTreeSet<&str> = BTreeSet::new();
         for p in placements {
             t.used = t.used.saturating_add(&p.resources);
-            let held = t.held.entry(p.pool.clone()).or_default();
+            let held = match t.held.get_mut(&p.pool) {
+                Some(held) => held,
+                None => t.held.entry(p.pool.clone()).or_default(),
+            };
             held.resources = held.resources.saturating_add(&p.resources);
             if pools_of_run.insert(&p.pool) && !readmit {
                 held.runs += 1;
@@ -314,9 +318,10 @@ pub fn decide(snapshot: &Snapshot, queue: &RunQueue, now: Timestamp, policy: &Po
         now,
         policy,
         outcome: Outcome::default(),
-        classes: HashMap::new(),
+        classes: FastMap::default(),
+        masks: Masks::default(),
         empty: None,
-        reasons: HashMap::new(),
+        reasons: FastMap::default(),
     };
     for (level, tenants) in queue.levels() {
         cycle.level(level, tenants);
@@ -332,11 +337,15 @@ struct Cycle<'a> {
     policy: &'a Policy,
     outcome: Outcome,
     /// Per class tried: what does not change within the cycle.
-    classes: HashMap<ClassId, ClassFacts>,
+    classes: FastMap<ClassId, ClassFacts>,
+    masks: Masks,
     /// The pools emptied, to check that gangs fit them (see [`empty_pools`]).
     empty: Option<Snapshot>,
     reasons: ReasonCache,
 }
+
+/// A queued run, ordered by when it was enqueued.
+type Queued = (Timestamp, RunId);
 
 /// What a cycle learns of a class the first time it tries one of its runs.
 struct ClassFacts {
@@ -353,7 +362,7 @@ impl<'a> Cycle<'a> {
             ClassId,
             std::collections::btree_set::Iter<'a, (Timestamp, RunId)>,
         > = BTreeMap::new();
-        let mut heads: BTreeMap<ClassId, (Timestamp, RunId)> = BTreeMap::new();
+        let mut heads: BTreeMap<ClassId, Queued> = BTreeMap::new();
         for classes in tenants.values() {
             for &id in classes {
                 let Some(class) = queue.class(id) else {
@@ -368,7 +377,7 @@ impl<'a> Cycle<'a> {
         }
         // 1. Starving runs, oldest first: admitted, or they reserve.
         let starve_before = self.now.0.saturating_sub(self.policy.starvation_after_ms);
-        let mut starving: Vec<((Timestamp, RunId), ClassId)> = heads
+        let mut starving: Vec<(Queued, ClassId)> = heads
             .iter()
             .filter(|(_, (at, _))| at.0 <= starve_before)
             .map(|(c, h)| (*h, *c))
@@ -398,8 +407,7 @@ impl<'a> Cycle<'a> {
             }
         }
         // 2. Fair share across tenants, FIFO within each.
-        let mut per_tenant: BTreeMap<&'a str, BTreeSet<((Timestamp, RunId), ClassId)>> =
-            BTreeMap::new();
+        let mut per_tenant: BTreeMap<&'a str, BTreeSet<(Queued, ClassId)>> = BTreeMap::new();
         for (&class_id, &head) in &heads {
             if let Some(class) = queue.class(class_id) {
                 per_tenant
@@ -454,12 +462,18 @@ impl<'a> Cycle<'a> {
             return false;
         };
         let facts = self.classes.entry(class.id).or_insert_with(|| {
-            let matching = matching(&self.work, &class.groups);
+            let matching = self.masks.matching(&self.work, tenant, &class.groups);
             ClassFacts {
                 fits: if class.readmit {
                     Ok(())
                 } else {
-                    ever_fits(&self.work, tenant, &class.groups, &matching, &mut self.empty)
+                    ever_fits(
+                        &self.work,
+                        tenant,
+                        &class.groups,
+                        &matching,
+                        &mut self.empty,
+                    )
                 },
                 matching,
             }
@@ -646,38 +660,87 @@ pub fn check_ever_fits(
     tenant: &TenantView,
     groups: &[GroupRequest],
 ) -> Result<(), Reason> {
-    ever_fits(work, tenant, groups, &matching(work, groups), &mut None)
+    let matching = Masks::default().matching(work, tenant, groups);
+    ever_fits(work, tenant, groups, &matching, &mut None)
 }
 
-/// Per group, per pool in the order of `Snapshot::pools`: may the group use it?
-type Matching = Vec<Vec<bool>>;
+/// Per group, per pool in the order of `Snapshot::pools`: `None` when the
+/// group's selector does not match the pool, else whether the tenant may use it.
+/// Pools, selectors and tenants' allowed pools stay as they are for a cycle.
+type Matching = Vec<Vec<Option<bool>>>;
 
-fn matching(work: &Snapshot, groups: &[GroupRequest]) -> Matching {
-    groups
-        .iter()
-        .map(|g| {
-            work.pools
-                .values()
-                .map(|p| g.selector.matches(&p.name, &p.labels))
-                .collect()
-        })
-        .collect()
+/// Per pool in the order of `Snapshot::pools`, for the selectors and the lists
+/// of allowed pools seen so far in a cycle: does the selector match the pool,
+/// does the list allow it?
+#[derive(Default)]
+struct Masks {
+    selectors: FastMap<PoolSelector, Vec<bool>>,
+    allowed: FastMap<Vec<String>, Vec<bool>>,
 }
 
-/// The pools of `work` that group `g` may use, with their positions; `mask` is
-/// its row of [`matching`] of the same pools.
+impl Masks {
+    fn matching(
+        &mut self,
+        work: &Snapshot,
+        tenant: &TenantView,
+        groups: &[GroupRequest],
+    ) -> Matching {
+        let allowed = match &tenant.allowed_pools {
+            None => None,
+            Some(list) => {
+                if !self.allowed.contains_key(list) {
+                    let mask = work.pools.keys().map(|p| tenant.allows(p)).collect();
+                    self.allowed.insert(list.clone(), mask);
+                }
+                self.allowed.get(list)
+            }
+        };
+        groups
+            .iter()
+            .map(|g| {
+                if !self.selectors.contains_key(&g.selector) {
+                    let mask = work
+                        .pools
+                        .values()
+                        .map(|p| g.selector.matches(&p.name, &p.labels))
+                        .collect();
+                    self.selectors.insert(g.selector.clone(), mask);
+                }
+                let selected = self
+                    .selectors
+                    .get(&g.selector)
+                    .map_or(&[][..], Vec::as_slice);
+                selected
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &m)| {
+                        m.then(|| allowed.is_none_or(|a| a.get(i).copied().unwrap_or(false)))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// The pools of `work` that group `g` of `tenant` selects, with their positions
+/// and whether the tenant may use them; `row` is the group's row of
+/// [`Masks::matching`] of the same pools.
 fn candidates<'a>(
     work: &'a Snapshot,
+    tenant: &'a TenantView,
     g: &'a GroupRequest,
-    mask: Option<&'a Vec<bool>>,
-) -> impl Iterator<Item = (usize, &'a PoolView)> + Clone {
-    work.pools
-        .values()
-        .enumerate()
-        .filter(move |(i, p)| match mask.and_then(|m| m.get(*i)) {
+    row: Option<&'a Vec<Option<bool>>>,
+) -> impl Iterator<Item = (usize, &'a PoolView, bool)> + Clone {
+    work.pools.values().enumerate().filter_map(move |(i, p)| {
+        let allowed = match row.and_then(|r| r.get(i)) {
             Some(&m) => m,
-            None => g.selector.matches(&p.name, &p.labels),
-        })
+            None => g
+                .selector
+                .matches(&p.name, &p.labels)
+                .then(|| tenant.allows(&p.name)),
+        };
+        allowed.map(|a| (i, p, a))
+    })
 }
 
 /// `work`'s pools as [`check_ever_fits`] sees them: empty, active, and static
@@ -707,7 +770,7 @@ fn ever_fits(
     work: &Snapshot,
     tenant: &TenantView,
     groups: &[GroupRequest],
-    matching: &[Vec<bool>],
+    matching: &[Vec<Option<bool>>],
     empty: &mut Option<Snapshot>,
 ) -> Result<(), Reason> {
     let need = total(groups);
@@ -740,22 +803,20 @@ fn ever_fits(
         ));
     }
     for (index, g) in groups.iter().enumerate() {
-        let selected: Vec<&PoolView> = candidates(work, g, matching.get(index))
-            .map(|(_, p)| p)
-            .collect();
-        if selected.is_empty() {
+        // Iterated rather than collected: most classes pass every check.
+        let selected = candidates(work, tenant, g, matching.get(index));
+        if selected.clone().next().is_none() {
             return Err(Reason::simple(
                 ReasonCode::NoMatchingPool,
                 format!("group {}: there is no {}", g.index, g.selector),
             ));
         }
-        let allowed: Vec<&PoolView> = selected
-            .iter()
-            .copied()
-            .filter(|p| tenant.allows(&p.name))
-            .collect();
-        if allowed.is_empty() {
-            let names: Vec<&str> = selected.iter().map(|p| p.name.as_str()).collect();
+        let allowed = selected
+            .clone()
+            .filter(|(_, _, allowed)| *allowed)
+            .map(|(_, p, _)| p);
+        if allowed.clone().next().is_none() {
+            let names: Vec<&str> = selected.map(|(_, p, _)| p.name.as_str()).collect();
             return Err(Reason::simple(
                 ReasonCode::PoolNotAllowed,
                 format!(
@@ -779,11 +840,10 @@ fn ever_fits(
             g.resources.fits_in(&limit.resources) && limit.runs > 0
         };
         if !allowed
-            .iter()
+            .clone()
             .any(|p| (p.agents.is_some() || g.resources.fits_in(&p.capacity)) && within(p))
         {
             let largest = allowed
-                .iter()
                 .map(|p| match tenant.pool_limits.get(&p.name) {
                     Some(l) if !g.resources.fits_in(&l.resources) || l.runs == 0 => {
                         format!("{} (tenant limit {})", p.name, l.resources)
@@ -847,12 +907,26 @@ enum Block {
     NotAllowed,
     Draining,
     Disabled,
-    PoolLimitRuns { runs: u64, limit: u64 },
-    PoolLimit { used: Resources, limit: Resources },
+    PoolLimitRuns {
+        runs: u64,
+        limit: u64,
+    },
+    PoolLimit {
+        used: Resources,
+        limit: Resources,
+    },
     NoAgents,
-    MaxWorkers { workers: u32 },
-    Full { used: Resources },
-    Reserved { holder: RunId, held: Resources, used: Resources },
+    MaxWorkers {
+        workers: u32,
+    },
+    Full {
+        used: Resources,
+    },
+    Reserved {
+        holder: RunId,
+        held: Resources,
+        used: Resources,
+    },
     /// A static pool none of whose agents has room.
     NoAgentRoom,
 }
@@ -865,17 +939,19 @@ fn short(used: &Resources, limit: &Resources, need: &Resources) -> bool {
         .any(|d| need.get(d) > 0 && used.get(d).saturating_add(need.get(d)) > limit.get(d))
 }
 
-/// What stops `pool` from taking `need` for `tenant` now, if anything. `extra`
-/// is what earlier groups of the same run take in it; `run` is the run being
-/// placed (room held for it is its own).
+/// What stops `pool` from taking `need` for `tenant` now, if anything.
+/// `allowed`: the tenant may use the pool. `extra` is what earlier groups of the
+/// same run take in it; `run` is the run being placed (room held for it is its
+/// own).
 fn pool_blocker(
     pool: &PoolView,
+    allowed: bool,
     tenant: &TenantView,
     need: &Resources,
     extra: (Resources, u32),
     run: Option<RunId>,
 ) -> Option<Block> {
-    if !tenant.allows(&pool.name) {
+    if !allowed {
         return Some(Block::NotAllowed);
     }
     match pool.state {
@@ -922,7 +998,7 @@ fn pool_blocker(
 
 /// Reasons of blocked pools, by position of the pool in the snapshot, block and
 /// need: the many classes that find the same pools full in one cycle share them.
-type ReasonCache = HashMap<(usize, Block, Resources), Reason>;
+type ReasonCache = FastMap<(usize, Block, Resources), Reason>;
 
 impl Block {
     /// Does its reason follow from the pool's position, the block and the need
@@ -953,7 +1029,11 @@ impl Block {
                 format!(
                     "{scope}: tenant {} is not allowed to use it (allowed pools: {})",
                     tenant.name,
-                    tenant.allowed_pools.as_deref().unwrap_or_default().join(", ")
+                    tenant
+                        .allowed_pools
+                        .as_deref()
+                        .unwrap_or_default()
+                        .join(", ")
                 ),
             ),
             Block::Draining => Reason::simple(
@@ -973,10 +1053,9 @@ impl Block {
                 tenant_in_pool(),
                 Limit::shortfall(&used, &limit, need).unwrap_or_default(),
             ),
-            Block::NoAgents => Reason::simple(
-                ReasonCode::NoAgents,
-                format!("{scope} has no live agent"),
-            ),
+            Block::NoAgents => {
+                Reason::simple(ReasonCode::NoAgents, format!("{scope} has no live agent"))
+            }
             Block::MaxWorkers { workers } => Reason::limit(
                 ReasonCode::PoolMaxWorkers,
                 scope,
@@ -1051,13 +1130,13 @@ fn pick_agent(
 
 /// Places every group of a gang (all or none) by policy, or explains which group
 /// cannot be placed and why, pool by pool. Groups placed on one pool add up.
-/// `matching` is [`matching`] of `work` and `groups`; `reasons` keeps the
-/// reasons of blocked pools across calls on the same `work`.
+/// `matching` is [`Masks::matching`] of `work`'s pools and `groups`; `reasons`
+/// keeps the reasons of blocked pools across calls on the same `work`.
 fn place(
     work: &Snapshot,
     tenant: &TenantView,
     groups: &[GroupRequest],
-    matching: &[Vec<bool>],
+    matching: &[Vec<Option<bool>>],
     default_policy: PlacementPolicy,
     run: Option<RunId>,
     mut reasons: Option<&mut ReasonCache>,
@@ -1067,13 +1146,12 @@ fn place(
     let mut placements = Vec::with_capacity(groups.len());
     for (index, g) in groups.iter().enumerate() {
         let policy = g.selector.placement.unwrap_or(default_policy);
-        // Whether the pool takes the group, with which agent and how well
-        // (higher is better), or what blocks it.
-        // The agent of a static pool is picked only once the pool is chosen: the
+        // How well the pool takes the group (higher is better), or what blocks
+        // it. The agent of a static pool is picked once the pool is chosen: the
         // pool's score does not depend on it.
-        let judge = |pool: &PoolView| -> Result<(i64, u128), Block> {
+        let judge = |pool: &PoolView, allowed: bool| -> Result<(i64, u128), Block> {
             let more = extra.get(pool.name.as_str()).copied().unwrap_or_default();
-            if let Some(block) = pool_blocker(pool, tenant, &g.resources, more, run) {
+            if let Some(block) = pool_blocker(pool, allowed, tenant, &g.resources, more, run) {
                 return Err(block);
             }
             if let Some(agents) = &pool.agents
@@ -1098,10 +1176,10 @@ fn place(
             };
             Ok(score)
         };
-        let candidates = candidates(work, g, matching.get(index));
+        let candidates = candidates(work, tenant, g, matching.get(index));
         let mut best: Option<(&PoolView, (i64, u128))> = None;
-        for (_, pool) in candidates.clone() {
-            if let Ok(score) = judge(pool)
+        for (_, pool, allowed) in candidates.clone() {
+            if let Ok(score) = judge(pool, allowed)
                 && best.as_ref().is_none_or(|(_, s)| score > *s)
             {
                 best = Some((pool, score));
@@ -1110,8 +1188,8 @@ fn place(
         let Some((pool, _)) = best else {
             // No pool takes the group: only now say why, pool by pool.
             let blockers = candidates
-                .filter_map(|(i, p)| {
-                    let block = judge(p).err()?;
+                .filter_map(|(i, p, allowed)| {
+                    let block = judge(p, allowed).err()?;
                     Some(match reasons.as_deref_mut() {
                         Some(cache) if block.of_pool_only() => cache
                             .entry((i, block, g.resources))
@@ -1149,13 +1227,74 @@ fn place(
     Ok(placements)
 }
 
+/// A hash map keyed by small values of the cycle's own (ids, positions,
+/// amounts, selectors), where the default hasher's resistance to chosen keys
+/// costs more than the lookups it serves.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// The multiply-rotate hash of rustc (`FxHasher`).
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// How full `used` makes `capacity`, as the largest share over dimensions, in
 /// parts per 2^32.
 fn fullness(capacity: &Resources, used: &Resources) -> u128 {
     Dimension::ALL
         .into_iter()
         .filter(|&d| capacity.get(d) > 0)
-        .map(|d| (u128::from(used.get(d)) << 32) / u128::from(capacity.get(d)))
+        .map(|d| {
+            let (used, capacity) = (used.get(d), capacity.get(d));
+            // The same quotient; a 64-bit division is much cheaper, and fits
+            // whenever `used` does in 32 bits (4 million cores, 4 PiB).
+            if used <= u64::from(u32::MAX) {
+                u128::from((used << 32) / capacity)
+            } else {
+                (u128::from(used) << 32) / u128::from(capacity)
+            }
+        })
         .max()
         .unwrap_or(0)
 }
@@ -1165,46 +1304,88 @@ fn fullness(capacity: &Resources, used: &Resources) -> u128 {
 /// taken), FIFO within a tenant. Gives each run its position in the queue.
 pub fn admission_order(snapshot: &Snapshot, queue: &RunQueue) -> Vec<RunId> {
     let total = snapshot.total_capacity();
-    let mut tenants = snapshot.tenants.clone();
+    // The tenants by position (in name order), charged as their runs are taken.
+    let names: Vec<&str> = snapshot.tenants.keys().map(String::as_str).collect();
+    let mut tenants: Vec<TenantView> = snapshot.tenants.values().cloned().collect();
+    let share =
+        |view: Option<&TenantView>| Share(view.map_or(0.0, |v| snapshot.weighted_share(v, &total)));
     let mut order = Vec::with_capacity(queue.len());
     for (_, level) in queue.levels() {
-        let mut fifo: BTreeMap<&str, BTreeSet<(Timestamp, RunId, ClassId)>> = BTreeMap::new();
-        for (tenant, classes) in level {
-            let set = fifo.entry(tenant.as_str()).or_default();
-            for &c in classes {
-                if let Some(class) = queue.class(c) {
-                    set.extend(class.runs.iter().map(|(at, r)| (*at, *r, c)));
+        // Per tenant of the level, in name order: its position in `tenants`
+        // and its runs.
+        let mut fifo: Vec<(Option<usize>, Fifo<'_>)> = level
+            .iter()
+            .map(|(tenant, classes)| {
+                let mut runs = Fifo::default();
+                for &c in classes {
+                    if let Some(class) = queue.class(c) {
+                        runs.add(class);
+                    }
                 }
-            }
-        }
-        let share = |tenants: &BTreeMap<String, TenantView>, t: &str| {
-            Share(
-                tenants
-                    .get(t)
-                    .map_or(0.0, |v| snapshot.weighted_share(v, &total)),
-            )
-        };
-        let mut turn: BinaryHeap<std::cmp::Reverse<(Share, &str)>> = fifo
-            .keys()
-            .map(|&t| std::cmp::Reverse((share(&tenants, t), t)))
+                let view = names.binary_search(&tenant.as_str()).ok();
+                (view, runs)
+            })
             .collect();
-        while let Some(std::cmp::Reverse((_, t))) = turn.pop() {
-            let Some(runs) = fifo.get_mut(t) else {
+        // Lowest share first; ties in name order, as positions follow names.
+        let mut turn: BinaryHeap<std::cmp::Reverse<(Share, usize)>> = fifo
+            .iter()
+            .enumerate()
+            .map(|(k, (view, _))| std::cmp::Reverse((share(view.and_then(|v| tenants.get(v))), k)))
+            .collect();
+        while let Some(std::cmp::Reverse((_, k))) = turn.pop() {
+            let Some((view, runs)) = fifo.get_mut(k) else {
                 continue;
             };
-            let Some((_, run, class)) = runs.pop_first() else {
+            let Some((run, class)) = runs.pop() else {
                 continue;
             };
             order.push(run);
-            if let (Some(view), Some(class)) = (tenants.get_mut(t), queue.class(class)) {
+            let mut view = view.and_then(|v| tenants.get_mut(v));
+            if let Some(view) = view.as_mut() {
                 view.used = view.used.saturating_add(&class.total());
             }
             if !runs.is_empty() {
-                turn.push(std::cmp::Reverse((share(&tenants, t), t)));
+                turn.push(std::cmp::Reverse((share(view.as_deref()), k)));
             }
         }
     }
     order
+}
+
+/// The runs of some classes, oldest first: their sorted runs merged, without
+/// copying them.
+#[derive(Default)]
+struct Fifo<'q> {
+    /// The oldest run not yet taken of each class, by position in `classes`.
+    heads: BinaryHeap<std::cmp::Reverse<(Timestamp, RunId, usize)>>,
+    classes: Vec<(
+        &'q Class,
+        std::collections::btree_set::Iter<'q, (Timestamp, RunId)>,
+    )>,
+}
+
+impl<'q> Fifo<'q> {
+    fn add(&mut self, class: &'q Class) {
+        let mut runs = class.runs.iter();
+        if let Some(&(at, run)) = runs.next() {
+            self.heads
+                .push(std::cmp::Reverse((at, run, self.classes.len())));
+            self.classes.push((class, runs));
+        }
+    }
+
+    fn pop(&mut self) -> Option<(RunId, &'q Class)> {
+        let std::cmp::Reverse((_, run, i)) = self.heads.pop()?;
+        let (class, runs) = self.classes.get_mut(i)?;
+        if let Some(&(at, next)) = runs.next() {
+            self.heads.push(std::cmp::Reverse((at, next, i)));
+        }
+        Some((run, *class))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
 }
 
 /// Builds a queue from a list of runs (for tests and tools).

@@ -25,5 +25,9 @@ fn the_examples_are_valid() {
         }
         checked += 1;
     }
-    assert!(checked >= 5, "only {checked} manifests found in {}", dir.display());
+    assert!(
+        checked >= 5,
+        "only {checked} manifests found in {}",
+        dir.display()
+    );
 }

@@ -21,8 +21,8 @@ use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
 use corral_core::tenant::TenantSpec;
 use corral_core::usage::UsageLedger;
 use corral_store::{
-    AllocationFilter, AllocationRecord, LogChunk, PoolRecord, RunRecord, StepRecord, Store, StoreError, TenantRecord,
-    WorkerRecord, Write,
+    AllocationFilter, AllocationRecord, LogChunk, PoolRecord, RunRecord, StepRecord, Store,
+    StoreError, TenantRecord, WorkerRecord, Write,
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
@@ -232,7 +232,9 @@ impl Engine {
         let mut ledger = UsageLedger::new(half_life);
         let closed = store
             .allocations(&AllocationFilter {
-                closed_since: Some(Timestamp(now.0.saturating_sub(half_life.saturating_mul(20)))),
+                closed_since: Some(Timestamp(
+                    now.0.saturating_sub(half_life.saturating_mul(20)),
+                )),
                 limit: u32::MAX,
                 ..AllocationFilter::default()
             })
@@ -321,7 +323,8 @@ impl Engine {
                         match self.store.load_live().await {
                             Ok(live) => {
                                 let seq = state.seq;
-                                let ledger = std::mem::replace(&mut state.ledger, UsageLedger::new(0));
+                                let ledger =
+                                    std::mem::replace(&mut state.ledger, UsageLedger::new(0));
                                 *state = State::from_live(live, ledger, self.now());
                                 state.seq = seq;
                                 self.pending
@@ -507,7 +510,10 @@ impl Engine {
         let value = parse_single(text, "Pipeline")?;
         let spec: PipelineSpec = from_value(value, "")?;
         let pipeline = spec.compile()?;
-        let priority = self.config.priority_classes.resolve(&pipeline.spec.priority)?;
+        let priority = self
+            .config
+            .priority_classes
+            .resolve(&pipeline.spec.priority)?;
         let request = ResourceRequest::for_pipeline(&pipeline);
         let mut state = self.state.lock().await;
         if !state.tenants.contains_key(&pipeline.spec.tenant) {
@@ -800,7 +806,13 @@ impl Engine {
     /// per the step's `retries`), and their allocations are released, so their
     /// capacity leaves the pool at once; the groups wait in the queue for a new
     /// allocation.
-    fn lose_workers(&self, state: &mut State, lost: &BTreeSet<WorkerId>, why: &str, fx: &mut Effects) {
+    fn lose_workers(
+        &self,
+        state: &mut State,
+        lost: &BTreeSet<WorkerId>,
+        why: &str,
+        fx: &mut Effects,
+    ) {
         if lost.is_empty() {
             return;
         }

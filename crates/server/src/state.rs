@@ -7,14 +7,13 @@ use std::sync::Arc;
 
 use corral_core::clock::Timestamp;
 use corral_core::controller::{
-    AgentView, OpenAllocation, PoolView, Reason, Reservation, Snapshot, TenantView,
-    admission_order,
+    AgentView, OpenAllocation, PoolView, Reason, Reservation, Snapshot, TenantView, admission_order,
 };
+use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::pool::Provider;
 use corral_core::queue::{ClassId, QueuedRun, RunQueue};
-use corral_core::usage::UsageLedger;
-use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::run::{RunState, StepProgress, WorkerState};
+use corral_core::usage::UsageLedger;
 use corral_store::{
     AllocationRecord, AttemptRecord, Live, MaxIds, PoolRecord, RunRecord, StepRecord, TenantRecord,
     WorkerRecord, Write,
@@ -329,9 +328,9 @@ impl State {
                     .iter()
                     .filter(|g| {
                         !run.allocations.iter().any(|a| a.group == g.index)
-                            && g.steps.iter().any(|&i| {
-                                run.steps.get(i).is_some_and(|s| !s.state.is_terminal())
-                            })
+                            && g.steps
+                                .iter()
+                                .any(|&i| run.steps.get(i).is_some_and(|s| !s.state.is_terminal()))
                     })
                     .cloned()
                     .collect();

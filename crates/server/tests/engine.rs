@@ -7,10 +7,10 @@ use std::sync::Arc;
 use corral_api::{PollRequest, RegisterRequest, ResourcesView};
 use corral_core::clock::{Clock, ManualClock, Timestamp};
 use corral_core::controller::{Policy, ReasonCode};
-use corral_core::selector::PlacementPolicy;
 use corral_core::ids::{RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents};
 use corral_core::run::{AttemptState, RunState};
+use corral_core::selector::PlacementPolicy;
 use corral_server::engine::{Engine, EngineConfig};
 use corral_server::provider::LocalProvider;
 use corral_store::SqlStore;
@@ -172,9 +172,16 @@ async fn shrinking_a_pool_never_kills_and_admissions_wait_until_it_fits() {
         .await;
     let small = h.submit("small", "t", 1, "p").await;
     h.engine.cycle().await.expect("cycle");
-    assert_eq!(h.state_of(big).await.0, RunState::Provisioning, "not killed");
+    assert_eq!(
+        h.state_of(big).await.0,
+        RunState::Provisioning,
+        "not killed"
+    );
     let (state, code, message) = h.state_of(small).await;
-    assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::PoolFull)));
+    assert_eq!(
+        (state, code),
+        (RunState::Queued, Some(ReasonCode::PoolFull))
+    );
     assert_eq!(message, "pool p: cpu 3/2 in use, run needs 1");
     h.engine.cancel(big).await.expect("cancel");
     h.engine.cycle().await.expect("cycle");
@@ -191,7 +198,10 @@ async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_anoth
     let run = h.submit("job", "t", 2, "metal").await;
     h.engine.cycle().await.expect("cycle");
     let (state, code, _) = h.state_of(run).await;
-    assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::NoAgents)));
+    assert_eq!(
+        (state, code),
+        (RunState::Queued, Some(ReasonCode::NoAgents))
+    );
 
     let a = h.register("metal", "a", 2).await;
     let b = h.register("metal", "b", 2).await;
@@ -214,7 +224,10 @@ async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_anoth
     h.clock.advance(31_000);
     h.heartbeat(survivor).await;
     h.engine.cycle().await.expect("cycle: the agent is lost");
-    h.engine.cycle().await.expect("cycle: the group is placed again");
+    h.engine
+        .cycle()
+        .await
+        .expect("cycle: the group is placed again");
     let state = h.engine.read().await;
     let snapshot = state.snapshot(h.clock.now());
     assert_eq!(
@@ -231,7 +244,10 @@ async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_anoth
         .collect();
     assert_eq!(
         attempts,
-        vec![(AttemptState::Lost, lost), (AttemptState::Running, survivor)]
+        vec![
+            (AttemptState::Lost, lost),
+            (AttemptState::Running, survivor)
+        ]
     );
     drop(state);
     let history = h
@@ -246,7 +262,10 @@ async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_anoth
         .expect("history");
     assert_eq!(history.len(), 2);
     assert_eq!(history[0].worker_id, Some(lost));
-    assert!(history[0].closed_at.is_some(), "the lost agent's allocation is released");
+    assert!(
+        history[0].closed_at.is_some(),
+        "the lost agent's allocation is released"
+    );
     assert_eq!(history[1].closed_at, None);
 }
 
@@ -265,7 +284,10 @@ async fn priorities_are_named_classes_or_numbers() {
     let low = h.engine.submit(&job("low", "low")).await.expect("low");
     let high = h.engine.submit(&job("high", "high")).await.expect("high");
     let seven = h.engine.submit(&job("seven", "7")).await.expect("number");
-    assert_eq!((low.priority, high.priority, seven.priority), (-100, 100, 7));
+    assert_eq!(
+        (low.priority, high.priority, seven.priority),
+        (-100, 100, 7)
+    );
     let err = h
         .engine
         .submit(&job("bad", "urgent"))
@@ -279,7 +301,10 @@ async fn priorities_are_named_classes_or_numbers() {
     h.engine.cycle().await.expect("cycle");
     assert_eq!(h.state_of(high.id).await.0, RunState::Provisioning);
     let (state, code, _) = h.state_of(low.id).await;
-    assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::PoolFull)));
+    assert_eq!(
+        (state, code),
+        (RunState::Queued, Some(ReasonCode::PoolFull))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -291,14 +316,23 @@ async fn a_disabled_pool_admits_nothing_and_retires_its_idle_local_workers() {
     .await;
     let warm = h.register("p", "warm", 1).await;
     h.engine.cycle().await.expect("cycle");
-    assert!(h.engine.read().await.workers.contains_key(&warm), "kept warm");
+    assert!(
+        h.engine.read().await.workers.contains_key(&warm),
+        "kept warm"
+    );
     h.apply("kind: Pool\nname: p\ncapacity: {cpu: 4, memory: 8Gi}\nstate: disabled\n")
         .await;
     let run = h.submit("job", "t", 1, "p").await;
     h.engine.cycle().await.expect("cycle");
-    assert!(!h.engine.read().await.workers.contains_key(&warm), "retired");
+    assert!(
+        !h.engine.read().await.workers.contains_key(&warm),
+        "retired"
+    );
     let (state, code, message) = h.state_of(run).await;
-    assert_eq!((state, code), (RunState::Queued, Some(ReasonCode::PoolDisabled)));
+    assert_eq!(
+        (state, code),
+        (RunState::Queued, Some(ReasonCode::PoolDisabled))
+    );
     assert_eq!(message, "pool p is disabled");
 }
 

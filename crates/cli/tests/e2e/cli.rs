@@ -103,7 +103,11 @@ async fn client_commands() {
     let queue = stdout(&corral(&server, &["get", "queue"], None));
     let entry = queue.lines().nth(1).unwrap_or_default();
     let cells: Vec<&str> = entry.split_whitespace().collect();
-    assert_eq!(cells.get(..3), Some(&["1", second.as_str(), "solo"][..]), "{queue}");
+    assert_eq!(
+        cells.get(..3),
+        Some(&["1", second.as_str(), "solo"][..]),
+        "{queue}"
+    );
     assert!(entry.contains("pool_full"), "{queue}");
     let runs = stdout(&corral(&server, &["get", "runs"], None));
     assert!(

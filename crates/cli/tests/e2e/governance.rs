@@ -15,12 +15,16 @@ fn millis(time: &Value) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_static_agent_is_lost_and_its_step_retried_on_the_other() {
-    let mut server =
-        Server::start_with("static-loss", StoreKind::Sqlite, &["--heartbeat-timeout", "4"]).await;
+    let mut server = Server::start_with(
+        "static-loss",
+        StoreKind::Sqlite,
+        &["--heartbeat-timeout", "4"],
+    )
+    .await;
     server
         .apply("kind: Pool\nname: metal\nprovider: static\n---\nkind: Tenant\nname: t\n")
         .await;
-    let mut agents = vec![
+    let mut agents = [
         server.start_agent("metal", "left", "2", "2Gi"),
         server.start_agent("metal", "right", "2", "2Gi"),
     ];
@@ -78,25 +82,35 @@ async fn submit(server: &Server, name: &str, tenant: &str, steps: &str) -> i64 {
 }
 
 fn step(name: &str, pool: &str, cpu: &str, run: &str) -> String {
-    format!("  - {{name: {name}, run: '{run}', pool: {pool}, resources: {{cpu: {cpu}, memory: 256Mi}}}}\n")
+    format!(
+        "  - {{name: {name}, run: '{run}', pool: {pool}, resources: {{cpu: {cpu}, memory: 256Mi}}}}\n"
+    )
 }
 
 /// Waits until the run is admitted (holds its allocations).
 async fn admitted(server: &Server, id: i64) {
-    eventually(&format!("run {id} admitted"), Duration::from_secs(20), || async {
-        let run = server.run(id).await;
-        (run["state"] != "queued").then_some(())
-    })
+    eventually(
+        &format!("run {id} admitted"),
+        Duration::from_secs(20),
+        || async {
+            let run = server.run(id).await;
+            (run["state"] != "queued").then_some(())
+        },
+    )
     .await;
 }
 
 /// Waits for the queued run's reason and returns it.
 async fn reason(server: &Server, id: i64, code: &str) -> Value {
-    eventually(&format!("run {id} to wait with {code}"), Duration::from_secs(20), || async {
-        let run = server.run(id).await;
-        assert_eq!(run["state"], "queued", "{run:#}");
-        (run["reason"]["code"] == code).then(|| run["reason"].clone())
-    })
+    eventually(
+        &format!("run {id} to wait with {code}"),
+        Duration::from_secs(20),
+        || async {
+            let run = server.run(id).await;
+            assert_eq!(run["state"], "queued", "{run:#}");
+            (run["reason"]["code"] == code).then(|| run["reason"].clone())
+        },
+    )
     .await
 }
 
@@ -169,7 +183,10 @@ name: open
     admitted(&server, first).await;
     let waiting = submit(&server, "l2", "limited", &step("s", "shared", "1", "true")).await;
     let r = reason(&server, waiting, "pool_limit").await;
-    assert_eq!(r["message"], "tenant limited in pool shared: cpu 1/1 in use, run needs 1");
+    assert_eq!(
+        r["message"],
+        "tenant limited in pool shared: cpu 1/1 in use, run needs 1"
+    );
 
     // A full pool.
     let first = submit(&server, "f1", "open", &step("s", "full", "1", hold)).await;
@@ -189,7 +206,10 @@ name: open
     // A draining pool.
     let waiting = submit(&server, "d", "open", &step("s", "closing", "1", "true")).await;
     let r = reason(&server, waiting, "pool_draining").await;
-    assert_eq!(r["message"], "pool closing is draining: it admits nothing new");
+    assert_eq!(
+        r["message"],
+        "pool closing is draining: it admits nothing new"
+    );
 
     // Selected by labels: one pool is full, the other not allowed.
     let first = submit(&server, "z1", "open", &step("s", "zone-a", "1", hold)).await;
@@ -198,23 +218,35 @@ name: open
     let waiting = submit(&server, "z2", "fenced", &step("s", labelled, "1", "true")).await;
     let r = reason(&server, waiting, "pool_full").await;
     let message = r["message"].as_str().expect("message");
-    assert!(message.contains("pool zone-a: cpu 1/1 in use, run needs 1"), "{message}");
+    assert!(
+        message.contains("pool zone-a: cpu 1/1 in use, run needs 1"),
+        "{message}"
+    );
     assert!(
         message.contains("pool zone-b: tenant fenced is not allowed to use it (allowed pools: zone-a, full, shared)"),
         "{message}"
     );
 
     // A gang whose partner group's pool is full: nothing is held meanwhile.
-    let gang = format!("{}{}", step("a", "shared", "1", "true"), step("b", "full", "1", "true"));
+    let gang = format!(
+        "{}{}",
+        step("a", "shared", "1", "true"),
+        step("b", "full", "1", "true")
+    );
     let waiting = submit(&server, "g", "open", &gang).await;
     let r = reason(&server, waiting, "gang_partner_full").await;
     let message = r["message"].as_str().expect("message");
     assert!(
-        message.starts_with("gang partner group 1 (pool full) has no room: pool full: cpu 1/1 in use, run needs 1"),
+        message.starts_with(
+            "gang partner group 1 (pool full) has no room: pool full: cpu 1/1 in use, run needs 1"
+        ),
         "{message}"
     );
     let run = server.run(waiting).await;
-    assert!(run["allocations"].as_array().expect("list").is_empty(), "{run:#}");
+    assert!(
+        run["allocations"].as_array().expect("list").is_empty(),
+        "{run:#}"
+    );
 
     // The queue lists them all, in admission order, with positions.
     let queue: Vec<Value> = server.get("/api/v1/queue").await;

@@ -140,17 +140,19 @@ impl Server {
         let work_dir = self.data_dir.join("agents").join(name);
         std::fs::create_dir_all(&work_dir).expect("agent work dir");
         let mut cmd = Command::new(BIN);
-        cmd.args(["agent", "--server", &self.url, "--pool", pool, "--name", name])
-            .args(["--cpu", cpu, "--memory", memory])
-            .arg("--work-dir")
-            .arg(&work_dir)
-            .env("CORRAL_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(self.data_dir.join(format!("agent-{name}.log")))
-                    .expect("agent log"),
-            );
+        cmd.args([
+            "agent", "--server", &self.url, "--pool", pool, "--name", name,
+        ])
+        .args(["--cpu", cpu, "--memory", memory])
+        .arg("--work-dir")
+        .arg(&work_dir)
+        .env("CORRAL_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(self.data_dir.join(format!("agent-{name}.log")))
+                .expect("agent log"),
+        );
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().expect("spawn corral agent");
         let pid = i32::try_from(child.id()).expect("pid fits");

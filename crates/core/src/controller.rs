@@ -2,15 +2,20 @@
 //! and open allocations, the queue and the time to admission decisions.
 //!
 //! Order of admission, level by level (readmissions of runs that lost a worker
-//! first, then priority, higher first):
-//! 1. runs that have waited longer than `starvation_after`, oldest first: each
-//!    is admitted, or reserves the room it waits for so that runs after it
-//!    cannot take it (one reservation per pool);
-//! 2. then fair share: the tenant with the lowest weighted dominant share
-//!    (what it holds plus its decayed recent usage, over the total capacity,
-//!    divided by its weight) goes next, with its oldest run that may still fit;
-//!    FIFO within a tenant. A run that must wait blocks only the runs of its
-//!    class (same tenant, priority and groups), never the runs behind it.
+//! first, then priority, higher first): fair share. The tenant with the lowest
+//! weighted dominant share (what it holds plus its decayed recent usage, over the
+//! total capacity, divided by its weight) goes next, with its oldest run that may
+//! still fit; FIFO within a tenant. A run that must wait blocks only the runs of
+//! its class (same tenant, priority and groups), never the runs behind it.
+//!
+//! No run starves: one that has waited longer than `starvation_after` and must
+//! still wait when its turn comes reserves the room it waits for (one
+//! reservation per pool), which no run after it may take. Its tenant holds
+//! little while it waits, so its turn comes early in every cycle and the
+//! reservation holds from cycle to cycle until the work in its way has ended.
+//! Runs that have waited long but fit keep their fair-share turn: under
+//! sustained overload every run waits long, and that must not turn the order
+//! into first come, first served.
 //!
 //! An admission is charged to the working snapshot at once, so later runs in the
 //! same cycle see it.
@@ -375,38 +380,9 @@ impl<'a> Cycle<'a> {
                 }
             }
         }
-        // 1. Starving runs, oldest first: admitted, or they reserve.
+        // Fair share across tenants, FIFO within each. A run that has waited
+        // too long and must still wait reserves the room it waits for.
         let starve_before = self.now.0.saturating_sub(self.policy.starvation_after_ms);
-        let mut starving: Vec<(Queued, ClassId)> = heads
-            .iter()
-            .filter(|(_, (at, _))| at.0 <= starve_before)
-            .map(|(c, h)| (*h, *c))
-            .collect();
-        starving.sort();
-        for (_, class_id) in starving {
-            // Each class may admit several starving runs in a row.
-            while let Some(&(at, run)) = heads.get(&class_id) {
-                if at.0 > starve_before {
-                    break;
-                }
-                let Some(class) = queue.class(class_id) else {
-                    break;
-                };
-                if !self.try_run(class, run, true) {
-                    heads.remove(&class_id);
-                    break;
-                }
-                match cursors.get_mut(&class_id).and_then(Iterator::next) {
-                    Some(&next) => {
-                        heads.insert(class_id, next);
-                    }
-                    None => {
-                        heads.remove(&class_id);
-                    }
-                }
-            }
-        }
-        // 2. Fair share across tenants, FIFO within each.
         let mut per_tenant: BTreeMap<&'a str, BTreeSet<(Queued, ClassId)>> = BTreeMap::new();
         for (&class_id, &head) in &heads {
             if let Some(class) = queue.class(class_id) {
@@ -424,13 +400,13 @@ impl<'a> Cycle<'a> {
             let Some(candidates) = per_tenant.get_mut(tenant) else {
                 continue;
             };
-            let Some(((_, run), class_id)) = candidates.pop_first() else {
+            let Some(((at, run), class_id)) = candidates.pop_first() else {
                 continue;
             };
             let Some(class) = queue.class(class_id) else {
                 continue;
             };
-            if self.try_run(class, run, false)
+            if self.try_run(class, run, at.0 <= starve_before)
                 && let Some(&next) = cursors.get_mut(&class_id).and_then(Iterator::next)
             {
                 candidates.insert((next, class_id));
@@ -1186,10 +1162,16 @@ fn place(
             }
         }
         let Some((pool, _)) = best else {
-            // No pool takes the group: only now say why, pool by pool.
+            // No pool takes the group: only now say why, pool by pool. Pools
+            // the tenant may not use are named only when the group asked for
+            // them (by name or labels), not when any pool would do.
+            let any_pool = g.selector.name.is_none() && g.selector.labels.is_empty();
             let blockers = candidates
                 .filter_map(|(i, p, allowed)| {
                     let block = judge(p, allowed).err()?;
+                    if any_pool && matches!(block, Block::NotAllowed) {
+                        return None;
+                    }
                     Some(match reasons.as_deref_mut() {
                         Some(cache) if block.of_pool_only() => cache
                             .entry((i, block, g.resources))

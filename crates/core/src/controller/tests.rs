@@ -638,16 +638,27 @@ fn blocked_pools_are_explained_for_each_tenant_and_need() {
     b.allowed_pools = Some(vec!["q".into()]);
     let mut d = tenant("d");
     d.allowed_pools = Some(vec!["p".into()]);
+    // Selected by label: pools the tenant may not use are named too.
+    p.labels.insert("zone".into(), "z".into());
+    q.labels.insert("zone".into(), "z".into());
     let snap = snapshot(vec![p, q], vec![a, b, tenant("c"), d]);
+    let labelled = |id: i64, t: &str, cpu: u64| {
+        let mut r = run(id, t, cpu);
+        r.groups[0]
+            .selector
+            .labels
+            .insert("zone".into(), "z".into());
+        r
+    };
     let d = decide_list(
         &snap,
         vec![
-            run(1, "a", 1),
-            run(2, "b", 1),
-            run(3, "c", 1),
-            run(4, "a", 2),
-            run(5, "c", 2),
-            run(6, "d", 1),
+            labelled(1, "a", 1),
+            labelled(2, "b", 1),
+            labelled(3, "c", 1),
+            labelled(4, "a", 2),
+            labelled(5, "c", 2),
+            labelled(6, "d", 1),
         ],
     );
     assert!(d.admitted().is_empty());
@@ -670,6 +681,9 @@ fn blocked_pools_are_explained_for_each_tenant_and_need() {
     }
     let scopes: Vec<String> = d.reason(3).limits.into_iter().map(|l| l.scope).collect();
     assert_eq!(scopes, vec!["pool p", "pool q"]);
+    // When any pool will do, the pools it may not use are left out.
+    let any = decide_list(&snap, vec![run(7, "a", 1)]);
+    assert_eq!(any.reason(7).message, full("p", 1));
 }
 
 #[test]

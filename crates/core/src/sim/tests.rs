@@ -477,14 +477,12 @@ const ONE_POOL: &str =
 
 #[test]
 fn weights_one_two_three_get_one_two_three_of_the_resource_time() {
-    // Fair share alone. With demand that never runs out, every queued run soon
-    // waits longer than `starvation_after`, and runs that did are admitted
-    // oldest first, ahead of fair share: that is kept out of this test.
+    // With demand that never runs out every queued run soon waits longer than
+    // `starvation_after` (the default 5m): fair share must hold all the same.
     let spec = sim(&format!(
         r#"
 seed: 1
 duration: 1h
-starvation_after: 24h
 {ONE_POOL}
 tenants: [{{name: one, weight: 1}}, {{name: two, weight: 2}}, {{name: three, weight: 3}}]
 workload:
@@ -522,14 +520,12 @@ workload:
 
 #[test]
 fn a_tenant_that_just_burst_yields_to_a_fresh_one() {
-    // As above, `starvation_after` is out of the way: fair share alone.
     let yaml = |half_life: &str| {
         format!(
             r#"
 seed: 2
 duration: 1h
 half_life: {half_life}
-starvation_after: 24h
 {ONE_POOL}
 tenants: [{{name: bursty}}, {{name: fresh}}]
 workload:

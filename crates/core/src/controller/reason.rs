@@ -96,20 +96,27 @@ impl Limit {
     /// What would let the run past this limit, in a sentence.
     pub fn remedy(&self) -> String {
         let free = self.limit.saturating_sub(self.in_use);
-        let missing = self.needs.saturating_sub(free);
-        let what = match self.dimension.as_str() {
-            "runs" => format!("{} runs", self.format(missing)),
-            "workers" => format!("{} workers", self.format(missing)),
-            d => format!("{} {d}", self.format(missing)),
+        let amount = self.format(self.needs.saturating_sub(free));
+        let one = amount == "1";
+        let what = match (self.dimension.as_str(), one) {
+            ("memory", _) => format!("{amount} of memory is"),
+            ("runs", true) => "1 run is".to_string(),
+            ("workers", true) => "1 worker is".to_string(),
+            ("gpu", true) => "1 gpu is".to_string(),
+            ("gpu", false) => format!("{amount} gpus are"),
+            (d, true) => format!("1 {d} is"),
+            (d, false) => format!("{amount} {d} are"),
         };
+        let mut scope = self.scope.clone();
+        if let Some(first) = scope.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
         format!(
-            "{} has {} of {} {} in use and the run needs {}: it gets in when {what} {} released there, or when the limit is raised by that much.",
-            self.scope,
+            "{scope} has {} of {} {} in use and the run needs {}: it gets in when {what} released there, or when the limit is raised by that much.",
             self.format(self.in_use),
             self.format(self.limit),
             self.dimension,
             self.format(self.needs),
-            if missing == 1 { "is" } else { "are" },
         )
     }
 }

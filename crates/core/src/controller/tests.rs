@@ -107,9 +107,34 @@ fn tenant_quota_limits_admission_with_numbers() {
         }]
     );
     assert!(
-        reason.explain().contains("3 cpu are released"),
+        reason
+            .explain()
+            .contains("Tenant acme has 6 of 6 cpu in use and the run needs 3: it gets in when 3 cpu are released"),
         "{}",
         reason.explain()
+    );
+}
+
+#[test]
+fn remedies_count_in_words() {
+    let mut runs = Limit::runs(4, 4);
+    runs.scope = "tenant acme in pool gpu".into();
+    assert_eq!(
+        runs.remedy(),
+        "Tenant acme in pool gpu has 4 of 4 runs in use and the run needs 1: it gets in when 1 run is released there, or when the limit is raised by that much."
+    );
+    let mut memory = Limit::shortfall(
+        &Resources::new(0, 3072, 0),
+        &Resources::new(0, 4096, 0),
+        &Resources::new(0, 2048, 0),
+    )
+    .expect("over")
+    .remove(0);
+    memory.scope = "pool p".into();
+    assert!(
+        memory.remedy().contains("when 1Gi of memory is released"),
+        "{}",
+        memory.remedy()
     );
 }
 

@@ -138,10 +138,7 @@ pub fn runs(runs: &[RunSummary], format: Format) -> Result<String> {
                 r.tenant.clone(),
                 r.state.clone(),
                 r.created_at.clone(),
-                r.reason
-                    .as_ref()
-                    .map(|x| x.message.clone())
-                    .unwrap_or_default(),
+                reason_message(r),
             ]
         })
         .collect();
@@ -149,6 +146,13 @@ pub fn runs(runs: &[RunSummary], format: Format) -> Result<String> {
         &["ID", "PIPELINE", "TENANT", "STATE", "CREATED", "REASON"],
         rows,
     ))
+}
+
+fn reason_message(r: &RunSummary) -> String {
+    r.reason
+        .as_ref()
+        .map(|x| x.message.clone())
+        .unwrap_or_default()
 }
 
 /// Queued runs in admission order.
@@ -171,10 +175,7 @@ pub fn queue(runs: &[RunSummary], format: Format) -> Result<String> {
                     .as_ref()
                     .map(|x| x.code.clone())
                     .unwrap_or_default(),
-                r.reason
-                    .as_ref()
-                    .map(|x| x.message.clone())
-                    .unwrap_or_default(),
+                reason_message(r),
             ]
         })
         .collect();

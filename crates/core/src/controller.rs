@@ -164,15 +164,7 @@ impl Snapshot {
         let mut runs: BTreeSet<(&str, RunId)> = BTreeSet::new();
         let mut pool_runs: BTreeSet<(&str, &str, RunId)> = BTreeSet::new();
         for a in open {
-            if let Some(pool) = self.pools.get_mut(&a.pool) {
-                pool.used = pool.used.saturating_add(&a.resources);
-                pool.workers = pool.workers.saturating_add(1);
-                if let (Some(agents), Some(w)) = (pool.agents.as_mut(), a.worker)
-                    && let Some(agent) = agents.iter_mut().find(|x| x.id == w)
-                {
-                    agent.used = agent.used.saturating_add(&a.resources);
-                }
-            }
+            self.charge_pool(&a.pool, &a.resources, a.worker);
             if let Some(tenant) = self.tenants.get_mut(&a.tenant) {
                 tenant.used = tenant.used.saturating_add(&a.resources);
                 let held = tenant.held.entry(a.pool.clone()).or_default();
@@ -205,17 +197,23 @@ impl Snapshot {
         dominant / f64::from(tenant.weight.max(1))
     }
 
+    /// One more worker on `pool` using `resources` (on static agent `worker`).
+    fn charge_pool(&mut self, pool: &str, resources: &Resources, worker: Option<WorkerId>) {
+        let Some(pool) = self.pools.get_mut(pool) else {
+            return;
+        };
+        pool.used = pool.used.saturating_add(resources);
+        pool.workers = pool.workers.saturating_add(1);
+        if let (Some(agents), Some(w)) = (pool.agents.as_mut(), worker)
+            && let Some(agent) = agents.iter_mut().find(|x| x.id == w)
+        {
+            agent.used = agent.used.saturating_add(resources);
+        }
+    }
+
     fn admit(&mut self, run: RunId, tenant: &str, readmit: bool, placements: &[Placement]) {
         for p in placements {
-            if let Some(pool) = self.pools.get_mut(&p.pool) {
-                pool.used = pool.used.saturating_add(&p.resources);
-                pool.workers = pool.workers.saturating_add(1);
-                if let (Some(agents), Some(w)) = (pool.agents.as_mut(), p.worker)
-                    && let Some(agent) = agents.iter_mut().find(|x| x.id == w)
-                {
-                    agent.used = agent.used.saturating_add(&p.resources);
-                }
-            }
+            self.charge_pool(&p.pool, &p.resources, p.worker);
         }
         let Some(t) = self.tenants.get_mut(tenant) else {
             return;

@@ -155,7 +155,7 @@ pub fn parse_duration_secs(text: &str) -> Option<u64> {
     Some(total)
 }
 
-mod duration_secs {
+pub(crate) mod duration_secs {
     use serde::de::{self, Deserializer, Visitor};
     use serde::ser::Serializer;
     use std::fmt;

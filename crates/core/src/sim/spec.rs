@@ -4,14 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::controller::Policy;
 use crate::error::FieldError;
 use crate::manifest::{from_value, parse_single};
-use crate::pipeline::{DEFAULT_STEP_RESOURCES, Priority, PriorityClasses, parse_duration_secs};
+use crate::pipeline::{DEFAULT_STEP_RESOURCES, Priority, PriorityClasses};
 use crate::pool::{PoolSpec, Provider};
 use crate::resources::{ResourceSpec, Resources};
 use crate::selector::{PlacementPolicy, PoolSelector};
@@ -63,42 +63,14 @@ impl Serialize for Span {
     }
 }
 
-struct SpanVisitor;
-
-impl Visitor<'_> for SpanVisitor {
-    type Value = Span;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a duration such as 90, 90s, 10m or 1h30m")
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Span, E> {
-        i64::try_from(v)
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        let secs = crate::pipeline::duration_secs::deserialize(d)?.unwrap_or(0);
+        i64::try_from(secs)
             .ok()
             .and_then(|s| s.checked_mul(1000))
             .map(Span)
-            .ok_or_else(|| E::custom(format!("{v} seconds is too long")))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Span, E> {
-        u64::try_from(v)
-            .map_err(|_| E::custom(format!("{v} is not a duration (examples: 90s, 10m)")))
-            .and_then(|v| self.visit_u64(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Span, E> {
-        let secs = parse_duration_secs(v).ok_or_else(|| {
-            E::custom(format!(
-                "{v:?} is not a duration (examples: 90s, 10m, 1h30m)"
-            ))
-        })?;
-        self.visit_u64(secs)
-    }
-}
-
-impl<'de> Deserialize<'de> for Span {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
-        d.deserialize_any(SpanVisitor)
+            .ok_or_else(|| de::Error::custom(format!("{secs} seconds is too long")))
     }
 }
 

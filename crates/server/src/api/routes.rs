@@ -16,7 +16,7 @@ use corral_core::manifest::{Document, parse_documents, parse_single};
 use corral_core::pool::PoolSpec;
 use corral_core::run::RunState;
 use corral_core::tenant::TenantSpec;
-use corral_store::{AllocationFilter, RunFilter};
+use corral_store::{AllocationFilter, RunDetail, RunFilter};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
@@ -357,14 +357,35 @@ async fn apply(State(engine): State<AppState>, body: Bytes) -> ApiResult<Json<Ve
 
 // ---- runs ----
 
-async fn run_view(engine: &Engine, id: RunId) -> ApiResult<RunView> {
-    let detail = engine
+async fn detail_of(engine: &Engine, id: RunId) -> ApiResult<RunDetail> {
+    engine
         .store()
         .run(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("run", id))?;
-    let places = queue_places(engine).await;
-    Ok(views::run(&detail, places.get(&id)))
+        .ok_or_else(|| ApiError::not_found("run", id))
+}
+
+/// A run; one waiting in the queue with its place and reason.
+async fn run_view(engine: &Engine, id: RunId) -> ApiResult<RunView> {
+    let detail = detail_of(engine, id).await?;
+    let place = if detail.run.state.is_terminal() {
+        None
+    } else {
+        queue_place(engine, id).await
+    };
+    Ok(views::run(&detail, place.as_ref()))
+}
+
+/// A run's place in the queue, if it waits there.
+async fn queue_place(engine: &Engine, id: RunId) -> Option<QueuePlace> {
+    let state = engine.read().await;
+    if !state.queue.contains(id) {
+        return None;
+    }
+    state
+        .queue_places(engine.now())
+        .into_iter()
+        .find(|p| p.run == id)
 }
 
 /// The place of every queued run, by id.
@@ -419,7 +440,7 @@ async fn submit_run(
     let record = engine.submit(body_text(&body)?).await?;
     Ok((
         StatusCode::CREATED,
-        Json(run_view(&engine, record.id).await?),
+        Json(views::run(&detail_of(&engine, record.id).await?, None)),
     ))
 }
 

@@ -458,17 +458,21 @@ impl<'a> Cycle<'a> {
             return false;
         }
         let policy = self.policy.placement;
-        let verdict = check_tenant(tenant, class, run).and_then(|()| {
-            place(
-                &self.work,
-                tenant,
-                &class.groups,
-                &facts.matching,
-                policy,
-                Some(run),
-                Some(&mut self.reasons),
-            )
-        });
+        let placed = place(
+            &self.work,
+            tenant,
+            &class.groups,
+            &facts.matching,
+            policy,
+            Some(run),
+            Some(&mut self.reasons),
+        );
+        // Every limit in the way is named: the tenant's first, then the pools'.
+        let verdict = match (check_tenant(tenant, class, run), placed) {
+            (Ok(()), placed) => placed,
+            (Err(quota), Ok(_)) => Err(quota),
+            (Err(quota), Err(pools)) => Err(quota.and(pools)),
+        };
         match verdict {
             Ok(placements) => {
                 self.work

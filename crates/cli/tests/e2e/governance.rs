@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, eventually};
+use crate::harness::{Server, StoreKind, eventually, no_process_matches};
 
 fn millis(time: &Value) -> i64 {
     chrono::DateTime::parse_from_rfc3339(time.as_str().expect("a time"))
@@ -165,11 +165,15 @@ name: open
 "#,
         )
         .await;
-    let hold = "sleep 120";
+    // Holders keep their room until cancelled at the end (no other test
+    // sleeps this long: tests look for their own processes by command line).
+    let hold = "sleep 97";
+    let mut holders = Vec::new();
 
     // Tenant quota, summed across pools.
     let first = submit(&server, "q1", "capped", &step("s", "shared", "1", hold)).await;
     admitted(&server, first).await;
+    holders.push(first);
     let waiting = submit(&server, "q2", "capped", &step("s", "shared", "1", "true")).await;
     let r = reason(&server, waiting, "tenant_quota").await;
     assert_eq!(r["message"], "tenant capped: cpu 1/1 in use, run needs 1");
@@ -181,6 +185,7 @@ name: open
     // The tenant's limit in one pool.
     let first = submit(&server, "l1", "limited", &step("s", "shared", "1", hold)).await;
     admitted(&server, first).await;
+    holders.push(first);
     let waiting = submit(&server, "l2", "limited", &step("s", "shared", "1", "true")).await;
     let r = reason(&server, waiting, "pool_limit").await;
     assert_eq!(
@@ -191,6 +196,7 @@ name: open
     // A full pool.
     let first = submit(&server, "f1", "open", &step("s", "full", "1", hold)).await;
     admitted(&server, first).await;
+    holders.push(first);
     let waiting = submit(&server, "f2", "open", &step("s", "full", "1", "true")).await;
     let r = reason(&server, waiting, "pool_full").await;
     assert_eq!(r["message"], "pool full: cpu 1/1 in use, run needs 1");
@@ -199,6 +205,7 @@ name: open
     // max_workers.
     let first = submit(&server, "w1", "open", &step("s", "single", "1", hold)).await;
     admitted(&server, first).await;
+    holders.push(first);
     let waiting = submit(&server, "w2", "open", &step("s", "single", "1", "true")).await;
     let r = reason(&server, waiting, "pool_max_workers").await;
     assert_eq!(r["message"], "pool single: workers 1/1 in use, run needs 1");
@@ -214,6 +221,7 @@ name: open
     // Selected by labels: one pool is full, the other not allowed.
     let first = submit(&server, "z1", "open", &step("s", "zone-a", "1", hold)).await;
     admitted(&server, first).await;
+    holders.push(first);
     let labelled = "{labels: {zone: z}}";
     let waiting = submit(&server, "z2", "fenced", &step("s", labelled, "1", "true")).await;
     let r = reason(&server, waiting, "pool_full").await;
@@ -265,4 +273,11 @@ name: open
         text.contains("admitted together or not at all") && text.contains("in the queue"),
         "{text}"
     );
+    for id in holders {
+        let (status, run) = server
+            .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
+            .await;
+        assert_eq!(status, 200, "{run}");
+    }
+    no_process_matches(hold).await;
 }

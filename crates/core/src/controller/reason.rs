@@ -210,6 +210,13 @@ impl Reason {
         }
     }
 
+    /// This reason and, after it, another limit that also blocks the run.
+    pub fn and(mut self, other: Reason) -> Reason {
+        self.message = format!("{}; also {}", self.message, other.message);
+        self.limits.extend(other.limits);
+        self
+    }
+
     /// The reason in sentences: what the run waits for and what would let it in.
     pub fn explain(&self) -> String {
         let mut text = match self.code {

@@ -116,6 +116,24 @@ fn tenant_quota_limits_admission_with_numbers() {
 }
 
 #[test]
+fn every_limit_in_the_way_is_named() {
+    let mut acme = tenant("acme");
+    acme.quota.resources.cpu_millis = 2000;
+    acme.used = Resources::new(2000, 0, 0);
+    let mut p = pool("p", 4, 64);
+    p.used = Resources::new(4000, 0, 0);
+    let d = decide_list(&snapshot(vec![p], vec![acme]), vec![run(1, "acme", 1)]);
+    let reason = d.reason(1);
+    assert_eq!(reason.code, ReasonCode::TenantQuota);
+    assert_eq!(
+        reason.message,
+        "tenant acme: cpu 2/2 in use, run needs 1; also pool p: cpu 4/4 in use, run needs 1"
+    );
+    let scopes: Vec<&str> = reason.limits.iter().map(|l| l.scope.as_str()).collect();
+    assert_eq!(scopes, vec!["tenant acme", "pool p"]);
+}
+
+#[test]
 fn remedies_count_in_words() {
     let mut runs = Limit::runs(4, 4);
     runs.scope = "tenant acme in pool gpu".into();

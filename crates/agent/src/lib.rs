@@ -70,10 +70,29 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     }
 }
 
+/// The id of this agent's work directory, made on first use: the server tells
+/// a restart of this agent (same id) from another agent with the same name.
+fn instance(work_dir: &std::path::Path) -> Option<String> {
+    let path = work_dir.join("instance");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Some(id.trim().to_string());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = format!("{nanos:x}-{:x}", std::process::id());
+    std::fs::create_dir_all(work_dir)
+        .and_then(|()| std::fs::write(&path, &id))
+        .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot keep the agent's instance id"))
+        .ok()?;
+    Some(id)
+}
+
 async fn register(client: &Client, config: &AgentConfig) -> Result<i64, AgentError> {
     let req = RegisterRequest {
         pool: config.pool.clone(),
         name: config.name.clone(),
+        instance: instance(&config.work_dir),
         capacity: config.capacity,
         labels: config.labels.clone(),
     };

@@ -240,6 +240,10 @@ pub struct Applied {
 pub struct RegisterRequest {
     pub pool: String,
     pub name: String,
+    /// Identifies the agent's work directory: an agent restarted from it
+    /// replaces its earlier self at once; another under the same name is refused.
+    #[serde(default)]
+    pub instance: Option<String>,
     pub capacity: ResourcesView,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

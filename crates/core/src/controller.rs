@@ -437,18 +437,15 @@ impl<'a> Cycle<'a> {
         };
         let facts = self.classes.entry(class.id).or_insert_with(|| {
             let matching = self.masks.matching(&self.work, tenant, &class.groups);
+            // Readmissions too: their pool may have gone or shrunk meanwhile.
             ClassFacts {
-                fits: if class.readmit {
-                    Ok(())
-                } else {
-                    ever_fits(
-                        &self.work,
-                        tenant,
-                        &class.groups,
-                        &matching,
-                        &mut self.empty,
-                    )
-                },
+                fits: ever_fits(
+                    &self.work,
+                    tenant,
+                    &class.groups,
+                    &matching,
+                    &mut self.empty,
+                ),
                 matching,
             }
         });

@@ -320,12 +320,19 @@ impl Engine {
                     let later = self.commits.drain();
                     let last = later.last().map_or(last, |b| b.seq);
                     loop {
-                        match self.store.load_live().await {
-                            Ok(live) => {
+                        // The usage ledger is rebuilt too: it counted closes
+                        // that were never committed.
+                        let now = self.now();
+                        let loaded = match self.store.load_live().await {
+                            Ok(live) => Self::replay_usage(self.store.as_ref(), &self.config, now)
+                                .await
+                                .map(|ledger| (live, ledger)),
+                            Err(e) => Err(e.into()),
+                        };
+                        match loaded {
+                            Ok((live, ledger)) => {
                                 let seq = state.seq;
-                                let ledger =
-                                    std::mem::replace(&mut state.ledger, UsageLedger::new(0));
-                                *state = State::from_live(live, ledger, self.now());
+                                *state = State::from_live(live, ledger, now);
                                 state.seq = seq;
                                 self.pending
                                     .lock()
@@ -626,7 +633,9 @@ impl Engine {
         self.lose_silent_workers(&mut state, &mut fx);
         self.retire_idle_workers(&mut state, &mut fx);
         let now = self.now();
-        let outcome = decide(&state.snapshot(now), &state.queue, now, &self.config.policy);
+        let snapshot = state.snapshot(now);
+        let outcome = decide(&snapshot, &state.queue, now, &self.config.policy);
+        state.ledger.prune(now, &snapshot.total_capacity());
         let mut writes = Vec::new();
         let mut assigned = BTreeSet::new();
         for admission in outcome.admitted {
@@ -653,10 +662,18 @@ impl Engine {
             writes.append(&mut update.writes);
         }
         for (id, reason) in outcome.rejected {
-            let mut update = RunUpdate::new(&state.runs[&id], now);
-            update.finish_with(RunState::Rejected, Some(reason));
+            let run = &state.runs[&id];
+            // A run that lost a worker and can no longer be placed fails.
+            let end = if run.record.state == RunState::Queued {
+                RunState::Rejected
+            } else {
+                RunState::Failed
+            };
+            let mut update = RunUpdate::new(run, now);
+            update.finish_with(end, Some(reason));
             writes.append(&mut update.writes);
         }
+
         state.waiting = outcome.waiting;
         state.reservations = outcome.reservations;
         fx.wake.extend(Self::wake_handles(&state, assigned));
@@ -917,16 +934,30 @@ impl Engine {
             controller: true,
             ..Effects::default()
         };
-        // An agent that registers again under its name was restarted: what its
-        // earlier incarnation ran is lost now, not after the heartbeat timeout.
+        // An agent that registers again under its name (from the same work
+        // directory) was restarted: what its earlier incarnation ran is lost
+        // now, not after the heartbeat timeout. Another live agent under the
+        // same name is a mistake, and told so.
+        let now = self.now();
         let earlier: BTreeSet<WorkerId> = state
             .workers
             .values()
             .filter(|w| w.record.pool == req.pool && w.record.name == req.name)
-            .map(|w| w.record.id)
-            .collect();
+            .map(|w| {
+                let restarted = w.instance.is_none() || w.instance == req.instance;
+                let silent =
+                    now.millis_since(w.last_seen) > ms(self.config.heartbeat_timeout) / 2;
+                if restarted || silent {
+                    Ok(w.record.id)
+                } else {
+                    Err(EngineError::Conflict(format!(
+                        "an agent named {} is already live in pool {}; give this one another --name",
+                        req.name, req.pool
+                    )))
+                }
+            })
+            .collect::<Result<_>>()?;
         self.lose_workers(&mut state, &earlier, "registered again", &mut fx);
-        let now = self.now();
         let id = state.next_worker_id();
         let record = WorkerRecord {
             id,
@@ -962,6 +993,9 @@ impl Engine {
             }
         }
         self.stage(&mut state, writes, &mut fx);
+        if let Some(live) = state.workers.get_mut(&id) {
+            live.instance = req.instance;
+        }
         self.provision(&mut state, &mut fx);
         drop(state);
         self.finish(fx).await?;
@@ -997,6 +1031,7 @@ impl Engine {
                     });
                 };
                 live.last_seen = now;
+                live.polled = true;
                 let wake = live.wake.clone();
                 let response = self.take_assignments(&mut state, worker, &req);
                 if !response.assignments.is_empty()

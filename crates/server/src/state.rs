@@ -85,6 +85,11 @@ pub struct LiveWorker {
     pub idle_since: Option<Timestamp>,
     /// Wakes the worker's pending long-poll.
     pub wake: Arc<Notify>,
+    /// Has polled since it registered or since this server started: a static
+    /// agent is offered work only then (it may have died while the server was down).
+    pub polled: bool,
+    /// Identifies the agent's work directory, to tell a restart from a namesake.
+    pub instance: Option<String>,
 }
 
 /// Everything unfinished, indexed for the engine.
@@ -149,6 +154,9 @@ impl State {
             .chain(live.workers.into_iter().map(Write::PutWorker));
         let writes: Vec<Write> = writes.collect();
         state.apply_all(&writes, now, 0);
+        for w in state.workers.values_mut() {
+            w.polled = false;
+        }
         state.unsettled.clear();
         state.retiring.clear();
         state
@@ -251,6 +259,8 @@ impl State {
                                 last_seen: now,
                                 idle_since: Some(now),
                                 wake: Arc::new(Notify::new()),
+                                polled: true,
+                                instance: None,
                             },
                         );
                     }
@@ -350,10 +360,16 @@ impl State {
             groups,
             readmit,
         };
+        let shape = |groups: &[corral_core::request::GroupRequest]| -> Vec<_> {
+            groups
+                .iter()
+                .map(|g| (g.index, g.selector.clone(), g.resources))
+                .collect()
+        };
         let same = self.queue.class_of(id).is_some_and(|c| {
             c.readmit == queued.readmit
-                && c.groups == queued.groups
                 && c.priority == queued.priority
+                && shape(&c.groups) == shape(&queued.groups)
         });
         if !same {
             self.queue.insert(queued);
@@ -418,7 +434,7 @@ impl State {
                 let agents = if p.spec.provider == Provider::Static {
                     self.workers
                         .values()
-                        .filter(|w| w.record.pool == p.spec.name)
+                        .filter(|w| w.record.pool == p.spec.name && w.polled)
                         .map(|w| AgentView {
                             id: w.record.id,
                             capacity: w.record.capacity,

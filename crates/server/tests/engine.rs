@@ -18,6 +18,7 @@ use corral_store::SqlStore;
 struct Harness {
     engine: Arc<Engine>,
     clock: Arc<ManualClock>,
+    dir: PathBuf,
 }
 
 fn temp_dir(label: &str) -> PathBuf {
@@ -41,8 +42,24 @@ impl Harness {
 
     async fn with_config(label: &str, yaml: &str, config: EngineConfig) -> Harness {
         let dir = temp_dir(label);
-        let store = Arc::new(SqlStore::open_sqlite(&dir).await.expect("store"));
         let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
+        let harness = Harness::load(dir, clock, config).await;
+        harness.apply(yaml).await;
+        harness
+    }
+
+    /// A new engine on the same store, as after a restart of the server.
+    async fn restart(&self) -> Harness {
+        Harness::load(
+            self.dir.clone(),
+            self.clock.clone(),
+            EngineConfig::default(),
+        )
+        .await
+    }
+
+    async fn load(dir: PathBuf, clock: Arc<ManualClock>, config: EngineConfig) -> Harness {
+        let store = Arc::new(SqlStore::open_sqlite(&dir).await.expect("store"));
         let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"));
         let engine = Arc::new(
             Engine::load(store, clock.clone(), config, provider)
@@ -51,9 +68,7 @@ impl Harness {
         );
         let committer = engine.clone();
         tokio::spawn(async move { committer.run_committer().await });
-        let harness = Harness { engine, clock };
-        harness.apply(yaml).await;
-        harness
+        Harness { engine, clock, dir }
     }
 
     async fn apply(&self, yaml: &str) {
@@ -107,10 +122,23 @@ impl Harness {
     }
 
     async fn register(&self, pool: &str, name: &str, cpu: u64) -> WorkerId {
+        self.register_from(pool, name, cpu, &format!("{name}-dir"))
+            .await
+            .expect("register")
+    }
+
+    async fn register_from(
+        &self,
+        pool: &str,
+        name: &str,
+        cpu: u64,
+        instance: &str,
+    ) -> Result<WorkerId, corral_server::engine::EngineError> {
         self.engine
             .register(RegisterRequest {
                 pool: pool.into(),
                 name: name.into(),
+                instance: Some(instance.into()),
                 capacity: ResourcesView {
                     cpu_millis: cpu * 1000,
                     memory_mib: 8192,
@@ -119,7 +147,6 @@ impl Harness {
                 labels: Default::default(),
             })
             .await
-            .expect("register")
     }
 
     async fn heartbeat(&self, worker: WorkerId) {
@@ -370,4 +397,70 @@ async fn a_price_change_steers_cheapest_placement_from_the_next_cycle() {
     let second = h.submit("second", "t", 1, "{labels: {tier: batch}}").await;
     h.engine.cycle().await.expect("cycle");
     assert_eq!(placed_on(second).await, "b");
+}
+
+const METAL: &str = "kind: Pool\nname: metal\nprovider: static\n---\nkind: Tenant\nname: t\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_restarted_replaces_itself_and_a_namesake_is_refused() {
+    let h = Harness::new("namesake", METAL).await;
+    let first = h.register("metal", "box", 2).await;
+    let err = h
+        .register_from("metal", "box", 2, "another-dir")
+        .await
+        .expect_err("a live namesake");
+    assert!(
+        err.to_string().contains("already live in pool metal"),
+        "{err}"
+    );
+    let again = h.register("metal", "box", 2).await;
+    let state = h.engine.read().await;
+    assert!(
+        !state.workers.contains_key(&first),
+        "the earlier self is gone"
+    );
+    assert!(state.workers.contains_key(&again));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_a_static_agent_gets_work_only_once_it_polls() {
+    let h = Harness::new("restart-agents", METAL).await;
+    let agent = h.register("metal", "box", 2).await;
+    let h = h.restart().await;
+    let run = h.submit("job", "t", 1, "metal").await;
+    h.engine.cycle().await.expect("cycle");
+    let (state, code, _) = h.state_of(run).await;
+    assert_eq!(
+        (state, code),
+        (RunState::Queued, Some(ReasonCode::NoAgents))
+    );
+    h.heartbeat(agent).await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(run).await.0, RunState::Running);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_lost_group_can_no_longer_be_placed_fails() {
+    let h = Harness::new("gone", METAL).await;
+    h.register("metal", "box", 2).await;
+    let run = h.submit("job", "t", 1, "metal").await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(run).await.0, RunState::Running);
+    h.clock.advance(31_000);
+    h.engine.cycle().await.expect("cycle: the agent is lost");
+    h.engine
+        .delete_pool("metal")
+        .await
+        .expect("nothing is allocated there");
+    h.engine.cycle().await.expect("cycle");
+    let detail = h
+        .engine
+        .store()
+        .run(run)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(detail.run.state, RunState::Failed);
+    let reason = detail.run.reason.expect("a reason");
+    assert_eq!(reason.code, ReasonCode::NoMatchingPool);
 }

@@ -217,11 +217,7 @@ async fn shrinking_a_pool_never_kills_and_admissions_wait_until_it_fits() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_another() {
-    let h = Harness::new(
-        "static",
-        "kind: Pool\nname: metal\nprovider: static\n---\nkind: Tenant\nname: t\n",
-    )
-    .await;
+    let h = Harness::new("static", METAL).await;
     let run = h.submit("job", "t", 2, "metal").await;
     h.engine.cycle().await.expect("cycle");
     let (state, code, _) = h.state_of(run).await;

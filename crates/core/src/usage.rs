@@ -44,10 +44,6 @@ impl UsageLedger {
         }
     }
 
-    pub fn half_life_ms(&self) -> i64 {
-        self.half_life_ms
-    }
-
     fn decay(&self, dt_ms: i64) -> f64 {
         decay(self.half_life_ms, dt_ms)
     }

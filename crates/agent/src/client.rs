@@ -1,6 +1,8 @@
 //! The agent's side of the HTTP protocol, with retries: a server restart is
 //! ridden out, not fatal.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use corral_api::{
@@ -15,6 +17,9 @@ use crate::AgentError;
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// The bearer token of every call: the agent token for registration, then
+    /// the worker's secret.
+    bearer: Arc<str>,
 }
 
 /// What a failed call means for the caller.
@@ -26,16 +31,35 @@ pub enum CallError {
 }
 
 impl Client {
-    pub fn new(server: &str) -> Result<Client, AgentError> {
-        let http = reqwest::Client::builder()
+    pub fn new(server: &str, token: &str, ca_cert: Option<&Path>) -> Result<Client, AgentError> {
+        // ring is rustls's provider; installing twice is refused, harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(60));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| AgentError::Http(format!("--ca-cert {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| AgentError::Http(format!("--ca-cert {}: {e}", path.display())))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| AgentError::Http(e.to_string()))?;
         Ok(Client {
             http,
             base: server.trim_end_matches('/').to_string(),
+            bearer: token.into(),
         })
+    }
+
+    /// The same client, calling with `secret`.
+    pub fn with_bearer(&self, secret: &str) -> Client {
+        Client {
+            bearer: secret.into(),
+            ..self.clone()
+        }
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
@@ -46,6 +70,7 @@ impl Client {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.bearer)
             .json(body)
             .send()
             .await

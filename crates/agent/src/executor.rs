@@ -142,6 +142,8 @@ async fn run_process(
         .arg("-c")
         .arg(&a.command)
         .current_dir(&workspace)
+        // The agent's own credential is not its steps' business.
+        .env_remove("CORRAL_TOKEN")
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

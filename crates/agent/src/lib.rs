@@ -35,6 +35,12 @@ pub struct AgentConfig {
     /// the server has been unreachable for `orphan_timeout` with nothing running.
     pub ephemeral: bool,
     pub orphan_timeout: Duration,
+    /// Registers with this: an agent token of the pool (or a local agent's
+    /// one-time credential).
+    pub token: String,
+    /// Trusts the server certificates this PEM file vouches for, besides the
+    /// system's roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// An attempt running here.
@@ -57,12 +63,12 @@ fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<i64, Slot>> {
 
 /// Runs the agent until it is told to exit.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    let client = Client::new(&config.server)?;
+    let client = Client::new(&config.server, &config.token, config.ca_cert.as_deref())?;
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
     loop {
-        let worker = register(&client, &config).await?;
+        let (worker, secret) = register(&client, &config).await?;
         tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
-        serve(&client, &config, worker, &running).await;
+        serve(&client.with_bearer(&secret), &config, worker, &running).await;
         if config.ephemeral {
             return Ok(());
         }
@@ -88,7 +94,8 @@ fn instance(work_dir: &std::path::Path) -> Option<String> {
     Some(id)
 }
 
-async fn register(client: &Client, config: &AgentConfig) -> Result<i64, AgentError> {
+/// Registers this agent; returns its worker id and the secret of its calls.
+async fn register(client: &Client, config: &AgentConfig) -> Result<(i64, String), AgentError> {
     let req = RegisterRequest {
         pool: config.pool.clone(),
         name: config.name.clone(),
@@ -98,7 +105,7 @@ async fn register(client: &Client, config: &AgentConfig) -> Result<i64, AgentErr
     };
     with_retry("register", || client.register(&req))
         .await
-        .map(|r| r.worker_id)
+        .map(|r| (r.worker_id, r.worker_secret))
         .map_err(|(status, message)| AgentError::Refused { status, message })
 }
 

@@ -252,6 +252,8 @@ pub struct RegisterRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterResponse {
     pub worker_id: i64,
+    /// The secret every later call of this worker carries as its bearer token.
+    pub worker_secret: String,
     /// The agent is lost when it has not polled for this long.
     pub heartbeat_timeout_ms: u64,
 }
@@ -304,4 +306,60 @@ pub struct ReportRequest {
     pub outcome: String,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+}
+
+/// A token to create. The secret is in the answer, once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreate {
+    pub name: String,
+    /// `admin`, `viewer`, `tenant` or `agent`.
+    pub role: String,
+    /// The tenant of a `tenant` token.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The static pool of an `agent` token.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// How long the token lives, e.g. `30d` or `12h`; forever when left out.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// A token, without its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub name: String,
+    pub role: String,
+    pub tenant: Option<String>,
+    pub pool: Option<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub last_used_at: Option<String>,
+}
+
+/// A token just created, with its secret: shown this once, never stored.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub token: TokenView,
+    pub secret: String,
+}
+
+/// One change recorded in the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub id: i64,
+    pub at: String,
+    /// The name of the token that made the change (`corral`: the server itself).
+    pub who: String,
+    /// `pool`, `tenant`, `token` or `run`.
+    pub kind: String,
+    pub name: String,
+    /// `create`, `update`, `delete`, `revoke` or `cancel`.
+    pub action: String,
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<serde_json::Value>,
 }

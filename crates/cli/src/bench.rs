@@ -82,13 +82,25 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         exe: std::env::current_exe()?,
         engine: EngineConfig::default(),
         tick: Duration::from_millis(500),
+        cors_origins: Vec::new(),
+        tls: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(corral_server::serve(server_config, async {
         let _ = stop_rx.await;
     }));
-    let client = Client::new(&format!("http://{addr}"))?;
+    // Authentication is on, as always: the bench calls with the admin token
+    // the server wrote on its first start.
+    let token_file = dir.join(corral_server::ADMIN_TOKEN_FILE);
     let start = Instant::now();
+    while !token_file.exists() {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the bench server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = crate::client::resolve_token(None, Some(&token_file), None)?;
+    let client = Client::new(&format!("http://{addr}"), token, None)?;
     while client.pools().await.is_err() {
         if start.elapsed() > Duration::from_secs(30) {
             bail!("the bench server did not start");

@@ -1,31 +1,93 @@
 //! The CLI's HTTP client for the corral API.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
-use corral_api::{Applied, ErrorBody, PoolView, RunSummary, RunView, TenantView};
+use anyhow::{Context, Result, anyhow};
+use corral_api::{
+    Applied, AuditView, ErrorBody, PoolView, RunSummary, RunView, TenantView, TokenCreate,
+    TokenCreated, TokenView,
+};
 use serde::de::DeserializeOwned;
+
+/// Where the server's first start leaves the admin token, under the default
+/// data directory: the CLI's last resort when no token is given.
+pub const DEFAULT_TOKEN_FILE: &str = "./.corral/admin.token";
+
+/// How the CLI finds its token: `--token`, then `--token-file`, then
+/// `$CORRAL_TOKEN`, then (for client commands) the admin token file.
+pub fn resolve_token(
+    token: Option<String>,
+    token_file: Option<&Path>,
+    fallback: Option<&Path>,
+) -> Result<String> {
+    if let Some(t) = token {
+        return Ok(t.trim().to_string());
+    }
+    let read = |path: &Path| -> Result<String> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        Ok(text.trim().to_string())
+    };
+    if let Some(path) = token_file {
+        return read(path);
+    }
+    if let Ok(t) = std::env::var("CORRAL_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    match fallback {
+        Some(path) if path.exists() => read(path),
+        _ => Err(anyhow!(
+            "no token: pass --token or --token-file, or set $CORRAL_TOKEN \
+             (`corral token create`; the server's first start wrote an admin token to <data-dir>/admin.token)"
+        )),
+    }
+}
+
+/// A reqwest client builder with corral's TLS set-up: ring as rustls's
+/// provider, and the certificates of `ca_cert` trusted besides the system's.
+pub fn http_builder(ca_cert: Option<&Path>) -> Result<reqwest::ClientBuilder> {
+    // Installing twice is refused, harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_cert {
+        let pem =
+            std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    Ok(builder)
+}
 
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    token: String,
 }
 
+/// Bodies of YAML documents (JSON is YAML too).
+const YAML: &str = "application/yaml";
+
 impl Client {
-    pub fn new(server: &str) -> Result<Client> {
-        let http = reqwest::Client::builder()
+    pub fn new(server: &str, token: String, ca_cert: Option<PathBuf>) -> Result<Client> {
+        let http = http_builder(ca_cert.as_deref())?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build()?;
         Ok(Client {
             http,
             base: server.trim_end_matches('/').to_string(),
+            token,
         })
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let response = request
+            .bearer_auth(&self.token)
             .send()
             .await
             .map_err(|e| anyhow!("cannot reach the corral server at {}: {e}", self.base))?;
@@ -49,8 +111,13 @@ impl Client {
     }
 
     pub async fn apply(&self, text: &str) -> Result<Vec<Applied>> {
-        self.json(self.http.post(self.url("/apply")).body(text.to_string()))
-            .await
+        self.json(
+            self.http
+                .post(self.url("/apply"))
+                .header(reqwest::header::CONTENT_TYPE, YAML)
+                .body(text.to_string()),
+        )
+        .await
     }
 
     pub async fn delete_pool(&self, name: &str) -> Result<()> {
@@ -60,7 +127,31 @@ impl Client {
     }
 
     pub async fn submit(&self, text: &str) -> Result<RunView> {
-        self.json(self.http.post(self.url("/runs")).body(text.to_string()))
+        self.json(
+            self.http
+                .post(self.url("/runs"))
+                .header(reqwest::header::CONTENT_TYPE, YAML)
+                .body(text.to_string()),
+        )
+        .await
+    }
+
+    pub async fn create_token(&self, req: &TokenCreate) -> Result<TokenCreated> {
+        self.json(self.http.post(self.url("/tokens")).json(req))
+            .await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenView>> {
+        self.json(self.http.get(self.url("/tokens"))).await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<TokenView> {
+        self.json(self.http.delete(self.url(&format!("/tokens/{name}"))))
+            .await
+    }
+
+    pub async fn audit(&self, query: &[(&str, String)]) -> Result<Vec<AuditView>> {
+        self.json(self.http.get(self.url("/audit")).query(query))
             .await
     }
 

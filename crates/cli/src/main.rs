@@ -35,6 +35,54 @@ struct ServerArg {
     /// The corral server to talk to.
     #[arg(long, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// The API token (default: $CORRAL_TOKEN, then ./.corral/admin.token).
+    #[arg(long)]
+    token: Option<String>,
+    /// A file holding the API token.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Trust the server certificates this PEM file vouches for (besides the system's).
+    #[arg(long, env = "CORRAL_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+}
+
+impl ServerArg {
+    /// A client of the server, with the token found as `resolve_token` says.
+    fn client(self) -> Result<Client> {
+        let token = client::resolve_token(
+            self.token,
+            self.token_file.as_deref(),
+            Some(std::path::Path::new(client::DEFAULT_TOKEN_FILE)),
+        )?;
+        Client::new(&self.server, token, self.ca_cert)
+    }
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print its secret, once.
+    Create {
+        name: String,
+        /// admin, viewer, tenant or agent.
+        #[arg(long)]
+        role: String,
+        /// The tenant of a `tenant` token.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The static pool of an `agent` token.
+        #[arg(long)]
+        pool: Option<String>,
+        /// How long it lives, e.g. 30d or 12h (default: until revoked).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Revoke a token: it is refused from now on.
+    Revoke { name: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -83,6 +131,17 @@ enum Command {
         /// default classes low=-100, normal=0, high=100.
         #[arg(long = "priority-class", value_parser = PriorityClasses::parse_class)]
         priority_classes: Vec<(String, i32)>,
+        /// Serve HTTPS with this certificate chain (PEM); local agents trust it,
+        /// so it must name the listen address.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// A browser origin allowed to call the API (CORS); repeat for several.
+        /// None by default: browsers cannot call the API from other pages.
+        #[arg(long = "cors-origin")]
+        cors_origins: Vec<String>,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -109,6 +168,31 @@ enum Command {
         /// Spawned by the server for one shape of work; exits when retired.
         #[arg(long)]
         ephemeral: bool,
+    },
+    /// Create, list and revoke API tokens.
+    Token {
+        #[command(flatten)]
+        server: ServerArg,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Show the audit log: who changed pools, tenants and tokens, and who cancelled runs.
+    Audit {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Only changes since then: an age (1h, 7d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only changes made with this token.
+        #[arg(long)]
+        who: Option<String>,
+        /// Only changes of this kind: pool, tenant, token or run.
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
     /// Create or update pools and tenants from a YAML file (`-` for stdin).
     Apply {
@@ -259,6 +343,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             fair_share_half_life,
             starvation_after,
             priority_classes,
+            tls_cert,
+            tls_key,
+            cors_origins,
         } => {
             let policy = Policy {
                 placement: PlacementPolicy::parse(&placement)
@@ -285,6 +372,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),
+                cors_origins,
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| corral_server::TlsFiles { cert, key }),
             };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -315,7 +406,15 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     .map(|h| h.trim().to_string())
                     .unwrap_or_else(|_| "agent".into()),
             };
+            // An agent takes its token from --token, --token-file or
+            // $CORRAL_TOKEN only: never the admin token lying around.
+            let token = client::resolve_token(server.token, server.token_file.as_deref(), None)
+                .context(
+                    "corral agent registers with an agent token of its pool (`corral token create NAME --role agent --pool POOL`)",
+                )?;
             corral_agent::run(corral_agent::AgentConfig {
+                token,
+                ca_cert: server.ca_cert,
                 server: server.server,
                 pool,
                 name,
@@ -329,7 +428,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::Apply { server, file } => {
-            let client = Client::new(&server.server)?;
+            let client = server.client()?;
             let applied = client.apply(&read_input(&file)?).await?;
             for a in applied {
                 println!("{} {} {}", a.kind.to_lowercase(), a.name, a.action);
@@ -341,7 +440,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             file,
             follow,
         } => {
-            let client = Client::new(&server.server)?;
+            let client = server.client()?;
             let run = client.submit(&read_input(&file)?).await?;
             println!("{}", run.summary.id);
             if run.summary.state == "rejected" {
@@ -368,7 +467,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             state,
             limit,
         } => {
-            let client = Client::new(&server.server)?;
+            let client = server.client()?;
             let text = match kind {
                 Kind::Pools => output::pools(&client.pools().await?, output)?,
                 Kind::Tenants => output::tenants(&client.tenants().await?, output)?,
@@ -391,7 +490,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             id,
             output,
         } => {
-            let client = Client::new(&server.server)?;
+            let client = server.client()?;
             print!("{}", output::describe_run(&client.run(id).await?, output)?);
             Ok(ok)
         }
@@ -401,7 +500,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             step,
             follow,
         } => {
-            let client = Client::new(&server.server)?;
+            let client = server.client()?;
             if follow {
                 client.follow(run, step.as_deref(), step.is_none()).await?;
             } else {
@@ -423,8 +522,61 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::Sim { file, output } => sim::run(&file, output),
+        Command::Token { server, command } => {
+            let client = server.client()?;
+            match command {
+                TokenCommand::Create {
+                    name,
+                    role,
+                    tenant,
+                    pool,
+                    expires,
+                } => {
+                    let created = client
+                        .create_token(&corral_api::TokenCreate {
+                            name,
+                            role,
+                            tenant,
+                            pool,
+                            expires,
+                        })
+                        .await?;
+                    eprintln!(
+                        "token {} created; its secret is shown this once:",
+                        created.token.name
+                    );
+                    println!("{}", created.secret);
+                }
+                TokenCommand::List { output } => {
+                    print!("{}", output::tokens(&client.tokens().await?, output)?);
+                }
+                TokenCommand::Revoke { name } => {
+                    let token = client.revoke_token(&name).await?;
+                    println!("token {} revoked", token.name);
+                }
+            }
+            Ok(ok)
+        }
+        Command::Audit {
+            server,
+            since,
+            who,
+            kind,
+            limit,
+            output,
+        } => {
+            let client = server.client()?;
+            let mut query = vec![("limit", limit.to_string())];
+            for (key, value) in [("since", since), ("who", who), ("kind", kind)] {
+                if let Some(v) = value {
+                    query.push((key, v));
+                }
+            }
+            print!("{}", output::audit(&client.audit(&query).await?, output)?);
+            Ok(ok)
+        }
         Command::Cancel { server, run } => {
-            let client = Client::new(&server.server)?;
+            let client = server.client()?;
             let run = client.cancel(run).await?;
             println!("run {} {}", run.summary.id, run.summary.state);
             Ok(ok)

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 use clap::ValueEnum;
-use corral_api::{PoolView, ResourcesView, RunSummary, RunView, TenantView};
+use corral_api::{AuditView, PoolView, ResourcesView, RunSummary, RunView, TenantView, TokenView};
 use corral_core::resources::{format_cpu, format_memory};
 use serde::Serialize;
 
@@ -293,4 +293,58 @@ pub fn describe_run(run: &RunView, format: Format) -> Result<String> {
         let _ = writeln!(out, "  {line}");
     }
     Ok(out)
+}
+
+pub fn tokens(tokens: &[TokenView], format: Format) -> Result<String> {
+    if let Some(s) = structured(&tokens, format)? {
+        return Ok(s);
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows = tokens
+        .iter()
+        .map(|t| {
+            let state = if t.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            };
+            vec![
+                t.name.clone(),
+                t.role.clone(),
+                t.tenant.clone().or_else(|| t.pool.clone()).unwrap_or_else(|| "-".into()),
+                state.into(),
+                opt(&t.expires_at),
+                opt(&t.last_used_at),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["NAME", "ROLE", "FOR", "STATE", "EXPIRES", "LAST USED"],
+        rows,
+    ))
+}
+
+/// A spec in one line of JSON, or `-`.
+fn compact(value: &Option<serde_json::Value>) -> String {
+    value.as_ref().map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+pub fn audit(entries: &[AuditView], format: Format) -> Result<String> {
+    if let Some(s) = structured(&entries, format)? {
+        return Ok(s);
+    }
+    let rows = entries
+        .iter()
+        .map(|a| {
+            vec![
+                a.at.clone(),
+                a.who.clone(),
+                a.action.clone(),
+                format!("{} {}", a.kind, a.name),
+                compact(&a.before),
+                compact(&a.after),
+            ]
+        })
+        .collect();
+    Ok(table(&["AT", "WHO", "ACTION", "OBJECT", "BEFORE", "AFTER"], rows))
 }

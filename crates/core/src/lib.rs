@@ -3,6 +3,7 @@
 //!
 //! Nothing here does I/O or reads the clock: time comes in as a [`clock::Timestamp`].
 
+pub mod access;
 pub mod clock;
 pub mod controller;
 pub mod envelope;

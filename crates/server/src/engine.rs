@@ -29,7 +29,13 @@ use tokio::sync::{Mutex, MutexGuard, Notify};
 use crate::commit::{Batch, CommitQueue};
 use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
+use crate::auth::{self, Credentials, Principal, SpawnGrant};
 use crate::state::State;
+
+mod agents;
+mod catalog;
+
+pub use catalog::{Bootstrap, token_json};
 
 /// Errors of engine operations; the API maps each to an HTTP status in one place.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +46,9 @@ pub enum EngineError {
     NotFound { what: &'static str, name: String },
     #[error("{0}")]
     Conflict(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the store failed to commit: {0}")]
@@ -121,6 +130,8 @@ pub struct Engine {
     state: Mutex<State>,
     commits: CommitQueue,
     pending: std::sync::Mutex<BTreeMap<String, PendingSpawn>>,
+    /// Tokens, workers' secrets and spawned agents' credentials.
+    credentials: Credentials,
     /// Wakes the controller loop.
     pub wake_controller: Notify,
 }
@@ -157,6 +168,13 @@ fn upsert<T: PartialEq>(
         Some((_, created, _)) => Ok((created, now, Action::Updated)),
         None => Ok((now, now, Action::Created)),
     }
+}
+
+fn forbidden_run(who: &Principal, id: RunId) -> EngineError {
+    EngineError::Forbidden(format!(
+        "run {id} belongs to another tenant than token {}'s",
+        who.name
+    ))
 }
 
 /// A pool or tenant may be deleted when it exists and no open allocation is on it.
@@ -196,8 +214,16 @@ impl Engine {
         provider: LocalProvider,
     ) -> Result<Engine> {
         let now = clock.now();
+        let live = store.load_live().await?;
+        let credentials = Credentials::default();
+        credentials.load(
+            live.tokens.iter().cloned(),
+            live.workers
+                .iter()
+                .filter_map(|w| Some((w.id, w.secret_hash.clone()?))),
+        );
         let state = State::from_live(
-            store.load_live().await?,
+            live,
             Self::replay_usage(store.as_ref(), &config, now).await?,
             now,
         );
@@ -209,12 +235,17 @@ impl Engine {
             state: Mutex::new(state),
             commits: CommitQueue::new(0),
             pending: std::sync::Mutex::new(BTreeMap::new()),
+            credentials,
             wake_controller: Notify::new(),
         })
     }
 
     pub fn provider(&self) -> &LocalProvider {
         &self.provider
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -296,7 +327,19 @@ impl Engine {
             self.wake_controller.notify_one();
         }
         for (name, template) in fx.spawns {
-            if let Err(e) = self.provider.spawn(&name, &template) {
+            // A one-time credential lets the spawned agent, and only it, register.
+            let credential = auth::new_spawn_secret();
+            let now = self.now();
+            self.credentials.grant_spawn(
+                auth::hash(&credential),
+                SpawnGrant {
+                    pool: template.pool.clone(),
+                    name: name.clone(),
+                    expires_at: now.plus_millis(auth::SPAWN_GRANT_MS),
+                },
+                now,
+            );
+            if let Err(e) = self.provider.spawn(&name, &template, &credential) {
                 tracing::error!(worker = %name, error = %e, "cannot spawn a local worker");
             }
         }
@@ -362,159 +405,31 @@ impl Engine {
             .collect()
     }
 
-    // ---- first start ----
-
-    /// On an empty store: a `local` pool sized to this machine and a `default`
-    /// tenant, so that a pipeline runs with no set-up at all.
-    pub async fn bootstrap(&self, machine: Resources) -> Result<Vec<String>> {
-        let mut state = self.state.lock().await;
-        let now = self.now();
-        let mut writes = Vec::new();
-        let mut created = Vec::new();
-        if state.pools.is_empty() {
-            let spec = PoolSpec {
-                name: "local".into(),
-                provider: Provider::Local,
-                capacity: machine.into(),
-                max_workers: 16,
-                labels: BTreeMap::new(),
-                price: Default::default(),
-                state: Default::default(),
-            };
-            created.push(format!("pool local ({machine}, 16 workers)"));
-            writes.push(Write::PutPool(PoolRecord {
-                spec,
-                created_at: now,
-                updated_at: now,
-            }));
-        }
-        if state.tenants.is_empty() {
-            created.push("tenant default (no quota)".into());
-            writes.push(Write::PutTenant(TenantRecord {
-                spec: TenantSpec::unlimited("default"),
-                created_at: now,
-                updated_at: now,
-            }));
-        }
-        let mut fx = Effects::default();
-        self.stage(&mut state, writes, &mut fx);
-        drop(state);
-        self.finish(fx).await?;
-        Ok(created)
-    }
-
-    // ---- pools and tenants ----
-
-    /// Creates or replaces a pool. `create_only` refuses an existing name.
-    pub async fn put_pool(
-        &self,
-        spec: PoolSpec,
-        create_only: bool,
-    ) -> Result<(PoolRecord, Action)> {
-        spec.validate()?;
-        let state = self.state.lock().await;
-        let now = self.now();
-        let old = state
-            .pools
-            .get(&spec.name)
-            .map(|p| (&p.spec, p.created_at, p.updated_at));
-        let (created_at, updated_at, action) =
-            upsert("pool", &spec.name, old, &spec, create_only, now)?;
-        let record = PoolRecord {
-            spec,
-            created_at,
-            updated_at,
-        };
-        self.finish_upsert(state, action, Write::PutPool(record.clone()))
-            .await?;
-        Ok((record, action))
-    }
-
-    pub async fn delete_pool(&self, name: &str) -> Result<()> {
-        let mut state = self.state.lock().await;
-        check_deletable(&state, "pool", name, state.pools.contains_key(name), |a| {
-            a.pool == name
-        })?;
-        let now = self.now();
-        let mut writes = vec![Write::DeletePool(name.into())];
-        for w in state.workers.values().filter(|w| w.record.pool == name) {
-            writes.push(Write::PutWorker(WorkerRecord {
-                state: WorkerState::Gone,
-                updated_at: now,
-                ..w.record.clone()
-            }));
-        }
-        let mut fx = Effects::default();
-        self.stage(&mut state, writes, &mut fx);
-        drop(state);
-        self.finish(fx).await
-    }
-
-    /// Creates or replaces a tenant. `create_only` refuses an existing name.
-    pub async fn put_tenant(
-        &self,
-        spec: TenantSpec,
-        create_only: bool,
-    ) -> Result<(TenantRecord, Action)> {
-        spec.validate()?;
-        let state = self.state.lock().await;
-        let now = self.now();
-        let old = state
-            .tenants
-            .get(&spec.name)
-            .map(|t| (&t.spec, t.created_at, t.updated_at));
-        let (created_at, updated_at, action) =
-            upsert("tenant", &spec.name, old, &spec, create_only, now)?;
-        let record = TenantRecord {
-            spec,
-            created_at,
-            updated_at,
-        };
-        self.finish_upsert(state, action, Write::PutTenant(record.clone()))
-            .await?;
-        Ok((record, action))
-    }
-
-    pub async fn delete_tenant(&self, name: &str) -> Result<()> {
-        let mut state = self.state.lock().await;
-        check_deletable(
-            &state,
-            "tenant",
-            name,
-            state.tenants.contains_key(name),
-            |a| a.tenant == name,
-        )?;
-        let mut fx = Effects::default();
-        self.stage(&mut state, vec![Write::DeleteTenant(name.into())], &mut fx);
-        drop(state);
-        self.finish(fx).await
-    }
-
-    /// Stages a pool or tenant write unless nothing changed; the controller looks
-    /// again, since limits may have moved.
-    async fn finish_upsert(
-        &self,
-        mut state: MutexGuard<'_, State>,
-        action: Action,
-        write: Write,
-    ) -> Result<()> {
-        let mut fx = Effects {
-            controller: true,
-            ..Effects::default()
-        };
-        if action != Action::Unchanged {
-            self.stage(&mut state, vec![write], &mut fx);
-        }
-        drop(state);
-        self.finish(fx).await
-    }
-
     // ---- runs ----
 
     /// Validates a pipeline spec (YAML or JSON) and queues a run of it, or stores
     /// it as rejected when it can never fit. Nothing is stored for an invalid spec.
-    pub async fn submit(&self, text: &str) -> Result<RunRecord> {
-        let value = parse_single(text, "Pipeline")?;
+    ///
+    /// A tenant token submits for its own tenant only: a pipeline without
+    /// `tenant:` gets it, and another tenant's name is refused.
+    pub async fn submit(&self, who: &Principal, text: &str) -> Result<RunRecord> {
+        let mut value = parse_single(text, "Pipeline")?;
+        if let Some(own) = who.role.tenant() {
+            match value.get("tenant") {
+                None => {
+                    if let Some(doc) = value.as_object_mut() {
+                        doc.insert("tenant".into(), own.into());
+                    }
+                }
+                Some(named) if named.as_str() == Some(own) => {}
+                Some(named) => {
+                    return Err(EngineError::Forbidden(format!(
+                        "token {} submits runs for tenant {own} only, not {named}",
+                        who.name
+                    )));
+                }
+            }
+        }
         let spec: PipelineSpec = from_value(value, "")?;
         let pipeline = spec.compile()?;
         let priority = self
@@ -587,11 +502,15 @@ impl Engine {
 
     /// Cancels a run that has not ended: releases everything it holds at once
     /// and tells its workers to kill its processes.
-    pub async fn cancel(&self, id: RunId) -> Result<RunRecord> {
+    /// A tenant token cancels its own tenant's runs only. The cancel is audited.
+    pub async fn cancel(&self, who: &Principal, id: RunId) -> Result<RunRecord> {
         let mut state = self.state.lock().await;
         let Some(run) = state.runs.get(&id) else {
             drop(state);
             return match self.store.run(id).await? {
+                Some(detail) if !who.may_touch_tenant(&detail.run.tenant) => {
+                    Err(forbidden_run(who, id))
+                }
                 Some(detail) => Err(EngineError::Conflict(format!(
                     "run {id} has already ended ({})",
                     detail.run.state
@@ -602,7 +521,12 @@ impl Engine {
                 }),
             };
         };
-        let mut update = RunUpdate::new(run, self.now());
+        if !who.may_touch_tenant(&run.record.tenant) {
+            return Err(forbidden_run(who, id));
+        }
+        let now = self.now();
+        let before = run.record.state;
+        let mut update = RunUpdate::new(run, now);
         let workers: BTreeSet<WorkerId> = run
             .attempts
             .iter()
@@ -611,6 +535,17 @@ impl Engine {
             .collect();
         update.finish(RunState::Cancelled);
         let record = update.run.record.clone();
+        let name = id.to_string();
+        update.writes.push(
+            catalog::Change {
+                kind: "run",
+                name: &name,
+                action: "cancel",
+                before: Some(serde_json::json!({ "state": before.as_str() })),
+                after: Some(serde_json::json!({ "state": record.state.as_str() })),
+            }
+            .write(&mut state, who, now),
+        );
         let mut fx = Effects {
             wake: Self::wake_handles(&state, workers),
             controller: true,
@@ -910,307 +845,4 @@ impl Engine {
         self.stage(state, writes, fx);
     }
 
-    // ---- the agent protocol ----
-
-    pub async fn register(&self, req: RegisterRequest) -> Result<WorkerId> {
-        corral_core::error::check_name("name", &req.name)?;
-        let capacity: Resources = req.capacity.into();
-        if Dimension::ALL
-            .iter()
-            .any(|d| capacity.get(*d) > MAX_QUANTITY)
-        {
-            return Err(FieldError::new("capacity", format!("{capacity} is too large")).into());
-        }
-        if capacity.cpu_millis == 0 || capacity.memory_mib == 0 {
-            return Err(
-                FieldError::new("capacity", "cpu and memory must be greater than zero").into(),
-            );
-        }
-        let mut state = self.state.lock().await;
-        if !state.pools.contains_key(&req.pool) {
-            return Err(FieldError::new("pool", format!("unknown pool {:?}", req.pool)).into());
-        }
-        let mut fx = Effects {
-            controller: true,
-            ..Effects::default()
-        };
-        // An agent that registers again under its name (from the same work
-        // directory) was restarted: what its earlier incarnation ran is lost
-        // now, not after the heartbeat timeout. Another live agent under the
-        // same name is a mistake, and told so.
-        let now = self.now();
-        let earlier: BTreeSet<WorkerId> = state
-            .workers
-            .values()
-            .filter(|w| w.record.pool == req.pool && w.record.name == req.name)
-            .map(|w| {
-                let restarted = w.instance.is_none() || w.instance == req.instance;
-                let silent =
-                    now.millis_since(w.last_seen) > ms(self.config.heartbeat_timeout) / 2;
-                if restarted || silent {
-                    Ok(w.record.id)
-                } else {
-                    Err(EngineError::Conflict(format!(
-                        "an agent named {} is already live in pool {}; give this one another --name",
-                        req.name, req.pool
-                    )))
-                }
-            })
-            .collect::<Result<_>>()?;
-        self.lose_workers(&mut state, &earlier, "registered again", &mut fx);
-        let id = state.next_worker_id();
-        let record = WorkerRecord {
-            id,
-            pool: req.pool,
-            name: req.name.clone(),
-            capacity,
-            labels: req.labels,
-            state: WorkerState::Ready,
-            registered_at: now,
-            updated_at: now,
-        };
-        let mut writes = vec![Write::PutWorker(record)];
-        // A worker spawned for an allocation serves that allocation.
-        let spawned_for = {
-            let mut pending = self
-                .pending
-                .lock()
-                .expect("the pending-spawn lock is never held across a panic");
-            pending.remove(&req.name)
-        };
-        if let Some(p) = spawned_for {
-            let target = state.runs.values().find_map(|r| {
-                r.allocations
-                    .iter()
-                    .find(|a| a.id == p.allocation && a.worker_id.is_none())
-                    .map(|a| (r.record.id, a.group))
-            });
-            if let Some((run_id, group)) = target {
-                let mut update = RunUpdate::new(&state.runs[&run_id], now);
-                update.bind(group, Some(id));
-                update.advance(&mut state);
-                writes.append(&mut update.writes);
-            }
-        }
-        self.stage(&mut state, writes, &mut fx);
-        if let Some(live) = state.workers.get_mut(&id) {
-            live.instance = req.instance;
-        }
-        self.provision(&mut state, &mut fx);
-        drop(state);
-        self.finish(fx).await?;
-        tracing::info!(worker = id.0, name = %req.name, "worker registered");
-        Ok(id)
-    }
-
-    /// Answers a worker's poll: its new assignments, the attempts it must kill,
-    /// or that it should exit. Holds the poll open while there is nothing to say.
-    pub async fn poll(&self, worker: WorkerId, req: PollRequest) -> Result<PollResponse> {
-        // A held poll is not seen as a heartbeat: keep it well inside the timeout.
-        let wait = Duration::from_millis(req.wait_ms)
-            .min(self.config.max_poll_wait)
-            .min(self.config.heartbeat_timeout / 3);
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let wake = {
-                let mut state = self.state.lock().await;
-                let now = self.now();
-                let Some(live) = state.workers.get_mut(&worker) else {
-                    // Told to exit only once its removal is committed.
-                    if let Some(&seq) = state.retiring.get(&worker)
-                        && seq > self.commits.settled()
-                    {
-                        drop(state);
-                        let _ = self.commits.settle(seq).await;
-                        continue;
-                    }
-                    return Ok(PollResponse {
-                        shutdown: true,
-                        cancel: req.running.clone(),
-                        ..PollResponse::default()
-                    });
-                };
-                live.last_seen = now;
-                live.polled = true;
-                let wake = live.wake.clone();
-                let response = self.take_assignments(&mut state, worker, &req);
-                if !response.assignments.is_empty()
-                    || !response.cancel.is_empty()
-                    || tokio::time::Instant::now() >= deadline
-                {
-                    return Ok(response);
-                }
-                wake
-            };
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-        }
-    }
-
-    fn take_assignments(
-        &self,
-        state: &mut State,
-        worker: WorkerId,
-        req: &PollRequest,
-    ) -> PollResponse {
-        let now = self.now();
-        let redeliver_after = ms(self.config.max_poll_wait) * 2;
-        // Only what is committed is handed out or cancelled.
-        let settled = self.commits.settled();
-        state.prune_settled(settled);
-        let mut assignments = Vec::new();
-        let mut delivered = Vec::new();
-        for run in state.runs.values() {
-            if !run.allocations.iter().any(|a| a.worker_id == Some(worker)) {
-                continue;
-            }
-            // Running attempts the worker does not report as running: new ones, and
-            // any whose answer was lost (the server died, or the poll timed out).
-            for attempt in run.attempts.iter().filter(|a| {
-                a.worker_id == worker
-                    && a.state == AttemptState::Running
-                    && !req.running.contains(&a.id.0)
-                    && !state.unsettled.contains_key(&a.id)
-                    && state
-                        .delivered
-                        .get(&a.id)
-                        .is_none_or(|at| now.millis_since(*at) > redeliver_after)
-            }) {
-                let step = &run.record.spec.steps[attempt.step_idx as usize];
-                let mut env = step.env.clone();
-                env.insert("CORRAL_RUN_ID".into(), run.record.id.to_string());
-                env.insert("CORRAL_PIPELINE".into(), run.record.pipeline.clone());
-                env.insert("CORRAL_TENANT".into(), run.record.tenant.clone());
-                env.insert("CORRAL_STEP".into(), step.name.clone());
-                env.insert("CORRAL_ATTEMPT".into(), attempt.number.to_string());
-                assignments.push(Assignment {
-                    attempt_id: attempt.id.0,
-                    run_id: run.record.id.0,
-                    step: step.name.clone(),
-                    command: step.run.clone(),
-                    env,
-                    timeout_secs: step.timeout,
-                    workspace: format!("run-{}", run.record.id),
-                });
-                delivered.push(attempt.id);
-            }
-        }
-        let cancel: Vec<i64> = req
-            .running
-            .iter()
-            .copied()
-            .filter(|&id| {
-                let live = state
-                    .attempt_runs
-                    .get(&AttemptId(id))
-                    .and_then(|r| state.runs.get(r))
-                    .and_then(|r| r.attempt(AttemptId(id)));
-                !live.is_some_and(|a| !a.state.is_terminal() && a.worker_id == worker)
-                    && !state.unsettled.contains_key(&AttemptId(id))
-            })
-            .collect();
-        for id in delivered {
-            state.delivered.insert(id, now);
-        }
-        PollResponse {
-            assignments,
-            cancel,
-            shutdown: false,
-        }
-    }
-
-    /// Stores a chunk of an attempt's output (idempotent per offset).
-    pub async fn append_log(&self, attempt: AttemptId, offset: u64, data: String) -> Result<()> {
-        if offset > MAX_QUANTITY {
-            return Err(FieldError::new("offset", format!("{offset} is too large")).into());
-        }
-        // Text columns cannot hold NUL (PostgreSQL refuses it).
-        let data = if data.contains('\0') {
-            data.replace('\0', "\u{FFFD}")
-        } else {
-            data
-        };
-        let mut fx = Effects::default();
-        {
-            let mut state = self.state.lock().await;
-            let found = state
-                .attempt_runs
-                .get(&attempt)
-                .and_then(|r| state.runs.get(r))
-                .and_then(|r| r.attempt(attempt));
-            let (run_id, step_idx) = match found {
-                Some(a) => (a.run_id, a.step_idx),
-                None => {
-                    return Err(EngineError::NotFound {
-                        what: "live attempt",
-                        name: attempt.to_string(),
-                    });
-                }
-            };
-            let chunk = Write::AppendLog(LogChunk {
-                attempt_id: attempt,
-                run_id,
-                step_idx,
-                offset,
-                data,
-            });
-            self.stage(&mut state, vec![chunk], &mut fx);
-        }
-        self.finish(fx).await
-    }
-
-    /// Records how an attempt ended and moves its run forward. Reporting an
-    /// attempt that has already ended changes nothing.
-    pub async fn report(
-        &self,
-        worker: WorkerId,
-        attempt_id: AttemptId,
-        req: ReportRequest,
-    ) -> Result<()> {
-        let outcome = match req.outcome.as_str() {
-            "succeeded" => AttemptState::Succeeded,
-            "failed" => AttemptState::Failed,
-            "timedout" => AttemptState::TimedOut,
-            "cancelled" => AttemptState::Cancelled,
-            other => {
-                return Err(FieldError::new(
-                    "outcome",
-                    format!("{other:?} is not an outcome (succeeded, failed, timedout, cancelled)"),
-                )
-                .into());
-            }
-        };
-        let mut state = self.state.lock().await;
-        // Whatever the answer, it stands only once what it rests on is committed.
-        let mut fx = Effects {
-            seq: state.seq,
-            ..Effects::default()
-        };
-        let live = state
-            .attempt_runs
-            .get(&attempt_id)
-            .and_then(|r| state.runs.get(r))
-            .and_then(|run| Some((run, run.attempt(attempt_id).cloned()?)));
-        // When the run has ended, or the attempt has, it was recorded then.
-        let Some((run, attempt)) = live.filter(|(_, a)| !a.state.is_terminal()) else {
-            drop(state);
-            return self.finish(fx).await;
-        };
-        if attempt.worker_id != worker {
-            return Err(EngineError::Conflict(format!(
-                "attempt {attempt_id} belongs to worker {}, not {worker}",
-                attempt.worker_id
-            )));
-        }
-        let mut update = RunUpdate::new(run, self.now());
-        update.end_attempt(attempt, outcome, req.exit_code, req.error);
-        update.advance(&mut state);
-        fx.controller = update.run.record.state.is_terminal();
-        fx.wake = Self::wake_handles(&state, update.assigned_workers());
-        self.stage(&mut state, update.writes, &mut fx);
-        drop(state);
-        self.finish(fx).await
-    }
 }

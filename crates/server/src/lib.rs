@@ -2,6 +2,7 @@
 //! around an [`engine::Engine`] that owns every state change.
 
 pub mod api;
+pub mod auth;
 mod commit;
 pub mod engine;
 mod logs;
@@ -46,6 +47,16 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// How often the controller runs when nothing wakes it.
     pub tick: Duration,
+    /// Browser origins allowed to call the API; none by default.
+    pub cors_origins: Vec<String>,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +72,38 @@ pub enum ServerError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot write the admin token to {path}: {source}")]
+    AdminToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot use the TLS certificate {cert} and key {key}: {source}")]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--cors-origin {0:?} is not a valid origin")]
+    CorsOrigin(String),
+}
+
+/// Where the first start writes the admin token, under the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Writes a secret to a new file only its owner may read.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{secret}")
 }
 
 /// This machine's cpu and memory, for the `local` pool created on first start.
@@ -92,46 +135,79 @@ pub async fn serve(
         Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
     let committer = engine.clone();
     tokio::spawn(async move { committer.run_committer().await });
-    for created in engine.bootstrap(machine_resources()).await? {
+    let first = engine.bootstrap(machine_resources()).await?;
+    for created in &first.created {
         tracing::info!("first start: created {created}");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
+    if let Some(secret) = &first.admin_secret {
+        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        write_secret(&path, secret).map_err(|source| ServerError::AdminToken {
+            path: path.clone(),
             source,
         })?;
+        tracing::info!(path = %path.display(), "first start: the admin token is in this file (mode 0600); the CLI reads it from there");
+    }
+    let cors_origins = config
+        .cors_origins
+        .iter()
+        .map(|o| {
+            axum::http::HeaderValue::from_str(o).map_err(|_| ServerError::CorsOrigin(o.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let listener = std::net::TcpListener::bind(config.listen).map_err(|source| {
+        ServerError::Listen {
+            addr: config.listen,
+            source,
+        }
+    })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
     } else {
         addr.ip().to_string()
     };
-    engine
-        .provider()
-        .set_server_url(format!("http://{host}:{}", addr.port()));
-    tracing::info!(%addr, "corral server listening");
+    // Local agents reach the server at its own address; over TLS they trust
+    // the server's certificate file (which must name that address).
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    engine.provider().set_server(
+        format!("{scheme}://{host}:{}", addr.port()),
+        config.tls.as_ref().map(|t| t.cert.clone()),
+    );
+    tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");
     tokio::spawn(controller_loop(engine.clone(), config.tick));
+    let app = api::routes::router(engine, &api::routes::RouterConfig { cors_origins });
     // On shutdown, stop taking connections; held long-polls get a short grace,
     // then the server exits (agents ride it out and re-attach to the next one).
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
+    let stopper = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop.send(true);
+        stopper.graceful_shutdown(Some(Duration::from_secs(2)));
     });
-    let mut graceful = stopped.clone();
-    let mut grace = stopped;
-    let server =
-        axum::serve(listener, api::routes::router(engine)).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|s| *s).await;
-        });
-    tokio::select! {
-        served = server => served.map_err(ServerError::Serve),
-        _ = async move {
-            let _ = grace.wait_for(|s| *s).await;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        } => Ok(()),
-    }
+    let served = match &config.tls {
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .map_err(|source| ServerError::Tls {
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                    source,
+                })?;
+            axum_server::from_tcp_rustls(listener, rustls)
+                .map_err(ServerError::Serve)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+        None => {
+            axum_server::from_tcp(listener)
+                .map_err(ServerError::Serve)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+    };
+    served.map_err(ServerError::Serve)
 }
 
 /// The controller loop: one cycle whenever something changed, or every `tick`.

@@ -9,13 +9,17 @@ use std::sync::OnceLock;
 use corral_core::request::WorkerTemplate;
 use corral_core::resources::{format_cpu, format_memory};
 
+/// The variable through which a spawned agent gets its registration credential.
+pub const TOKEN_ENV: &str = "CORRAL_TOKEN";
+
 pub struct LocalProvider {
     /// The `corral` binary.
     exe: PathBuf,
     /// Where agents keep their workspaces and logs.
     work_dir: PathBuf,
-    /// The server's own URL, known once it listens.
-    server_url: OnceLock<String>,
+    /// The server's own URL, known once it listens, and the certificates its
+    /// agents trust when it serves TLS.
+    server: OnceLock<(String, Option<PathBuf>)>,
 }
 
 impl LocalProvider {
@@ -23,26 +27,33 @@ impl LocalProvider {
         LocalProvider {
             exe,
             work_dir,
-            server_url: OnceLock::new(),
+            server: OnceLock::new(),
         }
     }
 
-    pub fn set_server_url(&self, url: String) {
-        let _ = self.server_url.set(url);
+    pub fn set_server(&self, url: String, ca_cert: Option<PathBuf>) {
+        let _ = self.server.set((url, ca_cert));
     }
 
     /// Starts an agent named `name` shaped by `template`; its environment is the
-    /// template's, which its steps inherit. It outlives the server: a restart does
-    /// not kill running steps.
-    pub fn spawn(&self, name: &str, template: &WorkerTemplate) -> std::io::Result<()> {
+    /// template's, which its steps inherit. It registers with `credential`, handed
+    /// over in its environment (never on its command line, which anyone on the
+    /// host can read); it does not pass it on to its steps. It outlives the
+    /// server: a restart does not kill running steps.
+    pub fn spawn(
+        &self,
+        name: &str,
+        template: &WorkerTemplate,
+        credential: &str,
+    ) -> std::io::Result<()> {
         let resources = template.resources;
         let labels: Vec<String> = template
             .labels
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let url = self
-            .server_url
+        let (url, ca_cert) = self
+            .server
             .get()
             .ok_or_else(|| std::io::Error::other("the server is not listening yet"))?;
         let logs = self.work_dir.join("logs");
@@ -59,9 +70,11 @@ impl LocalProvider {
             .args(["--gpu", &resources.gpu.to_string()])
             .args(["--labels", &labels.join(",")])
             .envs(&template.env)
+            .env(TOKEN_ENV, credential)
             .arg("--work-dir")
             .arg(&self.work_dir)
             .arg("--ephemeral")
+            .args(ca_cert.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -88,8 +88,6 @@ pub struct LiveWorker {
     /// Has polled since it registered or since this server started: a static
     /// agent is offered work only then (it may have died while the server was down).
     pub polled: bool,
-    /// Identifies the agent's work directory, to tell a restart from a namesake.
-    pub instance: Option<String>,
 }
 
 /// Everything unfinished, indexed for the engine.
@@ -177,6 +175,11 @@ impl State {
         AllocationId(self.last_ids.allocation)
     }
 
+    pub fn next_audit_id(&mut self) -> i64 {
+        self.last_ids.audit += 1;
+        self.last_ids.audit
+    }
+
     pub fn next_worker_id(&mut self) -> WorkerId {
         self.last_ids.worker += 1;
         WorkerId(self.last_ids.worker)
@@ -260,7 +263,6 @@ impl State {
                                 idle_since: Some(now),
                                 wake: Arc::new(Notify::new()),
                                 polled: true,
-                                instance: None,
                             },
                         );
                     }
@@ -270,7 +272,10 @@ impl State {
                 self.workers.remove(&w.id);
                 self.retiring.insert(w.id, seq);
             }
-            Write::AppendLog(_) => {}
+            Write::AppendLog(_)
+            | Write::PutToken(_)
+            | Write::TouchToken { .. }
+            | Write::AppendAudit(_) => {}
         }
     }
 

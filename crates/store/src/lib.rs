@@ -50,4 +50,7 @@ pub trait Store: Send + Sync {
 
     /// A run's log chunks (of one step, or all), ordered by step, attempt and offset.
     async fn logs(&self, run: RunId, step: Option<u32>) -> Result<Vec<LogChunk>>;
+
+    /// The audit log, oldest first.
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use corral_core::access::Role;
 use corral_core::clock::Timestamp;
 use corral_core::controller::Reason;
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
@@ -92,6 +93,41 @@ pub struct WorkerRecord {
     pub state: WorkerState,
     pub registered_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The agent's own id for itself (kept in its work directory): tells a
+    /// restart of this agent from another agent with the same name.
+    pub instance: Option<String>,
+    /// The hash of the secret the worker was handed at registration.
+    pub secret_hash: Option<String>,
+}
+
+/// An API token: only the hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub name: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// One change to pools, tenants or tokens, or a cancel: who made it, when, and
+/// what the object was before and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: Timestamp,
+    /// The name of the token that made the change (`corral` for the server itself).
+    pub who: String,
+    /// `pool`, `tenant`, `token` or `run`.
+    pub kind: String,
+    pub name: String,
+    /// `create`, `update`, `delete`, `revoke` or `cancel`.
+    pub action: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
 }
 
 /// A piece of a step's output, at a byte offset of its attempt's log.
@@ -118,6 +154,11 @@ pub enum Write {
     PutWorker(WorkerRecord),
     /// Idempotent: a chunk already stored at that offset is kept as it is.
     AppendLog(LogChunk),
+    /// Creates or replaces a token by name.
+    PutToken(TokenRecord),
+    /// Records when a token was last used.
+    TouchToken { name: String, at: Timestamp },
+    AppendAudit(AuditRecord),
 }
 
 /// Everything that is not finished: what the server needs in memory to work.
@@ -134,6 +175,8 @@ pub struct Live {
     pub open_allocations: Vec<AllocationRecord>,
     /// Workers in state ready.
     pub workers: Vec<WorkerRecord>,
+    /// Every token, revoked and expired ones included.
+    pub tokens: Vec<TokenRecord>,
     pub max_ids: MaxIds,
 }
 
@@ -144,6 +187,7 @@ pub struct MaxIds {
     pub attempt: i64,
     pub allocation: i64,
     pub worker: i64,
+    pub audit: i64,
 }
 
 /// A run with everything that belongs to it.
@@ -170,6 +214,16 @@ pub struct AllocationFilter {
     pub run: Option<RunId>,
     /// Only allocations closed at or after this time.
     pub closed_since: Option<Timestamp>,
+    /// Oldest first; at most this many.
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only entries at or after this time.
+    pub since: Option<Timestamp>,
+    pub who: Option<String>,
+    pub kind: Option<String>,
     /// Oldest first; at most this many.
     pub limit: u32,
 }

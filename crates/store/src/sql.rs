@@ -7,6 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use corral_core::access::Role;
 use corral_core::clock::Timestamp;
 use corral_core::controller::{Reason, ReasonCode};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
@@ -145,6 +146,9 @@ fn resources(row: &AnyRow) -> Result<Resources> {
 
 const RUN_COLUMNS: &str = "id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at";
 const ATTEMPT_COLUMNS: &str = "id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at";
+const WORKER_COLUMNS: &str = "id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash";
+const TOKEN_COLUMNS: &str =
+    "name, hash, role, tenant, pool, created_at, expires_at, revoked_at, last_used_at";
 const ALLOCATION_COLUMNS: &str =
     "id, run_id, grp, tenant, pool, cpu_millis, memory_mib, gpu, worker_id, opened_at, closed_at";
 
@@ -229,6 +233,46 @@ fn worker_from(row: &AnyRow) -> Result<WorkerRecord> {
         state: parse_enum::<WorkerState>("worker state", &row.try_get::<String, _>("state")?)?,
         registered_at: ts(row, "registered_at")?,
         updated_at: ts(row, "updated_at")?,
+        instance: row.try_get("instance")?,
+        secret_hash: row.try_get("secret_hash")?,
+    })
+}
+
+fn token_from(row: &AnyRow) -> Result<TokenRecord> {
+    let role: String = row.try_get("role")?;
+    let tenant: Option<String> = row.try_get("tenant")?;
+    let pool: Option<String> = row.try_get("pool")?;
+    Ok(TokenRecord {
+        name: row.try_get("name")?,
+        hash: row.try_get("hash")?,
+        role: Role::parse(&role, tenant.as_deref(), pool.as_deref()).map_err(|e| {
+            StoreError::Corrupt {
+                what: "token role",
+                detail: e.to_string(),
+            }
+        })?,
+        created_at: ts(row, "created_at")?,
+        expires_at: opt_ts(row, "expires_at")?,
+        revoked_at: opt_ts(row, "revoked_at")?,
+        last_used_at: opt_ts(row, "last_used_at")?,
+    })
+}
+
+fn audit_from(row: &AnyRow) -> Result<AuditRecord> {
+    let spec = |col: &str| -> Result<Option<serde_json::Value>> {
+        row.try_get::<Option<String>, _>(col)?
+            .map(|text| from_json("audited spec", &text))
+            .transpose()
+    };
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        at: ts(row, "at")?,
+        who: row.try_get("who")?,
+        kind: row.try_get("kind")?,
+        name: row.try_get("name")?,
+        action: row.try_get("action")?,
+        before: spec("before_spec")?,
+        after: spec("after_spec")?,
     })
 }
 
@@ -399,8 +443,8 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         }
         Write::PutWorker(w) => {
             sqlx::query(
-                "INSERT INTO workers (id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                "INSERT INTO workers (id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
             )
             .bind(w.id.0)
@@ -413,6 +457,51 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(w.state.as_str())
             .bind(w.registered_at.0)
             .bind(w.updated_at.0)
+            .bind(w.instance.clone())
+            .bind(w.secret_hash.clone())
+            .execute(conn)
+            .await?;
+        }
+        Write::PutToken(t) => {
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, role = excluded.role, \
+                 tenant = excluded.tenant, pool = excluded.pool, created_at = excluded.created_at, \
+                 expires_at = excluded.expires_at, revoked_at = excluded.revoked_at, \
+                 last_used_at = excluded.last_used_at"
+            )))
+            .bind(&t.name)
+            .bind(&t.hash)
+            .bind(t.role.name())
+            .bind(t.role.tenant().map(str::to_string))
+            .bind(t.role.pool().map(str::to_string))
+            .bind(t.created_at.0)
+            .bind(t.expires_at.map(|t| t.0))
+            .bind(t.revoked_at.map(|t| t.0))
+            .bind(t.last_used_at.map(|t| t.0))
+            .execute(conn)
+            .await?;
+        }
+        Write::TouchToken { name, at } => {
+            sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE name = $2")
+                .bind(at.0)
+                .bind(name)
+                .execute(conn)
+                .await?;
+        }
+        Write::AppendAudit(a) => {
+            sqlx::query(
+                "INSERT INTO audit (id, at, who, kind, name, action, before_spec, after_spec) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(a.id)
+            .bind(a.at.0)
+            .bind(&a.who)
+            .bind(&a.kind)
+            .bind(&a.name)
+            .bind(&a.action)
+            .bind(a.before.as_ref().map(to_json))
+            .bind(a.after.as_ref().map(to_json))
             .execute(conn)
             .await?;
         }
@@ -557,11 +646,23 @@ impl Store for SqlStore {
             allocation_from,
         )
         .await?;
-        let workers = decode_all(&mut conn, sqlx::query(
-            "SELECT id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at \
-             FROM workers WHERE state = $1 ORDER BY id",
+        let workers = decode_all(
+            &mut conn,
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {WORKER_COLUMNS} FROM workers WHERE state = $1 ORDER BY id"
+            )))
+            .bind(WorkerState::Ready.as_str()),
+            worker_from,
         )
-        .bind(WorkerState::Ready.as_str()), worker_from).await?;
+        .await?;
+        let tokens = decode_all(
+            &mut conn,
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name"
+            ))),
+            token_from,
+        )
+        .await?;
         let max = |table: &'static str| format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}");
         let mut max_ids = MaxIds::default();
         for (table, slot) in [
@@ -569,6 +670,7 @@ impl Store for SqlStore {
             ("attempts", &mut max_ids.attempt),
             ("allocations", &mut max_ids.allocation),
             ("workers", &mut max_ids.worker),
+            ("audit", &mut max_ids.audit),
         ] {
             *slot = sqlx::query(AssertSqlSafe(max(table)))
                 .fetch_one(&mut *conn)
@@ -583,6 +685,7 @@ impl Store for SqlStore {
             attempts,
             open_allocations,
             workers,
+            tokens,
             max_ids,
         })
     }
@@ -695,5 +798,24 @@ impl Store for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let filters = [
+            ("at >=", filter.since.map(|t| Param::Int(t.0))),
+            ("who =", filter.who.clone().map(Param::Text)),
+            ("kind =", filter.kind.clone().map(Param::Text)),
+        ];
+        filtered(
+            "SELECT id, at, who, kind, name, action, before_spec, after_spec FROM audit",
+            filters,
+            "ORDER BY id",
+            filter.limit,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(audit_from)
+        .collect()
     }
 }

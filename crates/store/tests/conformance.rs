@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use corral_core::access::Role;
 use corral_core::clock::Timestamp;
 use corral_core::controller::{Reason, ReasonCode};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
@@ -122,6 +123,8 @@ async fn suite(store: &dyn Store) {
         state: WorkerState::Ready,
         registered_at: Timestamp(90),
         updated_at: Timestamp(90),
+        instance: Some("17f3-42".into()),
+        secret_hash: Some("ab".repeat(32)),
     };
     let attempt = AttemptRecord {
         id: AttemptId(3),
@@ -166,7 +169,8 @@ async fn suite(store: &dyn Store) {
             run: 2,
             attempt: 3,
             allocation: 5,
-            worker: 7
+            worker: 7,
+            audit: 0,
         }
     );
 
@@ -309,6 +313,100 @@ async fn suite(store: &dyn Store) {
             .is_empty()
     );
     assert_eq!(store.logs(RunId(1), None).await.expect("logs").len(), 2);
+
+    // Tokens: replaced by name, touched, listed with the live state.
+    let token = TokenRecord {
+        name: "ci".into(),
+        hash: "cd".repeat(32),
+        role: Role::Tenant {
+            tenant: "acme".into(),
+        },
+        created_at: Timestamp(300),
+        expires_at: Some(Timestamp(10_000)),
+        revoked_at: None,
+        last_used_at: None,
+    };
+    let admin = TokenRecord {
+        name: "admin".into(),
+        hash: "ef".repeat(32),
+        role: Role::Admin,
+        expires_at: None,
+        ..token.clone()
+    };
+    store
+        .commit(&[
+            Write::PutToken(token.clone()),
+            Write::PutToken(admin.clone()),
+            Write::TouchToken {
+                name: "ci".into(),
+                at: Timestamp(301),
+            },
+        ])
+        .await
+        .expect("tokens");
+    let revoked = TokenRecord {
+        revoked_at: Some(Timestamp(302)),
+        last_used_at: Some(Timestamp(301)),
+        ..token.clone()
+    };
+    store
+        .commit(&[Write::PutToken(revoked.clone())])
+        .await
+        .expect("revoke");
+    assert_eq!(
+        store.load_live().await.expect("load").tokens,
+        vec![admin.clone(), revoked]
+    );
+    // Two tokens never share a hash.
+    let twin = TokenRecord {
+        name: "twin".into(),
+        ..admin.clone()
+    };
+    assert!(store.commit(&[Write::PutToken(twin)]).await.is_err());
+
+    // The audit log: filtered by time, author and kind, oldest first.
+    let entry = |id: i64, who: &str, kind: &str| AuditRecord {
+        id,
+        at: Timestamp(400 + id),
+        who: who.into(),
+        kind: kind.into(),
+        name: "linux".into(),
+        action: "update".into(),
+        before: Some(serde_json::json!({"max_workers": 16})),
+        after: Some(serde_json::json!({"max_workers": 3})),
+    };
+    store
+        .commit(&[
+            Write::AppendAudit(entry(1, "admin", "pool")),
+            Write::AppendAudit(AuditRecord {
+                before: None,
+                ..entry(2, "ops", "tenant")
+            }),
+            Write::AppendAudit(entry(3, "ops", "pool")),
+        ])
+        .await
+        .expect("audit");
+    let all = store
+        .audit(&AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(all.iter().map(|a| a.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(all[0], entry(1, "admin", "pool"));
+    assert_eq!(all[1].before, None);
+    let ops_pools = store
+        .audit(&AuditFilter {
+            since: Some(Timestamp(402)),
+            who: Some("ops".into()),
+            kind: Some("pool".into()),
+            limit: 10,
+        })
+        .await
+        .expect("audit");
+    assert_eq!(ops_pools, vec![entry(3, "ops", "pool")]);
+    assert_eq!(store.load_live().await.expect("load").max_ids.audit, 3);
 
     // Deletes.
     store

@@ -27,6 +27,15 @@ impl ApiError {
         }
     }
 
+    pub fn forbidden(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message,
+            details: json!({}),
+        }
+    }
+
     pub fn not_found(what: &str, name: impl std::fmt::Display) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
@@ -54,6 +63,7 @@ impl From<EngineError> for ApiError {
                 message,
                 details: json!({}),
             },
+            EngineError::Forbidden(message) => ApiError::forbidden(message),
             EngineError::Store(e) => e.into(),
             EngineError::CommitFailed(message) => {
                 tracing::error!(%message, "commit failed");

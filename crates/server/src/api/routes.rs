@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::Extension;
+use corral_core::access::Access;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use axum::{Json, Router};
 use corral_api::*;
 use corral_core::error::FieldError;
@@ -16,11 +20,14 @@ use corral_core::manifest::{Document, parse_documents, parse_single};
 use corral_core::pool::PoolSpec;
 use corral_core::run::RunState;
 use corral_core::tenant::TenantSpec;
-use corral_store::{AllocationFilter, RunDetail, RunFilter};
+use corral_core::access::Role;
+use corral_store::{AllocationFilter, AuditFilter, RunDetail, RunFilter};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
 use super::error::ApiError;
+use super::guard::guard;
+use crate::auth::{Caller, Principal};
 use super::views;
 use crate::engine::Engine;
 use crate::state::QueuePlace;
@@ -30,38 +37,98 @@ type ApiResult<T> = Result<T, ApiError>;
 
 type Params = Query<BTreeMap<String, String>>;
 
-pub fn router(engine: Arc<Engine>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/apply", post(apply))
-        .route("/api/v1/pools", get(list_pools).post(create_pool))
-        .route(
-            "/api/v1/pools/{name}",
-            get(get_pool).put(put_pool).delete(delete_pool),
+/// One route of the API with its access rule. The router is built from this
+/// table only, so no route exists without a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+type Handler = MethodRouter<AppState>;
+
+fn table() -> Vec<(RouteSpec, Handler)> {
+    use Access::*;
+    let r = |method: &'static str, path: &'static str, access: Access, handler: Handler| {
+        (
+            RouteSpec {
+                method,
+                path,
+                access,
+            },
+            handler,
         )
-        .route("/api/v1/tenants", get(list_tenants).post(create_tenant))
-        .route(
-            "/api/v1/tenants/{name}",
-            get(get_tenant).put(put_tenant).delete(delete_tenant),
-        )
-        .route("/api/v1/runs", get(list_runs).post(submit_run))
-        .route("/api/v1/runs/{id}", get(get_run))
-        .route("/api/v1/runs/{id}/cancel", post(cancel_run))
-        .route("/api/v1/runs/{id}/logs", get(run_logs))
-        .route("/api/v1/allocations", get(list_allocations))
-        .route("/api/v1/queue", get(list_queue))
-        .route("/api/v1/agents/register", post(register_agent))
-        .route("/api/v1/agents/{worker}/poll", post(poll_agent))
-        .route(
+    };
+    vec![
+        r("GET", "/healthz", Public, get(|| async { "ok" })),
+        r("GET", "/api/v1/openapi.json", Public, get(openapi)),
+        r("POST", "/api/v1/apply", Admin, post(apply)),
+        r("GET", "/api/v1/pools", Read, get(list_pools)),
+        r("POST", "/api/v1/pools", Admin, post(create_pool)),
+        r("GET", "/api/v1/pools/{name}", Read, get(get_pool)),
+        r("PUT", "/api/v1/pools/{name}", Admin, put(put_pool)),
+        r("DELETE", "/api/v1/pools/{name}", Admin, delete(delete_pool)),
+        r("GET", "/api/v1/tenants", Read, get(list_tenants)),
+        r("POST", "/api/v1/tenants", Admin, post(create_tenant)),
+        r("GET", "/api/v1/tenants/{name}", Read, get(get_tenant)),
+        r("PUT", "/api/v1/tenants/{name}", Admin, put(put_tenant)),
+        r("DELETE", "/api/v1/tenants/{name}", Admin, delete(delete_tenant)),
+        r("GET", "/api/v1/runs", Read, get(list_runs)),
+        r("POST", "/api/v1/runs", Operate, post(submit_run)),
+        r("GET", "/api/v1/runs/{id}", Read, get(get_run)),
+        r("POST", "/api/v1/runs/{id}/cancel", Operate, post(cancel_run)),
+        r("GET", "/api/v1/runs/{id}/logs", Read, get(run_logs)),
+        r("GET", "/api/v1/allocations", Read, get(list_allocations)),
+        r("GET", "/api/v1/queue", Read, get(list_queue)),
+        r("GET", "/api/v1/tokens", ReadAll, get(list_tokens)),
+        r("POST", "/api/v1/tokens", Admin, post(create_token)),
+        r("DELETE", "/api/v1/tokens/{name}", Admin, delete(revoke_token)),
+        r("GET", "/api/v1/audit", ReadAll, get(list_audit)),
+        r("POST", "/api/v1/agents/register", Register, post(register_agent)),
+        r("POST", "/api/v1/agents/{worker}/poll", Worker, post(poll_agent)),
+        r(
+            "POST",
             "/api/v1/agents/{worker}/attempts/{attempt}/logs",
+            Worker,
             post(append_log),
-        )
-        .route(
+        ),
+        r(
+            "POST",
             "/api/v1/agents/{worker}/attempts/{attempt}/report",
+            Worker,
             post(report_attempt),
-        )
-        .with_state(engine)
+        ),
+    ]
+}
+
+/// Every route with its access rule, as the router serves them.
+pub fn route_table() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}
+
+/// Browser origins allowed to call the API (CORS); none unless configured.
+#[derive(Debug, Clone, Default)]
+pub struct RouterConfig {
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+pub fn router(engine: Arc<Engine>, config: &RouterConfig) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in table() {
+        let gate = from_fn_with_state((engine.clone(), spec.access), guard);
+        router = router.route(spec.path, handler.route_layer(gate));
+    }
+    let router = router.with_state(engine);
+    if config.cors_origins.is_empty() {
+        return router;
+    }
+    router.layer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(config.cors_origins.clone()))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+    )
 }
 
 #[derive(OpenApi)]
@@ -86,6 +153,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         run_logs,
         list_allocations,
         list_queue,
+        list_tokens,
+        create_token,
+        revoke_token,
+        list_audit,
         register_agent,
         poll_agent,
         append_log,
@@ -153,24 +224,45 @@ fn run_id(text: &str) -> ApiResult<RunId> {
 // ---- pools ----
 
 #[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = [PoolView])))]
-async fn list_pools(State(engine): State<AppState>) -> Json<Vec<PoolView>> {
+async fn list_pools(
+    State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Json<Vec<PoolView>> {
     let state = engine.read().await;
     let snapshot = state.snapshot(engine.now());
     Json(
         state
             .pools
             .values()
+            .filter(|p| may_use_pool(&state, &who, &p.spec.name))
             .map(|p| views::pool(p, &snapshot))
             .collect(),
     )
 }
 
-async fn pool_view(engine: &Engine, name: &str) -> ApiResult<PoolView> {
+/// Whether `who` may see pool `name`: a tenant sees the pools it may use.
+fn may_use_pool(state: &crate::state::State, who: &Principal, name: &str) -> bool {
+    match who.role.tenant() {
+        None => true,
+        Some(tenant) => state
+            .tenants
+            .get(tenant)
+            .is_some_and(|t| t.spec.allows_pool(name)),
+    }
+}
+
+async fn pool_view(engine: &Engine, who: &Principal, name: &str) -> ApiResult<PoolView> {
     let state = engine.read().await;
     let pool = state
         .pools
         .get(name)
         .ok_or_else(|| ApiError::not_found("pool", name))?;
+    if !may_use_pool(&state, who, name) {
+        return Err(ApiError::forbidden(format!(
+            "token {} may not use pool {name}",
+            who.name
+        )));
+    }
     Ok(views::pool(pool, &state.snapshot(engine.now())))
 }
 
@@ -183,13 +275,14 @@ fn parse_pool(body: &Bytes) -> ApiResult<PoolSpec> {
     responses((status = 201, body = PoolView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_pool(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<PoolView>)> {
     let spec = parse_pool(&body)?;
-    let (record, _) = engine.put_pool(spec, true).await?;
+    let (record, _) = engine.put_pool(&who, spec, true).await?;
     Ok((
         StatusCode::CREATED,
-        Json(pool_view(&engine, &record.spec.name).await?),
+        Json(pool_view(&engine, &who, &record.spec.name).await?),
     ))
 }
 
@@ -197,9 +290,10 @@ async fn create_pool(
     responses((status = 200, body = PoolView), (status = 404, body = ErrorBody)))]
 async fn get_pool(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PoolView>> {
-    Ok(Json(pool_view(&engine, &name).await?))
+    Ok(Json(pool_view(&engine, &who, &name).await?))
 }
 
 /// Create or replace a pool.
@@ -208,6 +302,7 @@ async fn get_pool(
     responses((status = 200, body = PoolView), (status = 400, body = ErrorBody)))]
 async fn put_pool(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<PoolView>> {
@@ -219,8 +314,8 @@ async fn put_pool(
         )
         .into());
     }
-    engine.put_pool(spec, false).await?;
-    Ok(Json(pool_view(&engine, &name).await?))
+    engine.put_pool(&who, spec, false).await?;
+    Ok(Json(pool_view(&engine, &who, &name).await?))
 }
 
 /// Delete a pool; refused (409) while allocations on it are open.
@@ -228,28 +323,46 @@ async fn put_pool(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_pool(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    engine.delete_pool(&name).await?;
+    engine.delete_pool(&who, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- tenants ----
 
 #[utoipa::path(get, path = "/api/v1/tenants", responses((status = 200, body = [TenantView])))]
-async fn list_tenants(State(engine): State<AppState>) -> Json<Vec<TenantView>> {
+async fn list_tenants(
+    State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Json<Vec<TenantView>> {
     let state = engine.read().await;
     let snapshot = state.snapshot(engine.now());
     Json(
         state
             .tenants
             .values()
+            .filter(|t| who.may_touch_tenant(&t.spec.name))
             .map(|t| views::tenant(t, &snapshot))
             .collect(),
     )
 }
 
-async fn tenant_view(engine: &Engine, name: &str) -> ApiResult<TenantView> {
+/// Refuses `who` a tenant's objects unless it may see them.
+fn check_tenant(who: &Principal, tenant: &str) -> ApiResult<()> {
+    if who.may_touch_tenant(tenant) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "token {} is not for tenant {tenant}",
+            who.name
+        )))
+    }
+}
+
+async fn tenant_view(engine: &Engine, who: &Principal, name: &str) -> ApiResult<TenantView> {
+    check_tenant(who, name)?;
     let state = engine.read().await;
     let tenant = state
         .tenants
@@ -270,13 +383,14 @@ fn parse_tenant(body: &Bytes) -> ApiResult<TenantSpec> {
     responses((status = 201, body = TenantView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_tenant(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<TenantView>)> {
     let spec = parse_tenant(&body)?;
-    let (record, _) = engine.put_tenant(spec, true).await?;
+    let (record, _) = engine.put_tenant(&who, spec, true).await?;
     Ok((
         StatusCode::CREATED,
-        Json(tenant_view(&engine, &record.spec.name).await?),
+        Json(tenant_view(&engine, &who, &record.spec.name).await?),
     ))
 }
 
@@ -284,9 +398,10 @@ async fn create_tenant(
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
 async fn get_tenant(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<TenantView>> {
-    Ok(Json(tenant_view(&engine, &name).await?))
+    Ok(Json(tenant_view(&engine, &who, &name).await?))
 }
 
 /// Create or replace a tenant.
@@ -295,6 +410,7 @@ async fn get_tenant(
     responses((status = 200, body = TenantView), (status = 400, body = ErrorBody)))]
 async fn put_tenant(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<TenantView>> {
@@ -306,8 +422,8 @@ async fn put_tenant(
         )
         .into());
     }
-    engine.put_tenant(spec, false).await?;
-    Ok(Json(tenant_view(&engine, &name).await?))
+    engine.put_tenant(&who, spec, false).await?;
+    Ok(Json(tenant_view(&engine, &who, &name).await?))
 }
 
 /// Delete a tenant; refused (409) while its allocations are open.
@@ -315,16 +431,21 @@ async fn put_tenant(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_tenant(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    engine.delete_tenant(&name).await?;
+    engine.delete_tenant(&who, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Apply a manifest of Pool and Tenant documents: all are checked before any is applied.
 #[utoipa::path(post, path = "/api/v1/apply", request_body(content = String, description = "Multi-document YAML (or JSON) of Pools and Tenants"),
     responses((status = 200, body = [Applied]), (status = 400, body = ErrorBody)))]
-async fn apply(State(engine): State<AppState>, body: Bytes) -> ApiResult<Json<Vec<Applied>>> {
+async fn apply(
+    State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult<Json<Vec<Applied>>> {
     let docs = parse_documents(body_text(&body)?)?;
     if let Some(i) = docs.iter().position(|d| matches!(d, Document::Pipeline(_))) {
         return Err(FieldError::new(
@@ -337,11 +458,11 @@ async fn apply(State(engine): State<AppState>, body: Bytes) -> ApiResult<Json<Ve
     for doc in docs {
         let (kind, name, action) = match doc {
             Document::Pool(spec) => {
-                let (r, a) = engine.put_pool(spec, false).await?;
+                let (r, a) = engine.put_pool(&who, spec, false).await?;
                 ("Pool", r.spec.name, a)
             }
             Document::Tenant(spec) => {
-                let (r, a) = engine.put_tenant(spec, false).await?;
+                let (r, a) = engine.put_tenant(&who, spec, false).await?;
                 ("Tenant", r.spec.name, a)
             }
             Document::Pipeline(_) => continue,
@@ -357,17 +478,20 @@ async fn apply(State(engine): State<AppState>, body: Bytes) -> ApiResult<Json<Ve
 
 // ---- runs ----
 
-async fn detail_of(engine: &Engine, id: RunId) -> ApiResult<RunDetail> {
-    engine
+/// A run with everything that belongs to it, if `who` may see it.
+async fn detail_of(engine: &Engine, who: &Principal, id: RunId) -> ApiResult<RunDetail> {
+    let detail = engine
         .store()
         .run(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("run", id))
+        .ok_or_else(|| ApiError::not_found("run", id))?;
+    check_tenant(who, &detail.run.tenant)?;
+    Ok(detail)
 }
 
 /// A run; one waiting in the queue with its place and reason.
-async fn run_view(engine: &Engine, id: RunId) -> ApiResult<RunView> {
-    let detail = detail_of(engine, id).await?;
+async fn run_view(engine: &Engine, who: &Principal, id: RunId) -> ApiResult<RunView> {
+    let detail = detail_of(engine, who, id).await?;
     let place = if detail.run.state.is_terminal() {
         None
     } else {
@@ -408,11 +532,13 @@ async fn queue_places(engine: &Engine) -> BTreeMap<RunId, QueuePlace> {
     responses((status = 200, body = [RunSummary]), (status = 400, body = ErrorBody)))]
 async fn list_queue(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(query): Params,
 ) -> ApiResult<Json<Vec<RunSummary>>> {
     params(&query, &["tenant", "limit"])?;
     let limit = limit(&query, 1000, 100_000)? as usize;
-    let tenant = query.get("tenant");
+    let tenant = tenant_scope(&who, &query)?;
+    let tenant = tenant.as_ref();
     let state = engine.read().await;
     let places = state.queue_places(engine.now());
     Ok(Json(
@@ -435,13 +561,28 @@ async fn list_queue(
     responses((status = 201, body = RunView), (status = 400, body = ErrorBody)))]
 async fn submit_run(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<RunView>)> {
-    let record = engine.submit(body_text(&body)?).await?;
+    let record = engine.submit(&who, body_text(&body)?).await?;
     Ok((
         StatusCode::CREATED,
-        Json(views::run(&detail_of(&engine, record.id).await?, None)),
+        Json(views::run(&detail_of(&engine, &who, record.id).await?, None)),
     ))
+}
+
+/// The tenant a list is limited to: a tenant token's own (asking for another
+/// is refused), or the `tenant` parameter.
+fn tenant_scope(who: &Principal, query: &BTreeMap<String, String>) -> ApiResult<Option<String>> {
+    let asked = query.get("tenant");
+    if let Some(t) = asked {
+        check_tenant(who, t)?;
+    }
+    Ok(who
+        .role
+        .tenant()
+        .map(str::to_string)
+        .or_else(|| asked.cloned()))
 }
 
 /// Runs, newest first.
@@ -450,6 +591,7 @@ async fn submit_run(
     responses((status = 200, body = [RunSummary]), (status = 400, body = ErrorBody)))]
 async fn list_runs(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(query): Params,
 ) -> ApiResult<Json<Vec<RunSummary>>> {
     params(&query, &["tenant", "state", "limit"])?;
@@ -461,7 +603,7 @@ async fn list_runs(
         })
         .transpose()?;
     let filter = RunFilter {
-        tenant: query.get("tenant").cloned(),
+        tenant: tenant_scope(&who, &query)?,
         state,
         limit: limit(&query, 100, 10_000)?,
     };
@@ -482,9 +624,10 @@ async fn list_runs(
     responses((status = 200, body = RunView), (status = 404, body = ErrorBody)))]
 async fn get_run(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
-    Ok(Json(run_view(&engine, run_id(&id)?).await?))
+    Ok(Json(run_view(&engine, &who, run_id(&id)?).await?))
 }
 
 /// Cancel a run: releases what it holds at once and kills its steps.
@@ -492,11 +635,12 @@ async fn get_run(
     responses((status = 200, body = RunView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn cancel_run(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunView>> {
     let id = run_id(&id)?;
-    engine.cancel(id).await?;
-    Ok(Json(run_view(&engine, id).await?))
+    engine.cancel(&who, id).await?;
+    Ok(Json(run_view(&engine, &who, id).await?))
 }
 
 /// A run's output as plain text: one step's, or every step's with its name before each line.
@@ -504,16 +648,13 @@ async fn cancel_run(
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
 async fn run_logs(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(query): Params,
 ) -> ApiResult<Response> {
     params(&query, &["step"])?;
     let id = run_id(&id)?;
-    let detail = engine
-        .store()
-        .run(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("run", id))?;
+    let detail = detail_of(&engine, &who, id).await?;
     let step = match query.get("step") {
         None => None,
         Some(name) => Some(
@@ -536,11 +677,12 @@ async fn run_logs(
     responses((status = 200, body = [AllocationView]), (status = 400, body = ErrorBody)))]
 async fn list_allocations(
     State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
     Query(query): Params,
 ) -> ApiResult<Json<Vec<AllocationView>>> {
     params(&query, &["tenant", "pool", "run", "limit"])?;
     let filter = AllocationFilter {
-        tenant: query.get("tenant").cloned(),
+        tenant: tenant_scope(&who, &query)?,
         pool: query.get("pool").cloned(),
         run: query
             .get("run")
@@ -563,12 +705,14 @@ async fn list_allocations(
     responses((status = 200, body = RegisterResponse), (status = 400, body = ErrorBody)))]
 async fn register_agent(
     State(engine): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> ApiResult<Json<RegisterResponse>> {
     let req: RegisterRequest = json_body(&body)?;
-    let id = engine.register(req).await?;
+    let (id, secret) = engine.register(&caller, req).await?;
     Ok(Json(RegisterResponse {
         worker_id: id.0,
+        worker_secret: secret,
         heartbeat_timeout_ms: u64::try_from(engine.config().heartbeat_timeout.as_millis())
             .unwrap_or(u64::MAX),
     }))
@@ -579,11 +723,11 @@ async fn register_agent(
     responses((status = 200, body = PollResponse)))]
 async fn poll_agent(
     State(engine): State<AppState>,
-    Path(worker): Path<i64>,
+    Extension(worker): Extension<WorkerId>,
     body: Bytes,
 ) -> ApiResult<Json<PollResponse>> {
     let req: PollRequest = json_body(&body)?;
-    Ok(Json(engine.poll(WorkerId(worker), req).await?))
+    Ok(Json(engine.poll(worker, req).await?))
 }
 
 /// Append a chunk of an attempt's output (idempotent per offset).
@@ -592,12 +736,13 @@ async fn poll_agent(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn append_log(
     State(engine): State<AppState>,
+    Extension(worker): Extension<WorkerId>,
     Path((_worker, attempt)): Path<(i64, i64)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let req: LogAppend = json_body(&body)?;
     engine
-        .append_log(AttemptId(attempt), req.offset, req.data)
+        .append_log(worker, AttemptId(attempt), req.offset, req.data)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -608,12 +753,155 @@ async fn append_log(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn report_attempt(
     State(engine): State<AppState>,
-    Path((worker, attempt)): Path<(i64, i64)>,
+    Extension(worker): Extension<WorkerId>,
+    Path((_worker, attempt)): Path<(i64, i64)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let req: ReportRequest = json_body(&body)?;
     engine
-        .report(WorkerId(worker), AttemptId(attempt), req)
+        .report(worker, AttemptId(attempt), req)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+// ---- tokens and the audit log ----
+
+fn token_view(engine: &Engine, t: &corral_store::TokenRecord) -> TokenView {
+    let last_used = engine.credentials().last_used(&t.name).or(t.last_used_at);
+    TokenView {
+        name: t.name.clone(),
+        role: t.role.name().into(),
+        tenant: t.role.tenant().map(str::to_string),
+        pool: t.role.pool().map(str::to_string),
+        created_at: views::time(t.created_at),
+        expires_at: t.expires_at.map(views::time),
+        revoked_at: t.revoked_at.map(views::time),
+        last_used_at: last_used.map(views::time),
+    }
+}
+
+/// Every token, revoked and expired ones included; never their secrets.
+#[utoipa::path(get, path = "/api/v1/tokens", responses((status = 200, body = [TokenView])))]
+async fn list_tokens(State(engine): State<AppState>) -> Json<Vec<TokenView>> {
+    Json(
+        engine
+            .credentials()
+            .tokens()
+            .iter()
+            .map(|t| token_view(&engine, t))
+            .collect(),
+    )
+}
+
+/// The longest a token may live.
+const MAX_TOKEN_LIFE_SECS: u64 = 10 * 366 * 86_400;
+
+/// Create a token; its secret is in the answer, once.
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = TokenCreate,
+    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_token(
+    State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
+    let req: TokenCreate = json_body(&body)?;
+    let role = Role::parse(&req.role, req.tenant.as_deref(), req.pool.as_deref())?;
+    let expires_at = match req.expires.as_deref() {
+        None => None,
+        Some(text) => {
+            let secs = corral_core::pipeline::parse_duration_secs(text)
+                .filter(|s| (1..=MAX_TOKEN_LIFE_SECS).contains(s))
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "expires",
+                        format!("{text:?} is not a duration from 1s to 3660d (examples: 12h, 30d)"),
+                    )
+                })?;
+            Some(engine.now().plus_millis(i64::try_from(secs * 1000).unwrap_or(i64::MAX)))
+        }
+    };
+    let (record, secret) = engine
+        .create_token(&who, &req.name, role, expires_at)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            token: token_view(&engine, &record),
+            secret,
+        }),
+    ))
+}
+
+/// Revoke a token: it is refused from this answer on.
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = TokenView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn revoke_token(
+    State(engine): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TokenView>> {
+    let record = engine.revoke_token(&who, &name).await?;
+    Ok(Json(token_view(&engine, &record)))
+}
+
+/// A time given as RFC 3339 (`2026-11-28T09:00:00Z`) or as an age (`1h`, `7d`).
+fn since(engine: &Engine, text: &str) -> ApiResult<corral_core::clock::Timestamp> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(corral_core::clock::Timestamp(t.timestamp_millis()));
+    }
+    corral_core::pipeline::parse_duration_secs(text)
+        .and_then(|s| i64::try_from(s.checked_mul(1000)?).ok())
+        .map(|ms| engine.now().plus_millis(-ms))
+        .ok_or_else(|| {
+            FieldError::new(
+                "since",
+                format!("{text:?} is neither an RFC 3339 time nor an age such as 1h or 7d"),
+            )
+            .into()
+        })
+}
+
+/// The audit log, oldest first: who changed pools, tenants and tokens, and
+/// who cancelled runs, with the object before and after.
+#[utoipa::path(get, path = "/api/v1/audit",
+    params(("since" = Option<String>, Query), ("who" = Option<String>, Query), ("kind" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = [AuditView]), (status = 400, body = ErrorBody)))]
+async fn list_audit(
+    State(engine): State<AppState>,
+    Query(query): Params,
+) -> ApiResult<Json<Vec<AuditView>>> {
+    params(&query, &["since", "who", "kind", "limit"])?;
+    if let Some(kind) = query.get("kind")
+        && !AUDIT_KINDS.contains(&kind.as_str())
+    {
+        return Err(FieldError::new(
+            "kind",
+            format!("{kind:?} is not a kind ({})", AUDIT_KINDS.join(", ")),
+        )
+        .into());
+    }
+    let filter = AuditFilter {
+        since: query.get("since").map(|t| since(&engine, t)).transpose()?,
+        who: query.get("who").cloned(),
+        kind: query.get("kind").cloned(),
+        limit: limit(&query, 1000, 100_000)?,
+    };
+    let entries = engine.store().audit(&filter).await?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|a| AuditView {
+                id: a.id,
+                at: views::time(a.at),
+                who: a.who,
+                kind: a.kind,
+                name: a.name,
+                action: a.action,
+                before: a.before,
+                after: a.after,
+            })
+            .collect(),
+    ))
+}
+
+const AUDIT_KINDS: [&str; 4] = ["pool", "tenant", "token", "run"];

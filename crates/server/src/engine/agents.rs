@@ -1,0 +1,367 @@
+//! The agent protocol: registration, polls (also the heartbeat), log chunks and
+//! reports. Every call after registration is made with the worker's secret.
+
+use corral_core::access::Role;
+
+use super::*;
+use crate::auth::{self, Caller};
+
+/// Whether `caller` may register an agent named `name` into `pool`.
+fn check_registration(caller: &Caller, pool: &str, name: &str) -> Result<()> {
+    let refuse = |why: String| Err(EngineError::Forbidden(why));
+    match caller {
+        Caller::Token(p) => match &p.role {
+            Role::Admin => Ok(()),
+            Role::Agent { pool: own } if own == pool => Ok(()),
+            Role::Agent { pool: own } => refuse(format!(
+                "token {} registers agents into pool {own}, not {pool}",
+                p.name
+            )),
+            role => refuse(format!(
+                "token {} ({role}) cannot register agents; use an agent token of the pool",
+                p.name
+            )),
+        },
+        Caller::Spawned { grant, .. } if grant.pool == pool && grant.name == name => Ok(()),
+        Caller::Spawned { grant, .. } => refuse(format!(
+            "this credential registers the local agent {} into pool {}, not {name} into {pool}",
+            grant.name, grant.pool
+        )),
+        Caller::Worker(id) => refuse(format!(
+            "worker {id}'s secret cannot register another agent"
+        )),
+    }
+}
+
+fn not_handed(attempt: AttemptId, worker: WorkerId) -> EngineError {
+    EngineError::Forbidden(format!(
+        "attempt {attempt} was not handed to worker {worker}"
+    ))
+}
+
+impl Engine {
+    // ---- the agent protocol ----
+
+    /// Registers an agent for `caller` (an agent token of the pool, a spawned
+    /// local agent's one-time credential, or an admin) and returns its id and
+    /// the secret of its later calls.
+    pub async fn register(&self, caller: &Caller, req: RegisterRequest) -> Result<(WorkerId, String)> {
+        corral_core::error::check_name("name", &req.name)?;
+        check_registration(caller, &req.pool, &req.name)?;
+        let capacity: Resources = req.capacity.into();
+        if Dimension::ALL
+            .iter()
+            .any(|d| capacity.get(*d) > MAX_QUANTITY)
+        {
+            return Err(FieldError::new("capacity", format!("{capacity} is too large")).into());
+        }
+        if capacity.cpu_millis == 0 || capacity.memory_mib == 0 {
+            return Err(
+                FieldError::new("capacity", "cpu and memory must be greater than zero").into(),
+            );
+        }
+        let mut state = self.state.lock().await;
+        if !state.pools.contains_key(&req.pool) {
+            return Err(FieldError::new("pool", format!("unknown pool {:?}", req.pool)).into());
+        }
+        if let Caller::Spawned { hash, .. } = caller
+            && !self.credentials.consume_spawn(hash)
+        {
+            return Err(EngineError::Forbidden(
+                "this registration credential has been used already".into(),
+            ));
+        }
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
+        // An agent that registers again under its name (from the same work
+        // directory) was restarted: what its earlier incarnation ran is lost
+        // now, not after the heartbeat timeout. Another live agent under the
+        // same name is a mistake, and told so.
+        let now = self.now();
+        let earlier: BTreeSet<WorkerId> = state
+            .workers
+            .values()
+            .filter(|w| w.record.pool == req.pool && w.record.name == req.name)
+            .map(|w| {
+                let restarted =
+                    w.record.instance.is_none() || w.record.instance == req.instance;
+                let silent =
+                    now.millis_since(w.last_seen) > ms(self.config.heartbeat_timeout) / 2;
+                if restarted || silent {
+                    Ok(w.record.id)
+                } else {
+                    Err(EngineError::Conflict(format!(
+                        "an agent named {} is already live in pool {}; give this one another --name",
+                        req.name, req.pool
+                    )))
+                }
+            })
+            .collect::<Result<_>>()?;
+        self.lose_workers(&mut state, &earlier, "registered again", &mut fx);
+        let id = state.next_worker_id();
+        let secret = auth::new_worker_secret();
+        let secret_hash = auth::hash(&secret);
+        let record = WorkerRecord {
+            id,
+            pool: req.pool,
+            name: req.name.clone(),
+            capacity,
+            labels: req.labels,
+            state: WorkerState::Ready,
+            registered_at: now,
+            updated_at: now,
+            instance: req.instance,
+            secret_hash: Some(secret_hash.clone()),
+        };
+        let mut writes = vec![Write::PutWorker(record)];
+        // A worker spawned for an allocation serves that allocation.
+        let spawned_for = {
+            let mut pending = self
+                .pending
+                .lock()
+                .expect("the pending-spawn lock is never held across a panic");
+            pending.remove(&req.name)
+        };
+        if let Some(p) = spawned_for {
+            let target = state.runs.values().find_map(|r| {
+                r.allocations
+                    .iter()
+                    .find(|a| a.id == p.allocation && a.worker_id.is_none())
+                    .map(|a| (r.record.id, a.group))
+            });
+            if let Some((run_id, group)) = target {
+                let mut update = RunUpdate::new(&state.runs[&run_id], now);
+                update.bind(group, Some(id));
+                update.advance(&mut state);
+                writes.append(&mut update.writes);
+            }
+        }
+        self.stage(&mut state, writes, &mut fx);
+        self.provision(&mut state, &mut fx);
+        drop(state);
+        self.finish(fx).await?;
+        self.credentials.put_worker(id, secret_hash);
+        tracing::info!(worker = id.0, name = %req.name, "worker registered");
+        Ok((id, secret))
+    }
+
+    /// Answers a worker's poll: its new assignments, the attempts it must kill,
+    /// or that it should exit. Holds the poll open while there is nothing to say.
+    pub async fn poll(&self, worker: WorkerId, req: PollRequest) -> Result<PollResponse> {
+        // A held poll is not seen as a heartbeat: keep it well inside the timeout.
+        let wait = Duration::from_millis(req.wait_ms)
+            .min(self.config.max_poll_wait)
+            .min(self.config.heartbeat_timeout / 3);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let wake = {
+                let mut state = self.state.lock().await;
+                let now = self.now();
+                let Some(live) = state.workers.get_mut(&worker) else {
+                    // Told to exit only once its removal is committed.
+                    if let Some(&seq) = state.retiring.get(&worker)
+                        && seq > self.commits.settled()
+                    {
+                        drop(state);
+                        let _ = self.commits.settle(seq).await;
+                        continue;
+                    }
+                    // Its secret is no use any more: a static agent registers again.
+                    self.credentials.forget_worker(worker);
+                    return Ok(PollResponse {
+                        shutdown: true,
+                        cancel: req.running.clone(),
+                        ..PollResponse::default()
+                    });
+                };
+                live.last_seen = now;
+                live.polled = true;
+                let wake = live.wake.clone();
+                let response = self.take_assignments(&mut state, worker, &req);
+                if !response.assignments.is_empty()
+                    || !response.cancel.is_empty()
+                    || tokio::time::Instant::now() >= deadline
+                {
+                    return Ok(response);
+                }
+                wake
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    fn take_assignments(
+        &self,
+        state: &mut State,
+        worker: WorkerId,
+        req: &PollRequest,
+    ) -> PollResponse {
+        let now = self.now();
+        let redeliver_after = ms(self.config.max_poll_wait) * 2;
+        // Only what is committed is handed out or cancelled.
+        let settled = self.commits.settled();
+        state.prune_settled(settled);
+        let mut assignments = Vec::new();
+        let mut delivered = Vec::new();
+        for run in state.runs.values() {
+            if !run.allocations.iter().any(|a| a.worker_id == Some(worker)) {
+                continue;
+            }
+            // Running attempts the worker does not report as running: new ones, and
+            // any whose answer was lost (the server died, or the poll timed out).
+            for attempt in run.attempts.iter().filter(|a| {
+                a.worker_id == worker
+                    && a.state == AttemptState::Running
+                    && !req.running.contains(&a.id.0)
+                    && !state.unsettled.contains_key(&a.id)
+                    && state
+                        .delivered
+                        .get(&a.id)
+                        .is_none_or(|at| now.millis_since(*at) > redeliver_after)
+            }) {
+                let step = &run.record.spec.steps[attempt.step_idx as usize];
+                let mut env = step.env.clone();
+                env.insert("CORRAL_RUN_ID".into(), run.record.id.to_string());
+                env.insert("CORRAL_PIPELINE".into(), run.record.pipeline.clone());
+                env.insert("CORRAL_TENANT".into(), run.record.tenant.clone());
+                env.insert("CORRAL_STEP".into(), step.name.clone());
+                env.insert("CORRAL_ATTEMPT".into(), attempt.number.to_string());
+                assignments.push(Assignment {
+                    attempt_id: attempt.id.0,
+                    run_id: run.record.id.0,
+                    step: step.name.clone(),
+                    command: step.run.clone(),
+                    env,
+                    timeout_secs: step.timeout,
+                    workspace: format!("run-{}", run.record.id),
+                });
+                delivered.push(attempt.id);
+            }
+        }
+        let cancel: Vec<i64> = req
+            .running
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let live = state
+                    .attempt_runs
+                    .get(&AttemptId(id))
+                    .and_then(|r| state.runs.get(r))
+                    .and_then(|r| r.attempt(AttemptId(id)));
+                !live.is_some_and(|a| !a.state.is_terminal() && a.worker_id == worker)
+                    && !state.unsettled.contains_key(&AttemptId(id))
+            })
+            .collect();
+        for id in delivered {
+            state.delivered.insert(id, now);
+        }
+        PollResponse {
+            assignments,
+            cancel,
+            shutdown: false,
+        }
+    }
+
+    /// Stores a chunk of an attempt's output (idempotent per offset); only the
+    /// worker the attempt was handed to may.
+    pub async fn append_log(
+        &self,
+        worker: WorkerId,
+        attempt: AttemptId,
+        offset: u64,
+        data: String,
+    ) -> Result<()> {
+        if offset > MAX_QUANTITY {
+            return Err(FieldError::new("offset", format!("{offset} is too large")).into());
+        }
+        // Text columns cannot hold NUL (PostgreSQL refuses it).
+        let data = if data.contains('\0') {
+            data.replace('\0', "\u{FFFD}")
+        } else {
+            data
+        };
+        let mut fx = Effects::default();
+        {
+            let mut state = self.state.lock().await;
+            let found = state
+                .attempt_runs
+                .get(&attempt)
+                .and_then(|r| state.runs.get(r))
+                .and_then(|r| r.attempt(attempt));
+            let (run_id, step_idx) = match found {
+                Some(a) if a.worker_id != worker => return Err(not_handed(attempt, worker)),
+                Some(a) => (a.run_id, a.step_idx),
+                None => {
+                    return Err(EngineError::NotFound {
+                        what: "live attempt",
+                        name: attempt.to_string(),
+                    });
+                }
+            };
+            let chunk = Write::AppendLog(LogChunk {
+                attempt_id: attempt,
+                run_id,
+                step_idx,
+                offset,
+                data,
+            });
+            self.stage(&mut state, vec![chunk], &mut fx);
+        }
+        self.finish(fx).await
+    }
+
+    /// Records how an attempt ended and moves its run forward. Reporting an
+    /// attempt that has already ended changes nothing.
+    pub async fn report(
+        &self,
+        worker: WorkerId,
+        attempt_id: AttemptId,
+        req: ReportRequest,
+    ) -> Result<()> {
+        let outcome = match req.outcome.as_str() {
+            "succeeded" => AttemptState::Succeeded,
+            "failed" => AttemptState::Failed,
+            "timedout" => AttemptState::TimedOut,
+            "cancelled" => AttemptState::Cancelled,
+            other => {
+                return Err(FieldError::new(
+                    "outcome",
+                    format!("{other:?} is not an outcome (succeeded, failed, timedout, cancelled)"),
+                )
+                .into());
+            }
+        };
+        let mut state = self.state.lock().await;
+        // Whatever the answer, it stands only once what it rests on is committed.
+        let mut fx = Effects {
+            seq: state.seq,
+            ..Effects::default()
+        };
+        let live = state
+            .attempt_runs
+            .get(&attempt_id)
+            .and_then(|r| state.runs.get(r))
+            .and_then(|run| Some((run, run.attempt(attempt_id).cloned()?)));
+        if live.as_ref().is_some_and(|(_, a)| a.worker_id != worker) {
+            return Err(not_handed(attempt_id, worker));
+        }
+        // When the run has ended, or the attempt has, it was recorded then.
+        let Some((run, attempt)) = live.filter(|(_, a)| !a.state.is_terminal()) else {
+            drop(state);
+            return self.finish(fx).await;
+        };
+        let mut update = RunUpdate::new(run, self.now());
+        update.end_attempt(attempt, outcome, req.exit_code, req.error);
+        update.advance(&mut state);
+        fx.controller = update.run.record.state.is_terminal();
+        fx.wake = Self::wake_handles(&state, update.assigned_workers());
+        self.stage(&mut state, update.writes, &mut fx);
+        drop(state);
+        self.finish(fx).await
+    }
+}

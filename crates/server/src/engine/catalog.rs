@@ -1,0 +1,464 @@
+//! The catalog: pools, tenants and tokens, and what the server creates on its
+//! first start. Every change is audited in the transaction that makes it.
+
+use corral_core::access::Role;
+use corral_store::{AuditRecord, TokenRecord};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::auth::{self, Principal};
+
+/// What the server created on its first start.
+#[derive(Debug, Default)]
+pub struct Bootstrap {
+    /// Sentences for the log.
+    pub created: Vec<String>,
+    /// The secret of the admin token made on an empty store, shown once.
+    pub admin_secret: Option<String>,
+}
+
+/// A token as the audit log and the API show it: never its hash.
+pub fn token_json(t: &TokenRecord) -> Value {
+    json!({
+        "name": t.name,
+        "role": t.role.name(),
+        "tenant": t.role.tenant(),
+        "pool": t.role.pool(),
+        "expires_at": t.expires_at.map(|t| t.0),
+        "revoked_at": t.revoked_at.map(|t| t.0),
+    })
+}
+
+fn spec_json<T: serde::Serialize>(spec: &T) -> Value {
+    serde_json::to_value(spec).expect("specs serialize to JSON: plain data, string keys")
+}
+
+/// One entry of the audit log.
+pub(super) struct Change<'a> {
+    pub kind: &'static str,
+    pub name: &'a str,
+    pub action: &'static str,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+impl Change<'_> {
+    pub(super) fn write(self, state: &mut State, who: &Principal, at: Timestamp) -> Write {
+        Write::AppendAudit(AuditRecord {
+            id: state.next_audit_id(),
+            at,
+            who: who.name.clone(),
+            kind: self.kind.into(),
+            name: self.name.into(),
+            action: self.action.into(),
+            before: self.before,
+            after: self.after,
+        })
+    }
+}
+
+fn action_verb(action: Action) -> &'static str {
+    match action {
+        Action::Created => "create",
+        Action::Updated | Action::Unchanged => "update",
+    }
+}
+
+impl Engine {
+    // ---- first start ----
+
+    /// On an empty store: a `local` pool sized to this machine, a `default`
+    /// tenant and an admin token, so that a pipeline runs with no set-up at all.
+    pub async fn bootstrap(&self, machine: Resources) -> Result<Bootstrap> {
+        let mut state = self.state.lock().await;
+        let now = self.now();
+        let who = Principal::server();
+        let mut writes = Vec::new();
+        let mut done = Bootstrap::default();
+        if state.pools.is_empty() {
+            let spec = PoolSpec {
+                name: "local".into(),
+                provider: Provider::Local,
+                capacity: machine.into(),
+                max_workers: 16,
+                labels: BTreeMap::new(),
+                price: Default::default(),
+                state: Default::default(),
+            };
+            done.created
+                .push(format!("pool local ({machine}, 16 workers)"));
+            writes.push(
+                Change {
+                    kind: "pool",
+                    name: "local",
+                    action: "create",
+                    before: None,
+                    after: Some(spec_json(&spec)),
+                }
+                .write(&mut state, &who, now),
+            );
+            writes.push(Write::PutPool(PoolRecord {
+                spec,
+                created_at: now,
+                updated_at: now,
+            }));
+        }
+        if state.tenants.is_empty() {
+            let spec = TenantSpec::unlimited("default");
+            done.created.push("tenant default (no quota)".into());
+            writes.push(
+                Change {
+                    kind: "tenant",
+                    name: "default",
+                    action: "create",
+                    before: None,
+                    after: Some(spec_json(&spec)),
+                }
+                .write(&mut state, &who, now),
+            );
+            writes.push(Write::PutTenant(TenantRecord {
+                spec,
+                created_at: now,
+                updated_at: now,
+            }));
+        }
+        let mut token = None;
+        if self.credentials.is_empty() {
+            let secret = auth::new_token_secret();
+            let record = TokenRecord {
+                name: "admin".into(),
+                hash: auth::hash(&secret),
+                role: Role::Admin,
+                created_at: now,
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+            };
+            writes.push(
+                Change {
+                    kind: "token",
+                    name: "admin",
+                    action: "create",
+                    before: None,
+                    after: Some(token_json(&record)),
+                }
+                .write(&mut state, &who, now),
+            );
+            writes.push(Write::PutToken(record.clone()));
+            done.created.push("token admin (role admin)".into());
+            done.admin_secret = Some(secret);
+            token = Some(record);
+        }
+        let mut fx = Effects::default();
+        self.stage(&mut state, writes, &mut fx);
+        drop(state);
+        self.finish(fx).await?;
+        if let Some(token) = token {
+            self.credentials.put_token(token);
+        }
+        Ok(done)
+    }
+
+    // ---- pools and tenants ----
+
+    /// Creates or replaces a pool. `create_only` refuses an existing name.
+    pub async fn put_pool(
+        &self,
+        who: &Principal,
+        spec: PoolSpec,
+        create_only: bool,
+    ) -> Result<(PoolRecord, Action)> {
+        spec.validate()?;
+        let state = self.state.lock().await;
+        let now = self.now();
+        let before = state.pools.get(&spec.name).map(|p| spec_json(&p.spec));
+        let old = state
+            .pools
+            .get(&spec.name)
+            .map(|p| (&p.spec, p.created_at, p.updated_at));
+        let (created_at, updated_at, action) =
+            upsert("pool", &spec.name, old, &spec, create_only, now)?;
+        let record = PoolRecord {
+            spec,
+            created_at,
+            updated_at,
+        };
+        let change = Change {
+            kind: "pool",
+            name: &record.spec.name,
+            action: action_verb(action),
+            before,
+            after: Some(spec_json(&record.spec)),
+        };
+        self.finish_upsert(
+            state,
+            who,
+            action,
+            change,
+            Write::PutPool(record.clone()),
+        )
+        .await?;
+        Ok((record, action))
+    }
+
+    pub async fn delete_pool(&self, who: &Principal, name: &str) -> Result<()> {
+        let mut state = self.state.lock().await;
+        check_deletable(&state, "pool", name, state.pools.contains_key(name), |a| {
+            a.pool == name
+        })?;
+        let now = self.now();
+        let before = state.pools.get(name).map(|p| spec_json(&p.spec));
+        let mut writes = vec![
+            Change {
+                kind: "pool",
+                name,
+                action: "delete",
+                before,
+                after: None,
+            }
+            .write(&mut state, who, now),
+            Write::DeletePool(name.into()),
+        ];
+        for w in state.workers.values().filter(|w| w.record.pool == name) {
+            writes.push(Write::PutWorker(WorkerRecord {
+                state: WorkerState::Gone,
+                updated_at: now,
+                ..w.record.clone()
+            }));
+        }
+        let mut fx = Effects::default();
+        self.stage(&mut state, writes, &mut fx);
+        drop(state);
+        self.finish(fx).await
+    }
+
+    /// Creates or replaces a tenant. `create_only` refuses an existing name.
+    pub async fn put_tenant(
+        &self,
+        who: &Principal,
+        spec: TenantSpec,
+        create_only: bool,
+    ) -> Result<(TenantRecord, Action)> {
+        spec.validate()?;
+        let state = self.state.lock().await;
+        let now = self.now();
+        let before = state.tenants.get(&spec.name).map(|t| spec_json(&t.spec));
+        let old = state
+            .tenants
+            .get(&spec.name)
+            .map(|t| (&t.spec, t.created_at, t.updated_at));
+        let (created_at, updated_at, action) =
+            upsert("tenant", &spec.name, old, &spec, create_only, now)?;
+        let record = TenantRecord {
+            spec,
+            created_at,
+            updated_at,
+        };
+        let change = Change {
+            kind: "tenant",
+            name: &record.spec.name,
+            action: action_verb(action),
+            before,
+            after: Some(spec_json(&record.spec)),
+        };
+        self.finish_upsert(
+            state,
+            who,
+            action,
+            change,
+            Write::PutTenant(record.clone()),
+        )
+        .await?;
+        Ok((record, action))
+    }
+
+    pub async fn delete_tenant(&self, who: &Principal, name: &str) -> Result<()> {
+        let mut state = self.state.lock().await;
+        check_deletable(
+            &state,
+            "tenant",
+            name,
+            state.tenants.contains_key(name),
+            |a| a.tenant == name,
+        )?;
+        let now = self.now();
+        let before = state.tenants.get(name).map(|t| spec_json(&t.spec));
+        let writes = vec![
+            Change {
+                kind: "tenant",
+                name,
+                action: "delete",
+                before,
+                after: None,
+            }
+            .write(&mut state, who, now),
+            Write::DeleteTenant(name.into()),
+        ];
+        let mut fx = Effects::default();
+        self.stage(&mut state, writes, &mut fx);
+        drop(state);
+        self.finish(fx).await
+    }
+
+    /// Stages a pool or tenant write with its audit entry unless nothing
+    /// changed; the controller looks again, since limits may have moved.
+    async fn finish_upsert(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        who: &Principal,
+        action: Action,
+        change: Change<'_>,
+        write: Write,
+    ) -> Result<()> {
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
+        if action != Action::Unchanged {
+            let now = self.now();
+            let audit = change.write(&mut state, who, now);
+            self.stage(&mut state, vec![audit, write], &mut fx);
+        }
+        drop(state);
+        self.finish(fx).await
+    }
+
+    // ---- tokens ----
+
+    /// Creates a token and returns it with its secret, which is not kept. A
+    /// revoked token's name may be taken again.
+    pub async fn create_token(
+        &self,
+        who: &Principal,
+        name: &str,
+        role: Role,
+        expires_at: Option<Timestamp>,
+    ) -> Result<(TokenRecord, String)> {
+        corral_core::error::check_name("name", name)?;
+        let mut state = self.state.lock().await;
+        match &role {
+            Role::Tenant { tenant } if !state.tenants.contains_key(tenant) => {
+                return Err(FieldError::new("tenant", format!("unknown tenant {tenant:?}")).into());
+            }
+            Role::Agent { pool } => match state.pools.get(pool) {
+                None => {
+                    return Err(FieldError::new("pool", format!("unknown pool {pool:?}")).into());
+                }
+                Some(p) if p.spec.provider != Provider::Static => {
+                    return Err(FieldError::new(
+                        "pool",
+                        format!(
+                            "pool {pool} is not static: agent tokens join static pools (the server spawns the agents of its other pools itself)"
+                        ),
+                    )
+                    .into());
+                }
+                Some(_) => {}
+            },
+            _ => {}
+        }
+        let before = self.credentials.token(name);
+        if before.as_ref().is_some_and(|t| t.revoked_at.is_none()) {
+            return Err(EngineError::Conflict(format!(
+                "token {name} already exists; revoke it first to replace it"
+            )));
+        }
+        let now = self.now();
+        let secret = auth::new_token_secret();
+        let record = TokenRecord {
+            name: name.into(),
+            hash: auth::hash(&secret),
+            role,
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let writes = vec![
+            Change {
+                kind: "token",
+                name,
+                action: "create",
+                before: before.as_ref().map(token_json),
+                after: Some(token_json(&record)),
+            }
+            .write(&mut state, who, now),
+            Write::PutToken(record.clone()),
+        ];
+        let mut fx = Effects::default();
+        self.stage(&mut state, writes, &mut fx);
+        drop(state);
+        self.finish(fx).await?;
+        self.credentials.put_token(record.clone());
+        Ok((record, secret))
+    }
+
+    /// Revokes a token: it is refused from the moment this returns. Revoking a
+    /// revoked token changes nothing; the last live admin token stays.
+    pub async fn revoke_token(&self, who: &Principal, name: &str) -> Result<TokenRecord> {
+        let mut state = self.state.lock().await;
+        let before = self
+            .credentials
+            .token(name)
+            .ok_or_else(|| EngineError::NotFound {
+                what: "token",
+                name: name.into(),
+            })?;
+        if before.revoked_at.is_some() {
+            return Ok(before);
+        }
+        let now = self.now();
+        let live_admins = self
+            .credentials
+            .tokens()
+            .iter()
+            .filter(|t| {
+                t.role == Role::Admin
+                    && t.revoked_at.is_none()
+                    && t.expires_at.is_none_or(|at| at > now)
+            })
+            .count();
+        if before.role == Role::Admin && live_admins <= 1 {
+            return Err(EngineError::Conflict(format!(
+                "token {name} is the last admin token; create another admin token before revoking it"
+            )));
+        }
+        let record = TokenRecord {
+            revoked_at: Some(now),
+            ..before.clone()
+        };
+        let writes = vec![
+            Change {
+                kind: "token",
+                name,
+                action: "revoke",
+                before: Some(token_json(&before)),
+                after: Some(token_json(&record)),
+            }
+            .write(&mut state, who, now),
+            Write::PutToken(record.clone()),
+        ];
+        let mut fx = Effects::default();
+        self.stage(&mut state, writes, &mut fx);
+        drop(state);
+        self.finish(fx).await?;
+        self.credentials.put_token(record.clone());
+        Ok(record)
+    }
+
+    /// Writes when a token was last used (the caller notes uses in memory and
+    /// asks for this at most once a minute per token); nobody waits for it.
+    pub async fn persist_token_use(&self, name: &str) {
+        let at = self.credentials.last_used(name).unwrap_or_else(|| self.now());
+        let mut state = self.state.lock().await;
+        let mut fx = Effects::default();
+        self.stage(
+            &mut state,
+            vec![Write::TouchToken {
+                name: name.into(),
+                at,
+            }],
+            &mut fx,
+        );
+    }
+}

@@ -54,8 +54,7 @@ pub fn http_builder(ca_cert: Option<&Path>) -> Result<reqwest::ClientBuilder> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder();
     if let Some(path) = ca_cert {
-        let pem =
-            std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+        let pem = std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?;
         builder = builder.tls_certs_merge(certs);

@@ -311,7 +311,10 @@ pub fn tokens(tokens: &[TokenView], format: Format) -> Result<String> {
             vec![
                 t.name.clone(),
                 t.role.clone(),
-                t.tenant.clone().or_else(|| t.pool.clone()).unwrap_or_else(|| "-".into()),
+                t.tenant
+                    .clone()
+                    .or_else(|| t.pool.clone())
+                    .unwrap_or_else(|| "-".into()),
                 state.into(),
                 opt(&t.expires_at),
                 opt(&t.last_used_at),
@@ -346,5 +349,8 @@ pub fn audit(entries: &[AuditView], format: Format) -> Result<String> {
             ]
         })
         .collect();
-    Ok(table(&["AT", "WHO", "ACTION", "OBJECT", "BEFORE", "AFTER"], rows))
+    Ok(table(
+        &["AT", "WHO", "ACTION", "OBJECT", "BEFORE", "AFTER"],
+        rows,
+    ))
 }

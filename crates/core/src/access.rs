@@ -28,11 +28,7 @@ impl Role {
 
     /// Builds a role from its name and the tenant or pool it is bound to; each
     /// error names the field.
-    pub fn parse(
-        role: &str,
-        tenant: Option<&str>,
-        pool: Option<&str>,
-    ) -> Result<Role, FieldError> {
+    pub fn parse(role: &str, tenant: Option<&str>, pool: Option<&str>) -> Result<Role, FieldError> {
         let unbound = |field: &str, value: Option<&str>| match value {
             Some(_) => Err(FieldError::new(
                 field,
@@ -41,9 +37,8 @@ impl Role {
             None => Ok(()),
         };
         let bound = |field: &str, value: Option<&str>| -> Result<String, FieldError> {
-            let value = value.ok_or_else(|| {
-                FieldError::new(field, format!("a {role} token needs a {field}"))
-            })?;
+            let value = value
+                .ok_or_else(|| FieldError::new(field, format!("a {role} token needs a {field}")))?;
             check_name(field, value)?;
             Ok(value.to_string())
         };
@@ -71,10 +66,7 @@ impl Role {
             }
             other => Err(FieldError::new(
                 "role",
-                format!(
-                    "{other:?} is not a role ({})",
-                    Role::NAMES.join(", ")
-                ),
+                format!("{other:?} is not a role ({})", Role::NAMES.join(", ")),
             )),
         }
     }
@@ -164,7 +156,10 @@ mod tests {
     #[test]
     fn roles_parse_with_their_binding_and_name_the_field_otherwise() {
         assert_eq!(Role::parse("admin", None, None), Ok(Role::Admin));
-        assert_eq!(Role::parse("tenant", Some("acme"), None), Ok(tenant("acme")));
+        assert_eq!(
+            Role::parse("tenant", Some("acme"), None),
+            Ok(tenant("acme"))
+        );
         assert_eq!(
             Role::parse("agent", None, Some("metal")),
             Ok(Role::Agent {

@@ -69,7 +69,10 @@ pub enum Caller {
     /// A registered worker, by its secret.
     Worker(WorkerId),
     /// A local agent spawned by this server, before it registers.
-    Spawned { hash: String, grant: SpawnGrant },
+    Spawned {
+        hash: String,
+        grant: SpawnGrant,
+    },
 }
 
 /// Why a credential is not accepted: each is a 401.
@@ -237,7 +240,11 @@ impl Credentials {
     }
 
     pub fn token(&self, name: &str) -> Option<TokenRecord> {
-        self.read().tokens.values().find(|t| t.name == name).cloned()
+        self.read()
+            .tokens
+            .values()
+            .find(|t| t.name == name)
+            .cloned()
     }
 
     pub fn is_empty(&self) -> bool {

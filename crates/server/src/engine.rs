@@ -26,10 +26,10 @@ use corral_store::{
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
+use crate::auth::{self, Credentials, Principal, SpawnGrant};
 use crate::commit::{Batch, CommitQueue};
 use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
-use crate::auth::{self, Credentials, Principal, SpawnGrant};
 use crate::state::State;
 
 mod agents;
@@ -844,5 +844,4 @@ impl Engine {
             .collect();
         self.stage(state, writes, fx);
     }
-
 }

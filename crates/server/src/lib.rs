@@ -154,12 +154,11 @@ pub async fn serve(
             axum::http::HeaderValue::from_str(o).map_err(|_| ServerError::CorsOrigin(o.clone()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let listener = std::net::TcpListener::bind(config.listen).map_err(|source| {
-        ServerError::Listen {
+    let listener =
+        std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Listen {
             addr: config.listen,
             source,
-        }
-    })?;
+        })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -168,7 +167,11 @@ pub async fn serve(
     };
     // Local agents reach the server at its own address; over TLS they trust
     // the server's certificate file (which must name that address).
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     engine.provider().set_server(
         format!("{scheme}://{host}:{}", addr.port()),
         config.tls.as_ref().map(|t| t.cert.clone()),

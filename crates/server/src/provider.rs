@@ -74,7 +74,11 @@ impl LocalProvider {
             .arg("--work-dir")
             .arg(&self.work_dir)
             .arg("--ephemeral")
-            .args(ca_cert.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]))
+            .args(
+                ca_cert
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

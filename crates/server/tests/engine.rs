@@ -11,9 +11,18 @@ use corral_core::ids::{RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents};
 use corral_core::run::{AttemptState, RunState};
 use corral_core::selector::PlacementPolicy;
+use corral_server::auth::{Caller, Principal};
 use corral_server::engine::{Engine, EngineConfig};
 use corral_server::provider::LocalProvider;
 use corral_store::SqlStore;
+
+/// The principal the tests act as.
+fn admin() -> Principal {
+    Principal {
+        name: "test-admin".into(),
+        role: corral_core::access::Role::Admin,
+    }
+}
 
 struct Harness {
     engine: Arc<Engine>,
@@ -75,10 +84,16 @@ impl Harness {
         for doc in parse_documents(yaml).expect("yaml") {
             match doc {
                 Document::Pool(p) => {
-                    self.engine.put_pool(p, false).await.expect("pool");
+                    self.engine
+                        .put_pool(&admin(), p, false)
+                        .await
+                        .expect("pool");
                 }
                 Document::Tenant(t) => {
-                    self.engine.put_tenant(t, false).await.expect("tenant");
+                    self.engine
+                        .put_tenant(&admin(), t, false)
+                        .await
+                        .expect("tenant");
                 }
                 Document::Pipeline(_) => panic!("pipelines are submitted"),
             }
@@ -89,7 +104,11 @@ impl Harness {
         let yaml = format!(
             "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, run: 'true', pool: {pool}, retries: 1, resources: {{cpu: {cpu}, memory: 1Gi}}}}\n"
         );
-        self.engine.submit(&yaml).await.expect("submit").id
+        self.engine
+            .submit(&admin(), &yaml)
+            .await
+            .expect("submit")
+            .id
     }
 
     async fn state_of(&self, run: RunId) -> (RunState, Option<ReasonCode>, String) {
@@ -135,18 +154,22 @@ impl Harness {
         instance: &str,
     ) -> Result<WorkerId, corral_server::engine::EngineError> {
         self.engine
-            .register(RegisterRequest {
-                pool: pool.into(),
-                name: name.into(),
-                instance: Some(instance.into()),
-                capacity: ResourcesView {
-                    cpu_millis: cpu * 1000,
-                    memory_mib: 8192,
-                    gpu: 0,
+            .register(
+                &Caller::Token(admin()),
+                RegisterRequest {
+                    pool: pool.into(),
+                    name: name.into(),
+                    instance: Some(instance.into()),
+                    capacity: ResourcesView {
+                        cpu_millis: cpu * 1000,
+                        memory_mib: 8192,
+                        gpu: 0,
+                    },
+                    labels: Default::default(),
                 },
-                labels: Default::default(),
-            })
+            )
             .await
+            .map(|(id, _secret)| id)
     }
 
     async fn heartbeat(&self, worker: WorkerId) {
@@ -180,7 +203,7 @@ async fn cancelling_frees_room_for_the_next_run_in_one_cycle() {
     assert_eq!(code, Some(ReasonCode::PoolFull));
     assert_eq!(message, "pool tiny: cpu 1/1 in use, run needs 1");
 
-    h.engine.cancel(first).await.expect("cancel");
+    h.engine.cancel(&admin(), first).await.expect("cancel");
     h.engine.cycle().await.expect("cycle");
     assert_eq!(h.state_of(first).await.0, RunState::Cancelled);
     assert_eq!(h.state_of(second).await.0, RunState::Provisioning);
@@ -210,7 +233,7 @@ async fn shrinking_a_pool_never_kills_and_admissions_wait_until_it_fits() {
         (RunState::Queued, Some(ReasonCode::PoolFull))
     );
     assert_eq!(message, "pool p: cpu 3/2 in use, run needs 1");
-    h.engine.cancel(big).await.expect("cancel");
+    h.engine.cancel(&admin(), big).await.expect("cancel");
     h.engine.cycle().await.expect("cycle");
     assert_eq!(h.state_of(small).await.0, RunState::Provisioning);
 }
@@ -304,16 +327,28 @@ async fn priorities_are_named_classes_or_numbers() {
             "kind: Pipeline\nname: {name}\ntenant: t\npriority: {priority}\nsteps:\n  - {{name: s, run: 'true', resources: {{cpu: 1, memory: 1Gi}}}}\n"
         )
     };
-    let low = h.engine.submit(&job("low", "low")).await.expect("low");
-    let high = h.engine.submit(&job("high", "high")).await.expect("high");
-    let seven = h.engine.submit(&job("seven", "7")).await.expect("number");
+    let low = h
+        .engine
+        .submit(&admin(), &job("low", "low"))
+        .await
+        .expect("low");
+    let high = h
+        .engine
+        .submit(&admin(), &job("high", "high"))
+        .await
+        .expect("high");
+    let seven = h
+        .engine
+        .submit(&admin(), &job("seven", "7"))
+        .await
+        .expect("number");
     assert_eq!(
         (low.priority, high.priority, seven.priority),
         (-100, 100, 7)
     );
     let err = h
         .engine
-        .submit(&job("bad", "urgent"))
+        .submit(&admin(), &job("bad", "urgent"))
         .await
         .expect_err("unknown class");
     let corral_server::engine::EngineError::Invalid(field) = err else {
@@ -445,7 +480,7 @@ async fn a_run_whose_lost_group_can_no_longer_be_placed_fails() {
     h.clock.advance(31_000);
     h.engine.cycle().await.expect("cycle: the agent is lost");
     h.engine
-        .delete_pool("metal")
+        .delete_pool(&admin(), "metal")
         .await
         .expect("nothing is allocated there");
     h.engine.cycle().await.expect("cycle");

@@ -157,7 +157,10 @@ pub enum Write {
     /// Creates or replaces a token by name.
     PutToken(TokenRecord),
     /// Records when a token was last used.
-    TouchToken { name: String, at: Timestamp },
+    TouchToken {
+        name: String,
+        at: Timestamp,
+    },
     AppendAudit(AuditRecord),
 }
 

@@ -12,6 +12,7 @@ fn corral(server: &Server, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
         .env("CORRAL_SERVER", &server.url)
+        .env("CORRAL_TOKEN", &server.admin_token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

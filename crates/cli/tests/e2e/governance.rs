@@ -25,8 +25,8 @@ async fn a_killed_static_agent_is_lost_and_its_step_retried_on_the_other() {
         .apply("kind: Pool\nname: metal\nprovider: static\n---\nkind: Tenant\nname: t\n")
         .await;
     let mut agents = [
-        server.start_agent("metal", "left", "2", "2Gi"),
-        server.start_agent("metal", "right", "2", "2Gi"),
+        server.start_agent("metal", "left", "2", "2Gi").await,
+        server.start_agent("metal", "right", "2", "2Gi").await,
     ];
     eventually("both agents to join", Duration::from_secs(20), || async {
         let pool: Value = server.get("/api/v1/pools/metal").await;

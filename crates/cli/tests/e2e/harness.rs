@@ -46,6 +46,10 @@ fn free_port() -> u16 {
 pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
+    /// The admin token the server wrote on its first start.
+    pub admin_token: String,
+    /// The CA the server's TLS certificate is signed by, when it serves TLS.
+    pub ca_cert: Option<PathBuf>,
     port: u16,
     store: StoreKind,
     child: Option<Child>,
@@ -61,21 +65,49 @@ impl Server {
     }
 
     pub async fn start_with(label: &str, store: StoreKind, extra_args: &[&str]) -> Server {
+        Server::start_full(label, store, extra_args, None).await
+    }
+
+    /// Starts a server over TLS with certificates made for the test: a CA and
+    /// a server certificate for 127.0.0.1 and localhost that it signed.
+    pub async fn start_tls(label: &str, store: StoreKind) -> Server {
+        let dir = temp_dir(&format!("{label}-certs"));
+        let certs = crate::harness::make_certs(&dir);
+        let args = [
+            "--tls-cert".to_string(),
+            certs.cert.display().to_string(),
+            "--tls-key".to_string(),
+            certs.key.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_full(label, store, &args, Some(certs.ca)).await
+    }
+
+    async fn start_full(
+        label: &str,
+        store: StoreKind,
+        extra_args: &[&str],
+        ca_cert: Option<PathBuf>,
+    ) -> Server {
         let port = free_port();
+        let scheme = if ca_cert.is_some() { "https" } else { "http" };
         let mut server = Server {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             data_dir: temp_dir(label),
+            admin_token: String::new(),
+            http: http_client(ca_cert.as_deref()),
+            ca_cert,
             port,
             store,
             child: None,
             groups: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("http client"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         server.spawn().await;
+        server.admin_token = std::fs::read_to_string(server.data_dir.join("admin.token"))
+            .expect("the first start writes admin.token")
+            .trim()
+            .to_string();
         server
     }
 
@@ -134,18 +166,65 @@ impl Server {
         }
     }
 
+    /// Creates a token with the admin token and returns its secret.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        bound: Option<(&str, &str)>,
+    ) -> String {
+        let mut body = serde_json::json!({"name": name, "role": role});
+        if let Some((field, value)) = bound {
+            body[field] = value.into();
+        }
+        let (status, answer) = self
+            .send_as(
+                &self.admin_token,
+                "POST",
+                "/api/v1/tokens",
+                &body.to_string(),
+                Some("application/json"),
+            )
+            .await;
+        assert_eq!(status, 201, "create token {name}: {answer}");
+        answer["secret"].as_str().expect("secret").to_string()
+    }
+
     /// Starts a `corral agent` that joins static pool `pool` from its own work
-    /// directory; killed with the server's processes when the test ends.
-    pub fn start_agent(&mut self, pool: &str, name: &str, cpu: &str, memory: &str) -> Agent {
+    /// directory, with an agent token of the pool made for it; killed with the
+    /// server's processes when the test ends.
+    pub async fn start_agent(&mut self, pool: &str, name: &str, cpu: &str, memory: &str) -> Agent {
+        let token = self
+            .create_token(&format!("agent-{name}"), "agent", Some(("pool", pool)))
+            .await;
         let work_dir = self.data_dir.join("agents").join(name);
-        std::fs::create_dir_all(&work_dir).expect("agent work dir");
+        self.start_agent_with(pool, name, cpu, memory, &work_dir, &token)
+    }
+
+    /// Starts a `corral agent` from `work_dir` with `token`.
+    pub fn start_agent_with(
+        &mut self,
+        pool: &str,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        work_dir: &Path,
+        token: &str,
+    ) -> Agent {
+        std::fs::create_dir_all(work_dir).expect("agent work dir");
         let mut cmd = Command::new(BIN);
         cmd.args([
             "agent", "--server", &self.url, "--pool", pool, "--name", name,
         ])
         .args(["--cpu", cpu, "--memory", memory])
         .arg("--work-dir")
-        .arg(&work_dir)
+        .arg(work_dir)
+        .args(
+            self.ca_cert
+                .iter()
+                .flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]),
+        )
+        .env("CORRAL_TOKEN", token)
         .env("CORRAL_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -157,7 +236,11 @@ impl Server {
         let child = cmd.spawn().expect("spawn corral agent");
         let pid = i32::try_from(child.id()).expect("pid fits");
         self.groups.push(pid);
-        Agent { child, work_dir }
+        Agent {
+            child,
+            work_dir: work_dir.to_path_buf(),
+            log: self.data_dir.join(format!("agent-{name}.log")),
+        }
     }
 
     /// Starts the server again on the same port and store.
@@ -176,6 +259,7 @@ impl Server {
         let response = self
             .http
             .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.admin_token)
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
@@ -185,13 +269,35 @@ impl Server {
         )
     }
 
-    /// Sends a request and returns the status with the JSON body (null when empty).
+    /// Sends a request with the admin token and returns the status with the
+    /// JSON body (null when empty); a body goes as YAML.
     pub async fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let content_type = (!body.is_empty()).then_some("application/yaml");
+        self.send_as(&self.admin_token, method, path, body, content_type)
+            .await
+    }
+
+    /// Sends a request with `token` (none when empty) and `content_type`.
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+        content_type: Option<&str>,
+    ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let response = self
+        let mut request = self
             .http
             .request(method, format!("{}{path}", self.url))
-            .body(body.to_string())
+            .body(body.to_string());
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request
             .send()
             .await
             .unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -248,6 +354,7 @@ impl Server {
 pub struct Agent {
     child: Child,
     pub work_dir: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Agent {
@@ -258,6 +365,77 @@ impl Agent {
         kill(pid, Signal::SIGKILL).expect("kill -9 the agent");
         let _ = self.child.wait();
     }
+
+    /// Waits for the agent to exit by itself and returns its exit code.
+    pub async fn exited(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("agent status") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the agent to exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// An HTTP client for tests: ring as rustls's provider, trusting `ca_cert`.
+pub fn http_client(ca_cert: Option<&Path>) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(ca) = ca_cert {
+        let pem = std::fs::read(ca).expect("read the test CA");
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("PEM certificates");
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().expect("http client")
+}
+
+/// Certificates for a TLS test server.
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a CA, and a server certificate for 127.0.0.1 and localhost signed by
+/// it, as PEM files in `dir` (the certificate file holds the chain).
+pub fn make_certs(dir: &Path) -> Certs {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.distinguished_name
+        .push(DnType::CommonName, "corral test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca_cert = ca.self_signed(&ca_key).expect("self-signed CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let mut server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("server params");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    server.use_authority_key_identifier_extension = true;
+    server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().expect("server key");
+    let cert = server.signed_by(&key, &issuer).expect("signed server cert");
+    let certs = Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&certs.ca, ca_cert.pem()).expect("write CA");
+    // The full chain, as servers are given it: local agents trust its CA.
+    std::fs::write(&certs.cert, cert.pem() + &ca_cert.pem()).expect("write cert");
+    std::fs::write(&certs.key, key.serialize_pem()).expect("write key");
+    certs
 }
 
 impl Drop for Server {

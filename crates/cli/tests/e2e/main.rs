@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `corral` binary as server, agents and CLI, on
 //! 127.0.0.1, against both stores where the store matters.
 
+mod access;
 mod admission;
 mod api;
 mod cli;

@@ -32,11 +32,19 @@ async fn readme_quick_start_works() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // The script runs as a user would, from a directory holding the examples,
+    // beside the server's data directory `./.corral`: the CLI finds the admin
+    // token the server's first start wrote there, with nothing set.
+    let work = crate::harness::temp_dir("quickstart-cwd");
+    std::os::unix::fs::symlink(&server.data_dir, work.join(".corral")).expect("link .corral");
+    std::os::unix::fs::symlink(workspace_root().join("examples"), work.join("examples"))
+        .expect("link examples");
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(workspace_root())
+        .current_dir(&work)
         .env("PATH", path)
         .env("CORRAL_SERVER", &server.url)
+        .env_remove("CORRAL_TOKEN")
         .output()
         .expect("run the quick start");
     let stdout = String::from_utf8_lossy(&out.stdout);

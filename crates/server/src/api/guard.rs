@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use axum::RequestExt;
 use axum::extract::{RawPathParams, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::RequestExt;
 use axum::response::{IntoResponse, Response};
 use corral_core::access::Access;
 use corral_core::ids::WorkerId;
@@ -41,7 +41,10 @@ fn forbidden(message: String) -> Response {
 
 /// Whether a write's body, if it has one, is JSON or YAML.
 fn body_type_accepted(request: &Request) -> Result<(), Response> {
-    if !matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) {
+    if !matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH
+    ) {
         return Ok(());
     }
     let headers = request.headers();

@@ -3,32 +3,32 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
-use axum::Extension;
-use corral_core::access::Access;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use axum::{Json, Router};
 use corral_api::*;
+use corral_core::access::Access;
+use corral_core::access::Role;
 use corral_core::error::FieldError;
 use corral_core::ids::{AttemptId, RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents, parse_single};
 use corral_core::pool::PoolSpec;
 use corral_core::run::RunState;
 use corral_core::tenant::TenantSpec;
-use corral_core::access::Role;
 use corral_store::{AllocationFilter, AuditFilter, RunDetail, RunFilter};
 use serde::de::DeserializeOwned;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 
 use super::error::ApiError;
 use super::guard::guard;
-use crate::auth::{Caller, Principal};
 use super::views;
+use crate::auth::{Caller, Principal};
 use crate::engine::Engine;
 use crate::state::QueuePlace;
 
@@ -73,20 +73,45 @@ fn table() -> Vec<(RouteSpec, Handler)> {
         r("POST", "/api/v1/tenants", Admin, post(create_tenant)),
         r("GET", "/api/v1/tenants/{name}", Read, get(get_tenant)),
         r("PUT", "/api/v1/tenants/{name}", Admin, put(put_tenant)),
-        r("DELETE", "/api/v1/tenants/{name}", Admin, delete(delete_tenant)),
+        r(
+            "DELETE",
+            "/api/v1/tenants/{name}",
+            Admin,
+            delete(delete_tenant),
+        ),
         r("GET", "/api/v1/runs", Read, get(list_runs)),
         r("POST", "/api/v1/runs", Operate, post(submit_run)),
         r("GET", "/api/v1/runs/{id}", Read, get(get_run)),
-        r("POST", "/api/v1/runs/{id}/cancel", Operate, post(cancel_run)),
+        r(
+            "POST",
+            "/api/v1/runs/{id}/cancel",
+            Operate,
+            post(cancel_run),
+        ),
         r("GET", "/api/v1/runs/{id}/logs", Read, get(run_logs)),
         r("GET", "/api/v1/allocations", Read, get(list_allocations)),
         r("GET", "/api/v1/queue", Read, get(list_queue)),
         r("GET", "/api/v1/tokens", ReadAll, get(list_tokens)),
         r("POST", "/api/v1/tokens", Admin, post(create_token)),
-        r("DELETE", "/api/v1/tokens/{name}", Admin, delete(revoke_token)),
+        r(
+            "DELETE",
+            "/api/v1/tokens/{name}",
+            Admin,
+            delete(revoke_token),
+        ),
         r("GET", "/api/v1/audit", ReadAll, get(list_audit)),
-        r("POST", "/api/v1/agents/register", Register, post(register_agent)),
-        r("POST", "/api/v1/agents/{worker}/poll", Worker, post(poll_agent)),
+        r(
+            "POST",
+            "/api/v1/agents/register",
+            Register,
+            post(register_agent),
+        ),
+        r(
+            "POST",
+            "/api/v1/agents/{worker}/poll",
+            Worker,
+            post(poll_agent),
+        ),
         r(
             "POST",
             "/api/v1/agents/{worker}/attempts/{attempt}/logs",
@@ -567,7 +592,10 @@ async fn submit_run(
     let record = engine.submit(&who, body_text(&body)?).await?;
     Ok((
         StatusCode::CREATED,
-        Json(views::run(&detail_of(&engine, &who, record.id).await?, None)),
+        Json(views::run(
+            &detail_of(&engine, &who, record.id).await?,
+            None,
+        )),
     ))
 }
 
@@ -758,9 +786,7 @@ async fn report_attempt(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let req: ReportRequest = json_body(&body)?;
-    engine
-        .report(worker, AttemptId(attempt), req)
-        .await?;
+    engine.report(worker, AttemptId(attempt), req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -817,7 +843,11 @@ async fn create_token(
                         format!("{text:?} is not a duration from 1s to 3660d (examples: 12h, 30d)"),
                     )
                 })?;
-            Some(engine.now().plus_millis(i64::try_from(secs * 1000).unwrap_or(i64::MAX)))
+            Some(
+                engine
+                    .now()
+                    .plus_millis(i64::try_from(secs * 1000).unwrap_or(i64::MAX)),
+            )
         }
     };
     let (record, secret) = engine

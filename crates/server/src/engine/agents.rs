@@ -45,7 +45,11 @@ impl Engine {
     /// Registers an agent for `caller` (an agent token of the pool, a spawned
     /// local agent's one-time credential, or an admin) and returns its id and
     /// the secret of its later calls.
-    pub async fn register(&self, caller: &Caller, req: RegisterRequest) -> Result<(WorkerId, String)> {
+    pub async fn register(
+        &self,
+        caller: &Caller,
+        req: RegisterRequest,
+    ) -> Result<(WorkerId, String)> {
         corral_core::error::check_name("name", &req.name)?;
         check_registration(caller, &req.pool, &req.name)?;
         let capacity: Resources = req.capacity.into();

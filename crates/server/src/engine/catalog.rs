@@ -190,14 +190,8 @@ impl Engine {
             before,
             after: Some(spec_json(&record.spec)),
         };
-        self.finish_upsert(
-            state,
-            who,
-            action,
-            change,
-            Write::PutPool(record.clone()),
-        )
-        .await?;
+        self.finish_upsert(state, who, action, change, Write::PutPool(record.clone()))
+            .await?;
         Ok((record, action))
     }
 
@@ -261,14 +255,8 @@ impl Engine {
             before,
             after: Some(spec_json(&record.spec)),
         };
-        self.finish_upsert(
-            state,
-            who,
-            action,
-            change,
-            Write::PutTenant(record.clone()),
-        )
-        .await?;
+        self.finish_upsert(state, who, action, change, Write::PutTenant(record.clone()))
+            .await?;
         Ok((record, action))
     }
 
@@ -449,7 +437,10 @@ impl Engine {
     /// Writes when a token was last used (the caller notes uses in memory and
     /// asks for this at most once a minute per token); nobody waits for it.
     pub async fn persist_token_use(&self, name: &str) {
-        let at = self.credentials.last_used(name).unwrap_or_else(|| self.now());
+        let at = self
+            .credentials
+            .last_used(name)
+            .unwrap_or_else(|| self.now());
         let mut state = self.state.lock().await;
         let mut fx = Effects::default();
         self.stage(

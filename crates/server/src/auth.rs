@@ -145,6 +145,8 @@ struct Index {
     spawns: HashMap<String, SpawnGrant>,
     /// When each token was last used (in memory; the store hears of it less often).
     used: HashMap<String, Timestamp>,
+    /// When the store last heard of each token's use.
+    persisted: HashMap<String, Timestamp>,
 }
 
 /// The credentials the server accepts.
@@ -219,13 +221,18 @@ impl Credentials {
     /// Notes a use of token `name`; true when the store should hear of it.
     pub fn touch(&self, name: &str, now: Timestamp) -> bool {
         let mut index = self.write();
-        let last = index.used.insert(name.to_string(), now);
-        last.is_none_or(|t| now.millis_since(t) >= TOUCH_EVERY_MS)
-            || index
-                .tokens
-                .values()
-                .find(|t| t.name == name)
-                .is_some_and(|t| t.last_used_at.is_none())
+        let persisted = index.persisted.get(name).copied();
+        match index.used.get_mut(name) {
+            Some(t) => *t = now,
+            None => {
+                index.used.insert(name.to_string(), now);
+            }
+        }
+        let due = persisted.is_none_or(|t| now.millis_since(t) >= TOUCH_EVERY_MS);
+        if due {
+            index.persisted.insert(name.to_string(), now);
+        }
+        due
     }
 
     /// When token `name` was last used, as far as this server knows.
@@ -325,6 +332,16 @@ mod tests {
             credentials.resolve(&a, Timestamp(10)),
             Err(AuthError::Revoked("ci".into()))
         );
+    }
+
+    #[test]
+    fn uses_are_noted_at_once_and_persisted_once_a_minute() {
+        let credentials = Credentials::default();
+        assert!(credentials.touch("ci", Timestamp(0)));
+        assert!(!credentials.touch("ci", Timestamp(59_999)));
+        assert_eq!(credentials.last_used("ci"), Some(Timestamp(59_999)));
+        assert!(credentials.touch("ci", Timestamp(60_000)));
+        assert!(credentials.touch("other", Timestamp(60_001)));
     }
 
     #[test]

@@ -40,7 +40,7 @@ fn forbidden(message: String) -> Response {
 }
 
 /// Whether a write's body, if it has one, is JSON or YAML.
-fn body_type_accepted(request: &Request) -> Result<(), Response> {
+fn body_type_accepted(request: &Request) -> Result<(), ApiError> {
     if !matches!(
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH
@@ -79,8 +79,7 @@ fn body_type_accepted(request: &Request) -> Result<(), Response> {
             BODY_TYPES.join(" or ")
         ),
         details: json!({ "path": "Content-Type" }),
-    }
-    .into_response())
+    })
 }
 
 /// The `{worker}` of an agent call's path.
@@ -113,7 +112,7 @@ pub async fn guard(
         Err(e) => return unauthorized(&e),
     };
     if let Err(refused) = body_type_accepted(&request) {
-        return refused;
+        return refused.into_response();
     }
     match (access, caller) {
         (Access::Worker, Caller::Worker(id)) => {

@@ -191,8 +191,23 @@ pub fn router(engine: Arc<Engine>, config: &RouterConfig) -> Router {
 struct ApiDoc;
 
 /// The OpenAPI document of this API.
+///
+/// Every call carries a bearer token (the `bearer` scheme); the agent calls
+/// after registration carry the worker's secret the same way.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    let mut doc = ApiDoc::openapi();
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    doc.security = Some(vec![SecurityRequirement::new(
+        "bearer",
+        Vec::<String>::new(),
+    )]);
+    doc
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {

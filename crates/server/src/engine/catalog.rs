@@ -57,6 +57,107 @@ impl Change<'_> {
     }
 }
 
+/// A pool or a tenant: what the catalog keeps by name.
+trait Entry: serde::Serialize + PartialEq + Sized {
+    const KIND: &'static str;
+    type Record;
+    fn name(&self) -> &str;
+    fn validate(&self) -> std::result::Result<(), FieldError>;
+    /// The stored spec of `name`, with its creation and update times.
+    fn stored<'a>(state: &'a State, name: &str) -> Option<(&'a Self, Timestamp, Timestamp)>;
+    fn into_record(self, created_at: Timestamp, updated_at: Timestamp) -> Self::Record;
+    fn put(record: &Self::Record) -> Write;
+    fn delete(name: &str) -> Write;
+    /// Whether an allocation holds something of `name`.
+    fn holds(allocation: &AllocationRecord, name: &str) -> bool;
+    /// What else a delete of `name` writes.
+    fn with_delete(state: &State, name: &str, now: Timestamp) -> Vec<Write>;
+}
+
+impl Entry for PoolSpec {
+    const KIND: &'static str = "pool";
+    type Record = PoolRecord;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self) -> std::result::Result<(), FieldError> {
+        PoolSpec::validate(self)
+    }
+    fn stored<'a>(state: &'a State, name: &str) -> Option<(&'a Self, Timestamp, Timestamp)> {
+        state
+            .pools
+            .get(name)
+            .map(|p| (&p.spec, p.created_at, p.updated_at))
+    }
+    fn into_record(self, created_at: Timestamp, updated_at: Timestamp) -> PoolRecord {
+        PoolRecord {
+            spec: self,
+            created_at,
+            updated_at,
+        }
+    }
+    fn put(record: &PoolRecord) -> Write {
+        Write::PutPool(record.clone())
+    }
+    fn delete(name: &str) -> Write {
+        Write::DeletePool(name.into())
+    }
+    fn holds(allocation: &AllocationRecord, name: &str) -> bool {
+        allocation.pool == name
+    }
+    /// The pool's workers are retired with it.
+    fn with_delete(state: &State, name: &str, now: Timestamp) -> Vec<Write> {
+        state
+            .workers
+            .values()
+            .filter(|w| w.record.pool == name)
+            .map(|w| {
+                Write::PutWorker(WorkerRecord {
+                    state: WorkerState::Gone,
+                    updated_at: now,
+                    ..w.record.clone()
+                })
+            })
+            .collect()
+    }
+}
+
+impl Entry for TenantSpec {
+    const KIND: &'static str = "tenant";
+    type Record = TenantRecord;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self) -> std::result::Result<(), FieldError> {
+        TenantSpec::validate(self)
+    }
+    fn stored<'a>(state: &'a State, name: &str) -> Option<(&'a Self, Timestamp, Timestamp)> {
+        state
+            .tenants
+            .get(name)
+            .map(|t| (&t.spec, t.created_at, t.updated_at))
+    }
+    fn into_record(self, created_at: Timestamp, updated_at: Timestamp) -> TenantRecord {
+        TenantRecord {
+            spec: self,
+            created_at,
+            updated_at,
+        }
+    }
+    fn put(record: &TenantRecord) -> Write {
+        Write::PutTenant(record.clone())
+    }
+    fn delete(name: &str) -> Write {
+        Write::DeleteTenant(name.into())
+    }
+    fn holds(allocation: &AllocationRecord, name: &str) -> bool {
+        allocation.tenant == name
+    }
+    fn with_delete(_: &State, _: &str, _: Timestamp) -> Vec<Write> {
+        Vec::new()
+    }
+}
+
 fn action_verb(action: Action) -> &'static str {
     match action {
         Action::Created => "create",
@@ -168,62 +269,12 @@ impl Engine {
         spec: PoolSpec,
         create_only: bool,
     ) -> Result<(PoolRecord, Action)> {
-        spec.validate()?;
-        let state = self.state.lock().await;
-        let now = self.now();
-        let before = state.pools.get(&spec.name).map(|p| spec_json(&p.spec));
-        let old = state
-            .pools
-            .get(&spec.name)
-            .map(|p| (&p.spec, p.created_at, p.updated_at));
-        let (created_at, updated_at, action) =
-            upsert("pool", &spec.name, old, &spec, create_only, now)?;
-        let record = PoolRecord {
-            spec,
-            created_at,
-            updated_at,
-        };
-        let change = Change {
-            kind: "pool",
-            name: &record.spec.name,
-            action: action_verb(action),
-            before,
-            after: Some(spec_json(&record.spec)),
-        };
-        self.finish_upsert(state, who, action, change, Write::PutPool(record.clone()))
-            .await?;
-        Ok((record, action))
+        self.put_entry(who, spec, create_only).await
     }
 
+    /// Deletes a pool and retires its workers; refused while it holds allocations.
     pub async fn delete_pool(&self, who: &Principal, name: &str) -> Result<()> {
-        let mut state = self.state.lock().await;
-        check_deletable(&state, "pool", name, state.pools.contains_key(name), |a| {
-            a.pool == name
-        })?;
-        let now = self.now();
-        let before = state.pools.get(name).map(|p| spec_json(&p.spec));
-        let mut writes = vec![
-            Change {
-                kind: "pool",
-                name,
-                action: "delete",
-                before,
-                after: None,
-            }
-            .write(&mut state, who, now),
-            Write::DeletePool(name.into()),
-        ];
-        for w in state.workers.values().filter(|w| w.record.pool == name) {
-            writes.push(Write::PutWorker(WorkerRecord {
-                state: WorkerState::Gone,
-                updated_at: now,
-                ..w.record.clone()
-            }));
-        }
-        let mut fx = Effects::default();
-        self.stage(&mut state, writes, &mut fx);
-        drop(state);
-        self.finish(fx).await
+        self.delete_entry::<PoolSpec>(who, name).await
     }
 
     /// Creates or replaces a tenant. `create_only` refuses an existing name.
@@ -233,80 +284,73 @@ impl Engine {
         spec: TenantSpec,
         create_only: bool,
     ) -> Result<(TenantRecord, Action)> {
+        self.put_entry(who, spec, create_only).await
+    }
+
+    /// Deletes a tenant; refused while it holds allocations.
+    pub async fn delete_tenant(&self, who: &Principal, name: &str) -> Result<()> {
+        self.delete_entry::<TenantSpec>(who, name).await
+    }
+
+    /// Stages a pool or tenant write with its audit entry unless nothing
+    /// changed; the controller looks again, since limits may have moved.
+    async fn put_entry<E: Entry>(
+        &self,
+        who: &Principal,
+        spec: E,
+        create_only: bool,
+    ) -> Result<(E::Record, Action)> {
         spec.validate()?;
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
         let now = self.now();
-        let before = state.tenants.get(&spec.name).map(|t| spec_json(&t.spec));
-        let old = state
-            .tenants
-            .get(&spec.name)
-            .map(|t| (&t.spec, t.created_at, t.updated_at));
+        let old = E::stored(&state, spec.name());
+        let before = old.map(|(s, _, _)| spec_json(s));
         let (created_at, updated_at, action) =
-            upsert("tenant", &spec.name, old, &spec, create_only, now)?;
-        let record = TenantRecord {
-            spec,
-            created_at,
-            updated_at,
+            upsert(E::KIND, spec.name(), old, &spec, create_only, now)?;
+        let name = spec.name().to_string();
+        let after = spec_json(&spec);
+        let record = spec.into_record(created_at, updated_at);
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
         };
-        let change = Change {
-            kind: "tenant",
-            name: &record.spec.name,
-            action: action_verb(action),
-            before,
-            after: Some(spec_json(&record.spec)),
-        };
-        self.finish_upsert(state, who, action, change, Write::PutTenant(record.clone()))
-            .await?;
+        if action != Action::Unchanged {
+            let audit = Change {
+                kind: E::KIND,
+                name: &name,
+                action: action_verb(action),
+                before,
+                after: Some(after),
+            }
+            .write(&mut state, who, now);
+            self.stage(&mut state, vec![audit, E::put(&record)], &mut fx);
+        }
+        drop(state);
+        self.finish(fx).await?;
         Ok((record, action))
     }
 
-    pub async fn delete_tenant(&self, who: &Principal, name: &str) -> Result<()> {
+    async fn delete_entry<E: Entry>(&self, who: &Principal, name: &str) -> Result<()> {
         let mut state = self.state.lock().await;
-        check_deletable(
-            &state,
-            "tenant",
-            name,
-            state.tenants.contains_key(name),
-            |a| a.tenant == name,
-        )?;
+        let before = E::stored(&state, name).map(|(s, _, _)| spec_json(s));
+        check_deletable(&state, E::KIND, name, before.is_some(), |a| {
+            E::holds(a, name)
+        })?;
         let now = self.now();
-        let before = state.tenants.get(name).map(|t| spec_json(&t.spec));
-        let writes = vec![
+        let mut writes = vec![
             Change {
-                kind: "tenant",
+                kind: E::KIND,
                 name,
                 action: "delete",
                 before,
                 after: None,
             }
             .write(&mut state, who, now),
-            Write::DeleteTenant(name.into()),
+            E::delete(name),
         ];
+        writes.extend(E::with_delete(&state, name, now));
         let mut fx = Effects::default();
         self.stage(&mut state, writes, &mut fx);
-        drop(state);
-        self.finish(fx).await
-    }
-
-    /// Stages a pool or tenant write with its audit entry unless nothing
-    /// changed; the controller looks again, since limits may have moved.
-    async fn finish_upsert(
-        &self,
-        mut state: MutexGuard<'_, State>,
-        who: &Principal,
-        action: Action,
-        change: Change<'_>,
-        write: Write,
-    ) -> Result<()> {
-        let mut fx = Effects {
-            controller: true,
-            ..Effects::default()
-        };
-        if action != Action::Unchanged {
-            let now = self.now();
-            let audit = change.write(&mut state, who, now);
-            self.stage(&mut state, vec![audit, write], &mut fx);
-        }
         drop(state);
         self.finish(fx).await
     }

@@ -495,3 +495,136 @@ async fn a_run_whose_lost_group_can_no_longer_be_placed_fails() {
     let reason = detail.run.reason.expect("a reason");
     assert_eq!(reason.code, ReasonCode::NoMatchingPool);
 }
+
+fn tenant_principal(tenant: &str) -> Principal {
+    Principal {
+        name: format!("{tenant}-token"),
+        role: corral_core::access::Role::Tenant {
+            tenant: tenant.into(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_checked_against_the_catalog_survive_a_restart_and_the_last_admin_stays() {
+    use corral_core::access::Role;
+    use corral_server::engine::EngineError;
+    let h = Harness::new(
+        "tokens",
+        "kind: Pool\nname: metal\nprovider: static\n---\nkind: Pool\nname: box\ncapacity: {cpu: 1, memory: 1Gi}\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let first = h
+        .engine
+        .bootstrap(corral_core::resources::Resources::new(1000, 1024, 0))
+        .await
+        .expect("bootstrap");
+    let admin_secret = first
+        .admin_secret
+        .expect("an admin token on an empty store");
+    let field = |e: EngineError| match e {
+        EngineError::Invalid(f) => f.path,
+        other => panic!("expected a field error, got {other}"),
+    };
+    let unknown = Role::Tenant {
+        tenant: "nobody".into(),
+    };
+    let e = h.engine.create_token(&admin(), "x", unknown, None).await;
+    assert_eq!(field(e.expect_err("unknown tenant")), "tenant");
+    let local_agent = Role::Agent { pool: "box".into() };
+    let e = h
+        .engine
+        .create_token(&admin(), "x", local_agent, None)
+        .await;
+    assert_eq!(field(e.expect_err("not a static pool")), "pool");
+
+    let agent = Role::Agent {
+        pool: "metal".into(),
+    };
+    let (_, old) = h
+        .engine
+        .create_token(&admin(), "ci", agent.clone(), None)
+        .await
+        .expect("create");
+    let again = h
+        .engine
+        .create_token(&admin(), "ci", agent.clone(), None)
+        .await;
+    assert!(matches!(again, Err(EngineError::Conflict(_))));
+    h.engine.revoke_token(&admin(), "ci").await.expect("revoke");
+    let (_, new) = h
+        .engine
+        .create_token(&admin(), "ci", agent, None)
+        .await
+        .expect("a revoked name is taken again");
+    let now = h.clock.now();
+    assert!(h.engine.credentials().resolve(&old, now).is_err());
+    assert!(h.engine.credentials().resolve(&new, now).is_ok());
+    let last = h.engine.revoke_token(&admin(), "admin").await;
+    assert!(matches!(last, Err(EngineError::Conflict(m)) if m.contains("last admin token")));
+
+    // A restarted engine knows the same tokens, by their hashes.
+    let h = h.restart().await;
+    let now = h.clock.now();
+    assert!(matches!(
+        h.engine.credentials().resolve(&admin_secret, now),
+        Ok(Caller::Token(p)) if p.name == "admin" && p.role == Role::Admin
+    ));
+    assert!(h.engine.credentials().resolve(&old, now).is_err());
+    assert!(h.engine.credentials().resolve(&new, now).is_ok());
+    let again = h
+        .engine
+        .bootstrap(corral_core::resources::Resources::new(1000, 1024, 0))
+        .await
+        .expect("bootstrap");
+    assert!(again.admin_secret.is_none(), "only an empty store gets one");
+}
+
+#[tokio::test]
+async fn a_tenant_token_submits_and_cancels_for_its_tenant_only_and_cancels_are_audited() {
+    use corral_server::engine::EngineError;
+    let h = Harness::new(
+        "tenant-scope",
+        "kind: Pool\nname: p\ncapacity: {cpu: 1, memory: 1Gi}\nstate: draining\n---\nkind: Tenant\nname: a\n---\nkind: Tenant\nname: b\n",
+    )
+    .await;
+    let (a, b) = (tenant_principal("a"), tenant_principal("b"));
+    let job = "kind: Pipeline\nname: j\nsteps:\n  - {name: s, run: 'true', pool: p}\n";
+    let run = h.engine.submit(&a, job).await.expect("submit");
+    assert_eq!(
+        run.tenant, "a",
+        "a pipeline without tenant gets the token's"
+    );
+    let named_b = job.replace("name: j\n", "name: j\ntenant: b\n");
+    assert!(matches!(
+        h.engine.submit(&a, &named_b).await,
+        Err(EngineError::Forbidden(_))
+    ));
+    assert!(matches!(
+        h.engine.cancel(&b, run.id).await,
+        Err(EngineError::Forbidden(_))
+    ));
+    h.engine.cancel(&a, run.id).await.expect("its own");
+    // An ended run of another tenant is refused as such, not reported ended.
+    assert!(matches!(
+        h.engine.cancel(&b, run.id).await,
+        Err(EngineError::Forbidden(_))
+    ));
+    let audit = h
+        .engine
+        .store()
+        .audit(&corral_store::AuditFilter {
+            kind: Some("run".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].who, "a-token");
+    assert_eq!(audit[0].name, run.id.to_string());
+    assert_eq!(
+        audit[0].after,
+        Some(serde_json::json!({"state": "cancelled"}))
+    );
+}

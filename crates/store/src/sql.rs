@@ -4,22 +4,21 @@
 //! each database records its own migration history.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use async_trait::async_trait;
-use corral_core::access::Role;
 use corral_core::clock::Timestamp;
-use corral_core::controller::{Reason, ReasonCode};
-use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
-use corral_core::resources::Resources;
+use corral_core::ids::{AttemptId, RunId};
 use corral_core::run::{RunState, WorkerState};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::records::*;
 use crate::{Result, Store, StoreError};
+
+mod rows;
+
+use rows::*;
 
 /// Which database sits behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,185 +98,6 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("records serialize to JSON: plain data, string keys")
-}
-
-fn from_json<T: DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
-        what,
-        detail: e.to_string(),
-    })
-}
-
-fn parse_enum<T: FromStr<Err = String>>(what: &'static str, text: &str) -> Result<T> {
-    text.parse()
-        .map_err(|detail| StoreError::Corrupt { what, detail })
-}
-
-fn int(field: &'static str, value: u64) -> Result<i64> {
-    i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
-}
-
-fn uint<T: TryFrom<i64>>(what: &'static str, value: i64) -> Result<T> {
-    T::try_from(value).map_err(|_| StoreError::Corrupt {
-        what,
-        detail: format!("{value} is out of range"),
-    })
-}
-
-fn ts(row: &AnyRow, col: &str) -> Result<Timestamp> {
-    Ok(Timestamp(row.try_get::<i64, _>(col)?))
-}
-
-fn opt_ts(row: &AnyRow, col: &str) -> Result<Option<Timestamp>> {
-    Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
-}
-
-fn resources(row: &AnyRow) -> Result<Resources> {
-    Ok(Resources::new(
-        uint("cpu_millis", row.try_get("cpu_millis")?)?,
-        uint("memory_mib", row.try_get("memory_mib")?)?,
-        uint("gpu", row.try_get("gpu")?)?,
-    ))
-}
-
-const RUN_COLUMNS: &str = "id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at";
-const ATTEMPT_COLUMNS: &str = "id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at";
-const WORKER_COLUMNS: &str = "id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash";
-const TOKEN_COLUMNS: &str =
-    "name, hash, role, tenant, pool, created_at, expires_at, revoked_at, last_used_at";
-const ALLOCATION_COLUMNS: &str =
-    "id, run_id, grp, tenant, pool, cpu_millis, memory_mib, gpu, worker_id, opened_at, closed_at";
-
-fn run_from(row: &AnyRow) -> Result<RunRecord> {
-    let reason = match (
-        row.try_get::<Option<String>, _>("reason_code")?,
-        row.try_get::<Option<String>, _>("reason")?,
-    ) {
-        // Stored reasons are those of rejected runs, which carry no limits.
-        (Some(code), Some(message)) => Some(Reason::simple(
-            from_json::<ReasonCode>("reason code", &format!("\"{code}\""))?,
-            message,
-        )),
-        _ => None,
-    };
-    Ok(RunRecord {
-        id: RunId(row.try_get("id")?),
-        pipeline: row.try_get("pipeline")?,
-        tenant: row.try_get("tenant")?,
-        priority: uint("priority", row.try_get("priority")?)?,
-        state: parse_enum("run state", &row.try_get::<String, _>("state")?)?,
-        reason,
-        spec: from_json("pipeline spec", &row.try_get::<String, _>("spec")?)?,
-        request: from_json("resource request", &row.try_get::<String, _>("request")?)?,
-        created_at: ts(row, "created_at")?,
-        updated_at: ts(row, "updated_at")?,
-        finished_at: opt_ts(row, "finished_at")?,
-    })
-}
-
-fn step_from(row: &AnyRow) -> Result<StepRecord> {
-    Ok(StepRecord {
-        run_id: RunId(row.try_get("run_id")?),
-        idx: uint("step index", row.try_get("idx")?)?,
-        name: row.try_get("name")?,
-        group: uint("step group", row.try_get("grp")?)?,
-        state: parse_enum("step state", &row.try_get::<String, _>("state")?)?,
-        attempts: uint("step attempts", row.try_get("attempts")?)?,
-    })
-}
-
-fn attempt_from(row: &AnyRow) -> Result<AttemptRecord> {
-    Ok(AttemptRecord {
-        id: AttemptId(row.try_get("id")?),
-        run_id: RunId(row.try_get("run_id")?),
-        step_idx: uint("step index", row.try_get("step_idx")?)?,
-        number: uint("attempt number", row.try_get("number")?)?,
-        worker_id: WorkerId(row.try_get("worker_id")?),
-        state: parse_enum("attempt state", &row.try_get::<String, _>("state")?)?,
-        exit_code: row
-            .try_get::<Option<i64>, _>("exit_code")?
-            .map(|c| uint("exit code", c))
-            .transpose()?,
-        error: row.try_get("error")?,
-        created_at: ts(row, "created_at")?,
-        started_at: opt_ts(row, "started_at")?,
-        finished_at: opt_ts(row, "finished_at")?,
-    })
-}
-
-fn allocation_from(row: &AnyRow) -> Result<AllocationRecord> {
-    Ok(AllocationRecord {
-        id: AllocationId(row.try_get("id")?),
-        run_id: RunId(row.try_get("run_id")?),
-        group: uint("allocation group", row.try_get("grp")?)?,
-        tenant: row.try_get("tenant")?,
-        pool: row.try_get("pool")?,
-        resources: resources(row)?,
-        worker_id: row.try_get::<Option<i64>, _>("worker_id")?.map(WorkerId),
-        opened_at: ts(row, "opened_at")?,
-        closed_at: opt_ts(row, "closed_at")?,
-    })
-}
-
-fn worker_from(row: &AnyRow) -> Result<WorkerRecord> {
-    Ok(WorkerRecord {
-        id: WorkerId(row.try_get("id")?),
-        pool: row.try_get("pool")?,
-        name: row.try_get("name")?,
-        capacity: resources(row)?,
-        labels: from_json("worker labels", &row.try_get::<String, _>("labels")?)?,
-        state: parse_enum::<WorkerState>("worker state", &row.try_get::<String, _>("state")?)?,
-        registered_at: ts(row, "registered_at")?,
-        updated_at: ts(row, "updated_at")?,
-        instance: row.try_get("instance")?,
-        secret_hash: row.try_get("secret_hash")?,
-    })
-}
-
-fn token_from(row: &AnyRow) -> Result<TokenRecord> {
-    let role: String = row.try_get("role")?;
-    let tenant: Option<String> = row.try_get("tenant")?;
-    let pool: Option<String> = row.try_get("pool")?;
-    Ok(TokenRecord {
-        name: row.try_get("name")?,
-        hash: row.try_get("hash")?,
-        role: Role::parse(&role, tenant.as_deref(), pool.as_deref()).map_err(|e| {
-            StoreError::Corrupt {
-                what: "token role",
-                detail: e.to_string(),
-            }
-        })?,
-        created_at: ts(row, "created_at")?,
-        expires_at: opt_ts(row, "expires_at")?,
-        revoked_at: opt_ts(row, "revoked_at")?,
-        last_used_at: opt_ts(row, "last_used_at")?,
-    })
-}
-
-fn audit_from(row: &AnyRow) -> Result<AuditRecord> {
-    let spec = |col: &str| -> Result<Option<serde_json::Value>> {
-        row.try_get::<Option<String>, _>(col)?
-            .map(|text| from_json("audited spec", &text))
-            .transpose()
-    };
-    Ok(AuditRecord {
-        id: row.try_get("id")?,
-        at: ts(row, "at")?,
-        who: row.try_get("who")?,
-        kind: row.try_get("kind")?,
-        name: row.try_get("name")?,
-        action: row.try_get("action")?,
-        before: spec("before_spec")?,
-        after: spec("after_spec")?,
-    })
-}
-
-fn reason_code_text(code: ReasonCode) -> String {
-    to_json(&code).trim_matches('"').to_string()
 }
 
 /// Upserts a row of `pools` or `tenants`: a name and its spec.

@@ -93,6 +93,15 @@ async fn ship_logs(client: Client, worker: i64, attempt: i64, mut rx: mpsc::Rece
 /// group), ships its output and reports the outcome, retrying until the server
 /// has it. `started` gets the process group once it runs; `exited` is called as
 /// soon as the process has ended, before the report.
+/// The variables that configure the agent itself, kept from its steps.
+const AGENT_SETTINGS: [&str; 5] = [
+    "CORRAL_TOKEN",
+    "CORRAL_SERVER",
+    "CORRAL_CA_CERT",
+    "CORRAL_LOG",
+    "CORRAL_DATABASE_URL",
+];
+
 pub async fn execute(
     client: Client,
     worker: i64,
@@ -138,12 +147,16 @@ async fn run_process(
         };
     }
     let env: BTreeMap<&String, &String> = a.env.iter().collect();
-    let spawned = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    // The agent's own settings (its token above all) are not its steps'
+    // business; what its worker was given (CORRAL_POOL, a pool's env) is.
+    for key in AGENT_SETTINGS {
+        command.env_remove(key);
+    }
+    let spawned = command
         .arg("-c")
         .arg(&a.command)
         .current_dir(&workspace)
-        // The agent's own credential is not its steps' business.
-        .env_remove("CORRAL_TOKEN")
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

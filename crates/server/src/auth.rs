@@ -168,7 +168,18 @@ impl Credentials {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Replaces what is known with what the store holds.
+    /// Replaces what is known with what the store holds: every token, and the
+    /// secrets of the workers that are ready.
+    pub fn load_live(&self, live: &corral_store::Live) {
+        self.load(
+            live.tokens.iter().cloned(),
+            live.workers
+                .iter()
+                .filter_map(|w| Some((w.id, w.secret_hash.clone()?))),
+        );
+    }
+
+    /// Replaces what is known with these tokens and workers' secret hashes.
     pub fn load(
         &self,
         tokens: impl IntoIterator<Item = TokenRecord>,
@@ -254,13 +265,36 @@ impl Credentials {
             .cloned()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.read().tokens.is_empty()
+    /// The names of the admin tokens that are neither revoked nor expired.
+    pub fn live_admins(&self, now: Timestamp) -> Vec<String> {
+        self.read()
+            .tokens
+            .values()
+            .filter(|t| {
+                t.role == Role::Admin
+                    && t.revoked_at.is_none()
+                    && t.expires_at.is_none_or(|at| at > now)
+            })
+            .map(|t| t.name.clone())
+            .collect()
     }
 
-    /// A committed token: replaces the one of the same name.
+    pub fn has_live_admin(&self, now: Timestamp) -> bool {
+        !self.live_admins(now).is_empty()
+    }
+
+    /// A token being committed: replaces the one of the same name. A new
+    /// secret under an old name starts with no use.
     pub fn put_token(&self, token: TokenRecord) {
         let mut index = self.write();
+        let replaced = index
+            .tokens
+            .values()
+            .any(|t| t.name == token.name && t.hash != token.hash);
+        if replaced {
+            index.used.remove(&token.name);
+            index.persisted.remove(&token.name);
+        }
         index.tokens.retain(|_, t| t.name != token.name);
         index.tokens.insert(token.hash.clone(), token);
     }

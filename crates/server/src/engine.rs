@@ -53,6 +53,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the store failed to commit: {0}")]
     CommitFailed(String),
+    #[error("cannot keep the new admin token: {0}")]
+    KeepSecret(std::io::Error),
 }
 
 impl From<FieldError> for EngineError {
@@ -216,12 +218,7 @@ impl Engine {
         let now = clock.now();
         let live = store.load_live().await?;
         let credentials = Credentials::default();
-        credentials.load(
-            live.tokens.iter().cloned(),
-            live.workers
-                .iter()
-                .filter_map(|w| Some((w.id, w.secret_hash.clone()?))),
-        );
+        credentials.load_live(&live);
         let state = State::from_live(
             live,
             Self::replay_usage(store.as_ref(), &config, now).await?,
@@ -374,6 +371,8 @@ impl Engine {
                         };
                         match loaded {
                             Ok((live, ledger)) => {
+                                // Tokens staged with the failed batch are forgotten too.
+                                self.credentials.load_live(&live);
                                 let seq = state.seq;
                                 *state = State::from_live(live, ledger, now);
                                 state.seq = seq;

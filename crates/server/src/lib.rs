@@ -72,11 +72,6 @@ pub enum ServerError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
-    #[error("cannot write the admin token to {path}: {source}")]
-    AdminToken {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("cannot use the TLS certificate {cert} and key {key}: {source}")]
     Tls {
         cert: PathBuf,
@@ -90,20 +85,28 @@ pub enum ServerError {
 /// Where the first start writes the admin token, under the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
-/// Writes a secret to a new file only its owner may read.
+/// Writes a secret to `path` as a new file only its owner may read: written
+/// beside it and renamed over it, so nothing half-written or followed through
+/// a link is ever read.
 fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    let fresh = path.with_extension("new");
+    match std::fs::remove_file(&fresh) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    writeln!(file, "{secret}")
+        .open(&fresh)?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()?;
+    std::fs::rename(&fresh, path)
 }
 
 /// This machine's cpu and memory, for the `local` pool created on first start.
@@ -135,17 +138,17 @@ pub async fn serve(
         Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
     let committer = engine.clone();
     tokio::spawn(async move { committer.run_committer().await });
-    let first = engine.bootstrap(machine_resources()).await?;
+    let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    let first = engine
+        .bootstrap(machine_resources(), |secret| {
+            write_secret(&token_path, secret)
+        })
+        .await?;
     for created in &first.created {
         tracing::info!("first start: created {created}");
     }
-    if let Some(secret) = &first.admin_secret {
-        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
-        write_secret(&path, secret).map_err(|source| ServerError::AdminToken {
-            path: path.clone(),
-            source,
-        })?;
-        tracing::info!(path = %path.display(), "first start: the admin token is in this file (mode 0600); the CLI reads it from there");
+    if first.admin_secret.is_some() {
+        tracing::info!(path = %token_path.display(), "the admin token is in this file (mode 0600); the CLI reads it from there");
     }
     let cors_origins = config
         .cors_origins

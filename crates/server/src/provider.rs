@@ -12,6 +12,18 @@ use corral_core::resources::{format_cpu, format_memory};
 /// The variable through which a spawned agent gets its registration credential.
 pub const TOKEN_ENV: &str = "CORRAL_TOKEN";
 
+/// The variables of the server's environment a local agent inherits.
+const INHERITED: [&str; 8] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "CORRAL_LOG",
+];
+
 pub struct LocalProvider {
     /// The `corral` binary.
     exe: PathBuf,
@@ -69,6 +81,14 @@ impl LocalProvider {
             .args(["--memory", &format_memory(resources.memory_mib)])
             .args(["--gpu", &resources.gpu.to_string()])
             .args(["--labels", &labels.join(",")])
+            // Nothing of the server's environment (a database URL, say)
+            // reaches the agent or its steps but what a process needs.
+            .env_clear()
+            .envs(
+                INHERITED
+                    .iter()
+                    .filter_map(|k| Some((*k, std::env::var_os(k)?))),
+            )
             .envs(&template.env)
             .env(TOKEN_ENV, credential)
             .arg("--work-dir")

@@ -514,9 +514,21 @@ async fn tokens_are_checked_against_the_catalog_survive_a_restart_and_the_last_a
         "kind: Pool\nname: metal\nprovider: static\n---\nkind: Pool\nname: box\ncapacity: {cpu: 1, memory: 1Gi}\n---\nkind: Tenant\nname: t\n",
     )
     .await;
+    let machine = corral_core::resources::Resources::new(1000, 1024, 0);
+    // A secret that cannot be kept is not committed: the next start makes one.
+    let lost = h
+        .engine
+        .bootstrap(machine, |_| Err(std::io::Error::other("disk full")))
+        .await;
+    assert!(matches!(lost, Err(EngineError::KeepSecret(_))));
+    assert!(h.engine.credentials().tokens().is_empty());
+    let mut kept = String::new();
     let first = h
         .engine
-        .bootstrap(corral_core::resources::Resources::new(1000, 1024, 0))
+        .bootstrap(machine, |secret| {
+            kept = secret.to_string();
+            Ok(())
+        })
         .await
         .expect("bootstrap");
     let admin_secret = first
@@ -574,10 +586,15 @@ async fn tokens_are_checked_against_the_catalog_survive_a_restart_and_the_last_a
     assert!(h.engine.credentials().resolve(&new, now).is_ok());
     let again = h
         .engine
-        .bootstrap(corral_core::resources::Resources::new(1000, 1024, 0))
+        .bootstrap(machine, |_| {
+            panic!("a live admin token exists: nothing to keep")
+        })
         .await
         .expect("bootstrap");
-    assert!(again.admin_secret.is_none(), "only an empty store gets one");
+    assert!(
+        again.admin_secret.is_none(),
+        "only a store without a live admin gets one"
+    );
 }
 
 #[tokio::test]

@@ -599,7 +599,7 @@ async fn agents_act_only_on_their_own_attempts_and_register_only_with_a_credenti
     .await;
     let job = |name: &str| {
         format!(
-            "kind: Pipeline\nname: {name}\ntenant: t\nsteps:\n  - {{name: s, run: 'echo {name} started; sleep 3; echo {name} done', pool: metal, resources: {{cpu: 1, memory: 1Gi}}}}\n"
+            "kind: Pipeline\nname: {name}\ntenant: t\nsteps:\n  - {{name: s, run: 'echo {name} started token=[${{CORRAL_TOKEN:-}}]; sleep 3; echo {name} done', pool: metal, resources: {{cpu: 1, memory: 1Gi}}}}\n"
         )
     };
     let mut ids = Vec::new();
@@ -692,6 +692,10 @@ async fn agents_act_only_on_their_own_attempts_and_register_only_with_a_credenti
         let (_, logs) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
         assert!(logs.contains(&format!("{name} done")), "{logs}");
         assert!(!logs.contains("forged"), "{logs}");
+        assert!(
+            logs.contains("token=[]"),
+            "the agent's token reached its step: {logs}"
+        );
     }
 
     // Registering needs a credential of the pool: none, a tenant's, a revoked
@@ -747,12 +751,12 @@ async fn agents_keep_their_identity_across_a_server_kill() {
     .await;
     // A local step and a static step are running when the server is killed.
     let local = server
-        .submit("kind: Pipeline\nname: loc\nsteps:\n  - {name: s, run: 'echo before; sleep 4; echo after'}\n")
+        .submit("kind: Pipeline\nname: loc\nsteps:\n  - {name: s, run: 'echo before token=[${CORRAL_TOKEN:-}]; sleep 4; echo after'}\n")
         .await["id"]
         .as_i64()
         .expect("id");
     let remote = server
-        .submit("kind: Pipeline\nname: rem\ntenant: t\nsteps:\n  - {name: s, run: 'echo before; sleep 4; echo after', pool: metal, resources: {cpu: 1, memory: 1Gi}}\n")
+        .submit("kind: Pipeline\nname: rem\ntenant: t\nsteps:\n  - {name: s, run: 'echo before token=[${CORRAL_TOKEN:-}]; sleep 4; echo after', pool: metal, resources: {cpu: 1, memory: 1Gi}}\n")
         .await["id"]
         .as_i64()
         .expect("id");
@@ -782,6 +786,10 @@ async fn agents_keep_their_identity_across_a_server_kill() {
         assert_eq!(run["state"], "succeeded", "{run:#}\n{}", server.log());
         let (_, logs) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
         assert!(logs.contains("after"), "{logs}");
+        assert!(
+            logs.contains("token=[]"),
+            "an agent's credential reached its step: {logs}"
+        );
         assert_eq!(
             run["steps"][0]["attempts"].as_array().map(Vec::len),
             Some(1)

@@ -65,6 +65,12 @@ impl From<EngineError> for ApiError {
             },
             EngineError::Forbidden(message) => ApiError::forbidden(message),
             EngineError::Store(e) => e.into(),
+            EngineError::KeepSecret(e) => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                code: "internal",
+                message: format!("cannot keep a secret: {e}"),
+                details: json!({}),
+            },
             EngineError::CommitFailed(message) => {
                 tracing::error!(%message, "commit failed");
                 ApiError {

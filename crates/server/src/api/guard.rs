@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::RequestExt;
+use axum::body::HttpBody;
 use axum::extract::{RawPathParams, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -51,12 +52,9 @@ fn body_type_accepted(request: &Request) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("?"));
-    let has_body = content_type.is_some()
-        || headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|n| n != "0");
+    // Whatever the framing (HTTP/1 length or chunks, HTTP/2 frames), a body
+    // not known to be empty counts as one.
+    let has_body = content_type.is_some() || request.body().size_hint().exact() != Some(0);
     if !has_body {
         return Ok(());
     }

@@ -68,13 +68,6 @@ impl Engine {
         if !state.pools.contains_key(&req.pool) {
             return Err(FieldError::new("pool", format!("unknown pool {:?}", req.pool)).into());
         }
-        if let Caller::Spawned { hash, .. } = caller
-            && !self.credentials.consume_spawn(hash)
-        {
-            return Err(EngineError::Forbidden(
-                "this registration credential has been used already".into(),
-            ));
-        }
         let mut fx = Effects {
             controller: true,
             ..Effects::default()
@@ -103,6 +96,19 @@ impl Engine {
                 }
             })
             .collect::<Result<_>>()?;
+        // A spawn credential is used up here, under the lock; given back if the
+        // registration does not commit, so that the agent's retry can use it.
+        let spawn = match caller {
+            Caller::Spawned { hash, grant } => match self.credentials.consume_spawn(hash) {
+                true => Some((hash.clone(), grant.clone())),
+                false => {
+                    return Err(EngineError::Forbidden(
+                        "this registration credential has been used already".into(),
+                    ));
+                }
+            },
+            _ => None,
+        };
         self.lose_workers(&mut state, &earlier, "registered again", &mut fx);
         let id = state.next_worker_id();
         let secret = auth::new_worker_secret();
@@ -120,13 +126,17 @@ impl Engine {
             secret_hash: Some(secret_hash.clone()),
         };
         let mut writes = vec![Write::PutWorker(record)];
-        // A worker spawned for an allocation serves that allocation.
-        let spawned_for = {
-            let mut pending = self
-                .pending
-                .lock()
-                .expect("the pending-spawn lock is never held across a panic");
-            pending.remove(&req.name)
+        // A worker spawned for an allocation serves that allocation: only the
+        // agent holding that spawn's credential, not any agent of its name.
+        let spawned_for = match caller {
+            Caller::Spawned { grant, .. } => {
+                let mut pending = self
+                    .pending
+                    .lock()
+                    .expect("the pending-spawn lock is never held across a panic");
+                pending.remove(&grant.name).filter(|p| p.pool == grant.pool)
+            }
+            _ => None,
         };
         if let Some(p) = spawned_for {
             let target = state.runs.values().find_map(|r| {
@@ -145,7 +155,12 @@ impl Engine {
         self.stage(&mut state, writes, &mut fx);
         self.provision(&mut state, &mut fx);
         drop(state);
-        self.finish(fx).await?;
+        if let Err(e) = self.finish(fx).await {
+            if let Some((hash, grant)) = spawn {
+                self.credentials.grant_spawn(hash, grant, self.now());
+            }
+            return Err(e);
+        }
         self.credentials.put_worker(id, secret_hash);
         tracing::info!(worker = id.0, name = %req.name, "worker registered");
         Ok((id, secret))

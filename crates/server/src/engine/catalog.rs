@@ -170,7 +170,15 @@ impl Engine {
 
     /// On an empty store: a `local` pool sized to this machine, a `default`
     /// tenant and an admin token, so that a pipeline runs with no set-up at all.
-    pub async fn bootstrap(&self, machine: Resources) -> Result<Bootstrap> {
+    /// Whenever no admin token is live (all revoked or expired, or the first
+    /// start's was never kept), a new `admin` token is made: whoever can start
+    /// the server owns its data directory anyway. `keep` stores its secret
+    /// before anything is committed, so a secret is never lost.
+    pub async fn bootstrap(
+        &self,
+        machine: Resources,
+        keep: impl FnOnce(&str) -> std::io::Result<()>,
+    ) -> Result<Bootstrap> {
         let mut state = self.state.lock().await;
         let now = self.now();
         let who = Principal::server();
@@ -224,8 +232,10 @@ impl Engine {
             }));
         }
         let mut token = None;
-        if self.credentials.is_empty() {
+        if !self.credentials.has_live_admin(now) {
             let secret = auth::new_token_secret();
+            keep(&secret).map_err(EngineError::KeepSecret)?;
+            let before = self.credentials.token("admin");
             let record = TokenRecord {
                 name: "admin".into(),
                 hash: auth::hash(&secret),
@@ -240,7 +250,7 @@ impl Engine {
                     kind: "token",
                     name: "admin",
                     action: "create",
-                    before: None,
+                    before: before.as_ref().map(token_json),
                     after: Some(token_json(&record)),
                 }
                 .write(&mut state, &who, now),
@@ -252,11 +262,11 @@ impl Engine {
         }
         let mut fx = Effects::default();
         self.stage(&mut state, writes, &mut fx);
-        drop(state);
-        self.finish(fx).await?;
         if let Some(token) = token {
             self.credentials.put_token(token);
         }
+        drop(state);
+        self.finish(fx).await?;
         Ok(done)
     }
 
@@ -419,9 +429,11 @@ impl Engine {
         ];
         let mut fx = Effects::default();
         self.stage(&mut state, writes, &mut fx);
+        // Known at once, under the lock, so that a concurrent create of the
+        // name sees it; a failed commit reloads the credentials from the store.
+        self.credentials.put_token(record.clone());
         drop(state);
         self.finish(fx).await?;
-        self.credentials.put_token(record.clone());
         Ok((record, secret))
     }
 
@@ -440,23 +452,19 @@ impl Engine {
             return Ok(before);
         }
         let now = self.now();
-        let live_admins = self
+        let others = self
             .credentials
-            .tokens()
-            .iter()
-            .filter(|t| {
-                t.role == Role::Admin
-                    && t.revoked_at.is_none()
-                    && t.expires_at.is_none_or(|at| at > now)
-            })
-            .count();
-        if before.role == Role::Admin && live_admins <= 1 {
+            .live_admins(now)
+            .into_iter()
+            .any(|n| n != name);
+        if before.role == Role::Admin && !others {
             return Err(EngineError::Conflict(format!(
                 "token {name} is the last admin token; create another admin token before revoking it"
             )));
         }
         let record = TokenRecord {
             revoked_at: Some(now),
+            last_used_at: self.credentials.last_used(name).or(before.last_used_at),
             ..before.clone()
         };
         let writes = vec![
@@ -472,9 +480,11 @@ impl Engine {
         ];
         let mut fx = Effects::default();
         self.stage(&mut state, writes, &mut fx);
+        // Refused from now on, before the lock is let go: two revokes cannot
+        // both count the other's token as the admin that stays.
+        self.credentials.put_token(record.clone());
         drop(state);
         self.finish(fx).await?;
-        self.credentials.put_token(record.clone());
         Ok(record)
     }
 

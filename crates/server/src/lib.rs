@@ -190,6 +190,8 @@ pub async fn serve(
         shutdown.await;
         stopper.graceful_shutdown(Some(Duration::from_secs(2)));
     });
+    // Small answers (a poll's, a submit's) leave at once: no Nagle delay.
+    use axum_server::accept::NoDelayAcceptor;
     let served = match &config.tls {
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
@@ -201,6 +203,7 @@ pub async fn serve(
                 })?;
             axum_server::from_tcp_rustls(listener, rustls)
                 .map_err(ServerError::Serve)?
+                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
                 .handle(handle)
                 .serve(app.into_make_service())
                 .await
@@ -208,6 +211,7 @@ pub async fn serve(
         None => {
             axum_server::from_tcp(listener)
                 .map_err(ServerError::Serve)?
+                .acceptor(NoDelayAcceptor::new())
                 .handle(handle)
                 .serve(app.into_make_service())
                 .await

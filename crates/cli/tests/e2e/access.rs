@@ -337,7 +337,18 @@ async fn matrix_server() -> Matrix {
         .as_i64()
         .expect("id");
     // The expiring token lived one second.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired = tokens[&Who::Expired].clone();
+    eventually(
+        "the one-second token to expire",
+        Duration::from_secs(10),
+        || async {
+            let (status, _) = server
+                .send_as(&expired, "GET", "/api/v1/pools", "", None)
+                .await;
+            (status == 401).then_some(())
+        },
+    )
+    .await;
     Matrix {
         server,
         tokens,
@@ -484,8 +495,11 @@ async fn a_browser_drive_by_runs_nothing_and_stores_nothing() {
         &["--cors-origin", "https://console.example"],
     )
     .await;
-    let pipeline =
-        "kind: Pipeline\nname: pwn\nsteps:\n  - {name: s, run: 'touch /tmp/corral-pwned'}\n";
+    let pwned = server.data_dir.join("pwned");
+    let pipeline = format!(
+        "kind: Pipeline\nname: pwn\nsteps:\n  - {{name: s, run: 'touch {}'}}\n",
+        pwned.display()
+    );
     let http = crate::harness::http_client(None);
     let runs_url = format!("{}/api/v1/runs", server.url);
     for token in [None, Some(server.admin_token.as_str())] {
@@ -494,7 +508,7 @@ async fn a_browser_drive_by_runs_nothing_and_stores_nothing() {
             .header("content-type", "text/plain")
             .header("origin", "http://evil.example")
             .header("host", "evil.example")
-            .body(pipeline);
+            .body(pipeline.clone());
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }
@@ -545,14 +559,20 @@ async fn a_browser_drive_by_runs_nothing_and_stores_nothing() {
             "{origin}: {allow:?}"
         );
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A proper submit after them runs to its end: by then the controller has
+    // seen everything there was, and it is the only run there is.
+    let marker = server.data_dir.join("proper");
+    let proper = server
+        .submit(&pipeline.replace(&pwned.display().to_string(), &marker.display().to_string()))
+        .await["id"]
+        .as_i64()
+        .expect("id");
+    let ended = server.wait_run_ended(proper, Duration::from_secs(30)).await;
+    assert_eq!(ended["state"], "succeeded", "{ended:#}");
+    assert!(marker.exists(), "the proper run ran");
     let runs: Vec<Value> = server.get("/api/v1/runs").await;
-    assert!(runs.is_empty(), "nothing stored: {runs:?}");
-    let pools: Vec<Value> = server.get("/api/v1/pools").await;
-    assert!(
-        pools.iter().all(|p| p["workers"] == 0),
-        "nothing spawned: {pools:?}"
-    );
+    assert_eq!(runs.len(), 1, "nothing of the drive-by stored: {runs:?}");
+    assert!(!pwned.exists(), "the drive-by ran nothing");
 }
 
 /// Registers through the protocol as an agent of `pool`, as an attacker with a

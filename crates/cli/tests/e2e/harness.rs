@@ -368,17 +368,12 @@ impl Agent {
 
     /// Waits for the agent to exit by itself and returns its exit code.
     pub async fn exited(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("agent status") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for the agent to exit"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let child = &mut self.child;
+        eventually("the agent to exit", within, || {
+            let status = child.try_wait().expect("agent status");
+            std::future::ready(status.map(|s| s.code().unwrap_or(-1)))
+        })
+        .await
     }
 }
 

@@ -84,6 +84,7 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         tick: Duration::from_millis(500),
         cors_origins: Vec::new(),
         tls: None,
+        http: corral_server::http::HttpLimits::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(corral_server::serve(server_config, async {

@@ -64,6 +64,8 @@ pub fn http_builder(ca_cert: Option<&Path>) -> Result<reqwest::ClientBuilder> {
 
 pub struct Client {
     http: reqwest::Client,
+    /// For answers that last as long as a run: no overall deadline.
+    stream: reqwest::Client,
     base: String,
     token: String,
 }
@@ -77,8 +79,13 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build()?;
+        let stream = http_builder(ca_cert.as_deref())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()?;
         Ok(Client {
             http,
+            stream,
             base: server.trim_end_matches('/').to_string(),
             token,
         })
@@ -203,54 +210,29 @@ impl Client {
             .await
     }
 
-    pub async fn logs(&self, id: i64, step: Option<&str>) -> Result<String> {
-        let mut request = self.http.get(self.url(&format!("/runs/{id}/logs")));
+    /// Writes a run's output to stdout as it arrives: what is stored now, or
+    /// (following) everything until the run ends, pushed by the server as it
+    /// is stored. Returns the run's state once the output is all written.
+    pub async fn print_logs(&self, id: i64, step: Option<&str>, follow: bool) -> Result<String> {
+        use std::io::Write;
+        let mut request = self.stream.get(self.url(&format!("/runs/{id}/logs")));
         if let Some(step) = step {
             request = request.query(&[("step", step)]);
         }
-        Ok(self.send(request).await?.text().await?)
-    }
-
-    /// Prints a run's output as it comes (one step, or every step with its name
-    /// before each line) until the run ends; returns its final state.
-    pub async fn follow(&self, id: i64, step: Option<&str>, prefixed: bool) -> Result<String> {
-        let mut printed: BTreeMap<String, usize> = BTreeMap::new();
-        loop {
-            let run = self.run(id).await?;
-            let ended = matches!(
-                run.summary.state.as_str(),
-                "succeeded" | "failed" | "cancelled" | "rejected"
-            );
-            let steps: Vec<String> = match step {
-                Some(s) => vec![s.to_string()],
-                None => run.steps.iter().map(|s| s.name.clone()).collect(),
-            };
-            for name in steps {
-                let text = self.logs(id, Some(&name)).await?;
-                let done = printed.entry(name.clone()).or_insert(0);
-                let fresh = text.get(*done..).unwrap_or("");
-                // Print whole lines only, unless the run has ended.
-                let upto = if ended {
-                    fresh.len()
-                } else {
-                    fresh.rfind('\n').map_or(0, |i| i + 1)
-                };
-                for line in fresh[..upto].split_inclusive('\n') {
-                    if prefixed {
-                        print!("{name} | {line}");
-                    } else {
-                        print!("{line}");
-                    }
-                    if !line.ends_with('\n') {
-                        println!();
-                    }
-                }
-                *done += upto;
-            }
-            if ended {
-                return Ok(run.summary.state);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if follow {
+            request = request.query(&[("follow", "true")]);
         }
+        let mut response = self.send(request).await?;
+        let mut stdout = std::io::stdout().lock();
+        while let Some(bytes) = response
+            .chunk()
+            .await
+            .map_err(|e| anyhow!("the log stream from {} broke off: {e}", self.base))?
+        {
+            stdout.write_all(&bytes)?;
+            stdout.flush()?;
+        }
+        drop(stdout);
+        Ok(self.run(id).await?.summary.state)
     }
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod limits;
 mod output;
 mod sim;
 
@@ -111,8 +112,9 @@ enum Command {
         database_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: SocketAddr,
-        /// Seconds without a poll after which a worker is lost.
-        #[arg(long, default_value_t = 30)]
+        /// Seconds without a poll after which a worker is lost (and its steps
+        /// retried).
+        #[arg(long, default_value_t = 6)]
         heartbeat_timeout: u64,
         /// Seconds an idle local worker is kept warm.
         #[arg(long, default_value_t = 120)]
@@ -142,6 +144,8 @@ enum Command {
         /// None by default: browsers cannot call the API from other pages.
         #[arg(long = "cors-origin")]
         cors_origins: Vec<String>,
+        #[command(flatten)]
+        limits: limits::LimitArgs,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -307,6 +311,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A full disk under the log must not panic a task with eprintln.
+        .log_internal_errors(false)
         .init();
     // An agent mostly waits on its server and its children: one thread is plenty,
     // and many agents share a host with the server.
@@ -346,6 +352,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             tls_cert,
             tls_key,
             cors_origins,
+            limits,
         } => {
             let policy = Policy {
                 placement: PlacementPolicy::parse(&placement)
@@ -369,10 +376,13 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     policy,
                     fair_share_half_life,
                     priority_classes,
+                    output: limits.output(),
+                    max_agent: limits.max_agent(),
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),
                 cors_origins,
+                http: limits.http(),
                 tls: tls_cert
                     .zip(tls_key)
                     .map(|(cert, key)| corral_server::TlsFiles { cert, key }),
@@ -451,7 +461,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if !follow {
                 return Ok(ok);
             }
-            let state = client.follow(run.summary.id, None, true).await?;
+            let state = client.print_logs(run.summary.id, None, true).await?;
             eprintln!("run {} {state}", run.summary.id);
             Ok(if state == "succeeded" {
                 ok
@@ -501,11 +511,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             follow,
         } => {
             let client = server.client()?;
-            if follow {
-                client.follow(run, step.as_deref(), step.is_none()).await?;
-            } else {
-                print!("{}", client.logs(run, step.as_deref()).await?);
-            }
+            client.print_logs(run, step.as_deref(), follow).await?;
             Ok(ok)
         }
         Command::Bench {

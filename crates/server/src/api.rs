@@ -1,6 +1,7 @@
 //! The HTTP API: routes, errors and views.
 
-mod error;
+pub(crate) mod error;
 mod guard;
 pub mod routes;
+mod stream;
 mod views;

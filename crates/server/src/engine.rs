@@ -21,8 +21,8 @@ use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
 use corral_core::tenant::TenantSpec;
 use corral_core::usage::UsageLedger;
 use corral_store::{
-    AllocationFilter, AllocationRecord, LogChunk, PoolRecord, RunRecord, StepRecord, Store,
-    StoreError, TenantRecord, WorkerRecord, Write,
+    AllocationFilter, AllocationRecord, AttemptRecord, LogChunk, PoolRecord, RunRecord, StepRecord,
+    Store, StoreError, TenantRecord, WorkerRecord, Write,
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
@@ -34,6 +34,11 @@ use crate::state::State;
 
 mod agents;
 mod catalog;
+mod health;
+mod logs;
+
+pub use health::Readiness;
+pub use logs::{LogArrival, OutputLimits};
 
 pub use catalog::{Bootstrap, token_json};
 
@@ -82,18 +87,24 @@ pub struct EngineConfig {
     pub fair_share_half_life: Duration,
     /// Named priorities that pipelines may use.
     pub priority_classes: PriorityClasses,
+    /// Bounds on the output agents send.
+    pub output: OutputLimits,
+    /// The most an agent may declare (a pool's `max_agent` may lower it).
+    pub max_agent: Resources,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            heartbeat_timeout: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(6),
             idle_ttl: Duration::from_secs(120),
             max_poll_wait: Duration::from_secs(20),
             spawn_timeout: Duration::from_secs(30),
             policy: Policy::default(),
             fair_share_half_life: Duration::from_secs(3600),
             priority_classes: PriorityClasses::default(),
+            output: OutputLimits::default(),
+            max_agent: Resources::new(1024 * 1000, 16 * 1024 * 1024, 64),
         }
     }
 }
@@ -136,6 +147,10 @@ pub struct Engine {
     credentials: Credentials,
     /// Wakes the controller loop.
     pub wake_controller: Notify,
+    /// Announces stored log chunks to followers.
+    log_arrivals: tokio::sync::broadcast::Sender<LogArrival>,
+    /// Whether the store takes writes.
+    health: health::StoreHealth,
 }
 
 /// What an operation does once its writes are settled.
@@ -234,6 +249,8 @@ impl Engine {
             pending: std::sync::Mutex::new(BTreeMap::new()),
             credentials,
             wake_controller: Notify::new(),
+            log_arrivals: tokio::sync::broadcast::Sender::new(1024),
+            health: health::StoreHealth::default(),
         })
     }
 
@@ -345,42 +362,32 @@ impl Engine {
 
     /// The committer: writes every queued batch in one transaction, again and
     /// again. When a transaction fails, the memory holds writes the store does
-    /// not: the state is rebuilt from the store and the operations fail.
-    pub async fn run_committer(&self) {
+    /// not: the state is rebuilt from the store and the operations fail. It
+    /// returns only when the state cannot be rebuilt for `RELOAD_PATIENCE`: the
+    /// server cannot go on and must exit (a supervisor restarts it).
+    pub async fn run_committer(&self) -> String {
         loop {
             let batches = self.commits.next().await;
             let first = batches.first().map_or(0, |b| b.seq);
             let last = batches.last().map_or(0, |b| b.seq);
             let writes: Vec<Write> = batches.into_iter().flat_map(|b| b.writes).collect();
             match self.store.commit(&writes).await {
-                Ok(()) => self.commits.mark_committed(last),
+                Ok(()) => {
+                    self.health.committed();
+                    self.commits.mark_committed(last);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "commit failed; reloading the state from the store");
+                    self.health.failed(self.now(), e.to_string());
                     let mut state = self.state.lock().await;
                     let later = self.commits.drain();
                     let last = later.last().map_or(last, |b| b.seq);
+                    let started = std::time::Instant::now();
                     loop {
-                        // The usage ledger is rebuilt too: it counted closes
-                        // that were never committed.
-                        let now = self.now();
-                        let loaded = match self.store.load_live().await {
-                            Ok(live) => Self::replay_usage(self.store.as_ref(), &self.config, now)
-                                .await
-                                .map(|ledger| (live, ledger)),
-                            Err(e) => Err(e.into()),
-                        };
-                        match loaded {
-                            Ok((live, ledger)) => {
-                                // Tokens staged with the failed batch are forgotten too.
-                                self.credentials.load_live(&live);
-                                let seq = state.seq;
-                                *state = State::from_live(live, ledger, now);
-                                state.seq = seq;
-                                self.pending
-                                    .lock()
-                                    .expect("the pending-spawn lock is never held across a panic")
-                                    .clear();
-                                break;
+                        match self.reload(&mut state).await {
+                            Ok(()) => break,
+                            Err(e) if started.elapsed() > health::RELOAD_PATIENCE => {
+                                return format!("cannot reload the state from the store: {e}");
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "cannot reload the state; retrying");
@@ -392,6 +399,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Replaces the state with the store's; the usage ledger is rebuilt too
+    /// (it counted closes that were never committed), and tokens staged with a
+    /// failed batch are forgotten.
+    async fn reload(&self, state: &mut State) -> Result<()> {
+        let now = self.now();
+        let live = self.store.load_live().await?;
+        let ledger = Self::replay_usage(self.store.as_ref(), &self.config, now).await?;
+        self.credentials.load_live(&live);
+        let seq = state.seq;
+        *state = State::from_live(live, ledger, now);
+        state.seq = seq;
+        self.pending
+            .lock()
+            .expect("the pending-spawn lock is never held across a panic")
+            .clear();
+        Ok(())
     }
 
     fn wake_handles(
@@ -525,13 +550,13 @@ impl Engine {
         }
         let now = self.now();
         let before = run.record.state;
-        let mut update = RunUpdate::new(run, now);
         let workers: BTreeSet<WorkerId> = run
             .attempts
             .iter()
             .filter(|a| !a.state.is_terminal())
             .map(|a| a.worker_id)
             .collect();
+        let mut update = RunUpdate::take(&mut state, id, now).expect("the run is live");
         update.finish(RunState::Cancelled);
         let record = update.run.record.clone();
         let name = id.to_string();
@@ -550,7 +575,8 @@ impl Engine {
             controller: true,
             ..Effects::default()
         };
-        self.stage(&mut state, update.writes, &mut fx);
+        let writes = update.done(&mut state);
+        self.stage(&mut state, writes, &mut fx);
         drop(state);
         self.finish(fx).await?;
         Ok(record)
@@ -573,7 +599,9 @@ impl Engine {
         let mut writes = Vec::new();
         let mut assigned = BTreeSet::new();
         for admission in outcome.admitted {
-            let mut update = RunUpdate::new(&state.runs[&admission.run], now);
+            let Some(mut update) = RunUpdate::take(&mut state, admission.run, now) else {
+                continue;
+            };
             for p in admission.placements {
                 update.open(AllocationRecord {
                     id: state.next_allocation_id(),
@@ -593,19 +621,20 @@ impl Engine {
             // Groups placed on static agents start at once.
             update.advance(&mut state);
             assigned.extend(update.assigned_workers());
-            writes.append(&mut update.writes);
+            writes.append(&mut update.done(&mut state));
         }
         for (id, reason) in outcome.rejected {
-            let run = &state.runs[&id];
+            let Some(mut update) = RunUpdate::take(&mut state, id, now) else {
+                continue;
+            };
             // A run that lost a worker and can no longer be placed fails.
-            let end = if run.record.state == RunState::Queued {
+            let end = if update.run.record.state == RunState::Queued {
                 RunState::Rejected
             } else {
                 RunState::Failed
             };
-            let mut update = RunUpdate::new(run, now);
             update.finish_with(end, Some(reason));
-            writes.append(&mut update.writes);
+            writes.append(&mut update.done(&mut state));
         }
 
         state.waiting = outcome.waiting;
@@ -654,9 +683,11 @@ impl Engine {
             .expect("the pending-spawn lock is never held across a panic");
         pending.retain(|_, p| now.millis_since(p.at) < ms(self.config.spawn_timeout));
         for run_id in run_ids {
-            let run = &state.runs[&run_id];
-            let mut update = RunUpdate::new(run, now);
-            let unbound: Vec<AllocationRecord> = run
+            let Some(mut update) = RunUpdate::take(state, run_id, now) else {
+                continue;
+            };
+            let unbound: Vec<AllocationRecord> = update
+                .run
                 .allocations
                 .iter()
                 .filter(|a| a.worker_id.is_none())
@@ -715,9 +746,9 @@ impl Engine {
                         ..victim.record.clone()
                     }));
                 }
-                let name = format!("{}-{}-{}", alloc.pool, alloc.id, now.0 % 100_000);
+                let name = crate::provider::worker_name(&alloc.pool, alloc.id, now);
                 let template = WorkerTemplate::for_group(
-                    &run.record.request.groups[alloc.group as usize],
+                    &update.run.record.request.groups[alloc.group as usize],
                     &alloc.pool,
                     &pool.spec.labels,
                 );
@@ -736,7 +767,7 @@ impl Engine {
                 update.set_run_state(RunState::Provisioning);
             }
             update.advance(state);
-            writes.append(&mut update.writes);
+            writes.append(&mut update.done(state));
         }
         (writes, spawns)
     }
@@ -791,27 +822,36 @@ impl Engine {
             .map(|r| r.record.id)
             .collect();
         for run_id in affected {
-            let run = &state.runs[&run_id];
-            let mut update = RunUpdate::new(run, now);
-            for attempt in run
+            let Some(mut update) = RunUpdate::take(state, run_id, now) else {
+                continue;
+            };
+            let lost_attempts: Vec<AttemptRecord> = update
+                .run
                 .attempts
                 .iter()
                 .filter(|a| !a.state.is_terminal() && lost.contains(&a.worker_id))
-            {
+                .cloned()
+                .collect();
+            for attempt in lost_attempts {
                 update.end_attempt(
-                    attempt.clone(),
+                    attempt,
                     AttemptState::Lost,
                     None,
                     Some("worker lost".into()),
                 );
             }
-            for alloc in &run.allocations {
-                if alloc.worker_id.is_some_and(|w| lost.contains(&w)) {
-                    update.release(alloc.group);
-                }
+            let released: Vec<u32> = update
+                .run
+                .allocations
+                .iter()
+                .filter(|a| a.worker_id.is_some_and(|w| lost.contains(&w)))
+                .map(|a| a.group)
+                .collect();
+            for group in released {
+                update.release(group);
             }
             update.advance(state);
-            writes.append(&mut update.writes);
+            writes.append(&mut update.done(state));
         }
         self.stage(state, writes, fx);
         fx.controller = true;

@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 mod commit;
 pub mod engine;
+pub mod http;
 mod logs;
 mod progress;
 pub mod provider;
@@ -51,6 +52,7 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Serve HTTPS with this certificate chain and key (PEM files).
     pub tls: Option<TlsFiles>,
+    pub http: http::HttpLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,8 @@ pub enum ServerError {
         key: PathBuf,
         source: std::io::Error,
     },
+    #[error("the store cannot be written, and the server cannot go on: {0}")]
+    Committer(String),
     #[error("--cors-origin {0:?} is not a valid origin")]
     CorsOrigin(String),
 }
@@ -137,7 +141,7 @@ pub async fn serve(
     let engine =
         Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
     let committer = engine.clone();
-    tokio::spawn(async move { committer.run_committer().await });
+    let committer = tokio::spawn(async move { committer.run_committer().await });
     let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
     let first = engine
         .bootstrap(machine_resources(), |secret| {
@@ -181,7 +185,16 @@ pub async fn serve(
     );
     tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");
     tokio::spawn(controller_loop(engine.clone(), config.tick));
-    let app = api::routes::router(engine, &api::routes::RouterConfig { cors_origins });
+    let app = api::routes::router(
+        engine,
+        &api::routes::RouterConfig {
+            cors_origins,
+            max_body_bytes: config.http.max_body_bytes,
+            body_timeout: config.http.body_timeout,
+        },
+    );
+    http::raise_open_files_limit();
+    let acceptor = http::CappedAcceptor::new(config.http.max_connections);
     // On shutdown, stop taking connections; held long-polls get a short grace,
     // then the server exits (agents ride it out and re-attach to the next one).
     let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
@@ -190,34 +203,56 @@ pub async fn serve(
         shutdown.await;
         stopper.graceful_shutdown(Some(Duration::from_secs(2)));
     });
-    // Small answers (a poll's, a submit's) leave at once: no Nagle delay.
-    use axum_server::accept::NoDelayAcceptor;
-    let served = match &config.tls {
-        Some(tls) => {
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
-                .await
-                .map_err(|source| ServerError::Tls {
-                    cert: tls.cert.clone(),
-                    key: tls.key.clone(),
-                    source,
-                })?;
-            axum_server::from_tcp_rustls(listener, rustls)
-                .map_err(ServerError::Serve)?
-                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-        }
-        None => {
-            axum_server::from_tcp(listener)
-                .map_err(ServerError::Serve)?
-                .acceptor(NoDelayAcceptor::new())
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-        }
+    let serving = async move {
+        let served = match &config.tls {
+            Some(tls) => {
+                let rustls =
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                        .await
+                        .map_err(|source| ServerError::Tls {
+                            cert: tls.cert.clone(),
+                            key: tls.key.clone(),
+                            source,
+                        })?;
+                let mut server = axum_server::from_tcp_rustls(listener, rustls)
+                    .map_err(ServerError::Serve)?
+                    .map(|tls| tls.acceptor(acceptor));
+                server
+                    .http_builder()
+                    .http1()
+                    .header_read_timeout(config.http.header_timeout);
+                server.handle(handle).serve(app.into_make_service()).await
+            }
+            None => {
+                let mut server = axum_server::from_tcp(listener)
+                    .map_err(ServerError::Serve)?
+                    .acceptor(acceptor);
+                server
+                    .http_builder()
+                    .http1()
+                    .header_read_timeout(config.http.header_timeout);
+                server.handle(handle).serve(app.into_make_service()).await
+            }
+        };
+        served.map_err(ServerError::Serve)
     };
-    served.map_err(ServerError::Serve)
+    until_committer_fails(serving, committer).await
+}
+
+/// Serves until `shutdown`, or fails when the committer gives up (or dies):
+/// then nothing could be written any more, and the server must exit rather
+/// than hang.
+async fn until_committer_fails(
+    serving: impl std::future::Future<Output = Result<(), ServerError>>,
+    committer: tokio::task::JoinHandle<String>,
+) -> Result<(), ServerError> {
+    tokio::select! {
+        served = serving => served,
+        ended = committer => Err(ServerError::Committer(match ended {
+            Ok(reason) => reason,
+            Err(e) => format!("the committer task ended: {e}"),
+        })),
+    }
 }
 
 /// The controller loop: one cycle whenever something changed, or every `tick`.

@@ -3,7 +3,7 @@
 
 use corral_core::clock::Timestamp;
 use corral_core::controller::Reason;
-use corral_core::ids::WorkerId;
+use corral_core::ids::{RunId, WorkerId};
 use corral_core::run::{
     AttemptState, RunState, StepState, after_attempt, outcome, ready_steps, skip_unreachable,
 };
@@ -19,12 +19,22 @@ pub struct RunUpdate {
 }
 
 impl RunUpdate {
-    pub fn new(run: &LiveRun, now: Timestamp) -> RunUpdate {
-        RunUpdate {
-            run: run.clone(),
+    /// Takes run `id` out of `state` to move it forward (no copy of it is
+    /// made); [`RunUpdate::done`] puts it back. `None` when it is not live.
+    pub fn take(state: &mut State, id: RunId, now: Timestamp) -> Option<RunUpdate> {
+        Some(RunUpdate {
+            run: state.runs.remove(&id)?,
             writes: Vec::new(),
             now,
-        }
+        })
+    }
+
+    /// Puts the run back into `state`; returns the writes that persist what
+    /// changed (staging them applies them to `state` again, which they leave
+    /// as it is, and updates what is derived from the run).
+    pub fn done(self, state: &mut State) -> Vec<Write> {
+        state.runs.insert(self.run.record.id, self.run);
+        self.writes
     }
 
     pub fn set_run_state(&mut self, state: RunState) {

@@ -112,3 +112,42 @@ impl LocalProvider {
         Ok(())
     }
 }
+
+/// The name of a local worker spawned for an allocation: the pool's name (cut
+/// to fit), the allocation and a stamp, so that a respawn gets a new name. It
+/// is a valid name for every valid pool name.
+pub fn worker_name(
+    pool: &str,
+    allocation: corral_core::ids::AllocationId,
+    now: corral_core::clock::Timestamp,
+) -> String {
+    let suffix = format!("-{allocation}-{}", now.0.rem_euclid(100_000));
+    let room = 63usize.saturating_sub(suffix.len());
+    // Names are ASCII, so any byte is a character boundary.
+    let head = &pool[..pool.len().min(room)];
+    format!("{head}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use corral_core::clock::Timestamp;
+    use corral_core::error::check_name;
+    use corral_core::ids::AllocationId;
+
+    use super::worker_name;
+
+    #[test]
+    fn worker_names_are_valid_for_the_longest_pool_names() {
+        let longest = format!("p{}", "-".repeat(62));
+        for pool in ["local", longest.as_str(), &"a".repeat(63)] {
+            let name = worker_name(pool, AllocationId(i64::MAX), Timestamp(i64::MAX));
+            check_name("name", &name).expect("a valid worker name");
+            assert!(name.starts_with(&pool[..pool.len().min(20)]));
+        }
+        assert_ne!(
+            worker_name("local", AllocationId(7), Timestamp(1)),
+            worker_name("local", AllocationId(7), Timestamp(2)),
+            "a respawn gets a new name"
+        );
+    }
+}

@@ -272,10 +272,7 @@ impl State {
                 self.workers.remove(&w.id);
                 self.retiring.insert(w.id, seq);
             }
-            Write::AppendLog(_)
-            | Write::PutToken(_)
-            | Write::TouchToken { .. }
-            | Write::AppendAudit(_) => {}
+            Write::PutToken(_) | Write::TouchToken { .. } | Write::AppendAudit(_) => {}
         }
     }
 

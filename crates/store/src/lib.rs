@@ -8,7 +8,7 @@ mod sql;
 pub mod testing;
 
 use async_trait::async_trait;
-use corral_core::ids::RunId;
+use corral_core::ids::{AttemptId, RunId};
 
 pub use records::*;
 pub use sql::{Backend, SqlStore};
@@ -23,6 +23,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("value of {field} does not fit the database column: {value}")]
     OutOfRange { field: &'static str, value: u64 },
+    #[error("{0} took too long")]
+    Timeout(String),
     #[error("unsupported database url {0:?} (expected sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),
 }
@@ -48,8 +50,27 @@ pub trait Store: Send + Sync {
     /// The allocation history, open and closed, oldest first.
     async fn allocations(&self, filter: &AllocationFilter) -> Result<Vec<AllocationRecord>>;
 
-    /// A run's log chunks (of one step, or all), ordered by step, attempt and offset.
-    async fn logs(&self, run: RunId, step: Option<u32>) -> Result<Vec<LogChunk>>;
+    /// Stores a chunk of an attempt's output, outside any state transaction
+    /// (logs have their own connection, or file, so that they never delay or
+    /// fail a state change). A chunk already stored at that offset is kept.
+    async fn append_log(&self, chunk: &LogChunk) -> Result<()>;
+
+    /// Up to `limit` of a run's log chunks (of one step, or all) after `after`,
+    /// ordered by step, attempt and offset: a page of a streamed read.
+    async fn logs(
+        &self,
+        run: RunId,
+        step: Option<u32>,
+        after: Option<LogCursor>,
+        limit: u32,
+    ) -> Result<Vec<LogChunk>>;
+
+    /// Up to `limit` chunks of one attempt's output from byte `from` on.
+    async fn attempt_log(&self, attempt: AttemptId, from: u64, limit: u32)
+    -> Result<Vec<LogChunk>>;
+
+    /// Writes one row in its own transaction: whether the store can write now.
+    async fn probe_write(&self) -> Result<()>;
 
     /// The audit log, oldest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;

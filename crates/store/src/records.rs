@@ -140,6 +140,25 @@ pub struct LogChunk {
     pub data: String,
 }
 
+/// Where a paged read of a run's log goes on: after this chunk, in (step,
+/// attempt, offset) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogCursor {
+    pub step_idx: u32,
+    pub attempt_id: AttemptId,
+    pub offset: u64,
+}
+
+impl LogChunk {
+    pub fn cursor(&self) -> LogCursor {
+        LogCursor {
+            step_idx: self.step_idx,
+            attempt_id: self.attempt_id,
+            offset: self.offset,
+        }
+    }
+}
+
 /// One change to the store. A list of writes is committed as one transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
@@ -152,8 +171,6 @@ pub enum Write {
     PutAttempt(AttemptRecord),
     PutAllocation(AllocationRecord),
     PutWorker(WorkerRecord),
-    /// Idempotent: a chunk already stored at that offset is kept as it is.
-    AppendLog(LogChunk),
     /// Creates or replaces a token by name.
     PutToken(TokenRecord),
     /// Records when a token was last used.

@@ -31,8 +31,18 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// Log chunks go through their own connections (for SQLite, their own
+    /// file), so a log write never waits for or fails a state transaction.
+    logs: AnyPool,
     backend: Backend,
 }
+
+/// The log table of a SQLite store's separate logs file.
+const SQLITE_LOG_SCHEMA: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS log_chunks (attempt_id BIGINT NOT NULL, byte_offset BIGINT NOT NULL, \
+     run_id BIGINT NOT NULL, step_idx BIGINT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (attempt_id, byte_offset))",
+    "CREATE INDEX IF NOT EXISTS log_chunks_by_run ON log_chunks (run_id, step_idx, attempt_id, byte_offset)",
+];
 
 /// The schema, in portable SQL; each database records its own history of it.
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -45,7 +55,50 @@ impl SqlStore {
             detail: format!("{}: {e}", data_dir.display()),
         })?;
         let url = format!("sqlite://{}?mode=rwc", data_dir.join("corral.db").display());
-        SqlStore::connect(&url).await
+        let mut store = SqlStore::connect(&url).await?;
+        let logs_path = data_dir.join("logs.db");
+        let logs = sqlite_pool(&format!("sqlite://{}?mode=rwc", logs_path.display())).await?;
+        for statement in SQLITE_LOG_SCHEMA {
+            sqlx::query(statement).execute(&logs).await?;
+        }
+        store.logs = logs;
+        store.move_logs_out(&data_dir.join("corral.db")).await?;
+        Ok(store)
+    }
+
+    /// Stores made before logs had their own file kept them in the main one:
+    /// they are moved over once.
+    async fn move_logs_out(&self, main: &Path) -> Result<()> {
+        let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM log_chunks")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        if left == 0 {
+            return Ok(());
+        }
+        let mut conn = self.logs.acquire().await?;
+        let attach = format!(
+            "ATTACH DATABASE '{}' AS earlier",
+            main.display().to_string().replace('\'', "''")
+        );
+        sqlx::query(AssertSqlSafe(attach))
+            .execute(&mut *conn)
+            .await?;
+        let copied = sqlx::query(
+            "INSERT INTO log_chunks (attempt_id, byte_offset, run_id, step_idx, data) \
+             SELECT attempt_id, byte_offset, run_id, step_idx, data FROM earlier.log_chunks \
+             WHERE true ON CONFLICT (attempt_id, byte_offset) DO NOTHING",
+        )
+        .execute(&mut *conn)
+        .await;
+        sqlx::query("DETACH DATABASE earlier")
+            .execute(&mut *conn)
+            .await?;
+        copied?;
+        sqlx::query("DELETE FROM log_chunks")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Connects to `sqlite://PATH` or `postgres://...` and brings the schema up to date.
@@ -58,37 +111,29 @@ impl SqlStore {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
-        let pool = match backend {
-            // SQLite has one writer; one connection keeps transactions from
-            // tripping over each other. WAL with synchronous=NORMAL is safe
-            // against a killed process (not against power loss of the last commit).
+        let (pool, logs) = match backend {
+            // A SQLite store opened by its URL keeps its logs in the same file.
             Backend::Sqlite => {
-                AnyPoolOptions::new()
-                    .max_connections(1)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            for pragma in [
-                                "PRAGMA journal_mode = WAL",
-                                "PRAGMA synchronous = NORMAL",
-                                "PRAGMA busy_timeout = 5000",
-                            ] {
-                                sqlx::query(pragma).execute(&mut *conn).await?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .connect(url)
-                    .await?
+                let pool = sqlite_pool(url).await?;
+                (pool.clone(), pool)
             }
-            Backend::Postgres => {
+            Backend::Postgres => (
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .connect(url)
-                    .await?
-            }
+                    .await?,
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .connect(url)
+                    .await?,
+            ),
         };
         MIGRATIONS.run(&pool).await?;
-        Ok(SqlStore { pool, backend })
+        Ok(SqlStore {
+            pool,
+            logs,
+            backend,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -97,7 +142,30 @@ impl SqlStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.logs.close().await;
     }
+}
+
+/// SQLite has one writer; one connection keeps transactions from tripping
+/// over each other. WAL with synchronous=NORMAL is safe against a killed
+/// process (not against power loss of the last commit).
+async fn sqlite_pool(url: &str) -> Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                for pragma in [
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = NORMAL",
+                    "PRAGMA busy_timeout = 5000",
+                ] {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
 }
 
 /// Upserts a row of `pools` or `tenants`: a name and its spec.
@@ -322,19 +390,6 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(&a.action)
             .bind(a.before.as_ref().map(to_json))
             .bind(a.after.as_ref().map(to_json))
-            .execute(conn)
-            .await?;
-        }
-        Write::AppendLog(c) => {
-            sqlx::query(
-                "INSERT INTO log_chunks (attempt_id, byte_offset, run_id, step_idx, data) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (attempt_id, byte_offset) DO NOTHING",
-            )
-            .bind(c.attempt_id.0)
-            .bind(int("log offset", c.offset)?)
-            .bind(c.run_id.0)
-            .bind(i64::from(c.step_idx))
-            .bind(&c.data)
             .execute(conn)
             .await?;
         }
@@ -585,39 +640,92 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn logs(&self, run: RunId, step: Option<u32>) -> Result<Vec<LogChunk>> {
-        let rows = match step {
-            Some(step) => {
-                sqlx::query(
-                    "SELECT attempt_id, byte_offset, run_id, step_idx, data FROM log_chunks \
-                     WHERE run_id = $1 AND step_idx = $2 ORDER BY step_idx, attempt_id, byte_offset",
-                )
-                .bind(run.0)
-                .bind(i64::from(step))
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(
-                    "SELECT attempt_id, byte_offset, run_id, step_idx, data FROM log_chunks \
-                     WHERE run_id = $1 ORDER BY step_idx, attempt_id, byte_offset",
-                )
-                .bind(run.0)
-                .fetch_all(&self.pool)
-                .await?
-            }
+    async fn append_log(&self, c: &LogChunk) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO log_chunks (attempt_id, byte_offset, run_id, step_idx, data) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (attempt_id, byte_offset) DO NOTHING",
+        )
+        .bind(c.attempt_id.0)
+        .bind(int("log offset", c.offset)?)
+        .bind(c.run_id.0)
+        .bind(i64::from(c.step_idx))
+        .bind(&c.data)
+        .execute(&self.logs)
+        .await?;
+        Ok(())
+    }
+
+    async fn logs(
+        &self,
+        run: RunId,
+        step: Option<u32>,
+        after: Option<LogCursor>,
+        limit: u32,
+    ) -> Result<Vec<LogChunk>> {
+        let (step_idx, attempt, offset) = match after {
+            Some(c) => (
+                i64::from(c.step_idx),
+                c.attempt_id.0,
+                int("log offset", c.offset)?,
+            ),
+            None => (-1, -1, -1),
         };
-        rows.iter()
-            .map(|row| {
-                Ok(LogChunk {
-                    attempt_id: AttemptId(row.try_get("attempt_id")?),
-                    run_id: RunId(row.try_get("run_id")?),
-                    step_idx: uint("step index", row.try_get("step_idx")?)?,
-                    offset: uint("log offset", row.try_get("byte_offset")?)?,
-                    data: row.try_get("data")?,
-                })
-            })
-            .collect()
+        let (lowest_step, highest_step) = match step {
+            Some(s) => (i64::from(s), i64::from(s)),
+            None => (0, i64::MAX),
+        };
+        sqlx::query(
+            "SELECT attempt_id, byte_offset, run_id, step_idx, data FROM log_chunks \
+             WHERE run_id = $1 AND step_idx >= $2 AND step_idx <= $3 \
+             AND (step_idx, attempt_id, byte_offset) > ($4, $5, $6) \
+             ORDER BY step_idx, attempt_id, byte_offset LIMIT $7",
+        )
+        .bind(run.0)
+        .bind(lowest_step)
+        .bind(highest_step)
+        .bind(step_idx)
+        .bind(attempt)
+        .bind(offset)
+        .bind(i64::from(limit))
+        .fetch_all(&self.logs)
+        .await?
+        .iter()
+        .map(log_chunk_from)
+        .collect()
+    }
+
+    async fn attempt_log(
+        &self,
+        attempt: AttemptId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<LogChunk>> {
+        sqlx::query(
+            "SELECT attempt_id, byte_offset, run_id, step_idx, data FROM log_chunks \
+             WHERE attempt_id = $1 AND byte_offset >= $2 ORDER BY byte_offset LIMIT $3",
+        )
+        .bind(attempt.0)
+        .bind(int("log offset", from)?)
+        .bind(i64::from(limit))
+        .fetch_all(&self.logs)
+        .await?
+        .iter()
+        .map(log_chunk_from)
+        .collect()
+    }
+
+    async fn probe_write(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        sqlx::query(
+            "INSERT INTO store_probe (id, checked_at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+        )
+        .bind(i64::try_from(now).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {

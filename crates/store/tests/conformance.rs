@@ -291,28 +291,48 @@ async fn suite(store: &dyn Store) {
         offset,
         data: data.into(),
     };
+    for c in [chunk(6, "world\n"), chunk(0, "hello ")] {
+        store.append_log(&c).await.expect("log chunk");
+    }
     store
-        .commit(&[
-            Write::AppendLog(chunk(6, "world\n")),
-            Write::AppendLog(chunk(0, "hello ")),
-        ])
-        .await
-        .expect("logs");
-    store
-        .commit(&[Write::AppendLog(chunk(0, "again "))])
+        .append_log(&chunk(0, "again "))
         .await
         .expect("duplicate");
-    let logs = store.logs(RunId(1), Some(0)).await.expect("logs");
+    let other_step = LogChunk {
+        attempt_id: AttemptId(4),
+        step_idx: 1,
+        ..chunk(0, "step two\n")
+    };
+    store.append_log(&other_step).await.expect("log chunk");
+    let logs = store
+        .logs(RunId(1), Some(0), None, 100)
+        .await
+        .expect("logs");
     let text: String = logs.iter().map(|c| c.data.as_str()).collect();
     assert_eq!(text, "hello world\n");
-    assert!(
+    assert_eq!(
         store
-            .logs(RunId(1), Some(1))
+            .logs(RunId(1), Some(1), None, 100)
             .await
-            .expect("logs")
-            .is_empty()
+            .expect("logs"),
+        vec![other_step.clone()]
     );
-    assert_eq!(store.logs(RunId(1), None).await.expect("logs").len(), 2);
+    // Paged: each page goes on after the last chunk of the one before.
+    let first = store.logs(RunId(1), None, None, 2).await.expect("page");
+    assert_eq!(first, vec![chunk(0, "hello "), chunk(6, "world\n")]);
+    let rest = store
+        .logs(RunId(1), None, Some(first[1].cursor()), 2)
+        .await
+        .expect("page");
+    assert_eq!(rest, vec![other_step]);
+    assert_eq!(
+        store
+            .attempt_log(AttemptId(3), 1, 10)
+            .await
+            .expect("attempt log"),
+        vec![chunk(6, "world\n")]
+    );
+    store.probe_write().await.expect("probe");
 
     // Tokens: replaced by name, touched, listed with the live state.
     let token = TokenRecord {
@@ -441,4 +461,40 @@ async fn conformance_postgres() {
     let store = SqlStore::connect(&url).await.expect("connect postgres");
     assert_eq!(store.backend(), Backend::Postgres);
     suite(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_logs_kept_in_the_main_file_move_to_their_own() {
+    let dir = std::env::temp_dir().join(format!("corral-logs-move-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let chunk = LogChunk {
+        attempt_id: AttemptId(7),
+        run_id: RunId(2),
+        step_idx: 0,
+        offset: 0,
+        data: "kept\n".into(),
+    };
+    // Opened by its URL, a SQLite store keeps logs in its one file, as
+    // stores did before logs had their own.
+    let url = format!("sqlite://{}?mode=rwc", dir.join("corral.db").display());
+    let old = SqlStore::connect(&url).await.expect("open by url");
+    old.append_log(&chunk).await.expect("append");
+    old.close().await;
+    let store = SqlStore::open_sqlite(&dir).await.expect("open");
+    assert_eq!(
+        store.logs(RunId(2), None, None, 10).await.expect("logs"),
+        vec![chunk.clone()]
+    );
+    store.close().await;
+    let main = SqlStore::connect(&url).await.expect("open by url");
+    assert!(
+        main.logs(RunId(2), None, None, 10)
+            .await
+            .expect("logs")
+            .is_empty(),
+        "the main file no longer holds the moved chunks"
+    );
+    main.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

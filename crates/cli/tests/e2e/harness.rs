@@ -65,7 +65,12 @@ impl Server {
     }
 
     pub async fn start_with(label: &str, store: StoreKind, extra_args: &[&str]) -> Server {
-        Server::start_full(label, store, extra_args, None).await
+        Server::start_full(temp_dir(label), store, extra_args, None).await
+    }
+
+    /// Starts a server whose data directory (and log) is `data_dir`.
+    pub async fn start_in(data_dir: PathBuf, extra_args: &[&str]) -> Server {
+        Server::start_full(data_dir, StoreKind::Sqlite, extra_args, None).await
     }
 
     /// Starts a server over TLS with certificates made for the test: a CA and
@@ -80,11 +85,11 @@ impl Server {
             certs.key.display().to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start_full(label, store, &args, Some(certs.ca)).await
+        Server::start_full(temp_dir(label), store, &args, Some(certs.ca)).await
     }
 
     async fn start_full(
-        label: &str,
+        data_dir: PathBuf,
         store: StoreKind,
         extra_args: &[&str],
         ca_cert: Option<PathBuf>,
@@ -93,7 +98,7 @@ impl Server {
         let scheme = if ca_cert.is_some() { "https" } else { "http" };
         let mut server = Server {
             url: format!("{scheme}://127.0.0.1:{port}"),
-            data_dir: temp_dir(label),
+            data_dir,
             admin_token: String::new(),
             http: http_client(ca_cert.as_deref()),
             ca_cert,
@@ -151,6 +156,11 @@ impl Server {
             },
         )
         .await;
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
     }
 
     pub fn log(&self) -> String {

@@ -4,9 +4,13 @@
 mod access;
 mod admission;
 mod api;
+mod campaign;
 mod cli;
 mod crash;
+mod disk;
 mod execution;
 mod governance;
 mod harness;
+mod hostile;
 mod quick_start;
+mod slow;

@@ -88,8 +88,8 @@ impl From<corral_store::StoreError> for ApiError {
     fn from(e: corral_store::StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
         ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
             message: format!("the store failed: {e}"),
             details: json!({}),
         }
@@ -107,4 +107,49 @@ impl IntoResponse for ApiError {
         };
         (self.status, axum::Json(body)).into_response()
     }
+}
+
+/// Gives every error the JSON envelope, those of axum's extractors and router
+/// included (a bad path parameter, a body over the limit, an unknown route, a
+/// method a route does not have), which answer in plain text or with nothing.
+pub async fn envelope(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    max_body_bytes: usize,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let (code, message, details) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            format!("the request body is larger than the limit of {max_body_bytes} bytes"),
+            json!({ "path": "body", "limit": max_body_bytes }),
+        ),
+        StatusCode::NOT_FOUND => ("not_found", "no such route".to_string(), json!({})),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not take that method".to_string(),
+            json!({}),
+        ),
+        s if s.is_server_error() => ("internal", text, json!({})),
+        _ => ("invalid", text, json!({})),
+    };
+    ApiError {
+        status,
+        code,
+        message,
+        details,
+    }
+    .into_response()
 }

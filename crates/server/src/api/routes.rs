@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::from_fn_with_state;
@@ -23,6 +24,7 @@ use corral_core::tenant::TenantSpec;
 use corral_store::{AllocationFilter, AuditFilter, RunDetail, RunFilter};
 use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use utoipa::OpenApi;
 
 use super::error::ApiError;
@@ -61,7 +63,7 @@ fn table() -> Vec<(RouteSpec, Handler)> {
         )
     };
     vec![
-        r("GET", "/healthz", Public, get(|| async { "ok" })),
+        r("GET", "/healthz", Public, get(healthz)),
         r("GET", "/api/v1/openapi.json", Public, get(openapi)),
         r("POST", "/api/v1/apply", Admin, post(apply)),
         r("GET", "/api/v1/pools", Read, get(list_pools)),
@@ -136,15 +138,29 @@ pub fn route_table() -> Vec<RouteSpec> {
 #[derive(Debug, Clone, Default)]
 pub struct RouterConfig {
     pub cors_origins: Vec<HeaderValue>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Time a client has to send a request's body.
+    pub body_timeout: std::time::Duration,
 }
 
 pub fn router(engine: Arc<Engine>, config: &RouterConfig) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
         let gate = from_fn_with_state((engine.clone(), spec.access), guard);
+        // The guard sees the body as it came (its framing tells whether there
+        // is one); the handler reads it under the body timeout.
+        let handler = handler.layer(RequestBodyTimeoutLayer::new(config.body_timeout));
         router = router.route(spec.path, handler.route_layer(gate));
     }
-    let router = router.with_state(engine);
+    let max_body_bytes = config.max_body_bytes;
+    let router = router
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .with_state(engine)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            super::error::envelope(request, next, max_body_bytes)
+        }));
     if config.cors_origins.is_empty() {
         return router;
     }
@@ -156,10 +172,25 @@ pub fn router(engine: Arc<Engine>, config: &RouterConfig) -> Router {
     )
 }
 
+/// Readiness: 200 while the store takes writes, 503 (with the store's error)
+/// while it does not.
+#[utoipa::path(get, path = "/healthz", security(()),
+    responses((status = 200, body = crate::engine::Readiness), (status = 503, body = crate::engine::Readiness)))]
+async fn healthz(State(engine): State<AppState>) -> Response {
+    let readiness = engine.readiness().await;
+    let status = if readiness.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "corral", description = "Resource-governed pipeline runner"),
     paths(
+        healthz,
         apply,
         list_pools,
         create_pool,
@@ -686,17 +717,30 @@ async fn cancel_run(
     Ok(Json(run_view(&engine, &who, id).await?))
 }
 
-/// A run's output as plain text: one step's, or every step's with its name before each line.
-#[utoipa::path(get, path = "/api/v1/runs/{id}/logs", params(("id" = i64, Path), ("step" = Option<String>, Query)),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
+/// A run's output as plain text: one step's, or every step's with its name
+/// before each line. Streamed; with `follow=true` the answer stays open and
+/// carries new output as it is stored, whole lines at a time, until the run ends.
+#[utoipa::path(get, path = "/api/v1/runs/{id}/logs",
+    params(("id" = i64, Path), ("step" = Option<String>, Query), ("follow" = Option<bool>, Query)),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn run_logs(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(query): Params,
 ) -> ApiResult<Response> {
-    params(&query, &["step"])?;
+    params(&query, &["step", "follow"])?;
     let id = run_id(&id)?;
+    let follow = match query.get("follow").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(
+                FieldError::new("follow", format!("{other:?} is not true or false")).into(),
+            );
+        }
+    };
     let detail = detail_of(&engine, &who, id).await?;
     let step = match query.get("step") {
         None => None,
@@ -709,9 +753,16 @@ async fn run_logs(
                 .ok_or_else(|| FieldError::new("step", format!("run {id} has no step {name:?}")))?,
         ),
     };
-    let chunks = engine.store().logs(id, step).await?;
-    let text = crate::logs::render(&detail, &chunks, step.is_none());
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    let body = super::stream::log_body(
+        engine,
+        detail,
+        super::stream::LogRequest {
+            run: id,
+            step,
+            follow,
+        },
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// The allocation history, open and closed, oldest first.

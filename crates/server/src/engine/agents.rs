@@ -33,7 +33,7 @@ fn check_registration(caller: &Caller, pool: &str, name: &str) -> Result<()> {
     }
 }
 
-fn not_handed(attempt: AttemptId, worker: WorkerId) -> EngineError {
+pub(super) fn not_handed(attempt: AttemptId, worker: WorkerId) -> EngineError {
     EngineError::Forbidden(format!(
         "attempt {attempt} was not handed to worker {worker}"
     ))
@@ -53,11 +53,21 @@ impl Engine {
         corral_core::error::check_name("name", &req.name)?;
         check_registration(caller, &req.pool, &req.name)?;
         let capacity: Resources = req.capacity.into();
-        if Dimension::ALL
-            .iter()
-            .any(|d| capacity.get(*d) > MAX_QUANTITY)
+        let limit = self.config.max_agent;
+        if let Some(d) = Dimension::ALL
+            .into_iter()
+            .find(|d| capacity.get(*d) > limit.get(*d).min(MAX_QUANTITY))
         {
-            return Err(FieldError::new("capacity", format!("{capacity} is too large")).into());
+            return Err(FieldError::new(
+                format!("capacity.{}", d.name()),
+                format!(
+                    "{} is more {} than an agent may declare: at most {} (the server's --max-agent)",
+                    d.format(capacity.get(d)),
+                    d.name(),
+                    d.format(limit.get(d).min(MAX_QUANTITY))
+                ),
+            )
+            .into());
         }
         if capacity.cpu_millis == 0 || capacity.memory_mib == 0 {
             return Err(
@@ -145,11 +155,12 @@ impl Engine {
                     .find(|a| a.id == p.allocation && a.worker_id.is_none())
                     .map(|a| (r.record.id, a.group))
             });
-            if let Some((run_id, group)) = target {
-                let mut update = RunUpdate::new(&state.runs[&run_id], now);
+            if let Some((run_id, group)) = target
+                && let Some(mut update) = RunUpdate::take(&mut state, run_id, now)
+            {
                 update.bind(group, Some(id));
                 update.advance(&mut state);
-                writes.append(&mut update.writes);
+                writes.append(&mut update.done(&mut state));
             }
         }
         self.stage(&mut state, writes, &mut fx);
@@ -286,54 +297,6 @@ impl Engine {
         }
     }
 
-    /// Stores a chunk of an attempt's output (idempotent per offset); only the
-    /// worker the attempt was handed to may.
-    pub async fn append_log(
-        &self,
-        worker: WorkerId,
-        attempt: AttemptId,
-        offset: u64,
-        data: String,
-    ) -> Result<()> {
-        if offset > MAX_QUANTITY {
-            return Err(FieldError::new("offset", format!("{offset} is too large")).into());
-        }
-        // Text columns cannot hold NUL (PostgreSQL refuses it).
-        let data = if data.contains('\0') {
-            data.replace('\0', "\u{FFFD}")
-        } else {
-            data
-        };
-        let mut fx = Effects::default();
-        {
-            let mut state = self.state.lock().await;
-            let found = state
-                .attempt_runs
-                .get(&attempt)
-                .and_then(|r| state.runs.get(r))
-                .and_then(|r| r.attempt(attempt));
-            let (run_id, step_idx) = match found {
-                Some(a) if a.worker_id != worker => return Err(not_handed(attempt, worker)),
-                Some(a) => (a.run_id, a.step_idx),
-                None => {
-                    return Err(EngineError::NotFound {
-                        what: "live attempt",
-                        name: attempt.to_string(),
-                    });
-                }
-            };
-            let chunk = Write::AppendLog(LogChunk {
-                attempt_id: attempt,
-                run_id,
-                step_idx,
-                offset,
-                data,
-            });
-            self.stage(&mut state, vec![chunk], &mut fx);
-        }
-        self.finish(fx).await
-    }
-
     /// Records how an attempt ended and moves its run forward. Reporting an
     /// attempt that has already ended changes nothing.
     pub async fn report(
@@ -365,21 +328,27 @@ impl Engine {
             .attempt_runs
             .get(&attempt_id)
             .and_then(|r| state.runs.get(r))
-            .and_then(|run| Some((run, run.attempt(attempt_id).cloned()?)));
+            .and_then(|run| Some((run.record.id, run.attempt(attempt_id).cloned()?)));
         if live.as_ref().is_some_and(|(_, a)| a.worker_id != worker) {
             return Err(not_handed(attempt_id, worker));
         }
         // When the run has ended, or the attempt has, it was recorded then.
-        let Some((run, attempt)) = live.filter(|(_, a)| !a.state.is_terminal()) else {
+        let Some((run_id, attempt)) = live.filter(|(_, a)| !a.state.is_terminal()) else {
             drop(state);
             return self.finish(fx).await;
         };
-        let mut update = RunUpdate::new(run, self.now());
+        let now = self.now();
+        let Some(mut update) = RunUpdate::take(&mut state, run_id, now) else {
+            drop(state);
+            return self.finish(fx).await;
+        };
         update.end_attempt(attempt, outcome, req.exit_code, req.error);
         update.advance(&mut state);
         fx.controller = update.run.record.state.is_terminal();
-        fx.wake = Self::wake_handles(&state, update.assigned_workers());
-        self.stage(&mut state, update.writes, &mut fx);
+        let assigned = update.assigned_workers();
+        let writes = update.done(&mut state);
+        fx.wake = Self::wake_handles(&state, assigned);
+        self.stage(&mut state, writes, &mut fx);
         drop(state);
         self.finish(fx).await
     }

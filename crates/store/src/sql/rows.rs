@@ -195,3 +195,13 @@ pub(super) fn audit_from(row: &AnyRow) -> Result<AuditRecord> {
 pub(super) fn reason_code_text(code: ReasonCode) -> String {
     to_json(&code).trim_matches('"').to_string()
 }
+
+pub(super) fn log_chunk_from(row: &AnyRow) -> Result<LogChunk> {
+    Ok(LogChunk {
+        attempt_id: AttemptId(row.try_get("attempt_id")?),
+        run_id: RunId(row.try_get("run_id")?),
+        step_idx: uint("step index", row.try_get("step_idx")?)?,
+        offset: uint("log offset", row.try_get("byte_offset")?)?,
+        data: row.try_get("data")?,
+    })
+}

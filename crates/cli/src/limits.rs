@@ -1,0 +1,126 @@
+//! `corral server`'s bounds on what comes in, each a flag with a default.
+
+use std::time::Duration;
+
+use corral_core::resources::{Resources, parse_cpu, parse_memory};
+use corral_server::engine::OutputLimits;
+use corral_server::http::HttpLimits;
+
+use crate::parse_duration;
+
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Largest request body, e.g. 1Mi.
+    #[arg(long, default_value = "1Mi", value_parser = parse_size)]
+    max_body: u64,
+    /// Time a client has to send a request's headers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Open connections at most; more are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Largest chunk of output an agent may send in one call, e.g. 256Ki.
+    #[arg(long, default_value = "256Ki", value_parser = parse_size)]
+    max_log_chunk: u64,
+    /// Output kept per attempt; past it the output is cut with a marker line
+    /// and the step goes on.
+    #[arg(long, default_value = "64Mi", value_parser = parse_size)]
+    max_output: u64,
+    /// The most an agent may declare, as cpu=N,memory=Q,gpu=N; a pool's
+    /// `max_agent` may lower it.
+    #[arg(long, default_value = "cpu=1024,memory=16Ti,gpu=64", value_parser = parse_capacity)]
+    max_agent: Resources,
+}
+
+impl LimitArgs {
+    pub fn http(&self) -> HttpLimits {
+        HttpLimits {
+            max_body_bytes: usize::try_from(self.max_body).unwrap_or(usize::MAX),
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+
+    pub fn output(&self) -> OutputLimits {
+        OutputLimits {
+            max_chunk_bytes: usize::try_from(self.max_log_chunk).unwrap_or(usize::MAX),
+            max_output_bytes: self.max_output,
+        }
+    }
+
+    pub fn max_agent(&self) -> Resources {
+        self.max_agent
+    }
+}
+
+/// A size in bytes: `512`, `64Ki`, `1Mi`, `2Gi`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size (examples: 512, 64Ki, 1Mi, 2Gi)"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?} is not a size (examples: 512, 64Ki, 1Mi, 2Gi)"))
+}
+
+/// `cpu=64,memory=256Gi,gpu=8`; a dimension left out is not limited.
+fn parse_capacity(text: &str) -> Result<Resources, String> {
+    let mut limit = Resources::new(u64::MAX, u64::MAX, u64::MAX);
+    for pair in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let value = value.trim();
+        match key.trim() {
+            "cpu" => limit.cpu_millis = parse_cpu(value).map_err(|e| format!("cpu: {e}"))?,
+            "memory" => {
+                limit.memory_mib = parse_memory(value).map_err(|e| format!("memory: {e}"))?;
+            }
+            "gpu" => {
+                limit.gpu = value
+                    .parse()
+                    .map_err(|_| format!("gpu: {value:?} is not a count"))?;
+            }
+            other => return Err(format!("{other:?} is not cpu, memory or gpu")),
+        }
+    }
+    Ok(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_capacities_parse_or_say_why_not() {
+        assert_eq!(parse_size("1Mi"), Ok(1 << 20));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("1MB").expect_err("1MB").contains("not a size"));
+        assert!(parse_size("99999999999Gi").is_err());
+        let cap = parse_capacity("cpu=64,memory=256Gi").expect("capacity");
+        assert_eq!(
+            (cap.cpu_millis, cap.memory_mib, cap.gpu),
+            (64_000, 256 * 1024, u64::MAX)
+        );
+        assert!(parse_capacity("disk=1").expect_err("disk").contains("disk"));
+    }
+}

@@ -100,6 +100,7 @@ async fn register(client: &Client, config: &AgentConfig) -> Result<(i64, String)
         pool: config.pool.clone(),
         name: config.name.clone(),
         instance: instance(&config.work_dir),
+        incarnation: None,
         capacity: config.capacity,
         labels: config.labels.clone(),
     };

@@ -202,11 +202,13 @@ impl Credentials {
                 .ok_or(AuthError::Unknown);
         }
         if secret.starts_with(SPAWN_PREFIX) {
-            return match index.spawns.get(&digest) {
-                Some(grant) if grant.expires_at > now => Ok(Caller::Spawned {
+            // Once used, a spawn credential is its worker's secret.
+            return match (index.spawns.get(&digest), index.workers.get(&digest)) {
+                (Some(grant), _) if grant.expires_at > now => Ok(Caller::Spawned {
                     hash: digest,
                     grant: grant.clone(),
                 }),
+                (_, Some(id)) => Ok(Caller::Worker(*id)),
                 _ => Err(AuthError::Unknown),
             };
         }

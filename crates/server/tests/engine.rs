@@ -153,13 +153,29 @@ impl Harness {
         cpu: u64,
         instance: &str,
     ) -> Result<WorkerId, corral_server::engine::EngineError> {
+        self.register_as(pool, name, cpu, instance, None)
+            .await
+            .map(|(id, _secret)| id)
+    }
+
+    /// Registers as the agent process `incarnation` from `instance`.
+    async fn register_as(
+        &self,
+        pool: &str,
+        name: &str,
+        cpu: u64,
+        instance: &str,
+        incarnation: Option<&str>,
+    ) -> Result<(WorkerId, String), corral_server::engine::EngineError> {
         self.engine
             .register(
                 &Caller::Token(admin()),
+                "corral_admin-bearer",
                 RegisterRequest {
                     pool: pool.into(),
                     name: name.into(),
                     instance: Some(instance.into()),
+                    incarnation: incarnation.map(String::from),
                     capacity: ResourcesView {
                         cpu_millis: cpu * 1000,
                         memory_mib: 8192,
@@ -169,7 +185,6 @@ impl Harness {
                 },
             )
             .await
-            .map(|(id, _secret)| id)
     }
 
     async fn heartbeat(&self, worker: WorkerId) {
@@ -451,6 +466,44 @@ async fn an_agent_restarted_replaces_itself_and_a_namesake_is_refused() {
         "the earlier self is gone"
     );
     assert!(state.workers.contains_key(&again));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_registration_keeps_its_worker_and_what_it_runs() {
+    let h = Harness::new("retried", METAL).await;
+    let (first, secret) = h
+        .register_as("metal", "box", 2, "box-dir", Some("process-1"))
+        .await
+        .expect("register");
+    let run = h.submit("job", "t", 1, "metal").await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(run).await.0, RunState::Running);
+    // The same process sends its registration again (it missed the answer).
+    let (again, new_secret) = h
+        .register_as("metal", "box", 2, "box-dir", Some("process-1"))
+        .await
+        .expect("a retry");
+    assert_eq!(again, first, "the same worker");
+    assert_ne!(new_secret, secret, "with a secret the agent hears now");
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(
+        h.state_of(run).await.0,
+        RunState::Running,
+        "its step runs on"
+    );
+    assert!(h.engine.credentials().worker_holds(first, &new_secret));
+    assert!(!h.engine.credentials().worker_holds(first, &secret));
+    // A new process from the same directory is a restart: the step is lost.
+    let (restarted, _) = h
+        .register_as("metal", "box", 2, "box-dir", Some("process-2"))
+        .await
+        .expect("a restart");
+    assert_ne!(restarted, first);
+    let state = h.engine.read().await;
+    assert!(
+        !state.workers.contains_key(&first),
+        "the earlier self is gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

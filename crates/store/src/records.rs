@@ -96,6 +96,9 @@ pub struct WorkerRecord {
     /// The agent's own id for itself (kept in its work directory): tells a
     /// restart of this agent from another agent with the same name.
     pub instance: Option<String>,
+    /// The agent process's id for itself: a registration retried by the same
+    /// process carries the same one.
+    pub incarnation: Option<String>,
     /// The hash of the secret the worker was handed at registration.
     pub secret_hash: Option<String>,
 }

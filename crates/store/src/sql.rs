@@ -331,9 +331,10 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         }
         Write::PutWorker(w) => {
             sqlx::query(
-                "INSERT INTO workers (id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                "INSERT INTO workers (id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash, incarnation) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, \
+                 secret_hash = excluded.secret_hash, incarnation = excluded.incarnation",
             )
             .bind(w.id.0)
             .bind(&w.pool)
@@ -347,6 +348,7 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(w.updated_at.0)
             .bind(w.instance.clone())
             .bind(w.secret_hash.clone())
+            .bind(w.incarnation.clone())
             .execute(conn)
             .await?;
         }

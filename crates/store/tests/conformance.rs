@@ -125,6 +125,7 @@ async fn suite(store: &dyn Store) {
         updated_at: Timestamp(90),
         instance: Some("17f3-42".into()),
         secret_hash: Some("ab".repeat(32)),
+        incarnation: Some("first".into()),
     };
     let attempt = AttemptRecord {
         id: AttemptId(3),
@@ -163,6 +164,24 @@ async fn suite(store: &dyn Store) {
     assert_eq!(live.attempts, vec![attempt.clone()]);
     assert_eq!(live.open_allocations, vec![open.clone()]);
     assert_eq!(live.workers, vec![worker.clone()]);
+    // A registration retried by its agent hands the worker a new secret.
+    let rotated = WorkerRecord {
+        secret_hash: Some("cd".repeat(32)),
+        incarnation: Some("second".into()),
+        ..worker.clone()
+    };
+    store
+        .commit(&[Write::PutWorker(rotated.clone())])
+        .await
+        .expect("rotate");
+    assert_eq!(
+        store.load_live().await.expect("load").workers,
+        vec![rotated]
+    );
+    store
+        .commit(&[Write::PutWorker(worker.clone())])
+        .await
+        .expect("restore");
     assert_eq!(
         live.max_ids,
         MaxIds {

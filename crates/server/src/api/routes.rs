@@ -800,10 +800,16 @@ async fn list_allocations(
 async fn register_agent(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<RegisterResponse>> {
     let req: RegisterRequest = json_body(&body)?;
-    let (id, secret) = engine.register(&caller, req).await?;
+    // The guard let the call in, so it has a bearer.
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| crate::auth::bearer(h.to_str().ok()).ok())
+        .unwrap_or_default();
+    let (id, secret) = engine.register(&caller, presented, req).await?;
     Ok(Json(RegisterResponse {
         worker_id: id.0,
         worker_secret: secret,

@@ -45,12 +45,20 @@ impl Engine {
     /// Registers an agent for `caller` (an agent token of the pool, a spawned
     /// local agent's one-time credential, or an admin) and returns its id and
     /// the secret of its later calls.
+    ///
+    /// `presented` is the bearer the call came with. A spawned agent's
+    /// one-time credential becomes its worker's secret, so that a retry of its
+    /// registration (even to a restarted server) finds its worker again.
     pub async fn register(
         &self,
         caller: &Caller,
+        presented: &str,
         req: RegisterRequest,
     ) -> Result<(WorkerId, String)> {
         corral_core::error::check_name("name", &req.name)?;
+        if let Some(registered) = self.retried_registration(caller, presented, &req).await? {
+            return Ok(registered);
+        }
         check_registration(caller, &req.pool, &req.name)?;
         let capacity: Resources = req.capacity.into();
         let limit = self.config.max_agent;
@@ -121,8 +129,14 @@ impl Engine {
         };
         self.lose_workers(&mut state, &earlier, "registered again", &mut fx);
         let id = state.next_worker_id();
-        let secret = auth::new_worker_secret();
-        let secret_hash = auth::hash(&secret);
+        let (secret, secret_hash) = match &spawn {
+            Some((hash, _)) => (presented.to_string(), hash.clone()),
+            None => {
+                let secret = auth::new_worker_secret();
+                let hash = auth::hash(&secret);
+                (secret, hash)
+            }
+        };
         let record = WorkerRecord {
             id,
             pool: req.pool,
@@ -133,6 +147,7 @@ impl Engine {
             registered_at: now,
             updated_at: now,
             instance: req.instance,
+            incarnation: req.incarnation,
             secret_hash: Some(secret_hash.clone()),
         };
         let mut writes = vec![Write::PutWorker(record)];
@@ -175,6 +190,58 @@ impl Engine {
         self.credentials.put_worker(id, secret_hash);
         tracing::info!(worker = id.0, name = %req.name, "worker registered");
         Ok((id, secret))
+    }
+
+    /// A registration its agent sent again because it did not hear the
+    /// answer: the same process (incarnation) under the same pool, name and
+    /// instance as a live worker. The worker stays, with what it runs; a
+    /// spawned agent presents its credential, now its worker's secret, and a
+    /// token's caller gets a new secret (it never heard the first).
+    async fn retried_registration(
+        &self,
+        caller: &Caller,
+        presented: &str,
+        req: &RegisterRequest,
+    ) -> Result<Option<(WorkerId, String)>> {
+        let Some(incarnation) = &req.incarnation else {
+            return Ok(None);
+        };
+        let mut state = self.state.lock().await;
+        let Some(worker) = state
+            .workers
+            .values()
+            .find(|w| {
+                w.record.pool == req.pool
+                    && w.record.name == req.name
+                    && w.record.instance == req.instance
+                    && w.record.incarnation.as_ref() == Some(incarnation)
+            })
+            .map(|w| w.record.clone())
+        else {
+            return Ok(None);
+        };
+        match caller {
+            Caller::Worker(id) if *id == worker.id => Ok(Some((worker.id, presented.to_string()))),
+            Caller::Token(_) => {
+                check_registration(caller, &req.pool, &req.name)?;
+                let secret = auth::new_worker_secret();
+                let hash = auth::hash(&secret);
+                let mut fx = Effects::default();
+                let record = WorkerRecord {
+                    secret_hash: Some(hash.clone()),
+                    updated_at: self.now(),
+                    ..worker
+                };
+                self.stage(&mut state, vec![Write::PutWorker(record)], &mut fx);
+                drop(state);
+                self.finish(fx).await?;
+                self.credentials.forget_worker(worker.id);
+                self.credentials.put_worker(worker.id, hash);
+                tracing::info!(worker = worker.id.0, name = %req.name, "registration retried; the worker keeps its work");
+                Ok(Some((worker.id, secret)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Answers a worker's poll: its new assignments, the attempts it must kill,
@@ -269,6 +336,7 @@ impl Engine {
                     env,
                     timeout_secs: step.timeout,
                     workspace: format!("run-{}", run.record.id),
+                    max_output_bytes: Some(self.config.output.max_output_bytes),
                 });
                 delivered.push(attempt.id);
             }

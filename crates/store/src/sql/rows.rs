@@ -62,7 +62,7 @@ pub(super) fn resources(row: &AnyRow) -> Result<Resources> {
 
 pub(super) const RUN_COLUMNS: &str = "id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at";
 pub(super) const ATTEMPT_COLUMNS: &str = "id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at";
-pub(super) const WORKER_COLUMNS: &str = "id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash";
+pub(super) const WORKER_COLUMNS: &str = "id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash, incarnation";
 pub(super) const TOKEN_COLUMNS: &str =
     "name, hash, role, tenant, pool, created_at, expires_at, revoked_at, last_used_at";
 pub(super) const ALLOCATION_COLUMNS: &str =
@@ -151,6 +151,7 @@ pub(super) fn worker_from(row: &AnyRow) -> Result<WorkerRecord> {
         updated_at: ts(row, "updated_at")?,
         instance: row.try_get("instance")?,
         secret_hash: row.try_get("secret_hash")?,
+        incarnation: row.try_get("incarnation")?,
     })
 }
 

@@ -11,11 +11,18 @@
 //!
 //! Demands are drawn at random (seeded), some of them zero. The envelope is printed as well, so
 //! that a change meant to keep results can be checked.
+//!
+//! Then the core's part of a submit, on 1,000-step pipelines: `compile` (validation and the
+//! DAG) and `ResourceRequest::for_pipeline` (groups and their envelopes), for a chain on one
+//! pool and for steps on 1,000 distinct pool selectors.
 
 use std::time::{Duration, Instant};
 
 use corral_core::envelope::envelope;
-use corral_core::resources::Resources;
+use corral_core::pipeline::{PipelineSpec, Priority, StepSpec};
+use corral_core::request::ResourceRequest;
+use corral_core::resources::{ResourceSpec, Resources};
+use corral_core::selector::PoolSelector;
 use peak_alloc::PeakAlloc;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -55,6 +62,32 @@ fn random(n: usize, window: usize, rng: &mut ChaCha8Rng) -> Dag {
         }
     }
     (demands(n, rng), needs)
+}
+
+/// A pipeline of `n` steps, a chain or independent steps each on a pool of its own.
+fn pipeline(n: usize, chain: bool) -> PipelineSpec {
+    let steps = (0..n)
+        .map(|i| StepSpec {
+            name: format!("s{i}"),
+            run: "make".into(),
+            needs: if chain && i > 0 {
+                vec![format!("s{}", i - 1)]
+            } else {
+                Vec::new()
+            },
+            resources: ResourceSpec::default(),
+            pool: (!chain).then(|| PoolSelector::named(&format!("pool-{i}"))),
+            env: Default::default(),
+            timeout: None,
+            retries: 0,
+        })
+        .collect();
+    PipelineSpec {
+        name: "bench".into(),
+        tenant: "default".into(),
+        priority: Priority::default(),
+        steps,
+    }
 }
 
 fn reps() -> usize {
@@ -119,6 +152,39 @@ fn main() {
                 ms(median),
                 ms(min),
                 mib(peak),
+            );
+        }
+    }
+
+    println!();
+    println!(
+        "{:>40} {:>10} {:>9} {:>12}  outcome",
+        "submit path (1,000 steps)", "ms", "(min)", "peak bytes"
+    );
+    for (name, spec) in [
+        ("chain, one pool", pipeline(1_000, true)),
+        ("1,000 distinct selectors", pipeline(1_000, false)),
+    ] {
+        let (median, min, peak, compiled) = measure(reps, || spec.clone().compile());
+        let outcome = match &compiled {
+            Ok(p) => format!("compiled, {} steps", p.spec.steps.len()),
+            Err(e) => format!("rejected: {e}"),
+        };
+        println!(
+            "{:>40} {:>10.3} {:>9.3} {peak:>12}  {outcome}",
+            format!("compile: {name}"),
+            ms(median),
+            ms(min),
+        );
+        if let Ok(p) = compiled {
+            let (median, min, peak, request) = measure(reps, || ResourceRequest::for_pipeline(&p));
+            println!(
+                "{:>40} {:>10.3} {:>9.3} {peak:>12}  {} groups, total {}",
+                format!("for_pipeline: {name}"),
+                ms(median),
+                ms(min),
+                request.groups.len(),
+                request.total(),
             );
         }
     }

@@ -212,12 +212,19 @@ impl PipelineSpec {
     /// Parses a pipeline document (without its `kind`) and validates it.
     pub fn parse(value: Value) -> Result<PipelineSpec, FieldError> {
         let spec: PipelineSpec = from_value(value, "")?;
-        spec.clone().compile()?;
+        spec.resolve()?;
         Ok(spec)
     }
 
     /// Validates the spec and resolves its DAG.
     pub fn compile(self) -> Result<Pipeline, FieldError> {
+        let needs = self.resolve()?;
+        Ok(Pipeline { spec: self, needs })
+    }
+
+    /// Validates the spec and resolves each step's `needs` to step indices, in time linear in
+    /// steps + needs (and their lengths), up to sorting each step's needs.
+    fn resolve(&self) -> Result<Vec<Vec<usize>>, FieldError> {
         check_name("name", &self.name)?;
         check_name("tenant", &self.tenant)?;
         if self.steps.is_empty() {
@@ -307,13 +314,31 @@ impl PipelineSpec {
             needs.push(deps);
         }
         if let Some(cycle) = find_cycle(&needs) {
-            let names: Vec<&str> = cycle.iter().map(|&i| self.steps[i].name.as_str()).collect();
             return Err(FieldError::new(
                 "steps",
-                format!("the needs form a cycle: {}", names.join(" -> ")),
+                format!("the needs form a cycle: {}", self.describe_cycle(&cycle)),
             ));
         }
-        Ok(Pipeline { spec: self, needs })
+        Ok(needs)
+    }
+
+    /// `a -> b -> a`; a long cycle is cut short after its first steps, so that the message
+    /// stays readable whatever the pipeline's size.
+    fn describe_cycle(&self, cycle: &[usize]) -> String {
+        const SHOWN: usize = 8;
+        let name = |i: usize| self.steps[i].name.as_str();
+        let steps = cycle.len() - 1;
+        if steps <= SHOWN {
+            let names: Vec<&str> = cycle.iter().map(|&i| name(i)).collect();
+            return names.join(" -> ");
+        }
+        let names: Vec<&str> = cycle[..SHOWN].iter().map(|&i| name(i)).collect();
+        format!(
+            "{} -> ... ({} more steps) -> {}",
+            names.join(" -> "),
+            steps - SHOWN,
+            name(cycle[0])
+        )
     }
 }
 
@@ -395,6 +420,43 @@ mod tests {
         for name in ["a", "b", "c"] {
             assert!(err.message.contains(name), "{err}");
         }
+    }
+
+    /// Two parallel chains of 10,000 steps each, `a0 <- a1 <- ...` and `b0 <- b1 <- ...`.
+    fn two_chains(len: usize) -> Value {
+        let steps: Vec<Value> = ["a", "b"]
+            .iter()
+            .flat_map(|chain| {
+                (0..len).map(move |i| {
+                    let needs: Vec<String> = (i > 0)
+                        .then(|| format!("{chain}{}", i - 1))
+                        .into_iter()
+                        .collect();
+                    json!({"name": format!("{chain}{i}"), "run": "true", "needs": needs})
+                })
+            })
+            .collect();
+        json!({"name": "p", "steps": steps})
+    }
+
+    #[test]
+    fn twenty_thousand_step_chains_compile() {
+        let p = parse(two_chains(10_000)).expect("valid");
+        assert_eq!(p.needs.len(), 20_000);
+        assert_eq!(p.needs[0], Vec::<usize>::new());
+        assert_eq!(p.needs[9_999], vec![9_998]);
+        assert_eq!(p.needs[10_000], Vec::<usize>::new());
+        assert_eq!(p.needs[19_999], vec![19_998]);
+    }
+
+    #[test]
+    fn a_long_cycle_is_named_in_a_short_message() {
+        let mut doc = two_chains(10_000);
+        doc["steps"][0]["needs"] = json!(["a9999"]);
+        let err = parse(doc).expect_err("cycle");
+        assert_eq!(err.path, "steps");
+        assert!(err.message.contains("(9992 more steps)"), "{err}");
+        assert!(err.message.len() < 200, "{err}");
     }
 
     #[test]

@@ -12,13 +12,15 @@
 //! Demands are drawn at random (seeded), some of them zero. The envelope is printed as well, so
 //! that a change meant to keep results can be checked.
 //!
-//! Then the core's part of a submit, on 1,000-step pipelines: `compile` (validation and the
-//! DAG) and `ResourceRequest::for_pipeline` (groups and their envelopes), for a chain on one
-//! pool and for steps on 1,000 distinct pool selectors.
+//! Then the core's part of a submit, on 1,000-step pipelines: `compile_with` (validation and
+//! the DAG) and `ResourceRequest::for_pipeline` (groups and their envelopes), for a chain on one
+//! pool and for steps on 1,000 distinct pool selectors, rejected under the default limits and
+//! accepted when the limits allow them.
 
 use std::time::{Duration, Instant};
 
 use corral_core::envelope::envelope;
+use corral_core::limits::Limits;
 use corral_core::pipeline::{PipelineSpec, Priority, StepSpec};
 use corral_core::request::ResourceRequest;
 use corral_core::resources::{ResourceSpec, Resources};
@@ -161,11 +163,17 @@ fn main() {
         "{:>40} {:>10} {:>9} {:>12}  outcome",
         "submit path (1,000 steps)", "ms", "(min)", "peak bytes"
     );
-    for (name, spec) in [
-        ("chain, one pool", pipeline(1_000, true)),
-        ("1,000 distinct selectors", pipeline(1_000, false)),
+    let default = Limits::default();
+    let roomy = Limits {
+        max_selectors: 1_000,
+        ..Limits::default()
+    };
+    for (name, spec, limits) in [
+        ("chain, one pool", pipeline(1_000, true), default),
+        ("1,000 selectors", pipeline(1_000, false), default),
+        ("1,000 selectors allowed", pipeline(1_000, false), roomy),
     ] {
-        let (median, min, peak, compiled) = measure(reps, || spec.clone().compile());
+        let (median, min, peak, compiled) = measure(reps, || spec.clone().compile_with(&limits));
         let outcome = match &compiled {
             Ok(p) => format!("compiled, {} steps", p.spec.steps.len()),
             Err(e) => format!("rejected: {e}"),

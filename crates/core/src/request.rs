@@ -129,7 +129,9 @@ impl WorkerTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::Limits;
     use crate::manifest::{Document, parse_documents};
+    use crate::manifest::{from_value, parse_single};
     use crate::pipeline::{PipelineSpec, Priority, StepSpec};
     use crate::resources::ResourceSpec;
 
@@ -225,7 +227,11 @@ steps:
             priority: Priority::default(),
             steps,
         };
-        let request = ResourceRequest::for_pipeline(&spec.compile().expect("valid"));
+        let limits = Limits {
+            max_steps: 20_001,
+            ..Limits::default()
+        };
+        let request = ResourceRequest::for_pipeline(&spec.compile_with(&limits).expect("valid"));
         assert_eq!(request.groups.len(), 2);
         // "last" runs alongside the whole of chain a.
         assert_eq!(request.groups[0].resources, Resources::new(2006, 212, 0));
@@ -247,7 +253,15 @@ steps:
                 )
             })
             .collect::<String>();
-        let p = pipeline(&format!("kind: Pipeline\nname: p\nsteps:\n{steps}"));
+        let limits = Limits {
+            max_steps: 2_000,
+            max_selectors: 1_000,
+            ..Limits::default()
+        };
+        let doc = format!("kind: Pipeline\nname: p\nsteps:\n{steps}");
+        let value = parse_single(&doc, "Pipeline").expect("valid yaml");
+        let spec: PipelineSpec = from_value(value, "").expect("a pipeline");
+        let p = spec.compile_with(&limits).expect("valid");
         let request = ResourceRequest::for_pipeline(&p);
         assert_eq!(request.groups.len(), 1_000);
         for (g, group) in request.groups.iter().enumerate() {

@@ -100,18 +100,24 @@ fn reps() -> usize {
         .max(1)
 }
 
-/// Runs `f` `reps` times: the median and fastest time, the peak heap above what was live
-/// before a run, and the last result.
-fn measure<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, Duration, usize, T) {
+/// Runs `f` `reps` times on what `setup` makes afresh each time (neither timed nor counted):
+/// the median and fastest time, the peak heap above what was live before a run, and the last
+/// result.
+fn measure_with<S, T>(
+    reps: usize,
+    mut setup: impl FnMut() -> S,
+    mut f: impl FnMut(S) -> T,
+) -> (Duration, Duration, usize, T) {
     let mut times = Vec::with_capacity(reps);
     let mut peak = 0;
     let mut last = None;
     for _ in 0..reps {
         drop(last.take());
+        let input = setup();
         let before = HEAP.current_usage();
         HEAP.reset_peak_usage();
         let start = Instant::now();
-        let out = f();
+        let out = f(input);
         times.push(start.elapsed());
         peak = peak.max(HEAP.peak_usage() - before);
         last = Some(out);
@@ -119,6 +125,10 @@ fn measure<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, Duration, usi
     times.sort();
     let last = last.expect("at least one repetition");
     (times[times.len() / 2], times[0], peak, last)
+}
+
+fn measure<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, Duration, usize, T) {
+    measure_with(reps, || (), |()| f())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -173,7 +183,8 @@ fn main() {
         ("1,000 selectors", pipeline(1_000, false), default),
         ("1,000 selectors allowed", pipeline(1_000, false), roomy),
     ] {
-        let (median, min, peak, compiled) = measure(reps, || spec.clone().compile_with(&limits));
+        let (median, min, peak, compiled) =
+            measure_with(reps, || spec.clone(), |spec| spec.compile_with(&limits));
         let outcome = match &compiled {
             Ok(p) => format!("compiled, {} steps", p.spec.steps.len()),
             Err(e) => format!("rejected: {e}"),

@@ -100,6 +100,9 @@ impl StepOrder {
             }
         }
 
+        // The arcs of the cancelling network, in an order `feasible_flow` relies on: pair `v` is
+        // `t -> v_out`, pair `n + v` is `v_in -> s`, pair `2n + v` is `v_in -> v_out`, and pair
+        // `3n + k` is the `k`-th edge, `u_out -> v_in`.
         let mut arcs = Vec::with_capacity(3 * steps + needs.len());
         arcs.extend((0..steps).map(|v| (SOURCE, step_out(v))));
         arcs.extend((0..steps).map(|v| (step_in(v), SINK)));

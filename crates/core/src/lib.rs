@@ -9,6 +9,7 @@ pub mod controller;
 pub mod envelope;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod manifest;
 pub mod pipeline;
 pub mod pool;

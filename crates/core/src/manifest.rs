@@ -1,5 +1,10 @@
 //! Reading user documents: YAML (one or many documents) or JSON, each with a
 //! `kind`, into typed specs whose errors name the field path.
+//!
+//! JSON is read as YAML (it is a subset), so both go through one parser and one budget
+//! ([`MANIFEST_DEPTH`], [`MANIFEST_ALIAS_EVENTS`] and serde-saphyr's default node and event
+//! counts): an alias bomb ("billion laughs") or a document nested thousands of levels deep is
+//! refused early, with no deep recursion and no large allocation.
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -17,11 +22,70 @@ pub enum Document {
     Pipeline(PipelineSpec),
 }
 
+/// How deeply a manifest may nest mappings and sequences. A pipeline needs about six levels.
+pub const MANIFEST_DEPTH: usize = 32;
+
+/// How many parser events aliases (`*name`) may replay in one manifest, in all. Sharing an
+/// anchored `env` among a thousand steps takes some thousands; a "billion laughs" takes
+/// billions and stops here. This bound is what keeps aliases cheap, so the ratio of aliases to
+/// anchors is not limited: one anchor may well be used by every step.
+pub const MANIFEST_ALIAS_EVENTS: usize = 100_000;
+
+/// The parser's options for manifests: serde-saphyr's defaults with the bounds above.
+fn manifest_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MANIFEST_DEPTH,
+            flow_nesting_limit: MANIFEST_DEPTH,
+            enforce_alias_anchor_ratio: false,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MANIFEST_ALIAS_EVENTS,
+        },
+    }
+}
+
+/// Whether the parser stopped at one of the manifest's bounds (rather than at a syntax error).
+/// The scanner stops deep flow nesting (`[[[[...`) itself, as a parse error.
+fn is_over_budget(mut error: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::granit_parser::ErrorKind;
+    use serde_saphyr::{Error, ExternalMessageSource};
+    loop {
+        match error {
+            Error::WithSnippet { error: inner, .. } | Error::AliasError { error: inner, .. } => {
+                error = inner;
+            }
+            Error::Budget { .. }
+            | Error::AliasReplayLimitExceeded { .. }
+            | Error::AliasExpansionLimitExceeded { .. }
+            | Error::AliasReplayStackDepthExceeded { .. } => return true,
+            Error::ExternalMessage { source, .. } => {
+                return matches!(
+                    source.as_ref(),
+                    ExternalMessageSource::Parser(scan)
+                        if matches!(scan.kind(), ErrorKind::RecursionLimitExceeded)
+                );
+            }
+            _ => return false,
+        }
+    }
+}
+
 /// Parses text holding one or more YAML documents (JSON is accepted as YAML)
 /// into untyped values. Empty documents are dropped.
 pub fn parse_values(text: &str) -> Result<Vec<Value>, FieldError> {
-    let values: Vec<Value> = serde_saphyr::from_multiple(text)
-        .map_err(|e| FieldError::new("document", format!("not valid YAML or JSON: {e}")))?;
+    let values: Vec<Value> = serde_saphyr::from_multiple_with_options(text, manifest_options())
+        .map_err(|e| {
+            let message = if is_over_budget(&e) {
+                format!(
+                    "more than a manifest may hold (at most {MANIFEST_DEPTH} levels of nesting, \
+                     {MANIFEST_ALIAS_EVENTS} parser events replayed by aliases): {e}"
+                )
+            } else {
+                format!("not valid YAML or JSON: {e}")
+            };
+            FieldError::new("document", message)
+        })?;
     Ok(values.into_iter().filter(|v| !v.is_null()).collect())
 }
 
@@ -112,5 +176,100 @@ pub fn parse_single(text: &str, expected: &str) -> Result<Value, FieldError> {
             format!("expected {expected}, found {k:?}"),
         )),
         _ => Ok(rest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OVER_BUDGET: &str = "more than a manifest may hold (at most 32 levels of nesting, 100000 parser events replayed by aliases): ";
+
+    /// Nine anchors, each a list of nine aliases of the one before: 9^9 strings once expanded.
+    fn billion_laughs() -> String {
+        let mut text =
+            String::from("kind: Pipeline\nl0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..9 {
+            let aliases = vec![format!("*l{}", i - 1); 9].join(", ");
+            text.push_str(&format!("l{i}: &l{i} [{aliases}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        let err = parse_documents(&billion_laughs()).expect_err("alias bomb");
+        assert_eq!(err.path, "document");
+        assert!(err.message.starts_with(OVER_BUDGET), "{err}");
+        assert!(err.message.contains("alias replay limit exceeded"), "{err}");
+    }
+
+    #[test]
+    fn shared_anchors_within_the_budget_are_expanded() {
+        let mut text = String::from(
+            "kind: Pipeline\nname: p\nsteps:\n  - {name: s0, run: x, env: &common {A: '1', B: '2'}}\n",
+        );
+        for i in 1..1000 {
+            text.push_str(&format!("  - {{name: s{i}, run: x, env: *common}}\n"));
+        }
+        match parse_documents(&text).expect("valid").as_slice() {
+            [Document::Pipeline(spec)] => assert_eq!(spec.steps[999].env["B"], "2"),
+            other => panic!("expected one pipeline, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_yaml_flow_nesting_is_refused() {
+        let text = format!(
+            "kind: Pipeline\nname: {}x{}\n",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let err = parse_documents(&text).expect_err("deep");
+        assert_eq!(err.path, "document");
+        assert!(err.message.starts_with(OVER_BUDGET), "{err}");
+        assert!(err.message.contains("recursion limit exceeded"), "{err}");
+    }
+
+    #[test]
+    fn deep_yaml_block_nesting_is_refused() {
+        let text: String = (0..10_000)
+            .map(|depth| format!("{}k:\n", " ".repeat(depth.min(200))))
+            .collect();
+        let text = format!("kind: Pipeline\nname:\n{text}");
+        let err = parse_documents(&text).expect_err("deep");
+        assert_eq!(err.path, "document");
+        assert!(err.message.starts_with(OVER_BUDGET), "{err}");
+        assert!(err.message.contains("Depth"), "{err}");
+    }
+
+    #[test]
+    fn deep_json_is_refused() {
+        for (open, close) in [("[", "]"), ("{\"a\": ", "}")] {
+            let text = format!(
+                "{{\"kind\": \"Pipeline\", \"name\": {}1{}}}",
+                open.repeat(10_000),
+                close.repeat(10_000)
+            );
+            let err = parse_documents(&text).expect_err("deep");
+            assert_eq!(err.path, "document", "{open}");
+            assert!(err.message.starts_with(OVER_BUDGET), "{open}: {err}");
+        }
+    }
+
+    #[test]
+    fn nesting_up_to_the_budget_is_read() {
+        let depth = MANIFEST_DEPTH - 1;
+        let text = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(parse_values(&text).expect("within budget").len(), 1);
+        let text = format!(
+            "{}1{}",
+            "[".repeat(MANIFEST_DEPTH + 1),
+            "]".repeat(MANIFEST_DEPTH + 1)
+        );
+        let err = parse_values(&text).expect_err("one level too deep");
+        assert!(err.message.starts_with(OVER_BUDGET), "{err}");
+        let err = parse_values("a: [1, 2").expect_err("syntax");
+        assert!(err.message.starts_with("not valid YAML or JSON"), "{err}");
     }
 }

@@ -1,14 +1,15 @@
 //! Pipelines: DAGs of shell steps that say what they need before they run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{FieldError, check_name};
+use crate::limits::Limits;
 use crate::manifest::from_value;
 use crate::resources::{ResourceSpec, Resources};
-use crate::selector::PoolSelector;
+use crate::selector::{PoolSelector, check_label};
 
 /// A run's priority as written: a class name or a number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,15 +210,31 @@ pub struct Pipeline {
 }
 
 impl PipelineSpec {
-    /// Parses a pipeline document (without its `kind`) and validates it.
+    /// Parses a pipeline document (without its `kind`) and validates it within
+    /// [`Limits::default`].
     pub fn parse(value: Value) -> Result<PipelineSpec, FieldError> {
         let spec: PipelineSpec = from_value(value, "")?;
-        spec.clone().compile()?;
+        spec.resolve(&Limits::default())?;
         Ok(spec)
     }
 
-    /// Validates the spec and resolves its DAG.
+    /// Validates the spec within [`Limits::default`] and resolves its DAG; see
+    /// [`PipelineSpec::compile_with`].
     pub fn compile(self) -> Result<Pipeline, FieldError> {
+        self.compile_with(&Limits::default())
+    }
+
+    /// Validates the spec within `limits` and resolves its DAG. The step count is checked
+    /// first; the rest takes time linear in the spec's size (up to sorting each step's needs
+    /// and `O(log)` lookups of names and selectors).
+    pub fn compile_with(self, limits: &Limits) -> Result<Pipeline, FieldError> {
+        let needs = self.resolve(limits)?;
+        Ok(Pipeline { spec: self, needs })
+    }
+
+    /// Validates the spec and resolves each step's `needs` to step indices.
+    fn resolve(&self, limits: &Limits) -> Result<Vec<Vec<usize>>, FieldError> {
+        limits.check_steps(self.steps.len())?;
         check_name("name", &self.name)?;
         check_name("tenant", &self.tenant)?;
         if self.steps.is_empty() {
@@ -226,6 +243,8 @@ impl PipelineSpec {
                 "a pipeline needs at least one step",
             ));
         }
+        let any_pool = PoolSelector::default();
+        let mut selectors: BTreeSet<&PoolSelector> = BTreeSet::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (i, step) in self.steps.iter().enumerate() {
             check_name(&format!("steps[{i}].name"), &step.name)?;
@@ -254,27 +273,27 @@ impl PipelineSpec {
                     "must be greater than zero",
                 ));
             }
+            limits.check_command(i, &step.run)?;
             if let Some(pool) = &step.pool {
                 if let Some(name) = &pool.name {
                     check_name(&format!("steps[{i}].pool.name"), name)?;
                 }
-                for key in pool.labels.keys() {
-                    check_name(&format!("steps[{i}].pool.labels.{key}"), key)?;
+                for (key, value) in &pool.labels {
+                    check_label(&format!("steps[{i}].pool.labels"), key, value)?;
                 }
             }
-            for key in step.env.keys() {
-                let valid = key
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                    && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if !valid {
-                    return Err(FieldError::new(
-                        format!("steps[{i}].env.{key}"),
-                        "is not a valid environment variable name",
-                    ));
-                }
+            selectors.insert(step.pool.as_ref().unwrap_or(&any_pool));
+            if selectors.len() > limits.max_selectors {
+                return Err(FieldError::new(
+                    format!("steps[{i}].pool"),
+                    format!(
+                        "makes {} distinct pool selectors; at most {} are allowed",
+                        selectors.len(),
+                        limits.max_selectors
+                    ),
+                ));
             }
+            limits.check_env(i, &step.env)?;
             if step.timeout == Some(0) {
                 return Err(FieldError::new(
                     format!("steps[{i}].timeout"),
@@ -307,13 +326,31 @@ impl PipelineSpec {
             needs.push(deps);
         }
         if let Some(cycle) = find_cycle(&needs) {
-            let names: Vec<&str> = cycle.iter().map(|&i| self.steps[i].name.as_str()).collect();
             return Err(FieldError::new(
                 "steps",
-                format!("the needs form a cycle: {}", names.join(" -> ")),
+                format!("the needs form a cycle: {}", self.describe_cycle(&cycle)),
             ));
         }
-        Ok(Pipeline { spec: self, needs })
+        Ok(needs)
+    }
+
+    /// `a -> b -> a`; a long cycle is cut short after its first steps, so that the message
+    /// stays readable whatever the pipeline's size.
+    fn describe_cycle(&self, cycle: &[usize]) -> String {
+        const SHOWN: usize = 8;
+        let name = |i: usize| self.steps[i].name.as_str();
+        let steps = cycle.len() - 1;
+        if steps <= SHOWN {
+            let names: Vec<&str> = cycle.iter().map(|&i| name(i)).collect();
+            return names.join(" -> ");
+        }
+        let names: Vec<&str> = cycle[..SHOWN].iter().map(|&i| name(i)).collect();
+        format!(
+            "{} -> ... ({} more steps) -> {}",
+            names.join(" -> "),
+            steps - SHOWN,
+            name(cycle[0])
+        )
     }
 }
 
@@ -395,6 +432,188 @@ mod tests {
         for name in ["a", "b", "c"] {
             assert!(err.message.contains(name), "{err}");
         }
+    }
+
+    /// Two parallel chains of 10,000 steps each, `a0 <- a1 <- ...` and `b0 <- b1 <- ...`.
+    fn two_chains(len: usize) -> Value {
+        let steps: Vec<Value> = ["a", "b"]
+            .iter()
+            .flat_map(|chain| {
+                (0..len).map(move |i| {
+                    let needs: Vec<String> = (i > 0)
+                        .then(|| format!("{chain}{}", i - 1))
+                        .into_iter()
+                        .collect();
+                    json!({"name": format!("{chain}{i}"), "run": "true", "needs": needs})
+                })
+            })
+            .collect();
+        json!({"name": "p", "steps": steps})
+    }
+
+    /// Room for the large pipelines of these tests.
+    fn roomy() -> Limits {
+        Limits {
+            max_steps: 100_000,
+            ..Limits::default()
+        }
+    }
+
+    fn compile_with(doc: Value, limits: &Limits) -> Result<Pipeline, FieldError> {
+        from_value::<PipelineSpec>(doc, "")?.compile_with(limits)
+    }
+
+    #[test]
+    fn twenty_thousand_step_chains_compile() {
+        let p = compile_with(two_chains(10_000), &roomy()).expect("valid");
+        assert_eq!(p.needs.len(), 20_000);
+        assert_eq!(p.needs[0], Vec::<usize>::new());
+        assert_eq!(p.needs[9_999], vec![9_998]);
+        assert_eq!(p.needs[10_000], Vec::<usize>::new());
+        assert_eq!(p.needs[19_999], vec![19_998]);
+    }
+
+    #[test]
+    fn a_long_cycle_is_named_in_a_short_message() {
+        let mut doc = two_chains(10_000);
+        doc["steps"][0]["needs"] = json!(["a9999"]);
+        let err = compile_with(doc, &roomy()).expect_err("cycle");
+        assert_eq!(err.path, "steps");
+        assert!(err.message.contains("(9992 more steps)"), "{err}");
+        assert!(err.message.len() < 200, "{err}");
+    }
+
+    #[test]
+    fn the_step_count_is_checked_first() {
+        // Over the limit, and with a cycle: the count is what is reported.
+        let mut doc = two_chains(501);
+        doc["steps"][0]["needs"] = json!(["a500"]);
+        let err = parse(doc.clone()).expect_err("too many steps");
+        assert_eq!(
+            err.to_string(),
+            "steps: 1002 steps; at most 1000 are allowed"
+        );
+        let err = compile_with(doc, &roomy()).expect_err("cycle");
+        assert!(err.message.contains("cycle"), "{err}");
+        let few = Limits {
+            max_steps: 3,
+            ..Limits::default()
+        };
+        assert!(compile_with(two_chains(1), &few).is_ok());
+        let err = compile_with(two_chains(2), &few).expect_err("4 steps");
+        assert_eq!(err.to_string(), "steps: 4 steps; at most 3 are allowed");
+    }
+
+    #[test]
+    fn distinct_selectors_are_bounded() {
+        // Steps without a pool and with an empty selector are the one "any pool" selector.
+        let mut steps = vec![
+            json!({"name": "any", "run": "x"}),
+            json!({"name": "empty", "run": "x", "pool": {}}),
+        ];
+        steps.extend(
+            (1..32).map(|i| json!({"name": format!("s{i}"), "run": "x", "pool": format!("p{i}")})),
+        );
+        steps.push(json!({"name": "again", "run": "x", "pool": "p1"}));
+        let doc = json!({"name": "p", "steps": steps.clone()});
+        assert!(parse(doc).is_ok(), "32 selectors");
+        steps.push(json!({"name": "labelled", "run": "x", "pool": {"labels": {"gpu": "a100"}}}));
+        let err = parse(json!({"name": "p", "steps": steps})).expect_err("33 selectors");
+        assert_eq!(
+            err.to_string(),
+            "steps[34].pool: makes 33 distinct pool selectors; at most 32 are allowed"
+        );
+    }
+
+    #[test]
+    fn commands_and_environments_fit_an_exec() {
+        let step = |fields: Value| {
+            let mut step = json!({"name": "a", "run": "make"});
+            for (k, v) in fields.as_object().expect("fields") {
+                step[k] = v.clone();
+            }
+            json!({"name": "p", "steps": [{"name": "first", "run": "true"}, step]})
+        };
+        let long = |n: usize| "x".repeat(n);
+        let small = Limits {
+            max_command_bytes: 10,
+            max_env_bytes: 20,
+            ..Limits::default()
+        };
+        let cases: Vec<(Value, Limits, &str)> = vec![
+            (
+                json!({"run": "echo a\0b"}),
+                Limits::default(),
+                "steps[1].run: contains a NUL byte",
+            ),
+            (
+                json!({"run": long(131_072)}),
+                Limits::default(),
+                "steps[1].run: 131072 bytes; at most 131071 are allowed",
+            ),
+            (
+                json!({"run": long(11)}),
+                small,
+                "steps[1].run: 11 bytes; at most 10 are allowed",
+            ),
+            (
+                json!({"env": {"": "v"}}),
+                Limits::default(),
+                "steps[1].env: a variable has an empty name",
+            ),
+            (
+                json!({"env": {"A=B": "v"}}),
+                Limits::default(),
+                "steps[1].env.A=B: the name contains '='",
+            ),
+            (
+                json!({"env": {"A\0": "v"}}),
+                Limits::default(),
+                "steps[1].env.A\\0: the name contains a NUL byte",
+            ),
+            (
+                json!({"env": {"1A": "v"}}),
+                Limits::default(),
+                "steps[1].env.1A: is not a valid environment variable name (letters, digits and '_', not starting with a digit)",
+            ),
+            (
+                json!({"env": {"FOO": "a\0"}}),
+                Limits::default(),
+                "steps[1].env.FOO: the value contains a NUL byte",
+            ),
+            (
+                json!({"env": {"FOO": long(131_068)}}),
+                Limits::default(),
+                "steps[1].env.FOO: FOO=VALUE is 131072 bytes; at most 131071 are allowed (Linux's limit for one environment string)",
+            ),
+            (
+                json!({"env": {"A": long(100_000), "B": long(100_000), "C": long(100_000)}}),
+                Limits::default(),
+                "steps[1].env: 300009 bytes (KEY=VALUE and a NUL per variable); at most 262144 are allowed",
+            ),
+            (
+                json!({"env": {"A": long(10), "B": long(5)}}),
+                small,
+                "steps[1].env: 21 bytes (KEY=VALUE and a NUL per variable); at most 20 are allowed",
+            ),
+            (
+                json!({"pool": {"labels": {"gpu": "a\0"}}}),
+                Limits::default(),
+                "steps[1].pool.labels.gpu: the value contains a NUL byte",
+            ),
+        ];
+        for (fields, limits, expected) in cases {
+            let err = compile_with(step(fields.clone()), &limits).expect_err("invalid");
+            assert_eq!(err.to_string(), expected, "{fields}");
+        }
+        // Just within every bound.
+        let fits = step(json!({
+            "run": long(131_071),
+            "env": {"FOO": long(131_067), "BAR": long(100_000), "A": long(31_000)}
+        }));
+        assert!(compile_with(fits, &Limits::default()).is_ok());
+        let fits = step(json!({"run": long(10), "env": {"A": long(10), "B": long(4)}}));
+        assert!(compile_with(fits, &small).is_ok());
     }
 
     #[test]

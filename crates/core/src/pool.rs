@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::error::{FieldError, check_name};
 use crate::manifest::from_value;
 use crate::resources::{MAX_QUANTITY, ResourceSpec, Resources};
+use crate::selector::check_label;
 
 /// Who creates the workers of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -135,7 +136,7 @@ impl PoolSpec {
             return Err(FieldError::new("max_workers", "must be at least 1"));
         }
         for (key, value) in &self.labels {
-            check_name(&format!("labels.{key}"), key)?;
+            check_label("labels", key, value)?;
             if value.len() > 63 {
                 return Err(FieldError::new(
                     format!("labels.{key}"),
@@ -207,6 +208,19 @@ mod tests {
         )
         .expect_err("kubernetes");
         assert_eq!(err.path, "provider");
+    }
+
+    #[test]
+    fn labels_are_names_with_values_free_of_nul() {
+        let pool = |labels: Value| {
+            PoolSpec::parse(json!({"name": "p", "provider": "static", "labels": labels}))
+        };
+        assert!(pool(json!({"os": "linux"})).is_ok());
+        let err = pool(json!({"os": "lin\0ux"})).expect_err("NUL in a value");
+        assert_eq!(err.to_string(), "labels.os: the value contains a NUL byte");
+        let err = pool(json!({"o\0s": "linux"})).expect_err("NUL in a key");
+        assert_eq!(err.path, "labels.o\\0s");
+        assert!(err.message.contains("not a valid name"), "{err}");
     }
 
     #[test]

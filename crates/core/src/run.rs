@@ -143,27 +143,36 @@ pub fn after_attempt(step: &StepProgress, outcome: AttemptState) -> StepState {
 }
 
 /// Marks as skipped every pending step that can no longer run because something it
-/// needs did not succeed (transitively). Returns the indices it changed.
+/// needs did not succeed (transitively). Returns the indices it changed, in increasing
+/// order; linear in steps + needs.
 pub fn skip_unreachable(steps: &mut [StepProgress]) -> Vec<usize> {
-    let mut changed = Vec::new();
-    loop {
-        let next = (0..steps.len()).find(|&i| {
-            steps[i].state == StepState::Pending
-                && steps[i].needs.iter().any(|&d| {
-                    matches!(
-                        steps[d].state,
-                        StepState::Failed | StepState::Skipped | StepState::Cancelled
-                    )
-                })
-        });
-        match next {
-            Some(i) => {
-                steps[i].state = StepState::Skipped;
-                changed.push(i);
-            }
-            None => return changed,
+    let blocks = |state: StepState| {
+        matches!(
+            state,
+            StepState::Failed | StepState::Skipped | StepState::Cancelled
+        )
+    };
+    let mut dependents = vec![Vec::new(); steps.len()];
+    for (i, step) in steps.iter().enumerate() {
+        for &d in &step.needs {
+            dependents[d].push(i);
         }
     }
+    let mut blocked: Vec<usize> = (0..steps.len())
+        .filter(|&i| blocks(steps[i].state))
+        .collect();
+    let mut changed = Vec::new();
+    while let Some(d) = blocked.pop() {
+        for &i in &dependents[d] {
+            if steps[i].state == StepState::Pending {
+                steps[i].state = StepState::Skipped;
+                changed.push(i);
+                blocked.push(i);
+            }
+        }
+    }
+    changed.sort_unstable();
+    changed
 }
 
 /// Pending steps whose needs have all succeeded.
@@ -216,6 +225,24 @@ mod tests {
         ];
         assert_eq!(skip_unreachable(&mut steps), vec![1, 2]);
         assert_eq!(outcome(&steps), Some(RunState::Failed));
+    }
+
+    #[test]
+    fn failure_at_the_head_of_a_long_chain_skips_it_all() {
+        const STEPS: usize = 50_000;
+        let mut steps = vec![step(StepState::Failed, &[])];
+        steps.extend((1..STEPS).map(|i| step(StepState::Pending, &[i - 1])));
+        // The chain's second step also needs a later, independent step, and a last step
+        // needs the end of the chain.
+        steps.push(step(StepState::Pending, &[]));
+        steps[1].needs.push(STEPS);
+        steps.push(step(StepState::Pending, &[STEPS - 1]));
+        let skipped = skip_unreachable(&mut steps);
+        let mut expected: Vec<usize> = (1..STEPS).collect();
+        expected.push(STEPS + 1);
+        assert_eq!(skipped, expected);
+        assert_eq!(steps[STEPS].state, StepState::Pending);
+        assert_eq!(ready_steps(&steps), vec![STEPS]);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use crate::error::{FieldError, check_name};
+
 /// How the controller picks among the pools (or static agents) that have room.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
@@ -97,6 +99,19 @@ impl PoolSelector {
         self.name.as_deref().is_none_or(|n| n == pool)
             && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
+}
+
+/// Checks one label of a pool or a selector, under `path` (e.g. `labels`): the key is a name,
+/// the value has no NUL byte (labels reach agents' command lines and environments).
+pub fn check_label(path: &str, key: &str, value: &str) -> Result<(), FieldError> {
+    check_name(&format!("{path}.{}", key.escape_debug()), key)?;
+    if value.contains('\0') {
+        return Err(FieldError::new(
+            format!("{path}.{key}"),
+            "the value contains a NUL byte",
+        ));
+    }
+    Ok(())
 }
 
 impl fmt::Display for PoolSelector {

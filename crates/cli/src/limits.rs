@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use corral_core::limits::Limits;
 use corral_core::resources::{Resources, parse_cpu, parse_memory};
 use corral_server::engine::OutputLimits;
 use corral_server::http::HttpLimits;
@@ -34,6 +35,18 @@ pub struct LimitArgs {
     /// `max_agent` may lower it.
     #[arg(long, default_value = "cpu=1024,memory=16Ti,gpu=64", value_parser = parse_capacity)]
     max_agent: Resources,
+    /// Steps a pipeline may have.
+    #[arg(long, default_value_t = Limits::default().max_steps)]
+    max_steps: usize,
+    /// Distinct pool selectors a pipeline may use (groups of a run).
+    #[arg(long, default_value_t = Limits::default().max_selectors)]
+    max_selectors: usize,
+    /// Bytes of a step's `run` text (Linux takes at most 131071).
+    #[arg(long, default_value_t = Limits::default().max_command_bytes)]
+    max_command_bytes: usize,
+    /// Bytes a step's `env` adds to its environment.
+    #[arg(long, default_value_t = Limits::default().max_env_bytes)]
+    max_env_bytes: usize,
 }
 
 impl LimitArgs {
@@ -55,6 +68,20 @@ impl LimitArgs {
 
     pub fn max_agent(&self) -> Resources {
         self.max_agent
+    }
+
+    /// The bounds on pipelines, checked against what Linux accepts.
+    pub fn pipeline(&self) -> anyhow::Result<Limits> {
+        let limits = Limits {
+            max_steps: self.max_steps,
+            max_selectors: self.max_selectors,
+            max_command_bytes: self.max_command_bytes,
+            max_env_bytes: self.max_env_bytes,
+        };
+        limits
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--{}: {}", e.path.replace('_', "-"), e.message))?;
+        Ok(limits)
     }
 }
 

@@ -378,6 +378,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     priority_classes,
                     output: limits.output(),
                     max_agent: limits.max_agent(),
+                    limits: limits.pipeline()?,
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),

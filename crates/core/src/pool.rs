@@ -137,12 +137,6 @@ impl PoolSpec {
         }
         for (key, value) in &self.labels {
             check_label("labels", key, value)?;
-            if value.len() > 63 {
-                return Err(FieldError::new(
-                    format!("labels.{key}"),
-                    "value is longer than 63 characters",
-                ));
-            }
         }
         for (field, v) in [
             ("price.cpu_hour", self.price.cpu_hour),

@@ -101,14 +101,29 @@ impl PoolSelector {
     }
 }
 
-/// Checks one label of a pool or a selector, under `path` (e.g. `labels`): the key is a name,
-/// the value has no NUL byte (labels reach agents' command lines and environments).
+/// Checks one label of a pool, a selector or an agent, under `path` (e.g. `labels`): the key
+/// is a name; the value is empty or up to 63 letters, digits, '-', '_' or '.', as in
+/// Kubernetes. Labels reach agents' command lines (`--labels k=v,...`) and environments, so
+/// nothing in them may change how those read.
 pub fn check_label(path: &str, key: &str, value: &str) -> Result<(), FieldError> {
     check_name(&format!("{path}.{}", key.escape_debug()), key)?;
+    let field = || format!("{path}.{key}");
     if value.contains('\0') {
+        return Err(FieldError::new(field(), "the value contains a NUL byte"));
+    }
+    if value.len() > 63 {
         return Err(FieldError::new(
-            format!("{path}.{key}"),
-            "the value contains a NUL byte",
+            field(),
+            "the value is longer than 63 characters",
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(FieldError::new(
+            field(),
+            format!("{c:?} is not allowed in a label value (letters, digits, '-', '_' and '.')"),
         ));
     }
     Ok(())
@@ -139,6 +154,16 @@ impl fmt::Display for PoolSelector {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn label_values_hold_on_a_command_line() {
+        check_label("labels", "os", "linux-6.1_x86.64").expect("a plain value");
+        check_label("labels", "os", "").expect("an empty value");
+        for bad in ["a,b", "a=b", "a b", "a\0b", &"x".repeat(64)] {
+            let err = check_label("labels", "os", bad).expect_err(bad);
+            assert_eq!(err.path, "labels.os", "{bad:?}");
+        }
+    }
 
     #[test]
     fn parses_names_and_labels() {

@@ -91,6 +91,8 @@ pub struct EngineConfig {
     pub output: OutputLimits,
     /// The most an agent may declare (a pool's `max_agent` may lower it).
     pub max_agent: Resources,
+    /// Bounds on a pipeline.
+    pub limits: corral_core::limits::Limits,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +107,7 @@ impl Default for EngineConfig {
             priority_classes: PriorityClasses::default(),
             output: OutputLimits::default(),
             max_agent: Resources::new(1024 * 1000, 16 * 1024 * 1024, 64),
+            limits: corral_core::limits::Limits::default(),
         }
     }
 }
@@ -455,7 +458,7 @@ impl Engine {
             }
         }
         let spec: PipelineSpec = from_value(value, "")?;
-        let pipeline = spec.compile()?;
+        let pipeline = spec.compile_with(&self.config.limits)?;
         let priority = self
             .config
             .priority_classes

@@ -260,7 +260,8 @@ async fn a_huge_log_is_cut_at_the_cap_and_streamed() {
         "the output is cut at 64 MiB: {bytes} bytes"
     );
     let tail = String::from_utf8_lossy(&tail);
-    assert!(tail.contains("output cut"), "a marker line ends it: {tail}");
+    let last = &tail[tail.len().saturating_sub(200)..];
+    assert!(tail.contains("output cut"), "a marker line ends it: {last}");
     assert!(
         !tail.contains("still running"),
         "nothing after the cap is kept"

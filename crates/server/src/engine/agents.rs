@@ -77,6 +77,9 @@ impl Engine {
             )
             .into());
         }
+        for (key, value) in &req.labels {
+            corral_core::selector::check_label("labels", key, value)?;
+        }
         if capacity.cpu_millis == 0 || capacity.memory_mib == 0 {
             return Err(
                 FieldError::new("capacity", "cpu and memory must be greater than zero").into(),

@@ -127,17 +127,27 @@ pub struct StepProgress {
     pub state: StepState,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Of those, the attempts lost with their worker.
+    pub lost: u32,
     pub retries: u32,
     pub needs: Vec<usize>,
 }
 
+/// How many times a step is run again because its worker was lost, whatever
+/// its `retries`: a lost worker is not the step's failure (but a step that
+/// keeps killing its workers ends).
+pub const LOST_WORKER_RETRIES: u32 = 3;
+
 /// The state a step takes when an attempt ends: a failed attempt goes back to
-/// pending while retries remain.
+/// pending while retries remain; an attempt lost with its worker goes back to
+/// pending without using a retry, up to [`LOST_WORKER_RETRIES`] times.
 pub fn after_attempt(step: &StepProgress, outcome: AttemptState) -> StepState {
     match outcome {
         AttemptState::Succeeded => StepState::Succeeded,
         AttemptState::Cancelled => StepState::Cancelled,
-        _ if step.attempts <= step.retries => StepState::Pending,
+        AttemptState::Lost if step.lost <= LOST_WORKER_RETRIES => StepState::Pending,
+        AttemptState::Lost => StepState::Failed,
+        _ if step.attempts.saturating_sub(step.lost) <= step.retries => StepState::Pending,
         _ => StepState::Failed,
     }
 }
@@ -210,6 +220,7 @@ mod tests {
         StepProgress {
             state,
             attempts: 0,
+            lost: 0,
             retries: 0,
             needs: needs.to_vec(),
         }
@@ -269,6 +280,23 @@ mod tests {
             after_attempt(&s, AttemptState::Succeeded),
             StepState::Succeeded
         );
+    }
+
+    #[test]
+    fn a_lost_worker_does_not_use_a_retry_but_losses_are_bounded() {
+        let mut s = step(StepState::Running, &[]);
+        s.attempts = 1;
+        s.lost = 1;
+        assert_eq!(after_attempt(&s, AttemptState::Lost), StepState::Pending);
+        // Two losses, then a failure: the one retry is still there.
+        s.retries = 1;
+        s.attempts = 3;
+        s.lost = 2;
+        assert_eq!(after_attempt(&s, AttemptState::Failed), StepState::Pending);
+        s.attempts = 4;
+        assert_eq!(after_attempt(&s, AttemptState::Failed), StepState::Failed);
+        s.lost = LOST_WORKER_RETRIES + 1;
+        assert_eq!(after_attempt(&s, AttemptState::Lost), StepState::Failed);
     }
 
     #[test]

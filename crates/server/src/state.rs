@@ -12,7 +12,7 @@ use corral_core::controller::{
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::pool::Provider;
 use corral_core::queue::{ClassId, QueuedRun, RunQueue};
-use corral_core::run::{RunState, StepProgress, WorkerState};
+use corral_core::run::{AttemptState, RunState, StepProgress, WorkerState};
 use corral_core::usage::UsageLedger;
 use corral_store::{
     AllocationRecord, AttemptRecord, Live, MaxIds, PoolRecord, RunRecord, StepRecord, TenantRecord,
@@ -54,11 +54,20 @@ impl LiveRun {
     }
 
     pub fn progress(&self) -> Vec<StepProgress> {
+        let mut lost = vec![0u32; self.steps.len()];
+        for a in &self.attempts {
+            if a.state == AttemptState::Lost
+                && let Some(n) = lost.get_mut(a.step_idx as usize)
+            {
+                *n += 1;
+            }
+        }
         self.steps
             .iter()
             .map(|s| StepProgress {
                 state: s.state,
                 attempts: s.attempts,
+                lost: lost.get(s.idx as usize).copied().unwrap_or(0),
                 retries: self
                     .record
                     .spec

@@ -8,6 +8,7 @@ mod campaign;
 mod cli;
 mod crash;
 mod disk;
+mod dying;
 mod execution;
 mod governance;
 mod harness;

@@ -1,0 +1,97 @@
+//! A dying agent: `kill -9` of an agent mid-step takes the step's processes
+//! with it, and with default settings the step runs again on another agent
+//! soon after, without using a retry.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Server, StoreKind, eventually, temp_dir};
+
+fn millis(time: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(time.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .timestamp_millis()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has ended; only its parent has not read its status yet.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_agent_takes_its_step_with_it_and_the_step_runs_again_elsewhere() {
+    let mut server = Server::start("dying", StoreKind::Sqlite).await;
+    server
+        .apply("kind: Pool\nname: metal\nprovider: static\n---\nkind: Tenant\nname: t\n")
+        .await;
+    let mut agents = [
+        server.start_agent("metal", "left", "2", "2Gi").await,
+        server.start_agent("metal", "right", "2", "2Gi").await,
+    ];
+    eventually("both agents to join", Duration::from_secs(20), || async {
+        let pool: Value = server.get("/api/v1/pools/metal").await;
+        (pool["agents"] == 2).then_some(())
+    })
+    .await;
+
+    // The first attempt records the pids of its shell and of a child and a
+    // grandchild it leaves in the background, then says where it runs.
+    let pids = temp_dir("dying-pids").join("pids");
+    let script = format!(
+        "if [ ! -e {p} ]; then (sleep 300 & echo $! >> {p}; wait) & echo $! >> {p}; echo $$ >> {p}; pwd; sleep 300; fi; echo done",
+        p = pids.display()
+    );
+    let run = server
+        .submit(&format!(
+            "kind: Pipeline\nname: job\ntenant: t\nsteps:\n  - name: work\n    run: '{script}'\n    pool: metal\n    resources: {{cpu: 2, memory: 1Gi}}\n"
+        ))
+        .await;
+    let id = run["id"].as_i64().expect("id");
+    let victim = eventually("the step to start", Duration::from_secs(20), || async {
+        let (_, logs) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
+        agents
+            .iter()
+            .position(|a| logs.contains(&*a.work_dir.to_string_lossy()))
+    })
+    .await;
+    let recorded: Vec<i32> = eventually("the step's pids", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (pids.len() == 3).then_some(pids)
+    })
+    .await;
+    assert!(
+        recorded.iter().all(|p| alive(*p)),
+        "the step runs: {recorded:?}"
+    );
+
+    let killed_at = chrono::Utc::now().timestamp_millis();
+    agents[victim].kill9();
+    // Every process of the step is gone within a second.
+    eventually(
+        &format!("the step's processes {recorded:?} to die with their agent"),
+        Duration::from_secs(1),
+        || std::future::ready(recorded.iter().all(|p| !alive(*p)).then_some(())),
+    )
+    .await;
+
+    let done = server.wait_run_ended(id, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let attempts = done["steps"][0]["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{done:#}");
+    assert_eq!(attempts[0]["state"], "lost");
+    assert_ne!(attempts[0]["worker_id"], attempts[1]["worker_id"]);
+    // With default settings, and no retries asked for, the step started again
+    // within 10 s of the kill (the server's own timestamps).
+    let restarted_after = millis(&attempts[1]["started_at"]) - killed_at;
+    println!("the step started again {restarted_after} ms after its agent was killed");
+    assert!(
+        restarted_after < 10_000,
+        "retried within 10 s: {restarted_after} ms"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, check_history};
+use crate::harness::{Server, StoreKind, check_history, eventually};
 
 const CLUSTER: &str = r#"
 kind: Pool
@@ -56,6 +56,13 @@ impl Seeded {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
+}
+
+async fn count_ended(server: &Server) -> usize {
+    let runs: Vec<Value> = server.get("/api/v1/runs?limit=1000").await;
+    runs.iter()
+        .filter(|r| r["state"].as_str().is_some_and(ended))
+        .count()
 }
 
 fn ended(state: &str) -> bool {
@@ -130,13 +137,21 @@ async fn campaign(store: StoreKind, seed: u64) {
             submitted.insert(run["id"].as_i64().expect("id"));
             next += 1;
         }
-        let pause = Duration::from_millis(rng.below(2500));
-        tokio::time::sleep(pause).await;
+        // The moment: once a random number of further runs have ended (none:
+        // right after the submissions).
+        let ended_before = count_ended(&server).await;
+        let more = rng.below(8) as usize;
+        eventually(
+            &format!("{more} more runs to end"),
+            Duration::from_secs(120),
+            || async { (count_ended(&server).await >= ended_before + more).then_some(()) },
+        )
+        .await;
         server.restart().await;
         check_invariants(
             &server,
             &submitted,
-            &format!("after kill {kill} ({pause:?} after a wave)"),
+            &format!("after kill {kill} ({more} runs after a wave)"),
         )
         .await;
     }

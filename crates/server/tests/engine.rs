@@ -11,7 +11,7 @@ use corral_core::ids::{RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents};
 use corral_core::run::{AttemptState, RunState};
 use corral_core::selector::PlacementPolicy;
-use corral_server::auth::{Caller, Principal};
+use corral_server::auth::{self, Caller, Principal};
 use corral_server::engine::{Engine, EngineConfig};
 use corral_server::provider::LocalProvider;
 use corral_store::SqlStore;
@@ -504,6 +504,75 @@ async fn a_retried_registration_keeps_its_worker_and_what_it_runs() {
         !state.workers.contains_key(&first),
         "the earlier self is gone"
     );
+}
+
+const LOCAL: &str =
+    "kind: Pool\nname: box\ncapacity: {cpu: 2, memory: 2Gi}\n---\nkind: Tenant\nname: t\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spawned_agent_retrying_its_registration_finds_its_worker_even_after_a_restart() {
+    let h = Harness::new("spawn-retry", LOCAL).await;
+    let credential = auth::new_spawn_secret();
+    let now = h.engine.now();
+    h.engine.credentials().grant_spawn(
+        auth::hash(&credential),
+        auth::SpawnGrant {
+            pool: "box".into(),
+            name: "box-1".into(),
+            expires_at: now.plus_millis(60_000),
+        },
+        now,
+    );
+    let request = || RegisterRequest {
+        pool: "box".into(),
+        name: "box-1".into(),
+        instance: Some("workers".into()),
+        incarnation: Some("process-1".into()),
+        capacity: ResourcesView {
+            cpu_millis: 1000,
+            memory_mib: 1024,
+            gpu: 0,
+        },
+        labels: Default::default(),
+    };
+    let caller = h
+        .engine
+        .credentials()
+        .resolve(&credential, now)
+        .expect("a spawn credential");
+    let (worker, secret) = h
+        .engine
+        .register(&caller, &credential, request())
+        .await
+        .expect("register");
+    assert_eq!(
+        secret, credential,
+        "the credential is now the worker's secret"
+    );
+    // The answer was lost; the agent sends the same registration again, to
+    // this server and then to its next incarnation.
+    for h in [&h, &h.restart().await] {
+        let caller = h
+            .engine
+            .credentials()
+            .resolve(&credential, h.engine.now())
+            .expect("the worker's secret");
+        assert_eq!(caller, Caller::Worker(worker));
+        let (again, secret) = h
+            .engine
+            .register(&caller, &credential, request())
+            .await
+            .expect("a retry");
+        assert_eq!((again, secret.as_str()), (worker, credential.as_str()));
+    }
+    // Another process cannot use it to register.
+    let caller = Caller::Worker(worker);
+    let mut other = request();
+    other.incarnation = Some("process-2".into());
+    h.engine
+        .register(&caller, &credential, other)
+        .await
+        .expect_err("a worker's secret registers nothing else");
 }
 
 #[tokio::test(flavor = "multi_thread")]

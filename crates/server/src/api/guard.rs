@@ -133,7 +133,9 @@ pub async fn guard(
                 "agent calls are made with the secret the worker got at registration".into(),
             );
         }
-        (Access::Register, caller @ Caller::Spawned { .. }) => {
+        // A worker's secret registers only as a retry of that worker's own
+        // registration (its spawn credential became its secret): the engine checks.
+        (Access::Register, caller @ (Caller::Spawned { .. } | Caller::Worker(_))) => {
             request.extensions_mut().insert(caller);
         }
         (_, Caller::Token(principal)) if access.allows(&principal.role) => {

@@ -65,8 +65,9 @@ fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<i64, Slot>> {
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let client = Client::new(&config.server, &config.token, config.ca_cert.as_deref())?;
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
+    let incarnation = incarnation();
     loop {
-        let (worker, secret) = register(&client, &config).await?;
+        let (worker, secret) = register(&client, &config, &incarnation).await?;
         tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
         serve(&client.with_bearer(&secret), &config, worker, &running).await;
         if config.ephemeral {
@@ -94,12 +95,25 @@ fn instance(work_dir: &std::path::Path) -> Option<String> {
     Some(id)
 }
 
+/// Random, once per start of this process: the server tells a registration
+/// retried by this process from one by a restart of it.
+fn incarnation() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system provides random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Registers this agent; returns its worker id and the secret of its calls.
-async fn register(client: &Client, config: &AgentConfig) -> Result<(i64, String), AgentError> {
+async fn register(
+    client: &Client,
+    config: &AgentConfig,
+    incarnation: &str,
+) -> Result<(i64, String), AgentError> {
     let req = RegisterRequest {
         pool: config.pool.clone(),
         name: config.name.clone(),
         instance: instance(&config.work_dir),
+        incarnation: Some(incarnation.to_string()),
         capacity: config.capacity,
         labels: config.labels.clone(),
     };
@@ -193,5 +207,18 @@ async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Run
                 lock(&running).remove(&id);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incarnations_are_128_random_bits_in_hex() {
+        let (a, b) = (incarnation(), incarnation());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
     }
 }

@@ -244,6 +244,10 @@ pub struct RegisterRequest {
     /// replaces its earlier self at once; another under the same name is refused.
     #[serde(default)]
     pub instance: Option<String>,
+    /// Random per start of the agent process: a registration retried by the
+    /// same process carries the same incarnation, a restarted agent a new one.
+    #[serde(default)]
+    pub incarnation: Option<String>,
     pub capacity: ResourcesView,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -290,6 +294,10 @@ pub struct Assignment {
     pub timeout_secs: Option<u64>,
     /// Directory name of the run's workspace on the worker.
     pub workspace: String,
+    /// The agent ships at most this many bytes of the attempt's output, then a
+    /// line saying it was cut; the step goes on. Unlimited when left out.
+    #[serde(default)]
+    pub max_output_bytes: Option<u64>,
 }
 
 /// A piece of an attempt's output at a byte offset; sending it again is harmless.

@@ -160,6 +160,7 @@ impl Harness {
                     pool: pool.into(),
                     name: name.into(),
                     instance: Some(instance.into()),
+                    incarnation: None,
                     capacity: ResourcesView {
                         cpu_millis: cpu * 1000,
                         memory_mib: 8192,

@@ -258,6 +258,7 @@ impl Engine {
                     env,
                     timeout_secs: step.timeout,
                     workspace: format!("run-{}", run.record.id),
+                    max_output_bytes: None,
                 });
                 delivered.push(attempt.id);
             }

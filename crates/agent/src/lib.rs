@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_api::{PollRequest, RegisterRequest, ResourcesView};
+use corral_api::{PollRequest, RegisterRequest, RegisterResponse, ResourcesView};
 
 use crate::client::{CallError, Client, with_retry};
 
@@ -67,9 +67,12 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
     let incarnation = incarnation();
     loop {
-        let (worker, secret) = register(&client, &config, &incarnation).await?;
+        let registered = register(&client, &config, &incarnation).await?;
+        let worker = registered.worker_id;
         tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
-        serve(&client.with_bearer(&secret), &config, worker, &running).await;
+        let wait_ms = poll_wait_ms(registered.heartbeat_timeout_ms);
+        let calls = client.with_bearer(&registered.worker_secret);
+        serve(&calls, &config, worker, wait_ms, &running).await;
         if config.ephemeral {
             return Ok(());
         }
@@ -103,12 +106,19 @@ fn incarnation() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Registers this agent; returns its worker id and the secret of its calls.
+/// How long the server may hold a poll, which is the agent's heartbeat: a third
+/// of the heartbeat timeout (within 200 ms and 10 s), so polls arrive well
+/// within it.
+fn poll_wait_ms(heartbeat_timeout_ms: u64) -> u64 {
+    (heartbeat_timeout_ms / 3).clamp(200, 10_000)
+}
+
+/// Registers this agent.
 async fn register(
     client: &Client,
     config: &AgentConfig,
     incarnation: &str,
-) -> Result<(i64, String), AgentError> {
+) -> Result<RegisterResponse, AgentError> {
     let req = RegisterRequest {
         pool: config.pool.clone(),
         name: config.name.clone(),
@@ -119,13 +129,18 @@ async fn register(
     };
     with_retry("register", || client.register(&req))
         .await
-        .map(|r| (r.worker_id, r.worker_secret))
         .map_err(|(status, message)| AgentError::Refused { status, message })
 }
 
 /// Polls and runs assignments until the server says to shut down (or, for an
 /// ephemeral agent, the server stays away too long).
-async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Running) {
+async fn serve(
+    client: &Client,
+    config: &AgentConfig,
+    worker: i64,
+    wait_ms: u64,
+    running: &Running,
+) {
     let mut unreachable_since: Option<Instant> = None;
     loop {
         let req = PollRequest {
@@ -134,7 +149,7 @@ async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Run
                 .filter(|(_, slot)| !slot.cancelled)
                 .map(|(id, _)| *id)
                 .collect(),
-            wait_ms: 10_000,
+            wait_ms,
         };
         let response = match client.poll(worker, &req).await {
             Ok(r) => {
@@ -213,6 +228,24 @@ async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Run
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polls_are_held_a_third_of_the_heartbeat_timeout_within_bounds() {
+        for (timeout, wait) in [
+            (6_000, 2_000),
+            (30_000, 10_000),
+            (60_000, 10_000),
+            (900, 300),
+            (300, 200),
+            (0, 200),
+        ] {
+            assert_eq!(
+                poll_wait_ms(timeout),
+                wait,
+                "heartbeat timeout {timeout} ms"
+            );
+        }
+    }
 
     #[test]
     fn incarnations_are_128_random_bits_in_hex() {

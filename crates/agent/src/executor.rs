@@ -1,19 +1,20 @@
 //! Runs one attempt: `sh -c` in the run's workspace, in its own process group so
-//! a timeout or a cancel kills everything it started; streams its output back in
-//! chunks and reports how it ended.
+//! a timeout or a cancel kills everything it started; streams its output back
+//! and reports how it ended.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use corral_api::{Assignment, LogAppend, ReportRequest};
+use corral_api::{Assignment, ReportRequest};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::client::{Client, with_retry};
+use crate::output;
 
 /// How the process ended, before it is reported.
 pub struct Outcome {
@@ -43,56 +44,6 @@ async fn pump(mut reader: impl AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>>) {
     }
 }
 
-/// Ships output to the server in chunks, at most every 100 ms or 64 KiB, each at
-/// its byte offset so a resend is harmless. Holds back a split UTF-8 character.
-async fn ship_logs(client: Client, worker: i64, attempt: i64, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut offset: u64 = 0;
-    let mut open = true;
-    let mut give_up = false;
-    while open {
-        let first = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
-        match first {
-            Ok(Some(bytes)) => pending.extend(bytes),
-            Ok(None) => open = false,
-            Err(_) => {}
-        }
-        while pending.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(bytes) => pending.extend(bytes),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
-        }
-        let cut = match std::str::from_utf8(&pending) {
-            Ok(_) => pending.len(),
-            Err(e) if e.error_len().is_none() && open => e.valid_up_to(),
-            Err(_) => pending.len(),
-        };
-        if cut == 0 || give_up {
-            pending.drain(..cut);
-            continue;
-        }
-        let data = String::from_utf8_lossy(&pending[..cut]).into_owned();
-        pending.drain(..cut);
-        let chunk = LogAppend { offset, data };
-        offset += chunk.data.len() as u64;
-        if let Err((status, text)) =
-            with_retry("log", || client.append_log(worker, attempt, &chunk)).await
-        {
-            tracing::warn!(attempt, status, %text, "the server refused output; dropping the rest");
-            give_up = true;
-        }
-    }
-}
-
-/// Runs the assignment to its end (or its timeout, or a kill of its process
-/// group), ships its output and reports the outcome, retrying until the server
-/// has it. `started` gets the process group once it runs; `exited` is called as
-/// soon as the process has ended, before the report.
 /// The variables that configure the agent itself, kept from its steps.
 const AGENT_SETTINGS: [&str; 5] = [
     "CORRAL_TOKEN",
@@ -102,6 +53,10 @@ const AGENT_SETTINGS: [&str; 5] = [
     "CORRAL_DATABASE_URL",
 ];
 
+/// Runs the assignment to its end (or its timeout, or a kill of its process
+/// group), ships its output and reports the outcome, retrying until the server
+/// has it. `started` gets the process group once it runs; `exited` is called as
+/// soon as the process has ended, before the report.
 pub async fn execute(
     client: Client,
     worker: i64,
@@ -112,7 +67,15 @@ pub async fn execute(
 ) {
     let attempt = assignment.attempt_id;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
-    let shipper = tokio::spawn(ship_logs(client.clone(), worker, attempt, rx));
+    let log_client = client.clone();
+    let shipper = tokio::spawn(output::ship(
+        attempt,
+        assignment.max_output_bytes,
+        rx,
+        async move |chunk| {
+            with_retry("log", || log_client.append_log(worker, attempt, &chunk)).await
+        },
+    ));
     let outcome = run_process(work_dir, &assignment, tx, started).await;
     exited();
     let _ = shipper.await;

@@ -4,6 +4,7 @@
 
 mod client;
 mod executor;
+mod output;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 
 mod client;
 mod executor;
+mod guard;
 mod output;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,12 +16,21 @@ use corral_api::{PollRequest, RegisterRequest, RegisterResponse, ResourcesView};
 
 use crate::client::{CallError, Client, with_retry};
 
+pub use crate::guard::{STEP_GUARD, step_guard};
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
     #[error("the server refused to register this agent ({status}): {message}")]
     Refused { status: u16, message: String },
+    #[error("the step's guard cannot {what}: {errno}")]
+    Guard {
+        what: &'static str,
+        errno: nix::errno::Errno,
+    },
+    #[error("cannot start sh: {0}")]
+    Shell(nix::errno::Errno),
 }
 
 #[derive(Debug, Clone)]
@@ -47,8 +57,8 @@ pub struct AgentConfig {
 /// An attempt running here.
 #[derive(Debug, Default, Clone, Copy)]
 struct Slot {
-    /// Its process group while the process runs.
-    pgid: Option<u32>,
+    /// The pid of its step's guard while the guard runs.
+    guard: Option<u32>,
     /// Killed on the server's word: no longer reported as running.
     cancelled: bool,
 }
@@ -179,16 +189,16 @@ async fn serve(
             if let Some(slot) = lock(running).get_mut(id) {
                 tracing::info!(attempt = id, "cancelling");
                 slot.cancelled = true;
-                if let Some(pgid) = slot.pgid {
-                    executor::kill_group(pgid);
+                if let Some(guard) = slot.guard {
+                    executor::stop(guard);
                 }
             }
         }
         if response.shutdown {
             for slot in lock(running).values_mut() {
                 slot.cancelled = true;
-                if let Some(pgid) = slot.pgid {
-                    executor::kill_group(pgid);
+                if let Some(guard) = slot.guard {
+                    executor::stop(guard);
                 }
             }
             return;
@@ -205,18 +215,18 @@ async fn serve(
             let work_dir = config.work_dir.clone();
             let running = running.clone();
             tokio::spawn(async move {
-                let on_start = |pgid: u32| {
+                let on_start = |guard: u32| {
                     if let Some(slot) = lock(&running).get_mut(&id) {
                         // Cancelled before it started: it does not get to run.
                         if slot.cancelled {
-                            executor::kill_group(pgid);
+                            executor::stop(guard);
                         }
-                        slot.pgid = Some(pgid);
+                        slot.guard = Some(guard);
                     }
                 };
                 let on_exit = || {
                     if let Some(slot) = lock(&running).get_mut(&id) {
-                        slot.pgid = None;
+                        slot.guard = None;
                     }
                 };
                 executor::execute(client, worker, &work_dir, assignment, on_start, on_exit).await;

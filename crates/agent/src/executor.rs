@@ -1,19 +1,21 @@
-//! Runs one attempt: `sh -c` in the run's workspace, in its own process group so
-//! a timeout or a cancel kills everything it started; streams its output back in
-//! chunks and reports how it ended.
+//! Runs one attempt: `sh -c` in the run's workspace under a step guard (see
+//! `guard.rs`), so a timeout, a cancel or the agent's own death kills everything
+//! it started; streams its output back and reports how it ended.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use corral_api::{Assignment, LogAppend, ReportRequest};
-use nix::sys::signal::{Signal, killpg};
+use corral_api::{Assignment, ReportRequest};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::client::{Client, with_retry};
+use crate::guard::STEP_GUARD;
+use crate::output;
 
 /// How the process ended, before it is reported.
 pub struct Outcome {
@@ -22,10 +24,12 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// Kills a step's whole process group.
-pub fn kill_group(pgid: u32) {
-    if let Ok(pid) = i32::try_from(pgid) {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+/// Stops a step: its guard kills the step's process group and everything left
+/// under it, then ends.
+pub fn stop(guard: u32) {
+    // Never pid 0, which would signal the agent's own process group.
+    if let Ok(pid @ 1..) = i32::try_from(guard) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
 }
 
@@ -43,56 +47,6 @@ async fn pump(mut reader: impl AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>>) {
     }
 }
 
-/// Ships output to the server in chunks, at most every 100 ms or 64 KiB, each at
-/// its byte offset so a resend is harmless. Holds back a split UTF-8 character.
-async fn ship_logs(client: Client, worker: i64, attempt: i64, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut offset: u64 = 0;
-    let mut open = true;
-    let mut give_up = false;
-    while open {
-        let first = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
-        match first {
-            Ok(Some(bytes)) => pending.extend(bytes),
-            Ok(None) => open = false,
-            Err(_) => {}
-        }
-        while pending.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(bytes) => pending.extend(bytes),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
-        }
-        let cut = match std::str::from_utf8(&pending) {
-            Ok(_) => pending.len(),
-            Err(e) if e.error_len().is_none() && open => e.valid_up_to(),
-            Err(_) => pending.len(),
-        };
-        if cut == 0 || give_up {
-            pending.drain(..cut);
-            continue;
-        }
-        let data = String::from_utf8_lossy(&pending[..cut]).into_owned();
-        pending.drain(..cut);
-        let chunk = LogAppend { offset, data };
-        offset += chunk.data.len() as u64;
-        if let Err((status, text)) =
-            with_retry("log", || client.append_log(worker, attempt, &chunk)).await
-        {
-            tracing::warn!(attempt, status, %text, "the server refused output; dropping the rest");
-            give_up = true;
-        }
-    }
-}
-
-/// Runs the assignment to its end (or its timeout, or a kill of its process
-/// group), ships its output and reports the outcome, retrying until the server
-/// has it. `started` gets the process group once it runs; `exited` is called as
-/// soon as the process has ended, before the report.
 /// The variables that configure the agent itself, kept from its steps.
 const AGENT_SETTINGS: [&str; 5] = [
     "CORRAL_TOKEN",
@@ -102,6 +56,10 @@ const AGENT_SETTINGS: [&str; 5] = [
     "CORRAL_DATABASE_URL",
 ];
 
+/// Runs the assignment to its end (or its timeout, or a [`stop`]), ships its
+/// output and reports the outcome, retrying until the server has it. `started`
+/// gets the pid of the step's guard once it runs; `exited` is called as soon as
+/// the guard has ended, before the report.
 pub async fn execute(
     client: Client,
     worker: i64,
@@ -112,7 +70,15 @@ pub async fn execute(
 ) {
     let attempt = assignment.attempt_id;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
-    let shipper = tokio::spawn(ship_logs(client.clone(), worker, attempt, rx));
+    let log_client = client.clone();
+    let shipper = tokio::spawn(output::ship(
+        attempt,
+        assignment.max_output_bytes,
+        rx,
+        async move |chunk| {
+            with_retry("log", || log_client.append_log(worker, attempt, &chunk)).await
+        },
+    ));
     let outcome = run_process(work_dir, &assignment, tx, started).await;
     exited();
     let _ = shipper.await;
@@ -147,14 +113,20 @@ async fn run_process(
         };
     }
     let env: BTreeMap<&String, &String> = a.env.iter().collect();
-    let mut command = tokio::process::Command::new("sh");
+    // This very binary, as a step guard; through /proc/self/exe, which still
+    // works when the binary's file has been replaced by an upgrade.
+    let mut command = tokio::process::Command::new("/proc/self/exe");
+    if let Some(name) = std::env::args_os().next() {
+        command.arg0(name);
+    }
     // The agent's own settings (its token above all) are not its steps'
     // business; what its worker was given (CORRAL_POOL, a pool's env) is.
     for key in AGENT_SETTINGS {
         command.env_remove(key);
     }
     let spawned = command
-        .arg("-c")
+        .arg(STEP_GUARD)
+        .arg(std::process::id().to_string())
         .arg(&a.command)
         .current_dir(&workspace)
         .envs(env)
@@ -162,7 +134,6 @@ async fn run_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
         .spawn();
     let mut child = match spawned {
         Ok(c) => c,
@@ -170,12 +141,12 @@ async fn run_process(
             return Outcome {
                 outcome: "failed",
                 exit_code: None,
-                error: Some(format!("cannot start sh: {e}")),
+                error: Some(format!("cannot start the step's guard: {e}")),
             };
         }
     };
-    let pgid = child.id().unwrap_or(0);
-    started(pgid);
+    let guard = child.id().unwrap_or(0);
+    started(guard);
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
         pumps.push(tokio::spawn(pump(out, tx.clone())));
@@ -189,10 +160,9 @@ async fn run_process(
         Some(limit) => tokio::time::timeout(limit, child.wait()).await,
         None => Ok(child.wait().await),
     };
-    // Whatever it left behind in its group goes with it.
-    kill_group(pgid);
     let outcome = match waited {
         Err(_) => {
+            stop(guard);
             let _ = child.wait().await;
             Outcome {
                 outcome: "timedout",
@@ -223,7 +193,7 @@ async fn run_process(
             },
         },
     };
-    // A process that escaped the group may hold the pipes open: do not wait forever.
+    // A process that escaped the guard may hold the pipes open: do not wait forever.
     for p in pumps {
         let abort = p.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), p)

@@ -4,15 +4,19 @@
 
 mod client;
 mod executor;
+mod guard;
+mod output;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_api::{PollRequest, RegisterRequest, ResourcesView};
+use corral_api::{PollRequest, RegisterRequest, RegisterResponse, ResourcesView};
 
 use crate::client::{CallError, Client, with_retry};
+
+pub use crate::guard::{STEP_GUARD, step_guard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -20,6 +24,13 @@ pub enum AgentError {
     Http(String),
     #[error("the server refused to register this agent ({status}): {message}")]
     Refused { status: u16, message: String },
+    #[error("the step's guard cannot {what}: {errno}")]
+    Guard {
+        what: &'static str,
+        errno: nix::errno::Errno,
+    },
+    #[error("cannot start sh: {0}")]
+    Shell(nix::errno::Errno),
 }
 
 #[derive(Debug, Clone)]
@@ -46,8 +57,8 @@ pub struct AgentConfig {
 /// An attempt running here.
 #[derive(Debug, Default, Clone, Copy)]
 struct Slot {
-    /// Its process group while the process runs.
-    pgid: Option<u32>,
+    /// The pid of its step's guard while the guard runs.
+    guard: Option<u32>,
     /// Killed on the server's word: no longer reported as running.
     cancelled: bool,
 }
@@ -65,10 +76,14 @@ fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<i64, Slot>> {
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let client = Client::new(&config.server, &config.token, config.ca_cert.as_deref())?;
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
+    let incarnation = incarnation();
     loop {
-        let (worker, secret) = register(&client, &config).await?;
+        let registered = register(&client, &config, &incarnation).await?;
+        let worker = registered.worker_id;
         tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
-        serve(&client.with_bearer(&secret), &config, worker, &running).await;
+        let wait_ms = poll_wait_ms(registered.heartbeat_timeout_ms);
+        let calls = client.with_bearer(&registered.worker_secret);
+        serve(&calls, &config, worker, wait_ms, &running).await;
         if config.ephemeral {
             return Ok(());
         }
@@ -94,25 +109,49 @@ fn instance(work_dir: &std::path::Path) -> Option<String> {
     Some(id)
 }
 
-/// Registers this agent; returns its worker id and the secret of its calls.
-async fn register(client: &Client, config: &AgentConfig) -> Result<(i64, String), AgentError> {
+/// Random, once per start of this process: the server tells a registration
+/// retried by this process from one by a restart of it.
+fn incarnation() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system provides random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How long the server may hold a poll, which is the agent's heartbeat: a third
+/// of the heartbeat timeout (within 200 ms and 10 s), so polls arrive well
+/// within it.
+fn poll_wait_ms(heartbeat_timeout_ms: u64) -> u64 {
+    (heartbeat_timeout_ms / 3).clamp(200, 10_000)
+}
+
+/// Registers this agent.
+async fn register(
+    client: &Client,
+    config: &AgentConfig,
+    incarnation: &str,
+) -> Result<RegisterResponse, AgentError> {
     let req = RegisterRequest {
         pool: config.pool.clone(),
         name: config.name.clone(),
         instance: instance(&config.work_dir),
-        incarnation: None,
+        incarnation: Some(incarnation.to_string()),
         capacity: config.capacity,
         labels: config.labels.clone(),
     };
     with_retry("register", || client.register(&req))
         .await
-        .map(|r| (r.worker_id, r.worker_secret))
         .map_err(|(status, message)| AgentError::Refused { status, message })
 }
 
 /// Polls and runs assignments until the server says to shut down (or, for an
 /// ephemeral agent, the server stays away too long).
-async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Running) {
+async fn serve(
+    client: &Client,
+    config: &AgentConfig,
+    worker: i64,
+    wait_ms: u64,
+    running: &Running,
+) {
     let mut unreachable_since: Option<Instant> = None;
     loop {
         let req = PollRequest {
@@ -121,7 +160,7 @@ async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Run
                 .filter(|(_, slot)| !slot.cancelled)
                 .map(|(id, _)| *id)
                 .collect(),
-            wait_ms: 10_000,
+            wait_ms,
         };
         let response = match client.poll(worker, &req).await {
             Ok(r) => {
@@ -150,16 +189,16 @@ async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Run
             if let Some(slot) = lock(running).get_mut(id) {
                 tracing::info!(attempt = id, "cancelling");
                 slot.cancelled = true;
-                if let Some(pgid) = slot.pgid {
-                    executor::kill_group(pgid);
+                if let Some(guard) = slot.guard {
+                    executor::stop(guard);
                 }
             }
         }
         if response.shutdown {
             for slot in lock(running).values_mut() {
                 slot.cancelled = true;
-                if let Some(pgid) = slot.pgid {
-                    executor::kill_group(pgid);
+                if let Some(guard) = slot.guard {
+                    executor::stop(guard);
                 }
             }
             return;
@@ -176,23 +215,54 @@ async fn serve(client: &Client, config: &AgentConfig, worker: i64, running: &Run
             let work_dir = config.work_dir.clone();
             let running = running.clone();
             tokio::spawn(async move {
-                let on_start = |pgid: u32| {
+                let on_start = |guard: u32| {
                     if let Some(slot) = lock(&running).get_mut(&id) {
                         // Cancelled before it started: it does not get to run.
                         if slot.cancelled {
-                            executor::kill_group(pgid);
+                            executor::stop(guard);
                         }
-                        slot.pgid = Some(pgid);
+                        slot.guard = Some(guard);
                     }
                 };
                 let on_exit = || {
                     if let Some(slot) = lock(&running).get_mut(&id) {
-                        slot.pgid = None;
+                        slot.guard = None;
                     }
                 };
                 executor::execute(client, worker, &work_dir, assignment, on_start, on_exit).await;
                 lock(&running).remove(&id);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_are_held_a_third_of_the_heartbeat_timeout_within_bounds() {
+        for (timeout, wait) in [
+            (6_000, 2_000),
+            (30_000, 10_000),
+            (60_000, 10_000),
+            (900, 300),
+            (300, 200),
+            (0, 200),
+        ] {
+            assert_eq!(
+                poll_wait_ms(timeout),
+                wait,
+                "heartbeat timeout {timeout} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn incarnations_are_128_random_bits_in_hex() {
+        let (a, b) = (incarnation(), incarnation());
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
     }
 }

@@ -368,8 +368,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// `kill -9` the agent only; the steps it started live on in their own
-    /// process groups until the test's end.
+    /// `kill -9` the agent only; its steps' guards then kill the steps.
     pub fn kill9(&mut self) {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));
         kill(pid, Signal::SIGKILL).expect("kill -9 the agent");

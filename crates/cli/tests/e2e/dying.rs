@@ -6,13 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, eventually, temp_dir};
-
-fn millis(time: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(time.as_str().expect("a time"))
-        .expect("RFC 3339")
-        .timestamp_millis()
-}
+use crate::harness::{Server, StoreKind, eventually, millis, temp_dir};
 
 fn alive(pid: i32) -> bool {
     // A zombie has ended; only its parent has not read its status yet.
@@ -26,18 +20,7 @@ fn alive(pid: i32) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_agent_takes_its_step_with_it_and_the_step_runs_again_elsewhere() {
     let mut server = Server::start("dying", StoreKind::Sqlite).await;
-    server
-        .apply("kind: Pool\nname: metal\nprovider: static\n---\nkind: Tenant\nname: t\n")
-        .await;
-    let mut agents = [
-        server.start_agent("metal", "left", "2", "2Gi").await,
-        server.start_agent("metal", "right", "2", "2Gi").await,
-    ];
-    eventually("both agents to join", Duration::from_secs(20), || async {
-        let pool: Value = server.get("/api/v1/pools/metal").await;
-        (pool["agents"] == 2).then_some(())
-    })
-    .await;
+    let mut agents = server.static_pool_of_two("metal").await;
 
     // The first attempt records the pids of its shell and of a child and a
     // grandchild it leaves in the background, then says where it runs.
@@ -52,13 +35,7 @@ async fn a_killed_agent_takes_its_step_with_it_and_the_step_runs_again_elsewhere
         ))
         .await;
     let id = run["id"].as_i64().expect("id");
-    let victim = eventually("the step to start", Duration::from_secs(20), || async {
-        let (_, logs) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
-        agents
-            .iter()
-            .position(|a| logs.contains(&*a.work_dir.to_string_lossy()))
-    })
-    .await;
+    let victim = server.agent_running(id, &agents).await;
     let recorded: Vec<i32> = eventually("the step's pids", Duration::from_secs(10), || async {
         let text = std::fs::read_to_string(&pids).unwrap_or_default();
         let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();

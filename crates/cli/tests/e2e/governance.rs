@@ -5,13 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, eventually, no_process_matches};
-
-fn millis(time: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(time.as_str().expect("a time"))
-        .expect("RFC 3339")
-        .timestamp_millis()
-}
+use crate::harness::{Server, StoreKind, eventually, millis, no_process_matches};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_static_agent_is_lost_and_its_step_retried_on_the_other() {
@@ -21,18 +15,7 @@ async fn a_killed_static_agent_is_lost_and_its_step_retried_on_the_other() {
         &["--heartbeat-timeout", "4"],
     )
     .await;
-    server
-        .apply("kind: Pool\nname: metal\nprovider: static\n---\nkind: Tenant\nname: t\n")
-        .await;
-    let mut agents = [
-        server.start_agent("metal", "left", "2", "2Gi").await,
-        server.start_agent("metal", "right", "2", "2Gi").await,
-    ];
-    eventually("both agents to join", Duration::from_secs(20), || async {
-        let pool: Value = server.get("/api/v1/pools/metal").await;
-        (pool["agents"] == 2 && pool["capacity"]["cpu_millis"] == 4000).then_some(())
-    })
-    .await;
+    let mut agents = server.static_pool_of_two("metal").await;
 
     // Prints where it runs, then works long enough to be caught mid-step.
     let run = server
@@ -41,13 +24,7 @@ async fn a_killed_static_agent_is_lost_and_its_step_retried_on_the_other() {
         )
         .await;
     let id = run["id"].as_i64().expect("id");
-    let victim = eventually("the step to start", Duration::from_secs(20), || async {
-        let (_, logs) = server.get_text(&format!("/api/v1/runs/{id}/logs")).await;
-        agents
-            .iter()
-            .position(|a| logs.contains(&*a.work_dir.to_string_lossy()))
-    })
-    .await;
+    let victim = server.agent_running(id, &agents).await;
     let killed_at = chrono::Utc::now().timestamp_millis();
     agents[victim].kill9();
 

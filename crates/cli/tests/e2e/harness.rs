@@ -211,6 +211,39 @@ impl Server {
         self.start_agent_with(pool, name, cpu, memory, &work_dir, &token)
     }
 
+    /// Makes `pool` a static pool (with tenant `t`) of two agents, `left` and
+    /// `right` (2 cpu, 2Gi each), and waits until both have joined.
+    pub async fn static_pool_of_two(&mut self, pool: &str) -> [Agent; 2] {
+        self.apply(&format!(
+            "kind: Pool\nname: {pool}\nprovider: static\n---\nkind: Tenant\nname: t\n"
+        ))
+        .await;
+        let agents = [
+            self.start_agent(pool, "left", "2", "2Gi").await,
+            self.start_agent(pool, "right", "2", "2Gi").await,
+        ];
+        let path = format!("/api/v1/pools/{pool}");
+        eventually("both agents to join", Duration::from_secs(20), || async {
+            let pool: Value = self.get(&path).await;
+            (pool["agents"] == 2 && pool["capacity"]["cpu_millis"] == 4000).then_some(())
+        })
+        .await;
+        agents
+    }
+
+    /// Which of `agents` runs run `id`, once its step has printed its working
+    /// directory (`pwd`).
+    pub async fn agent_running(&self, id: i64, agents: &[Agent]) -> usize {
+        let path = format!("/api/v1/runs/{id}/logs");
+        eventually("the step to start", Duration::from_secs(20), || async {
+            let (_, logs) = self.get_text(&path).await;
+            agents
+                .iter()
+                .position(|a| logs.contains(&*a.work_dir.to_string_lossy()))
+        })
+        .await
+    }
+
     /// Starts a `corral agent` from `work_dir` with `token`.
     pub fn start_agent_with(
         &mut self,
@@ -473,6 +506,13 @@ pub async fn no_process_matches(pattern: &str) {
         },
     )
     .await;
+}
+
+/// An RFC 3339 time of the API in milliseconds since the epoch.
+pub fn millis(time: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(time.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .timestamp_millis()
 }
 
 /// Polls `check` until it returns `Some`, failing with `what` after `within`.

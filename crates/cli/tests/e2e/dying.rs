@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::harness::{Server, StoreKind, eventually, millis, temp_dir};
 
 fn alive(pid: i32) -> bool {

@@ -144,6 +144,9 @@ async fn follow(
         if ended {
             return send(tx, render.finish()).await;
         }
+        if tx.is_closed() {
+            return Err("the client went away".into());
+        }
         // Wait for output, or look at the run again within a second.
         let mut woken = false;
         if let Ok(first) = tokio::time::timeout(Duration::from_secs(1), arrivals.recv()).await {

@@ -385,6 +385,9 @@ impl Engine {
                     let mut state = self.state.lock().await;
                     let later = self.commits.drain();
                     let last = later.last().map_or(last, |b| b.seq);
+                    // Their operations answer now (503); new ones wait for the
+                    // state, which holds writes the store does not, to be reloaded.
+                    self.commits.mark_failed(first, last, e.to_string());
                     let started = std::time::Instant::now();
                     loop {
                         match self.reload(&mut state).await {
@@ -398,7 +401,6 @@ impl Engine {
                             }
                         }
                     }
-                    self.commits.mark_failed(first, last, e.to_string());
                 }
             }
         }

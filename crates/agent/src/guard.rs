@@ -180,9 +180,18 @@ fn kill_all(shell: Pid) -> Ended {
     }
 }
 
-/// The guard's children: the shell, and what was orphaned below it.
+/// The guard's children: the shell, and what was orphaned below it. The
+/// guard has one thread, whose children the kernel lists; without that list
+/// (a kernel without `CONFIG_PROC_CHILDREN`), every process is looked at.
 fn children() -> Vec<Pid> {
     let me = getpid().as_raw();
+    if let Ok(listed) = std::fs::read_to_string(format!("/proc/self/task/{me}/children")) {
+        return listed
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .map(Pid::from_raw)
+            .collect();
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

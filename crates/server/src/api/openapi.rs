@@ -361,6 +361,37 @@ mod tests {
     }
 
     #[test]
+    fn names_in_paths_follow_the_name_rule() {
+        use utoipa::openapi::path::ParameterIn;
+        let doc = super::super::routes::openapi_document();
+        let mut names = 0;
+        for (path, item) in &doc.paths.paths {
+            for operation in [&item.get, &item.put, &item.post, &item.delete]
+                .into_iter()
+                .flatten()
+            {
+                for parameter in operation.parameters.iter().flatten() {
+                    let RefOr::T(parameter) = parameter else {
+                        panic!("{path}: a parameter by reference")
+                    };
+                    if parameter.name != "name" || parameter.parameter_in != ParameterIn::Path {
+                        continue;
+                    }
+                    names += 1;
+                    let Some(RefOr::T(Schema::Object(schema))) = &parameter.schema else {
+                        panic!("{path}: name has no schema")
+                    };
+                    assert_eq!(schema.pattern.as_deref(), Some(NAME_PATTERN), "{path}");
+                }
+            }
+        }
+        assert_eq!(
+            names, 7,
+            "pools and tenants: get, put, delete; tokens: delete"
+        );
+    }
+
+    #[test]
     fn document_bodies_are_json_or_yaml() {
         let doc = super::super::routes::openapi_document();
         let submit = doc.paths.paths["/api/v1/runs"]

@@ -41,10 +41,14 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `invalid`, `not_found`, `conflict`, `internal`.
+    /// Stable, machine-readable: `invalid` (400), `unauthorized` (401),
+    /// `forbidden` (403), `not_found` (404), `method_not_allowed` (405),
+    /// `conflict` (409), `too_large` (413), `unsupported_media_type` (415),
+    /// `internal` (500), `unavailable` (503).
     pub code: String,
     pub message: String,
-    /// For `invalid`: `{"path": "steps[2].resources.cpu"}`.
+    /// For `invalid`, `too_large` and `unsupported_media_type`: the `path` of
+    /// the field or parameter, e.g. `{"path": "steps[2].resources.cpu"}`.
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }

@@ -6,6 +6,7 @@ mod admission;
 mod api;
 mod campaign;
 mod cli;
+mod conformance;
 mod crash;
 mod disk;
 mod dying;

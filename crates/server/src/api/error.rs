@@ -46,6 +46,50 @@ impl ApiError {
     }
 }
 
+/// A request's path parameters, as axum's `Path` extracts them, but refused as
+/// any bad input is: a 400 in the envelope naming the parameter.
+pub struct PathParam<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for PathParam<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => ApiError::invalid(FieldError::new(
+                    key.clone(),
+                    "is not UTF-8 text once percent-decoded",
+                )),
+                ErrorKind::ParseErrorAtKey {
+                    key,
+                    value,
+                    expected_type,
+                } => ApiError::invalid(FieldError::new(
+                    key.clone(),
+                    format!("{value:?} is not a {expected_type}"),
+                )),
+                _ => ApiError::invalid(FieldError::new("path", e.body_text())),
+            }),
+            Err(other) => Err(ApiError {
+                status: other.status(),
+                code: "internal",
+                message: other.body_text(),
+                details: json!({}),
+            }),
+        }
+    }
+}
+
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         ApiError::invalid(e)

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use corral_core::access::Access;
+use corral_core::error::FieldError;
 use corral_core::ids::WorkerId;
 use serde_json::json;
 
@@ -80,12 +81,18 @@ fn body_type_accepted(request: &Request) -> Result<(), ApiError> {
     })
 }
 
-/// The `{worker}` of an agent call's path.
-fn path_worker(params: &RawPathParams) -> Option<WorkerId> {
-    params
+/// The `{worker}` of an agent call's path; one that is not a worker id is bad input.
+fn path_worker(params: &RawPathParams) -> Result<WorkerId, ApiError> {
+    let text = params
         .iter()
         .find(|(k, _)| *k == "worker")
-        .and_then(|(_, v)| v.parse().ok())
+        .map_or("", |(_, v)| v);
+    text.parse().map_err(|_| {
+        ApiError::invalid(FieldError::new(
+            "worker",
+            format!("{text:?} is not a worker id"),
+        ))
+    })
 }
 
 /// Checks a request against its route's `access`; passes it on with who sent it.
@@ -119,8 +126,9 @@ pub async fn guard(
                 Err(e) => return e.into_response(),
             };
             match path_worker(&params) {
-                Some(path) if path == id => {}
-                _ => {
+                Ok(path) if path == id => {}
+                Err(refused) => return refused.into_response(),
+                Ok(_) => {
                     return forbidden(format!(
                         "this secret is worker {id}'s: it acts for that worker only"
                     ));

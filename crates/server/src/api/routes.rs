@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -25,10 +25,13 @@ use corral_store::{AllocationFilter, AuditFilter, RunDetail, RunFilter};
 use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 
-use super::error::ApiError;
+use super::error::{ApiError, PathParam};
 use super::guard::guard;
+use super::openapi::{
+    ErrorResponses, ManifestDocument, PipelineDocument, PoolDocument, TenantDocument,
+};
 use super::views;
 use crate::auth::{Caller, Principal};
 use crate::engine::Engine;
@@ -238,6 +241,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         "bearer",
         Vec::<String>::new(),
     )]);
+    ErrorResponses.modify(&mut doc);
     doc
 }
 
@@ -292,6 +296,11 @@ fn run_id(text: &str) -> ApiResult<RunId> {
         .map_err(|_| FieldError::new("id", format!("{text:?} is not a run id")).into())
 }
 
+fn attempt_id(text: &str) -> ApiResult<AttemptId> {
+    text.parse()
+        .map_err(|_| FieldError::new("attempt", format!("{text:?} is not an attempt id")).into())
+}
+
 // ---- pools ----
 
 #[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = [PoolView])))]
@@ -342,8 +351,8 @@ fn parse_pool(body: &Bytes) -> ApiResult<PoolSpec> {
 }
 
 /// Create a pool from a `Pool` document (YAML or JSON).
-#[utoipa::path(post, path = "/api/v1/pools", request_body(content = String, description = "A Pool document, YAML or JSON"),
-    responses((status = 201, body = PoolView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/pools", request_body(content((PoolDocument = "application/json"), (PoolDocument = "application/yaml")), description = "A Pool document, YAML or JSON"),
+    responses((status = 201, body = PoolView), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_pool(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -357,24 +366,24 @@ async fn create_pool(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/pools/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
     responses((status = 200, body = PoolView), (status = 404, body = ErrorBody)))]
 async fn get_pool(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<PoolView>> {
     Ok(Json(pool_view(&engine, &who, &name).await?))
 }
 
 /// Create or replace a pool.
-#[utoipa::path(put, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
-    request_body(content = String, description = "A Pool document, YAML or JSON"),
-    responses((status = 200, body = PoolView), (status = 400, body = ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/pools/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
+    request_body(content((PoolDocument = "application/json"), (PoolDocument = "application/yaml")), description = "A Pool document, YAML or JSON, whose name is the path's"),
+    responses((status = 200, body = PoolView), (status = 503, body = ErrorBody)))]
 async fn put_pool(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     body: Bytes,
 ) -> ApiResult<Json<PoolView>> {
     let spec = parse_pool(&body)?;
@@ -390,12 +399,12 @@ async fn put_pool(
 }
 
 /// Delete a pool; refused (409) while allocations on it are open.
-#[utoipa::path(delete, path = "/api/v1/pools/{name}", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/pools/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_pool(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<StatusCode> {
     engine.delete_pool(&who, &name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -450,8 +459,8 @@ fn parse_tenant(body: &Bytes) -> ApiResult<TenantSpec> {
 }
 
 /// Create a tenant from a `Tenant` document (YAML or JSON).
-#[utoipa::path(post, path = "/api/v1/tenants", request_body(content = String, description = "A Tenant document, YAML or JSON"),
-    responses((status = 201, body = TenantView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/tenants", request_body(content((TenantDocument = "application/json"), (TenantDocument = "application/yaml")), description = "A Tenant document, YAML or JSON"),
+    responses((status = 201, body = TenantView), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_tenant(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -465,24 +474,24 @@ async fn create_tenant(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/tenants/{name}", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/tenants/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
 async fn get_tenant(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<TenantView>> {
     Ok(Json(tenant_view(&engine, &who, &name).await?))
 }
 
 /// Create or replace a tenant.
-#[utoipa::path(put, path = "/api/v1/tenants/{name}", params(("name" = String, Path)),
-    request_body(content = String, description = "A Tenant document, YAML or JSON"),
-    responses((status = 200, body = TenantView), (status = 400, body = ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/tenants/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
+    request_body(content((TenantDocument = "application/json"), (TenantDocument = "application/yaml")), description = "A Tenant document, YAML or JSON, whose name is the path's"),
+    responses((status = 200, body = TenantView), (status = 503, body = ErrorBody)))]
 async fn put_tenant(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
     body: Bytes,
 ) -> ApiResult<Json<TenantView>> {
     let spec = parse_tenant(&body)?;
@@ -498,20 +507,22 @@ async fn put_tenant(
 }
 
 /// Delete a tenant; refused (409) while its allocations are open.
-#[utoipa::path(delete, path = "/api/v1/tenants/{name}", params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/tenants/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn delete_tenant(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<StatusCode> {
     engine.delete_tenant(&who, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Apply a manifest of Pool and Tenant documents: all are checked before any is applied.
-#[utoipa::path(post, path = "/api/v1/apply", request_body(content = String, description = "Multi-document YAML (or JSON) of Pools and Tenants"),
-    responses((status = 200, body = [Applied]), (status = 400, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/apply",
+    request_body(content((Option<ManifestDocument> = "application/json"), (Option<ManifestDocument> = "application/yaml")),
+        description = "Pools and Tenants: one JSON document, or YAML documents separated by `---`; none applies nothing"),
+    responses((status = 200, body = [Applied]), (status = 503, body = ErrorBody)))]
 async fn apply(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -599,8 +610,8 @@ async fn queue_places(engine: &Engine) -> BTreeMap<RunId, QueuePlace> {
 /// The runs waiting for admission, in admission order, each with its position
 /// in the whole queue and in its tenant's, how long it has waited, and why.
 #[utoipa::path(get, path = "/api/v1/queue",
-    params(("tenant" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, body = [RunSummary]), (status = 400, body = ErrorBody)))]
+    params(("tenant" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100_000)),
+    responses((status = 200, body = [RunSummary])))]
 async fn list_queue(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -628,8 +639,8 @@ async fn list_queue(
 
 /// Submit a pipeline: answers 201 with the run, `queued`, or `rejected` with its
 /// reason when it can never fit.
-#[utoipa::path(post, path = "/api/v1/runs", request_body(content = String, description = "A Pipeline document, YAML or JSON"),
-    responses((status = 201, body = RunView), (status = 400, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/runs", request_body(content((PipelineDocument = "application/json"), (PipelineDocument = "application/yaml")), description = "A Pipeline document, YAML or JSON"),
+    responses((status = 201, body = RunView), (status = 503, body = ErrorBody)))]
 async fn submit_run(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -661,8 +672,10 @@ fn tenant_scope(who: &Principal, query: &BTreeMap<String, String>) -> ApiResult<
 
 /// Runs, newest first.
 #[utoipa::path(get, path = "/api/v1/runs",
-    params(("tenant" = Option<String>, Query), ("state" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, body = [RunSummary]), (status = 400, body = ErrorBody)))]
+    params(("tenant" = Option<String>, Query),
+        ("state" = Option<String>, Query, pattern = "^(queued|admitted|provisioning|running|succeeded|failed|cancelled|rejected)$"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10_000)),
+    responses((status = 200, body = [RunSummary]), (status = 503, body = ErrorBody)))]
 async fn list_runs(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -694,23 +707,23 @@ async fn list_runs(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/runs/{id}", params(("id" = i64, Path)),
-    responses((status = 200, body = RunView), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/runs/{id}", params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = RunView), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn get_run(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<RunView>> {
     Ok(Json(run_view(&engine, &who, run_id(&id)?).await?))
 }
 
 /// Cancel a run: releases what it holds at once and kills its steps.
-#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", params(("id" = i64, Path)),
-    responses((status = 200, body = RunView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/runs/{id}/cancel", params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = RunView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn cancel_run(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> ApiResult<Json<RunView>> {
     let id = run_id(&id)?;
     engine.cancel(&who, id).await?;
@@ -721,13 +734,13 @@ async fn cancel_run(
 /// before each line. Streamed; with `follow=true` the answer stays open and
 /// carries new output as it is stored, whole lines at a time, until the run ends.
 #[utoipa::path(get, path = "/api/v1/runs/{id}/logs",
-    params(("id" = i64, Path), ("step" = Option<String>, Query), ("follow" = Option<bool>, Query)),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    params(("id" = i64, Path, minimum = 1), ("step" = Option<String>, Query), ("follow" = Option<bool>, Query)),
+    responses((status = 200, content_type = "text/plain", body = String),
+        (status = 404, description = "No such run, or no such step in it", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn run_logs(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     Query(query): Params,
 ) -> ApiResult<Response> {
     params(&query, &["step", "follow"])?;
@@ -750,7 +763,7 @@ async fn run_logs(
                 .iter()
                 .find(|s| &s.name == name)
                 .map(|s| s.idx)
-                .ok_or_else(|| FieldError::new("step", format!("run {id} has no step {name:?}")))?,
+                .ok_or_else(|| ApiError::not_found("step", format!("{name:?} of run {id}")))?,
         ),
     };
     let body = super::stream::log_body(
@@ -767,8 +780,9 @@ async fn run_logs(
 
 /// The allocation history, open and closed, oldest first.
 #[utoipa::path(get, path = "/api/v1/allocations",
-    params(("tenant" = Option<String>, Query), ("pool" = Option<String>, Query), ("run" = Option<i64>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, body = [AllocationView]), (status = 400, body = ErrorBody)))]
+    params(("tenant" = Option<String>, Query), ("pool" = Option<String>, Query), ("run" = Option<i64>, Query),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1_000_000)),
+    responses((status = 200, body = [AllocationView]), (status = 503, body = ErrorBody)))]
 async fn list_allocations(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -796,7 +810,7 @@ async fn list_allocations(
 
 /// An agent joins a pool.
 #[utoipa::path(post, path = "/api/v1/agents/register", request_body = RegisterRequest,
-    responses((status = 200, body = RegisterResponse), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = RegisterResponse), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn register_agent(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -819,8 +833,8 @@ async fn register_agent(
 }
 
 /// Long-poll for assignments; also the agent's heartbeat.
-#[utoipa::path(post, path = "/api/v1/agents/{worker}/poll", params(("worker" = i64, Path)), request_body = PollRequest,
-    responses((status = 200, body = PollResponse)))]
+#[utoipa::path(post, path = "/api/v1/agents/{worker}/poll", params(("worker" = i64, Path, minimum = 1)), request_body = PollRequest,
+    responses((status = 200, body = PollResponse), (status = 503, body = ErrorBody)))]
 async fn poll_agent(
     State(engine): State<AppState>,
     Extension(worker): Extension<WorkerId>,
@@ -832,33 +846,33 @@ async fn poll_agent(
 
 /// Append a chunk of an attempt's output (idempotent per offset).
 #[utoipa::path(post, path = "/api/v1/agents/{worker}/attempts/{attempt}/logs",
-    params(("worker" = i64, Path), ("attempt" = i64, Path)), request_body = LogAppend,
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    params(("worker" = i64, Path, minimum = 1), ("attempt" = i64, Path, minimum = 1)), request_body = LogAppend,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn append_log(
     State(engine): State<AppState>,
     Extension(worker): Extension<WorkerId>,
-    Path((_worker, attempt)): Path<(i64, i64)>,
+    PathParam((_worker, attempt)): PathParam<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let req: LogAppend = json_body(&body)?;
     engine
-        .append_log(worker, AttemptId(attempt), req.offset, req.data)
+        .append_log(worker, attempt_id(&attempt)?, req.offset, req.data)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Report how an attempt ended (idempotent).
 #[utoipa::path(post, path = "/api/v1/agents/{worker}/attempts/{attempt}/report",
-    params(("worker" = i64, Path), ("attempt" = i64, Path)), request_body = ReportRequest,
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("worker" = i64, Path, minimum = 1), ("attempt" = i64, Path, minimum = 1)), request_body = ReportRequest,
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn report_attempt(
     State(engine): State<AppState>,
     Extension(worker): Extension<WorkerId>,
-    Path((_worker, attempt)): Path<(i64, i64)>,
+    PathParam((_worker, attempt)): PathParam<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let req: ReportRequest = json_body(&body)?;
-    engine.report(worker, AttemptId(attempt), req).await?;
+    engine.report(worker, attempt_id(&attempt)?, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -896,7 +910,7 @@ const MAX_TOKEN_LIFE_SECS: u64 = 10 * 366 * 86_400;
 
 /// Create a token; its secret is in the answer, once.
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = TokenCreate,
-    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = TokenCreated), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_token(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -935,12 +949,12 @@ async fn create_token(
 }
 
 /// Revoke a token: it is refused from this answer on.
-#[utoipa::path(delete, path = "/api/v1/tokens/{name}", params(("name" = String, Path)),
-    responses((status = 200, body = TokenView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/tokens/{name}", params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
+    responses((status = 200, body = TokenView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn revoke_token(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> ApiResult<Json<TokenView>> {
     let record = engine.revoke_token(&who, &name).await?;
     Ok(Json(token_view(&engine, &record)))
@@ -966,8 +980,13 @@ fn since(engine: &Engine, text: &str) -> ApiResult<corral_core::clock::Timestamp
 /// The audit log, oldest first: who changed pools, tenants and tokens, and
 /// who cancelled runs, with the object before and after.
 #[utoipa::path(get, path = "/api/v1/audit",
-    params(("since" = Option<String>, Query), ("who" = Option<String>, Query), ("kind" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, body = [AuditView]), (status = 400, body = ErrorBody)))]
+    params(
+        ("since" = Option<String>, Query, description = "An RFC 3339 time, or an age such as 90m, 1h30m or 7d",
+            pattern = "^([0-9]{1,15}|([0-9]{1,9}[smhd]){1,8}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"),
+        ("who" = Option<String>, Query),
+        ("kind" = Option<String>, Query, pattern = "^(pool|tenant|token|run)$"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100_000)),
+    responses((status = 200, body = [AuditView]), (status = 503, body = ErrorBody)))]
 async fn list_audit(
     State(engine): State<AppState>,
     Query(query): Params,

@@ -1,0 +1,407 @@
+//! What the OpenAPI document says besides each handler's own annotation: the
+//! error answers every operation shares, and the schemas of the documents (Pool,
+//! Tenant, Pipeline) that bodies carry as YAML or JSON.
+
+use std::borrow::Cow;
+
+use axum::http::StatusCode;
+use serde_json::json;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::{Content, Header, OpenApi, Ref, RefOr, Response, Schema};
+use utoipa::{Modify, PartialSchema, ToSchema};
+
+/// A name of a pool, tenant, token or step: 1 to 63 letters, digits, `-`, `_`
+/// or `.`, starting with a letter or digit (`corral_core::error::check_name`).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+
+/// Adds to every operation the error answers that come from what it takes
+/// rather than from what it does: 400 for a bad parameter or body, 401 and 403
+/// from the guard unless it is public, 413 and 415 for a body; and gives every
+/// answer a description.
+pub struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, doc: &mut OpenApi) {
+        let public = doc.security.is_none();
+        for item in doc.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                add_errors(operation, public);
+            }
+        }
+    }
+}
+
+fn add_errors(operation: &mut Operation, document_public: bool) {
+    let has_params = operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+    let has_body = operation.request_body.is_some();
+    // A public operation says so with an empty security requirement.
+    let public = match &operation.security {
+        Some(requirements) => requirements
+            .iter()
+            .all(|r| serde_json::to_value(r).is_ok_and(|v| v == json!({}))),
+        None => document_public,
+    };
+    let mut shared = Vec::new();
+    if has_params || has_body {
+        shared.push((
+            StatusCode::BAD_REQUEST,
+            "Invalid input: `details.path` names the parameter or field",
+        ));
+    }
+    if !public {
+        shared.push((
+            StatusCode::UNAUTHORIZED,
+            "No valid bearer token (with `WWW-Authenticate: Bearer`)",
+        ));
+        shared.push((StatusCode::FORBIDDEN, "The token's role may not do this"));
+    }
+    if has_body {
+        shared.push((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "The body is larger than the server's limit (1 MiB by default)",
+        ));
+        shared.push((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "The body is neither `application/json` nor `application/yaml`",
+        ));
+    }
+    let responses = &mut operation.responses.responses;
+    for (status, description) in shared {
+        let mut response = error_response(description);
+        if status == StatusCode::UNAUTHORIZED {
+            let mut header = Header::new(String::schema());
+            header.description = Some("`Bearer`".into());
+            response
+                .headers
+                .insert("WWW-Authenticate".into(), RefOr::T(header));
+        }
+        responses
+            .entry(status.as_str().to_string())
+            .or_insert(RefOr::T(response));
+    }
+    for (status, response) in responses.iter_mut() {
+        if let RefOr::T(response) = response
+            && response.description.is_empty()
+        {
+            response.description = status
+                .parse::<u16>()
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Answer")
+                .to_string();
+        }
+    }
+}
+
+fn error_response(description: &str) -> Response {
+    let mut response = Response::new(description);
+    response.content.insert(
+        "application/json".into(),
+        RefOr::T(Content::new(Some(Ref::from_schema_name("ErrorBody")))),
+    );
+    response
+}
+
+/// Builds a schema from its JSON form.
+fn schema(value: serde_json::Value) -> RefOr<Schema> {
+    RefOr::T(serde_json::from_value(value).expect("a hand-written schema is valid"))
+}
+
+fn name_schema(description: &str) -> serde_json::Value {
+    json!({"type": "string", "pattern": NAME_PATTERN, "description": description})
+}
+
+/// A document of a kind: `kind`, if given, must be `kind`.
+fn kind_schema(kind: &str, required: bool) -> serde_json::Value {
+    let mut schema = json!({"type": "string", "enum": [kind]});
+    if !required {
+        schema["description"] = json!(format!("`{kind}`; may be left out"));
+    }
+    schema
+}
+
+fn pool_schema(kind_required: bool) -> serde_json::Value {
+    let mut required = vec!["name"];
+    if kind_required {
+        required.push("kind");
+    }
+    json!({
+        "type": "object",
+        "description": "A Pool. A `local` pool needs `capacity.cpu` and `capacity.memory` \
+            above zero; a `static` pool has no written capacity.",
+        "additionalProperties": false,
+        "required": required,
+        "properties": {
+            "kind": kind_schema("Pool", kind_required),
+            "name": name_schema("The pool's name"),
+            "provider": {"type": "string", "enum": ["local", "static"]},
+            "capacity": {"type": "object", "description": "`cpu` (2, 1.5, 500m), `memory` (512Mi, 4Gi), `gpu`"},
+            "max_workers": {"type": "integer", "minimum": 1, "maximum": u32::MAX},
+            "labels": {
+                "type": "object",
+                "propertyNames": {"type": "string", "pattern": NAME_PATTERN},
+                "additionalProperties": {"type": "string", "maxLength": 63},
+            },
+            "price": {"type": "object", "description": "`cpu_hour`, `memory_gib_hour`, `gpu_hour`: zero or more"},
+            "state": {"type": "string", "enum": ["active", "draining", "disabled"]},
+        },
+    })
+}
+
+fn tenant_schema(kind_required: bool) -> serde_json::Value {
+    let mut required = vec!["name"];
+    if kind_required {
+        required.push("kind");
+    }
+    json!({
+        "type": "object",
+        "description": "A Tenant. Quotas are `cpu`, `memory`, `gpu` and `runs`; a field left out is unlimited.",
+        "additionalProperties": false,
+        "required": required,
+        "properties": {
+            "kind": kind_schema("Tenant", kind_required),
+            "name": name_schema("The tenant's name"),
+            "weight": {"type": "integer", "minimum": 1, "maximum": u32::MAX},
+            "quota": {"type": "object"},
+            "allowed_pools": {
+                "type": ["array", "null"],
+                "items": {"type": "string", "pattern": NAME_PATTERN},
+            },
+            "pool_limits": {
+                "type": "object",
+                "propertyNames": {"type": "string", "pattern": NAME_PATTERN},
+                "additionalProperties": {"type": "object"},
+            },
+        },
+    })
+}
+
+/// A Pool document, as the body of a pool's creation or replacement.
+pub struct PoolDocument;
+
+impl PartialSchema for PoolDocument {
+    fn schema() -> RefOr<Schema> {
+        schema(pool_schema(false))
+    }
+}
+
+impl ToSchema for PoolDocument {
+    fn name() -> Cow<'static, str> {
+        "PoolDocument".into()
+    }
+}
+
+/// A Tenant document, as the body of a tenant's creation or replacement.
+pub struct TenantDocument;
+
+impl PartialSchema for TenantDocument {
+    fn schema() -> RefOr<Schema> {
+        schema(tenant_schema(false))
+    }
+}
+
+impl ToSchema for TenantDocument {
+    fn name() -> Cow<'static, str> {
+        "TenantDocument".into()
+    }
+}
+
+/// A Pipeline document, the body of a submission.
+pub struct PipelineDocument;
+
+impl PartialSchema for PipelineDocument {
+    fn schema() -> RefOr<Schema> {
+        schema(json!({
+            "type": "object",
+            "description": "A Pipeline. Its steps form a DAG by `needs`; its `tenant` \
+                (`default` when left out) and the pools its steps name must exist.",
+            "additionalProperties": false,
+            "required": ["name", "steps"],
+            "properties": {
+                "kind": kind_schema("Pipeline", false),
+                "name": name_schema("The pipeline's name"),
+                "tenant": {"type": "string"},
+                "priority": {
+                    "description": "A priority class (`low`, `normal`, `high` by default) or a number",
+                    "type": ["integer", "string"],
+                    "minimum": i32::MIN,
+                    "maximum": i32::MAX,
+                },
+                "steps": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["name", "run"],
+                        "properties": {
+                            "name": name_schema("The step's name"),
+                            "run": {"type": "string", "description": "Run with `sh -c`"},
+                            "needs": {"type": "array", "items": {"type": "string"}},
+                            "resources": {"type": "object", "description": "`cpu`, `memory`, `gpu`"},
+                            "pool": {
+                                "type": ["string", "object", "null"],
+                                "description": "A pool's name, or `{labels, placement}`",
+                            },
+                            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "timeout": {
+                                "type": ["integer", "string"],
+                                "minimum": 0,
+                                "description": "Seconds, or a duration such as 90s, 10m, 1h30m",
+                            },
+                            "retries": {"type": "integer", "minimum": 0, "maximum": u32::MAX},
+                        },
+                    },
+                },
+            },
+        }))
+    }
+}
+
+impl ToSchema for PipelineDocument {
+    fn name() -> Cow<'static, str> {
+        "PipelineDocument".into()
+    }
+}
+
+/// One document of a manifest: a Pool or a Tenant, with its `kind`. In YAML a
+/// manifest holds several, separated by `---`.
+pub struct ManifestDocument;
+
+impl PartialSchema for ManifestDocument {
+    /// The fields of both kinds in one object (`kind` tells which apply): one
+    /// schema rather than a `oneOf` of two, so that the body's own `oneOf`
+    /// (null: an empty manifest, which applies nothing) stays unambiguous.
+    fn schema() -> RefOr<Schema> {
+        let mut manifest = pool_schema(true);
+        let tenant = tenant_schema(true);
+        let properties = manifest["properties"]
+            .as_object_mut()
+            .expect("a pool has properties");
+        for (field, schema) in tenant["properties"]
+            .as_object()
+            .expect("a tenant has properties")
+        {
+            properties.insert(field.clone(), schema.clone());
+        }
+        properties["kind"] = json!({"type": "string", "enum": ["Pool", "Tenant"]});
+        manifest["description"] = json!(
+            "A Pool or a Tenant document, with its `kind` (see PoolDocument and TenantDocument)"
+        );
+        schema(manifest)
+    }
+}
+
+impl ToSchema for ManifestDocument {
+    fn name() -> Cow<'static, str> {
+        "ManifestDocument".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_declares_the_errors_it_shares() {
+        let doc = super::super::routes::openapi_document();
+        let mut seen = 0;
+        for (path, item) in &doc.paths.paths {
+            for (method, operation) in [
+                ("get", &item.get),
+                ("put", &item.put),
+                ("post", &item.post),
+                ("delete", &item.delete),
+            ] {
+                let Some(operation) = operation else { continue };
+                seen += 1;
+                let statuses: Vec<&str> = operation
+                    .responses
+                    .responses
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                let public = path == "/healthz";
+                for status in ["401", "403"] {
+                    assert_eq!(
+                        statuses.contains(&status),
+                        !public,
+                        "{method} {path}: {statuses:?}"
+                    );
+                }
+                let has_body = operation.request_body.is_some();
+                for status in ["413", "415"] {
+                    assert_eq!(
+                        statuses.contains(&status),
+                        has_body,
+                        "{method} {path}: {statuses:?}"
+                    );
+                }
+                if has_body || operation.parameters.is_some() {
+                    assert!(statuses.contains(&"400"), "{method} {path}: {statuses:?}");
+                }
+                for response in operation.responses.responses.values() {
+                    let RefOr::T(response) = response else {
+                        panic!("{method} {path}: a response by reference")
+                    };
+                    assert!(!response.description.is_empty(), "{method} {path}");
+                }
+            }
+        }
+        assert_eq!(seen, super::super::routes::route_table().len() - 1);
+    }
+
+    #[test]
+    fn names_in_paths_follow_the_name_rule() {
+        use utoipa::openapi::path::ParameterIn;
+        let doc = super::super::routes::openapi_document();
+        let mut names = 0;
+        for (path, item) in &doc.paths.paths {
+            for operation in [&item.get, &item.put, &item.post, &item.delete]
+                .into_iter()
+                .flatten()
+            {
+                for parameter in operation.parameters.iter().flatten() {
+                    let RefOr::T(parameter) = parameter else {
+                        panic!("{path}: a parameter by reference")
+                    };
+                    if parameter.name != "name" || parameter.parameter_in != ParameterIn::Path {
+                        continue;
+                    }
+                    names += 1;
+                    let Some(RefOr::T(Schema::Object(schema))) = &parameter.schema else {
+                        panic!("{path}: name has no schema")
+                    };
+                    assert_eq!(schema.pattern.as_deref(), Some(NAME_PATTERN), "{path}");
+                }
+            }
+        }
+        assert_eq!(
+            names, 7,
+            "pools and tenants: get, put, delete; tokens: delete"
+        );
+    }
+
+    #[test]
+    fn document_bodies_are_json_or_yaml() {
+        let doc = super::super::routes::openapi_document();
+        let submit = doc.paths.paths["/api/v1/runs"]
+            .post
+            .as_ref()
+            .expect("submit");
+        let Some(RefOr::T(body)) = &submit.request_body else {
+            panic!("submit takes a body")
+        };
+        let types: Vec<&str> = body.content.keys().map(String::as_str).collect();
+        assert_eq!(types, ["application/json", "application/yaml"]);
+    }
+}

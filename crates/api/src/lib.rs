@@ -78,8 +78,20 @@ pub struct PoolView {
     /// Live agents of a static pool, whose capacity is theirs summed.
     #[serde(default)]
     pub agents: Option<u32>,
+    /// The most one agent of the pool may declare; null fields are bounded by
+    /// the server's `--max-agent` only.
+    #[serde(default)]
+    pub max_agent: BoundsView,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// Bounds on resources; a field left out (null) is not bounded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct BoundsView {
+    pub cpu_millis: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub gpu: Option<u64>,
 }
 
 /// A tenant's quota; a field left out (null) is unlimited.

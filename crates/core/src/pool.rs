@@ -83,6 +83,10 @@ pub struct PoolSpec {
     pub price: Price,
     #[serde(default)]
     pub state: PoolState,
+    /// The most one agent of this pool may declare (a static pool's agents);
+    /// a field left out is bounded by the server's `--max-agent` only.
+    #[serde(default, skip_serializing_if = "ResourceSpec::is_unset")]
+    pub max_agent: ResourceSpec,
 }
 
 fn default_max_workers() -> u32 {
@@ -137,6 +141,19 @@ impl PoolSpec {
         }
         for (key, value) in &self.labels {
             check_label("labels", key, value)?;
+        }
+        for (field, value) in [
+            ("max_agent.cpu", self.max_agent.cpu),
+            ("max_agent.memory", self.max_agent.memory),
+            ("max_agent.gpu", self.max_agent.gpu),
+        ] {
+            match value {
+                Some(0) => return Err(FieldError::new(field, "must be greater than zero")),
+                Some(v) if v > MAX_QUANTITY => {
+                    return Err(FieldError::new(field, format!("{v} is too large")));
+                }
+                _ => {}
+            }
         }
         for (field, v) in [
             ("price.cpu_hour", self.price.cpu_hour),

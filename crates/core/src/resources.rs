@@ -279,6 +279,11 @@ pub struct ResourceSpec {
 }
 
 impl ResourceSpec {
+    /// Whether no field is set.
+    pub fn is_unset(&self) -> bool {
+        *self == ResourceSpec::default()
+    }
+
     /// The resources, taking each missing field from `defaults`.
     pub fn or(&self, defaults: Resources) -> Resources {
         Resources::new(

@@ -576,6 +576,25 @@ async fn a_spawned_agent_retrying_its_registration_finds_its_worker_even_after_a
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_agent_declares_at_most_its_pools_max_agent() {
+    let h = Harness::new(
+        "max-agent",
+        "kind: Pool\nname: metal\nprovider: static\nmax_agent: {cpu: 4}\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let err = h
+        .register_from("metal", "big", 8, "big-dir")
+        .await
+        .expect_err("more cpu than the pool allows");
+    let text = err.to_string();
+    assert!(
+        text.contains("capacity.cpu") && text.contains("pool metal's max_agent"),
+        "{text}"
+    );
+    h.register("metal", "fits", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn after_a_restart_a_static_agent_gets_work_only_once_it_polls() {
     let h = Harness::new("restart-agents", METAL).await;
     let agent = h.register("metal", "box", 2).await;

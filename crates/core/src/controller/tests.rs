@@ -13,6 +13,7 @@ fn pool(name: &str, cpu: u64, mem_gi: u64) -> PoolView {
         labels: BTreeMap::new(),
         price: Price::default(),
         state: PoolState::Active,
+        max_agent: Default::default(),
     };
     PoolView::new(&spec, Vec::new())
 }
@@ -408,6 +409,7 @@ fn static_pools_place_on_agents() {
         labels: BTreeMap::new(),
         price: Price::default(),
         state: PoolState::Active,
+        max_agent: Default::default(),
     };
     let agents = vec![
         AgentView {
@@ -655,6 +657,7 @@ fn static_pool(name: &str, agents: &[(i64, u64)]) -> PoolView {
         labels: BTreeMap::new(),
         price: Price::default(),
         state: PoolState::Active,
+        max_agent: Default::default(),
     };
     let agents = agents
         .iter()

@@ -299,6 +299,7 @@ fn random_spec(seed: u64) -> SimSpec {
                 1 => PoolState::Disabled,
                 _ => PoolState::Active,
             },
+            max_agent: Default::default(),
         });
     }
     let pool_names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();

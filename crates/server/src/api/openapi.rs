@@ -146,6 +146,7 @@ fn pool_schema(kind_required: bool) -> serde_json::Value {
             "provider": {"type": "string", "enum": ["local", "static"]},
             "capacity": {"type": "object", "description": "`cpu` (2, 1.5, 500m), `memory` (512Mi, 4Gi), `gpu`"},
             "max_workers": {"type": "integer", "minimum": 1, "maximum": u32::MAX},
+            "max_agent": {"type": "object", "description": "The most one agent may declare: `cpu`, `memory`, `gpu`, each above zero"},
             "labels": {
                 "type": "object",
                 "propertyNames": {"type": "string", "pattern": NAME_PATTERN},

@@ -70,6 +70,11 @@ pub fn pool(p: &PoolRecord, snapshot: &Snapshot) -> PoolView {
         agents: live
             .and_then(|l| l.agents.as_ref())
             .map(|a| u32::try_from(a.len()).unwrap_or(u32::MAX)),
+        max_agent: BoundsView {
+            cpu_millis: p.spec.max_agent.cpu,
+            memory_mib: p.spec.max_agent.memory,
+            gpu: p.spec.max_agent.gpu,
+        },
         created_at: time(p.created_at),
         updated_at: time(p.updated_at),
     }

@@ -61,22 +61,6 @@ impl Engine {
         }
         check_registration(caller, &req.pool, &req.name)?;
         let capacity: Resources = req.capacity.into();
-        let limit = self.config.max_agent;
-        if let Some(d) = Dimension::ALL
-            .into_iter()
-            .find(|d| capacity.get(*d) > limit.get(*d).min(MAX_QUANTITY))
-        {
-            return Err(FieldError::new(
-                format!("capacity.{}", d.name()),
-                format!(
-                    "{} is more {} than an agent may declare: at most {} (the server's --max-agent)",
-                    d.format(capacity.get(d)),
-                    d.name(),
-                    d.format(limit.get(d).min(MAX_QUANTITY))
-                ),
-            )
-            .into());
-        }
         for (key, value) in &req.labels {
             corral_core::selector::check_label("labels", key, value)?;
         }
@@ -86,9 +70,10 @@ impl Engine {
             );
         }
         let mut state = self.state.lock().await;
-        if !state.pools.contains_key(&req.pool) {
+        let Some(pool) = state.pools.get(&req.pool) else {
             return Err(FieldError::new("pool", format!("unknown pool {:?}", req.pool)).into());
-        }
+        };
+        self.check_declared(&pool.spec, &capacity)?;
         let mut fx = Effects {
             controller: true,
             ..Effects::default()
@@ -193,6 +178,36 @@ impl Engine {
         self.credentials.put_worker(id, secret_hash);
         tracing::info!(worker = id.0, name = %req.name, "worker registered");
         Ok((id, secret))
+    }
+
+    /// An agent may declare at most its pool's `max_agent` and the server's
+    /// `--max-agent`, in each dimension.
+    fn check_declared(&self, pool: &PoolSpec, capacity: &Resources) -> Result<()> {
+        let server = self.config.max_agent;
+        let own = pool
+            .max_agent
+            .or(Resources::new(u64::MAX, u64::MAX, u64::MAX));
+        for d in Dimension::ALL {
+            let (limit, whose) = if own.get(d) < server.get(d) {
+                (own.get(d), format!("pool {}'s max_agent", pool.name))
+            } else {
+                (server.get(d), "the server's --max-agent".to_string())
+            };
+            let limit = limit.min(MAX_QUANTITY);
+            if capacity.get(d) > limit {
+                return Err(FieldError::new(
+                    format!("capacity.{}", d.name()),
+                    format!(
+                        "{} is more {} than an agent may declare: at most {} ({whose})",
+                        d.format(capacity.get(d)),
+                        d.name(),
+                        d.format(limit)
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// A registration its agent sent again because it did not hear the

@@ -193,6 +193,7 @@ impl Engine {
                 labels: BTreeMap::new(),
                 price: Default::default(),
                 state: Default::default(),
+                max_agent: Default::default(),
             };
             done.created
                 .push(format!("pool local ({machine}, 16 workers)"));

@@ -84,11 +84,10 @@ impl SqlStore {
         sqlx::query(AssertSqlSafe(attach))
             .execute(&mut *conn)
             .await?;
-        let copied = sqlx::query(
-            "INSERT INTO log_chunks (attempt_id, byte_offset, run_id, step_idx, data) \
-             SELECT attempt_id, byte_offset, run_id, step_idx, data FROM earlier.log_chunks \
-             WHERE true ON CONFLICT (attempt_id, byte_offset) DO NOTHING",
-        )
+        let copied = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO log_chunks ({LOG_COLUMNS}) SELECT {LOG_COLUMNS} FROM earlier.log_chunks \
+             WHERE true ON CONFLICT (attempt_id, byte_offset) DO NOTHING"
+        )))
         .execute(&mut *conn)
         .await;
         sqlx::query("DETACH DATABASE earlier")
@@ -643,10 +642,10 @@ impl Store for SqlStore {
     }
 
     async fn append_log(&self, c: &LogChunk) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO log_chunks (attempt_id, byte_offset, run_id, step_idx, data) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (attempt_id, byte_offset) DO NOTHING",
-        )
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO log_chunks ({LOG_COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (attempt_id, byte_offset) DO NOTHING"
+        )))
         .bind(c.attempt_id.0)
         .bind(int("log offset", c.offset)?)
         .bind(c.run_id.0)
@@ -676,12 +675,12 @@ impl Store for SqlStore {
             Some(s) => (i64::from(s), i64::from(s)),
             None => (0, i64::MAX),
         };
-        sqlx::query(
-            "SELECT attempt_id, byte_offset, run_id, step_idx, data FROM log_chunks \
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {LOG_COLUMNS} FROM log_chunks \
              WHERE run_id = $1 AND step_idx >= $2 AND step_idx <= $3 \
              AND (step_idx, attempt_id, byte_offset) > ($4, $5, $6) \
-             ORDER BY step_idx, attempt_id, byte_offset LIMIT $7",
-        )
+             ORDER BY step_idx, attempt_id, byte_offset LIMIT $7"
+        )))
         .bind(run.0)
         .bind(lowest_step)
         .bind(highest_step)
@@ -702,10 +701,10 @@ impl Store for SqlStore {
         from: u64,
         limit: u32,
     ) -> Result<Vec<LogChunk>> {
-        sqlx::query(
-            "SELECT attempt_id, byte_offset, run_id, step_idx, data FROM log_chunks \
-             WHERE attempt_id = $1 AND byte_offset >= $2 ORDER BY byte_offset LIMIT $3",
-        )
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {LOG_COLUMNS} FROM log_chunks \
+             WHERE attempt_id = $1 AND byte_offset >= $2 ORDER BY byte_offset LIMIT $3"
+        )))
         .bind(attempt.0)
         .bind(int("log offset", from)?)
         .bind(i64::from(limit))

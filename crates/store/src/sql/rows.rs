@@ -197,6 +197,8 @@ pub(super) fn reason_code_text(code: ReasonCode) -> String {
     to_json(&code).trim_matches('"').to_string()
 }
 
+pub(super) const LOG_COLUMNS: &str = "attempt_id, byte_offset, run_id, step_idx, data";
+
 pub(super) fn log_chunk_from(row: &AnyRow) -> Result<LogChunk> {
     Ok(LogChunk {
         attempt_id: AttemptId(row.try_get("attempt_id")?),

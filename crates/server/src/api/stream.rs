@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use corral_core::ids::{AttemptId, RunId};
 use corral_store::{LogCursor, RunDetail};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
@@ -147,24 +147,34 @@ async fn follow(
         if tx.is_closed() {
             return Err("the client went away".into());
         }
-        // Wait for output, or look at the run again within a second.
-        let mut woken = false;
+        // Wait for output; the run is read again (for its state and new
+        // attempts) only after a quiet second or output of an unknown attempt.
+        let mut reread = true;
         if let Ok(first) = tokio::time::timeout(Duration::from_secs(1), arrivals.recv()).await {
-            woken = true;
+            reread = false;
             let mut next = Some(first);
             while let Some(arrival) = next {
                 match arrival {
                     Ok(a) if a.run == request.run => {
+                        reread |= !detail.attempts.iter().any(|k| k.id == a.attempt);
                         dirty.insert(a.attempt);
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => {
+                        reread = true;
                         dirty.extend(detail.attempts.iter().map(|a| a.id));
                     }
                     Err(RecvError::Closed) => return Err("the server is stopping".into()),
                 }
-                next = arrivals.try_recv().ok().map(Ok);
+                next = match arrivals.try_recv() {
+                    Ok(a) => Some(Ok(a)),
+                    Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                    Err(_) => None,
+                };
             }
+        }
+        if !reread {
+            continue;
         }
         let known = detail.attempts.len();
         detail = engine
@@ -173,10 +183,16 @@ async fn follow(
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the run is gone")?;
-        // New attempts, and every attempt once the run has ended, are read.
-        dirty.extend(detail.attempts.iter().skip(known).map(|a| a.id));
-        if detail.run.state.is_terminal() || !woken {
-            dirty.extend(detail.attempts.iter().map(|a| a.id));
-        }
+        // New attempts and running ones are read (an announcement may have
+        // been missed); once the run has ended, every attempt is, a last time.
+        let ended = detail.run.state.is_terminal();
+        dirty.extend(
+            detail
+                .attempts
+                .iter()
+                .enumerate()
+                .filter(|(i, a)| ended || *i >= known || !a.state.is_terminal())
+                .map(|(_, a)| a.id),
+        );
     }
 }

@@ -18,6 +18,8 @@
 //! one part and `CORRAL_BENCH_SIZES=100000` sets the queue lengths of (b) (for
 //! profiling).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
@@ -34,6 +36,8 @@ use corral_core::request::GroupRequest;
 use corral_core::resources::Resources;
 use corral_core::selector::{PlacementPolicy, PoolSelector};
 use corral_core::tenant::{Quota, TenantSpec};
+
+use common::reps;
 
 const TENANTS: usize = 200;
 const POOLS: usize = 50;
@@ -372,14 +376,6 @@ fn queue_of(runs: &[QueuedRun]) -> RunQueue {
         queue.insert(r.clone());
     }
     queue
-}
-
-fn reps() -> usize {
-    std::env::var("CORRAL_BENCH_REPS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(7)
-        .max(1)
 }
 
 /// Times of repeated runs of one thing.

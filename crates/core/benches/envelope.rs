@@ -17,6 +17,8 @@
 //! pool and for steps on 1,000 distinct pool selectors, rejected under the default limits and
 //! accepted when the limits allow them.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use corral_core::envelope::envelope;
@@ -28,6 +30,8 @@ use corral_core::selector::PoolSelector;
 use peak_alloc::PeakAlloc;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+
+use common::reps;
 
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
@@ -90,14 +94,6 @@ fn pipeline(n: usize, chain: bool) -> PipelineSpec {
         priority: Priority::default(),
         steps,
     }
-}
-
-fn reps() -> usize {
-    std::env::var("CORRAL_BENCH_REPS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(7)
-        .max(1)
 }
 
 /// Runs `f` `reps` times on what `setup` makes afresh each time (neither timed nor counted):

@@ -1,23 +1,23 @@
 //! The step guard: a tiny process between the agent and a step's `sh -c`, so a
 //! step never outlives its agent, not even a `kill -9` of it (the server would
-//! run the step elsewhere meanwhile). The agent starts its own binary again as
-//! `corral __step-guard AGENT_PID COMMAND`, and the guard:
+//! run the step elsewhere meanwhile). The agent's step supervisor (see
+//! `supervisor.rs`) forks one per step, and the guard:
 //!
-//! - asks the kernel for `PARENT_GONE` when its parent ends, then checks that the
-//!   agent is still its parent, so an agent that died before the ask is seen too;
+//! - asks the kernel for `PARENT_GONE` when its parent (the supervisor, which
+//!   ends with the agent) ends, then checks that the supervisor is still its
+//!   parent, so a supervisor that died before the ask is seen too;
 //! - becomes a child subreaper: what the step leaves orphaned (a double fork, a
 //!   `setsid` daemon) is reparented to the guard, not to init;
 //! - runs `sh -c COMMAND` in a process group of its own, with the guard's
-//!   directory, environment and output;
+//!   directory, input and output, and the environment it was given;
 //! - when the shell ends, when it is asked to stop (SIGTERM, SIGINT, SIGHUP) or
-//!   when the agent is gone, kills the step's group and every process left under
-//!   it with SIGKILL, reaps them, and ends as the shell did: with its exit code,
-//!   or by its signal.
+//!   when the supervisor is gone, kills the step's group and every process left
+//!   under it with SIGKILL, reaps them, and ends as the shell did: with its exit
+//!   code, or by its signal.
 //!
 //! Linux only: it rests on `prctl`.
 
-use std::ffi::{CString, OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::{CStr, CString};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -30,17 +30,14 @@ use nix::unistd::{Pid, getpid, getppid};
 
 use crate::AgentError;
 
-/// The hidden first argument that makes `corral` a step's guard.
-pub const STEP_GUARD: &str = "__step-guard";
-
 /// What the kernel sends the guard when its parent ends. Also when the parent's
 /// *thread* that started the guard ends, with the parent alive: only a changed
 /// parent means the agent is gone.
-const PARENT_GONE: Signal = Signal::SIGUSR1;
+pub(crate) const PARENT_GONE: Signal = Signal::SIGUSR1;
 
 /// Signals that ask the guard to stop its step (the agent's timeouts and
 /// cancels send SIGTERM).
-const STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+pub(crate) const STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 
 /// How a step's shell ended.
 #[derive(Debug, Clone, Copy)]
@@ -49,24 +46,16 @@ enum Ended {
     Killed(Signal),
 }
 
-/// Runs as a step's guard: `args` are what follows [`STEP_GUARD`], the agent's
-/// pid and the step's command. Ends the process as the step's shell ended;
-/// exits with 125 if the guard itself fails, after saying why on stderr.
-pub fn step_guard(mut args: impl Iterator<Item = OsString>) -> ! {
-    let parent = args
-        .next()
-        .and_then(|a| a.to_str()?.parse::<i32>().ok())
-        .map(Pid::from_raw);
-    let (Some(parent), Some(command), None) = (parent, args.next(), args.next()) else {
-        eprintln!("corral: {STEP_GUARD} takes the agent's pid and the step's command");
-        std::process::exit(125);
-    };
-    match guard(parent, &command) {
+/// Runs as a step's guard, in a process forked by the supervisor `parent`:
+/// ends the process as the step's shell ended, or with 125 if the guard itself
+/// fails, after saying why on stderr.
+pub(crate) fn guard_step(parent: Pid, command: &CStr, env: &[CString]) -> ! {
+    match guard(parent, command, env) {
         Ok(Ended::Exited(code)) => std::process::exit(code),
         Ok(Ended::Killed(signal)) => die_by(signal),
         Err(e) => {
             eprintln!("corral: {e}");
-            std::process::exit(125);
+            std::process::exit(125)
         }
     }
 }
@@ -75,7 +64,7 @@ fn sys(what: &'static str) -> impl FnOnce(Errno) -> AgentError {
     move |errno| AgentError::Guard { what, errno }
 }
 
-fn guard(parent: Pid, command: &OsStr) -> Result<Ended, AgentError> {
+fn guard(parent: Pid, command: &CStr, env: &[CString]) -> Result<Ended, AgentError> {
     // The signals the guard acts on, blocked so that they wait for `SigSet::wait`.
     let mut signals = SigSet::empty();
     for signal in [Signal::SIGCHLD, PARENT_GONE].into_iter().chain(STOP) {
@@ -88,7 +77,7 @@ fn guard(parent: Pid, command: &OsStr) -> Result<Ended, AgentError> {
         return Ok(Ended::Killed(Signal::SIGKILL));
     }
     prctl::set_child_subreaper(true).map_err(sys("become a subreaper"))?;
-    let shell = start_shell(command)?;
+    let shell = start_shell(command, env)?;
     loop {
         match signals.wait() {
             Ok(Signal::SIGCHLD) => {
@@ -105,23 +94,10 @@ fn guard(parent: Pid, command: &OsStr) -> Result<Ended, AgentError> {
 }
 
 /// Starts `sh -c command` in a process group of its own, with the guard's
-/// directory, environment and output, no signal blocked and SIGPIPE back to
-/// its default action. (`std::process::Command` would hand on the signals the
-/// guard blocks, and Rust programs ignore SIGPIPE.)
-fn start_shell(command: &OsStr) -> Result<Pid, AgentError> {
-    let args = [
-        c"sh".to_owned(),
-        c"-c".to_owned(),
-        CString::new(command.as_bytes()).expect("an argument holds no NUL"),
-    ];
-    let env: Vec<CString> = std::env::vars_os()
-        .map(|(key, value)| {
-            let mut pair = key.into_vec();
-            pair.push(b'=');
-            pair.extend(value.into_vec());
-            CString::new(pair).expect("the environment holds no NUL")
-        })
-        .collect();
+/// directory, input and output, `env`, no signal blocked and SIGPIPE back to
+/// its default action (Rust programs ignore SIGPIPE).
+fn start_shell(command: &CStr, env: &[CString]) -> Result<Pid, AgentError> {
+    let args = [c"sh", c"-c", command];
     let mut attr = PosixSpawnAttr::init().map_err(sys("prepare the shell"))?;
     let mut pipe = SigSet::empty();
     pipe.add(Signal::SIGPIPE);
@@ -135,7 +111,7 @@ fn start_shell(command: &OsStr) -> Result<Pid, AgentError> {
     .and_then(|()| attr.set_sigdefault(&pipe))
     .map_err(sys("prepare the shell"))?;
     let actions = PosixSpawnFileActions::init().map_err(sys("prepare the shell"))?;
-    posix_spawnp(c"sh", &actions, &attr, &args, &env).map_err(AgentError::Shell)
+    posix_spawnp(c"sh", &actions, &attr, &args, env).map_err(AgentError::Shell)
 }
 
 /// Reaps the processes under the guard that ended, except the shell: tells

@@ -6,6 +6,8 @@ mod client;
 mod executor;
 mod guard;
 mod output;
+pub mod steps;
+mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -16,7 +18,8 @@ use corral_api::{PollRequest, RegisterRequest, RegisterResponse, ResourcesView};
 
 use crate::client::{CallError, Client, with_retry};
 
-pub use crate::guard::{STEP_GUARD, step_guard};
+use crate::steps::{Steps, Stop};
+pub use crate::supervisor::{STEP_SUPERVISOR, step_supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -31,6 +34,10 @@ pub enum AgentError {
     },
     #[error("cannot start sh: {0}")]
     Shell(nix::errno::Errno),
+    #[error("cannot start the step supervisor: {0}")]
+    Supervisor(std::io::Error),
+    #[error("the step supervisor ended: {0}")]
+    SupervisorGone(String),
 }
 
 #[derive(Debug, Clone)]
@@ -55,10 +62,10 @@ pub struct AgentConfig {
 }
 
 /// An attempt running here.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Slot {
-    /// The pid of its step's guard while the guard runs.
-    guard: Option<u32>,
+    /// Stops its step while the step runs.
+    stop: Option<Stop>,
     /// Killed on the server's word: no longer reported as running.
     cancelled: bool,
 }
@@ -72,18 +79,42 @@ fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<i64, Slot>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs the agent until it is told to exit.
+/// The variables that configure the agent itself, kept from its steps.
+const AGENT_SETTINGS: [&str; 5] = [
+    "CORRAL_TOKEN",
+    "CORRAL_SERVER",
+    "CORRAL_CA_CERT",
+    "CORRAL_LOG",
+    "CORRAL_DATABASE_URL",
+];
+
+/// Runs the agent until it is told to exit, or its step supervisor ends (its
+/// steps have then ended with it).
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let client = Client::new(&config.server, &config.token, config.ca_cert.as_deref())?;
+    // The agent's own settings (its token above all) are not its steps'
+    // business; what its worker was given (CORRAL_POOL, a pool's env) is.
+    let steps = Arc::new(Steps::start(&AGENT_SETTINGS).map_err(AgentError::Supervisor)?);
+    tokio::select! {
+        served = agent(&client, &config, &steps) => served,
+        why = steps.gone() => Err(AgentError::SupervisorGone(why)),
+    }
+}
+
+async fn agent(
+    client: &Client,
+    config: &AgentConfig,
+    steps: &Arc<Steps>,
+) -> Result<(), AgentError> {
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
     let incarnation = incarnation();
     loop {
-        let registered = register(&client, &config, &incarnation).await?;
+        let registered = register(client, config, &incarnation).await?;
         let worker = registered.worker_id;
         tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
         let wait_ms = poll_wait_ms(registered.heartbeat_timeout_ms);
         let calls = client.with_bearer(&registered.worker_secret);
-        serve(&calls, &config, worker, wait_ms, &running).await;
+        serve(&calls, config, steps, worker, wait_ms, &running).await;
         if config.ephemeral {
             return Ok(());
         }
@@ -148,6 +179,7 @@ async fn register(
 async fn serve(
     client: &Client,
     config: &AgentConfig,
+    steps: &Arc<Steps>,
     worker: i64,
     wait_ms: u64,
     running: &Running,
@@ -189,16 +221,16 @@ async fn serve(
             if let Some(slot) = lock(running).get_mut(id) {
                 tracing::info!(attempt = id, "cancelling");
                 slot.cancelled = true;
-                if let Some(guard) = slot.guard {
-                    executor::stop(guard);
+                if let Some(stop) = &slot.stop {
+                    stop.stop();
                 }
             }
         }
         if response.shutdown {
             for slot in lock(running).values_mut() {
                 slot.cancelled = true;
-                if let Some(guard) = slot.guard {
-                    executor::stop(guard);
+                if let Some(stop) = &slot.stop {
+                    stop.stop();
                 }
             }
             return;
@@ -214,22 +246,26 @@ async fn serve(
             let client = client.clone();
             let work_dir = config.work_dir.clone();
             let running = running.clone();
+            let steps = steps.clone();
             tokio::spawn(async move {
-                let on_start = |guard: u32| {
+                let on_start = |stop: Stop| {
                     if let Some(slot) = lock(&running).get_mut(&id) {
                         // Cancelled before it started: it does not get to run.
                         if slot.cancelled {
-                            executor::stop(guard);
+                            stop.stop();
                         }
-                        slot.guard = Some(guard);
+                        slot.stop = Some(stop);
                     }
                 };
                 let on_exit = || {
                     if let Some(slot) = lock(&running).get_mut(&id) {
-                        slot.guard = None;
+                        slot.stop = None;
                     }
                 };
-                executor::execute(client, worker, &work_dir, assignment, on_start, on_exit).await;
+                executor::execute(
+                    client, worker, &steps, &work_dir, assignment, on_start, on_exit,
+                )
+                .await;
                 lock(&running).remove(&id);
             });
         }

@@ -305,10 +305,13 @@ fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
 }
 
 fn main() -> std::process::ExitCode {
-    // The agent runs each step under this binary, as the step's guard.
+    // The agent starts its steps through this binary, as its step supervisor.
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == corral_agent::STEP_GUARD) {
-        corral_agent::step_guard(args);
+    if args
+        .next()
+        .is_some_and(|a| a == corral_agent::STEP_SUPERVISOR)
+    {
+        corral_agent::step_supervisor(args);
     }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")

@@ -1,0 +1,253 @@
+//! The agent's side of its step supervisor (see `supervisor.rs`): starts the
+//! supervisor once, sends it the steps to start and stop, and hands each step's
+//! output and end to whoever started it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::OFlag;
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use crate::supervisor::Ended;
+use crate::supervisor::{
+    FromSupervisor, START_FDS, STEP_SUPERVISOR, ToSupervisor, frame, frame_len,
+};
+
+/// A frame for the supervisor, and the descriptors it carries.
+struct Outgoing {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Ended>>>>;
+
+fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Ended>>> {
+    waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// This agent's step supervisor. Dropping it ends the supervisor, and with it
+/// every step still running.
+pub struct Steps {
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    waiting: Waiting,
+    next: AtomicU64,
+    gone: watch::Receiver<Option<String>>,
+    /// Reaped when the agent goes.
+    _process: tokio::process::Child,
+}
+
+/// A step that runs: its output, and its end.
+pub struct Step {
+    pub stop: Stop,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    pub ending: Ending,
+}
+
+/// A step's end, to wait for.
+pub struct Ending(oneshot::Receiver<Ended>);
+
+/// Stops one step; cheap to clone and to call more than once.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    id: u64,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl Stop {
+    /// Asks the step's guard to kill all the step started.
+    pub fn stop(&self) {
+        let _ = self.outbox.send(Outgoing {
+            bytes: frame(&ToSupervisor::Stop { id: self.id }),
+            fds: Vec::new(),
+        });
+    }
+}
+
+impl Ending {
+    /// How the step ended; [`Ended::Failed`] if the supervisor went first.
+    pub async fn wait(self) -> Ended {
+        self.0
+            .await
+            .unwrap_or_else(|_| Ended::Failed("the step supervisor ended".into()))
+    }
+}
+
+impl Steps {
+    /// Starts the supervisor: this very binary, through /proc/self/exe, which
+    /// still works when the binary's file has been replaced by an upgrade.
+    /// `hidden` are environment variables the steps must not see.
+    pub fn start(hidden: &[&str]) -> std::io::Result<Steps> {
+        let (ours, theirs) = StdUnixStream::pair()?;
+        let mut command = tokio::process::Command::new("/proc/self/exe");
+        if let Some(name) = std::env::args_os().next() {
+            command.arg0(name);
+        }
+        for key in hidden {
+            command.env_remove(key);
+        }
+        let process = command
+            .arg(STEP_SUPERVISOR)
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        ours.set_nonblocking(true)?;
+        let socket = Arc::new(UnixStream::from_std(ours)?);
+        let (outbox, outgoing) = mpsc::unbounded_channel();
+        let waiting: Waiting = Arc::default();
+        let (tell_gone, gone) = watch::channel(None);
+        tokio::spawn(write(socket.clone(), outgoing));
+        tokio::spawn(read(socket, waiting.clone(), tell_gone));
+        Ok(Steps {
+            outbox,
+            waiting,
+            next: AtomicU64::new(1),
+            gone,
+            _process: process,
+        })
+    }
+
+    /// Starts `sh -c command` in `dir`, with `env` over the agent's environment.
+    pub fn run(
+        &self,
+        dir: &Path,
+        command: &str,
+        env: &BTreeMap<String, String>,
+    ) -> std::io::Result<Step> {
+        let dir = OwnedFd::from(std::fs::File::open(dir)?);
+        let stdin = OwnedFd::from(std::fs::File::open("/dev/null")?);
+        let (stdout, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (stderr, stderr_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tell, ended) = oneshot::channel();
+        lock(&self.waiting).insert(id, tell);
+        let start = ToSupervisor::Start {
+            id,
+            command: command.to_string(),
+            env: env.clone(),
+        };
+        let fds = vec![dir, stdin, stdout_w, stderr_w];
+        debug_assert_eq!(fds.len(), START_FDS);
+        let sent = self.outbox.send(Outgoing {
+            bytes: frame(&start),
+            fds,
+        });
+        if sent.is_err() {
+            lock(&self.waiting).remove(&id);
+            return Err(std::io::Error::other("the step supervisor ended"));
+        }
+        Ok(Step {
+            stop: Stop {
+                id,
+                outbox: self.outbox.clone(),
+            },
+            stdout: pipe::Receiver::from_owned_fd(stdout)?,
+            stderr: pipe::Receiver::from_owned_fd(stderr)?,
+            ending: Ending(ended),
+        })
+    }
+
+    /// Resolves when the supervisor has ended, with why.
+    pub async fn gone(&self) -> String {
+        let mut gone = self.gone.clone();
+        match gone.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => "the step supervisor ended".into(),
+        }
+    }
+}
+
+/// Sends frames in order, each whole, its descriptors with its first byte.
+async fn write(socket: Arc<UnixStream>, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some(Outgoing { bytes, fds }) = outgoing.recv().await {
+        let raw: Vec<_> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let rights = [ControlMessage::ScmRights(&raw)];
+            let cmsgs: &[ControlMessage] = if sent == 0 && !raw.is_empty() {
+                &rights
+            } else {
+                &[]
+            };
+            let result = socket
+                .async_io(Interest::WRITABLE, || {
+                    sendmsg::<()>(
+                        socket.as_raw_fd(),
+                        &[IoSlice::new(&bytes[sent..])],
+                        cmsgs,
+                        MsgFlags::MSG_NOSIGNAL,
+                        None,
+                    )
+                    .map_err(std::io::Error::from)
+                })
+                .await;
+            match result {
+                Ok(n) => sent += n,
+                // The reader sees the supervisor's end and says so.
+                Err(_) => return,
+            }
+        }
+        // The supervisor has its own copies now; the agent keeps none, so a
+        // step's output ends when the step's processes close it.
+        drop(fds);
+    }
+}
+
+/// Hands each step's end to whoever waits for it; says when the supervisor is
+/// gone.
+async fn read(socket: Arc<UnixStream>, waiting: Waiting, gone: watch::Sender<Option<String>>) {
+    let why = loop {
+        match next_message(&socket).await {
+            Ok(FromSupervisor { id, ended }) => {
+                if let Some(tell) = lock(&waiting).remove(&id) {
+                    let _ = tell.send(ended);
+                }
+            }
+            Err(why) => break why,
+        }
+    };
+    tracing::error!(%why, "the step supervisor ended");
+    // Every step still waiting ends with it.
+    lock(&waiting).clear();
+    let _ = gone.send(Some(why));
+}
+
+async fn next_message(socket: &UnixStream) -> Result<FromSupervisor, String> {
+    let mut head = [0u8; 4];
+    read_exact(socket, &mut head).await?;
+    let mut body = vec![0u8; frame_len(head)?];
+    read_exact(socket, &mut body).await?;
+    serde_json::from_slice(&body).map_err(|e| format!("a bad message from the supervisor: {e}"))
+}
+
+async fn read_exact(socket: &UnixStream, buf: &mut [u8]) -> Result<(), String> {
+    let mut got = 0;
+    while got < buf.len() {
+        let read = match socket.readable().await {
+            Ok(()) => socket.try_read(&mut buf[got..]),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(0) => return Err("its socket reached its end".into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("its socket: {e}")),
+        }
+    }
+    Ok(())
+}

@@ -358,12 +358,18 @@ mod tests {
         let head = *bytes.first_chunk::<4>().expect("a length");
         assert_eq!(frame_len(head), Ok(bytes.len() - 4));
         let back: ToSupervisor = serde_json::from_slice(&bytes[4..]).expect("a message");
-        assert!(matches!(back, ToSupervisor::Start { id: 7, .. }), "{back:?}");
+        assert!(
+            matches!(back, ToSupervisor::Start { id: 7, .. }),
+            "{back:?}"
+        );
         let (mut a, b) = UnixStream::pair().expect("a socket pair");
         a.write_all(&bytes[..3]).expect("written");
         let mut inbox = Inbox::default();
         assert_eq!(inbox.receive(&b), Ok(true));
-        assert!(matches!(inbox.next(), Ok(None)), "a partial frame is no message");
+        assert!(
+            matches!(inbox.next(), Ok(None)),
+            "a partial frame is no message"
+        );
         a.write_all(&bytes[3..]).expect("written");
         assert_eq!(inbox.receive(&b), Ok(true));
         let Err(err) = inbox.next() else {

@@ -339,6 +339,7 @@ fn random_spec(seed: u64) -> SimSpec {
             quota,
             allowed_pools,
             pool_limits,
+            budget: None,
         });
     }
     let duration = rng.random_range(8..=18) * MIN;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod manifest;
+pub mod metering;
 pub mod money;
 pub mod pipeline;
 pub mod pool;

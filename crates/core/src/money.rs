@@ -48,7 +48,7 @@ impl Money {
     /// Parses a non-negative decimal number of units (as read from YAML or JSON),
     /// rounded to the nearest micro-unit.
     pub fn from_units(value: f64) -> Result<Money, MoneyError> {
-        if !value.is_finite() || value < 0.0 || value > MAX_UNITS {
+        if !(0.0..=MAX_UNITS).contains(&value) {
             return Err(MoneyError { value });
         }
         // Within MAX_UNITS the product is at most 1e18, inside i64.

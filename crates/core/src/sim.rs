@@ -37,6 +37,7 @@ use crate::controller::{
 };
 use crate::error::FieldError;
 use crate::ids::{RunId, WorkerId};
+use crate::money::Money;
 use crate::pool::{PoolState, Provider};
 use crate::queue::{QueuedRun, RunQueue};
 use crate::request::GroupRequest;
@@ -349,6 +350,7 @@ impl Simulation {
                 enqueued_at: Timestamp(at),
                 groups,
                 readmit: false,
+                estimate: Money::ZERO,
             });
             self.runs.push(SimRun {
                 id,

@@ -313,7 +313,8 @@ pub struct Outcome {
     /// In admission order.
     pub admitted: Vec<Admission>,
     pub rejected: Vec<(RunId, Reason)>,
-    /// Why the runs of each class still queued wait.
+    /// Why the runs of each class still queued wait. The runs of a class wait
+    /// behind its oldest one; a budget's numbers are that run's (its estimate).
     pub waiting: BTreeMap<ClassId, Reason>,
     pub reservations: Vec<Reservation>,
 }

@@ -46,12 +46,17 @@ use pieces::Cutter;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
     pub allocation: AllocationId,
+    /// The run the allocation was granted to.
     pub run: RunId,
     pub tenant: String,
     pub pool: String,
+    /// The name of the run's pipeline.
     pub pipeline: String,
+    /// What the allocation holds.
     pub resources: Resources,
+    /// When it was opened, in ms since the epoch.
     pub start_ms: i64,
+    /// When it was closed; `None` while it is open.
     pub end_ms: Option<i64>,
 }
 
@@ -61,6 +66,7 @@ pub struct Span {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PriceChange {
     pub pool: String,
+    /// From when the price is in force, in ms since the epoch.
     pub at_ms: i64,
     pub price: Price,
 }
@@ -70,6 +76,7 @@ pub struct PriceChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapacityChange {
     pub pool: String,
+    /// From when the capacity is offered, in ms since the epoch.
     pub at_ms: i64,
     pub capacity: Resources,
 }
@@ -78,7 +85,9 @@ pub struct CapacityChange {
 /// `now` given with it: a window that reaches past `now` ends there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
+    /// The first millisecond counted.
     pub from_ms: i64,
+    /// The first millisecond not counted.
     pub to_ms: i64,
 }
 
@@ -150,6 +159,7 @@ impl FromStr for Key {
 pub struct Usage {
     /// Core-, GiB- and gpu-time, exactly (see its accessors for seconds).
     pub time: ResourceTime,
+    /// The sum of the costs of its pieces, each rounded once.
     pub cost: Money,
 }
 
@@ -196,6 +206,7 @@ pub struct UsageRow {
 /// Usage grouped by some keys, with the total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageReport {
+    /// The keys the rows are grouped by.
     pub by: Vec<Key>,
     /// Sorted by their key values (days and months sort in time order); only
     /// groups with some usage. With no keys, a single row with an empty key.

@@ -99,6 +99,7 @@ pub struct BudgetSpec {
     /// Per calendar month, in units of the operator's currency.
     #[serde(with = "crate::money::units")]
     pub monthly: Money,
+    /// `soft` unless written.
     #[serde(default)]
     pub enforce: Enforce,
     /// Fractions of `monthly` at which to alert, increasing, each once a month.

@@ -10,7 +10,9 @@ use super::{Limit, Reason, ReasonCode, TenantView};
 /// expected of its running runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetView {
+    /// The budget for the month.
     pub monthly: Money,
+    /// Whether it holds runs back (`hard`) or only alerts (`soft`).
     pub enforce: Enforce,
     /// The month the budget is for, `2026-11`.
     pub month: String,

@@ -15,6 +15,7 @@ pub fn day_start(ms: i64) -> i64 {
 /// A UTC calendar date, shown as `2026-11-28`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Date {
+    /// Proleptic Gregorian, astronomical (year 0 is 1 BC).
     pub year: i64,
     /// 1 to 12.
     pub month: u32,
@@ -43,6 +44,7 @@ impl fmt::Display for Date {
 /// A UTC calendar month, shown as `2026-11`: the period of a budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Month {
+    /// As in [`Date::year`].
     pub year: i64,
     /// 1 to 12.
     pub month: u32,

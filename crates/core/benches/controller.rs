@@ -30,6 +30,7 @@ use corral_core::controller::{
     decide,
 };
 use corral_core::ids::{RunId, WorkerId};
+use corral_core::money::Money;
 use corral_core::pool::{PoolState, Price};
 use corral_core::queue::{QueuedRun, RunQueue};
 use corral_core::request::GroupRequest;
@@ -302,6 +303,7 @@ impl World {
                     enqueued_at: NOW.plus_millis(-(rng.below(20 * MINUTE as usize) as i64) - 1),
                     groups,
                     readmit,
+                    estimate: Money::ZERO,
                 }
             })
             .collect()

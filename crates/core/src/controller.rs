@@ -18,7 +18,14 @@
 //! into first come, first served.
 //!
 //! An admission is charged to the working snapshot at once, so later runs in the
-//! same cycle see it.
+//! same cycle see it: its resources, and its estimate to its tenant's budget.
+//!
+//! A hard budget is checked per run, after the verdict of its class: runs of a
+//! class share their shape but not their estimates, so the class (and with it
+//! the cost of a cycle, classes plus admissions) stays as it is, and each run is
+//! admitted only on its own estimate. A run its budget stops waits like any
+//! other: its class waits behind it for the rest of the cycle (FIFO within a
+//! class), and the class's reason gives that run's numbers.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -26,6 +33,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::clock::Timestamp;
 use crate::ids::{RunId, WorkerId};
+use crate::money::Money;
 use crate::pool::{PoolSpec, PoolState, Price, Provider};
 use crate::queue::{Class, ClassId, Level, QueuedRun, RunQueue};
 use crate::request::GroupRequest;
@@ -34,8 +42,12 @@ use crate::selector::{PlacementPolicy, PoolSelector};
 use crate::tenant::{Quota, TenantSpec};
 use crate::usage::Amount;
 
+mod budget;
 mod reason;
+pub use budget::BudgetView;
 pub use reason::{Limit, Reason, ReasonCode};
+
+use budget::check_budget;
 
 /// A live agent of a static pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +128,8 @@ pub struct TenantView {
     pub recent: Amount,
     /// Held for a starving run of the tenant during this cycle.
     pub reserved: Option<(RunId, Resources)>,
+    /// Its budget for the month of the cycle, if it has one.
+    pub budget: Option<BudgetView>,
 }
 
 impl TenantView {
@@ -131,6 +145,7 @@ impl TenantView {
             held: BTreeMap::new(),
             recent,
             reserved: None,
+            budget: None,
         }
     }
 
@@ -211,7 +226,14 @@ impl Snapshot {
         }
     }
 
-    fn admit(&mut self, run: RunId, tenant: &str, readmit: bool, placements: &[Placement]) {
+    fn admit(
+        &mut self,
+        run: RunId,
+        tenant: &str,
+        readmit: bool,
+        estimate: Money,
+        placements: &[Placement],
+    ) {
         for p in placements {
             self.charge_pool(&p.pool, &p.resources, p.worker);
         }
@@ -232,6 +254,9 @@ impl Snapshot {
         }
         if !readmit {
             t.runs += 1;
+            if let Some(budget) = t.budget.as_mut() {
+                budget.running = budget.running.saturating_add(estimate);
+            }
         }
         if t.reserved.is_some_and(|(r, _)| r == run) {
             t.reserved = None;
@@ -288,7 +313,8 @@ pub struct Outcome {
     /// In admission order.
     pub admitted: Vec<Admission>,
     pub rejected: Vec<(RunId, Reason)>,
-    /// Why the runs of each class still queued wait.
+    /// Why the runs of each class still queued wait. The runs of a class wait
+    /// behind its oldest one; a budget's numbers are that run's (its estimate).
     pub waiting: BTreeMap<ClassId, Reason>,
     pub reservations: Vec<Reservation>,
 }
@@ -464,16 +490,34 @@ impl<'a> Cycle<'a> {
             Some(run),
             Some(&mut self.reasons),
         );
+        // The budget per run, with its own estimate (see the module's header).
+        // A readmission's run was admitted on its estimate already: money does
+        // not hold back a run that is under way.
+        let estimate = if tenant.budget.is_some() {
+            self.queue.estimate(run)
+        } else {
+            Money::ZERO
+        };
+        let budget = if class.readmit {
+            Ok(())
+        } else {
+            check_budget(tenant, estimate)
+        };
+        let tenant_limits = match (budget, check_tenant(tenant, class, run)) {
+            (Ok(()), quota) => quota,
+            (Err(budget), Ok(())) => Err(budget),
+            (Err(budget), Err(quota)) => Err(budget.and(quota)),
+        };
         // Every limit in the way is named: the tenant's first, then the pools'.
-        let verdict = match (check_tenant(tenant, class, run), placed) {
+        let verdict = match (tenant_limits, placed) {
             (Ok(()), placed) => placed,
-            (Err(quota), Ok(_)) => Err(quota),
-            (Err(quota), Err(pools)) => Err(quota.and(pools)),
+            (Err(tenant), Ok(_)) => Err(tenant),
+            (Err(tenant), Err(pools)) => Err(tenant.and(pools)),
         };
         match verdict {
             Ok(placements) => {
                 self.work
-                    .admit(run, &class.tenant, class.readmit, &placements);
+                    .admit(run, &class.tenant, class.readmit, estimate, &placements);
                 self.outcome.admitted.push(Admission { run, placements });
                 true
             }
@@ -851,6 +895,7 @@ fn ever_fits(
             held: BTreeMap::new(),
             recent: tenant.recent,
             reserved: None,
+            budget: None,
         };
         // `empty` has the pools of `work`, in the same order: `matching` holds.
         if let Err(reason) = place(

@@ -11,6 +11,8 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod manifest;
+pub mod metering;
+pub mod money;
 pub mod pipeline;
 pub mod pool;
 pub mod queue;

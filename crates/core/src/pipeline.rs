@@ -209,6 +209,47 @@ pub struct Pipeline {
     pub needs: Vec<Vec<usize>>,
 }
 
+impl Pipeline {
+    /// The longest chain of steps through `needs`, weighing each step by its
+    /// `timeout`, in ms: how long a run may take with every step on that chain
+    /// running until its timeout (retries left out). `None` when a step has no
+    /// timeout: such a step may run for any time, so the critical path is not
+    /// bounded by timeouts.
+    ///
+    /// Linear in steps + needs (a topological order by Kahn's algorithm).
+    pub fn critical_path_timeouts_ms(&self) -> Option<i64> {
+        let steps = &self.spec.steps;
+        let weights: Vec<i64> = steps
+            .iter()
+            .map(|s| {
+                s.timeout
+                    .map(|secs| i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000))
+            })
+            .collect::<Option<_>>()?;
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        let mut waiting: Vec<usize> = self.needs.iter().map(Vec::len).collect();
+        for (i, deps) in self.needs.iter().enumerate() {
+            for &d in deps {
+                dependents[d].push(i);
+            }
+        }
+        // finish[i]: the latest a step ends, its own timeout after its needs'.
+        let mut finish: Vec<i64> = vec![0; steps.len()];
+        let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| waiting[i] == 0).collect();
+        while let Some(i) = ready.pop() {
+            let starts = self.needs[i].iter().map(|&d| finish[d]).max().unwrap_or(0);
+            finish[i] = starts.saturating_add(weights[i]);
+            for &j in &dependents[i] {
+                waiting[j] -= 1;
+                if waiting[j] == 0 {
+                    ready.push(j);
+                }
+            }
+        }
+        finish.into_iter().max()
+    }
+}
+
 impl PipelineSpec {
     /// Parses a pipeline document (without its `kind`) and validates it within
     /// [`Limits::default`].
@@ -417,6 +458,30 @@ mod tests {
         assert_eq!(p.needs, vec![vec![], vec![0]]);
         assert_eq!(p.spec.tenant, "default");
         assert_eq!(p.spec.steps[0].resources(), DEFAULT_STEP_RESOURCES);
+    }
+
+    #[test]
+    fn the_critical_path_weighs_steps_by_their_timeouts() {
+        // build (10m) -> unit (30m) and lint (5m) -> package (2m): 42 minutes.
+        let p = parse(json!({"name": "p", "steps": [
+            {"name": "package", "run": "x", "needs": ["unit", "lint"], "timeout": "2m"},
+            {"name": "lint", "run": "x", "needs": ["build"], "timeout": "5m"},
+            {"name": "build", "run": "x", "timeout": "10m"},
+            {"name": "unit", "run": "x", "needs": ["build"], "timeout": "30m"},
+            {"name": "docs", "run": "x", "timeout": "40m"}
+        ]}))
+        .expect("valid");
+        assert_eq!(p.critical_path_timeouts_ms(), Some(42 * 60_000));
+        let mut untimed = p.clone();
+        untimed.spec.steps[4].timeout = None;
+        assert_eq!(untimed.critical_path_timeouts_ms(), None);
+        let long = compile_with(two_chains(10_000), &roomy()).expect("valid");
+        assert_eq!(long.critical_path_timeouts_ms(), None);
+        let mut timed = long;
+        for step in &mut timed.spec.steps {
+            step.timeout = Some(1);
+        }
+        assert_eq!(timed.critical_path_timeouts_ms(), Some(10_000_000));
     }
 
     #[test]

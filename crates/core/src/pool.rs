@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::error::{FieldError, check_name};
 use crate::manifest::from_value;
-use crate::resources::{MAX_QUANTITY, ResourceSpec, Resources};
+use crate::money::Money;
+use crate::resources::{MAX_QUANTITY, ResourceSpec, ResourceTime, Resources};
 use crate::selector::check_label;
 
 /// Who creates the workers of a pool.
@@ -61,6 +62,53 @@ impl Price {
         let cpu = need.cpu_millis as f64 / 1000.0;
         let gib = need.memory_mib as f64 / 1024.0;
         cpu * self.cpu_hour + gib * self.memory_gib_hour + need.gpu as f64 * self.gpu_hour
+    }
+
+    /// What holding `held` for `duration_ms` costs at these prices (nothing for a
+    /// negative duration). See [`Price::cost_of`].
+    pub fn cost(&self, held: &Resources, duration_ms: i64) -> Money {
+        self.cost_of(&ResourceTime::held(held, duration_ms))
+    }
+
+    /// What `time` costs at these prices, rounded once, to the nearest micro-unit
+    /// (half away from zero).
+    ///
+    /// Each price is taken to the nano-unit per resource-hour (9 decimals); the
+    /// three dimensions are then summed exactly, over the common denominator of
+    /// core-hours, GiB-hours and gpu-hours in base units times milliseconds, so the
+    /// only rounding is the last one. Amounts too large for an `i64` of
+    /// micro-units saturate.
+    pub fn cost_of(&self, time: &ResourceTime) -> Money {
+        // Per resource-hour in nano-units; `as` clamps (and sends NaN to zero).
+        let nanos = |price: f64| (price * 1e9).round() as i128;
+        // A core-hour is 3.6e9 millicore-ms, a GiB-hour 3.6864e9 MiB-ms, a
+        // gpu-hour 3.6e6 gpu-ms; their least common multiple is 4.608e11.
+        const DENOMINATOR: i128 = 460_800_000_000;
+        let terms = [
+            (
+                nanos(self.cpu_hour),
+                time.cpu_milli_ms,
+                DENOMINATOR / 3_600_000_000,
+            ),
+            (
+                nanos(self.memory_gib_hour),
+                time.memory_mib_ms,
+                DENOMINATOR / 3_686_400_000,
+            ),
+            (nanos(self.gpu_hour), time.gpu_ms, DENOMINATOR / 3_600_000),
+        ];
+        let numerator = terms.iter().fold(0i128, |acc, &(price, amount, scale)| {
+            acc.saturating_add(price.saturating_mul(amount).saturating_mul(scale))
+        });
+        // Nano-units over the denominator, to micro-units: a thousand more.
+        let divisor = DENOMINATOR * 1000;
+        let half = divisor / 2;
+        let micros = if numerator >= 0 {
+            numerator.saturating_add(half) / divisor
+        } else {
+            numerator.saturating_sub(half) / divisor
+        };
+        Money::saturating_from_i128(micros)
     }
 }
 
@@ -232,6 +280,41 @@ mod tests {
         let err = pool(json!({"o\0s": "linux"})).expect_err("NUL in a key");
         assert_eq!(err.path, "labels.o\\0s");
         assert!(err.message.contains("not a valid name"), "{err}");
+    }
+
+    #[test]
+    fn costs_are_exact_and_rounded_once() {
+        let price = Price {
+            cpu_hour: 0.04,
+            memory_gib_hour: 0.005,
+            gpu_hour: 2.5,
+        };
+        let hour = 3_600_000;
+        let cost = |r: Resources, ms: i64| price.cost(&r, ms).micros();
+        assert_eq!(cost(Resources::new(1000, 0, 0), hour), 40_000);
+        assert_eq!(cost(Resources::new(0, 1024, 0), hour), 5_000);
+        assert_eq!(cost(Resources::new(0, 0, 1), hour), 2_500_000);
+        // The design's envelope {cpu: 3, memory: 4Gi} for ten hours.
+        assert_eq!(cost(Resources::new(3000, 4096, 0), 10 * hour), 1_400_000);
+        // A second of one core costs 11.1 micro-units, rounded to 11.
+        assert_eq!(cost(Resources::new(1000, 0, 0), 1000), 11);
+        // Half a micro-unit rounds up; 0.35 of one in each dimension rounds to
+        // nothing alone, but the piece is rounded once: 0.7, one micro-unit.
+        let tiny = Price {
+            cpu_hour: 0.0018,
+            memory_gib_hour: 0.0018,
+            gpu_hour: 0.0,
+        };
+        let r = Resources::new(1000, 1024, 0);
+        assert_eq!(tiny.cost(&Resources::new(1000, 0, 0), 1000).micros(), 1);
+        assert_eq!(tiny.cost(&Resources::new(0, 1024, 0), 1000).micros(), 1);
+        assert_eq!(tiny.cost(&Resources::new(1000, 0, 0), 700).micros(), 0);
+        assert_eq!(tiny.cost(&r, 700).micros(), 1);
+        assert_eq!(price.cost(&r, -1), Money::ZERO);
+        let huge = Resources::new(u64::MAX, u64::MAX, u64::MAX);
+        assert_eq!(price.cost(&huge, i64::MAX), Money::MAX);
+        let negative = ResourceTime::ZERO.saturating_sub(&ResourceTime::held(&r, hour));
+        assert_eq!(price.cost_of(&negative).micros(), -45_000);
     }
 
     #[test]

@@ -5,11 +5,17 @@
 //! changes, so a controller cycle looks at each class once, plus once per run
 //! it admits: its cost follows the number of classes and admissions, not the
 //! length of the queue.
+//!
+//! A run's estimated cost is kept per run, not in its class: estimates follow
+//! each pipeline's history and differ from run to run, and in the class key
+//! they would split the queue into as many classes as runs. The controller
+//! checks a budget per run, after its class's verdict (see `controller.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::clock::Timestamp;
 use crate::ids::RunId;
+use crate::money::Money;
 use crate::request::GroupRequest;
 use crate::resources::Resources;
 use crate::selector::PoolSelector;
@@ -27,6 +33,9 @@ pub struct QueuedRun {
     /// The run was admitted before and holds its other groups: it goes first
     /// and does not count against the tenant's runs again.
     pub readmit: bool,
+    /// What the run is expected to cost (see `metering::estimate_cost`), fixed
+    /// when it is submitted; zero when unknown. A hard budget reads it.
+    pub estimate: Money,
 }
 
 /// Identifies a class within one [`RunQueue`].
@@ -62,12 +71,20 @@ impl Class {
     }
 }
 
+/// Where a queued run is, and what it is expected to cost.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    class: ClassId,
+    enqueued_at: Timestamp,
+    estimate: Money,
+}
+
 /// Admission level: readmissions first, then by priority, higher first.
 pub type Level = (bool, i32);
 
 #[derive(Debug, Clone, Default)]
 pub struct RunQueue {
-    runs: HashMap<RunId, (ClassId, Timestamp)>,
+    runs: HashMap<RunId, Entry>,
     classes: BTreeMap<ClassId, Class>,
     keys: HashMap<ClassKey, ClassId>,
     /// Per level, highest first: per tenant, its classes.
@@ -135,12 +152,24 @@ impl RunQueue {
         if let Some(class) = self.classes.get_mut(&id) {
             class.runs.insert((run.enqueued_at, run.id));
         }
-        self.runs.insert(run.id, (id, run.enqueued_at));
+        self.runs.insert(
+            run.id,
+            Entry {
+                class: id,
+                enqueued_at: run.enqueued_at,
+                estimate: run.estimate,
+            },
+        );
     }
 
     /// Removes a run; a no-op when it is not queued.
     pub fn remove(&mut self, run: RunId) {
-        let Some((id, at)) = self.runs.remove(&run) else {
+        let Some(Entry {
+            class: id,
+            enqueued_at: at,
+            ..
+        }) = self.runs.remove(&run)
+        else {
             return;
         };
         let Some(class) = self.classes.get_mut(&id) else {
@@ -169,7 +198,7 @@ impl RunQueue {
     }
 
     pub fn class_of(&self, run: RunId) -> Option<&Class> {
-        self.runs.get(&run).and_then(|(c, _)| self.classes.get(c))
+        self.runs.get(&run).and_then(|e| self.classes.get(&e.class))
     }
 
     pub fn class(&self, id: ClassId) -> Option<&Class> {
@@ -182,7 +211,12 @@ impl RunQueue {
 
     /// When a queued run was enqueued.
     pub fn enqueued_at(&self, run: RunId) -> Option<Timestamp> {
-        self.runs.get(&run).map(|(_, at)| *at)
+        self.runs.get(&run).map(|e| e.enqueued_at)
+    }
+
+    /// What a queued run is expected to cost (zero when it is not queued).
+    pub fn estimate(&self, run: RunId) -> Money {
+        self.runs.get(&run).map_or(Money::ZERO, |e| e.estimate)
     }
 
     /// Levels, highest first, each with its tenants' classes.

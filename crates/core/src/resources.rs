@@ -151,6 +151,71 @@ impl fmt::Display for Resources {
     }
 }
 
+/// Resources held over time, exactly, in base units times milliseconds:
+/// millicore-ms, MiB-ms and gpu-ms. Signed, so that what is left of a capacity
+/// once allocations are taken out can show an excess as a negative amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ResourceTime {
+    /// Millicore-milliseconds.
+    pub cpu_milli_ms: i128,
+    /// MiB-milliseconds.
+    pub memory_mib_ms: i128,
+    /// Gpu-milliseconds.
+    pub gpu_ms: i128,
+}
+
+impl ResourceTime {
+    /// Nothing held.
+    pub const ZERO: ResourceTime = ResourceTime {
+        cpu_milli_ms: 0,
+        memory_mib_ms: 0,
+        gpu_ms: 0,
+    };
+
+    /// `held` for `duration_ms` (nothing for a negative duration).
+    pub fn held(held: &Resources, duration_ms: i64) -> ResourceTime {
+        let ms = i128::from(duration_ms.max(0));
+        ResourceTime {
+            cpu_milli_ms: i128::from(held.cpu_millis).saturating_mul(ms),
+            memory_mib_ms: i128::from(held.memory_mib).saturating_mul(ms),
+            gpu_ms: i128::from(held.gpu).saturating_mul(ms),
+        }
+    }
+
+    /// Sum, clamped at the bounds of `i128`.
+    pub fn saturating_add(&self, other: &ResourceTime) -> ResourceTime {
+        ResourceTime {
+            cpu_milli_ms: self.cpu_milli_ms.saturating_add(other.cpu_milli_ms),
+            memory_mib_ms: self.memory_mib_ms.saturating_add(other.memory_mib_ms),
+            gpu_ms: self.gpu_ms.saturating_add(other.gpu_ms),
+        }
+    }
+
+    /// Difference, clamped at the bounds of `i128` (it may be negative).
+    pub fn saturating_sub(&self, other: &ResourceTime) -> ResourceTime {
+        ResourceTime {
+            cpu_milli_ms: self.cpu_milli_ms.saturating_sub(other.cpu_milli_ms),
+            memory_mib_ms: self.memory_mib_ms.saturating_sub(other.memory_mib_ms),
+            gpu_ms: self.gpu_ms.saturating_sub(other.gpu_ms),
+        }
+    }
+
+    /// Cpu in core-seconds.
+    pub fn cpu_core_seconds(&self) -> f64 {
+        self.cpu_milli_ms as f64 / 1e6
+    }
+
+    /// Memory in GiB-seconds.
+    pub fn memory_gib_seconds(&self) -> f64 {
+        self.memory_mib_ms as f64 / (1024.0 * 1000.0)
+    }
+
+    /// Gpu-seconds.
+    pub fn gpu_seconds(&self) -> f64 {
+        self.gpu_ms as f64 / 1000.0
+    }
+}
+
 /// A quantity that could not be parsed; the message says what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{input:?} is not a {kind} quantity (examples: {examples})")]
@@ -423,6 +488,24 @@ mod tests {
         assert_eq!(spec.or(Resources::new(1, 7, 0)), Resources::new(2000, 7, 0));
         assert!(serde_json::from_str::<ResourceSpec>(r#"{"cpu": -2}"#).is_err());
         assert!(serde_json::from_str::<ResourceSpec>(r#"{"disk": 2}"#).is_err());
+    }
+
+    #[test]
+    fn resource_time_counts_exactly_in_base_units() {
+        let hour = ResourceTime::held(&Resources::new(1500, 2048, 1), 3_600_000);
+        assert_eq!(hour.cpu_milli_ms, 5_400_000_000);
+        assert_eq!(hour.cpu_core_seconds(), 5400.0);
+        assert_eq!(hour.memory_gib_seconds(), 7200.0);
+        assert_eq!(hour.gpu_seconds(), 3600.0);
+        assert_eq!(
+            ResourceTime::held(&Resources::new(1, 1, 1), -5),
+            ResourceTime::ZERO
+        );
+        let twice = hour.saturating_add(&hour);
+        assert_eq!(twice.saturating_sub(&hour), hour);
+        assert_eq!(ResourceTime::ZERO.saturating_sub(&hour).gpu_ms, -3_600_000);
+        let most = ResourceTime::held(&Resources::new(u64::MAX, u64::MAX, u64::MAX), i64::MAX);
+        assert_eq!(most.saturating_add(&most).gpu_ms, i128::MAX);
     }
 
     fn any_resources() -> impl Strategy<Value = Resources> {

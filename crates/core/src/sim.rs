@@ -9,12 +9,19 @@
 //! runs open their allocations. After every decision the invariants are checked
 //! against the simulator's own books, independently of the snapshot.
 //!
+//! Tenants' budgets act as on the server: allocations are metered at their
+//! pools' prices month by month, each run is estimated at arrival (its groups
+//! at the dearest pool they may use, for the longest duration of its workload),
+//! and a tenant's budget view carries what it spent and what its running runs
+//! are still expected to cost.
+//!
 //! Arrivals and run durations are drawn at arrival from one seeded ChaCha8 stream
 //! per workload, never from what the controller decided: two specs that differ
 //! only in quotas or pools see the same runs.
 
 mod report;
 mod spec;
+mod spend;
 #[cfg(test)]
 mod tests;
 
@@ -37,12 +44,15 @@ use crate::controller::{
 };
 use crate::error::FieldError;
 use crate::ids::{RunId, WorkerId};
+use crate::money::Money;
 use crate::pool::{PoolState, Provider};
-use crate::queue::{QueuedRun, RunQueue};
+use crate::queue::{ClassId, QueuedRun, RunQueue};
 use crate::request::GroupRequest;
 use crate::resources::Resources;
+use crate::tenant::{Enforce, TenantSpec};
 use crate::usage::UsageLedger;
 use spec::Workload;
+use spend::Spend;
 
 /// Runs a whole simulation and reports on it.
 pub fn simulate(spec: &SimSpec) -> Result<SimReport, FieldError> {
@@ -64,6 +74,8 @@ pub struct SimRun {
     pub admitted: Option<Timestamp>,
     pub placements: Vec<Placement>,
     pub rejected: Option<Reason>,
+    /// What it was expected to cost when it arrived.
+    pub estimate: Money,
 }
 
 impl SimRun {
@@ -95,6 +107,8 @@ pub struct CycleLog {
     pub admitted: Vec<Admission>,
     pub rejected: Vec<RunId>,
     pub reservations: Vec<Reservation>,
+    /// Why the runs of each class still queued wait.
+    pub waiting: BTreeMap<ClassId, Reason>,
     pub violations: Vec<Violation>,
 }
 
@@ -174,6 +188,7 @@ pub struct Simulation {
     sources: Vec<Source>,
     queue: RunQueue,
     ledger: UsageLedger,
+    spend: Spend,
     /// Indexed by run id - 1.
     runs: Vec<SimRun>,
     /// Admitted runs not finished yet, by the time they end.
@@ -218,6 +233,7 @@ impl Simulation {
             .iter()
             .map(|t| (t.name.clone(), TenantView::new(t, [0.0; 3])))
             .collect();
+        let spend = Spend::new(&pools);
         let sources = workloads
             .iter()
             .enumerate()
@@ -231,6 +247,7 @@ impl Simulation {
             sources,
             queue: RunQueue::new(),
             ledger: UsageLedger::new(spec.half_life.millis()),
+            spend,
             runs: Vec::new(),
             running: BTreeSet::new(),
             now: Timestamp(0),
@@ -262,6 +279,24 @@ impl Simulation {
         &self.violations
     }
 
+    /// Replaces a tenant, as an operator applying a changed `kind: Tenant`
+    /// document would: from the next cycle on, the controller sees its new
+    /// quotas, limits and budget.
+    pub fn set_tenant(&mut self, tenant: TenantSpec) -> Result<(), FieldError> {
+        tenant.validate()?;
+        let Some(slot) = self.spec.tenants.iter_mut().find(|t| t.name == tenant.name) else {
+            return Err(FieldError::new(
+                "name",
+                format!("there is no tenant {:?} in the simulation", tenant.name),
+            ));
+        };
+        self.base
+            .tenants
+            .insert(tenant.name.clone(), TenantView::new(&tenant, [0.0; 3]));
+        *slot = tenant;
+        Ok(())
+    }
+
     /// Runs one controller cycle and moves the clock on by `cycle`; `None` once
     /// the simulated duration is over.
     pub fn step(&mut self) -> Option<CycleLog> {
@@ -269,6 +304,7 @@ impl Simulation {
             return None;
         }
         let now = self.now;
+        self.spend.roll(now);
         self.finish_due(now);
         self.arrive(now);
         let mut log = CycleLog {
@@ -276,6 +312,7 @@ impl Simulation {
             admitted: Vec::new(),
             rejected: Vec::new(),
             reservations: Vec::new(),
+            waiting: BTreeMap::new(),
             violations: Vec::new(),
         };
         if !self.queue.is_empty() {
@@ -285,6 +322,7 @@ impl Simulation {
             log.rejected = outcome.rejected.into_iter().map(|(id, _)| id).collect();
             log.admitted = outcome.admitted;
             log.reservations = outcome.reservations;
+            log.waiting = outcome.waiting;
             self.violations.extend(log.violations.iter().cloned());
         }
         self.cycles += 1;
@@ -314,6 +352,7 @@ impl Simulation {
                 self.ledger
                     .record(&run.tenant, &p.resources, admitted, ends);
             }
+            self.spend.finish(run, ends, now);
         }
     }
 
@@ -342,6 +381,8 @@ impl Simulation {
                     steps: Vec::new(),
                 })
                 .collect();
+            let tenant = self.spec.tenants.iter().find(|t| t.name == w.tenant);
+            let estimate = spend::estimate(&w.groups, tenant, &self.base.pools, w.max_ms);
             self.queue.insert(QueuedRun {
                 id,
                 tenant: w.tenant.clone(),
@@ -349,6 +390,7 @@ impl Simulation {
                 enqueued_at: Timestamp(at),
                 groups,
                 readmit: false,
+                estimate,
             });
             self.runs.push(SimRun {
                 id,
@@ -359,6 +401,7 @@ impl Simulation {
                 admitted: None,
                 placements: Vec::new(),
                 rejected: None,
+                estimate,
             });
         }
     }
@@ -394,6 +437,14 @@ impl Simulation {
             let mine = opened.remove(name.as_str()).unwrap_or_default();
             t.recent = self.ledger.recent(name, mine, now);
         }
+        for tenant in &self.spec.tenants {
+            if let (Some(budget), Some(view)) =
+                (&tenant.budget, snapshot.tenants.get_mut(&tenant.name))
+            {
+                let running = self.running_runs().filter(|r| r.tenant == tenant.name);
+                view.budget = Some(self.spend.view(&tenant.name, budget, running, now));
+            }
+        }
         snapshot.charge(&open);
         snapshot
     }
@@ -401,8 +452,8 @@ impl Simulation {
     /// Checks a cycle's decisions against the books: each admitted run was
     /// queued and is admitted once, with one placement per group on a pool its
     /// selector, its tenant and the pool's state allow; and once they are
-    /// added, no pool, agent, tenant quota, per-pool limit or `max_workers` is
-    /// exceeded.
+    /// added, no pool, agent, tenant quota, per-pool limit, `max_workers` or
+    /// hard budget is exceeded.
     fn check(
         &self,
         now: Timestamp,
@@ -446,12 +497,51 @@ impl Simulation {
                 fail(message);
             }
         }
+        out.extend(self.check_budgets(now, admitted));
         for (id, _) in rejected {
             if seen.contains(id) || !self.queue.contains(*id) {
                 out.push(Violation {
                     at_ms: now.0,
                     run: Some(*id),
                     message: "rejected, but it is not queued or was admitted".into(),
+                });
+            }
+        }
+        out
+    }
+
+    /// No tenant with a hard budget is committed past it: what it spent, what
+    /// its running runs are still expected to cost, and the estimates of the
+    /// runs admitted now.
+    fn check_budgets(&self, now: Timestamp, admitted: &[Admission]) -> Vec<Violation> {
+        let mut estimates: BTreeMap<&str, Money> = BTreeMap::new();
+        for run in admitted.iter().filter_map(|a| self.run(a.run)) {
+            let sum = estimates.entry(run.tenant.as_str()).or_default();
+            *sum = sum.saturating_add(run.estimate);
+        }
+        let mut out = Vec::new();
+        for (tenant, estimate) in estimates {
+            let Some(budget) = self
+                .spec
+                .tenants
+                .iter()
+                .find(|t| t.name == tenant)
+                .and_then(|t| t.budget.as_ref())
+                .filter(|b| b.enforce == Enforce::Hard)
+            else {
+                continue;
+            };
+            let running = self.running_runs().filter(|r| r.tenant == tenant);
+            let view = self.spend.view(tenant, budget, running, now);
+            let committed = view.committed().saturating_add(estimate);
+            if committed > view.monthly {
+                out.push(Violation {
+                    at_ms: now.0,
+                    run: None,
+                    message: format!(
+                        "tenant {tenant} is committed to {committed}, over its hard budget of {} for {}",
+                        view.monthly, view.month
+                    ),
                 });
             }
         }

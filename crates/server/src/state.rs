@@ -10,6 +10,7 @@ use corral_core::controller::{
     AgentView, OpenAllocation, PoolView, Reason, Reservation, Snapshot, TenantView, admission_order,
 };
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::money::Money;
 use corral_core::pool::Provider;
 use corral_core::queue::{ClassId, QueuedRun, RunQueue};
 use corral_core::run::{AttemptState, RunState, StepProgress, WorkerState};
@@ -370,6 +371,7 @@ impl State {
             enqueued_at: record.created_at,
             groups,
             readmit,
+            estimate: Money::ZERO,
         };
         let shape = |groups: &[corral_core::request::GroupRequest]| -> Vec<_> {
             groups

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::money::Money;
 use crate::request::GroupRequest;
 use crate::resources::{Dimension, Resources};
 
@@ -16,6 +17,8 @@ pub enum ReasonCode {
     PoolNotAllowed,
     LargerThanPools,
     LargerThanQuota,
+    /// The tenant's hard budget for the month would be passed.
+    TenantBudget,
     TenantQuota,
     TenantRuns,
     PoolLimit,
@@ -29,12 +32,13 @@ pub enum ReasonCode {
 }
 
 /// One limit that a run hits: `in_use` of `limit` taken, and the run needs
-/// `needs` more. Amounts in base units (millicores, MiB, gpus, runs, workers).
+/// `needs` more. Amounts in base units (millicores, MiB, gpus, runs, workers,
+/// and micro-units of money for a budget).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limit {
     /// What the limit belongs to: `pool small`, `tenant acme`, `tenant acme in pool gpu`.
     pub scope: String,
-    /// `cpu`, `memory`, `gpu`, `runs` or `workers`.
+    /// `cpu`, `memory`, `gpu`, `runs`, `workers` or `budget`.
     pub dimension: String,
     pub in_use: u64,
     pub limit: u64,
@@ -76,6 +80,9 @@ impl Limit {
     }
 
     fn format(&self, amount: u64) -> String {
+        if self.dimension == "budget" {
+            return Money::from_micros(i64::try_from(amount).unwrap_or(i64::MAX)).to_string();
+        }
         Dimension::ALL
             .into_iter()
             .find(|d| d.name() == self.dimension)
@@ -97,6 +104,23 @@ impl Limit {
     pub fn remedy(&self) -> String {
         let free = self.limit.saturating_sub(self.in_use);
         let amount = self.format(self.needs.saturating_sub(free));
+        let mut scope = self.scope.clone();
+        if let Some(first) = scope.get_mut(..1) {
+            first.make_ascii_uppercase();
+        }
+        if self.dimension == "budget" {
+            let over = self
+                .in_use
+                .saturating_add(self.needs)
+                .saturating_sub(self.limit);
+            return format!(
+                "{scope} has {} of its budget of {} spent or expected of its running runs, and the run needs about {}: it gets in when the budget is raised by {}, when running runs end up costing less than expected, or when the next month begins.",
+                self.format(self.in_use),
+                self.format(self.limit),
+                self.format(self.needs),
+                self.format(over),
+            );
+        }
         let one = amount == "1";
         let what = match (self.dimension.as_str(), one) {
             ("memory", _) => format!("{amount} of memory is"),
@@ -107,10 +131,6 @@ impl Limit {
             (d, true) => format!("1 {d} is"),
             (d, false) => format!("{amount} {d} are"),
         };
-        let mut scope = self.scope.clone();
-        if let Some(first) = scope.get_mut(..1) {
-            first.make_ascii_uppercase();
-        }
         format!(
             "{scope} has {} of {} {} in use and the run needs {}: it gets in when {what} released there, or when the limit is raised by that much.",
             self.format(self.in_use),
@@ -227,6 +247,10 @@ impl Reason {
             | ReasonCode::LargerThanQuota => {
                 format!("It can never be admitted as it is: {}.", self.message)
             }
+            ReasonCode::TenantBudget => format!(
+                "It waits for its tenant's monthly budget, which is enforced (hard): {}.",
+                self.message
+            ),
             ReasonCode::TenantQuota | ReasonCode::TenantRuns => format!(
                 "It waits for its tenant's quota, summed across pools: {}.",
                 self.message

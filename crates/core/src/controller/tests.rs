@@ -1,5 +1,6 @@
 use super::*;
 use crate::selector::PoolSelector;
+use crate::tenant::{BudgetSpec, Enforce};
 use proptest::prelude::*;
 
 const GI: u64 = 1024;
@@ -42,6 +43,7 @@ fn run(id: i64, tenant: &str, cpu: u64) -> QueuedRun {
             steps: vec![0],
         }],
         readmit: false,
+        estimate: Money::ZERO,
     }
 }
 
@@ -508,6 +510,203 @@ fn readmissions_go_first_and_do_not_count_runs_twice() {
     assert_eq!(d.reason(1).code, ReasonCode::TenantRuns);
 }
 
+fn units(text: &str) -> Money {
+    Money::from_units(text.parse().expect("a number")).expect("money")
+}
+
+/// A tenant with a budget for 2026-11 that has spent and runs what is given.
+fn budgeted(name: &str, enforce: Enforce, monthly: &str, spent: &str, running: &str) -> TenantView {
+    let mut t = tenant(name);
+    let spec = BudgetSpec {
+        monthly: units(monthly),
+        enforce,
+        alert_at: vec![1.0],
+    };
+    let november = crate::metering::Month {
+        year: 2026,
+        month: 11,
+    };
+    t.budget = Some(BudgetView::new(
+        &spec,
+        november,
+        units(spent),
+        units(running),
+    ));
+    t
+}
+
+fn costing(mut run: QueuedRun, estimate: &str) -> QueuedRun {
+    run.estimate = units(estimate);
+    run
+}
+
+#[test]
+fn a_hard_budget_holds_a_run_whose_estimate_would_pass_it() {
+    let acme = budgeted("acme", Enforce::Hard, "500", "483.10", "9.20");
+    let snap = snapshot(vec![pool("p", 16, 64)], vec![acme, tenant("beta")]);
+    let d = decide_list(
+        &snap,
+        vec![
+            costing(run(1, "acme", 1), "12.40"),
+            costing(run(2, "beta", 1), "900"),
+        ],
+    );
+    assert_eq!(d.admitted(), vec![2]);
+    let reason = d.reason(1);
+    assert_eq!(reason.code, ReasonCode::TenantBudget);
+    assert_eq!(
+        reason.message,
+        "tenant acme: budget 500.00 for 2026-11, spent 483.10, running 9.20, run needs about 12.40"
+    );
+    assert_eq!(
+        reason.limits,
+        vec![Limit {
+            scope: "tenant acme".into(),
+            dimension: "budget".into(),
+            in_use: 492_300_000,
+            limit: 500_000_000,
+            needs: 12_400_000,
+        }]
+    );
+    assert_eq!(
+        reason.explain(),
+        "It waits for its tenant's monthly budget, which is enforced (hard): tenant acme: budget 500.00 for 2026-11, spent 483.10, running 9.20, run needs about 12.40. \
+         Tenant acme has 492.30 of its budget of 500.00 spent or expected of its running runs, and the run needs about 12.40: \
+         it gets in when the budget is raised by 4.70, when running runs end up costing less than expected, or when the next month begins."
+    );
+    // Exactly up to the budget is within it.
+    let d = decide_list(&snap, vec![costing(run(1, "acme", 1), "7.70")]);
+    assert_eq!(d.admitted(), vec![1]);
+}
+
+#[test]
+fn a_spent_hard_budget_holds_even_runs_of_no_known_cost() {
+    let acme = budgeted("acme", Enforce::Hard, "500", "500.01", "0");
+    let snap = snapshot(vec![pool("p", 16, 64)], vec![acme]);
+    let d = decide_list(&snap, vec![run(1, "acme", 1)]);
+    assert_eq!(d.reason(1).code, ReasonCode::TenantBudget);
+    assert!(
+        d.reason(1).message.ends_with("run needs about 0.00"),
+        "{}",
+        d.reason(1).message
+    );
+}
+
+#[test]
+fn admissions_add_their_estimates_for_the_rest_of_the_cycle() {
+    let acme = budgeted("acme", Enforce::Hard, "10", "1", "0");
+    let snap = snapshot(vec![pool("p", 16, 64)], vec![acme]);
+    let runs = (1..=4).map(|i| costing(run(i, "acme", 1), "3")).collect();
+    let d = decide_list(&snap, runs);
+    assert_eq!(d.admitted(), vec![1, 2, 3]);
+    assert_eq!(
+        d.reason(4).message,
+        "tenant acme: budget 10.00 for 2026-11, spent 1.00, running 9.00, run needs about 3.00"
+    );
+}
+
+#[test]
+fn soft_budgets_never_block() {
+    let acme = budgeted("acme", Enforce::Soft, "10", "50", "20");
+    let snap = snapshot(vec![pool("p", 16, 64)], vec![acme]);
+    let d = decide_list(&snap, vec![costing(run(1, "acme", 1), "30")]);
+    assert_eq!(d.admitted(), vec![1]);
+}
+
+#[test]
+fn raising_the_budget_admits_the_run_on_the_next_decide() {
+    let mut snap = snapshot(
+        vec![pool("p", 16, 64)],
+        vec![budgeted("acme", Enforce::Hard, "10", "8", "0")],
+    );
+    let runs = vec![costing(run(1, "acme", 1), "3")];
+    assert_eq!(
+        decide_list(&snap, runs.clone()).reason(1).code,
+        ReasonCode::TenantBudget
+    );
+    snap.tenants.insert(
+        "acme".into(),
+        budgeted("acme", Enforce::Hard, "11", "8", "0"),
+    );
+    assert_eq!(decide_list(&snap, runs).admitted(), vec![1]);
+}
+
+#[test]
+fn each_run_is_admitted_on_its_own_estimate() {
+    // One class (same tenant, priority and shape), estimates that differ.
+    let acme = budgeted("acme", Enforce::Hard, "10", "0", "0");
+    let snap = snapshot(vec![pool("p", 16, 64)], vec![acme]);
+    let d = decide_list(
+        &snap,
+        vec![
+            costing(run(1, "acme", 1), "2"),
+            costing(run(2, "acme", 1), "7"),
+            costing(run(3, "acme", 1), "4"),
+            costing(run(4, "acme", 1), "1"),
+        ],
+    );
+    assert_eq!(d.queue.classes().count(), 1);
+    // Run 3 would pass the budget; run 4, behind it in its class, waits behind
+    // it (FIFO within a class), and the class's reason gives run 3's numbers.
+    assert_eq!(d.admitted(), vec![1, 2]);
+    assert_eq!(
+        d.reason(4).message,
+        "tenant acme: budget 10.00 for 2026-11, spent 0.00, running 9.00, run needs about 4.00"
+    );
+    // A run of another shape is its own class and gets its own turn.
+    let mut small = costing(run(5, "acme", 2), "1");
+    small.enqueued_at = Timestamp(50);
+    let d = decide_list(
+        &snap,
+        vec![
+            costing(run(1, "acme", 1), "2"),
+            costing(run(2, "acme", 1), "7"),
+            costing(run(3, "acme", 1), "4"),
+            small,
+        ],
+    );
+    assert_eq!(d.admitted(), vec![1, 2, 5]);
+}
+
+#[test]
+fn the_budget_is_named_with_the_other_limits_in_the_way() {
+    let mut acme = budgeted("acme", Enforce::Hard, "10", "10", "0");
+    acme.quota.resources.cpu_millis = 1000;
+    acme.used = Resources::new(1000, 0, 0);
+    let snap = snapshot(vec![pool("p", 16, 64)], vec![acme]);
+    let d = decide_list(&snap, vec![costing(run(1, "acme", 1), "1")]);
+    let reason = d.reason(1);
+    assert_eq!(reason.code, ReasonCode::TenantBudget);
+    assert_eq!(
+        reason.message,
+        "tenant acme: budget 10.00 for 2026-11, spent 10.00, running 0.00, run needs about 1.00; also tenant acme: cpu 1/1 in use, run needs 1"
+    );
+    let dimensions: Vec<&str> = reason.limits.iter().map(|l| l.dimension.as_str()).collect();
+    assert_eq!(dimensions, vec!["budget", "cpu"]);
+}
+
+#[test]
+fn readmissions_and_starving_runs_are_not_held_by_money() {
+    let acme = budgeted("acme", Enforce::Hard, "10", "10", "5");
+    let snap = snapshot(vec![pool("p", 16, 64)], vec![acme]);
+    let mut again = costing(run(9, "acme", 2), "3");
+    again.readmit = true;
+    let policy = Policy {
+        starvation_after_ms: 10,
+        ..Policy::default()
+    };
+    let d = decide_at(
+        &snap,
+        vec![costing(run(1, "acme", 1), "3"), again],
+        1000,
+        &policy,
+    );
+    assert_eq!(d.admitted(), vec![9]);
+    // Run 1 has starved, but room is held for no run its budget holds back.
+    assert_eq!(d.reason(1).code, ReasonCode::TenantBudget);
+    assert!(d.outcome.reservations.is_empty());
+}
+
 #[test]
 fn snapshot_counts_open_allocations() {
     let mut snap = snapshot(vec![pool("p", 4, 4)], vec![tenant("a")]);
@@ -527,8 +726,26 @@ fn snapshot_counts_open_allocations() {
 
 fn arb_case() -> impl Strategy<Value = (Snapshot, Vec<QueuedRun>, i64)> {
     let pools = prop::collection::vec((1u64..16, 1u64..8, 0u8..4), 1..4);
-    let tenants = prop::collection::vec((0u64..12, 1u64..6, 0u64..6), 1..4);
-    let runs = prop::collection::vec((0usize..4, 1u64..6, 0usize..4, -1i32..2, 0i64..3000), 0..60);
+    let tenants = prop::collection::vec(
+        (
+            0u64..12,
+            1u64..6,
+            0u64..6,
+            prop::option::of((0u64..30, 0u64..10)),
+        ),
+        1..4,
+    );
+    let runs = prop::collection::vec(
+        (
+            0usize..4,
+            1u64..6,
+            0usize..4,
+            -1i32..2,
+            0i64..3000,
+            0i64..8_000_000,
+        ),
+        0..60,
+    );
     (pools, tenants, runs, 0i64..4000).prop_map(|(pools, tenants, runs, now)| {
         let pool_views: Vec<PoolView> = pools
             .iter()
@@ -550,8 +767,19 @@ fn arb_case() -> impl Strategy<Value = (Snapshot, Vec<QueuedRun>, i64)> {
         let tenant_views: Vec<TenantView> = tenants
             .iter()
             .enumerate()
-            .map(|(i, &(cpu, runs, pool_cpu))| {
+            .map(|(i, &(cpu, runs, pool_cpu, budget))| {
                 let mut t = tenant(&format!("t{i}"));
+                t.budget = budget.map(|(monthly, spent)| BudgetView {
+                    monthly: Money::from_whole_units(monthly as i64),
+                    enforce: if i % 2 == 0 {
+                        Enforce::Hard
+                    } else {
+                        Enforce::Soft
+                    },
+                    month: "2026-11".into(),
+                    spent: Money::from_whole_units(spent as i64),
+                    running: Money::from_micros(spent as i64 * 100_000),
+                });
                 t.quota.resources.cpu_millis = cpu * 1000;
                 t.quota.runs = runs;
                 t.weight = (i + 1) as u32;
@@ -570,8 +798,9 @@ fn arb_case() -> impl Strategy<Value = (Snapshot, Vec<QueuedRun>, i64)> {
         let queue = runs
             .iter()
             .enumerate()
-            .map(|(i, &(t, cpu, p, prio, at))| {
+            .map(|(i, &(t, cpu, p, prio, at, estimate))| {
                 let mut r = run(i as i64, &format!("t{}", t % tenant_views.len()), cpu);
+                r.estimate = Money::from_micros(estimate);
                 r.priority = prio;
                 r.enqueued_at = Timestamp(at);
                 match p {
@@ -637,6 +866,12 @@ proptest! {
             }
             prop_assert!(t.used.fits_in(&t.quota.resources));
             prop_assert!(t.runs <= t.quota.runs);
+            if let Some(budget) = t.budget.as_mut() {
+                budget.running = budget.running.saturating_add(q.estimate);
+                if budget.enforce == Enforce::Hard {
+                    prop_assert!(budget.committed() <= budget.monthly, "over budget: {budget:?}");
+                }
+            }
         }
         // Every run still queued has a reason.
         for r in &runs {

@@ -1,9 +1,10 @@
 use super::*;
+use crate::controller::ReasonCode;
 use crate::pipeline::Priority;
 use crate::pool::{PoolSpec, Price};
 use crate::resources::ResourceSpec;
 use crate::selector::{PlacementPolicy, PoolSelector};
-use crate::tenant::{QuotaSpec, TenantSpec};
+use crate::tenant::{BudgetSpec, Enforce, QuotaSpec, TenantSpec};
 use rand::RngExt;
 
 const MIN: i64 = 60_000;
@@ -339,6 +340,7 @@ fn random_spec(seed: u64) -> SimSpec {
             quota,
             allowed_pools,
             pool_limits,
+            budget: None,
         });
     }
     let duration = rng.random_range(8..=18) * MIN;
@@ -405,6 +407,20 @@ fn random_spec(seed: u64) -> SimSpec {
             }
         })
         .collect();
+    // Budgets from a stream of their own: the draws above stay as they were.
+    let mut money = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
+    money.set_stream(1);
+    for t in &mut tenants {
+        t.budget = money.random_bool(0.3).then(|| BudgetSpec {
+            monthly: Money::from_micros(money.random_range(1..=50) * 10_000),
+            enforce: if money.random_bool(0.6) {
+                Enforce::Hard
+            } else {
+                Enforce::Soft
+            },
+            alert_at: vec![0.8, 1.0],
+        });
+    }
     SimSpec {
         seed,
         duration: Span(duration),
@@ -426,6 +442,7 @@ fn random_spec(seed: u64) -> SimSpec {
 #[test]
 fn invariants_hold_and_runs_are_deterministic_over_random_workloads() {
     let (mut admitted, mut rejected, mut gangs, mut reservations) = (0, 0, 0, 0);
+    let mut budget_waits = 0;
     for seed in 0..2000 {
         let spec = random_spec(seed);
         let repro = || {
@@ -443,6 +460,11 @@ fn invariants_hold_and_runs_are_deterministic_over_random_workloads() {
                 repro()
             );
             reservations += log.reservations.len();
+            budget_waits += log
+                .waiting
+                .values()
+                .filter(|r| r.code == ReasonCode::TenantBudget)
+                .count();
         }
         let report = first.report();
         assert!(report.violations.is_empty(), "{}", repro());
@@ -471,6 +493,7 @@ fn invariants_hold_and_runs_are_deterministic_over_random_workloads() {
     assert!(rejected > 10_000, "{rejected} runs rejected");
     assert!(gangs > 3_000, "{gangs} gangs admitted");
     assert!(reservations > 10_000, "{reservations} reservations made");
+    assert!(budget_waits > 1_000, "{budget_waits} waits for a budget");
 }
 
 const ONE_POOL: &str =
@@ -649,4 +672,117 @@ fn the_example_simulation_runs_clean() {
         assert!(t.runs.admitted > 0, "{report}");
     }
     assert!(report.total.received.gpu_seconds > 0.0);
+}
+
+/// The run of `tenant` that arrived at `minute`.
+fn arrived_at(sim: &Simulation, tenant: &str, minute: i64) -> RunId {
+    sim.runs()
+        .iter()
+        .find(|r| r.tenant == tenant && r.arrived == Timestamp(minute * MIN))
+        .expect("arrived")
+        .id
+}
+
+const BUDGETS: &str = r#"
+duration: 1h
+cycle: 10s
+pools: [{name: p, capacity: {cpu: 8, memory: 16Gi}, price: {cpu_hour: 36}}]
+tenants:
+  - {name: acme, budget: {monthly: 5, enforce: hard}}
+  - {name: beta}
+workload:
+  - {tenant: acme, arrival: {every: 1m}, resources: {cpu: 1, memory: 1Gi}, duration: {min: 2m}}
+  - {tenant: beta, arrival: {every: 1m}, resources: {cpu: 1, memory: 1Gi}, duration: {min: 2m}}
+"#;
+
+#[test]
+fn a_hard_budget_holds_its_tenant_while_others_run_until_it_is_raised() {
+    let spec = sim(BUDGETS);
+    let mut sim = Simulation::new(&spec).expect("valid");
+    let mut logs = Vec::new();
+    while sim.now < Timestamp(6 * MIN) {
+        logs.push(sim.step().expect("an hour to go"));
+    }
+    // A run of acme is expected to cost 1 cpu for 2 minutes at 36.00 an hour:
+    // four fit in a budget of 5.00; the fifth, at 4m, waits.
+    let fifth = arrived_at(&sim, "acme", 4);
+    assert_eq!(
+        sim.run(fifth).expect("a run").estimate,
+        Money::from_micros(1_200_000)
+    );
+    let acme_admitted: Vec<i64> = sim
+        .runs()
+        .iter()
+        .filter(|r| r.tenant == "acme" && r.admitted.is_some())
+        .map(|r| r.arrived.0 / MIN)
+        .collect();
+    assert_eq!(acme_admitted, vec![0, 1, 2, 3]);
+    let class = sim.queue().class_of(fifth).expect("queued").id;
+    let waited: Vec<&CycleLog> = logs.iter().filter(|l| l.at.0 >= 4 * MIN).collect();
+    assert_eq!(waited.len(), 12);
+    for log in &waited {
+        let reason = log.waiting.get(&class).expect("a reason");
+        assert_eq!(reason.code, ReasonCode::TenantBudget, "{}", reason.message);
+    }
+    // At 4m three runs have ended (3.60) and the fourth has run a minute of its two.
+    assert_eq!(
+        waited[0].waiting[&class].message,
+        "tenant acme: budget 5.00 for 1970-01, spent 4.20, running 0.60, run needs about 1.20"
+    );
+    // Meanwhile beta's runs are admitted as they come.
+    let beta_admitted: Vec<RunId> = waited
+        .iter()
+        .flat_map(|l| &l.admitted)
+        .map(|a| a.run)
+        .collect();
+    assert_eq!(
+        beta_admitted,
+        vec![arrived_at(&sim, "beta", 4), arrived_at(&sim, "beta", 5)]
+    );
+    // The operator raises the budget: the next cycle admits what waited.
+    let mut acme = spec.tenants[0].clone();
+    if let Some(budget) = acme.budget.as_mut() {
+        budget.monthly = Money::from_whole_units(10);
+    }
+    sim.set_tenant(acme).expect("a valid tenant");
+    let log = sim.step().expect("an hour to go");
+    assert_eq!(log.at, Timestamp(6 * MIN));
+    let admitted: Vec<RunId> = log.admitted.iter().map(|a| a.run).collect();
+    for run in [
+        fifth,
+        arrived_at(&sim, "acme", 5),
+        arrived_at(&sim, "acme", 6),
+    ] {
+        assert!(admitted.contains(&run), "{run} in {admitted:?}");
+    }
+    assert!(sim.violations().is_empty(), "{:#?}", sim.violations());
+    // The checker would have caught a run admitted past the budget: at 4.80
+    // committed of 5.00, another 1.20 is too much.
+    let mut sim = Simulation::new(&spec).expect("valid");
+    while sim.now < Timestamp(4 * MIN) {
+        sim.step();
+    }
+    sim.arrive(sim.now);
+    let over = Admission {
+        run: arrived_at(&sim, "acme", 4),
+        placements: vec![Placement {
+            group: 0,
+            pool: "p".into(),
+            resources: Resources::new(1000, 1024, 0),
+            worker: None,
+        }],
+    };
+    let violations = sim.check(sim.now, &[over], &[]);
+    assert_eq!(violations.len(), 1, "{violations:#?}");
+    assert_eq!(
+        violations[0].message,
+        "tenant acme is committed to 6.00, over its hard budget of 5.00 for 1970-01"
+    );
+    let missing = sim
+        .set_tenant(TenantSpec::unlimited("gamma"))
+        .expect_err("unknown");
+    assert_eq!(
+        missing.to_string(),
+        "name: there is no tenant \"gamma\" in the simulation"
+    );
 }

@@ -13,6 +13,7 @@ use corral_core::controller::{Policy, check_ever_fits, decide};
 use corral_core::error::FieldError;
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::manifest::{from_value, parse_single};
+use corral_core::metering::expected_duration_ms;
 use corral_core::pipeline::{PipelineSpec, PriorityClasses};
 use corral_core::pool::{PoolSpec, PoolState, Provider};
 use corral_core::request::{ResourceRequest, WorkerTemplate};
@@ -28,6 +29,7 @@ use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::auth::{self, Credentials, Principal, SpawnGrant};
 use crate::commit::{Batch, CommitQueue};
+use crate::meter::SpendBook;
 use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
 use crate::state::State;
@@ -93,7 +95,13 @@ pub struct EngineConfig {
     pub max_agent: Resources,
     /// Bounds on a pipeline.
     pub limits: corral_core::limits::Limits,
+    /// How long a run is expected to hold its allocations when neither its
+    /// pipeline's history nor its steps' timeouts say.
+    pub default_run_duration: Duration,
 }
+
+/// How many of a pipeline's last successful runs its estimate learns from.
+const ESTIMATE_HISTORY: u32 = 20;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -108,6 +116,7 @@ impl Default for EngineConfig {
             output: OutputLimits::default(),
             max_agent: Resources::new(1024 * 1000, 16 * 1024 * 1024, 64),
             limits: corral_core::limits::Limits::default(),
+            default_run_duration: Duration::from_secs(600),
         }
     }
 }
@@ -234,12 +243,14 @@ impl Engine {
         provider: LocalProvider,
     ) -> Result<Engine> {
         let now = clock.now();
-        let live = store.load_live().await?;
+        let mut live = store.load_live().await?;
         let credentials = Credentials::default();
         credentials.load_live(&live);
+        let spend = SpendBook::replay(store.as_ref(), &mut live, now).await?;
         let state = State::from_live(
             live,
             Self::replay_usage(store.as_ref(), &config, now).await?,
+            spend,
             now,
         );
         Ok(Engine {
@@ -310,7 +321,7 @@ impl Engine {
 
     /// Applies `writes` in memory and queues them for the store; the caller's
     /// answer and effects wait for them through `fx`.
-    fn stage(&self, state: &mut State, writes: Vec<Write>, fx: &mut Effects) {
+    fn stage(&self, state: &mut State, mut writes: Vec<Write>, fx: &mut Effects) {
         // A retired or lost worker's pending poll is answered once that is committed.
         for w in &writes {
             if let Write::PutWorker(w) = w
@@ -322,7 +333,12 @@ impl Engine {
         }
         if !writes.is_empty() {
             state.seq += 1;
-            state.apply_all(&writes, self.clock.now(), state.seq);
+            let now = self.clock.now();
+            state.apply_all(&writes, now, state.seq);
+            // Price and capacity histories change in the batch that changed them.
+            let history = state.history_writes(&writes, now);
+            state.apply_all(&history, now, state.seq);
+            writes.extend(history);
             self.commits.enqueue(Batch {
                 seq: state.seq,
                 writes,
@@ -411,11 +427,12 @@ impl Engine {
     /// failed batch are forgotten.
     async fn reload(&self, state: &mut State) -> Result<()> {
         let now = self.now();
-        let live = self.store.load_live().await?;
+        let mut live = self.store.load_live().await?;
         let ledger = Self::replay_usage(self.store.as_ref(), &self.config, now).await?;
+        let spend = SpendBook::replay(self.store.as_ref(), &mut live, now).await?;
         self.credentials.load_live(&live);
         let seq = state.seq;
-        *state = State::from_live(live, ledger, now);
+        *state = State::from_live(live, ledger, spend, now);
         state.seq = seq;
         self.pending
             .lock()
@@ -466,6 +483,16 @@ impl Engine {
             .priority_classes
             .resolve(&pipeline.spec.priority)?;
         let request = ResourceRequest::for_pipeline(&pipeline);
+        // What the pipeline's last successful runs held, for its estimate.
+        let history = self
+            .store
+            .durations(&pipeline.spec.tenant, &pipeline.spec.name, ESTIMATE_HISTORY)
+            .await?;
+        let duration = expected_duration_ms(
+            &history,
+            pipeline.critical_path_timeouts_ms(),
+            ms(self.config.default_run_duration),
+        );
         let mut state = self.state.lock().await;
         if !state.tenants.contains_key(&pipeline.spec.tenant) {
             return Err(FieldError::new(
@@ -502,6 +529,7 @@ impl Engine {
                 attempts: 0,
             })
             .collect();
+        let estimate = state.estimate(&pipeline.spec.tenant, &request, duration);
         let record = RunRecord {
             id,
             pipeline: pipeline.spec.name.clone(),
@@ -511,6 +539,7 @@ impl Engine {
             reason,
             spec: pipeline.spec,
             request,
+            estimate,
             created_at: now,
             updated_at: now,
             finished_at,

@@ -7,6 +7,7 @@ mod commit;
 pub mod engine;
 pub mod http;
 mod logs;
+mod meter;
 mod progress;
 pub mod provider;
 pub mod state;

@@ -10,7 +10,7 @@ use corral_core::controller::{
     AgentView, OpenAllocation, PoolView, Reason, Reservation, Snapshot, TenantView, admission_order,
 };
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
-use corral_core::money::Money;
+
 use corral_core::pool::Provider;
 use corral_core::queue::{ClassId, QueuedRun, RunQueue};
 use corral_core::run::{AttemptState, RunState, StepProgress, WorkerState};
@@ -20,6 +20,8 @@ use corral_store::{
     WorkerRecord, Write,
 };
 use tokio::sync::Notify;
+
+use crate::meter::SpendBook;
 
 /// An unfinished run with its steps, attempts and open allocations.
 #[derive(Debug, Clone)]
@@ -124,6 +126,8 @@ pub struct State {
     pub queue: RunQueue,
     /// Decayed recent usage per tenant, for fair share.
     pub ledger: UsageLedger,
+    /// Prices, capacities and this month's spend, for budgets.
+    pub spend: SpendBook,
     /// Why each class of the queue waits, as of the last controller cycle.
     pub waiting: BTreeMap<ClassId, Reason>,
     /// Room held for starving runs in the last controller cycle.
@@ -133,7 +137,7 @@ pub struct State {
 impl State {
     /// Builds the state from what the store holds; every worker counts as just
     /// seen. `ledger` holds the usage of allocations closed before.
-    pub fn from_live(live: Live, ledger: UsageLedger, now: Timestamp) -> State {
+    pub fn from_live(live: Live, ledger: UsageLedger, spend: SpendBook, now: Timestamp) -> State {
         let mut state = State {
             pools: BTreeMap::new(),
             tenants: BTreeMap::new(),
@@ -147,6 +151,7 @@ impl State {
             last_ids: live.max_ids,
             queue: RunQueue::new(),
             ledger,
+            spend,
             waiting: BTreeMap::new(),
             reservations: Vec::new(),
         };
@@ -255,6 +260,7 @@ impl State {
                         run.allocations.remove(i);
                         self.ledger
                             .record(&a.tenant, &a.resources, a.opened_at, closed);
+                        self.spend.close(a, now);
                     }
                     (Some(i), None) => run.allocations[i] = a.clone(),
                     (None, None) => run.allocations.push(a.clone()),
@@ -282,6 +288,8 @@ impl State {
                 self.workers.remove(&w.id);
                 self.retiring.insert(w.id, seq);
             }
+            Write::PutPrice(p) => self.spend.record_price(p),
+            Write::PutCapacity(c) => self.spend.record_capacity(c),
             Write::PutToken(_) | Write::TouchToken { .. } | Write::AppendAudit(_) => {}
         }
     }
@@ -371,7 +379,7 @@ impl State {
             enqueued_at: record.created_at,
             groups,
             readmit,
-            estimate: Money::ZERO,
+            estimate: run.record.estimate,
         };
         let shape = |groups: &[corral_core::request::GroupRequest]| -> Vec<_> {
             groups
@@ -423,9 +431,11 @@ impl State {
                 .push((&a.resources, a.opened_at));
         }
         let mut snapshot = self.capacities();
+        let mut budgets = self.budgets(now);
         for (name, t) in &mut snapshot.tenants {
             let mine = opened.get(name.as_str()).cloned().unwrap_or_default();
             t.recent = self.ledger.recent(name, mine, now);
+            t.budget = budgets.remove(name);
         }
         snapshot.charge(&open);
         snapshot

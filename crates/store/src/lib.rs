@@ -9,6 +9,7 @@ pub mod testing;
 
 use async_trait::async_trait;
 use corral_core::ids::{AttemptId, RunId};
+use corral_core::metering::{CapacityChange, PriceChange, Span};
 
 pub use records::*;
 pub use sql::{Backend, SqlStore};
@@ -74,4 +75,18 @@ pub trait Store: Send + Sync {
 
     /// The audit log, oldest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+
+    /// Every pool's price history, by pool and time.
+    async fn prices(&self) -> Result<Vec<PriceChange>>;
+
+    /// Every pool's capacity history, by pool and time.
+    async fn capacities(&self) -> Result<Vec<CapacityChange>>;
+
+    /// The allocations held within the filter's window, with their run's
+    /// pipeline, oldest first.
+    async fn spans(&self, filter: &SpanFilter) -> Result<Vec<Span>>;
+
+    /// How long the last `limit` succeeded runs of a tenant's pipeline held
+    /// their allocations (from the first opened to the run's end), newest first.
+    async fn durations(&self, tenant: &str, pipeline: &str, limit: u32) -> Result<Vec<i64>>;
 }

@@ -6,6 +6,8 @@ use corral_core::access::Role;
 use corral_core::clock::Timestamp;
 use corral_core::controller::Reason;
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::metering::{CapacityChange, PriceChange};
+use corral_core::money::Money;
 use corral_core::pipeline::PipelineSpec;
 use corral_core::pool::PoolSpec;
 use corral_core::request::ResourceRequest;
@@ -38,6 +40,8 @@ pub struct RunRecord {
     pub reason: Option<Reason>,
     pub spec: PipelineSpec,
     pub request: ResourceRequest,
+    /// What the run is expected to cost, set at submit.
+    pub estimate: Money,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub finished_at: Option<Timestamp>,
@@ -182,6 +186,10 @@ pub enum Write {
         at: Timestamp,
     },
     AppendAudit(AuditRecord),
+    /// A pool's price from a time on (a later change at the same time wins).
+    PutPrice(PriceChange),
+    /// A pool's capacity from a time on (a later change at the same time wins).
+    PutCapacity(CapacityChange),
 }
 
 /// Everything that is not finished: what the server needs in memory to work.
@@ -200,6 +208,10 @@ pub struct Live {
     pub workers: Vec<WorkerRecord>,
     /// Every token, revoked and expired ones included.
     pub tokens: Vec<TokenRecord>,
+    /// Every pool's price history, by pool and time.
+    pub prices: Vec<PriceChange>,
+    /// Every pool's latest capacity.
+    pub capacities: Vec<CapacityChange>,
     pub max_ids: MaxIds,
 }
 
@@ -249,4 +261,14 @@ pub struct AuditFilter {
     pub kind: Option<String>,
     /// Oldest first; at most this many.
     pub limit: u32,
+}
+
+/// Which allocations a usage report covers: those held at some time in
+/// `[from, to)`, of one tenant or pool if set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanFilter {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub tenant: Option<String>,
+    pub pool: Option<String>,
 }

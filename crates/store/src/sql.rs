@@ -8,6 +8,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use corral_core::clock::Timestamp;
 use corral_core::ids::{AttemptId, RunId};
+use corral_core::metering::{CapacityChange, PriceChange, Span};
 use corral_core::run::{RunState, WorkerState};
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -16,6 +17,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use crate::records::*;
 use crate::{Result, Store, StoreError};
 
+mod metering;
 mod rows;
 
 use rows::*;
@@ -253,8 +255,8 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         Write::DeleteTenant(name) => delete_named(conn, "tenants", name).await?,
         Write::PutRun(r) => {
             sqlx::query(
-                "INSERT INTO runs (id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                "INSERT INTO runs (id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at, estimate) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason_code = excluded.reason_code, \
                  reason = excluded.reason, updated_at = excluded.updated_at, finished_at = excluded.finished_at",
             )
@@ -270,6 +272,7 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(r.created_at.0)
             .bind(r.updated_at.0)
             .bind(r.finished_at.map(|t| t.0))
+            .bind(r.estimate.micros())
             .execute(conn)
             .await?;
         }
@@ -378,6 +381,8 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
                 .execute(conn)
                 .await?;
         }
+        Write::PutPrice(p) => metering::put_price(conn, p).await?,
+        Write::PutCapacity(c) => metering::put_capacity(conn, c).await?,
         Write::AppendAudit(a) => {
             sqlx::query(
                 "INSERT INTO audit (id, at, who, kind, name, action, before_spec, after_spec) \
@@ -539,6 +544,8 @@ impl Store for SqlStore {
             token_from,
         )
         .await?;
+        let prices = metering::prices(&mut conn).await?;
+        let capacities = metering::latest_capacities(&mut conn).await?;
         let max = |table: &'static str| format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}");
         let mut max_ids = MaxIds::default();
         for (table, slot) in [
@@ -562,6 +569,8 @@ impl Store for SqlStore {
             open_allocations,
             workers,
             tokens,
+            prices,
+            capacities,
             max_ids,
         })
     }
@@ -746,5 +755,21 @@ impl Store for SqlStore {
         .iter()
         .map(audit_from)
         .collect()
+    }
+
+    async fn prices(&self) -> Result<Vec<PriceChange>> {
+        metering::prices(&mut *self.pool.acquire().await?).await
+    }
+
+    async fn capacities(&self) -> Result<Vec<CapacityChange>> {
+        metering::capacities(&mut *self.pool.acquire().await?).await
+    }
+
+    async fn spans(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
+        metering::spans(&self.pool, filter).await
+    }
+
+    async fn durations(&self, tenant: &str, pipeline: &str, limit: u32) -> Result<Vec<i64>> {
+        metering::durations(&self.pool, tenant, pipeline, limit).await
     }
 }

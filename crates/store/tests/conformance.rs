@@ -7,6 +7,9 @@ use corral_core::clock::Timestamp;
 use corral_core::controller::{Reason, ReasonCode};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents};
+use corral_core::metering::{CapacityChange, PriceChange, Span};
+use corral_core::money::Money;
+use corral_core::pool::Price;
 use corral_core::request::ResourceRequest;
 use corral_core::resources::Resources;
 use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
@@ -50,6 +53,7 @@ fn run_record(id: i64, tenant: &str, state: RunState) -> RunRecord {
         )),
         spec,
         request,
+        estimate: Money::from_micros(1_234_567 * id),
         created_at: Timestamp(10 + id),
         updated_at: Timestamp(10 + id),
         finished_at: None,
@@ -460,6 +464,152 @@ async fn suite(store: &dyn Store) {
     assert!(store.run(RunId(99)).await.expect("read").is_none());
 }
 
+/// Price and capacity histories, the spans usage is computed from, and the
+/// durations estimates learn from.
+async fn metering(store: &dyn Store) {
+    let price = |pool: &str, at_ms: i64, cpu_hour: f64| PriceChange {
+        pool: pool.into(),
+        at_ms,
+        price: Price {
+            cpu_hour,
+            memory_gib_hour: 0.005,
+            gpu_hour: 0.0,
+        },
+    };
+    let capacity = |pool: &str, at_ms: i64, cpu: u64| CapacityChange {
+        pool: pool.into(),
+        at_ms,
+        capacity: Resources::new(cpu, 4096, 0),
+    };
+    store
+        .commit(&[
+            Write::PutPrice(price("linux", 200, 0.05)),
+            Write::PutPrice(price("linux", 100, 0.04)),
+            Write::PutPrice(price("gpu", 100, 2.0)),
+            // A later change at the same time wins.
+            Write::PutPrice(price("linux", 200, 0.06)),
+            Write::PutCapacity(capacity("linux", 100, 8000)),
+            Write::PutCapacity(capacity("linux", 300, 16000)),
+            Write::PutCapacity(capacity("gpu", 100, 4000)),
+        ])
+        .await
+        .expect("histories");
+    assert_eq!(
+        store.prices().await.expect("prices"),
+        vec![
+            price("gpu", 100, 2.0),
+            price("linux", 100, 0.04),
+            price("linux", 200, 0.06)
+        ]
+    );
+    assert_eq!(store.capacities().await.expect("capacities").len(), 3);
+    let live = store.load_live().await.expect("load");
+    assert_eq!(live.prices.len(), 3);
+    assert_eq!(
+        live.capacities,
+        vec![capacity("gpu", 100, 4000), capacity("linux", 300, 16000)],
+        "the latest capacity of each pool"
+    );
+
+    // Two succeeded runs of one pipeline and an open allocation of another
+    // tenant's run: spans carry their run's pipeline.
+    let done = |id: i64, finished: i64| RunRecord {
+        state: RunState::Succeeded,
+        finished_at: Some(Timestamp(finished)),
+        ..run_record(id, "acme", RunState::Succeeded)
+    };
+    let held =
+        |id: i64, run: i64, tenant: &str, opened: i64, closed: Option<i64>| AllocationRecord {
+            tenant: tenant.into(),
+            opened_at: Timestamp(opened),
+            ..allocation(id, run, 0, closed)
+        };
+    let other = RunRecord {
+        pipeline: "nightly".into(),
+        ..run_record(52, "globex", RunState::Running)
+    };
+    store
+        .commit(&[
+            Write::PutRun(done(50, 1_500)),
+            Write::PutRun(done(51, 5_000)),
+            Write::PutRun(other),
+            Write::PutAllocation(held(50, 50, "acme", 1_000, Some(1_500))),
+            Write::PutAllocation(held(51, 51, "acme", 2_000, Some(5_000))),
+            Write::PutAllocation(held(52, 52, "globex", 3_000, None)),
+        ])
+        .await
+        .expect("runs");
+    assert_eq!(
+        store
+            .run(RunId(51))
+            .await
+            .expect("read")
+            .expect("exists")
+            .run
+            .estimate,
+        Money::from_micros(1_234_567 * 51)
+    );
+    let spans = |from: i64, to: i64, tenant: Option<&str>| SpanFilter {
+        from: Timestamp(from),
+        to: Timestamp(to),
+        tenant: tenant.map(str::to_string),
+        pool: None,
+    };
+    // (The suite's own allocations, ids under 50, are left out.)
+    let ids = |found: Vec<Span>| {
+        found
+            .iter()
+            .map(|s| s.allocation.0)
+            .filter(|&id| id >= 50)
+            .collect::<Vec<_>>()
+    };
+    let all = store.spans(&spans(0, 10_000, None)).await.expect("spans");
+    assert_eq!(ids(all.clone()), vec![50, 51, 52]);
+    let last = all.last().expect("spans");
+    assert_eq!(last.pipeline, "nightly");
+    assert_eq!((last.tenant.as_str(), last.end_ms), ("globex", None));
+    let first = all.iter().find(|s| s.allocation.0 == 50).expect("span 50");
+    assert_eq!(
+        (first.pipeline.as_str(), first.resources),
+        ("p", Resources::new(1500, 1024, 0))
+    );
+    // Held within [from, to): the first ended at 1,500, the open one holds on.
+    assert_eq!(
+        ids(store
+            .spans(&spans(1_500, 10_000, None))
+            .await
+            .expect("spans")),
+        vec![51, 52]
+    );
+    assert_eq!(
+        ids(store.spans(&spans(0, 2_000, None)).await.expect("spans")),
+        vec![50]
+    );
+    assert_eq!(
+        ids(store
+            .spans(&spans(0, 10_000, Some("globex")))
+            .await
+            .expect("spans")),
+        vec![52]
+    );
+    assert_eq!(
+        store.durations("acme", "p", 2).await.expect("durations"),
+        vec![3_000, 500],
+        "newest first"
+    );
+    assert_eq!(
+        store.durations("acme", "p", 1).await.expect("durations"),
+        vec![3_000]
+    );
+    assert!(
+        store
+            .durations("acme", "nightly", 20)
+            .await
+            .expect("durations")
+            .is_empty()
+    );
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -467,6 +617,7 @@ async fn conformance_sqlite() {
     let store = SqlStore::open_sqlite(&dir).await.expect("open sqlite");
     assert_eq!(store.backend(), Backend::Sqlite);
     suite(&store).await;
+    metering(&store).await;
     // Reopening finds the same data and does not re-run migrations.
     store.close().await;
     let again = SqlStore::open_sqlite(&dir).await.expect("reopen sqlite");
@@ -480,6 +631,7 @@ async fn conformance_postgres() {
     let store = SqlStore::connect(&url).await.expect("connect postgres");
     assert_eq!(store.backend(), Backend::Postgres);
     suite(&store).await;
+    metering(&store).await;
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use corral_core::access::Role;
 use corral_core::clock::Timestamp;
 use corral_core::controller::{Reason, ReasonCode};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::money::Money;
 use corral_core::resources::Resources;
 use corral_core::run::WorkerState;
 use serde::Serialize;
@@ -60,7 +61,7 @@ pub(super) fn resources(row: &AnyRow) -> Result<Resources> {
     ))
 }
 
-pub(super) const RUN_COLUMNS: &str = "id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at";
+pub(super) const RUN_COLUMNS: &str = "id, pipeline, tenant, priority, state, reason_code, reason, spec, request, estimate, created_at, updated_at, finished_at";
 pub(super) const ATTEMPT_COLUMNS: &str = "id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at";
 pub(super) const WORKER_COLUMNS: &str = "id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash, incarnation";
 pub(super) const TOKEN_COLUMNS: &str =
@@ -89,6 +90,7 @@ pub(super) fn run_from(row: &AnyRow) -> Result<RunRecord> {
         reason,
         spec: from_json("pipeline spec", &row.try_get::<String, _>("spec")?)?,
         request: from_json("resource request", &row.try_get::<String, _>("request")?)?,
+        estimate: Money::from_micros(row.try_get("estimate")?),
         created_at: ts(row, "created_at")?,
         updated_at: ts(row, "updated_at")?,
         finished_at: opt_ts(row, "finished_at")?,

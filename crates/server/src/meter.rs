@@ -1,0 +1,295 @@
+//! What the state knows of money: every pool's price history and latest
+//! recorded capacity (kept in the store as history, so that usage and idle
+//! capacity are priced over time), and what each tenant spent this month on
+//! allocations already closed. Open allocations are priced when asked, up to
+//! `now`. Budgets in the controller's snapshot come from here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use corral_core::clock::Timestamp;
+use corral_core::controller::BudgetView;
+use corral_core::ids::RunId;
+use corral_core::metering::{
+    CapacityChange, Month, PriceChange, Span, Window, estimate_cost, usage,
+};
+use corral_core::money::Money;
+use corral_core::pool::{Price, Provider};
+use corral_core::request::ResourceRequest;
+use corral_core::resources::Resources;
+use corral_store::{AllocationRecord, Live, SpanFilter, Store, Write};
+
+use crate::state::State;
+
+/// Prices, capacities and this month's closed spend.
+#[derive(Debug, Default)]
+pub struct SpendBook {
+    /// Every price change, by pool and time.
+    prices: Vec<PriceChange>,
+    /// The last capacity recorded per pool.
+    capacities: BTreeMap<String, Resources>,
+    /// The month `closed` counts.
+    month: Option<Month>,
+    /// What each tenant's allocations closed in `month` cost within it.
+    closed: BTreeMap<String, Money>,
+}
+
+/// An allocation as a span of usage (its pipeline does not matter here).
+fn span(a: &AllocationRecord, run: RunId) -> Span {
+    Span {
+        allocation: a.id,
+        run,
+        tenant: a.tenant.clone(),
+        pool: a.pool.clone(),
+        pipeline: String::new(),
+        resources: a.resources,
+        start_ms: a.opened_at.0,
+        end_ms: a.closed_at.map(|t| t.0),
+    }
+}
+
+impl SpendBook {
+    /// The book for `now`'s month, from the store's histories and the spans
+    /// of allocations closed this month.
+    pub fn new(
+        prices: Vec<PriceChange>,
+        capacities: Vec<CapacityChange>,
+        closed_this_month: &[Span],
+        now: Timestamp,
+    ) -> SpendBook {
+        let month = Month::containing(now.0);
+        let mut book = SpendBook {
+            prices,
+            capacities: capacities
+                .into_iter()
+                .map(|c| (c.pool, c.capacity))
+                .collect(),
+            month: Some(month),
+            closed: BTreeMap::new(),
+        };
+        for s in closed_this_month.iter().filter(|s| s.end_ms.is_some()) {
+            book.add_closed(s, now);
+        }
+        book
+    }
+
+    /// The book the store's histories (taken out of `live`) and this month's
+    /// closed allocations make.
+    pub async fn replay(
+        store: &dyn Store,
+        live: &mut Live,
+        now: Timestamp,
+    ) -> corral_store::Result<SpendBook> {
+        let month = Month::containing(now.0);
+        let spans = store
+            .spans(&SpanFilter {
+                from: Timestamp(month.start_ms()),
+                to: Timestamp(now.0.saturating_add(1)),
+                tenant: None,
+                pool: None,
+            })
+            .await?;
+        Ok(SpendBook::new(
+            std::mem::take(&mut live.prices),
+            std::mem::take(&mut live.capacities),
+            &spans,
+            now,
+        ))
+    }
+
+    /// The cost of `spans` within `window`, up to `now`.
+    fn cost(&self, spans: &[Span], window: Window, now: Timestamp) -> Money {
+        usage(spans, &self.prices, window, now.0, &[]).total.cost
+    }
+
+    fn add_closed(&mut self, s: &Span, now: Timestamp) {
+        let Some(month) = self.month else { return };
+        let cost = self.cost(std::slice::from_ref(s), Window::month(month), now);
+        let spent = self.closed.entry(s.tenant.clone()).or_default();
+        *spent = spent.saturating_add(cost);
+    }
+
+    /// Counts an allocation that has just closed.
+    pub fn close(&mut self, a: &AllocationRecord, now: Timestamp) {
+        self.roll(now);
+        self.add_closed(&span(a, a.run_id), now);
+    }
+
+    /// Starts a new month's count when `now` is past the book's month.
+    fn roll(&mut self, now: Timestamp) {
+        let month = Month::containing(now.0);
+        if self.month != Some(month) {
+            self.month = Some(month);
+            self.closed.clear();
+        }
+    }
+
+    pub fn record_price(&mut self, change: &PriceChange) {
+        let at = self
+            .prices
+            .partition_point(|p| (&p.pool, p.at_ms) <= (&change.pool, change.at_ms));
+        self.prices.insert(at, change.clone());
+    }
+
+    pub fn record_capacity(&mut self, change: &CapacityChange) {
+        self.capacities.insert(change.pool.clone(), change.capacity);
+    }
+
+    /// Every price change, by pool and time.
+    pub fn prices(&self) -> &[PriceChange] {
+        &self.prices
+    }
+
+    fn current_price(&self, pool: &str) -> Option<&PriceChange> {
+        self.prices.iter().rev().find(|p| p.pool == pool)
+    }
+
+    /// What `tenant` spent in `now`'s month: its closed allocations, and its
+    /// `open` ones up to `now`.
+    pub fn month_to_date(&self, tenant: &str, open: &[Span], now: Timestamp) -> Money {
+        let month = Month::containing(now.0);
+        let closed = if self.month == Some(month) {
+            self.closed.get(tenant).copied().unwrap_or_default()
+        } else {
+            Money::ZERO
+        };
+        closed.saturating_add(self.cost(open, Window::month(month), now))
+    }
+
+    /// What the open allocations of a run have cost so far, whatever the month.
+    fn so_far(&self, open: &[Span], now: Timestamp) -> Money {
+        self.cost(open, Window::new(i64::MIN, i64::MAX), now)
+    }
+}
+
+impl State {
+    /// Each tenant's budget as the controller sees it at `now`, for tenants
+    /// that have one.
+    pub fn budgets(&self, now: Timestamp) -> BTreeMap<String, BudgetView> {
+        let month = Month::containing(now.0);
+        let mut open: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
+        let mut running: BTreeMap<&str, Money> = BTreeMap::new();
+        for run in self.runs.values() {
+            if run.allocations.is_empty() {
+                continue;
+            }
+            let spans: Vec<Span> = run
+                .allocations
+                .iter()
+                .map(|a| span(a, run.record.id))
+                .collect();
+            let left = run
+                .record
+                .estimate
+                .saturating_sub(self.spend.so_far(&spans, now))
+                .max(Money::ZERO);
+            let tenant = run.record.tenant.as_str();
+            let r = running.entry(tenant).or_default();
+            *r = r.saturating_add(left);
+            open.entry(tenant).or_default().extend(spans);
+        }
+        self.tenants
+            .values()
+            .filter_map(|t| {
+                let budget = t.spec.budget.as_ref()?;
+                let name = t.spec.name.as_str();
+                let mine = open.get(name).map(Vec::as_slice).unwrap_or_default();
+                let spent = self.spend.month_to_date(name, mine, now);
+                let running = running.get(name).copied().unwrap_or_default();
+                Some((
+                    t.spec.name.clone(),
+                    BudgetView::new(budget, month, spent, running),
+                ))
+            })
+            .collect()
+    }
+
+    /// What a run of `tenant` asking for `request` is expected to cost, held
+    /// for `duration_ms`: each group priced at the dearest pool it may land on.
+    pub fn estimate(&self, tenant: &str, request: &ResourceRequest, duration_ms: i64) -> Money {
+        let allowed = self
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.spec.allowed_pools.as_ref());
+        let prices: Vec<Vec<Price>> = request
+            .groups
+            .iter()
+            .map(|g| {
+                self.pools
+                    .values()
+                    .filter(|p| g.selector.matches(&p.spec.name, &p.spec.labels))
+                    .filter(|p| allowed.is_none_or(|a| a.contains(&p.spec.name)))
+                    .map(|p| p.spec.price)
+                    .collect()
+            })
+            .collect();
+        let groups: Vec<(Resources, &[Price])> = request
+            .groups
+            .iter()
+            .zip(&prices)
+            .map(|(g, p)| (g.resources, p.as_slice()))
+            .collect();
+        estimate_cost(&groups, duration_ms)
+    }
+
+    /// What a pool offers now: a static pool its live agents' capacity, any
+    /// other its own.
+    fn pool_capacity(&self, pool: &str) -> Option<Resources> {
+        let p = self.pools.get(pool)?;
+        Some(match p.spec.provider {
+            Provider::Static => self
+                .workers
+                .values()
+                .filter(|w| w.record.pool == pool)
+                .fold(Resources::ZERO, |acc, w| {
+                    acc.saturating_add(&w.record.capacity)
+                }),
+            _ => p.spec.capacity(),
+        })
+    }
+
+    /// The price and capacity changes that `writes`, just applied, made: the
+    /// writes that keep their histories, staged in the same batch.
+    pub fn history_writes(&self, writes: &[Write], now: Timestamp) -> Vec<Write> {
+        let mut touched: BTreeSet<&str> = BTreeSet::new();
+        for w in writes {
+            match w {
+                Write::PutPool(p) => {
+                    touched.insert(&p.spec.name);
+                }
+                Write::DeletePool(name) => {
+                    touched.insert(name);
+                }
+                Write::PutWorker(w) => {
+                    touched.insert(&w.pool);
+                }
+                _ => {}
+            }
+        }
+        let mut history = Vec::new();
+        for pool in touched {
+            if let Some(p) = self.pools.get(pool) {
+                let price = p.spec.price;
+                if self.spend.current_price(pool).map(|c| c.price) != Some(price) {
+                    history.push(Write::PutPrice(PriceChange {
+                        pool: pool.to_string(),
+                        at_ms: now.0,
+                        price,
+                    }));
+                }
+            }
+            let capacity = self.pool_capacity(pool).unwrap_or(Resources::ZERO);
+            let known = self.spend.capacities.get(pool).copied();
+            // A deleted pool offers nothing from now on.
+            if known.unwrap_or(Resources::ZERO) != capacity
+                || (known.is_none() && self.pools.contains_key(pool))
+            {
+                history.push(Write::PutCapacity(CapacityChange {
+                    pool: pool.to_string(),
+                    at_ms: now.0,
+                    capacity,
+                }));
+            }
+        }
+        history
+    }
+}

@@ -1,0 +1,23 @@
+-- Metering: each pool's price and capacity from a time on, so that usage and
+-- idle capacity are priced over their history, not at today's price; and each
+-- run's estimated cost (micro-units of the operator's currency), set at submit.
+CREATE TABLE pool_prices (
+    pool TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    price TEXT NOT NULL,
+    PRIMARY KEY (pool, at)
+);
+
+CREATE TABLE pool_capacity (
+    pool TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    cpu_millis BIGINT NOT NULL,
+    memory_mib BIGINT NOT NULL,
+    gpu BIGINT NOT NULL,
+    PRIMARY KEY (pool, at)
+);
+
+ALTER TABLE runs ADD COLUMN estimate BIGINT NOT NULL DEFAULT 0;
+
+CREATE INDEX allocations_by_open ON allocations (opened_at);
+CREATE INDEX runs_by_pipeline ON runs (tenant, pipeline, id);

@@ -171,8 +171,24 @@ pub struct RunSummary {
     /// For a run waiting for admission.
     #[serde(default)]
     pub queue: Option<QueuePlaceView>,
+    /// What the run was expected to cost at submit, in the operator's
+    /// currency: its groups' envelopes at the dearest pool each may land on,
+    /// for the p90 of its pipeline's last successful runs (or its steps'
+    /// timeouts, or the server's default duration).
+    #[serde(default)]
+    pub estimated_cost: f64,
     pub created_at: String,
     pub finished_at: Option<String>,
+}
+
+/// A pool's price from a time on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PriceChangeView {
+    pub pool: String,
+    pub at: String,
+    pub cpu_hour: f64,
+    pub memory_gib_hour: f64,
+    pub gpu_hour: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -386,4 +402,48 @@ pub struct AuditView {
     pub before: Option<serde_json::Value>,
     #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
+}
+
+/// Resources held over time and what that cost. `cost` is in the operator's
+/// currency; `cost_micros` is the same amount exactly, in millionths.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageAmounts {
+    pub cpu_core_seconds: f64,
+    pub memory_gib_seconds: f64,
+    pub gpu_seconds: f64,
+    pub cost: f64,
+    pub cost_micros: i64,
+}
+
+/// One group of a usage report: its key values (by the report's keys) and
+/// its usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRowView {
+    pub key: BTreeMap<String, String>,
+    pub usage: UsageAmounts,
+}
+
+/// A pool's capacity over the window, what was allocated of it and what
+/// nobody held, priced alike: `allocated + idle = capacity`, exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IdleView {
+    pub pool: String,
+    /// The UTC day, when the report is by day.
+    pub day: Option<String>,
+    pub capacity: UsageAmounts,
+    pub allocated: UsageAmounts,
+    pub idle: UsageAmounts,
+}
+
+/// Usage and cost of the allocations held within `[from, to)`, grouped as
+/// asked. The rows add up to the total exactly, whatever the grouping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    pub by: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub rows: Vec<UsageRowView>,
+    pub total: UsageAmounts,
+    /// Idle capacity per pool (and day); empty for a tenant's token.
+    pub idle: Vec<IdleView>,
 }

@@ -5,4 +5,5 @@ mod guard;
 mod openapi;
 pub mod routes;
 mod stream;
+mod usage;
 mod views;

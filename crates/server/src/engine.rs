@@ -247,12 +247,17 @@ impl Engine {
         let credentials = Credentials::default();
         credentials.load_live(&live);
         let spend = SpendBook::replay(store.as_ref(), &mut live, now).await?;
-        let state = State::from_live(
+        let mut state = State::from_live(
             live,
             Self::replay_usage(store.as_ref(), &config, now).await?,
             spend,
             now,
         );
+        let backfill = state.backfill_history();
+        if !backfill.is_empty() {
+            store.commit(&backfill).await?;
+            state.apply_all(&backfill, now, 0);
+        }
         Ok(Engine {
             store,
             clock,

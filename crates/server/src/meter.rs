@@ -247,6 +247,30 @@ impl State {
         })
     }
 
+    /// Histories for pools that have none (made before metering was): their
+    /// price and capacity from their creation on.
+    pub fn backfill_history(&self) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for (name, p) in &self.pools {
+            let at_ms = p.created_at.0;
+            if self.spend.current_price(name).is_none() {
+                writes.push(Write::PutPrice(PriceChange {
+                    pool: name.clone(),
+                    at_ms,
+                    price: p.spec.price,
+                }));
+            }
+            if !self.spend.capacities.contains_key(name) {
+                writes.push(Write::PutCapacity(CapacityChange {
+                    pool: name.clone(),
+                    at_ms,
+                    capacity: self.pool_capacity(name).unwrap_or(Resources::ZERO),
+                }));
+            }
+        }
+        writes
+    }
+
     /// The price and capacity changes that `writes`, just applied, made: the
     /// writes that keep their histories, staged in the same batch.
     pub fn history_writes(&self, writes: &[Write], now: Timestamp) -> Vec<Write> {

@@ -299,10 +299,16 @@ impl Server {
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
+        self.get_text_accepting(path, "*/*").await
+    }
+
+    /// A GET with the admin token asking for the media type `accept`.
+    pub async fn get_text_accepting(&self, path: &str, accept: &str) -> (u16, String) {
         let response = self
             .http
             .get(format!("{}{path}", self.url))
             .bearer_auth(&self.admin_token)
+            .header(reqwest::header::ACCEPT, accept)
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));

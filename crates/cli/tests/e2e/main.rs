@@ -14,5 +14,6 @@ mod execution;
 mod governance;
 mod harness;
 mod hostile;
+mod metering;
 mod quick_start;
 mod slow;

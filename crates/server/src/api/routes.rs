@@ -40,7 +40,7 @@ use crate::state::QueuePlace;
 type AppState = Arc<Engine>;
 type ApiResult<T> = Result<T, ApiError>;
 
-type Params = Query<BTreeMap<String, String>>;
+pub(super) type Params = Query<BTreeMap<String, String>>;
 
 /// One route of the API with its access rule. The router is built from this
 /// table only, so no route exists without a rule.
@@ -95,6 +95,18 @@ fn table() -> Vec<(RouteSpec, Handler)> {
         ),
         r("GET", "/api/v1/runs/{id}/logs", Read, get(run_logs)),
         r("GET", "/api/v1/allocations", Read, get(list_allocations)),
+        r(
+            "GET",
+            "/api/v1/usage",
+            Read,
+            get(super::usage::usage_report),
+        ),
+        r(
+            "GET",
+            "/api/v1/prices",
+            Read,
+            get(super::usage::price_history),
+        ),
         r("GET", "/api/v1/queue", Read, get(list_queue)),
         r("GET", "/api/v1/tokens", ReadAll, get(list_tokens)),
         r("POST", "/api/v1/tokens", Admin, post(create_token)),
@@ -211,6 +223,8 @@ async fn healthz(State(engine): State<AppState>) -> Response {
         cancel_run,
         run_logs,
         list_allocations,
+        super::usage::usage_report,
+        super::usage::price_history,
         list_queue,
         list_tokens,
         create_token,
@@ -267,7 +281,7 @@ fn json_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
 }
 
 /// Reads known query parameters; an unknown one is an error naming it.
-fn params(query: &BTreeMap<String, String>, known: &[&str]) -> ApiResult<()> {
+pub(super) fn params(query: &BTreeMap<String, String>, known: &[&str]) -> ApiResult<()> {
     match query.keys().find(|k| !known.contains(&k.as_str())) {
         Some(k) => Err(FieldError::new(
             k.clone(),
@@ -658,7 +672,10 @@ async fn submit_run(
 
 /// The tenant a list is limited to: a tenant token's own (asking for another
 /// is refused), or the `tenant` parameter.
-fn tenant_scope(who: &Principal, query: &BTreeMap<String, String>) -> ApiResult<Option<String>> {
+pub(super) fn tenant_scope(
+    who: &Principal,
+    query: &BTreeMap<String, String>,
+) -> ApiResult<Option<String>> {
     let asked = query.get("tenant");
     if let Some(t) = asked {
         check_tenant(who, t)?;
@@ -961,7 +978,13 @@ async fn revoke_token(
 }
 
 /// A time given as RFC 3339 (`2026-11-28T09:00:00Z`) or as an age (`1h`, `7d`).
-fn since(engine: &Engine, text: &str) -> ApiResult<corral_core::clock::Timestamp> {
+/// A time given as RFC 3339 or as an age before now (`90m`, `7d`), in the
+/// query parameter `field`.
+pub(super) fn time_param(
+    engine: &Engine,
+    field: &str,
+    text: &str,
+) -> ApiResult<corral_core::clock::Timestamp> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(corral_core::clock::Timestamp(t.timestamp_millis()));
     }
@@ -970,7 +993,7 @@ fn since(engine: &Engine, text: &str) -> ApiResult<corral_core::clock::Timestamp
         .map(|ms| engine.now().plus_millis(-ms))
         .ok_or_else(|| {
             FieldError::new(
-                "since",
+                field,
                 format!("{text:?} is neither an RFC 3339 time nor an age such as 1h or 7d"),
             )
             .into()
@@ -1002,7 +1025,10 @@ async fn list_audit(
         .into());
     }
     let filter = AuditFilter {
-        since: query.get("since").map(|t| since(&engine, t)).transpose()?,
+        since: query
+            .get("since")
+            .map(|t| time_param(&engine, "since", t))
+            .transpose()?,
         who: query.get("who").cloned(),
         kind: query.get("kind").cloned(),
         limit: limit(&query, 1000, 100_000)?,

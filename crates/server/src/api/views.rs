@@ -118,6 +118,7 @@ pub fn run_summary(r: &RunRecord, place: Option<&QueuePlace>) -> RunSummary {
             waited_ms: p.waited_ms,
             reserved: p.reserved.clone(),
         }),
+        estimated_cost: r.estimate.to_units_f64(),
         created_at: time(r.created_at),
         finished_at: r.finished_at.map(time),
     }

@@ -1,0 +1,309 @@
+//! Metering with real processes: usage that reconciles with the allocation
+//! history and the price history, budgets that hold runs back, and estimates
+//! that learn from a pipeline's history.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Server, StoreKind, eventually, millis};
+
+/// A pool's price from a time on, as `/api/v1/prices` lists it.
+struct Price {
+    at: i64,
+    cpu_hour: f64,
+    memory_gib_hour: f64,
+}
+
+/// Each pool's price history, by time.
+async fn price_history(server: &Server) -> BTreeMap<String, Vec<Price>> {
+    let listed: Vec<Value> = server.get("/api/v1/prices").await;
+    let mut prices: BTreeMap<String, Vec<Price>> = BTreeMap::new();
+    for p in listed {
+        prices
+            .entry(p["pool"].as_str().expect("pool").to_string())
+            .or_default()
+            .push(Price {
+                at: millis(&p["at"]),
+                cpu_hour: p["cpu_hour"].as_f64().expect("price"),
+                memory_gib_hour: p["memory_gib_hour"].as_f64().expect("price"),
+            });
+    }
+    prices
+}
+
+/// What holding `cpu_millis` and `memory_mib` over `[from, to)` costs at the
+/// pool's prices in force, computed here from the price history alone.
+fn cost(prices: &[Price], cpu_millis: f64, memory_mib: f64, from: i64, to: i64) -> f64 {
+    let mut total = 0.0;
+    for (i, p) in prices.iter().enumerate() {
+        let end = prices.get(i + 1).map_or(i64::MAX, |next| next.at);
+        let (a, b) = (from.max(p.at), to.min(end));
+        if b > a {
+            let hours = (b - a) as f64 / 3_600_000.0;
+            total += hours
+                * (cpu_millis / 1000.0 * p.cpu_hour + memory_mib / 1024.0 * p.memory_gib_hour);
+        }
+    }
+    total
+}
+
+async fn submit_all(server: &Server, runs: &[(String, String, String)]) {
+    let mut ids = Vec::new();
+    for (tenant, pipeline, pool) in runs {
+        let yaml = format!(
+            "kind: Pipeline\nname: {pipeline}\ntenant: {tenant}\nsteps:\n  - {{name: s, run: 'sleep 0.3', pool: {pool}, resources: {{cpu: 1, memory: 512Mi}}}}\n"
+        );
+        ids.push(server.submit(&yaml).await["id"].as_i64().expect("id"));
+    }
+    for id in ids {
+        let run = server.wait_run_ended(id, Duration::from_secs(60)).await;
+        assert_eq!(run["state"], "succeeded", "{run:#}");
+    }
+}
+
+fn workload(round: usize) -> Vec<(String, String, String)> {
+    (0..6)
+        .map(|i| {
+            (
+                format!("t{}", (i + round) % 3 + 1),
+                format!("p{}", i % 2),
+                ["alpha", "beta"][(i / 2 + round) % 2].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_by_every_key_reconciles_with_allocations_and_prices() {
+    let server = Server::start("metering", StoreKind::Sqlite).await;
+    let from = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let pools = |beta_cpu_hour: u32| {
+        format!(
+            "kind: Pool\nname: alpha\ncapacity: {{cpu: 4, memory: 4Gi}}\nprice: {{cpu_hour: 36, memory_gib_hour: 3.6}}\n---\nkind: Pool\nname: beta\ncapacity: {{cpu: 2, memory: 2Gi}}\nprice: {{cpu_hour: {beta_cpu_hour}, memory_gib_hour: 1}}\n"
+        )
+    };
+    server
+        .apply(&format!(
+            "{}---\nkind: Tenant\nname: t1\n---\nkind: Tenant\nname: t2\n---\nkind: Tenant\nname: t3\n",
+            pools(72)
+        ))
+        .await;
+    submit_all(&server, &workload(0)).await;
+    // A price change in the middle: beta's allocations after it cost more.
+    server.apply(&pools(144)).await;
+    submit_all(&server, &workload(1)).await;
+    let to = chrono::Utc::now();
+    let window = |by: &str| {
+        format!(
+            "/api/v1/usage?by={by}&from={}&to={}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+        .replace('+', "%2B")
+    };
+
+    // Every grouping adds up to one total, and its rows to it.
+    let mut totals = Vec::new();
+    for by in ["tenant", "pool", "pipeline", "day", "month", "tenant,day"] {
+        let report: Value = server.get(&window(by)).await;
+        let rows = report["rows"].as_array().expect("rows");
+        let sum: i64 = rows
+            .iter()
+            .map(|r| r["usage"]["cost_micros"].as_i64().expect("cost"))
+            .sum();
+        let total = report["total"]["cost_micros"].as_i64().expect("total");
+        assert_eq!(sum, total, "by {by}: {report:#}");
+        totals.push(total);
+        if by == "tenant" {
+            let tenants: Vec<&str> = rows
+                .iter()
+                .map(|r| r["key"]["tenant"].as_str().expect("tenant"))
+                .collect();
+            assert_eq!(tenants, ["t1", "t2", "t3"]);
+        }
+    }
+    assert!(totals.windows(2).all(|w| w[0] == w[1]), "{totals:?}");
+
+    // The same total, computed here from the allocations and the price history.
+    let prices = price_history(&server).await;
+    assert_eq!(prices["beta"].len(), 2, "beta's price changed once");
+    let allocations: Vec<Value> = server.get("/api/v1/allocations?limit=1000").await;
+    assert_eq!(allocations.len(), 12);
+    let mut by_pool: BTreeMap<String, f64> = BTreeMap::new();
+    for a in &allocations {
+        let pool = a["pool"].as_str().expect("pool");
+        let closed = millis(&a["closed_at"]);
+        let c = cost(
+            &prices[pool],
+            a["resources"]["cpu_millis"].as_f64().expect("cpu"),
+            a["resources"]["memory_mib"].as_f64().expect("memory"),
+            millis(&a["opened_at"]),
+            closed,
+        );
+        *by_pool.entry(pool.to_string()).or_default() += c;
+    }
+    let independent: f64 = by_pool.values().sum();
+    let reported = totals[0] as f64 / 1e6;
+    assert!(
+        (independent - reported).abs() < 0.005,
+        "reported {reported}, computed {independent}"
+    );
+    assert!(reported > 0.0);
+
+    // Per pool, allocated + idle = capacity x time x price, and capacity is
+    // what the pool offered since it was made (its first price change).
+    let report: Value = server.get(&window("pool")).await;
+    let capacities = [("alpha", 4000.0, 4096.0), ("beta", 2000.0, 2048.0)];
+    let mut checked = 0;
+    for row in report["idle"].as_array().expect("idle") {
+        let pool = row["pool"].as_str().expect("pool");
+        let part = |k: &str| row[k]["cost_micros"].as_i64().expect("cost");
+        assert_eq!(
+            part("allocated") + part("idle"),
+            part("capacity"),
+            "{row:#}"
+        );
+        // The server's own local pool, unused here, is in the report too.
+        let Some((_, cpu, memory)) = capacities.iter().find(|(name, _, _)| *name == pool) else {
+            assert_eq!(part("allocated"), 0, "{row:#}");
+            continue;
+        };
+        checked += 1;
+        let made = prices[pool][0].at;
+        let expected = cost(&prices[pool], *cpu, *memory, made, to.timestamp_millis());
+        let capacity = part("capacity") as f64 / 1e6;
+        assert!(
+            (capacity - expected).abs() < 0.005,
+            "{pool}: {capacity} vs {expected}"
+        );
+        assert!((part("allocated") as f64 / 1e6 - by_pool[pool]).abs() < 0.005);
+    }
+    assert_eq!(checked, 2, "{report:#}");
+
+    // CSV carries the same rows.
+    let (status, csv) = server.get_text_accepting(&window("pool"), "text/csv").await;
+    assert_eq!(status, 200, "{csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "pool,cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("alpha,")), "{csv}");
+    assert!(lines.iter().any(|l| l.starts_with("beta,")), "{csv}");
+}
+
+/// Waits for the queued run's reason and returns it.
+async fn waits_with(server: &Server, id: i64, code: &str) -> Value {
+    eventually(
+        &format!("run {id} to wait with {code}"),
+        Duration::from_secs(20),
+        || async {
+            let run = server.run(id).await;
+            assert_eq!(run["state"], "queued", "{run:#}");
+            (run["reason"]["code"] == code).then(|| run["reason"].clone())
+        },
+    )
+    .await
+}
+
+async fn admitted(server: &Server, id: i64) -> Value {
+    eventually(
+        &format!("run {id} admitted"),
+        Duration::from_secs(20),
+        || async {
+            let run = server.run(id).await;
+            (run["state"] != "queued").then_some(run)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hard_budget_holds_the_run_that_would_pass_it_until_it_is_raised() {
+    let server = Server::start("budget", StoreKind::Sqlite).await;
+    // One cpu-second costs 1.00, and a step's timeout of 60 s makes its
+    // estimate 60.00 (a pipeline without history).
+    let tenants = |monthly: u32| {
+        format!(
+            "kind: Tenant\nname: lean\nbudget: {{monthly: {monthly}, enforce: hard}}\n---\nkind: Tenant\nname: rich\n"
+        )
+    };
+    server
+        .apply(&format!(
+            "kind: Pool\nname: dear\ncapacity: {{cpu: 8, memory: 8Gi}}\nprice: {{cpu_hour: 3600}}\n---\n{}",
+            tenants(100)
+        ))
+        .await;
+    let job = |tenant: &str, name: &str| {
+        format!(
+            "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, run: 'sleep 300', timeout: 60, pool: dear, resources: {{cpu: 1, memory: 64Mi}}}}\n"
+        )
+    };
+    let first = server.submit(&job("lean", "first")).await;
+    assert_eq!(first["estimated_cost"], 60.0, "{first:#}");
+    let first = first["id"].as_i64().expect("id");
+    admitted(&server, first).await;
+    // Spent so far + what the first still needs + 60.00 is past 100.00.
+    let second = server.submit(&job("lean", "second")).await["id"]
+        .as_i64()
+        .expect("id");
+    let reason = waits_with(&server, second, "tenant_budget").await;
+    let message = reason["message"].as_str().expect("message");
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    assert!(
+        message.starts_with(&format!("tenant lean: budget 100.00 for {month}, spent ")),
+        "{message}"
+    );
+    assert!(message.ends_with("run needs about 60.00"), "{message}");
+    // Another tenant's run is admitted meanwhile.
+    let other = server.submit(&job("rich", "other")).await["id"]
+        .as_i64()
+        .expect("id");
+    admitted(&server, other).await;
+    assert_eq!(server.run(second).await["state"], "queued");
+    // Raising the budget admits it on the next cycle.
+    server.apply(&tenants(1000)).await;
+    admitted(&server, second).await;
+    for id in [first, second, other] {
+        let (status, body) = server
+            .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
+            .await;
+        assert_eq!(status, 200, "{body:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_estimate_follows_its_pipelines_history() {
+    let server = Server::start("estimates", StoreKind::Sqlite).await;
+    server
+        .apply("kind: Pool\nname: dear\ncapacity: {cpu: 4, memory: 4Gi}\nprice: {cpu_hour: 3600}\n---\nkind: Tenant\nname: t\n")
+        .await;
+    let yaml = "kind: Pipeline\nname: learn\ntenant: t\nsteps:\n  - {name: s, run: 'sleep 0.5', pool: dear, resources: {cpu: 2, memory: 64Mi}}\n";
+    // Without history or timeouts: the server's default of 10 minutes.
+    let mut durations = Vec::new();
+    for i in 0..3 {
+        let run = server.submit(yaml).await;
+        if i == 0 {
+            assert_eq!(run["estimated_cost"], 2.0 * 600.0, "{run:#}");
+        }
+        let id = run["id"].as_i64().expect("id");
+        let done = server.wait_run_ended(id, Duration::from_secs(30)).await;
+        assert_eq!(done["state"], "succeeded", "{done:#}");
+        let opened = millis(&done["allocations"][0]["opened_at"]);
+        durations.push(millis(&done["finished_at"]) - opened);
+    }
+    // With three runs behind it: the p90 of their durations (the longest of
+    // three), at 2 cpu x 1.00 per cpu-second.
+    let p90 = *durations.iter().max().expect("durations");
+    let run = server.submit(yaml).await;
+    let expected = 2.0 * p90 as f64 / 1000.0;
+    let estimate = run["estimated_cost"].as_f64().expect("estimate");
+    assert!(
+        (estimate - expected).abs() < 0.005,
+        "estimate {estimate}, expected {expected} from {durations:?}"
+    );
+    let id = run["id"].as_i64().expect("id");
+    server.wait_run_ended(id, Duration::from_secs(30)).await;
+}

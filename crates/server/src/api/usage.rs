@@ -1,0 +1,243 @@
+//! Usage reports: what the allocation history held and cost, grouped by
+//! tenant, pool, pipeline, day or month, as JSON or CSV; with the idle
+//! capacity of each pool for those who may see every tenant.
+
+use axum::Extension;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use corral_api::{ErrorBody, IdleView, PriceChangeView, UsageAmounts, UsageRowView, UsageView};
+use corral_core::clock::Timestamp;
+use corral_core::error::FieldError;
+use corral_core::metering::{Key, Month, Usage, Window, idle, usage};
+use corral_store::SpanFilter;
+
+use super::routes::{Params, params, tenant_scope, time_param};
+use super::views::time as rfc3339;
+use crate::api::error::ApiError;
+use crate::auth::Principal;
+use crate::engine::Engine;
+
+/// The longest window one report covers.
+const MAX_WINDOW_MS: i64 = 400 * 86_400_000;
+
+/// Usage and cost over a window, grouped as asked; CSV with `Accept: text/csv`.
+///
+/// A tenant's token reports on its own tenant only. Costs are computed from
+/// the allocation history and each pool's price in force over each interval,
+/// so every grouping adds up to the same total.
+#[utoipa::path(get, path = "/api/v1/usage",
+    params(
+        ("by" = Option<String>, Query, description = "Comma-separated keys among tenant, pool, pipeline, day, month (default tenant)",
+            pattern = "^(tenant|pool|pipeline|day|month)(,(tenant|pool|pipeline|day|month)){0,4}$"),
+        ("from" = Option<String>, Query, description = "An RFC 3339 time or an age such as 7d (default: the start of this month, UTC)"),
+        ("to" = Option<String>, Query, description = "An RFC 3339 time or an age (default: now)"),
+        ("tenant" = Option<String>, Query),
+        ("pool" = Option<String>, Query)),
+    responses(
+        (status = 200, body = UsageView, content_type = "application/json"),
+        (status = 200, body = String, content_type = "text/csv"),
+        (status = 503, body = ErrorBody)))]
+pub(super) async fn usage_report(
+    State(engine): State<std::sync::Arc<Engine>>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    Query(query): Params,
+) -> Result<Response, ApiError> {
+    params(&query, &["by", "from", "to", "tenant", "pool"])?;
+    let by = keys(query.get("by").map_or("tenant", String::as_str))?;
+    let now = engine.now();
+    let from = match query.get("from") {
+        Some(t) => time_param(&engine, "from", t)?,
+        None => Timestamp(Month::containing(now.0).start_ms()),
+    };
+    let to = match query.get("to") {
+        Some(t) => time_param(&engine, "to", t)?,
+        None => now,
+    };
+    if to.0 <= from.0 {
+        return Err(FieldError::new("to", "must be after from").into());
+    }
+    if to.0 - from.0 > MAX_WINDOW_MS {
+        return Err(FieldError::new("from", "a report covers at most 400 days").into());
+    }
+    let tenant = tenant_scope(&who, &query)?;
+    let pool = query.get("pool").cloned();
+    let filter = SpanFilter {
+        from,
+        to,
+        tenant: tenant.clone(),
+        pool: pool.clone(),
+    };
+    let store = engine.store();
+    let (spans, prices) = (store.spans(&filter).await?, store.prices().await?);
+    let window = Window::new(from.0, to.0);
+    let report = usage(&spans, &prices, window, now.0, &by);
+    // Idle capacity is every tenant's business, so only theirs who see all.
+    let idle_rows = if who.role.tenant().is_none() && tenant.is_none() {
+        let mut capacities = store.capacities().await?;
+        capacities.retain(|c| pool.as_ref().is_none_or(|p| *p == c.pool));
+        idle(
+            &capacities,
+            &spans,
+            &prices,
+            window,
+            now.0,
+            by.contains(&Key::Day),
+        )
+    } else {
+        Vec::new()
+    };
+    let names: Vec<String> = by.iter().map(|k| k.as_str().to_string()).collect();
+    let view = UsageView {
+        rows: report
+            .rows
+            .iter()
+            .map(|r| UsageRowView {
+                key: names.iter().cloned().zip(r.key.iter().cloned()).collect(),
+                usage: amounts(&r.usage),
+            })
+            .collect(),
+        total: amounts(&report.total),
+        idle: idle_rows
+            .iter()
+            .map(|r| IdleView {
+                pool: r.pool.clone(),
+                day: r.day.clone(),
+                capacity: amounts(&r.capacity),
+                allocated: amounts(&r.allocated),
+                idle: amounts(&r.idle),
+            })
+            .collect(),
+        by: names,
+        from: rfc3339(from),
+        to: rfc3339(to),
+    };
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
+    Ok(if wants_csv {
+        (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            csv(&view),
+        )
+            .into_response()
+    } else {
+        axum::Json(view).into_response()
+    })
+}
+
+/// Every pool's price history, by pool and time: what usage is priced by.
+#[utoipa::path(get, path = "/api/v1/prices",
+    responses((status = 200, body = [PriceChangeView]), (status = 503, body = ErrorBody)))]
+pub(super) async fn price_history(
+    State(engine): State<std::sync::Arc<Engine>>,
+    Query(query): Params,
+) -> Result<axum::Json<Vec<PriceChangeView>>, ApiError> {
+    params(&query, &[])?;
+    let prices = engine.store().prices().await?;
+    Ok(axum::Json(
+        prices
+            .into_iter()
+            .map(|p| PriceChangeView {
+                at: rfc3339(Timestamp(p.at_ms)),
+                pool: p.pool,
+                cpu_hour: p.price.cpu_hour,
+                memory_gib_hour: p.price.memory_gib_hour,
+                gpu_hour: p.price.gpu_hour,
+            })
+            .collect(),
+    ))
+}
+
+/// The keys of `by`, each once.
+fn keys(text: &str) -> Result<Vec<Key>, ApiError> {
+    let mut keys = Vec::new();
+    for part in text.split(',') {
+        let key: Key = part.trim().parse().map_err(|_| {
+            FieldError::new(
+                "by",
+                format!("{part:?} is not one of tenant, pool, pipeline, day, month"),
+            )
+        })?;
+        if keys.contains(&key) {
+            return Err(FieldError::new("by", format!("{part} is given twice")).into());
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+fn amounts(u: &Usage) -> UsageAmounts {
+    UsageAmounts {
+        cpu_core_seconds: u.time.cpu_core_seconds(),
+        memory_gib_seconds: u.time.memory_gib_seconds(),
+        gpu_seconds: u.time.gpu_seconds(),
+        cost: u.cost.to_units_f64(),
+        cost_micros: u.cost.micros(),
+    }
+}
+
+/// The report's rows as CSV: one column per key, then the amounts; the cost
+/// to the micro-unit.
+fn csv(view: &UsageView) -> String {
+    let mut out = view.by.join(",");
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out.push_str("cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost\n");
+    for row in &view.rows {
+        for key in &view.by {
+            out.push_str(&csv_field(row.key.get(key).map_or("", String::as_str)));
+            out.push(',');
+        }
+        let u = &row.usage;
+        out.push_str(&format!(
+            "{:.3},{:.3},{:.3},{}\n",
+            u.cpu_core_seconds,
+            u.memory_gib_seconds,
+            u.gpu_seconds,
+            micros_text(u.cost_micros)
+        ));
+    }
+    out
+}
+
+/// A CSV field, quoted when it holds a separator, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// An amount of micro-units as a decimal with six places.
+fn micros_text(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_named_once_each() {
+        assert_eq!(keys("tenant,day").ok(), Some(vec![Key::Tenant, Key::Day]));
+        for bad in ["tenant,tenant", "week", ""] {
+            assert!(keys(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it_and_keeps_micro_units() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(micros_text(12_340_005), "12.340005");
+        assert_eq!(micros_text(-5), "-0.000005");
+    }
+}

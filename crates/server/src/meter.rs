@@ -16,7 +16,9 @@ use corral_core::money::Money;
 use corral_core::pool::{Price, Provider};
 use corral_core::request::ResourceRequest;
 use corral_core::resources::Resources;
-use corral_store::{AllocationRecord, Live, SpanFilter, Store, Write};
+use corral_store::{
+    AlertFilter, AlertRecord, AllocationRecord, Live, SpanFilter, Store, Write,
+};
 
 use crate::state::State;
 
@@ -31,6 +33,8 @@ pub struct SpendBook {
     month: Option<Month>,
     /// What each tenant's allocations closed in `month` cost within it.
     closed: BTreeMap<String, Money>,
+    /// The budget thresholds that fired: (tenant, month, thousandths).
+    fired: BTreeSet<(String, String, i64)>,
 }
 
 /// An allocation as a span of usage (its pipeline does not matter here).
@@ -65,6 +69,7 @@ impl SpendBook {
                 .collect(),
             month: Some(month),
             closed: BTreeMap::new(),
+            fired: BTreeSet::new(),
         };
         for s in closed_this_month.iter().filter(|s| s.end_ms.is_some()) {
             book.add_closed(s, now);
@@ -88,12 +93,23 @@ impl SpendBook {
                 pool: None,
             })
             .await?;
-        Ok(SpendBook::new(
+        let mut book = SpendBook::new(
             std::mem::take(&mut live.prices),
             std::mem::take(&mut live.capacities),
             &spans,
             now,
-        ))
+        );
+        let fired = store
+            .alerts(&AlertFilter {
+                month: Some(month.label()),
+                limit: u32::MAX,
+                ..AlertFilter::default()
+            })
+            .await?;
+        for alert in &fired {
+            book.record_alert(alert);
+        }
+        Ok(book)
     }
 
     /// The cost of `spans` within `window`, up to `now`.
@@ -132,6 +148,14 @@ impl SpendBook {
 
     pub fn record_capacity(&mut self, change: &CapacityChange) {
         self.capacities.insert(change.pool.clone(), change.capacity);
+    }
+
+    pub fn record_alert(&mut self, alert: &AlertRecord) {
+        self.fired.insert((
+            alert.tenant.clone(),
+            alert.month.clone(),
+            alert.threshold_milli,
+        ));
     }
 
     /// Every price change, by pool and time.

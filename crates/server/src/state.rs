@@ -290,6 +290,7 @@ impl State {
             }
             Write::PutPrice(p) => self.spend.record_price(p),
             Write::PutCapacity(c) => self.spend.record_capacity(c),
+            Write::PutAlert(a) => self.spend.record_alert(a),
             Write::PutToken(_) | Write::TouchToken { .. } | Write::AppendAudit(_) => {}
         }
     }

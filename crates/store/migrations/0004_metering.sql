@@ -21,3 +21,19 @@ ALTER TABLE runs ADD COLUMN estimate BIGINT NOT NULL DEFAULT 0;
 
 CREATE INDEX allocations_by_open ON allocations (opened_at);
 CREATE INDEX runs_by_pipeline ON runs (tenant, pipeline, id);
+
+-- A budget threshold a tenant's spend crossed, once per month, and whether the
+-- alert webhook has it yet.
+CREATE TABLE budget_alerts (
+    tenant TEXT NOT NULL,
+    month TEXT NOT NULL,
+    threshold_milli BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    spent BIGINT NOT NULL,
+    monthly BIGINT NOT NULL,
+    attempts BIGINT NOT NULL,
+    delivered_at BIGINT,
+    last_error TEXT,
+    PRIMARY KEY (tenant, month, threshold_milli)
+);
+CREATE INDEX budget_alerts_by_time ON budget_alerts (at);

@@ -89,4 +89,7 @@ pub trait Store: Send + Sync {
     /// How long the last `limit` succeeded runs of a tenant's pipeline held
     /// their allocations (from the first opened to the run's end), newest first.
     async fn durations(&self, tenant: &str, pipeline: &str, limit: u32) -> Result<Vec<i64>>;
+
+    /// Budget alerts, newest first.
+    async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
 }

@@ -190,6 +190,39 @@ pub enum Write {
     PutPrice(PriceChange),
     /// A pool's capacity from a time on (a later change at the same time wins).
     PutCapacity(CapacityChange),
+    /// A budget alert, new or with its delivery updated.
+    PutAlert(AlertRecord),
+}
+
+/// A budget threshold a tenant's spend crossed in a month (each fires once a
+/// month), and its delivery to the alert webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRecord {
+    pub tenant: String,
+    /// The UTC month, `2026-11`.
+    pub month: String,
+    /// The fraction of the budget crossed, in thousandths (800 for 0.8).
+    pub threshold_milli: i64,
+    pub at: Timestamp,
+    /// The month's spend when it fired.
+    pub spent: Money,
+    /// The monthly budget then.
+    pub monthly: Money,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    pub delivered_at: Option<Timestamp>,
+    /// Why the last delivery failed.
+    pub last_error: Option<String>,
+}
+
+/// Which alerts to list: of one tenant, one month, or those not delivered;
+/// newest first, at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertFilter {
+    pub tenant: Option<String>,
+    pub month: Option<String>,
+    pub undelivered: bool,
+    pub limit: u32,
 }
 
 /// Everything that is not finished: what the server needs in memory to work.

@@ -383,6 +383,7 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         }
         Write::PutPrice(p) => metering::put_price(conn, p).await?,
         Write::PutCapacity(c) => metering::put_capacity(conn, c).await?,
+        Write::PutAlert(a) => metering::put_alert(conn, a).await?,
         Write::AppendAudit(a) => {
             sqlx::query(
                 "INSERT INTO audit (id, at, who, kind, name, action, before_spec, after_spec) \
@@ -771,5 +772,28 @@ impl Store for SqlStore {
 
     async fn durations(&self, tenant: &str, pipeline: &str, limit: u32) -> Result<Vec<i64>> {
         metering::durations(&self.pool, tenant, pipeline, limit).await
+    }
+
+    async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {
+        let filters = [
+            ("tenant =", filter.tenant.clone().map(Param::Text)),
+            ("month =", filter.month.clone().map(Param::Text)),
+        ];
+        let undelivered = if filter.undelivered {
+            " AND delivered_at IS NULL"
+        } else {
+            ""
+        };
+        filtered(
+            "SELECT tenant, month, threshold_milli, at, spent, monthly, attempts, delivered_at, last_error FROM budget_alerts",
+            filters,
+            &format!("{undelivered} ORDER BY at DESC, tenant, threshold_milli"),
+            filter.limit,
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(metering::alert_from)
+        .collect()
     }
 }

@@ -3,13 +3,14 @@
 
 use corral_core::ids::{AllocationId, RunId};
 use corral_core::metering::{CapacityChange, PriceChange, Span};
+use corral_core::money::Money;
 use corral_core::resources::Resources;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use super::rows::{from_json, int, to_json, uint};
+use super::rows::{from_json, int, opt_ts, to_json, ts, uint};
 use crate::Result;
-use crate::records::SpanFilter;
+use crate::records::{AlertRecord, SpanFilter};
 
 pub(super) async fn put_price(conn: &mut sqlx::AnyConnection, p: &PriceChange) -> Result<()> {
     sqlx::query(
@@ -158,4 +159,39 @@ pub(super) async fn durations(
     .iter()
     .map(|row| Ok(row.try_get::<i64, _>("held")?.max(0)))
     .collect()
+}
+
+pub(super) async fn put_alert(conn: &mut sqlx::AnyConnection, a: &AlertRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO budget_alerts (tenant, month, threshold_milli, at, spent, monthly, attempts, delivered_at, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (tenant, month, threshold_milli) DO UPDATE SET attempts = excluded.attempts, \
+         delivered_at = excluded.delivered_at, last_error = excluded.last_error",
+    )
+    .bind(&a.tenant)
+    .bind(&a.month)
+    .bind(a.threshold_milli)
+    .bind(a.at.0)
+    .bind(a.spent.micros())
+    .bind(a.monthly.micros())
+    .bind(i64::from(a.attempts))
+    .bind(a.delivered_at.map(|t| t.0))
+    .bind(a.last_error.clone())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) fn alert_from(row: &AnyRow) -> Result<AlertRecord> {
+    Ok(AlertRecord {
+        tenant: row.try_get("tenant")?,
+        month: row.try_get("month")?,
+        threshold_milli: row.try_get("threshold_milli")?,
+        at: ts(row, "at")?,
+        spent: Money::from_micros(row.try_get("spent")?),
+        monthly: Money::from_micros(row.try_get("monthly")?),
+        attempts: uint("alert attempts", row.try_get("attempts")?)?,
+        delivered_at: opt_ts(row, "delivered_at")?,
+        last_error: row.try_get("last_error")?,
+    })
 }

@@ -102,6 +102,7 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         ("GET", "/api/v1/runs/{id}" | "/api/v1/runs/{id}/logs") => OWNER_READERS,
         ("POST", "/api/v1/runs/{id}/cancel") => OWNER,
         ("GET", "/api/v1/tokens" | "/api/v1/audit") => AUDITORS,
+        ("GET", "/metrics") => AUDITORS,
         ("POST", "/api/v1/tokens") => ADMIN,
         ("DELETE", "/api/v1/tokens/{name}") => ADMIN,
         ("POST", "/api/v1/agents/register") => REGISTRARS,

@@ -11,6 +11,7 @@
 //!   nothing. They live in a `metrics-exporter-prometheus` recorder owned by the
 //!   engine (not a process-wide one), which renders them.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -342,7 +343,7 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
         "corral_pool_max_workers",
         "Open allocations a pool takes at most (its max_workers).",
     );
-    let mut live_agents: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut live_agents: BTreeMap<&str, u64> = Default::default();
     for w in state.workers.values() {
         *live_agents.entry(w.record.pool.as_str()).or_default() += 1;
     }
@@ -384,7 +385,7 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
         "corral_tenant_budget_monthly",
         "A tenant's budget per calendar month, in units of the operator's currency; tenants without a budget have none.",
     );
-    let mut waiting: std::collections::BTreeMap<&str, (u64, Resources)> = Default::default();
+    let mut waiting: BTreeMap<&str, (u64, Resources)> = Default::default();
     for class in state.queue.classes() {
         let entry = waiting.entry(class.tenant.as_str()).or_default();
         let runs = class.runs.len() as u64;
@@ -444,4 +445,143 @@ pub(crate) async fn scrape(AxumState(engine): AxumState<Arc<Engine>>) -> Respons
     };
     text.push_str(&engine.metrics().handle.render());
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use corral_core::pool::PoolSpec;
+    use corral_core::tenant::TenantSpec;
+    use corral_core::usage::UsageLedger;
+    use corral_store::{Live, PoolRecord, TenantRecord};
+    use serde_json::json;
+
+    use super::*;
+
+    fn state() -> State {
+        let t = Timestamp(0);
+        let pool = |spec| PoolRecord {
+            spec: PoolSpec::parse(spec).expect("a pool"),
+            created_at: t,
+            updated_at: t,
+        };
+        let tenant = |spec| TenantRecord {
+            spec: TenantSpec::parse(spec).expect("a tenant"),
+            created_at: t,
+            updated_at: t,
+        };
+        let live = Live {
+            pools: vec![
+                pool(json!({"name": "gpu", "capacity": {"cpu": "1.5", "memory": "2Gi", "gpu": 2}})),
+                pool(json!({"name": "metal", "provider": "static"})),
+            ],
+            tenants: vec![
+                tenant(json!({"name": "acme", "budget": {"monthly": 12.5}})),
+                tenant(json!({"name": "free"})),
+            ],
+            ..Live::default()
+        };
+        State::from_live(live, UsageLedger::new(3_600_000), t)
+    }
+
+    fn recorded() -> Metrics {
+        let metrics = Metrics::new();
+        let tenant = || "acme".to_string();
+        metrics.record(Observed(vec![
+            Event::Admitted {
+                tenant: tenant(),
+                waited_ms: 1500,
+            },
+            Event::Ended {
+                tenant: tenant(),
+                state: RunState::Succeeded,
+                rejected: None,
+                ran_ms: Some(2000),
+            },
+            Event::Ended {
+                tenant: tenant(),
+                state: RunState::Rejected,
+                rejected: Some("larger_than_pools".into()),
+                ran_ms: None,
+            },
+            Event::Waiting {
+                tenant: tenant(),
+                code: "tenant_quota".into(),
+                runs: 3,
+            },
+        ]));
+        metrics
+    }
+
+    #[test]
+    fn gauges_are_in_base_units_and_budgets_only_where_there_is_one() {
+        let text = current(&state(), Timestamp(0));
+        for line in [
+            "corral_pool_capacity_cpu_cores{pool=\"gpu\"} 1.5",
+            "corral_pool_capacity_memory_bytes{pool=\"gpu\"} 2147483648",
+            "corral_pool_free_gpus{pool=\"gpu\"} 2",
+            "corral_pool_capacity_cpu_cores{pool=\"metal\"} 0",
+            "corral_pool_agents{pool=\"metal\"} 0",
+            "corral_pool_max_workers{pool=\"gpu\"} 16",
+            "corral_tenant_queued_runs{tenant=\"free\"} 0",
+            "corral_tenant_budget_monthly{tenant=\"acme\"} 12.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("corral_tenant_budget_monthly{tenant=\"free\"}"));
+    }
+
+    #[test]
+    fn every_sample_belongs_to_a_family_with_help_and_type() {
+        let metrics = recorded();
+        let text = current(&state(), Timestamp(0)) + &metrics.handle.render();
+        let mut help = BTreeSet::new();
+        let mut kinds = BTreeMap::new();
+        let mut samples = 0;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let words: Vec<&str> = line.splitn(4, ' ').collect();
+            match words[..] {
+                ["#", "HELP", name, _] => {
+                    help.insert(name.to_string());
+                }
+                ["#", "TYPE", name, kind] => {
+                    kinds.insert(name.to_string(), kind.to_string());
+                }
+                _ => {
+                    samples += 1;
+                    let name = line.split(['{', ' ']).next().unwrap_or_default();
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| {
+                            name.strip_suffix(s)
+                                .filter(|f| kinds.get(*f).is_some_and(|k| k == "histogram"))
+                        })
+                        .unwrap_or(name);
+                    assert!(help.contains(family), "{line}: no HELP");
+                    assert!(kinds.contains_key(family), "{line}: no TYPE");
+                }
+            }
+        }
+        assert!(samples > 50, "{text}");
+        for (name, kind) in [
+            (ADMISSIONS, "counter"),
+            (REJECTIONS, "counter"),
+            (WAITS, "counter"),
+            (FINISHED, "counter"),
+            (ADMISSION_WAIT, "histogram"),
+            (RUN_DURATION, "histogram"),
+        ] {
+            assert_eq!(kinds.get(name).map(String::as_str), Some(kind), "{name}");
+        }
+        assert!(text.contains("corral_waits_total{tenant=\"acme\",code=\"tenant_quota\"} 3\n"));
+        assert!(
+            text.contains("corral_admission_wait_seconds_bucket{tenant=\"acme\",le=\"2.5\"} 1\n")
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), r#"a\"b\\c\nd"#);
+    }
 }

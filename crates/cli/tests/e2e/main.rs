@@ -14,5 +14,6 @@ mod execution;
 mod governance;
 mod harness;
 mod hostile;
+mod metrics;
 mod quick_start;
 mod slow;

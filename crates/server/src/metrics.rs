@@ -430,11 +430,13 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
     out
 }
 
-/// Prometheus metrics in the text format: gauges of pools (capacity,
-/// allocated, free, agents, workers) and tenants (queued runs and demand,
-/// holdings, budgets), counters of admissions, rejections, waits and ends, and
-/// histograms of admission waits and run durations. Every metric has HELP and
-/// TYPE lines. Public when the server runs with `--metrics-public`.
+/// Prometheus metrics, in the text format.
+///
+/// Gauges of pools (capacity, allocated, free, agents, workers) and tenants
+/// (queued runs and demand, holdings, budgets), counters of admissions,
+/// rejections, waits and ends, and histograms of admission waits and run
+/// durations; every metric has HELP and TYPE lines. Takes a `viewer` or `admin`
+/// token, or none when the server runs with `--metrics-public`.
 #[utoipa::path(get, path = "/metrics",
     responses((status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8", body = String,
         description = "The Prometheus text format, version 0.0.4")))]

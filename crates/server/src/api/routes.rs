@@ -35,6 +35,7 @@ use super::openapi::{
 use super::views;
 use crate::auth::{Caller, Principal};
 use crate::engine::Engine;
+use crate::metrics::{__path_scrape, scrape};
 use crate::state::QueuePlace;
 
 type AppState = Arc<Engine>;
@@ -55,7 +56,7 @@ type Handler = MethodRouter<AppState>;
 
 fn table(config: &RouterConfig) -> Vec<(RouteSpec, Handler)> {
     use Access::*;
-    let metrics = if config.metrics_public {
+    let metrics_access = if config.metrics_public {
         Public
     } else {
         ReadAll
@@ -73,7 +74,7 @@ fn table(config: &RouterConfig) -> Vec<(RouteSpec, Handler)> {
     vec![
         r("GET", "/healthz", Public, get(healthz)),
         r("GET", "/api/v1/openapi.json", Public, get(openapi)),
-        r("GET", "/metrics", metrics, get(crate::metrics::scrape)),
+        r("GET", "/metrics", metrics_access, get(scrape)),
         r("POST", "/api/v1/apply", Admin, post(apply)),
         r("GET", "/api/v1/pools", Read, get(list_pools)),
         r("POST", "/api/v1/pools", Admin, post(create_pool)),
@@ -205,7 +206,7 @@ async fn healthz(State(engine): State<AppState>) -> Response {
     info(title = "corral", description = "Resource-governed pipeline runner"),
     paths(
         healthz,
-        crate::metrics::scrape,
+        scrape,
         apply,
         list_pools,
         create_pool,

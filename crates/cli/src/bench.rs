@@ -85,6 +85,7 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         cors_origins: Vec::new(),
         tls: None,
         http: corral_server::http::HttpLimits::default(),
+        metrics_public: false,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(corral_server::serve(server_config, async {

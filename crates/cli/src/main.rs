@@ -144,6 +144,10 @@ enum Command {
         /// None by default: browsers cannot call the API from other pages.
         #[arg(long = "cors-origin")]
         cors_origins: Vec<String>,
+        /// Serve /metrics to anyone, without a token (by default it takes a
+        /// viewer or admin token).
+        #[arg(long)]
+        metrics_public: bool,
         #[command(flatten)]
         limits: limits::LimitArgs,
     },
@@ -360,6 +364,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             tls_cert,
             tls_key,
             cors_origins,
+            metrics_public,
             limits,
         } => {
             let policy = Policy {
@@ -395,6 +400,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 tls: tls_cert
                     .zip(tls_key)
                     .map(|(cert, key)| corral_server::TlsFiles { cert, key }),
+                metrics_public,
             };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;

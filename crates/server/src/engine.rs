@@ -30,6 +30,7 @@ use tokio::sync::{Mutex, MutexGuard, Notify};
 use crate::auth::{self, Credentials, Principal, SpawnGrant};
 use crate::commit::{Batch, CommitQueue};
 use crate::meter::SpendBook;
+use crate::metrics::{Metrics, Observed};
 use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
 use crate::state::State;
@@ -163,6 +164,8 @@ pub struct Engine {
     log_arrivals: tokio::sync::broadcast::Sender<LogArrival>,
     /// Whether the store takes writes.
     health: health::StoreHealth,
+    /// Counted events, for `/metrics`.
+    metrics: Metrics,
 }
 
 /// What an operation does once its writes are settled.
@@ -173,6 +176,8 @@ struct Effects {
     wake: Vec<Arc<Notify>>,
     spawns: Vec<(String, WorkerTemplate)>,
     controller: bool,
+    /// Events to count once the writes are committed.
+    observed: Observed,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -270,6 +275,7 @@ impl Engine {
             wake_controller: Notify::new(),
             log_arrivals: tokio::sync::broadcast::Sender::new(1024),
             health: health::StoreHealth::default(),
+            metrics: Metrics::new(),
         })
     }
 
@@ -283,6 +289,10 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Fair share's memory of recent usage, rebuilt from the allocations closed
@@ -327,6 +337,7 @@ impl Engine {
     /// Applies `writes` in memory and queues them for the store; the caller's
     /// answer and effects wait for them through `fx`.
     fn stage(&self, state: &mut State, mut writes: Vec<Write>, fx: &mut Effects) {
+        fx.observed.ended(state, &writes);
         // A retired or lost worker's pending poll is answered once that is committed.
         for w in &writes {
             if let Write::PutWorker(w) = w
@@ -358,6 +369,7 @@ impl Engine {
             .settle(fx.seq)
             .await
             .map_err(EngineError::CommitFailed)?;
+        self.metrics.record(fx.observed);
         for wake in fx.wake {
             wake.notify_one();
         }
@@ -655,6 +667,7 @@ impl Engine {
                 });
             }
             if update.run.record.state == RunState::Queued {
+                fx.observed.admitted(&update.run.record, now);
                 update.set_run_state(RunState::Admitted);
             }
             // Groups placed on static agents start at once.
@@ -682,6 +695,7 @@ impl Engine {
         // The decisions are staged before any provisioning, and nothing is
         // spawned until both are committed.
         self.stage(&mut state, writes, &mut fx);
+        fx.observed.waits(&state);
         self.provision(&mut state, &mut fx);
         drop(state);
         self.finish(fx).await

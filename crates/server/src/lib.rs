@@ -8,6 +8,7 @@ pub mod engine;
 pub mod http;
 mod logs;
 mod meter;
+mod metrics;
 mod progress;
 pub mod provider;
 pub mod state;
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate chain and key (PEM files).
     pub tls: Option<TlsFiles>,
     pub http: http::HttpLimits,
+    /// Serve `/metrics` without a token (else it takes a `viewer` or `admin` one).
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -186,12 +189,14 @@ pub async fn serve(
     );
     tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");
     tokio::spawn(controller_loop(engine.clone(), config.tick));
+    tokio::spawn(engine.metrics().upkeep());
     let app = api::routes::router(
         engine,
         &api::routes::RouterConfig {
             cors_origins,
             max_body_bytes: config.http.max_body_bytes,
             body_timeout: config.http.body_timeout,
+            metrics_public: config.metrics_public,
         },
     );
     http::raise_open_files_limit();

@@ -16,9 +16,7 @@ use corral_core::money::Money;
 use corral_core::pool::{Price, Provider};
 use corral_core::request::ResourceRequest;
 use corral_core::resources::Resources;
-use corral_store::{
-    AlertFilter, AlertRecord, AllocationRecord, Live, SpanFilter, Store, Write,
-};
+use corral_store::{AlertFilter, AlertRecord, AllocationRecord, Live, SpanFilter, Store, Write};
 
 use crate::state::State;
 
@@ -186,10 +184,12 @@ impl SpendBook {
 }
 
 impl State {
-    /// Each tenant's budget as the controller sees it at `now`, for tenants
-    /// that have one.
-    pub fn budgets(&self, now: Timestamp) -> BTreeMap<String, BudgetView> {
-        let month = Month::containing(now.0);
+    /// Each tenant's open allocations as spans, and what its admitted runs
+    /// are still expected to cost beyond what they cost so far.
+    fn open_and_running(
+        &self,
+        now: Timestamp,
+    ) -> (BTreeMap<&str, Vec<Span>>, BTreeMap<&str, Money>) {
         let mut open: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
         let mut running: BTreeMap<&str, Money> = BTreeMap::new();
         for run in self.runs.values() {
@@ -211,6 +211,29 @@ impl State {
             *r = r.saturating_add(left);
             open.entry(tenant).or_default().extend(spans);
         }
+        (open, running)
+    }
+
+    /// What every tenant spent in `now`'s month, open allocations included.
+    pub fn spend_by_tenant(&self, now: Timestamp) -> BTreeMap<String, Money> {
+        let (open, _) = self.open_and_running(now);
+        self.tenants
+            .keys()
+            .map(|name| {
+                let mine = open
+                    .get(name.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                (name.clone(), self.spend.month_to_date(name, mine, now))
+            })
+            .collect()
+    }
+
+    /// Each tenant's budget as the controller sees it at `now`, for tenants
+    /// that have one.
+    pub fn budgets(&self, now: Timestamp) -> BTreeMap<String, BudgetView> {
+        let month = Month::containing(now.0);
+        let (open, running) = self.open_and_running(now);
         self.tenants
             .values()
             .filter_map(|t| {

@@ -98,10 +98,12 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         ("POST", "/api/v1/tenants") => ADMIN,
         ("PUT" | "DELETE", "/api/v1/tenants/{name}") => ADMIN,
         ("GET", "/api/v1/runs" | "/api/v1/allocations" | "/api/v1/queue") => READERS,
+        ("GET", "/api/v1/usage" | "/api/v1/prices") => READERS,
         ("POST", "/api/v1/runs") => OWNER,
         ("GET", "/api/v1/runs/{id}" | "/api/v1/runs/{id}/logs") => OWNER_READERS,
         ("POST", "/api/v1/runs/{id}/cancel") => OWNER,
         ("GET", "/api/v1/tokens" | "/api/v1/audit") => AUDITORS,
+        ("GET", "/metrics") => AUDITORS,
         ("POST", "/api/v1/tokens") => ADMIN,
         ("DELETE", "/api/v1/tokens/{name}") => ADMIN,
         ("POST", "/api/v1/agents/register") => REGISTRARS,
@@ -449,6 +451,36 @@ async fn every_route_answers_every_kind_of_caller_as_its_rule_says() {
                 assert!(!items.is_empty(), "{who:?} sees none of its own in {list}");
             }
         }
+        // Usage: its own tenant's rows only, and no idle capacity.
+        let (status, usage) = m
+            .server
+            .send_as(
+                &m.tokens[&who],
+                "GET",
+                "/api/v1/usage?by=tenant,pool",
+                "",
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{usage}");
+        let rows = usage["rows"].as_array().expect("rows");
+        assert!(
+            rows.iter().all(|r| r["key"]["tenant"] == own),
+            "{who:?} sees others' usage: {usage}"
+        );
+        assert_eq!(usage["idle"], serde_json::json!([]), "{usage}");
+        let other = if own == "alpha" { "beta" } else { "alpha" };
+        let (status, _) = m
+            .server
+            .send_as(
+                &m.tokens[&who],
+                "GET",
+                &format!("/api/v1/usage?tenant={other}"),
+                "",
+                None,
+            )
+            .await;
+        assert_eq!(status, 403, "{who:?} reads {other}'s usage");
         let (_, tenants) = m
             .server
             .send_as(&m.tokens[&who], "GET", "/api/v1/tenants", "", None)

@@ -15,5 +15,6 @@ mod governance;
 mod harness;
 mod hostile;
 mod metering;
+mod metrics;
 mod quick_start;
 mod slow;

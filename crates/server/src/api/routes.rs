@@ -35,6 +35,7 @@ use super::openapi::{
 use super::views;
 use crate::auth::{Caller, Principal};
 use crate::engine::Engine;
+use crate::metrics::{__path_scrape, scrape};
 use crate::state::QueuePlace;
 
 type AppState = Arc<Engine>;
@@ -53,8 +54,13 @@ pub struct RouteSpec {
 
 type Handler = MethodRouter<AppState>;
 
-fn table() -> Vec<(RouteSpec, Handler)> {
+fn table(config: &RouterConfig) -> Vec<(RouteSpec, Handler)> {
     use Access::*;
+    let metrics_access = if config.metrics_public {
+        Public
+    } else {
+        ReadAll
+    };
     let r = |method: &'static str, path: &'static str, access: Access, handler: Handler| {
         (
             RouteSpec {
@@ -68,6 +74,7 @@ fn table() -> Vec<(RouteSpec, Handler)> {
     vec![
         r("GET", "/healthz", Public, get(healthz)),
         r("GET", "/api/v1/openapi.json", Public, get(openapi)),
+        r("GET", "/metrics", metrics_access, get(scrape)),
         r("POST", "/api/v1/apply", Admin, post(apply)),
         r("GET", "/api/v1/pools", Read, get(list_pools)),
         r("POST", "/api/v1/pools", Admin, post(create_pool)),
@@ -144,9 +151,12 @@ fn table() -> Vec<(RouteSpec, Handler)> {
     ]
 }
 
-/// Every route with its access rule, as the router serves them.
+/// Every route with its access rule, as the router serves them by default.
 pub fn route_table() -> Vec<RouteSpec> {
-    table().into_iter().map(|(spec, _)| spec).collect()
+    table(&RouterConfig::default())
+        .into_iter()
+        .map(|(spec, _)| spec)
+        .collect()
 }
 
 /// Browser origins allowed to call the API (CORS); none unless configured.
@@ -157,11 +167,13 @@ pub struct RouterConfig {
     pub max_body_bytes: usize,
     /// Time a client has to send a request's body.
     pub body_timeout: std::time::Duration,
+    /// `/metrics` takes no token (else `viewer` or `admin`).
+    pub metrics_public: bool,
 }
 
 pub fn router(engine: Arc<Engine>, config: &RouterConfig) -> Router {
     let mut router = Router::new();
-    for (spec, handler) in table() {
+    for (spec, handler) in table(config) {
         let gate = from_fn_with_state((engine.clone(), spec.access), guard);
         // The guard sees the body as it came (its framing tells whether there
         // is one); the handler reads it under the body timeout.
@@ -206,6 +218,7 @@ async fn healthz(State(engine): State<AppState>) -> Response {
     info(title = "corral", description = "Resource-governed pipeline runner"),
     paths(
         healthz,
+        scrape,
         apply,
         list_pools,
         create_pool,

@@ -467,6 +467,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::meter::SpendBook;
 
     fn state() -> State {
         let t = Timestamp(0);
@@ -491,7 +492,7 @@ mod tests {
             ],
             ..Live::default()
         };
-        State::from_live(live, UsageLedger::new(3_600_000), t)
+        State::from_live(live, UsageLedger::new(3_600_000), SpendBook::default(), t)
     }
 
     fn recorded() -> Metrics {

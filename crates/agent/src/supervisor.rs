@@ -209,19 +209,29 @@ fn reap(guards: &mut HashMap<u64, Pid>, socket: &mut UnixStream) -> Result<(), S
 }
 
 /// Frames read from the agent, and the descriptors that came with them.
-#[derive(Default)]
 struct Inbox {
+    /// What one read takes, kept from read to read.
+    buf: Vec<u8>,
     bytes: Vec<u8>,
     fds: std::collections::VecDeque<OwnedFd>,
+}
+
+impl Default for Inbox {
+    fn default() -> Inbox {
+        Inbox {
+            buf: vec![0; 64 * 1024],
+            bytes: Vec::new(),
+            fds: std::collections::VecDeque::new(),
+        }
+    }
 }
 
 impl Inbox {
     /// Reads what the socket has; false at its end.
     #[allow(unsafe_code)]
     fn receive(&mut self, socket: &UnixStream) -> Result<bool, String> {
-        let mut buf = vec![0u8; 64 * 1024];
         let mut space = nix::cmsg_space!([RawFd; 2 * START_FDS]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut iov = [IoSliceMut::new(&mut self.buf)];
         let received = recvmsg::<()>(
             socket.as_raw_fd(),
             &mut iov,
@@ -242,7 +252,7 @@ impl Inbox {
                 );
             }
         }
-        self.bytes.extend_from_slice(&buf[..n]);
+        self.bytes.extend_from_slice(&self.buf[..n]);
         Ok(n > 0)
     }
 
@@ -326,9 +336,15 @@ fn become_guard(fds: &[OwnedFd]) -> Result<(), String> {
 
 /// Closes every descriptor from `first` on: the guard must not hold the
 /// agent's socket, nor another step's pipes (their readers would never see
-/// the end of them).
+/// the end of them). One `close_range` call; on a kernel without it (before
+/// 5.9), each descriptor `/proc/self/fd` lists.
 #[allow(unsafe_code)]
 fn close_from(first: RawFd) {
+    let from = u32::try_from(first).unwrap_or(0);
+    // SAFETY: nothing in the child uses these descriptors again.
+    if unsafe { libc::close_range(from, u32::MAX, 0) } == 0 {
+        return;
+    }
     let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
         .map(|entries| {
             entries
@@ -338,7 +354,7 @@ fn close_from(first: RawFd) {
         })
         .unwrap_or_default();
     for fd in open {
-        // SAFETY: nothing in the child uses these descriptors again.
+        // SAFETY: as above.
         let _ = nix::unistd::close(unsafe { OwnedFd::from_raw_fd(fd) });
     }
 }

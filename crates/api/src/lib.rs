@@ -447,3 +447,24 @@ pub struct UsageView {
     /// Idle capacity per pool (and day); empty for a tenant's token.
     pub idle: Vec<IdleView>,
 }
+
+/// A budget threshold a tenant's spend crossed (once per month each), and its
+/// delivery to the alert webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AlertView {
+    pub tenant: String,
+    /// The UTC month, `2026-11`.
+    pub month: String,
+    /// The fraction of the budget crossed, such as 0.8.
+    pub threshold: f64,
+    pub at: String,
+    /// The month's spend when it fired.
+    pub spent: f64,
+    pub monthly: f64,
+    pub message: String,
+    /// Delivery attempts to the alert webhook so far.
+    pub attempts: u32,
+    /// Null until the webhook took it (or when no webhook is set).
+    pub delivered_at: Option<String>,
+    pub last_error: Option<String>,
+}

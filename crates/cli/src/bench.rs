@@ -86,6 +86,7 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         tls: None,
         http: corral_server::http::HttpLimits::default(),
         metrics_public: false,
+        alert_webhook: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(corral_server::serve(server_config, async {

@@ -148,6 +148,10 @@ enum Command {
         /// viewer or admin token).
         #[arg(long)]
         metrics_public: bool,
+        /// POST budget alerts here as JSON (http:// or https://), retried
+        /// with backoff until the receiver answers 2xx.
+        #[arg(long, value_parser = webhook_url)]
+        alert_webhook: Option<String>,
         #[command(flatten)]
         limits: limits::LimitArgs,
     },
@@ -298,6 +302,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a duration (examples: 90s, 10m, 1h)"))
 }
 
+fn webhook_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(text.to_string())
+        }
+        Ok(_) => Err(format!("{text:?} is not an http:// or https:// URL")),
+        Err(e) => Err(format!("{text:?} is not a URL: {e}")),
+    }
+}
+
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
     text.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -365,6 +379,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             tls_key,
             cors_origins,
             metrics_public,
+            alert_webhook,
             limits,
         } => {
             let policy = Policy {
@@ -401,6 +416,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     .zip(tls_key)
                     .map(|(cert, key)| corral_server::TlsFiles { cert, key }),
                 metrics_public,
+                alert_webhook,
             };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -6,4 +6,4 @@ mod openapi;
 pub mod routes;
 mod stream;
 mod usage;
-mod views;
+pub(crate) mod views;

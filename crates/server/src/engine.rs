@@ -36,6 +36,7 @@ use crate::provider::LocalProvider;
 use crate::state::State;
 
 mod agents;
+pub mod alerts;
 mod catalog;
 mod health;
 mod logs;
@@ -689,6 +690,7 @@ impl Engine {
             writes.append(&mut update.done(&mut state));
         }
 
+        writes.extend(state.alert_writes(&snapshot, now));
         state.waiting = outcome.waiting;
         state.reservations = outcome.reservations;
         fx.wake.extend(Self::wake_handles(&state, assigned));

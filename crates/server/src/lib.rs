@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub http: http::HttpLimits,
     /// Serve `/metrics` without a token (else it takes a `viewer` or `admin` one).
     pub metrics_public: bool,
+    /// Where budget alerts are POSTed as JSON; none by default.
+    pub alert_webhook: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +191,9 @@ pub async fn serve(
     );
     tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");
     tokio::spawn(controller_loop(engine.clone(), config.tick));
+    if let Some(url) = config.alert_webhook.clone() {
+        tokio::spawn(engine.clone().deliver_alerts(url));
+    }
     tokio::spawn(engine.metrics().upkeep());
     let app = api::routes::router(
         engine,

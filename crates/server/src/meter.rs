@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use corral_core::clock::Timestamp;
-use corral_core::controller::BudgetView;
+use corral_core::controller::{BudgetView, Snapshot};
 use corral_core::ids::RunId;
 use corral_core::metering::{
-    CapacityChange, Month, PriceChange, Span, Window, estimate_cost, usage,
+    CapacityChange, Month, PriceChange, Span, Window, crossed_alerts, estimate_cost, usage,
 };
 use corral_core::money::Money;
 use corral_core::pool::{Price, Provider};
@@ -33,6 +33,11 @@ pub struct SpendBook {
     closed: BTreeMap<String, Money>,
     /// The budget thresholds that fired: (tenant, month, thousandths).
     fired: BTreeSet<(String, String, i64)>,
+}
+
+/// A threshold (a fraction of the budget) in thousandths.
+fn milli(fraction: f64) -> i64 {
+    (fraction * 1000.0).round() as i64
 }
 
 /// An allocation as a span of usage (its pipeline does not matter here).
@@ -248,6 +253,48 @@ impl State {
                 ))
             })
             .collect()
+    }
+
+    /// The budget alerts the spend in `snapshot` (this cycle's) crosses: each
+    /// threshold once per tenant and month.
+    pub fn alert_writes(&self, snapshot: &Snapshot, now: Timestamp) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for (name, view) in &snapshot.tenants {
+            let Some(budget) = &view.budget else { continue };
+            let Some(spec) = self.tenants.get(name).and_then(|t| t.spec.budget.as_ref()) else {
+                continue;
+            };
+            let fired: Vec<f64> = spec
+                .alert_at
+                .iter()
+                .copied()
+                .filter(|&f| {
+                    self.spend
+                        .fired
+                        .contains(&(name.clone(), budget.month.clone(), milli(f)))
+                })
+                .collect();
+            for at in crossed_alerts(
+                &spec.alert_at,
+                budget.monthly,
+                Money::ZERO,
+                budget.spent,
+                &fired,
+            ) {
+                writes.push(Write::PutAlert(AlertRecord {
+                    tenant: name.clone(),
+                    month: budget.month.clone(),
+                    threshold_milli: milli(at),
+                    at: now,
+                    spent: budget.spent,
+                    monthly: budget.monthly,
+                    attempts: 0,
+                    delivered_at: None,
+                    last_error: None,
+                }));
+            }
+        }
+        writes
     }
 
     /// What a run of `tenant` asking for `request` is expected to cost, held

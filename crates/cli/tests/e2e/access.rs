@@ -98,7 +98,7 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         ("POST", "/api/v1/tenants") => ADMIN,
         ("PUT" | "DELETE", "/api/v1/tenants/{name}") => ADMIN,
         ("GET", "/api/v1/runs" | "/api/v1/allocations" | "/api/v1/queue") => READERS,
-        ("GET", "/api/v1/usage" | "/api/v1/prices") => READERS,
+        ("GET", "/api/v1/usage" | "/api/v1/prices" | "/api/v1/alerts") => READERS,
         ("POST", "/api/v1/runs") => OWNER,
         ("GET", "/api/v1/runs/{id}" | "/api/v1/runs/{id}/logs") => OWNER_READERS,
         ("POST", "/api/v1/runs/{id}/cancel") => OWNER,

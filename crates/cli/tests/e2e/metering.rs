@@ -307,3 +307,107 @@ async fn an_estimate_follows_its_pipelines_history() {
     let id = run["id"].as_i64().expect("id");
     server.wait_run_ended(id, Duration::from_secs(30)).await;
 }
+
+/// A webhook receiver: answers 200 to every POST and keeps the bodies.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() < length {
+                        continue;
+                    }
+                    kept.lock()
+                        .expect("bodies")
+                        .push(serde_json::from_str(body).expect("a JSON body"));
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_soft_budget_crossing_80_percent_alerts_once_through_the_webhook() {
+    let (url, received) = receiver().await;
+    let server = Server::start_with("alerts", StoreKind::Sqlite, &["--alert-webhook", &url]).await;
+    // One cpu-second costs 10.00: a step of 1.5 s passes 8.00, 80% of 10.00.
+    server
+        .apply("kind: Pool\nname: dear\ncapacity: {cpu: 2, memory: 2Gi}\nprice: {cpu_hour: 36000}\n---\nkind: Tenant\nname: soft\nbudget: {monthly: 10, enforce: soft, alert_at: [0.8]}\n")
+        .await;
+    let run = server
+        .submit("kind: Pipeline\nname: spend\ntenant: soft\nsteps:\n  - {name: s, run: 'sleep 1.5', pool: dear, resources: {cpu: 1, memory: 64Mi}}\n")
+        .await;
+    let id = run["id"].as_i64().expect("id");
+    // A soft budget holds nothing back.
+    let done = server.wait_run_ended(id, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let alerts: Vec<Value> = eventually("the alert delivered", Duration::from_secs(20), || async {
+        let alerts: Vec<Value> = server.get("/api/v1/alerts").await;
+        alerts
+            .iter()
+            .all(|a| a["delivered_at"].is_string())
+            .then_some(alerts)
+            .filter(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let alert = &alerts[0];
+    assert_eq!(
+        (alert["tenant"].as_str(), alert["threshold"].as_f64()),
+        (Some("soft"), Some(0.8))
+    );
+    assert_eq!(alert["attempts"], 1);
+    let message = alert["message"].as_str().expect("message");
+    assert!(message.starts_with("tenant soft: spend "), "{message}");
+    let month = chrono::Utc::now().format("%Y-%m");
+    assert!(
+        message.ends_with(&format!("reached 80% of the budget 10.00 for {month}")),
+        "{message}"
+    );
+    let bodies = received.lock().expect("bodies").clone();
+    assert_eq!(bodies.len(), 1, "{bodies:#?}");
+    assert_eq!(bodies[0]["kind"], "budget_alert");
+    assert_eq!(bodies[0]["tenant"], "soft");
+    assert_eq!(bodies[0]["threshold"], 0.8);
+    assert!(
+        bodies[0]["spent"].as_f64().expect("spent") >= 8.0,
+        "{:#}",
+        bodies[0]
+    );
+}

@@ -114,6 +114,12 @@ fn table(config: &RouterConfig) -> Vec<(RouteSpec, Handler)> {
             Read,
             get(super::usage::price_history),
         ),
+        r(
+            "GET",
+            "/api/v1/alerts",
+            Read,
+            get(super::usage::list_alerts),
+        ),
         r("GET", "/api/v1/queue", Read, get(list_queue)),
         r("GET", "/api/v1/tokens", ReadAll, get(list_tokens)),
         r("POST", "/api/v1/tokens", Admin, post(create_token)),
@@ -238,6 +244,7 @@ async fn healthz(State(engine): State<AppState>) -> Response {
         list_allocations,
         super::usage::usage_report,
         super::usage::price_history,
+        super::usage::list_alerts,
         list_queue,
         list_tokens,
         create_token,
@@ -305,7 +312,7 @@ pub(super) fn params(query: &BTreeMap<String, String>, known: &[&str]) -> ApiRes
     }
 }
 
-fn limit(query: &BTreeMap<String, String>, default: u32, max: u32) -> ApiResult<u32> {
+pub(super) fn limit(query: &BTreeMap<String, String>, default: u32, max: u32) -> ApiResult<u32> {
     match query.get("limit") {
         None => Ok(default),
         Some(text) => match text.parse::<u32>() {

@@ -6,17 +6,20 @@ use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use corral_api::{ErrorBody, IdleView, PriceChangeView, UsageAmounts, UsageRowView, UsageView};
+use corral_api::{
+    AlertView, ErrorBody, IdleView, PriceChangeView, UsageAmounts, UsageRowView, UsageView,
+};
 use corral_core::clock::Timestamp;
 use corral_core::error::FieldError;
 use corral_core::metering::{Key, Month, Usage, Window, idle, usage};
-use corral_store::SpanFilter;
+use corral_store::{AlertFilter, SpanFilter};
 
-use super::routes::{Params, params, tenant_scope, time_param};
+use super::routes::{Params, limit, params, tenant_scope, time_param};
 use super::views::time as rfc3339;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
 use crate::engine::Engine;
+use crate::engine::alerts::message;
 
 /// The longest window one report covers.
 const MAX_WINDOW_MS: i64 = 400 * 86_400_000;
@@ -146,6 +149,45 @@ pub(super) async fn price_history(
                 cpu_hour: p.price.cpu_hour,
                 memory_gib_hour: p.price.memory_gib_hour,
                 gpu_hour: p.price.gpu_hour,
+            })
+            .collect(),
+    ))
+}
+
+/// Budget alerts, newest first: the thresholds tenants' spend crossed this
+/// month and before, and their delivery to the alert webhook. A tenant's token
+/// sees its own tenant's only.
+#[utoipa::path(get, path = "/api/v1/alerts",
+    params(("tenant" = Option<String>, Query),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10_000)),
+    responses((status = 200, body = [AlertView]), (status = 503, body = ErrorBody)))]
+pub(super) async fn list_alerts(
+    State(engine): State<std::sync::Arc<Engine>>,
+    Extension(who): Extension<Principal>,
+    Query(query): Params,
+) -> Result<axum::Json<Vec<AlertView>>, ApiError> {
+    params(&query, &["tenant", "limit"])?;
+    let filter = AlertFilter {
+        tenant: tenant_scope(&who, &query)?,
+        month: None,
+        undelivered: false,
+        limit: limit(&query, 100, 10_000)?,
+    };
+    let alerts = engine.store().alerts(&filter).await?;
+    Ok(axum::Json(
+        alerts
+            .iter()
+            .map(|a| AlertView {
+                tenant: a.tenant.clone(),
+                month: a.month.clone(),
+                threshold: a.threshold_milli as f64 / 1000.0,
+                at: rfc3339(a.at),
+                spent: a.spent.to_units_f64(),
+                monthly: a.monthly.to_units_f64(),
+                message: message(a),
+                attempts: a.attempts,
+                delivered_at: a.delivered_at.map(rfc3339),
+                last_error: a.last_error.clone(),
             })
             .collect(),
     ))

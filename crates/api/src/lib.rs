@@ -468,3 +468,34 @@ pub struct AlertView {
     pub delivered_at: Option<String>,
     pub last_error: Option<String>,
 }
+
+/// A tenant's budget for a calendar month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BudgetSummary {
+    pub monthly: f64,
+    /// `soft` (alerts only) or `hard` (new runs wait past it).
+    pub enforce: String,
+    pub alert_at: Vec<f64>,
+}
+
+/// Everything about a tenant at a glance: its quota and holdings, this
+/// month's spend by pool against its budget, the month-end forecast, and what
+/// it has waiting.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantSummary {
+    pub tenant: TenantView,
+    /// The UTC month the spend is for, `2026-11`.
+    pub month: String,
+    /// Month-to-date usage and cost per pool.
+    pub usage_by_pool: Vec<UsageRowView>,
+    /// Month-to-date spend, open allocations included up to now.
+    pub spent: f64,
+    pub budget: Option<BudgetSummary>,
+    /// The month's spend at the burn rate of the last 7 days.
+    pub forecast: f64,
+    /// Runs waiting for admission, and what they ask for in all.
+    pub queued_runs: u64,
+    pub queued_demand: ResourcesView,
+    /// This month's budget alerts.
+    pub alerts: Vec<AlertView>,
+}

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use corral_api::{
-    Applied, AuditView, ErrorBody, PoolView, RunSummary, RunView, TenantView, TokenCreate,
-    TokenCreated, TokenView,
+    Applied, AuditView, ErrorBody, PoolView, RunSummary, RunView, TenantSummary, TenantView,
+    TokenCreate, TokenCreated, TokenView, UsageView,
 };
 use serde::de::DeserializeOwned;
 
@@ -158,6 +158,26 @@ impl Client {
 
     pub async fn audit(&self, query: &[(&str, String)]) -> Result<Vec<AuditView>> {
         self.json(self.http.get(self.url("/audit")).query(query))
+            .await
+    }
+
+    /// A usage report: JSON, or the server's CSV as text.
+    pub async fn usage(&self, query: &[(&str, String)]) -> Result<UsageView> {
+        self.json(self.http.get(self.url("/usage")).query(query))
+            .await
+    }
+
+    pub async fn usage_csv(&self, query: &[(&str, String)]) -> Result<String> {
+        let request = self
+            .http
+            .get(self.url("/usage"))
+            .query(query)
+            .header(reqwest::header::ACCEPT, "text/csv");
+        Ok(self.send(request).await?.text().await?)
+    }
+
+    pub async fn tenant_summary(&self, name: &str) -> Result<TenantSummary> {
+        self.json(self.http.get(self.url(&format!("/tenants/{name}/summary"))))
             .await
     }
 

@@ -98,6 +98,15 @@ enum Kind {
 #[derive(Clone, Copy, ValueEnum)]
 enum DescribeKind {
     Run,
+    Tenant,
+}
+
+/// How `corral usage` prints its report.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum UsageFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand)]
@@ -240,14 +249,36 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Show a run in detail, with why it waits.
+    /// Show a run in detail, with why it waits; or a tenant at a glance.
     Describe {
         #[command(flatten)]
         server: ServerArg,
         kind: DescribeKind,
-        id: i64,
+        /// The run's id, or the tenant's name.
+        id: String,
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
+    },
+    /// Usage and cost over a window, grouped by tenant, pool, pipeline, day or month.
+    Usage {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Keys to group by, comma-separated.
+        #[arg(long, default_value = "tenant")]
+        by: String,
+        /// From then on: an age (7d, 12h) or an RFC 3339 time; the start of
+        /// this month (UTC) by default.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to then (now by default).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = UsageFormat::Table)]
+        output: UsageFormat,
     },
     /// Print a run's logs (all steps, or one).
     Logs {
@@ -527,12 +558,54 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Describe {
             server,
-            kind: DescribeKind::Run,
+            kind,
             id,
             output,
         } => {
             let client = server.client()?;
-            print!("{}", output::describe_run(&client.run(id).await?, output)?);
+            let text = match kind {
+                DescribeKind::Run => {
+                    let run: i64 = id
+                        .parse()
+                        .with_context(|| format!("{id:?} is not a run id"))?;
+                    output::describe_run(&client.run(run).await?, output)?
+                }
+                DescribeKind::Tenant => {
+                    output::describe_tenant(&client.tenant_summary(&id).await?, output)?
+                }
+            };
+            print!("{text}");
+            Ok(ok)
+        }
+        Command::Usage {
+            server,
+            by,
+            since,
+            until,
+            tenant,
+            pool,
+            output,
+        } => {
+            let client = server.client()?;
+            let mut query = vec![("by", by)];
+            for (key, value) in [
+                ("from", since),
+                ("to", until),
+                ("tenant", tenant),
+                ("pool", pool),
+            ] {
+                if let Some(v) = value {
+                    query.push((key, v));
+                }
+            }
+            let text = match output {
+                UsageFormat::Csv => client.usage_csv(&query).await?,
+                UsageFormat::Json => {
+                    serde_json::to_string_pretty(&client.usage(&query).await?)? + "\n"
+                }
+                UsageFormat::Table => output::usage_report(&client.usage(&query).await?),
+            };
+            print!("{text}");
             Ok(ok)
         }
         Command::Logs {

@@ -4,7 +4,10 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 use clap::ValueEnum;
-use corral_api::{AuditView, PoolView, ResourcesView, RunSummary, RunView, TenantView, TokenView};
+use corral_api::{
+    AuditView, PoolView, ResourcesView, RunSummary, RunView, TenantSummary, TenantView, TokenView,
+    UsageView,
+};
 use corral_core::resources::{format_cpu, format_memory};
 use serde::Serialize;
 
@@ -353,4 +356,86 @@ pub fn audit(entries: &[AuditView], format: Format) -> Result<String> {
         &["AT", "WHO", "ACTION", "OBJECT", "BEFORE", "AFTER"],
         rows,
     ))
+}
+
+/// A usage report as a table: a column per key, then the amounts and the cost.
+pub fn usage_report(report: &UsageView) -> String {
+    let mut header: Vec<String> = report.by.iter().map(|k| k.to_uppercase()).collect();
+    header.extend(["CPU CORE-H", "MEMORY GIB-H", "GPU-H", "COST"].map(String::from));
+    let hours = |seconds: f64| format!("{:.2}", seconds / 3600.0);
+    let mut rows: Vec<Vec<String>> = report
+        .rows
+        .iter()
+        .map(|r| {
+            let mut row: Vec<String> = report
+                .by
+                .iter()
+                .map(|k| r.key.get(k).cloned().unwrap_or_default())
+                .collect();
+            row.extend([
+                hours(r.usage.cpu_core_seconds),
+                hours(r.usage.memory_gib_seconds),
+                hours(r.usage.gpu_seconds),
+                format!("{:.2}", r.usage.cost),
+            ]);
+            row
+        })
+        .collect();
+    let t = &report.total;
+    let mut total = vec![String::new(); report.by.len()];
+    if let Some(first) = total.first_mut() {
+        *first = "TOTAL".into();
+    }
+    total.extend([
+        hours(t.cpu_core_seconds),
+        hours(t.memory_gib_seconds),
+        hours(t.gpu_seconds),
+        format!("{:.2}", t.cost),
+    ]);
+    rows.push(total);
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    table(&header, rows)
+}
+
+/// A tenant at a glance.
+pub fn describe_tenant(s: &TenantSummary, format: Format) -> Result<String> {
+    if let Some(text) = structured(s, format)? {
+        return Ok(text);
+    }
+    let t = &s.tenant;
+    let mut out = format!("Tenant:     {}\nWeight:     {}\n", t.name, t.weight);
+    out.push_str(&format!(
+        "Holds:      {} ({} runs)\n",
+        resources(&t.used),
+        t.runs
+    ));
+    out.push_str(&format!(
+        "Waiting:    {} runs asking for {}\n",
+        s.queued_runs,
+        resources(&s.queued_demand)
+    ));
+    match &s.budget {
+        Some(b) => out.push_str(&format!(
+            "Spend:      {:.2} of {:.2} ({}) in {}, heading for {:.2}\n",
+            s.spent, b.monthly, b.enforce, s.month, s.forecast
+        )),
+        None => out.push_str(&format!(
+            "Spend:      {:.2} in {} (no budget), heading for {:.2}\n",
+            s.spent, s.month, s.forecast
+        )),
+    }
+    if !s.usage_by_pool.is_empty() {
+        out.push_str("By pool:\n");
+        for row in &s.usage_by_pool {
+            out.push_str(&format!(
+                "  {:<20} {:>10.2}\n",
+                row.key.get("pool").map_or("", String::as_str),
+                row.usage.cost
+            ));
+        }
+    }
+    for alert in &s.alerts {
+        out.push_str(&format!("Alert:      {} ({})\n", alert.message, alert.at));
+    }
+    Ok(out)
 }

@@ -219,6 +219,27 @@ impl State {
         (open, running)
     }
 
+    /// Per tenant, its runs waiting for admission and what they ask for in
+    /// all (the groups of admitted runs waiting for a new worker included).
+    pub fn queued_by_tenant(&self) -> BTreeMap<String, (u64, Resources)> {
+        let mut waiting: BTreeMap<String, (u64, Resources)> = BTreeMap::new();
+        for class in self.queue.classes() {
+            let entry = waiting.entry(class.tenant.clone()).or_default();
+            let runs = class.runs.len() as u64;
+            if !class.readmit {
+                entry.0 += runs;
+            }
+            let each = class.total();
+            let all = Resources {
+                cpu_millis: each.cpu_millis.saturating_mul(runs),
+                memory_mib: each.memory_mib.saturating_mul(runs),
+                gpu: each.gpu.saturating_mul(runs),
+            };
+            entry.1 = entry.1.saturating_add(&all);
+        }
+        waiting
+    }
+
     /// What every tenant spent in `now`'s month, open allocations included.
     pub fn spend_by_tenant(&self, now: Timestamp) -> BTreeMap<String, Money> {
         let (open, _) = self.open_and_running(now);

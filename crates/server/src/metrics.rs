@@ -392,23 +392,9 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
     for (name, spent) in state.spend_by_tenant(now) {
         spend.add("tenant", &name, spent.to_units_f64());
     }
-    let mut waiting: BTreeMap<&str, (u64, Resources)> = Default::default();
-    for class in state.queue.classes() {
-        let entry = waiting.entry(class.tenant.as_str()).or_default();
-        let runs = class.runs.len() as u64;
-        if !class.readmit {
-            entry.0 += runs;
-        }
-        let total = class.total();
-        let all = Resources {
-            cpu_millis: total.cpu_millis.saturating_mul(runs),
-            memory_mib: total.memory_mib.saturating_mul(runs),
-            gpu: total.gpu.saturating_mul(runs),
-        };
-        entry.1 = entry.1.saturating_add(&all);
-    }
+    let waiting = state.queued_by_tenant();
     for (name, tenant) in &state.tenants {
-        let (queued, asked) = waiting.get(name.as_str()).copied().unwrap_or_default();
+        let (queued, asked) = waiting.get(name).copied().unwrap_or_default();
         queued_runs.add("tenant", name, queued as f64);
         add_resources(&mut demand, "tenant", name, &asked);
         let held = snapshot

@@ -94,7 +94,7 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         ("POST", "/api/v1/pools") => ADMIN,
         ("PUT" | "DELETE", "/api/v1/pools/{name}") => ADMIN,
         ("GET", "/api/v1/tenants") => READERS,
-        ("GET", "/api/v1/tenants/{name}") => OWNER_READERS,
+        ("GET", "/api/v1/tenants/{name}" | "/api/v1/tenants/{name}/summary") => OWNER_READERS,
         ("POST", "/api/v1/tenants") => ADMIN,
         ("PUT" | "DELETE", "/api/v1/tenants/{name}") => ADMIN,
         ("GET", "/api/v1/runs" | "/api/v1/allocations" | "/api/v1/queue") => READERS,

@@ -192,6 +192,63 @@ async fn usage_by_every_key_reconciles_with_allocations_and_prices() {
     );
     assert!(lines.iter().any(|l| l.starts_with("alpha,")), "{csv}");
     assert!(lines.iter().any(|l| l.starts_with("beta,")), "{csv}");
+
+    // The CLI: the same report as a table and as CSV, and a tenant's summary
+    // whose month-to-date spend is its usage this month.
+    let table = corral(&server, &["usage", "--by", "pool", "--since", "1h"]);
+    assert!(table.contains("POOL") && table.contains("TOTAL"), "{table}");
+    assert!(table.contains("alpha") && table.contains("beta"), "{table}");
+    let csv = corral(
+        &server,
+        &["usage", "--by", "tenant,day", "--since", "7d", "-o", "csv"],
+    );
+    assert!(
+        csv.starts_with("tenant,day,cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost\n"),
+        "{csv}"
+    );
+    assert_eq!(
+        csv.lines().filter(|l| l.starts_with("t1,")).count(),
+        1,
+        "{csv}"
+    );
+    let summary: Value = serde_json::from_str(&corral(
+        &server,
+        &["describe", "tenant", "t1", "-o", "json"],
+    ))
+    .expect("a JSON summary");
+    let month: Value = server.get("/api/v1/usage?by=tenant&tenant=t1").await;
+    let spent = summary["spent"].as_f64().expect("spent");
+    assert!(spent > 0.0, "{summary:#}");
+    assert!(
+        (spent - month["total"]["cost"].as_f64().expect("cost")).abs() < 0.005,
+        "{summary:#} vs {month:#}"
+    );
+    assert_eq!(
+        summary["usage_by_pool"].as_array().map(Vec::len),
+        Some(2),
+        "{summary:#}"
+    );
+    let described = corral(&server, &["describe", "tenant", "t1"]);
+    assert!(
+        described.contains("Spend:") && described.contains("no budget"),
+        "{described}"
+    );
+}
+
+/// Runs the CLI against the server as its admin; its standard output.
+fn corral(server: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(args)
+        .env("CORRAL_SERVER", &server.url)
+        .env("CORRAL_TOKEN", &server.admin_token)
+        .output()
+        .expect("corral runs");
+    assert!(
+        out.status.success(),
+        "corral {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits for the queued run's reason and returns it.

@@ -120,6 +120,12 @@ fn table(config: &RouterConfig) -> Vec<(RouteSpec, Handler)> {
             Read,
             get(super::usage::list_alerts),
         ),
+        r(
+            "GET",
+            "/api/v1/tenants/{name}/summary",
+            Read,
+            get(super::usage::tenant_summary),
+        ),
         r("GET", "/api/v1/queue", Read, get(list_queue)),
         r("GET", "/api/v1/tokens", ReadAll, get(list_tokens)),
         r("POST", "/api/v1/tokens", Admin, post(create_token)),
@@ -245,6 +251,7 @@ async fn healthz(State(engine): State<AppState>) -> Response {
         super::usage::usage_report,
         super::usage::price_history,
         super::usage::list_alerts,
+        super::usage::tenant_summary,
         list_queue,
         list_tokens,
         create_token,
@@ -475,7 +482,11 @@ fn check_tenant(who: &Principal, tenant: &str) -> ApiResult<()> {
     }
 }
 
-async fn tenant_view(engine: &Engine, who: &Principal, name: &str) -> ApiResult<TenantView> {
+pub(super) async fn tenant_view(
+    engine: &Engine,
+    who: &Principal,
+    name: &str,
+) -> ApiResult<TenantView> {
     check_tenant(who, name)?;
     let state = engine.read().await;
     let tenant = state

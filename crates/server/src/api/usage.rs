@@ -7,14 +7,16 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use corral_api::{
-    AlertView, ErrorBody, IdleView, PriceChangeView, UsageAmounts, UsageRowView, UsageView,
+    AlertView, BudgetSummary, ErrorBody, IdleView, PriceChangeView, TenantSummary, UsageAmounts,
+    UsageRowView, UsageView,
 };
 use corral_core::clock::Timestamp;
 use corral_core::error::FieldError;
-use corral_core::metering::{Key, Month, Usage, Window, idle, usage};
-use corral_store::{AlertFilter, SpanFilter};
+use corral_core::metering::{FORECAST_WINDOW_MS, Key, Month, Usage, Window, forecast, idle, usage};
+use corral_store::{AlertFilter, AlertRecord, SpanFilter};
 
-use super::routes::{Params, limit, params, tenant_scope, time_param};
+use super::error::PathParam;
+use super::routes::{Params, limit, params, tenant_scope, tenant_view, time_param};
 use super::views::time as rfc3339;
 use crate::api::error::ApiError;
 use crate::auth::Principal;
@@ -174,23 +176,94 @@ pub(super) async fn list_alerts(
         limit: limit(&query, 100, 10_000)?,
     };
     let alerts = engine.store().alerts(&filter).await?;
-    Ok(axum::Json(
-        alerts
+    Ok(axum::Json(alerts.iter().map(alert_view).collect()))
+}
+
+fn alert_view(a: &AlertRecord) -> AlertView {
+    AlertView {
+        tenant: a.tenant.clone(),
+        month: a.month.clone(),
+        threshold: a.threshold_milli as f64 / 1000.0,
+        at: rfc3339(a.at),
+        spent: a.spent.to_units_f64(),
+        monthly: a.monthly.to_units_f64(),
+        message: message(a),
+        attempts: a.attempts,
+        delivered_at: a.delivered_at.map(rfc3339),
+        last_error: a.last_error.clone(),
+    }
+}
+
+/// A tenant at a glance: quota and holdings, this month's spend per pool
+/// against its budget, the month-end forecast, what it has waiting, and this
+/// month's alerts.
+#[utoipa::path(get, path = "/api/v1/tenants/{name}/summary",
+    params(("name" = String, Path)),
+    responses((status = 200, body = TenantSummary), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn tenant_summary(
+    State(engine): State<std::sync::Arc<Engine>>,
+    Extension(who): Extension<Principal>,
+    PathParam(name): PathParam<String>,
+) -> Result<axum::Json<TenantSummary>, ApiError> {
+    let tenant = tenant_view(&engine, &who, &name).await?;
+    let now = engine.now();
+    let month = Month::containing(now.0);
+    let (budget, created, queued_runs, queued_demand) = {
+        let state = engine.read().await;
+        let record = state
+            .tenants
+            .get(&name)
+            .ok_or_else(|| ApiError::not_found("tenant", &name))?;
+        let (runs, demand) = state.queued_by_tenant().remove(&name).unwrap_or_default();
+        (record.spec.budget.clone(), record.created_at, runs, demand)
+    };
+    let store = engine.store();
+    let week_ago = Timestamp(now.0.saturating_sub(FORECAST_WINDOW_MS));
+    let from = Timestamp(month.start_ms().min(week_ago.0));
+    let spans = store
+        .spans(&SpanFilter {
+            from,
+            to: now,
+            tenant: Some(name.clone()),
+            pool: None,
+        })
+        .await?;
+    let prices = store.prices().await?;
+    let this_month = usage(&spans, &prices, Window::month(month), now.0, &[Key::Pool]);
+    let last_week = usage(&spans, &prices, Window::new(week_ago.0, now.0), now.0, &[]);
+    let spent = this_month.total.cost;
+    let alerts = store
+        .alerts(&AlertFilter {
+            tenant: Some(name.clone()),
+            month: Some(month.label()),
+            undelivered: false,
+            limit: 100,
+        })
+        .await?;
+    Ok(axum::Json(TenantSummary {
+        tenant,
+        month: month.label(),
+        usage_by_pool: this_month
+            .rows
             .iter()
-            .map(|a| AlertView {
-                tenant: a.tenant.clone(),
-                month: a.month.clone(),
-                threshold: a.threshold_milli as f64 / 1000.0,
-                at: rfc3339(a.at),
-                spent: a.spent.to_units_f64(),
-                monthly: a.monthly.to_units_f64(),
-                message: message(a),
-                attempts: a.attempts,
-                delivered_at: a.delivered_at.map(rfc3339),
-                last_error: a.last_error.clone(),
+            .map(|r| UsageRowView {
+                key: std::iter::once("pool".to_string())
+                    .zip(r.key.iter().cloned())
+                    .collect(),
+                usage: amounts(&r.usage),
             })
             .collect(),
-    ))
+        spent: spent.to_units_f64(),
+        budget: budget.map(|b| BudgetSummary {
+            monthly: b.monthly.to_units_f64(),
+            enforce: b.enforce.as_str().to_string(),
+            alert_at: b.alert_at,
+        }),
+        forecast: forecast(spent, last_week.total.cost, created.0, now.0, month).to_units_f64(),
+        queued_runs,
+        queued_demand: queued_demand.into(),
+        alerts: alerts.iter().map(alert_view).collect(),
+    }))
 }
 
 /// The keys of `by`, each once.

@@ -468,3 +468,72 @@ async fn a_soft_budget_crossing_80_percent_alerts_once_through_the_webhook() {
         bodies[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_and_spend_survive_a_kill_of_the_server_and_count_nothing_twice() {
+    let mut server = Server::start("metering-kill", StoreKind::Sqlite).await;
+    server
+        .apply("kind: Pool\nname: dear\ncapacity: {cpu: 4, memory: 4Gi}\nprice: {cpu_hour: 3600}\n---\nkind: Tenant\nname: t\nbudget: {monthly: 100000, enforce: hard}\n")
+        .await;
+    let step = |name: &str| {
+        format!(
+            "kind: Pipeline\nname: {name}\ntenant: t\nsteps:\n  - {{name: s, run: 'sleep 1', pool: dear, resources: {{cpu: 1, memory: 64Mi}}}}\n"
+        )
+    };
+    let first = server.submit(&step("before")).await["id"]
+        .as_i64()
+        .expect("id");
+    server.wait_run_ended(first, Duration::from_secs(30)).await;
+    let second = server.submit(&step("across")).await["id"]
+        .as_i64()
+        .expect("id");
+    admitted(&server, second).await;
+    // Killed while the second run holds its allocation; it ends after the restart.
+    server.restart().await;
+    let done = server.wait_run_ended(second, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+
+    let prices = price_history(&server).await;
+    let allocations: Vec<Value> = server.get("/api/v1/allocations?limit=100").await;
+    assert!(
+        allocations.iter().all(|a| a["closed_at"].is_string()),
+        "{allocations:#?}"
+    );
+    let independent: f64 = allocations
+        .iter()
+        .map(|a| {
+            cost(
+                &prices["dear"],
+                a["resources"]["cpu_millis"].as_f64().expect("cpu"),
+                a["resources"]["memory_mib"].as_f64().expect("memory"),
+                millis(&a["opened_at"]),
+                millis(&a["closed_at"]),
+            )
+        })
+        .sum();
+    let report: Value = server.get("/api/v1/usage?by=pipeline").await;
+    let reported = report["total"]["cost"].as_f64().expect("cost");
+    assert!(
+        (reported - independent).abs() < 0.005,
+        "reported {reported}, computed {independent}: {report:#}"
+    );
+    assert_eq!(
+        report["rows"].as_array().map(Vec::len),
+        Some(2),
+        "{report:#}"
+    );
+    // The spend the budget counts, rebuilt on start, is the same.
+    let summary: Value = server.get("/api/v1/tenants/t/summary").await;
+    let spent = summary["spent"].as_f64().expect("spent");
+    assert!((spent - independent).abs() < 0.005, "{summary:#}");
+    // Restarting again changes nothing.
+    server.restart().await;
+    let again: Value = server.get("/api/v1/tenants/t/summary").await;
+    assert_eq!(again["spent"], summary["spent"]);
+    let prices_again = price_history(&server).await;
+    assert_eq!(
+        prices_again["dear"].len(),
+        1,
+        "a restart adds no price change"
+    );
+}

@@ -14,8 +14,11 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::records::*;
+use crate::{HistoryPoint, HistoryQuery};
 use crate::{Result, Store, StoreError};
+use corral_core::history::{Rollup, Sample};
 
+mod history;
 mod rows;
 
 use rows::*;
@@ -35,6 +38,8 @@ pub struct SqlStore {
     /// file), so a log write never waits for or fails a state transaction.
     logs: AnyPool,
     backend: Backend,
+    /// The governance time series, apart in the same way (`history.db`).
+    history: AnyPool,
 }
 
 /// The log table of a SQLite store's separate logs file.
@@ -63,6 +68,12 @@ impl SqlStore {
         }
         store.logs = logs;
         store.move_logs_out(&data_dir.join("corral.db")).await?;
+        let history_path = data_dir.join("history.db");
+        store.history =
+            sqlite_pool(&format!("sqlite://{}?mode=rwc", history_path.display())).await?;
+        sqlx::raw_sql(history::SCHEMA)
+            .execute(&store.history)
+            .await?;
         Ok(store)
     }
 
@@ -110,11 +121,11 @@ impl SqlStore {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
-        let (pool, logs) = match backend {
-            // A SQLite store opened by its URL keeps its logs in the same file.
+        let (pool, logs, history) = match backend {
+            // A SQLite store opened by its URL keeps its logs (and history) in the same file.
             Backend::Sqlite => {
                 let pool = sqlite_pool(url).await?;
-                (pool.clone(), pool)
+                (pool.clone(), pool.clone(), pool)
             }
             Backend::Postgres => (
                 AnyPoolOptions::new()
@@ -125,6 +136,10 @@ impl SqlStore {
                     .max_connections(4)
                     .connect(url)
                     .await?,
+                AnyPoolOptions::new()
+                    .max_connections(2)
+                    .connect(url)
+                    .await?,
             ),
         };
         MIGRATIONS.run(&pool).await?;
@@ -132,6 +147,7 @@ impl SqlStore {
             pool,
             logs,
             backend,
+            history,
         })
     }
 
@@ -142,6 +158,7 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
         self.logs.close().await;
+        self.history.close().await;
     }
 }
 
@@ -746,5 +763,17 @@ impl Store for SqlStore {
         .iter()
         .map(audit_from)
         .collect()
+    }
+
+    async fn append_samples(&self, samples: &[Sample]) -> Result<()> {
+        history::append(&self.history, samples).await
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryPoint>> {
+        history::read(&self.history, query).await
+    }
+
+    async fn roll_up_history(&self, rollup: &Rollup) -> Result<()> {
+        history::roll_up(&self.history, rollup).await
     }
 }

@@ -146,6 +146,10 @@ enum Command {
         cors_origins: Vec<String>,
         #[command(flatten)]
         limits: limits::LimitArgs,
+        /// How often the governance time series (GET /api/v1/history) are
+        /// sampled, from 100ms to 1h.
+        #[arg(long, default_value = "10s", value_parser = parse_sample_interval)]
+        sample_interval: Duration,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -294,6 +298,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a duration (examples: 90s, 10m, 1h)"))
 }
 
+fn parse_sample_interval(text: &str) -> Result<Duration, String> {
+    corral_core::history::parse_interval_ms(text).map(Duration::from_millis)
+}
+
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
     text.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -361,6 +369,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             tls_key,
             cors_origins,
             limits,
+            sample_interval,
         } => {
             let policy = Policy {
                 placement: PlacementPolicy::parse(&placement)
@@ -387,6 +396,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     output: limits.output(),
                     max_agent: limits.max_agent(),
                     limits: limits.pipeline()?,
+                    sample_interval,
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),

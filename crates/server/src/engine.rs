@@ -93,6 +93,8 @@ pub struct EngineConfig {
     pub max_agent: Resources,
     /// Bounds on a pipeline.
     pub limits: corral_core::limits::Limits,
+    /// How often the governance time series are sampled (`history.rs`).
+    pub sample_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -108,6 +110,7 @@ impl Default for EngineConfig {
             output: OutputLimits::default(),
             max_agent: Resources::new(1024 * 1000, 16 * 1024 * 1024, 64),
             limits: corral_core::limits::Limits::default(),
+            sample_interval: Duration::from_secs(10),
         }
     }
 }

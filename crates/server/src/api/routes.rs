@@ -129,6 +129,12 @@ fn table() -> Vec<(RouteSpec, Handler)> {
             Worker,
             post(report_attempt),
         ),
+        r(
+            "GET",
+            "/api/v1/history",
+            Read,
+            get(super::history::get_history),
+        ),
     ]
 }
 
@@ -219,7 +225,8 @@ async fn healthz(State(engine): State<AppState>) -> Response {
         register_agent,
         poll_agent,
         append_log,
-        report_attempt
+        report_attempt,
+        super::history::get_history
     )
 )]
 struct ApiDoc;
@@ -267,7 +274,7 @@ fn json_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
 }
 
 /// Reads known query parameters; an unknown one is an error naming it.
-fn params(query: &BTreeMap<String, String>, known: &[&str]) -> ApiResult<()> {
+pub(super) fn params(query: &BTreeMap<String, String>, known: &[&str]) -> ApiResult<()> {
     match query.keys().find(|k| !known.contains(&k.as_str())) {
         Some(k) => Err(FieldError::new(
             k.clone(),
@@ -321,7 +328,7 @@ async fn list_pools(
 }
 
 /// Whether `who` may see pool `name`: a tenant sees the pools it may use.
-fn may_use_pool(state: &crate::state::State, who: &Principal, name: &str) -> bool {
+pub(super) fn may_use_pool(state: &crate::state::State, who: &Principal, name: &str) -> bool {
     match who.role.tenant() {
         None => true,
         Some(tenant) => state
@@ -658,7 +665,10 @@ async fn submit_run(
 
 /// The tenant a list is limited to: a tenant token's own (asking for another
 /// is refused), or the `tenant` parameter.
-fn tenant_scope(who: &Principal, query: &BTreeMap<String, String>) -> ApiResult<Option<String>> {
+pub(super) fn tenant_scope(
+    who: &Principal,
+    query: &BTreeMap<String, String>,
+) -> ApiResult<Option<String>> {
     let asked = query.get("tenant");
     if let Some(t) = asked {
         check_tenant(who, t)?;

@@ -3,6 +3,8 @@
 //! Resources travel as integers in base units (`cpu_millis`, `memory_mib`, `gpu`),
 //! times as RFC 3339 strings with milliseconds.
 
+pub mod history;
+
 use std::collections::BTreeMap;
 
 use corral_core::resources::Resources;

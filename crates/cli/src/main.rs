@@ -163,6 +163,10 @@ enum Command {
         alert_webhook: Option<String>,
         #[command(flatten)]
         limits: limits::LimitArgs,
+        /// How often the governance time series (GET /api/v1/history) are
+        /// sampled, from 100ms to 1h.
+        #[arg(long, default_value = "10s", value_parser = parse_sample_interval)]
+        sample_interval: Duration,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -343,6 +347,10 @@ fn webhook_url(text: &str) -> Result<String, String> {
     }
 }
 
+fn parse_sample_interval(text: &str) -> Result<Duration, String> {
+    corral_core::history::parse_interval_ms(text).map(Duration::from_millis)
+}
+
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
     text.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -412,6 +420,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             metrics_public,
             alert_webhook,
             limits,
+            sample_interval,
         } => {
             let policy = Policy {
                 placement: PlacementPolicy::parse(&placement)
@@ -438,6 +447,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     output: limits.output(),
                     max_agent: limits.max_agent(),
                     limits: limits.pipeline()?,
+                    sample_interval,
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod controller;
 pub mod envelope;
 pub mod error;
+pub mod history;
 pub mod ids;
 pub mod limits;
 pub mod manifest;

@@ -2,6 +2,7 @@
 
 pub(crate) mod error;
 mod guard;
+mod history;
 mod openapi;
 pub mod routes;
 mod stream;

@@ -100,6 +100,8 @@ pub struct EngineConfig {
     /// How long a run is expected to hold its allocations when neither its
     /// pipeline's history nor its steps' timeouts say.
     pub default_run_duration: Duration,
+    /// How often the governance time series are sampled (`history.rs`).
+    pub sample_interval: Duration,
 }
 
 /// How many of a pipeline's last successful runs its estimate learns from.
@@ -119,6 +121,7 @@ impl Default for EngineConfig {
             max_agent: Resources::new(1024 * 1000, 16 * 1024 * 1024, 64),
             limits: corral_core::limits::Limits::default(),
             default_run_duration: Duration::from_secs(600),
+            sample_interval: Duration::from_secs(10),
         }
     }
 }

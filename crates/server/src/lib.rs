@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 mod commit;
 pub mod engine;
+mod history;
 pub mod http;
 mod logs;
 mod meter;
@@ -160,6 +161,9 @@ pub async fn serve(
     if first.admin_secret.is_some() {
         tracing::info!(path = %token_path.display(), "the admin token is in this file (mode 0600); the CLI reads it from there");
     }
+    // The governance time series resume before the API answers.
+    tokio::spawn(history::sample_loop(engine.clone()));
+    tokio::spawn(history::rollup_loop(engine.clone()));
     let cors_origins = config
         .cors_origins
         .iter()

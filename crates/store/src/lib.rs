@@ -3,6 +3,7 @@
 //!
 //! The store knows records and transactions, nothing of HTTP or of scheduling.
 
+mod history;
 mod records;
 mod sql;
 pub mod testing;
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 use corral_core::ids::{AttemptId, RunId};
 use corral_core::metering::{CapacityChange, PriceChange, Span};
 
+pub use history::{HistoryPoint, HistoryQuery};
 pub use records::*;
 pub use sql::{Backend, SqlStore};
 
@@ -92,4 +94,18 @@ pub trait Store: Send + Sync {
 
     /// Budget alerts, newest first.
     async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
+
+    /// Stores samples of the governance time series in one transaction, apart
+    /// from the state (like logs: their own connection, or file), so that a
+    /// sample never delays an admission. A sample already stored for its
+    /// series, subject and time is kept.
+    async fn append_samples(&self, samples: &[corral_core::history::Sample]) -> Result<()>;
+
+    /// Points of the time series, ordered by series name, subject and time.
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryPoint>>;
+
+    /// Rolls raw samples up into hourly aggregates and deletes what is past
+    /// retention, in one transaction (see `corral_core::history::Rollup`):
+    /// running it again, or after a crash in the middle, counts nothing twice.
+    async fn roll_up_history(&self, rollup: &corral_core::history::Rollup) -> Result<()>;
 }

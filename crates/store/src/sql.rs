@@ -15,8 +15,11 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::records::*;
+use crate::{HistoryPoint, HistoryQuery};
 use crate::{Result, Store, StoreError};
+use corral_core::history::{Rollup, Sample};
 
+mod history;
 mod metering;
 mod rows;
 
@@ -37,6 +40,8 @@ pub struct SqlStore {
     /// file), so a log write never waits for or fails a state transaction.
     logs: AnyPool,
     backend: Backend,
+    /// The governance time series, apart in the same way (`history.db`).
+    history: AnyPool,
 }
 
 /// The log table of a SQLite store's separate logs file.
@@ -65,6 +70,12 @@ impl SqlStore {
         }
         store.logs = logs;
         store.move_logs_out(&data_dir.join("corral.db")).await?;
+        let history_path = data_dir.join("history.db");
+        store.history =
+            sqlite_pool(&format!("sqlite://{}?mode=rwc", history_path.display())).await?;
+        sqlx::raw_sql(history::SCHEMA)
+            .execute(&store.history)
+            .await?;
         Ok(store)
     }
 
@@ -112,11 +123,11 @@ impl SqlStore {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
-        let (pool, logs) = match backend {
-            // A SQLite store opened by its URL keeps its logs in the same file.
+        let (pool, logs, history) = match backend {
+            // A SQLite store opened by its URL keeps its logs (and history) in the same file.
             Backend::Sqlite => {
                 let pool = sqlite_pool(url).await?;
-                (pool.clone(), pool)
+                (pool.clone(), pool.clone(), pool)
             }
             Backend::Postgres => (
                 AnyPoolOptions::new()
@@ -127,6 +138,10 @@ impl SqlStore {
                     .max_connections(4)
                     .connect(url)
                     .await?,
+                AnyPoolOptions::new()
+                    .max_connections(2)
+                    .connect(url)
+                    .await?,
             ),
         };
         MIGRATIONS.run(&pool).await?;
@@ -134,6 +149,7 @@ impl SqlStore {
             pool,
             logs,
             backend,
+            history,
         })
     }
 
@@ -144,6 +160,7 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
         self.logs.close().await;
+        self.history.close().await;
     }
 }
 
@@ -795,5 +812,17 @@ impl Store for SqlStore {
         .iter()
         .map(metering::alert_from)
         .collect()
+    }
+
+    async fn append_samples(&self, samples: &[Sample]) -> Result<()> {
+        history::append(&self.history, samples).await
+    }
+
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryPoint>> {
+        history::read(&self.history, query).await
+    }
+
+    async fn roll_up_history(&self, rollup: &Rollup) -> Result<()> {
+        history::roll_up(&self.history, rollup).await
     }
 }

@@ -669,3 +669,262 @@ async fn sqlite_logs_kept_in_the_main_file_move_to_their_own() {
     main.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- governance time series ----
+
+mod history {
+    use corral_core::clock::Timestamp;
+    use corral_core::history::{HOUR_MS, Rollup, Sample, Series, Source};
+    use corral_core::resources::Dimension;
+    use corral_store::testing::fresh_postgres_database;
+    use corral_store::{HistoryPoint, HistoryQuery, SqlStore, Store};
+
+    const MINUTE: i64 = 60_000;
+    /// An hour's start.
+    const BASE: i64 = 480_000 * HOUR_MS;
+    const CPU: Series = Series::PoolUtilization(Dimension::Cpu);
+    const HELD: Series = Series::TenantHoldings(Dimension::Cpu);
+
+    fn sample(series: Series, subject: &str, at: i64, value: f64) -> Sample {
+        Sample {
+            series,
+            subject: subject.into(),
+            at: Timestamp(at),
+            value,
+        }
+    }
+
+    fn point(subject: &str, at: i64, mean: f64, max: f64, samples: u64) -> HistoryPoint {
+        HistoryPoint {
+            series: CPU,
+            subject: subject.into(),
+            at: Timestamp(at),
+            mean,
+            max,
+            samples,
+        }
+    }
+
+    fn query(source: Source, bucket_ms: Option<i64>) -> HistoryQuery {
+        HistoryQuery {
+            series: vec![CPU],
+            subjects: None,
+            from: Timestamp(BASE),
+            to: Timestamp(BASE + 10 * HOUR_MS),
+            source,
+            bucket_ms,
+            limit: 100,
+        }
+    }
+
+    async fn read(store: &dyn Store, q: &HistoryQuery) -> Vec<HistoryPoint> {
+        store.history(q).await.expect("read history")
+    }
+
+    pub async fn suite(store: &dyn Store) {
+        let raw = query(Source::Raw, None);
+        assert!(read(store, &raw).await.is_empty());
+
+        // Written in batches; a sample written again is kept once.
+        let first = vec![
+            sample(CPU, "a", BASE, 0.25),
+            sample(CPU, "a", BASE + 20 * MINUTE, 0.5),
+            sample(CPU, "a", BASE + 40 * MINUTE, 0.75),
+            sample(CPU, "b", BASE + 10 * MINUTE, 1.0),
+            sample(HELD, "t", BASE, 1500.0),
+        ];
+        store.append_samples(&first).await.expect("append");
+        store.append_samples(&first[..2]).await.expect("again");
+        store
+            .append_samples(&[sample(CPU, "a", BASE + HOUR_MS + 5 * MINUTE, 1.0)])
+            .await
+            .expect("append");
+
+        // Read by range (both ends included), series, subject and limit.
+        assert_eq!(
+            read(store, &raw).await,
+            vec![
+                point("a", BASE, 0.25, 0.25, 1),
+                point("a", BASE + 20 * MINUTE, 0.5, 0.5, 1),
+                point("a", BASE + 40 * MINUTE, 0.75, 0.75, 1),
+                point("a", BASE + HOUR_MS + 5 * MINUTE, 1.0, 1.0, 1),
+                point("b", BASE + 10 * MINUTE, 1.0, 1.0, 1),
+            ]
+        );
+        let window = HistoryQuery {
+            from: Timestamp(BASE + 20 * MINUTE),
+            to: Timestamp(BASE + 40 * MINUTE),
+            ..raw.clone()
+        };
+        let at: Vec<i64> = read(store, &window).await.iter().map(|p| p.at.0).collect();
+        assert_eq!(at, vec![BASE + 20 * MINUTE, BASE + 40 * MINUTE]);
+        let only_b = HistoryQuery {
+            subjects: Some(vec!["b".into(), "nobody".into()]),
+            ..raw.clone()
+        };
+        assert_eq!(
+            read(store, &only_b).await,
+            vec![point("b", BASE + 10 * MINUTE, 1.0, 1.0, 1)]
+        );
+        let none = HistoryQuery {
+            subjects: Some(Vec::new()),
+            ..raw.clone()
+        };
+        assert!(read(store, &none).await.is_empty());
+        let held = read(
+            store,
+            &HistoryQuery {
+                series: vec![HELD],
+                ..raw.clone()
+            },
+        )
+        .await;
+        assert_eq!(held.len(), 1);
+        assert_eq!((held[0].series, held[0].mean), (HELD, 1500.0));
+        let two = HistoryQuery {
+            limit: 2,
+            ..raw.clone()
+        };
+        assert_eq!(read(store, &two).await.len(), 2);
+
+        // Raw samples merged into buckets aligned on the step.
+        assert_eq!(
+            read(store, &query(Source::Raw, Some(30 * MINUTE))).await,
+            vec![
+                point("a", BASE, 0.375, 0.5, 2),
+                point("a", BASE + 30 * MINUTE, 0.75, 0.75, 1),
+                point("a", BASE + HOUR_MS, 1.0, 1.0, 1),
+                point("b", BASE, 1.0, 1.0, 1),
+            ]
+        );
+
+        // The rollup aggregates whole hours, not the one in progress.
+        let hourly = query(Source::Hourly, None);
+        let rollup = Rollup {
+            until: Timestamp(BASE + HOUR_MS),
+            raw_before: Timestamp(0),
+            hourly_before: Timestamp(0),
+        };
+        store.roll_up_history(&rollup).await.expect("rollup");
+        assert_eq!(
+            read(store, &hourly).await,
+            vec![
+                point("a", BASE, 0.5, 0.75, 3),
+                point("b", BASE, 1.0, 1.0, 1)
+            ]
+        );
+        let later = Rollup {
+            until: Timestamp(BASE + 2 * HOUR_MS),
+            ..rollup
+        };
+        store.roll_up_history(&later).await.expect("rollup");
+        let rolled = vec![
+            point("a", BASE, 0.5, 0.75, 3),
+            point("a", BASE + HOUR_MS, 1.0, 1.0, 1),
+            point("b", BASE, 1.0, 1.0, 1),
+        ];
+        assert_eq!(read(store, &hourly).await, rolled);
+        // Again, as after a crash: nothing is counted twice.
+        store.roll_up_history(&later).await.expect("rollup again");
+        store.roll_up_history(&later).await.expect("rollup again");
+        assert_eq!(read(store, &hourly).await, rolled);
+        // A sample of the last hour rolled up that came late is counted once
+        // the next rollup recomputes that hour.
+        store
+            .append_samples(&[sample(CPU, "a", BASE + HOUR_MS + 50 * MINUTE, 0.0)])
+            .await
+            .expect("late sample");
+        store.roll_up_history(&later).await.expect("rollup");
+        assert_eq!(
+            read(store, &hourly).await,
+            vec![
+                point("a", BASE, 0.5, 0.75, 3),
+                point("a", BASE + HOUR_MS, 0.5, 1.0, 2),
+                point("b", BASE, 1.0, 1.0, 1),
+            ]
+        );
+        // Aggregates merged into longer buckets: the mean weighted by samples.
+        assert_eq!(
+            read(store, &query(Source::Hourly, Some(2 * HOUR_MS))).await,
+            vec![point("a", BASE, 0.5, 1.0, 5), point("b", BASE, 1.0, 1.0, 1)]
+        );
+
+        // Retention: raw samples and aggregates before their cut-offs go.
+        let retention = Rollup {
+            until: Timestamp(BASE + 2 * HOUR_MS),
+            raw_before: Timestamp(BASE + HOUR_MS),
+            hourly_before: Timestamp(BASE + HOUR_MS),
+        };
+        store.roll_up_history(&retention).await.expect("retention");
+        let at: Vec<(String, i64)> = read(store, &raw)
+            .await
+            .into_iter()
+            .map(|p| (p.subject, p.at.0))
+            .collect();
+        assert_eq!(
+            at,
+            vec![
+                ("a".to_string(), BASE + HOUR_MS + 5 * MINUTE),
+                ("a".to_string(), BASE + HOUR_MS + 50 * MINUTE),
+            ]
+        );
+        assert!(
+            read(
+                store,
+                &HistoryQuery {
+                    series: vec![HELD],
+                    ..raw.clone()
+                }
+            )
+            .await
+            .is_empty()
+        );
+        assert_eq!(
+            read(store, &hourly).await,
+            vec![point("a", BASE + HOUR_MS, 0.5, 1.0, 2)]
+        );
+        // And nothing changes when it runs again.
+        store
+            .roll_up_history(&retention)
+            .await
+            .expect("retention again");
+        assert_eq!(
+            read(store, &hourly).await,
+            vec![point("a", BASE + HOUR_MS, 0.5, 1.0, 2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn history_sqlite() {
+        let dir = std::env::temp_dir().join(format!("corral-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqlStore::open_sqlite(&dir).await.expect("open sqlite");
+        suite(&store).await;
+        assert!(
+            dir.join("history.db").exists(),
+            "samples have their own file"
+        );
+        store.close().await;
+        // Reopened, the history file is found as it was.
+        let again = SqlStore::open_sqlite(&dir).await.expect("reopen");
+        assert_eq!(read(&again, &query(Source::Hourly, None)).await.len(), 1);
+        again.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        // Opened by its URL, a SQLite store keeps them in its one file.
+        let dir = std::env::temp_dir().join(format!("corral-history-url-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.join("corral.db").display());
+        let one_file = SqlStore::connect(&url).await.expect("open by url");
+        suite(&one_file).await;
+        one_file.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn history_postgres() {
+        let url = fresh_postgres_database("history").await;
+        let store = SqlStore::connect(&url).await.expect("connect postgres");
+        suite(&store).await;
+    }
+}

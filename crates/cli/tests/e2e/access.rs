@@ -111,6 +111,7 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         ("POST", "/api/v1/agents/{worker}/poll")
         | ("POST", "/api/v1/agents/{worker}/attempts/{attempt}/logs")
         | ("POST", "/api/v1/agents/{worker}/attempts/{attempt}/report") => NOBODY,
+        ("GET", "/api/v1/history") => READERS,
         _ => return None,
     })
 }
@@ -256,6 +257,11 @@ impl Matrix {
                 format!("/api/v1/agents/{}/attempts/1/report", self.worker),
                 json!({"outcome": "succeeded", "exit_code": 0}).to_string(),
                 jsn,
+            ),
+            ("GET", "/api/v1/history") => (
+                "/api/v1/history?series=pool.utilization.cpu,tenant.queued_runs".into(),
+                String::new(),
+                None,
             ),
             (_, path) => (
                 path.replace(

@@ -13,6 +13,7 @@ mod dying;
 mod execution;
 mod governance;
 mod harness;
+mod history;
 mod hostile;
 mod metering;
 mod metrics;

@@ -160,6 +160,12 @@ fn table(config: &RouterConfig) -> Vec<(RouteSpec, Handler)> {
             Worker,
             post(report_attempt),
         ),
+        r(
+            "GET",
+            "/api/v1/history",
+            Read,
+            get(super::history::get_history),
+        ),
     ]
 }
 
@@ -260,7 +266,8 @@ async fn healthz(State(engine): State<AppState>) -> Response {
         register_agent,
         poll_agent,
         append_log,
-        report_attempt
+        report_attempt,
+        super::history::get_history
     )
 )]
 struct ApiDoc;
@@ -362,7 +369,7 @@ async fn list_pools(
 }
 
 /// Whether `who` may see pool `name`: a tenant sees the pools it may use.
-fn may_use_pool(state: &crate::state::State, who: &Principal, name: &str) -> bool {
+pub(super) fn may_use_pool(state: &crate::state::State, who: &Principal, name: &str) -> bool {
     match who.role.tenant() {
         None => true,
         Some(tenant) => state

@@ -35,13 +35,14 @@ const MAX_WINDOW_MS: i64 = 400 * 86_400_000;
     params(
         ("by" = Option<String>, Query, description = "Comma-separated keys among tenant, pool, pipeline, day, month (default tenant)",
             pattern = "^(tenant|pool|pipeline|day|month)(,(tenant|pool|pipeline|day|month)){0,4}$"),
-        ("from" = Option<String>, Query, description = "An RFC 3339 time or an age such as 7d (default: the start of this month, UTC)"),
-        ("to" = Option<String>, Query, description = "An RFC 3339 time or an age (default: now)"),
+        ("from" = Option<String>, Query, description = "An RFC 3339 time or an age such as 7d (default: the start of this month, UTC)",
+            pattern = "^([0-9]{1,15}|([0-9]{1,9}[smhd]){1,8}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"),
+        ("to" = Option<String>, Query, description = "An RFC 3339 time or an age (default: now); after `from`, at most 400 days later",
+            pattern = "^([0-9]{1,15}|([0-9]{1,9}[smhd]){1,8}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"),
         ("tenant" = Option<String>, Query),
         ("pool" = Option<String>, Query)),
     responses(
-        (status = 200, body = UsageView, content_type = "application/json"),
-        (status = 200, body = String, content_type = "text/csv"),
+        (status = 200, content((UsageView = "application/json"), (String = "text/csv"))),
         (status = 503, body = ErrorBody)))]
 pub(super) async fn usage_report(
     State(engine): State<std::sync::Arc<Engine>>,

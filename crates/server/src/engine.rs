@@ -104,9 +104,6 @@ pub struct EngineConfig {
     pub sample_interval: Duration,
 }
 
-/// How many of a pipeline's last successful runs its estimate learns from.
-const ESTIMATE_HISTORY: u32 = 20;
-
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -504,16 +501,7 @@ impl Engine {
             .priority_classes
             .resolve(&pipeline.spec.priority)?;
         let request = ResourceRequest::for_pipeline(&pipeline);
-        // What the pipeline's last successful runs held, for its estimate.
-        let history = self
-            .store
-            .durations(&pipeline.spec.tenant, &pipeline.spec.name, ESTIMATE_HISTORY)
-            .await?;
-        let duration = expected_duration_ms(
-            &history,
-            pipeline.critical_path_timeouts_ms(),
-            ms(self.config.default_run_duration),
-        );
+        let timeouts = pipeline.critical_path_timeouts_ms();
         let mut state = self.state.lock().await;
         if !state.tenants.contains_key(&pipeline.spec.tenant) {
             return Err(FieldError::new(
@@ -550,6 +538,14 @@ impl Engine {
                 attempts: 0,
             })
             .collect();
+        // What the pipeline's last successful runs held, for its estimate.
+        let duration = expected_duration_ms(
+            state
+                .spend
+                .durations(&pipeline.spec.tenant, &pipeline.spec.name),
+            timeouts,
+            ms(self.config.default_run_duration),
+        );
         let estimate = state.estimate(&pipeline.spec.tenant, &request, duration);
         let record = RunRecord {
             id,

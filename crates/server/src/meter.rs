@@ -4,7 +4,7 @@
 //! allocations already closed. Open allocations are priced when asked, up to
 //! `now`. Budgets in the controller's snapshot come from here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use corral_core::clock::Timestamp;
 use corral_core::controller::{BudgetView, Snapshot};
@@ -33,6 +33,44 @@ pub struct SpendBook {
     closed: BTreeMap<String, Money>,
     /// The budget thresholds that fired: (tenant, month, thousandths).
     fired: BTreeSet<(String, String, i64)>,
+    /// How long each pipeline's last successful runs held their allocations.
+    durations: Durations,
+}
+
+/// How many of a pipeline's last successful runs its estimate learns from.
+pub const ESTIMATE_HISTORY: u32 = 20;
+/// Pipelines whose durations are kept; past it, the least recently updated
+/// is forgotten (its next run is estimated as if it had no history).
+const MAX_PIPELINES: usize = 10_000;
+/// How far back durations are read on start.
+const DURATIONS_SINCE_MS: i64 = 90 * 86_400_000;
+
+/// The last durations of each (tenant, pipeline), newest first, bounded.
+#[derive(Debug, Default)]
+struct Durations {
+    by_pipeline: HashMap<(String, String), (u64, Vec<i64>)>,
+    updates: u64,
+}
+
+impl Durations {
+    fn record(&mut self, tenant: &str, pipeline: &str, ms: i64) {
+        self.updates += 1;
+        let key = (tenant.to_string(), pipeline.to_string());
+        if !self.by_pipeline.contains_key(&key) && self.by_pipeline.len() >= MAX_PIPELINES {
+            let oldest = self
+                .by_pipeline
+                .iter()
+                .min_by_key(|(_, (updated, _))| *updated)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.by_pipeline.remove(&oldest);
+            }
+        }
+        let (updated, list) = self.by_pipeline.entry(key).or_default();
+        *updated = self.updates;
+        list.insert(0, ms);
+        list.truncate(ESTIMATE_HISTORY as usize);
+    }
 }
 
 /// A threshold (a fraction of the budget) in thousandths.
@@ -73,6 +111,7 @@ impl SpendBook {
             month: Some(month),
             closed: BTreeMap::new(),
             fired: BTreeSet::new(),
+            durations: Durations::default(),
         };
         for s in closed_this_month.iter().filter(|s| s.end_ms.is_some()) {
             book.add_closed(s, now);
@@ -111,6 +150,13 @@ impl SpendBook {
             .await?;
         for alert in &fired {
             book.record_alert(alert);
+        }
+        let since = Timestamp(now.0.saturating_sub(DURATIONS_SINCE_MS));
+        for p in store.recent_durations(since, ESTIMATE_HISTORY).await? {
+            // Oldest first, so that the list ends newest first.
+            for ms in p.durations.iter().rev() {
+                book.durations.record(&p.tenant, &p.pipeline, *ms);
+            }
         }
         Ok(book)
     }
@@ -151,6 +197,19 @@ impl SpendBook {
 
     pub fn record_capacity(&mut self, change: &CapacityChange) {
         self.capacities.insert(change.pool.clone(), change.capacity);
+    }
+
+    /// Counts a successful run of a pipeline that held its allocations for `ms`.
+    pub fn record_duration(&mut self, tenant: &str, pipeline: &str, ms: i64) {
+        self.durations.record(tenant, pipeline, ms.max(0));
+    }
+
+    /// The last durations of a tenant's pipeline, newest first.
+    pub fn durations(&self, tenant: &str, pipeline: &str) -> &[i64] {
+        self.durations
+            .by_pipeline
+            .get(&(tenant.to_string(), pipeline.to_string()))
+            .map_or(&[], |(_, list)| list.as_slice())
     }
 
     pub fn record_alert(&mut self, alert: &AlertRecord) {
@@ -430,5 +489,30 @@ impl State {
             }
         }
         history
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_kept_newest_first_and_bounded() {
+        let mut d = Durations::default();
+        for ms in 0..25 {
+            d.record("t", "p", ms);
+        }
+        let list = &d.by_pipeline[&("t".to_string(), "p".to_string())].1;
+        assert_eq!(list.len(), ESTIMATE_HISTORY as usize);
+        assert_eq!((list[0], list[19]), (24, 5));
+        for i in 0..MAX_PIPELINES {
+            d.record("t", &format!("q{i}"), 1);
+        }
+        assert_eq!(d.by_pipeline.len(), MAX_PIPELINES);
+        assert!(
+            !d.by_pipeline
+                .contains_key(&("t".to_string(), "p".to_string())),
+            "the least recently updated is forgotten"
+        );
     }
 }

@@ -32,6 +32,8 @@ pub struct LiveRun {
     pub allocations: Vec<AllocationRecord>,
     /// `needs[i]`: indices of the steps step `i` waits for.
     pub needs: Vec<Vec<usize>>,
+    /// When its first allocation (of those known since the start) opened.
+    pub held_since: Option<Timestamp>,
 }
 
 impl LiveRun {
@@ -53,6 +55,7 @@ impl LiveRun {
             attempts: Vec::new(),
             allocations: Vec::new(),
             needs,
+            held_since: None,
         }
     }
 
@@ -217,6 +220,12 @@ impl State {
             }
             Write::PutRun(r) if r.state.is_terminal() => {
                 if let Some(run) = self.runs.remove(&r.id) {
+                    if let (RunState::Succeeded, Some(since), Some(end)) =
+                        (r.state, run.held_since, r.finished_at)
+                    {
+                        self.spend
+                            .record_duration(&r.tenant, &r.pipeline, end.millis_since(since));
+                    }
                     for a in &run.attempts {
                         self.attempt_runs.remove(&a.id);
                         self.delivered.remove(&a.id);
@@ -255,6 +264,10 @@ impl State {
                     return;
                 };
                 let previous = run.allocations.iter().position(|x| x.id == a.id);
+                if a.closed_at.is_none() {
+                    run.held_since =
+                        Some(run.held_since.map_or(a.opened_at, |t| t.min(a.opened_at)));
+                }
                 match (previous, a.closed_at) {
                     (Some(i), Some(closed)) => {
                         run.allocations.remove(i);
@@ -263,7 +276,11 @@ impl State {
                         self.spend.close(a, now);
                     }
                     (Some(i), None) => run.allocations[i] = a.clone(),
-                    (None, None) => run.allocations.push(a.clone()),
+                    (None, None) => {
+                        run.held_since =
+                            Some(run.held_since.map_or(a.opened_at, |t| t.min(a.opened_at)));
+                        run.allocations.push(a.clone());
+                    }
                     (None, Some(_)) => {}
                 }
             }

@@ -88,9 +88,14 @@ pub trait Store: Send + Sync {
     /// pipeline, oldest first.
     async fn spans(&self, filter: &SpanFilter) -> Result<Vec<Span>>;
 
-    /// How long the last `limit` succeeded runs of a tenant's pipeline held
-    /// their allocations (from the first opened to the run's end), newest first.
-    async fn durations(&self, tenant: &str, pipeline: &str, limit: u32) -> Result<Vec<i64>>;
+    /// For each tenant's pipeline, how long its last `per_pipeline` succeeded
+    /// runs that finished since `since` held their allocations (from the first
+    /// opened to the run's end), newest first.
+    async fn recent_durations(
+        &self,
+        since: corral_core::clock::Timestamp,
+        per_pipeline: u32,
+    ) -> Result<Vec<PipelineDurations>>;
 
     /// Budget alerts, newest first.
     async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;

@@ -305,3 +305,12 @@ pub struct SpanFilter {
     pub tenant: Option<String>,
     pub pool: Option<String>,
 }
+
+/// How long a pipeline's last successful runs held their allocations, in ms,
+/// newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineDurations {
+    pub tenant: String,
+    pub pipeline: String,
+    pub durations: Vec<i64>,
+}

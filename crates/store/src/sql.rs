@@ -787,8 +787,12 @@ impl Store for SqlStore {
         metering::spans(&self.pool, filter).await
     }
 
-    async fn durations(&self, tenant: &str, pipeline: &str, limit: u32) -> Result<Vec<i64>> {
-        metering::durations(&self.pool, tenant, pipeline, limit).await
+    async fn recent_durations(
+        &self,
+        since: Timestamp,
+        per_pipeline: u32,
+    ) -> Result<Vec<PipelineDurations>> {
+        metering::recent_durations(&self.pool, since, per_pipeline).await
     }
 
     async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {

@@ -592,22 +592,77 @@ async fn metering(store: &dyn Store) {
             .expect("spans")),
         vec![52]
     );
+    // Durations per pipeline: the suite's own succeeded run of `p` (before
+    // 1,000) is left out by `since`.
+    let recent = store
+        .recent_durations(Timestamp(1_000), 20)
+        .await
+        .expect("durations");
     assert_eq!(
-        store.durations("acme", "p", 2).await.expect("durations"),
-        vec![3_000, 500],
-        "newest first"
+        recent,
+        vec![PipelineDurations {
+            tenant: "acme".into(),
+            pipeline: "p".into(),
+            durations: vec![3_000, 500],
+        }],
+        "newest first; the open run of nightly has none"
     );
+    let last = store
+        .recent_durations(Timestamp(1_000), 1)
+        .await
+        .expect("durations");
+    assert_eq!(last[0].durations, vec![3_000]);
+
+    // Budget alerts: once per tenant, month and threshold; deliveries update them.
+    let alert = |threshold_milli: i64, at: i64| AlertRecord {
+        tenant: "acme".into(),
+        month: "2026-11".into(),
+        threshold_milli,
+        at: Timestamp(at),
+        spent: Money::from_micros(400_000_000),
+        monthly: Money::from_micros(500_000_000),
+        attempts: 0,
+        delivered_at: None,
+        last_error: None,
+    };
+    store
+        .commit(&[
+            Write::PutAlert(alert(800, 10)),
+            Write::PutAlert(alert(1000, 20)),
+        ])
+        .await
+        .expect("alerts");
+    let delivered = AlertRecord {
+        attempts: 2,
+        delivered_at: Some(Timestamp(30)),
+        last_error: Some("503 once".into()),
+        ..alert(800, 10)
+    };
+    store
+        .commit(&[Write::PutAlert(delivered.clone())])
+        .await
+        .expect("delivered");
+    let all = AlertFilter {
+        limit: 10,
+        ..AlertFilter::default()
+    };
     assert_eq!(
-        store.durations("acme", "p", 1).await.expect("durations"),
-        vec![3_000]
+        store.alerts(&all).await.expect("alerts"),
+        vec![alert(1000, 20), delivered]
     );
-    assert!(
-        store
-            .durations("acme", "nightly", 20)
-            .await
-            .expect("durations")
-            .is_empty()
+    let pending = AlertFilter {
+        undelivered: true,
+        ..all.clone()
+    };
+    assert_eq!(
+        store.alerts(&pending).await.expect("alerts"),
+        vec![alert(1000, 20)]
     );
+    let other = AlertFilter {
+        month: Some("2026-12".into()),
+        ..all
+    };
+    assert!(store.alerts(&other).await.expect("alerts").is_empty());
 }
 
 #[tokio::test]

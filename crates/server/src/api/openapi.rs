@@ -387,8 +387,8 @@ mod tests {
             }
         }
         assert_eq!(
-            names, 7,
-            "pools and tenants: get, put, delete; tokens: delete"
+            names, 8,
+            "pools and tenants: get, put, delete; tokens: delete; a tenant's summary"
         );
     }
 

@@ -199,7 +199,7 @@ fn alert_view(a: &AlertRecord) -> AlertView {
 /// against its budget, the month-end forecast, what it has waiting, and this
 /// month's alerts.
 #[utoipa::path(get, path = "/api/v1/tenants/{name}/summary",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
     responses((status = 200, body = TenantSummary), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn tenant_summary(
     State(engine): State<std::sync::Arc<Engine>>,

@@ -1,6 +1,7 @@
 //! The metering tables: pools' price and capacity histories, the spans that
 //! usage is computed from, and the durations that estimates learn from.
 
+use corral_core::clock::Timestamp;
 use corral_core::ids::{AllocationId, RunId};
 use corral_core::metering::{CapacityChange, PriceChange, Span};
 use corral_core::money::Money;
@@ -10,7 +11,7 @@ use sqlx::{AnyPool, Row};
 
 use super::rows::{from_json, int, opt_ts, to_json, ts, uint};
 use crate::Result;
-use crate::records::{AlertRecord, SpanFilter};
+use crate::records::{AlertRecord, PipelineDurations, SpanFilter};
 
 pub(super) async fn put_price(conn: &mut sqlx::AnyConnection, p: &PriceChange) -> Result<()> {
     sqlx::query(
@@ -139,26 +140,41 @@ pub(super) async fn spans(pool: &AnyPool, filter: &SpanFilter) -> Result<Vec<Spa
         .collect()
 }
 
-pub(super) async fn durations(
+pub(super) async fn recent_durations(
     pool: &AnyPool,
-    tenant: &str,
-    pipeline: &str,
-    limit: u32,
-) -> Result<Vec<i64>> {
-    sqlx::query(
-        "SELECT r.finished_at - MIN(a.opened_at) AS held FROM runs r \
-         JOIN allocations a ON a.run_id = r.id \
-         WHERE r.tenant = $1 AND r.pipeline = $2 AND r.state = 'succeeded' AND r.finished_at IS NOT NULL \
-         GROUP BY r.id, r.finished_at ORDER BY r.id DESC LIMIT $3",
+    since: Timestamp,
+    per_pipeline: u32,
+) -> Result<Vec<PipelineDurations>> {
+    let rows = sqlx::query(
+        "SELECT tenant, pipeline, held FROM ( \
+           SELECT r.id, r.tenant, r.pipeline, r.finished_at - MIN(a.opened_at) AS held, \
+             ROW_NUMBER() OVER (PARTITION BY r.tenant, r.pipeline ORDER BY r.id DESC) AS n \
+           FROM runs r JOIN allocations a ON a.run_id = r.id \
+           WHERE r.state = 'succeeded' AND r.finished_at >= $1 \
+           GROUP BY r.id, r.tenant, r.pipeline, r.finished_at) recent \
+         WHERE n <= $2 ORDER BY tenant, pipeline, id DESC",
     )
-    .bind(tenant)
-    .bind(pipeline)
-    .bind(i64::from(limit))
+    .bind(since.0)
+    .bind(i64::from(per_pipeline))
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|row| Ok(row.try_get::<i64, _>("held")?.max(0)))
-    .collect()
+    .await?;
+    let mut found: Vec<PipelineDurations> = Vec::new();
+    for row in &rows {
+        let tenant: String = row.try_get("tenant")?;
+        let pipeline: String = row.try_get("pipeline")?;
+        let held = row.try_get::<i64, _>("held")?.max(0);
+        match found.last_mut() {
+            Some(last) if last.tenant == tenant && last.pipeline == pipeline => {
+                last.durations.push(held)
+            }
+            _ => found.push(PipelineDurations {
+                tenant,
+                pipeline,
+                durations: vec![held],
+            }),
+        }
+    }
+    Ok(found)
 }
 
 pub(super) async fn put_alert(conn: &mut sqlx::AnyConnection, a: &AlertRecord) -> Result<()> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, eventually, millis, no_process_matches};
+use crate::harness::{Server, StoreKind, millis, no_process_matches};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_static_agent_is_lost_and_its_step_retried_on_the_other() {
@@ -62,33 +62,6 @@ fn step(name: &str, pool: &str, cpu: &str, run: &str) -> String {
     format!(
         "  - {{name: {name}, run: '{run}', pool: {pool}, resources: {{cpu: {cpu}, memory: 256Mi}}}}\n"
     )
-}
-
-/// Waits until the run is admitted (holds its allocations).
-async fn admitted(server: &Server, id: i64) {
-    eventually(
-        &format!("run {id} admitted"),
-        Duration::from_secs(20),
-        || async {
-            let run = server.run(id).await;
-            (run["state"] != "queued").then_some(())
-        },
-    )
-    .await;
-}
-
-/// Waits for the queued run's reason and returns it.
-async fn reason(server: &Server, id: i64, code: &str) -> Value {
-    eventually(
-        &format!("run {id} to wait with {code}"),
-        Duration::from_secs(20),
-        || async {
-            let run = server.run(id).await;
-            assert_eq!(run["state"], "queued", "{run:#}");
-            (run["reason"]["code"] == code).then(|| run["reason"].clone())
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,10 +122,10 @@ name: open
 
     // Tenant quota, summed across pools.
     let first = submit(&server, "q1", "capped", &step("s", "shared", "1", hold)).await;
-    admitted(&server, first).await;
+    server.admitted(first).await;
     holders.push(first);
     let waiting = submit(&server, "q2", "capped", &step("s", "shared", "1", "true")).await;
-    let r = reason(&server, waiting, "tenant_quota").await;
+    let r = server.waits_with(waiting, "tenant_quota").await;
     assert_eq!(r["message"], "tenant capped: cpu 1/1 in use, run needs 1");
     assert_eq!(r["limits"][0]["scope"], "tenant capped");
     assert_eq!(r["limits"][0]["in_use"], 1000);
@@ -161,10 +134,10 @@ name: open
 
     // The tenant's limit in one pool.
     let first = submit(&server, "l1", "limited", &step("s", "shared", "1", hold)).await;
-    admitted(&server, first).await;
+    server.admitted(first).await;
     holders.push(first);
     let waiting = submit(&server, "l2", "limited", &step("s", "shared", "1", "true")).await;
-    let r = reason(&server, waiting, "pool_limit").await;
+    let r = server.waits_with(waiting, "pool_limit").await;
     assert_eq!(
         r["message"],
         "tenant limited in pool shared: cpu 1/1 in use, run needs 1"
@@ -172,24 +145,24 @@ name: open
 
     // A full pool.
     let first = submit(&server, "f1", "open", &step("s", "full", "1", hold)).await;
-    admitted(&server, first).await;
+    server.admitted(first).await;
     holders.push(first);
     let waiting = submit(&server, "f2", "open", &step("s", "full", "1", "true")).await;
-    let r = reason(&server, waiting, "pool_full").await;
+    let r = server.waits_with(waiting, "pool_full").await;
     assert_eq!(r["message"], "pool full: cpu 1/1 in use, run needs 1");
     assert_eq!(r["limits"][0]["scope"], "pool full");
 
     // max_workers.
     let first = submit(&server, "w1", "open", &step("s", "single", "1", hold)).await;
-    admitted(&server, first).await;
+    server.admitted(first).await;
     holders.push(first);
     let waiting = submit(&server, "w2", "open", &step("s", "single", "1", "true")).await;
-    let r = reason(&server, waiting, "pool_max_workers").await;
+    let r = server.waits_with(waiting, "pool_max_workers").await;
     assert_eq!(r["message"], "pool single: workers 1/1 in use, run needs 1");
 
     // A draining pool.
     let waiting = submit(&server, "d", "open", &step("s", "closing", "1", "true")).await;
-    let r = reason(&server, waiting, "pool_draining").await;
+    let r = server.waits_with(waiting, "pool_draining").await;
     assert_eq!(
         r["message"],
         "pool closing is draining: it admits nothing new"
@@ -197,11 +170,11 @@ name: open
 
     // Selected by labels: one pool is full, the other not allowed.
     let first = submit(&server, "z1", "open", &step("s", "zone-a", "1", hold)).await;
-    admitted(&server, first).await;
+    server.admitted(first).await;
     holders.push(first);
     let labelled = "{labels: {zone: z}}";
     let waiting = submit(&server, "z2", "fenced", &step("s", labelled, "1", "true")).await;
-    let r = reason(&server, waiting, "pool_full").await;
+    let r = server.waits_with(waiting, "pool_full").await;
     let message = r["message"].as_str().expect("message");
     assert!(
         message.contains("pool zone-a: cpu 1/1 in use, run needs 1"),
@@ -219,7 +192,7 @@ name: open
         step("b", "full", "1", "true")
     );
     let waiting = submit(&server, "g", "open", &gang).await;
-    let r = reason(&server, waiting, "gang_partner_full").await;
+    let r = server.waits_with(waiting, "gang_partner_full").await;
     let message = r["message"].as_str().expect("message");
     assert!(
         message.starts_with(

@@ -386,6 +386,33 @@ impl Server {
     }
 
     /// Waits until the run has ended and returns it.
+    /// Waits until the run is admitted (holds its allocations); the run then.
+    pub async fn admitted(&self, id: i64) -> Value {
+        eventually(
+            &format!("run {id} admitted"),
+            Duration::from_secs(20),
+            || async {
+                let run = self.run(id).await;
+                (run["state"] != "queued").then_some(run)
+            },
+        )
+        .await
+    }
+
+    /// Waits until the queued run waits with reason `code`; the reason then.
+    pub async fn waits_with(&self, id: i64, code: &str) -> Value {
+        eventually(
+            &format!("run {id} to wait with {code}"),
+            Duration::from_secs(20),
+            || async {
+                let run = self.run(id).await;
+                assert_eq!(run["state"], "queued", "{run:#}");
+                (run["reason"]["code"] == code).then(|| run["reason"].clone())
+            },
+        )
+        .await
+    }
+
     pub async fn wait_run_ended(&self, id: i64, within: Duration) -> Value {
         eventually(&format!("run {id} to end"), within, || async {
             let run = self.run(id).await;

@@ -251,32 +251,6 @@ fn corral(server: &Server, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Waits for the queued run's reason and returns it.
-async fn waits_with(server: &Server, id: i64, code: &str) -> Value {
-    eventually(
-        &format!("run {id} to wait with {code}"),
-        Duration::from_secs(20),
-        || async {
-            let run = server.run(id).await;
-            assert_eq!(run["state"], "queued", "{run:#}");
-            (run["reason"]["code"] == code).then(|| run["reason"].clone())
-        },
-    )
-    .await
-}
-
-async fn admitted(server: &Server, id: i64) -> Value {
-    eventually(
-        &format!("run {id} admitted"),
-        Duration::from_secs(20),
-        || async {
-            let run = server.run(id).await;
-            (run["state"] != "queued").then_some(run)
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hard_budget_holds_the_run_that_would_pass_it_until_it_is_raised() {
     let server = Server::start("budget", StoreKind::Sqlite).await;
@@ -301,12 +275,12 @@ async fn a_hard_budget_holds_the_run_that_would_pass_it_until_it_is_raised() {
     let first = server.submit(&job("lean", "first")).await;
     assert_eq!(first["estimated_cost"], 60.0, "{first:#}");
     let first = first["id"].as_i64().expect("id");
-    admitted(&server, first).await;
+    server.admitted(first).await;
     // Spent so far + what the first still needs + 60.00 is past 100.00.
     let second = server.submit(&job("lean", "second")).await["id"]
         .as_i64()
         .expect("id");
-    let reason = waits_with(&server, second, "tenant_budget").await;
+    let reason = server.waits_with(second, "tenant_budget").await;
     let message = reason["message"].as_str().expect("message");
     let month = chrono::Utc::now().format("%Y-%m").to_string();
     assert!(
@@ -318,11 +292,11 @@ async fn a_hard_budget_holds_the_run_that_would_pass_it_until_it_is_raised() {
     let other = server.submit(&job("rich", "other")).await["id"]
         .as_i64()
         .expect("id");
-    admitted(&server, other).await;
+    server.admitted(other).await;
     assert_eq!(server.run(second).await["state"], "queued");
     // Raising the budget admits it on the next cycle.
     server.apply(&tenants(1000)).await;
-    admitted(&server, second).await;
+    server.admitted(second).await;
     for id in [first, second, other] {
         let (status, body) = server
             .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
@@ -487,7 +461,7 @@ async fn usage_and_spend_survive_a_kill_of_the_server_and_count_nothing_twice() 
     let second = server.submit(&step("across")).await["id"]
         .as_i64()
         .expect("id");
-    admitted(&server, second).await;
+    server.admitted(second).await;
     // Killed while the second run holds its allocation; it ends after the restart.
     server.restart().await;
     let done = server.wait_run_ended(second, Duration::from_secs(60)).await;

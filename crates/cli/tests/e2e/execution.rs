@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, eventually, no_process_matches};
+use crate::harness::{PidFile, Server, StoreKind, eventually};
 
 const POOL: &str = "kind: Pool\nname: exec\ncapacity: {cpu: 4, memory: 4Gi}\n---\nkind: Tenant\nname: t\nallowed_pools: [exec]\n";
 
@@ -64,15 +64,19 @@ steps:
 async fn timeouts_kill_the_process_group_and_retries_rerun() {
     let server = Server::start("timeout", StoreKind::Sqlite).await;
     server.apply(POOL).await;
-    let doc = r#"
+    let pids = PidFile::new("timeout-pids");
+    let doc = format!(
+        r#"
 kind: Pipeline
 name: flaky
 tenant: t
 steps:
-  - {name: slow, run: "sleep 60 & sleep 60; echo never", timeout: 1s, retries: 1}
-  - {name: after, run: "echo unreachable", needs: [slow]}
-"#;
-    let id = server.submit(doc).await["id"].as_i64().expect("id");
+  - {{name: slow, run: "echo $$ >> {p}; sleep 60 & echo $! >> {p}; sleep 60; echo never", timeout: 1s, retries: 1}}
+  - {{name: after, run: "echo unreachable", needs: [slow]}}
+"#,
+        p = pids.path()
+    );
+    let id = server.submit(&doc).await["id"].as_i64().expect("id");
     let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
     assert_eq!(run["state"], "failed", "{run:#}");
     let tries = attempts(&run, 0);
@@ -80,8 +84,9 @@ steps:
     assert!(tries.iter().all(|a| a["state"] == "timedout"), "{tries:#?}");
     assert_eq!(run["steps"][1]["state"], "skipped");
     assert!(run["allocations"][0]["closed_at"].is_string(), "released");
-    // The background `sleep 60` of the step's group was killed too.
-    no_process_matches("sleep 60").await;
+    // Each attempt's shell, and the `sleep` it left in the background, were
+    // killed too.
+    pids.all_ended(4).await;
 
     // A step that fails twice then succeeds, with retries: 2.
     let doc = r#"
@@ -115,9 +120,13 @@ steps:
 async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
     let server = Server::start("cancel", StoreKind::Sqlite).await;
     server.apply(POOL).await;
-    let doc = "kind: Pipeline\nname: long\ntenant: t\nsteps:\n  - {name: s, run: 'echo up; sleep 120', resources: {cpu: 4, memory: 1Gi}}\n";
-    let id = server.submit(doc).await["id"].as_i64().expect("id");
-    let waiting = server.submit(doc).await["id"].as_i64().expect("id");
+    let pids = PidFile::new("cancel-pids");
+    let doc = format!(
+        "kind: Pipeline\nname: long\ntenant: t\nsteps:\n  - {{name: s, run: 'echo $$ >> {}; echo up; exec sleep 120', resources: {{cpu: 4, memory: 1Gi}}}}\n",
+        pids.path()
+    );
+    let id = server.submit(&doc).await["id"].as_i64().expect("id");
+    let waiting = server.submit(&doc).await["id"].as_i64().expect("id");
     server
         .wait_for_output(id, "up", Duration::from_secs(20))
         .await;
@@ -149,7 +158,7 @@ async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
     assert_eq!(status, 200);
     assert_eq!(run["state"], "cancelled");
     // Both processes are gone.
-    no_process_matches("sleep 120").await;
+    pids.all_ended(2).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,17 +176,15 @@ steps:
     server
         .wait_for_output(id, "first", Duration::from_secs(20))
         .await;
-    // The trailing space keeps port 4123 from matching another test's port 41234.
-    let agents = format!("agent --server {} ", server.url);
-    let killed = std::process::Command::new("pkill")
-        .args(["-9", "-f", &agents])
-        .status()
-        .expect("pkill");
-    assert!(killed.success(), "an agent was running");
+    // Its agent dies, and its step with it; the step runs again on a new one.
+    let agents = server.local_agents();
+    assert_eq!(agents.len(), 1, "one local agent: {agents:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agents[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9 the agent");
     let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
-    let _ = std::process::Command::new("pkill")
-        .args(["-9", "-f", "sleep 61"])
-        .status();
     assert_eq!(run["state"], "succeeded", "{run:#}");
     let tries = attempts(&run, 0);
     assert_eq!(tries.len(), 2, "{run:#}");

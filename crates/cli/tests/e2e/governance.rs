@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Server, StoreKind, millis, no_process_matches};
+use crate::harness::{PidFile, Server, StoreKind, millis};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_static_agent_is_lost_and_its_step_retried_on_the_other() {
@@ -117,7 +117,9 @@ name: open
         .await;
     // Holders keep their room until cancelled at the end (no other test
     // sleeps this long: tests look for their own processes by command line).
-    let hold = "sleep 97";
+    let pids = PidFile::new("reasons-pids");
+    let hold = format!("echo $$ >> {}; exec sleep 97", pids.path());
+    let hold = hold.as_str();
     let mut holders = Vec::new();
 
     // Tenant quota, summed across pools.
@@ -223,11 +225,11 @@ name: open
         text.contains("admitted together or not at all") && text.contains("in the queue"),
         "{text}"
     );
-    for id in holders {
+    for &id in &holders {
         let (status, run) = server
             .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
             .await;
         assert_eq!(status, 200, "{run}");
     }
-    no_process_matches(hold).await;
+    pids.all_ended(holders.len()).await;
 }

@@ -176,6 +176,29 @@ impl Server {
         }
     }
 
+    /// The pids of the local agents the server spawned (its children running
+    /// `corral agent`).
+    pub fn local_agents(&self) -> Vec<i32> {
+        let server = self.pid();
+        let tasks =
+            std::fs::read_dir(format!("/proc/{server}/task")).expect("the server's threads");
+        tasks
+            .filter_map(|t| {
+                let tid = t.ok()?.file_name().into_string().ok()?;
+                std::fs::read_to_string(format!("/proc/{server}/task/{tid}/children")).ok()
+            })
+            .flat_map(|list| {
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"agent"))
+            })
+            .collect()
+    }
+
     /// Creates a token with the admin token and returns its secret.
     pub async fn create_token(
         &self,
@@ -522,23 +545,56 @@ impl Drop for Server {
     }
 }
 
-/// Waits until no process's command line matches `pattern` (`pgrep -f`).
-pub async fn no_process_matches(pattern: &str) {
-    eventually(
-        &format!("no process to match {pattern:?}"),
-        Duration::from_secs(10),
-        || async {
-            let out = Command::new("pgrep")
-                .args(["-f", pattern])
-                .output()
-                .expect("pgrep");
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await;
+/// A file a test's steps append their pids to (`echo $$ >> FILE`), so that the
+/// test checks those very processes, and no other test's.
+pub struct PidFile(PathBuf);
+
+impl PidFile {
+    pub fn new(label: &str) -> PidFile {
+        PidFile(temp_dir(label).join("pids"))
+    }
+
+    /// The file's path, for a step's command.
+    pub fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    /// Waits until `count` pids are written, then until each of those
+    /// processes has ended (a zombie counts as ended: it runs nothing).
+    pub async fn all_ended(&self, count: usize) {
+        let pids: Vec<(i32, String)> = eventually(
+            &format!("{count} pids in {}", self.0.display()),
+            Duration::from_secs(20),
+            || async {
+                let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+                let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                (pids.len() >= count).then(|| {
+                    pids.into_iter()
+                        .filter_map(|pid| Some((pid, start_of(pid)?)))
+                        .collect()
+                })
+            },
+        )
+        .await;
+        eventually(
+            &format!("the processes {pids:?} to end"),
+            Duration::from_secs(10),
+            || async {
+                pids.iter()
+                    .all(|(pid, start)| start_of(*pid).as_ref() != Some(start))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// A live process's start time (which tells it from a later one with its pid);
+/// `None` once it has ended or is a zombie.
+fn start_of(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    (fields.first() != Some(&"Z")).then(|| fields.get(19).map(|s| s.to_string()))?
 }
 
 /// An RFC 3339 time of the API in milliseconds since the epoch.

@@ -17,6 +17,9 @@ pub struct BenchConfig {
     pub latency_runs: usize,
     pub throughput_runs: usize,
     pub workers: u32,
+    /// Give every tenant a hard budget (one that is never reached), so that
+    /// each admission is checked against it.
+    pub budgets: bool,
 }
 
 const TENANTS: [&str; 4] = ["t1", "t2", "t3", "t4"];
@@ -114,8 +117,22 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         "kind: Pool\nname: bench\ncapacity: {{cpu: 64, memory: 128Gi}}\nmax_workers: {}\n---\nkind: Pool\nname: local\ncapacity: {{cpu: 1, memory: 1Gi}}\nstate: disabled\n",
         config.workers
     );
+    // With budgets, the pool has a price and every tenant a hard budget far
+    // above what the bench spends, so that admissions pay for the check.
+    if config.budgets {
+        cluster = cluster.replacen(
+            "max_workers:",
+            "price: {cpu_hour: 0.04, memory_gib_hour: 0.005}\nmax_workers:",
+            1,
+        );
+    }
+    let budget = if config.budgets {
+        "budget: {monthly: 1000000, enforce: hard}\n"
+    } else {
+        ""
+    };
     for t in TENANTS {
-        cluster.push_str(&format!("---\nkind: Tenant\nname: {t}\n"));
+        cluster.push_str(&format!("---\nkind: Tenant\nname: {t}\n{budget}"));
     }
     client.apply(&cluster).await?;
 

@@ -311,6 +311,10 @@ enum Command {
         /// Warm local workers in the bench pool.
         #[arg(long, default_value_t = 8)]
         workers: u32,
+        /// Give every tenant a hard budget it never reaches (the pool a price),
+        /// so that every admission checks it.
+        #[arg(long)]
+        budgets: bool,
     },
     /// Simulate a workload on the real controller with a virtual clock (`-` for stdin).
     Sim {
@@ -632,11 +636,13 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             latency_runs,
             throughput_runs,
             workers,
+            budgets,
         } => {
             bench::run(bench::BenchConfig {
                 latency_runs,
                 throughput_runs,
                 workers,
+                budgets,
             })
             .await?;
             Ok(ok)

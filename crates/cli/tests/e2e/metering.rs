@@ -500,6 +500,10 @@ async fn usage_and_spend_survive_a_kill_of_the_server_and_count_nothing_twice() 
     let summary: Value = server.get("/api/v1/tenants/t/summary").await;
     let spent = summary["spent"].as_f64().expect("spent");
     assert!((spent - independent).abs() < 0.005, "{summary:#}");
+    // The forecast goes on at the last days' burn rate, a tenant made seconds
+    // ago counting as a day old: at most a month's worth of days more.
+    let forecast = summary["forecast"].as_f64().expect("forecast");
+    assert!(forecast >= spent && forecast <= spent * 32.0, "{summary:#}");
     // Restarting again changes nothing.
     server.restart().await;
     let again: Value = server.get("/api/v1/tenants/t/summary").await;

@@ -12,7 +12,9 @@ use corral_api::{
 };
 use corral_core::clock::Timestamp;
 use corral_core::error::FieldError;
-use corral_core::metering::{FORECAST_WINDOW_MS, Key, Month, Usage, Window, forecast, idle, usage};
+use corral_core::metering::{
+    DAY_MS, FORECAST_WINDOW_MS, Key, Month, Usage, Window, forecast, idle, usage,
+};
 use corral_store::{AlertFilter, AlertRecord, SpanFilter};
 
 use super::error::PathParam;
@@ -260,7 +262,16 @@ pub(super) async fn tenant_summary(
             enforce: b.enforce.as_str().to_string(),
             alert_at: b.alert_at,
         }),
-        forecast: forecast(spent, last_week.total.cost, created.0, now.0, month).to_units_f64(),
+        // A tenant made minutes ago would have its first minutes extrapolated to
+        // the month: its history counts as a day at least.
+        forecast: forecast(
+            spent,
+            last_week.total.cost,
+            created.0.min(now.0.saturating_sub(DAY_MS)),
+            now.0,
+            month,
+        )
+        .to_units_f64(),
         queued_runs,
         queued_demand: queued_demand.into(),
         alerts: alerts.iter().map(alert_view).collect(),

@@ -220,11 +220,6 @@ impl SpendBook {
         ));
     }
 
-    /// Every price change, by pool and time.
-    pub fn prices(&self) -> &[PriceChange] {
-        &self.prices
-    }
-
     fn current_price(&self, pool: &str) -> Option<&PriceChange> {
         self.prices.iter().rev().find(|p| p.pool == pool)
     }

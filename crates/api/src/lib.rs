@@ -118,6 +118,9 @@ pub struct TenantView {
     pub used: ResourcesView,
     /// Runs holding allocations now.
     pub runs: u64,
+    /// Its budget per calendar month, if it has one.
+    #[serde(default)]
+    pub budget: Option<BudgetSummary>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -490,9 +493,9 @@ pub struct TenantSummary {
     pub month: String,
     /// Month-to-date usage and cost per pool.
     pub usage_by_pool: Vec<UsageRowView>,
-    /// Month-to-date spend, open allocations included up to now.
+    /// Month-to-date spend, open allocations included up to now (against
+    /// `tenant.budget`).
     pub spent: f64,
-    pub budget: Option<BudgetSummary>,
     /// The month's spend at the burn rate of the last 7 days.
     pub forecast: f64,
     /// Runs waiting for admission, and what they ask for in all.

@@ -414,7 +414,7 @@ pub fn describe_tenant(s: &TenantSummary, format: Format) -> Result<String> {
         s.queued_runs,
         resources(&s.queued_demand)
     ));
-    match &s.budget {
+    match &t.budget {
         Some(b) => out.push_str(&format!(
             "Spend:      {:.2} of {:.2} ({}) in {}, heading for {:.2}\n",
             s.spent, b.monthly, b.enforce, s.month, s.forecast

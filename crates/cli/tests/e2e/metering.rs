@@ -272,6 +272,15 @@ async fn a_hard_budget_holds_the_run_that_would_pass_it_until_it_is_raised() {
             "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, run: 'sleep 300', timeout: 60, pool: dear, resources: {{cpu: 1, memory: 64Mi}}}}\n"
         )
     };
+    // The tenant shows its budget, defaults filled in.
+    let lean: Value = server.get("/api/v1/tenants/lean").await;
+    assert_eq!(
+        lean["budget"],
+        serde_json::json!({"monthly": 100.0, "enforce": "hard", "alert_at": [0.8, 1.0]}),
+        "{lean:#}"
+    );
+    let rich: Value = server.get("/api/v1/tenants/rich").await;
+    assert!(rich["budget"].is_null(), "{rich:#}");
     let first = server.submit(&job("lean", "first")).await;
     assert_eq!(first["estimated_cost"], 60.0, "{first:#}");
     let first = first["id"].as_i64().expect("id");

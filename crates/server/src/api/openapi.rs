@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use axum::http::StatusCode;
+use corral_core::tenant::{MAX_ALERT_AT, MAX_ALERTS, MAX_MONTHLY};
 use serde_json::json;
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::{Content, Header, OpenApi, Ref, RefOr, Response, Schema};
@@ -181,6 +182,22 @@ fn tenant_schema(kind_required: bool) -> serde_json::Value {
                 "type": "object",
                 "propertyNames": {"type": "string", "pattern": NAME_PATTERN},
                 "additionalProperties": {"type": "object"},
+            },
+            "budget": {
+                "type": ["object", "null"],
+                "description": "Money per UTC calendar month; `hard` holds back runs that would pass it, `soft` only alerts. Each `alert_at` fraction alerts once a month.",
+                "additionalProperties": false,
+                "required": ["monthly"],
+                "properties": {
+                    "monthly": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_MONTHLY.to_units_f64()},
+                    "enforce": {"type": "string", "enum": ["soft", "hard"]},
+                    "alert_at": {
+                        "type": "array",
+                        "maxItems": MAX_ALERTS,
+                        "uniqueItems": true,
+                        "items": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_ALERT_AT},
+                    },
+                },
             },
         },
     })

@@ -7,8 +7,8 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use corral_api::{
-    AlertView, BudgetSummary, ErrorBody, IdleView, PriceChangeView, TenantSummary, UsageAmounts,
-    UsageRowView, UsageView,
+    AlertView, ErrorBody, IdleView, PriceChangeView, TenantSummary, UsageAmounts, UsageRowView,
+    UsageView,
 };
 use corral_core::clock::Timestamp;
 use corral_core::error::FieldError;
@@ -211,14 +211,14 @@ pub(super) async fn tenant_summary(
     let tenant = tenant_view(&engine, &who, &name).await?;
     let now = engine.now();
     let month = Month::containing(now.0);
-    let (budget, created, queued_runs, queued_demand) = {
+    let (created, queued_runs, queued_demand) = {
         let state = engine.read().await;
         let record = state
             .tenants
             .get(&name)
             .ok_or_else(|| ApiError::not_found("tenant", &name))?;
         let (runs, demand) = state.queued_by_tenant().remove(&name).unwrap_or_default();
-        (record.spec.budget.clone(), record.created_at, runs, demand)
+        (record.created_at, runs, demand)
     };
     let store = engine.store();
     let week_ago = Timestamp(now.0.saturating_sub(FORECAST_WINDOW_MS));
@@ -257,11 +257,6 @@ pub(super) async fn tenant_summary(
             })
             .collect(),
         spent: spent.to_units_f64(),
-        budget: budget.map(|b| BudgetSummary {
-            monthly: b.monthly.to_units_f64(),
-            enforce: b.enforce.as_str().to_string(),
-            alert_at: b.alert_at,
-        }),
         // A tenant made minutes ago would have its first minutes extrapolated to
         // the month: its history counts as a day at least.
         forecast: forecast(

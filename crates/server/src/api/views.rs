@@ -95,6 +95,11 @@ pub fn tenant(t: &TenantRecord, snapshot: &Snapshot) -> TenantView {
             .collect(),
         used: live.map(|l| l.used).unwrap_or_default().into(),
         runs: live.map_or(0, |l| l.runs),
+        budget: t.spec.budget.as_ref().map(|b| BudgetSummary {
+            monthly: b.monthly.to_units_f64(),
+            enforce: b.enforce.as_str().to_string(),
+            alert_at: b.alert_at.clone(),
+        }),
         created_at: time(t.created_at),
         updated_at: time(t.updated_at),
     }

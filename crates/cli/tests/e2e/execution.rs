@@ -152,6 +152,10 @@ async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
     assert_eq!(status, 409, "cancelling an ended run conflicts: {body}");
     let (status, _) = server.send("POST", "/api/v1/runs/999999/cancel", "").await;
     assert_eq!(status, 404);
+    // Its shell has written its pid once it prints.
+    server
+        .wait_for_output(waiting, "up", Duration::from_secs(20))
+        .await;
     let (status, run) = server
         .send("POST", &format!("/api/v1/runs/{waiting}/cancel"), "")
         .await;

@@ -118,7 +118,7 @@ name: open
     // Holders keep their room until cancelled at the end (no other test
     // sleeps this long: tests look for their own processes by command line).
     let pids = PidFile::new("reasons-pids");
-    let hold = format!("echo $$ >> {}; exec sleep 97", pids.path());
+    let hold = format!("echo $$ >> {}; echo held; exec sleep 97", pids.path());
     let hold = hold.as_str();
     let mut holders = Vec::new();
 
@@ -225,6 +225,12 @@ name: open
         text.contains("admitted together or not at all") && text.contains("in the queue"),
         "{text}"
     );
+    // Each holder's shell has written its pid once it prints.
+    for &id in &holders {
+        server
+            .wait_for_output(id, "held", Duration::from_secs(20))
+            .await;
+    }
     for &id in &holders {
         let (status, run) = server
             .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")

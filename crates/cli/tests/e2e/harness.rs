@@ -560,7 +560,8 @@ impl PidFile {
     }
 
     /// Waits until `count` pids are written, then until each of those
-    /// processes has ended (a zombie counts as ended: it runs nothing).
+    /// processes has ended (a zombie counts as ended: it runs nothing; one
+    /// already gone when read counts as ended too).
     pub async fn all_ended(&self, count: usize) {
         let pids: Vec<(i32, String)> = eventually(
             &format!("{count} pids in {}", self.0.display()),

@@ -19,6 +19,7 @@ mod budget;
 mod calendar;
 mod estimate;
 mod idle;
+mod ledger;
 mod pieces;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ pub use budget::{FORECAST_WINDOW_MS, alert_level, crossed_alerts, forecast, mont
 pub use calendar::{DAY_MS, Date, Month, day_start};
 pub use estimate::{estimate_cost, expected_duration_ms};
 pub use idle::{IdleRow, idle};
+pub use ledger::{Grouping, Plan, SlotPiece, plan, slot_pieces};
 
 use pieces::Cutter;
 
@@ -215,6 +217,41 @@ pub struct UsageReport {
     pub total: Usage,
 }
 
+/// Usage within one slot of a pool (one price within one UTC day) by one
+/// tenant's pipeline: a canonical piece, or pieces summed. Summed by a store
+/// asked for fewer keys (see [`Grouping`]), the keys left out are empty, and
+/// `slot_ms` is the window's start when slots were left out too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotUsage {
+    pub tenant: String,
+    pub pool: String,
+    pub pipeline: String,
+    /// The start of the slot, within the report's window.
+    pub slot_ms: i64,
+    pub usage: Usage,
+}
+
+/// The canonical pieces of `spans` within `window` (up to `now_ms`), priced by
+/// `prices`, one per piece.
+pub fn pieces(
+    spans: &[Span],
+    prices: &[PriceChange],
+    window: Window,
+    now_ms: i64,
+) -> Vec<SlotUsage> {
+    Cutter::new(prices, window, now_ms)
+        .pieces(spans)
+        .into_iter()
+        .map(|piece| SlotUsage {
+            tenant: piece.span.tenant.clone(),
+            pool: piece.span.pool.clone(),
+            pipeline: piece.span.pipeline.clone(),
+            slot_ms: piece.slot,
+            usage: piece.usage,
+        })
+        .collect()
+}
+
 /// The usage of `spans` within `window` (up to `now_ms`), priced by `prices`,
 /// grouped by `by`. See the module's documentation for how pieces are cut and
 /// why every grouping has the same total.
@@ -225,18 +262,22 @@ pub fn usage(
     now_ms: i64,
     by: &[Key],
 ) -> UsageReport {
-    let cutter = Cutter::new(prices, window, now_ms);
+    group(&pieces(spans, prices, window, now_ms), by)
+}
+
+/// Pieces (or sums of pieces) of usage grouped by `by`.
+pub fn group(held: &[SlotUsage], by: &[Key]) -> UsageReport {
     let mut rows: BTreeMap<Vec<String>, Usage> = BTreeMap::new();
     let mut total = Usage::ZERO;
-    for piece in cutter.pieces(spans) {
+    for piece in held {
         let key = by
             .iter()
             .map(|k| match k {
-                Key::Tenant => piece.span.tenant.clone(),
-                Key::Pool => piece.span.pool.clone(),
-                Key::Pipeline => piece.span.pipeline.clone(),
-                Key::Day => Date::containing(piece.slot).to_string(),
-                Key::Month => Month::containing(piece.slot).label(),
+                Key::Tenant => piece.tenant.clone(),
+                Key::Pool => piece.pool.clone(),
+                Key::Pipeline => piece.pipeline.clone(),
+                Key::Day => Date::containing(piece.slot_ms).to_string(),
+                Key::Month => Month::containing(piece.slot_ms).label(),
             })
             .collect();
         let row = rows.entry(key).or_default();

@@ -351,11 +351,14 @@ impl Engine {
         if !writes.is_empty() {
             state.seq += 1;
             let now = self.clock.now();
+            // Allocations are metered, and price and capacity histories
+            // change, in the batch that closes or changes them.
+            let metered = state.meter_writes(&writes);
             state.apply_all(&writes, now, state.seq);
-            // Price and capacity histories change in the batch that changed them.
             let history = state.history_writes(&writes, now);
             state.apply_all(&history, now, state.seq);
             writes.extend(history);
+            writes.extend(metered);
             self.commits.enqueue(Batch {
                 seq: state.seq,
                 writes,

@@ -164,6 +164,7 @@ pub async fn serve(
     // The governance time series resume before the API answers.
     tokio::spawn(history::sample_loop(engine.clone()));
     tokio::spawn(history::rollup_loop(engine.clone()));
+    tokio::spawn(meter::meter_backlog(engine.store().clone()));
     let cors_origins = config
         .cors_origins
         .iter()

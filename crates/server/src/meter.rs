@@ -5,18 +5,22 @@
 //! `now`. Budgets in the controller's snapshot come from here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use corral_core::clock::Timestamp;
 use corral_core::controller::{BudgetView, Snapshot};
 use corral_core::ids::RunId;
 use corral_core::metering::{
-    CapacityChange, Month, PriceChange, Span, Window, crossed_alerts, estimate_cost, usage,
+    CapacityChange, Grouping, Month, PriceChange, Span, Window, crossed_alerts, estimate_cost,
+    slot_pieces, usage,
 };
 use corral_core::money::Money;
 use corral_core::pool::{Price, Provider};
 use corral_core::request::ResourceRequest;
 use corral_core::resources::Resources;
-use corral_store::{AlertFilter, AlertRecord, AllocationRecord, Live, SpanFilter, Store, Write};
+use corral_store::{
+    AlertFilter, AlertRecord, AllocationRecord, Live, Metered, SpanFilter, Store, UsageQuery, Write,
+};
 
 use crate::state::State;
 
@@ -93,54 +97,70 @@ fn span(a: &AllocationRecord, run: RunId) -> Span {
 }
 
 impl SpendBook {
-    /// The book for `now`'s month, from the store's histories and the spans
-    /// of allocations closed this month.
-    pub fn new(
+    /// The book for `now`'s month, from the store's histories and what each
+    /// tenant's allocations closed this month cost.
+    fn new(
         prices: Vec<PriceChange>,
         capacities: Vec<CapacityChange>,
-        closed_this_month: &[Span],
+        closed: BTreeMap<String, Money>,
         now: Timestamp,
     ) -> SpendBook {
-        let month = Month::containing(now.0);
-        let mut book = SpendBook {
+        SpendBook {
             prices,
             capacities: capacities
                 .into_iter()
                 .map(|c| (c.pool, c.capacity))
                 .collect(),
-            month: Some(month),
-            closed: BTreeMap::new(),
+            month: Some(Month::containing(now.0)),
+            closed,
             fired: BTreeSet::new(),
             durations: Durations::default(),
-        };
-        for s in closed_this_month.iter().filter(|s| s.end_ms.is_some()) {
-            book.add_closed(s, now);
         }
-        book
     }
 
     /// The book the store's histories (taken out of `live`) and this month's
-    /// closed allocations make.
+    /// closed allocations make: the metered sums of the month's days, and the
+    /// allocations closed but not metered yet, priced.
     pub async fn replay(
         store: &dyn Store,
         live: &mut Live,
         now: Timestamp,
     ) -> corral_store::Result<SpendBook> {
         let month = Month::containing(now.0);
-        let spans = store
+        let sums = store
+            .slot_sums(&UsageQuery {
+                window: Window::month(month),
+                tenant: None,
+                pool: None,
+                grouping: Grouping {
+                    tenant: true,
+                    ..Grouping::default()
+                },
+            })
+            .await?;
+        let mut closed: BTreeMap<String, Money> = BTreeMap::new();
+        for s in sums {
+            let spent = closed.entry(s.tenant).or_default();
+            *spent = spent.saturating_add(s.usage.cost);
+        }
+        let unmetered = store
             .spans(&SpanFilter {
                 from: Timestamp(month.start_ms()),
                 to: Timestamp(now.0.saturating_add(1)),
                 tenant: None,
                 pool: None,
+                unmetered: true,
             })
             .await?;
         let mut book = SpendBook::new(
             std::mem::take(&mut live.prices),
             std::mem::take(&mut live.capacities),
-            &spans,
+            closed,
             now,
         );
+        for s in unmetered.iter().filter(|s| s.end_ms.is_some()) {
+            book.add_closed(s, now);
+        }
         let fired = store
             .alerts(&AlertFilter {
                 month: Some(month.label()),
@@ -420,6 +440,28 @@ impl State {
         })
     }
 
+    /// The metering of the allocations that `writes`, about to be applied,
+    /// close: each priced once, in the batch that closes it.
+    pub fn meter_writes(&self, writes: &[Write]) -> Vec<Write> {
+        writes
+            .iter()
+            .filter_map(|w| match w {
+                // A close is written once, for a live run; an allocation closed
+                // otherwise is left to the backlog.
+                Write::PutAllocation(a) if a.closed_at.is_some() => {
+                    let run = self.runs.get(&a.run_id)?;
+                    let span = Span {
+                        pipeline: run.record.pipeline.clone(),
+                        ..span(a, a.run_id)
+                    };
+                    let pieces = slot_pieces(&span, &self.spend.prices);
+                    Some(Write::Meter(Metered { span, pieces }))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Histories for pools that have none (made before metering was): their
     /// price and capacity from their creation on.
     pub fn backfill_history(&self) -> Vec<Write> {
@@ -488,6 +530,59 @@ impl State {
             }
         }
         history
+    }
+}
+
+/// How many unmetered allocations one transaction meters.
+const BACKLOG_BATCH: u32 = 200;
+/// How often the backlog is looked at again once it is empty: allocations
+/// whose run was not in memory when they closed are metered then.
+const BACKLOG_RECHECK: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Meters the allocations closed before metering was (or closed while their
+/// run was not in memory), a batch at a time, so that reports stop pricing
+/// them live. Safe beside the engine: metering an allocation twice counts it
+/// once.
+pub async fn meter_backlog(store: Arc<dyn Store>) {
+    let mut metered = 0usize;
+    loop {
+        let batch = async {
+            let spans = store.unmetered(BACKLOG_BATCH).await?;
+            if !spans.is_empty() {
+                let prices = store.prices().await?;
+                let writes: Vec<Write> = spans
+                    .into_iter()
+                    .map(|span| {
+                        let pieces = slot_pieces(&span, &prices);
+                        Write::Meter(Metered { span, pieces })
+                    })
+                    .collect();
+                store.commit(&writes).await?;
+                return Ok::<_, corral_store::StoreError>(writes.len());
+            }
+            Ok(0)
+        }
+        .await;
+        match batch {
+            Ok(0) => {
+                if metered > 0 {
+                    tracing::info!(metered, "metered the allocations closed before metering");
+                    metered = 0;
+                }
+                tokio::time::sleep(BACKLOG_RECHECK).await;
+            }
+            Ok(n) => {
+                metered += n;
+                if metered % 10_000 < n {
+                    tracing::info!(metered, "metering allocations closed before metering");
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metering closed allocations failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+        }
     }
 }
 

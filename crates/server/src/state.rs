@@ -269,8 +269,12 @@ impl State {
                         Some(run.held_since.map_or(a.opened_at, |t| t.min(a.opened_at)));
                 }
                 match (previous, a.closed_at) {
-                    (Some(i), Some(closed)) => {
-                        run.allocations.remove(i);
+                    // A close is written once; a run update that closes an
+                    // allocation has already taken it out of the run.
+                    (previous, Some(closed)) => {
+                        if let Some(i) = previous {
+                            run.allocations.remove(i);
+                        }
                         self.ledger
                             .record(&a.tenant, &a.resources, a.opened_at, closed);
                         self.spend.close(a, now);
@@ -281,7 +285,6 @@ impl State {
                             Some(run.held_since.map_or(a.opened_at, |t| t.min(a.opened_at)));
                         run.allocations.push(a.clone());
                     }
-                    (None, Some(_)) => {}
                 }
             }
             Write::PutWorker(w) if w.state == WorkerState::Ready => {
@@ -308,7 +311,10 @@ impl State {
             Write::PutPrice(p) => self.spend.record_price(p),
             Write::PutCapacity(c) => self.spend.record_capacity(c),
             Write::PutAlert(a) => self.spend.record_alert(a),
-            Write::PutToken(_) | Write::TouchToken { .. } | Write::AppendAudit(_) => {}
+            Write::PutToken(_)
+            | Write::TouchToken { .. }
+            | Write::AppendAudit(_)
+            | Write::Meter(_) => {}
         }
     }
 

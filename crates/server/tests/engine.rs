@@ -786,3 +786,52 @@ async fn a_tenant_token_submits_and_cancels_for_its_tenant_only_and_cancels_are_
         Some(serde_json::json!({"state": "cancelled"}))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allocation_is_metered_in_the_batch_that_closes_it() {
+    let h = Harness::new(
+        "metered",
+        "kind: Pool\nname: paid\ncapacity: {cpu: 4, memory: 8Gi}\nprice: {cpu_hour: 0.5}\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let run = h.submit("hourly", "t", 2, "paid").await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.state_of(run).await.0, RunState::Provisioning);
+    h.clock.advance(3_600_000);
+    // The run ends in the very batch that closes its allocation.
+    h.engine.cancel(&admin(), run).await.expect("cancel");
+    assert_eq!(h.state_of(run).await.0, RunState::Cancelled);
+    // The month's spend counts it at once (and fair share its usage).
+    let spent = {
+        let state = h.engine.read().await;
+        state.spend.month_to_date("t", &[], h.clock.now())
+    };
+    assert_eq!(spent.to_string(), "1.00");
+    let store = h.engine.store();
+    assert!(
+        store.unmetered(10).await.expect("unmetered").is_empty(),
+        "nothing is left for the backlog"
+    );
+    let day = corral_core::metering::day_start(h.clock.now().0);
+    let sums = store
+        .slot_sums(&corral_store::UsageQuery {
+            window: corral_core::metering::Window::new(day - 86_400_000, day + 86_400_000),
+            tenant: None,
+            pool: None,
+            grouping: corral_core::metering::Grouping {
+                tenant: true,
+                pipeline: true,
+                ..Default::default()
+            },
+        })
+        .await
+        .expect("sums");
+    assert_eq!(sums.len(), 1, "{sums:?}");
+    assert_eq!(
+        (sums[0].tenant.as_str(), sums[0].pipeline.as_str()),
+        ("t", "hourly")
+    );
+    // 2 cores for an hour at 0.50 a core-hour (memory is free).
+    assert_eq!(sums[0].usage.cost.to_string(), "1.00");
+    assert_eq!(sums[0].usage.time.cpu_core_seconds(), 7200.0);
+}

@@ -3,10 +3,12 @@
 //!
 //! Seeds a fresh store with `CORRAL_BENCH_ALLOCATIONS` closed allocations
 //! (default 1,000,000) of 1,000 runs over 10 tenants, 50 pipelines and 2 pools
-//! with a price change, spread over 30 days; then prints, over
-//! `CORRAL_BENCH_REPS` reports (default 3), the median time to read the spans
-//! of the 30 days and to price and group them by tenant and day, as
-//! `GET /api/v1/usage?by=tenant,day` does. PostgreSQL is measured when
+//! with a price change, spread over 30 days, each metered as it closes (as the
+//! server does), and 100 allocations still open; then prints, over
+//! `CORRAL_BENCH_REPS` reports (default 5), the median time of
+//! `GET /api/v1/usage?by=tenant,day` (reading and grouping, idle capacity
+//! included) over the 30 days, and over the last 7 days cut at an arbitrary
+//! millisecond (`--since 7d`). PostgreSQL is measured when
 //! `CORRAL_BENCH_POSTGRES` is set (it needs 127.0.0.1:5432).
 
 use std::time::{Duration, Instant};
@@ -14,14 +16,18 @@ use std::time::{Duration, Instant};
 use corral_core::clock::Timestamp;
 use corral_core::ids::{AllocationId, RunId};
 use corral_core::manifest::{Document, parse_documents};
-use corral_core::metering::{Key, PriceChange, Window, usage};
+use corral_core::metering::{
+    CapacityChange, Grouping, Key, PriceChange, Span, group, idle, slot_pieces,
+};
 use corral_core::money::Money;
 use corral_core::pool::Price;
 use corral_core::request::ResourceRequest;
 use corral_core::resources::Resources;
 use corral_core::run::RunState;
 use corral_store::testing::fresh_postgres_database;
-use corral_store::{AllocationRecord, RunRecord, SpanFilter, SqlStore, Store, Write};
+use corral_store::{
+    AllocationRecord, Metered, RunRecord, SpanFilter, SqlStore, Store, Write, metered_usage,
+};
 
 const DAY_MS: i64 = 86_400_000;
 const START_MS: i64 = 1_790_000_000_000;
@@ -63,100 +69,129 @@ fn run(id: i64) -> RunRecord {
     }
 }
 
+fn prices() -> Vec<PriceChange> {
+    let price = |pool: &str, at_ms: i64, cpu_hour: f64| PriceChange {
+        pool: pool.into(),
+        at_ms,
+        price: Price {
+            cpu_hour,
+            memory_gib_hour: 0.005,
+            gpu_hour: 0.0,
+        },
+    };
+    vec![
+        price("alpha", START_MS, 0.04),
+        price("beta", START_MS, 0.08),
+        price("beta", START_MS + 15 * DAY_MS, 0.1),
+    ]
+}
+
 async fn seed(store: &dyn Store, allocations: usize) -> Duration {
     let started = Instant::now();
-    let runs: Vec<Write> = (1..=1000).map(|id| Write::PutRun(run(id))).collect();
-    store.commit(&runs).await.expect("runs");
+    let prices = prices();
+    let mut writes: Vec<Write> = prices.iter().cloned().map(Write::PutPrice).collect();
+    writes.extend((1..=1000).map(|id| Write::PutRun(run(id))));
+    store.commit(&writes).await.expect("runs");
     let spacing = (30 * DAY_MS) / allocations.max(1) as i64;
     let mut batch = Vec::with_capacity(10_000);
-    for i in 0..allocations {
+    for i in 0..allocations + 100 {
         let run = (i % 1000) as i64 + 1;
-        let opened = START_MS + i as i64 * spacing;
-        batch.push(Write::PutAllocation(AllocationRecord {
+        let open = i >= allocations;
+        let opened = START_MS + (i % allocations.max(1)) as i64 * spacing;
+        let a = AllocationRecord {
             id: AllocationId(i as i64 + 1),
             run_id: RunId(run),
-            group: 0,
+            group: i as u32,
             tenant: format!("t{}", run % 10),
             pool: ["alpha", "beta"][i % 2].to_string(),
             resources: Resources::new(1000 + (i % 4) as u64 * 500, 1024, 0),
             worker_id: None,
             opened_at: Timestamp(opened),
-            closed_at: Some(Timestamp(opened + 60_000)),
-        }));
-        if batch.len() == 10_000 {
+            closed_at: (!open).then_some(Timestamp(opened + 60_000)),
+        };
+        let span = Span {
+            allocation: a.id,
+            run: a.run_id,
+            tenant: a.tenant.clone(),
+            pool: a.pool.clone(),
+            pipeline: format!("p{}", run % 50),
+            resources: a.resources,
+            start_ms: a.opened_at.0,
+            end_ms: a.closed_at.map(|t| t.0),
+        };
+        batch.push(Write::PutAllocation(a));
+        if !open {
+            let pieces = slot_pieces(&span, &prices);
+            batch.push(Write::Meter(Metered { span, pieces }));
+        }
+        if batch.len() >= 10_000 {
             store.commit(&batch).await.expect("allocations");
             batch.clear();
         }
     }
     store.commit(&batch).await.expect("allocations");
-    let price = |pool: &str, at_ms: i64, cpu_hour: f64| {
-        Write::PutPrice(PriceChange {
-            pool: pool.into(),
-            at_ms,
-            price: Price {
-                cpu_hour,
-                memory_gib_hour: 0.005,
-                gpu_hour: 0.0,
-            },
-        })
-    };
-    store
-        .commit(&[
-            price("alpha", START_MS, 0.04),
-            price("beta", START_MS, 0.08),
-            price("beta", START_MS + 15 * DAY_MS, 0.1),
-        ])
-        .await
-        .expect("prices");
     started.elapsed()
+}
+
+/// One report by tenant and day over `[from, to)`, as the API makes it: its
+/// time and its number of rows.
+async fn report(store: &dyn Store, from: i64, to: i64, now: i64) -> (Duration, usize) {
+    let t = Instant::now();
+    let by = [Key::Tenant, Key::Day];
+    let filter = SpanFilter {
+        from: Timestamp(from),
+        to: Timestamp(to),
+        tenant: None,
+        pool: None,
+        unmetered: false,
+    };
+    let prices = store.prices().await.expect("prices");
+    let held = metered_usage(store, &filter, Grouping::of(&by, true), &prices, now)
+        .await
+        .expect("usage");
+    let rows = group(&held, &by).rows.len();
+    let capacities: Vec<CapacityChange> = store.capacities().await.expect("capacities");
+    let idle = idle(
+        &capacities,
+        &held,
+        &prices,
+        corral_core::metering::Window::new(from, to),
+        now,
+        true,
+    );
+    assert!(!idle.is_empty());
+    (t.elapsed(), rows)
 }
 
 async fn measure(label: &str, store: &dyn Store, allocations: usize, reps: usize) {
     let seeded = seed(store, allocations).await;
-    let (from, to) = (START_MS, START_MS + 30 * DAY_MS);
-    let mut read = Vec::new();
-    let mut priced = Vec::new();
-    let mut rows = 0;
-    for _ in 0..reps {
-        let t = Instant::now();
-        let spans = store
-            .spans(&SpanFilter {
-                from: Timestamp(from),
-                to: Timestamp(to),
-                tenant: None,
-                pool: None,
-            })
-            .await
-            .expect("spans");
-        let prices = store.prices().await.expect("prices");
-        read.push(t.elapsed());
-        let t = Instant::now();
-        let report = usage(
-            &spans,
-            &prices,
-            Window::new(from, to),
-            to,
-            &[Key::Tenant, Key::Day],
+    let end = START_MS + 30 * DAY_MS;
+    // Now is a little after the last allocation; `--since 7d` starts at an
+    // arbitrary millisecond.
+    let now = end + 1_234_567;
+    for (what, from, to) in [
+        ("30 days", START_MS, end),
+        ("since 7d", now - 7 * DAY_MS, now),
+    ] {
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for _ in 0..reps {
+            let (t, r) = report(store, from, to, now).await;
+            times.push(t);
+            rows = r;
+        }
+        times.sort();
+        println!(
+            "{label}: {allocations} allocations (seeded in {seeded:.1?}): report by tenant and day over {what} ({rows} rows), idle included: median {:.1?}, max {:.1?}",
+            times[reps / 2],
+            times[reps - 1],
         );
-        priced.push(t.elapsed());
-        rows = report.rows.len();
-        assert_eq!(spans.len(), allocations);
     }
-    read.sort();
-    priced.sort();
-    let (r, p) = (read[reps / 2], priced[reps / 2]);
-    println!(
-        "{label}: {allocations} allocations (seeded in {:.1?}): report by tenant and day ({rows} rows) in {:.0?} median = read {:.0?} + price and group {:.0?}",
-        seeded,
-        r + p,
-        r,
-        p
-    );
 }
 
 fn main() {
     let allocations = env("CORRAL_BENCH_ALLOCATIONS", 1_000_000);
-    let reps = env("CORRAL_BENCH_REPS", 3).max(1);
+    let reps = env("CORRAL_BENCH_REPS", 5).max(1);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let dir = std::env::temp_dir().join(format!("corral-usage-bench-{}", std::process::id()));

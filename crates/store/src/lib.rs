@@ -7,14 +7,16 @@ mod history;
 mod records;
 mod sql;
 pub mod testing;
+mod usage;
 
 use async_trait::async_trait;
 use corral_core::ids::{AttemptId, RunId};
-use corral_core::metering::{CapacityChange, PriceChange, Span};
+use corral_core::metering::{CapacityChange, PriceChange, SlotUsage, Span};
 
 pub use history::{HistoryPoint, HistoryQuery};
 pub use records::*;
 pub use sql::{Backend, SqlStore};
+pub use usage::metered_usage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +89,22 @@ pub trait Store: Send + Sync {
     /// The allocations held within the filter's window, with their run's
     /// pipeline, oldest first.
     async fn spans(&self, filter: &SpanFilter) -> Result<Vec<Span>>;
+
+    /// Up to `limit` closed allocations not metered yet (closed before
+    /// metering was), with their run's pipeline, the earliest closed first.
+    async fn unmetered(&self, limit: u32) -> Result<Vec<Span>>;
+
+    /// The sums per slot of metered usage in the slots of the query's window
+    /// (whole days), grouped as asked.
+    async fn slot_sums(&self, query: &UsageQuery) -> Result<Vec<SlotUsage>>;
+
+    /// The metered pieces that lie within the query's window (a part of one
+    /// day), summed as asked.
+    async fn piece_sums(&self, query: &UsageQuery) -> Result<Vec<SlotUsage>>;
+
+    /// The metered pieces of the day of the query's window (a part of one
+    /// day) that straddle its start or end, each as a span over the piece.
+    async fn straddling_pieces(&self, query: &UsageQuery) -> Result<Vec<Span>>;
 
     /// For each tenant's pipeline, how long its last `per_pipeline` succeeded
     /// runs that finished since `since` held their allocations (from the first

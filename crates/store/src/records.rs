@@ -6,7 +6,7 @@ use corral_core::access::Role;
 use corral_core::clock::Timestamp;
 use corral_core::controller::Reason;
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
-use corral_core::metering::{CapacityChange, PriceChange};
+use corral_core::metering::{CapacityChange, Grouping, PriceChange, SlotPiece, Span, Window};
 use corral_core::money::Money;
 use corral_core::pipeline::PipelineSpec;
 use corral_core::pool::PoolSpec;
@@ -192,6 +192,17 @@ pub enum Write {
     PutCapacity(CapacityChange),
     /// A budget alert, new or with its delivery updated.
     PutAlert(AlertRecord),
+    /// A closed allocation's usage, priced once: its pieces are kept and added
+    /// to the sums per slot, unless the allocation is metered already.
+    Meter(Metered),
+}
+
+/// A closed allocation's span (with its run's pipeline) and its canonical
+/// pieces, as `corral_core::metering::slot_pieces` cuts them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metered {
+    pub span: Span,
+    pub pieces: Vec<SlotPiece>,
 }
 
 /// A budget threshold a tenant's spend crossed in a month (each fires once a
@@ -297,13 +308,26 @@ pub struct AuditFilter {
 }
 
 /// Which allocations a usage report covers: those held at some time in
-/// `[from, to)`, of one tenant or pool if set.
+/// `[from, to)`, of one tenant or pool if set; only those not metered yet
+/// (open, or closed before metering) if `unmetered`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpanFilter {
     pub from: Timestamp,
     pub to: Timestamp,
     pub tenant: Option<String>,
     pub pool: Option<String>,
+    pub unmetered: bool,
+}
+
+/// Which metered usage to sum: within `window` (whole days for the sums per
+/// slot, a part of one day for the pieces), of one tenant or pool if set,
+/// grouped as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub window: Window,
+    pub tenant: Option<String>,
+    pub pool: Option<String>,
+    pub grouping: Grouping,
 }
 
 /// How long a pipeline's last successful runs held their allocations, in ms,

@@ -8,7 +8,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use corral_core::clock::Timestamp;
 use corral_core::ids::{AttemptId, RunId};
-use corral_core::metering::{CapacityChange, PriceChange, Span};
+use corral_core::metering::{CapacityChange, PriceChange, SlotUsage, Span};
 use corral_core::run::{RunState, WorkerState};
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -401,6 +401,7 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         Write::PutPrice(p) => metering::put_price(conn, p).await?,
         Write::PutCapacity(c) => metering::put_capacity(conn, c).await?,
         Write::PutAlert(a) => metering::put_alert(conn, a).await?,
+        Write::Meter(m) => metering::meter(conn, m).await?,
         Write::AppendAudit(a) => {
             sqlx::query(
                 "INSERT INTO audit (id, at, who, kind, name, action, before_spec, after_spec) \
@@ -785,6 +786,22 @@ impl Store for SqlStore {
 
     async fn spans(&self, filter: &SpanFilter) -> Result<Vec<Span>> {
         metering::spans(&self.pool, filter).await
+    }
+
+    async fn unmetered(&self, limit: u32) -> Result<Vec<Span>> {
+        metering::unmetered(&self.pool, limit).await
+    }
+
+    async fn slot_sums(&self, query: &UsageQuery) -> Result<Vec<SlotUsage>> {
+        metering::slot_sums(&self.pool, query).await
+    }
+
+    async fn piece_sums(&self, query: &UsageQuery) -> Result<Vec<SlotUsage>> {
+        metering::piece_sums(&self.pool, query).await
+    }
+
+    async fn straddling_pieces(&self, query: &UsageQuery) -> Result<Vec<Span>> {
+        metering::straddling_pieces(&self.pool, query).await
     }
 
     async fn recent_durations(

@@ -7,7 +7,10 @@ use corral_core::clock::Timestamp;
 use corral_core::controller::{Reason, ReasonCode};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents};
-use corral_core::metering::{CapacityChange, PriceChange, Span};
+use corral_core::metering::{
+    CapacityChange, Grouping, Key, PriceChange, Span, Window, group, idle, pieces, slot_pieces,
+    usage,
+};
 use corral_core::money::Money;
 use corral_core::pool::Price;
 use corral_core::request::ResourceRequest;
@@ -554,6 +557,7 @@ async fn metering(store: &dyn Store) {
         to: Timestamp(to),
         tenant: tenant.map(str::to_string),
         pool: None,
+        unmetered: false,
     };
     // (The suite's own allocations, ids under 50, are left out.)
     let ids = |found: Vec<Span>| {
@@ -665,6 +669,197 @@ async fn metering(store: &dyn Store) {
     assert!(store.alerts(&other).await.expect("alerts").is_empty());
 }
 
+/// A small deterministic generator (xorshift), so that the workload is the
+/// same on every backend and every run.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Reports read from metered usage (whole days from the sums per slot, parts
+/// of days from the pieces, open and not yet metered allocations priced live)
+/// equal, to the micro-unit, pricing every allocation of the window again;
+/// metering twice counts once.
+async fn metered_reports(store: &dyn Store) {
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    // 2026-11-23T00:00Z, and five and a half days later.
+    let base: i64 = 1_795_392_000_000;
+    let now = base + 5 * DAY + 12 * HOUR;
+    let pools = ["m-alpha", "m-beta"];
+    let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+    let mut writes = Vec::new();
+    for (i, pool) in pools.iter().enumerate() {
+        for (k, at) in [
+            base - 10 * DAY,
+            base + DAY + 7 * HOUR,
+            base + 3 * DAY + 13 * HOUR + 17,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            writes.push(Write::PutPrice(PriceChange {
+                pool: pool.to_string(),
+                at_ms: at,
+                price: Price {
+                    cpu_hour: 0.013 * (i + k + 1) as f64,
+                    memory_gib_hour: 0.0031 * (k + 1) as f64,
+                    gpu_hour: 0.7,
+                },
+            }));
+        }
+    }
+    for run in 0..6i64 {
+        writes.push(Write::PutRun(RunRecord {
+            pipeline: format!("m-pipe-{}", run % 3),
+            ..run_record(
+                900 + run,
+                ["m-acme", "m-globex"][run as usize % 2],
+                RunState::Running,
+            )
+        }));
+    }
+    store.commit(&writes).await.expect("prices and runs");
+    let prices = store.prices().await.expect("prices");
+    let mut unmetered_closed = 0;
+    for id in 1000..1300i64 {
+        let run = 900 + (id % 6);
+        let opened = base - DAY + dice.below(6 * DAY as u64) as i64;
+        let length = match dice.below(4) {
+            0 => dice.below(60_000) as i64,
+            1 => dice.below(6 * HOUR as u64) as i64,
+            _ => dice.below(2 * DAY as u64) as i64,
+        };
+        let closed = (opened + length < now && dice.below(5) > 0).then_some(opened + length);
+        let allocation = AllocationRecord {
+            id: AllocationId(id),
+            run_id: RunId(run),
+            // One open allocation per group of a run.
+            group: id as u32,
+            tenant: ["m-acme", "m-globex"][run as usize % 2].into(),
+            pool: pools[dice.below(2) as usize].into(),
+            resources: Resources::new(
+                250 * (1 + dice.below(8)),
+                512 * dice.below(5),
+                dice.below(2),
+            ),
+            worker_id: None,
+            opened_at: Timestamp(opened.min(now)),
+            closed_at: closed.map(Timestamp),
+        };
+        let mut batch = vec![Write::PutAllocation(allocation.clone())];
+        if closed.is_some() {
+            if dice.below(4) == 0 {
+                unmetered_closed += 1;
+            } else {
+                let span = Span {
+                    allocation: allocation.id,
+                    run: allocation.run_id,
+                    tenant: allocation.tenant.clone(),
+                    pool: allocation.pool.clone(),
+                    pipeline: format!("m-pipe-{}", run % 3),
+                    resources: allocation.resources,
+                    start_ms: allocation.opened_at.0,
+                    end_ms: allocation.closed_at.map(|t| t.0),
+                };
+                let pieces = slot_pieces(&span, &prices);
+                batch.push(Write::Meter(Metered { span, pieces }));
+            }
+        }
+        store.commit(&batch).await.expect("allocation");
+    }
+    let check = |window: (i64, i64), by: Vec<Key>, tenant: Option<&str>, pool: Option<&str>| {
+        let filter = SpanFilter {
+            from: Timestamp(window.0),
+            to: Timestamp(window.1),
+            tenant: tenant.map(str::to_string),
+            pool: pool.map(str::to_string),
+            unmetered: false,
+        };
+        let prices = &prices;
+        async move {
+            let w = Window::new(window.0, window.1);
+            let spans = store.spans(&filter).await.expect("spans");
+            let expected = usage(&spans, prices, w, now, &by);
+            let held = metered_usage(store, &filter, Grouping::of(&by, true), prices, now)
+                .await
+                .expect("metered usage");
+            assert_eq!(group(&held, &by), expected, "{window:?} by {by:?}");
+            let capacities = [CapacityChange {
+                pool: "m-alpha".into(),
+                at_ms: base - 10 * DAY,
+                capacity: Resources::new(64_000, 1 << 20, 4),
+            }];
+            assert_eq!(
+                idle(&capacities, &held, prices, w, now, true),
+                idle(
+                    &capacities,
+                    &pieces(&spans, prices, w, now),
+                    prices,
+                    w,
+                    now,
+                    true
+                ),
+                "idle over {window:?}"
+            );
+        }
+    };
+    let keys = [
+        vec![Key::Tenant, Key::Day],
+        vec![Key::Pool, Key::Pipeline],
+        vec![Key::Month],
+        vec![],
+        vec![Key::Tenant, Key::Pool, Key::Pipeline, Key::Day],
+    ];
+    let mut windows = vec![
+        (base, base + 3 * DAY),
+        (base - 2 * DAY, now + DAY),
+        (base + 5 * DAY, now),
+        (base + DAY + 7 * HOUR, base + 3 * DAY + 13 * HOUR + 17),
+    ];
+    for _ in 0..12 {
+        let from = base - 2 * DAY + dice.below(8 * DAY as u64) as i64;
+        let to = from + 1 + dice.below(4 * DAY as u64) as i64;
+        windows.push((from, to));
+    }
+    for (i, window) in windows.iter().enumerate() {
+        check(*window, keys[i % keys.len()].clone(), None, None).await;
+    }
+    check(windows[4], vec![Key::Day], Some("m-acme"), None).await;
+    check(windows[5], vec![Key::Tenant], None, Some("m-beta")).await;
+
+    // The closed allocations not metered yet are listed, and once metered
+    // (twice over) the reports have not changed.
+    let backlog = store.unmetered(10_000).await.expect("unmetered");
+    let ours: Vec<&Span> = backlog.iter().filter(|s| s.allocation.0 >= 1000).collect();
+    assert_eq!(ours.len(), unmetered_closed);
+    assert!(
+        ours.iter()
+            .all(|s| s.end_ms.is_some() && s.pipeline.starts_with("m-pipe-"))
+    );
+    let meter: Vec<Write> = backlog
+        .iter()
+        .map(|span| {
+            Write::Meter(Metered {
+                span: span.clone(),
+                pieces: slot_pieces(span, &prices),
+            })
+        })
+        .collect();
+    store.commit(&meter).await.expect("meter");
+    store.commit(&meter).await.expect("meter again");
+    assert!(store.unmetered(10).await.expect("unmetered").is_empty());
+    for (i, window) in windows.iter().enumerate().take(6) {
+        check(*window, keys[i % keys.len()].clone(), None, None).await;
+    }
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -673,6 +868,7 @@ async fn conformance_sqlite() {
     assert_eq!(store.backend(), Backend::Sqlite);
     suite(&store).await;
     metering(&store).await;
+    metered_reports(&store).await;
     // Reopening finds the same data and does not re-run migrations.
     store.close().await;
     let again = SqlStore::open_sqlite(&dir).await.expect("reopen sqlite");
@@ -687,6 +883,7 @@ async fn conformance_postgres() {
     assert_eq!(store.backend(), Backend::Postgres);
     suite(&store).await;
     metering(&store).await;
+    metered_reports(&store).await;
 }
 
 #[tokio::test]

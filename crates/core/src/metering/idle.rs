@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::resources::{ResourceTime, Resources};
 
 use super::pieces::{Cutter, Timeline};
-use super::{CapacityChange, Date, PriceChange, Span, Usage, Window};
+use super::{CapacityChange, Date, PriceChange, SlotUsage, Usage, Window};
 
 /// A pool's capacity over the window (or one day of it), what was allocated of
 /// it, and what was left idle.
@@ -22,7 +22,9 @@ pub struct IdleRow {
 }
 
 /// Per pool (and per UTC day when `by_day`), the capacity nobody held within
-/// `window` (up to `now_ms`), priced by the pool's price in force.
+/// `window` (up to `now_ms`), priced by the pool's price in force, given the
+/// usage `held` within the window: its canonical pieces (see [`super::pieces`]),
+/// or their sums by pool and slot.
 ///
 /// For every row, `allocated.cost + idle.cost == capacity.cost` exactly. The
 /// pool's slots (one price, one day: see the pieces module) are priced once each
@@ -38,10 +40,10 @@ pub struct IdleRow {
 /// shows in the report instead of disappearing.
 ///
 /// Rows are sorted by pool, then day; a pool has rows when it has a capacity
-/// change or a span, and, by day, one row for each day of the window up to now.
+/// change or some usage, and, by day, one row for each day of the window up to now.
 pub fn idle(
     capacities: &[CapacityChange],
-    spans: &[Span],
+    held: &[SlotUsage],
     prices: &[PriceChange],
     window: Window,
     now_ms: i64,
@@ -50,9 +52,9 @@ pub fn idle(
     let cutter = Cutter::new(prices, window, now_ms);
     let (from, to) = cutter.bounds();
     let mut allocated: BTreeMap<(&str, i64), Usage> = BTreeMap::new();
-    for piece in cutter.pieces(spans) {
+    for piece in held {
         let slot = allocated
-            .entry((piece.span.pool.as_str(), piece.slot))
+            .entry((piece.pool.as_str(), piece.slot_ms))
             .or_default();
         *slot = slot.saturating_add(&piece.usage);
     }
@@ -62,7 +64,7 @@ pub fn idle(
             .map(|c| (c.pool.as_str(), c.at_ms, &c.capacity)),
     );
     let mut pools: Vec<&str> = capacity.keys().copied().collect();
-    pools.extend(spans.iter().map(|s| s.pool.as_str()));
+    pools.extend(held.iter().map(|s| s.pool.as_str()));
     pools.sort_unstable();
     pools.dedup();
     let mut rows: BTreeMap<(&str, Option<String>), IdleRow> = BTreeMap::new();

@@ -64,6 +64,9 @@ pub(super) struct Piece<'a> {
     pub span: &'a Span,
     /// The start of its slot.
     pub slot: i64,
+    /// When it starts and ends, within its slot.
+    pub start: i64,
+    pub end: i64,
     pub usage: Usage,
 }
 
@@ -122,6 +125,8 @@ impl<'a> Cutter<'a> {
                 pieces.push(Piece {
                     span,
                     slot: slot.start,
+                    start: t,
+                    end: until,
                     usage: Usage::priced(
                         ResourceTime::held(&span.resources, until - t),
                         &slot.price,

@@ -191,7 +191,14 @@ fn idle_is_what_capacity_offered_and_nobody_held() {
     let prices = [cpu_price("metal", 0, 0.1)];
     let now = NOV_28 + 18 * HOUR;
     let window = Window::new(NOV_28 - DAY_MS, NOV_28 + DAY_MS);
-    let rows = idle(&capacities, &spans, &prices, window, now, true);
+    let rows = idle(
+        &capacities,
+        &pieces(&spans, &prices, window, now),
+        &prices,
+        window,
+        now,
+        true,
+    );
     let show = |r: &IdleRow| {
         (
             r.day.clone().unwrap_or_default(),
@@ -210,7 +217,14 @@ fn idle_is_what_capacity_offered_and_nobody_held() {
             (s("2026-11-28"), s("9.60"), s("3.60"), s("6.00")),
         ]
     );
-    let whole = idle(&capacities, &spans, &prices, window, now, false);
+    let whole = idle(
+        &capacities,
+        &pieces(&spans, &prices, window, now),
+        &prices,
+        window,
+        now,
+        false,
+    );
     assert_eq!(whole.len(), 1);
     assert_eq!(
         (whole[0].pool.as_str(), whole[0].day.as_deref()),
@@ -224,14 +238,9 @@ fn idle_is_what_capacity_offered_and_nobody_held() {
 fn allocations_over_capacity_make_idle_negative() {
     let spans = [span(1, "acme", "ghost", 1, NOV_28, Some(NOV_28 + HOUR))];
     let prices = [cpu_price("ghost", 0, 1.0)];
-    let rows = idle(
-        &[],
-        &spans,
-        &prices,
-        Window::new(NOV_28, NOV_28 + DAY_MS),
-        NOV_28 + DAY_MS,
-        false,
-    );
+    let window = Window::new(NOV_28, NOV_28 + DAY_MS);
+    let held = pieces(&spans, &prices, window, NOV_28 + DAY_MS);
+    let rows = idle(&[], &held, &prices, window, NOV_28 + DAY_MS, false);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].capacity, Usage::ZERO);
     assert_eq!(rows[0].idle.cost, Money::from_whole_units(-1));
@@ -455,8 +464,8 @@ proptest! {
             })
             .collect();
         let by_pool = usage(&spans, &prices, window, now, &[Key::Pool]);
-        let whole = idle(&capacities, &spans, &prices, window, now, false);
-        let days = idle(&capacities, &spans, &prices, window, now, true);
+        let whole = idle(&capacities, &pieces(&spans, &prices, window, now), &prices, window, now, false);
+        let days = idle(&capacities, &pieces(&spans, &prices, window, now), &prices, window, now, true);
         for row in whole.iter().chain(&days) {
             prop_assert_eq!(
                 row.allocated.cost.checked_add(row.idle.cost),

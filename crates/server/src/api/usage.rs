@@ -13,9 +13,9 @@ use corral_api::{
 use corral_core::clock::Timestamp;
 use corral_core::error::FieldError;
 use corral_core::metering::{
-    DAY_MS, FORECAST_WINDOW_MS, Key, Month, Usage, Window, forecast, idle, usage,
+    DAY_MS, FORECAST_WINDOW_MS, Grouping, Key, Month, Usage, Window, forecast, group, idle,
 };
-use corral_store::{AlertFilter, AlertRecord, SpanFilter};
+use corral_store::{AlertFilter, AlertRecord, SpanFilter, metered_usage};
 
 use super::error::PathParam;
 use super::routes::{Params, limit, params, tenant_scope, tenant_view, time_param};
@@ -76,18 +76,22 @@ pub(super) async fn usage_report(
         to,
         tenant: tenant.clone(),
         pool: pool.clone(),
+        unmetered: false,
     };
     let store = engine.store();
-    let (spans, prices) = (store.spans(&filter).await?, store.prices().await?);
-    let window = Window::new(from.0, to.0);
-    let report = usage(&spans, &prices, window, now.0, &by);
+    let prices = store.prices().await?;
     // Idle capacity is every tenant's business, so only theirs who see all.
-    let idle_rows = if who.role.tenant().is_none() && tenant.is_none() {
+    let with_idle = who.role.tenant().is_none() && tenant.is_none();
+    let grouping = Grouping::of(&by, with_idle);
+    let held = metered_usage(store.as_ref(), &filter, grouping, &prices, now.0).await?;
+    let window = Window::new(from.0, to.0);
+    let report = group(&held, &by);
+    let idle_rows = if with_idle {
         let mut capacities = store.capacities().await?;
         capacities.retain(|c| pool.as_ref().is_none_or(|p| *p == c.pool));
         idle(
             &capacities,
-            &spans,
+            &held,
             &prices,
             window,
             now.0,
@@ -222,18 +226,24 @@ pub(super) async fn tenant_summary(
     };
     let store = engine.store();
     let week_ago = Timestamp(now.0.saturating_sub(FORECAST_WINDOW_MS));
-    let from = Timestamp(month.start_ms().min(week_ago.0));
-    let spans = store
-        .spans(&SpanFilter {
-            from,
-            to: now,
+    let prices = store.prices().await?;
+    let held = |from: i64, to: i64, by: &[Key]| {
+        let filter = SpanFilter {
+            from: Timestamp(from),
+            to: Timestamp(to),
             tenant: Some(name.clone()),
             pool: None,
-        })
-        .await?;
-    let prices = store.prices().await?;
-    let this_month = usage(&spans, &prices, Window::month(month), now.0, &[Key::Pool]);
-    let last_week = usage(&spans, &prices, Window::new(week_ago.0, now.0), now.0, &[]);
+            unmetered: false,
+        };
+        let grouping = Grouping::of(by, false);
+        let prices = &prices;
+        async move { metered_usage(store.as_ref(), &filter, grouping, prices, now.0).await }
+    };
+    let this_month = group(
+        &held(month.start_ms(), month.end_ms(), &[Key::Pool]).await?,
+        &[Key::Pool],
+    );
+    let last_week = group(&held(week_ago.0, now.0, &[]).await?, &[]);
     let spent = this_month.total.cost;
     let alerts = store
         .alerts(&AlertFilter {

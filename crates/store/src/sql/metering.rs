@@ -3,15 +3,15 @@
 
 use corral_core::clock::Timestamp;
 use corral_core::ids::{AllocationId, RunId};
-use corral_core::metering::{CapacityChange, PriceChange, Span};
+use corral_core::metering::{CapacityChange, PriceChange, SlotUsage, Span, Usage, day_start};
 use corral_core::money::Money;
-use corral_core::resources::Resources;
+use corral_core::resources::{ResourceTime, Resources};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::rows::{from_json, int, opt_ts, to_json, ts, uint};
 use crate::Result;
-use crate::records::{AlertRecord, PipelineDurations, SpanFilter};
+use crate::records::{AlertRecord, Metered, PipelineDurations, SpanFilter, UsageQuery};
 
 pub(super) async fn put_price(conn: &mut sqlx::AnyConnection, p: &PriceChange) -> Result<()> {
     sqlx::query(
@@ -97,47 +97,252 @@ pub(super) async fn latest_capacities(
     .collect()
 }
 
-pub(super) async fn spans(pool: &AnyPool, filter: &SpanFilter) -> Result<Vec<Span>> {
-    let mut sql = String::from(
-        "SELECT a.id, a.run_id, a.tenant, a.pool, r.pipeline, a.cpu_millis, a.memory_mib, a.gpu, \
-         a.opened_at, a.closed_at FROM allocations a JOIN runs r ON r.id = a.run_id \
-         WHERE a.opened_at < $1 AND (a.closed_at IS NULL OR a.closed_at > $2)",
-    );
-    let mut texts = Vec::new();
-    for (column, value) in [("a.tenant", &filter.tenant), ("a.pool", &filter.pool)] {
+const SPAN_COLUMNS: &str = "a.id, a.run_id, a.tenant, a.pool, r.pipeline, a.cpu_millis, \
+     a.memory_mib, a.gpu, a.opened_at, a.closed_at";
+
+fn span_from(row: &AnyRow) -> Result<Span> {
+    Ok(Span {
+        allocation: AllocationId(row.try_get("id")?),
+        run: RunId(row.try_get("run_id")?),
+        tenant: row.try_get("tenant")?,
+        pool: row.try_get("pool")?,
+        pipeline: row.try_get("pipeline")?,
+        resources: Resources {
+            cpu_millis: uint("allocation cpu", row.try_get("cpu_millis")?)?,
+            memory_mib: uint("allocation memory", row.try_get("memory_mib")?)?,
+            gpu: uint("allocation gpu", row.try_get("gpu")?)?,
+        },
+        start_ms: row.try_get("opened_at")?,
+        end_ms: row.try_get("closed_at")?,
+    })
+}
+
+/// ` AND column = $n` for each filter that is set, numbered from `first`,
+/// and the values to bind in order.
+fn scope(first: usize, filters: [(&str, &Option<String>); 2]) -> (String, Vec<String>) {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for (column, value) in filters {
         if let Some(v) = value {
-            texts.push(v.clone());
-            sql.push_str(&format!(" AND {column} = ${}", texts.len() + 2));
+            sql.push_str(&format!(" AND {column} = ${}", first + values.len()));
+            values.push(v.clone());
         }
     }
-    sql.push_str(" ORDER BY a.id");
+    (sql, values)
+}
+
+pub(super) async fn spans(pool: &AnyPool, filter: &SpanFilter) -> Result<Vec<Span>> {
+    let (scoped, values) = scope(3, [("a.tenant", &filter.tenant), ("a.pool", &filter.pool)]);
+    let unmetered = if filter.unmetered {
+        " AND a.metered = 0"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {SPAN_COLUMNS} FROM allocations a JOIN runs r ON r.id = a.run_id \
+         WHERE a.opened_at < $1 AND (a.closed_at IS NULL OR a.closed_at > $2){unmetered}{scoped} \
+         ORDER BY a.id"
+    );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(filter.to.0)
         .bind(filter.from.0);
-    for t in texts {
-        query = query.bind(t);
+    for v in values {
+        query = query.bind(v);
     }
-    query
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(Span {
-                allocation: AllocationId(row.try_get("id")?),
-                run: RunId(row.try_get("run_id")?),
-                tenant: row.try_get("tenant")?,
-                pool: row.try_get("pool")?,
-                pipeline: row.try_get("pipeline")?,
-                resources: Resources {
-                    cpu_millis: uint("allocation cpu", row.try_get("cpu_millis")?)?,
-                    memory_mib: uint("allocation memory", row.try_get("memory_mib")?)?,
-                    gpu: uint("allocation gpu", row.try_get("gpu")?)?,
+    query.fetch_all(pool).await?.iter().map(span_from).collect()
+}
+
+pub(super) async fn unmetered(pool: &AnyPool, limit: u32) -> Result<Vec<Span>> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {SPAN_COLUMNS} FROM allocations a JOIN runs r ON r.id = a.run_id \
+         WHERE a.metered = 0 AND a.closed_at IS NOT NULL ORDER BY a.closed_at, a.id LIMIT $1"
+    )))
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(span_from)
+    .collect()
+}
+
+/// An exact resource-time or a cost as a column: saturated, as no real
+/// allocation comes near the bounds of an `i64` within one slot.
+fn column(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
+pub(super) async fn meter(conn: &mut sqlx::AnyConnection, m: &Metered) -> Result<()> {
+    let span = &m.span;
+    let first = sqlx::query(
+        "UPDATE allocations SET metered = 1 WHERE id = $1 AND metered = 0 AND closed_at IS NOT NULL",
+    )
+    .bind(span.allocation.0)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if first == 0 {
+        return Ok(());
+    }
+    for p in &m.pieces {
+        let time = &p.usage.time;
+        sqlx::query(
+            "INSERT INTO usage_pieces (allocation, slot, day, tenant, pool, pipeline, started_at, ended_at, \
+             cpu_millis, memory_mib, gpu, cpu_milli_ms, memory_mib_ms, gpu_ms, cost) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(span.allocation.0)
+        .bind(p.slot_ms)
+        .bind(day_start(p.slot_ms))
+        .bind(&span.tenant)
+        .bind(&span.pool)
+        .bind(&span.pipeline)
+        .bind(p.start_ms)
+        .bind(p.end_ms)
+        .bind(int("cpu_millis", span.resources.cpu_millis)?)
+        .bind(int("memory_mib", span.resources.memory_mib)?)
+        .bind(int("gpu", span.resources.gpu)?)
+        .bind(column(time.cpu_milli_ms))
+        .bind(column(time.memory_mib_ms))
+        .bind(column(time.gpu_ms))
+        .bind(p.usage.cost.micros())
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO usage_slots (slot, tenant, pool, pipeline, cpu_milli_ms, memory_mib_ms, gpu_ms, cost) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (slot, tenant, pool, pipeline) DO UPDATE SET \
+             cpu_milli_ms = usage_slots.cpu_milli_ms + excluded.cpu_milli_ms, \
+             memory_mib_ms = usage_slots.memory_mib_ms + excluded.memory_mib_ms, \
+             gpu_ms = usage_slots.gpu_ms + excluded.gpu_ms, cost = usage_slots.cost + excluded.cost",
+        )
+        .bind(p.slot_ms)
+        .bind(&span.tenant)
+        .bind(&span.pool)
+        .bind(&span.pipeline)
+        .bind(column(time.cpu_milli_ms))
+        .bind(column(time.memory_mib_ms))
+        .bind(column(time.gpu_ms))
+        .bind(p.usage.cost.micros())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sums of metered usage from `table` where `condition` holds (its
+/// parameters are `$1` and `$2`, bound to `first` and `second`), grouped as
+/// the query asks; a key not grouped by is empty, an ungrouped slot 0.
+async fn sums(
+    pool: &AnyPool,
+    table: &str,
+    condition: &str,
+    (first, second): (i64, i64),
+    query: &UsageQuery,
+) -> Result<Vec<SlotUsage>> {
+    let g = query.grouping;
+    let mut select = Vec::new();
+    let mut group = Vec::new();
+    for (grouped, column, blank) in [
+        (g.tenant, "tenant", "CAST('' AS TEXT)"),
+        (g.pool, "pool", "CAST('' AS TEXT)"),
+        (g.pipeline, "pipeline", "CAST('' AS TEXT)"),
+        (g.slot, "slot", "CAST(0 AS BIGINT)"),
+    ] {
+        if grouped {
+            select.push(column.to_string());
+            group.push(column);
+        } else {
+            select.push(format!("{blank} AS {column}"));
+        }
+    }
+    let group_by = if group.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", group.join(", "))
+    };
+    let (scoped, values) = scope(3, [("tenant", &query.tenant), ("pool", &query.pool)]);
+    let sql = format!(
+        "SELECT {}, COUNT(*) AS n, CAST(COALESCE(SUM(cpu_milli_ms), 0) AS BIGINT) AS cpu, \
+         CAST(COALESCE(SUM(memory_mib_ms), 0) AS BIGINT) AS memory, \
+         CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) AS gpu, CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS cost \
+         FROM {table} WHERE {condition}{scoped}{group_by}",
+        select.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(first)
+        .bind(second);
+    for v in values {
+        q = q.bind(v);
+    }
+    let mut found = Vec::new();
+    for row in q.fetch_all(pool).await? {
+        if row.try_get::<i64, _>("n")? == 0 {
+            continue;
+        }
+        found.push(SlotUsage {
+            tenant: row.try_get("tenant")?,
+            pool: row.try_get("pool")?,
+            pipeline: row.try_get("pipeline")?,
+            slot_ms: row.try_get("slot")?,
+            usage: Usage {
+                time: ResourceTime {
+                    cpu_milli_ms: row.try_get::<i64, _>("cpu")?.into(),
+                    memory_mib_ms: row.try_get::<i64, _>("memory")?.into(),
+                    gpu_ms: row.try_get::<i64, _>("gpu")?.into(),
                 },
-                start_ms: row.try_get("opened_at")?,
-                end_ms: row.try_get("closed_at")?,
-            })
-        })
-        .collect()
+                cost: Money::from_micros(row.try_get("cost")?),
+            },
+        });
+    }
+    Ok(found)
+}
+
+pub(super) async fn slot_sums(pool: &AnyPool, query: &UsageQuery) -> Result<Vec<SlotUsage>> {
+    let w = query.window;
+    sums(
+        pool,
+        "usage_slots",
+        "slot >= $1 AND slot < $2",
+        (w.from_ms, w.to_ms),
+        query,
+    )
+    .await
+}
+
+pub(super) async fn piece_sums(pool: &AnyPool, query: &UsageQuery) -> Result<Vec<SlotUsage>> {
+    let w = query.window;
+    let condition = format!(
+        "day = {} AND started_at >= $1 AND ended_at <= $2",
+        day_start(w.from_ms)
+    );
+    sums(
+        pool,
+        "usage_pieces",
+        &condition,
+        (w.from_ms, w.to_ms),
+        query,
+    )
+    .await
+}
+
+pub(super) async fn straddling_pieces(pool: &AnyPool, query: &UsageQuery) -> Result<Vec<Span>> {
+    let w = query.window;
+    let (scoped, values) = scope(4, [("p.tenant", &query.tenant), ("p.pool", &query.pool)]);
+    let sql = format!(
+        "SELECT p.allocation AS id, a.run_id, p.tenant, p.pool, p.pipeline, p.cpu_millis, p.memory_mib, \
+         p.gpu, p.started_at AS opened_at, p.ended_at AS closed_at \
+         FROM usage_pieces p JOIN allocations a ON a.id = p.allocation \
+         WHERE p.day = $1 AND p.started_at < $3 AND p.ended_at > $2 \
+         AND (p.started_at < $2 OR p.ended_at > $3){scoped} ORDER BY p.allocation"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(day_start(w.from_ms))
+        .bind(w.from_ms)
+        .bind(w.to_ms);
+    for v in values {
+        q = q.bind(v);
+    }
+    q.fetch_all(pool).await?.iter().map(span_from).collect()
 }
 
 pub(super) async fn recent_durations(

@@ -9,6 +9,7 @@ mod history;
 pub mod http;
 mod logs;
 mod meter;
+pub use meter::meter_backlog;
 mod metrics;
 mod progress;
 pub mod provider;

@@ -835,3 +835,59 @@ async fn an_allocation_is_metered_in_the_batch_that_closes_it() {
     assert_eq!(sums[0].usage.cost.to_string(), "1.00");
     assert_eq!(sums[0].usage.time.cpu_core_seconds(), 7200.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allocations_closed_before_metering_are_metered_in_the_background() {
+    let h = Harness::new(
+        "backlog",
+        "kind: Pool\nname: paid\ncapacity: {cpu: 4, memory: 8Gi}\nprice: {cpu_hour: 0.5}\n---\nkind: Tenant\nname: t\n",
+    )
+    .await;
+    let run = h.submit("old", "t", 1, "paid").await;
+    let store = h.engine.store().clone();
+    // As an older version left it: closed, not metered (and after the pool's
+    // price was set, when the pool was made).
+    h.clock.advance(3 * 3_600_000);
+    let now = h.clock.now().0;
+    let old = |id: i64| {
+        corral_store::Write::PutAllocation(corral_store::AllocationRecord {
+            id: corral_core::ids::AllocationId(1_000 + id),
+            run_id: run,
+            group: id as u32,
+            tenant: "t".into(),
+            pool: "paid".into(),
+            resources: corral_core::resources::Resources::new(1000, 1024, 0),
+            worker_id: None,
+            opened_at: Timestamp(now - 7_200_000),
+            closed_at: Some(Timestamp(now - 3_600_000)),
+        })
+    };
+    store
+        .commit(&(0..450).map(old).collect::<Vec<_>>())
+        .await
+        .expect("old allocations");
+    assert_eq!(store.unmetered(1_000).await.expect("backlog").len(), 450);
+    let backlog = tokio::spawn(corral_server::meter_backlog(store.clone()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !store.unmetered(1).await.expect("backlog").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog is metered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    backlog.abort();
+    let day = corral_core::metering::day_start(now);
+    let sums = store
+        .slot_sums(&corral_store::UsageQuery {
+            window: corral_core::metering::Window::new(day - 86_400_000, day + 86_400_000),
+            tenant: Some("t".into()),
+            pool: None,
+            grouping: corral_core::metering::Grouping::default(),
+        })
+        .await
+        .expect("sums");
+    // 450 core-hours at 0.50, each metered once.
+    assert_eq!(sums.len(), 1);
+    assert_eq!(sums[0].usage.cost.to_string(), "225.00");
+}

@@ -129,12 +129,84 @@ mod tests {
 
     const HOUR: i64 = 3_600_000;
 
-    fn plan_of(from: i64, to: i64, now: i64) -> (Option<(i64, i64)>, Vec<(i64, i64)>) {
+    type Range = (i64, i64);
+
+    fn plan_of(from: i64, to: i64, now: i64) -> (Option<Range>, Vec<Range>) {
         let p = plan(Window::new(from, to), now);
         (
             p.whole.map(|w| (w.from_ms, w.to_ms)),
             p.partial.iter().map(|w| (w.from_ms, w.to_ms)).collect(),
         )
+    }
+
+    #[test]
+    fn a_closed_span_is_cut_into_its_slots_over_its_whole_life() {
+        use crate::ids::{AllocationId, RunId};
+        use crate::pool::Price;
+        use crate::resources::Resources;
+
+        let d = 100 * DAY_MS;
+        let price = |at_ms, cpu_hour| PriceChange {
+            pool: "p".into(),
+            at_ms,
+            price: Price {
+                cpu_hour,
+                ..Price::default()
+            },
+        };
+        let prices = [price(0, 1.0), price(d + 20 * HOUR, 2.0)];
+        let span = Span {
+            allocation: AllocationId(1),
+            run: RunId(1),
+            tenant: "t".into(),
+            pool: "p".into(),
+            pipeline: "x".into(),
+            resources: Resources::new(2000, 0, 0),
+            start_ms: d + 10 * HOUR,
+            end_ms: Some(d + DAY_MS + 2 * HOUR),
+        };
+        let pieces = slot_pieces(&span, &prices);
+        let cut: Vec<(i64, i64, i64, String)> = pieces
+            .iter()
+            .map(|p| (p.slot_ms, p.start_ms, p.end_ms, p.usage.cost.to_string()))
+            .collect();
+        assert_eq!(
+            cut,
+            vec![
+                // The first slot starts at midnight, not where the span does.
+                (d, d + 10 * HOUR, d + 20 * HOUR, "20.00".to_string()),
+                (
+                    d + 20 * HOUR,
+                    d + 20 * HOUR,
+                    d + DAY_MS,
+                    "16.00".to_string()
+                ),
+                (
+                    d + DAY_MS,
+                    d + DAY_MS,
+                    d + DAY_MS + 2 * HOUR,
+                    "8.00".to_string()
+                ),
+            ]
+        );
+        let whole = super::super::usage(
+            std::slice::from_ref(&span),
+            &prices,
+            Window::new(i64::MIN, i64::MAX),
+            i64::MAX,
+            &[],
+        );
+        assert_eq!(whole.total.cost.to_string(), "44.00");
+        assert!(
+            slot_pieces(
+                &Span {
+                    end_ms: None,
+                    ..span
+                },
+                &prices
+            )
+            .is_empty()
+        );
     }
 
     #[test]

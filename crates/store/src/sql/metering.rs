@@ -133,16 +133,23 @@ fn scope(first: usize, filters: [(&str, &Option<String>); 2]) -> (String, Vec<St
 
 pub(super) async fn spans(pool: &AnyPool, filter: &SpanFilter) -> Result<Vec<Span>> {
     let (scoped, values) = scope(3, [("a.tenant", &filter.tenant), ("a.pool", &filter.pool)]);
-    let unmetered = if filter.unmetered {
-        " AND a.metered = 0"
+    let from = "FROM allocations a JOIN runs r ON r.id = a.run_id";
+    let sql = if filter.unmetered {
+        // Apart, so that both halves read the small index of what is not
+        // metered rather than every allocation opened before `to`.
+        format!(
+            "SELECT {SPAN_COLUMNS} {from} WHERE a.metered = 0 AND a.closed_at IS NULL \
+             AND a.opened_at < $1{scoped} \
+             UNION ALL SELECT {SPAN_COLUMNS} {from} WHERE a.metered = 0 AND a.closed_at > $2 \
+             AND a.opened_at < $1{scoped} ORDER BY 1"
+        )
     } else {
-        ""
+        format!(
+            "SELECT {SPAN_COLUMNS} {from} \
+             WHERE a.opened_at < $1 AND (a.closed_at IS NULL OR a.closed_at > $2){scoped} \
+             ORDER BY a.id"
+        )
     };
-    let sql = format!(
-        "SELECT {SPAN_COLUMNS} FROM allocations a JOIN runs r ON r.id = a.run_id \
-         WHERE a.opened_at < $1 AND (a.closed_at IS NULL OR a.closed_at > $2){unmetered}{scoped} \
-         ORDER BY a.id"
-    );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(filter.to.0)
         .bind(filter.from.0);

@@ -75,6 +75,10 @@ pub struct PoolView {
     pub state: String,
     /// Sum of the open allocations on the pool.
     pub used: ResourcesView,
+    /// Room held for runs that have waited too long (their demand, up to what
+    /// the pool has free), which no run after them may take.
+    #[serde(default)]
+    pub reserved: ResourcesView,
     /// Open allocations, one worker each.
     pub workers: u32,
     /// Live agents of a static pool, whose capacity is theirs summed.

@@ -116,6 +116,15 @@ impl Resources {
         }
     }
 
+    /// Component-wise minimum.
+    pub fn min(&self, other: &Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.min(other.cpu_millis),
+            memory_mib: self.memory_mib.min(other.memory_mib),
+            gpu: self.gpu.min(other.gpu),
+        }
+    }
+
     /// True when every dimension of `self` is at most that of `limit`.
     pub fn fits_in(&self, limit: &Resources) -> bool {
         self.cpu_millis <= limit.cpu_millis

@@ -2,9 +2,9 @@
 
 pub(crate) mod error;
 mod guard;
-mod history;
+pub(crate) mod history;
 mod openapi;
 pub mod routes;
-mod stream;
-mod usage;
+pub(crate) mod stream;
+pub(crate) mod usage;
 pub(crate) mod views;

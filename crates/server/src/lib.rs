@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 mod commit;
 pub mod engine;
 mod history;
@@ -201,6 +202,7 @@ pub async fn serve(
         tokio::spawn(engine.clone().deliver_alerts(url));
     }
     tokio::spawn(engine.metrics().upkeep());
+    let engine_for_console = engine.clone();
     let app = api::routes::router(
         engine,
         &api::routes::RouterConfig {
@@ -209,7 +211,8 @@ pub async fn serve(
             body_timeout: config.http.body_timeout,
             metrics_public: config.metrics_public,
         },
-    );
+    )
+    .merge(console::router(engine_for_console));
     http::raise_open_files_limit();
     let acceptor = http::CappedAcceptor::new(config.http.max_connections);
     // On shutdown, stop taking connections; held long-polls get a short grace,

@@ -13,6 +13,7 @@ use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 
 use corral_core::pool::Provider;
 use corral_core::queue::{ClassId, QueuedRun, RunQueue};
+use corral_core::resources::Resources;
 use corral_core::run::{AttemptState, RunState, StepProgress, WorkerState};
 use corral_core::usage::UsageLedger;
 use corral_store::{
@@ -138,6 +139,24 @@ pub struct State {
 }
 
 impl State {
+
+    /// The room pool `name` holds for runs that waited too long (from the last
+    /// cycle): their demand, up to what the pool has free.
+    pub fn reserved_on(&self, name: &str, snapshot: &Snapshot) -> Resources {
+        let free = snapshot
+            .pools
+            .get(name)
+            .map_or(Resources::ZERO, |p| p.capacity.saturating_sub(&p.used));
+        let held = self
+            .reservations
+            .iter()
+            .filter(|r| r.pools.iter().any(|p| p == name))
+            .filter_map(|r| self.runs.get(&r.run))
+            .fold(Resources::ZERO, |held, run| {
+                held.saturating_add(&run.record.request.total())
+            });
+        Resources::min(&held, &free)
+    }
     /// Builds the state from what the store holds; every worker counts as just
     /// seen. `ledger` holds the usage of allocations closed before.
     pub fn from_live(live: Live, ledger: UsageLedger, spend: SpendBook, now: Timestamp) -> State {

@@ -42,7 +42,7 @@ const MAX_POINTS: usize = 10_000;
         ("step" = Option<String>, Query, description = "raw, or a bucket length such as 1m, 5m or 1h (whole hours from 1h on: hourly aggregates); by default raw while that holds at most 1000 samples per series, else the shortest of 1m, 5m, 15m, 1h, 6h, 1d, 7d giving at most 1000 buckets",
             pattern = "^(raw|([0-9]{1,9}[smhd]){1,8})$")),
     responses((status = 200, body = HistoryView), (status = 503, body = corral_api::ErrorBody)))]
-pub(super) async fn get_history(
+pub(crate) async fn get_history(
     State(engine): State<Arc<Engine>>,
     Extension(who): Extension<Principal>,
     Query(query): Query<BTreeMap<String, String>>,

@@ -363,13 +363,13 @@ async fn list_pools(
             .pools
             .values()
             .filter(|p| may_use_pool(&state, &who, &p.spec.name))
-            .map(|p| views::pool(p, &snapshot))
+            .map(|p| views::pool(p, &snapshot, state.reserved_on(&p.spec.name, &snapshot)))
             .collect(),
     )
 }
 
 /// Whether `who` may see pool `name`: a tenant sees the pools it may use.
-pub(super) fn may_use_pool(state: &crate::state::State, who: &Principal, name: &str) -> bool {
+pub(crate) fn may_use_pool(state: &crate::state::State, who: &Principal, name: &str) -> bool {
     match who.role.tenant() {
         None => true,
         Some(tenant) => state
@@ -379,7 +379,7 @@ pub(super) fn may_use_pool(state: &crate::state::State, who: &Principal, name: &
     }
 }
 
-async fn pool_view(engine: &Engine, who: &Principal, name: &str) -> ApiResult<PoolView> {
+pub(crate) async fn pool_view(engine: &Engine, who: &Principal, name: &str) -> ApiResult<PoolView> {
     let state = engine.read().await;
     let pool = state
         .pools
@@ -391,7 +391,8 @@ async fn pool_view(engine: &Engine, who: &Principal, name: &str) -> ApiResult<Po
             who.name
         )));
     }
-    Ok(views::pool(pool, &state.snapshot(engine.now())))
+    let snapshot = state.snapshot(engine.now());
+    Ok(views::pool(pool, &snapshot, state.reserved_on(name, &snapshot)))
 }
 
 fn parse_pool(body: &Bytes) -> ApiResult<PoolSpec> {
@@ -489,7 +490,7 @@ fn check_tenant(who: &Principal, tenant: &str) -> ApiResult<()> {
     }
 }
 
-pub(super) async fn tenant_view(
+pub(crate) async fn tenant_view(
     engine: &Engine,
     who: &Principal,
     name: &str,
@@ -613,7 +614,7 @@ async fn apply(
 // ---- runs ----
 
 /// A run with everything that belongs to it, if `who` may see it.
-async fn detail_of(engine: &Engine, who: &Principal, id: RunId) -> ApiResult<RunDetail> {
+pub(crate) async fn detail_of(engine: &Engine, who: &Principal, id: RunId) -> ApiResult<RunDetail> {
     let detail = engine
         .store()
         .run(id)
@@ -624,7 +625,7 @@ async fn detail_of(engine: &Engine, who: &Principal, id: RunId) -> ApiResult<Run
 }
 
 /// A run; one waiting in the queue with its place and reason.
-async fn run_view(engine: &Engine, who: &Principal, id: RunId) -> ApiResult<RunView> {
+pub(crate) async fn run_view(engine: &Engine, who: &Principal, id: RunId) -> ApiResult<RunView> {
     let detail = detail_of(engine, who, id).await?;
     let place = if detail.run.state.is_terminal() {
         None

@@ -46,7 +46,7 @@ const MAX_WINDOW_MS: i64 = 400 * 86_400_000;
     responses(
         (status = 200, content((UsageView = "application/json"), (String = "text/csv"))),
         (status = 503, body = ErrorBody)))]
-pub(super) async fn usage_report(
+pub(crate) async fn usage_report(
     State(engine): State<std::sync::Arc<Engine>>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
@@ -207,7 +207,7 @@ fn alert_view(a: &AlertRecord) -> AlertView {
 #[utoipa::path(get, path = "/api/v1/tenants/{name}/summary",
     params(("name" = String, Path, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")),
     responses((status = 200, body = TenantSummary), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub(super) async fn tenant_summary(
+pub(crate) async fn tenant_summary(
     State(engine): State<std::sync::Arc<Engine>>,
     Extension(who): Extension<Principal>,
     PathParam(name): PathParam<String>,

@@ -4,6 +4,7 @@ use corral_api::*;
 use corral_core::clock::Timestamp;
 use corral_core::controller::{Reason, Snapshot};
 use corral_core::pool::Provider;
+use corral_core::resources::Resources;
 use corral_core::tenant::QuotaSpec;
 use corral_store::{AllocationRecord, PoolRecord, RunDetail, RunRecord, TenantRecord};
 
@@ -46,7 +47,7 @@ fn quota(q: &QuotaSpec) -> QuotaView {
     }
 }
 
-pub fn pool(p: &PoolRecord, snapshot: &Snapshot) -> PoolView {
+pub fn pool(p: &PoolRecord, snapshot: &Snapshot, reserved: Resources) -> PoolView {
     let live = snapshot.pools.get(&p.spec.name);
     PoolView {
         name: p.spec.name.clone(),
@@ -66,6 +67,7 @@ pub fn pool(p: &PoolRecord, snapshot: &Snapshot) -> PoolView {
         },
         state: p.spec.state.as_str().into(),
         used: live.map(|l| l.used).unwrap_or_default().into(),
+        reserved: reserved.into(),
         workers: live.map_or(0, |l| l.workers),
         agents: live
             .and_then(|l| l.agents.as_ref())

@@ -1,0 +1,67 @@
+// corral console: live regions refreshed when the server says the state
+// changed (server-sent events), followed logs, and charts drawn with uPlot.
+"use strict";
+
+function refreshLive() {
+  const regions = document.querySelectorAll("[data-live]");
+  if (regions.length === 0) return;
+  fetch(location.href, { headers: { "Accept": "text/html" }, credentials: "same-origin" })
+    .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+    .then((text) => {
+      const fresh = new DOMParser().parseFromString(text, "text/html");
+      for (const region of regions) {
+        const next = fresh.getElementById(region.id);
+        if (next && next.innerHTML !== region.innerHTML) region.innerHTML = next.innerHTML;
+      }
+    })
+    .catch(() => {});
+}
+
+function listen() {
+  if (!document.querySelector("[data-live]") || !window.EventSource) return;
+  const events = new EventSource("/events");
+  let pending = null;
+  events.addEventListener("change", () => {
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; refreshLive(); }, 250);
+  });
+}
+
+function followLog() {
+  const pre = document.querySelector("pre[data-follow]");
+  if (!pre) return;
+  fetch(pre.dataset.follow, { credentials: "same-origin" }).then((response) => {
+    if (!response.ok || !response.body) return;
+    pre.textContent = "";
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    const pump = () => reader.read().then(({ done, value }) => {
+      if (done) { pre.dataset.ended = "true"; return; }
+      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.textContent += decoder.decode(value, { stream: true });
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+      return pump();
+    });
+    return pump();
+  }).catch(() => {});
+}
+
+function drawCharts() {
+  if (!window.uPlot) return;
+  for (const script of document.querySelectorAll("script[data-chart]")) {
+    const target = document.getElementById(script.dataset.chart);
+    const data = JSON.parse(script.textContent);
+    if (!target || !data.series || data.series.length === 0) continue;
+    const palette = ["#2f6fb3", "#b86e00", "#1d6b34", "#8e44ad", "#b3261e", "#117a8b"];
+    const opts = {
+      width: Math.max(260, target.clientWidth),
+      height: 220,
+      series: [{}].concat(data.series.map((s, i) => ({ label: s.label, stroke: palette[i % palette.length], width: 1.5 }))),
+      axes: [{ stroke: "#8a94a0" }, { stroke: "#8a94a0", label: data.unit || "" }],
+    };
+    const chart = new uPlot(opts, [data.x].concat(data.series.map((s) => s.y)), target);
+    new ResizeObserver(() => chart.setSize({ width: Math.max(260, target.clientWidth), height: 220 })).observe(target);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => { listen(); followLog(); drawCharts(); });

@@ -1,0 +1,166 @@
+//! Governance dashboards: utilization and saturation of the pools over time,
+//! queue depth and admission waits per tenant, and this month's cost by
+//! tenant, pool, pipeline and day with idle capacity, each table also as CSV.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use corral_api::UsageView;
+use maud::{Markup, html};
+
+use super::layout::{self, Section};
+use super::session::Session;
+use super::{PageResult, charts};
+use crate::api::error::ApiError;
+use crate::api::usage::usage_report;
+use crate::engine::Engine;
+
+/// The groupings the dashboard shows, each one table.
+const TABLES: [(&str, &str); 4] = [
+    ("tenant", "By tenant"),
+    ("pool", "By pool"),
+    ("pipeline", "By pipeline"),
+    ("day", "By day"),
+];
+
+/// This month's usage by `by`, through the API's own handler; CSV when `csv`.
+async fn report(
+    engine: &Arc<Engine>,
+    session: &Session,
+    by: &str,
+    csv: bool,
+) -> Result<Response, ApiError> {
+    let mut headers = HeaderMap::new();
+    if csv {
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/csv"));
+    }
+    usage_report(
+        State(engine.clone()),
+        Extension(session.principal.clone()),
+        headers,
+        Query(BTreeMap::from([("by".to_string(), by.to_string())])),
+    )
+    .await
+}
+
+async fn usage(engine: &Arc<Engine>, session: &Session, by: &str) -> Result<UsageView, ApiError> {
+    let answer = report(engine, session, by, false).await?;
+    let broken = |message: String| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        message,
+        details: serde_json::json!({}),
+    };
+    let bytes = axum::body::to_bytes(answer.into_body(), 64 << 20)
+        .await
+        .map_err(|e| broken(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| broken(e.to_string()))
+}
+
+fn table(by: &str, title: &str, view: &UsageView) -> Markup {
+    html! {
+        section {
+            h3 { (title) " " a href={ "/dashboards/usage.csv?by=" (by) } download { "CSV" } }
+            div.table-wrap { table {
+                thead { tr {
+                    th scope="col" { (by) } th.num scope="col" { "core-hours" }
+                    th.num scope="col" { "GiB-hours" } th.num scope="col" { "gpu-hours" } th.num scope="col" { "Cost" }
+                } }
+                tbody {
+                    @for r in &view.rows {
+                        tr {
+                            td { (r.key.get(by).cloned().unwrap_or_default()) }
+                            td.num { (format!("{:.2}", r.usage.cpu_core_seconds / 3600.0)) }
+                            td.num { (format!("{:.2}", r.usage.memory_gib_seconds / 3600.0)) }
+                            td.num { (format!("{:.2}", r.usage.gpu_seconds / 3600.0)) }
+                            td.num { (layout::money(r.usage.cost)) }
+                        }
+                    }
+                    tr {
+                        th scope="row" { "Total" }
+                        td.num { (format!("{:.2}", view.total.cpu_core_seconds / 3600.0)) }
+                        td.num { (format!("{:.2}", view.total.memory_gib_seconds / 3600.0)) }
+                        td.num { (format!("{:.2}", view.total.gpu_seconds / 3600.0)) }
+                        td.num { (layout::money(view.total.cost)) }
+                    }
+                }
+            } }
+        }
+    }
+}
+
+fn idle_table(view: &UsageView) -> Markup {
+    html! {
+        section {
+            h3 { "Idle capacity by pool " a href="/dashboards/usage.csv?by=pool" download { "CSV" } }
+            div.table-wrap { table {
+                thead { tr {
+                    th scope="col" { "pool" } th.num scope="col" { "Capacity cost" }
+                    th.num scope="col" { "Allocated" } th.num scope="col" { "Idle" }
+                } }
+                tbody { @for r in &view.idle {
+                    tr {
+                        td { (r.pool) }
+                        td.num { (layout::money(r.capacity.cost)) }
+                        td.num { (layout::money(r.allocated.cost)) }
+                        td.num { (layout::money(r.idle.cost)) }
+                    }
+                } }
+            } }
+        }
+    }
+}
+
+pub async fn page(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> PageResult {
+    let range = charts::Range::from_query(&query);
+    let pools = charts::pools_charts(&engine, &session.principal, range).await?;
+    let tenants = charts::tenant_charts(&engine, &session.principal, None, range).await?;
+    let mut tables = Vec::new();
+    let mut idle = None;
+    for (by, title) in TABLES {
+        let view = usage(&engine, &session, by).await?;
+        if by == "pool" && !view.idle.is_empty() {
+            idle = Some(idle_table(&view));
+        }
+        tables.push(table(by, title, &view));
+    }
+    let body = html! {
+        (charts::range_links("/dashboards", range))
+        h2 { "Pools" }
+        div.grid { (pools) }
+        h2 { "Tenants" }
+        div.grid { (tenants) }
+        h2 { "Cost this month" }
+        div.grid {
+            @for t in &tables { (t) }
+            @if let Some(idle) = idle { (idle) }
+        }
+    };
+    Ok(layout::page(&session, Section::Dashboards, "Dashboards", body).into_response())
+}
+
+/// A dashboard table as CSV, downloaded: the API's CSV answer.
+pub async fn usage_csv(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> PageResult {
+    let by = query
+        .get("by")
+        .filter(|b| TABLES.iter().any(|(k, _)| k == b))
+        .cloned()
+        .unwrap_or_else(|| "tenant".into());
+    let mut answer = report(&engine, &session, &by, true).await?;
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"usage-by-{by}.csv\"")) {
+        answer.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(answer)
+}

@@ -1,0 +1,244 @@
+//! The console's page shell and the pieces pages are made of: navigation,
+//! form fields with their errors, capacity bars, and how quantities read.
+
+use corral_api::ResourcesView;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::session::Session;
+
+/// The sections of the console, as the navigation lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Overview,
+    Pools,
+    Tenants,
+    Queue,
+    Dashboards,
+}
+
+const SECTIONS: [(Section, &str, &str); 5] = [
+    (Section::Overview, "/", "Overview"),
+    (Section::Pools, "/pools", "Pools"),
+    (Section::Tenants, "/tenants", "Tenants"),
+    (Section::Queue, "/queue", "Queue & runs"),
+    (Section::Dashboards, "/dashboards", "Dashboards"),
+];
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="color-scheme" content="light dark";
+            title { (title) " · corral" }
+            link rel="stylesheet" href="/assets/console.css";
+            link rel="stylesheet" href="/assets/uPlot.min.css";
+            script src="/assets/uPlot.iife.min.js" defer {}
+            script src="/assets/console.js" defer {}
+        }
+    }
+}
+
+/// A whole page of the console for a logged-in visitor.
+pub fn page(session: &Session, section: Section, title: &str, body: Markup) -> Markup {
+    let who = &session.principal;
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header.top {
+                    a.brand href="/" { "corral" }
+                    nav aria-label="Sections" {
+                        ul {
+                            @for (s, href, label) in SECTIONS {
+                                li {
+                                    a href=(href) aria-current=[(s == section).then_some("page")] { (label) }
+                                }
+                            }
+                        }
+                    }
+                    form.logout method="post" action="/logout" {
+                        span.who { (who.name) " · " (who.role.to_string()) }
+                        button type="submit" { "Log out" }
+                    }
+                }
+                main #main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// A page outside the session: login, and errors.
+pub fn bare_page(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title))
+            body.bare {
+                main #main { (body) }
+            }
+        }
+    }
+}
+
+/// A page that says what went wrong.
+pub fn bare(title: &str, message: &str) -> Markup {
+    bare_page(
+        title,
+        html! {
+            h1 { (title) }
+            p { (message) }
+            p { a href="/" { "Back to the overview" } }
+        },
+    )
+}
+
+/// The hidden field that proves a form came from this console.
+pub fn csrf(session: &Session) -> Markup {
+    html! { input type="hidden" name="csrf" value=(session.csrf); }
+}
+
+/// A labelled form field around `input` (whose id is `name`), with its error.
+pub fn field_with(name: &str, label: &str, error: Option<&str>, input: Markup) -> Markup {
+    html! {
+        div.field.invalid[error.is_some()] {
+            label for=(name) { (label) }
+            (input)
+            @if let Some(e) = error {
+                p.error id={ (name) "-error" } role="alert" { (e) }
+            }
+        }
+    }
+}
+
+/// A labelled text field holding `value`, with its error and a hint.
+pub fn text_field(
+    name: &str,
+    label: &str,
+    value: &str,
+    error: Option<&str>,
+    hint: &str,
+) -> Markup {
+    let described = match (error.is_some(), hint.is_empty()) {
+        (true, _) => Some(format!("{name}-error")),
+        (false, false) => Some(format!("{name}-hint")),
+        (false, true) => None,
+    };
+    field_with(
+        name,
+        label,
+        error,
+        html! {
+            input id=(name) name=(name) type="text" value=(value) maxlength="256"
+                aria-invalid=[error.map(|_| "true")] aria-describedby=[described];
+            @if !hint.is_empty() && error.is_none() {
+                p.hint id={ (name) "-hint" } { (hint) }
+            }
+        },
+    )
+}
+
+/// Cores, as people write them.
+pub fn cores(millis: u64) -> String {
+    if millis % 1000 == 0 {
+        (millis / 1000).to_string()
+    } else {
+        format!("{:.1}", millis as f64 / 1000.0)
+    }
+}
+
+/// Memory, in the largest unit that reads well.
+pub fn memory(mib: u64) -> String {
+    if mib >= 1024 && mib % 1024 == 0 {
+        format!("{} GiB", mib / 1024)
+    } else if mib >= 1024 {
+        format!("{:.1} GiB", mib as f64 / 1024.0)
+    } else {
+        format!("{mib} MiB")
+    }
+}
+
+/// An amount of money.
+pub fn money(units: f64) -> String {
+    format!("{units:.2}")
+}
+
+/// A wait or a duration in ms, in the unit that reads well.
+pub fn duration(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// One resource of a pool as a bar: allocated, reserved for a starving run,
+/// and free, out of capacity.
+pub fn bar(label: &str, used: u64, reserved: u64, capacity: u64, show: fn(u64) -> String) -> Markup {
+    let pct = |v: u64| {
+        if capacity == 0 {
+            0.0
+        } else {
+            (v as f64 * 100.0 / capacity as f64).min(100.0)
+        }
+    };
+    let free = capacity.saturating_sub(used).saturating_sub(reserved);
+    let text = format!(
+        "{label}: {} allocated, {} reserved, {} free of {}",
+        show(used),
+        show(reserved),
+        show(free),
+        show(capacity)
+    );
+    html! {
+        div.bar-row {
+            span.bar-label { (label) }
+            div.bar role="img" aria-label=(text) title=(text) {
+                span.used style={ "width:" (format!("{:.1}", pct(used))) "%" } {}
+                span.reserved style={ "width:" (format!("{:.1}", pct(reserved))) "%" } {}
+            }
+            span.bar-value { (show(used)) " / " (show(capacity)) }
+        }
+    }
+}
+
+/// The three bars of a pool's resources (gpu only when it has some).
+pub fn resource_bars(used: &ResourcesView, reserved: &ResourcesView, capacity: &ResourcesView) -> Markup {
+    html! {
+        (bar("cpu", used.cpu_millis, reserved.cpu_millis, capacity.cpu_millis, cores))
+        (bar("memory", used.memory_mib, reserved.memory_mib, capacity.memory_mib, memory))
+        @if capacity.gpu > 0 {
+            (bar("gpu", used.gpu, reserved.gpu, capacity.gpu, |g| g.to_string()))
+        }
+    }
+}
+
+/// A run's state as a badge.
+pub fn state(text: &str) -> Markup {
+    html! { span class={ "badge state-" (text) } { (text) } }
+}
+
+/// Marks a region that the page refreshes when the server says something changed.
+pub fn live(id: &str, body: Markup) -> Markup {
+    html! { div id=(id) data-live="" aria-live="polite" { (body) } }
+}
+
+/// A chart drawn in the browser from `/api`-shaped JSON embedded in the page.
+pub fn chart(id: &str, title: &str, data: &serde_json::Value) -> Markup {
+    html! {
+        figure.chart {
+            figcaption { (title) }
+            div.plot id=(id) {}
+            script type="application/json" data-chart=(id) {
+                (PreEscaped(data.to_string().replace("</", "<\\/")))
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The overview: every pool's capacity as bars, each tenant's queue and
+//! month-to-date spend against its budget, and the latest alerts; refreshed
+//! live. Also the event stream that tells pages the state changed.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use corral_api::{PoolView, TenantView};
+use corral_store::AlertFilter;
+use futures_util::Stream;
+use maud::{Markup, html};
+
+use super::PageResult;
+use super::layout::{self, Section};
+use super::session::Session;
+use crate::api::routes::may_use_pool;
+use crate::api::views;
+use crate::engine::Engine;
+
+/// A tenant's line on the overview.
+struct TenantLine {
+    view: TenantView,
+    queued: u64,
+    oldest_wait_ms: i64,
+    spent: f64,
+}
+
+pub async fn page(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+) -> PageResult {
+    let who = &session.principal;
+    let now = engine.now();
+    let (pools, tenants) = {
+        let state = engine.read().await;
+        let snapshot = state.snapshot(now);
+        let pools: Vec<PoolView> = state
+            .pools
+            .values()
+            .filter(|p| may_use_pool(&state, who, &p.spec.name))
+            .map(|p| views::pool(p, &snapshot, state.reserved_on(&p.spec.name, &snapshot)))
+            .collect();
+        let mut waits: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+        for place in state.queue_places(now) {
+            if let Some(run) = state.runs.get(&place.run) {
+                let w = waits.entry(run.record.tenant.clone()).or_default();
+                w.0 += 1;
+                w.1 = w.1.max(place.waited_ms);
+            }
+        }
+        let spent = state.spend_by_tenant(now);
+        let tenants: Vec<TenantLine> = state
+            .tenants
+            .values()
+            .filter(|t| who.may_touch_tenant(&t.spec.name))
+            .map(|t| {
+                let (queued, oldest_wait_ms) =
+                    waits.get(&t.spec.name).copied().unwrap_or_default();
+                TenantLine {
+                    view: views::tenant(t, &snapshot),
+                    queued,
+                    oldest_wait_ms,
+                    spent: spent
+                        .get(&t.spec.name)
+                        .map_or(0.0, |m| m.to_units_f64()),
+                }
+            })
+            .collect();
+        (pools, tenants)
+    };
+    let alerts = engine
+        .store()
+        .alerts(&AlertFilter {
+            tenant: who.role.tenant().map(str::to_string),
+            month: None,
+            undelivered: false,
+            limit: 5,
+        })
+        .await?;
+    let body = html! {
+        (layout::live("overview", html! {
+            h2 { "Pools" }
+            div.legend aria-hidden="true" {
+                span { i style="background:var(--used)" {} "allocated" }
+                span { i style="background:var(--reserved)" {} "reserved for a waiting run" }
+                span { i style="background:var(--free)" {} "free" }
+            }
+            @if pools.is_empty() {
+                p.muted { "No pools yet." }
+            }
+            div.grid {
+                @for p in &pools { (pool_card(p)) }
+            }
+            h2 { "Tenants" }
+            (tenant_table(&tenants))
+            h2 { "Alerts" }
+            @if alerts.is_empty() {
+                p.muted { "No budget alert." }
+            } @else {
+                ul {
+                    @for a in &alerts {
+                        li { (crate::engine::alerts::message(a)) }
+                    }
+                }
+            }
+        }))
+    };
+    Ok(layout::page(&session, Section::Overview, "Overview", body).into_response())
+}
+
+fn pool_card(p: &PoolView) -> Markup {
+    html! {
+        section.card aria-labelledby={ "pool-" (p.name) } {
+            h3 id={ "pool-" (p.name) } {
+                a href={ "/pools/" (p.name) } { (p.name) } " "
+                @if p.state != "active" { (layout::state(&p.state)) }
+            }
+            (layout::resource_bars(&p.used, &p.reserved, &p.capacity))
+            p.muted {
+                (p.provider) " · " (p.workers) " workers"
+                @if let Some(agents) = p.agents { " · " (agents) " agents" }
+            }
+        }
+    }
+}
+
+fn tenant_table(tenants: &[TenantLine]) -> Markup {
+    html! {
+        div.table-wrap {
+            table {
+                caption.muted style="text-align:left;padding:6px 10px" { "Queue and this month's spend" }
+                thead { tr {
+                    th scope="col" { "Tenant" }
+                    th.num scope="col" { "Queued" }
+                    th.num scope="col" { "Oldest wait" }
+                    th.num scope="col" { "Spent this month" }
+                    th.num scope="col" { "Budget" }
+                } }
+                tbody {
+                    @for t in tenants {
+                        tr {
+                            td { a href={ "/tenants/" (t.view.name) } { (t.view.name) } }
+                            td.num { (t.queued) }
+                            td.num { @if t.queued > 0 { (layout::duration(t.oldest_wait_ms)) } @else { "—" } }
+                            td.num { (layout::money(t.spent)) }
+                            td.num {
+                                @match &t.view.budget {
+                                    Some(b) => {
+                                        (layout::money(b.monthly)) " " (b.enforce)
+                                        @if b.monthly > 0.0 {
+                                            " (" (format!("{:.0}", t.spent * 100.0 / b.monthly)) "%)"
+                                        }
+                                    }
+                                    None => "—",
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tells a page that the state changed (a `change` event carrying the state's
+/// sequence number), so that it refreshes its live regions.
+pub async fn events(State(engine): State<Arc<Engine>>) -> Response {
+    Sse::new(changes(engine))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn changes(engine: Arc<Engine>) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold((engine, None::<u64>), |(engine, last)| async move {
+        loop {
+            let seq = engine.read().await.seq;
+            if last != Some(seq) {
+                let event = Event::default().event("change").data(seq.to_string());
+                return Some((Ok(event), (engine, Some(seq))));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}

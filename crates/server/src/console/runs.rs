@@ -1,0 +1,371 @@
+//! The queue in admission order (with each run's reason, limits and places),
+//! recent runs, and a run's page: its DAG, steps and attempts, the log that
+//! follows while it runs, allocations, estimated and actual cost, and cancel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect, Response};
+use corral_api::{RunSummary, RunView, StepView};
+use corral_core::clock::Timestamp;
+use corral_core::ids::{AllocationId, RunId};
+use corral_core::metering::{Span, Window, usage};
+use corral_core::resources::Resources;
+use corral_core::run::RunState;
+use corral_store::RunFilter;
+use maud::{Markup, PreEscaped, html};
+
+use super::layout::{self, Section};
+use super::session::Session;
+use super::{PageError, PageResult};
+use crate::api::error::{ApiError, PathParam};
+use crate::api::routes::{detail_of, run_view};
+use crate::api::stream::{LogRequest, log_body};
+use crate::api::views;
+use crate::engine::Engine;
+
+/// Recent runs listed under the queue.
+const RECENT: u32 = 50;
+
+fn run_id(text: &str) -> Result<RunId, ApiError> {
+    text.parse::<i64>().map(RunId).map_err(|_| {
+        ApiError::invalid(corral_core::error::FieldError::new(
+            "id",
+            format!("{text:?} is not a run id"),
+        ))
+    })
+}
+
+fn reason(r: &RunSummary) -> Markup {
+    html! {
+        @if let Some(reason) = &r.reason {
+            span.reason { code { (reason.code) } " " (reason.message) }
+        }
+    }
+}
+
+pub async fn queue(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> PageResult {
+    let who = &session.principal;
+    let filter = |key: &str| query.get(key).filter(|v| !v.is_empty()).cloned();
+    let (tenant, pool, state_filter) = (filter("tenant"), filter("pool"), filter("state"));
+    let (queued, tenants, pools) = {
+        let state = engine.read().await;
+        let places = state.queue_places(engine.now());
+        let queued: Vec<RunSummary> = places
+            .iter()
+            .filter_map(|p| {
+                let run = state.runs.get(&p.run)?;
+                let record = &run.record;
+                // A run may land on a pool when one of its steps' selectors
+                // matches it (a step without one may land anywhere).
+                let may_land = |name: &String| {
+                    state.pools.get(name).is_some_and(|p| {
+                        record.spec.steps.iter().any(|step| {
+                            step.pool
+                                .as_ref()
+                                .is_none_or(|sel| sel.matches(name, &p.spec.labels))
+                        })
+                    })
+                };
+                (who.may_touch_tenant(&record.tenant)
+                    && tenant.as_ref().is_none_or(|t| *t == record.tenant)
+                    && pool.as_ref().is_none_or(may_land))
+                .then(|| views::run_summary(record, Some(p)))
+            })
+            .collect();
+        let tenants: Vec<String> = state
+            .tenants
+            .keys()
+            .filter(|t| who.may_touch_tenant(t))
+            .cloned()
+            .collect();
+        (queued, tenants, state.pools.keys().cloned().collect::<Vec<_>>())
+    };
+    let wanted_state = state_filter.as_deref().and_then(|s| s.parse::<RunState>().ok());
+    let recent = engine
+        .store()
+        .runs(&RunFilter {
+            tenant: who.role.tenant().map(str::to_string).or(tenant.clone()),
+            state: wanted_state,
+            limit: RECENT,
+        })
+        .await?;
+    let select = |name: &str, label: &str, options: &[String], current: &Option<String>| {
+        layout::field_with(name, label, None, html! {
+            select id=(name) name=(name) {
+                option value="" { "any" }
+                @for o in options { option value=(o) selected[current.as_ref() == Some(o)] { (o) } }
+            }
+        })
+    };
+    let states: Vec<String> = RunState::ALL.iter().map(|s| s.as_str().to_string()).collect();
+    let body = html! {
+        form.filters method="get" action="/queue" {
+            (select("tenant", "Tenant", &tenants, &tenant))
+            (select("pool", "Pool", &pools, &pool))
+            (select("state", "State (recent runs)", &states, &state_filter))
+            button type="submit" { "Filter" }
+        }
+        (layout::live("queue", html! {
+            h2 { "Waiting for admission (" (queued.len()) ")" }
+            @if queued.is_empty() { p.muted { "Nothing waits." } }
+            @else {
+                div.table-wrap { table {
+                    thead { tr {
+                        th.num scope="col" { "#" } th.num scope="col" { "In tenant" } th scope="col" { "Run" }
+                        th scope="col" { "Tenant" } th.num scope="col" { "Waited" } th scope="col" { "Why it waits" }
+                    } }
+                    tbody { @for r in &queued {
+                        tr {
+                            td.num { (r.queue.as_ref().map_or(0, |q| q.position)) }
+                            td.num { (r.queue.as_ref().map_or(0, |q| q.tenant_position)) }
+                            td { a href={ "/runs/" (r.id) } { (r.id) " " (r.pipeline) } }
+                            td { (r.tenant) }
+                            td.num { (layout::duration(r.queue.as_ref().map_or(0, |q| q.waited_ms))) }
+                            td { (reason(r)) }
+                        }
+                    } }
+                } }
+            }
+            h2 { "Recent runs" }
+            div.table-wrap { table {
+                thead { tr {
+                    th scope="col" { "Run" } th scope="col" { "Tenant" } th scope="col" { "State" }
+                    th.num scope="col" { "Estimate" } th scope="col" { "Created" }
+                } }
+                tbody { @for r in &recent {
+                    @let s = views::run_summary(r, None);
+                    tr {
+                        td { a href={ "/runs/" (s.id) } { (s.id) " " (s.pipeline) } }
+                        td { (s.tenant) }
+                        td { (layout::state(&s.state)) }
+                        td.num { (layout::money(s.estimated_cost)) }
+                        td { (s.created_at) }
+                    }
+                } }
+            } }
+        }))
+    };
+    Ok(layout::page(&session, Section::Queue, "Queue & runs", body).into_response())
+}
+
+/// A run's steps as a graph: a column per depth (the longest chain of needs
+/// before a step), each step a box, each need an edge.
+fn dag(steps: &[StepView]) -> Markup {
+    let index: BTreeMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let mut depth = vec![0usize; steps.len()];
+    // Steps come in an order where needs come first (the DAG is validated at
+    // submit); a few passes settle any other order.
+    for _ in 0..steps.len().min(64) {
+        let mut changed = false;
+        for (i, s) in steps.iter().enumerate() {
+            for need in &s.needs {
+                if let Some(&j) = index.get(need.as_str())
+                    && depth[i] < depth[j] + 1
+                {
+                    depth[i] = depth[j] + 1;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut row = vec![0usize; steps.len()];
+    let mut per_column: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, d) in depth.iter().enumerate() {
+        let next = per_column.entry(*d).or_default();
+        row[i] = *next;
+        *next += 1;
+    }
+    let (w, h, gap_x, gap_y) = (150usize, 34usize, 50usize, 14usize);
+    let x = |i: usize| 8 + depth[i] * (w + gap_x);
+    let y = |i: usize| 8 + row[i] * (h + gap_y);
+    let width = 16 + (depth.iter().max().copied().unwrap_or(0) + 1) * (w + gap_x);
+    let height = 16 + per_column.values().max().copied().unwrap_or(1) * (h + gap_y);
+    let label = |s: &StepView| {
+        let name: String = s.name.chars().take(18).collect();
+        if name.len() < s.name.len() { format!("{name}…") } else { name }
+    };
+    html! {
+        div.dag {
+            svg width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } role="img"
+                aria-label={ "The run's " (steps.len()) " steps and what each needs" } {
+                @for (i, s) in steps.iter().enumerate() {
+                    @for need in &s.needs {
+                        @if let Some(&j) = index.get(need.as_str()) {
+                            path.edge d=(format!(
+                                "M{} {} C{} {} {} {} {} {}",
+                                x(j) + w, y(j) + h / 2,
+                                x(j) + w + gap_x / 2, y(j) + h / 2,
+                                x(i) - gap_x / 2, y(i) + h / 2,
+                                x(i), y(i) + h / 2
+                            )) {}
+                        }
+                    }
+                }
+                @for (i, s) in steps.iter().enumerate() {
+                    g class={ "node-" (s.state) } {
+                        title { (s.name) ": " (s.state) }
+                        rect x=(x(i)) y=(y(i)) width=(w) height=(h) rx="6" {}
+                        text x=(x(i) + 8) y=(y(i) + 15) { (label(s)) }
+                        text x=(x(i) + 8) y=(y(i) + 28) style="font-size:10px" { (s.state) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a run's allocations cost so far, priced like usage.
+async fn actual_cost(engine: &Engine, view: &RunView) -> Result<f64, ApiError> {
+    let parse = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|d| d.timestamp_millis())
+            .unwrap_or(0)
+    };
+    let spans: Vec<Span> = view
+        .allocations
+        .iter()
+        .map(|a| Span {
+            allocation: AllocationId(a.id),
+            run: RunId(a.run_id),
+            tenant: a.tenant.clone(),
+            pool: a.pool.clone(),
+            pipeline: view.summary.pipeline.clone(),
+            resources: Resources::new(a.resources.cpu_millis, a.resources.memory_mib, a.resources.gpu),
+            start_ms: parse(&a.opened_at),
+            end_ms: a.closed_at.as_deref().map(parse),
+        })
+        .collect();
+    let prices = engine.store().prices().await?;
+    let now: Timestamp = engine.now();
+    Ok(usage(&spans, &prices, Window::new(i64::MIN, i64::MAX), now.0, &[])
+        .total
+        .cost
+        .to_units_f64())
+}
+
+pub async fn detail(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    PathParam(id): PathParam<String>,
+) -> PageResult {
+    let id = run_id(&id)?;
+    let view = run_view(&engine, &session.principal, id).await?;
+    let cost = actual_cost(&engine, &view).await?;
+    let s = &view.summary;
+    let ended = s.finished_at.is_some();
+    let body = html! {
+        (layout::live("run", html! {
+            div.grid {
+                section.card {
+                    dl.facts {
+                        dt { "State" } dd { (layout::state(&s.state)) }
+                        dt { "Tenant" } dd { (s.tenant) }
+                        dt { "Priority" } dd { (s.priority) }
+                        dt { "Created" } dd { (s.created_at) }
+                        @if let Some(f) = &s.finished_at { dt { "Finished" } dd { (f) } }
+                        dt { "Estimated cost" } dd { (layout::money(s.estimated_cost)) }
+                        dt { "Cost so far" } dd { (layout::money(cost)) }
+                    }
+                    @if let Some(q) = &s.queue {
+                        p { "Waiting: position " (q.position) " in the queue, " (q.tenant_position) " in its tenant's, for " (layout::duration(q.waited_ms)) "." }
+                    }
+                    p { (reason(s)) }
+                    @if let Some(e) = &view.explanation { p.muted { (e) } }
+                }
+            }
+            h2 { "Steps" }
+            (dag(&view.steps))
+            div.table-wrap { table {
+                thead { tr { th scope="col" { "Step" } th scope="col" { "State" } th scope="col" { "Attempts" } } }
+                tbody { @for step in &view.steps {
+                    tr {
+                        td { (step.name) }
+                        td { (layout::state(&step.state)) }
+                        td { @for a in &step.attempts {
+                            span.badge { "#" (a.number) " " (a.state)
+                                @if let Some(code) = a.exit_code { " exit " (code) }
+                                @if let Some(e) = &a.error { " — " (e) } }
+                            " "
+                        } }
+                    }
+                } }
+            } }
+            h2 { "Allocations" }
+            @if view.allocations.is_empty() { p.muted { "None yet." } }
+            @else {
+                div.table-wrap { table {
+                    thead { tr { th scope="col" { "Pool" } th scope="col" { "Holds" } th scope="col" { "Opened" } th scope="col" { "Closed" } } }
+                    tbody { @for a in &view.allocations {
+                        tr {
+                            td { (a.pool) }
+                            td { (layout::cores(a.resources.cpu_millis)) " cpu, " (layout::memory(a.resources.memory_mib)) }
+                            td { (a.opened_at) }
+                            td { (a.closed_at.clone().unwrap_or_else(|| "open".into())) }
+                        }
+                    } }
+                } }
+            }
+        }))
+        @if !ended && session.may_operate(&s.tenant) {
+            form method="post" action={ "/runs/" (s.id) "/cancel" } {
+                (layout::csrf(&session))
+                button.danger type="submit" { "Cancel run" }
+            }
+        }
+        h2 { "Log" }
+        pre.log #log data-follow={ "/runs/" (s.id) "/log" } tabindex="0" aria-label="The run's log" {
+            (PreEscaped("")) "Loading…"
+        }
+    };
+    let title = format!("Run {} · {}", s.id, s.pipeline);
+    Ok(layout::page(&session, Section::Queue, &title, body).into_response())
+}
+
+/// The run's log as it is written: what was stored, then each new chunk as
+/// it comes, until the run ends.
+pub async fn log(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, PageError> {
+    let id = run_id(&id)?;
+    let detail = detail_of(&engine, &session.principal, id).await?;
+    let body = log_body(
+        engine,
+        detail,
+        LogRequest {
+            run: id,
+            step: None,
+            follow: true,
+        },
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn cancel(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    PathParam(id): PathParam<String>,
+) -> PageResult {
+    let id = run_id(&id)?;
+    engine.cancel(&session.principal, id).await?;
+    Ok(Redirect::to(&format!("/runs/{}", id.0)).into_response())
+}

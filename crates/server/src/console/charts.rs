@@ -73,12 +73,7 @@ async fn history(
     if let Some((kind, name)) = subject {
         query.insert(kind.to_string(), name.to_string());
     }
-    let answer = get_history(
-        State(engine.clone()),
-        Extension(who.clone()),
-        Query(query),
-    )
-    .await?;
+    let answer = get_history(State(engine.clone()), Extension(who.clone()), Query(query)).await?;
     Ok(answer.0)
 }
 
@@ -111,7 +106,12 @@ fn data(view: &HistoryView, label: impl Fn(&str, &str) -> String) -> serde_json:
 }
 
 /// A chart, or a line saying there is nothing to draw yet.
-fn chart_or_note(id: &str, title: &str, view: &HistoryView, label: impl Fn(&str, &str) -> String) -> Markup {
+fn chart_or_note(
+    id: &str,
+    title: &str,
+    view: &HistoryView,
+    label: impl Fn(&str, &str) -> String,
+) -> Markup {
     if view.series.iter().all(|s| s.points.is_empty()) {
         return html! {
             figure.chart { figcaption { (title) } p.muted { "No samples in this range yet." } }
@@ -179,7 +179,11 @@ pub async fn pools_charts(
     let mut charts = Vec::new();
     for (id, series, title) in [
         ("cpu-utilization", "pool.utilization.cpu", "CPU utilization"),
-        ("memory-utilization", "pool.utilization.memory", "Memory utilization"),
+        (
+            "memory-utilization",
+            "pool.utilization.memory",
+            "Memory utilization",
+        ),
         ("cpu-saturation", "pool.saturation.cpu", "CPU saturation"),
     ] {
         let view = history(engine, who, series, None, range).await?;

@@ -159,8 +159,11 @@ pub async fn usage_csv(
         .cloned()
         .unwrap_or_else(|| "tenant".into());
     let mut answer = report(&engine, &session, &by, true).await?;
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"usage-by-{by}.csv\"")) {
-        answer.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"usage-by-{by}.csv\""))
+    {
+        answer
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(answer)
 }

@@ -136,12 +136,13 @@ pub(super) async fn spans(pool: &AnyPool, filter: &SpanFilter) -> Result<Vec<Spa
     let from = "FROM allocations a JOIN runs r ON r.id = a.run_id";
     let sql = if filter.unmetered {
         // Apart, so that both halves read the small index of what is not
-        // metered rather than every allocation opened before `to`.
+        // metered rather than every allocation opened before `to`; unordered,
+        // as ordering a compound query makes SQLite walk every allocation.
         format!(
             "SELECT {SPAN_COLUMNS} {from} WHERE a.metered = 0 AND a.closed_at IS NULL \
              AND a.opened_at < $1{scoped} \
              UNION ALL SELECT {SPAN_COLUMNS} {from} WHERE a.metered = 0 AND a.closed_at > $2 \
-             AND a.opened_at < $1{scoped} ORDER BY 1"
+             AND a.opened_at < $1{scoped}"
         )
     } else {
         format!(
@@ -156,7 +157,14 @@ pub(super) async fn spans(pool: &AnyPool, filter: &SpanFilter) -> Result<Vec<Spa
     for v in values {
         query = query.bind(v);
     }
-    query.fetch_all(pool).await?.iter().map(span_from).collect()
+    let mut spans = query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(span_from)
+        .collect::<Result<Vec<Span>>>()?;
+    spans.sort_by_key(|s| s.allocation.0);
+    Ok(spans)
 }
 
 pub(super) async fn unmetered(pool: &AnyPool, limit: u32) -> Result<Vec<Span>> {

@@ -79,7 +79,9 @@ async fn seed(engine: &Engine, store: &dyn Store) {
     let mut batch = Vec::new();
     for hour in 0..30 * 24 {
         let at = Timestamp(start + hour * HOUR_MS);
-        let wave = ((hour % 24) as f64 / 24.0 * std::f64::consts::TAU).sin().abs();
+        let wave = ((hour % 24) as f64 / 24.0 * std::f64::consts::TAU)
+            .sin()
+            .abs();
         for p in 0..POOLS {
             for series in [
                 Series::PoolUtilization(Dimension::Cpu),
@@ -172,6 +174,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("port");
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move { axum::serve(listener, router).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();
         let run = engine
             .read()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{Query, State};
 use corral_api::history::HistoryView;
+use corral_core::history::MAX_BUCKETS;
 use maud::{Markup, html};
 use serde_json::json;
 
@@ -42,7 +43,8 @@ impl Range {
     }
 
     /// The shortest step that keeps `lines` lines over this range within
-    /// [`MAX_CHART_POINTS`]; none (the API's own choice) for one line.
+    /// [`MAX_CHART_POINTS`] and the history's bucket limit; none (the API's
+    /// own choice) for one line.
     fn step_for(self, lines: usize) -> Option<&'static str> {
         if lines <= 1 {
             return None;
@@ -57,7 +59,10 @@ impl Range {
         ];
         steps
             .into_iter()
-            .find(|(_, ms)| lines as i64 * (self.ms() / ms) <= MAX_CHART_POINTS)
+            .find(|(_, ms)| {
+                let buckets = self.ms() / ms;
+                buckets <= MAX_BUCKETS && lines as i64 * buckets <= MAX_CHART_POINTS
+            })
             .or(steps.last().copied())
             .map(|(step, _)| step)
     }

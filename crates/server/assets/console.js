@@ -17,10 +17,16 @@ function refreshLive() {
     .catch(() => {});
 }
 
+// Open connections (the event stream, a followed log) are closed when the page
+// is left, so that pages kept in the back/forward cache hold none of the
+// browser's few connections to this server; they open again if it comes back.
+let events = null;
+let following = null;
+
 function listen() {
   if (!document.querySelector("[data-live]") || !window.EventSource) return;
   // At most one refresh every two seconds, however busy the server is.
-  const events = new EventSource("/events");
+  events = new EventSource("/events");
   let pending = null;
   let last = 0;
   events.addEventListener("change", () => {
@@ -33,7 +39,8 @@ function listen() {
 function followLog() {
   const pre = document.querySelector("pre[data-follow]");
   if (!pre) return;
-  fetch(pre.dataset.follow, { credentials: "same-origin" }).then((response) => {
+  following = new AbortController();
+  fetch(pre.dataset.follow, { credentials: "same-origin", signal: following.signal }).then((response) => {
     if (!response.ok || !response.body) return;
     pre.textContent = "";
     const reader = response.body.getReader();
@@ -56,15 +63,23 @@ function drawCharts() {
     const data = JSON.parse(script.textContent);
     if (!target || !data.series || data.series.length === 0) continue;
     const palette = ["#2f6fb3", "#b86e00", "#1d6b34", "#8e44ad", "#b3261e", "#117a8b"];
+    const width = () => Math.max(200, Math.floor(target.getBoundingClientRect().width));
     const opts = {
-      width: Math.max(260, target.clientWidth),
+      width: width(),
       height: 220,
       series: [{}].concat(data.series.map((s, i) => ({ label: s.label, stroke: palette[i % palette.length], width: 1.5 }))),
       axes: [{ stroke: "#8a94a0" }, { stroke: "#8a94a0", label: data.unit || "" }],
     };
     const chart = new uPlot(opts, [data.x].concat(data.series.map((s) => s.y)), target);
-    new ResizeObserver(() => chart.setSize({ width: Math.max(260, target.clientWidth), height: 220 })).observe(target);
+    new ResizeObserver(() => chart.setSize({ width: width(), height: 220 })).observe(target);
   }
 }
 
 document.addEventListener("DOMContentLoaded", () => { listen(); followLog(); drawCharts(); });
+window.addEventListener("pagehide", () => {
+  if (events) { events.close(); events = null; }
+  if (following) { following.abort(); following = null; }
+});
+window.addEventListener("pageshow", (e) => {
+  if (e.persisted) { listen(); followLog(); }
+});

@@ -1,6 +1,6 @@
-//! Runs one attempt: `sh -c` in the run's workspace under a step guard (see
-//! `guard.rs`, started by the agent's supervisor in `steps.rs`), so a timeout,
-//! a cancel or the agent's own death kills everything it started; streams its
+//! Runs one attempt: `sh -c` in the run's workspace, started by the agent's
+//! step supervisor (see `steps.rs` and `supervisor.rs`), so a timeout, a
+//! cancel or the agent's own death kills everything it started; streams its
 //! output back and reports how it ended.
 
 use std::path::Path;
@@ -132,7 +132,8 @@ async fn run_process(
         Ok(Ended::Killed(_)) => failed("killed by a signal".into()),
         Ok(Ended::Failed(e)) => failed(format!("cannot run the step: {e}")),
     };
-    // A process that escaped the guard may hold the pipes open: do not wait forever.
+    // A process that left its step's session may hold the pipes open while
+    // older steps run (see `reaper.rs`): do not wait forever.
     for p in pumps {
         let abort = p.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), p)

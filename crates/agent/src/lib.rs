@@ -4,8 +4,8 @@
 
 mod client;
 mod executor;
-mod guard;
 mod output;
+mod reaper;
 pub mod steps;
 mod supervisor;
 
@@ -27,13 +27,6 @@ pub enum AgentError {
     Http(String),
     #[error("the server refused to register this agent ({status}): {message}")]
     Refused { status: u16, message: String },
-    #[error("the step's guard cannot {what}: {errno}")]
-    Guard {
-        what: &'static str,
-        errno: nix::errno::Errno,
-    },
-    #[error("cannot start sh: {0}")]
-    Shell(nix::errno::Errno),
     #[error("cannot start the step supervisor: {0}")]
     Supervisor(std::io::Error),
     #[error("the step supervisor ended: {0}")]

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use nix::unistd::Pid;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
@@ -37,15 +39,24 @@ fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Se
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// This agent's step supervisor. Dropping it ends the supervisor, and with it
-/// every step still running.
+/// This agent's step supervisor. Dropping it asks the supervisor to end, and
+/// with it every step still running.
 pub struct Steps {
     outbox: mpsc::UnboundedSender<Outgoing>,
     waiting: Waiting,
     next: AtomicU64,
     gone: watch::Receiver<Option<String>>,
     /// Reaped when the agent goes.
-    _process: tokio::process::Child,
+    process: tokio::process::Child,
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        // Not reaped yet (nothing waits for it), so the pid is still its own.
+        if let Some(pid) = self.process.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
 }
 
 /// A step that runs: its output, and its end.
@@ -67,7 +78,7 @@ pub struct Stop {
 }
 
 impl Stop {
-    /// Asks the step's guard to kill all the step started.
+    /// Asks the supervisor to kill all the step started.
     pub fn stop(&self) {
         let _ = self.outbox.send(Outgoing {
             bytes: frame(&ToSupervisor::Stop { id: self.id }),
@@ -104,7 +115,6 @@ impl Steps {
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .process_group(0)
-            .kill_on_drop(true)
             .spawn()?;
         ours.set_nonblocking(true)?;
         let socket = Arc::new(UnixStream::from_std(ours)?);
@@ -118,7 +128,7 @@ impl Steps {
             waiting,
             next: AtomicU64::new(1),
             gone,
-            _process: process,
+            process,
         })
     }
 

@@ -1,33 +1,45 @@
-//! The step supervisor: one small process per agent that starts every step's
-//! guard (see `guard.rs`). The agent starts its own binary once as
-//! `corral __step-supervisor AGENT_PID`, with one end of a Unix socket as its
-//! standard input; for each step it sends a [`ToSupervisor::Start`] with the
-//! step's directory, output pipes and `/dev/null` input attached as file
-//! descriptors. The supervisor has one thread, so it can `fork` a guard for a
-//! step without `exec`ing anything but the step's shell, which costs a fraction
-//! of starting this binary again per step.
+//! The step supervisor: one small process per agent that runs every step. The
+//! agent starts its own binary once as `corral __step-supervisor AGENT_PID`,
+//! with one end of a Unix socket as its standard input; for each step it sends
+//! a [`ToSupervisor::Start`] with the step's directory, output pipes and
+//! `/dev/null` input attached as file descriptors. The supervisor has one
+//! thread; it starts each step's shell with `posix_spawn` (no fork of itself),
+//! and as the steps' child subreaper (see `reaper.rs`) kills all a step
+//! started when the step ends, is stopped, or the agent is gone, so a step
+//! never outlives its agent, not even a `kill -9` of it (the server would run
+//! the step elsewhere meanwhile).
 //!
-//! The supervisor ends when the agent does: its socket reaches its end, or the
-//! kernel says the agent is gone. Its guards then see their parent gone and kill
-//! their steps, as they do when the agent is killed.
+//! The supervisor ends when the agent does: its socket reaches its end, the
+//! kernel says the agent is gone (`PARENT_GONE`), or it is asked to stop
+//! (SIGTERM, SIGINT, SIGHUP: the agent sends SIGTERM when it drops its
+//! [`Steps`](crate::steps::Steps)). It then kills every step and everything
+//! under it, and reaps them, before it exits.
+//!
+//! Linux only: it rests on `prctl` and `/proc`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ffi::{CString, OsString};
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
 use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::prctl;
-use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
+use nix::unistd::{Pid, getppid};
 use serde::{Deserialize, Serialize};
 
-use crate::guard::{self, PARENT_GONE, STOP};
+use crate::reaper::Reaper;
+
+/// What the kernel sends the supervisor when its parent ends. Also when the
+/// parent's *thread* that started the supervisor ends, with the parent alive:
+/// only a changed parent means the agent is gone.
+const PARENT_GONE: Signal = Signal::SIGUSR1;
+
+/// Signals that ask the supervisor to stop every step and end.
+const STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
 
 /// The hidden first argument that makes `corral` an agent's step supervisor.
 pub const STEP_SUPERVISOR: &str = "__step-supervisor";
@@ -42,7 +54,7 @@ pub(crate) const START_FDS: usize = 4;
 /// What the agent asks of its supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToSupervisor {
-    /// Run `sh -c command` under a guard, in the directory, with the input and
+    /// Run `sh -c command` in the directory, with the input and
     /// outputs carried by the frame ([`START_FDS`]: directory, stdin, stdout,
     /// stderr), and the supervisor's environment with `env` over it.
     Start {
@@ -50,7 +62,7 @@ pub(crate) enum ToSupervisor {
         command: String,
         env: BTreeMap<String, String>,
     },
-    /// Stop the step: its guard kills all it started.
+    /// Stop the step: kill all it started.
     Stop { id: u64 },
 }
 
@@ -132,8 +144,29 @@ fn supervise(agent: Pid, mut socket: UnixStream) -> Result<(), String> {
     if getppid() != agent {
         return Ok(());
     }
+    // What the agent's process left open without close-on-exec is no step's
+    // business; all the supervisor opens itself is close-on-exec.
+    close_on_exec_from(3);
+    let mut reaper = Reaper::new()?;
+    let served = serve(agent, &mut socket, &signal_fd, &mut reaper);
+    reaper.kill_all(|| {
+        let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        // Woken by a child's end; the timeout covers a child reparented to
+        // the supervisor while it looked, with no signal of its own.
+        let _ = poll(&mut fds, PollTimeout::from(10u8));
+        while let Ok(Some(_)) = signal_fd.read_signal() {}
+    });
+    served
+}
+
+/// Serves the agent until it is gone or asks the supervisor to stop.
+fn serve(
+    agent: Pid,
+    socket: &mut UnixStream,
+    signal_fd: &SignalFd,
+    reaper: &mut Reaper,
+) -> Result<(), String> {
     let mut inbox = Inbox::default();
-    let mut guards: HashMap<u64, Pid> = HashMap::new();
     loop {
         let (socket_ready, signal_ready) = {
             let mut fds = [
@@ -149,36 +182,37 @@ fn supervise(agent: Pid, mut socket: UnixStream) -> Result<(), String> {
             (ready(&fds[0]), ready(&fds[1]))
         };
         if signal_ready {
+            let mut changed = false;
             while let Ok(Some(info)) = signal_fd.read_signal() {
                 match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => reap(&mut guards, &mut socket)?,
+                    Ok(Signal::SIGCHLD) => changed = true,
                     Ok(PARENT_GONE) if getppid() == agent => {}
                     // The agent is gone, or asks this process to stop.
                     _ => return Ok(()),
                 }
             }
+            if changed {
+                for (id, ended) in reaper.sweep() {
+                    send(socket, id, ended)?;
+                }
+            }
         }
         if socket_ready {
-            if !inbox.receive(&socket)? {
+            if !inbox.receive(socket)? {
                 // The agent closed its end: it is gone.
                 return Ok(());
             }
             while let Some((message, fds)) = inbox.next()? {
                 match message {
                     ToSupervisor::Start { id, command, env } => {
-                        match start_guard(&command, &env, fds) {
-                            Ok(pid) => {
-                                guards.insert(id, pid);
-                            }
-                            Err(e) => send(&mut socket, id, Ended::Failed(e))?,
+                        let fds: [OwnedFd; START_FDS] = fds
+                            .try_into()
+                            .map_err(|_| "a start came without its descriptors".to_string())?;
+                        if let Err(e) = reaper.start(id, &command, &env, &fds) {
+                            send(socket, id, Ended::Failed(e))?;
                         }
                     }
-                    ToSupervisor::Stop { id } => {
-                        // A guard not reaped yet: its pid is still its own.
-                        if let Some(&pid) = guards.get(&id) {
-                            let _ = kill(pid, Signal::SIGTERM);
-                        }
-                    }
+                    ToSupervisor::Stop { id } => reaper.stop(id),
                 }
             }
         }
@@ -191,29 +225,12 @@ fn send(socket: &mut UnixStream, id: u64, ended: Ended) -> Result<(), String> {
         .map_err(|e| format!("cannot write to the agent: {e}"))
 }
 
-/// Reaps the guards that ended and tells the agent how.
-fn reap(guards: &mut HashMap<u64, Pid>, socket: &mut UnixStream) -> Result<(), String> {
-    loop {
-        let (pid, ended) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, Ended::Exited(code)),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, Ended::Killed(signal as i32)),
-            Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
-            Ok(_) => continue,
-        };
-        let id = guards.iter().find_map(|(&id, &p)| (p == pid).then_some(id));
-        if let Some(id) = id {
-            guards.remove(&id);
-            send(socket, id, ended)?;
-        }
-    }
-}
-
 /// Frames read from the agent, and the descriptors that came with them.
 struct Inbox {
     /// What one read takes, kept from read to read.
     buf: Vec<u8>,
     bytes: Vec<u8>,
-    fds: std::collections::VecDeque<OwnedFd>,
+    fds: VecDeque<OwnedFd>,
 }
 
 impl Default for Inbox {
@@ -221,7 +238,7 @@ impl Default for Inbox {
         Inbox {
             buf: vec![0; 64 * 1024],
             bytes: Vec::new(),
-            fds: std::collections::VecDeque::new(),
+            fds: VecDeque::new(),
         }
     }
 }
@@ -281,68 +298,15 @@ impl Inbox {
     }
 }
 
-/// Forks the step's guard; returns its pid.
+/// Marks every descriptor from `first` on close-on-exec: the steps' shells
+/// must not hold the agent's socket, nor another step's pipes (their readers
+/// would never see the end of them). One `close_range` call; on a kernel
+/// without it (before 5.11), each descriptor `/proc/self/fd` lists.
 #[allow(unsafe_code)]
-fn start_guard(
-    command: &str,
-    env: &BTreeMap<String, String>,
-    fds: Vec<OwnedFd>,
-) -> Result<Pid, String> {
-    let command = CString::new(command).map_err(|_| "the command holds a NUL byte".to_string())?;
-    let mut vars: BTreeMap<Vec<u8>, Vec<u8>> = std::env::vars_os()
-        .map(|(k, v)| (k.into_vec(), v.into_vec()))
-        .collect();
-    vars.extend(
-        env.iter()
-            .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes())),
-    );
-    let env = vars
-        .into_iter()
-        .map(|(mut pair, value)| {
-            pair.push(b'=');
-            pair.extend(value);
-            CString::new(pair)
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| "the environment holds a NUL byte".to_string())?;
-    let supervisor = getpid();
-    // SAFETY: this process has one thread, so the child may do anything.
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { child }) => Ok(child),
-        Ok(ForkResult::Child) => {
-            if let Err(e) = become_guard(&fds) {
-                let _ = writeln!(std::io::stderr(), "corral: cannot start the step: {e}");
-                std::process::exit(125);
-            }
-            guard::guard_step(supervisor, &command, &env)
-        }
-        Err(e) => Err(format!("cannot fork the step's guard: {e}")),
-    }
-}
-
-/// In the forked guard: takes the step's directory, input and outputs, and
-/// closes everything else.
-fn become_guard(fds: &[OwnedFd]) -> Result<(), String> {
-    let [dir, stdin, stdout, stderr] = fds else {
-        return Err("the wrong descriptors".into());
-    };
-    nix::unistd::fchdir(dir).map_err(|e| format!("cannot enter its directory: {e}"))?;
-    nix::unistd::dup2_stdin(stdin).map_err(|e| format!("cannot take its input: {e}"))?;
-    nix::unistd::dup2_stdout(stdout).map_err(|e| format!("cannot take its output: {e}"))?;
-    nix::unistd::dup2_stderr(stderr).map_err(|e| format!("cannot take its output: {e}"))?;
-    close_from(3);
-    Ok(())
-}
-
-/// Closes every descriptor from `first` on: the guard must not hold the
-/// agent's socket, nor another step's pipes (their readers would never see
-/// the end of them). One `close_range` call; on a kernel without it (before
-/// 5.9), each descriptor `/proc/self/fd` lists.
-#[allow(unsafe_code)]
-fn close_from(first: RawFd) {
+fn close_on_exec_from(first: RawFd) {
     let from = u32::try_from(first).unwrap_or(0);
-    // SAFETY: nothing in the child uses these descriptors again.
-    if unsafe { libc::close_range(from, u32::MAX, 0) } == 0 {
+    // SAFETY: only flags change; every descriptor stays open for this process.
+    if unsafe { libc::close_range(from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) } == 0 {
         return;
     }
     let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
@@ -354,8 +318,8 @@ fn close_from(first: RawFd) {
         })
         .unwrap_or_default();
     for fd in open {
-        // SAFETY: as above.
-        let _ = nix::unistd::close(unsafe { OwnedFd::from_raw_fd(fd) });
+        // SAFETY: only flags change; a descriptor closed meanwhile is EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 

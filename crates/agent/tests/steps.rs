@@ -1,5 +1,5 @@
-//! Steps on real processes, through the agent's step supervisor and their
-//! guards: a step never outlives its agent (even a `kill -9` of it), a stop
+//! Steps on real processes, through the agent's step supervisor: a step never
+//! outlives its agent (even a `kill -9` of it), a stop
 //! kills all it started, a step ends as its shell did, and many steps at once
 //! keep their own output. This binary is the supervisor it tests, as `corral`
 //! is the agent's: started with `__step-supervisor`, it is one.
@@ -111,6 +111,7 @@ fn reap_orphans() {
 
 /// Processes a test started through a step; those a failed test leaves are
 /// killed.
+#[derive(Debug)]
 #[must_use = "dropped, it kills the processes"]
 struct Recorded(Vec<Process>);
 
@@ -331,17 +332,18 @@ fn a_step_has_its_directory_environment_and_output_and_not_the_agents_secrets() 
     });
 }
 
-/// A guard holds nothing but its step's input and output: not the agent's
-/// socket, nor another step's pipes, whose readers would then wait for it.
-fn a_guard_holds_only_its_steps_input_and_output() {
+/// A step holds nothing but its input and output: not the agent's socket, nor
+/// another step's pipes, whose readers would then wait for it.
+fn a_step_holds_only_its_input_and_output() {
     let dir = Scratch::new("descriptors");
-    let (ended, out, err) =
-        runtime().block_on(async { finish(start(&supervisor(), "ls /proc/$PPID/fd", &dir)).await });
+    // `ls` lists the shell's descriptors (a last command would replace it).
+    let (ended, out, err) = runtime()
+        .block_on(async { finish(start(&supervisor(), "ls /proc/$$/fd; true", &dir)).await });
     assert_eq!(ended, Ended::Exited(0), "{err}");
     assert_eq!(out, "0\n1\n2\n");
 }
 
-/// The supervisor and the guard block the signals they wait for, and Rust
+/// The supervisor blocks the signals it waits for, and Rust
 /// programs ignore SIGPIPE: none of that is the step's.
 fn a_step_starts_with_no_signal_blocked_and_sigpipe_not_ignored() {
     let dir = Scratch::new("signals");
@@ -424,7 +426,7 @@ fn a_supervisor_whose_agent_is_gone_ends() {
 }
 
 /// Many steps at once, one long: each keeps its own output, and each output
-/// ends with its step, not with another step's guard.
+/// ends with its step, not with another step.
 fn steps_started_together_keep_their_own_output_and_end_apart() {
     let dir = Scratch::new("together");
     runtime().block_on(async {
@@ -445,6 +447,31 @@ fn steps_started_together_keep_their_own_output_and_end_apart() {
         }
         std::fs::write(dir.path("go"), "").expect("go");
         assert_eq!(finish(long).await.0, Ended::Exited(0));
+    });
+}
+
+/// A step that ends kills nothing of another that runs, not even what that one
+/// left orphaned outside its session; all of it ends with its own step.
+fn a_step_that_ends_leaves_another_running_steps_processes_alone() {
+    let dir = Scratch::new("apart");
+    let first = format!(
+        "{LEAVES_PROCESSES} ( setsid sh -c 'echo $$ >> pids; exec sleep 300' & )
+         while [ ! -e go ]; do sleep 0.01; done"
+    );
+    runtime().block_on(async {
+        let steps = supervisor();
+        let first = start(&steps, &first, &dir);
+        let processes = recorded(&dir.path("pids"), LEFT + 1);
+        let (ended, _, err) = finish(start(&steps, "exit 3", &dir)).await;
+        assert_eq!(ended, Ended::Exited(3), "{err}");
+        assert_eq!(
+            processes.left().len(),
+            LEFT + 1,
+            "the running step keeps its processes: {processes:?}"
+        );
+        std::fs::write(dir.path("go"), "").expect("go");
+        assert_eq!(finish(first).await.0, Ended::Exited(0));
+        processes.assert_all_gone();
     });
 }
 
@@ -479,11 +506,12 @@ fn main() -> ExitCode {
         a_step_ends_as_its_shell_did,
         a_step_has_its_directory_environment_and_output_and_not_the_agents_secrets,
         a_step_starts_with_no_signal_blocked_and_sigpipe_not_ignored,
-        a_guard_holds_only_its_steps_input_and_output,
+        a_step_holds_only_its_input_and_output,
         a_supervisor_started_by_a_thread_that_ended_keeps_its_steps,
         a_dropped_supervisor_takes_its_steps_with_it,
         a_supervisor_whose_agent_is_gone_ends,
         steps_started_together_keep_their_own_output_and_end_apart,
+        a_step_that_ends_leaves_another_running_steps_processes_alone,
     ];
     // Arguments that are not flags select tests by substring, as with libtest.
     let filters: Vec<String> = std::env::args_os()

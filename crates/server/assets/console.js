@@ -19,11 +19,14 @@ function refreshLive() {
 
 function listen() {
   if (!document.querySelector("[data-live]") || !window.EventSource) return;
+  // At most one refresh every two seconds, however busy the server is.
   const events = new EventSource("/events");
   let pending = null;
+  let last = 0;
   events.addEventListener("change", () => {
     if (pending) return;
-    pending = setTimeout(() => { pending = null; refreshLive(); }, 250);
+    const wait = Math.max(250, last + 2000 - Date.now());
+    pending = setTimeout(() => { pending = null; last = Date.now(); refreshLive(); }, wait);
   });
 }
 

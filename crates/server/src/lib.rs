@@ -3,8 +3,8 @@
 
 pub mod api;
 pub mod auth;
-pub mod console;
 mod commit;
+pub mod console;
 pub mod engine;
 mod history;
 pub mod http;

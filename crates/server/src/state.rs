@@ -139,7 +139,6 @@ pub struct State {
 }
 
 impl State {
-
     /// The room pool `name` holds for runs that waited too long (from the last
     /// cycle): their demand, up to what the pool has free.
     pub fn reserved_on(&self, name: &str, snapshot: &Snapshot) -> Resources {

@@ -2,11 +2,18 @@
 -- canonical pieces (its parts within each slot: one price of its pool within
 -- one UTC day) are priced once and kept, and added to the sums per slot, in
 -- the transaction that closes it. `metered` marks the allocations done, so
--- that metering twice counts nothing twice; reports price live only what is
+-- that metering twice counts nothing twice. Reports price live only what is
 -- open or not metered yet (closed before this table existed, until the server
--- meters it).
+-- meters it): `usage_open` lists those allocations. It is a table of its own,
+-- small and often vacuumed, rather than a partial index of `allocations`,
+-- where PostgreSQL would keep an entry for every allocation closed since the
+-- big table's last vacuum.
 ALTER TABLE allocations ADD COLUMN metered BIGINT NOT NULL DEFAULT 0;
-CREATE INDEX allocations_unmetered ON allocations (closed_at) WHERE metered = 0;
+
+CREATE TABLE usage_open (
+    allocation BIGINT PRIMARY KEY
+);
+INSERT INTO usage_open (allocation) SELECT id FROM allocations;
 
 CREATE TABLE usage_pieces (
     allocation BIGINT NOT NULL,

@@ -345,8 +345,9 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(a.worker_id.map(|w| w.0))
             .bind(a.opened_at.0)
             .bind(a.closed_at.map(|t| t.0))
-            .execute(conn)
+            .execute(&mut *conn)
             .await?;
+            metering::note_unmetered(conn, a.id).await?;
         }
         Write::PutWorker(w) => {
             sqlx::query(

@@ -1000,3 +1000,140 @@ async fn changes_are_audited_with_who_when_before_and_after_and_survive_a_restar
     assert_eq!(entries.len(), 3, "{entries:#?}");
     assert!(entries.iter().all(|e| e["who"] == "ops-a"));
 }
+
+/// Which valid callers a console page or form lets through.
+fn console_allowed(method: &str, path: &str) -> Option<&'static [Who]> {
+    use Who::*;
+    const READERS: &[Who] = &[TenantA, TenantB, Viewer, Admin];
+    const OWNER_READERS: &[Who] = &[TenantA, Viewer, Admin];
+    const ADMIN: &[Who] = &[Admin];
+    const OWNER: &[Who] = &[TenantA, Admin];
+    Some(match (method, path) {
+        (
+            "GET",
+            "/"
+            | "/events"
+            | "/pools"
+            | "/pools/{name}"
+            | "/tenants"
+            | "/queue"
+            | "/dashboards"
+            | "/dashboards/usage.csv",
+        ) => READERS,
+        ("GET", "/tenants/{name}" | "/runs/{id}" | "/runs/{id}/log") => OWNER_READERS,
+        ("GET", "/pools/new") => ADMIN,
+        (
+            "POST",
+            "/pools"
+            | "/pools/{name}"
+            | "/pools/{name}/state"
+            | "/pools/{name}/delete"
+            | "/tenants/{name}",
+        ) => ADMIN,
+        ("POST", "/runs/{id}/cancel") => OWNER,
+        _ => return None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
+    use corral_server::console::{SESSION_COOKIE, csrf_of, page_table};
+    let pages: Vec<_> = page_table()
+        .into_iter()
+        .filter(|p| p.access != Access::Public)
+        .collect();
+    for page in &pages {
+        assert!(
+            console_allowed(page.method, page.path).is_some(),
+            "console page {} {} has no expected access in this test",
+            page.method,
+            page.path
+        );
+    }
+    let m = matrix_server().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // Forms go last (and cancel, which ends the run, after every other one):
+    // each one's target is harmless where it passes (a pool or tenant that
+    // does not exist, a form the validation refuses).
+    let mut ordered = pages.clone();
+    ordered.sort_by_key(|p| (p.method == "POST", p.path == "/runs/{id}/cancel"));
+    let mut failures = Vec::new();
+    for page in &ordered {
+        let path = page.path.replace("{id}", &m.run.to_string()).replace(
+            "{name}",
+            match (page.method, page.path) {
+                ("GET", "/tenants/{name}") => "alpha",
+                ("GET", _) => "shared",
+                _ => "nope",
+            },
+        );
+        for who in EVERYONE {
+            let token = &m.tokens[&who];
+            let mut request = match page.method {
+                "GET" => http.get(format!("{}{path}", m.server.url)),
+                _ => http
+                    .post(format!("{}{path}", m.server.url))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!(
+                        "csrf={}&capacity.memory=lots&name=nope",
+                        csrf_of(token)
+                    )),
+            };
+            if who != Who::NoToken {
+                request = request.header("cookie", format!("{SESSION_COOKIE}={token}"));
+            }
+            let answer = request.send().await.expect("request");
+            let status = answer.status().as_u16();
+            let location = answer
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let valid = matches!(who, Who::TenantA | Who::TenantB | Who::Viewer | Who::Admin);
+            let allowed = console_allowed(page.method, page.path)
+                .expect("an expectation")
+                .contains(&who);
+            let refused = status == 403 || (status == 303 && location.starts_with("/login"));
+            let ok = match (valid, allowed) {
+                // Without a session: to the login page, or a form refused.
+                (false, _) => {
+                    if page.method == "GET" {
+                        status == 303 && location.starts_with("/login")
+                    } else {
+                        status == 403
+                    }
+                }
+                (true, false) => status == 403,
+                (true, true) => !refused && status < 500,
+            };
+            if !ok {
+                failures.push(format!(
+                    "{} {path} as {who:?}: got {status} {location}",
+                    page.method
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // A form with the session but not its CSRF token is refused, and did nothing.
+    let (status, _) = m.server.send("GET", "/api/v1/pools/parked", "").await;
+    assert_eq!(status, 200);
+    let forged = http
+        .post(format!("{}/pools/parked/delete", m.server.url))
+        .header(
+            "cookie",
+            format!("{SESSION_COOKIE}={}", m.tokens[&Who::Admin]),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=0123456789abcdef0123456789abcdef")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(forged.status().as_u16(), 403);
+    let (status, _) = m.server.send("GET", "/api/v1/pools/parked", "").await;
+    assert_eq!(status, 200, "the forged delete did nothing");
+}

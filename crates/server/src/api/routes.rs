@@ -392,7 +392,11 @@ pub(crate) async fn pool_view(engine: &Engine, who: &Principal, name: &str) -> A
         )));
     }
     let snapshot = state.snapshot(engine.now());
-    Ok(views::pool(pool, &snapshot, state.reserved_on(name, &snapshot)))
+    Ok(views::pool(
+        pool,
+        &snapshot,
+        state.reserved_on(name, &snapshot),
+    ))
 }
 
 fn parse_pool(body: &Bytes) -> ApiResult<PoolSpec> {

@@ -16,6 +16,10 @@ use crate::api::history::get_history;
 use crate::auth::Principal;
 use crate::engine::Engine;
 
+/// The most points a chart of several lines draws: with its time axis, well
+/// under 200 KB of data.
+const MAX_CHART_POINTS: i64 = 4_000;
+
 /// How far back a chart looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Range {
@@ -27,6 +31,36 @@ pub enum Range {
 
 impl Range {
     const ALL: [Range; 4] = [Range::Hour, Range::Day, Range::Week, Range::Month];
+
+    fn ms(self) -> i64 {
+        match self {
+            Range::Hour => 3_600_000,
+            Range::Day => 86_400_000,
+            Range::Week => 7 * 86_400_000,
+            Range::Month => 30 * 86_400_000,
+        }
+    }
+
+    /// The shortest step that keeps `lines` lines over this range within
+    /// [`MAX_CHART_POINTS`]; none (the API's own choice) for one line.
+    fn step_for(self, lines: usize) -> Option<&'static str> {
+        if lines <= 1 {
+            return None;
+        }
+        let steps = [
+            ("1m", 60_000),
+            ("5m", 300_000),
+            ("15m", 900_000),
+            ("1h", 3_600_000),
+            ("6h", 21_600_000),
+            ("1d", 86_400_000),
+        ];
+        steps
+            .into_iter()
+            .find(|(_, ms)| lines as i64 * (self.ms() / ms) <= MAX_CHART_POINTS)
+            .or(steps.last().copied())
+            .map(|(step, _)| step)
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -65,6 +99,7 @@ async fn history(
     series: &str,
     subject: Option<(&str, &str)>,
     range: Range,
+    lines: usize,
 ) -> Result<HistoryView, ApiError> {
     let mut query = BTreeMap::from([
         ("series".to_string(), series.to_string()),
@@ -73,12 +108,10 @@ async fn history(
     if let Some((kind, name)) = subject {
         query.insert(kind.to_string(), name.to_string());
     }
-    let answer = get_history(
-        State(engine.clone()),
-        Extension(who.clone()),
-        Query(query),
-    )
-    .await?;
+    if let Some(step) = range.step_for(lines) {
+        query.insert("step".to_string(), step.to_string());
+    }
+    let answer = get_history(State(engine.clone()), Extension(who.clone()), Query(query)).await?;
     Ok(answer.0)
 }
 
@@ -111,7 +144,12 @@ fn data(view: &HistoryView, label: impl Fn(&str, &str) -> String) -> serde_json:
 }
 
 /// A chart, or a line saying there is nothing to draw yet.
-fn chart_or_note(id: &str, title: &str, view: &HistoryView, label: impl Fn(&str, &str) -> String) -> Markup {
+fn chart_or_note(
+    id: &str,
+    title: &str,
+    view: &HistoryView,
+    label: impl Fn(&str, &str) -> String,
+) -> Markup {
     if view.series.iter().all(|s| s.points.is_empty()) {
         return html! {
             figure.chart { figcaption { (title) } p.muted { "No samples in this range yet." } }
@@ -134,6 +172,7 @@ pub async fn pool_charts(
         "pool.utilization.cpu,pool.utilization.memory,pool.utilization.gpu",
         Some(("pool", pool)),
         range,
+        3,
     )
     .await?;
     let saturation = history(
@@ -142,6 +181,7 @@ pub async fn pool_charts(
         "pool.saturation.cpu,pool.saturation.memory,pool.saturation.gpu",
         Some(("pool", pool)),
         range,
+        3,
     )
     .await?;
     Ok(html! {
@@ -158,7 +198,11 @@ pub async fn tenant_charts(
     range: Range,
 ) -> Result<Markup, ApiError> {
     let subject = tenant.map(|t| ("tenant", t));
-    let read = |series: &'static str| history(engine, who, series, subject, range);
+    let lines = match tenant {
+        Some(_) => 1,
+        None => engine.read().await.tenants.len(),
+    };
+    let read = |series: &'static str| history(engine, who, series, subject, range, lines);
     let by_tenant = |_: &str, subject: &str| subject.to_string();
     let queued = read("tenant.queued_runs").await?;
     let waits = read("tenant.admission_wait_seconds").await?;
@@ -168,21 +212,21 @@ pub async fn tenant_charts(
     })
 }
 
-/// Every pool's cpu and memory utilization, and cpu saturation, one line per
-/// pool.
+/// Every pool's cpu utilization and saturation, one line per pool (each
+/// pool's page has the other resources).
 pub async fn pools_charts(
     engine: &Arc<Engine>,
     who: &Principal,
     range: Range,
 ) -> Result<Markup, ApiError> {
     let by_pool = |_: &str, subject: &str| subject.to_string();
+    let lines = engine.read().await.pools.len();
     let mut charts = Vec::new();
     for (id, series, title) in [
         ("cpu-utilization", "pool.utilization.cpu", "CPU utilization"),
-        ("memory-utilization", "pool.utilization.memory", "Memory utilization"),
         ("cpu-saturation", "pool.saturation.cpu", "CPU saturation"),
     ] {
-        let view = history(engine, who, series, None, range).await?;
+        let view = history(engine, who, series, None, range, lines).await?;
         charts.push(chart_or_note(id, title, &view, by_pool));
     }
     Ok(html! { @for c in &charts { (c) } })

@@ -121,16 +121,28 @@ pub async fn page(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> PageResult {
     let range = charts::Range::from_query(&query);
-    let pools = charts::pools_charts(&engine, &session.principal, range).await?;
-    let tenants = charts::tenant_charts(&engine, &session.principal, None, range).await?;
+    // The time series and the usage live in different files: read both at once.
+    let series = async {
+        let pools = charts::pools_charts(&engine, &session.principal, range).await?;
+        let tenants = charts::tenant_charts(&engine, &session.principal, None, range).await?;
+        Ok::<_, ApiError>((pools, tenants))
+    };
+    let reports = async {
+        let mut views = Vec::new();
+        for (by, title) in TABLES {
+            views.push((by, title, usage(&engine, &session, by).await?));
+        }
+        Ok::<_, ApiError>(views)
+    };
+    let (series, reports) = tokio::join!(series, reports);
+    let ((pools, tenants), reports) = (series?, reports?);
     let mut tables = Vec::new();
     let mut idle = None;
-    for (by, title) in TABLES {
-        let view = usage(&engine, &session, by).await?;
-        if by == "pool" && !view.idle.is_empty() {
-            idle = Some(idle_table(&view));
+    for (by, title, view) in &reports {
+        if *by == "pool" && !view.idle.is_empty() {
+            idle = Some(idle_table(view));
         }
-        tables.push(table(by, title, &view));
+        tables.push(table(by, title, view));
     }
     let body = html! {
         (charts::range_links("/dashboards", range))
@@ -159,8 +171,11 @@ pub async fn usage_csv(
         .cloned()
         .unwrap_or_else(|| "tenant".into());
     let mut answer = report(&engine, &session, &by, true).await?;
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"usage-by-{by}.csv\"")) {
-        answer.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"usage-by-{by}.csv\""))
+    {
+        answer
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(answer)
 }

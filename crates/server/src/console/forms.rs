@@ -150,7 +150,9 @@ pub fn field_of<'a>(path: &str, paths: &[(&'a str, Kind)]) -> Option<&'a str> {
     paths
         .iter()
         .map(|(p, _)| *p)
-        .filter(|p| path == *p || path.starts_with(&format!("{p}.")) || path.starts_with(&format!("{p}[")))
+        .filter(|p| {
+            path == *p || path.starts_with(&format!("{p}.")) || path.starts_with(&format!("{p}["))
+        })
         .max_by_key(|p| p.len())
 }
 
@@ -167,7 +169,8 @@ mod tests {
 
     #[test]
     fn fields_become_the_document_and_back() {
-        let form = fields(b"name=a&capacity.cpu=500m&max_workers=3&labels=os%3Dlinux%2C+zone%3Db&csrf=x");
+        let form =
+            fields(b"name=a&capacity.cpu=500m&max_workers=3&labels=os%3Dlinux%2C+zone%3Db&csrf=x");
         assert!(!form.contains_key("csrf"));
         let doc = document(&form, &PATHS).expect("document");
         assert_eq!(

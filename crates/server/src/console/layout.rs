@@ -117,13 +117,7 @@ pub fn field_with(name: &str, label: &str, error: Option<&str>, input: Markup) -
 }
 
 /// A labelled text field holding `value`, with its error and a hint.
-pub fn text_field(
-    name: &str,
-    label: &str,
-    value: &str,
-    error: Option<&str>,
-    hint: &str,
-) -> Markup {
+pub fn text_field(name: &str, label: &str, value: &str, error: Option<&str>, hint: &str) -> Markup {
     let described = match (error.is_some(), hint.is_empty()) {
         (true, _) => Some(format!("{name}-error")),
         (false, false) => Some(format!("{name}-hint")),
@@ -145,7 +139,7 @@ pub fn text_field(
 
 /// Cores, as people write them.
 pub fn cores(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{:.1}", millis as f64 / 1000.0)
@@ -154,7 +148,7 @@ pub fn cores(millis: u64) -> String {
 
 /// Memory, in the largest unit that reads well.
 pub fn memory(mib: u64) -> String {
-    if mib >= 1024 && mib % 1024 == 0 {
+    if mib >= 1024 && mib.is_multiple_of(1024) {
         format!("{} GiB", mib / 1024)
     } else if mib >= 1024 {
         format!("{:.1} GiB", mib as f64 / 1024.0)
@@ -181,7 +175,13 @@ pub fn duration(ms: i64) -> String {
 
 /// One resource of a pool as a bar: allocated, reserved for a starving run,
 /// and free, out of capacity.
-pub fn bar(label: &str, used: u64, reserved: u64, capacity: u64, show: fn(u64) -> String) -> Markup {
+pub fn bar(
+    label: &str,
+    used: u64,
+    reserved: u64,
+    capacity: u64,
+    show: fn(u64) -> String,
+) -> Markup {
     let pct = |v: u64| {
         if capacity == 0 {
             0.0
@@ -210,7 +210,11 @@ pub fn bar(label: &str, used: u64, reserved: u64, capacity: u64, show: fn(u64) -
 }
 
 /// The three bars of a pool's resources (gpu only when it has some).
-pub fn resource_bars(used: &ResourcesView, reserved: &ResourcesView, capacity: &ResourcesView) -> Markup {
+pub fn resource_bars(
+    used: &ResourcesView,
+    reserved: &ResourcesView,
+    capacity: &ResourcesView,
+) -> Markup {
     html! {
         (bar("cpu", used.cpu_millis, reserved.cpu_millis, capacity.cpu_millis, cores))
         (bar("memory", used.memory_mib, reserved.memory_mib, capacity.memory_mib, memory))

@@ -31,7 +31,7 @@ use corral_core::access::Access;
 use crate::api::error::ApiError;
 use crate::engine::Engine;
 
-pub use session::SESSION_COOKIE;
+pub use session::{SESSION_COOKIE, csrf_of};
 
 type Handler = MethodRouter<Arc<Engine>>;
 
@@ -77,7 +77,12 @@ fn table() -> Vec<(PageSpec, Handler)> {
         p("GET", "/runs/{id}/log", Read, get(runs::log)),
         p("POST", "/runs/{id}/cancel", Operate, post(runs::cancel)),
         p("GET", "/dashboards", Read, get(dashboards::page)),
-        p("GET", "/dashboards/usage.csv", Read, get(dashboards::usage_csv)),
+        p(
+            "GET",
+            "/dashboards/usage.csv",
+            Read,
+            get(dashboards::usage_csv),
+        ),
     ]
 }
 

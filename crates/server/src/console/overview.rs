@@ -60,15 +60,12 @@ pub async fn page(
             .values()
             .filter(|t| who.may_touch_tenant(&t.spec.name))
             .map(|t| {
-                let (queued, oldest_wait_ms) =
-                    waits.get(&t.spec.name).copied().unwrap_or_default();
+                let (queued, oldest_wait_ms) = waits.get(&t.spec.name).copied().unwrap_or_default();
                 TenantLine {
                     view: views::tenant(t, &snapshot),
                     queued,
                     oldest_wait_ms,
-                    spent: spent
-                        .get(&t.spec.name)
-                        .map_or(0.0, |m| m.to_units_f64()),
+                    spent: spent.get(&t.spec.name).map_or(0.0, |m| m.to_units_f64()),
                 }
             })
             .collect();

@@ -84,20 +84,31 @@ pub async fn list(
 }
 
 /// The pool form, filled with `doc`'s values, with `error` next to its field.
-fn form(session: &Session, action: &str, doc: &Value, error: Option<(&str, &str)>, creating: bool) -> Markup {
+fn form(
+    session: &Session,
+    action: &str,
+    doc: &Value,
+    error: Option<(&str, &str)>,
+    creating: bool,
+) -> Markup {
     let err = |field: &str| error.and_then(|(f, m)| (f == field).then_some(m));
     let text = |field: &str, label: &str, hint: &str| {
         layout::text_field(field, label, &forms::text_at(doc, field), err(field), hint)
     };
     let select = |field: &str, label: &str, options: &[&str]| {
         let current = forms::text_at(doc, field);
-        layout::field_with(field, label, err(field), html! {
-            select id=(field) name=(field) {
-                @for o in options {
-                    option value=(o) selected[current == *o] { (o) }
+        layout::field_with(
+            field,
+            label,
+            err(field),
+            html! {
+                select id=(field) name=(field) {
+                    @for o in options {
+                        option value=(o) selected[current == *o] { (o) }
+                    }
                 }
-            }
-        })
+            },
+        )
     };
     let general = error.filter(|(f, _)| !FIELDS.iter().any(|(p, _)| p == f));
     html! {
@@ -157,7 +168,9 @@ fn parse(body: &[u8]) -> Result<PoolSpec, (Value, String, String)> {
         }
     };
     PoolSpec::parse(doc.clone()).map_err(|e| {
-        let field = forms::field_of(&e.path, &FIELDS).unwrap_or(&e.path).to_string();
+        let field = forms::field_of(&e.path, &FIELDS)
+            .unwrap_or(&e.path)
+            .to_string();
         (doc, field, e.message)
     })
 }
@@ -167,7 +180,10 @@ async fn save(engine: &Engine, session: &Session, body: &[u8], creating: bool) -
     let (title, action) = if creating {
         ("New pool".to_string(), "/pools".to_string())
     } else {
-        let name = forms::text_at(&forms::document(&forms::fields(body), &FIELDS).unwrap_or_default(), "name");
+        let name = forms::text_at(
+            &forms::document(&forms::fields(body), &FIELDS).unwrap_or_default(),
+            "name",
+        );
         (format!("Pool {name}"), format!("/pools/{name}"))
     };
     let refused = |doc: &Value, field: &str, message: &str| {
@@ -188,7 +204,10 @@ async fn save(engine: &Engine, session: &Session, body: &[u8], creating: bool) -
         Ok(_) => Ok(Redirect::to(&format!("/pools/{name}?saved=1")).into_response()),
         Err(e) => {
             let e = ApiError::from(e);
-            if e.status == StatusCode::UNPROCESSABLE_ENTITY || e.status == StatusCode::BAD_REQUEST || e.status == StatusCode::CONFLICT {
+            if e.status == StatusCode::UNPROCESSABLE_ENTITY
+                || e.status == StatusCode::BAD_REQUEST
+                || e.status == StatusCode::CONFLICT
+            {
                 let path = e.details.get("path").and_then(Value::as_str).unwrap_or("");
                 let field = forms::field_of(path, &FIELDS).unwrap_or("name");
                 Ok(refused(&doc, field, &e.message))

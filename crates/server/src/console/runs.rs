@@ -86,9 +86,15 @@ pub async fn queue(
             .filter(|t| who.may_touch_tenant(t))
             .cloned()
             .collect();
-        (queued, tenants, state.pools.keys().cloned().collect::<Vec<_>>())
+        (
+            queued,
+            tenants,
+            state.pools.keys().cloned().collect::<Vec<_>>(),
+        )
     };
-    let wanted_state = state_filter.as_deref().and_then(|s| s.parse::<RunState>().ok());
+    let wanted_state = state_filter
+        .as_deref()
+        .and_then(|s| s.parse::<RunState>().ok());
     let recent = engine
         .store()
         .runs(&RunFilter {
@@ -98,14 +104,22 @@ pub async fn queue(
         })
         .await?;
     let select = |name: &str, label: &str, options: &[String], current: &Option<String>| {
-        layout::field_with(name, label, None, html! {
-            select id=(name) name=(name) {
-                option value="" { "any" }
-                @for o in options { option value=(o) selected[current.as_ref() == Some(o)] { (o) } }
-            }
-        })
+        layout::field_with(
+            name,
+            label,
+            None,
+            html! {
+                select id=(name) name=(name) {
+                    option value="" { "any" }
+                    @for o in options { option value=(o) selected[current.as_ref() == Some(o)] { (o) } }
+                }
+            },
+        )
     };
-    let states: Vec<String> = RunState::ALL.iter().map(|s| s.as_str().to_string()).collect();
+    let states: Vec<String> = RunState::ALL
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
     let body = html! {
         form.filters method="get" action="/queue" {
             (select("tenant", "Tenant", &tenants, &tenant))
@@ -159,7 +173,11 @@ pub async fn queue(
 /// A run's steps as a graph: a column per depth (the longest chain of needs
 /// before a step), each step a box, each need an edge.
 fn dag(steps: &[StepView]) -> Markup {
-    let index: BTreeMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     let mut depth = vec![0usize; steps.len()];
     // Steps come in an order where needs come first (the DAG is validated at
     // submit); a few passes settle any other order.
@@ -193,7 +211,11 @@ fn dag(steps: &[StepView]) -> Markup {
     let height = 16 + per_column.values().max().copied().unwrap_or(1) * (h + gap_y);
     let label = |s: &StepView| {
         let name: String = s.name.chars().take(18).collect();
-        if name.len() < s.name.len() { format!("{name}…") } else { name }
+        if name.len() < s.name.len() {
+            format!("{name}…")
+        } else {
+            name
+        }
     };
     html! {
         div.dag {
@@ -241,17 +263,23 @@ async fn actual_cost(engine: &Engine, view: &RunView) -> Result<f64, ApiError> {
             tenant: a.tenant.clone(),
             pool: a.pool.clone(),
             pipeline: view.summary.pipeline.clone(),
-            resources: Resources::new(a.resources.cpu_millis, a.resources.memory_mib, a.resources.gpu),
+            resources: Resources::new(
+                a.resources.cpu_millis,
+                a.resources.memory_mib,
+                a.resources.gpu,
+            ),
             start_ms: parse(&a.opened_at),
             end_ms: a.closed_at.as_deref().map(parse),
         })
         .collect();
     let prices = engine.store().prices().await?;
     let now: Timestamp = engine.now();
-    Ok(usage(&spans, &prices, Window::new(i64::MIN, i64::MAX), now.0, &[])
-        .total
-        .cost
-        .to_units_f64())
+    Ok(
+        usage(&spans, &prices, Window::new(i64::MIN, i64::MAX), now.0, &[])
+            .total
+            .cost
+            .to_units_f64(),
+    )
 }
 
 pub async fn detail(

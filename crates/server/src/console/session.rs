@@ -50,7 +50,7 @@ impl Session {
 }
 
 /// The CSRF token of a session: bound to its token, unguessable without it.
-fn csrf_of(secret: &str) -> String {
+pub fn csrf_of(secret: &str) -> String {
     let digest = Sha256::digest(format!("corral console csrf\n{secret}").as_bytes());
     hex::encode(&digest[..16])
 }
@@ -209,11 +209,7 @@ pub async fn login(
     let cookie = format!(
         "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS}"
     );
-    (
-        [(header::SET_COOKIE, cookie)],
-        Redirect::to(&next),
-    )
-        .into_response()
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
 }
 
 pub async fn logout() -> Response {
@@ -230,9 +226,14 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            "theme=dark; corral_session=corral_abc; x=1".parse().expect("header"),
+            "theme=dark; corral_session=corral_abc; x=1"
+                .parse()
+                .expect("header"),
         );
-        assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some("corral_abc"));
+        assert_eq!(
+            cookie(&headers, SESSION_COOKIE).as_deref(),
+            Some("corral_abc")
+        );
         assert_eq!(cookie(&headers, "missing"), None);
     }
 

@@ -91,7 +91,12 @@ fn quota_rows(quota: &QuotaView, used: &corral_api::ResourcesView) -> Markup {
 }
 
 /// A usage report through the API's own handler, grouped by `by`.
-async fn usage_by(engine: &Arc<Engine>, session: &Session, tenant: &str, by: &str) -> Result<UsageView, ApiError> {
+async fn usage_by(
+    engine: &Arc<Engine>,
+    session: &Session,
+    tenant: &str,
+    by: &str,
+) -> Result<UsageView, ApiError> {
     let query = std::collections::BTreeMap::from([
         ("by".to_string(), by.to_string()),
         ("tenant".to_string(), tenant.to_string()),
@@ -299,7 +304,9 @@ pub async fn update(
     let spec = match TenantSpec::parse(doc.clone()) {
         Ok(spec) => spec,
         Err(e) => {
-            let field = forms::field_of(&e.path, &FIELDS).unwrap_or(&e.path).to_string();
+            let field = forms::field_of(&e.path, &FIELDS)
+                .unwrap_or(&e.path)
+                .to_string();
             return Ok(refused(&doc, &field, &e.message));
         }
     };

@@ -133,23 +133,17 @@ fn scope(first: usize, filters: [(&str, &Option<String>); 2]) -> (String, Vec<St
 
 pub(super) async fn spans(pool: &AnyPool, filter: &SpanFilter) -> Result<Vec<Span>> {
     let (scoped, values) = scope(3, [("a.tenant", &filter.tenant), ("a.pool", &filter.pool)]);
-    let from = "FROM allocations a JOIN runs r ON r.id = a.run_id";
-    let sql = if filter.unmetered {
-        // Apart, so that both halves read the small index of what is not
-        // metered rather than every allocation opened before `to`.
-        format!(
-            "SELECT {SPAN_COLUMNS} {from} WHERE a.metered = 0 AND a.closed_at IS NULL \
-             AND a.opened_at < $1{scoped} \
-             UNION ALL SELECT {SPAN_COLUMNS} {from} WHERE a.metered = 0 AND a.closed_at > $2 \
-             AND a.opened_at < $1{scoped} ORDER BY 1"
-        )
+    // Not metered yet: what `usage_open` lists, a small table.
+    let from = if filter.unmetered {
+        "FROM usage_open u JOIN allocations a ON a.id = u.allocation JOIN runs r ON r.id = a.run_id"
     } else {
-        format!(
-            "SELECT {SPAN_COLUMNS} {from} \
-             WHERE a.opened_at < $1 AND (a.closed_at IS NULL OR a.closed_at > $2){scoped} \
-             ORDER BY a.id"
-        )
+        "FROM allocations a JOIN runs r ON r.id = a.run_id"
     };
+    let sql = format!(
+        "SELECT {SPAN_COLUMNS} {from} \
+         WHERE a.opened_at < $1 AND (a.closed_at IS NULL OR a.closed_at > $2){scoped} \
+         ORDER BY a.id"
+    );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(filter.to.0)
         .bind(filter.from.0);
@@ -161,8 +155,9 @@ pub(super) async fn spans(pool: &AnyPool, filter: &SpanFilter) -> Result<Vec<Spa
 
 pub(super) async fn unmetered(pool: &AnyPool, limit: u32) -> Result<Vec<Span>> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {SPAN_COLUMNS} FROM allocations a JOIN runs r ON r.id = a.run_id \
-         WHERE a.metered = 0 AND a.closed_at IS NOT NULL ORDER BY a.closed_at, a.id LIMIT $1"
+        "SELECT {SPAN_COLUMNS} FROM usage_open u JOIN allocations a ON a.id = u.allocation \
+         JOIN runs r ON r.id = a.run_id \
+         WHERE a.closed_at IS NOT NULL ORDER BY a.closed_at, a.id LIMIT $1"
     )))
     .bind(i64::from(limit))
     .fetch_all(pool)
@@ -170,6 +165,19 @@ pub(super) async fn unmetered(pool: &AnyPool, limit: u32) -> Result<Vec<Span>> {
     .iter()
     .map(span_from)
     .collect()
+}
+
+/// Lists an allocation just written among those not metered yet, unless it
+/// is metered already.
+pub(super) async fn note_unmetered(conn: &mut sqlx::AnyConnection, id: AllocationId) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO usage_open (allocation) SELECT $1 WHERE NOT EXISTS \
+         (SELECT 1 FROM allocations WHERE id = $1 AND metered = 1) ON CONFLICT DO NOTHING",
+    )
+    .bind(id.0)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// An exact resource-time or a cost as a column: saturated, as no real
@@ -190,6 +198,10 @@ pub(super) async fn meter(conn: &mut sqlx::AnyConnection, m: &Metered) -> Result
     if first == 0 {
         return Ok(());
     }
+    sqlx::query("DELETE FROM usage_open WHERE allocation = $1")
+        .bind(span.allocation.0)
+        .execute(&mut *conn)
+        .await?;
     for p in &m.pieces {
         let time = &p.usage.time;
         sqlx::query(

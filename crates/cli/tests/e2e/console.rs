@@ -25,6 +25,12 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// axe-core, vendored for these tests (the server does not serve it).
 const AXE: &str = include_str!("../../../server/assets/vendor/axe.min.js");
+/// The dashboards, over the last hour. Workaround for a console bug: over the
+/// default 24 hours, with two pools or two tenants (the built-in `local` and
+/// `default` and one more), the page asks the history for one-minute steps,
+/// 1,440 buckets where the API allows 1,000, and answers 400. Tested by
+/// `the_dashboards_answer_every_range`; use `/dashboards` again once fixed.
+const DASHBOARDS: &str = "/dashboards?range=1h";
 /// The viewports every page is checked at: a laptop's and a phone's.
 const VIEWPORTS: [(u32, u32); 2] = [(1280, 800), (390, 844)];
 
@@ -635,7 +641,7 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
         cost >= 0.01,
         "seconds at 3600 a cpu-hour cost cents at least: {cost}"
     );
-    browser.goto("/dashboards").await;
+    browser.goto(DASHBOARDS).await;
     let cell = browser
         .client
         .find(Locator::XPath(
@@ -850,7 +856,7 @@ async fn every_page_passes_axe(dark: bool) {
         ("tenant", "/tenants/team-a"),
         ("queue", "/queue"),
         ("run", &run),
-        ("dashboards", "/dashboards"),
+        ("dashboards", DASHBOARDS),
     ];
     let mut failures = Vec::new();
     for (name, path) in pages {
@@ -911,6 +917,37 @@ async fn every_page_passes_axe_in_dark_colours_too() {
     every_page_passes_axe(true).await;
 }
 
+/// The dashboards over each range they offer, with a second pool and a
+/// second tenant beside the built-in ones, as on any server in use.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboards_answer_every_range() {
+    let server = Server::start("console-ranges", StoreKind::Sqlite).await;
+    server
+        .apply("kind: Pool\nname: main\ncapacity: {cpu: 2, memory: 4Gi}\n---\nkind: Tenant\nname: team-a\n")
+        .await;
+    let browser = Browser::start(&server.url).await;
+    browser.login(&server.admin_token).await;
+    let mut failures = Vec::new();
+    for range in ["1h", "24h", "7d", "30d"] {
+        let path = format!("/dashboards?range={range}");
+        browser.goto(&path).await;
+        let status = browser.status().await;
+        if status != 200 {
+            failures.push(format!("{path}: {status}: {}", browser.text("main").await));
+        }
+    }
+    browser.goto("/dashboards").await;
+    let status = browser.status().await;
+    if status != 200 {
+        failures.push(format!(
+            "/dashboards: {status}: {}",
+            browser.text("main").await
+        ));
+    }
+    browser.close().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// A person narrows the window (or turns a tablet) on the dashboards: the
 /// charts drawn for the wide window shrink with it, and the page does not
 /// scroll sideways.
@@ -925,7 +962,7 @@ async fn charts_shrink_when_the_window_narrows() {
     let browser = Browser::start(&server.url).await;
     browser.login(&server.admin_token).await;
     browser.viewport(1280, 800).await;
-    browser.goto("/dashboards").await;
+    browser.goto(DASHBOARDS).await;
     let charts = "return document.querySelectorAll('.plot canvas').length";
     eventually(
         "the dashboards' charts",
@@ -996,7 +1033,7 @@ async fn pages_left_behind_do_not_hold_the_connections_of_the_next() {
         "/tenants/team-a",
         "/queue",
         &run,
-        "/dashboards",
+        DASHBOARDS,
         "/queue",
         &run,
         "/",

@@ -7,6 +7,7 @@ mod api;
 mod campaign;
 mod cli;
 mod conformance;
+mod console;
 mod crash;
 mod disk;
 mod dying;

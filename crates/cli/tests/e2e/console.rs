@@ -25,12 +25,8 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// axe-core, vendored for these tests (the server does not serve it).
 const AXE: &str = include_str!("../../../server/assets/vendor/axe.min.js");
-/// The dashboards, over the last hour. Workaround for a console bug: over the
-/// default 24 hours, with two pools or two tenants (the built-in `local` and
-/// `default` and one more), the page asks the history for one-minute steps,
-/// 1,440 buckets where the API allows 1,000, and answers 400. Tested by
-/// `the_dashboards_answer_every_range`; use `/dashboards` again once fixed.
-const DASHBOARDS: &str = "/dashboards?range=1h";
+/// The dashboards, over their default range.
+const DASHBOARDS: &str = "/dashboards";
 /// The viewports every page is checked at: a laptop's and a phone's.
 const VIEWPORTS: [(u32, u32); 2] = [(1280, 800), (390, 844)];
 
@@ -110,9 +106,6 @@ impl Drop for Driver {
 
 /// How a browser session starts.
 struct Settings {
-    /// Chromium's back/forward cache, on as browsers ship it. Off unless
-    /// asked for: see [`pages_left_behind_do_not_hold_the_connections_of_the_next`].
-    back_forward_cache: bool,
     /// Pages in their dark colours (`prefers-color-scheme: dark`).
     dark: bool,
     /// How long a page may take to load.
@@ -122,7 +115,6 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            back_forward_cache: false,
             dark: false,
             page_load: Duration::from_secs(30),
         }
@@ -160,15 +152,6 @@ impl Browser {
         ];
         if settings.dark {
             args.push("--force-dark-mode".into());
-        }
-        if !settings.back_forward_cache {
-            // Workaround for a console bug (console.js): pages kept in the
-            // back/forward cache keep their event stream and log stream open,
-            // and once HTTP/1.1's six connections to the server are held so,
-            // the next page does not load. Tested, with the cache on, by
-            // `pages_left_behind_do_not_hold_the_connections_of_the_next`;
-            // remove this once console.js closes its streams on `pagehide`.
-            args.push("--disable-features=BackForwardCache".into());
         }
         let caps = json!({
             "browserName": "chrome",
@@ -1016,7 +999,6 @@ async fn pages_left_behind_do_not_hold_the_connections_of_the_next() {
     let browser = Browser::start_with(
         &server.url,
         Settings {
-            back_forward_cache: true,
             page_load: Duration::from_secs(10),
             ..Settings::default()
         },

@@ -27,11 +27,12 @@ const TABLES: [(&str, &str); 4] = [
     ("day", "By day"),
 ];
 
-/// This month's usage by `by`, through the API's own handler; CSV when `csv`.
+/// This month's usage as `query` asks, through the API's own handler; CSV
+/// when `csv`.
 async fn report(
     engine: &Arc<Engine>,
     session: &Session,
-    by: &str,
+    query: BTreeMap<String, String>,
     csv: bool,
 ) -> Result<Response, ApiError> {
     let mut headers = HeaderMap::new();
@@ -42,13 +43,24 @@ async fn report(
         State(engine.clone()),
         Extension(session.principal.clone()),
         headers,
-        Query(BTreeMap::from([("by".to_string(), by.to_string())])),
+        Query(query),
     )
     .await
 }
 
-async fn usage(engine: &Arc<Engine>, session: &Session, by: &str) -> Result<UsageView, ApiError> {
-    let answer = report(engine, session, by, false).await?;
+/// This month's usage grouped `by`, of one tenant if given, as the API's
+/// JSON answer reads.
+pub(super) async fn usage(
+    engine: &Arc<Engine>,
+    session: &Session,
+    by: &str,
+    tenant: Option<&str>,
+) -> Result<UsageView, ApiError> {
+    let mut query = BTreeMap::from([("by".to_string(), by.to_string())]);
+    if let Some(t) = tenant {
+        query.insert("tenant".to_string(), t.to_string());
+    }
+    let answer = report(engine, session, query, false).await?;
     let broken = |message: String| ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         code: "internal",
@@ -130,7 +142,7 @@ pub async fn page(
     let reports = async {
         let mut views = Vec::new();
         for (by, title) in TABLES {
-            views.push((by, title, usage(&engine, &session, by).await?));
+            views.push((by, title, usage(&engine, &session, by, None).await?));
         }
         Ok::<_, ApiError>(views)
     };
@@ -170,7 +182,8 @@ pub async fn usage_csv(
         .filter(|b| TABLES.iter().any(|(k, _)| k == b))
         .cloned()
         .unwrap_or_else(|| "tenant".into());
-    let mut answer = report(&engine, &session, &by, true).await?;
+    let query = BTreeMap::from([("by".to_string(), by.clone())]);
+    let mut answer = report(&engine, &session, query, true).await?;
     if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"usage-by-{by}.csv\""))
     {
         answer

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use corral_api::{QuotaView, TenantSummary, TenantView, UsageRowView, UsageView};
+use corral_api::{QuotaView, TenantSummary, TenantView, UsageRowView};
 use corral_core::tenant::TenantSpec;
 use maud::{Markup, html};
 use serde_json::Value;
@@ -17,9 +17,9 @@ use serde_json::Value;
 use super::forms::{self, Kind};
 use super::layout::{self, Section};
 use super::session::Session;
-use super::{PageResult, charts};
+use super::{PageResult, charts, dashboards};
 use crate::api::error::{ApiError, PathParam};
-use crate::api::usage::{tenant_summary, usage_report};
+use crate::api::usage::tenant_summary;
 use crate::api::views;
 use crate::engine::Engine;
 
@@ -90,36 +90,6 @@ fn quota_rows(quota: &QuotaView, used: &corral_api::ResourcesView) -> Markup {
     }
 }
 
-/// A usage report through the API's own handler, grouped by `by`.
-async fn usage_by(
-    engine: &Arc<Engine>,
-    session: &Session,
-    tenant: &str,
-    by: &str,
-) -> Result<UsageView, ApiError> {
-    let query = std::collections::BTreeMap::from([
-        ("by".to_string(), by.to_string()),
-        ("tenant".to_string(), tenant.to_string()),
-    ]);
-    let answer = usage_report(
-        State(engine.clone()),
-        Extension(session.principal.clone()),
-        HeaderMap::new(),
-        Query(query),
-    )
-    .await?;
-    let broken = |message: String| ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        message,
-        details: serde_json::json!({}),
-    };
-    let bytes = axum::body::to_bytes(answer.into_body(), 16 << 20)
-        .await
-        .map_err(|e| broken(e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| broken(e.to_string()))
-}
-
 fn usage_table(title: &str, key: &str, rows: &[UsageRowView]) -> Markup {
     html! {
         div.table-wrap { table {
@@ -185,7 +155,7 @@ pub async fn detail(
         PathParam(name.clone()),
     )
     .await?;
-    let by_pipeline = usage_by(&engine, &session, &name, "pipeline").await?;
+    let by_pipeline = dashboards::usage(&engine, &session, "pipeline", Some(&name)).await?;
     let spec = {
         let state = engine.read().await;
         state.tenants.get(&name).map(|t| t.spec.clone())

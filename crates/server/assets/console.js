@@ -68,6 +68,8 @@ function drawCharts() {
       width: width(),
       height: 220,
       series: [{}].concat(data.series.map((s, i) => ({ label: s.label, stroke: palette[i % palette.length], width: 1.5 }))),
+      // The time axis spans the range asked for, however few the samples.
+      scales: data.from && data.to ? { x: { time: true, range: [data.from, data.to] } } : {},
       axes: [{ stroke: "#8a94a0" }, { stroke: "#8a94a0", label: data.unit || "" }],
     };
     const chart = new uPlot(opts, [data.x].concat(data.series.map((s) => s.y)), target);

@@ -145,7 +145,18 @@ fn data(view: &HistoryView, label: impl Fn(&str, &str) -> String) -> serde_json:
             })
         })
         .collect();
-    json!({ "x": x, "series": series, "unit": view.series.first().map(|s| s.unit.clone()) })
+    let seconds = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|d| d.timestamp())
+    };
+    json!({
+        "x": x,
+        "series": series,
+        "unit": view.series.first().map(|s| s.unit.clone()),
+        "from": seconds(&view.from),
+        "to": seconds(&view.to),
+    })
 }
 
 /// A chart, or a line saying there is nothing to draw yet.

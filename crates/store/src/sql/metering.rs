@@ -5,11 +5,11 @@ use corral_core::clock::Timestamp;
 use corral_core::ids::{AllocationId, RunId};
 use corral_core::metering::{CapacityChange, PriceChange, SlotUsage, Span, Usage, day_start};
 use corral_core::money::Money;
-use corral_core::resources::{ResourceTime, Resources};
+use corral_core::resources::ResourceTime;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use super::rows::{from_json, int, opt_ts, to_json, ts, uint};
+use super::rows::{from_json, int, opt_ts, resources, to_json, ts, uint};
 use crate::Result;
 use crate::records::{AlertRecord, Metered, PipelineDurations, SpanFilter, UsageQuery};
 
@@ -61,11 +61,7 @@ fn capacity_from(row: &AnyRow) -> Result<CapacityChange> {
     Ok(CapacityChange {
         pool: row.try_get("pool")?,
         at_ms: row.try_get("at")?,
-        capacity: Resources {
-            cpu_millis: uint("capacity cpu", row.try_get("cpu_millis")?)?,
-            memory_mib: uint("capacity memory", row.try_get("memory_mib")?)?,
-            gpu: uint("capacity gpu", row.try_get("gpu")?)?,
-        },
+        capacity: resources(row)?,
     })
 }
 
@@ -107,11 +103,7 @@ fn span_from(row: &AnyRow) -> Result<Span> {
         tenant: row.try_get("tenant")?,
         pool: row.try_get("pool")?,
         pipeline: row.try_get("pipeline")?,
-        resources: Resources {
-            cpu_millis: uint("allocation cpu", row.try_get("cpu_millis")?)?,
-            memory_mib: uint("allocation memory", row.try_get("memory_mib")?)?,
-            gpu: uint("allocation gpu", row.try_get("gpu")?)?,
-        },
+        resources: resources(row)?,
         start_ms: row.try_get("opened_at")?,
         end_ms: row.try_get("closed_at")?,
     })

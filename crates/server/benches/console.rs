@@ -170,7 +170,7 @@ fn main() {
             "seeded {POOLS} pools, {TENANTS} tenants, {RUNS} runs and 30 days of hourly history in {:.1?}",
             seeding.elapsed()
         );
-        let router = corral_server::console::router(engine.clone());
+        let router = corral_server::console::router(engine.clone(), Duration::from_secs(10));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("port");
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move { axum::serve(listener, router).await });

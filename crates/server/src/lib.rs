@@ -212,7 +212,10 @@ pub async fn serve(
             metrics_public: config.metrics_public,
         },
     )
-    .merge(console::router(engine_for_console));
+    .merge(console::router(
+        engine_for_console,
+        config.http.body_timeout,
+    ));
     http::raise_open_files_limit();
     let acceptor = http::CappedAcceptor::new(config.http.max_connections);
     // On shutdown, stop taking connections; held long-polls get a short grace,

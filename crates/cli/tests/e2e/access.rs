@@ -1136,4 +1136,13 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
     assert_eq!(forged.status().as_u16(), 403);
     let (status, _) = m.server.send("GET", "/api/v1/pools/parked", "").await;
     assert_eq!(status, 200, "the forged delete did nothing");
+    // A form, the login's too, is at most 64 KiB.
+    let huge = http
+        .post(format!("{}/login", m.server.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", "x".repeat(70 * 1024)))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(huge.status().as_u16(), 413);
 }

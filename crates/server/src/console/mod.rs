@@ -22,11 +22,13 @@ mod tenants;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use corral_core::access::Access;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api::error::ApiError;
 use crate::engine::Engine;
@@ -92,14 +94,18 @@ pub fn page_table() -> Vec<PageSpec> {
 }
 
 /// The console's routes; merged with the API's, which keep `/api`, `/metrics`
-/// and `/healthz`.
-pub fn router(engine: Arc<Engine>) -> Router {
+/// and `/healthz`. A form's body is read within `body_timeout`, and is at most
+/// 64 KiB (the login's too).
+pub fn router(engine: Arc<Engine>, body_timeout: std::time::Duration) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
         let gate = from_fn_with_state((engine.clone(), spec.access), session::gate);
+        let handler = handler.layer(RequestBodyTimeoutLayer::new(body_timeout));
         router = router.route(spec.path, handler.route_layer(gate));
     }
-    router.with_state(engine)
+    router
+        .with_state(engine)
+        .layer(DefaultBodyLimit::max(session::MAX_FORM_BYTES))
 }
 
 /// What a console handler answers when it fails: the API's error as a page.

@@ -23,7 +23,7 @@ pub const SESSION_COOKIE: &str = "corral_session";
 /// ends it sooner).
 const SESSION_SECONDS: u64 = 12 * 3600;
 /// The largest form the console takes.
-const MAX_FORM_BYTES: usize = 64 * 1024;
+pub(super) const MAX_FORM_BYTES: usize = 64 * 1024;
 /// The longest token a login form takes.
 const MAX_TOKEN_CHARS: usize = 512;
 

@@ -120,6 +120,9 @@ pub struct TenantView {
     pub pool_limits: BTreeMap<String, QuotaView>,
     /// Sum of the tenant's open allocations across all pools.
     pub used: ResourcesView,
+    /// What its open allocations hold in each pool that holds any, by pool.
+    #[serde(default)]
+    pub held: BTreeMap<String, ResourcesView>,
     /// Runs holding allocations now.
     pub runs: u64,
     /// Its budget per calendar month, if it has one.

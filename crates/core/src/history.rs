@@ -373,5 +373,7 @@ pub fn parse_interval_ms(text: &str) -> Result<u64, String> {
     }
 }
 
+pub mod waits;
+
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! How long each console page takes the server, and how large its charts'
 //! data is, with 1,000 runs, 50 pools, 10 tenants and 30 days of governance
-//! history in a SQLite store. Run with `cargo bench -p corral-server --bench console`.
+//! history (admission waits included) in a SQLite store. Run with
+//! `cargo bench -p corral-server --bench console`.
 //!
 //! The engine and the console's router run in this process, served on a port
 //! of 127.0.0.1; each page is asked for `CORRAL_BENCH_REPS` times (default 7)
@@ -21,7 +22,7 @@ use corral_server::auth::Principal;
 use corral_server::console::SESSION_COOKIE;
 use corral_server::engine::{Engine, EngineConfig};
 use corral_server::provider::LocalProvider;
-use corral_store::{SqlStore, Store};
+use corral_store::{AdmissionWait, SqlStore, Store, Write};
 
 const POOLS: usize = 50;
 const TENANTS: usize = 10;
@@ -113,6 +114,19 @@ async fn seed(engine: &Engine, store: &dyn Store) {
                 });
             }
         }
+        // Twenty admissions an hour per tenant, waiting up to ten minutes.
+        let waits: Vec<Write> = (0..TENANTS)
+            .flat_map(|t| {
+                (0..20).map(move |i| {
+                    Write::CountWait(AdmissionWait {
+                        tenant: format!("team-{t}"),
+                        at,
+                        wait_ms: (i * i * 1_500 + t as i64 * 700) % 600_000,
+                    })
+                })
+            })
+            .collect();
+        store.commit(&waits).await.expect("waits");
         if batch.len() > 20_000 {
             store.append_samples(&batch).await.expect("samples");
             batch.clear();

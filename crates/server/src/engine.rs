@@ -22,8 +22,8 @@ use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
 use corral_core::tenant::TenantSpec;
 use corral_core::usage::UsageLedger;
 use corral_store::{
-    AllocationFilter, AllocationRecord, AttemptRecord, LogChunk, PoolRecord, RunRecord, StepRecord,
-    Store, StoreError, TenantRecord, WorkerRecord, Write,
+    AdmissionWait, AllocationFilter, AllocationRecord, AttemptRecord, LogChunk, PoolRecord,
+    RunRecord, StepRecord, Store, StoreError, TenantRecord, WorkerRecord, Write,
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
@@ -671,6 +671,11 @@ impl Engine {
             }
             if update.run.record.state == RunState::Queued {
                 fx.observed.admitted(&update.run.record, now);
+                writes.push(Write::CountWait(AdmissionWait {
+                    tenant: update.run.record.tenant.clone(),
+                    at: now,
+                    wait_ms: now.millis_since(update.run.record.created_at),
+                }));
                 update.set_run_state(RunState::Admitted);
             }
             // Groups placed on static agents start at once.

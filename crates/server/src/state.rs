@@ -332,7 +332,8 @@ impl State {
             Write::PutToken(_)
             | Write::TouchToken { .. }
             | Write::AppendAudit(_)
-            | Write::Meter(_) => {}
+            | Write::Meter(_)
+            | Write::CountWait(_) => {}
         }
     }
 

@@ -34,3 +34,25 @@ pub struct HistoryPoint {
     pub max: f64,
     pub samples: u64,
 }
+
+/// A read of the admission wait histograms: per tenant (of `tenants`, or
+/// every one) and bucket of `bucket_ms` (whole hours, aligned on multiples of
+/// it since the epoch), the runs per wait bucket, of the hours from the one
+/// `from` falls in to the one `to` falls in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitQuery {
+    pub tenants: Option<Vec<String>>,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub bucket_ms: i64,
+}
+
+/// How many runs of a tenant, first admitted within the time bucket starting
+/// at `at`, waited a time within the histogram's bucket `bucket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitCount {
+    pub tenant: String,
+    pub at: Timestamp,
+    pub bucket: u32,
+    pub runs: u64,
+}

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use corral_core::ids::{AttemptId, RunId};
 use corral_core::metering::{CapacityChange, PriceChange, SlotUsage, Span};
 
-pub use history::{HistoryPoint, HistoryQuery};
+pub use history::{HistoryPoint, HistoryQuery, WaitCount, WaitQuery};
 pub use records::*;
 pub use sql::{Backend, SqlStore};
 pub use usage::metered_usage;
@@ -131,4 +131,8 @@ pub trait Store: Send + Sync {
     /// retention, in one transaction (see `corral_core::history::Rollup`):
     /// running it again, or after a crash in the middle, counts nothing twice.
     async fn roll_up_history(&self, rollup: &corral_core::history::Rollup) -> Result<()>;
+
+    /// The admission wait histograms (see [`WaitQuery`]), ordered by tenant,
+    /// time and bucket.
+    async fn admission_waits(&self, query: &WaitQuery) -> Result<Vec<WaitCount>>;
 }

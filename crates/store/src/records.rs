@@ -195,6 +195,18 @@ pub enum Write {
     /// A closed allocation's usage, priced once: its pieces are kept and added
     /// to the sums per slot, unless the allocation is metered already.
     Meter(Metered),
+    /// A run's first admission, counted in its tenant's wait histogram.
+    CountWait(AdmissionWait),
+}
+
+/// A run first admitted at `at` after waiting `wait_ms` since it was
+/// submitted: one more run in the bucket of its wait
+/// (`corral_core::history::waits`), for its tenant and the hour of `at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionWait {
+    pub tenant: String,
+    pub at: Timestamp,
+    pub wait_ms: i64,
 }
 
 /// A closed allocation's span (with its run's pipeline) and its canonical

@@ -15,7 +15,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::records::*;
-use crate::{HistoryPoint, HistoryQuery};
+use crate::{HistoryPoint, HistoryQuery, WaitCount, WaitQuery};
 use crate::{Result, Store, StoreError};
 use corral_core::history::{Rollup, Sample};
 
@@ -403,6 +403,7 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         Write::PutCapacity(c) => metering::put_capacity(conn, c).await?,
         Write::PutAlert(a) => metering::put_alert(conn, a).await?,
         Write::Meter(m) => metering::meter(conn, m).await?,
+        Write::CountWait(w) => history::count_wait(conn, w).await?,
         Write::AppendAudit(a) => {
             sqlx::query(
                 "INSERT INTO audit (id, at, who, kind, name, action, before_spec, after_spec) \
@@ -845,6 +846,12 @@ impl Store for SqlStore {
     }
 
     async fn roll_up_history(&self, rollup: &Rollup) -> Result<()> {
-        history::roll_up(&self.history, rollup).await
+        history::roll_up(&self.history, rollup).await?;
+        // The wait histograms are kept with the state; they go with the hours.
+        history::prune_waits(&self.pool, rollup).await
+    }
+
+    async fn admission_waits(&self, query: &WaitQuery) -> Result<Vec<WaitCount>> {
+        history::read_waits(&self.pool, query).await
     }
 }

@@ -926,10 +926,14 @@ async fn sqlite_logs_kept_in_the_main_file_move_to_their_own() {
 
 mod history {
     use corral_core::clock::Timestamp;
+    use corral_core::history::waits;
     use corral_core::history::{HOUR_MS, Rollup, Sample, Series, Source};
     use corral_core::resources::Dimension;
     use corral_store::testing::fresh_postgres_database;
-    use corral_store::{HistoryPoint, HistoryQuery, SqlStore, Store};
+    use corral_store::{
+        AdmissionWait, AuditRecord, HistoryPoint, HistoryQuery, SqlStore, Store, WaitCount,
+        WaitQuery, Write,
+    };
 
     const MINUTE: i64 = 60_000;
     /// An hour's start.
@@ -1146,12 +1150,109 @@ mod history {
         );
     }
 
+    /// Admission waits: counted per hour, tenant and wait bucket, in the
+    /// transaction that writes them; read merged into longer buckets; pruned
+    /// with the hourly history.
+    pub async fn waits(store: &dyn Store) {
+        let wait = |tenant: &str, at: i64, wait_ms: i64| {
+            Write::CountWait(AdmissionWait {
+                tenant: tenant.into(),
+                at: Timestamp(at),
+                wait_ms,
+            })
+        };
+        store
+            .commit(&[
+                wait("a", BASE, 1_000),
+                wait("a", BASE + 5 * MINUTE, 1_000),
+                wait("a", BASE + 50 * MINUTE, 60_000),
+                wait("a", BASE + HOUR_MS, 1_000),
+                wait("b", BASE + 3 * HOUR_MS, 0),
+            ])
+            .await
+            .expect("count waits");
+        let count = |tenant: &str, at: i64, wait_ms: i64, runs: u64| WaitCount {
+            tenant: tenant.into(),
+            at: Timestamp(at),
+            bucket: waits::bucket_of(wait_ms),
+            runs,
+        };
+        let all = WaitQuery {
+            tenants: None,
+            from: Timestamp(BASE + 30 * MINUTE),
+            to: Timestamp(BASE + 10 * HOUR_MS),
+            bucket_ms: HOUR_MS,
+        };
+        // The range is widened to the hour `from` falls in.
+        let read =
+            |q: WaitQuery| async move { store.admission_waits(&q).await.expect("read waits") };
+        assert_eq!(
+            read(all.clone()).await,
+            vec![
+                count("a", BASE, 1_000, 2),
+                count("a", BASE, 60_000, 1),
+                count("a", BASE + HOUR_MS, 1_000, 1),
+                count("b", BASE + 3 * HOUR_MS, 0, 1),
+            ]
+        );
+        assert_eq!(
+            read(WaitQuery {
+                tenants: Some(vec!["a".into()]),
+                bucket_ms: 2 * HOUR_MS,
+                ..all.clone()
+            })
+            .await,
+            vec![count("a", BASE, 1_000, 3), count("a", BASE, 60_000, 1)]
+        );
+        assert!(
+            read(WaitQuery {
+                tenants: Some(Vec::new()),
+                ..all.clone()
+            })
+            .await
+            .is_empty()
+        );
+        // A failed transaction counts nothing: here, an audit entry written twice.
+        let entry = Write::AppendAudit(AuditRecord {
+            id: 9_000,
+            at: Timestamp(BASE),
+            who: "admin".into(),
+            kind: "pool".into(),
+            name: "linux".into(),
+            action: "update".into(),
+            before: None,
+            after: None,
+        });
+        let failed = store
+            .commit(&[wait("a", BASE, 1_000), entry.clone(), entry])
+            .await;
+        assert!(failed.is_err(), "an id written twice fails the transaction");
+        assert_eq!(read(all.clone()).await[0], count("a", BASE, 1_000, 2));
+        // Pruned with the hourly history.
+        store
+            .roll_up_history(&Rollup {
+                until: Timestamp(BASE + 2 * HOUR_MS),
+                raw_before: Timestamp(BASE + HOUR_MS),
+                hourly_before: Timestamp(BASE + HOUR_MS),
+            })
+            .await
+            .expect("prune");
+        assert_eq!(
+            read(all).await,
+            vec![
+                count("a", BASE + HOUR_MS, 1_000, 1),
+                count("b", BASE + 3 * HOUR_MS, 0, 1),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn history_sqlite() {
         let dir = std::env::temp_dir().join(format!("corral-history-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = SqlStore::open_sqlite(&dir).await.expect("open sqlite");
         suite(&store).await;
+        waits(&store).await;
         assert!(
             dir.join("history.db").exists(),
             "samples have their own file"
@@ -1178,5 +1279,6 @@ mod history {
         let url = fresh_postgres_database("history").await;
         let store = SqlStore::connect(&url).await.expect("connect postgres");
         suite(&store).await;
+        waits(&store).await;
     }
 }

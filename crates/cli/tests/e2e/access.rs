@@ -111,7 +111,7 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         ("POST", "/api/v1/agents/{worker}/poll")
         | ("POST", "/api/v1/agents/{worker}/attempts/{attempt}/logs")
         | ("POST", "/api/v1/agents/{worker}/attempts/{attempt}/report") => NOBODY,
-        ("GET", "/api/v1/history") => READERS,
+        ("GET", "/api/v1/history" | "/api/v1/history/waits") => READERS,
         _ => return None,
     })
 }
@@ -1018,7 +1018,8 @@ fn console_allowed(method: &str, path: &str) -> Option<&'static [Who]> {
             | "/tenants"
             | "/queue"
             | "/dashboards"
-            | "/dashboards/usage.csv",
+            | "/dashboards/usage.csv"
+            | "/dashboards/waits.csv",
         ) => READERS,
         ("GET", "/tenants/{name}" | "/runs/{id}" | "/runs/{id}/log") => OWNER_READERS,
         ("GET", "/pools/new") => ADMIN,

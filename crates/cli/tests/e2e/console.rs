@@ -521,6 +521,36 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
     );
     let tenant: Value = server.get("/api/v1/tenants/team-a").await;
     assert_eq!(tenant["quota"]["cpu_millis"], 1000, "{tenant:#}");
+    // Its pools and a limit in one of them: a bad quantity is shown next to
+    // the field, a good one saved.
+    browser.fill("allowed_pools", "browser").await;
+    browser.fill("pool_limits", "browser: memory=lots").await;
+    browser.submit("form.stack button.primary").await;
+    let error = browser.text("[id=\"pool_limits-error\"]").await;
+    assert!(error.contains("memory"), "{error}");
+    browser
+        .fill("pool_limits", "browser: memory=2Gi, runs=2")
+        .await;
+    browser.submit("form.stack button.primary").await;
+    assert_eq!(browser.path().await, "/tenants/team-a?saved=1");
+    let tenant: Value = server.get("/api/v1/tenants/team-a").await;
+    assert_eq!(
+        tenant["allowed_pools"],
+        serde_json::json!(["browser"]),
+        "{tenant:#}"
+    );
+    assert_eq!(
+        (
+            &tenant["pool_limits"]["browser"]["memory_mib"],
+            &tenant["pool_limits"]["browser"]["runs"]
+        ),
+        (&2048.into(), &2.into()),
+        "{tenant:#}"
+    );
+    assert_eq!(
+        tenant["quota"]["cpu_millis"], 1000,
+        "the quota is kept: {tenant:#}"
+    );
 
     // A run holds the quota; a second waits behind it, and the queue says why.
     let go = server.data_dir.join("go");
@@ -633,6 +663,39 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
         .await
         .unwrap_or_else(|e| panic!("team-a in the By tenant table: {e}"));
     assert_eq!(cell.text().await.expect("a cell"), format!("{cost:.2}"));
+    // Both runs' admission waits, as the API has them.
+    let (status, waits) = server
+        .send_as(
+            &server.admin_token,
+            "GET",
+            "/api/v1/history/waits?from=24h",
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{waits}");
+    let team = &waits["tenants"][0];
+    assert_eq!(
+        (&team["tenant"], &team["runs"]),
+        (&"team-a".into(), &2.into()),
+        "{waits:#}"
+    );
+    let row = browser
+        .client
+        .find(Locator::XPath(
+            "//section[h3[starts-with(normalize-space(.), 'Admission wait by tenant')]]//tr[td[1][normalize-space(.)='team-a']]",
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("team-a in the admission wait table: {e}"));
+    let admitted = row.find(Locator::XPath("td[2]")).await.expect("a cell");
+    assert_eq!(admitted.text().await.expect("a cell"), "2");
+    let mut shown = Vec::new();
+    for data in row.find_all(Locator::Css("td data")).await.expect("cells") {
+        let value = data.attr("value").await.expect("a value").expect("a value");
+        shown.push(value.parse::<f64>().expect("seconds"));
+    }
+    let seconds = |p: &str| team[p].as_f64().expect("a percentile");
+    assert_eq!(shown, vec![seconds("p50_seconds"), seconds("p99_seconds")]);
 
     browser.close().await;
 }

@@ -2,10 +2,11 @@
 //! allocations and wait, kept across a `kill -9` of the server with no
 //! duplicate and no gap beyond the time it was down, and scoped by tenant (a
 //! tenant token asking for another tenant's or pool's series gets a 403; its
-//! unfiltered reads leave them out).
+//! unfiltered reads leave them out); admission waits counted once.
 
 use std::time::Duration;
 
+use corral_core::history::waits;
 use serde_json::Value;
 
 use crate::harness::{Server, StoreKind, eventually, millis};
@@ -144,6 +145,63 @@ async fn check_against_the_api(server: &Server, answer: &Value, since: i64, wait
     }
 }
 
+/// The admission waits since `from`: blue's one admitted run (the holder,
+/// after `holder_wait_ms`), counted once across the crash, its percentiles in
+/// the histogram bucket of that wait; scoped like the series.
+async fn check_waits(server: &Server, blue_token: &str, from: i64, holder_wait_ms: i64) {
+    let path = format!("/api/v1/history/waits?from={}", rfc3339(from));
+    let (status, answer) = server
+        .send_as(&server.admin_token, "GET", &path, "", None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["step"], "1h", "{answer:#}");
+    let tenants = answer["tenants"].as_array().expect("tenants");
+    assert_eq!(tenants.len(), 1, "only blue had a run admitted: {answer:#}");
+    let blue = &tenants[0];
+    assert_eq!(
+        (&blue["tenant"], &blue["runs"]),
+        (&"blue".into(), &1.into())
+    );
+    let k = waits::bucket_of(holder_wait_ms);
+    for p in ["p50_seconds", "p99_seconds"] {
+        let seconds = blue[p].as_f64().expect("a percentile");
+        assert!(
+            waits::lower_ms(k) <= seconds * 1000.0 && seconds * 1000.0 <= waits::upper_ms(k),
+            "{p} {seconds} for a wait of {holder_wait_ms} ms"
+        );
+    }
+    let (status, own) = server.send_as(blue_token, "GET", &path, "", None).await;
+    assert_eq!(
+        (status, &own["tenants"]),
+        (200, &answer["tenants"]),
+        "{own}"
+    );
+    let (status, other) = server
+        .send_as(blue_token, "GET", &format!("{path}&tenant=green"), "", None)
+        .await;
+    assert_eq!(status, 403, "{other}");
+    for (query, field) in [
+        ("step=raw", "step"),
+        ("step=90m", "step"),
+        ("to=soon", "to"),
+    ] {
+        let (status, answer) = server
+            .send_as(
+                &server.admin_token,
+                "GET",
+                &format!("/api/v1/history/waits?{query}"),
+                "",
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert_eq!(
+            answer["error"]["details"]["path"], field,
+            "{query}: {answer}"
+        );
+    }
+}
+
 async fn sampled_across_a_crash(store: StoreKind) {
     let mut server = Server::start_with(
         "history",
@@ -232,6 +290,14 @@ async fn sampled_across_a_crash(store: StoreKind) {
     let answer = sampled_after(&server, started, up + 1_000).await;
     // The allocation and the queue were restored: the samples say so too.
     check_against_the_api(&server, &answer, up, &waiter).await;
+
+    check_waits(
+        &server,
+        &blue,
+        started,
+        opened_at - millis(&holder["created_at"]),
+    )
+    .await;
 
     // No duplicate and no gap: one interval apart while the server runs, and
     // across the crash no more than the time it was down, one interval, and

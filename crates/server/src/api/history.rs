@@ -11,11 +11,14 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::{Extension, Json};
-use corral_api::history::{HistoryView, PointView, SeriesView};
+use corral_api::history::{
+    HistoryView, PointView, SeriesView, TenantWaitsView, WaitPointView, WaitsView,
+};
 use corral_core::clock::Timestamp;
 use corral_core::error::{FieldError, check_name};
+use corral_core::history::waits::{self, WaitHistogram};
 use corral_core::history::{HOUR_MS, Series, Source, Step, SubjectKind, resolution};
-use corral_store::{HistoryPoint, HistoryQuery};
+use corral_store::{HistoryPoint, HistoryQuery, WaitQuery};
 
 use super::error::ApiError;
 use super::routes::{may_use_pool, params, tenant_scope};
@@ -50,21 +53,7 @@ pub(crate) async fn get_history(
     params(&query, &["series", "pool", "tenant", "from", "to", "step"])?;
     let series = parse_series(query.get("series"))?;
     let now = engine.now();
-    let from = match query.get("from") {
-        Some(text) => moment(now, "from", text)?,
-        None => now.plus_millis(-HOUR_MS),
-    };
-    let to = match query.get("to") {
-        Some(text) => moment(now, "to", text)?,
-        None => now,
-    };
-    if from > to {
-        return Err(FieldError::new(
-            "from",
-            format!("{} is after to ({})", views::time(from), views::time(to)),
-        )
-        .into());
-    }
+    let (from, to) = range(now, &query)?;
     let step = query.get("step").map(|s| Step::parse(s)).transpose()?;
     let interval_ms =
         i64::try_from(engine.config().sample_interval.as_millis()).unwrap_or(i64::MAX);
@@ -115,6 +104,87 @@ pub(crate) async fn get_history(
     }))
 }
 
+/// How long runs waited for their first admission: per tenant, the number
+/// of runs first admitted and their median and 99th percentile wait, over the
+/// range and per bucket of it. The waits are kept per hour as histograms (see
+/// `corral_core::history::waits`), so the percentiles are estimates within
+/// 19% and the range is widened to whole hours.
+///
+/// Who sees what: `admin` and `viewer` every tenant, a `tenant` token its
+/// own (asking for another is a 403).
+#[utoipa::path(get, path = "/api/v1/history/waits",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
+        ("from" = Option<String>, Query, description = "An RFC 3339 time, or an age such as 90m or 7d (default: 1h)",
+            pattern = "^([0-9]{1,15}|([0-9]{1,9}[smhd]){1,8}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"),
+        ("to" = Option<String>, Query, description = "An RFC 3339 time, or an age (default: now)",
+            pattern = "^([0-9]{1,15}|([0-9]{1,9}[smhd]){1,8}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"),
+        ("step" = Option<String>, Query, description = "Whole hours (1h, 6h, 1d) giving at most 1000 buckets; by default the shortest of 1h, 6h, 1d, 7d that does",
+            pattern = "^([0-9]{1,9}[smhd]){1,8}$")),
+    responses((status = 200, body = WaitsView), (status = 503, body = corral_api::ErrorBody)))]
+pub(crate) async fn get_waits(
+    State(engine): State<Arc<Engine>>,
+    Extension(who): Extension<Principal>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<WaitsView>, ApiError> {
+    params(&query, &["tenant", "from", "to", "step"])?;
+    let (from, to) = range(engine.now(), &query)?;
+    let step = query.get("step").map(|s| Step::parse(s)).transpose()?;
+    let bucket_ms = waits::step_ms(from, to, step)?;
+    if let Some(t) = query.get("tenant") {
+        check_name("tenant", t)?;
+    }
+    let read = WaitQuery {
+        tenants: tenant_scope(&who, &query)?.map(|t| vec![t]),
+        from,
+        to,
+        bucket_ms,
+    };
+    let mut by_tenant: BTreeMap<String, BTreeMap<Timestamp, WaitHistogram>> = BTreeMap::new();
+    for c in engine.store().admission_waits(&read).await? {
+        by_tenant
+            .entry(c.tenant)
+            .or_default()
+            .entry(c.at)
+            .or_default()
+            .add(c.bucket, c.runs);
+    }
+    let quantiles = |h: &WaitHistogram| (h.quantile(0.5), h.quantile(0.99));
+    let tenants = by_tenant
+        .into_iter()
+        .map(|(tenant, buckets)| {
+            let mut whole = WaitHistogram::default();
+            let points = buckets
+                .into_iter()
+                .map(|(at, h)| {
+                    whole.merge(&h);
+                    let (p50, p99) = quantiles(&h);
+                    WaitPointView {
+                        at: views::time(at),
+                        runs: h.runs(),
+                        p50_seconds: p50.unwrap_or(0.0),
+                        p99_seconds: p99.unwrap_or(0.0),
+                    }
+                })
+                .collect();
+            let (p50, p99) = quantiles(&whole);
+            TenantWaitsView {
+                tenant,
+                runs: whole.runs(),
+                p50_seconds: p50.unwrap_or(0.0),
+                p99_seconds: p99.unwrap_or(0.0),
+                points,
+            }
+        })
+        .collect();
+    Ok(Json(WaitsView {
+        from: views::time(from),
+        to: views::time(to),
+        step: format_step(bucket_ms),
+        tenants,
+    }))
+}
+
 fn parse_series(text: Option<&String>) -> Result<BTreeSet<Series>, FieldError> {
     let known = || {
         Series::ALL
@@ -139,6 +209,28 @@ fn parse_series(text: Option<&String>) -> Result<BTreeSet<Series>, FieldError> {
             })
         })
         .collect()
+}
+
+/// The range `from=` and `to=` ask for: the last hour by default.
+fn range(
+    now: Timestamp,
+    query: &BTreeMap<String, String>,
+) -> Result<(Timestamp, Timestamp), FieldError> {
+    let from = match query.get("from") {
+        Some(text) => moment(now, "from", text)?,
+        None => now.plus_millis(-HOUR_MS),
+    };
+    let to = match query.get("to") {
+        Some(text) => moment(now, "to", text)?,
+        None => now,
+    };
+    if from > to {
+        return Err(FieldError::new(
+            "from",
+            format!("{} is after to ({})", views::time(from), views::time(to)),
+        ));
+    }
+    Ok((from, to))
 }
 
 /// A time given as RFC 3339 (`2026-11-28T09:00:00Z`) or as an age (`1h`, `7d`).

@@ -166,6 +166,12 @@ fn table(config: &RouterConfig) -> Vec<(RouteSpec, Handler)> {
             Read,
             get(super::history::get_history),
         ),
+        r(
+            "GET",
+            "/api/v1/history/waits",
+            Read,
+            get(super::history::get_waits),
+        ),
     ]
 }
 
@@ -267,7 +273,8 @@ async fn healthz(State(engine): State<AppState>) -> Response {
         poll_agent,
         append_log,
         report_attempt,
-        super::history::get_history
+        super::history::get_history,
+        super::history::get_waits
     )
 )]
 struct ApiDoc;

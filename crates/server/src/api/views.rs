@@ -96,6 +96,11 @@ pub fn tenant(t: &TenantRecord, snapshot: &Snapshot) -> TenantView {
             .map(|(pool, q)| (pool.clone(), quota(q)))
             .collect(),
         used: live.map(|l| l.used).unwrap_or_default().into(),
+        held: live
+            .into_iter()
+            .flat_map(|l| &l.held)
+            .map(|(pool, h)| (pool.clone(), h.resources.into()))
+            .collect(),
         runs: live.map_or(0, |l| l.runs),
         budget: t.spec.budget.as_ref().map(|b| BudgetSummary {
             monthly: b.monthly.to_units_f64(),

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::{Query, State};
-use corral_api::history::HistoryView;
+use corral_api::history::{HistoryView, WaitsView};
 use corral_core::history::MAX_BUCKETS;
 use maud::{Markup, html};
 use serde_json::json;
 
 use super::layout;
 use crate::api::error::ApiError;
-use crate::api::history::get_history;
+use crate::api::history::{get_history, get_waits};
 use crate::auth::Principal;
 use crate::engine::Engine;
 
@@ -67,7 +67,7 @@ impl Range {
             .map(|(step, _)| step)
     }
 
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Range::Hour => "1h",
             Range::Day => "24h",
@@ -120,42 +120,39 @@ async fn history(
     Ok(answer.0)
 }
 
-/// A chart's data: one time axis (seconds) shared by every series, `null`
-/// where a series has no point.
-fn data(view: &HistoryView, label: impl Fn(&str, &str) -> String) -> serde_json::Value {
+/// One line of a chart: its label and points (time in seconds, value).
+struct Line {
+    label: String,
+    points: Vec<(i64, f64)>,
+}
+
+/// Seconds since the epoch of an RFC 3339 time the API wrote.
+fn seconds(time: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(time)
+        .ok()
+        .map(|d| d.timestamp())
+}
+
+/// A chart's data: one time axis (seconds) shared by every line, `null`
+/// where a line has no point, over the range `from` to `to`.
+fn data(lines: &[Line], unit: Option<&str>, from: &str, to: &str) -> serde_json::Value {
     let mut times: BTreeMap<i64, Vec<Option<f64>>> = BTreeMap::new();
-    let n = view.series.len();
-    for (i, s) in view.series.iter().enumerate() {
-        for p in &s.points {
-            let Ok(at) = chrono::DateTime::parse_from_rfc3339(&p.at) else {
-                continue;
-            };
-            times.entry(at.timestamp()).or_insert_with(|| vec![None; n])[i] = Some(p.value);
+    for (i, line) in lines.iter().enumerate() {
+        for &(at, value) in &line.points {
+            times.entry(at).or_insert_with(|| vec![None; lines.len()])[i] = Some(value);
         }
     }
-    let x: Vec<i64> = times.keys().copied().collect();
-    let series: Vec<serde_json::Value> = view
-        .series
+    let series: Vec<serde_json::Value> = lines
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            json!({
-                "label": label(&s.series, &s.subject),
-                "y": times.values().map(|v| v[i]).collect::<Vec<_>>(),
-            })
-        })
+        .map(|(i, line)| json!({ "label": line.label, "y": times.values().map(|v| v[i]).collect::<Vec<_>>() }))
         .collect();
-    let seconds = |t: &str| {
-        chrono::DateTime::parse_from_rfc3339(t)
-            .ok()
-            .map(|d| d.timestamp())
-    };
     json!({
-        "x": x,
+        "x": times.keys().collect::<Vec<_>>(),
         "series": series,
-        "unit": view.series.first().map(|s| s.unit.clone()),
-        "from": seconds(&view.from),
-        "to": seconds(&view.to),
+        "unit": unit,
+        "from": seconds(from),
+        "to": seconds(to),
     })
 }
 
@@ -163,15 +160,104 @@ fn data(view: &HistoryView, label: impl Fn(&str, &str) -> String) -> serde_json:
 fn chart_or_note(
     id: &str,
     title: &str,
-    view: &HistoryView,
-    label: impl Fn(&str, &str) -> String,
+    lines: &[Line],
+    data: impl FnOnce() -> serde_json::Value,
 ) -> Markup {
-    if view.series.iter().all(|s| s.points.is_empty()) {
+    if lines.iter().all(|l| l.points.is_empty()) {
         return html! {
             figure.chart { figcaption { (title) } p.muted { "No samples in this range yet." } }
         };
     }
-    layout::chart(id, title, &data(view, label))
+    layout::chart(id, title, &data())
+}
+
+/// A chart of a history answer, each series labelled by `label`.
+fn history_chart(
+    id: &str,
+    title: &str,
+    view: &HistoryView,
+    label: impl Fn(&str, &str) -> String,
+) -> Markup {
+    let lines: Vec<Line> = view
+        .series
+        .iter()
+        .map(|s| Line {
+            label: label(&s.series, &s.subject),
+            points: s
+                .points
+                .iter()
+                .filter_map(|p| Some((seconds(&p.at)?, p.value)))
+                .collect(),
+        })
+        .collect();
+    let unit = view.series.first().map(|s| s.unit.as_str());
+    chart_or_note(id, title, &lines, || {
+        data(&lines, unit, &view.from, &view.to)
+    })
+}
+
+/// The admission waits of one tenant (its p50 and p99) or every tenant the
+/// visitor may see (their p99), over `range`, through the API's handler.
+pub async fn waits(
+    engine: &Arc<Engine>,
+    who: &Principal,
+    tenant: Option<&str>,
+    range: Range,
+) -> Result<WaitsView, ApiError> {
+    let mut query = BTreeMap::from([("from".to_string(), range.label().to_string())]);
+    if let Some(t) = tenant {
+        query.insert("tenant".to_string(), t.to_string());
+    }
+    let lines = match tenant {
+        Some(_) => 2,
+        None => engine.read().await.tenants.len(),
+    };
+    // Whole hours at least: the waits are kept per hour.
+    let step = range
+        .step_for(lines)
+        .filter(|s| s.ends_with('h') || s.ends_with('d'));
+    query.insert("step".to_string(), step.unwrap_or("1h").to_string());
+    Ok(
+        get_waits(State(engine.clone()), Extension(who.clone()), Query(query))
+            .await?
+            .0,
+    )
+}
+
+/// A chart of admission waits: p50 and p99 of one tenant, or p99 per tenant.
+pub fn waits_chart(view: &WaitsView, one_tenant: bool) -> Markup {
+    let line = |label: String, t: &corral_api::history::TenantWaitsView, p99: bool| Line {
+        label,
+        points: t
+            .points
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    seconds(&p.at)?,
+                    if p99 { p.p99_seconds } else { p.p50_seconds },
+                ))
+            })
+            .collect(),
+    };
+    let lines: Vec<Line> = if one_tenant {
+        view.tenants
+            .iter()
+            .flat_map(|t| [line("p50".into(), t, false), line("p99".into(), t, true)])
+            .collect()
+    } else {
+        view.tenants
+            .iter()
+            .map(|t| line(t.tenant.clone(), t, true))
+            .collect()
+    };
+    let title = if one_tenant {
+        "Admission wait, p50 and p99 (seconds)"
+    } else {
+        "Admission wait, p99 (seconds)"
+    };
+    chart_or_note("waits", title, &lines, || {
+        data(&lines, Some("seconds"), &view.from, &view.to)
+    })
 }
 
 /// A pool's utilization and saturation per resource.
@@ -201,31 +287,34 @@ pub async fn pool_charts(
     )
     .await?;
     Ok(html! {
-        (chart_or_note("utilization", "Utilization (allocated / capacity)", &utilization, resource))
-        (chart_or_note("saturation", "Saturation (queued demand / free capacity)", &saturation, resource))
+        (history_chart("utilization", "Utilization (allocated / capacity)", &utilization, resource))
+        (history_chart("saturation", "Saturation (queued demand / free capacity)", &saturation, resource))
     })
 }
 
-/// Per tenant (or one tenant): queued runs and admission wait.
+/// Per tenant (or one tenant): queued runs and admission waits.
 pub async fn tenant_charts(
     engine: &Arc<Engine>,
     who: &Principal,
     tenant: Option<&str>,
     range: Range,
-) -> Result<Markup, ApiError> {
-    let subject = tenant.map(|t| ("tenant", t));
+) -> Result<(Markup, WaitsView), ApiError> {
     let lines = match tenant {
         Some(_) => 1,
         None => engine.read().await.tenants.len(),
     };
-    let read = |series: &'static str| history(engine, who, series, subject, range, lines);
     let by_tenant = |_: &str, subject: &str| subject.to_string();
-    let queued = read("tenant.queued_runs").await?;
-    let waits = read("tenant.admission_wait_seconds").await?;
-    Ok(html! {
-        (chart_or_note("queued", "Queued runs", &queued, by_tenant))
-        (chart_or_note("waits", "Admission wait (seconds, mean per sample)", &waits, by_tenant))
-    })
+    let subject = tenant.map(|t| ("tenant", t));
+    let (queued, waits) = tokio::join!(
+        history(engine, who, "tenant.queued_runs", subject, range, lines),
+        waits(engine, who, tenant, range)
+    );
+    let (queued, waits) = (queued?, waits?);
+    let charts = html! {
+        (history_chart("queued", "Queued runs", &queued, by_tenant))
+        (waits_chart(&waits, tenant.is_some()))
+    };
+    Ok((charts, waits))
 }
 
 /// Every pool's cpu utilization and saturation, one line per pool (each
@@ -237,13 +326,12 @@ pub async fn pools_charts(
 ) -> Result<Markup, ApiError> {
     let by_pool = |_: &str, subject: &str| subject.to_string();
     let lines = engine.read().await.pools.len();
-    let mut charts = Vec::new();
-    for (id, series, title) in [
-        ("cpu-utilization", "pool.utilization.cpu", "CPU utilization"),
-        ("cpu-saturation", "pool.saturation.cpu", "CPU saturation"),
-    ] {
-        let view = history(engine, who, series, None, range, lines).await?;
-        charts.push(chart_or_note(id, title, &view, by_pool));
-    }
-    Ok(html! { @for c in &charts { (c) } })
+    let (utilization, saturation) = tokio::join!(
+        history(engine, who, "pool.utilization.cpu", None, range, lines),
+        history(engine, who, "pool.saturation.cpu", None, range, lines)
+    );
+    Ok(html! {
+        (history_chart("cpu-utilization", "CPU utilization", &utilization?, by_pool))
+        (history_chart("cpu-saturation", "CPU saturation", &saturation?, by_pool))
+    })
 }

@@ -10,13 +10,14 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use corral_api::UsageView;
+use corral_api::history::WaitsView;
 use maud::{Markup, html};
 
 use super::layout::{self, Section};
 use super::session::Session;
 use super::{PageResult, charts};
 use crate::api::error::ApiError;
-use crate::api::usage::usage_report;
+use crate::api::usage::{csv_field, usage_report};
 use crate::engine::Engine;
 
 /// The groupings the dashboard shows, each one table.
@@ -127,6 +128,28 @@ fn idle_table(view: &UsageView) -> Markup {
     }
 }
 
+fn waits_table(view: &WaitsView, range: charts::Range) -> Markup {
+    html! {
+        section {
+            h3 { "Admission wait by tenant " a href={ "/dashboards/waits.csv?range=" (range.label()) } download { "CSV" } }
+            div.table-wrap { table {
+                thead { tr {
+                    th scope="col" { "tenant" } th.num scope="col" { "Runs admitted" }
+                    th.num scope="col" { "p50" } th.num scope="col" { "p99" }
+                } }
+                tbody { @for t in &view.tenants {
+                    tr {
+                        td { (t.tenant) }
+                        td.num { (t.runs) }
+                        td.num { (layout::wait(t.p50_seconds)) }
+                        td.num { (layout::wait(t.p99_seconds)) }
+                    }
+                } }
+            } }
+        }
+    }
+}
+
 pub async fn page(
     State(engine): State<Arc<Engine>>,
     Extension(session): Extension<Session>,
@@ -147,7 +170,7 @@ pub async fn page(
         Ok::<_, ApiError>(views)
     };
     let (series, reports) = tokio::join!(series, reports);
-    let ((pools, tenants), reports) = (series?, reports?);
+    let ((pools, (tenants, waits)), reports) = (series?, reports?);
     let mut tables = Vec::new();
     let mut idle = None;
     for (by, title, view) in &reports {
@@ -161,7 +184,7 @@ pub async fn page(
         h2 { "Pools" }
         div.grid { (pools) }
         h2 { "Tenants" }
-        div.grid { (tenants) }
+        div.grid { (tenants) (waits_table(&waits, range)) }
         h2 { "Cost this month" }
         div.grid {
             @for t in &tables { (t) }
@@ -191,4 +214,34 @@ pub async fn usage_csv(
             .insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(answer)
+}
+
+/// The admission wait table as CSV, downloaded: per tenant over the range,
+/// from the API's JSON answer.
+pub async fn waits_csv(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> PageResult {
+    let range = charts::Range::from_query(&query);
+    let view = charts::waits(&engine, &session.principal, None, range).await?;
+    let mut csv = String::from("tenant,runs,p50_seconds,p99_seconds\n");
+    for t in &view.tenants {
+        csv.push_str(&format!(
+            "{},{},{:.3},{:.3}\n",
+            csv_field(&t.tenant),
+            t.runs,
+            t.p50_seconds,
+            t.p99_seconds
+        ));
+    }
+    let disposition = format!("attachment; filename=\"waits-{}.csv\"", range.label());
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        csv,
+    )
+        .into_response())
 }

@@ -27,6 +27,11 @@ pub enum Kind {
     Pairs,
     /// Numbers separated by commas, as a list.
     Numbers,
+    /// Names separated by commas, as a list.
+    Names,
+    /// One line per name, `name: key=value, key=value`, as an object of
+    /// objects (numbers as numbers).
+    Table,
 }
 
 fn number(text: &str) -> Value {
@@ -73,18 +78,26 @@ pub fn merge(
                     .map(number)
                     .collect(),
             ),
-            Kind::Pairs => {
-                let mut pairs = Map::new();
-                for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    let Some((k, v)) = pair.split_once('=') else {
+            Kind::Names => Value::Array(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| Value::String(t.to_string()))
+                    .collect(),
+            ),
+            Kind::Pairs => pairs(path, text, |v| Value::String(v.to_string()))?,
+            Kind::Table => {
+                let mut rows = Map::new();
+                for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    let Some((name, rest)) = line.split_once(':') else {
                         return Err((
                             path.to_string(),
-                            format!("{pair:?} is not key=value (pairs are separated by commas)"),
+                            format!("{line:?} is not `name: key=value, key=value`"),
                         ));
                     };
-                    pairs.insert(k.trim().to_string(), Value::String(v.trim().to_string()));
+                    rows.insert(name.trim().to_string(), pairs(path, rest, number)?);
                 }
-                Value::Object(pairs)
+                Value::Object(rows)
             }
         };
         let mut at = &mut doc;
@@ -104,6 +117,21 @@ pub fn merge(
         }
     }
     Ok(Value::Object(doc))
+}
+
+/// `key=value` pairs separated by commas, as an object of `value`s.
+fn pairs(path: &str, text: &str, value: fn(&str) -> Value) -> Result<Value, (String, String)> {
+    let mut pairs = Map::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err((
+                path.to_string(),
+                format!("{pair:?} is not key=value (pairs are separated by commas)"),
+            ));
+        };
+        pairs.insert(k.trim().to_string(), value(v.trim()));
+    }
+    Ok(Value::Object(pairs))
 }
 
 fn remove(doc: &mut Map<String, Value>, path: &str) {
@@ -128,17 +156,24 @@ pub fn text_at(doc: &Value, path: &str) -> String {
             None => return String::new(),
         }
     }
-    match at {
+    text_of(at)
+}
+
+/// A value as a field shows it: lists separated by commas, objects as
+/// `key=value` pairs, objects of objects one `name: pairs` line each.
+fn text_of(value: &Value) -> String {
+    match value {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
-        Value::Array(items) => items
+        Value::Array(items) => items.iter().map(text_of).collect::<Vec<_>>().join(", "),
+        Value::Object(rows) if rows.values().all(Value::is_object) && !rows.is_empty() => rows
             .iter()
-            .map(|v| v.to_string())
+            .map(|(name, row)| format!("{name}: {}", text_of(row)))
             .collect::<Vec<_>>()
-            .join(", "),
+            .join("\n"),
         Value::Object(pairs) => pairs
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .map(|(k, v)| format!("{k}={}", text_of(v)))
             .collect::<Vec<_>>()
             .join(", "),
         other => other.to_string(),
@@ -160,11 +195,13 @@ pub fn field_of<'a>(path: &str, paths: &[(&'a str, Kind)]) -> Option<&'a str> {
 mod tests {
     use super::*;
 
-    const PATHS: [(&str, Kind); 4] = [
+    const PATHS: [(&str, Kind); 6] = [
         ("name", Kind::Text),
         ("capacity.cpu", Kind::Text),
         ("max_workers", Kind::Number),
         ("labels", Kind::Pairs),
+        ("allowed_pools", Kind::Names),
+        ("pool_limits", Kind::Table),
     ];
 
     #[test]
@@ -189,9 +226,32 @@ mod tests {
     }
 
     #[test]
+    fn lists_and_tables_become_the_document_and_back() {
+        let form = fields(
+            b"allowed_pools=gpu%2C+cpu&pool_limits=gpu%3A+gpu%3D2%2C+memory%3D32Gi%0D%0Acpu%3A+runs%3D3",
+        );
+        let doc = document(&form, &PATHS).expect("document");
+        assert_eq!(
+            doc,
+            serde_json::json!({"allowed_pools": ["gpu", "cpu"],
+                "pool_limits": {"gpu": {"gpu": 2, "memory": "32Gi"}, "cpu": {"runs": 3}}})
+        );
+        assert_eq!(text_at(&doc, "allowed_pools"), "gpu, cpu");
+        assert_eq!(
+            text_at(&doc, "pool_limits"),
+            "cpu: runs=3\ngpu: gpu=2, memory=32Gi"
+        );
+        let bad = document(&fields(b"pool_limits=gpu+2"), &PATHS).expect_err("no colon");
+        assert_eq!(bad.0, "pool_limits");
+        let bad = document(&fields(b"pool_limits=gpu%3A+2"), &PATHS).expect_err("not pairs");
+        assert_eq!(bad.0, "pool_limits");
+    }
+
+    #[test]
     fn an_error_path_finds_its_field() {
         assert_eq!(field_of("capacity.cpu", &PATHS), Some("capacity.cpu"));
         assert_eq!(field_of("labels.os", &PATHS), Some("labels"));
         assert_eq!(field_of("price", &PATHS), None);
+        assert_eq!(field_of("pool_limits.gpu.cpu", &PATHS), Some("pool_limits"));
     }
 }

@@ -118,6 +118,33 @@ pub fn field_with(name: &str, label: &str, error: Option<&str>, input: Markup) -
 
 /// A labelled text field holding `value`, with its error and a hint.
 pub fn text_field(name: &str, label: &str, value: &str, error: Option<&str>, hint: &str) -> Markup {
+    input_field(name, label, error, hint, |described| {
+        html! {
+            input id=(name) name=(name) type="text" value=(value) maxlength="256"
+                aria-invalid=[error.map(|_| "true")] aria-describedby=[described];
+        }
+    })
+}
+
+/// A text field of several lines.
+pub fn text_area(name: &str, label: &str, value: &str, error: Option<&str>, hint: &str) -> Markup {
+    input_field(name, label, error, hint, |described| {
+        html! {
+            textarea id=(name) name=(name) rows="3" maxlength="4096"
+                aria-invalid=[error.map(|_| "true")] aria-describedby=[described] { (value) }
+        }
+    })
+}
+
+/// A field made by `input`, given the id of what describes it: its error, or
+/// else its hint.
+fn input_field(
+    name: &str,
+    label: &str,
+    error: Option<&str>,
+    hint: &str,
+    input: impl FnOnce(Option<String>) -> Markup,
+) -> Markup {
     let described = match (error.is_some(), hint.is_empty()) {
         (true, _) => Some(format!("{name}-error")),
         (false, false) => Some(format!("{name}-hint")),
@@ -128,8 +155,7 @@ pub fn text_field(name: &str, label: &str, value: &str, error: Option<&str>, hin
         label,
         error,
         html! {
-            input id=(name) name=(name) type="text" value=(value) maxlength="256"
-                aria-invalid=[error.map(|_| "true")] aria-describedby=[described];
+            (input(described))
             @if !hint.is_empty() && error.is_none() {
                 p.hint id={ (name) "-hint" } { (hint) }
             }
@@ -171,6 +197,17 @@ pub fn duration(ms: i64) -> String {
         3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
     }
+}
+
+/// A wait given in seconds, as people read it (`12 ms`, `4.2 s`, `3m 5s`),
+/// with the exact seconds as its machine-readable value.
+pub fn wait(seconds: f64) -> Markup {
+    let text = match seconds {
+        s if s < 1.0 => format!("{:.0} ms", s * 1000.0),
+        s if s < 60.0 => format!("{s:.1} s"),
+        s => duration((s * 1000.0) as i64),
+    };
+    html! { data value=(seconds) { (text) } }
 }
 
 /// One resource of a pool as a bar: allocated, reserved for a starving run,

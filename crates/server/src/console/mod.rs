@@ -85,6 +85,12 @@ fn table() -> Vec<(PageSpec, Handler)> {
             Read,
             get(dashboards::usage_csv),
         ),
+        p(
+            "GET",
+            "/dashboards/waits.csv",
+            Read,
+            get(dashboards::waits_csv),
+        ),
     ]
 }
 

@@ -24,7 +24,7 @@ use crate::api::views;
 use crate::engine::Engine;
 
 /// The tenant form's fields, by their path in a Tenant document.
-const FIELDS: [(&str, Kind); 8] = [
+const FIELDS: [(&str, Kind); 10] = [
     ("weight", Kind::Number),
     ("quota.cpu", Kind::Text),
     ("quota.memory", Kind::Text),
@@ -33,6 +33,8 @@ const FIELDS: [(&str, Kind); 8] = [
     ("budget.monthly", Kind::Number),
     ("budget.enforce", Kind::Text),
     ("budget.alert_at", Kind::Numbers),
+    ("allowed_pools", Kind::Names),
+    ("pool_limits", Kind::Table),
 ];
 
 pub async fn list(
@@ -76,11 +78,7 @@ pub async fn list(
 }
 
 fn quota_rows(quota: &QuotaView, used: &corral_api::ResourcesView) -> Markup {
-    let zero = corral_api::ResourcesView {
-        cpu_millis: 0,
-        memory_mib: 0,
-        gpu: 0,
-    };
+    let zero = corral_api::ResourcesView::default();
     html! {
         @if let Some(cpu) = quota.cpu_millis { (layout::bar("cpu", used.cpu_millis, zero.cpu_millis, cpu, layout::cores)) }
         @else { p.muted { "cpu: " (layout::cores(used.cpu_millis)) " held, no quota" } }
@@ -138,6 +136,11 @@ fn form(session: &Session, name: &str, doc: &Value, error: Option<(&str, &str)>)
                     }
                 }))
             }
+            div.row {
+                (text("allowed_pools", "Allowed pools", "Names separated by commas; empty: every pool."))
+                (layout::text_area("pool_limits", "Limits per pool", &forms::text_at(doc, "pool_limits"), err("pool_limits"),
+                    "One line per pool, such as gpu: cpu=8, memory=32Gi, gpu=2, runs=3."))
+            }
             div.actions { button.primary type="submit" { "Save tenant" } }
         }
     }
@@ -165,7 +168,8 @@ pub async fn detail(
         .unwrap_or_default();
     let t = &summary.tenant;
     let range = charts::Range::from_query(&query);
-    let charts = charts::tenant_charts(&engine, &session.principal, Some(&name), range).await?;
+    let (charts, waits) =
+        charts::tenant_charts(&engine, &session.principal, Some(&name), range).await?;
     let tokens: Vec<corral_store::TokenRecord> = if session.is_admin() {
         engine
             .credentials()
@@ -185,7 +189,7 @@ pub async fn detail(
                     (quota_rows(&t.quota, &t.used))
                     @for (pool, limit) in &t.pool_limits {
                         h3 { "In pool " (pool) }
-                        (quota_rows(limit, &corral_api::ResourcesView { cpu_millis: 0, memory_mib: 0, gpu: 0 }))
+                        (quota_rows(limit, &t.held.get(pool).copied().unwrap_or_default()))
                     }
                     p.muted { "Weight " (t.weight) " · " (t.runs) " runs holding allocations" }
                 }
@@ -212,6 +216,14 @@ pub async fn detail(
         }
         h2 { "Queue over time" }
         (charts::range_links(&format!("/tenants/{name}"), range))
+        @let admitted = waits.tenants.first();
+        p {
+            "Admission wait over " (range.label()) ": "
+            @match admitted {
+                Some(w) => { "p50 " (layout::wait(w.p50_seconds)) ", p99 " (layout::wait(w.p99_seconds)) ", over " (w.runs) " runs admitted." }
+                None => "no run admitted.",
+            }
+        }
         div.grid { (charts) }
         @if session.is_admin() {
             h2 { "Tokens" }

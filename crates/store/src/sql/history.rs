@@ -5,11 +5,12 @@
 //! transaction.
 
 use corral_core::clock::Timestamp;
-use corral_core::history::{HOUR_MS, Rollup, Sample, Series, Source};
+use corral_core::history::{HOUR_MS, Rollup, Sample, Series, Source, hour_of, waits};
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use crate::history::{HistoryPoint, HistoryQuery};
+use crate::history::{HistoryPoint, HistoryQuery, WaitCount, WaitQuery};
+use crate::records::AdmissionWait;
 use crate::{Result, StoreError};
 
 /// The schema of the time series: the migration's own text, run as it is on
@@ -172,5 +173,63 @@ pub(super) async fn roll_up(pool: &AnyPool, r: &Rollup) -> Result<()> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn count_wait(conn: &mut sqlx::AnyConnection, w: &AdmissionWait) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO admission_waits (hour, tenant, bucket, runs) VALUES ($1, $2, $3, 1) \
+         ON CONFLICT (hour, tenant, bucket) DO UPDATE SET runs = admission_waits.runs + 1",
+    )
+    .bind(hour_of(w.at).0)
+    .bind(&w.tenant)
+    .bind(i64::from(waits::bucket_of(w.wait_ms)))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn read_waits(pool: &AnyPool, q: &WaitQuery) -> Result<Vec<WaitCount>> {
+    if q.tenants.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(Vec::new());
+    }
+    let mut filter = "hour >= $1 AND hour <= $2".to_string();
+    if let Some(tenants) = &q.tenants {
+        let names: Vec<String> = (0..tenants.len()).map(|i| format!("${}", i + 3)).collect();
+        filter.push_str(&format!(" AND tenant IN ({})", names.join(", ")));
+    }
+    // The bucket length is an integer we own, so it is inlined.
+    let b = q.bucket_ms.max(HOUR_MS);
+    let sql = format!(
+        "SELECT tenant, (hour / {b}) * {b} AS at, bucket, CAST(SUM(runs) AS BIGINT) AS runs \
+         FROM admission_waits WHERE {filter} \
+         GROUP BY tenant, (hour / {b}) * {b}, bucket ORDER BY tenant, at, bucket"
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql))
+        .bind(hour_of(q.from).0)
+        .bind(hour_of(q.to).0);
+    for t in q.tenants.iter().flatten() {
+        query = query.bind(t.clone());
+    }
+    query
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(WaitCount {
+                tenant: row.try_get("tenant")?,
+                at: Timestamp(row.try_get("at")?),
+                bucket: super::rows::uint("admission wait bucket", row.try_get("bucket")?)?,
+                runs: super::rows::uint("admission wait runs", row.try_get("runs")?)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn prune_waits(pool: &AnyPool, r: &Rollup) -> Result<()> {
+    sqlx::query("DELETE FROM admission_waits WHERE hour < $1")
+        .bind(r.hourly_before.0)
+        .execute(pool)
+        .await?;
     Ok(())
 }

@@ -34,7 +34,7 @@ use crate::resources::{Dimension, Resources};
 const SECOND_MS: i64 = 1000;
 const MINUTE_MS: i64 = 60 * SECOND_MS;
 pub const HOUR_MS: i64 = 60 * MINUTE_MS;
-const DAY_MS: i64 = 24 * HOUR_MS;
+pub const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// Raw samples are kept this long; hourly aggregates, `HOURLY_RETENTION_MS`.
 pub const RAW_RETENTION_MS: i64 = 2 * DAY_MS;
@@ -225,10 +225,38 @@ pub fn hour_of(t: Timestamp) -> Timestamp {
     Timestamp(t.0.div_euclid(HOUR_MS) * HOUR_MS)
 }
 
+/// The start of the UTC day `t` falls in.
+pub fn day_of(t: Timestamp) -> Timestamp {
+    Timestamp(t.0.div_euclid(DAY_MS) * DAY_MS)
+}
+
+/// The days `[first, end)` that a read of `[from, to]` merged into buckets of
+/// `bucket_ms` takes from daily aggregates, which are rolled up until
+/// `rolled_until`; the rest of the range comes from the hourly ones. Only
+/// whole days within the range, and only when each bucket is whole days (a
+/// day's aggregate then falls in one bucket, and merges exactly as its hours
+/// would); none when no such day is rolled up.
+pub fn daily_span(
+    from: Timestamp,
+    to: Timestamp,
+    bucket_ms: Option<i64>,
+    rolled_until: Option<Timestamp>,
+) -> Option<(Timestamp, Timestamp)> {
+    let whole_days = bucket_ms.is_some_and(|b| b > 0 && b % DAY_MS == 0);
+    let rolled_until = rolled_until.filter(|_| whole_days)?;
+    let first = match day_of(from) {
+        day if day == from => day,
+        day => day.plus_millis(DAY_MS),
+    };
+    let end = day_of(to).min(rolled_until);
+    (first < end).then_some((first, end))
+}
+
 /// What the periodic rollup does at a time: aggregate every complete hour
 /// before `until` that has raw samples into its mean and max (recomputed from
 /// all of the hour's samples and replacing what an earlier run wrote, so that
-/// running it again, or after a crash, counts nothing twice), then delete raw
+/// running it again, or after a crash, counts nothing twice), and every
+/// complete day before `until` from its hours in the same way, then delete raw
 /// samples before `raw_before` and aggregates before `hourly_before`. Both
 /// cut-offs are whole hours no later than `until`: raw samples go only with
 /// whole hours that were rolled up.

@@ -205,9 +205,11 @@ fn main() {
             "/pools/new".into(),
             "/tenants".into(),
             "/tenants/team-3?range=30d".into(),
+            "/tenants/team-3?range=7d".into(),
             "/queue".into(),
             format!("/runs/{run}"),
             "/dashboards?range=30d".into(),
+            "/dashboards?range=7d".into(),
             "/dashboards?range=24h".into(),
         ];
         println!("{:<28} {:>10} {:>10} {:>10} {:>12}", "page", "median", "max", "bytes", "chart data");

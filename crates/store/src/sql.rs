@@ -42,6 +42,11 @@ pub struct SqlStore {
     backend: Backend,
     /// The governance time series, apart in the same way (`history.db`).
     history: AnyPool,
+    /// Reads of reports (usage, waits) and of the time series, on connections
+    /// of their own: on SQLite, readers beside the one writer, so a long read
+    /// neither waits for nor holds up a commit, and several run at once.
+    reads: AnyPool,
+    history_reads: AnyPool,
 }
 
 /// The log table of a SQLite store's separate logs file.
@@ -64,7 +69,7 @@ impl SqlStore {
         let url = format!("sqlite://{}?mode=rwc", data_dir.join("corral.db").display());
         let mut store = SqlStore::connect(&url).await?;
         let logs_path = data_dir.join("logs.db");
-        let logs = sqlite_pool(&format!("sqlite://{}?mode=rwc", logs_path.display())).await?;
+        let logs = sqlite_pool(&format!("sqlite://{}?mode=rwc", logs_path.display()), 1).await?;
         for statement in SQLITE_LOG_SCHEMA {
             sqlx::query(statement).execute(&logs).await?;
         }
@@ -72,10 +77,15 @@ impl SqlStore {
         store.move_logs_out(&data_dir.join("corral.db")).await?;
         let history_path = data_dir.join("history.db");
         store.history =
-            sqlite_pool(&format!("sqlite://{}?mode=rwc", history_path.display())).await?;
+            sqlite_pool(&format!("sqlite://{}?mode=rwc", history_path.display()), 1).await?;
         sqlx::raw_sql(history::SCHEMA)
             .execute(&store.history)
             .await?;
+        store.history_reads = sqlite_pool(
+            &format!("sqlite://{}?mode=ro", history_path.display()),
+            READERS,
+        )
+        .await?;
         Ok(store)
     }
 
@@ -126,7 +136,7 @@ impl SqlStore {
         let (pool, logs, history) = match backend {
             // A SQLite store opened by its URL keeps its logs (and history) in the same file.
             Backend::Sqlite => {
-                let pool = sqlite_pool(url).await?;
+                let pool = sqlite_pool(url, 1).await?;
                 (pool.clone(), pool.clone(), pool)
             }
             Backend::Postgres => (
@@ -145,11 +155,17 @@ impl SqlStore {
             ),
         };
         MIGRATIONS.run(&pool).await?;
+        let reads = match backend {
+            Backend::Sqlite => sqlite_pool(&read_only(url), READERS).await?,
+            Backend::Postgres => history.clone(),
+        };
         Ok(SqlStore {
             pool,
             logs,
             backend,
+            history_reads: reads.clone(),
             history,
+            reads,
         })
     }
 
@@ -161,15 +177,32 @@ impl SqlStore {
         self.pool.close().await;
         self.logs.close().await;
         self.history.close().await;
+        self.reads.close().await;
+        self.history_reads.close().await;
     }
 }
 
+/// Reader connections of a SQLite store.
+const READERS: u32 = 2;
+
+/// A SQLite URL opened read-only (`mode=ro` in place of any `mode=`).
+fn read_only(url: &str) -> String {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("mode="))
+        .collect();
+    params.push("mode=ro");
+    format!("{path}?{}", params.join("&"))
+}
+
 /// SQLite has one writer; one connection keeps transactions from tripping
-/// over each other. WAL with synchronous=NORMAL is safe against a killed
-/// process (not against power loss of the last commit).
-async fn sqlite_pool(url: &str) -> Result<AnyPool> {
+/// over each other (readers, opened read-only, take `connections` more). WAL
+/// with synchronous=NORMAL is safe against a killed process (not against
+/// power loss of the last commit).
+async fn sqlite_pool(url: &str, connections: u32) -> Result<AnyPool> {
     Ok(AnyPoolOptions::new()
-        .max_connections(1)
+        .max_connections(connections)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 for pragma in [
@@ -795,15 +828,15 @@ impl Store for SqlStore {
     }
 
     async fn slot_sums(&self, query: &UsageQuery) -> Result<Vec<SlotUsage>> {
-        metering::slot_sums(&self.pool, query).await
+        metering::slot_sums(&self.reads, query).await
     }
 
     async fn piece_sums(&self, query: &UsageQuery) -> Result<Vec<SlotUsage>> {
-        metering::piece_sums(&self.pool, query).await
+        metering::piece_sums(&self.reads, query).await
     }
 
     async fn straddling_pieces(&self, query: &UsageQuery) -> Result<Vec<Span>> {
-        metering::straddling_pieces(&self.pool, query).await
+        metering::straddling_pieces(&self.reads, query).await
     }
 
     async fn recent_durations(
@@ -842,16 +875,16 @@ impl Store for SqlStore {
     }
 
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryPoint>> {
-        history::read(&self.history, query).await
+        history::read(&self.history_reads, query).await
     }
 
     async fn roll_up_history(&self, rollup: &Rollup) -> Result<()> {
         history::roll_up(&self.history, rollup).await?;
         // The wait histograms are kept with the state; they go with the hours.
-        history::prune_waits(&self.pool, rollup).await
+        history::roll_up_waits(&self.pool, rollup).await
     }
 
     async fn admission_waits(&self, query: &WaitQuery) -> Result<Vec<WaitCount>> {
-        history::read_waits(&self.pool, query).await
+        history::read_waits(&self.reads, query).await
     }
 }

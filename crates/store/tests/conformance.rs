@@ -1246,6 +1246,122 @@ mod history {
         );
     }
 
+    /// Reads merged into whole days take the days rolled up from the daily
+    /// aggregates and the rest from the hours, and give what merging the
+    /// hourly aggregates would; likewise the wait histograms.
+    pub async fn daily(store: &dyn Store) {
+        const DAY: i64 = 24 * HOUR_MS;
+        let start = BASE - BASE % DAY + 100 * DAY;
+        // Five days of a sample every 20 minutes for two pools, values varying.
+        let samples: Vec<Sample> = (0..5 * 72)
+            .flat_map(|i: i64| {
+                ["a", "b"].map(|subject| {
+                    let value = ((i * 37 + subject.len() as i64 * 11) % 17) as f64 / 16.0;
+                    sample(CPU, subject, start + i * 20 * MINUTE, value)
+                })
+            })
+            .collect();
+        store.append_samples(&samples).await.expect("append");
+        let waits: Vec<Write> = (0..5 * 24)
+            .flat_map(|h: i64| {
+                (0..(h % 4)).map(move |i| {
+                    Write::CountWait(AdmissionWait {
+                        tenant: if i % 2 == 0 { "t" } else { "u" }.into(),
+                        at: Timestamp(start + h * HOUR_MS + i * MINUTE),
+                        wait_ms: (h * 997 + i * 31) % 50_000,
+                    })
+                })
+            })
+            .collect();
+        store.commit(&waits).await.expect("waits");
+        // Rolled up until the middle of the fifth day: four whole days.
+        let until = Timestamp(start + 4 * DAY + 7 * HOUR_MS);
+        store
+            .roll_up_history(&Rollup {
+                until,
+                raw_before: Timestamp(0),
+                hourly_before: Timestamp(0),
+            })
+            .await
+            .expect("rollup");
+        let range = HistoryQuery {
+            series: vec![CPU],
+            subjects: None,
+            from: Timestamp(start + 5 * HOUR_MS),
+            to: Timestamp(start + 5 * DAY),
+            source: Source::Hourly,
+            bucket_ms: None,
+            limit: 10_000,
+        };
+        let hours = read(store, &range).await;
+        assert_eq!(
+            hours.len(),
+            2 * (4 * 24 + 7 - 5),
+            "every hour rolled up in range"
+        );
+        for bucket in [DAY, 2 * DAY] {
+            let mut expected: Vec<HistoryPoint> = Vec::new();
+            for h in &hours {
+                let at = Timestamp(h.at.0.div_euclid(bucket) * bucket);
+                match expected.last_mut() {
+                    Some(e) if e.subject == h.subject && e.at == at => {
+                        e.mean = (e.mean * e.samples as f64 + h.mean * h.samples as f64)
+                            / (e.samples + h.samples) as f64;
+                        e.max = e.max.max(h.max);
+                        e.samples += h.samples;
+                    }
+                    _ => expected.push(HistoryPoint { at, ..h.clone() }),
+                }
+            }
+            let merged = read(
+                store,
+                &HistoryQuery {
+                    bucket_ms: Some(bucket),
+                    ..range.clone()
+                },
+            )
+            .await;
+            assert_eq!(merged.len(), expected.len(), "buckets of {bucket} ms");
+            for (m, e) in merged.iter().zip(&expected) {
+                assert_eq!(
+                    (&m.subject, m.at, m.max, m.samples),
+                    (&e.subject, e.at, e.max, e.samples)
+                );
+                assert!((m.mean - e.mean).abs() < 1e-9, "{m:?} against {e:?}");
+            }
+        }
+        // The waits: whole days from the daily sums, the same as the hours'.
+        let hours = WaitQuery {
+            tenants: None,
+            from: Timestamp(start + 5 * HOUR_MS),
+            to: Timestamp(start + 5 * DAY),
+            bucket_ms: HOUR_MS,
+        };
+        let hourly = store.admission_waits(&hours).await.expect("hours");
+        assert_eq!(
+            hourly.iter().map(|c| c.runs).sum::<u64>(),
+            (5..5 * 24).map(|h| h % 4).sum::<i64>() as u64
+        );
+        let mut expected: std::collections::BTreeMap<(String, i64, u32), u64> =
+            std::collections::BTreeMap::new();
+        for c in &hourly {
+            *expected
+                .entry((c.tenant.clone(), c.at.0.div_euclid(DAY) * DAY, c.bucket))
+                .or_default() += c.runs;
+        }
+        let daily: std::collections::BTreeMap<(String, i64, u32), u64> = store
+            .admission_waits(&WaitQuery {
+                bucket_ms: DAY,
+                ..hours
+            })
+            .await
+            .expect("days")
+            .into_iter()
+            .map(|c| ((c.tenant, c.at.0, c.bucket), c.runs))
+            .collect();
+        assert_eq!(daily, expected);
+    }
+
     #[tokio::test]
     async fn history_sqlite() {
         let dir = std::env::temp_dir().join(format!("corral-history-{}", std::process::id()));
@@ -1253,6 +1369,7 @@ mod history {
         let store = SqlStore::open_sqlite(&dir).await.expect("open sqlite");
         suite(&store).await;
         waits(&store).await;
+        daily(&store).await;
         assert!(
             dir.join("history.db").exists(),
             "samples have their own file"
@@ -1280,5 +1397,6 @@ mod history {
         let store = SqlStore::connect(&url).await.expect("connect postgres");
         suite(&store).await;
         waits(&store).await;
+        daily(&store).await;
     }
 }

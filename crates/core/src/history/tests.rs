@@ -336,3 +336,33 @@ fn steps_and_intervals_parse_with_their_bounds() {
         assert!(parse_interval_ms(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn reads_take_whole_days_in_the_range_from_daily_aggregates() {
+    let day = |d: i64| Timestamp(d * DAY_MS);
+    let at = |d: i64, h: i64| Timestamp(d * DAY_MS + h * HOUR_MS);
+    let rolled = Some(day(40));
+    // From mid-day 10 to mid-day 20: days 11 to 19 whole.
+    assert_eq!(
+        daily_span(at(10, 5), at(20, 3), Some(DAY_MS), rolled),
+        Some((day(11), day(20)))
+    );
+    // A range starting at midnight takes its first day whole.
+    assert_eq!(
+        daily_span(day(10), at(20, 3), Some(2 * DAY_MS), rolled),
+        Some((day(10), day(20)))
+    );
+    // Not past what is rolled up: today comes from the hours.
+    assert_eq!(
+        daily_span(at(10, 5), at(45, 1), Some(DAY_MS), rolled),
+        Some((day(11), day(40)))
+    );
+    // Buckets that are not whole days, nothing rolled up, or no whole day.
+    assert_eq!(
+        daily_span(at(10, 5), at(20, 3), Some(6 * HOUR_MS), rolled),
+        None
+    );
+    assert_eq!(daily_span(at(10, 5), at(20, 3), None, rolled), None);
+    assert_eq!(daily_span(at(10, 5), at(20, 3), Some(DAY_MS), None), None);
+    assert_eq!(daily_span(at(10, 5), at(11, 3), Some(DAY_MS), rolled), None);
+}

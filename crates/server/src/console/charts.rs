@@ -208,15 +208,14 @@ pub async fn waits(
     if let Some(t) = tenant {
         query.insert("tenant".to_string(), t.to_string());
     }
-    let lines = match tenant {
-        Some(_) => 2,
-        None => engine.read().await.tenants.len(),
+    // Whole hours (the waits are kept per hour); whole days for every
+    // tenant's line over a week or more, which the daily sums answer.
+    let step = match (range, tenant) {
+        (Range::Hour | Range::Day, _) | (Range::Week, Some(_)) => "1h",
+        (Range::Month, Some(_)) => "6h",
+        (Range::Week | Range::Month, None) => "1d",
     };
-    // Whole hours at least: the waits are kept per hour.
-    let step = range
-        .step_for(lines)
-        .filter(|s| s.ends_with('h') || s.ends_with('d'));
-    query.insert("step".to_string(), step.unwrap_or("1h").to_string());
+    query.insert("step".to_string(), step.to_string());
     Ok(
         get_waits(State(engine.clone()), Extension(who.clone()), Query(query))
             .await?

@@ -696,6 +696,25 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
     }
     let seconds = |p: &str| team[p].as_f64().expect("a percentile");
     assert_eq!(shown, vec![seconds("p50_seconds"), seconds("p99_seconds")]);
+    // Both tables as CSV, downloaded with the session.
+    let page = &browser;
+    let csv = |path: &str| {
+        let script = format!("return fetch('{path}').then(r => r.text())");
+        async move { page.js(&script).await.as_str().expect("text").to_string() }
+    };
+    assert_eq!(
+        csv("/dashboards/waits.csv").await,
+        format!(
+            "tenant,runs,p50_seconds,p99_seconds\nteam-a,2,{:.3},{:.3}\n",
+            seconds("p50_seconds"),
+            seconds("p99_seconds")
+        )
+    );
+    let usage = csv("/dashboards/usage.csv?by=tenant").await;
+    assert!(
+        usage.lines().any(|l| l.starts_with("team-a,")),
+        "team-a in the usage CSV: {usage}"
+    );
 
     browser.close().await;
 }

@@ -435,8 +435,8 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         Write::PutPrice(p) => metering::put_price(conn, p).await?,
         Write::PutCapacity(c) => metering::put_capacity(conn, c).await?,
         Write::PutAlert(a) => metering::put_alert(conn, a).await?,
-        Write::Meter(m) => metering::meter(conn, m).await?,
-        Write::CountWait(w) => history::count_wait(conn, w).await?,
+        // Applied for the whole batch at its end (see `commit`).
+        Write::Meter(_) | Write::CountWait(_) => {}
         Write::AppendAudit(a) => {
             sqlx::query(
                 "INSERT INTO audit (id, at, who, kind, name, action, before_spec, after_spec) \
@@ -514,9 +514,19 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        // Metering and admission counts go last, each in a few statements for
+        // the whole batch: they read what the rest writes (an allocation's
+        // close) and nothing reads them back within it.
+        let (mut metered, mut waits) = (Vec::new(), Vec::new());
         for write in writes {
-            apply(&mut tx, write).await?;
+            match write {
+                Write::Meter(m) => metered.push(m),
+                Write::CountWait(w) => waits.push(w),
+                other => apply(&mut tx, other).await?,
+            }
         }
+        metering::meter_all(&mut tx, &metered).await?;
+        history::count_waits(&mut tx, &waits).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! (for SQLite, their own file), so a sample never waits for or delays a state
 //! transaction.
 
+use std::collections::BTreeMap;
+
 use corral_core::clock::Timestamp;
 use corral_core::history::{
     DAY_MS, HOUR_MS, Rollup, Sample, Series, Source, daily_span, day_of, hour_of, waits,
@@ -266,16 +268,38 @@ pub(super) async fn roll_up(pool: &AnyPool, r: &Rollup) -> Result<()> {
     Ok(())
 }
 
-pub(super) async fn count_wait(conn: &mut sqlx::AnyConnection, w: &AdmissionWait) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO admission_waits (hour, tenant, bucket, runs) VALUES ($1, $2, $3, 1) \
-         ON CONFLICT (hour, tenant, bucket) DO UPDATE SET runs = admission_waits.runs + 1",
-    )
-    .bind(hour_of(w.at).0)
-    .bind(&w.tenant)
-    .bind(i64::from(waits::bucket_of(w.wait_ms)))
-    .execute(conn)
-    .await?;
+/// Counts a batch's admissions, in one statement per few hundred (hour,
+/// tenant, bucket) they fall in.
+pub(super) async fn count_waits(
+    conn: &mut sqlx::AnyConnection,
+    batch: &[&AdmissionWait],
+) -> Result<()> {
+    let mut counts: BTreeMap<(i64, &str, u32), i64> = BTreeMap::new();
+    for w in batch {
+        *counts
+            .entry((hour_of(w.at).0, &w.tenant, waits::bucket_of(w.wait_ms)))
+            .or_default() += 1;
+    }
+    let counts: Vec<_> = counts.into_iter().collect();
+    for chunk in counts.chunks(ROWS_PER_INSERT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", super::metering::placeholders(i * 4 + 1, 4)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO admission_waits (hour, tenant, bucket, runs) VALUES {} \
+             ON CONFLICT (hour, tenant, bucket) DO UPDATE SET runs = admission_waits.runs + excluded.runs",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((hour, tenant, bucket), runs) in chunk {
+            query = query
+                .bind(*hour)
+                .bind(tenant.to_string())
+                .bind(i64::from(*bucket))
+                .bind(*runs);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

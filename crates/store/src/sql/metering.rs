@@ -1,13 +1,17 @@
 //! The metering tables: pools' price and capacity histories, the spans that
 //! usage is computed from, and the durations that estimates learn from.
 
+use std::collections::BTreeMap;
+
 use corral_core::clock::Timestamp;
 use corral_core::ids::{AllocationId, RunId};
-use corral_core::metering::{CapacityChange, PriceChange, SlotUsage, Span, Usage, day_start};
+use corral_core::metering::{
+    CapacityChange, PriceChange, SlotPiece, SlotUsage, Span, Usage, day_start,
+};
 use corral_core::money::Money;
 use corral_core::resources::ResourceTime;
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use super::rows::{from_json, int, opt_ts, resources, to_json, ts, uint};
 use crate::Result;
@@ -180,66 +184,133 @@ fn column(v: i128) -> i64 {
     i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
-pub(super) async fn meter(conn: &mut sqlx::AnyConnection, m: &Metered) -> Result<()> {
-    let span = &m.span;
-    let first = sqlx::query(
-        "UPDATE allocations SET metered = 1 WHERE id = $1 AND metered = 0 AND closed_at IS NOT NULL",
-    )
-    .bind(span.allocation.0)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if first == 0 {
+/// Rows per multi-row statement of the metering (at most 15 parameters a
+/// row, well within SQLite's and PostgreSQL's limits).
+const METER_ROWS: usize = 200;
+
+/// Meters the closed allocations of a batch in a few statements, whatever
+/// their number: each one not metered yet is marked, leaves `usage_open`, and
+/// has its pieces kept and added to the sums per slot; one metered already
+/// (or twice in the batch) counts once.
+pub(super) async fn meter_all(conn: &mut sqlx::AnyConnection, batch: &[&Metered]) -> Result<()> {
+    let mut first: BTreeMap<i64, &Metered> = BTreeMap::new();
+    for m in batch {
+        first.entry(m.span.allocation.0).or_insert(m);
+    }
+    let ids: Vec<i64> = first.keys().copied().collect();
+    let mut metered: Vec<&Metered> = Vec::new();
+    for chunk in ids.chunks(METER_ROWS) {
+        let sql = format!(
+            "UPDATE allocations SET metered = 1 WHERE metered = 0 AND closed_at IS NOT NULL \
+             AND id IN ({}) RETURNING id",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let id: i64 = row.try_get("id")?;
+            metered.extend(first.get(&id));
+        }
+    }
+    if metered.is_empty() {
         return Ok(());
     }
-    sqlx::query("DELETE FROM usage_open WHERE allocation = $1")
-        .bind(span.allocation.0)
-        .execute(&mut *conn)
-        .await?;
-    for p in &m.pieces {
-        let time = &p.usage.time;
-        sqlx::query(
+    for chunk in metered.chunks(METER_ROWS) {
+        let sql = format!(
+            "DELETE FROM usage_open WHERE allocation IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for m in chunk {
+            query = query.bind(m.span.allocation.0);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    let pieces: Vec<(&Span, &SlotPiece)> = metered
+        .iter()
+        .flat_map(|m| m.pieces.iter().map(|p| (&m.span, p)))
+        .collect();
+    for chunk in pieces.chunks(METER_ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * 15 + 1, 15)))
+            .collect();
+        let sql = format!(
             "INSERT INTO usage_pieces (allocation, slot, day, tenant, pool, pipeline, started_at, ended_at, \
-             cpu_millis, memory_mib, gpu, cpu_milli_ms, memory_mib_ms, gpu_ms, cost) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(span.allocation.0)
-        .bind(p.slot_ms)
-        .bind(day_start(p.slot_ms))
-        .bind(&span.tenant)
-        .bind(&span.pool)
-        .bind(&span.pipeline)
-        .bind(p.start_ms)
-        .bind(p.end_ms)
-        .bind(int("cpu_millis", span.resources.cpu_millis)?)
-        .bind(int("memory_mib", span.resources.memory_mib)?)
-        .bind(int("gpu", span.resources.gpu)?)
-        .bind(column(time.cpu_milli_ms))
-        .bind(column(time.memory_mib_ms))
-        .bind(column(time.gpu_ms))
-        .bind(p.usage.cost.micros())
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
+             cpu_millis, memory_mib, gpu, cpu_milli_ms, memory_mib_ms, gpu_ms, cost) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (span, p) in chunk {
+            let time = &p.usage.time;
+            query = query
+                .bind(span.allocation.0)
+                .bind(p.slot_ms)
+                .bind(day_start(p.slot_ms))
+                .bind(span.tenant.clone())
+                .bind(span.pool.clone())
+                .bind(span.pipeline.clone())
+                .bind(p.start_ms)
+                .bind(p.end_ms)
+                .bind(int("cpu_millis", span.resources.cpu_millis)?)
+                .bind(int("memory_mib", span.resources.memory_mib)?)
+                .bind(int("gpu", span.resources.gpu)?)
+                .bind(column(time.cpu_milli_ms))
+                .bind(column(time.memory_mib_ms))
+                .bind(column(time.gpu_ms))
+                .bind(p.usage.cost.micros());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    // The sums per slot, added up here first: one statement may not touch a
+    // row twice.
+    let mut slots: BTreeMap<(i64, &str, &str, &str), [i128; 4]> = BTreeMap::new();
+    for (span, p) in &pieces {
+        let sum = slots
+            .entry((p.slot_ms, &span.tenant, &span.pool, &span.pipeline))
+            .or_default();
+        let time = &p.usage.time;
+        sum[0] += time.cpu_milli_ms;
+        sum[1] += time.memory_mib_ms;
+        sum[2] += time.gpu_ms;
+        sum[3] += i128::from(p.usage.cost.micros());
+    }
+    let slots: Vec<_> = slots.into_iter().collect();
+    for chunk in slots.chunks(METER_ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * 8 + 1, 8)))
+            .collect();
+        let sql = format!(
             "INSERT INTO usage_slots (slot, tenant, pool, pipeline, cpu_milli_ms, memory_mib_ms, gpu_ms, cost) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (slot, tenant, pool, pipeline) DO UPDATE SET \
+             VALUES {} ON CONFLICT (slot, tenant, pool, pipeline) DO UPDATE SET \
              cpu_milli_ms = usage_slots.cpu_milli_ms + excluded.cpu_milli_ms, \
              memory_mib_ms = usage_slots.memory_mib_ms + excluded.memory_mib_ms, \
              gpu_ms = usage_slots.gpu_ms + excluded.gpu_ms, cost = usage_slots.cost + excluded.cost",
-        )
-        .bind(p.slot_ms)
-        .bind(&span.tenant)
-        .bind(&span.pool)
-        .bind(&span.pipeline)
-        .bind(column(time.cpu_milli_ms))
-        .bind(column(time.memory_mib_ms))
-        .bind(column(time.gpu_ms))
-        .bind(p.usage.cost.micros())
-        .execute(&mut *conn)
-        .await?;
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((slot, tenant, pool, pipeline), sum) in chunk {
+            query = query
+                .bind(*slot)
+                .bind(tenant.to_string())
+                .bind(pool.to_string())
+                .bind(pipeline.to_string());
+            for v in sum {
+                query = query.bind(column(*v));
+            }
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// `count` numbered placeholders from `$first`, separated by commas.
+pub(super) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Sums of metered usage from `table` where `condition` holds (its

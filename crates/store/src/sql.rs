@@ -156,6 +156,10 @@ impl SqlStore {
         };
         MIGRATIONS.run(&pool).await?;
         let reads = match backend {
+            // An in-memory database is its connection's own: it has no readers.
+            Backend::Sqlite if url.contains(":memory:") || url.contains("mode=memory") => {
+                pool.clone()
+            }
             Backend::Sqlite => sqlite_pool(&read_only(url), READERS).await?,
             Backend::Postgres => history.clone(),
         };
@@ -896,5 +900,23 @@ impl Store for SqlStore {
 
     async fn admission_waits(&self, query: &WaitQuery) -> Result<Vec<WaitCount>> {
         history::read_waits(&self.reads, query).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_only;
+
+    #[test]
+    fn a_read_only_url_replaces_any_mode_and_keeps_the_rest() {
+        assert_eq!(
+            read_only("sqlite:///d/corral.db?mode=rwc"),
+            "sqlite:///d/corral.db?mode=ro"
+        );
+        assert_eq!(
+            read_only("sqlite:///d/corral.db?cache=shared&mode=rwc"),
+            "sqlite:///d/corral.db?cache=shared&mode=ro"
+        );
+        assert_eq!(read_only("sqlite:corral.db"), "sqlite:corral.db?mode=ro");
     }
 }

@@ -259,7 +259,9 @@ pub fn daily_span(
 /// complete day before `until` from its hours in the same way, then delete raw
 /// samples before `raw_before` and aggregates before `hourly_before`. Both
 /// cut-offs are whole hours no later than `until`: raw samples go only with
-/// whole hours that were rolled up.
+/// whole hours that were rolled up. `hourly_before` is a midnight, so that
+/// the hourly and daily aggregates always keep the same days (a read in whole
+/// days takes a day from one or the other, never from a part of both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rollup {
     pub until: Timestamp,
@@ -272,7 +274,7 @@ impl Rollup {
         Rollup {
             until: hour_of(now),
             raw_before: hour_of(now.plus_millis(-RAW_RETENTION_MS)),
-            hourly_before: hour_of(now.plus_millis(-HOURLY_RETENTION_MS)),
+            hourly_before: day_of(now.plus_millis(-HOURLY_RETENTION_MS)),
         }
     }
 }

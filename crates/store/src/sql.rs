@@ -161,15 +161,19 @@ impl SqlStore {
                 pool.clone()
             }
             Backend::Sqlite => sqlite_pool(&read_only(url), READERS).await?,
+            Backend::Postgres => pool.clone(),
+        };
+        let history_reads = match backend {
+            Backend::Sqlite => reads.clone(),
             Backend::Postgres => history.clone(),
         };
         Ok(SqlStore {
             pool,
             logs,
             backend,
-            history_reads: reads.clone(),
             history,
             reads,
+            history_reads,
         })
     }
 

@@ -521,6 +521,19 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
     );
     let tenant: Value = server.get("/api/v1/tenants/team-a").await;
     assert_eq!(tenant["quota"]["cpu_millis"], 1000, "{tenant:#}");
+    // No pool at all, kept as such through a later save of the form.
+    browser.fill("allowed_pools", "-").await;
+    browser.submit("form.stack button.primary").await;
+    browser.submit("form.stack button.primary").await;
+    let tenant: Value = server.get("/api/v1/tenants/team-a").await;
+    assert_eq!(tenant["allowed_pools"], serde_json::json!([]), "{tenant:#}");
+    assert_eq!(
+        browser
+            .attr("[id=\"allowed_pools\"]", "value")
+            .await
+            .as_deref(),
+        Some("-")
+    );
     // Its pools and a limit in one of them: a bad quantity is shown next to
     // the field, a good one saved.
     browser.fill("allowed_pools", "browser").await;

@@ -244,6 +244,11 @@ fn rollup_covers_whole_hours_and_keeps_two_days_of_raw_samples() {
         Rollup::at(Timestamp(100 * DAY_MS + 1)).hourly_before,
         Timestamp(10 * DAY_MS)
     );
+    // Aggregates go by whole days, however late in the day it is.
+    assert_eq!(
+        Rollup::at(Timestamp(100 * DAY_MS + 23 * HOUR_MS)).hourly_before,
+        Timestamp(10 * DAY_MS)
+    );
     // Raw samples go only with hours that were rolled up, and the hour in
     // progress is never rolled up.
     assert!(r.raw_before <= r.until && r.until <= now);

@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+/// How a list of names that is empty is written in its field (no name
+/// starts with it).
+pub const NONE: &str = "-";
+
 /// A form as posted: each field once (the last wins), `csrf` left out.
 pub fn fields(body: &[u8]) -> BTreeMap<String, String> {
     form_urlencoded::parse(body)
@@ -27,7 +31,7 @@ pub enum Kind {
     Pairs,
     /// Numbers separated by commas, as a list.
     Numbers,
-    /// Names separated by commas, as a list.
+    /// Names separated by commas, as a list; `-` for an empty list.
     Names,
     /// One line per name, `name: key=value, key=value`, as an object of
     /// objects (numbers as numbers).
@@ -78,13 +82,22 @@ pub fn merge(
                     .map(number)
                     .collect(),
             ),
-            Kind::Names => Value::Array(
-                text.split(',')
+            Kind::Names if text == NONE => Value::Array(Vec::new()),
+            Kind::Names => {
+                let names: Vec<Value> = text
+                    .split(',')
                     .map(str::trim)
                     .filter(|t| !t.is_empty())
                     .map(|t| Value::String(t.to_string()))
-                    .collect(),
-            ),
+                    .collect();
+                if names.is_empty() {
+                    return Err((
+                        path.to_string(),
+                        format!("name at least one, separated by commas, or write {NONE} for none"),
+                    ));
+                }
+                Value::Array(names)
+            }
             Kind::Pairs => pairs(path, text, |v| Value::String(v.to_string()))?,
             Kind::Table => {
                 let mut rows = Map::new();
@@ -241,6 +254,11 @@ mod tests {
             text_at(&doc, "pool_limits"),
             "cpu: runs=3\ngpu: gpu=2, memory=32Gi"
         );
+        // An empty list has its own word; a list of no name is refused.
+        let none = document(&fields(b"allowed_pools=-"), &PATHS).expect("document");
+        assert_eq!(none, serde_json::json!({"allowed_pools": []}));
+        let bad = document(&fields(b"allowed_pools=%2C+"), &PATHS).expect_err("no name");
+        assert_eq!(bad.0, "allowed_pools");
         let bad = document(&fields(b"pool_limits=gpu+2"), &PATHS).expect_err("no colon");
         assert_eq!(bad.0, "pool_limits");
         let bad = document(&fields(b"pool_limits=gpu%3A+2"), &PATHS).expect_err("not pairs");

@@ -115,6 +115,11 @@ fn form(session: &Session, name: &str, doc: &Value, error: Option<(&str, &str)>)
     };
     let general = error.filter(|(f, _)| !FIELDS.iter().any(|(p, _)| p == f));
     let enforce = forms::text_at(doc, "budget.enforce");
+    // No pool at all is a list of none, which an empty field would lose.
+    let allowed_pools = match doc.get("allowed_pools") {
+        Some(Value::Array(names)) if names.is_empty() => forms::NONE.to_string(),
+        _ => forms::text_at(doc, "allowed_pools"),
+    };
     html! {
         form.stack method="post" action={ "/tenants/" (name) } novalidate {
             (layout::csrf(session))
@@ -137,7 +142,8 @@ fn form(session: &Session, name: &str, doc: &Value, error: Option<(&str, &str)>)
                 }))
             }
             div.row {
-                (text("allowed_pools", "Allowed pools", "Names separated by commas; empty: every pool."))
+                (layout::text_field("allowed_pools", "Allowed pools", &allowed_pools, err("allowed_pools"),
+                    "Names separated by commas; empty: every pool; a dash (-): no pool."))
                 (layout::text_area("pool_limits", "Limits per pool", &forms::text_at(doc, "pool_limits"), err("pool_limits"),
                     "One line per pool, such as gpu: cpu=8, memory=32Gi, gpu=2, runs=3."))
             }

@@ -933,8 +933,7 @@ mod history {
     use corral_core::resources::Dimension;
     use corral_store::testing::fresh_postgres_database;
     use corral_store::{
-        AdmissionWait, AuditRecord, HistoryPoint, HistoryQuery, SqlStore, Store, WaitCount,
-        WaitQuery, Write,
+        AdmissionWait, HistoryPoint, HistoryQuery, SqlStore, Store, WaitCount, WaitQuery, Write,
     };
 
     const MINUTE: i64 = 60_000;

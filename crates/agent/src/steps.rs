@@ -10,11 +10,14 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::Signal;
+use nix::sys::prctl;
+use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use nix::unistd::Pid;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, getsid};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
@@ -54,7 +57,7 @@ impl Drop for Steps {
     fn drop(&mut self) {
         // Not reaped yet (nothing waits for it), so the pid is still its own.
         if let Some(pid) = self.process.id().and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
 }
@@ -101,6 +104,9 @@ impl Steps {
     /// still works when the binary's file has been replaced by an upgrade.
     /// `hidden` are environment variables the steps must not see.
     pub fn start(hidden: &[&str]) -> std::io::Result<Steps> {
+        // The steps' processes are the supervisor's; if it dies first, they
+        // are handed to this process, which ends them (see `end_orphans`).
+        prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
         let (ours, theirs) = StdUnixStream::pair()?;
         let mut command = tokio::process::Command::new("/proc/self/exe");
         if let Some(name) = std::env::args_os().next() {
@@ -117,12 +123,13 @@ impl Steps {
             .process_group(0)
             .spawn()?;
         ours.set_nonblocking(true)?;
+        let supervisor = process.id();
         let socket = Arc::new(UnixStream::from_std(ours)?);
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let waiting: Waiting = Arc::default();
         let (tell_gone, gone) = watch::channel(None);
         tokio::spawn(write(socket.clone(), outgoing));
-        tokio::spawn(read(socket, waiting.clone(), tell_gone));
+        tokio::spawn(read(socket, waiting.clone(), tell_gone, supervisor));
         Ok(Steps {
             outbox,
             waiting,
@@ -220,7 +227,12 @@ async fn write(socket: Arc<UnixStream>, mut outgoing: mpsc::UnboundedReceiver<Ou
 
 /// Hands each step's end to whoever waits for it; says when the supervisor is
 /// gone.
-async fn read(socket: Arc<UnixStream>, waiting: Waiting, gone: watch::Sender<Option<String>>) {
+async fn read(
+    socket: Arc<UnixStream>,
+    waiting: Waiting,
+    gone: watch::Sender<Option<String>>,
+    supervisor: Option<u32>,
+) {
     let why = loop {
         match next_message(&socket).await {
             Ok(FromSupervisor { id, ended }) => {
@@ -232,9 +244,61 @@ async fn read(socket: Arc<UnixStream>, waiting: Waiting, gone: watch::Sender<Opt
         }
     };
     tracing::error!(%why, "the step supervisor ended");
+    // A supervisor killed on its own leaves its steps' processes to this one:
+    // they end before their steps are said to have failed (and are run again
+    // elsewhere), so that no step runs twice at once.
+    let _ = tokio::task::spawn_blocking(move || end_orphans(supervisor)).await;
     // Every step still waiting ends with it.
     lock(&waiting).clear();
     let _ = gone.send(Some(why));
+}
+
+/// Kills and reaps this process's children from other sessions than its own
+/// (steps run in sessions of their own; the supervisor, in this one), until
+/// none is left or two seconds have passed. A killed process's children are
+/// handed over as it ends, so each round finds the next generation. Only a
+/// child not yet reaped is signalled, so its pid cannot be another's.
+fn end_orphans(supervisor: Option<u32>) {
+    let own_session = getsid(None).ok();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let orphans: Vec<Pid> = children()
+            .into_iter()
+            .filter(|pid| Some(pid.as_raw() as u32) != supervisor)
+            .filter(|&pid| getsid(Some(pid)).ok() != own_session)
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        for &pid in &orphans {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        for pid in orphans {
+            while Instant::now() < deadline {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// The children of every thread of this process.
+fn children() -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .map(Pid::from_raw)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 async fn next_message(socket: &UnixStream) -> Result<FromSupervisor, String> {

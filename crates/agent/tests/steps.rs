@@ -1,5 +1,5 @@
 //! Steps on real processes, through the agent's step supervisor: a step never
-//! outlives its agent (even a `kill -9` of it), a stop
+//! outlives its agent or its supervisor (even a `kill -9` of either), a stop
 //! kills all it started, a step ends as its shell did, and many steps at once
 //! keep their own output. This binary is the supervisor it tests, as `corral`
 //! is the agent's: started with `__step-supervisor`, it is one.
@@ -242,6 +242,40 @@ fn a_killed_agent_takes_its_steps_with_it() {
         processes.0.len(),
         killed.elapsed()
     );
+}
+
+/// The supervisor alone killed (`kill -9`): its steps' processes, handed to
+/// the agent, end with it, before the agent says the step failed.
+fn a_killed_supervisor_takes_its_steps_with_it() {
+    let dir = Scratch::new("killed-supervisor");
+    let mut agent = Command::new(std::env::current_exe().expect("this test's binary"))
+        .arg(PLAY_AGENT)
+        .arg(long_step())
+        .current_dir(&dir.0)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the agent starts");
+    let processes = recorded(&dir.path("pids"), LEFT + 1);
+    let supervisors = children_of(agent.id());
+    assert_eq!(
+        supervisors.len(),
+        1,
+        "the agent's one child: {supervisors:?}"
+    );
+    kill(Pid::from_raw(supervisors[0]), Signal::SIGKILL).expect("the supervisor can be killed");
+    let killed = Instant::now();
+    wait_for("every process of the step to end", || {
+        processes.left().is_empty()
+    });
+    println!(
+        "    {} processes ended {:?} after their supervisor",
+        processes.0.len(),
+        killed.elapsed()
+    );
+    // The agent learns its step failed only then, and goes.
+    let status = agent.wait().expect("the agent ends");
+    assert!(!status.success(), "{status:?}");
 }
 
 /// Plays the agent of `a_killed_agent_takes_its_steps_with_it`.
@@ -501,6 +535,7 @@ fn main() -> ExitCode {
     prctl::set_child_subreaper(true).expect("a subreaper");
     let tests = tests![
         a_killed_agent_takes_its_steps_with_it,
+        a_killed_supervisor_takes_its_steps_with_it,
         a_stopped_step_has_every_process_it_started_killed,
         what_a_step_leaves_behind_ends_with_it,
         a_step_ends_as_its_shell_did,

@@ -207,13 +207,7 @@ fn children_of(pid: u32) -> Vec<i32> {
 /// server ran them again elsewhere.
 fn a_killed_agent_takes_its_steps_with_it() {
     let dir = Scratch::new("killed-agent");
-    let mut agent = Command::new(std::env::current_exe().expect("this test's binary"))
-        .arg(PLAY_AGENT)
-        .arg(long_step())
-        .current_dir(&dir.0)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("the agent starts");
+    let mut agent = play_agent_in(&dir);
     let mut processes = recorded(&dir.path("pids"), LEFT + 1);
     let supervisors = children_of(agent.id());
     assert_eq!(
@@ -248,14 +242,7 @@ fn a_killed_agent_takes_its_steps_with_it() {
 /// the agent, end with it, before the agent says the step failed.
 fn a_killed_supervisor_takes_its_steps_with_it() {
     let dir = Scratch::new("killed-supervisor");
-    let mut agent = Command::new(std::env::current_exe().expect("this test's binary"))
-        .arg(PLAY_AGENT)
-        .arg(long_step())
-        .current_dir(&dir.0)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the agent starts");
+    let mut agent = play_agent_in(&dir);
     let processes = recorded(&dir.path("pids"), LEFT + 1);
     let supervisors = children_of(agent.id());
     assert_eq!(
@@ -278,7 +265,20 @@ fn a_killed_supervisor_takes_its_steps_with_it() {
     assert!(!status.success(), "{status:?}");
 }
 
-/// Plays the agent of `a_killed_agent_takes_its_steps_with_it`.
+/// This binary as an agent running `long_step` in `dir` (its panic when the
+/// step fails is not shown).
+fn play_agent_in(dir: &Scratch) -> std::process::Child {
+    Command::new(std::env::current_exe().expect("this test's binary"))
+        .arg(PLAY_AGENT)
+        .arg(long_step())
+        .current_dir(&dir.0)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the agent starts")
+}
+
+/// Plays the agent of the tests that kill it or its supervisor.
 fn play_agent(step: &OsStr) -> ! {
     let step = step.to_str().expect("a UTF-8 step");
     runtime().block_on(async {

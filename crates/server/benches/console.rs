@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use corral_core::access::Role;
 use corral_core::clock::{Clock, Timestamp};
-use corral_core::history::{Rollup, Sample, Series};
+use corral_core::history::{Rollup, Sample, Series, SubjectKind};
 use corral_core::manifest::{Document, parse_documents};
 use corral_core::resources::{Dimension, Resources};
 use corral_server::SystemClock;
@@ -84,14 +84,10 @@ async fn seed(engine: &Engine, store: &dyn Store) {
             .sin()
             .abs();
         for p in 0..POOLS {
-            for series in [
-                Series::PoolUtilization(Dimension::Cpu),
-                Series::PoolUtilization(Dimension::Memory),
-                Series::PoolUtilization(Dimension::Gpu),
-                Series::PoolSaturation(Dimension::Cpu),
-                Series::PoolSaturation(Dimension::Memory),
-                Series::PoolSaturation(Dimension::Gpu),
-            ] {
+            for series in Series::ALL
+                .into_iter()
+                .filter(|s| s.subject() == SubjectKind::Pool)
+            {
                 batch.push(Sample {
                     series,
                     subject: format!("pool-{p:02}"),

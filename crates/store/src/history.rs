@@ -45,6 +45,8 @@ pub struct WaitQuery {
     pub from: Timestamp,
     pub to: Timestamp,
     pub bucket_ms: i64,
+    /// At most this many counts, ordered by tenant, time and bucket.
+    pub limit: u32,
 }
 
 /// How many runs of a tenant, first admitted within the time bucket starting

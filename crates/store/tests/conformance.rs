@@ -1182,6 +1182,7 @@ mod history {
             from: Timestamp(BASE + 30 * MINUTE),
             to: Timestamp(BASE + 10 * HOUR_MS),
             bucket_ms: HOUR_MS,
+            limit: 100_000,
         };
         // The range is widened to the hour `from` falls in.
         let read =
@@ -1211,6 +1212,14 @@ mod history {
             })
             .await
             .is_empty()
+        );
+        assert_eq!(
+            read(WaitQuery {
+                limit: 2,
+                ..all.clone()
+            })
+            .await,
+            vec![count("a", BASE, 1_000, 2), count("a", BASE, 60_000, 1)]
         );
         // Pruned with the hourly history.
         store
@@ -1335,6 +1344,7 @@ mod history {
             from: Timestamp(from),
             to: Timestamp(start + 5 * DAY),
             bucket_ms: HOUR_MS,
+            limit: 100_000,
         };
         let hourly = store.admission_waits(&hours).await.expect("hours");
         assert!(!hourly.is_empty());

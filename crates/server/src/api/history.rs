@@ -29,6 +29,9 @@ use crate::engine::Engine;
 /// Points one answer may hold.
 const MAX_POINTS: usize = 10_000;
 
+/// Counts (per tenant, time bucket and wait bucket) a waits read may merge.
+const MAX_WAIT_COUNTS: usize = 200_000;
+
 /// Governance time series: per pool, utilization and saturation; per tenant,
 /// holdings, queued runs and admission wait. One entry per series and subject,
 /// its points oldest first.
@@ -139,9 +142,20 @@ pub(crate) async fn get_waits(
         from,
         to,
         bucket_ms,
+        limit: u32::try_from(MAX_WAIT_COUNTS + 1).unwrap_or(u32::MAX),
     };
+    let counts = engine.store().admission_waits(&read).await?;
+    if counts.len() > MAX_WAIT_COUNTS {
+        return Err(FieldError::new(
+            "step",
+            format!(
+                "the range holds more than {MAX_WAIT_COUNTS} counts: give a longer step, a shorter range, or tenant="
+            ),
+        )
+        .into());
+    }
     let mut by_tenant: BTreeMap<String, BTreeMap<Timestamp, WaitHistogram>> = BTreeMap::new();
-    for c in engine.store().admission_waits(&read).await? {
+    for c in counts {
         by_tenant
             .entry(c.tenant)
             .or_default()

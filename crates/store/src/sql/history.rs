@@ -344,9 +344,11 @@ pub(super) async fn read_waits(pool: &AnyPool, q: &WaitQuery) -> Result<Vec<Wait
     };
     // The bucket length is an integer we own, so it is inlined.
     let b = q.bucket_ms.max(HOUR_MS);
+    let limit = p.next();
     let sql = format!(
         "SELECT tenant, (at / {b}) * {b} AS at, bucket, CAST(SUM(runs) AS BIGINT) AS runs \
-         FROM ({rows}) AS counts GROUP BY tenant, (at / {b}) * {b}, bucket ORDER BY tenant, at, bucket"
+         FROM ({rows}) AS counts GROUP BY tenant, (at / {b}) * {b}, bucket \
+         ORDER BY tenant, at, bucket LIMIT {limit}"
     );
     let bind = |mut query: AnyQuery<'static>| {
         query = query.bind(from.0).bind(to.0);
@@ -362,6 +364,7 @@ pub(super) async fn read_waits(pool: &AnyPool, q: &WaitQuery) -> Result<Vec<Wait
             .bind(end.0);
     }
     query
+        .bind(i64::from(q.limit))
         .fetch_all(pool)
         .await?
         .iter()

@@ -412,6 +412,21 @@ fn held_run(name: &str, tenant: &str, pool: &str, go: &Path) -> String {
     )
 }
 
+/// Team-a's held run on pool main, once it has printed its first line, and
+/// the file that lets it end.
+async fn printing_held_run(server: &Server) -> (i64, PathBuf) {
+    let go = server.data_dir.join("go");
+    let held = id_of(
+        &server
+            .submit(&held_run("held", "team-a", "main", &go))
+            .await,
+    );
+    server
+        .wait_for_output(held, "first line", Duration::from_secs(20))
+        .await;
+    (held, go)
+}
+
 fn quick_run(name: &str, tenant: &str, pool: &str) -> String {
     format!(
         "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, pool: {pool}, resources: {{cpu: 1, memory: 256Mi}}, run: 'echo done'}}\n"
@@ -892,15 +907,7 @@ async fn every_page_passes_axe(dark: bool) {
             "kind: Pool\nname: main\ncapacity: {cpu: 2, memory: 4Gi}\nprice: {cpu_hour: 0.5, memory_gib_hour: 0.05}\n---\nkind: Tenant\nname: team-a\nquota: {cpu: 1}\nbudget: {monthly: 100}\n",
         )
         .await;
-    let go = server.data_dir.join("go");
-    let held = id_of(
-        &server
-            .submit(&held_run("held", "team-a", "main", &go))
-            .await,
-    );
-    server
-        .wait_for_output(held, "first line", Duration::from_secs(20))
-        .await;
+    let (held, go) = printing_held_run(&server).await;
     let waiting = id_of(&server.submit(&quick_run("waiting", "team-a", "main")).await);
     server.waits_with(waiting, "tenant_quota").await;
 
@@ -1082,15 +1089,7 @@ async fn pages_left_behind_do_not_hold_the_connections_of_the_next() {
     server
         .apply("kind: Pool\nname: main\ncapacity: {cpu: 2, memory: 4Gi}\n---\nkind: Tenant\nname: team-a\n")
         .await;
-    let go = server.data_dir.join("go");
-    let held = id_of(
-        &server
-            .submit(&held_run("held", "team-a", "main", &go))
-            .await,
-    );
-    server
-        .wait_for_output(held, "first line", Duration::from_secs(20))
-        .await;
+    let (held, go) = printing_held_run(&server).await;
     let browser = Browser::start_with(
         &server.url,
         Settings {

@@ -23,7 +23,7 @@ use corral_core::tenant::TenantSpec;
 use corral_core::usage::UsageLedger;
 use corral_store::{
     AdmissionWait, AllocationFilter, AllocationRecord, AttemptRecord, LogChunk, PoolRecord,
-    RunRecord, StepRecord, Store, StoreError, TenantRecord, WorkerRecord, Write,
+    RunDetail, RunRecord, StepRecord, Store, StoreError, TenantRecord, WorkerRecord, Write,
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
@@ -479,7 +479,10 @@ impl Engine {
     ///
     /// A tenant token submits for its own tenant only: a pipeline without
     /// `tenant:` gets it, and another tenant's name is refused.
-    pub async fn submit(&self, who: &Principal, text: &str) -> Result<RunRecord> {
+    ///
+    /// Returns the run as submitted (with its steps, before any attempt or
+    /// allocation), so the answer needs no read of the store.
+    pub async fn submit(&self, who: &Principal, text: &str) -> Result<RunDetail> {
         let mut value = parse_single(text, "Pipeline")?;
         if let Some(own) = who.role.tenant() {
             match value.get("tenant") {
@@ -566,7 +569,7 @@ impl Engine {
         };
         // The run goes first so the steps find it when applied in memory.
         let writes = std::iter::once(Write::PutRun(record.clone()))
-            .chain(steps.into_iter().map(Write::PutStep))
+            .chain(steps.iter().cloned().map(Write::PutStep))
             .collect();
         let mut fx = Effects {
             controller: true,
@@ -575,7 +578,12 @@ impl Engine {
         self.stage(&mut state, writes, &mut fx);
         drop(state);
         self.finish(fx).await?;
-        Ok(record)
+        Ok(RunDetail {
+            run: record,
+            steps,
+            attempts: Vec::new(),
+            allocations: Vec::new(),
+        })
     }
 
     /// Cancels a run that has not ended: releases everything it holds at once

@@ -108,6 +108,7 @@ impl Harness {
             .submit(&admin(), &yaml)
             .await
             .expect("submit")
+            .run
             .id
     }
 
@@ -358,7 +359,7 @@ async fn priorities_are_named_classes_or_numbers() {
         .await
         .expect("number");
     assert_eq!(
-        (low.priority, high.priority, seven.priority),
+        (low.run.priority, high.run.priority, seven.run.priority),
         (-100, 100, 7)
     );
     let err = h
@@ -372,8 +373,8 @@ async fn priorities_are_named_classes_or_numbers() {
     assert_eq!(field.path, "priority");
     // The one free cpu goes to the highest priority, though it came later.
     h.engine.cycle().await.expect("cycle");
-    assert_eq!(h.state_of(high.id).await.0, RunState::Provisioning);
-    let (state, code, _) = h.state_of(low.id).await;
+    assert_eq!(h.state_of(high.run.id).await.0, RunState::Provisioning);
+    let (state, code, _) = h.state_of(low.run.id).await;
     assert_eq!(
         (state, code),
         (RunState::Queued, Some(ReasonCode::PoolFull))
@@ -748,7 +749,14 @@ async fn a_tenant_token_submits_and_cancels_for_its_tenant_only_and_cancels_are_
     .await;
     let (a, b) = (tenant_principal("a"), tenant_principal("b"));
     let job = "kind: Pipeline\nname: j\nsteps:\n  - {name: s, run: 'true', pool: p}\n";
-    let run = h.engine.submit(&a, job).await.expect("submit");
+    let submitted = h.engine.submit(&a, job).await.expect("submit");
+    assert_eq!(
+        h.engine.store().run(submitted.run.id).await.expect("read"),
+        Some(submitted.clone()),
+        "the answer is the run as stored, steps and all"
+    );
+    assert_eq!(submitted.steps.len(), 1);
+    let run = submitted.run;
     assert_eq!(
         run.tenant, "a",
         "a pipeline without tenant gets the token's"

@@ -285,6 +285,51 @@ async fn named_specs<T: DeserializeOwned>(
     .collect()
 }
 
+/// The row a write puts, for the writes that put a whole row of a run's.
+#[derive(PartialEq, Eq, Hash)]
+enum RowKey {
+    Run(i64),
+    Step(i64, u32),
+    Attempt(i64),
+    Allocation(i64),
+}
+
+/// A batch's writes with each run, step, attempt and allocation row put once:
+/// with its last value, where it was first put. A batch often moves one run
+/// several times (submitted, admitted, bound, ended). Every put carries the
+/// whole row, and the columns an upsert leaves alone never change, so the
+/// last put alone leaves the row as all of them would. Putting it where the
+/// first one was keeps every row it depends on before it; the schema has no
+/// foreign keys, and rows only move forward, so the unique index of open
+/// allocations holds after each statement as it did in the original order.
+fn coalesce(writes: &[Write]) -> Vec<&Write> {
+    let row = |w: &Write| match w {
+        Write::PutRun(r) => Some(RowKey::Run(r.id.0)),
+        Write::PutStep(s) => Some(RowKey::Step(s.run_id.0, s.idx)),
+        Write::PutAttempt(a) => Some(RowKey::Attempt(a.id.0)),
+        Write::PutAllocation(a) => Some(RowKey::Allocation(a.id.0)),
+        _ => None,
+    };
+    let mut last: std::collections::HashMap<RowKey, usize> = std::collections::HashMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        if let Some(key) = row(w) {
+            last.insert(key, i);
+        }
+    }
+    let mut out = Vec::with_capacity(last.len());
+    for w in writes {
+        match row(w) {
+            None => out.push(w),
+            Some(key) => {
+                if let Some(i) = last.remove(&key) {
+                    out.push(&writes[i]);
+                }
+            }
+        }
+    }
+    out
+}
+
 async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
     match write {
         Write::PutPool(p) => {
@@ -388,7 +433,6 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(a.closed_at.map(|t| t.0))
             .execute(&mut *conn)
             .await?;
-            metering::note_unmetered(conn, a.id).await?;
         }
         Write::PutWorker(w) => {
             sqlx::query(
@@ -525,14 +569,20 @@ impl Store for SqlStore {
         // Metering and admission counts go last, each in a few statements for
         // the whole batch: they read what the rest writes (an allocation's
         // close) and nothing reads them back within it.
-        let (mut metered, mut waits) = (Vec::new(), Vec::new());
-        for write in writes {
+        let (mut metered, mut waits, mut allocations) = (Vec::new(), Vec::new(), Vec::new());
+        for write in coalesce(writes) {
             match write {
                 Write::Meter(m) => metered.push(m),
                 Write::CountWait(w) => waits.push(w),
-                other => apply(&mut tx, other).await?,
+                other => {
+                    if let Write::PutAllocation(a) = other {
+                        allocations.push(a.id.0);
+                    }
+                    apply(&mut tx, other).await?;
+                }
             }
         }
+        metering::note_unmetered(&mut tx, &allocations).await?;
         metering::meter_all(&mut tx, &metered).await?;
         history::count_waits(&mut tx, &waits).await?;
         tx.commit().await?;

@@ -862,6 +862,139 @@ async fn metered_reports(store: &dyn Store) {
     }
 }
 
+/// A batch that moves runs several times (as a group commit of a submit, an
+/// admission, a binding and an end does) leaves each row as its last write
+/// says, and lists exactly the allocations not metered yet.
+async fn rows_moved_within_one_batch(store: &dyn Store) {
+    let run = |id: i64, state: RunState, finished: Option<i64>| RunRecord {
+        finished_at: finished.map(Timestamp),
+        updated_at: Timestamp(finished.unwrap_or(20 + id)),
+        ..run_record(id, "acme", state)
+    };
+    let step = |run: i64, idx: u32, state: StepState, attempts: u32| StepRecord {
+        run_id: RunId(run),
+        idx,
+        name: ["a", "b"][idx as usize].into(),
+        group: 0,
+        state,
+        attempts,
+    };
+    let attempt = |state: AttemptState, finished: Option<i64>| AttemptRecord {
+        id: AttemptId(70_900),
+        run_id: RunId(70_900),
+        step_idx: 0,
+        number: 1,
+        worker_id: WorkerId(7),
+        state,
+        exit_code: finished.map(|_| 0),
+        error: None,
+        created_at: Timestamp(150),
+        started_at: Some(Timestamp(150)),
+        finished_at: finished.map(Timestamp),
+    };
+    let held = |id: i64, run: i64, worker: Option<i64>, closed: Option<i64>| AllocationRecord {
+        id: AllocationId(id),
+        worker_id: worker.map(WorkerId),
+        opened_at: Timestamp(120),
+        ..allocation(id, run, 0, closed)
+    };
+    let ended = held(70_900, 70_900, Some(7), Some(180));
+    let span = Span {
+        allocation: ended.id,
+        run: ended.run_id,
+        tenant: ended.tenant.clone(),
+        pool: ended.pool.clone(),
+        pipeline: "p".into(),
+        resources: ended.resources,
+        start_ms: 120,
+        end_ms: Some(180),
+    };
+    let pieces = slot_pieces(&span, &[]);
+    store
+        .commit(&[
+            Write::PutRun(run(70_900, RunState::Queued, None)),
+            Write::PutStep(step(70_900, 0, StepState::Pending, 0)),
+            Write::PutStep(step(70_900, 1, StepState::Pending, 0)),
+            Write::PutRun(run(70_901, RunState::Queued, None)),
+            Write::PutRun(run(70_900, RunState::Admitted, None)),
+            Write::PutAllocation(held(70_900, 70_900, None, None)),
+            Write::PutRun(run(70_902, RunState::Queued, None)),
+            Write::PutAllocation(held(70_900, 70_900, Some(7), None)),
+            Write::PutAttempt(attempt(AttemptState::Running, None)),
+            Write::PutStep(step(70_900, 0, StepState::Running, 1)),
+            Write::PutRun(run(70_900, RunState::Running, None)),
+            Write::PutRun(run(70_901, RunState::Admitted, None)),
+            Write::PutAllocation(held(70_901, 70_901, None, None)),
+            // Run 70_902 is admitted and its allocation released at once, never
+            // metered: it waits in the backlog.
+            Write::PutRun(run(70_902, RunState::Admitted, None)),
+            Write::PutAllocation(held(70_902, 70_902, None, None)),
+            Write::PutAllocation(held(70_902, 70_902, None, Some(170))),
+            Write::PutRun(run(70_902, RunState::Failed, Some(170))),
+            Write::PutAttempt(attempt(AttemptState::Succeeded, Some(180))),
+            Write::PutStep(step(70_900, 0, StepState::Succeeded, 1)),
+            Write::PutStep(step(70_900, 1, StepState::Cancelled, 0)),
+            Write::PutAllocation(ended.clone()),
+            Write::PutRun(run(70_900, RunState::Succeeded, Some(180))),
+            Write::Meter(Metered { span, pieces }),
+        ])
+        .await
+        .expect("one batch");
+    let detail = store
+        .run(RunId(70_900))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(detail.run, run(70_900, RunState::Succeeded, Some(180)));
+    assert_eq!(
+        detail.steps,
+        vec![
+            step(70_900, 0, StepState::Succeeded, 1),
+            step(70_900, 1, StepState::Cancelled, 0)
+        ]
+    );
+    assert_eq!(
+        detail.attempts,
+        vec![attempt(AttemptState::Succeeded, Some(180))]
+    );
+    assert_eq!(detail.allocations, vec![ended]);
+    let admitted = store
+        .run(RunId(70_901))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(admitted.run.state, RunState::Admitted);
+    assert_eq!(admitted.allocations, vec![held(70_901, 70_901, None, None)]);
+    // Not metered yet: the open allocation and the one closed without its
+    // metering; not the one metered in the batch.
+    let unmetered = store
+        .spans(&SpanFilter {
+            from: Timestamp(0),
+            to: Timestamp(1_000),
+            tenant: None,
+            pool: None,
+            unmetered: true,
+        })
+        .await
+        .expect("spans");
+    let mut ids: Vec<i64> = unmetered
+        .iter()
+        .map(|s| s.allocation.0)
+        .filter(|id| (70_900..71_000).contains(id))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![70_901, 70_902]);
+    let backlog: Vec<i64> = store
+        .unmetered(10_000)
+        .await
+        .expect("unmetered")
+        .iter()
+        .map(|s| s.allocation.0)
+        .filter(|id| (70_900..71_000).contains(id))
+        .collect();
+    assert_eq!(backlog, vec![70_902], "closed and not metered");
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -871,6 +1004,7 @@ async fn conformance_sqlite() {
     suite(&store).await;
     metering(&store).await;
     metered_reports(&store).await;
+    rows_moved_within_one_batch(&store).await;
     // Reopening finds the same data and does not re-run migrations.
     store.close().await;
     let again = SqlStore::open_sqlite(&dir).await.expect("reopen sqlite");
@@ -886,6 +1020,7 @@ async fn conformance_postgres() {
     suite(&store).await;
     metering(&store).await;
     metered_reports(&store).await;
+    rows_moved_within_one_batch(&store).await;
 }
 
 #[tokio::test]

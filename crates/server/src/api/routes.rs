@@ -710,14 +710,8 @@ async fn submit_run(
     Extension(who): Extension<Principal>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<RunView>)> {
-    let record = engine.submit(&who, body_text(&body)?).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(views::run(
-            &detail_of(&engine, &who, record.id).await?,
-            None,
-        )),
-    ))
+    let submitted = engine.submit(&who, body_text(&body)?).await?;
+    Ok((StatusCode::CREATED, Json(views::run(&submitted, None))))
 }
 
 /// The tenant a list is limited to: a tenant token's own (asking for another

@@ -165,16 +165,21 @@ pub(super) async fn unmetered(pool: &AnyPool, limit: u32) -> Result<Vec<Span>> {
     .collect()
 }
 
-/// Lists an allocation just written among those not metered yet, unless it
-/// is metered already.
-pub(super) async fn note_unmetered(conn: &mut sqlx::AnyConnection, id: AllocationId) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO usage_open (allocation) SELECT $1 WHERE NOT EXISTS \
-         (SELECT 1 FROM allocations WHERE id = $1 AND metered = 1) ON CONFLICT DO NOTHING",
-    )
-    .bind(id.0)
-    .execute(conn)
-    .await?;
+/// Lists the allocations a batch wrote among those not metered yet, unless
+/// they are metered already, in a statement per [`METER_ROWS`].
+pub(super) async fn note_unmetered(conn: &mut sqlx::AnyConnection, ids: &[i64]) -> Result<()> {
+    for chunk in ids.chunks(METER_ROWS) {
+        let sql = format!(
+            "INSERT INTO usage_open (allocation) SELECT id FROM allocations \
+             WHERE metered = 0 AND id IN ({}) ON CONFLICT DO NOTHING",
+            placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

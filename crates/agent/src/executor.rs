@@ -88,7 +88,9 @@ async fn run_process(
         error: Some(error),
     };
     let workspace = work_dir.join("workspaces").join(&a.workspace);
-    if let Err(e) = tokio::fs::create_dir_all(&workspace).await {
+    // Almost always there already: a metadata call or two, not worth a hop to
+    // a blocking thread and back before every step.
+    if let Err(e) = std::fs::create_dir_all(&workspace) {
         return failed(format!(
             "cannot create workspace {}: {e}",
             workspace.display()

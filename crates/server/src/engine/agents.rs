@@ -323,7 +323,10 @@ impl Engine {
         state.prune_settled(settled);
         let mut assignments = Vec::new();
         let mut delivered = Vec::new();
-        for run in state.runs.values() {
+        // Only a run with attempts can have one for this worker: far fewer
+        // runs than the queue holds, which a poll need not walk.
+        let with_attempts: BTreeSet<RunId> = state.attempt_runs.values().copied().collect();
+        for run in with_attempts.iter().filter_map(|id| state.runs.get(id)) {
             if !run.allocations.iter().any(|a| a.worker_id == Some(worker)) {
                 continue;
             }

@@ -368,7 +368,14 @@ impl Engine {
     }
 
     /// Waits until the operation's writes are settled, then acts.
+    ///
+    /// The controller is woken at once: its cycle decides on the state in
+    /// memory, and what it decides is committed after these writes, and acted
+    /// on only then (if they fail, so does its batch).
     async fn finish(&self, fx: Effects) -> Result<()> {
+        if fx.controller {
+            self.wake_controller.notify_one();
+        }
         self.commits
             .settle(fx.seq)
             .await
@@ -376,9 +383,6 @@ impl Engine {
         self.metrics.record(fx.observed);
         for wake in fx.wake {
             wake.notify_one();
-        }
-        if fx.controller {
-            self.wake_controller.notify_one();
         }
         for (name, template) in fx.spawns {
             // A one-time credential lets the spawned agent, and only it, register.

@@ -16,7 +16,7 @@ use nix::fcntl::OFlag;
 use nix::sys::prctl;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::{Pid, getsid};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -255,12 +255,25 @@ async fn read(
 
 /// Kills and reaps this process's children from other sessions than its own
 /// (steps run in sessions of their own; the supervisor, in this one), until
-/// none is left or two seconds have passed. A killed process's children are
+/// none is left or five seconds have passed. A killed process's children are
 /// handed over as it ends, so each round finds the next generation. Only a
 /// child not yet reaped is signalled, so its pid cannot be another's.
 fn end_orphans(supervisor: Option<u32>) {
     let own_session = getsid(None).ok();
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // A dying process closes its descriptors (the socket this process saw
+    // close) before it hands its children over: they are this process's only
+    // once the supervisor can be waited for. It is left for its owner to reap.
+    if let Some(supervisor) = supervisor.and_then(|pid| i32::try_from(pid).ok()) {
+        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        while Instant::now() < deadline {
+            match waitid(Id::Pid(Pid::from_raw(supervisor)), peek) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+                // Ended, or already reaped.
+                _ => break,
+            }
+        }
+    }
     while Instant::now() < deadline {
         let orphans: Vec<Pid> = children()
             .into_iter()

@@ -121,8 +121,28 @@ impl Recorded {
     }
 
     fn assert_all_gone(&self) {
-        let left = self.left();
+        let left: Vec<String> = self
+            .left()
+            .iter()
+            .map(|p| std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default())
+            .collect();
         assert!(left.is_empty(), "still there: {left:?}");
+    }
+
+    /// Waits (for long) until every process has ended and been reaped, by
+    /// this process too if `reap` (which then reaps any child that ended).
+    fn wait_all_gone(&self, reap: bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if reap {
+                reap_orphans();
+            }
+            if self.left().is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.assert_all_gone();
     }
 }
 
@@ -224,13 +244,7 @@ fn a_killed_agent_takes_its_steps_with_it() {
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGKILL).expect("the agent can be killed");
     agent.wait().expect("the agent is reaped");
     let killed = Instant::now();
-    wait_for(
-        "the supervisor and every process of the step to end",
-        || {
-            reap_orphans();
-            processes.left().is_empty()
-        },
-    );
+    processes.wait_all_gone(true);
     println!(
         "    {} processes ended {:?} after their agent",
         processes.0.len(),
@@ -252,9 +266,7 @@ fn a_killed_supervisor_takes_its_steps_with_it() {
     );
     kill(Pid::from_raw(supervisors[0]), Signal::SIGKILL).expect("the supervisor can be killed");
     let killed = Instant::now();
-    wait_for("every process of the step to end", || {
-        processes.left().is_empty()
-    });
+    processes.wait_all_gone(false);
     println!(
         "    {} processes ended {:?} after their supervisor",
         processes.0.len(),
@@ -265,7 +277,7 @@ fn a_killed_supervisor_takes_its_steps_with_it() {
     assert!(!status.success(), "{status:?}");
 }
 
-/// This binary as an agent running `long_step` in `dir` (its panic when the
+/// This binary as an agent running `long_step` in `dir` (what it says when the
 /// step fails is not shown).
 fn play_agent_in(dir: &Scratch) -> std::process::Child {
     Command::new(std::env::current_exe().expect("this test's binary"))
@@ -288,7 +300,9 @@ fn play_agent(step: &OsStr) -> ! {
             .run(&dir, step, &BTreeMap::new())
             .expect("the step starts");
         let ended = step.ending.wait().await;
-        panic!("the step ended first: {ended:?}");
+        // An exit, not a panic: a backtrace takes seconds on a busy machine.
+        eprintln!("the step ended first: {ended:?}");
+        std::process::exit(1)
     })
 }
 
@@ -430,10 +444,7 @@ fn a_dropped_supervisor_takes_its_steps_with_it() {
         drop(steps);
         let (ended, _, _) = finish(step).await;
         assert!(matches!(ended, Ended::Failed(_)), "{ended:?}");
-        wait_for("every process of the step to end", || {
-            reap_orphans();
-            processes.left().is_empty()
-        });
+        processes.wait_all_gone(true);
     });
 }
 

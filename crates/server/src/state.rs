@@ -2,7 +2,7 @@
 //! start, and changed by the writes the engine stages for the store. Nothing acts
 //! on a write before the store has committed it (see `commit.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use corral_core::clock::Timestamp;
@@ -115,6 +115,8 @@ pub struct State {
     pub workers: BTreeMap<WorkerId, LiveWorker>,
     /// Which live run an attempt belongs to.
     pub attempt_runs: HashMap<AttemptId, RunId>,
+    /// The running attempts of live runs, by worker: what a poll looks at.
+    pub running: HashMap<WorkerId, BTreeSet<AttemptId>>,
     /// Running attempts handed to their worker, and when. Not persisted: after a
     /// restart a worker gets again what it does not report as running.
     pub delivered: HashMap<AttemptId, Timestamp>,
@@ -165,6 +167,7 @@ impl State {
             runs: BTreeMap::new(),
             workers: BTreeMap::new(),
             attempt_runs: HashMap::new(),
+            running: HashMap::new(),
             delivered: HashMap::new(),
             unsettled: HashMap::new(),
             retiring: HashMap::new(),
@@ -221,6 +224,16 @@ impl State {
         WorkerId(self.last_ids.worker)
     }
 
+    /// Takes `attempt` out of its worker's running attempts.
+    fn not_running(&mut self, attempt: &AttemptRecord) {
+        if let Some(running) = self.running.get_mut(&attempt.worker_id) {
+            running.remove(&attempt.id);
+            if running.is_empty() {
+                self.running.remove(&attempt.worker_id);
+            }
+        }
+    }
+
     /// Applies one committed write.
     fn apply(&mut self, write: &Write, now: Timestamp, seq: u64) {
         match write {
@@ -247,6 +260,7 @@ impl State {
                     for a in &run.attempts {
                         self.attempt_runs.remove(&a.id);
                         self.delivered.remove(&a.id);
+                        self.not_running(a);
                     }
                 }
             }
@@ -272,6 +286,11 @@ impl State {
                         None => run.attempts.push(a.clone()),
                     }
                     self.attempt_runs.insert(a.id, a.run_id);
+                    if a.state == AttemptState::Running {
+                        self.running.entry(a.worker_id).or_default().insert(a.id);
+                    } else {
+                        self.not_running(a);
+                    }
                     if a.state.is_terminal() {
                         self.delivered.remove(&a.id);
                     }

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use corral_api::{PollRequest, RegisterRequest, ResourcesView};
+use corral_api::{PollRequest, RegisterRequest, ReportRequest, ResourcesView};
 use corral_core::clock::{Clock, ManualClock, Timestamp};
 use corral_core::controller::{Policy, ReasonCode};
-use corral_core::ids::{RunId, WorkerId};
+use corral_core::ids::{AttemptId, RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents};
 use corral_core::run::{AttemptState, RunState};
 use corral_core::selector::PlacementPolicy;
@@ -311,6 +311,15 @@ async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_anoth
             (AttemptState::Running, survivor)
         ]
     );
+    // What polls look at: the survivor's one running attempt, nothing of the
+    // lost agent's.
+    let running = live.attempts[1].id;
+    let indexed: Vec<(WorkerId, Vec<AttemptId>)> = state
+        .running
+        .iter()
+        .map(|(w, attempts)| (*w, attempts.iter().copied().collect()))
+        .collect();
+    assert_eq!(indexed, vec![(survivor, vec![running])]);
     drop(state);
     let history = h
         .engine
@@ -329,6 +338,22 @@ async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_anoth
         "the lost agent's allocation is released"
     );
     assert_eq!(history[1].closed_at, None);
+
+    // Once the step has succeeded and the run ended, no poll looks at it.
+    h.engine
+        .report(
+            survivor,
+            running,
+            ReportRequest {
+                outcome: "succeeded".into(),
+                exit_code: Some(0),
+                error: None,
+            },
+        )
+        .await
+        .expect("report");
+    assert_eq!(h.state_of(run).await.0, RunState::Succeeded);
+    assert!(h.engine.read().await.running.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

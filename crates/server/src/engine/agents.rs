@@ -323,44 +323,44 @@ impl Engine {
         state.prune_settled(settled);
         let mut assignments = Vec::new();
         let mut delivered = Vec::new();
-        // Only a run with attempts can have one for this worker: far fewer
-        // runs than the queue holds, which a poll need not walk.
-        let with_attempts: BTreeSet<RunId> = state.attempt_runs.values().copied().collect();
-        for run in with_attempts.iter().filter_map(|id| state.runs.get(id)) {
-            if !run.allocations.iter().any(|a| a.worker_id == Some(worker)) {
-                continue;
-            }
-            // Running attempts the worker does not report as running: new ones, and
-            // any whose answer was lost (the server died, or the poll timed out).
-            for attempt in run.attempts.iter().filter(|a| {
-                a.worker_id == worker
-                    && a.state == AttemptState::Running
-                    && !req.running.contains(&a.id.0)
-                    && !state.unsettled.contains_key(&a.id)
-                    && state
-                        .delivered
-                        .get(&a.id)
-                        .is_none_or(|at| now.millis_since(*at) > redeliver_after)
-            }) {
-                let step = &run.record.spec.steps[attempt.step_idx as usize];
-                let mut env = step.env.clone();
-                env.insert("CORRAL_RUN_ID".into(), run.record.id.to_string());
-                env.insert("CORRAL_PIPELINE".into(), run.record.pipeline.clone());
-                env.insert("CORRAL_TENANT".into(), run.record.tenant.clone());
-                env.insert("CORRAL_STEP".into(), step.name.clone());
-                env.insert("CORRAL_ATTEMPT".into(), attempt.number.to_string());
-                assignments.push(Assignment {
-                    attempt_id: attempt.id.0,
-                    run_id: run.record.id.0,
-                    step: step.name.clone(),
-                    command: step.run.clone(),
-                    env,
-                    timeout_secs: step.timeout,
-                    workspace: format!("run-{}", run.record.id),
-                    max_output_bytes: Some(self.config.output.max_output_bytes),
-                });
-                delivered.push(attempt.id);
-            }
+        // Only this worker's running attempts: not the queue, nor the other
+        // attempts of the runs they belong to.
+        let running = state.running.get(&worker).into_iter().flatten();
+        let live = running.filter_map(|id| {
+            let run = state.runs.get(state.attempt_runs.get(id)?)?;
+            Some((run, run.attempt(*id)?))
+        });
+        // Running attempts the worker does not report as running: new ones, and
+        // any whose answer was lost (the server died, or the poll timed out).
+        for (run, attempt) in live.filter(|(run, a)| {
+            a.worker_id == worker
+                && run.allocations.iter().any(|a| a.worker_id == Some(worker))
+                && a.state == AttemptState::Running
+                && !req.running.contains(&a.id.0)
+                && !state.unsettled.contains_key(&a.id)
+                && state
+                    .delivered
+                    .get(&a.id)
+                    .is_none_or(|at| now.millis_since(*at) > redeliver_after)
+        }) {
+            let step = &run.record.spec.steps[attempt.step_idx as usize];
+            let mut env = step.env.clone();
+            env.insert("CORRAL_RUN_ID".into(), run.record.id.to_string());
+            env.insert("CORRAL_PIPELINE".into(), run.record.pipeline.clone());
+            env.insert("CORRAL_TENANT".into(), run.record.tenant.clone());
+            env.insert("CORRAL_STEP".into(), step.name.clone());
+            env.insert("CORRAL_ATTEMPT".into(), attempt.number.to_string());
+            assignments.push(Assignment {
+                attempt_id: attempt.id.0,
+                run_id: run.record.id.0,
+                step: step.name.clone(),
+                command: step.run.clone(),
+                env,
+                timeout_secs: step.timeout,
+                workspace: format!("run-{}", run.record.id),
+                max_output_bytes: Some(self.config.output.max_output_bytes),
+            });
+            delivered.push(attempt.id);
         }
         let cancel: Vec<i64> = req
             .running

@@ -253,27 +253,37 @@ async fn read(
     let _ = gone.send(Some(why));
 }
 
-/// Kills and reaps this process's children from other sessions than its own
-/// (steps run in sessions of their own; the supervisor, in this one), until
-/// none is left or five seconds have passed. A killed process's children are
-/// handed over as it ends, so each round finds the next generation. Only a
-/// child not yet reaped is signalled, so its pid cannot be another's.
+/// Ends the supervisor if it is still alive (its socket failed, or it said
+/// something this process does not understand): its steps' processes come to
+/// this one. Then kills and reaps this process's children from other sessions
+/// than its own (steps run in sessions of their own; the supervisor, in this
+/// one), until none is left or five seconds have passed. A killed process's
+/// children are handed over as it ends, so each round finds the next
+/// generation. Only a child not yet reaped is signalled, so its pid cannot be
+/// another's.
 fn end_orphans(supervisor: Option<u32>) {
-    let own_session = getsid(None).ok();
-    let deadline = Instant::now() + Duration::from_secs(5);
     // A dying process closes its descriptors (the socket this process saw
     // close) before it hands its children over: they are this process's only
     // once the supervisor can be waited for. It is left for its owner to reap.
     if let Some(supervisor) = supervisor.and_then(|pid| i32::try_from(pid).ok()) {
+        let supervisor = Pid::from_raw(supervisor);
         let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut killed = false;
         while Instant::now() < deadline {
-            match waitid(Id::Pid(Pid::from_raw(supervisor)), peek) {
+            match waitid(Id::Pid(supervisor), peek) {
+                Ok(WaitStatus::StillAlive) if !killed => {
+                    let _ = kill(supervisor, Signal::SIGKILL);
+                    killed = true;
+                }
                 Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
                 // Ended, or already reaped.
                 _ => break,
             }
         }
     }
+    let own_session = getsid(None).ok();
+    let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let orphans: Vec<Pid> = children()
             .into_iter()

@@ -27,19 +27,34 @@ fn admin() -> Principal {
 struct Harness {
     engine: Arc<Engine>,
     clock: Arc<ManualClock>,
-    dir: PathBuf,
+    /// Shared with the harness of a restart on the same store.
+    dir: Arc<Scratch>,
 }
 
-fn temp_dir(label: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "corral-engine-{label}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A test's own directory, removed when the last harness on it goes, unless
+/// the test failed.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(label: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "corral-engine-{label}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 impl Harness {
@@ -50,7 +65,7 @@ impl Harness {
     }
 
     async fn with_config(label: &str, yaml: &str, config: EngineConfig) -> Harness {
-        let dir = temp_dir(label);
+        let dir = Arc::new(Scratch::new(label));
         let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
         let harness = Harness::load(dir, clock, config).await;
         harness.apply(yaml).await;
@@ -67,9 +82,9 @@ impl Harness {
         .await
     }
 
-    async fn load(dir: PathBuf, clock: Arc<ManualClock>, config: EngineConfig) -> Harness {
-        let store = Arc::new(SqlStore::open_sqlite(&dir).await.expect("store"));
-        let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"));
+    async fn load(dir: Arc<Scratch>, clock: Arc<ManualClock>, config: EngineConfig) -> Harness {
+        let store = Arc::new(SqlStore::open_sqlite(&dir.0).await.expect("store"));
+        let provider = LocalProvider::new("/bin/true".into(), dir.0.join("workers"));
         let engine = Arc::new(
             Engine::load(store, clock.clone(), config, provider)
                 .await

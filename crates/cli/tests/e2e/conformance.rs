@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::{Server, StoreKind, temp_dir};
+use crate::harness::{Scratch, Server, StoreKind};
 
 const INSTALL: &str = "python3 -m venv target/ci-venv && \
     target/ci-venv/bin/pip install schemathesis==4.32.5 (what .ci/run does)";
@@ -57,7 +57,7 @@ async fn every_operation_answers_as_the_openapi_document_says() {
         )
         .await;
 
-    let work = temp_dir("conformance-schemathesis");
+    let work = Scratch::new("conformance-schemathesis");
     let submissions = work.join("submissions.log");
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e");
     // Every operation of the document, in every phase (examples, coverage,
@@ -83,7 +83,7 @@ async fn every_operation_answers_as_the_openapi_document_says() {
         .arg("--no-color")
         .env("SCHEMATHESIS_HOOKS", tests.join("conformance_hooks.py"))
         .env("CORRAL_CONFORMANCE_LOG", &submissions)
-        .current_dir(&work)
+        .current_dir(work.path())
         .kill_on_drop(true)
         .output()
         .await

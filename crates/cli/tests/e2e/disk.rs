@@ -32,6 +32,8 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        // The mount point, once it is one no more.
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Server, StoreKind, eventually, millis, temp_dir};
+use crate::harness::{Scratch, Server, StoreKind, eventually, millis};
 
 fn alive(pid: i32) -> bool {
     // A zombie has ended; only its parent has not read its status yet.
@@ -22,7 +22,8 @@ async fn a_killed_agent_takes_its_step_with_it_and_the_step_runs_again_elsewhere
 
     // The first attempt records the pids of its shell and of a child and a
     // grandchild it leaves in the background, then says where it runs.
-    let pids = temp_dir("dying-pids").join("pids");
+    let scratch = Scratch::new("dying-pids");
+    let pids = scratch.join("pids");
     let script = format!(
         "if [ ! -e {p} ]; then (sleep 300 & echo $! >> {p}; wait) & echo $! >> {p}; echo $$ >> {p}; pwd; sleep 300; fi; echo done",
         p = pids.display()

@@ -36,6 +36,32 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// A test's own directory, removed when dropped unless the test failed (it is
+/// then left to look at).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        Scratch(temp_dir(label))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -76,7 +102,10 @@ impl Server {
     /// Starts a server over TLS with certificates made for the test: a CA and
     /// a server certificate for 127.0.0.1 and localhost that it signed.
     pub async fn start_tls(label: &str, store: StoreKind) -> Server {
-        let dir = temp_dir(&format!("{label}-certs"));
+        // In the data directory, which goes with the server.
+        let data_dir = temp_dir(label);
+        let dir = data_dir.join("certs");
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
         let certs = crate::harness::make_certs(&dir);
         let args = [
             "--tls-cert".to_string(),
@@ -85,7 +114,7 @@ impl Server {
             certs.key.display().to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start_full(temp_dir(label), store, &args, Some(certs.ca)).await
+        Server::start_full(data_dir, store, &args, Some(certs.ca)).await
     }
 
     async fn start_full(
@@ -547,16 +576,23 @@ impl Drop for Server {
 
 /// A file a test's steps append their pids to (`echo $$ >> FILE`), so that the
 /// test checks those very processes, and no other test's.
-pub struct PidFile(PathBuf);
+pub struct PidFile {
+    file: PathBuf,
+    _dir: Scratch,
+}
 
 impl PidFile {
     pub fn new(label: &str) -> PidFile {
-        PidFile(temp_dir(label).join("pids"))
+        let dir = Scratch::new(label);
+        PidFile {
+            file: dir.join("pids"),
+            _dir: dir,
+        }
     }
 
     /// The file's path, for a step's command.
     pub fn path(&self) -> String {
-        self.0.display().to_string()
+        self.file.display().to_string()
     }
 
     /// Waits until `count` pids are written, then until each of those
@@ -564,10 +600,10 @@ impl PidFile {
     /// already gone when read counts as ended too).
     pub async fn all_ended(&self, count: usize) {
         let pids: Vec<(i32, String)> = eventually(
-            &format!("{count} pids in {}", self.0.display()),
+            &format!("{count} pids in {}", self.file.display()),
             Duration::from_secs(20),
             || async {
-                let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+                let text = std::fs::read_to_string(&self.file).unwrap_or_default();
                 let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
                 (pids.len() >= count).then(|| {
                     pids.into_iter()

@@ -35,13 +35,13 @@ async fn readme_quick_start_works() {
     // The script runs as a user would, from a directory holding the examples,
     // beside the server's data directory `./.corral`: the CLI finds the admin
     // token the server's first start wrote there, with nothing set.
-    let work = crate::harness::temp_dir("quickstart-cwd");
+    let work = crate::harness::Scratch::new("quickstart-cwd");
     std::os::unix::fs::symlink(&server.data_dir, work.join(".corral")).expect("link .corral");
     std::os::unix::fs::symlink(workspace_root().join("examples"), work.join("examples"))
         .expect("link examples");
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(&work)
+        .current_dir(work.path())
         .env("PATH", path)
         .env("CORRAL_SERVER", &server.url)
         .env_remove("CORRAL_TOKEN")

@@ -270,8 +270,16 @@ fn end_orphans(supervisor: Option<u32>) {
         let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut killed = false;
-        while Instant::now() < deadline {
+        loop {
             match waitid(Id::Pid(supervisor), peek) {
+                Ok(WaitStatus::StillAlive) if Instant::now() >= deadline => {
+                    // Stuck in the kernel: its steps are still its own.
+                    tracing::error!(
+                        %supervisor,
+                        "the step supervisor does not end; its steps may go on running"
+                    );
+                    break;
+                }
                 Ok(WaitStatus::StillAlive) if !killed => {
                     let _ = kill(supervisor, Signal::SIGKILL);
                     killed = true;

@@ -92,12 +92,20 @@ impl Process {
 }
 
 /// Waits (for long) until `done`.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    assert!(eventually(done), "gave up waiting for {what}");
+}
+
+/// Polls `done` until it holds (true) or 30 s have passed (false).
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
+    true
 }
 
 /// Reaps the processes orphaned to this one.
@@ -132,16 +140,12 @@ impl Recorded {
     /// Waits (for long) until every process has ended and been reaped, by
     /// this process too if `reap` (which then reaps any child that ended).
     fn wait_all_gone(&self, reap: bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(|| {
             if reap {
                 reap_orphans();
             }
-            if self.left().is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            self.left().is_empty()
+        });
         self.assert_all_gone();
     }
 }

@@ -333,8 +333,7 @@ impl Engine {
         // Running attempts the worker does not report as running: new ones, and
         // any whose answer was lost (the server died, or the poll timed out).
         for (run, attempt) in live.filter(|(run, a)| {
-            a.worker_id == worker
-                && run.allocations.iter().any(|a| a.worker_id == Some(worker))
+            run.allocations.iter().any(|a| a.worker_id == Some(worker))
                 && a.state == AttemptState::Running
                 && !req.running.contains(&a.id.0)
                 && !state.unsettled.contains_key(&a.id)

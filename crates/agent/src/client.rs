@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::AgentError;
+use crate::backoff::Backoff;
 
 #[derive(Clone)]
 pub struct Client {
@@ -135,21 +136,35 @@ impl Client {
     }
 }
 
-/// Retries `call` with a growing pause until it succeeds or is refused.
-pub async fn with_retry<T, F, Fut>(what: &str, mut call: F) -> Result<T, (u16, String)>
+/// Retries `call` with a growing pause (jittered, at most a second) until it
+/// succeeds or is refused.
+pub async fn with_retry<T, F, Fut>(what: &str, call: F) -> Result<T, (u16, String)>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, CallError>>,
 {
-    let mut pause = Duration::from_millis(50);
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    with_backoff(what, backoff, call).await
+}
+
+/// Retries `call`, pausing as `backoff` says, until it succeeds or is refused.
+pub async fn with_backoff<T, F, Fut>(
+    what: &str,
+    mut backoff: Backoff,
+    mut call: F,
+) -> Result<T, (u16, String)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
     loop {
         match call().await {
             Ok(v) => return Ok(v),
             Err(CallError::Refused(status, text)) => return Err((status, text)),
             Err(CallError::Retry(e)) => {
-                tracing::debug!(what, error = %e, "retrying");
+                let pause = backoff.next_pause();
+                tracing::debug!(what, error = %e, ?pause, "retrying");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
     }

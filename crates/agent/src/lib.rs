@@ -2,12 +2,14 @@
 //! them and reports. It rides out server restarts: running steps keep running and
 //! their reports are retried until the server has them.
 
+mod backoff;
 mod client;
 mod executor;
 mod output;
 mod reaper;
 pub mod steps;
 mod supervisor;
+mod work_dir;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -16,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use corral_api::{PollRequest, RegisterRequest, RegisterResponse, ResourcesView};
 
-use crate::client::{CallError, Client, with_retry};
+use crate::backoff::Backoff;
+use crate::client::{CallError, Client, with_backoff};
+use crate::work_dir::WorkDirLock;
 
 use crate::steps::{Steps, Stop};
 pub use crate::supervisor::{STEP_SUPERVISOR, step_supervisor};
@@ -31,6 +35,16 @@ pub enum AgentError {
     Supervisor(std::io::Error),
     #[error("the step supervisor ended: {0}")]
     SupervisorGone(String),
+    #[error(
+        "another agent (pid {holder}) runs from the work directory {}; give each agent its own --work-dir",
+        dir.display()
+    )]
+    WorkDirTaken { dir: PathBuf, holder: String },
+    #[error("cannot lock the work directory ({}): {source}", path.display())]
+    WorkDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +98,13 @@ const AGENT_SETTINGS: [&str; 5] = [
 /// Runs the agent until it is told to exit, or its step supervisor ends (its
 /// steps have then ended with it).
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    // Local agents, spawned by the server, share its work directory; each
+    // registers once with a credential of its own, so none can take another's
+    // place.
+    let _lock = match config.ephemeral {
+        true => None,
+        false => Some(WorkDirLock::acquire(&config.work_dir)?),
+    };
     let client = Client::new(&config.server, &config.token, config.ca_cert.as_deref())?;
     // The agent's own settings (its token above all) are not its steps'
     // business; what its worker was given (CORRAL_POOL, a pool's env) is.
@@ -101,8 +122,10 @@ async fn agent(
 ) -> Result<(), AgentError> {
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
     let incarnation = incarnation();
+    let mut again = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let registered = register(client, config, &incarnation).await?;
+        let since = Instant::now();
         let worker = registered.worker_id;
         tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
         let wait_ms = poll_wait_ms(registered.heartbeat_timeout_ms);
@@ -111,9 +134,23 @@ async fn agent(
         if config.ephemeral {
             return Ok(());
         }
-        tracing::warn!("the server no longer knows this agent; registering again");
+        // Lost again and again soon after registering (another agent under
+        // this name and instance, from a copy of this work directory, say):
+        // each registration waits longer, so the two cannot storm the server.
+        if since.elapsed() > REGISTRATION_SETTLED {
+            again.reset();
+        }
+        let pause = again.next_pause();
+        tracing::warn!(
+            ?pause,
+            "the server no longer knows this agent; registering again"
+        );
+        tokio::time::sleep(pause).await;
     }
 }
+
+/// A registration that lasted this long was not lost to a flapping peer.
+const REGISTRATION_SETTLED: Duration = Duration::from_secs(60);
 
 /// The id of this agent's work directory, made on first use: the server tells
 /// a restart of this agent (same id) from another agent with the same name.
@@ -162,7 +199,8 @@ async fn register(
         capacity: config.capacity,
         labels: config.labels.clone(),
     };
-    with_retry("register", || client.register(&req))
+    let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    with_backoff("register", backoff, || client.register(&req))
         .await
         .map_err(|(status, message)| AgentError::Refused { status, message })
 }

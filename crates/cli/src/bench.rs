@@ -90,6 +90,7 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         http: corral_server::http::HttpLimits::default(),
         metrics_public: false,
         alert_webhook: None,
+        lost_worker_retention: Duration::from_secs(24 * 3600),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(corral_server::serve(server_config, async {

@@ -21,9 +21,19 @@ pub struct LimitArgs {
     /// Time a client has to send a request's body.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     body_timeout: Duration,
-    /// Open connections at most; more are closed at once.
-    #[arg(long, default_value_t = 4096)]
-    max_connections: usize,
+    /// Open connections at most; more are closed at once [default: 4096, or
+    /// the open-file limit less 256 if that is lower].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Open connections from one client address at most [default: a
+    /// sixteenth of --max-connections].
+    #[arg(long)]
+    max_connections_per_address: Option<usize>,
+    /// Places under --max-connections that only addresses holding fewer than
+    /// 4 connections may take, so agents and health probes get in while
+    /// others hoard [default: an eighth of --max-connections].
+    #[arg(long)]
+    reserved_connections: Option<usize>,
     /// Largest chunk of output an agent may send in one call, e.g. 256Ki.
     #[arg(long, default_value = "256Ki", value_parser = parse_size)]
     max_log_chunk: u64,
@@ -47,15 +57,36 @@ pub struct LimitArgs {
     /// Bytes a step's `env` adds to its environment.
     #[arg(long, default_value_t = Limits::default().max_env_bytes)]
     max_env_bytes: usize,
+    /// How long a lost worker is kept in the store before it is deleted.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    lost_worker_retention: Duration,
 }
 
 impl LimitArgs {
+    /// The connection caps: those given, the others sized from the global
+    /// cap, itself sized from the open-file limit (raised to its hard limit).
     pub fn http(&self) -> HttpLimits {
+        let open_files = corral_server::http::raise_open_files_limit();
+        let sized = match self.max_connections {
+            Some(max) => HttpLimits {
+                max_connections: max,
+                max_connections_per_address: max / 16,
+                reserved_connections: max / 8,
+                ..HttpLimits::default()
+            },
+            None => HttpLimits::sized_for(open_files),
+        };
         HttpLimits {
             max_body_bytes: usize::try_from(self.max_body).unwrap_or(usize::MAX),
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
-            max_connections: self.max_connections,
+            max_connections_per_address: self
+                .max_connections_per_address
+                .unwrap_or(sized.max_connections_per_address),
+            reserved_connections: self
+                .reserved_connections
+                .unwrap_or(sized.reserved_connections),
+            ..sized
         }
     }
 
@@ -64,6 +95,10 @@ impl LimitArgs {
             max_chunk_bytes: usize::try_from(self.max_log_chunk).unwrap_or(usize::MAX),
             max_output_bytes: self.max_output,
         }
+    }
+
+    pub fn lost_worker_retention(&self) -> Duration {
+        self.lost_worker_retention
     }
 
     pub fn max_agent(&self) -> Resources {

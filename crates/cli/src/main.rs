@@ -462,6 +462,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     .map(|(cert, key)| corral_server::TlsFiles { cert, key }),
                 metrics_public,
                 alert_webhook,
+                lost_worker_retention: limits.lost_worker_retention(),
             };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;

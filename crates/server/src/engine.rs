@@ -35,6 +35,7 @@ use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
 use crate::state::State;
 
+mod agent_fields;
 mod agents;
 pub mod alerts;
 mod catalog;

@@ -14,6 +14,7 @@ pub use meter::meter_backlog;
 mod metrics;
 mod progress;
 pub mod provider;
+pub mod prune;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// Where budget alerts are POSTed as JSON; none by default.
     pub alert_webhook: Option<String>,
+    /// How long a lost worker's row is kept before it is deleted.
+    pub lost_worker_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +205,10 @@ pub async fn serve(
         tokio::spawn(engine.clone().deliver_alerts(url));
     }
     tokio::spawn(engine.metrics().upkeep());
+    tokio::spawn(prune::lost_workers(
+        engine.clone(),
+        config.lost_worker_retention,
+    ));
     let engine_for_console = engine.clone();
     let app = api::routes::router(
         engine,
@@ -216,8 +223,18 @@ pub async fn serve(
         engine_for_console,
         config.http.body_timeout,
     ));
-    http::raise_open_files_limit();
-    let acceptor = http::CappedAcceptor::new(config.http.max_connections);
+    let open_files = http::raise_open_files_limit();
+    let needed = (config.http.max_connections as u64).saturating_add(http::FILES_KEPT);
+    if needed > open_files {
+        tracing::warn!(
+            max_connections = config.http.max_connections,
+            open_files,
+            "--max-connections is above the open-file limit less {} kept for files; connections past the limit will fail",
+            http::FILES_KEPT
+        );
+    }
+    let acceptor = http::CappedAcceptor::new(&config.http);
+    tokio::spawn(http::report_refusals());
     // On shutdown, stop taking connections; held long-polls get a short grace,
     // then the server exits (agents ride it out and re-attach to the next one).
     let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
@@ -239,7 +256,8 @@ pub async fn serve(
                         })?;
                 let mut server = axum_server::from_tcp_rustls(listener, rustls)
                     .map_err(ServerError::Serve)?
-                    .map(|tls| tls.acceptor(acceptor));
+                    .map(|tls| tls.acceptor(acceptor))
+                    .first_request_timeout(config.http.header_timeout);
                 server
                     .http_builder()
                     .http1()
@@ -249,7 +267,8 @@ pub async fn serve(
             None => {
                 let mut server = axum_server::from_tcp(listener)
                     .map_err(ServerError::Serve)?
-                    .acceptor(acceptor);
+                    .acceptor(acceptor)
+                    .first_request_timeout(config.http.header_timeout);
                 server
                     .http_builder()
                     .http1()

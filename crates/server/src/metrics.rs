@@ -41,6 +41,7 @@ const WAITS: &str = "corral_waits_total";
 const FINISHED: &str = "corral_runs_finished_total";
 const ADMISSION_WAIT: &str = "corral_admission_wait_seconds";
 const RUN_DURATION: &str = "corral_run_duration_seconds";
+const REGISTRATIONS: &str = "corral_agent_registrations_total";
 
 /// From a cycle's half second to a day.
 const ADMISSION_WAIT_BUCKETS: [f64; 18] = [
@@ -93,6 +94,10 @@ impl Metrics {
                 FINISHED,
                 "Runs that ended, by tenant and final state (succeeded, failed, cancelled, rejected)."
             );
+            metrics::describe_counter!(
+                REGISTRATIONS,
+                "Agents registered (each a new worker), by pool."
+            );
             metrics::describe_histogram!(
                 ADMISSION_WAIT,
                 "Seconds from a run's submission to its admission, by tenant."
@@ -136,6 +141,9 @@ impl Metrics {
                         }
                         metrics::counter!(FINISHED, "tenant" => tenant, "state" => state)
                             .increment(1);
+                    }
+                    Event::Registered { pool } => {
+                        metrics::counter!(REGISTRATIONS, "pool" => pool).increment(1);
                     }
                     Event::Waiting { tenant, code, runs } => {
                         metrics::counter!(WAITS, "tenant" => tenant, "code" => code)
@@ -183,6 +191,9 @@ enum Event {
         code: String,
         runs: u64,
     },
+    Registered {
+        pool: String,
+    },
 }
 
 /// The events of one engine operation, recorded after its commit.
@@ -190,6 +201,11 @@ enum Event {
 pub(crate) struct Observed(Vec<Event>);
 
 impl Observed {
+    /// An agent registered as a new worker of `pool`.
+    pub fn registered(&mut self, pool: &str) {
+        self.0.push(Event::Registered { pool: pool.into() });
+    }
+
     /// A queued run is admitted now.
     pub fn admitted(&mut self, run: &RunRecord, now: Timestamp) {
         self.0.push(Event::Admitted {
@@ -439,6 +455,7 @@ pub(crate) async fn scrape(AxumState(engine): AxumState<Arc<Engine>>) -> Respons
         current(&state, engine.now())
     };
     text.push_str(&engine.metrics().handle.render());
+    text.push_str(&crate::http::metrics_text());
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 

@@ -939,3 +939,45 @@ async fn allocations_closed_before_metering_are_metered_in_the_background() {
     assert_eq!(sums.len(), 1);
     assert_eq!(sums[0].usage.cost.to_string(), "225.00");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_workers_are_pruned_after_the_retention_and_what_they_ran_still_reads() {
+    let h = Harness::new("prune", METAL).await;
+    let run = h.submit("job", "t", 2, "metal").await;
+    let lost = h.register("metal", "a", 2).await;
+    h.engine.cycle().await.expect("cycle: placed on a");
+    // `a` restarts twice from its work directory: each start loses the one
+    // before; `b` stays.
+    h.register("metal", "a", 2).await;
+    let live_a = h.register("metal", "a", 2).await;
+    let b = h.register("metal", "b", 2).await;
+    let retention = std::time::Duration::from_secs(3600);
+    let prune = || corral_server::prune::prune_lost_workers(&h.engine, retention);
+    assert_eq!(
+        prune().await.expect("prune"),
+        0,
+        "lost within the retention"
+    );
+    h.clock.advance(3_600_001);
+    h.heartbeat(live_a).await;
+    h.heartbeat(b).await;
+    assert_eq!(prune().await.expect("prune"), 2, "both earlier selves of a");
+    assert_eq!(prune().await.expect("prune"), 0, "nothing more");
+    // What the lost worker ran still names it.
+    let detail = h
+        .engine
+        .store()
+        .run(run)
+        .await
+        .expect("read")
+        .expect("the run");
+    assert!(
+        detail.attempts.iter().any(|a| a.worker_id == lost),
+        "{:?}",
+        detail.attempts
+    );
+    // Ids go on from the highest, after a restart too.
+    let h = h.restart().await;
+    let c = h.register("metal", "c", 2).await;
+    assert!(c.0 > b.0, "{c:?} after {b:?}");
+}

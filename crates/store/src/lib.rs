@@ -77,6 +77,17 @@ pub trait Store: Send + Sync {
     /// Writes one row in its own transaction: whether the store can write now.
     async fn probe_write(&self) -> Result<()>;
 
+    /// Deletes up to `limit` lost workers last updated before `lost_before`,
+    /// oldest first, in a statement of its own (no state refers to a lost
+    /// worker: attempts and allocations keep its id as a plain value). The
+    /// worker with the highest id stays, so that ids are never given again.
+    /// Returns how many were deleted.
+    async fn prune_lost_workers(
+        &self,
+        lost_before: corral_core::clock::Timestamp,
+        limit: u32,
+    ) -> Result<u64>;
+
     /// The audit log, oldest first.
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
 

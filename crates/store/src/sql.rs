@@ -860,6 +860,20 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn prune_lost_workers(&self, lost_before: Timestamp, limit: u32) -> Result<u64> {
+        let deleted = sqlx::query(
+            "DELETE FROM workers WHERE id IN (SELECT id FROM workers \
+             WHERE state = $1 AND updated_at < $2 AND id < (SELECT MAX(id) FROM workers) \
+             ORDER BY id LIMIT $3)",
+        )
+        .bind(WorkerState::Lost.as_str())
+        .bind(lost_before.0)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
         let filters = [
             ("at >=", filter.since.map(|t| Param::Int(t.0))),

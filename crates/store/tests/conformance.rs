@@ -995,6 +995,47 @@ async fn rows_moved_within_one_batch(store: &dyn Store) {
     assert_eq!(backlog, vec![70_902], "closed and not metered");
 }
 
+/// Lost workers past the retention go, a bounded batch at a time, oldest
+/// first; live and recent ones stay, and so does the highest id, so that an
+/// id is never given out again after a restart.
+async fn lost_workers_are_pruned(store: &dyn Store) {
+    let worker = |id: i64, state: WorkerState, updated: i64| WorkerRecord {
+        id: WorkerId(id),
+        pool: "linux".into(),
+        name: format!("w-{id}"),
+        capacity: Resources::new(1000, 1024, 0),
+        labels: BTreeMap::new(),
+        state,
+        registered_at: Timestamp(updated),
+        updated_at: Timestamp(updated),
+        instance: None,
+        secret_hash: None,
+        incarnation: None,
+    };
+    store
+        .commit(&[
+            Write::PutWorker(worker(80_001, WorkerState::Lost, 100)),
+            Write::PutWorker(worker(80_002, WorkerState::Lost, 200)),
+            Write::PutWorker(worker(80_003, WorkerState::Lost, 5_000)),
+            Write::PutWorker(worker(80_004, WorkerState::Ready, 100)),
+            Write::PutWorker(worker(80_005, WorkerState::Lost, 100)),
+        ])
+        .await
+        .expect("workers");
+    let prune = |limit| store.prune_lost_workers(Timestamp(1_000), limit);
+    assert_eq!(prune(1).await.expect("prune"), 1, "one batch of one");
+    assert_eq!(prune(10).await.expect("prune"), 1, "the other old lost one");
+    assert_eq!(prune(10).await.expect("prune"), 0, "nothing left to prune");
+    let live = store.load_live().await.expect("load");
+    assert_eq!(live.max_ids.worker, 80_005, "the highest id is kept");
+    assert!(live.workers.iter().any(|w| w.id == WorkerId(80_004)));
+    store
+        .commit(&[Write::PutWorker(worker(80_006, WorkerState::Ready, 100))])
+        .await
+        .expect("a newer worker");
+    assert_eq!(prune(10).await.expect("prune"), 1, "no longer the highest");
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -1005,6 +1046,7 @@ async fn conformance_sqlite() {
     metering(&store).await;
     metered_reports(&store).await;
     rows_moved_within_one_batch(&store).await;
+    lost_workers_are_pruned(&store).await;
     // Reopening finds the same data and does not re-run migrations.
     store.close().await;
     let again = SqlStore::open_sqlite(&dir).await.expect("reopen sqlite");
@@ -1021,6 +1063,7 @@ async fn conformance_postgres() {
     metering(&store).await;
     metered_reports(&store).await;
     rows_moved_within_one_batch(&store).await;
+    lost_workers_are_pruned(&store).await;
 }
 
 #[tokio::test]

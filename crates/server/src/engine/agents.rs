@@ -3,6 +3,7 @@
 
 use corral_core::access::Role;
 
+use super::agent_fields;
 use super::*;
 use crate::auth::{self, Caller};
 
@@ -55,7 +56,7 @@ impl Engine {
         presented: &str,
         req: RegisterRequest,
     ) -> Result<(WorkerId, String)> {
-        corral_core::error::check_name("name", &req.name)?;
+        agent_fields::check_register(&req)?;
         if let Some(registered) = self.retried_registration(caller, presented, &req).await? {
             return Ok(registered);
         }
@@ -138,6 +139,7 @@ impl Engine {
             incarnation: req.incarnation,
             secret_hash: Some(secret_hash.clone()),
         };
+        fx.observed.registered(&record.pool);
         let mut writes = vec![Write::PutWorker(record)];
         // A worker spawned for an allocation serves that allocation: only the
         // agent holding that spawn's credential, not any agent of its name.
@@ -265,6 +267,7 @@ impl Engine {
     /// Answers a worker's poll: its new assignments, the attempts it must kill,
     /// or that it should exit. Holds the poll open while there is nothing to say.
     pub async fn poll(&self, worker: WorkerId, req: PollRequest) -> Result<PollResponse> {
+        agent_fields::check_poll(&req)?;
         // A held poll is not seen as a heartbeat: keep it well inside the timeout.
         let wait = Duration::from_millis(req.wait_ms)
             .min(self.config.max_poll_wait)
@@ -393,6 +396,7 @@ impl Engine {
         attempt_id: AttemptId,
         req: ReportRequest,
     ) -> Result<()> {
+        agent_fields::check_report(&req)?;
         let outcome = match req.outcome.as_str() {
             "succeeded" => AttemptState::Succeeded,
             "failed" => AttemptState::Failed,

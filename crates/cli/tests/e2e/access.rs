@@ -1162,8 +1162,8 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
     assert_eq!(huge.status().as_u16(), 413);
 }
 
-/// `text` with every whole number equal to `id` (no digit either side)
-/// replaced by `{id}`.
+/// `text` with every mention of run `id` (`run 7`, `/runs/7`: the whole
+/// number, no digit after it) replaced by `{id}`.
 fn with_id_replaced(text: &str, id: i64) -> String {
     let id = id.to_string();
     let bytes = text.as_bytes();
@@ -1171,7 +1171,7 @@ fn with_id_replaced(text: &str, id: i64) -> String {
     let mut i = 0;
     while i < text.len() {
         let whole = text[i..].starts_with(&id)
-            && (i == 0 || !bytes[i - 1].is_ascii_digit())
+            && (text[..i].ends_with("run ") || text[..i].ends_with("/runs/"))
             && bytes.get(i + id.len()).is_none_or(|b| !b.is_ascii_digit());
         if whole {
             out.push_str("{id}");
@@ -1186,10 +1186,10 @@ fn with_id_replaced(text: &str, id: i64) -> String {
 }
 
 #[test]
-fn with_id_replaced_replaces_whole_numbers_only() {
+fn with_id_replaced_replaces_mentions_of_the_run_only() {
     assert_eq!(
-        with_id_replaced("run 7 of 17, 7x and 77 at /runs/7/log", 7),
-        "run {id} of 17, {id}x and 77 at /runs/{id}/log"
+        with_id_replaced("run 7 of 17, run 77, h7 at /runs/7/log, run 7x", 7),
+        "run {id} of 17, run 77, h7 at /runs/{id}/log, run {id}x"
     );
 }
 

@@ -233,7 +233,15 @@ impl Client {
     /// Writes a run's output to stdout as it arrives: what is stored now, or
     /// (following) everything until the run ends, pushed by the server as it
     /// is stored. Returns the run's state once the output is all written.
-    pub async fn print_logs(&self, id: i64, step: Option<&str>, follow: bool) -> Result<String> {
+    /// Prints a run's output as it streams, escapes neutralised unless `raw`
+    /// (see `escapes`); answers the run's state at the end.
+    pub async fn print_logs(
+        &self,
+        id: i64,
+        step: Option<&str>,
+        follow: bool,
+        raw: bool,
+    ) -> Result<String> {
         use std::io::Write;
         let mut request = self.stream.get(self.url(&format!("/runs/{id}/logs")));
         if let Some(step) = step {
@@ -244,14 +252,20 @@ impl Client {
         }
         let mut response = self.send(request).await?;
         let mut stdout = std::io::stdout().lock();
+        let mut shown = crate::escapes::Stream::default();
         while let Some(bytes) = response
             .chunk()
             .await
             .map_err(|e| anyhow!("the log stream from {} broke off: {e}", self.base))?
         {
-            stdout.write_all(&bytes)?;
+            if raw {
+                stdout.write_all(&bytes)?;
+            } else {
+                stdout.write_all(shown.push(&bytes).as_bytes())?;
+            }
             stdout.flush()?;
         }
+        stdout.write_all(shown.finish().as_bytes())?;
         drop(stdout);
         Ok(self.run(id).await?.summary.state)
     }

@@ -41,6 +41,10 @@ pub struct LimitArgs {
     /// and the step goes on.
     #[arg(long, default_value = "64Mi", value_parser = parse_size)]
     max_output: u64,
+    /// Output kept per run, all its steps and attempts together; past it the
+    /// server stores a marker line and drops the rest.
+    #[arg(long, default_value = "1Gi", value_parser = parse_size)]
+    max_run_output: u64,
     /// The most an agent may declare, as cpu=N,memory=Q,gpu=N; a pool's
     /// `max_agent` may lower it.
     #[arg(long, default_value = "cpu=1024,memory=16Ti,gpu=64", value_parser = parse_capacity)]
@@ -94,6 +98,7 @@ impl LimitArgs {
         OutputLimits {
             max_chunk_bytes: usize::try_from(self.max_log_chunk).unwrap_or(usize::MAX),
             max_output_bytes: self.max_output,
+            max_run_output_bytes: self.max_run_output,
         }
     }
 

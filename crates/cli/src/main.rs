@@ -3,6 +3,7 @@
 
 mod bench;
 mod client;
+mod escapes;
 mod limits;
 mod output;
 mod sim;
@@ -293,6 +294,10 @@ enum Command {
         /// Keep printing until the run ends.
         #[arg(long)]
         follow: bool,
+        /// Print the output's bytes as they are, terminal escapes included
+        /// (by default they are shown, as `^[` for ESC).
+        #[arg(long)]
+        raw: bool,
     },
     /// Cancel a run.
     Cancel {
@@ -399,7 +404,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The message may quote what a server or a step said.
+            eprintln!("error: {}", escapes::neutralise(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }
@@ -532,13 +538,17 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             println!("{}", run.summary.id);
             if run.summary.state == "rejected" {
                 let reason = run.summary.reason.map(|r| r.message).unwrap_or_default();
-                eprintln!("run {} rejected: {reason}", run.summary.id);
+                eprintln!(
+                    "run {} rejected: {}",
+                    run.summary.id,
+                    escapes::neutralise(&reason)
+                );
                 return Ok(std::process::ExitCode::FAILURE);
             }
             if !follow {
                 return Ok(ok);
             }
-            let state = client.print_logs(run.summary.id, None, true).await?;
+            let state = client.print_logs(run.summary.id, None, true, false).await?;
             eprintln!("run {} {state}", run.summary.id);
             Ok(if state == "succeeded" {
                 ok
@@ -568,7 +578,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     output::queue(&client.queue(tenant.as_deref(), limit).await?, output)?
                 }
             };
-            print!("{text}");
+            print!("{}", escapes::neutralise(&text));
             Ok(ok)
         }
         Command::Describe {
@@ -589,7 +599,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     output::describe_tenant(&client.tenant_summary(&id).await?, output)?
                 }
             };
-            print!("{text}");
+            print!("{}", escapes::neutralise(&text));
             Ok(ok)
         }
         Command::Usage {
@@ -620,7 +630,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 }
                 UsageFormat::Table => output::usage_report(&client.usage(&query).await?),
             };
-            print!("{text}");
+            print!("{}", escapes::neutralise(&text));
             Ok(ok)
         }
         Command::Logs {
@@ -628,9 +638,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             run,
             step,
             follow,
+            raw,
         } => {
             let client = server.client()?;
-            client.print_logs(run, step.as_deref(), follow).await?;
+            client.print_logs(run, step.as_deref(), follow, raw).await?;
             Ok(ok)
         }
         Command::Bench {
@@ -699,7 +710,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     query.push((key, v));
                 }
             }
-            print!("{}", output::audit(&client.audit(&query).await?, output)?);
+            let text = output::audit(&client.audit(&query).await?, output)?;
+            print!("{}", escapes::neutralise(&text));
             Ok(ok)
         }
         Command::Cancel { server, run } => {

@@ -164,6 +164,8 @@ pub struct Engine {
     pub wake_controller: Notify,
     /// Announces stored log chunks to followers.
     log_arrivals: tokio::sync::broadcast::Sender<LogArrival>,
+    /// The output each live run has stored, against the per-run cap.
+    run_outputs: logs::RunOutputs,
     /// Whether the store takes writes.
     health: health::StoreHealth,
     /// Counted events, for `/metrics`.
@@ -206,11 +208,12 @@ fn upsert<T: PartialEq>(
     }
 }
 
-fn forbidden_run(who: &Principal, id: RunId) -> EngineError {
-    EngineError::Forbidden(format!(
-        "run {id} belongs to another tenant than token {}'s",
-        who.name
-    ))
+/// Another tenant's run is not found, exactly as one that does not exist.
+fn run_not_found(id: RunId) -> EngineError {
+    EngineError::NotFound {
+        what: "run",
+        name: id.to_string(),
+    }
 }
 
 /// A pool or tenant may be deleted when it exists and no open allocation is on it.
@@ -276,6 +279,7 @@ impl Engine {
             credentials,
             wake_controller: Notify::new(),
             log_arrivals: tokio::sync::broadcast::Sender::new(1024),
+            run_outputs: logs::RunOutputs::default(),
             health: health::StoreHealth::default(),
             metrics: Metrics::new(),
         })
@@ -340,6 +344,7 @@ impl Engine {
     /// answer and effects wait for them through `fx`.
     fn stage(&self, state: &mut State, mut writes: Vec<Write>, fx: &mut Effects) {
         fx.observed.ended(state, &writes);
+        self.run_outputs.forget_ended(&writes);
         // A retired or lost worker's pending poll is answered once that is committed.
         for w in &writes {
             if let Write::PutWorker(w) = w
@@ -599,21 +604,16 @@ impl Engine {
         let Some(run) = state.runs.get(&id) else {
             drop(state);
             return match self.store.run(id).await? {
-                Some(detail) if !who.may_touch_tenant(&detail.run.tenant) => {
-                    Err(forbidden_run(who, id))
-                }
+                Some(detail) if !who.may_touch_tenant(&detail.run.tenant) => Err(run_not_found(id)),
                 Some(detail) => Err(EngineError::Conflict(format!(
                     "run {id} has already ended ({})",
                     detail.run.state
                 ))),
-                None => Err(EngineError::NotFound {
-                    what: "run",
-                    name: id.to_string(),
-                }),
+                None => Err(run_not_found(id)),
             };
         };
         if !who.may_touch_tenant(&run.record.tenant) {
-            return Err(forbidden_run(who, id));
+            return Err(run_not_found(id));
         }
         let now = self.now();
         let before = run.record.state;

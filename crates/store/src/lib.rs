@@ -70,6 +70,11 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<LogChunk>>;
 
+    /// Where each attempt's stored output of `run` ends, in bytes (its last
+    /// chunk's offset plus that chunk's length), by attempt: read through the
+    /// run's index, one chunk per attempt, never the whole output.
+    async fn log_ends(&self, run: RunId) -> Result<Vec<(AttemptId, u64)>>;
+
     /// Up to `limit` chunks of one attempt's output from byte `from` on.
     async fn attempt_log(&self, attempt: AttemptId, from: u64, limit: u32)
     -> Result<Vec<LogChunk>>;

@@ -826,6 +826,30 @@ impl Store for SqlStore {
         .collect()
     }
 
+    async fn log_ends(&self, run: RunId) -> Result<Vec<(AttemptId, u64)>> {
+        let bytes = match self.backend {
+            Backend::Sqlite => "length(CAST(c.data AS BLOB))",
+            Backend::Postgres => "octet_length(c.data)",
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT c.attempt_id, c.byte_offset + {bytes} AS ends FROM log_chunks c \
+             JOIN (SELECT attempt_id, MAX(byte_offset) AS last FROM log_chunks \
+                   WHERE run_id = $1 GROUP BY attempt_id) l \
+             ON c.attempt_id = l.attempt_id AND c.byte_offset = l.last \
+             ORDER BY c.attempt_id"
+        )))
+        .bind(run.0)
+        .fetch_all(&self.logs)
+        .await?
+        .iter()
+        .map(|row| {
+            let attempt: i64 = row.try_get("attempt_id")?;
+            let ends: i64 = row.try_get("ends")?;
+            Ok((AttemptId(attempt), uint("log end", ends)?))
+        })
+        .collect()
+    }
+
     async fn attempt_log(
         &self,
         attempt: AttemptId,

@@ -358,6 +358,20 @@ async fn suite(store: &dyn Store) {
             .expect("attempt log"),
         vec![chunk(6, "world\n")]
     );
+    // Where each attempt's output ends, in bytes (not characters).
+    store
+        .append_log(&LogChunk {
+            attempt_id: AttemptId(5),
+            step_idx: 2,
+            ..chunk(4, "é€\n")
+        })
+        .await
+        .expect("log chunk");
+    assert_eq!(
+        store.log_ends(RunId(1)).await.expect("log ends"),
+        vec![(AttemptId(3), 12), (AttemptId(4), 9), (AttemptId(5), 10)]
+    );
+    assert_eq!(store.log_ends(RunId(99)).await.expect("log ends"), vec![]);
     store.probe_write().await.expect("probe");
 
     // Tokens: replaced by name, touched, listed with the live state.

@@ -68,12 +68,19 @@ const EVERYONE: [Who; 10] = [
     Who::Admin,
 ];
 
-/// What a caller gets: a 2xx answer, 401 or 403.
+/// What a caller gets: a 2xx answer, 401, 403, or 404 (another tenant's run
+/// is not found, exactly as one that does not exist).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Ok,
     Unauthorized,
     Forbidden,
+    NotFound,
+}
+
+/// Whether `path` names one run (its id in the path).
+fn run_scoped(path: &str) -> bool {
+    path.contains("/runs/{id}")
 }
 
 /// Which valid callers a route lets through; the rest of the valid ones get 403.
@@ -129,6 +136,8 @@ fn expected(route: &RouteSpec, who: Who) -> Outcome {
     let allowed = allowed(route.method, route.path).expect("checked before");
     if allowed.contains(&who) {
         Outcome::Ok
+    } else if who == Who::TenantB && run_scoped(route.path) {
+        Outcome::NotFound
     } else {
         Outcome::Forbidden
     }
@@ -403,6 +412,7 @@ async fn every_route_answers_every_kind_of_caller_as_its_rule_says() {
                 200..=299 => Outcome::Ok,
                 401 => Outcome::Unauthorized,
                 403 => Outcome::Forbidden,
+                404 => Outcome::NotFound,
                 _ => {
                     failures.push(format!(
                         "{} {path} as {who:?}: {status} {answer}",
@@ -1108,6 +1118,10 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
                         status == 403
                     }
                 }
+                // Another tenant's run is not found, as one that does not exist.
+                (true, false) if who == Who::TenantB && page.path.starts_with("/runs/{id}") => {
+                    status == 404
+                }
                 (true, false) => status == 403,
                 (true, true) => !refused && status < 500,
             };
@@ -1146,4 +1160,142 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
         .await
         .expect("request");
     assert_eq!(huge.status().as_u16(), 413);
+}
+
+/// `text` with every mention of run `id` (`run 7`, `/runs/7`: the whole
+/// number, no digit after it) replaced by `{id}`.
+fn with_id_replaced(text: &str, id: i64) -> String {
+    let id = id.to_string();
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let whole = text[i..].starts_with(&id)
+            && (text[..i].ends_with("run ") || text[..i].ends_with("/runs/"))
+            && bytes.get(i + id.len()).is_none_or(|b| !b.is_ascii_digit());
+        if whole {
+            out.push_str("{id}");
+            i += id.len();
+        } else {
+            let c = text[i..].chars().next().expect("inside the text");
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+#[test]
+fn with_id_replaced_replaces_mentions_of_the_run_only() {
+    assert_eq!(
+        with_id_replaced("run 7 of 17, run 77, h7 at /runs/7/log, run 7x", 7),
+        "run {id} of 17, run 77, h7 at /runs/{id}/log, run {id}x"
+    );
+}
+
+/// Another tenant's run answers every route that takes a run id, in the API
+/// and in the console, exactly as a run that does not exist: the same status
+/// and the same bytes once the id is replaced, so ids cannot be probed for
+/// runs and their owners.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_tenants_run_answers_exactly_as_a_run_that_does_not_exist() {
+    use corral_server::console::{SESSION_COOKIE, csrf_of, page_table};
+    let server = Server::start("access-hidden", StoreKind::Sqlite).await;
+    server.apply(CLUSTER).await;
+    let beta = server
+        .create_token("team-b", "tenant", Some(("tenant", "beta")))
+        .await;
+    let live = server.submit(&parked_run("alpha")).await["id"]
+        .as_i64()
+        .expect("id");
+    let ended = server.submit(&parked_run("alpha")).await["id"]
+        .as_i64()
+        .expect("id");
+    let (status, body) = server
+        .send("POST", &format!("/api/v1/runs/{ended}/cancel"), "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let missing = 987_654_321;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    // (method, path with `{id}`, whether it is a console page)
+    let mut requests: Vec<(&str, String, bool)> = Vec::new();
+    for route in route_table().iter().filter(|r| run_scoped(r.path)) {
+        requests.push((route.method, route.path.to_string(), false));
+        if route.path.ends_with("/logs") {
+            for query in [
+                "?follow=true",
+                "?step=s",
+                "?step=nope",
+                "?follow=true&step=s",
+            ] {
+                requests.push((route.method, format!("{}{query}", route.path), false));
+            }
+        }
+    }
+    for page in page_table()
+        .iter()
+        .filter(|p| p.path.starts_with("/runs/{id}"))
+    {
+        requests.push((page.method, page.path.to_string(), true));
+    }
+    let api_routes = requests.iter().filter(|r| !r.2).count();
+    assert!(
+        api_routes >= 3 && requests.len() > api_routes + 1,
+        "the run routes were found: {requests:?}"
+    );
+    let answer = |method: &str, path: &str, console: bool| {
+        let url = format!("{}{path}", server.url);
+        let mut request = match method {
+            "GET" => http.get(url),
+            "POST" => http.post(url),
+            other => panic!("no run route is {other}"),
+        };
+        request = if console {
+            request.header("cookie", format!("{SESSION_COOKIE}={beta}"))
+        } else {
+            request.bearer_auth(&beta)
+        };
+        if console && method == "POST" {
+            request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("csrf={}", csrf_of(&beta)));
+        }
+        async move {
+            let answer = request.send().await.expect("answer");
+            let status = answer.status().as_u16();
+            let content_type = answer
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().expect("ascii").to_string());
+            let body = answer.text().await.expect("body");
+            (status, content_type, body)
+        }
+    };
+    let mut failures = Vec::new();
+    for (method, path, console) in &requests {
+        let (status, content_type, body) = answer(
+            method,
+            &path.replace("{id}", &missing.to_string()),
+            *console,
+        )
+        .await;
+        assert_eq!(status, 404, "{method} {path} for no run: {body}");
+        let unknown = (status, content_type, with_id_replaced(&body, missing));
+        for id in [live, ended] {
+            let (status, content_type, body) =
+                answer(method, &path.replace("{id}", &id.to_string()), *console).await;
+            let hidden = (status, content_type, with_id_replaced(&body, id));
+            if hidden != unknown {
+                failures.push(format!(
+                    "{method} {path} for alpha's run {id}: {hidden:?}\n  for no run: {unknown:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // And what was asked for did nothing: the live run still waits.
+    assert_eq!(server.run(live).await["state"], "queued");
 }

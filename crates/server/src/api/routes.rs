@@ -624,15 +624,16 @@ async fn apply(
 
 // ---- runs ----
 
-/// A run with everything that belongs to it, if `who` may see it.
+/// A run with everything that belongs to it, if `who` may see it. Another
+/// tenant's run is not found, exactly as a run that does not exist, so ids
+/// cannot be probed for runs and their owners.
 pub(crate) async fn detail_of(engine: &Engine, who: &Principal, id: RunId) -> ApiResult<RunDetail> {
-    let detail = engine
+    engine
         .store()
         .run(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("run", id))?;
-    check_tenant(who, &detail.run.tenant)?;
-    Ok(detail)
+        .filter(|detail| who.may_touch_tenant(&detail.run.tenant))
+        .ok_or_else(|| ApiError::not_found("run", id))
 }
 
 /// A run; one waiting in the queue with its place and reason.

@@ -995,6 +995,42 @@ async fn rows_moved_within_one_batch(store: &dyn Store) {
     assert_eq!(backlog, vec![70_902], "closed and not metered");
 }
 
+/// A commit that fails (here on the unique index of open allocations, after
+/// its first statements went through) keeps none of its writes, and the store
+/// goes on: the next commit is kept and read back, also by `reopened`, a store
+/// opened afresh on the same database.
+async fn a_failed_commit_keeps_nothing_and_the_next_is_kept(
+    store: &dyn Store,
+    reopened: impl std::future::AsyncFnOnce() -> SqlStore,
+) {
+    let failing = [
+        Write::PutRun(run_record(900, "acme", RunState::Admitted)),
+        Write::PutAllocation(allocation(90_001, 900, 0, None)),
+        Write::PutAllocation(allocation(90_002, 900, 0, None)),
+    ];
+    store
+        .commit(&failing)
+        .await
+        .expect_err("two open allocations of one group are refused");
+    assert!(
+        store.run(RunId(900)).await.expect("read").is_none(),
+        "nothing of a failed commit is kept"
+    );
+    store.probe_write().await.expect("the store writes again");
+    store
+        .commit(&[Write::PutRun(run_record(901, "acme", RunState::Queued))])
+        .await
+        .expect("the next commit");
+    assert!(store.run(RunId(901)).await.expect("read").is_some());
+    let again = reopened().await;
+    assert!(
+        again.run(RunId(901)).await.expect("read").is_some(),
+        "the next commit is in the database"
+    );
+    assert!(again.run(RunId(900)).await.expect("read").is_none());
+    again.close().await;
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -1005,6 +1041,10 @@ async fn conformance_sqlite() {
     metering(&store).await;
     metered_reports(&store).await;
     rows_moved_within_one_batch(&store).await;
+    a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
+        SqlStore::open_sqlite(&dir).await.expect("open beside")
+    })
+    .await;
     // Reopening finds the same data and does not re-run migrations.
     store.close().await;
     let again = SqlStore::open_sqlite(&dir).await.expect("reopen sqlite");
@@ -1021,6 +1061,10 @@ async fn conformance_postgres() {
     metering(&store).await;
     metered_reports(&store).await;
     rows_moved_within_one_batch(&store).await;
+    a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
+        SqlStore::connect(&url).await.expect("connect beside")
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -18,5 +18,7 @@ mod history;
 mod hostile;
 mod metering;
 mod metrics;
+mod one_writer;
 mod quick_start;
 mod slow;
+mod store_privacy;

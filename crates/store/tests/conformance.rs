@@ -1001,33 +1001,33 @@ async fn rows_moved_within_one_batch(store: &dyn Store) {
 /// opened afresh on the same database.
 async fn a_failed_commit_keeps_nothing_and_the_next_is_kept(
     store: &dyn Store,
-    reopened: impl std::future::AsyncFnOnce() -> SqlStore,
+    reopened: impl AsyncFnOnce() -> SqlStore,
 ) {
     let failing = [
-        Write::PutRun(run_record(900, "acme", RunState::Admitted)),
-        Write::PutAllocation(allocation(90_001, 900, 0, None)),
-        Write::PutAllocation(allocation(90_002, 900, 0, None)),
+        Write::PutRun(run_record(80_900, "acme", RunState::Admitted)),
+        Write::PutAllocation(allocation(80_901, 80_900, 0, None)),
+        Write::PutAllocation(allocation(80_902, 80_900, 0, None)),
     ];
     store
         .commit(&failing)
         .await
         .expect_err("two open allocations of one group are refused");
     assert!(
-        store.run(RunId(900)).await.expect("read").is_none(),
+        store.run(RunId(80_900)).await.expect("read").is_none(),
         "nothing of a failed commit is kept"
     );
     store.probe_write().await.expect("the store writes again");
     store
-        .commit(&[Write::PutRun(run_record(901, "acme", RunState::Queued))])
+        .commit(&[Write::PutRun(run_record(80_901, "acme", RunState::Queued))])
         .await
         .expect("the next commit");
-    assert!(store.run(RunId(901)).await.expect("read").is_some());
+    assert!(store.run(RunId(80_901)).await.expect("read").is_some());
     let again = reopened().await;
     assert!(
-        again.run(RunId(901)).await.expect("read").is_some(),
+        again.run(RunId(80_901)).await.expect("read").is_some(),
         "the next commit is in the database"
     );
-    assert!(again.run(RunId(900)).await.expect("read").is_none());
+    assert!(again.run(RunId(80_900)).await.expect("read").is_none());
     again.close().await;
 }
 

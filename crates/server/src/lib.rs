@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use corral_core::clock::{Clock, Timestamp};
 use corral_core::resources::Resources;
-use corral_store::{SqlStore, Store, StoreError};
+use corral_store::{SqlStore, Store, StoreError, WriterLock};
 
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::provider::LocalProvider;
@@ -94,6 +94,8 @@ pub enum ServerError {
     },
     #[error("the store cannot be written, and the server cannot go on: {0}")]
     Committer(String),
+    #[error("the server stops writing: {0}")]
+    LockLost(String),
     #[error("--cors-origin {0:?} is not a valid origin")]
     CorsOrigin(String),
 }
@@ -106,7 +108,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// a link is ever read.
 fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -120,6 +122,8 @@ fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&fresh)?;
+    // Whatever the umask left, the mode is exactly the owner's.
+    file.set_permissions(std::fs::Permissions::from_mode(corral_store::FILE_MODE))?;
     writeln!(file, "{secret}")?;
     file.sync_all()?;
     std::fs::rename(&fresh, path)
@@ -145,10 +149,25 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store: Arc<dyn Store> = match &config.database_url {
-        Some(url) => Arc::new(SqlStore::connect(url).await?),
-        None => Arc::new(SqlStore::open_sqlite(&config.data_dir).await?),
+    // One writer per store: the lock comes before anything is read or written.
+    let lock = match &config.database_url {
+        Some(url) => {
+            // The data directory still holds the admin token and workspaces.
+            corral_store::private_data_dir(&config.data_dir)?;
+            WriterLock::url(url).await?
+        }
+        None => Some(WriterLock::data_dir(&config.data_dir)?),
+    }
+    .map(Arc::new);
+    let mut store = match &config.database_url {
+        Some(url) => SqlStore::connect(url).await?,
+        None => SqlStore::open_sqlite(&config.data_dir).await?,
     };
+    if let Some(lock) = &lock {
+        tracing::info!(store = lock.store(), "holding the store's writer lock");
+        store.hold(lock.clone());
+    }
+    let store: Arc<dyn Store> = Arc::new(store);
     let provider = LocalProvider::new(config.exe.clone(), config.data_dir.join("workers"));
     let engine =
         Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
@@ -170,6 +189,7 @@ pub async fn serve(
     tokio::spawn(history::sample_loop(engine.clone()));
     tokio::spawn(history::rollup_loop(engine.clone()));
     tokio::spawn(meter::meter_backlog(engine.store().clone()));
+    tokio::spawn(engine.clone().watch_store());
     let cors_origins = config
         .cors_origins
         .iter()
@@ -278,18 +298,26 @@ pub async fn serve(
         };
         served.map_err(ServerError::Serve)
     };
-    until_committer_fails(serving, committer).await
+    let lost = async move {
+        match &lock {
+            Some(lock) => lock.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    until_committer_fails(serving, committer, lost).await
 }
 
 /// Serves until `shutdown`, or fails when the committer gives up (or dies):
 /// then nothing could be written any more, and the server must exit rather
-/// than hang.
+/// than hang. So it does when another server took the store's writer lock.
 async fn until_committer_fails(
     serving: impl std::future::Future<Output = Result<(), ServerError>>,
     committer: tokio::task::JoinHandle<String>,
+    lock_lost: impl std::future::Future<Output = String>,
 ) -> Result<(), ServerError> {
     tokio::select! {
         served = serving => served,
+        reason = lock_lost => Err(ServerError::LockLost(reason)),
         ended = committer => Err(ServerError::Committer(match ended {
             Ok(reason) => reason,
             Err(e) => format!("the committer task ended: {e}"),

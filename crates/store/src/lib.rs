@@ -4,6 +4,8 @@
 //! The store knows records and transactions, nothing of HTTP or of scheduling.
 
 mod history;
+mod lock;
+mod private;
 mod records;
 mod sql;
 pub mod testing;
@@ -14,6 +16,8 @@ use corral_core::ids::{AttemptId, RunId};
 use corral_core::metering::{CapacityChange, PriceChange, SlotUsage, Span};
 
 pub use history::{HistoryPoint, HistoryQuery, WaitCount, WaitQuery};
+pub use lock::{LOCK_FILE, WriterLock};
+pub use private::{DIR_MODE, FILE_MODE, private_data_dir};
 pub use records::*;
 pub use sql::{Backend, SqlStore};
 pub use usage::metered_usage;
@@ -30,6 +34,21 @@ pub enum StoreError {
     OutOfRange { field: &'static str, value: u64 },
     #[error("{0} took too long")]
     Timeout(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{store} is held by another corral server: {holder}. A store has one writer: stop that server, or give this one another store"
+    )]
+    Held { store: String, holder: String },
+    #[error(
+        "the writer lock on {store} was lost and is held again; writes resume once the state is reloaded"
+    )]
+    LockRetaken { store: String },
+    #[error("a write the store answered as committed is not seen by another connection")]
+    NotCommitted,
     #[error("unsupported database url {0:?} (expected sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),
 }
@@ -79,7 +98,8 @@ pub trait Store: Send + Sync {
     async fn attempt_log(&self, attempt: AttemptId, from: u64, limit: u32)
     -> Result<Vec<LogChunk>>;
 
-    /// Writes one row in its own transaction: whether the store can write now.
+    /// Writes one row in its own transaction and reads it back on another
+    /// connection: whether the store takes a write now, and keeps it.
     async fn probe_write(&self) -> Result<()>;
 
     /// Deletes up to `limit` lost workers last updated before `lost_before`,

@@ -4,6 +4,7 @@
 //! each database records its own migration history.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use corral_core::clock::Timestamp;
@@ -16,14 +17,16 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::records::*;
 use crate::{HistoryPoint, HistoryQuery, WaitCount, WaitQuery};
-use crate::{Result, Store, StoreError};
+use crate::{Result, Store, StoreError, WriterLock};
 use corral_core::history::{Rollup, Sample};
 
 mod history;
 mod metering;
 mod rows;
+mod tx;
 
 use rows::*;
+use tx::Tx;
 
 /// Which database sits behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,10 @@ pub struct SqlStore {
     /// neither waits for nor holds up a commit, and several run at once.
     reads: AnyPool,
     history_reads: AnyPool,
+    /// An in-memory SQLite database: one connection, no readers beside it.
+    memory: bool,
+    /// The server's exclusive lock on the store, checked before each commit.
+    lock: Option<Arc<WriterLock>>,
 }
 
 /// The log table of a SQLite store's separate logs file.
@@ -61,11 +68,14 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl SqlStore {
     /// Opens (creating if needed) the SQLite store `corral.db` in `data_dir`.
+    /// The directory is made 0700 and its files 0600 (tightened if looser).
     pub async fn open_sqlite(data_dir: &Path) -> Result<SqlStore> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Corrupt {
-            what: "data directory",
-            detail: format!("{}: {e}", data_dir.display()),
-        })?;
+        crate::private::private_data_dir(data_dir)?;
+        // Made 0600 before SQLite opens them: it gives their `-wal` and `-shm`
+        // files the database's mode.
+        for name in ["corral.db", "logs.db", "history.db"] {
+            crate::private::private_file(&data_dir.join(name))?;
+        }
         let url = format!("sqlite://{}?mode=rwc", data_dir.join("corral.db").display());
         let mut store = SqlStore::connect(&url).await?;
         let logs_path = data_dir.join("logs.db");
@@ -155,11 +165,11 @@ impl SqlStore {
             ),
         };
         MIGRATIONS.run(&pool).await?;
+        let memory =
+            backend == Backend::Sqlite && (url.contains(":memory:") || url.contains("mode=memory"));
         let reads = match backend {
             // An in-memory database is its connection's own: it has no readers.
-            Backend::Sqlite if url.contains(":memory:") || url.contains("mode=memory") => {
-                pool.clone()
-            }
+            Backend::Sqlite if memory => pool.clone(),
             Backend::Sqlite => sqlite_pool(&read_only(url), READERS).await?,
             Backend::Postgres => pool.clone(),
         };
@@ -174,7 +184,14 @@ impl SqlStore {
             history,
             reads,
             history_reads,
+            memory,
+            lock: None,
         })
+    }
+
+    /// Makes each commit check first that `lock` is still held.
+    pub fn hold(&mut self, lock: Arc<WriterLock>) {
+        self.lock = Some(lock);
     }
 
     pub fn backend(&self) -> Backend {
@@ -188,6 +205,18 @@ impl SqlStore {
         self.reads.close().await;
         self.history_reads.close().await;
     }
+}
+
+/// A value that no earlier probe of this process wrote: at least the time in
+/// nanoseconds since the epoch, and more than the last one given.
+fn probe_value() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX - 1));
+    LAST.fetch_max(now, Ordering::Relaxed);
+    LAST.fetch_add(1, Ordering::Relaxed).saturating_add(1)
 }
 
 /// Reader connections of a SQLite store.
@@ -565,7 +594,7 @@ impl Store for SqlStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = Tx::begin(&self.pool).await?;
         // Metering and admission counts go last, each in a few statements for
         // the whole batch: they read what the rest writes (an allocation's
         // close) and nothing reads them back within it.
@@ -585,6 +614,9 @@ impl Store for SqlStore {
         metering::note_unmetered(&mut tx, &allocations).await?;
         metering::meter_all(&mut tx, &metered).await?;
         history::count_waits(&mut tx, &waits).await?;
+        if let Some(lock) = &self.lock {
+            lock.check().await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -871,16 +903,28 @@ impl Store for SqlStore {
     }
 
     async fn probe_write(&self) -> Result<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let value = probe_value();
+        let mut writer = self.pool.acquire().await?;
         sqlx::query(
             "INSERT INTO store_probe (id, checked_at) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
         )
-        .bind(i64::try_from(now).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .bind(value)
+        .execute(&mut *writer)
         .await?;
+        // Read back on another connection, the writer still held so that the
+        // pool cannot hand it out again: only what is really committed is seen
+        // there. An in-memory database has no other connection.
+        if self.memory {
+            drop(writer);
+        }
+        let seen: i64 = sqlx::query("SELECT checked_at FROM store_probe WHERE id = 1")
+            .fetch_one(&self.reads)
+            .await?
+            .try_get("checked_at")?;
+        if seen != value {
+            return Err(StoreError::NotCommitted);
+        }
         Ok(())
     }
 

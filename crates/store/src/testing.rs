@@ -57,3 +57,27 @@ pub async fn fresh_postgres_database(label: &str) -> String {
         .unwrap_or(admin);
     format!("{base}/{name}")
 }
+
+/// Makes the PostgreSQL database at `url` refuse writes, or take them again:
+/// its transactions default to read-only (superusers included), and every
+/// connection to it is ended, so that each one made after starts that way.
+pub async fn set_read_only(url: &str, read_only: bool) {
+    let name = url.rsplit('/').next().unwrap_or_default();
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("connect to the test PostgreSQL server");
+    let change = if read_only {
+        format!("ALTER DATABASE \"{name}\" SET default_transaction_read_only = on")
+    } else {
+        format!("ALTER DATABASE \"{name}\" RESET default_transaction_read_only")
+    };
+    sqlx::query(sqlx::AssertSqlSafe(change))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot change database {name}: {e}"));
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(name)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("cannot end the connections to {name}: {e}"));
+}

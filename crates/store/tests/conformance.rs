@@ -1050,6 +1050,42 @@ async fn lost_workers_are_pruned(store: &dyn Store) {
     assert_eq!(prune(10).await.expect("prune"), 1, "no longer the highest");
 }
 
+/// A commit that fails (here on the unique index of open allocations, after
+/// its first statements went through) keeps none of its writes, and the store
+/// goes on: the next commit is kept and read back, also by `reopened`, a store
+/// opened afresh on the same database.
+async fn a_failed_commit_keeps_nothing_and_the_next_is_kept(
+    store: &dyn Store,
+    reopened: impl AsyncFnOnce() -> SqlStore,
+) {
+    let failing = [
+        Write::PutRun(run_record(80_900, "acme", RunState::Admitted)),
+        Write::PutAllocation(allocation(80_901, 80_900, 0, None)),
+        Write::PutAllocation(allocation(80_902, 80_900, 0, None)),
+    ];
+    store
+        .commit(&failing)
+        .await
+        .expect_err("two open allocations of one group are refused");
+    assert!(
+        store.run(RunId(80_900)).await.expect("read").is_none(),
+        "nothing of a failed commit is kept"
+    );
+    store.probe_write().await.expect("the store writes again");
+    store
+        .commit(&[Write::PutRun(run_record(80_901, "acme", RunState::Queued))])
+        .await
+        .expect("the next commit");
+    assert!(store.run(RunId(80_901)).await.expect("read").is_some());
+    let again = reopened().await;
+    assert!(
+        again.run(RunId(80_901)).await.expect("read").is_some(),
+        "the next commit is in the database"
+    );
+    assert!(again.run(RunId(80_900)).await.expect("read").is_none());
+    again.close().await;
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -1061,6 +1097,10 @@ async fn conformance_sqlite() {
     metered_reports(&store).await;
     rows_moved_within_one_batch(&store).await;
     lost_workers_are_pruned(&store).await;
+    a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
+        SqlStore::open_sqlite(&dir).await.expect("open beside")
+    })
+    .await;
     // Reopening finds the same data and does not re-run migrations.
     store.close().await;
     let again = SqlStore::open_sqlite(&dir).await.expect("reopen sqlite");
@@ -1078,6 +1118,10 @@ async fn conformance_postgres() {
     metered_reports(&store).await;
     rows_moved_within_one_batch(&store).await;
     lost_workers_are_pruned(&store).await;
+    a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
+        SqlStore::connect(&url).await.expect("connect beside")
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -223,12 +223,15 @@ pub fn router(engine: Arc<Engine>, config: &RouterConfig) -> Router {
     )
 }
 
-/// Readiness: 200 while the store takes writes, 503 (with the store's error)
-/// while it does not.
+/// Readiness: 200 while the store takes writes, 503 while it does not (with
+/// the store's error for a `viewer` or `admin` token).
 #[utoipa::path(get, path = "/healthz", security(()),
     responses((status = 200, body = crate::engine::Readiness), (status = 503, body = crate::engine::Readiness)))]
-async fn healthz(State(engine): State<AppState>) -> Response {
-    let readiness = engine.readiness().await;
+async fn healthz(State(engine): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let readiness = engine.readiness_for(authorization).await;
     let status = if readiness.status == "ok" {
         StatusCode::OK
     } else {

@@ -1,8 +1,13 @@
-//! The store's health as the server sees it: whether its last write went
-//! through, and (asked while it is failing) whether it takes a write now.
+//! The store's health as the server sees it: readiness (`/healthz`) is a write
+//! read back on another connection than the writer's, so it says what the
+//! store really keeps, not what the writer's own transaction would show. The
+//! public answer is a status alone; the store's error (which may name the
+//! database) goes only to `viewer` and `admin` tokens.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
+use corral_core::access::Access;
 use serde::Serialize;
 
 use super::*;
@@ -11,27 +16,40 @@ use super::*;
 /// before the server gives up and exits.
 pub const RELOAD_PATIENCE: Duration = Duration::from_secs(60);
 
+/// How often the store is probed in the background ([`Engine::watch_store`]),
+/// so that a readiness check answers at once, however many there are.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a probe's answer stands; an older one (or none since a commit
+/// failed) is replaced by a probe made for the check.
+const PROBE_REUSE: Duration = Duration::from_secs(3);
+
+/// How long a probe may take before it counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Default)]
 pub struct StoreHealth {
     /// Since when, and why, writes fail; none while they go through.
     failing: Mutex<Option<(Timestamp, String)>>,
+    /// The last probe: when, and what it found.
+    probed: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl StoreHealth {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Timestamp, String)>> {
-        self.failing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     pub fn committed(&self) {
-        *self.lock() = None;
+        *lock(&self.failing) = None;
     }
 
+    /// A write failed: readiness probes again before it answers.
     pub fn failed(&self, now: Timestamp, error: String) {
-        let mut failing = self.lock();
+        let mut failing = lock(&self.failing);
         let since = failing.as_ref().map_or(now, |(since, _)| *since);
         *failing = Some((since, error));
+        *lock(&self.probed) = None;
     }
 }
 
@@ -40,43 +58,85 @@ impl StoreHealth {
 pub struct Readiness {
     /// `ok`, or `unavailable` while the store cannot write.
     pub status: &'static str,
-    /// What the store last said, when it failed.
+    /// What the store last said, when it failed (to `viewer` and `admin` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_error: Option<String>,
-    /// Since when writes fail (milliseconds since the epoch).
+    /// Since when writes fail (milliseconds since the epoch; to `viewer` and
+    /// `admin` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since_ms: Option<i64>,
 }
 
 impl Engine {
-    /// Ready unless the store's last write failed and a probe write fails too.
+    /// Readiness as told to the bearer of `authorization`: the details only
+    /// to a `viewer` or `admin` token; anyone else (no token, or any other)
+    /// learns only whether the server is ready.
+    pub async fn readiness_for(&self, authorization: Option<&str>) -> Readiness {
+        let detailed = auth::bearer(authorization)
+            .ok()
+            .and_then(|secret| self.credentials().resolve(secret, self.now()).ok())
+            .is_some_and(|caller| {
+                matches!(caller, auth::Caller::Token(p) if Access::ReadAll.allows(&p.role))
+            });
+        let mut readiness = self.readiness().await;
+        if !detailed {
+            readiness.store_error = None;
+            readiness.failing_since_ms = None;
+        }
+        readiness
+    }
+
+    /// Ready when a probe write is seen committed from another connection.
     pub async fn readiness(&self) -> Readiness {
-        let failing = self.health.lock().clone();
-        let Some((since, _)) = failing else {
-            return Readiness {
+        let recent = lock(&self.health.probed)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < PROBE_REUSE)
+            .map(|(_, found)| found.clone());
+        let found = match recent {
+            Some(found) => found,
+            None => self.probe().await,
+        };
+        match found {
+            Ok(()) => Readiness {
                 status: "ok",
                 store_error: None,
                 failing_since_ms: None,
-            };
-        };
-        let probe = tokio::time::timeout(Duration::from_secs(2), self.store.probe_write()).await;
-        match probe.unwrap_or_else(|_| Err(StoreError::Timeout("a probe write".into()))) {
-            Ok(()) => {
-                self.health.committed();
-                Readiness {
-                    status: "ok",
-                    store_error: None,
-                    failing_since_ms: None,
-                }
-            }
+            },
+            Err(e) => Readiness {
+                status: "unavailable",
+                store_error: Some(e),
+                failing_since_ms: lock(&self.health.failing)
+                    .as_ref()
+                    .map(|(since, _)| since.0),
+            },
+        }
+    }
+
+    /// Probes the store every [`PROBE_EVERY`], for the server's life.
+    pub async fn watch_store(self: Arc<Self>) {
+        loop {
+            // Kept for readiness, which reads it.
+            let _ = self.probe().await;
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }
+
+    /// Writes and reads back a probe; the outcome is kept for readiness.
+    async fn probe(&self) -> Result<(), String> {
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, self.store.probe_write()).await;
+        let found = probe
+            .unwrap_or_else(|_| Err(StoreError::Timeout("a probe write".into())))
+            .map_err(|e| e.to_string());
+        match &found {
+            Ok(()) => self.health.committed(),
             Err(e) => {
-                self.health.failed(self.now(), e.to_string());
-                Readiness {
-                    status: "unavailable",
-                    store_error: Some(e.to_string()),
-                    failing_since_ms: Some(since.0),
-                }
+                let now = self.now();
+                let mut failing = lock(&self.health.failing);
+                let since = failing.as_ref().map_or(now, |(since, _)| *since);
+                *failing = Some((since, e.clone()));
             }
         }
+        *lock(&self.health.probed) = Some((Instant::now(), found.clone()));
+        found
     }
 }

@@ -13,6 +13,7 @@ use corral_core::history::{
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
+use super::tx::Tx;
 use crate::history::{HistoryPoint, HistoryQuery, WaitCount, WaitQuery};
 use crate::records::AdmissionWait;
 use crate::{Result, StoreError};
@@ -31,7 +32,7 @@ pub(super) async fn append(pool: &AnyPool, samples: &[Sample]) -> Result<()> {
     if samples.is_empty() {
         return Ok(());
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = Tx::begin(pool).await?;
     for chunk in samples.chunks(ROWS_PER_INSERT) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
@@ -216,7 +217,7 @@ fn point(row: &AnyRow, at: &str, raw: bool) -> Result<HistoryPoint> {
 }
 
 pub(super) async fn roll_up(pool: &AnyPool, r: &Rollup) -> Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = Tx::begin(pool).await?;
     // From the latest hour already rolled up (samples may have come after it
     // was), each hour recomputed whole from its samples: nothing counts twice.
     let since: Option<i64> = sqlx::query("SELECT MAX(at) AS m FROM history_hourly")
@@ -382,7 +383,7 @@ pub(super) async fn read_waits(pool: &AnyPool, q: &WaitQuery) -> Result<Vec<Wait
 /// Adds up each whole day's hours into `admission_waits_daily` (from the
 /// latest day there, each recomputed whole), and deletes both past retention.
 pub(super) async fn roll_up_waits(pool: &AnyPool, r: &Rollup) -> Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = Tx::begin(pool).await?;
     let since_day: Option<i64> = sqlx::query("SELECT MAX(day) AS m FROM admission_waits_daily")
         .fetch_one(&mut *tx)
         .await?

@@ -163,7 +163,7 @@ enum Command {
         #[arg(long, value_parser = webhook_url)]
         alert_webhook: Option<String>,
         #[command(flatten)]
-        limits: limits::LimitArgs,
+        limits: Box<limits::LimitArgs>,
         /// How often the governance time series (GET /api/v1/history) are
         /// sampled, from 100ms to 1h.
         #[arg(long, default_value = "10s", value_parser = parse_sample_interval)]

@@ -124,7 +124,8 @@ mod tests {
     fn each_registration_field_is_bounded_and_named() {
         check_register(&register()).expect("a valid registration");
         let huge = "x".repeat(1 << 20);
-        let cases: [(&str, fn(&mut RegisterRequest, String)); 6] = [
+        type Set = fn(&mut RegisterRequest, String);
+        let cases: [(&str, Set); 6] = [
             ("pool", |r, v| r.pool = v),
             ("name", |r, v| r.name = v),
             ("instance", |r, v| r.instance = Some(v)),

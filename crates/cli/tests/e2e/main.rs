@@ -12,6 +12,7 @@ mod crash;
 mod disk;
 mod dying;
 mod execution;
+mod fencing;
 mod governance;
 mod harness;
 mod history;

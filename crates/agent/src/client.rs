@@ -68,11 +68,26 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<Option<R>, CallError> {
-        let response = self
+        self.post_within(path, body, None).await
+    }
+
+    /// Posts, giving up after `within` when given (the client's own timeout
+    /// otherwise).
+    async fn post_within<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        within: Option<Duration>,
+    ) -> Result<Option<R>, CallError> {
+        let mut request = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.bearer)
-            .json(body)
+            .json(body);
+        if let Some(within) = within {
+            request = request.timeout(within);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| CallError::Retry(e.to_string()))?;
@@ -101,8 +116,16 @@ impl Client {
             .ok_or_else(|| CallError::Retry("empty register answer".into()))
     }
 
-    pub async fn poll(&self, worker: i64, req: &PollRequest) -> Result<PollResponse, CallError> {
-        self.post(&format!("/api/v1/agents/{worker}/poll"), req)
+    /// Polls; a poll unanswered after its wait and `lease` could renew
+    /// nothing any more, and is given up for a new one.
+    pub async fn poll(
+        &self,
+        worker: i64,
+        req: &PollRequest,
+        lease: Duration,
+    ) -> Result<PollResponse, CallError> {
+        let within = Duration::from_millis(req.wait_ms) + lease;
+        self.post_within(&format!("/api/v1/agents/{worker}/poll"), req, Some(within))
             .await?
             .ok_or_else(|| CallError::Retry("empty poll answer".into()))
     }

@@ -132,6 +132,12 @@ async fn run_process(
             error: None,
         },
         Ok(Ended::Killed(_)) => failed("killed by a signal".into()),
+        // The server runs it again, as it does a lost worker's.
+        Ok(Ended::Fenced) => Outcome {
+            outcome: "lost",
+            exit_code: None,
+            error: Some("killed: the agent's lease lapsed (it could not reach the server)".into()),
+        },
         Ok(Ended::Failed(e)) => failed(format!("cannot run the step: {e}")),
     };
     // A process that left its step's session may hold the pipes open while

@@ -5,6 +5,7 @@
 mod backoff;
 mod client;
 mod executor;
+mod lease;
 mod output;
 mod reaper;
 pub mod steps;
@@ -128,9 +129,18 @@ async fn agent(
         let since = Instant::now();
         let worker = registered.worker_id;
         tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
-        let wait_ms = poll_wait_ms(registered.heartbeat_timeout_ms);
+        // A server that grants no lease: three quarters of its timeout.
+        let lease_ms = match registered.lease_ms {
+            0 => registered.heartbeat_timeout_ms / 4 * 3,
+            granted => granted,
+        };
+        let wait_ms = poll_wait_ms(lease_ms);
         let calls = client.with_bearer(&registered.worker_secret);
-        serve(&calls, config, steps, worker, wait_ms, &running).await;
+        let terms = Terms {
+            wait_ms,
+            lease: Duration::from_millis(lease_ms),
+        };
+        serve(&calls, config, steps, worker, terms, &running).await;
         if config.ephemeral {
             return Ok(());
         }
@@ -178,11 +188,11 @@ fn incarnation() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// How long the server may hold a poll, which is the agent's heartbeat: a third
-/// of the heartbeat timeout (within 200 ms and 10 s), so polls arrive well
-/// within it.
-fn poll_wait_ms(heartbeat_timeout_ms: u64) -> u64 {
-    (heartbeat_timeout_ms / 3).clamp(200, 10_000)
+/// How long the server may hold a poll, which is the agent's heartbeat and
+/// renews its lease: a third of the lease (within 200 ms and 10 s), so each
+/// poll's answer renews it well before it lapses.
+fn poll_wait_ms(lease_ms: u64) -> u64 {
+    (lease_ms / 3).clamp(200, 10_000)
 }
 
 /// Registers this agent.
@@ -205,6 +215,14 @@ async fn register(
         .map_err(|(status, message)| AgentError::Refused { status, message })
 }
 
+/// How this agent polls, as its registration says.
+struct Terms {
+    /// How long the server may hold a poll.
+    wait_ms: u64,
+    /// What each poll the server answers renews.
+    lease: Duration,
+}
+
 /// Polls and runs assignments until the server says to shut down (or, for an
 /// ephemeral agent, the server stays away too long).
 async fn serve(
@@ -212,7 +230,7 @@ async fn serve(
     config: &AgentConfig,
     steps: &Arc<Steps>,
     worker: i64,
-    wait_ms: u64,
+    terms: Terms,
     running: &Running,
 ) {
     let mut unreachable_since: Option<Instant> = None;
@@ -223,11 +241,17 @@ async fn serve(
                 .filter(|(_, slot)| !slot.cancelled)
                 .map(|(id, _)| *id)
                 .collect(),
-            wait_ms,
+            wait_ms: terms.wait_ms,
         };
-        let response = match client.poll(worker, &req).await {
+        // The lease is counted from the poll's sending: the server counts its
+        // timeout from the poll's arrival, which is later.
+        let sent = lease::now_ns();
+        let response = match client.poll(worker, &req, terms.lease).await {
             Ok(r) => {
                 unreachable_since = None;
+                if !r.shutdown && r.lease_ms > 0 {
+                    steps.renew(sent.saturating_add(r.lease_ms.saturating_mul(1_000_000)));
+                }
                 r
             }
             Err(CallError::Refused(status, text)) => {
@@ -308,8 +332,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn polls_are_held_a_third_of_the_heartbeat_timeout_within_bounds() {
-        for (timeout, wait) in [
+    fn polls_are_held_a_third_of_the_lease_within_bounds() {
+        for (lease, wait) in [
             (6_000, 2_000),
             (30_000, 10_000),
             (60_000, 10_000),
@@ -317,11 +341,7 @@ mod tests {
             (300, 200),
             (0, 200),
         ] {
-            assert_eq!(
-                poll_wait_ms(timeout),
-                wait,
-                "heartbeat timeout {timeout} ms"
-            );
+            assert_eq!(poll_wait_ms(lease), wait, "lease {lease} ms");
         }
     }
 

@@ -43,6 +43,8 @@ struct Step {
     started: u64,
     /// How its shell ended, once it has.
     ended: Option<Ended>,
+    /// Killed because the agent's lease lapsed.
+    fenced: bool,
 }
 
 /// The steps that run, and those that ended but are not reported yet.
@@ -135,6 +137,7 @@ impl Reaper {
             shell,
             started,
             ended: None,
+            fenced: false,
         });
         Ok(())
     }
@@ -143,6 +146,19 @@ impl Reaper {
     pub(crate) fn stop(&mut self, id: u64) {
         // A shell not reaped yet: its pid is still the group's id.
         if let Some(step) = self.steps.iter().find(|s| s.id == id && s.ended.is_none()) {
+            let _ = killpg(step.shell, Signal::SIGKILL);
+        }
+    }
+
+    /// Kills every running step's session, the agent's lease having lapsed:
+    /// their ends are reported as [`Ended::Fenced`].
+    pub(crate) fn fence_all(&mut self) {
+        for step in self
+            .steps
+            .iter_mut()
+            .filter(|s| s.ended.is_none() && !s.fenced)
+        {
+            step.fenced = true;
             let _ = killpg(step.shell, Signal::SIGKILL);
         }
     }
@@ -156,6 +172,9 @@ impl Reaper {
         for step in self.steps.iter_mut().filter(|s| s.ended.is_none()) {
             let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
             let ended = match waitid(Id::Pid(step.shell), peek) {
+                Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) if step.fenced => {
+                    Ended::Fenced
+                }
                 Ok(WaitStatus::Exited(_, code)) => Ended::Exited(code),
                 Ok(WaitStatus::Signaled(_, signal, _)) => Ended::Killed(signal as i32),
                 _ => continue,

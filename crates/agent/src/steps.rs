@@ -179,6 +179,16 @@ impl Steps {
         })
     }
 
+    /// Renews the agent's lease until `until_ns` on `CLOCK_BOOTTIME` (see
+    /// `lease.rs`): the supervisor kills every step when it passes. Sent in
+    /// order with the starts, so a step started after a renewal runs under it.
+    pub fn renew(&self, until_ns: u64) {
+        let _ = self.outbox.send(Outgoing {
+            bytes: frame(&ToSupervisor::Lease { until_ns }),
+            fds: Vec::new(),
+        });
+    }
+
     /// Resolves when the supervisor has ended, with why.
     pub async fn gone(&self) -> String {
         let mut gone = self.gone.clone();

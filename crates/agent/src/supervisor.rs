@@ -9,6 +9,12 @@
 //! never outlives its agent, not even a `kill -9` of it (the server would run
 //! the step elsewhere meanwhile).
 //!
+//! Nor does a step outlive its agent's lease (see `lease.rs`): the agent sends
+//! a [`ToSupervisor::Lease`] each time a poll renews it, and when its deadline
+//! passes the supervisor kills every step (they end [`Ended::Fenced`]) and
+//! starts none until the lease is renewed. A paused or cut-off agent cannot
+//! renew it, and the supervisor, a process of its own, goes on without it.
+//!
 //! The supervisor ends when the agent does: its socket reaches its end, the
 //! kernel says the agent is gone (`PARENT_GONE`), or it is asked to stop
 //! (SIGTERM, SIGINT, SIGHUP: the agent sends SIGTERM when it drops its
@@ -31,6 +37,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::unistd::{Pid, getppid};
 use serde::{Deserialize, Serialize};
 
+use crate::lease::Lease;
 use crate::reaper::Reaper;
 
 /// What the kernel sends the supervisor when its parent ends. Also when the
@@ -64,6 +71,9 @@ pub(crate) enum ToSupervisor {
     },
     /// Stop the step: kill all it started.
     Stop { id: u64 },
+    /// The agent holds its lease until this time on `CLOCK_BOOTTIME`, in
+    /// nanoseconds; past it, every step is killed.
+    Lease { until_ns: u64 },
 }
 
 /// How a step ended.
@@ -75,6 +85,8 @@ pub enum Ended {
     Killed(i32),
     /// It could not be started.
     Failed(String),
+    /// Killed, or not started, because the agent's lease had lapsed.
+    Fenced,
 }
 
 /// What the supervisor tells the agent.
@@ -167,11 +179,13 @@ fn serve(
     reaper: &mut Reaper,
 ) -> Result<(), String> {
     let mut inbox = Inbox::default();
+    let mut lease = Lease::new()?;
     loop {
         let (socket_ready, signal_ready) = {
             let mut fds = [
                 PollFd::new(socket.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(lease.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -179,8 +193,16 @@ fn serve(
                 Err(e) => return Err(format!("cannot wait: {e}")),
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[2]) {
+                lease.drain();
+            }
             (ready(&fds[0]), ready(&fds[1]))
         };
+        // First of all after a wait, the lease: a supervisor that was stopped
+        // past its deadline kills its steps as soon as it runs again.
+        if lease.lapsed() {
+            reaper.fence_all();
+        }
         if signal_ready {
             let mut changed = false;
             while let Ok(Some(info)) = signal_fd.read_signal() {
@@ -208,11 +230,19 @@ fn serve(
                         let fds: [OwnedFd; START_FDS] = fds
                             .try_into()
                             .map_err(|_| "a start came without its descriptors".to_string())?;
-                        if let Err(e) = reaper.start(id, &command, &env, &fds) {
+                        if lease.lapsed() {
+                            send(socket, id, Ended::Fenced)?;
+                        } else if let Err(e) = reaper.start(id, &command, &env, &fds) {
                             send(socket, id, Ended::Failed(e))?;
                         }
                     }
                     ToSupervisor::Stop { id } => reaper.stop(id),
+                    ToSupervisor::Lease { until_ns } => {
+                        lease.renew(until_ns)?;
+                        if lease.lapsed() {
+                            reaper.fence_all();
+                        }
+                    }
                 }
             }
         }
@@ -292,7 +322,7 @@ impl Inbox {
                 }
                 self.fds.drain(..START_FDS).collect()
             }
-            ToSupervisor::Stop { .. } => Vec::new(),
+            ToSupervisor::Stop { .. } | ToSupervisor::Lease { .. } => Vec::new(),
         };
         Ok(Some((message, fds)))
     }

@@ -323,6 +323,43 @@ fn a_stopped_step_has_every_process_it_started_killed() {
     });
 }
 
+/// Now on `CLOCK_BOOTTIME`, as the lease is counted, in nanoseconds.
+fn boottime_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("a clock");
+    u64::try_from(now.tv_sec()).expect("after boot") * 1_000_000_000
+        + u64::try_from(now.tv_nsec()).expect("within a second")
+}
+
+/// The regression: a paused or cut-off agent's steps ran on after the server
+/// had run them again elsewhere.
+fn a_lapsed_lease_kills_every_step_and_starts_none_until_renewed() {
+    let dir = Scratch::new("lapsed");
+    runtime().block_on(async {
+        let steps = supervisor();
+        steps.renew(boottime_ns() + 1_000_000_000);
+        let step = start(&steps, &long_step(), &dir);
+        let processes = recorded(&dir.path("pids"), LEFT + 1);
+        // Nothing renews it: the step is killed when it lapses.
+        let (ended, _, _) = finish(step).await;
+        assert_eq!(ended, Ended::Fenced);
+        processes.wait_all_gone(false);
+
+        let refused = start(&steps, "echo ran > ran", &dir);
+        let (ended, _, _) = finish(refused).await;
+        assert_eq!(ended, Ended::Fenced);
+        assert!(
+            !dir.path("ran").exists(),
+            "a step started under a lapsed lease"
+        );
+
+        steps.renew(boottime_ns() + 60_000_000_000);
+        let renewed = start(&steps, "echo ran > ran", &dir);
+        let (ended, _, _) = finish(renewed).await;
+        assert_eq!(ended, Ended::Exited(0));
+        assert!(dir.path("ran").exists(), "a renewed lease runs steps");
+    });
+}
+
 fn what_a_step_leaves_behind_ends_with_it() {
     let dir = Scratch::new("left-behind");
     let step = format!("{LEAVES_PROCESSES} while [ ! -e go ]; do sleep 0.01; done; exit 4");
@@ -552,6 +589,7 @@ fn main() -> ExitCode {
         a_killed_agent_takes_its_steps_with_it,
         a_killed_supervisor_takes_its_steps_with_it,
         a_stopped_step_has_every_process_it_started_killed,
+        a_lapsed_lease_kills_every_step_and_starts_none_until_renewed,
         what_a_step_leaves_behind_ends_with_it,
         a_step_ends_as_its_shell_did,
         a_step_has_its_directory_environment_and_output_and_not_the_agents_secrets,

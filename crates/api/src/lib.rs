@@ -304,6 +304,12 @@ pub struct RegisterResponse {
     pub worker_secret: String,
     /// The agent is lost when it has not polled for this long.
     pub heartbeat_timeout_ms: u64,
+    /// The lease each successful poll renews, counted from when the agent
+    /// sent that poll: its steps run only while it holds it. Shorter than the
+    /// heartbeat timeout by a margin, so a step is killed before the server
+    /// runs it again elsewhere.
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 /// A long-poll, which is also the agent's heartbeat.
@@ -324,6 +330,10 @@ pub struct PollResponse {
     pub cancel: Vec<i64>,
     /// The agent should exit: it was retired or is unknown.
     pub shutdown: bool,
+    /// The lease this poll renews, counted from when the agent sent it (see
+    /// [`RegisterResponse::lease_ms`]); 0 renews none.
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 /// One attempt at a step, handed to an agent.
@@ -354,7 +364,8 @@ pub struct LogAppend {
 /// How an attempt ended; reporting it again is harmless.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReportRequest {
-    /// `succeeded`, `failed`, `timedout` or `cancelled`.
+    /// `succeeded`, `failed`, `timedout`, `cancelled`, or `lost` (killed
+    /// when the agent's lease lapsed).
     pub outcome: String,
     pub exit_code: Option<i32>,
     pub error: Option<String>,

@@ -40,6 +40,7 @@ mod agents;
 pub mod alerts;
 mod catalog;
 mod health;
+mod heartbeats;
 mod logs;
 
 pub use health::Readiness;
@@ -170,6 +171,8 @@ pub struct Engine {
     health: health::StoreHealth,
     /// Counted events, for `/metrics`.
     metrics: Metrics,
+    /// When each worker last polled, recorded without the state's lock.
+    heartbeats: heartbeats::Heartbeats,
 }
 
 /// What an operation does once its writes are settled.
@@ -282,6 +285,7 @@ impl Engine {
             run_outputs: logs::RunOutputs::default(),
             health: health::StoreHealth::default(),
             metrics: Metrics::new(),
+            heartbeats: heartbeats::Heartbeats::default(),
         })
     }
 
@@ -850,10 +854,17 @@ impl Engine {
     fn lose_silent_workers(&self, state: &mut State, fx: &mut Effects) {
         let now = self.now();
         let timeout = ms(self.config.heartbeat_timeout);
+        self.heartbeats.retain(|id| state.workers.contains_key(&id));
         let lost: BTreeSet<WorkerId> = state
             .workers
             .values()
-            .filter(|w| now.millis_since(w.last_seen) > timeout)
+            .filter(|w| {
+                let seen = self
+                    .heartbeats
+                    .last(w.record.id)
+                    .map_or(w.last_seen, |t| t.max(w.last_seen));
+                now.millis_since(seen) > timeout
+            })
             .map(|w| w.record.id)
             .collect();
         self.lose_workers(state, &lost, "no heartbeat", fx);

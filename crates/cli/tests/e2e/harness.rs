@@ -306,27 +306,65 @@ impl Server {
         work_dir: &Path,
         token: &str,
     ) -> Agent {
+        let url = self.url.clone();
+        self.start_agent_via(&[], &url, pool, name, (cpu, memory), work_dir, token)
+    }
+
+    /// Starts a `corral agent` of static pool `pool` through `wrapper` (a
+    /// command that runs the rest of its arguments, as `ip netns exec NS`
+    /// does, in the same process), reaching the server at `url`; with an
+    /// agent token of the pool made for it, from its own work directory.
+    pub async fn start_agent_through(
+        &mut self,
+        wrapper: &[&str],
+        url: &str,
+        pool: &str,
+        name: &str,
+    ) -> Agent {
+        let token = self
+            .create_token(&format!("agent-{name}"), "agent", Some(("pool", pool)))
+            .await;
+        let work_dir = self.data_dir.join("agents").join(name);
+        self.start_agent_via(wrapper, url, pool, name, ("2", "2Gi"), &work_dir, &token)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_agent_via(
+        &mut self,
+        wrapper: &[&str],
+        url: &str,
+        pool: &str,
+        name: &str,
+        (cpu, memory): (&str, &str),
+        work_dir: &Path,
+        token: &str,
+    ) -> Agent {
         std::fs::create_dir_all(work_dir).expect("agent work dir");
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "agent", "--server", &self.url, "--pool", pool, "--name", name,
-        ])
-        .args(["--cpu", cpu, "--memory", memory])
-        .arg("--work-dir")
-        .arg(work_dir)
-        .args(
-            self.ca_cert
-                .iter()
-                .flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]),
-        )
-        .env("CORRAL_TOKEN", token)
-        .env("CORRAL_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(self.data_dir.join(format!("agent-{name}.log")))
-                .expect("agent log"),
-        );
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
+        cmd.args(["agent", "--server", url, "--pool", pool, "--name", name])
+            .args(["--cpu", cpu, "--memory", memory])
+            .arg("--work-dir")
+            .arg(work_dir)
+            .args(
+                self.ca_cert
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]),
+            )
+            .env("CORRAL_TOKEN", token)
+            .env("CORRAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.data_dir.join(format!("agent-{name}.log")))
+                    .expect("agent log"),
+            );
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().expect("spawn corral agent");
         let pid = i32::try_from(child.id()).expect("pid fits");
@@ -486,6 +524,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The agent's process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits")
+    }
+
     /// `kill -9` the agent only; its steps' guards then kill the steps.
     pub fn kill9(&mut self) {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"));

@@ -14,6 +14,7 @@ mod disk;
 mod dying;
 mod escapes;
 mod execution;
+mod fencing;
 mod governance;
 mod harness;
 mod history;

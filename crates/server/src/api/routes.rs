@@ -894,6 +894,7 @@ async fn register_agent(
         worker_secret: secret,
         heartbeat_timeout_ms: u64::try_from(engine.config().heartbeat_timeout.as_millis())
             .unwrap_or(u64::MAX),
+        lease_ms: u64::try_from(engine.lease().as_millis()).unwrap_or(u64::MAX),
     }))
 }
 

@@ -34,6 +34,14 @@ fn check_registration(caller: &Caller, pool: &str, name: &str) -> Result<()> {
     }
 }
 
+/// The lease a poll renews for `heartbeat_timeout`: three quarters of it. The
+/// agent counts it from when it sent the poll, the server its timeout from
+/// when the poll arrived, so the last quarter is the margin in which a lapsed
+/// agent's supervisor kills its steps before the server runs them again.
+fn lease_for(heartbeat_timeout: Duration) -> Duration {
+    heartbeat_timeout * 3 / 4
+}
+
 pub(super) fn not_handed(attempt: AttemptId, worker: WorkerId) -> EngineError {
     EngineError::Forbidden(format!(
         "attempt {attempt} was not handed to worker {worker}"
@@ -42,6 +50,11 @@ pub(super) fn not_handed(attempt: AttemptId, worker: WorkerId) -> EngineError {
 
 impl Engine {
     // ---- the agent protocol ----
+
+    /// The lease each poll of an agent renews (see [`lease_for`]).
+    pub fn lease(&self) -> Duration {
+        lease_for(self.config.heartbeat_timeout)
+    }
 
     /// Registers an agent for `caller` (an agent token of the pool, a spawned
     /// local agent's one-time credential, or an admin) and returns its id and
@@ -91,8 +104,10 @@ impl Engine {
             .map(|w| {
                 let restarted =
                     w.record.instance.is_none() || w.record.instance == req.instance;
+                // Silent as long as a lost worker: its lease has lapsed, and
+                // its steps are dead.
                 let silent =
-                    now.millis_since(w.last_seen) > ms(self.config.heartbeat_timeout) / 2;
+                    now.millis_since(w.last_seen) > ms(self.config.heartbeat_timeout);
                 if restarted || silent {
                     Ok(w.record.id)
                 } else {
@@ -268,14 +283,32 @@ impl Engine {
     /// or that it should exit. Holds the poll open while there is nothing to say.
     pub async fn poll(&self, worker: WorkerId, req: PollRequest) -> Result<PollResponse> {
         agent_fields::check_poll(&req)?;
-        // A held poll is not seen as a heartbeat: keep it well inside the timeout.
+        // A held poll renews the lease only when answered: keep it well
+        // inside the lease, so the next poll's answer comes before it lapses.
+        let lease = self.lease();
         let wait = Duration::from_millis(req.wait_ms)
             .min(self.config.max_poll_wait)
-            .min(self.config.heartbeat_timeout / 3);
-        let deadline = tokio::time::Instant::now() + wait;
+            .min(lease / 3);
+        let start = tokio::time::Instant::now();
+        let deadline = start + wait;
+        // How long a poll waits for the lock, however short its own wait.
+        let lock_by = deadline.max(start + lease / 3);
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        self.heartbeats.beat(worker, self.now());
         loop {
             let wake = {
-                let mut state = self.state.lock().await;
+                // The lock is held long only by the committer reloading the
+                // state from a failing store: the poll, recorded above, then
+                // renews the lease and says nothing else. A worker lost
+                // already has no step left to run under it (its lease lapsed
+                // before it was lost), and gets no new one.
+                let Ok(mut state) = tokio::time::timeout_at(lock_by, self.state.lock()).await
+                else {
+                    return Ok(PollResponse {
+                        lease_ms,
+                        ..PollResponse::default()
+                    });
+                };
                 let now = self.now();
                 let Some(live) = state.workers.get_mut(&worker) else {
                     // Told to exit only once its removal is committed.
@@ -297,7 +330,8 @@ impl Engine {
                 live.last_seen = now;
                 live.polled = true;
                 let wake = live.wake.clone();
-                let response = self.take_assignments(&mut state, worker, &req);
+                let mut response = self.take_assignments(&mut state, worker, &req);
+                response.lease_ms = lease_ms;
                 if !response.assignments.is_empty()
                     || !response.cancel.is_empty()
                     || tokio::time::Instant::now() >= deadline
@@ -385,6 +419,7 @@ impl Engine {
             assignments,
             cancel,
             shutdown: false,
+            lease_ms: 0,
         }
     }
 
@@ -402,10 +437,15 @@ impl Engine {
             "failed" => AttemptState::Failed,
             "timedout" => AttemptState::TimedOut,
             "cancelled" => AttemptState::Cancelled,
+            // Killed by its agent's supervisor when the agent's lease lapsed:
+            // run again, as when the server finds the worker lost.
+            "lost" => AttemptState::Lost,
             other => {
                 return Err(FieldError::new(
                     "outcome",
-                    format!("{other:?} is not an outcome (succeeded, failed, timedout, cancelled)"),
+                    format!(
+                        "{other:?} is not an outcome (succeeded, failed, timedout, cancelled, lost)"
+                    ),
                 )
                 .into());
             }

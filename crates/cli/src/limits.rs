@@ -47,6 +47,11 @@ pub struct LimitArgs {
     /// Bytes a step's `env` adds to its environment.
     #[arg(long, default_value_t = Limits::default().max_env_bytes)]
     max_env_bytes: usize,
+    /// The longest a step may run, e.g. 24h: the timeout of a step that sets
+    /// none (enforced by its agent) and the largest a step may set. A hard
+    /// budget admits runs on it.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_step_duration: Duration,
 }
 
 impl LimitArgs {
@@ -77,6 +82,7 @@ impl LimitArgs {
             max_selectors: self.max_selectors,
             max_command_bytes: self.max_command_bytes,
             max_env_bytes: self.max_env_bytes,
+            max_step_secs: self.max_step_duration.as_secs(),
         };
         limits
             .validate()

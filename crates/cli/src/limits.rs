@@ -64,6 +64,11 @@ pub struct LimitArgs {
     /// How long a lost worker is kept in the store before it is deleted.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     lost_worker_retention: Duration,
+    /// The longest a step may run, e.g. 24h: the timeout of a step that sets
+    /// none (enforced by its agent) and the largest a step may set. A hard
+    /// budget admits runs on it.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    max_step_duration: Duration,
 }
 
 impl LimitArgs {
@@ -117,6 +122,7 @@ impl LimitArgs {
             max_selectors: self.max_selectors,
             max_command_bytes: self.max_command_bytes,
             max_env_bytes: self.max_env_bytes,
+            max_step_secs: self.max_step_duration.as_secs(),
         };
         limits
             .validate()

@@ -303,7 +303,7 @@ impl World {
                     enqueued_at: NOW.plus_millis(-(rng.below(20 * MINUTE as usize) as i64) - 1),
                     groups,
                     readmit,
-                    estimate: Money::ZERO,
+                    bound: Money::ZERO,
                 }
             })
             .collect()

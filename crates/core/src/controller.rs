@@ -18,12 +18,16 @@
 //! into first come, first served.
 //!
 //! An admission is charged to the working snapshot at once, so later runs in the
-//! same cycle see it: its resources, and its estimate to its tenant's budget.
+//! same cycle see it: its resources, and its upper bound to its tenant's budget.
 //!
-//! A hard budget is checked per run, after the verdict of its class: runs of a
-//! class share their shape but not their estimates, so the class (and with it
-//! the cost of a cycle, classes plus admissions) stays as it is, and each run is
-//! admitted only on its own estimate. A run its budget stops waits like any
+//! A hard budget admits on upper bounds, never on history, so spend cannot pass
+//! it (like Slurm's `safe` limits): a run goes in only if the month's spend,
+//! what the tenant's running runs may still cost at most and the run's own
+//! bound (its groups at the dearest pool each may land on, for the longest
+//! the run may take) fit in the budget. It is checked per run, after the
+//! verdict of its class: runs of a class share their shape but not their
+//! bounds, so the class (and with it the cost of a cycle, classes plus
+//! admissions) stays as it is, and each run is admitted on its own bound. A run its budget stops waits like any
 //! other: its class waits behind it for the rest of the cycle (FIFO within a
 //! class), and the class's reason gives that run's numbers.
 
@@ -231,7 +235,7 @@ impl Snapshot {
         run: RunId,
         tenant: &str,
         readmit: bool,
-        estimate: Money,
+        bound: Money,
         placements: &[Placement],
     ) {
         for p in placements {
@@ -255,7 +259,7 @@ impl Snapshot {
         if !readmit {
             t.runs += 1;
             if let Some(budget) = t.budget.as_mut() {
-                budget.running = budget.running.saturating_add(estimate);
+                budget.running = budget.running.saturating_add(bound);
             }
         }
         if t.reserved.is_some_and(|(r, _)| r == run) {
@@ -314,7 +318,7 @@ pub struct Outcome {
     pub admitted: Vec<Admission>,
     pub rejected: Vec<(RunId, Reason)>,
     /// Why the runs of each class still queued wait. The runs of a class wait
-    /// behind its oldest one; a budget's numbers are that run's (its estimate).
+    /// behind its oldest one; a budget's numbers are that run's (its bound).
     pub waiting: BTreeMap<ClassId, Reason>,
     pub reservations: Vec<Reservation>,
 }
@@ -490,18 +494,18 @@ impl<'a> Cycle<'a> {
             Some(run),
             Some(&mut self.reasons),
         );
-        // The budget per run, with its own estimate (see the module's header).
-        // A readmission's run was admitted on its estimate already: money does
+        // The budget per run, with its own bound (see the module's header).
+        // A readmission's run was admitted on its bound already: money does
         // not hold back a run that is under way.
-        let estimate = if tenant.budget.is_some() {
-            self.queue.estimate(run)
+        let bound = if tenant.budget.is_some() {
+            self.queue.bound(run)
         } else {
             Money::ZERO
         };
         let budget = if class.readmit {
             Ok(())
         } else {
-            check_budget(tenant, estimate)
+            check_budget(tenant, bound)
         };
         let tenant_limits = match (budget, check_tenant(tenant, class, run)) {
             (Ok(()), quota) => quota,
@@ -517,7 +521,7 @@ impl<'a> Cycle<'a> {
         match verdict {
             Ok(placements) => {
                 self.work
-                    .admit(run, &class.tenant, class.readmit, estimate, &placements);
+                    .admit(run, &class.tenant, class.readmit, bound, &placements);
                 self.outcome.admitted.push(Admission { run, placements });
                 true
             }

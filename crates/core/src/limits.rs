@@ -37,7 +37,13 @@ pub struct Limits {
     /// variable (default 256 KiB). Each `KEY=VALUE` must also be shorter than
     /// [`MAX_ARG_STRLEN`].
     pub max_env_bytes: usize,
+    /// Seconds a step may run (default a day): the timeout of a step that sets none,
+    /// and the largest one a step may set. A hard budget counts on it.
+    pub max_step_secs: u64,
 }
+
+/// The largest [`Limits::max_step_secs`]: a year.
+pub const MAX_STEP_SECS: u64 = 366 * 86_400;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -46,6 +52,7 @@ impl Default for Limits {
             max_selectors: 32,
             max_command_bytes: MAX_ARG_STRLEN - 1,
             max_env_bytes: 256 * 1024,
+            max_step_secs: 86_400,
         }
     }
 }
@@ -55,6 +62,15 @@ impl Limits {
     /// than Linux accepts, and command and environment together must stay within
     /// [`MAX_STEP_EXEC_BYTES`]. The error names the field.
     pub fn validate(&self) -> Result<(), FieldError> {
+        if !(1..=MAX_STEP_SECS).contains(&self.max_step_secs) {
+            return Err(FieldError::new(
+                "max_step_duration",
+                format!(
+                    "{}s is not a step duration (at least 1s, at most {MAX_STEP_SECS}s)",
+                    self.max_step_secs
+                ),
+            ));
+        }
         if self.max_command_bytes >= MAX_ARG_STRLEN {
             return Err(FieldError::new(
                 "max_command_bytes",
@@ -76,6 +92,29 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+
+    /// The timeout of a step: its own, or [`Limits::max_step_secs`] when it sets none.
+    pub fn step_timeout_secs(&self, timeout: Option<u64>) -> u64 {
+        timeout.unwrap_or(self.max_step_secs)
+    }
+
+    /// The `timeout` of step `i`: more than zero, at most [`Limits::max_step_secs`].
+    pub(crate) fn check_timeout(&self, i: usize, timeout: Option<u64>) -> Result<(), FieldError> {
+        match timeout {
+            Some(0) => Err(FieldError::new(
+                format!("steps[{i}].timeout"),
+                "must be greater than zero",
+            )),
+            Some(secs) if secs > self.max_step_secs => Err(FieldError::new(
+                format!("steps[{i}].timeout"),
+                format!(
+                    "{secs}s is longer than a step may run on this server (at most {}s)",
+                    self.max_step_secs
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The number of steps, checked before anything else is done with them.
@@ -194,6 +233,7 @@ mod tests {
         assert_eq!(limits.max_selectors, 32);
         assert_eq!(limits.max_command_bytes, 131_071);
         assert_eq!(limits.max_env_bytes, 262_144);
+        assert_eq!(limits.max_step_secs, 86_400);
         assert_eq!(limits.command_bytes(), limits.max_command_bytes);
         assert_eq!(limits.env_bytes(), limits.max_env_bytes);
     }
@@ -220,5 +260,31 @@ mod tests {
             large.env_bytes(),
             MAX_STEP_EXEC_BYTES - (MAX_ARG_STRLEN - 1)
         );
+        for bad in [0, MAX_STEP_SECS + 1] {
+            let limits = Limits {
+                max_step_secs: bad,
+                ..Limits::default()
+            };
+            let err = limits.validate().expect_err("out of range");
+            assert_eq!(err.path, "max_step_duration");
+            assert!(err.message.contains("at most 31622400s"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_step_timeout_is_bounded_by_the_max_step_duration() {
+        let limits = Limits {
+            max_step_secs: 60,
+            ..Limits::default()
+        };
+        assert_eq!(limits.step_timeout_secs(None), 60);
+        assert_eq!(limits.step_timeout_secs(Some(5)), 5);
+        assert_eq!(limits.check_timeout(0, Some(60)), Ok(()));
+        assert_eq!(limits.check_timeout(0, None), Ok(()));
+        let err = limits.check_timeout(3, Some(61)).expect_err("too long");
+        assert_eq!(err.path, "steps[3].timeout");
+        assert!(err.message.contains("at most 60s"), "{err}");
+        let err = limits.check_timeout(0, Some(0)).expect_err("zero");
+        assert!(err.message.contains("greater than zero"), "{err}");
     }
 }

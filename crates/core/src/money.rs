@@ -86,7 +86,7 @@ impl Money {
     }
 
     /// An amount of micro-units held in a wider integer, clamped into range.
-    pub(crate) fn saturating_from_i128(micros: i128) -> Money {
+    pub fn saturating_from_i128(micros: i128) -> Money {
         Money(i64::try_from(micros).unwrap_or(if micros < 0 { i64::MIN } else { i64::MAX }))
     }
 }

@@ -218,39 +218,104 @@ impl Pipeline {
     ///
     /// Linear in steps + needs (a topological order by Kahn's algorithm).
     pub fn critical_path_timeouts_ms(&self) -> Option<i64> {
-        let steps = &self.spec.steps;
-        let weights: Vec<i64> = steps
+        let weights: Vec<i64> = self
+            .spec
+            .steps
             .iter()
-            .map(|s| {
-                s.timeout
-                    .map(|secs| i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000))
-            })
+            .map(|s| s.timeout.map(secs_to_ms))
             .collect::<Option<_>>()?;
-        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
-        let mut waiting: Vec<usize> = self.needs.iter().map(Vec::len).collect();
-        for (i, deps) in self.needs.iter().enumerate() {
-            for &d in deps {
-                dependents[d].push(i);
-            }
-        }
-        // finish[i]: the latest a step ends, its own timeout after its needs'.
-        let mut finish: Vec<i64> = vec![0; steps.len()];
-        let mut ready: Vec<usize> = (0..steps.len()).filter(|&i| waiting[i] == 0).collect();
-        while let Some(i) = ready.pop() {
-            let starts = self.needs[i].iter().map(|&d| finish[d]).max().unwrap_or(0);
-            finish[i] = starts.saturating_add(weights[i]);
-            for &j in &dependents[i] {
-                waiting[j] -= 1;
-                if waiting[j] == 0 {
-                    ready.push(j);
-                }
-            }
-        }
-        finish.into_iter().max()
+        Some(critical_path(&self.needs, &weights))
     }
 }
 
+/// Time a run may hold its allocations around each attempt beyond the attempt's
+/// timeout: handing the attempt to its agent, the kill at the timeout and the
+/// report of its end.
+pub const ATTEMPT_SLACK_MS: i64 = 5_000;
+
+/// The longest a run of `steps` (with their `needs` resolved to indices) may
+/// hold its allocations: the critical path through `needs`, each step weighing
+/// every attempt it may make (`1 + retries`) for its timeout (the server's
+/// [`Limits::max_step_secs`] for a step without one, which the agent enforces)
+/// plus [`ATTEMPT_SLACK_MS`]. A hard budget admits a run on this bound, not on
+/// history. Saturating; linear in steps + needs.
+pub fn longest_run_ms(steps: &[StepSpec], needs: &[Vec<usize>], limits: &Limits) -> i64 {
+    let weights: Vec<i64> = steps
+        .iter()
+        .map(|s| {
+            let attempt =
+                secs_to_ms(limits.step_timeout_secs(s.timeout)).saturating_add(ATTEMPT_SLACK_MS);
+            attempt.saturating_mul(i64::from(s.retries).saturating_add(1))
+        })
+        .collect();
+    critical_path(needs, &weights)
+}
+
+fn secs_to_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+/// The heaviest chain through `needs` (`needs[i]`: the steps step `i` waits
+/// for), each step weighing `weights[i]`; 0 without steps. Kahn's algorithm.
+fn critical_path(needs: &[Vec<usize>], weights: &[i64]) -> i64 {
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); needs.len()];
+    let mut waiting: Vec<usize> = needs.iter().map(Vec::len).collect();
+    for (i, deps) in needs.iter().enumerate() {
+        for &d in deps {
+            if let Some(list) = dependents.get_mut(d) {
+                list.push(i);
+            }
+        }
+    }
+    // finish[i]: the latest a step ends, its own weight after its needs'.
+    let mut finish: Vec<i64> = vec![0; needs.len()];
+    let mut ready: Vec<usize> = (0..needs.len()).filter(|&i| waiting[i] == 0).collect();
+    while let Some(i) = ready.pop() {
+        let starts = needs[i]
+            .iter()
+            .map(|&d| finish.get(d).copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        finish[i] = starts.saturating_add(weights.get(i).copied().unwrap_or(0));
+        for &j in &dependents[i] {
+            waiting[j] -= 1;
+            if waiting[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    finish.into_iter().max().unwrap_or(0)
+}
+
 impl PipelineSpec {
+    /// A digest of what decides how long a run takes: each step's name,
+    /// command, needs, resources, pool, timeout and retries (64-bit FNV-1a of
+    /// their JSON). Estimates learn from the runs of a pipeline with the same
+    /// name and digest, so runs of other steps under the same name do not
+    /// teach them. Stable: the same steps give the same digest on every build.
+    pub fn content_key(&self) -> u64 {
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| {
+                let r = s.resources();
+                serde_json::json!([
+                    s.name,
+                    s.run,
+                    s.needs,
+                    [r.cpu_millis, r.memory_mib, r.gpu],
+                    s.pool,
+                    s.timeout,
+                    s.retries
+                ])
+            })
+            .collect();
+        let text = Value::Array(steps).to_string();
+        text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash: u64, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
     /// Parses a pipeline document (without its `kind`) and validates it within
     /// [`Limits::default`].
     pub fn parse(value: Value) -> Result<PipelineSpec, FieldError> {
@@ -335,12 +400,7 @@ impl PipelineSpec {
                 ));
             }
             limits.check_env(i, &step.env)?;
-            if step.timeout == Some(0) {
-                return Err(FieldError::new(
-                    format!("steps[{i}].timeout"),
-                    "must be greater than zero",
-                ));
-            }
+            limits.check_timeout(i, step.timeout)?;
         }
         let mut needs = Vec::with_capacity(self.steps.len());
         for (i, step) in self.steps.iter().enumerate() {
@@ -482,6 +542,67 @@ mod tests {
             step.timeout = Some(1);
         }
         assert_eq!(timed.critical_path_timeouts_ms(), Some(10_000_000));
+    }
+
+    #[test]
+    fn the_content_key_follows_the_steps_not_the_name_or_env() {
+        let spec = |name: &str, run: &str, env: &str| {
+            parse(json!({"name": name, "steps": [
+                {"name": "a", "run": run, "env": {"X": env}},
+                {"name": "b", "run": "true", "needs": ["a"], "pool": {"labels": {"z": "1", "a": "2"}}}
+            ]}))
+            .expect("valid")
+            .spec
+        };
+        let key = spec("p", "sleep 1", "1").content_key();
+        assert_eq!(spec("p", "sleep 1", "1").content_key(), key);
+        assert_eq!(spec("q", "sleep 1", "2").content_key(), key);
+        assert_ne!(spec("p", "true", "1").content_key(), key);
+        let mut timed = spec("p", "sleep 1", "1");
+        timed.steps[0].timeout = Some(5);
+        assert_ne!(timed.content_key(), key);
+        let mut bigger = spec("p", "sleep 1", "1");
+        bigger.steps[1].resources.cpu = Some(4000);
+        assert_ne!(bigger.content_key(), key);
+        // FNV-1a of the empty list of steps, "[]".
+        let empty = PipelineSpec {
+            steps: Vec::new(),
+            ..spec("p", "x", "1")
+        };
+        assert_eq!(empty.content_key(), 0x0961_2b07_b5ec_b5a5);
+    }
+
+    #[test]
+    fn the_longest_run_counts_every_attempt_and_the_server_timeout_of_untimed_steps() {
+        // a (10s, 2 retries) -> b (no timeout: 60s); c (30s) beside them.
+        let p = parse(json!({"name": "p", "steps": [
+            {"name": "a", "run": "x", "timeout": 10, "retries": 2},
+            {"name": "b", "run": "x", "needs": ["a"]},
+            {"name": "c", "run": "x", "timeout": "30s"}
+        ]}))
+        .expect("valid");
+        let limits = Limits {
+            max_step_secs: 60,
+            ..Limits::default()
+        };
+        let slack = ATTEMPT_SLACK_MS;
+        assert_eq!(
+            longest_run_ms(&p.spec.steps, &p.needs, &limits),
+            3 * (10_000 + slack) + 60_000 + slack
+        );
+        let mut retried = p.clone();
+        retried.spec.steps[2].retries = 9;
+        assert_eq!(
+            longest_run_ms(&retried.spec.steps, &retried.needs, &limits),
+            10 * (30_000 + slack)
+        );
+        let mut huge = p;
+        huge.spec.steps[0].retries = u32::MAX;
+        assert_eq!(
+            longest_run_ms(&huge.spec.steps, &huge.needs, &limits),
+            (10_000 + slack) * (i64::from(u32::MAX) + 1) + 60_000 + slack
+        );
+        assert_eq!(longest_run_ms(&[], &[], &limits), 0);
     }
 
     #[test]

@@ -44,6 +44,13 @@ impl PoolState {
     }
 }
 
+/// The largest price of one resource-hour (a core, a GiB or a gpu for an
+/// hour). At it, one resource held for a 31-day month costs 7.44e8 units
+/// (7.44e14 micro-units), so an `i64` of micro-units holds over 12,000 such
+/// resource-months before a sum saturates (every sum of money saturates, see
+/// [`crate::money`]).
+pub const MAX_PRICE: f64 = 1_000_000.0;
+
 /// Price per resource-hour, in the operator's currency.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +221,12 @@ impl PoolSpec {
                     format!("{v} is not a price (a number zero or more)"),
                 ));
             }
+            if v > MAX_PRICE {
+                return Err(FieldError::new(
+                    field,
+                    format!("{} is above the largest price, {MAX_PRICE}", short(v)),
+                ));
+            }
         }
         Ok(())
     }
@@ -221,6 +234,15 @@ impl PoolSpec {
     /// The written capacity (zero for a static pool, whose agents bring theirs).
     pub fn capacity(&self) -> Resources {
         self.capacity.or(Resources::ZERO)
+    }
+}
+
+/// A number as written in an error: `1e300`, not its 301 digits.
+fn short(v: f64) -> String {
+    if v.abs() >= 1e15 {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
     }
 }
 
@@ -258,6 +280,17 @@ mod tests {
         let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"cpu_hour": -1}}))
             .expect_err("negative price");
         assert_eq!(err.path, "price.cpu_hour");
+        let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"gpu_hour": 1e300}}))
+            .expect_err("too dear");
+        assert_eq!(
+            (err.path.as_str(), err.message.as_str()),
+            (
+                "price.gpu_hour",
+                "1e300 is above the largest price, 1000000"
+            )
+        );
+        PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"cpu_hour": MAX_PRICE}}))
+            .expect("the largest price");
         let err =
             PoolSpec::parse(json!({"name": "p", "provider": "static", "capacity": {"cpu": 1}}))
                 .expect_err("static with capacity");

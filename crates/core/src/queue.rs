@@ -6,9 +6,9 @@
 //! it admits: its cost follows the number of classes and admissions, not the
 //! length of the queue.
 //!
-//! A run's estimated cost is kept per run, not in its class: estimates follow
-//! each pipeline's history and differ from run to run, and in the class key
-//! they would split the queue into as many classes as runs. The controller
+//! The most a run may cost is kept per run, not in its class: bounds follow
+//! each pipeline's steps and timeouts and differ from run to run, and in the
+//! class key they would split the queue into as many classes as runs. The controller
 //! checks a budget per run, after its class's verdict (see `controller.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,9 +33,10 @@ pub struct QueuedRun {
     /// The run was admitted before and holds its other groups: it goes first
     /// and does not count against the tenant's runs again.
     pub readmit: bool,
-    /// What the run is expected to cost (see `metering::estimate_cost`), fixed
-    /// when it is submitted; zero when unknown. A hard budget reads it.
-    pub estimate: Money,
+    /// The most the run may cost: its groups at the dearest pool each may land
+    /// on, for the longest the run may take
+    /// ([`crate::pipeline::longest_run_ms`]). A hard budget admits on it.
+    pub bound: Money,
 }
 
 /// Identifies a class within one [`RunQueue`].
@@ -71,12 +72,12 @@ impl Class {
     }
 }
 
-/// Where a queued run is, and what it is expected to cost.
+/// Where a queued run is, and the most it may cost.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     class: ClassId,
     enqueued_at: Timestamp,
-    estimate: Money,
+    bound: Money,
 }
 
 /// Admission level: readmissions first, then by priority, higher first.
@@ -157,7 +158,7 @@ impl RunQueue {
             Entry {
                 class: id,
                 enqueued_at: run.enqueued_at,
-                estimate: run.estimate,
+                bound: run.bound,
             },
         );
     }
@@ -214,9 +215,9 @@ impl RunQueue {
         self.runs.get(&run).map(|e| e.enqueued_at)
     }
 
-    /// What a queued run is expected to cost (zero when it is not queued).
-    pub fn estimate(&self, run: RunId) -> Money {
-        self.runs.get(&run).map_or(Money::ZERO, |e| e.estimate)
+    /// The most a queued run may cost (zero when it is not queued).
+    pub fn bound(&self, run: RunId) -> Money {
+        self.runs.get(&run).map_or(Money::ZERO, |e| e.bound)
     }
 
     /// Levels, highest first, each with its tenants' classes.

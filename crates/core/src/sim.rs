@@ -390,7 +390,7 @@ impl Simulation {
                 enqueued_at: Timestamp(at),
                 groups,
                 readmit: false,
-                estimate,
+                bound: estimate,
             });
             self.runs.push(SimRun {
                 id,

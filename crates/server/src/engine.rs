@@ -259,7 +259,7 @@ impl Engine {
         let mut live = store.load_live().await?;
         let credentials = Credentials::default();
         credentials.load_live(&live);
-        let spend = SpendBook::replay(store.as_ref(), &mut live, now).await?;
+        let spend = SpendBook::replay(store.as_ref(), &mut live, now, config.limits).await?;
         let mut state = State::from_live(
             live,
             Self::replay_usage(store.as_ref(), &config, now).await?,
@@ -464,7 +464,8 @@ impl Engine {
         let now = self.now();
         let mut live = self.store.load_live().await?;
         let ledger = Self::replay_usage(self.store.as_ref(), &self.config, now).await?;
-        let spend = SpendBook::replay(self.store.as_ref(), &mut live, now).await?;
+        let spend =
+            SpendBook::replay(self.store.as_ref(), &mut live, now, self.config.limits).await?;
         self.credentials.load_live(&live);
         let seq = state.seq;
         *state = State::from_live(live, ledger, spend, now);
@@ -534,6 +535,16 @@ impl Engine {
         let snapshot = state.capacities();
         let tenant = &snapshot.tenants[&pipeline.spec.tenant];
         let verdict = check_ever_fits(&snapshot, tenant, &request.groups);
+        // A run that may cost more than a whole hard budget could never go in.
+        let bound = state.bound_of(
+            &pipeline.spec.tenant,
+            &request,
+            &pipeline.spec.steps,
+            &pipeline.needs,
+        );
+        if let Some(why) = state.past_whole_budget(&pipeline.spec.tenant, bound) {
+            return Err(EngineError::Conflict(why));
+        }
         let now = self.now();
         let id = state.next_run_id();
         let (run_state, reason, finished_at) = match verdict {
@@ -560,9 +571,11 @@ impl Engine {
             .collect();
         // What the pipeline's last successful runs held, for its estimate.
         let duration = expected_duration_ms(
-            state
-                .spend
-                .durations(&pipeline.spec.tenant, &pipeline.spec.name),
+            state.spend.durations(
+                &pipeline.spec.tenant,
+                &pipeline.spec.name,
+                pipeline.spec.content_key(),
+            ),
             timeouts,
             ms(self.config.default_run_duration),
         );

@@ -2,7 +2,8 @@
 //! recorded capacity (kept in the store as history, so that usage and idle
 //! capacity are priced over time), and what each tenant spent this month on
 //! allocations already closed. Open allocations are priced when asked, up to
-//! `now`. Budgets in the controller's snapshot come from here.
+//! `now`. Budgets in the controller's snapshot come from here, and the upper
+//! bound of each run that a hard budget admits on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -10,16 +11,20 @@ use std::sync::Arc;
 use corral_core::clock::Timestamp;
 use corral_core::controller::{BudgetView, Snapshot};
 use corral_core::ids::RunId;
+use corral_core::limits::Limits;
 use corral_core::metering::{
     CapacityChange, Grouping, Month, PriceChange, Span, Window, crossed_alerts, estimate_cost,
     slot_pieces, usage,
 };
 use corral_core::money::Money;
+use corral_core::pipeline::{StepSpec, longest_run_ms};
 use corral_core::pool::{Price, Provider};
 use corral_core::request::ResourceRequest;
 use corral_core::resources::Resources;
+use corral_core::tenant::Enforce;
 use corral_store::{
-    AlertFilter, AlertRecord, AllocationRecord, Live, Metered, SpanFilter, Store, UsageQuery, Write,
+    AlertFilter, AlertRecord, AllocationRecord, Live, Metered, RunRecord, SpanFilter, Store,
+    UsageQuery, Write,
 };
 
 use crate::state::State;
@@ -39,6 +44,8 @@ pub struct SpendBook {
     fired: BTreeSet<(String, String, i64)>,
     /// How long each pipeline's last successful runs held their allocations.
     durations: Durations,
+    /// The server's bounds on pipelines: the longest a step may run.
+    limits: Limits,
 }
 
 /// How many of a pipeline's last successful runs its estimate learns from.
@@ -49,17 +56,22 @@ const MAX_PIPELINES: usize = 10_000;
 /// How far back durations are read on start.
 const DURATIONS_SINCE_MS: i64 = 90 * 86_400_000;
 
-/// The last durations of each (tenant, pipeline), newest first, bounded.
+/// A pipeline's durations are known by its tenant, its name and the content
+/// of its steps (`PipelineSpec::content_key`): runs of other steps under the
+/// same name teach its estimate nothing.
+type PipelineKey = (String, String, u64);
+
+/// The last durations of each pipeline, newest first, bounded.
 #[derive(Debug, Default)]
 struct Durations {
-    by_pipeline: HashMap<(String, String), (u64, Vec<i64>)>,
+    by_pipeline: HashMap<PipelineKey, (u64, Vec<i64>)>,
     updates: u64,
 }
 
 impl Durations {
-    fn record(&mut self, tenant: &str, pipeline: &str, ms: i64) {
+    fn record(&mut self, tenant: &str, pipeline: &str, content: u64, ms: i64) {
         self.updates += 1;
-        let key = (tenant.to_string(), pipeline.to_string());
+        let key = (tenant.to_string(), pipeline.to_string(), content);
         if !self.by_pipeline.contains_key(&key) && self.by_pipeline.len() >= MAX_PIPELINES {
             let oldest = self
                 .by_pipeline
@@ -104,6 +116,7 @@ impl SpendBook {
         capacities: Vec<CapacityChange>,
         closed: BTreeMap<String, Money>,
         now: Timestamp,
+        limits: Limits,
     ) -> SpendBook {
         SpendBook {
             prices,
@@ -115,16 +128,19 @@ impl SpendBook {
             closed,
             fired: BTreeSet::new(),
             durations: Durations::default(),
+            limits,
         }
     }
 
     /// The book the store's histories (taken out of `live`) and this month's
     /// closed allocations make: the metered sums of the month's days, and the
-    /// allocations closed but not metered yet, priced.
+    /// allocations closed but not metered yet, priced. `limits` are the
+    /// server's, for the bounds of runs.
     pub async fn replay(
         store: &dyn Store,
         live: &mut Live,
         now: Timestamp,
+        limits: Limits,
     ) -> corral_store::Result<SpendBook> {
         let month = Month::containing(now.0);
         let sums = store
@@ -157,6 +173,7 @@ impl SpendBook {
             std::mem::take(&mut live.capacities),
             closed,
             now,
+            limits,
         );
         for s in unmetered.iter().filter(|s| s.end_ms.is_some()) {
             book.add_closed(s, now);
@@ -175,7 +192,8 @@ impl SpendBook {
         for p in store.recent_durations(since, ESTIMATE_HISTORY).await? {
             // Oldest first, so that the list ends newest first.
             for ms in p.durations.iter().rev() {
-                book.durations.record(&p.tenant, &p.pipeline, *ms);
+                book.durations
+                    .record(&p.tenant, &p.pipeline, p.content, *ms);
             }
         }
         Ok(book)
@@ -219,16 +237,17 @@ impl SpendBook {
         self.capacities.insert(change.pool.clone(), change.capacity);
     }
 
-    /// Counts a successful run of a pipeline that held its allocations for `ms`.
-    pub fn record_duration(&mut self, tenant: &str, pipeline: &str, ms: i64) {
-        self.durations.record(tenant, pipeline, ms.max(0));
+    /// Counts a successful run of a pipeline (its name and `content_key`) that
+    /// held its allocations for `ms`.
+    pub fn record_duration(&mut self, tenant: &str, pipeline: &str, content: u64, ms: i64) {
+        self.durations.record(tenant, pipeline, content, ms.max(0));
     }
 
-    /// The last durations of a tenant's pipeline, newest first.
-    pub fn durations(&self, tenant: &str, pipeline: &str) -> &[i64] {
+    /// The last durations of a tenant's pipeline with these steps, newest first.
+    pub fn durations(&self, tenant: &str, pipeline: &str, content: u64) -> &[i64] {
         self.durations
             .by_pipeline
-            .get(&(tenant.to_string(), pipeline.to_string()))
+            .get(&(tenant.to_string(), pipeline.to_string(), content))
             .map_or(&[], |(_, list)| list.as_slice())
     }
 
@@ -263,8 +282,9 @@ impl SpendBook {
 }
 
 impl State {
-    /// Each tenant's open allocations as spans, and what its admitted runs
-    /// are still expected to cost beyond what they cost so far.
+    /// Each tenant's open allocations as spans, and the most its admitted runs
+    /// may still cost: each run's upper bound less what it cost so far, not
+    /// below zero.
     fn open_and_running(
         &self,
         now: Timestamp,
@@ -281,8 +301,7 @@ impl State {
                 .map(|a| span(a, run.record.id))
                 .collect();
             let left = run
-                .record
-                .estimate
+                .bound
                 .saturating_sub(self.spend.so_far(&spans, now))
                 .max(Money::ZERO);
             let tenant = run.record.tenant.as_str();
@@ -422,6 +441,39 @@ impl State {
             .map(|(g, p)| (g.resources, p.as_slice()))
             .collect();
         estimate_cost(&groups, duration_ms)
+    }
+
+    /// The most a run may cost at the prices in force: each group at the
+    /// dearest pool it may land on, for the longest the run may take (every
+    /// attempt of each step on its critical path running to its timeout, the
+    /// server's `--max-step-duration` for a step without one). `needs` are its
+    /// steps' resolved `needs`.
+    pub fn upper_bound(&self, record: &RunRecord, needs: &[Vec<usize>]) -> Money {
+        self.bound_of(&record.tenant, &record.request, &record.spec.steps, needs)
+    }
+
+    /// [`State::upper_bound`] of a run not made yet.
+    pub fn bound_of(
+        &self,
+        tenant: &str,
+        request: &ResourceRequest,
+        steps: &[StepSpec],
+        needs: &[Vec<usize>],
+    ) -> Money {
+        let longest = longest_run_ms(steps, needs, &self.spend.limits);
+        self.estimate(tenant, request, longest)
+    }
+
+    /// Why a run that may cost `bound` can never be admitted under its
+    /// tenant's hard budget: it may cost more than the whole month's budget.
+    pub fn past_whole_budget(&self, tenant: &str, bound: Money) -> Option<String> {
+        let budget = self.tenants.get(tenant)?.spec.budget.as_ref()?;
+        (budget.enforce == Enforce::Hard && bound > budget.monthly).then(|| {
+            format!(
+                "the run may cost up to {bound} (every step running to its timeout, or {}s without one, at the dearest pool it may use), more than tenant {tenant}'s whole monthly budget of {} (hard)",
+                self.spend.limits.max_step_secs, budget.monthly
+            )
+        })
     }
 
     /// What a pool offers now: a static pool its live agents' capacity, any
@@ -594,18 +646,21 @@ mod tests {
     fn durations_are_kept_newest_first_and_bounded() {
         let mut d = Durations::default();
         for ms in 0..25 {
-            d.record("t", "p", ms);
+            d.record("t", "p", 7, ms);
         }
-        let list = &d.by_pipeline[&("t".to_string(), "p".to_string())].1;
+        d.record("t", "p", 8, 1_000);
+        let list = &d.by_pipeline[&("t".to_string(), "p".to_string(), 7)].1;
         assert_eq!(list.len(), ESTIMATE_HISTORY as usize);
         assert_eq!((list[0], list[19]), (24, 5));
+        let other = &d.by_pipeline[&("t".to_string(), "p".to_string(), 8)].1;
+        assert_eq!(other, &vec![1_000], "other steps under the same name");
         for i in 0..MAX_PIPELINES {
-            d.record("t", &format!("q{i}"), 1);
+            d.record("t", &format!("q{i}"), 7, 1);
         }
         assert_eq!(d.by_pipeline.len(), MAX_PIPELINES);
         assert!(
             !d.by_pipeline
-                .contains_key(&("t".to_string(), "p".to_string())),
+                .contains_key(&("t".to_string(), "p".to_string(), 7)),
             "the least recently updated is forgotten"
         );
     }

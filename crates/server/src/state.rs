@@ -10,6 +10,7 @@ use corral_core::controller::{
     AgentView, OpenAllocation, PoolView, Reason, Reservation, Snapshot, TenantView, admission_order,
 };
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
+use corral_core::money::Money;
 
 use corral_core::pool::Provider;
 use corral_core::queue::{ClassId, QueuedRun, RunQueue};
@@ -35,6 +36,9 @@ pub struct LiveRun {
     pub needs: Vec<Vec<usize>>,
     /// When its first allocation (of those known since the start) opened.
     pub held_since: Option<Timestamp>,
+    /// The most it may cost (`State::upper_bound`), at the prices in force when
+    /// it came into memory: what a hard budget admits it on.
+    pub bound: Money,
 }
 
 impl LiveRun {
@@ -57,6 +61,7 @@ impl LiveRun {
             allocations: Vec::new(),
             needs,
             held_since: None,
+            bound: Money::ZERO,
         }
     }
 
@@ -254,8 +259,12 @@ impl State {
                     if let (RunState::Succeeded, Some(since), Some(end)) =
                         (r.state, run.held_since, r.finished_at)
                     {
-                        self.spend
-                            .record_duration(&r.tenant, &r.pipeline, end.millis_since(since));
+                        self.spend.record_duration(
+                            &r.tenant,
+                            &r.pipeline,
+                            r.spec.content_key(),
+                            end.millis_since(since),
+                        );
                     }
                     for a in &run.attempts {
                         self.attempt_runs.remove(&a.id);
@@ -267,7 +276,9 @@ impl State {
             Write::PutRun(r) => match self.runs.get_mut(&r.id) {
                 Some(run) => run.record = r.clone(),
                 None => {
-                    self.runs.insert(r.id, LiveRun::new(r.clone()));
+                    let mut run = LiveRun::new(r.clone());
+                    run.bound = self.upper_bound(&run.record, &run.needs);
+                    self.runs.insert(r.id, run);
                 }
             },
             Write::PutStep(s) => {
@@ -441,7 +452,7 @@ impl State {
             enqueued_at: record.created_at,
             groups,
             readmit,
-            estimate: run.record.estimate,
+            bound: run.bound,
         };
         let shape = |groups: &[corral_core::request::GroupRequest]| -> Vec<_> {
             groups

@@ -348,5 +348,7 @@ pub struct UsageQuery {
 pub struct PipelineDurations {
     pub tenant: String,
     pub pipeline: String,
+    /// The runs' [`corral_core::pipeline::PipelineSpec::content_key`].
+    pub content: u64,
     pub durations: Vec<i64>,
 }

@@ -621,6 +621,9 @@ async fn metering(store: &dyn Store) {
         vec![PipelineDurations {
             tenant: "acme".into(),
             pipeline: "p".into(),
+            content: run_record(50, "acme", RunState::Succeeded)
+                .spec
+                .content_key(),
             durations: vec![3_000, 500],
         }],
         "newest first; the open run of nightly has none"

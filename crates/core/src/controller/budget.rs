@@ -6,8 +6,8 @@ use crate::tenant::{BudgetSpec, Enforce};
 
 use super::{Limit, Reason, ReasonCode, TenantView};
 
-/// A tenant's budget for the month of the cycle, with what is spent and what is
-/// expected of its running runs.
+/// A tenant's budget for the month of the cycle, with what is spent and the
+/// most its running runs may still cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetView {
     /// The budget for the month.
@@ -18,10 +18,10 @@ pub struct BudgetView {
     pub month: String,
     /// What the tenant has spent in the month so far (`metering::month_to_date`).
     pub spent: Money,
-    /// What its admitted runs are still expected to cost, beyond what `spent`
-    /// already counts: for each, its estimate less what it has cost so far, and
-    /// not below zero. An admission in a cycle adds its estimate here for the
-    /// rest of the cycle.
+    /// The most its admitted runs may still cost, beyond what `spent` already
+    /// counts: for each, its upper bound less what it has cost so far, and not
+    /// below zero. An admission in a cycle adds its bound here for the rest of
+    /// the cycle.
     pub running: Money,
 }
 
@@ -37,21 +37,20 @@ impl BudgetView {
         }
     }
 
-    /// What is spent or expected of the runs already admitted.
+    /// What is spent, and the most the runs already admitted may still cost.
     pub fn committed(&self) -> Money {
         self.spent.saturating_add(self.running)
     }
 }
 
-/// A hard budget: the run waits when what is spent, what its tenant's running
-/// runs are expected to cost and its own estimate come to more than the budget.
-/// A soft budget (or none) never stops a run.
-pub(super) fn check_budget(tenant: &TenantView, estimate: Money) -> Result<(), Reason> {
+/// A hard budget: the run waits when what is spent, the most its tenant's
+/// running runs may still cost and its own upper bound come to more than the
+/// budget. A soft budget (or none) never stops a run.
+pub(super) fn check_budget(tenant: &TenantView, bound: Money) -> Result<(), Reason> {
     let Some(budget) = &tenant.budget else {
         return Ok(());
     };
-    if budget.enforce != Enforce::Hard
-        || budget.committed().saturating_add(estimate) <= budget.monthly
+    if budget.enforce != Enforce::Hard || budget.committed().saturating_add(bound) <= budget.monthly
     {
         return Ok(());
     }
@@ -60,7 +59,7 @@ pub(super) fn check_budget(tenant: &TenantView, estimate: Money) -> Result<(), R
     Err(Reason {
         code: ReasonCode::TenantBudget,
         message: format!(
-            "{scope}: budget {} for {}, spent {}, running {}, run needs about {estimate}",
+            "{scope}: budget {} for {}, spent {}, running runs may cost {} more, run may cost {bound}",
             budget.monthly, budget.month, budget.spent, budget.running
         ),
         limits: vec![Limit {
@@ -68,7 +67,7 @@ pub(super) fn check_budget(tenant: &TenantView, estimate: Money) -> Result<(), R
             dimension: "budget".into(),
             in_use: micros(budget.committed()),
             limit: micros(budget.monthly),
-            needs: micros(estimate),
+            needs: micros(bound),
         }],
     })
 }

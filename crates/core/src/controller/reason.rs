@@ -114,7 +114,7 @@ impl Limit {
                 .saturating_add(self.needs)
                 .saturating_sub(self.limit);
             return format!(
-                "{scope} has {} of its budget of {} spent or expected of its running runs, and the run needs about {}: it gets in when the budget is raised by {}, when running runs end up costing less than expected, or when the next month begins.",
+                "{scope} has {} of its budget of {} spent or held for what its running runs may cost at most, and the run may cost up to {}: it gets in when the budget is raised by {}, when running runs end, or when the next month begins.",
                 self.format(self.in_use),
                 self.format(self.limit),
                 self.format(self.needs),

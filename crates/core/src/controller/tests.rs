@@ -43,7 +43,7 @@ fn run(id: i64, tenant: &str, cpu: u64) -> QueuedRun {
             steps: vec![0],
         }],
         readmit: false,
-        estimate: Money::ZERO,
+        bound: Money::ZERO,
     }
 }
 
@@ -536,7 +536,7 @@ fn budgeted(name: &str, enforce: Enforce, monthly: &str, spent: &str, running: &
 }
 
 fn costing(mut run: QueuedRun, estimate: &str) -> QueuedRun {
-    run.estimate = units(estimate);
+    run.bound = units(estimate);
     run
 }
 
@@ -556,7 +556,7 @@ fn a_hard_budget_holds_a_run_whose_estimate_would_pass_it() {
     assert_eq!(reason.code, ReasonCode::TenantBudget);
     assert_eq!(
         reason.message,
-        "tenant acme: budget 500.00 for 2026-11, spent 483.10, running 9.20, run needs about 12.40"
+        "tenant acme: budget 500.00 for 2026-11, spent 483.10, running runs may cost 9.20 more, run may cost 12.40"
     );
     assert_eq!(
         reason.limits,
@@ -570,13 +570,64 @@ fn a_hard_budget_holds_a_run_whose_estimate_would_pass_it() {
     );
     assert_eq!(
         reason.explain(),
-        "It waits for its tenant's monthly budget, which is enforced (hard): tenant acme: budget 500.00 for 2026-11, spent 483.10, running 9.20, run needs about 12.40. \
-         Tenant acme has 492.30 of its budget of 500.00 spent or expected of its running runs, and the run needs about 12.40: \
-         it gets in when the budget is raised by 4.70, when running runs end up costing less than expected, or when the next month begins."
+        "It waits for its tenant's monthly budget, which is enforced (hard): tenant acme: budget 500.00 for 2026-11, spent 483.10, running runs may cost 9.20 more, run may cost 12.40. \
+         Tenant acme has 492.30 of its budget of 500.00 spent or held for what its running runs may cost at most, and the run may cost up to 12.40: \
+         it gets in when the budget is raised by 4.70, when running runs end, or when the next month begins."
     );
     // Exactly up to the budget is within it.
     let d = decide_list(&snap, vec![costing(run(1, "acme", 1), "7.70")]);
     assert_eq!(d.admitted(), vec![1]);
+}
+
+/// Cycle after cycle, each admitted run spends anything up to its bound
+/// (here all of it, over two cycles) and then ends: whatever the runs cost,
+/// the spend never passes a hard budget, and the runs that no longer fit wait.
+#[test]
+fn spend_never_passes_a_hard_budget_admitting_on_bounds() {
+    let monthly = units("40");
+    let bound = units("8");
+    let mut spent = units("3");
+    // Running runs: (id, what each has spent so far).
+    let mut running: Vec<(i64, Money)> = Vec::new();
+    let mut queue: Vec<QueuedRun> = (1..=12).map(|i| costing(run(i, "acme", 1), "8")).collect();
+    let mut admitted = 0;
+    for _cycle in 0..20 {
+        let left: Money = running
+            .iter()
+            .map(|(_, so_far)| bound.saturating_sub(*so_far))
+            .sum();
+        let acme = {
+            let mut t = budgeted("acme", Enforce::Hard, "40", "0", "0");
+            let view = t.budget.as_mut().expect("a budget");
+            view.spent = spent;
+            view.running = left;
+            t.runs = running.len() as u64;
+            t
+        };
+        let snap = snapshot(vec![pool("p", 64, 64)], vec![acme]);
+        let d = decide_list(&snap, queue.clone());
+        for id in d.admitted() {
+            queue.retain(|r| r.id.0 != id);
+            running.push((id, Money::ZERO));
+            admitted += 1;
+        }
+        // Half its bound per cycle: it ends after two.
+        for (_, so_far) in &mut running {
+            let half = Money::from_micros(bound.micros() / 2);
+            *so_far = so_far.saturating_add(half);
+            spent = spent.saturating_add(half);
+        }
+        running.retain(|(_, so_far)| *so_far < bound);
+        assert!(spent <= monthly, "spent {spent} of {monthly}");
+    }
+    // 37.00 of room: four runs of 8.00, then nothing more fits.
+    assert_eq!((admitted, spent), (4, units("35")));
+    let acme = budgeted("acme", Enforce::Hard, "40", "35", "0");
+    let d = decide_list(&snapshot(vec![pool("p", 64, 64)], vec![acme]), queue);
+    assert_eq!(
+        d.reason(5).message,
+        "tenant acme: budget 40.00 for 2026-11, spent 35.00, running runs may cost 0.00 more, run may cost 8.00"
+    );
 }
 
 #[test]
@@ -586,7 +637,7 @@ fn a_spent_hard_budget_holds_even_runs_of_no_known_cost() {
     let d = decide_list(&snap, vec![run(1, "acme", 1)]);
     assert_eq!(d.reason(1).code, ReasonCode::TenantBudget);
     assert!(
-        d.reason(1).message.ends_with("run needs about 0.00"),
+        d.reason(1).message.ends_with("run may cost 0.00"),
         "{}",
         d.reason(1).message
     );
@@ -601,7 +652,7 @@ fn admissions_add_their_estimates_for_the_rest_of_the_cycle() {
     assert_eq!(d.admitted(), vec![1, 2, 3]);
     assert_eq!(
         d.reason(4).message,
-        "tenant acme: budget 10.00 for 2026-11, spent 1.00, running 9.00, run needs about 3.00"
+        "tenant acme: budget 10.00 for 2026-11, spent 1.00, running runs may cost 9.00 more, run may cost 3.00"
     );
 }
 
@@ -651,7 +702,7 @@ fn each_run_is_admitted_on_its_own_estimate() {
     assert_eq!(d.admitted(), vec![1, 2]);
     assert_eq!(
         d.reason(4).message,
-        "tenant acme: budget 10.00 for 2026-11, spent 0.00, running 9.00, run needs about 4.00"
+        "tenant acme: budget 10.00 for 2026-11, spent 0.00, running runs may cost 9.00 more, run may cost 4.00"
     );
     // A run of another shape is its own class and gets its own turn.
     let mut small = costing(run(5, "acme", 2), "1");
@@ -679,7 +730,7 @@ fn the_budget_is_named_with_the_other_limits_in_the_way() {
     assert_eq!(reason.code, ReasonCode::TenantBudget);
     assert_eq!(
         reason.message,
-        "tenant acme: budget 10.00 for 2026-11, spent 10.00, running 0.00, run needs about 1.00; also tenant acme: cpu 1/1 in use, run needs 1"
+        "tenant acme: budget 10.00 for 2026-11, spent 10.00, running runs may cost 0.00 more, run may cost 1.00; also tenant acme: cpu 1/1 in use, run needs 1"
     );
     let dimensions: Vec<&str> = reason.limits.iter().map(|l| l.dimension.as_str()).collect();
     assert_eq!(dimensions, vec!["budget", "cpu"]);
@@ -800,7 +851,7 @@ fn arb_case() -> impl Strategy<Value = (Snapshot, Vec<QueuedRun>, i64)> {
             .enumerate()
             .map(|(i, &(t, cpu, p, prio, at, estimate))| {
                 let mut r = run(i as i64, &format!("t{}", t % tenant_views.len()), cpu);
-                r.estimate = Money::from_micros(estimate);
+                r.bound = Money::from_micros(estimate);
                 r.priority = prio;
                 r.enqueued_at = Timestamp(at);
                 match p {
@@ -867,7 +918,7 @@ proptest! {
             prop_assert!(t.used.fits_in(&t.quota.resources));
             prop_assert!(t.runs <= t.quota.runs);
             if let Some(budget) = t.budget.as_mut() {
-                budget.running = budget.running.saturating_add(q.estimate);
+                budget.running = budget.running.saturating_add(q.bound);
                 if budget.enforce == Enforce::Hard {
                     prop_assert!(budget.committed() <= budget.monthly, "over budget: {budget:?}");
                 }

@@ -67,7 +67,7 @@ fn queued(id: i64, tenant: &str, selector: PoolSelector, resources: Resources) -
             steps: vec![0],
         }],
         readmit: false,
-        estimate: Money::ZERO,
+        bound: Money::ZERO,
     }
 }
 

@@ -706,9 +706,10 @@ async fn list_queue(
 }
 
 /// Submit a pipeline: answers 201 with the run, `queued`, or `rejected` with its
-/// reason when it can never fit.
+/// reason when it can never fit; 409 when it may cost more than its tenant's
+/// whole hard budget.
 #[utoipa::path(post, path = "/api/v1/runs", request_body(content((PipelineDocument = "application/json"), (PipelineDocument = "application/yaml")), description = "A Pipeline document, YAML or JSON"),
-    responses((status = 201, body = RunView), (status = 503, body = ErrorBody)))]
+    responses((status = 201, body = RunView), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn submit_run(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,

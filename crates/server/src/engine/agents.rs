@@ -392,7 +392,7 @@ impl Engine {
                 step: step.name.clone(),
                 command: step.run.clone(),
                 env,
-                timeout_secs: step.timeout,
+                timeout_secs: Some(self.config.limits.step_timeout_secs(step.timeout)),
                 workspace: format!("run-{}", run.record.id),
                 max_output_bytes: Some(self.config.output.max_output_bytes),
             });

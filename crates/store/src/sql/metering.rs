@@ -9,6 +9,7 @@ use corral_core::metering::{
     CapacityChange, PriceChange, SlotPiece, SlotUsage, Span, Usage, day_start,
 };
 use corral_core::money::Money;
+use corral_core::pipeline::PipelineSpec;
 use corral_core::resources::ResourceTime;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
@@ -289,10 +290,12 @@ pub(super) async fn meter_all(conn: &mut sqlx::AnyConnection, batch: &[&Metered]
         let sql = format!(
             "INSERT INTO usage_slots (slot, tenant, pool, pipeline, cpu_milli_ms, memory_mib_ms, gpu_ms, cost) \
              VALUES {} ON CONFLICT (slot, tenant, pool, pipeline) DO UPDATE SET \
-             cpu_milli_ms = usage_slots.cpu_milli_ms + excluded.cpu_milli_ms, \
-             memory_mib_ms = usage_slots.memory_mib_ms + excluded.memory_mib_ms, \
-             gpu_ms = usage_slots.gpu_ms + excluded.gpu_ms, cost = usage_slots.cost + excluded.cost",
-            rows.join(", ")
+             cpu_milli_ms = {}, memory_mib_ms = {}, gpu_ms = {}, cost = {}",
+            rows.join(", "),
+            added("cpu_milli_ms"),
+            added("memory_mib_ms"),
+            added("gpu_ms"),
+            added("cost"),
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for ((slot, tenant, pool, pipeline), sum) in chunk {
@@ -308,6 +311,37 @@ pub(super) async fn meter_all(conn: &mut sqlx::AnyConnection, batch: &[&Metered]
         query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// A slot's `column` plus the one being added, saturating at the largest
+/// BIGINT (both are never negative): PostgreSQL refuses an overflow.
+fn added(column: &str) -> String {
+    format!(
+        "CASE WHEN usage_slots.{column} > {max} - excluded.{column} THEN {max} \
+         ELSE usage_slots.{column} + excluded.{column} END",
+        max = i64::MAX
+    )
+}
+
+/// Half of a column summed exactly: SQL's `SUM` of BIGINTs fails on overflow
+/// (SQLite's with "integer overflow", and PostgreSQL's cast back to BIGINT),
+/// so each column is summed as its high and low 32 bits, which cannot overflow
+/// below 2^31 rows, and put together in Rust ([`wide`]).
+const HALF: i64 = 1 << 32;
+
+/// `SUM(column)` as two BIGINT columns `{name}_hi` and `{name}_lo`.
+fn split_sum(column: &str, name: &str) -> String {
+    format!(
+        "CAST(COALESCE(SUM({column} / {HALF}), 0) AS BIGINT) AS {name}_hi, \
+         CAST(COALESCE(SUM({column} % {HALF}), 0) AS BIGINT) AS {name}_lo"
+    )
+}
+
+/// The exact sum a [`split_sum`] read.
+fn wide(row: &AnyRow, name: &str) -> Result<i128> {
+    let hi: i64 = row.try_get(format!("{name}_hi").as_str())?;
+    let lo: i64 = row.try_get(format!("{name}_lo").as_str())?;
+    Ok(i128::from(hi) * i128::from(HALF) + i128::from(lo))
 }
 
 /// `count` numbered placeholders from `$first`, separated by commas.
@@ -351,11 +385,12 @@ async fn sums(
     };
     let (scoped, values) = scope(3, [("tenant", &query.tenant), ("pool", &query.pool)]);
     let sql = format!(
-        "SELECT {}, COUNT(*) AS n, CAST(COALESCE(SUM(cpu_milli_ms), 0) AS BIGINT) AS cpu, \
-         CAST(COALESCE(SUM(memory_mib_ms), 0) AS BIGINT) AS memory, \
-         CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) AS gpu, CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS cost \
-         FROM {table} WHERE {condition}{scoped}{group_by}",
-        select.join(", ")
+        "SELECT {}, COUNT(*) AS n, {}, {}, {}, {} FROM {table} WHERE {condition}{scoped}{group_by}",
+        select.join(", "),
+        split_sum("cpu_milli_ms", "cpu"),
+        split_sum("memory_mib_ms", "memory"),
+        split_sum("gpu_ms", "gpu"),
+        split_sum("cost", "cost"),
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(first)
@@ -375,11 +410,11 @@ async fn sums(
             slot_ms: row.try_get("slot")?,
             usage: Usage {
                 time: ResourceTime {
-                    cpu_milli_ms: row.try_get::<i64, _>("cpu")?.into(),
-                    memory_mib_ms: row.try_get::<i64, _>("memory")?.into(),
-                    gpu_ms: row.try_get::<i64, _>("gpu")?.into(),
+                    cpu_milli_ms: wide(&row, "cpu")?,
+                    memory_mib_ms: wide(&row, "memory")?,
+                    gpu_ms: wide(&row, "gpu")?,
                 },
-                cost: Money::from_micros(row.try_get("cost")?),
+                cost: Money::saturating_from_i128(wide(&row, "cost")?),
             },
         });
     }
@@ -440,35 +475,41 @@ pub(super) async fn recent_durations(
     per_pipeline: u32,
 ) -> Result<Vec<PipelineDurations>> {
     let rows = sqlx::query(
-        "SELECT tenant, pipeline, held FROM ( \
-           SELECT r.id, r.tenant, r.pipeline, r.finished_at - MIN(a.opened_at) AS held, \
+        "SELECT tenant, pipeline, spec, held FROM ( \
+           SELECT r.id, r.tenant, r.pipeline, r.spec, r.finished_at - MIN(a.opened_at) AS held, \
              ROW_NUMBER() OVER (PARTITION BY r.tenant, r.pipeline ORDER BY r.id DESC) AS n \
            FROM runs r JOIN allocations a ON a.run_id = r.id \
            WHERE r.state = 'succeeded' AND r.finished_at >= $1 \
-           GROUP BY r.id, r.tenant, r.pipeline, r.finished_at) recent \
+           GROUP BY r.id, r.tenant, r.pipeline, r.spec, r.finished_at) recent \
          WHERE n <= $2 ORDER BY tenant, pipeline, id DESC",
     )
     .bind(since.0)
     .bind(i64::from(per_pipeline))
     .fetch_all(pool)
     .await?;
-    let mut found: Vec<PipelineDurations> = Vec::new();
+    // The last runs of each name, split by their steps' content, newest first.
+    let mut found: BTreeMap<(String, String, u64), Vec<i64>> = BTreeMap::new();
     for row in &rows {
         let tenant: String = row.try_get("tenant")?;
         let pipeline: String = row.try_get("pipeline")?;
+        let spec: PipelineSpec = from_json("pipeline spec", &row.try_get::<String, _>("spec")?)?;
         let held = row.try_get::<i64, _>("held")?.max(0);
-        match found.last_mut() {
-            Some(last) if last.tenant == tenant && last.pipeline == pipeline => {
-                last.durations.push(held)
-            }
-            _ => found.push(PipelineDurations {
+        found
+            .entry((tenant, pipeline, spec.content_key()))
+            .or_default()
+            .push(held);
+    }
+    Ok(found
+        .into_iter()
+        .map(
+            |((tenant, pipeline, content), durations)| PipelineDurations {
                 tenant,
                 pipeline,
-                durations: vec![held],
-            }),
-        }
-    }
-    Ok(found)
+                content,
+                durations,
+            },
+        )
+        .collect())
 }
 
 pub(super) async fn put_alert(conn: &mut sqlx::AnyConnection, a: &AlertRecord) -> Result<()> {

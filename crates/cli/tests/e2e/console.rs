@@ -808,13 +808,14 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
         )
         .await
         .expect("the cancel form's CSRF token");
+    // Another tenant's run is not found, exactly as a run that does not exist.
     browser.goto(&format!("/runs/{other}")).await;
-    assert_eq!(browser.status().await, 403);
+    assert_eq!(browser.status().await, 404);
     assert_eq!(
         browser.client.title().await.expect("title"),
-        "Not allowed · corral"
+        "Not found · corral"
     );
-    assert_eq!(browser.text("main h1").await, "Not allowed");
+    assert_eq!(browser.text("main h1").await, "Not found");
     browser.goto("/queue").await;
     let listed = browser
         .client
@@ -873,15 +874,15 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
         format!("csrf={csrf}"),
     )
     .await;
-    assert_eq!(status, 403, "cancelling another tenant's run: {page}");
-    // Its log is not readable either.
+    assert_eq!(status, 404, "cancelling another tenant's run: {page}");
+    // Its log is not found either.
     let log = http
         .get(format!("{}/runs/{other}/log", server.url))
         .header("cookie", format!("corral_session={token}"))
         .send()
         .await
         .expect("a GET");
-    assert_eq!(log.status().as_u16(), 403);
+    assert_eq!(log.status().as_u16(), 404);
     for id in [own, other] {
         assert_eq!(server.run(id).await["state"], "running", "run {id} goes on");
     }

@@ -1,11 +1,11 @@
-//! Slow clients: hundreds of half-sent requests do not keep another client
-//! from submitting and following a run, and they are closed after the read
-//! timeouts.
+//! Slow clients: hundreds of half-sent requests (from two addresses, each
+//! within the per-address cap) do not keep another client from submitting and
+//! following a run, and they are closed after the read timeouts.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 use crate::harness::{Server, StoreKind};
 
@@ -28,11 +28,21 @@ async fn half_sent_requests_neither_starve_others_nor_stay_open() {
     )
     .await;
     server.apply(CLUSTER).await;
-    let addr = server.url.trim_start_matches("http://").to_string();
-    // 250 requests stop in their headers, 250 in their bodies.
+    let addr: std::net::SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the server's address");
+    // 250 requests stop in their headers, 250 in their bodies, half of each
+    // from 127.0.0.2 and half from 127.0.0.3 (the other client is 127.0.0.1).
     let mut slow = Vec::new();
-    for i in 0..500 {
-        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    for i in 0..500u16 {
+        let socket = TcpSocket::new_v4().expect("a socket");
+        let source = std::net::Ipv4Addr::new(127, 0, 0, if i < 250 { 2 } else { 3 });
+        socket
+            .bind((source, 0).into())
+            .expect("bind the source address");
+        let mut stream = socket.connect(addr).await.expect("connect");
         let head = if i % 2 == 0 {
             "POST /api/v1/runs HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_string()
         } else {

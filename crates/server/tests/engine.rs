@@ -806,15 +806,20 @@ async fn a_tenant_token_submits_and_cancels_for_its_tenant_only_and_cancels_are_
         h.engine.submit(&a, &named_b).await,
         Err(EngineError::Forbidden(_))
     ));
-    assert!(matches!(
-        h.engine.cancel(&b, run.id).await,
-        Err(EngineError::Forbidden(_))
-    ));
+    // Another tenant's run is not found, exactly as one that does not exist.
+    let missing = RunId(run.id.0 + 1_000);
+    let unknown = h.engine.cancel(&b, missing).await.expect_err("no such run");
+    let hidden = h.engine.cancel(&b, run.id).await.expect_err("hidden");
+    assert!(matches!(hidden, EngineError::NotFound { what: "run", .. }));
+    assert_eq!(
+        hidden.to_string().replace(&run.id.to_string(), "ID"),
+        unknown.to_string().replace(&missing.to_string(), "ID")
+    );
     h.engine.cancel(&a, run.id).await.expect("its own");
-    // An ended run of another tenant is refused as such, not reported ended.
+    // An ended run of another tenant is hidden too, not reported ended.
     assert!(matches!(
         h.engine.cancel(&b, run.id).await,
-        Err(EngineError::Forbidden(_))
+        Err(EngineError::NotFound { what: "run", .. })
     ));
     let audit = h
         .engine

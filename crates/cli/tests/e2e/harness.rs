@@ -174,17 +174,31 @@ impl Server {
         self.wait_ready().await;
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until `/healthz` answers 200; fails at once, with the log, if
+    /// the server exits first.
+    async fn wait_ready(&mut self) {
         let url = format!("{}/healthz", self.url);
-        eventually(
-            &format!("the server to come up; log:\n{}", self.log()),
-            Duration::from_secs(30),
-            || async {
-                let answer = self.http.get(&url).send().await;
-                answer.is_ok_and(|r| r.status().is_success()).then_some(())
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self.http.get(&url).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "the server exited ({status}) before it came up; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the server to come up; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The server process's id.

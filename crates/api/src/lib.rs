@@ -296,11 +296,8 @@ pub struct RegisterRequest {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub incarnation: Option<String>,
-    /// `cpu_millis` and `memory_mib` above zero.
     #[schema(schema_with = agent_capacity)]
     pub capacity: ResourcesView,
-    /// At most 64; each key a name, each value up to 63 letters, digits, '-',
-    /// '_' or '.'.
     #[serde(default)]
     #[schema(schema_with = agent_labels)]
     pub labels: BTreeMap<String, String>,
@@ -311,6 +308,7 @@ pub struct RegisterRequest {
 fn agent_capacity() -> utoipa::openapi::Object {
     serde_json::from_value(serde_json::json!({
         "type": "object",
+        "description": "Resources in base units; cpu and memory above zero",
         "required": ["cpu_millis", "memory_mib", "gpu"],
         "properties": {
             "cpu_millis": {"type": "integer", "minimum": 1, "maximum": u64::MAX},
@@ -325,6 +323,7 @@ fn agent_capacity() -> utoipa::openapi::Object {
 fn agent_labels() -> utoipa::openapi::Object {
     serde_json::from_value(serde_json::json!({
         "type": "object",
+        "description": "At most 64; each key a name, each value up to 63 letters, digits, '-', '_' or '.'",
         "maxProperties": 64,
         "propertyNames": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"},
         "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9._-]{0,63}$"},
@@ -406,8 +405,10 @@ pub struct ReportRequest {
     pub error: Option<String>,
 }
 
-/// A token to create. The secret is in the answer, once.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// A token to create. The secret is in the answer, once. Its schema in the
+/// OpenAPI document is the server's (`TokenRequest`), which ties the role to
+/// the tenant or pool it binds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
     pub name: String,

@@ -370,7 +370,10 @@ impl PartialSchema for TokenRequest {
     fn schema() -> RefOr<Schema> {
         let name = json!({"type": "string", "pattern": NAME_PATTERN});
         let absent = json!({"type": "null"});
-        let token = |roles: &[&str], description: &str, tenant: &serde_json::Value, pool: &serde_json::Value| {
+        let token = |roles: &[&str],
+                     description: &str,
+                     tenant: &serde_json::Value,
+                     pool: &serde_json::Value| {
             let mut required = vec!["name", "role"];
             if tenant == &name {
                 required.push("tenant");
@@ -494,6 +497,18 @@ mod tests {
             names, 8,
             "pools and tenants: get, put, delete; tokens: delete; a tenant's summary"
         );
+    }
+
+    #[test]
+    fn the_smallest_budget_is_the_smallest_that_does_not_round_to_zero() {
+        use corral_core::money::Money;
+        let tenant = tenant_schema(false);
+        let least = tenant["properties"]["budget"]["properties"]["monthly"]["minimum"]
+            .as_f64()
+            .expect("budget.monthly has a minimum");
+        assert!(Money::from_units(least).expect("in range") > Money::ZERO);
+        let below = f64::from_bits(least.to_bits() - 1);
+        assert_eq!(Money::from_units(below).expect("in range"), Money::ZERO);
     }
 
     #[test]

@@ -282,19 +282,53 @@ pub struct Applied {
 /// An agent joining a pool.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
     pub pool: String,
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
     pub name: String,
     /// Identifies the agent's work directory: an agent restarted from it
     /// replaces its earlier self at once; another under the same name is refused.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub instance: Option<String>,
     /// Random per start of the agent process: a registration retried by the
     /// same process carries the same incarnation, a restarted agent a new one.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub incarnation: Option<String>,
+    #[schema(schema_with = agent_capacity)]
     pub capacity: ResourcesView,
     #[serde(default)]
+    #[schema(schema_with = agent_labels)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// The schema of an agent's capacity: resources in base units, some cpu and
+/// memory.
+fn agent_capacity() -> utoipa::openapi::Object {
+    serde_json::from_value(serde_json::json!({
+        "type": "object",
+        "description": "Resources in base units; cpu and memory above zero",
+        "required": ["cpu_millis", "memory_mib", "gpu"],
+        "properties": {
+            "cpu_millis": {"type": "integer", "minimum": 1, "maximum": u64::MAX},
+            "memory_mib": {"type": "integer", "minimum": 1, "maximum": u64::MAX},
+            "gpu": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
+        },
+    }))
+    .expect("a hand-written schema is valid")
+}
+
+/// The schema of an agent's labels (`agent_fields.rs` in the server checks them).
+fn agent_labels() -> utoipa::openapi::Object {
+    serde_json::from_value(serde_json::json!({
+        "type": "object",
+        "description": "At most 64; each key a name, each value up to 63 letters, digits, '-', '_' or '.'",
+        "maxProperties": 64,
+        "propertyNames": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"},
+        "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9._-]{0,63}$"},
+    }))
+    .expect("a hand-written schema is valid")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -371,8 +405,10 @@ pub struct ReportRequest {
     pub error: Option<String>,
 }
 
-/// A token to create. The secret is in the answer, once.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+/// A token to create. The secret is in the answer, once. Its schema in the
+/// OpenAPI document is the server's (`TokenRequest`), which ties the role to
+/// the tenant or pool it binds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
     pub name: String,

@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 
 use axum::http::StatusCode;
+use corral_core::pool::MAX_PRICE;
+use corral_core::resources::MAX_QUANTITY;
 use corral_core::tenant::{MAX_ALERT_AT, MAX_ALERTS, MAX_MONTHLY};
 use serde_json::json;
 use utoipa::openapi::path::Operation;
@@ -121,6 +123,46 @@ fn name_schema(description: &str) -> serde_json::Value {
     json!({"type": "string", "pattern": NAME_PATTERN, "description": description})
 }
 
+/// `cpu`, `memory` and `gpu`, each at least `least` (`gpu` a count; `cpu` and
+/// `memory` quantities such as 1.5, 500m, 512Mi or 4Gi).
+fn resources_schema(description: &str, least: u64) -> serde_json::Value {
+    json!({
+        "type": "object",
+        "description": description,
+        "additionalProperties": false,
+        "properties": {
+            "cpu": {"type": ["number", "string"]},
+            "memory": {"type": "string", "description": "With its unit: Mi, Gi or Ti"},
+            "gpu": {"type": "integer", "minimum": least, "maximum": MAX_QUANTITY},
+        },
+    })
+}
+
+/// A tenant's limits: `cpu` and `memory` quantities, counts of `gpu` and
+/// `runs`; a field left out is unlimited.
+fn quota_schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "cpu": {"type": ["number", "string"]},
+            "memory": {"type": "string", "description": "With its unit: Mi, Gi or Ti"},
+            "gpu": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
+            "runs": {"type": "integer", "minimum": 0, "maximum": u64::MAX},
+        },
+    })
+}
+
+fn price_schema() -> serde_json::Value {
+    let price = json!({"type": "number", "minimum": 0, "maximum": MAX_PRICE});
+    json!({
+        "type": "object",
+        "description": "Money per resource-hour, zero (left out) to 1,000,000",
+        "additionalProperties": false,
+        "properties": {"cpu_hour": price, "memory_gib_hour": price, "gpu_hour": price},
+    })
+}
+
 /// A document of a kind: `kind`, if given, must be `kind`.
 fn kind_schema(kind: &str, required: bool) -> serde_json::Value {
     let mut schema = json!({"type": "string", "enum": [kind]});
@@ -145,15 +187,15 @@ fn pool_schema(kind_required: bool) -> serde_json::Value {
             "kind": kind_schema("Pool", kind_required),
             "name": name_schema("The pool's name"),
             "provider": {"type": "string", "enum": ["local", "static"]},
-            "capacity": {"type": "object", "description": "`cpu` (2, 1.5, 500m), `memory` (512Mi, 4Gi), `gpu`"},
+            "capacity": resources_schema("`cpu` (2, 1.5, 500m), `memory` (512Mi, 4Gi), `gpu`", 0),
             "max_workers": {"type": "integer", "minimum": 1, "maximum": u32::MAX},
-            "max_agent": {"type": "object", "description": "The most one agent may declare: `cpu`, `memory`, `gpu`, each above zero"},
+            "max_agent": resources_schema("The most one agent may declare: `cpu`, `memory`, `gpu`, each above zero", 1),
             "labels": {
                 "type": "object",
                 "propertyNames": {"type": "string", "pattern": NAME_PATTERN},
-                "additionalProperties": {"type": "string", "maxLength": 63},
+                "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9._-]{0,63}$"},
             },
-            "price": {"type": "object", "description": "`cpu_hour`, `memory_gib_hour`, `gpu_hour`: zero or more"},
+            "price": price_schema(),
             "state": {"type": "string", "enum": ["active", "draining", "disabled"]},
         },
     })
@@ -173,7 +215,7 @@ fn tenant_schema(kind_required: bool) -> serde_json::Value {
             "kind": kind_schema("Tenant", kind_required),
             "name": name_schema("The tenant's name"),
             "weight": {"type": "integer", "minimum": 1, "maximum": u32::MAX},
-            "quota": {"type": "object"},
+            "quota": quota_schema(),
             "allowed_pools": {
                 "type": ["array", "null"],
                 "items": {"type": "string", "pattern": NAME_PATTERN},
@@ -181,7 +223,7 @@ fn tenant_schema(kind_required: bool) -> serde_json::Value {
             "pool_limits": {
                 "type": "object",
                 "propertyNames": {"type": "string", "pattern": NAME_PATTERN},
-                "additionalProperties": {"type": "object"},
+                "additionalProperties": quota_schema(),
             },
             "budget": {
                 "type": ["object", "null"],
@@ -189,7 +231,12 @@ fn tenant_schema(kind_required: bool) -> serde_json::Value {
                 "additionalProperties": false,
                 "required": ["monthly"],
                 "properties": {
-                    "monthly": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_MONTHLY.to_units_f64()},
+                    "monthly": {
+                        "type": "number",
+                        "description": "Rounded to the micro-unit, which must not be zero",
+                        "minimum": 0.000_000_5,
+                        "maximum": MAX_MONTHLY.to_units_f64(),
+                    },
                     "enforce": {"type": "string", "enum": ["soft", "hard"]},
                     "alert_at": {
                         "type": "array",
@@ -247,7 +294,7 @@ impl PartialSchema for PipelineDocument {
             "properties": {
                 "kind": kind_schema("Pipeline", false),
                 "name": name_schema("The pipeline's name"),
-                "tenant": {"type": "string"},
+                "tenant": name_schema("The tenant; `default` when left out"),
                 "priority": {
                     "description": "A priority class (`low`, `normal`, `high` by default) or a number",
                     "type": ["integer", "string"],
@@ -264,7 +311,7 @@ impl PartialSchema for PipelineDocument {
                         "properties": {
                             "name": name_schema("The step's name"),
                             "run": {"type": "string", "description": "Run with `sh -c`"},
-                            "needs": {"type": "array", "items": {"type": "string"}},
+                            "needs": {"type": "array", "items": {"type": "string", "pattern": NAME_PATTERN}},
                             "resources": {"type": "object", "description": "`cpu`, `memory`, `gpu`"},
                             "pool": {
                                 "type": ["string", "object", "null"],
@@ -296,32 +343,75 @@ impl ToSchema for PipelineDocument {
 pub struct ManifestDocument;
 
 impl PartialSchema for ManifestDocument {
-    /// The fields of both kinds in one object (`kind` tells which apply): one
-    /// schema rather than a `oneOf` of two, so that the body's own `oneOf`
-    /// (null: an empty manifest, which applies nothing) stays unambiguous.
+    /// One of the two, told apart by `kind` (which each requires); the body's
+    /// own `oneOf` (null: an empty manifest, which applies nothing) stays
+    /// unambiguous, since either is an object.
     fn schema() -> RefOr<Schema> {
-        let mut manifest = pool_schema(true);
-        let tenant = tenant_schema(true);
-        let properties = manifest["properties"]
-            .as_object_mut()
-            .expect("a pool has properties");
-        for (field, schema) in tenant["properties"]
-            .as_object()
-            .expect("a tenant has properties")
-        {
-            properties.insert(field.clone(), schema.clone());
-        }
-        properties["kind"] = json!({"type": "string", "enum": ["Pool", "Tenant"]});
-        manifest["description"] = json!(
-            "A Pool or a Tenant document, with its `kind` (see PoolDocument and TenantDocument)"
-        );
-        schema(manifest)
+        schema(json!({
+            "description": "A Pool or a Tenant document, with its `kind` (see PoolDocument and TenantDocument)",
+            "oneOf": [pool_schema(true), tenant_schema(true)],
+        }))
     }
 }
 
 impl ToSchema for ManifestDocument {
     fn name() -> Cow<'static, str> {
         "ManifestDocument".into()
+    }
+}
+
+/// The body of a token's creation: its role decides which of `tenant` and
+/// `pool` it takes (`corral_core::access::Role::parse`).
+pub struct TokenRequest;
+
+impl PartialSchema for TokenRequest {
+    /// One object schema per kind of role, whole (a `oneOf` beside an
+    /// object's own properties is not kept by the schema model).
+    fn schema() -> RefOr<Schema> {
+        let name = json!({"type": "string", "pattern": NAME_PATTERN});
+        let absent = json!({"type": "null"});
+        let token = |roles: &[&str],
+                     description: &str,
+                     tenant: &serde_json::Value,
+                     pool: &serde_json::Value| {
+            let mut required = vec!["name", "role"];
+            if tenant == &name {
+                required.push("tenant");
+            }
+            if pool == &name {
+                required.push("pool");
+            }
+            json!({
+                "type": "object",
+                "description": description,
+                "additionalProperties": false,
+                "required": required,
+                "properties": {
+                    "name": name_schema("The token's name"),
+                    "role": {"type": "string", "enum": roles},
+                    "tenant": tenant,
+                    "pool": pool,
+                    "expires": {
+                        "type": ["string", "null"],
+                        "description": "How long the token lives, 1s to 3660d, e.g. `30d` or `12h`; forever when left out",
+                    },
+                },
+            })
+        };
+        schema(json!({
+            "description": "A token to create. The secret is in the answer, once.",
+            "oneOf": [
+                token(&["admin", "viewer"], "An admin or viewer token", &absent, &absent),
+                token(&["tenant"], "A token bound to a tenant", &name, &absent),
+                token(&["agent"], "An agent token, bound to a static pool", &absent, &name),
+            ],
+        }))
+    }
+}
+
+impl ToSchema for TokenRequest {
+    fn name() -> Cow<'static, str> {
+        "TokenCreate".into()
     }
 }
 
@@ -407,6 +497,18 @@ mod tests {
             names, 8,
             "pools and tenants: get, put, delete; tokens: delete; a tenant's summary"
         );
+    }
+
+    #[test]
+    fn the_smallest_budget_is_the_smallest_that_does_not_round_to_zero() {
+        use corral_core::money::Money;
+        let tenant = tenant_schema(false);
+        let least = tenant["properties"]["budget"]["properties"]["monthly"]["minimum"]
+            .as_f64()
+            .expect("budget.monthly has a minimum");
+        assert!(Money::from_units(least).expect("in range") > Money::ZERO);
+        let below = f64::from_bits(least.to_bits() - 1);
+        assert_eq!(Money::from_units(below).expect("in range"), Money::ZERO);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use utoipa::{Modify, OpenApi};
 use super::error::{ApiError, PathParam};
 use super::guard::guard;
 use super::openapi::{
-    ErrorResponses, ManifestDocument, PipelineDocument, PoolDocument, TenantDocument,
+    ErrorResponses, ManifestDocument, PipelineDocument, PoolDocument, TenantDocument, TokenRequest,
 };
 use super::views;
 use crate::auth::{Caller, Principal};
@@ -976,7 +976,7 @@ async fn list_tokens(State(engine): State<AppState>) -> Json<Vec<TokenView>> {
 const MAX_TOKEN_LIFE_SECS: u64 = 10 * 366 * 86_400;
 
 /// Create a token; its secret is in the answer, once.
-#[utoipa::path(post, path = "/api/v1/tokens", request_body = TokenCreate,
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = TokenRequest,
     responses((status = 201, body = TokenCreated), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_token(
     State(engine): State<AppState>,

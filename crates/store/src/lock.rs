@@ -15,6 +15,8 @@
 //! is taken again on a new connection; the commit after it fails too, so that
 //! the server reloads its state once it holds the lock again. If another server
 //! holds it by then, [`WriterLock::lost`] resolves and the server must exit.
+//! A server that finds the lock held at start waits a few seconds before it
+//! gives up: the holder may be a killed server whose session has not ended yet.
 
 use std::io::{Read, Seek, Write};
 use std::path::Path;
@@ -30,6 +32,13 @@ const KEY: i64 = 0x636f_7272_616c;
 
 /// How long a check of the lock's connection may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a starting server waits for a PostgreSQL lock held by another
+/// session (which may be a killed server's, not yet ended) before it is refused.
+const HELD_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How often it tries again meanwhile.
+const HELD_RETRY: Duration = Duration::from_millis(200);
 
 /// The name of the lock file in a SQLite store's data directory.
 pub const LOCK_FILE: &str = "corral.lock";
@@ -129,10 +138,28 @@ impl WriterLock {
         })
     }
 
-    /// Takes the advisory lock of the PostgreSQL database at `url`.
+    /// Takes the advisory lock of the PostgreSQL database at `url`, waiting
+    /// up to [`HELD_PATIENCE`] while another session holds it: a server
+    /// restarted right after a `kill -9` finds its predecessor's session still
+    /// holding the lock until PostgreSQL notices the closed connection.
     async fn postgres(url: &str) -> Result<WriterLock> {
         sqlx::any::install_default_drivers();
-        let (conn, store) = take_advisory(url).await?;
+        let deadline = tokio::time::Instant::now() + HELD_PATIENCE;
+        let mut waiting = false;
+        let (conn, store) = loop {
+            match take_advisory(url).await {
+                Err(StoreError::Held { store, holder })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    if !waiting {
+                        tracing::info!(%store, %holder, "the store's writer lock is held; waiting for it");
+                        waiting = true;
+                    }
+                    tokio::time::sleep(HELD_RETRY).await;
+                }
+                taken => break taken?,
+            }
+        };
         Ok(WriterLock {
             store,
             held: Held::Postgres {

@@ -110,6 +110,22 @@ impl Acknowledged {
         status
     }
 
+    /// Once writes are taken again: submits `after-{first}` to `after-9` and
+    /// one more change (each must be taken), waits for every acknowledged run
+    /// to succeed, then `kill -9`s and restarts the server and checks it all.
+    async fn finish(&mut self, server: &mut Server, first: usize) {
+        for i in first..10 {
+            assert_eq!(self.submit(server, &format!("after-{i}")).await, 201);
+        }
+        assert_eq!(self.reweigh(server, 3).await, 200);
+        for (id, name) in &self.runs {
+            let ended = server.wait_run_ended(*id, Duration::from_secs(120)).await;
+            assert_eq!(ended["state"], "succeeded", "{name}: {ended:#}");
+        }
+        server.restart().await;
+        self.check(server).await;
+    }
+
     /// Every acknowledged run is there, ended, with its step and its output;
     /// every acknowledged change with its audit entry; and no other run.
     async fn check(&self, server: &Server) {
@@ -181,18 +197,8 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
         || async { (server.get_text("/healthz").await.0 == 200).then_some(()) },
     )
     .await;
-    for i in 0..10 {
-        assert_eq!(acked.submit(&server, &format!("after-{i}")).await, 201);
-    }
-    assert_eq!(acked.reweigh(&server, 3).await, 200);
-    for (id, name) in &acked.runs {
-        let ended = server.wait_run_ended(*id, Duration::from_secs(120)).await;
-        assert_eq!(ended["state"], "succeeded", "{name}: {ended:#}");
-    }
-
     // Everything acknowledged is on disk.
-    server.restart().await;
-    acked.check(&server).await;
+    acked.finish(&mut server, 0).await;
 }
 
 /// PostgreSQL stops taking writes: every transaction of its database becomes
@@ -244,15 +250,5 @@ async fn a_read_only_postgres_refuses_writes_and_loses_nothing_acknowledged() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for i in 1..10 {
-        assert_eq!(acked.submit(&server, &format!("after-{i}")).await, 201);
-    }
-    assert_eq!(acked.reweigh(&server, 3).await, 200);
-    for (id, name) in &acked.runs {
-        let ended = server.wait_run_ended(*id, Duration::from_secs(120)).await;
-        assert_eq!(ended["state"], "succeeded", "{name}: {ended:#}");
-    }
-
-    server.restart().await;
-    acked.check(&server).await;
+    acked.finish(&mut server, 1).await;
 }

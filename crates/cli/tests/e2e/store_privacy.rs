@@ -90,7 +90,12 @@ async fn public_readiness_tells_only_whether_the_server_is_ready() {
         let server = &server;
         async move { server.send_as(&token, "GET", "/healthz", "", None).await }
     };
-    assert_eq!(ask("").await, (200, json!({"status": "ok"})));
+    assert_eq!(
+        ask("").await,
+        (200, json!({"status": "ok"})),
+        "as the admin sees it: {:?}",
+        ask(&server.admin_token).await
+    );
 
     corral_store::testing::set_read_only(&url, true).await;
     let (status, public): (u16, Value) = eventually(

@@ -20,12 +20,18 @@ pub const RELOAD_PATIENCE: Duration = Duration::from_secs(60);
 /// so that a readiness check answers at once, however many there are.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// How long a probe's answer stands; an older one (or none since a commit
-/// failed) is replaced by a probe made for the check.
-const PROBE_REUSE: Duration = Duration::from_secs(3);
+/// How long a probe may take before it counts as failed: long enough that a
+/// store busy with a burst of commits (the probe waits for the writer) is not
+/// called unavailable, short enough that a load balancer hears of a hung one.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a probe may take before it counts as failed.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a probe's answer stands; an older one (or none since a commit
+/// failed) is replaced by a probe made for the check. It outlasts the
+/// background probe's period and timeout together, so that checks do not
+/// start probes of their own while the background one is merely slow.
+const PROBE_REUSE: Duration = PROBE_EVERY
+    .saturating_add(PROBE_TIMEOUT)
+    .saturating_add(Duration::from_secs(1));
 
 #[derive(Default)]
 pub struct StoreHealth {

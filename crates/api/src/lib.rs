@@ -88,6 +88,12 @@ pub struct PoolView {
     /// the server's `--max-agent` only.
     #[serde(default)]
     pub max_agent: BoundsView,
+    /// Agents that cannot confine their steps are refused.
+    #[serde(default)]
+    pub require_confinement: bool,
+    /// The pool's live agents, with how each confines its steps.
+    #[serde(default)]
+    pub live_agents: Vec<AgentView>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -229,6 +235,57 @@ pub struct AttemptView {
     pub error: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// What the attempt really used, measured by its agent (null while it
+    /// runs, or when its agent measured nothing).
+    #[serde(default)]
+    pub usage: Option<AttemptUsage>,
+}
+
+/// What an attempt really used, by the kernel's accounting: its cgroup's, or
+/// the rusage of its process tree where the agent has no cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct AttemptUsage {
+    /// CPU time of all its processes, user and system.
+    #[schema(minimum = 0.0, maximum = 1.0e12)]
+    pub cpu_seconds: f64,
+    /// The most memory it held at once.
+    #[schema(minimum = 0, maximum = u64::MAX)]
+    pub memory_peak_bytes: u64,
+    /// How long it was held back by its CPU quota.
+    #[schema(minimum = 0.0, maximum = 1.0e12)]
+    pub throttled_seconds: f64,
+}
+
+/// What an agent could set up to confine its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Confinement {
+    /// Each step runs in its own user, mount, PID, IPC and UTS namespaces,
+    /// with a private `/tmp` and `/proc`, and nothing of the agent's or the
+    /// server's data in view.
+    pub namespaces: bool,
+    /// Where each attempt's limits are set: `v2`, `v1` or `none`.
+    #[schema(pattern = "^(v2|v1|none)$")]
+    pub cgroup: String,
+    /// Whom steps run as: a user name, `uids A-B` (a fresh uid per attempt),
+    /// or the agent's own user.
+    #[schema(pattern = "^[A-Za-z0-9._ -]{1,63}$")]
+    pub user: String,
+}
+
+impl Confinement {
+    /// Steps are confined: namespaces and a cgroup with limits.
+    pub fn is_full(&self) -> bool {
+        self.namespaces && self.cgroup != "none"
+    }
+}
+
+/// A live agent of a pool, and how it confines its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentView {
+    pub worker_id: i64,
+    pub name: String,
+    /// Null for an agent that did not say (an older one): not confined.
+    pub confinement: Option<Confinement>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -301,6 +358,10 @@ pub struct RegisterRequest {
     #[serde(default)]
     #[schema(schema_with = agent_labels)]
     pub labels: BTreeMap<String, String>,
+    /// What the agent could set up to confine its steps; left out, it
+    /// confines nothing.
+    #[serde(default)]
+    pub confinement: Option<Confinement>,
 }
 
 /// The schema of an agent's capacity: resources in base units, some cpu and
@@ -386,6 +447,10 @@ pub struct Assignment {
     /// line saying it was cut; the step goes on. Unlimited when left out.
     #[serde(default)]
     pub max_output_bytes: Option<u64>,
+    /// What the step was admitted with: its cgroup's limits (cpu quota,
+    /// memory limit).
+    #[serde(default)]
+    pub resources: Option<ResourcesView>,
 }
 
 /// A piece of an attempt's output at a byte offset; sending it again is harmless.
@@ -403,6 +468,9 @@ pub struct ReportRequest {
     pub outcome: String,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+    /// What the attempt really used, when the agent measured it.
+    #[serde(default)]
+    pub usage: Option<AttemptUsage>,
 }
 
 /// A token to create. The secret is in the answer, once. Its schema in the

@@ -66,6 +66,7 @@ pub async fn execute(
         outcome: outcome.outcome.to_string(),
         exit_code: outcome.exit_code,
         error: outcome.error,
+        usage: None,
     };
     match with_retry("report", || client.report(worker, attempt, &report)).await {
         Ok(()) => tracing::info!(attempt, outcome = report.outcome, "reported"),

@@ -208,6 +208,7 @@ async fn register(
         incarnation: Some(incarnation.to_string()),
         capacity: config.capacity,
         labels: config.labels.clone(),
+        confinement: None,
     };
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     with_backoff("register", backoff, || client.register(&req))

@@ -249,7 +249,7 @@ pub struct AttemptUsage {
     #[schema(minimum = 0.0, maximum = 1.0e12)]
     pub cpu_seconds: f64,
     /// The most memory it held at once.
-    #[schema(minimum = 0, maximum = u64::MAX)]
+    #[schema(minimum = 0, maximum = 18446744073709551615_u64)]
     pub memory_peak_bytes: u64,
     /// How long it was held back by its CPU quota.
     #[schema(minimum = 0.0, maximum = 1.0e12)]

@@ -142,6 +142,10 @@ pub struct PoolSpec {
     /// a field left out is bounded by the server's `--max-agent` only.
     #[serde(default, skip_serializing_if = "ResourceSpec::is_unset")]
     pub max_agent: ResourceSpec,
+    /// Agents that cannot confine their steps (namespaces and a cgroup with
+    /// limits) are refused at registration.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_confinement: bool,
 }
 
 fn default_max_workers() -> u32 {

@@ -198,6 +198,7 @@ impl Harness {
                         gpu: 0,
                     },
                     labels: Default::default(),
+                    confinement: None,
                 },
             )
             .await
@@ -363,6 +364,7 @@ async fn a_lost_static_agent_releases_its_allocation_and_the_step_moves_to_anoth
                 outcome: "succeeded".into(),
                 exit_code: Some(0),
                 error: None,
+                usage: None,
             },
         )
         .await
@@ -575,6 +577,7 @@ async fn a_spawned_agent_retrying_its_registration_finds_its_worker_even_after_a
             gpu: 0,
         },
         labels: Default::default(),
+        confinement: None,
     };
     let caller = h
         .engine

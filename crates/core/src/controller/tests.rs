@@ -15,6 +15,7 @@ fn pool(name: &str, cpu: u64, mem_gi: u64) -> PoolView {
         price: Price::default(),
         state: PoolState::Active,
         max_agent: Default::default(),
+        require_confinement: false,
     };
     PoolView::new(&spec, Vec::new())
 }
@@ -412,6 +413,7 @@ fn static_pools_place_on_agents() {
         price: Price::default(),
         state: PoolState::Active,
         max_agent: Default::default(),
+        require_confinement: false,
     };
     let agents = vec![
         AgentView {
@@ -944,6 +946,7 @@ fn static_pool(name: &str, agents: &[(i64, u64)]) -> PoolView {
         price: Price::default(),
         state: PoolState::Active,
         max_agent: Default::default(),
+        require_confinement: false,
     };
     let agents = agents
         .iter()

@@ -25,6 +25,7 @@ fn pool(name: &str, capacity: Resources, labels: &[(&str, &str)], state: PoolSta
         price: Price::default(),
         state,
         max_agent: Default::default(),
+        require_confinement: false,
     };
     PoolView::new(&spec, Vec::new())
 }

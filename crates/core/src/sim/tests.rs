@@ -301,6 +301,7 @@ fn random_spec(seed: u64) -> SimSpec {
                 _ => PoolState::Active,
             },
             max_agent: Default::default(),
+            require_confinement: false,
         });
     }
     let pool_names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();

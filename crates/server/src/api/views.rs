@@ -77,6 +77,8 @@ pub fn pool(p: &PoolRecord, snapshot: &Snapshot, reserved: Resources) -> PoolVie
             memory_mib: p.spec.max_agent.memory,
             gpu: p.spec.max_agent.gpu,
         },
+        require_confinement: p.spec.require_confinement,
+        live_agents: Vec::new(),
         created_at: time(p.created_at),
         updated_at: time(p.updated_at),
     }
@@ -198,6 +200,7 @@ pub fn run(d: &RunDetail, place: Option<&QueuePlace>) -> RunView {
                         error: a.error.clone(),
                         started_at: a.started_at.map(time),
                         finished_at: a.finished_at.map(time),
+                        usage: None,
                     })
                     .collect(),
             })

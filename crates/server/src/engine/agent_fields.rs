@@ -117,6 +117,7 @@ mod tests {
                 gpu: 0,
             },
             labels: BTreeMap::from([("os".into(), "linux".into())]),
+            confinement: None,
         }
     }
 
@@ -169,6 +170,7 @@ mod tests {
             outcome: "failed".into(),
             exit_code: Some(1),
             error: Some("e".repeat(MAX_ERROR_BYTES + 1)),
+            usage: None,
         };
         let e = check_report(&report).expect_err("too long");
         assert_eq!(

@@ -395,6 +395,7 @@ impl Engine {
                 timeout_secs: Some(self.config.limits.step_timeout_secs(step.timeout)),
                 workspace: format!("run-{}", run.record.id),
                 max_output_bytes: Some(self.config.output.max_output_bytes),
+                resources: Some(step.resources().into()),
             });
             delivered.push(attempt.id);
         }

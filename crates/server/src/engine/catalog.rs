@@ -194,6 +194,7 @@ impl Engine {
                 price: Default::default(),
                 state: Default::default(),
                 max_agent: Default::default(),
+                require_confinement: false,
             };
             done.created
                 .push(format!("pool local ({machine}, 16 workers)"));

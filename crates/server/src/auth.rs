@@ -73,6 +73,9 @@ pub enum Caller {
         hash: String,
         grant: SpawnGrant,
     },
+    /// A spawned agent's used credential, which only retries the
+    /// registration of its worker, until that worker first polls.
+    Registering(WorkerId),
 }
 
 /// Why a credential is not accepted: each is a 401.
@@ -143,6 +146,9 @@ struct Index {
     workers: HashMap<String, WorkerId>,
     /// Spawned agents' credentials, by hash, until used or expired.
     spawns: HashMap<String, SpawnGrant>,
+    /// Used spawn credentials by hash, each good for retrying its worker's
+    /// registration until the worker first polls.
+    registering: HashMap<String, WorkerId>,
     /// When each token was last used (in memory; the store hears of it less often).
     used: HashMap<String, Timestamp>,
     /// When the store last heard of each token's use.
@@ -169,7 +175,9 @@ impl Credentials {
     }
 
     /// Replaces what is known with what the store holds: every token, and the
-    /// secrets of the workers that are ready.
+    /// secrets of the workers that are ready. Their spawn credentials retry
+    /// their registration again until they poll (after a restart, the server
+    /// cannot tell whether they had).
     pub fn load_live(&self, live: &corral_store::Live) {
         self.load(
             live.tokens.iter().cloned(),
@@ -177,6 +185,11 @@ impl Credentials {
                 .iter()
                 .filter_map(|w| Some((w.id, w.secret_hash.clone()?))),
         );
+        self.write().registering = live
+            .workers
+            .iter()
+            .filter_map(|w| Some((w.spawn_hash.clone()?, w.id)))
+            .collect();
     }
 
     /// Replaces what is known with these tokens and workers' secret hashes.
@@ -202,13 +215,13 @@ impl Credentials {
                 .ok_or(AuthError::Unknown);
         }
         if secret.starts_with(SPAWN_PREFIX) {
-            // Once used, a spawn credential is its worker's secret.
-            return match (index.spawns.get(&digest), index.workers.get(&digest)) {
+            // Once used, a spawn credential only retries its registration.
+            return match (index.spawns.get(&digest), index.registering.get(&digest)) {
                 (Some(grant), _) if grant.expires_at > now => Ok(Caller::Spawned {
                     hash: digest,
                     grant: grant.clone(),
                 }),
-                (_, Some(id)) => Ok(Caller::Worker(*id)),
+                (_, Some(id)) => Ok(Caller::Registering(*id)),
                 _ => Err(AuthError::Unknown),
             };
         }
@@ -307,6 +320,19 @@ impl Credentials {
 
     pub fn forget_worker(&self, worker: WorkerId) {
         self.write().workers.retain(|_, id| *id != worker);
+    }
+
+    /// `worker` registered with the spawn credential of hash `spawn_hash`,
+    /// which retries that registration until [`Credentials::end_registering`].
+    pub fn put_registering(&self, spawn_hash: String, worker: WorkerId) {
+        self.write().registering.insert(spawn_hash, worker);
+    }
+
+    /// `worker` polled (or is gone): its spawn credential is no use any more.
+    pub fn end_registering(&self, worker: WorkerId) {
+        if self.read().registering.values().any(|id| *id == worker) {
+            self.write().registering.retain(|_, id| *id != worker);
+        }
     }
 
     /// Registers a spawn credential; expired ones are dropped.

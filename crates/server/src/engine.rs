@@ -22,8 +22,9 @@ use corral_core::run::{AttemptState, RunState, StepState, WorkerState};
 use corral_core::tenant::TenantSpec;
 use corral_core::usage::UsageLedger;
 use corral_store::{
-    AdmissionWait, AllocationFilter, AllocationRecord, AttemptRecord, LogChunk, PoolRecord,
-    RunDetail, RunRecord, StepRecord, Store, StoreError, TenantRecord, WorkerRecord, Write,
+    AdmissionWait, AllocationFilter, AllocationRecord, AttemptRecord, LogChunk, MeasuredAttempt,
+    PoolRecord, RunDetail, RunRecord, StepRecord, Store, StoreError, TenantRecord,
+    WorkerConfinement, WorkerRecord, Write,
 };
 use tokio::sync::{Mutex, MutexGuard, Notify};
 

@@ -254,6 +254,7 @@ mod tests {
                     created_at: Timestamp(0),
                     started_at: None,
                     finished_at: None,
+                    usage: None,
                 })
                 .collect(),
         }

@@ -157,6 +157,7 @@ impl RunUpdate {
                 created_at: self.now,
                 started_at: Some(self.now),
                 finished_at: None,
+                usage: None,
             };
             self.put_attempt(attempt);
             self.set_step(idx, StepState::Running, number);

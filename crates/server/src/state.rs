@@ -111,6 +111,18 @@ pub struct LiveWorker {
     pub polled: bool,
 }
 
+impl State {
+    /// A pool's live agents, as the API shows them (a pool's workers only:
+    /// at most its `max_workers`, or its static agents).
+    pub fn agents_of(&self, pool: &str) -> Vec<corral_api::AgentView> {
+        self.workers
+            .values()
+            .filter(|w| w.record.pool == pool && w.record.state == WorkerState::Ready)
+            .map(|w| crate::api::views::agent(&w.record))
+            .collect()
+    }
+}
+
 /// Everything unfinished, indexed for the engine.
 #[derive(Debug)]
 pub struct State {
@@ -363,7 +375,8 @@ impl State {
             | Write::TouchToken { .. }
             | Write::AppendAudit(_)
             | Write::Meter(_)
-            | Write::CountWait(_) => {}
+            | Write::CountWait(_)
+            | Write::PutMeasured(_) => {}
         }
     }
 

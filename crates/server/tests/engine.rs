@@ -186,7 +186,6 @@ impl Harness {
         self.engine
             .register(
                 &Caller::Token(admin()),
-                "corral_admin-bearer",
                 RegisterRequest {
                     pool: pool.into(),
                     name: name.into(),
@@ -586,37 +585,65 @@ async fn a_spawned_agent_retrying_its_registration_finds_its_worker_even_after_a
         .expect("a spawn credential");
     let (worker, secret) = h
         .engine
-        .register(&caller, &credential, request())
+        .register(&caller, request())
         .await
         .expect("register");
-    assert_eq!(
+    assert_ne!(
         secret, credential,
-        "the credential is now the worker's secret"
+        "the worker keeps a secret of its own, not the credential it was started with"
     );
+    let mut secrets = vec![secret];
     // The answer was lost; the agent sends the same registration again, to
     // this server and then to its next incarnation.
-    for h in [&h, &h.restart().await] {
+    let restarted = h.restart().await;
+    for h in [&h, &restarted] {
         let caller = h
             .engine
             .credentials()
             .resolve(&credential, h.engine.now())
-            .expect("the worker's secret");
-        assert_eq!(caller, Caller::Worker(worker));
+            .expect("the used credential retries the registration");
+        assert_eq!(caller, Caller::Registering(worker));
         let (again, secret) = h
             .engine
-            .register(&caller, &credential, request())
+            .register(&caller, request())
             .await
             .expect("a retry");
-        assert_eq!((again, secret.as_str()), (worker, credential.as_str()));
+        assert_eq!(again, worker);
+        assert!(!secrets.contains(&secret), "a new secret each time");
+        secrets.push(secret);
     }
+    let h = restarted;
+    let newest = secrets.last().expect("a secret").clone();
+    assert_eq!(
+        h.engine.credentials().resolve(&newest, h.engine.now()),
+        Ok(Caller::Worker(worker))
+    );
     // Another process cannot use it to register.
-    let caller = Caller::Worker(worker);
+    let caller = Caller::Registering(worker);
     let mut other = request();
     other.incarnation = Some("process-2".into());
     h.engine
-        .register(&caller, &credential, other)
+        .register(&caller, other)
         .await
-        .expect_err("a worker's secret registers nothing else");
+        .expect_err("a used credential registers nothing else");
+    // Once the worker has polled, the credential is no use at all.
+    h.engine
+        .poll(
+            worker,
+            PollRequest {
+                running: vec![],
+                wait_ms: 0,
+            },
+        )
+        .await
+        .expect("a poll");
+    assert!(
+        h.engine
+            .credentials()
+            .resolve(&credential, h.engine.now())
+            .is_err(),
+        "the spawn credential is dead after the first poll"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -151,6 +151,21 @@ pub trait Store: Send + Sync {
         per_pipeline: u32,
     ) -> Result<Vec<PipelineDurations>>;
 
+    /// What the attempts that ended within the query's window really used,
+    /// by tenant, pool, pipeline and UTC day (scoped by the query's tenant and
+    /// pool; its grouping is the caller's to apply).
+    async fn measured_sums(&self, query: &UsageQuery) -> Result<Vec<MeasuredSum>>;
+
+    /// The measured attempts that succeeded in `tenant`'s runs of `pipeline`
+    /// since `since`, newest first, at most `limit`.
+    async fn measured_attempts(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        since: corral_core::clock::Timestamp,
+        limit: u32,
+    ) -> Result<Vec<MeasuredAttempt>>;
+
     /// Budget alerts, newest first.
     async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>>;
 

@@ -71,6 +71,56 @@ pub struct AttemptRecord {
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
+    /// What it really used, as its agent measured it.
+    pub usage: Option<Measured>,
+}
+
+/// What an attempt really used, by the kernel's accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Measured {
+    pub cpu_micros: u64,
+    pub memory_peak_bytes: u64,
+    pub throttled_micros: u64,
+}
+
+/// An ended attempt's measured usage with what its step asked for and where
+/// it ran (`measured_usage`), for efficiency and recommendations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeasuredAttempt {
+    pub attempt: AttemptId,
+    pub run_id: RunId,
+    pub tenant: String,
+    pub pool: String,
+    pub pipeline: String,
+    pub step: String,
+    pub succeeded: bool,
+    pub ended_at: Timestamp,
+    pub duration_ms: i64,
+    /// The step's request.
+    pub requested: Resources,
+    pub usage: Measured,
+}
+
+/// Measured usage summed by tenant, pool, pipeline and UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeasuredSum {
+    pub tenant: String,
+    pub pool: String,
+    pub pipeline: String,
+    /// The day's start, in ms.
+    pub day_ms: i64,
+    pub cpu_micros: i64,
+    /// Each attempt's peak times its duration, in MiB·ms.
+    pub memory_peak_mib_ms: i64,
+}
+
+/// How an agent confines its steps, as it said at registration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerConfinement {
+    pub namespaces: bool,
+    /// `v2`, `v1` or `none`.
+    pub cgroup: String,
+    pub user: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +155,13 @@ pub struct WorkerRecord {
     pub incarnation: Option<String>,
     /// The hash of the secret the worker was handed at registration.
     pub secret_hash: Option<String>,
+    /// How it confines its steps; none for an agent that did not say.
+    pub confinement: Option<WorkerConfinement>,
+    /// The token it registered with: revoking it ends the worker.
+    pub token_name: Option<String>,
+    /// A spawned agent's one-time credential: it may retry its registration
+    /// with it until the worker first polls.
+    pub spawn_hash: Option<String>,
 }
 
 /// An API token: only the hash of its secret is kept.
@@ -197,6 +254,8 @@ pub enum Write {
     Meter(Metered),
     /// A run's first admission, counted in its tenant's wait histogram.
     CountWait(AdmissionWait),
+    /// An ended attempt's measured usage, kept once.
+    PutMeasured(MeasuredAttempt),
 }
 
 /// A run first admitted at `at` after waiting `wait_ms` since it was

@@ -21,6 +21,7 @@ use crate::{Result, Store, StoreError, WriterLock};
 use corral_core::history::{Rollup, Sample};
 
 mod history;
+mod measured;
 mod metering;
 mod rows;
 mod tx;
@@ -424,10 +425,13 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         }
         Write::PutAttempt(a) => {
             sqlx::query(
-                "INSERT INTO attempts (id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                "INSERT INTO attempts (id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at, \
+                 cpu_micros, memory_peak_bytes, throttled_micros) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, exit_code = excluded.exit_code, \
-                 error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at",
+                 error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at, \
+                 cpu_micros = excluded.cpu_micros, memory_peak_bytes = excluded.memory_peak_bytes, \
+                 throttled_micros = excluded.throttled_micros",
             )
             .bind(a.id.0)
             .bind(a.run_id.0)
@@ -440,6 +444,34 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(a.created_at.0)
             .bind(a.started_at.map(|t| t.0))
             .bind(a.finished_at.map(|t| t.0))
+            .bind(a.usage.map(|u| saturate(u.cpu_micros)))
+            .bind(a.usage.map(|u| saturate(u.memory_peak_bytes)))
+            .bind(a.usage.map(|u| saturate(u.throttled_micros)))
+            .execute(conn)
+            .await?;
+        }
+        Write::PutMeasured(m) => {
+            sqlx::query(
+                "INSERT INTO measured_usage (attempt, run_id, tenant, pool, pipeline, step, succeeded, day, ended_at, \
+                 duration_ms, cpu_millis, memory_mib, cpu_micros, memory_peak_bytes, throttled_micros) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                 ON CONFLICT (attempt) DO NOTHING",
+            )
+            .bind(m.attempt.0)
+            .bind(m.run_id.0)
+            .bind(&m.tenant)
+            .bind(&m.pool)
+            .bind(&m.pipeline)
+            .bind(&m.step)
+            .bind(i64::from(m.succeeded))
+            .bind(corral_core::metering::day_start(m.ended_at.0))
+            .bind(m.ended_at.0)
+            .bind(m.duration_ms.max(0))
+            .bind(saturate(m.requested.cpu_millis))
+            .bind(saturate(m.requested.memory_mib))
+            .bind(saturate(m.usage.cpu_micros))
+            .bind(saturate(m.usage.memory_peak_bytes))
+            .bind(saturate(m.usage.throttled_micros))
             .execute(conn)
             .await?;
         }
@@ -465,10 +497,12 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         }
         Write::PutWorker(w) => {
             sqlx::query(
-                "INSERT INTO workers (id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash, incarnation) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                "INSERT INTO workers (id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash, incarnation, \
+                 confinement, token_name, spawn_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, \
-                 secret_hash = excluded.secret_hash, incarnation = excluded.incarnation",
+                 secret_hash = excluded.secret_hash, incarnation = excluded.incarnation, \
+                 confinement = excluded.confinement, spawn_hash = excluded.spawn_hash",
             )
             .bind(w.id.0)
             .bind(&w.pool)
@@ -483,6 +517,9 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(w.instance.clone())
             .bind(w.secret_hash.clone())
             .bind(w.incarnation.clone())
+            .bind(w.confinement.as_ref().map(to_json))
+            .bind(w.token_name.clone())
+            .bind(w.spawn_hash.clone())
             .execute(conn)
             .await?;
         }
@@ -995,6 +1032,20 @@ impl Store for SqlStore {
         per_pipeline: u32,
     ) -> Result<Vec<PipelineDurations>> {
         metering::recent_durations(&self.pool, since, per_pipeline).await
+    }
+
+    async fn measured_sums(&self, query: &UsageQuery) -> Result<Vec<MeasuredSum>> {
+        measured::sums(&self.reads, query).await
+    }
+
+    async fn measured_attempts(
+        &self,
+        tenant: &str,
+        pipeline: &str,
+        since: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<MeasuredAttempt>> {
+        measured::recent(&self.reads, tenant, pipeline, since, limit).await
     }
 
     async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertRecord>> {

@@ -133,6 +133,13 @@ async fn suite(store: &dyn Store) {
         instance: Some("17f3-42".into()),
         secret_hash: Some("ab".repeat(32)),
         incarnation: Some("first".into()),
+        confinement: Some(WorkerConfinement {
+            namespaces: true,
+            cgroup: "v1".into(),
+            user: "uids 2000000000-2000065535".into(),
+        }),
+        token_name: Some("linux-agents".into()),
+        spawn_hash: Some("ef".repeat(32)),
     };
     let attempt = AttemptRecord {
         id: AttemptId(3),
@@ -146,6 +153,7 @@ async fn suite(store: &dyn Store) {
         created_at: Timestamp(101),
         started_at: Some(Timestamp(102)),
         finished_at: None,
+        usage: None,
     };
     let mut open = allocation(4, 1, 0, None);
     open.worker_id = Some(WorkerId(7));
@@ -908,6 +916,11 @@ async fn rows_moved_within_one_batch(store: &dyn Store) {
         created_at: Timestamp(150),
         started_at: Some(Timestamp(150)),
         finished_at: finished.map(Timestamp),
+        usage: finished.map(|_| Measured {
+            cpu_micros: 1_500_000,
+            memory_peak_bytes: 200 << 20,
+            throttled_micros: 250_000,
+        }),
     };
     let held = |id: i64, run: i64, worker: Option<i64>, closed: Option<i64>| AllocationRecord {
         id: AllocationId(id),
@@ -1028,6 +1041,9 @@ async fn lost_workers_are_pruned(store: &dyn Store) {
         instance: None,
         secret_hash: None,
         incarnation: None,
+        confinement: None,
+        token_name: None,
+        spawn_hash: None,
     };
     store
         .commit(&[
@@ -1089,6 +1105,94 @@ async fn a_failed_commit_keeps_nothing_and_the_next_is_kept(
     again.close().await;
 }
 
+/// Measured attempts are kept once each; reports read their sums by tenant,
+/// pool, pipeline and day within a window (scoped as asked), and a pipeline's
+/// recent successful ones newest first.
+async fn measured_usage(store: &dyn Store) {
+    const DAY: i64 = 86_400_000;
+    let measured =
+        |attempt: i64, tenant: &str, pool: &str, ended: i64, succeeded: bool| MeasuredAttempt {
+            attempt: AttemptId(attempt),
+            run_id: RunId(attempt / 10),
+            tenant: tenant.into(),
+            pool: pool.into(),
+            pipeline: "nightly".into(),
+            step: "build".into(),
+            succeeded,
+            ended_at: Timestamp(ended),
+            duration_ms: 2_000,
+            requested: Resources::new(2000, 1024, 0),
+            usage: Measured {
+                cpu_micros: 1_000_000,
+                memory_peak_bytes: 256 << 20,
+                throttled_micros: 0,
+            },
+        };
+    let first = measured(90_001, "acme", "linux", 10 * DAY + 5, true);
+    store
+        .commit(&[
+            Write::PutMeasured(first.clone()),
+            Write::PutMeasured(measured(90_002, "acme", "linux", 10 * DAY + 9, false)),
+            Write::PutMeasured(measured(90_003, "acme", "gpu", 11 * DAY, true)),
+            Write::PutMeasured(measured(90_004, "globex", "linux", 10 * DAY + 7, true)),
+        ])
+        .await
+        .expect("commit measured");
+    // Kept once: the same attempt again changes nothing.
+    store
+        .commit(&[Write::PutMeasured(first.clone())])
+        .await
+        .expect("again");
+    let query = |tenant: Option<&str>, to: i64| UsageQuery {
+        window: Window::new(10 * DAY, to),
+        tenant: tenant.map(str::to_string),
+        pool: None,
+        grouping: Grouping::default(),
+    };
+    let mut sums = store
+        .measured_sums(&query(Some("acme"), 12 * DAY))
+        .await
+        .expect("sums");
+    sums.sort_by_key(|s| (s.day_ms, s.pool.clone()));
+    assert_eq!(
+        sums,
+        vec![
+            MeasuredSum {
+                tenant: "acme".into(),
+                pool: "linux".into(),
+                pipeline: "nightly".into(),
+                day_ms: 10 * DAY,
+                cpu_micros: 2_000_000,
+                memory_peak_mib_ms: 2 * 256 * 2_000,
+            },
+            MeasuredSum {
+                tenant: "acme".into(),
+                pool: "gpu".into(),
+                pipeline: "nightly".into(),
+                day_ms: 11 * DAY,
+                cpu_micros: 1_000_000,
+                memory_peak_mib_ms: 256 * 2_000,
+            },
+        ]
+    );
+    let within = store
+        .measured_sums(&query(None, 11 * DAY))
+        .await
+        .expect("sums");
+    assert_eq!(
+        within.len(),
+        2,
+        "the end of the window is left out: {within:?}"
+    );
+    let recent = store
+        .measured_attempts("acme", "nightly", Timestamp(0), 10)
+        .await
+        .expect("recent");
+    let ids: Vec<i64> = recent.iter().map(|m| m.attempt.0).collect();
+    assert_eq!(ids, vec![90_003, 90_001], "succeeded only, newest first");
+    assert_eq!(recent[1], first);
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -1100,6 +1204,7 @@ async fn conformance_sqlite() {
     metered_reports(&store).await;
     rows_moved_within_one_batch(&store).await;
     lost_workers_are_pruned(&store).await;
+    measured_usage(&store).await;
     a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
         SqlStore::open_sqlite(&dir).await.expect("open beside")
     })
@@ -1121,6 +1226,7 @@ async fn conformance_postgres() {
     metered_reports(&store).await;
     rows_moved_within_one_batch(&store).await;
     lost_workers_are_pruned(&store).await;
+    measured_usage(&store).await;
     a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
         SqlStore::connect(&url).await.expect("connect beside")
     })

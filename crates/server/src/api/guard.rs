@@ -141,9 +141,12 @@ pub async fn guard(
                 "agent calls are made with the secret the worker got at registration".into(),
             );
         }
-        // A worker's secret registers only as a retry of that worker's own
-        // registration (its spawn credential became its secret): the engine checks.
-        (Access::Register, caller @ (Caller::Spawned { .. } | Caller::Worker(_))) => {
+        // A used spawn credential registers only as a retry of its worker's
+        // own registration, and a worker's secret not at all: the engine checks.
+        (
+            Access::Register,
+            caller @ (Caller::Spawned { .. } | Caller::Registering(_) | Caller::Worker(_)),
+        ) => {
             request.extensions_mut().insert(caller);
         }
         (_, Caller::Token(principal)) if access.allows(&principal.role) => {
@@ -168,6 +171,11 @@ pub async fn guard(
         (_, Caller::Worker(id)) => {
             return forbidden(format!(
                 "worker {id}'s secret is for the agent protocol only"
+            ));
+        }
+        (_, Caller::Registering(id)) => {
+            return forbidden(format!(
+                "this credential only retries worker {id}'s registration"
             ));
         }
         (_, Caller::Spawned { .. }) => {

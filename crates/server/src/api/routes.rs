@@ -373,7 +373,14 @@ async fn list_pools(
             .pools
             .values()
             .filter(|p| may_use_pool(&state, &who, &p.spec.name))
-            .map(|p| views::pool(p, &snapshot, state.reserved_on(&p.spec.name, &snapshot)))
+            .map(|p| {
+                views::pool(
+                    p,
+                    &snapshot,
+                    state.reserved_on(&p.spec.name, &snapshot),
+                    state.agents_of(&p.spec.name),
+                )
+            })
             .collect(),
     )
 }
@@ -406,6 +413,7 @@ pub(crate) async fn pool_view(engine: &Engine, who: &Principal, name: &str) -> A
         pool,
         &snapshot,
         state.reserved_on(name, &snapshot),
+        state.agents_of(name),
     ))
 }
 
@@ -880,16 +888,10 @@ async fn list_allocations(
 async fn register_agent(
     State(engine): State<AppState>,
     Extension(caller): Extension<Caller>,
-    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<RegisterResponse>> {
     let req: RegisterRequest = json_body(&body)?;
-    // The guard let the call in, so it has a bearer.
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| crate::auth::bearer(h.to_str().ok()).ok())
-        .unwrap_or_default();
-    let (id, secret) = engine.register(&caller, presented, req).await?;
+    let (id, secret) = engine.register(&caller, req).await?;
     Ok(Json(RegisterResponse {
         worker_id: id.0,
         worker_secret: secret,

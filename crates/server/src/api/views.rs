@@ -6,7 +6,9 @@ use corral_core::controller::{Reason, Snapshot};
 use corral_core::pool::Provider;
 use corral_core::resources::Resources;
 use corral_core::tenant::QuotaSpec;
-use corral_store::{AllocationRecord, PoolRecord, RunDetail, RunRecord, TenantRecord};
+use corral_store::{
+    AllocationRecord, Measured, PoolRecord, RunDetail, RunRecord, TenantRecord, WorkerRecord,
+};
 
 use crate::state::QueuePlace;
 
@@ -47,7 +49,34 @@ fn quota(q: &QuotaSpec) -> QuotaView {
     }
 }
 
-pub fn pool(p: &PoolRecord, snapshot: &Snapshot, reserved: Resources) -> PoolView {
+/// A live agent and how it confines its steps.
+pub fn agent(w: &WorkerRecord) -> AgentView {
+    AgentView {
+        worker_id: w.id.0,
+        name: w.name.clone(),
+        confinement: w.confinement.as_ref().map(|c| Confinement {
+            namespaces: c.namespaces,
+            cgroup: c.cgroup.clone(),
+            user: c.user.clone(),
+        }),
+    }
+}
+
+/// What an attempt really used, as the API shows it.
+pub fn usage(m: &Measured) -> AttemptUsage {
+    AttemptUsage {
+        cpu_seconds: m.cpu_micros as f64 / 1e6,
+        memory_peak_bytes: m.memory_peak_bytes,
+        throttled_seconds: m.throttled_micros as f64 / 1e6,
+    }
+}
+
+pub fn pool(
+    p: &PoolRecord,
+    snapshot: &Snapshot,
+    reserved: Resources,
+    agents: Vec<AgentView>,
+) -> PoolView {
     let live = snapshot.pools.get(&p.spec.name);
     PoolView {
         name: p.spec.name.clone(),
@@ -78,7 +107,7 @@ pub fn pool(p: &PoolRecord, snapshot: &Snapshot, reserved: Resources) -> PoolVie
             gpu: p.spec.max_agent.gpu,
         },
         require_confinement: p.spec.require_confinement,
-        live_agents: Vec::new(),
+        live_agents: agents,
         created_at: time(p.created_at),
         updated_at: time(p.updated_at),
     }
@@ -200,7 +229,7 @@ pub fn run(d: &RunDetail, place: Option<&QueuePlace>) -> RunView {
                         error: a.error.clone(),
                         started_at: a.started_at.map(time),
                         finished_at: a.finished_at.map(time),
-                        usage: None,
+                        usage: a.usage.as_ref().map(usage),
                     })
                     .collect(),
             })

@@ -44,7 +44,14 @@ pub async fn page(
             .pools
             .values()
             .filter(|p| may_use_pool(&state, who, &p.spec.name))
-            .map(|p| views::pool(p, &snapshot, state.reserved_on(&p.spec.name, &snapshot)))
+            .map(|p| {
+                views::pool(
+                    p,
+                    &snapshot,
+                    state.reserved_on(&p.spec.name, &snapshot),
+                    state.agents_of(&p.spec.name),
+                )
+            })
             .collect();
         let mut waits: BTreeMap<String, (u64, i64)> = BTreeMap::new();
         for place in state.queue_places(now) {

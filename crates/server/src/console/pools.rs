@@ -50,7 +50,14 @@ pub async fn list(
             .pools
             .values()
             .filter(|p| may_use_pool(&state, &session.principal, &p.spec.name))
-            .map(|p| views::pool(p, &snapshot, state.reserved_on(&p.spec.name, &snapshot)))
+            .map(|p| {
+                views::pool(
+                    p,
+                    &snapshot,
+                    state.reserved_on(&p.spec.name, &snapshot),
+                    state.agents_of(&p.spec.name),
+                )
+            })
             .collect()
     };
     let body = html! {

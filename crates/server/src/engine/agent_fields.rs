@@ -1,13 +1,15 @@
 //! Bounds on every field an agent sends, checked before anything else reads
 //! them: a registration's pool, name, instance, incarnation and labels, a
-//! poll's list of running attempts and a report's error text. A value past
+//! poll's list of running attempts, a report's error text and measured usage,
+//! an agent's confinement. A value past
 //! its bound is refused (400) with the field and the bound, and never echoed
 //! back whole. Log chunks are bounded where they are stored (`logs.rs`), and
 //! capacities against the pool's and the server's `max_agent`.
 
-use corral_api::{PollRequest, RegisterRequest, ReportRequest};
+use corral_api::{AttemptUsage, PollRequest, RegisterRequest, ReportRequest};
 use corral_core::error::{FieldError, check_name};
 use corral_core::selector::check_label;
+use corral_store::Measured;
 
 /// Bytes of an instance or incarnation id (the agent makes ids of 32 or so).
 pub const MAX_ID_BYTES: usize = 128;
@@ -19,6 +21,8 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_RUNNING: usize = 10_000;
 /// Bytes of a report's error text.
 pub const MAX_ERROR_BYTES: usize = 4096;
+/// Seconds of cpu or throttling one attempt may report (31,700 years).
+pub const MAX_MEASURED_SECONDS: f64 = 1e12;
 
 /// `text` is at most `max` bytes, or the refusal says so with its length.
 fn bounded(path: &str, text: &str, max: usize) -> Result<(), FieldError> {
@@ -73,6 +77,26 @@ pub fn check_register(req: &RegisterRequest) -> Result<(), FieldError> {
             .map_err(|e| FieldError::new(e.path, format!("a key of {}", e.message)))?;
         check_label("labels", key, value)?;
     }
+    if let Some(c) = &req.confinement {
+        if !matches!(c.cgroup.as_str(), "v2" | "v1" | "none") {
+            return Err(FieldError::new(
+                "confinement.cgroup",
+                "must be one of v2, v1, none",
+            ));
+        }
+        bounded("confinement.user", &c.user, MAX_NAME_BYTES)?;
+        if c.user.is_empty()
+            || !c
+                .user
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._- ".contains(ch))
+        {
+            return Err(FieldError::new(
+                "confinement.user",
+                "must be letters, digits, '.', '_', '-' or spaces",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -94,7 +118,30 @@ pub fn check_report(req: &ReportRequest) -> Result<(), FieldError> {
     if let Some(error) = &req.error {
         bounded("error", error, MAX_ERROR_BYTES)?;
     }
+    if let Some(u) = &req.usage {
+        for (path, seconds) in [
+            ("usage.cpu_seconds", u.cpu_seconds),
+            ("usage.throttled_seconds", u.throttled_seconds),
+        ] {
+            if !(seconds.is_finite() && (0.0..=MAX_MEASURED_SECONDS).contains(&seconds)) {
+                return Err(FieldError::new(
+                    path,
+                    format!("must be a number of seconds from 0 to {MAX_MEASURED_SECONDS:e}"),
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// What an agent measured, as the store keeps it: seconds in microseconds.
+pub fn measured(u: &AttemptUsage) -> Measured {
+    let micros = |seconds: f64| (seconds * 1e6).round() as u64;
+    Measured {
+        cpu_micros: micros(u.cpu_seconds),
+        memory_peak_bytes: u.memory_peak_bytes,
+        throttled_micros: micros(u.throttled_seconds),
+    }
 }
 
 #[cfg(test)]

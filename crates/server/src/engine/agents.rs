@@ -3,6 +3,8 @@
 
 use corral_core::access::Role;
 
+use corral_api::Confinement;
+
 use super::agent_fields;
 use super::*;
 use crate::auth::{self, Caller};
@@ -31,7 +33,24 @@ fn check_registration(caller: &Caller, pool: &str, name: &str) -> Result<()> {
         Caller::Worker(id) => refuse(format!(
             "worker {id}'s secret cannot register another agent"
         )),
+        Caller::Registering(id) => refuse(format!(
+            "this credential was used by worker {id}: it only retries that registration"
+        )),
     }
+}
+
+/// Whether an agent confining its steps as `confinement` may join `pool`.
+fn check_confinement(pool: &PoolSpec, confinement: Option<&Confinement>) -> Result<()> {
+    if !pool.require_confinement || confinement.is_some_and(Confinement::is_full) {
+        return Ok(());
+    }
+    let said = confinement.map_or("says nothing of confinement (an older agent)".into(), |c| {
+        format!("reports namespaces: {}, cgroup: {}", c.namespaces, c.cgroup)
+    });
+    Err(EngineError::Forbidden(format!(
+        "pool {} requires confinement (require_confinement: true), and this agent {said}; run it as root on a Linux host with cgroups (v1 cpu, memory and pids, or v2 with those controllers delegated)",
+        pool.name
+    )))
 }
 
 /// The lease a poll renews for `heartbeat_timeout`: three quarters of it. The
@@ -60,17 +79,16 @@ impl Engine {
     /// local agent's one-time credential, or an admin) and returns its id and
     /// the secret of its later calls.
     ///
-    /// `presented` is the bearer the call came with. A spawned agent's
-    /// one-time credential becomes its worker's secret, so that a retry of its
-    /// registration (even to a restarted server) finds its worker again.
+    /// A spawned agent's one-time credential is used up here; until its
+    /// worker first polls it only retries this registration (even to a
+    /// restarted server), which hands the worker a new secret.
     pub async fn register(
         &self,
         caller: &Caller,
-        presented: &str,
         req: RegisterRequest,
     ) -> Result<(WorkerId, String)> {
         agent_fields::check_register(&req)?;
-        if let Some(registered) = self.retried_registration(caller, presented, &req).await? {
+        if let Some(registered) = self.retried_registration(caller, &req).await? {
             return Ok(registered);
         }
         check_registration(caller, &req.pool, &req.name)?;
@@ -88,6 +106,7 @@ impl Engine {
             return Err(FieldError::new("pool", format!("unknown pool {:?}", req.pool)).into());
         };
         self.check_declared(&pool.spec, &capacity)?;
+        check_confinement(&pool.spec, req.confinement.as_ref())?;
         let mut fx = Effects {
             controller: true,
             ..Effects::default()
@@ -133,14 +152,11 @@ impl Engine {
         };
         self.lose_workers(&mut state, &earlier, "registered again", &mut fx);
         let id = state.next_worker_id();
-        let (secret, secret_hash) = match &spawn {
-            Some((hash, _)) => (presented.to_string(), hash.clone()),
-            None => {
-                let secret = auth::new_worker_secret();
-                let hash = auth::hash(&secret);
-                (secret, hash)
-            }
-        };
+        // A spawned agent is handed a secret of its own here: the credential
+        // it was started with (which a process of its host may have seen)
+        // only retries this registration, until the worker first polls.
+        let secret = auth::new_worker_secret();
+        let secret_hash = auth::hash(&secret);
         let record = WorkerRecord {
             id,
             pool: req.pool,
@@ -153,6 +169,16 @@ impl Engine {
             instance: req.instance,
             incarnation: req.incarnation,
             secret_hash: Some(secret_hash.clone()),
+            confinement: req.confinement.as_ref().map(|c| WorkerConfinement {
+                namespaces: c.namespaces,
+                cgroup: c.cgroup.clone(),
+                user: c.user.clone(),
+            }),
+            token_name: match caller {
+                Caller::Token(p) => Some(p.name.clone()),
+                _ => None,
+            },
+            spawn_hash: spawn.as_ref().map(|(hash, _)| hash.clone()),
         };
         fx.observed.registered(&record.pool);
         let mut writes = vec![Write::PutWorker(record)];
@@ -193,6 +219,9 @@ impl Engine {
             return Err(e);
         }
         self.credentials.put_worker(id, secret_hash);
+        if let Some((hash, _)) = spawn {
+            self.credentials.put_registering(hash, id);
+        }
         tracing::info!(worker = id.0, name = %req.name, "worker registered");
         Ok((id, secret))
     }
@@ -229,13 +258,12 @@ impl Engine {
 
     /// A registration its agent sent again because it did not hear the
     /// answer: the same process (incarnation) under the same pool, name and
-    /// instance as a live worker. The worker stays, with what it runs; a
-    /// spawned agent presents its credential, now its worker's secret, and a
-    /// token's caller gets a new secret (it never heard the first).
+    /// instance as a live worker. The worker stays, with what it runs, and
+    /// gets a new secret (its agent never heard the first): a token's caller,
+    /// or a spawned agent with its used credential before its first poll.
     async fn retried_registration(
         &self,
         caller: &Caller,
-        presented: &str,
         req: &RegisterRequest,
     ) -> Result<Option<(WorkerId, String)>> {
         let Some(incarnation) = &req.incarnation else {
@@ -256,9 +284,11 @@ impl Engine {
             return Ok(None);
         };
         match caller {
-            Caller::Worker(id) if *id == worker.id => Ok(Some((worker.id, presented.to_string()))),
-            Caller::Token(_) => {
-                check_registration(caller, &req.pool, &req.name)?;
+            Caller::Registering(id) if *id != worker.id => Ok(None),
+            Caller::Token(_) | Caller::Registering(_) => {
+                if let Caller::Token(_) = caller {
+                    check_registration(caller, &req.pool, &req.name)?;
+                }
                 let secret = auth::new_worker_secret();
                 let hash = auth::hash(&secret);
                 let mut fx = Effects::default();
@@ -328,6 +358,10 @@ impl Engine {
                     });
                 };
                 live.last_seen = now;
+                if !live.polled {
+                    // Its spawn credential no longer registers it again.
+                    self.credentials.end_registering(worker);
+                }
                 live.polled = true;
                 let wake = live.wake.clone();
                 let mut response = self.take_assignments(&mut state, worker, &req);
@@ -475,11 +509,40 @@ impl Engine {
             drop(state);
             return self.finish(fx).await;
         };
-        update.end_attempt(attempt, outcome, req.exit_code, req.error);
+        let usage = req.usage.as_ref().map(agent_fields::measured);
+        let measured = usage.map(|usage| {
+            let step = &update.run.record.spec.steps[attempt.step_idx as usize];
+            MeasuredAttempt {
+                attempt: attempt.id,
+                run_id,
+                tenant: update.run.record.tenant.clone(),
+                pool: state
+                    .workers
+                    .get(&worker)
+                    .map(|w| w.record.pool.clone())
+                    .unwrap_or_default(),
+                pipeline: update.run.record.pipeline.clone(),
+                step: step.name.clone(),
+                succeeded: outcome == AttemptState::Succeeded,
+                ended_at: now,
+                duration_ms: attempt
+                    .started_at
+                    .map_or(0, |started| now.millis_since(started)),
+                requested: step.resources(),
+                usage,
+            }
+        });
+        update.end_attempt(
+            AttemptRecord { usage, ..attempt },
+            outcome,
+            req.exit_code,
+            req.error,
+        );
         update.advance(&mut state);
         fx.controller = update.run.record.state.is_terminal();
         let assigned = update.assigned_workers();
-        let writes = update.done(&mut state);
+        let mut writes = update.done(&mut state);
+        writes.extend(measured.map(Write::PutMeasured));
         fx.wake = Self::wake_handles(&state, assigned);
         self.stage(&mut state, writes, &mut fx);
         drop(state);

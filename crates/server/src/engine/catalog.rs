@@ -482,9 +482,22 @@ impl Engine {
         ];
         let mut fx = Effects::default();
         self.stage(&mut state, writes, &mut fx);
+        // The workers registered with it end with it (a leaked agent token is
+        // cut off): their steps run again elsewhere.
+        let registered: BTreeSet<WorkerId> = state
+            .workers
+            .values()
+            .filter(|w| w.record.token_name.as_deref() == Some(name))
+            .map(|w| w.record.id)
+            .collect();
+        self.lose_workers(&mut state, &registered, "its token was revoked", &mut fx);
         // Refused from now on, before the lock is let go: two revokes cannot
-        // both count the other's token as the admin that stays.
+        // both count the other's token as the admin that stays; nor can the
+        // workers' secrets be used.
         self.credentials.put_token(record.clone());
+        for worker in &registered {
+            self.credentials.forget_worker(*worker);
+        }
         drop(state);
         self.finish(fx).await?;
         Ok(record)

@@ -116,7 +116,7 @@ fn span_from(row: &AnyRow) -> Result<Span> {
 
 /// ` AND column = $n` for each filter that is set, numbered from `first`,
 /// and the values to bind in order.
-fn scope(first: usize, filters: [(&str, &Option<String>); 2]) -> (String, Vec<String>) {
+pub(super) fn scope(first: usize, filters: [(&str, &Option<String>); 2]) -> (String, Vec<String>) {
     let mut sql = String::new();
     let mut values = Vec::new();
     for (column, value) in filters {
@@ -330,7 +330,7 @@ fn added(column: &str) -> String {
 const HALF: i64 = 1 << 32;
 
 /// `SUM(column)` as two BIGINT columns `{name}_hi` and `{name}_lo`.
-fn split_sum(column: &str, name: &str) -> String {
+pub(super) fn split_sum(column: &str, name: &str) -> String {
     format!(
         "CAST(COALESCE(SUM({column} / {HALF}), 0) AS BIGINT) AS {name}_hi, \
          CAST(COALESCE(SUM({column} % {HALF}), 0) AS BIGINT) AS {name}_lo"
@@ -338,7 +338,7 @@ fn split_sum(column: &str, name: &str) -> String {
 }
 
 /// The exact sum a [`split_sum`] read.
-fn wide(row: &AnyRow, name: &str) -> Result<i128> {
+pub(super) fn wide(row: &AnyRow, name: &str) -> Result<i128> {
     let hi: i64 = row.try_get(format!("{name}_hi").as_str())?;
     let lo: i64 = row.try_get(format!("{name}_lo").as_str())?;
     Ok(i128::from(hi) * i128::from(HALF) + i128::from(lo))

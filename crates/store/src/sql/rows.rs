@@ -62,8 +62,8 @@ pub(super) fn resources(row: &AnyRow) -> Result<Resources> {
 }
 
 pub(super) const RUN_COLUMNS: &str = "id, pipeline, tenant, priority, state, reason_code, reason, spec, request, estimate, created_at, updated_at, finished_at";
-pub(super) const ATTEMPT_COLUMNS: &str = "id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at";
-pub(super) const WORKER_COLUMNS: &str = "id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash, incarnation";
+pub(super) const ATTEMPT_COLUMNS: &str = "id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at, cpu_micros, memory_peak_bytes, throttled_micros";
+pub(super) const WORKER_COLUMNS: &str = "id, pool, name, cpu_millis, memory_mib, gpu, labels, state, registered_at, updated_at, instance, secret_hash, incarnation, confinement, token_name, spawn_hash";
 pub(super) const TOKEN_COLUMNS: &str =
     "name, hash, role, tenant, pool, created_at, expires_at, revoked_at, last_used_at";
 pub(super) const ALLOCATION_COLUMNS: &str =
@@ -124,7 +124,23 @@ pub(super) fn attempt_from(row: &AnyRow) -> Result<AttemptRecord> {
         created_at: ts(row, "created_at")?,
         started_at: opt_ts(row, "started_at")?,
         finished_at: opt_ts(row, "finished_at")?,
+        usage: measured(row)?,
     })
+}
+
+/// An attempt's measured usage: all three columns, or none.
+fn measured(row: &AnyRow) -> Result<Option<Measured>> {
+    let cpu: Option<i64> = row.try_get("cpu_micros")?;
+    let peak: Option<i64> = row.try_get("memory_peak_bytes")?;
+    let throttled: Option<i64> = row.try_get("throttled_micros")?;
+    let (Some(cpu), Some(peak), Some(throttled)) = (cpu, peak, throttled) else {
+        return Ok(None);
+    };
+    Ok(Some(Measured {
+        cpu_micros: uint("cpu_micros", cpu)?,
+        memory_peak_bytes: uint("memory_peak_bytes", peak)?,
+        throttled_micros: uint("throttled_micros", throttled)?,
+    }))
 }
 
 pub(super) fn allocation_from(row: &AnyRow) -> Result<AllocationRecord> {
@@ -154,6 +170,12 @@ pub(super) fn worker_from(row: &AnyRow) -> Result<WorkerRecord> {
         instance: row.try_get("instance")?,
         secret_hash: row.try_get("secret_hash")?,
         incarnation: row.try_get("incarnation")?,
+        confinement: row
+            .try_get::<Option<String>, _>("confinement")?
+            .map(|c| from_json("worker confinement", &c))
+            .transpose()?,
+        token_name: row.try_get("token_name")?,
+        spawn_hash: row.try_get("spawn_hash")?,
     })
 }
 
@@ -209,4 +231,10 @@ pub(super) fn log_chunk_from(row: &AnyRow) -> Result<LogChunk> {
         offset: uint("log offset", row.try_get("byte_offset")?)?,
         data: row.try_get("data")?,
     })
+}
+
+/// A count kept as BIGINT, saturated rather than refused: measured amounts
+/// are what an agent saw, never a key.
+pub(super) fn saturate(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }

@@ -542,12 +542,33 @@ pub struct UsageAmounts {
     pub cost_micros: i64,
 }
 
+/// What the attempts really used, by their agents' measure: cpu time, and
+/// each attempt's memory peak held for its whole duration.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct UsedAmounts {
+    pub cpu_core_seconds: f64,
+    pub memory_gib_seconds: f64,
+}
+
+/// Used over allocated, per resource: 1 is all of it used; null where
+/// nothing was allocated or nothing was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct EfficiencyView {
+    pub cpu: Option<f64>,
+    pub memory: Option<f64>,
+}
+
 /// One group of a usage report: its key values (by the report's keys) and
 /// its usage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UsageRowView {
     pub key: BTreeMap<String, String>,
     pub usage: UsageAmounts,
+    /// What the group's attempts that ended in the window really used.
+    #[serde(default)]
+    pub used: UsedAmounts,
+    #[serde(default)]
+    pub efficiency: EfficiencyView,
 }
 
 /// A pool's capacity over the window, what was allocated of it and what
@@ -571,6 +592,10 @@ pub struct UsageView {
     pub to: String,
     pub rows: Vec<UsageRowView>,
     pub total: UsageAmounts,
+    #[serde(default)]
+    pub total_used: UsedAmounts,
+    #[serde(default)]
+    pub total_efficiency: EfficiencyView,
     /// Idle capacity per pool (and day); empty for a tenant's token.
     pub idle: Vec<IdleView>,
 }
@@ -625,4 +650,38 @@ pub struct TenantSummary {
     pub queued_demand: ResourcesView,
     /// This month's budget alerts.
     pub alerts: Vec<AlertView>,
+}
+
+/// A right-sizing recommendation for one step of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StepRecommendationView {
+    pub step: String,
+    /// What the step asks for in its latest measured run.
+    pub current: ResourcesView,
+    /// What it would ask for: the 95th percentile of its measured peaks (cpu:
+    /// of its average cores) over the runs below, plus a margin, rounded up.
+    pub recommended: ResourcesView,
+    /// Measured attempts it rests on (successful ones only).
+    pub samples: u32,
+    /// The runs those attempts belong to.
+    pub runs: Vec<i64>,
+    /// Peak memory measured, in MiB (the highest), and average cores used
+    /// (the highest).
+    pub peak_memory_mib: u64,
+    pub peak_cpu_cores: f64,
+    /// What the last 30 days' attempts of this step would have cost less at
+    /// their pools' prices, per month, had they asked for `recommended`.
+    pub monthly_saving: f64,
+}
+
+/// Right-sizing for a tenant's pipeline, per step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecommendationView {
+    pub tenant: String,
+    pub pipeline: String,
+    pub steps: Vec<StepRecommendationView>,
+    /// The sum of the steps' monthly savings.
+    pub monthly_saving: f64,
+    /// How the recommendation is made, in a sentence.
+    pub method: String,
 }

@@ -19,6 +19,7 @@ pub mod pool;
 pub mod queue;
 pub mod request;
 pub mod resources;
+pub mod rightsizing;
 pub mod run;
 pub mod selector;
 pub mod sim;

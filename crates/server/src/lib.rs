@@ -168,7 +168,11 @@ pub async fn serve(
         store.hold(lock.clone());
     }
     let store: Arc<dyn Store> = Arc::new(store);
-    let provider = LocalProvider::new(config.exe.clone(), config.data_dir.join("workers"));
+    let provider = LocalProvider::new(
+        config.exe.clone(),
+        config.data_dir.join("workers"),
+        config.data_dir.clone(),
+    );
     let engine =
         Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
     let committer = engine.clone();

@@ -9,9 +9,6 @@ use std::sync::OnceLock;
 use corral_core::request::WorkerTemplate;
 use corral_core::resources::{format_cpu, format_memory};
 
-/// The variable through which a spawned agent gets its registration credential.
-pub const TOKEN_ENV: &str = "CORRAL_TOKEN";
-
 /// The variables of the server's environment a local agent inherits.
 const INHERITED: [&str; 8] = [
     "PATH",
@@ -29,16 +26,19 @@ pub struct LocalProvider {
     exe: PathBuf,
     /// Where agents keep their workspaces and logs.
     work_dir: PathBuf,
+    /// What agents hide from their steps: the server's data directory.
+    hide: PathBuf,
     /// The server's own URL, known once it listens, and the certificates its
     /// agents trust when it serves TLS.
     server: OnceLock<(String, Option<PathBuf>)>,
 }
 
 impl LocalProvider {
-    pub fn new(exe: PathBuf, work_dir: PathBuf) -> LocalProvider {
+    pub fn new(exe: PathBuf, work_dir: PathBuf, hide: PathBuf) -> LocalProvider {
         LocalProvider {
             exe,
             work_dir,
+            hide,
             server: OnceLock::new(),
         }
     }
@@ -48,10 +48,10 @@ impl LocalProvider {
     }
 
     /// Starts an agent named `name` shaped by `template`; its environment is the
-    /// template's, which its steps inherit. It registers with `credential`, handed
-    /// over in its environment (never on its command line, which anyone on the
-    /// host can read); it does not pass it on to its steps. It outlives the
-    /// server: a restart does not kill running steps.
+    /// template's, which its steps inherit. It registers with `credential`, written
+    /// on its standard input (never in its environment or on its command line,
+    /// which its host's processes may read), and then holds a secret of its own.
+    /// It outlives the server: a restart does not kill running steps.
     pub fn spawn(
         &self,
         name: &str,
@@ -90,23 +90,35 @@ impl LocalProvider {
                     .filter_map(|k| Some((*k, std::env::var_os(k)?))),
             )
             .envs(&template.env)
-            .env(TOKEN_ENV, credential)
+            .args(["--token-file", "-"])
             .arg("--work-dir")
             .arg(&self.work_dir)
+            .arg("--hide")
+            .arg(&self.hide)
             .arg("--ephemeral")
             .args(
                 ca_cert
                     .iter()
                     .flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]),
             )
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(false);
         let mut child = command.spawn()?;
         tracing::info!(worker = %name, pool = %template.pool, %resources, pid = child.id(), "spawned a local worker");
-        // Reap it when it exits so it does not linger as a zombie.
+        let stdin = child.stdin.take();
+        let credential = format!("{credential}\n");
+        let name = name.to_string();
         tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // A line far below a pipe's buffer: written at once, then closed.
+            if let Some(mut stdin) = stdin
+                && let Err(e) = stdin.write_all(credential.as_bytes()).await
+            {
+                tracing::warn!(worker = %name, "cannot hand the local worker its credential: {e}");
+            }
+            // Reap it when it exits so it does not linger as a zombie.
             let _ = child.wait().await;
         });
         Ok(())

@@ -84,7 +84,7 @@ impl Harness {
 
     async fn load(dir: Arc<Scratch>, clock: Arc<ManualClock>, config: EngineConfig) -> Harness {
         let store = Arc::new(SqlStore::open_sqlite(&dir.0).await.expect("store"));
-        let provider = LocalProvider::new("/bin/true".into(), dir.0.join("workers"));
+        let provider = LocalProvider::new("/bin/true".into(), dir.0.join("workers"), dir.0.clone());
         let engine = Arc::new(
             Engine::load(store, clock.clone(), config, provider)
                 .await

@@ -6,16 +6,19 @@ use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
+
 use corral_api::{
-    AlertView, ErrorBody, IdleView, PriceChangeView, TenantSummary, UsageAmounts, UsageRowView,
-    UsageView,
+    AlertView, EfficiencyView, ErrorBody, IdleView, PriceChangeView, TenantSummary, UsageAmounts,
+    UsageRowView, UsageView, UsedAmounts,
 };
 use corral_core::clock::Timestamp;
 use corral_core::error::FieldError;
 use corral_core::metering::{
-    DAY_MS, FORECAST_WINDOW_MS, Grouping, Key, Month, Usage, Window, forecast, group, idle,
+    DAY_MS, Date, FORECAST_WINDOW_MS, Grouping, Key, Month, Usage, Window, forecast, group, idle,
 };
-use corral_store::{AlertFilter, AlertRecord, SpanFilter, metered_usage};
+use corral_core::rightsizing;
+use corral_store::{AlertFilter, AlertRecord, MeasuredSum, SpanFilter, UsageQuery, metered_usage};
 
 use super::error::PathParam;
 use super::routes::{Params, limit, params, tenant_scope, tenant_view, time_param};
@@ -86,6 +89,15 @@ pub(crate) async fn usage_report(
     let held = metered_usage(store.as_ref(), &filter, grouping, &prices, now.0).await?;
     let window = Window::new(from.0, to.0);
     let report = group(&held, &by);
+    let measured = store
+        .measured_sums(&UsageQuery {
+            window,
+            tenant: tenant.clone(),
+            pool: pool.clone(),
+            grouping,
+        })
+        .await?;
+    let (used_by_key, total_used) = used_by(&measured, &by);
     let idle_rows = if with_idle {
         let mut capacities = store.capacities().await?;
         capacities.retain(|c| pool.as_ref().is_none_or(|p| *p == c.pool));
@@ -105,11 +117,19 @@ pub(crate) async fn usage_report(
         rows: report
             .rows
             .iter()
-            .map(|r| UsageRowView {
-                key: names.iter().cloned().zip(r.key.iter().cloned()).collect(),
-                usage: amounts(&r.usage),
+            .map(|r| {
+                let usage = amounts(&r.usage);
+                let used = used_by_key.get(&r.key).copied().unwrap_or_default();
+                UsageRowView {
+                    key: names.iter().cloned().zip(r.key.iter().cloned()).collect(),
+                    efficiency: efficiency_of(&used, &usage),
+                    usage,
+                    used,
+                }
             })
             .collect(),
+        total_efficiency: efficiency_of(&total_used, &amounts(&report.total)),
+        total_used,
         total: amounts(&report.total),
         idle: idle_rows
             .iter()
@@ -244,6 +264,15 @@ pub(crate) async fn tenant_summary(
         &[Key::Pool],
     );
     let last_week = group(&held(week_ago.0, now.0, &[]).await?, &[]);
+    let measured = store
+        .measured_sums(&UsageQuery {
+            window: Window::new(month.start_ms(), month.end_ms()),
+            tenant: Some(name.clone()),
+            pool: None,
+            grouping: Grouping::of(&[Key::Pool], false),
+        })
+        .await?;
+    let (used_by_pool, _) = used_by(&measured, &[Key::Pool]);
     let spent = this_month.total.cost;
     let alerts = store
         .alerts(&AlertFilter {
@@ -259,11 +288,17 @@ pub(crate) async fn tenant_summary(
         usage_by_pool: this_month
             .rows
             .iter()
-            .map(|r| UsageRowView {
-                key: std::iter::once("pool".to_string())
-                    .zip(r.key.iter().cloned())
-                    .collect(),
-                usage: amounts(&r.usage),
+            .map(|r| {
+                let usage = amounts(&r.usage);
+                let used = used_by_pool.get(&r.key).copied().unwrap_or_default();
+                UsageRowView {
+                    key: std::iter::once("pool".to_string())
+                        .zip(r.key.iter().cloned())
+                        .collect(),
+                    efficiency: efficiency_of(&used, &usage),
+                    usage,
+                    used,
+                }
             })
             .collect(),
         spent: spent.to_units_f64(),
@@ -281,6 +316,50 @@ pub(crate) async fn tenant_summary(
         queued_demand: queued_demand.into(),
         alerts: alerts.iter().map(alert_view).collect(),
     }))
+}
+
+/// What the measured attempts used, summed by the report's keys (an
+/// attempt counts on the day it ended), and in all.
+fn used_by(
+    measured: &[MeasuredSum],
+    by: &[Key],
+) -> (BTreeMap<Vec<String>, UsedAmounts>, UsedAmounts) {
+    let mut rows: BTreeMap<Vec<String>, UsedAmounts> = BTreeMap::new();
+    let mut total = UsedAmounts::default();
+    for m in measured {
+        let key: Vec<String> = by
+            .iter()
+            .map(|k| match k {
+                Key::Tenant => m.tenant.clone(),
+                Key::Pool => m.pool.clone(),
+                Key::Pipeline => m.pipeline.clone(),
+                Key::Day => Date::containing(m.day_ms).to_string(),
+                Key::Month => Month::containing(m.day_ms).label(),
+            })
+            .collect();
+        let cpu = m.cpu_micros as f64 / 1e6;
+        // MiB·ms to GiB·s.
+        let memory = m.memory_peak_mib_ms as f64 / 1024.0 / 1000.0;
+        for sum in [rows.entry(key).or_default(), &mut total] {
+            sum.cpu_core_seconds += cpu;
+            sum.memory_gib_seconds += memory;
+        }
+    }
+    (rows, total)
+}
+
+/// Used over allocated, per resource; none where nothing was measured.
+fn efficiency_of(used: &UsedAmounts, allocated: &UsageAmounts) -> EfficiencyView {
+    let measured = used.cpu_core_seconds > 0.0 || used.memory_gib_seconds > 0.0;
+    let ratio = |used: f64, allocated: f64| {
+        measured
+            .then(|| rightsizing::efficiency(used, allocated))
+            .flatten()
+    };
+    EfficiencyView {
+        cpu: ratio(used.cpu_core_seconds, allocated.cpu_core_seconds),
+        memory: ratio(used.memory_gib_seconds, allocated.memory_gib_seconds),
+    }
 }
 
 /// The keys of `by`, each once.
@@ -318,19 +397,24 @@ fn csv(view: &UsageView) -> String {
     if !out.is_empty() {
         out.push(',');
     }
-    out.push_str("cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost\n");
+    out.push_str("cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost,used_cpu_core_seconds,used_memory_gib_seconds,cpu_efficiency,memory_efficiency\n");
     for row in &view.rows {
         for key in &view.by {
             out.push_str(&csv_field(row.key.get(key).map_or("", String::as_str)));
             out.push(',');
         }
         let u = &row.usage;
+        let ratio = |r: Option<f64>| r.map_or(String::new(), |r| format!("{r:.4}"));
         out.push_str(&format!(
-            "{:.3},{:.3},{:.3},{}\n",
+            "{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{}\n",
             u.cpu_core_seconds,
             u.memory_gib_seconds,
             u.gpu_seconds,
-            micros_text(u.cost_micros)
+            micros_text(u.cost_micros),
+            row.used.cpu_core_seconds,
+            row.used.memory_gib_seconds,
+            ratio(row.efficiency.cpu),
+            ratio(row.efficiency.memory),
         ));
     }
     out

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use corral_api::{
-    Applied, AuditView, ErrorBody, PoolView, RunSummary, RunView, TenantSummary, TenantView,
-    TokenCreate, TokenCreated, TokenView, UsageView,
+    Applied, AuditView, ErrorBody, PoolView, RecommendationView, RunSummary, RunView,
+    TenantSummary, TenantView, TokenCreate, TokenCreated, TokenView, UsageView,
 };
 use serde::de::DeserializeOwned;
 
@@ -174,6 +174,20 @@ impl Client {
             .query(query)
             .header(reqwest::header::ACCEPT, "text/csv");
         Ok(self.send(request).await?.text().await?)
+    }
+
+    pub async fn recommendation(
+        &self,
+        pipeline: &str,
+        tenant: Option<&str>,
+    ) -> Result<RecommendationView> {
+        let query: Vec<(&str, &str)> = tenant.map(|t| ("tenant", t)).into_iter().collect();
+        self.json(
+            self.http
+                .get(self.url(&format!("/pipelines/{pipeline}/recommendation")))
+                .query(&query),
+        )
+        .await
     }
 
     pub async fn tenant_summary(&self, name: &str) -> Result<TenantSummary> {

@@ -285,6 +285,18 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = UsageFormat::Table)]
         output: UsageFormat,
     },
+    /// Right-size a pipeline: per step, what it asks for, what its recent
+    /// successful attempts really used, a recommended request and the saving.
+    Recommend {
+        #[command(flatten)]
+        server: ServerArg,
+        pipeline: String,
+        /// The tenant whose pipeline it is (a tenant token's own by default).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Print a run's logs (all steps, or one).
     Logs {
         #[command(flatten)]
@@ -631,6 +643,21 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 UsageFormat::Table => output::usage_report(&client.usage(&query).await?),
             };
             print!("{}", escapes::neutralise(&text));
+            Ok(ok)
+        }
+        Command::Recommend {
+            server,
+            pipeline,
+            tenant,
+            output,
+        } => {
+            corral_core::error::check_name("pipeline", &pipeline)?;
+            let client = server.client()?;
+            let found = client.recommendation(&pipeline, tenant.as_deref()).await?;
+            print!(
+                "{}",
+                escapes::neutralise(&output::recommendation(&found, output)?)
+            );
             Ok(ok)
         }
         Command::Logs {

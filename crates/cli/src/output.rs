@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use clap::ValueEnum;
 use corral_api::{
-    AuditView, PoolView, ResourcesView, RunSummary, RunView, TenantSummary, TenantView, TokenView,
-    UsageView,
+    AttemptUsage, AuditView, PoolView, RecommendationView, ResourcesView, RunSummary, RunView,
+    TenantSummary, TenantView, TokenView, UsageView,
 };
 use corral_core::resources::{format_cpu, format_memory};
 use serde::Serialize;
@@ -87,6 +87,7 @@ pub fn pools(pools: &[PoolView], format: Format) -> Result<String> {
                 usage(&p.used, &p.capacity),
                 format!("{}/{}", p.workers, p.max_workers),
                 p.agents.map_or("-".into(), |a| a.to_string()),
+                confined(p),
             ]
         })
         .collect();
@@ -98,9 +99,49 @@ pub fn pools(pools: &[PoolView], format: Format) -> Result<String> {
             "USED/CAPACITY",
             "WORKERS",
             "AGENTS",
+            "CONFINED",
         ],
         rows,
     ))
+}
+
+/// How many of a pool's live agents confine their steps, and whether the
+/// pool requires it: `2/2 v1`, `0/1 none (required)`.
+fn confined(p: &PoolView) -> String {
+    let full = p
+        .live_agents
+        .iter()
+        .filter(|a| a.confinement.as_ref().is_some_and(|c| c.is_full()))
+        .count();
+    let mut cgroups: Vec<&str> = p
+        .live_agents
+        .iter()
+        .map(|a| a.confinement.as_ref().map_or("none", |c| c.cgroup.as_str()))
+        .collect();
+    cgroups.sort_unstable();
+    cgroups.dedup();
+    let mut s = if p.live_agents.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{full}/{} {}", p.live_agents.len(), cgroups.join(","))
+    };
+    if p.require_confinement {
+        s.push_str(" (required)");
+    }
+    s
+}
+
+/// An attempt's measured usage: `1.52s cpu, peak 130Mi`.
+fn measured(u: &AttemptUsage) -> String {
+    let mut s = format!(
+        "{:.2}s cpu, peak {}",
+        u.cpu_seconds,
+        format_memory(u.memory_peak_bytes.div_ceil(1 << 20))
+    );
+    if u.throttled_seconds >= 0.01 {
+        let _ = write!(s, ", throttled {:.2}s", u.throttled_seconds);
+    }
+    s
 }
 
 pub fn tenants(tenants: &[TenantView], format: Format) -> Result<String> {
@@ -288,11 +329,18 @@ pub fn describe_run(run: &RunView, format: Format) -> Result<String> {
                 st.attempts.len().to_string(),
                 last.and_then(|a| a.exit_code)
                     .map_or("-".into(), |c| c.to_string()),
+                last.and_then(|a| a.usage.as_ref())
+                    .map_or("-".into(), measured),
                 last.and_then(|a| a.error.clone()).unwrap_or_default(),
             ]
         })
         .collect();
-    for line in table(&["STEP", "STATE", "ATTEMPTS", "EXIT", "ERROR"], rows).lines() {
+    for line in table(
+        &["STEP", "STATE", "ATTEMPTS", "EXIT", "USED", "ERROR"],
+        rows,
+    )
+    .lines()
+    {
         let _ = writeln!(out, "  {line}");
     }
     Ok(out)
@@ -361,8 +409,19 @@ pub fn audit(entries: &[AuditView], format: Format) -> Result<String> {
 /// A usage report as a table: a column per key, then the amounts and the cost.
 pub fn usage_report(report: &UsageView) -> String {
     let mut header: Vec<String> = report.by.iter().map(|k| k.to_uppercase()).collect();
-    header.extend(["CPU CORE-H", "MEMORY GIB-H", "GPU-H", "COST"].map(String::from));
+    header.extend(
+        [
+            "CPU CORE-H",
+            "MEMORY GIB-H",
+            "GPU-H",
+            "COST",
+            "CPU EFF",
+            "MEM EFF",
+        ]
+        .map(String::from),
+    );
     let hours = |seconds: f64| format!("{:.2}", seconds / 3600.0);
+    let percent = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
     let mut rows: Vec<Vec<String>> = report
         .rows
         .iter()
@@ -377,6 +436,8 @@ pub fn usage_report(report: &UsageView) -> String {
                 hours(r.usage.memory_gib_seconds),
                 hours(r.usage.gpu_seconds),
                 format!("{:.2}", r.usage.cost),
+                percent(r.efficiency.cpu),
+                percent(r.efficiency.memory),
             ]);
             row
         })
@@ -391,6 +452,8 @@ pub fn usage_report(report: &UsageView) -> String {
         hours(t.memory_gib_seconds),
         hours(t.gpu_seconds),
         format!("{:.2}", t.cost),
+        percent(report.total_efficiency.cpu),
+        percent(report.total_efficiency.memory),
     ]);
     rows.push(total);
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -437,5 +500,49 @@ pub fn describe_tenant(s: &TenantSummary, format: Format) -> Result<String> {
     for alert in &s.alerts {
         out.push_str(&format!("Alert:      {} ({})\n", alert.message, alert.at));
     }
+    Ok(out)
+}
+
+/// A pipeline's right-sizing, step by step.
+pub fn recommendation(r: &RecommendationView, format: Format) -> Result<String> {
+    if let Some(s) = structured(r, format)? {
+        return Ok(s);
+    }
+    let rows = r
+        .steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.step.clone(),
+                resources(&s.current),
+                resources(&s.recommended),
+                format!(
+                    "{:.2} cores, {}",
+                    s.peak_cpu_cores,
+                    format_memory(s.peak_memory_mib)
+                ),
+                format!("{} ({} runs)", s.samples, s.runs.len()),
+                format!("{:.2}", s.monthly_saving),
+            ]
+        })
+        .collect();
+    let mut out = format!("Pipeline {} of tenant {}\n\n", r.pipeline, r.tenant);
+    out.push_str(&table(
+        &[
+            "STEP",
+            "REQUESTED",
+            "RECOMMENDED",
+            "PEAK USED",
+            "ATTEMPTS",
+            "MONTHLY SAVING",
+        ],
+        rows,
+    ));
+    let _ = write!(
+        out,
+        "\nSaving per month: {:.2}\nMethod: {}\n",
+        r.monthly_saving,
+        wrap(&r.method, 80)
+    );
     Ok(out)
 }

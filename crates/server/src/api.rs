@@ -4,7 +4,7 @@ pub(crate) mod error;
 mod guard;
 pub(crate) mod history;
 mod openapi;
-mod rightsizing;
+pub(crate) mod rightsizing;
 pub mod routes;
 pub(crate) mod stream;
 pub(crate) mod usage;

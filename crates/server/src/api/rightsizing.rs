@@ -37,9 +37,22 @@ pub(crate) async fn recommendation(
     Query(query): Params,
 ) -> Result<Json<RecommendationView>, ApiError> {
     params(&query, &["tenant"])?;
-    check_name("name", &name)?;
-    let tenant = tenant_scope(&who, &query)?
+    Ok(Json(
+        recommendation_view(&engine, &who, &name, &query).await?,
+    ))
+}
+
+/// The recommendation for `who`, with the query's `tenant`.
+pub(crate) async fn recommendation_view(
+    engine: &Engine,
+    who: &Principal,
+    name: &str,
+    query: &std::collections::BTreeMap<String, String>,
+) -> Result<RecommendationView, ApiError> {
+    check_name("name", name)?;
+    let tenant = tenant_scope(who, query)?
         .ok_or_else(|| FieldError::new("tenant", "name the tenant whose pipeline to right-size"))?;
+    let name = name.to_string();
     let now = engine.now();
     let store = engine.store();
     let measured = store
@@ -86,7 +99,7 @@ pub(crate) async fn recommendation(
         })
         .collect();
     let total = steps.iter().map(|s| s.monthly_saving).sum();
-    Ok(Json(RecommendationView {
+    Ok(RecommendationView {
         tenant,
         pipeline: name,
         steps,
@@ -94,5 +107,5 @@ pub(crate) async fn recommendation(
         method: format!(
             "the 95th percentile of each step's measured memory peaks and average cores over its successful attempts of the last 90 days, plus {MARGIN_PERCENT}%, rounded up to 50m and 16Mi; the saving is the last 30 days' attempts priced at the request and at the recommendation"
         ),
-    }))
+    })
 }

@@ -283,3 +283,11 @@ pub fn chart(id: &str, title: &str, data: &serde_json::Value) -> Markup {
         }
     }
 }
+
+/// Used over allocated as a percentage, or a dash where nothing was measured.
+pub fn efficiency(ratio: Option<f64>) -> Markup {
+    match ratio {
+        Some(r) => html! { (format!("{:.0}%", r * 100.0)) },
+        None => html! { span.muted title="nothing measured" { "—" } },
+    }
+}

@@ -15,6 +15,7 @@ mod forms;
 mod layout;
 mod overview;
 mod pools;
+mod rightsizing;
 mod runs;
 mod session;
 mod tenants;
@@ -76,6 +77,12 @@ fn table() -> Vec<(PageSpec, Handler)> {
         p("POST", "/tenants/{name}", Admin, post(tenants::update)),
         p("GET", "/queue", Read, get(runs::queue)),
         p("GET", "/runs/{id}", Read, get(runs::detail)),
+        p(
+            "GET",
+            "/pipelines/{name}/recommendation",
+            Read,
+            get(rightsizing::page),
+        ),
         p("GET", "/runs/{id}/log", Read, get(runs::log)),
         p("POST", "/runs/{id}/cancel", Operate, post(runs::cancel)),
         p("GET", "/dashboards", Read, get(dashboards::page)),

@@ -290,7 +290,7 @@ pub async fn detail(
         let state = engine.read().await;
         let now = engine.now();
         let spec = state.pools.get(&name).map(|p| p.spec.clone());
-        let agents: Vec<(String, String, i64)> = state
+        let agents: Vec<(String, String, i64, String)> = state
             .workers
             .values()
             .filter(|w| w.record.pool == name)
@@ -303,6 +303,7 @@ pub async fn detail(
                         layout::memory(w.record.capacity.memory_mib)
                     ),
                     now.millis_since(w.last_seen),
+                    confinement_text(w.record.confinement.as_ref()),
                 )
             })
             .collect();
@@ -333,17 +334,18 @@ pub async fn detail(
                     }
                 }
             }
-            @if view.provider == "static" {
-                h2 { "Agents" }
-                @if agents.is_empty() { p.muted { "No agent is registered." } }
-                @else {
-                    div.table-wrap { table {
-                        thead { tr { th scope="col" { "Agent" } th scope="col" { "Offers" } th.num scope="col" { "Last heartbeat" } } }
-                        tbody { @for (n, offers, ago) in &agents {
-                            tr { td { (n) } td { (offers) } td.num { (layout::duration(*ago)) " ago" } }
-                        } }
+            h2 { "Agents" }
+            @if view.require_confinement {
+                p { "Agents that cannot confine their steps are refused (" code { "require_confinement: true" } ")." }
+            }
+            @if agents.is_empty() { p.muted { "No agent is registered." } }
+            @else {
+                div.table-wrap { table {
+                    thead { tr { th scope="col" { "Agent" } th scope="col" { "Offers" } th scope="col" { "Confinement" } th.num scope="col" { "Last heartbeat" } } }
+                    tbody { @for (n, offers, ago, confined) in &agents {
+                        tr { td { (n) } td { (offers) } td { (confined) } td.num { (layout::duration(*ago)) " ago" } }
                     } }
-                }
+                } }
             }
         }))
         h2 { "Utilization and saturation" }
@@ -370,4 +372,22 @@ pub async fn detail(
         }
     };
     Ok(layout::page(&session, Section::Pools, &format!("Pool {name}"), body).into_response())
+}
+
+/// How an agent confines its steps, in words: `namespaces, cgroup v1, as uids
+/// 2000000000-2000065535`, or what it lacks.
+fn confinement_text(c: Option<&corral_store::WorkerConfinement>) -> String {
+    match c {
+        None => "none (the agent did not say)".into(),
+        Some(c) => format!(
+            "{}, cgroup {}, as {}",
+            if c.namespaces {
+                "namespaces"
+            } else {
+                "no namespaces"
+            },
+            c.cgroup,
+            c.user
+        ),
+    }
 }

@@ -315,7 +315,7 @@ pub async fn detail(
             h2 { "Steps" }
             (dag(&view.steps))
             div.table-wrap { table {
-                thead { tr { th scope="col" { "Step" } th scope="col" { "State" } th scope="col" { "Attempts" } } }
+                thead { tr { th scope="col" { "Step" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Used (last attempt)" } } }
                 tbody { @for step in &view.steps {
                     tr {
                         td { (step.name) }
@@ -326,9 +326,20 @@ pub async fn detail(
                                 @if let Some(e) = &a.error { " — " (e) } }
                             " "
                         } }
+                        td { @match step.attempts.last().and_then(|a| a.usage.as_ref()) {
+                            Some(u) => {
+                                (format!("{:.2}", u.cpu_seconds)) " cpu-s · peak "
+                                (layout::memory(u.memory_peak_bytes.div_ceil(1 << 20)))
+                                @if u.throttled_seconds >= 0.01 { " · throttled " (format!("{:.2}", u.throttled_seconds)) " s" }
+                            }
+                            None => span.muted { "—" },
+                        } }
                     }
                 } }
             } }
+            @if ended {
+                p { a href={ "/pipelines/" (s.pipeline) "/recommendation?tenant=" (s.tenant) } { "Right-size pipeline " (s.pipeline) } }
+            }
             h2 { "Allocations" }
             @if view.allocations.is_empty() { p.muted { "None yet." } }
             @else {

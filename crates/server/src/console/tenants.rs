@@ -92,7 +92,7 @@ fn usage_table(title: &str, key: &str, rows: &[UsageRowView]) -> Markup {
     html! {
         div.table-wrap { table {
             caption.muted style="text-align:left;padding:6px 10px" { (title) }
-            thead { tr { th scope="col" { (key) } th.num scope="col" { "core-hours" } th.num scope="col" { "GiB-hours" } th.num scope="col" { "Cost" } } }
+            thead { tr { th scope="col" { (key) } th.num scope="col" { "core-hours" } th.num scope="col" { "GiB-hours" } th.num scope="col" { "Cost" } th.num scope="col" { "CPU used" } th.num scope="col" { "Memory used" } } }
             tbody {
                 @for r in rows {
                     tr {
@@ -100,9 +100,11 @@ fn usage_table(title: &str, key: &str, rows: &[UsageRowView]) -> Markup {
                         td.num { (format!("{:.2}", r.usage.cpu_core_seconds / 3600.0)) }
                         td.num { (format!("{:.2}", r.usage.memory_gib_seconds / 3600.0)) }
                         td.num { (layout::money(r.usage.cost)) }
+                        td.num { (layout::efficiency(r.efficiency.cpu)) }
+                        td.num { (layout::efficiency(r.efficiency.memory)) }
                     }
                 }
-                @if rows.is_empty() { tr { td colspan="4" { span.muted { "Nothing used this month." } } } }
+                @if rows.is_empty() { tr { td colspan="6" { span.muted { "Nothing used this month." } } } }
             }
         } }
     }

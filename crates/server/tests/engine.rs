@@ -1016,3 +1016,218 @@ async fn lost_workers_are_pruned_after_the_retention_and_what_they_ran_still_rea
     let c = h.register("metal", "c", 2).await;
     assert!(c.0 > b.0, "{c:?} after {b:?}");
 }
+
+/// A registration into `pool` as `caller`, confining its steps as `confinement`.
+fn registration(
+    pool: &str,
+    name: &str,
+    confinement: Option<corral_api::Confinement>,
+) -> RegisterRequest {
+    RegisterRequest {
+        pool: pool.into(),
+        name: name.into(),
+        instance: Some(format!("{name}-dir")),
+        incarnation: None,
+        capacity: ResourcesView {
+            cpu_millis: 2000,
+            memory_mib: 8192,
+            gpu: 0,
+        },
+        labels: Default::default(),
+        confinement,
+    }
+}
+
+/// The one running attempt of `run`, with its worker.
+async fn running_attempt(h: &Harness, run: RunId) -> (AttemptId, WorkerId) {
+    let state = h.engine.read().await;
+    let live = &state.runs[&run];
+    let running: Vec<(AttemptId, WorkerId)> = live
+        .attempts
+        .iter()
+        .filter(|a| a.state == AttemptState::Running)
+        .map(|a| (a.id, a.worker_id))
+        .collect();
+    assert_eq!(running.len(), 1, "{:?}", live.attempts);
+    running[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_an_attempt_measured_is_kept_on_it_and_in_the_usage_facts() {
+    let h = Harness::new("measured", METAL).await;
+    let worker = h.register("metal", "a", 2).await;
+    h.heartbeat(worker).await;
+    let run = h.submit("measured-job", "t", 1, "metal").await;
+    h.engine.cycle().await.expect("cycle");
+    let (attempt, on) = running_attempt(&h, run).await;
+    assert_eq!(on, worker);
+    h.clock.advance(4_000);
+    h.engine
+        .report(
+            worker,
+            attempt,
+            ReportRequest {
+                outcome: "succeeded".into(),
+                exit_code: Some(0),
+                error: None,
+                usage: Some(corral_api::AttemptUsage {
+                    cpu_seconds: 1.25,
+                    memory_peak_bytes: 300 << 20,
+                    throttled_seconds: 0.5,
+                }),
+            },
+        )
+        .await
+        .expect("report");
+    assert_eq!(h.state_of(run).await.0, RunState::Succeeded);
+    let detail = h
+        .engine
+        .store()
+        .run(run)
+        .await
+        .expect("read")
+        .expect("the run");
+    assert_eq!(
+        detail.attempts[0].usage,
+        Some(corral_store::Measured {
+            cpu_micros: 1_250_000,
+            memory_peak_bytes: 300 << 20,
+            throttled_micros: 500_000,
+        })
+    );
+    let recent = h
+        .engine
+        .store()
+        .measured_attempts("t", "measured-job", Timestamp(0), 10)
+        .await
+        .expect("measured");
+    assert_eq!(recent.len(), 1);
+    let m = &recent[0];
+    assert_eq!(
+        (m.pool.as_str(), m.step.as_str(), m.duration_ms, m.succeeded),
+        ("metal", "s", 4_000, true)
+    );
+    assert_eq!(m.requested.cpu_millis, 1000);
+    // A report past the bounds of a measure is refused, naming the field.
+    let err = h
+        .engine
+        .report(
+            worker,
+            attempt,
+            ReportRequest {
+                outcome: "succeeded".into(),
+                exit_code: Some(0),
+                error: None,
+                usage: Some(corral_api::AttemptUsage {
+                    cpu_seconds: f64::NAN,
+                    memory_peak_bytes: 0,
+                    throttled_seconds: 0.0,
+                }),
+            },
+        )
+        .await
+        .expect_err("not a number of seconds");
+    assert!(err.to_string().contains("usage.cpu_seconds"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_an_agent_token_ends_its_workers_and_their_steps_run_elsewhere() {
+    let h = Harness::new("revoke-agent", METAL).await;
+    let (_, leaked) = h
+        .engine
+        .create_token(
+            &admin(),
+            "leaked",
+            corral_core::access::Role::Agent {
+                pool: "metal".into(),
+            },
+            None,
+        )
+        .await
+        .expect("token");
+    let caller = h
+        .engine
+        .credentials()
+        .resolve(&leaked, h.clock.now())
+        .expect("an agent token");
+    let (rogue, rogue_secret) = h
+        .engine
+        .register(&caller, registration("metal", "rogue", None))
+        .await
+        .expect("register");
+    h.heartbeat(rogue).await;
+    let run = h.submit("job", "t", 1, "metal").await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(running_attempt(&h, run).await.1, rogue);
+    let honest = h.register("metal", "honest", 2).await;
+    h.heartbeat(honest).await;
+
+    h.engine
+        .revoke_token(&admin(), "leaked")
+        .await
+        .expect("revoke");
+    assert!(
+        h.engine
+            .credentials()
+            .resolve(&rogue_secret, h.clock.now())
+            .is_err(),
+        "the worker's secret stops working at once"
+    );
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(
+        running_attempt(&h, run).await.1,
+        honest,
+        "the step runs again on another agent"
+    );
+    let state = h.engine.read().await;
+    assert!(!state.workers.contains_key(&rogue), "the worker is gone");
+    let first = &state.runs[&run].attempts[0];
+    assert_eq!((first.worker_id, first.state), (rogue, AttemptState::Lost));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_that_requires_confinement_refuses_agents_that_cannot_confine() {
+    let h = Harness::new(
+        "require-confinement",
+        "kind: Pool\nname: metal\nprovider: static\nrequire_confinement: true\n",
+    )
+    .await;
+    let confined = |namespaces: bool, cgroup: &str| {
+        Some(corral_api::Confinement {
+            namespaces,
+            cgroup: cgroup.into(),
+            user: "uids 2000000000-2000065535".into(),
+        })
+    };
+    for (name, confinement) in [
+        ("silent", None),
+        ("no-cgroup", confined(true, "none")),
+        ("no-namespaces", confined(false, "v1")),
+    ] {
+        let err = h
+            .engine
+            .register(
+                &Caller::Token(admin()),
+                registration("metal", name, confinement),
+            )
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("requires confinement"),
+            "{name}: {err}"
+        );
+    }
+    let (worker, _) = h
+        .engine
+        .register(
+            &Caller::Token(admin()),
+            registration("metal", "confined", confined(true, "v1")),
+        )
+        .await
+        .expect("a confined agent joins");
+    let state = h.engine.read().await;
+    let agents = state.agents_of("metal");
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0].worker_id, worker.0);
+    assert_eq!(agents[0].confinement, confined(true, "v1"));
+}

@@ -25,6 +25,7 @@ mod metrics;
 mod one_writer;
 mod quick_start;
 mod registration;
+mod rightsizing;
 mod run_output;
 mod slow;
 mod store_privacy;

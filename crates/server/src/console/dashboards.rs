@@ -82,6 +82,8 @@ fn table(by: &str, title: &str, view: &UsageView) -> Markup {
                 thead { tr {
                     th scope="col" { (by) } th.num scope="col" { "core-hours" }
                     th.num scope="col" { "GiB-hours" } th.num scope="col" { "gpu-hours" } th.num scope="col" { "Cost" }
+                    th.num scope="col" { abbr title="cpu used over cpu allocated" { "CPU used" } }
+                    th.num scope="col" { abbr title="memory peak held over memory allocated" { "Memory used" } }
                 } }
                 tbody {
                     @for r in &view.rows {
@@ -91,6 +93,8 @@ fn table(by: &str, title: &str, view: &UsageView) -> Markup {
                             td.num { (format!("{:.2}", r.usage.memory_gib_seconds / 3600.0)) }
                             td.num { (format!("{:.2}", r.usage.gpu_seconds / 3600.0)) }
                             td.num { (layout::money(r.usage.cost)) }
+                            td.num { (layout::efficiency(r.efficiency.cpu)) }
+                            td.num { (layout::efficiency(r.efficiency.memory)) }
                         }
                     }
                     tr {
@@ -99,6 +103,8 @@ fn table(by: &str, title: &str, view: &UsageView) -> Markup {
                         td.num { (format!("{:.2}", view.total.memory_gib_seconds / 3600.0)) }
                         td.num { (format!("{:.2}", view.total.gpu_seconds / 3600.0)) }
                         td.num { (layout::money(view.total.cost)) }
+                        td.num { (layout::efficiency(view.total_efficiency.cpu)) }
+                        td.num { (layout::efficiency(view.total_efficiency.memory)) }
                     }
                 }
             } }

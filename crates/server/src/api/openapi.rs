@@ -197,6 +197,7 @@ fn pool_schema(kind_required: bool) -> serde_json::Value {
             },
             "price": price_schema(),
             "state": {"type": "string", "enum": ["active", "draining", "disabled"]},
+            "require_confinement": {"type": "boolean", "description": "Refuse agents that cannot confine their steps"},
         },
     })
 }

@@ -36,6 +36,9 @@ pub enum Kind {
     /// One line per name, `name: key=value, key=value`, as an object of
     /// objects (numbers as numbers).
     Table,
+    /// `true` or `false`, as a boolean; anything else as text, which the
+    /// document's validation refuses with the field's path.
+    Bool,
 }
 
 fn number(text: &str) -> Value {
@@ -75,6 +78,11 @@ pub fn merge(
         let value = match kind {
             Kind::Text => Value::String(text.clone()),
             Kind::Number => number(text),
+            Kind::Bool => match text.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => Value::String(text.clone()),
+            },
             Kind::Numbers => Value::Array(
                 text.split(',')
                     .map(str::trim)

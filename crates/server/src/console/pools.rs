@@ -25,7 +25,7 @@ use crate::api::views;
 use crate::engine::Engine;
 
 /// The fields of the pool form, by their path in a Pool document.
-const FIELDS: [(&str, Kind); 11] = [
+const FIELDS: [(&str, Kind); 12] = [
     ("name", Kind::Text),
     ("provider", Kind::Text),
     ("capacity.cpu", Kind::Text),
@@ -37,6 +37,7 @@ const FIELDS: [(&str, Kind); 11] = [
     ("price.memory_gib_hour", Kind::Number),
     ("price.gpu_hour", Kind::Number),
     ("state", Kind::Text),
+    ("require_confinement", Kind::Bool),
 ];
 
 pub async fn list(
@@ -141,6 +142,7 @@ fn form(
             div.row {
                 (text("max_workers", "Max workers", ""))
                 (text("labels", "Labels", "key=value, separated by commas."))
+                (select("require_confinement", "Require confined agents", &["false", "true"]))
             }
             div.row {
                 (text("price.cpu_hour", "Price per cpu-hour", ""))

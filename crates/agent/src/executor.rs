@@ -1,33 +1,37 @@
 //! Runs one attempt: `sh -c` in the run's workspace, started by the agent's
-//! step supervisor (see `steps.rs` and `supervisor.rs`), so a timeout, a
-//! cancel or the agent's own death kills everything it started; streams its
-//! output back and reports how it ended.
+//! step supervisor (see `steps.rs` and `supervisor.rs`) within the resources
+//! it was admitted with, so a timeout, a cancel or the agent's own death kills
+//! everything it started; streams its output back and reports how it ended
+//! and what it used. A step whose processes the OOM killer took fails, saying
+//! so in its error and in its log.
 
 use std::path::Path;
 use std::time::Duration;
 
-use corral_api::{Assignment, ReportRequest};
+use corral_api::{Assignment, AttemptUsage, ReportRequest};
+use corral_core::resources::format_memory;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
 use crate::client::{Client, with_retry};
-use crate::output;
-use crate::steps::{Ended, Steps, Stop};
+use crate::output::{self, Piece};
+use crate::steps::{End, Ended, Limits, Steps, Stop, Usage};
 
 /// How the process ended, before it is reported.
 pub struct Outcome {
     pub outcome: &'static str,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+    pub usage: Option<Usage>,
 }
 
-async fn pump(mut reader: impl AsyncRead + Unpin, tx: mpsc::Sender<Vec<u8>>) {
+async fn pump(mut reader: impl AsyncRead + Unpin, tx: mpsc::Sender<Piece>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if tx.send(buf[..n].to_vec()).await.is_err() {
+                if tx.send(Piece::Output(buf[..n].to_vec())).await.is_err() {
                     return;
                 }
             }
@@ -49,7 +53,7 @@ pub async fn execute(
     exited: impl FnOnce(),
 ) {
     let attempt = assignment.attempt_id;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+    let (tx, rx) = mpsc::channel::<Piece>(64);
     let log_client = client.clone();
     let shipper = tokio::spawn(output::ship(
         attempt,
@@ -66,7 +70,11 @@ pub async fn execute(
         outcome: outcome.outcome.to_string(),
         exit_code: outcome.exit_code,
         error: outcome.error,
-        usage: None,
+        usage: outcome.usage.map(|u| AttemptUsage {
+            cpu_seconds: u.cpu_seconds,
+            memory_peak_bytes: u.memory_peak_bytes,
+            throttled_seconds: u.throttled_seconds,
+        }),
     };
     match with_retry("report", || client.report(worker, attempt, &report)).await {
         Ok(()) => tracing::info!(attempt, outcome = report.outcome, "reported"),
@@ -80,13 +88,14 @@ async fn run_process(
     steps: &Steps,
     work_dir: &Path,
     a: &Assignment,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Piece>,
     started: impl FnOnce(Stop),
 ) -> Outcome {
     let failed = |error: String| Outcome {
         outcome: "failed",
         exit_code: None,
         error: Some(error),
+        usage: None,
     };
     let workspace = work_dir.join("workspaces").join(&a.workspace);
     // Almost always there already: a metadata call or two, not worth a hop to
@@ -97,14 +106,18 @@ async fn run_process(
             workspace.display()
         ));
     }
-    let step = match steps.run(&workspace, &a.command, &a.env) {
+    let limits = Limits {
+        cpu_millis: a.resources.map(|r| r.cpu_millis),
+        memory_mib: a.resources.map(|r| r.memory_mib),
+    };
+    let step = match steps.run(&workspace, &a.command, &a.env, limits) {
         Ok(step) => step,
         Err(e) => return failed(format!("cannot start the step: {e}")),
     };
     started(step.stop.clone());
     let pumps = [
         tokio::spawn(pump(step.stdout, tx.clone())),
-        tokio::spawn(pump(step.stderr, tx)),
+        tokio::spawn(pump(step.stderr, tx.clone())),
     ];
     let limit = a.timeout_secs.map(Duration::from_secs);
     let mut ending = std::pin::pin!(step.ending.wait());
@@ -112,34 +125,47 @@ async fn run_process(
         Some(limit) => tokio::time::timeout(limit, &mut ending).await,
         None => Ok(ending.as_mut().await),
     };
-    let outcome = match waited {
+    let (timed_out, End { ended, usage }) = match waited {
         Err(_) => {
             step.stop.stop();
-            ending.await;
-            Outcome {
-                outcome: "timedout",
-                exit_code: None,
-                error: Some(format!("timed out after {}s", a.timeout_secs.unwrap_or(0))),
-            }
+            (true, ending.await)
         }
-        Ok(Ended::Exited(0)) => Outcome {
+        Ok(end) => (false, end),
+    };
+    let mut outcome = match ended {
+        _ if timed_out => Outcome {
+            outcome: "timedout",
+            exit_code: None,
+            error: Some(format!("timed out after {}s", a.timeout_secs.unwrap_or(0))),
+            usage,
+        },
+        Ended::Exited(0) => Outcome {
             outcome: "succeeded",
             exit_code: Some(0),
             error: None,
+            usage,
         },
-        Ok(Ended::Exited(code)) => Outcome {
+        Ended::Exited(code) => Outcome {
             outcome: "failed",
             exit_code: Some(code),
             error: None,
+            usage,
         },
-        Ok(Ended::Killed(_)) => failed("killed by a signal".into()),
+        Ended::Killed(_) => Outcome {
+            usage,
+            ..failed("killed by a signal".into())
+        },
         // The server runs it again, as it does a lost worker's.
-        Ok(Ended::Fenced) => Outcome {
+        Ended::Fenced => Outcome {
             outcome: "lost",
             exit_code: None,
             error: Some("killed: the agent's lease lapsed (it could not reach the server)".into()),
+            usage,
         },
-        Ok(Ended::Failed(e)) => failed(format!("cannot run the step: {e}")),
+        Ended::Failed(e) => Outcome {
+            usage,
+            ..failed(format!("cannot run the step: {e}"))
+        },
     };
     // A process that left its step's session may hold the pipes open while
     // older steps run (see `reaper.rs`): do not wait forever.
@@ -152,5 +178,44 @@ async fn run_process(
             abort.abort();
         }
     }
+    if let Some(usage) = usage.filter(|u| u.oom_kills > 0) {
+        let why = out_of_memory(limits.memory_mib, usage.memory_peak_bytes);
+        let _ = tx.send(Piece::Marker(why.clone())).await;
+        if matches!(outcome.outcome, "succeeded" | "failed") {
+            outcome.outcome = "failed";
+            outcome.error = Some(why);
+        }
+    }
     outcome
+}
+
+/// Why a step whose processes the OOM killer took failed: `exceeded its
+/// memory limit 128Mi (peak 128Mi)`.
+fn out_of_memory(limit_mib: Option<u64>, peak_bytes: u64) -> String {
+    let peak = format_memory((peak_bytes + (1 << 19)) >> 20);
+    match limit_mib {
+        Some(limit) => format!(
+            "exceeded its memory limit {} (peak {peak})",
+            format_memory(limit)
+        ),
+        None => format!("ran out of memory (peak {peak})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_kill_says_the_limit_and_the_peak_as_memory_is_written() {
+        assert_eq!(
+            out_of_memory(Some(128), 128 << 20),
+            "exceeded its memory limit 128Mi (peak 128Mi)"
+        );
+        assert_eq!(
+            out_of_memory(Some(2048), (2047 << 20) + 900_000),
+            "exceeded its memory limit 2Gi (peak 2Gi)"
+        );
+        assert_eq!(out_of_memory(None, 3 << 20), "ran out of memory (peak 3Mi)");
+    }
 }

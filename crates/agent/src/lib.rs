@@ -1,9 +1,15 @@
 //! `corral agent`: registers with a pool, long-polls the server for steps, runs
 //! them and reports. It rides out server restarts: running steps keep running and
-//! their reports are retried until the server has them.
+//! their reports are retried until the server has them. Its steps are hostile
+//! code: it keeps no credential in its environment or command line (its token
+//! comes from a file or its standard input), no process of its user may read
+//! its memory, and its steps run confined where it can (see `confine.rs` and
+//! `cgroup.rs`), which it tells the server when it registers.
 
 mod backoff;
+mod cgroup;
 mod client;
+mod confine;
 mod executor;
 mod lease;
 mod output;
@@ -13,17 +19,19 @@ mod supervisor;
 mod work_dir;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use corral_api::{PollRequest, RegisterRequest, RegisterResponse, ResourcesView};
+use corral_api::{Confinement, PollRequest, RegisterRequest, RegisterResponse, ResourcesView};
 
 use crate::backoff::Backoff;
 use crate::client::{CallError, Client, with_backoff};
 use crate::work_dir::WorkDirLock;
 
-use crate::steps::{Steps, Stop};
+pub use crate::confine::{DEFAULT_STEP_UIDS, StepUser};
+use crate::steps::{Setup, Steps, Stop};
 pub use crate::supervisor::{STEP_SUPERVISOR, step_supervisor};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +42,13 @@ pub enum AgentError {
     Refused { status: u16, message: String },
     #[error("cannot start the step supervisor: {0}")]
     Supervisor(std::io::Error),
+    #[error("cannot read the token from {}: {source}", path.display())]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot keep other processes out of the agent's memory: {0}")]
+    Undumpable(nix::errno::Errno),
     #[error("the step supervisor ended: {0}")]
     SupervisorGone(String),
     #[error(
@@ -67,6 +82,38 @@ pub struct AgentConfig {
     /// Trusts the server certificates this PEM file vouches for, besides the
     /// system's roots.
     pub ca_cert: Option<PathBuf>,
+    /// Whom steps run as.
+    pub step_user: StepUser,
+    /// The most processes one attempt may have at once.
+    pub step_pids_max: u64,
+    /// Hidden from steps, besides the work directory.
+    pub hide: Vec<PathBuf>,
+}
+
+/// Reads the agent's token from `path`, or its first line from standard input
+/// for `-` (which is then `/dev/null`, so nothing it inherits holds the pipe).
+pub fn read_token(path: &Path) -> Result<String, AgentError> {
+    let failed = |source| AgentError::Token {
+        path: path.to_path_buf(),
+        source,
+    };
+    let token = if path == Path::new("-") {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(failed)?;
+        let null = std::fs::File::open("/dev/null").map_err(failed)?;
+        nix::unistd::dup2_stdin(null).map_err(|e| failed(e.into()))?;
+        line
+    } else {
+        std::fs::read_to_string(path).map_err(failed)?
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(failed(std::io::Error::other("it is empty")));
+    }
+    Ok(token)
 }
 
 /// An attempt running here.
@@ -99,6 +146,9 @@ const AGENT_SETTINGS: [&str; 5] = [
 /// Runs the agent until it is told to exit, or its step supervisor ends (its
 /// steps have then ended with it).
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    // Its token is in its memory: no process of its user may read that (nor
+    // its /proc files).
+    nix::sys::prctl::set_dumpable(false).map_err(AgentError::Undumpable)?;
     // Local agents, spawned by the server, share its work directory; each
     // registers once with a credential of its own, so none can take another's
     // place.
@@ -106,26 +156,71 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         true => None,
         false => Some(WorkDirLock::acquire(&config.work_dir)?),
     };
+    std::fs::create_dir_all(&config.work_dir).map_err(|source| AgentError::WorkDir {
+        path: config.work_dir.clone(),
+        source,
+    })?;
     let client = Client::new(&config.server, &config.token, config.ca_cert.as_deref())?;
+    let setup = Setup {
+        user: config.step_user.clone(),
+        hide: std::iter::once(config.work_dir.clone())
+            .chain(config.hide.iter().cloned())
+            .collect(),
+        pids_max: config.step_pids_max,
+        cgroups: true,
+    };
     // The agent's own settings (its token above all) are not its steps'
     // business; what its worker was given (CORRAL_POOL, a pool's env) is.
-    let steps = Arc::new(Steps::start(&AGENT_SETTINGS).map_err(AgentError::Supervisor)?);
+    let steps = Arc::new(Steps::start(&AGENT_SETTINGS, setup).map_err(AgentError::Supervisor)?);
+    let confinement = tokio::select! {
+        said = steps.confinement() => said,
+        _ = steps.gone() => None,
+    };
+    let Some(confinement) = confinement else {
+        return Err(AgentError::SupervisorGone(steps.gone().await));
+    };
+    warn_unless_confined(&confinement);
     tokio::select! {
-        served = agent(&client, &config, &steps) => served,
+        served = agent(&client, &config, &steps, &confinement) => served,
         why = steps.gone() => Err(AgentError::SupervisorGone(why)),
     }
+}
+
+/// Says loudly, once, what of its steps' confinement the agent could not set
+/// up.
+fn warn_unless_confined(confinement: &Confinement) {
+    if !confinement.namespaces {
+        tracing::warn!(
+            user = %confinement.user,
+            "STEPS ARE NOT CONFINED: they run as the agent's own user and see all it sees \
+             (the agent runs as root where namespaces are allowed to confine them)"
+        );
+    }
+    if confinement.cgroup == "none" {
+        tracing::warn!(
+            "STEPS HAVE NO CGROUP LIMITS: their cpu and memory are not held to what they were \
+             admitted with"
+        );
+    }
+    tracing::info!(
+        namespaces = confinement.namespaces,
+        cgroup = %confinement.cgroup,
+        user = %confinement.user,
+        "steps are confined"
+    );
 }
 
 async fn agent(
     client: &Client,
     config: &AgentConfig,
     steps: &Arc<Steps>,
+    confinement: &Confinement,
 ) -> Result<(), AgentError> {
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
     let incarnation = incarnation();
     let mut again = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        let registered = register(client, config, &incarnation).await?;
+        let registered = register(client, config, &incarnation, confinement).await?;
         let since = Instant::now();
         let worker = registered.worker_id;
         tracing::info!(worker, pool = %config.pool, name = %config.name, "registered");
@@ -200,6 +295,7 @@ async fn register(
     client: &Client,
     config: &AgentConfig,
     incarnation: &str,
+    confinement: &Confinement,
 ) -> Result<RegisterResponse, AgentError> {
     let req = RegisterRequest {
         pool: config.pool.clone(),
@@ -208,7 +304,7 @@ async fn register(
         incarnation: Some(incarnation.to_string()),
         capacity: config.capacity,
         labels: config.labels.clone(),
-        confinement: None,
+        confinement: Some(confinement.clone()),
     };
     let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     with_backoff("register", backoff, || client.register(&req))

@@ -1,7 +1,8 @@
 //! An attempt's output on its way to the server: decoded as UTF-8, cut at the
 //! attempt's cap with a marker line, and shipped in chunks at their byte offsets
 //! (so a resend is harmless). Past the cap the output is still read, and
-//! dropped, so the step never blocks on a full pipe.
+//! dropped, so the step never blocks on a full pipe. Marker lines, corral's
+//! own (`[corral: ...]`), stand on a line of their own, cap or not.
 
 use std::time::Duration;
 
@@ -10,6 +11,15 @@ use tokio::sync::mpsc;
 
 /// The largest chunk shipped in one call, in bytes.
 const CHUNK: usize = 64 * 1024;
+
+/// What reaches an attempt's log.
+#[derive(Debug)]
+pub enum Piece {
+    /// What the step wrote.
+    Output(Vec<u8>),
+    /// A line of corral's own, after it.
+    Marker(String),
+}
 
 /// Output read from a step, not shipped yet.
 struct Output {
@@ -24,6 +34,8 @@ struct Output {
     cap: Option<u64>,
     /// The cap was reached: the rest is dropped.
     cut: bool,
+    /// What was taken so far ends a line (or nothing was).
+    line_ended: bool,
 }
 
 impl Output {
@@ -35,6 +47,7 @@ impl Output {
             taken: 0,
             cap,
             cut: false,
+            line_ended: true,
         }
     }
 
@@ -59,22 +72,34 @@ impl Output {
     }
 
     fn take(&mut self, text: &str) {
-        let Some(cap) = self.cap else {
-            self.text.push_str(text);
-            return;
+        let room = match self.cap {
+            Some(cap) => usize::try_from(cap.saturating_sub(self.taken)).unwrap_or(usize::MAX),
+            None => usize::MAX,
         };
-        let room = usize::try_from(cap.saturating_sub(self.taken)).unwrap_or(usize::MAX);
         let end = text.floor_char_boundary(room);
         self.text.push_str(&text[..end]);
         self.taken += end as u64;
-        if end < text.len() {
-            self.text.push_str(&format!(
-                "\n[corral: output cut at {}; the step goes on]\n",
-                size(cap)
-            ));
+        if end > 0 {
+            self.line_ended = text[..end].ends_with('\n');
+        }
+        if let Some(cap) = self.cap
+            && end < text.len()
+        {
             self.cut = true;
             self.split.clear();
+            self.mark(&format!("output cut at {}; the step goes on", size(cap)));
         }
+    }
+
+    /// A line of corral's own, after what was taken; first, a character left
+    /// split is taken as it is.
+    fn mark(&mut self, text: &str) {
+        self.close();
+        if !self.line_ended {
+            self.text.push('\n');
+        }
+        self.text.push_str(&format!("[corral: {text}]\n"));
+        self.line_ended = true;
     }
 
     /// Whether a whole chunk is waiting.
@@ -134,13 +159,22 @@ fn size(bytes: u64) -> String {
     }
 }
 
+impl Output {
+    fn piece(&mut self, piece: Piece) {
+        match piece {
+            Piece::Output(bytes) => self.push(&bytes),
+            Piece::Marker(text) => self.mark(&text),
+        }
+    }
+}
+
 /// Ships what arrives on `rx` with `send`, at most every 100 ms and at most
 /// 64 KiB at a time, until `rx` closes. Once `send` is refused the rest is
 /// dropped; past `cap` too, after a marker line.
 pub async fn ship(
     attempt: i64,
     cap: Option<u64>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Piece>,
     mut send: impl AsyncFnMut(LogAppend) -> Result<(), (u16, String)>,
 ) {
     let mut output = Output::new(cap);
@@ -148,13 +182,13 @@ pub async fn ship(
     let mut refused = false;
     while open {
         match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
-            Ok(Some(bytes)) => output.push(&bytes),
+            Ok(Some(piece)) => output.piece(piece),
             Ok(None) => open = false,
             Err(_) => {}
         }
         while open && !output.full() {
             match rx.try_recv() {
-                Ok(bytes) => output.push(&bytes),
+                Ok(piece) => output.piece(piece),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
@@ -239,6 +273,28 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_stands_on_a_line_of_its_own_past_the_cap() {
+        let mut output = Output::new(None);
+        output.mark("first");
+        output.push(b"no newline");
+        output.mark("after it");
+        output.push(b"line\n");
+        output.mark("after a line");
+        assert_eq!(
+            joined(&drain(&mut output)),
+            "[corral: first]\nno newline\n[corral: after it]\nline\n[corral: after a line]\n"
+        );
+        let mut cut = Output::new(Some(3));
+        cut.push(b"abcdef");
+        cut.push(b"more");
+        cut.mark("the end");
+        assert_eq!(
+            joined(&drain(&mut cut)),
+            "abc\n[corral: output cut at 3 B; the step goes on]\n[corral: the end]\n"
+        );
+    }
+
+    #[test]
     fn output_up_to_the_cap_is_not_cut() {
         let mut output = Output::new(Some(6));
         output.push(b"abc");
@@ -265,7 +321,7 @@ mod tests {
         // cap, the step (here, this writer) would block for good.
         let write = async {
             for _ in 0..1024 {
-                tx.send(vec![b'x'; 16 * 1024])
+                tx.send(Piece::Output(vec![b'x'; 16 * 1024]))
                     .await
                     .expect("the shipper reads");
             }

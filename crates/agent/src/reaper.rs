@@ -1,8 +1,10 @@
 //! The step supervisor's processes (see `supervisor.rs`). The supervisor is a
 //! child subreaper: what a step leaves orphaned (a double fork, a `setsid`
-//! daemon) is reparented to it, not to init. It starts each step's `sh -c` in a
-//! session of its own, whose id is the shell's pid, and tells its children
-//! apart by their session:
+//! daemon) is reparented to it, not to init, unless the step has a PID
+//! namespace of its own, whose init takes it. Each step's first process (its
+//! *leader*: its shell, or its intermediate child when confined, see
+//! `confine.rs`) starts a session of its own, whose id is its pid, and the
+//! supervisor tells its children apart by their session:
 //!
 //! - a child in a running step's session is that step's, and is left alone;
 //! - a child in an ended step's session is killed;
@@ -11,40 +13,79 @@
 //!   have, so it is killed once every running step started after it (at once
 //!   when it is alone, as it is most of the time).
 //!
-//! When a step's shell ends (or is killed by a stop), its session is killed;
-//! the shell is left a zombie, so its pid (the session's and the group's id)
-//! cannot be reused, until no child of the supervisor is in its session any
-//! more. Every process of a session hangs below a child of the supervisor in
-//! that session, reparented to it when its parent ended: a session with no
-//! such child is empty. Only then, and once every process the supervisor
-//! killed is reaped, is the step's end reported. Children are only ever
-//! signalled before they are reaped, by the supervisor, so a pid it signals
-//! is its own child's.
+//! When a step's leader ends (or is killed by a stop), its session is killed,
+//! and its cgroup if it has one: every process the step started, whatever its
+//! session (see `cgroup.rs`). The leader is left a zombie, so its pid (the
+//! session's and the group's id) cannot be reused, until no child of the
+//! supervisor is in its session any more and its cgroup is empty. Every
+//! process of a session hangs below a child of the supervisor in that session,
+//! reparented to it when its parent ended: a session with no such child is
+//! empty. Only then, and once every process the supervisor killed is reaped,
+//! is the step's end reported, with what it used (its cgroup's counters, or
+//! the rusage of what the supervisor reaped of it), and its cgroup removed.
+//! Children are only ever signalled before they are reaped, by the
+//! supervisor, so a pid it signals is its own child's.
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
+use corral_api::Confinement;
 use nix::errno::Errno;
-use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
-use nix::sys::signal::{SigSet, Signal, kill, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::fcntl::OFlag;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::time::{ClockId, clock_gettime};
 use nix::unistd::{Pid, SysconfVar, getpid, sysconf};
 
-use crate::supervisor::Ended;
+use crate::cgroup::{self, Cgroups, Layout};
+use crate::confine::{self, Confined, Launch, Program, StepUser, UidLease, Workspace};
+use crate::supervisor::{Ended, Limits, Setup, Usage};
 
 /// A step the supervisor started.
 struct Step {
     id: u64,
-    /// Its shell: the id of its session and of its process group.
-    shell: Pid,
-    /// When it started, in clock ticks since boot, at most its shell's start
+    /// Its first process: the id of its session and of its process group.
+    leader: Pid,
+    /// When it started, in clock ticks since boot, at most its leader's start
     /// time as `/proc/PID/stat` gives it.
     started: u64,
-    /// How its shell ended, once it has.
+    /// How its leader ended, once it has.
     ended: Option<Ended>,
     /// Killed because the agent's lease lapsed.
     fenced: bool,
+    cgroup: Option<cgroup::Attempt>,
+    /// The uid it runs as, held until its processes are gone.
+    uid: Option<UidLease>,
+    /// Where its processes say why they could not set the step up.
+    report: OwnedFd,
+    /// The rusage of its processes the supervisor reaped.
+    reaped: Reaped,
+}
+
+/// The rusage of reaped processes (each with its own waited-for children).
+#[derive(Debug, Default, Clone, Copy)]
+struct Reaped {
+    cpu_seconds: f64,
+    max_rss_bytes: u64,
+}
+
+/// A step's leader, just forked.
+struct Launched {
+    leader: Pid,
+    /// In clock ticks since boot, before the fork.
+    started: u64,
+    uid: Option<UidLease>,
+}
+
+/// What starts a step.
+pub(crate) struct Start<'a> {
+    pub id: u64,
+    pub command: &'a str,
+    pub env: &'a BTreeMap<String, String>,
+    pub dir: &'a Path,
+    pub limits: Limits,
 }
 
 /// The steps that run, and those that ended but are not reported yet.
@@ -54,10 +95,21 @@ pub(crate) struct Reaper {
     env: Vec<(Vec<u8>, CString)>,
     /// Nanoseconds per clock tick.
     tick: u64,
+    user: StepUser,
+    /// Hidden from confined steps: canonical, each under none of the others.
+    hide: Vec<PathBuf>,
+    /// Steps get namespaces and a uid of their own.
+    namespaces: bool,
+    cgroups: Option<Cgroups>,
+    /// Cgroups of reported steps not removed yet.
+    leftovers: Vec<cgroup::Attempt>,
 }
 
 impl Reaper {
-    pub(crate) fn new() -> Result<Reaper, String> {
+    /// Sets up what `setup` asks where it can: namespaces if the supervisor
+    /// runs as root and a probe of them succeeds, cgroups where it can make
+    /// them (below the agent's own, named after `agent`).
+    pub(crate) fn new(setup: &Setup, agent: Pid) -> Result<Reaper, String> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| format!("cannot become a subreaper: {e}"))?;
         let per_second = match sysconf(SysconfVar::CLK_TCK) {
@@ -75,27 +127,68 @@ impl Reaper {
             })
             .collect();
         env.sort_by(|a, b| a.0.cmp(&b.0));
+        let hide = hidden(&setup.hide);
+        let namespaces = match &setup.user {
+            StepUser::Agent => false,
+            _ if !nix::unistd::geteuid().is_root() => {
+                eprintln!(
+                    "corral: the agent is not root: its steps run as its own user, unconfined"
+                );
+                false
+            }
+            StepUser::Uids { first, .. } => probe(*first, *first, &hide),
+            StepUser::Named { uid, gid, .. } => probe(*uid, *gid, &hide),
+        };
+        let cgroups = setup
+            .cgroups
+            .then(|| {
+                let agent = u32::try_from(agent.as_raw()).unwrap_or(0);
+                Cgroups::setup(&Layout::of_this_process(), agent, setup.pids_max)
+            })
+            .filter(Cgroups::any);
         Ok(Reaper {
             steps: Vec::new(),
             env,
             tick: 1_000_000_000 / per_second,
+            user: setup.user.clone(),
+            hide,
+            namespaces,
+            cgroups,
+            leftovers: Vec::new(),
         })
     }
 
-    /// Starts `sh -c command` in a session of its own, in `dir`, with `stdin`,
-    /// `stdout` and `stderr`, the supervisor's environment with `env` over it,
-    /// no signal blocked and SIGPIPE back to its default action (Rust programs
-    /// ignore it). Every other descriptor of the supervisor is close-on-exec.
+    /// How steps are confined.
+    pub(crate) fn confinement(&self) -> Confinement {
+        let user = match self.namespaces {
+            true => self.user.describe(),
+            false => StepUser::Agent.describe(),
+        };
+        Confinement {
+            namespaces: self.namespaces,
+            cgroup: self
+                .cgroups
+                .as_ref()
+                .map_or("none", Cgroups::mode)
+                .to_string(),
+            user,
+        }
+    }
+
+    /// Starts `sh -c command` in a session (and cgroups) of its own, in `dir`
+    /// (the descriptor, and its path for a confined step), with `stdin`,
+    /// `stdout` and `stderr`, the supervisor's environment with `env` over
+    /// it, no signal blocked and SIGPIPE back to its default action (Rust
+    /// programs ignore it), and no other descriptor.
     pub(crate) fn start(
         &mut self,
-        id: u64,
-        command: &str,
-        env: &std::collections::BTreeMap<String, String>,
+        start: Start,
         [dir, stdin, stdout, stderr]: &[OwnedFd; 4],
     ) -> Result<(), String> {
         let command =
-            CString::new(command).map_err(|_| "the command holds a NUL byte".to_string())?;
-        let given = env
+            CString::new(start.command).map_err(|_| "the command holds a NUL byte".to_string())?;
+        let given = start
+            .env
             .iter()
             .map(|(k, v)| CString::new(format!("{k}={v}")))
             .collect::<Result<Vec<_>, _>>()
@@ -103,54 +196,111 @@ impl Reaper {
         let mut envp: Vec<&CStr> = self
             .env
             .iter()
-            .filter(|(key, _)| !std::str::from_utf8(key).is_ok_and(|key| env.contains_key(key)))
+            .filter(|(key, _)| {
+                !std::str::from_utf8(key).is_ok_and(|key| start.env.contains_key(key))
+            })
             .map(|(_, pair)| pair.as_c_str())
             .collect();
         envp.extend(given.iter().map(CString::as_c_str));
-
-        let spawn = |errno: Errno| format!("cannot start sh: {errno}");
-        let mut attr = PosixSpawnAttr::init().map_err(spawn)?;
-        let mut pipe = SigSet::empty();
-        pipe.add(Signal::SIGPIPE);
-        let setsid = PosixSpawnFlags::from_bits_retain(libc::c_int::from(libc::POSIX_SPAWN_SETSID));
-        attr.set_flags(
-            setsid
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
-                | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-        )
-        .and_then(|()| attr.set_sigmask(&SigSet::empty()))
-        .and_then(|()| attr.set_sigdefault(&pipe))
-        .map_err(spawn)?;
-        let mut actions = PosixSpawnFileActions::init().map_err(spawn)?;
-        for (fd, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
-            actions.add_dup2(fd.as_raw_fd(), to).map_err(spawn)?;
-        }
-        // The shell starts in the supervisor's directory: enter the step's for
-        // the spawn, and leave it after, so the supervisor holds none.
-        nix::unistd::fchdir(dir).map_err(|e| format!("cannot enter its directory: {e}"))?;
-        let started = self.now();
-        let shell = posix_spawnp(c"sh", &actions, &attr, &[c"sh", c"-c", &command], &envp);
-        let _ = nix::unistd::chdir("/");
-        let shell = shell.map_err(spawn)?;
+        let path = match self.namespaces {
+            true => std::fs::canonicalize(start.dir)
+                .map_err(|e| format!("cannot find {}: {e}", start.dir.display()))?,
+            false => start.dir.to_path_buf(),
+        };
+        let (report, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let mut cgroup = match &self.cgroups {
+            Some(cgroups) => Some(
+                cgroups
+                    .attempt(&format!("s{}", start.id), &start.limits)
+                    .map_err(|e| format!("cannot make its cgroup: {e}"))?,
+            ),
+            None => None,
+        };
+        let fds = [dir, stdin, stdout, stderr];
+        let launched = self.launch(&command, &envp, &path, fds, cgroup.as_ref(), report_w);
+        let launched = match launched {
+            Ok(launched) => launched,
+            Err(e) => {
+                if let Some(mut cgroup) = cgroup.take()
+                    && !cgroup.remove()
+                {
+                    self.leftovers.push(cgroup);
+                }
+                return Err(e);
+            }
+        };
         self.steps.push(Step {
-            id,
-            shell,
-            started,
+            id: start.id,
+            leader: launched.leader,
+            started: launched.started,
             ended: None,
             fenced: false,
+            cgroup,
+            uid: launched.uid,
+            report,
+            reaped: Reaped::default(),
         });
         Ok(())
     }
 
-    /// Kills a running step's session; its end is reported as its shell's.
+    /// Forks the step's leader.
+    fn launch(
+        &self,
+        command: &CStr,
+        envp: &[&CStr],
+        path: &Path,
+        [dir, stdin, stdout, stderr]: [&OwnedFd; 4],
+        cgroup: Option<&cgroup::Attempt>,
+        report: OwnedFd,
+    ) -> Result<Launched, String> {
+        let (uid, confined) = match (self.namespaces, &self.user) {
+            (false, _) | (true, StepUser::Agent) => (None, None),
+            (true, StepUser::Uids { first, last }) => {
+                let lease = confine::lease_uid(*first, *last)?;
+                let (id, earlier) = (lease.uid, Some((*first, *last)));
+                (Some(lease), Some((id, id, earlier)))
+            }
+            (true, StepUser::Named { uid, gid, .. }) => (None, Some((*uid, *gid, None))),
+        };
+        let procs = cgroup.map(cgroup::Attempt::procs).unwrap_or_default();
+        let launch = Launch {
+            program: Some(Program {
+                argv: [c"sh", c"-c", command],
+                envp,
+                stdio: [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
+            }),
+            workspace: Some(Workspace {
+                path,
+                fd: dir.as_fd(),
+            }),
+            cgroups: &procs,
+            confined: confined.map(|(uid, gid, earlier)| Confined {
+                uid,
+                gid,
+                hide: &self.hide,
+                earlier,
+            }),
+            report: report.as_fd(),
+        };
+        let started = self.now();
+        let leader = confine::launch(&launch)?;
+        Ok(Launched {
+            leader,
+            started,
+            uid,
+        })
+    }
+
+    /// Kills a running step's processes; its end is reported as its leader's.
     pub(crate) fn stop(&mut self, id: u64) {
-        // A shell not reaped yet: its pid is still the group's id.
+        // A leader not reaped yet: its pid is still the group's id.
         if let Some(step) = self.steps.iter().find(|s| s.id == id && s.ended.is_none()) {
-            let _ = killpg(step.shell, Signal::SIGKILL);
+            step.kill();
         }
     }
 
-    /// Kills every running step's session, the agent's lease having lapsed:
+    /// Kills every running step's processes, the agent's lease having lapsed:
     /// their ends are reported as [`Ended::Fenced`].
     pub(crate) fn fence_all(&mut self) {
         for step in self
@@ -159,19 +309,30 @@ impl Reaper {
             .filter(|s| s.ended.is_none() && !s.fenced)
         {
             step.fenced = true;
-            let _ = killpg(step.shell, Signal::SIGKILL);
+            step.kill();
         }
     }
 
+    /// Whether ended steps wait for their cgroups to empty, or cgroups to be
+    /// removed: the supervisor then looks again soon.
+    pub(crate) fn draining(&self) -> bool {
+        !self.leftovers.is_empty()
+            || self
+                .steps
+                .iter()
+                .any(|s| s.ended.is_some() && s.cgroup.is_some())
+    }
+
     /// Looks at the supervisor's children after some of them changed: notes the
-    /// shells that ended and kills their sessions, kills what ended steps
-    /// left, reaps what ended; returns the steps whose end can be reported.
-    pub(crate) fn sweep(&mut self) -> Vec<(u64, Ended)> {
-        // The shells first: when one has ended, its children are already the
+    /// leaders that ended and kills their steps' processes, kills what ended
+    /// steps left, reaps what ended; returns the steps whose end can be
+    /// reported, with what they used.
+    pub(crate) fn sweep(&mut self) -> Vec<(u64, Ended, Option<Usage>)> {
+        // The leaders first: when one has ended, its children are already the
         // supervisor's, and the list below has them.
         for step in self.steps.iter_mut().filter(|s| s.ended.is_none()) {
             let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-            let ended = match waitid(Id::Pid(step.shell), peek) {
+            let ended = match waitid(Id::Pid(step.leader), peek) {
                 Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) if step.fenced => {
                     Ended::Fenced
                 }
@@ -180,7 +341,7 @@ impl Reaper {
                 _ => continue,
             };
             step.ended = Some(ended);
-            let _ = killpg(step.shell, Signal::SIGKILL);
+            step.kill();
         }
         let oldest_running = self
             .steps
@@ -193,22 +354,32 @@ impl Reaper {
         let mut busy = Vec::new();
         let mut killed = false;
         for pid in children() {
-            if self.steps.iter().any(|s| s.shell == pid) {
+            if self.steps.iter().any(|s| s.leader == pid) {
                 continue;
             }
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => {}
-                // It had ended, and is reaped now.
-                _ => continue,
+            let stat = Stat::of(pid);
+            match reap(pid, false) {
+                Ok(None) => {}
+                // It had ended, and is reaped now: what it used is its step's.
+                Ok(Some(reaped)) => {
+                    let step = stat
+                        .as_ref()
+                        .and_then(|stat| self.steps.iter_mut().find(|s| s.leader == stat.session));
+                    if let Some(step) = step {
+                        step.reaped.add(reaped);
+                    }
+                    continue;
+                }
+                Err(_) => continue,
             }
-            let Some(stat) = Stat::of(pid) else {
+            let Some(stat) = stat else {
                 continue;
             };
-            match self.steps.iter().find(|s| s.shell == stat.session) {
+            match self.steps.iter().find(|s| s.leader == stat.session) {
                 Some(step) if step.ended.is_none() => {}
                 Some(step) => {
                     let _ = kill(pid, Signal::SIGKILL);
-                    busy.push(step.shell);
+                    busy.push(step.leader);
                 }
                 None if oldest_running.is_none_or(|t| t > stat.started) => {
                     let _ = kill(pid, Signal::SIGKILL);
@@ -217,42 +388,89 @@ impl Reaper {
                 None => {}
             }
         }
+        self.leftovers.retain_mut(|cgroup| !cgroup.remove());
         if killed {
             return Vec::new();
         }
         let mut reported = Vec::new();
-        self.steps.retain(|step| match &step.ended {
-            Some(ended) if !busy.contains(&step.shell) => {
-                let _ = waitpid(step.shell, None);
-                reported.push((step.id, ended.clone()));
-                false
+        let mut removing = Vec::new();
+        self.steps.retain_mut(|step| {
+            let Some(ended) = step.ended.clone() else {
+                return true;
+            };
+            if busy.contains(&step.leader) {
+                return true;
             }
-            _ => true,
+            if let Some(cgroup) = &step.cgroup
+                && !cgroup.is_empty()
+            {
+                // What it started after the kill, or an exit the cgroup has
+                // not counted yet: killed again, looked at again soon.
+                cgroup.kill();
+                return true;
+            }
+            if let Ok(Some(reaped)) = reap(step.leader, true) {
+                step.reaped.add(reaped);
+            }
+            let ended = match (ended, said(&step.report)) {
+                (ended @ Ended::Fenced, _) | (ended, None) => ended,
+                (_, Some(why)) => Ended::Failed(why),
+            };
+            reported.push((step.id, ended, Some(step.usage())));
+            if let Some(cgroup) = step.cgroup.take() {
+                removing.push(cgroup);
+            }
+            false
         });
+        for mut cgroup in removing {
+            if !cgroup.remove() {
+                self.leftovers.push(cgroup);
+            }
+        }
         reported
     }
 
-    /// Kills every step and everything under the supervisor, and reaps them;
-    /// `wait` waits a little for children to end.
+    /// Kills every step and everything under the supervisor, reaps them, and
+    /// removes their cgroups and the agent's; `wait` waits a little for
+    /// children to end.
     pub(crate) fn kill_all(&mut self, mut wait: impl FnMut()) {
         for step in &self.steps {
-            let _ = killpg(step.shell, Signal::SIGKILL);
+            step.kill();
         }
-        self.steps.clear();
-        loop {
+        let mut uids = Vec::new();
+        for step in std::mem::take(&mut self.steps) {
+            uids.extend(step.uid);
+            self.leftovers.extend(step.cgroup);
+        }
+        'reaping: loop {
             // Killed processes leave children of their own, which come to the
             // supervisor: kill again until nothing is left.
             for pid in children() {
                 let _ = kill(pid, Signal::SIGKILL);
             }
+            for cgroup in &self.leftovers {
+                cgroup.kill();
+            }
             loop {
-                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => break,
-                    Ok(_) => {}
-                    Err(_) => return,
+                match reap(Pid::from_raw(-1), false) {
+                    Ok(None) => break,
+                    Ok(Some(_)) => {}
+                    Err(_) => break 'reaping,
                 }
             }
             wait();
+        }
+        drop(uids);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.leftovers.is_empty() && std::time::Instant::now() < deadline {
+            self.leftovers.retain_mut(|cgroup| !cgroup.remove());
+            wait();
+        }
+        for cgroup in &self.leftovers {
+            eprintln!("corral: cannot remove the cgroups {}", cgroup.describe());
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove();
         }
     }
 
@@ -263,6 +481,102 @@ impl Reaper {
             seconds * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0)
         });
         nanos / self.tick
+    }
+}
+
+impl Step {
+    /// Kills its session, and its cgroup: every process it started.
+    fn kill(&self) {
+        let _ = killpg(self.leader, Signal::SIGKILL);
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+    }
+
+    /// What it used: its cgroup's counters, what they lack from the rusage of
+    /// what was reaped of it.
+    fn usage(&self) -> Usage {
+        let measured = self
+            .cgroup
+            .as_ref()
+            .map(cgroup::Attempt::measured)
+            .unwrap_or_default();
+        Usage {
+            cpu_seconds: measured.cpu_seconds.unwrap_or(self.reaped.cpu_seconds),
+            memory_peak_bytes: measured
+                .memory_peak_bytes
+                .unwrap_or(self.reaped.max_rss_bytes),
+            throttled_seconds: measured.throttled_seconds.unwrap_or(0.0),
+            oom_kills: measured.oom_kills,
+        }
+    }
+}
+
+impl Reaped {
+    fn add(&mut self, other: Reaped) {
+        self.cpu_seconds += other.cpu_seconds;
+        self.max_rss_bytes = self.max_rss_bytes.max(other.max_rss_bytes);
+    }
+}
+
+/// Reaps `pid` (any child if -1), waiting for it if `block`: `None` while it
+/// runs; what it used, with the children it waited for, once reaped.
+#[allow(unsafe_code)]
+fn reap(pid: Pid, block: bool) -> Result<Option<Reaped>, Errno> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let options = if block { 0 } else { libc::WNOHANG };
+    // SAFETY: `status` and `usage` are valid places for what wait4 writes.
+    let waited = unsafe { libc::wait4(pid.as_raw(), &mut status, options, &mut usage) };
+    match Errno::result(waited)? {
+        0 => Ok(None),
+        _ => {
+            let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            Ok(Some(Reaped {
+                cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+                max_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+            }))
+        }
+    }
+}
+
+/// What a step's processes wrote on their way to exec: why it could not be set
+/// up (every writer has ended, or exec'd and so closed it).
+fn said(report: &OwnedFd) -> Option<String> {
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = nix::unistd::read(report, &mut buf) {
+        said.extend_from_slice(&buf[..n]);
+    }
+    (!said.is_empty()).then(|| String::from_utf8_lossy(&said).into_owned())
+}
+
+/// The paths to hide, canonical (those that do not exist are not there to
+/// see), each under none of the others.
+fn hidden(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut hide: Vec<PathBuf> = paths
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    hide.sort_by_key(|p| p.components().count());
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for path in hide {
+        if !kept.iter().any(|k| path.starts_with(k)) {
+            kept.push(path);
+        }
+    }
+    kept
+}
+
+/// Whether steps can be confined as `uid`, said loudly when not.
+fn probe(uid: u32, gid: u32, hide: &[PathBuf]) -> bool {
+    match confine::probe(uid, gid, hide) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("corral: steps cannot have namespaces here ({e}): they run unconfined");
+            false
+        }
     }
 }
 

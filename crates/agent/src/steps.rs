@@ -23,7 +23,10 @@ use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use crate::supervisor::Ended;
+use corral_api::Confinement;
+
+pub use crate::confine::{DEFAULT_STEP_UIDS, StepUser};
+pub use crate::supervisor::{Ended, Limits, Setup, Usage};
 use crate::supervisor::{
     FromSupervisor, START_FDS, STEP_SUPERVISOR, ToSupervisor, frame, frame_len,
 };
@@ -34,9 +37,9 @@ struct Outgoing {
     fds: Vec<OwnedFd>,
 }
 
-type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<Ended>>>>;
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<End>>>>;
 
-fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Ended>>> {
+fn lock(waiting: &Waiting) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<End>>> {
     waiting
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -49,6 +52,8 @@ pub struct Steps {
     waiting: Waiting,
     next: AtomicU64,
     gone: watch::Receiver<Option<String>>,
+    /// How the supervisor confines steps, once it has said.
+    confinement: watch::Receiver<Option<Confinement>>,
     /// Reaped when the agent goes.
     process: tokio::process::Child,
 }
@@ -71,7 +76,14 @@ pub struct Step {
 }
 
 /// A step's end, to wait for.
-pub struct Ending(oneshot::Receiver<Ended>);
+pub struct Ending(oneshot::Receiver<End>);
+
+/// How a step ended, and what it used if it ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct End {
+    pub ended: Ended,
+    pub usage: Option<Usage>,
+}
 
 /// Stops one step; cheap to clone and to call more than once.
 #[derive(Debug, Clone)]
@@ -92,18 +104,20 @@ impl Stop {
 
 impl Ending {
     /// How the step ended; [`Ended::Failed`] if the supervisor went first.
-    pub async fn wait(self) -> Ended {
-        self.0
-            .await
-            .unwrap_or_else(|_| Ended::Failed("the step supervisor ended".into()))
+    pub async fn wait(self) -> End {
+        self.0.await.unwrap_or_else(|_| End {
+            ended: Ended::Failed("the step supervisor ended".into()),
+            usage: None,
+        })
     }
 }
 
 impl Steps {
     /// Starts the supervisor: this very binary, through /proc/self/exe, which
     /// still works when the binary's file has been replaced by an upgrade.
-    /// `hidden` are environment variables the steps must not see.
-    pub fn start(hidden: &[&str]) -> std::io::Result<Steps> {
+    /// `hidden` are environment variables the steps must not see; `setup`
+    /// says how to confine them.
+    pub fn start(hidden: &[&str], setup: Setup) -> std::io::Result<Steps> {
         // The steps' processes are the supervisor's; if it dies first, they
         // are handed to this process, which ends them (see `end_orphans`).
         prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
@@ -128,25 +142,48 @@ impl Steps {
         let (outbox, outgoing) = mpsc::unbounded_channel();
         let waiting: Waiting = Arc::default();
         let (tell_gone, gone) = watch::channel(None);
+        let (tell_confinement, confinement) = watch::channel(None);
+        // First of all: how to confine steps.
+        let _ = outbox.send(Outgoing {
+            bytes: frame(&ToSupervisor::Setup(setup)),
+            fds: Vec::new(),
+        });
         tokio::spawn(write(socket.clone(), outgoing));
-        tokio::spawn(read(socket, waiting.clone(), tell_gone, supervisor));
+        let told = Told {
+            waiting: waiting.clone(),
+            gone: tell_gone,
+            confinement: tell_confinement,
+        };
+        tokio::spawn(read(socket, told, supervisor));
         Ok(Steps {
             outbox,
             waiting,
             next: AtomicU64::new(1),
             gone,
+            confinement,
             process,
         })
     }
 
-    /// Starts `sh -c command` in `dir`, with `env` over the agent's environment.
+    /// How the supervisor confines steps, once it has set up; `None` if it
+    /// ended first.
+    pub async fn confinement(&self) -> Option<Confinement> {
+        let mut confinement = self.confinement.clone();
+        let said = confinement.wait_for(Option::is_some).await.ok()?;
+        said.clone()
+    }
+
+    /// Starts `sh -c command` in `dir`, with `env` over the agent's
+    /// environment, within `limits`.
     pub fn run(
         &self,
         dir: &Path,
         command: &str,
         env: &BTreeMap<String, String>,
+        limits: Limits,
     ) -> std::io::Result<Step> {
-        let dir = OwnedFd::from(std::fs::File::open(dir)?);
+        let path = dir;
+        let dir = OwnedFd::from(std::fs::File::open(path)?);
         let stdin = OwnedFd::from(std::fs::File::open("/dev/null")?);
         let (stdout, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let (stderr, stderr_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -157,6 +194,8 @@ impl Steps {
             id,
             command: command.to_string(),
             env: env.clone(),
+            dir: path.to_path_buf(),
+            limits,
         };
         let fds = vec![dir, stdin, stdout_w, stderr_w];
         debug_assert_eq!(fds.len(), START_FDS);
@@ -235,19 +274,31 @@ async fn write(socket: Arc<UnixStream>, mut outgoing: mpsc::UnboundedReceiver<Ou
     }
 }
 
-/// Hands each step's end to whoever waits for it; says when the supervisor is
-/// gone.
-async fn read(
-    socket: Arc<UnixStream>,
+/// Whom the reader of the supervisor's messages tells.
+struct Told {
+    /// Each step's end, to whoever waits for it.
     waiting: Waiting,
+    /// Why the supervisor is gone, once it is.
     gone: watch::Sender<Option<String>>,
-    supervisor: Option<u32>,
-) {
+    confinement: watch::Sender<Option<Confinement>>,
+}
+
+/// Hands each step's end to whoever waits for it, and the supervisor's
+/// confinement to the agent; says when the supervisor is gone.
+async fn read(socket: Arc<UnixStream>, told: Told, supervisor: Option<u32>) {
+    let Told {
+        waiting,
+        gone,
+        confinement,
+    } = told;
     let why = loop {
         match next_message(&socket).await {
-            Ok(FromSupervisor { id, ended }) => {
+            Ok(FromSupervisor::Ready(said)) => {
+                let _ = confinement.send(Some(said));
+            }
+            Ok(FromSupervisor::Ended { id, ended, usage }) => {
                 if let Some(tell) = lock(&waiting).remove(&id) {
-                    let _ = tell.send(ended);
+                    let _ = tell.send(End { ended, usage });
                 }
             }
             Err(why) => break why,
@@ -267,7 +318,8 @@ async fn read(
 /// something this process does not understand): its steps' processes come to
 /// this one. Then kills and reaps this process's children from other sessions
 /// than its own (steps run in sessions of their own; the supervisor, in this
-/// one), until none is left or five seconds have passed. A killed process's
+/// one), until none is left or five seconds have passed, and removes the
+/// cgroups the supervisor left. A killed process's
 /// children are handed over as it ends, so each round finds the next
 /// generation. Only a child not yet reaped is signalled, so its pid cannot be
 /// another's.
@@ -309,6 +361,8 @@ fn end_orphans(supervisor: Option<u32>) {
             .filter(|&pid| getsid(Some(pid)).ok() != own_session)
             .collect();
         if orphans.is_empty() {
+            // What the supervisor made of cgroups is empty now.
+            crate::cgroup::remove_agent(std::process::id());
             return;
         }
         for &pid in &orphans {

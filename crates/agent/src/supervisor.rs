@@ -1,13 +1,18 @@
 //! The step supervisor: one small process per agent that runs every step. The
 //! agent starts its own binary once as `corral __step-supervisor AGENT_PID`,
-//! with one end of a Unix socket as its standard input; for each step it sends
-//! a [`ToSupervisor::Start`] with the step's directory, output pipes and
-//! `/dev/null` input attached as file descriptors. The supervisor has one
-//! thread; it starts each step's shell with `posix_spawn` (no fork of itself),
-//! and as the steps' child subreaper (see `reaper.rs`) kills all a step
-//! started when the step ends, is stopped, or the agent is gone, so a step
-//! never outlives its agent, not even a `kill -9` of it (the server would run
-//! the step elsewhere meanwhile).
+//! with one end of a Unix socket as its standard input. It first sends a
+//! [`ToSupervisor::Setup`] (whom steps run as, what they must not see, their
+//! cap on processes), and the supervisor answers with the confinement it
+//! could set up ([`FromSupervisor::Ready`]). Then, for each step, it sends a
+//! [`ToSupervisor::Start`] with the step's directory, output pipes and
+//! `/dev/null` input attached as file descriptors, and the step's limits. The
+//! supervisor has one thread; it forks each step's processes (see
+//! `confine.rs`: namespaces and a uid of its own when the agent is root), in a
+//! session and cgroups of their own (see `cgroup.rs`), and as its steps'
+//! child subreaper (see `reaper.rs`) kills all a step started when the step
+//! ends, is stopped, or the agent is gone, so a step never outlives its agent,
+//! not even a `kill -9` of it (the server would run the step elsewhere
+//! meanwhile). With each step's end it sends what the step used.
 //!
 //! Nor does a step outlive its agent's lease (see `lease.rs`): the agent sends
 //! a [`ToSupervisor::Lease`] each time a poll renews it, and when its deadline
@@ -19,15 +24,19 @@
 //! kernel says the agent is gone (`PARENT_GONE`), or it is asked to stop
 //! (SIGTERM, SIGINT, SIGHUP: the agent sends SIGTERM when it drops its
 //! [`Steps`](crate::steps::Steps)). It then kills every step and everything
-//! under it, and reaps them, before it exits.
+//! under it, and reaps them, before it exits. Like the agent, it is not
+//! dumpable: no process of its user may read its memory or environment.
 //!
-//! Linux only: it rests on `prctl` and `/proc`.
+//! Linux only: it rests on `prctl`, `/proc`, namespaces and cgroups.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use corral_api::Confinement;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::prctl;
@@ -37,6 +46,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use nix::unistd::{Pid, getppid};
 use serde::{Deserialize, Serialize};
 
+use crate::confine::StepUser;
 use crate::lease::Lease;
 use crate::reaper::Reaper;
 
@@ -58,16 +68,53 @@ const MAX_FRAME: usize = 16 << 20;
 /// The descriptors a [`ToSupervisor::Start`] carries, in this order.
 pub(crate) const START_FDS: usize = 4;
 
+/// How the agent has its steps confined: the first thing it sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setup {
+    /// Whom steps run as; anyone but the agent's own user means namespaces
+    /// (if the supervisor runs as root and the kernel lets it).
+    pub user: StepUser,
+    /// Hidden from confined steps (the agent's work directory, `--hide`).
+    pub hide: Vec<PathBuf>,
+    /// The most processes one attempt may have at once.
+    pub pids_max: u64,
+    /// Attempts get cgroups where the supervisor can make them; off, steps
+    /// are tracked by their sessions alone.
+    pub cgroups: bool,
+}
+
+/// What a step was admitted with: the limits of its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub cpu_millis: Option<u64>,
+    pub memory_mib: Option<u64>,
+}
+
+/// What an attempt used: by its cgroup's counters, or by the rusage of the
+/// processes the supervisor waited for where it had no cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub memory_peak_bytes: u64,
+    pub throttled_seconds: f64,
+    /// Processes of it the OOM killer killed (counted in a cgroup only).
+    pub oom_kills: u64,
+}
+
 /// What the agent asks of its supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToSupervisor {
-    /// Run `sh -c command` in the directory, with the input and
-    /// outputs carried by the frame ([`START_FDS`]: directory, stdin, stdout,
-    /// stderr), and the supervisor's environment with `env` over it.
+    /// How to confine steps; first, and only once.
+    Setup(Setup),
+    /// Run `sh -c command` in the directory `dir`, with the input and outputs
+    /// carried by the frame ([`START_FDS`]: the directory, stdin, stdout,
+    /// stderr), the supervisor's environment with `env` over it, and `limits`.
     Start {
         id: u64,
         command: String,
         env: BTreeMap<String, String>,
+        dir: PathBuf,
+        limits: Limits,
     },
     /// Stop the step: kill all it started.
     Stop { id: u64 },
@@ -91,9 +138,15 @@ pub enum Ended {
 
 /// What the supervisor tells the agent.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct FromSupervisor {
-    pub id: u64,
-    pub ended: Ended,
+pub(crate) enum FromSupervisor {
+    /// The answer to the setup: how steps are confined.
+    Ready(Confinement),
+    /// A step ended, and what it used if it ran.
+    Ended {
+        id: u64,
+        ended: Ended,
+        usage: Option<Usage>,
+    },
 }
 
 /// A frame: its length as 4 bytes little-endian, then the message as JSON.
@@ -156,15 +209,30 @@ fn supervise(agent: Pid, mut socket: UnixStream) -> Result<(), String> {
     if getppid() != agent {
         return Ok(());
     }
+    prctl::set_dumpable(false).map_err(|e| format!("cannot make itself undumpable: {e}"))?;
     // What the agent's process left open without close-on-exec is no step's
     // business; all the supervisor opens itself is close-on-exec.
     close_on_exec_from(3);
-    let mut reaper = Reaper::new()?;
-    let served = serve(agent, &mut socket, &signal_fd, &mut reaper);
+    let mut inbox = Inbox::default();
+    let setup = loop {
+        match inbox.next()? {
+            Some((ToSupervisor::Setup(setup), _)) => break setup,
+            Some(_) => return Err("the agent sent a step before its setup".into()),
+            None if inbox.receive(&socket)? => {}
+            // The agent closed its end: it is gone.
+            None => return Ok(()),
+        }
+    };
+    let mut reaper = Reaper::new(&setup, agent)?;
+    socket
+        .write_all(&frame(&FromSupervisor::Ready(reaper.confinement())))
+        .map_err(|e| format!("cannot write to the agent: {e}"))?;
+    let served = serve(agent, &mut socket, &signal_fd, &mut reaper, inbox);
     reaper.kill_all(|| {
         let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
         // Woken by a child's end; the timeout covers a child reparented to
-        // the supervisor while it looked, with no signal of its own.
+        // the supervisor while it looked, with no signal of its own, and
+        // cgroups that empty a little after their last process ended.
         let _ = poll(&mut fds, PollTimeout::from(10u8));
         while let Ok(Some(_)) = signal_fd.read_signal() {}
     });
@@ -177,17 +245,24 @@ fn serve(
     socket: &mut UnixStream,
     signal_fd: &SignalFd,
     reaper: &mut Reaper,
+    mut inbox: Inbox,
 ) -> Result<(), String> {
-    let mut inbox = Inbox::default();
     let mut lease = Lease::new()?;
+    // What came with the setup.
+    obey(&mut inbox, socket, reaper, &mut lease)?;
     loop {
+        // Ended steps whose cgroups still empty out are looked at again soon.
+        let wait = match reaper.draining() {
+            true => PollTimeout::from(10u8),
+            false => PollTimeout::NONE,
+        };
         let (socket_ready, signal_ready) = {
             let mut fds = [
                 PollFd::new(socket.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(lease.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, wait) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(format!("cannot wait: {e}")),
@@ -203,8 +278,8 @@ fn serve(
         if lease.lapsed() {
             reaper.fence_all();
         }
+        let mut changed = reaper.draining();
         if signal_ready {
-            let mut changed = false;
             while let Ok(Some(info)) = signal_fd.read_signal() {
                 match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGCHLD) => changed = true,
@@ -213,10 +288,10 @@ fn serve(
                     _ => return Ok(()),
                 }
             }
-            if changed {
-                for (id, ended) in reaper.sweep() {
-                    send(socket, id, ended)?;
-                }
+        }
+        if changed {
+            for (id, ended, usage) in reaper.sweep() {
+                send(socket, &FromSupervisor::Ended { id, ended, usage })?;
             }
         }
         if socket_ready {
@@ -224,34 +299,63 @@ fn serve(
                 // The agent closed its end: it is gone.
                 return Ok(());
             }
-            while let Some((message, fds)) = inbox.next()? {
-                match message {
-                    ToSupervisor::Start { id, command, env } => {
-                        let fds: [OwnedFd; START_FDS] = fds
-                            .try_into()
-                            .map_err(|_| "a start came without its descriptors".to_string())?;
-                        if lease.lapsed() {
-                            send(socket, id, Ended::Fenced)?;
-                        } else if let Err(e) = reaper.start(id, &command, &env, &fds) {
-                            send(socket, id, Ended::Failed(e))?;
-                        }
-                    }
-                    ToSupervisor::Stop { id } => reaper.stop(id),
-                    ToSupervisor::Lease { until_ns } => {
-                        lease.renew(until_ns)?;
-                        if lease.lapsed() {
-                            reaper.fence_all();
-                        }
-                    }
-                }
-            }
+            obey(&mut inbox, socket, reaper, &mut lease)?;
         }
     }
 }
 
-fn send(socket: &mut UnixStream, id: u64, ended: Ended) -> Result<(), String> {
+/// Does what the agent asked, in the order it asked.
+fn obey(
+    inbox: &mut Inbox,
+    socket: &mut UnixStream,
+    reaper: &mut Reaper,
+    lease: &mut Lease,
+) -> Result<(), String> {
+    while let Some((message, fds)) = inbox.next()? {
+        match message {
+            ToSupervisor::Setup(_) => return Err("the agent sent its setup twice".into()),
+            ToSupervisor::Start {
+                id,
+                command,
+                env,
+                dir,
+                limits,
+            } => {
+                let fds: [OwnedFd; START_FDS] = fds
+                    .try_into()
+                    .map_err(|_| "a start came without its descriptors".to_string())?;
+                let ended = if lease.lapsed() {
+                    Some(Ended::Fenced)
+                } else {
+                    let start = crate::reaper::Start {
+                        id,
+                        command: &command,
+                        env: &env,
+                        dir: &dir,
+                        limits,
+                    };
+                    reaper.start(start, &fds).err().map(Ended::Failed)
+                };
+                if let Some(ended) = ended {
+                    let usage = None;
+                    send(socket, &FromSupervisor::Ended { id, ended, usage })?;
+                }
+            }
+            ToSupervisor::Stop { id } => reaper.stop(id),
+            ToSupervisor::Lease { until_ns } => {
+                lease.renew(until_ns)?;
+                if lease.lapsed() {
+                    reaper.fence_all();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn send(socket: &mut UnixStream, message: &FromSupervisor) -> Result<(), String> {
     socket
-        .write_all(&frame(&FromSupervisor { id, ended }))
+        .write_all(&frame(message))
         .map_err(|e| format!("cannot write to the agent: {e}"))
 }
 
@@ -322,7 +426,9 @@ impl Inbox {
                 }
                 self.fds.drain(..START_FDS).collect()
             }
-            ToSupervisor::Stop { .. } | ToSupervisor::Lease { .. } => Vec::new(),
+            ToSupervisor::Setup(_) | ToSupervisor::Stop { .. } | ToSupervisor::Lease { .. } => {
+                Vec::new()
+            }
         };
         Ok(Some((message, fds)))
     }
@@ -333,7 +439,7 @@ impl Inbox {
 /// would never see the end of them). One `close_range` call; on a kernel
 /// without it (before 5.11), each descriptor `/proc/self/fd` lists.
 #[allow(unsafe_code)]
-fn close_on_exec_from(first: RawFd) {
+pub(crate) fn close_on_exec_from(first: RawFd) {
     let from = u32::try_from(first).unwrap_or(0);
     // SAFETY: only flags change; every descriptor stays open for this process.
     if unsafe { libc::close_range(from, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) } == 0 {
@@ -363,6 +469,8 @@ mod tests {
             id: 7,
             command: "echo hi".into(),
             env: BTreeMap::from([("A".into(), "b".into())]),
+            dir: PathBuf::from("/work"),
+            limits: Limits::default(),
         };
         let bytes = frame(&start);
         let head = *bytes.first_chunk::<4>().expect("a length");

@@ -1,17 +1,20 @@
 //! Steps on real processes, through the agent's step supervisor: a step never
 //! outlives its agent or its supervisor (even a `kill -9` of either), a stop
 //! kills all it started, a step ends as its shell did, and many steps at once
-//! keep their own output. This binary is the supervisor it tests, as `corral`
-//! is the agent's: started with `__step-supervisor`, it is one.
+//! keep their own output. Unconfined steps (as an agent that is not root runs
+//! them), twice: tracked by their sessions alone, then with cgroups too (where
+//! this runs as root). This binary is the supervisor it tests, as `corral` is
+//! the agent's: started with `__step-supervisor`, it is one.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_agent::STEP_SUPERVISOR;
-use corral_agent::steps::{Ended, Step, Steps};
+use corral_agent::steps::{Ended, Limits, Setup, Step, StepUser, Steps};
 use nix::sys::prctl;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -23,6 +26,9 @@ const PLAY_AGENT: &str = "__play-agent";
 
 /// A variable of the agent's own, hidden from its steps.
 const HIDDEN: &str = "CORRAL_STEPS_TEST_SECRET";
+
+/// Whether the supervisors of this round give steps cgroups.
+static CGROUPS: AtomicBool = AtomicBool::new(false);
 
 /// Starts processes that try to outlive the step: one in the background, one
 /// in a session of its own, one orphaned at once. Each writes its pid to `pids`.
@@ -190,12 +196,18 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn supervisor() -> Steps {
-    Steps::start(&[HIDDEN]).expect("the supervisor starts")
+    let setup = Setup {
+        user: StepUser::Agent,
+        hide: Vec::new(),
+        pids_max: 4096,
+        cgroups: CGROUPS.load(Ordering::Relaxed),
+    };
+    Steps::start(&[HIDDEN], setup).expect("the supervisor starts")
 }
 
 fn start(steps: &Steps, step: &str, dir: &Scratch) -> Step {
     steps
-        .run(&dir.0, step, &BTreeMap::new())
+        .run(&dir.0, step, &BTreeMap::new(), Limits::default())
         .expect("the step starts")
 }
 
@@ -208,14 +220,14 @@ async fn finish(step: Step) -> (Ended, String, String) {
         ..
     } = step;
     let (mut out, mut err) = (String::new(), String::new());
-    let (read_out, read_err, ended) = tokio::join!(
+    let (read_out, read_err, end) = tokio::join!(
         stdout.read_to_string(&mut out),
         stderr.read_to_string(&mut err),
         ending.wait()
     );
     read_out.expect("its output");
     read_err.expect("its errors");
-    (ended, out, err)
+    (end.ended, out, err)
 }
 
 /// The pids of `pid`'s children.
@@ -287,6 +299,7 @@ fn play_agent_in(dir: &Scratch) -> std::process::Child {
     Command::new(std::env::current_exe().expect("this test's binary"))
         .arg(PLAY_AGENT)
         .arg(long_step())
+        .arg(CGROUPS.load(Ordering::Relaxed).to_string())
         .current_dir(&dir.0)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -295,15 +308,16 @@ fn play_agent_in(dir: &Scratch) -> std::process::Child {
 }
 
 /// Plays the agent of the tests that kill it or its supervisor.
-fn play_agent(step: &OsStr) -> ! {
+fn play_agent(step: &OsStr, cgroups: &OsStr) -> ! {
     let step = step.to_str().expect("a UTF-8 step");
+    CGROUPS.store(cgroups == OsStr::new("true"), Ordering::Relaxed);
     runtime().block_on(async {
         let steps = supervisor();
         let dir = std::env::current_dir().expect("a directory");
         let step = steps
-            .run(&dir, step, &BTreeMap::new())
+            .run(&dir, step, &BTreeMap::new(), Limits::default())
             .expect("the step starts");
-        let ended = step.ending.wait().await;
+        let ended = step.ending.wait().await.ended;
         // An exit, not a panic: a backtrace takes seconds on a busy machine.
         eprintln!("the step ended first: {ended:?}");
         std::process::exit(1)
@@ -392,7 +406,7 @@ fn a_step_ends_as_its_shell_did() {
         // A directory that is gone fails the step, and says why.
         let missing = dir.path("missing");
         let error = steps
-            .run(&missing, "true", &BTreeMap::new())
+            .run(&missing, "true", &BTreeMap::new(), Limits::default())
             .err()
             .expect("no directory, no step");
         assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
@@ -411,6 +425,7 @@ fn a_step_has_its_directory_environment_and_output_and_not_the_agents_secrets() 
                     "echo out; echo err >&2; pwd; printf '%s|%s|%s' \"$STEP_VALUE\" \"${{{HIDDEN}-unset}}\" \"$(cat)\""
                 ),
                 &env,
+                Limits::default(),
             )
             .expect("the step starts");
         let (ended, out, err) = finish(step).await;
@@ -522,7 +537,12 @@ fn steps_started_together_keep_their_own_output_and_end_apart() {
             .map(|i| {
                 let env = BTreeMap::from([("N".to_string(), i.to_string())]);
                 steps
-                    .run(&dir.0, "echo \"step $N\"; echo \"error $N\" >&2", &env)
+                    .run(
+                        &dir.0,
+                        "echo \"step $N\"; echo \"error $N\" >&2",
+                        &env,
+                        Limits::default(),
+                    )
                     .expect("the step starts")
             })
             .collect();
@@ -573,7 +593,8 @@ fn main() -> ExitCode {
     match args.next() {
         Some(a) if a == OsStr::new(STEP_SUPERVISOR) => corral_agent::step_supervisor(args),
         Some(a) if a == OsStr::new(PLAY_AGENT) => {
-            play_agent(&args.next().expect("the step to play"))
+            let step = args.next().expect("the step to play");
+            play_agent(&step, &args.next().expect("whether with cgroups"))
         }
         _ => {}
     }
@@ -609,17 +630,24 @@ fn main() -> ExitCode {
         .collect();
     let mut failed = Vec::new();
     let mut passed = 0;
-    for (name, test) in tests
-        .into_iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-    {
-        println!("test {name} ...");
-        if std::panic::catch_unwind(test).is_ok() {
-            println!("test {name} ... ok");
-            passed += 1;
+    for cgroups in [false, true] {
+        CGROUPS.store(cgroups, Ordering::Relaxed);
+        let round = if cgroups {
+            "with cgroups"
         } else {
-            println!("test {name} ... FAILED");
-            failed.push(name);
+            "by sessions"
+        };
+        for (name, test) in tests.iter().filter(|(name, _)| {
+            filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+        }) {
+            println!("test {name} ({round}) ...");
+            if std::panic::catch_unwind(test).is_ok() {
+                println!("test {name} ({round}) ... ok");
+                passed += 1;
+            } else {
+                println!("test {name} ({round}) ... FAILED");
+                failed.push(format!("{name} ({round})"));
+            }
         }
     }
     println!(

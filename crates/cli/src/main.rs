@@ -48,6 +48,23 @@ struct ServerArg {
     ca_cert: Option<PathBuf>,
 }
 
+/// Where an agent finds its server, and its token: never on its command line
+/// or in its environment, which its steps and the host's users could read.
+#[derive(clap::Args)]
+struct AgentServerArg {
+    /// The corral server to talk to.
+    #[arg(long, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// A file holding the agent's token (an agent token of its pool, or a
+    /// local agent's one-time credential); `-` reads its first line from
+    /// standard input.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Trust the server certificates this PEM file vouches for (besides the system's).
+    #[arg(long, env = "CORRAL_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+}
+
 impl ServerArg {
     /// A client of the server, with the token found as `resolve_token` says.
     fn client(self) -> Result<Client> {
@@ -172,7 +189,7 @@ enum Command {
     /// Run an agent that joins a pool and runs its steps.
     Agent {
         #[command(flatten)]
-        server: ServerArg,
+        server: AgentServerArg,
         #[arg(long)]
         pool: String,
         /// cpu to offer, e.g. 4 or 1500m.
@@ -194,6 +211,21 @@ enum Command {
         /// Spawned by the server for one shape of work; exits when retired.
         #[arg(long)]
         ephemeral: bool,
+        /// Each attempt runs as a fresh uid of this range, e.g.
+        /// 2000000000-2000065535 (the default when the agent is root); agents
+        /// on one host share a range safely.
+        #[arg(long, conflicts_with = "step_user")]
+        step_uids: Option<String>,
+        /// Every attempt runs as this user.
+        #[arg(long)]
+        step_user: Option<String>,
+        /// The most processes one attempt may have at once.
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+        step_pids_max: u64,
+        /// Hides this file or directory from steps (its data directory, say);
+        /// repeatable. The agent's work directory is always hidden.
+        #[arg(long = "hide", value_name = "PATH")]
+        hide: Vec<PathBuf>,
     },
     /// Create, list and revoke API tokens.
     Token {
@@ -499,6 +531,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             name,
             work_dir,
             ephemeral,
+            step_uids,
+            step_user,
+            step_pids_max,
+            hide,
         } => {
             let capacity = ResourcesView {
                 cpu_millis: parse_cpu(&cpu).map_err(|e| anyhow::anyhow!("--cpu: {e}"))?,
@@ -511,12 +547,16 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     .map(|h| h.trim().to_string())
                     .unwrap_or_else(|_| "agent".into()),
             };
-            // An agent takes its token from --token, --token-file or
-            // $CORRAL_TOKEN only: never the admin token lying around.
-            let token = client::resolve_token(server.token, server.token_file.as_deref(), None)
-                .context(
-                    "corral agent registers with an agent token of its pool (`corral token create NAME --role agent --pool POOL`)",
-                )?;
+            for path in &hide {
+                if !path.exists() {
+                    bail!("--hide {}: no such file or directory", path.display());
+                }
+            }
+            // An agent takes its token from --token-file only: never the admin
+            // token lying around, nor its command line or environment.
+            let token = corral_agent::read_token(&server.token_file).context(
+                "corral agent registers with an agent token of its pool (`corral token create NAME --role agent --pool POOL`)",
+            )?;
             corral_agent::run(corral_agent::AgentConfig {
                 token,
                 ca_cert: server.ca_cert,
@@ -528,6 +568,13 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 work_dir,
                 ephemeral,
                 orphan_timeout: Duration::from_secs(120),
+                step_user: corral_agent::StepUser::from_flags(
+                    step_uids.as_deref(),
+                    step_user.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?,
+                step_pids_max,
+                hide,
             })
             .await?;
             Ok(ok)

@@ -1,0 +1,739 @@
+//! Each attempt's cgroups, below the agent's own in every hierarchy it can use:
+//! limits the kernel enforces (a cpu quota, memory with no swap, a cap on
+//! processes), what the attempt used by the kernel's own counters, and a kill
+//! that reaches every process it started, however it left its session.
+//!
+//! cgroup v2 where the agent's cgroup can hand `cpu`, `memory` and `pids` down
+//! to its children: the limits are set there (`v2`). Otherwise the v1 `cpu`,
+//! `cpuacct`, `memory` and `pids` hierarchies set them (`v1`), and `freezer`
+//! holds an attempt still while it is killed. A v2 hierarchy without
+//! controllers (a hybrid host) still tracks and kills: it has `cgroup.kill`,
+//! `cgroup.events` and `cpu.stat`'s `usage_usec` without any controller.
+//!
+//! An attempt's cgroup is `<own>/corral-<agent pid>/s<step>` in each hierarchy,
+//! `<own>` being the agent's (from `/proc/self/cgroup`). The supervisor removes
+//! it once it is empty, and a new supervisor removes what agents that are gone
+//! left. A few small files per attempt, written by hand: no library needed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::supervisor::Limits;
+
+/// The cpu quota's period, in microseconds.
+const PERIOD_US: u64 = 100_000;
+
+/// The smallest quota the kernel takes, in microseconds.
+const MIN_QUOTA_US: u64 = 1_000;
+
+/// The v1 controllers attempts use.
+const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
+
+/// The v2 controllers the limits need.
+const V2_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// The agent's own cgroups, as `/proc/self/mountinfo` and `/proc/self/cgroup`
+/// say.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Its cgroup in the v2 hierarchy.
+    pub v2: Option<PathBuf>,
+    /// Its cgroup in each v1 hierarchy with a controller attempts use, and
+    /// those controllers.
+    pub v1: Vec<(PathBuf, Vec<String>)>,
+}
+
+impl Layout {
+    pub fn of_this_process() -> Layout {
+        let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+        Layout::parse(&read("/proc/self/mountinfo"), &read("/proc/self/cgroup"))
+    }
+
+    fn parse(mountinfo: &str, cgroup: &str) -> Layout {
+        // Each cgroup mount: its root within its hierarchy, where it is
+        // mounted, and its v1 controllers (None for v2).
+        let mut mounts: Vec<(PathBuf, PathBuf, Option<Vec<&str>>)> = Vec::new();
+        for line in mountinfo.lines() {
+            let Some((fields, rest)) = line.split_once(" - ") else {
+                continue;
+            };
+            let fields: Vec<&str> = fields.split(' ').collect();
+            let (Some(root), Some(point)) = (fields.get(3), fields.get(4)) else {
+                continue;
+            };
+            let mut rest = rest.split(' ');
+            let (kind, options) = (rest.next(), rest.nth(1).unwrap_or(""));
+            let controllers = match kind {
+                Some("cgroup2") => None,
+                Some("cgroup") => Some(options.split(',').collect()),
+                _ => continue,
+            };
+            mounts.push((unescape(root), unescape(point), controllers));
+        }
+        let mut layout = Layout::default();
+        for line in cgroup.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if controllers.is_empty() {
+                layout.v2 = layout.v2.or_else(|| {
+                    mounts
+                        .iter()
+                        .filter(|(_, _, v1)| v1.is_none())
+                        .find_map(|(root, point, _)| within(root, point, path))
+                });
+                continue;
+            }
+            let wanted: Vec<String> = controllers
+                .split(',')
+                .filter(|c| V1_CONTROLLERS.contains(c))
+                .map(String::from)
+                .collect();
+            let mounted = mounts.iter().find(|(_, _, v1)| {
+                v1.as_ref()
+                    .is_some_and(|cs| wanted.iter().any(|w| cs.contains(&w.as_str())))
+            });
+            if let Some(dir) = mounted.and_then(|(root, point, _)| within(root, point, path)) {
+                layout.v1.push((dir, wanted));
+            }
+        }
+        layout
+    }
+}
+
+/// `path` (of a hierarchy) under a mount of `root` at `point`.
+fn within(root: &Path, point: &Path, path: &str) -> Option<PathBuf> {
+    let rel = Path::new(path).strip_prefix(root).ok()?;
+    Some(match rel.as_os_str().is_empty() {
+        true => point.to_path_buf(),
+        false => point.join(rel),
+    })
+}
+
+/// A mountinfo field, its `\ooo` escapes (spaces, tabs, newlines, `\`) undone.
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let d = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(d, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+/// Where attempts' cgroups are made: the agent's `corral-<pid>` in each
+/// hierarchy where it could make one.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    /// In the v2 hierarchy, and whether the limits' controllers are there.
+    v2: Option<(PathBuf, bool)>,
+    /// In each v1 hierarchy, with the controllers attempts use there.
+    v1: Vec<(PathBuf, Vec<String>)>,
+    pids_max: u64,
+}
+
+impl Cgroups {
+    /// Makes the agent's cgroups (`corral-<agent>`) below its own, after
+    /// removing those of agents that are gone.
+    pub fn setup(layout: &Layout, agent: u32, pids_max: u64) -> Cgroups {
+        let name = format!("corral-{agent}");
+        let make = |own: &Path| {
+            remove_stale(own);
+            let dir = own.join(&name);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Some(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot make a cgroup");
+                    None
+                }
+            }
+        };
+        let v2 = layout.v2.as_deref().and_then(|own| {
+            let dir = make(own)?;
+            let limits = delegate(own, &dir);
+            Some((dir, limits))
+        });
+        let v1 = layout
+            .v1
+            .iter()
+            .filter_map(|(own, controllers)| Some((make(own)?, controllers.clone())))
+            .collect();
+        Cgroups { v2, v1, pids_max }
+    }
+
+    /// Where limits are set: `v2`, `v1` or `none`.
+    pub fn mode(&self) -> &'static str {
+        let v1 = |c: &str| self.v1.iter().any(|(_, cs)| cs.iter().any(|x| x == c));
+        if self.v2.as_ref().is_some_and(|(_, limits)| *limits) {
+            "v2"
+        } else if v1("cpu") && v1("memory") {
+            "v1"
+        } else {
+            "none"
+        }
+    }
+
+    /// Whether attempts get cgroups at all (to track and kill, if not to
+    /// limit).
+    pub fn any(&self) -> bool {
+        self.v2.is_some() || !self.v1.is_empty()
+    }
+
+    /// Makes an attempt's cgroups, named `name`, with `limits`.
+    pub fn attempt(&self, name: &str, limits: &Limits) -> std::io::Result<Attempt> {
+        let mut attempt = Attempt {
+            v2: None,
+            v1: Vec::new(),
+        };
+        let made = self.make(&mut attempt, name, limits);
+        if let Err(e) = made {
+            attempt.remove();
+            return Err(e);
+        }
+        Ok(attempt)
+    }
+
+    fn make(&self, attempt: &mut Attempt, name: &str, limits: &Limits) -> std::io::Result<()> {
+        let memory = limits.memory_mib.filter(|&m| m > 0).map(|m| m << 20);
+        let quota = limits
+            .cpu_millis
+            .filter(|&m| m > 0)
+            .map(|m| (m * (PERIOD_US / 1000)).max(MIN_QUOTA_US));
+        if let Some((parent, limited)) = &self.v2 {
+            let dir = parent.join(name);
+            std::fs::create_dir(&dir)?;
+            attempt.v2 = Some((dir.clone(), *limited));
+            if *limited {
+                if let Some(quota) = quota {
+                    write(&dir, "cpu.max", &format!("{quota} {PERIOD_US}"))?;
+                }
+                if let Some(bytes) = memory {
+                    write(&dir, "memory.max", &bytes.to_string())?;
+                    // Absent where swap is not accounted: there is none to use.
+                    let _ = write(&dir, "memory.swap.max", "0");
+                }
+                write(&dir, "pids.max", &self.pids_max.to_string())?;
+            }
+        }
+        for (parent, controllers) in &self.v1 {
+            let dir = parent.join(name);
+            std::fs::create_dir(&dir)?;
+            attempt.v1.push((dir.clone(), controllers.clone()));
+            let has = |c: &str| controllers.iter().any(|x| x == c);
+            if has("cpu")
+                && let Some(quota) = quota
+            {
+                write(&dir, "cpu.cfs_period_us", &PERIOD_US.to_string())?;
+                write(&dir, "cpu.cfs_quota_us", &quota.to_string())?;
+            }
+            if has("memory")
+                && let Some(bytes) = memory
+            {
+                write(&dir, "memory.limit_in_bytes", &bytes.to_string())?;
+                // Absent where swap is not accounted: there is none to use.
+                let _ = write(&dir, "memory.memsw.limit_in_bytes", &bytes.to_string());
+            }
+            if has("pids") {
+                write(&dir, "pids.max", &self.pids_max.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the agent's cgroups (once its attempts' are gone).
+    pub fn remove(&self) {
+        let dirs = self
+            .v2
+            .iter()
+            .map(|(d, _)| d)
+            .chain(self.v1.iter().map(|(d, _)| d));
+        for dir in dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Hands the limits' controllers down from `own` to the agent's `dir`, and from
+/// it to attempts'. Refused where `own` holds processes and is not the root
+/// (the agent's own, at least): the limits are then not set in v2.
+fn delegate(own: &Path, dir: &Path) -> bool {
+    let available = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
+    let available: Vec<&str> = available.split_whitespace().collect();
+    if !V2_CONTROLLERS.iter().all(|c| available.contains(c)) {
+        return false;
+    }
+    let enable = V2_CONTROLLERS.map(|c| format!("+{c}")).join(" ");
+    [own, dir]
+        .iter()
+        .all(|d| write(d, "cgroup.subtree_control", &enable).is_ok())
+}
+
+/// Removes the cgroups of agents that are gone: `corral-<pid>` of no live
+/// process, with whatever empty attempts' cgroups they hold.
+fn remove_stale(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("corral-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && remove_tree(&entry.path()) {
+            tracing::info!(dir = %entry.path().display(), "removed the cgroups of an agent that is gone");
+        }
+    }
+}
+
+/// Removes this agent's cgroups, and what attempts' cgroups they still hold
+/// (each must be empty): what a supervisor killed on its own left.
+pub(crate) fn remove_agent(agent: u32) {
+    let layout = Layout::of_this_process();
+    let owns = layout.v2.iter().chain(layout.v1.iter().map(|(d, _)| d));
+    for own in owns {
+        remove_tree(&own.join(format!("corral-{agent}")));
+    }
+}
+
+/// Removes an agent's cgroup and its attempts' (each must be empty); whether
+/// it is gone.
+fn remove_tree(dir: &Path) -> bool {
+    if let Ok(attempts) = std::fs::read_dir(dir) {
+        for attempt in attempts.flatten().filter(|a| a.path().is_dir()) {
+            let _ = std::fs::remove_dir(attempt.path());
+        }
+    }
+    std::fs::remove_dir(dir).is_ok()
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(dir.join(file), value).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot write {value} to {}: {e}", dir.join(file).display()),
+        )
+    })
+}
+
+/// The value of `key` in a file of `key value` lines.
+fn keyed(dir: &Path, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(file)).ok()?;
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// A file holding one number.
+fn number(dir: &Path, file: &str) -> Option<u64> {
+    std::fs::read_to_string(dir.join(file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What an attempt used, by its cgroups' counters; what they do not count is
+/// `None`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct Measured {
+    pub cpu_seconds: Option<f64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub throttled_seconds: Option<f64>,
+    /// Processes the OOM killer killed in it.
+    pub oom_kills: u64,
+}
+
+/// An attempt's cgroups.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    /// In the v2 hierarchy, and whether its limits are set there.
+    v2: Option<(PathBuf, bool)>,
+    /// In each v1 hierarchy, with the controllers attempts use there.
+    v1: Vec<(PathBuf, Vec<String>)>,
+}
+
+impl Attempt {
+    /// The `cgroup.procs` files a process writes itself into to join.
+    pub fn procs(&self) -> Vec<PathBuf> {
+        self.dirs().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        self.v2
+            .iter()
+            .map(|(d, _)| d)
+            .chain(self.v1.iter().map(|(d, _)| d))
+    }
+
+    /// Its cgroup in the v1 hierarchy of `controller`.
+    fn v1(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|(_, cs)| cs.iter().any(|c| c == controller))
+            .map(|(d, _)| d.as_path())
+    }
+
+    /// Its cgroup where limits are set in v2.
+    fn v2_limited(&self) -> Option<&Path> {
+        self.v2
+            .as_ref()
+            .filter(|(_, limited)| *limited)
+            .map(|(d, _)| d.as_path())
+    }
+
+    /// Kills every process in it: `cgroup.kill` in v2; in v1, frozen first so
+    /// that nothing forks or exits meanwhile (a pid read is still its own),
+    /// then thawed to die. Again on each call: harmless once empty.
+    pub fn kill(&self) {
+        if let Some((dir, _)) = &self.v2
+            && write(dir, "cgroup.kill", "1").is_ok()
+        {
+            return;
+        }
+        let Some(dir) = self.dirs().next() else {
+            return;
+        };
+        let freezer = self.v1("freezer");
+        if let Some(freezer) = freezer {
+            let _ = write(freezer, "freezer.state", "FROZEN");
+            for _ in 0..100 {
+                match std::fs::read_to_string(freezer.join("freezer.state")) {
+                    Ok(state) if state.trim() != "FREEZING" => break,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(_) => break,
+                }
+            }
+        }
+        for pid in pids(freezer.unwrap_or(dir)) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if let Some(freezer) = freezer {
+            let _ = write(freezer, "freezer.state", "THAWED");
+        }
+    }
+
+    /// No process is left in it.
+    pub fn is_empty(&self) -> bool {
+        if let Some((dir, _)) = &self.v2
+            && let Some(populated) = keyed(dir, "cgroup.events", "populated")
+        {
+            return populated == 0;
+        }
+        self.dirs().all(|d| pids(d).is_empty())
+    }
+
+    /// What it used: from v2's files where its limits are there, from v1's
+    /// otherwise; its cpu time from v2 even without controllers.
+    pub fn measured(&self) -> Measured {
+        let v2 = self.v2.as_ref().map(|(d, _)| d.as_path());
+        let limited = self.v2_limited();
+        let cpu = v2
+            .and_then(|d| keyed(d, "cpu.stat", "usage_usec"))
+            .map(|us| us as f64 / 1e6)
+            .or_else(|| {
+                let ns = number(self.v1("cpuacct")?, "cpuacct.usage")?;
+                Some(ns as f64 / 1e9)
+            });
+        let throttled = limited
+            .and_then(|d| keyed(d, "cpu.stat", "throttled_usec"))
+            .map(|us| us as f64 / 1e6)
+            .or_else(|| {
+                let ns = keyed(self.v1("cpu")?, "cpu.stat", "throttled_time")?;
+                Some(ns as f64 / 1e9)
+            });
+        let peak = limited
+            .and_then(|d| number(d, "memory.peak"))
+            .or_else(|| number(self.v1("memory")?, "memory.max_usage_in_bytes"));
+        let oom_kills = limited
+            .and_then(|d| keyed(d, "memory.events", "oom_kill"))
+            .or_else(|| keyed(self.v1("memory")?, "memory.oom_control", "oom_kill"))
+            .unwrap_or(0);
+        Measured {
+            cpu_seconds: cpu,
+            memory_peak_bytes: peak,
+            throttled_seconds: throttled,
+            oom_kills,
+        }
+    }
+
+    /// Removes its cgroups (each must be empty); true once all are gone.
+    /// What could not be removed is kept, to try again.
+    pub fn remove(&mut self) -> bool {
+        let gone = |dir: &PathBuf| match std::fs::remove_dir(dir) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        if self.v2.as_ref().is_some_and(|(d, _)| gone(d)) {
+            self.v2 = None;
+        }
+        self.v1.retain(|(d, _)| !gone(d));
+        self.v2.is_none() && self.v1.is_empty()
+    }
+
+    /// Its directories, for messages.
+    pub fn describe(&self) -> String {
+        self.dirs()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The processes a cgroup lists.
+fn pids(dir: &Path) -> Vec<Pid> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .map(Pid::from_raw)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+35 24 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+37 35 0:32 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+38 35 0:33 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 35 0:34 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 35 0:35 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+41 35 0:36 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+42 35 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+43 35 0:38 /outer /sys/fs/cgroup/sys\\040temd rw,relatime - cgroup cgroup rw,name=systemd
+";
+
+    const CGROUP: &str = "\
+9:name=systemd:/outer/x
+8:pids:/
+7:blkio:/
+6:freezer:/
+4:memory:/process_api/86acdc
+2:cpuacct:/
+1:cpu:/
+0::/
+";
+
+    #[test]
+    fn the_agents_cgroups_are_found_in_each_hierarchy_it_uses() {
+        let layout = Layout::parse(MOUNTINFO, CGROUP);
+        assert_eq!(layout.v2, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let v1: Vec<(String, Vec<String>)> = layout
+            .v1
+            .iter()
+            .map(|(d, cs)| (d.display().to_string(), cs.clone()))
+            .collect();
+        let expected = [
+            ("/sys/fs/cgroup/pids", "pids"),
+            ("/sys/fs/cgroup/freezer", "freezer"),
+            ("/sys/fs/cgroup/memory/process_api/86acdc", "memory"),
+            ("/sys/fs/cgroup/cpuacct", "cpuacct"),
+            ("/sys/fs/cgroup/cpu", "cpu"),
+        ]
+        .map(|(d, c)| (d.to_string(), vec![c.to_string()]));
+        assert_eq!(v1, expected);
+    }
+
+    #[test]
+    fn a_combined_hierarchy_and_a_mount_of_a_subtree_are_found() {
+        let mountinfo = "\
+36 35 0:31 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+42 35 0:37 /docker/abc /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+";
+        let cgroup = "3:cpu,cpuacct:/a/b\n0::/docker/abc/inner\n";
+        let layout = Layout::parse(mountinfo, cgroup);
+        assert_eq!(
+            layout.v2,
+            Some(PathBuf::from("/sys/fs/cgroup/unified/inner"))
+        );
+        assert_eq!(
+            layout.v1,
+            vec![(
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/a/b"),
+                vec!["cpu".to_string(), "cpuacct".to_string()]
+            )]
+        );
+        assert_eq!(unescape("/a\\040b\\134c"), PathBuf::from("/a b\\c"));
+    }
+
+    /// A directory laid out as a v2 cgroupfs whose controllers can be handed
+    /// down, with the agent in `own`.
+    struct FakeV2(PathBuf);
+
+    impl FakeV2 {
+        fn new(test: &str) -> FakeV2 {
+            let root =
+                std::env::temp_dir().join(format!("corral-cgroup-{}-{test}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            let own = root.join("own");
+            std::fs::create_dir_all(&own).expect("a fake cgroupfs");
+            std::fs::write(
+                own.join("cgroup.controllers"),
+                "cpuset cpu io memory pids\n",
+            )
+            .expect("controllers");
+            FakeV2(root)
+        }
+
+        fn layout(&self) -> Layout {
+            Layout {
+                v2: Some(self.0.join("own")),
+                v1: Vec::new(),
+            }
+        }
+
+        fn read(&self, path: &str) -> String {
+            std::fs::read_to_string(self.0.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+        }
+    }
+
+    impl Drop for FakeV2 {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn v2_limits_are_written_where_the_controllers_are_handed_down() {
+        let fake = FakeV2::new("limits");
+        let cgroups = Cgroups::setup(&fake.layout(), 4242, 512);
+        assert_eq!(cgroups.mode(), "v2");
+        assert_eq!(
+            fake.read("own/cgroup.subtree_control"),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(
+            fake.read("own/corral-4242/cgroup.subtree_control"),
+            "+cpu +memory +pids"
+        );
+        let limits = Limits {
+            cpu_millis: Some(500),
+            memory_mib: Some(128),
+        };
+        let attempt = cgroups
+            .attempt("s7", &limits)
+            .expect("the attempt's cgroup");
+        assert_eq!(fake.read("own/corral-4242/s7/cpu.max"), "50000 100000");
+        assert_eq!(fake.read("own/corral-4242/s7/memory.max"), "134217728");
+        assert_eq!(fake.read("own/corral-4242/s7/memory.swap.max"), "0");
+        assert_eq!(fake.read("own/corral-4242/s7/pids.max"), "512");
+        assert_eq!(
+            attempt.procs(),
+            vec![fake.0.join("own/corral-4242/s7/cgroup.procs")]
+        );
+
+        // A tiny quota is raised to the kernel's least; no memory, no limit.
+        let tiny = Limits {
+            cpu_millis: Some(1),
+            memory_mib: None,
+        };
+        cgroups.attempt("s8", &tiny).expect("another");
+        assert_eq!(fake.read("own/corral-4242/s8/cpu.max"), "1000 100000");
+        assert!(!fake.0.join("own/corral-4242/s8/memory.max").exists());
+        assert_eq!(fake.read("own/corral-4242/s8/pids.max"), "512");
+    }
+
+    #[test]
+    fn v2_counters_are_read_back() {
+        let fake = FakeV2::new("counters");
+        let cgroups = Cgroups::setup(&fake.layout(), 4243, 4096);
+        let attempt = cgroups
+            .attempt("s1", &Limits::default())
+            .expect("the attempt's cgroup");
+        let dir = fake.0.join("own/corral-4243/s1");
+        std::fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 40\nnr_throttled 20\nthrottled_usec 1250000\n",
+        )
+        .expect("cpu.stat");
+        std::fs::write(dir.join("memory.peak"), "209715200\n").expect("memory.peak");
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .expect("memory.events");
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").expect("events");
+        assert_eq!(
+            attempt.measured(),
+            Measured {
+                cpu_seconds: Some(2.5),
+                memory_peak_bytes: Some(209_715_200),
+                throttled_seconds: Some(1.25),
+                oom_kills: 1,
+            }
+        );
+        assert!(!attempt.is_empty());
+        std::fs::write(dir.join("cgroup.events"), "populated 0\nfrozen 0\n").expect("events");
+        assert!(attempt.is_empty());
+    }
+
+    #[test]
+    fn without_controllers_v2_tracks_but_sets_no_limits() {
+        let fake = FakeV2::new("tracking");
+        std::fs::write(fake.0.join("own/cgroup.controllers"), "").expect("no controllers");
+        let cgroups = Cgroups::setup(&fake.layout(), 4244, 4096);
+        assert_eq!(cgroups.mode(), "none");
+        assert!(cgroups.any());
+        let limits = Limits {
+            cpu_millis: Some(500),
+            memory_mib: Some(128),
+        };
+        let mut attempt = cgroups
+            .attempt("s1", &limits)
+            .expect("the attempt's cgroup");
+        let dir = fake.0.join("own/corral-4244/s1");
+        assert!(!dir.join("cpu.max").exists());
+        assert!(!dir.join("memory.max").exists());
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 100\nthrottled_usec 7\n")
+            .expect("cpu.stat");
+        let measured = attempt.measured();
+        assert_eq!(measured.cpu_seconds, Some(0.0001));
+        assert_eq!(measured.throttled_seconds, None, "no quota, no throttling");
+        assert_eq!(measured.memory_peak_bytes, None);
+        std::fs::remove_file(dir.join("cpu.stat")).expect("emptied");
+        assert!(attempt.remove(), "an empty cgroup is removed");
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn the_cgroups_of_agents_that_are_gone_are_removed_and_live_ones_kept() {
+        let fake = FakeV2::new("stale");
+        let own = fake.0.join("own");
+        // No process has a pid this high.
+        let gone = own.join(format!("corral-{}", u32::MAX - 1));
+        std::fs::create_dir_all(gone.join("s3")).expect("a stale attempt");
+        let live = own.join(format!("corral-{}", std::process::id()));
+        std::fs::create_dir_all(live.join("s1")).expect("a live attempt");
+        let _cgroups = Cgroups::setup(&fake.layout(), 4245, 4096);
+        assert!(!gone.exists(), "a gone agent's cgroups are removed");
+        assert!(live.join("s1").exists(), "a live agent's are kept");
+    }
+}

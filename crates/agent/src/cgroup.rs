@@ -736,4 +736,113 @@ mod tests {
         assert!(!gone.exists(), "a gone agent's cgroups are removed");
         assert!(live.join("s1").exists(), "a live agent's are kept");
     }
+
+    /// A shell in `attempt` that leaves processes behind: in the background,
+    /// in a session of their own, orphaned at once. Their pids, once all run.
+    fn tree_in(attempt: &Attempt) -> (std::process::Child, Vec<Pid>) {
+        use std::io::BufRead;
+        let join: String = attempt
+            .procs()
+            .iter()
+            .map(|p| format!("echo $$ > {};", p.display()))
+            .collect();
+        let script = format!(
+            "{join} sleep 300 & echo $!; setsid sh -c 'echo $$; exec sleep 300' & \
+             ( sh -c 'echo $$; exec sleep 300' & ); sleep 0.2; echo $$; wait"
+        );
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("a shell");
+        let out = std::io::BufReader::new(shell.stdout.take().expect("its output"));
+        let pids = out
+            .lines()
+            .take(4)
+            .map(|l| Pid::from_raw(l.expect("a line").trim().parse().expect("a pid")))
+            .collect();
+        (shell, pids)
+    }
+
+    fn alive(pid: Pid) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, s)| s.starts_with('Z'))
+        })
+    }
+
+    /// Kills what `attempt` holds and waits until it is empty; the shell is
+    /// this process's to reap.
+    fn kill_and_empty(attempt: &Attempt, mut shell: std::process::Child, pids: &[Pid]) {
+        assert!(!attempt.is_empty(), "the tree runs in its cgroup");
+        attempt.kill();
+        shell.wait().expect("the shell is reaped");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !attempt.is_empty() || pids.iter().any(|&p| alive(p)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tree {pids:?} is still there"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn cgroup_kill_in_v2_ends_a_whole_tree_and_populated_goes_to_0() {
+        let layout = Layout::of_this_process();
+        assert!(layout.v2.is_some(), "no cgroup v2 hierarchy: {layout:?}");
+        let own = Layout {
+            v2: layout.v2,
+            v1: Vec::new(),
+        };
+        let cgroups = Cgroups::setup(&own, std::process::id(), 64);
+        let mut attempt = cgroups
+            .attempt("s-real-v2", &Limits::default())
+            .expect("an attempt's cgroup below this process's (needs root)");
+        let dir = attempt.v2.clone().expect("in v2").0;
+        let (shell, pids) = tree_in(&attempt);
+        assert_eq!(keyed(&dir, "cgroup.events", "populated"), Some(1));
+        kill_and_empty(&attempt, shell, &pids);
+        assert_eq!(keyed(&dir, "cgroup.events", "populated"), Some(0));
+        let measured = attempt.measured();
+        assert!(
+            measured.cpu_seconds.is_some_and(|s| s > 0.0),
+            "{measured:?}"
+        );
+        assert!(attempt.remove(), "an emptied cgroup is removed");
+        assert!(!dir.exists());
+        cgroups.remove();
+    }
+
+    #[test]
+    fn without_v2_a_tree_is_frozen_then_killed_in_v1() {
+        let layout = Layout::of_this_process();
+        let own = Layout {
+            v2: None,
+            v1: layout.v1,
+        };
+        let cgroups = Cgroups::setup(&own, std::process::id(), 64);
+        assert_eq!(cgroups.mode(), "v1", "v1 cpu and memory: {own:?}");
+        let limits = Limits {
+            cpu_millis: Some(250),
+            memory_mib: Some(64),
+        };
+        let mut attempt = cgroups
+            .attempt("s-real-v1", &limits)
+            .expect("an attempt's cgroup below this process's (needs root)");
+        assert!(attempt.v1("freezer").is_some(), "a freezer: {attempt:?}");
+        let cpu = attempt.v1("cpu").expect("cpu").to_path_buf();
+        assert_eq!(number(&cpu, "cpu.cfs_quota_us"), Some(25_000));
+        let memory = attempt.v1("memory").expect("memory").to_path_buf();
+        assert_eq!(number(&memory, "memory.limit_in_bytes"), Some(64 << 20));
+        let (shell, pids) = tree_in(&attempt);
+        kill_and_empty(&attempt, shell, &pids);
+        let freezer = attempt.v1("freezer").expect("freezer").to_path_buf();
+        let state = std::fs::read_to_string(freezer.join("freezer.state")).expect("its state");
+        assert_eq!(state.trim(), "THAWED", "thawed to die");
+        assert!(attempt.remove(), "emptied cgroups are removed");
+        assert!(!cpu.exists() && !memory.exists() && !freezer.exists());
+        cgroups.remove();
+    }
 }

@@ -111,7 +111,7 @@ pub fn read_token(path: &Path) -> Result<String, AgentError> {
     };
     let token = token.trim().to_string();
     if token.is_empty() {
-        return Err(failed(std::io::Error::other("it is empty")));
+        return Err(failed(std::io::Error::other("there is no token in it")));
     }
     Ok(token)
 }

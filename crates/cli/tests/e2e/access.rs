@@ -3,7 +3,7 @@
 //! the audit log.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use corral_core::access::Access;
@@ -533,11 +533,8 @@ async fn a_browser_drive_by_runs_nothing_and_stores_nothing() {
         &["--cors-origin", "https://console.example"],
     )
     .await;
-    let pwned = server.data_dir.join("pwned");
-    let pipeline = format!(
-        "kind: Pipeline\nname: pwn\nsteps:\n  - {{name: s, run: 'touch {}'}}\n",
-        pwned.display()
-    );
+    // What it would leave in its workspace, had it run.
+    let pipeline = "kind: Pipeline\nname: pwn\nsteps:\n  - {name: s, run: 'touch pwned'}\n";
     let http = crate::harness::http_client(None);
     let runs_url = format!("{}/api/v1/runs", server.url);
     for token in [None, Some(server.admin_token.as_str())] {
@@ -546,7 +543,7 @@ async fn a_browser_drive_by_runs_nothing_and_stores_nothing() {
             .header("content-type", "text/plain")
             .header("origin", "http://evil.example")
             .header("host", "evil.example")
-            .body(pipeline.clone());
+            .body(pipeline);
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }
@@ -599,18 +596,24 @@ async fn a_browser_drive_by_runs_nothing_and_stores_nothing() {
     }
     // A proper submit after them runs to its end: by then the controller has
     // seen everything there was, and it is the only run there is.
-    let marker = server.data_dir.join("proper");
-    let proper = server
-        .submit(&pipeline.replace(&pwned.display().to_string(), &marker.display().to_string()))
-        .await["id"]
+    let proper = server.submit(&pipeline.replace("pwned", "proper")).await["id"]
         .as_i64()
         .expect("id");
     let ended = server.wait_run_ended(proper, Duration::from_secs(30)).await;
     assert_eq!(ended["state"], "succeeded", "{ended:#}");
-    assert!(marker.exists(), "the proper run ran");
+    let workspaces = server.workspaces(proper);
+    assert!(
+        workspaces.iter().any(|w| w.join("proper").exists()),
+        "the proper run ran: {workspaces:?}"
+    );
     let runs: Vec<Value> = server.get("/api/v1/runs").await;
     assert_eq!(runs.len(), 1, "nothing of the drive-by stored: {runs:?}");
-    assert!(!pwned.exists(), "the drive-by ran nothing");
+    let all = std::fs::read_dir(server.data_dir.join("workers/workspaces"))
+        .expect("the workspaces")
+        .flatten()
+        .map(|w| w.path())
+        .collect::<Vec<_>>();
+    assert_eq!(all, workspaces, "the drive-by ran nothing");
 }
 
 /// Registers through the protocol as an agent of `pool`, as an attacker with a
@@ -629,17 +632,26 @@ async fn register(server: &Server, token: &str, pool: &str, name: &str) -> (u16,
         .await
 }
 
+/// Runs an agent with `token` on its standard input (none: nothing there).
 fn run_agent(server: &Server, token: Option<&str>, name: &str) -> std::process::Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["agent", "--server", &server.url, "--pool", "metal"])
+    let mut agent = Command::new(BIN)
+        .args(["agent", "--server", &server.url, "--pool", "metal"])
         .args(["--name", name, "--cpu", "1", "--memory", "1Gi"])
+        .args(["--token-file", "-"])
         .arg("--work-dir")
         .arg(server.data_dir.join(format!("refused-{name}")))
-        .env_remove("CORRAL_TOKEN");
+        .env_remove("CORRAL_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run corral agent");
+    let mut stdin = agent.stdin.take().expect("its input");
     if let Some(t) = token {
-        cmd.env("CORRAL_TOKEN", t);
+        std::io::Write::write_all(&mut stdin, format!("{t}\n").as_bytes()).expect("the token");
     }
-    cmd.output().expect("run corral agent")
+    drop(stdin);
+    agent.wait_with_output().expect("the agent's end")
 }
 
 #[tokio::test(flavor = "multi_thread")]

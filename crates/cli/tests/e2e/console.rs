@@ -403,28 +403,21 @@ fn screenshots_dir() -> PathBuf {
         .join("console-screenshots")
 }
 
-/// A pipeline of one step that prints `first line`, waits until `go` exists
-/// (a minute at most), then prints `second line`.
-fn held_run(name: &str, tenant: &str, pool: &str, go: &Path) -> String {
+/// A pipeline of one step that prints `first line`, waits until `go` is in
+/// its workspace (a minute at most), then prints `second line`.
+fn held_run(name: &str, tenant: &str, pool: &str) -> String {
     format!(
-        "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, pool: {pool}, resources: {{cpu: 1, memory: 256Mi}}, run: 'echo first line; i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo second line'}}\n",
-        go = go.display()
+        "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, pool: {pool}, resources: {{cpu: 1, memory: 256Mi}}, run: 'echo first line; i=0; while [ ! -e go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; echo second line'}}\n"
     )
 }
 
-/// Team-a's held run on pool main, once it has printed its first line, and
-/// the file that lets it end.
-async fn printing_held_run(server: &Server) -> (i64, PathBuf) {
-    let go = server.data_dir.join("go");
-    let held = id_of(
-        &server
-            .submit(&held_run("held", "team-a", "main", &go))
-            .await,
-    );
+/// Team-a's held run on pool main, once it has printed its first line.
+async fn printing_held_run(server: &Server) -> i64 {
+    let held = id_of(&server.submit(&held_run("held", "team-a", "main")).await);
     server
         .wait_for_output(held, "first line", Duration::from_secs(20))
         .await;
-    (held, go)
+    held
 }
 
 fn quick_run(name: &str, tenant: &str, pool: &str) -> String {
@@ -581,12 +574,7 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
     );
 
     // A run holds the quota; a second waits behind it, and the queue says why.
-    let go = server.data_dir.join("go");
-    let held = id_of(
-        &server
-            .submit(&held_run("held", "team-a", "browser", &go))
-            .await,
-    );
+    let held = id_of(&server.submit(&held_run("held", "team-a", "browser")).await);
     server.admitted(held).await;
     let behind = id_of(
         &server
@@ -626,7 +614,7 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
         !log().await.contains("second line"),
         "the step waits for the test"
     );
-    std::fs::write(&go, "").expect("let the step go on");
+    server.open_gate(held, "go");
     eventually(
         "the second line in the page",
         Duration::from_secs(20),
@@ -758,17 +746,8 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
     let token = server
         .create_token("team-alpha", "tenant", Some(("tenant", "alpha")))
         .await;
-    let go = server.data_dir.join("go");
-    let own = id_of(
-        &server
-            .submit(&held_run("own", "alpha", "shared", &go))
-            .await,
-    );
-    let other = id_of(
-        &server
-            .submit(&held_run("other", "beta", "shared", &go))
-            .await,
-    );
+    let own = id_of(&server.submit(&held_run("own", "alpha", "shared")).await);
+    let other = id_of(&server.submit(&held_run("other", "beta", "shared")).await);
     for id in [own, other] {
         server
             .wait_for_output(id, "first line", Duration::from_secs(20))
@@ -894,7 +873,7 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
     assert_eq!(run["state"], "cancelled", "{run:#}");
     assert_eq!(server.run(other).await["state"], "running");
 
-    std::fs::write(&go, "").expect("let the steps end");
+    server.open_gate(other, "go");
     browser.close().await;
 }
 
@@ -908,7 +887,7 @@ async fn every_page_passes_axe(dark: bool) {
             "kind: Pool\nname: main\ncapacity: {cpu: 2, memory: 4Gi}\nprice: {cpu_hour: 0.5, memory_gib_hour: 0.05}\n---\nkind: Tenant\nname: team-a\nquota: {cpu: 1}\nbudget: {monthly: 100}\n",
         )
         .await;
-    let (held, go) = printing_held_run(&server).await;
+    let held = printing_held_run(&server).await;
     let waiting = id_of(&server.submit(&quick_run("waiting", "team-a", "main")).await);
     server.waits_with(waiting, "tenant_quota").await;
 
@@ -983,7 +962,7 @@ async fn every_page_passes_axe(dark: bool) {
         }
     }
 
-    std::fs::write(&go, "").expect("let the step end");
+    server.open_gate(held, "go");
     browser.close().await;
     assert!(
         failures.is_empty(),
@@ -1090,7 +1069,7 @@ async fn pages_left_behind_do_not_hold_the_connections_of_the_next() {
     server
         .apply("kind: Pool\nname: main\ncapacity: {cpu: 2, memory: 4Gi}\n---\nkind: Tenant\nname: team-a\n")
         .await;
-    let (held, go) = printing_held_run(&server).await;
+    let held = printing_held_run(&server).await;
     let browser = Browser::start_with(
         &server.url,
         Settings {
@@ -1133,6 +1112,6 @@ async fn pages_left_behind_do_not_hold_the_connections_of_the_next() {
         }
         visited.push(format!("{path} in {} ms", started.elapsed().as_millis()));
     }
-    std::fs::write(&go, "").expect("let the step end");
+    server.open_gate(held, "go");
     browser.close().await;
 }

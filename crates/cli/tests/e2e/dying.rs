@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Scratch, Server, StoreKind, eventually, millis};
+use crate::harness::{Server, StoreKind, descendants, eventually, millis};
 
 fn alive(pid: i32) -> bool {
     // A zombie has ended; only its parent has not read its status yet.
@@ -20,14 +20,10 @@ async fn a_killed_agent_takes_its_step_with_it_and_the_step_runs_again_elsewhere
     let mut server = Server::start("dying", StoreKind::Sqlite).await;
     let mut agents = server.static_pool_of_two("metal").await;
 
-    // The first attempt records the pids of its shell and of a child and a
-    // grandchild it leaves in the background, then says where it runs.
-    let scratch = Scratch::new("dying-pids");
-    let pids = scratch.join("pids");
-    let script = format!(
-        "if [ ! -e {p} ]; then (sleep 300 & echo $! >> {p}; wait) & echo $! >> {p}; echo $$ >> {p}; pwd; sleep 300; fi; echo done",
-        p = pids.display()
-    );
+    // The first attempt leaves a child and a grandchild in the background,
+    // then says where it runs.
+    let script =
+        "if [ \"$CORRAL_ATTEMPT\" = 1 ]; then (sleep 300 & wait) & pwd; sleep 300; fi; echo done";
     let run = server
         .submit(&format!(
             "kind: Pipeline\nname: job\ntenant: t\nsteps:\n  - name: work\n    run: '{script}'\n    pool: metal\n    resources: {{cpu: 2, memory: 1Gi}}\n"
@@ -35,12 +31,13 @@ async fn a_killed_agent_takes_its_step_with_it_and_the_step_runs_again_elsewhere
         .await;
     let id = run["id"].as_i64().expect("id");
     let victim = server.agent_running(id, &agents).await;
-    let recorded: Vec<i32> = eventually("the step's pids", Duration::from_secs(10), || async {
-        let text = std::fs::read_to_string(&pids).unwrap_or_default();
-        let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        (pids.len() == 3).then_some(pids)
-    })
-    .await;
+    // Its shell, the subshell, and their two sleeps; with everything else
+    // below the agent (its step supervisor, and what confines the step).
+    let steps = server.running_steps(4).await;
+    let mut recorded: Vec<i32> = steps.iter().map(|(pid, _)| *pid).collect();
+    recorded.extend(descendants(agents[victim].pid()));
+    recorded.sort_unstable();
+    recorded.dedup();
     assert!(
         recorded.iter().all(|p| alive(*p)),
         "the step runs: {recorded:?}"

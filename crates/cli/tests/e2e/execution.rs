@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{PidFile, Server, StoreKind, eventually};
+use crate::harness::{Server, StoreKind, eventually, processes_end};
 
 const POOL: &str = "kind: Pool\nname: exec\ncapacity: {cpu: 4, memory: 4Gi}\n---\nkind: Tenant\nname: t\nallowed_pools: [exec]\n";
 
@@ -64,19 +64,15 @@ steps:
 async fn timeouts_kill_the_process_group_and_retries_rerun() {
     let server = Server::start("timeout", StoreKind::Sqlite).await;
     server.apply(POOL).await;
-    let pids = PidFile::new("timeout-pids");
-    let doc = format!(
-        r#"
+    let doc = r#"
 kind: Pipeline
 name: flaky
 tenant: t
 steps:
-  - {{name: slow, run: "echo $$ >> {p}; sleep 60 & echo $! >> {p}; sleep 60; echo never", timeout: 1s, retries: 1}}
-  - {{name: after, run: "echo unreachable", needs: [slow]}}
-"#,
-        p = pids.path()
-    );
-    let id = server.submit(&doc).await["id"].as_i64().expect("id");
+  - {name: slow, run: "sleep 60 & echo up; sleep 60; echo never", timeout: 1s, retries: 1}
+  - {name: after, run: "echo unreachable", needs: [slow]}
+"#;
+    let id = server.submit(doc).await["id"].as_i64().expect("id");
     let run = server.wait_run_ended(id, Duration::from_secs(30)).await;
     assert_eq!(run["state"], "failed", "{run:#}");
     let tries = attempts(&run, 0);
@@ -86,7 +82,11 @@ steps:
     assert!(run["allocations"][0]["closed_at"].is_string(), "released");
     // Each attempt's shell, and the `sleep` it left in the background, were
     // killed too.
-    pids.all_ended(4).await;
+    let (_, logs) = server
+        .get_text(&format!("/api/v1/runs/{id}/logs?step=slow"))
+        .await;
+    assert_eq!(logs.matches("up\n").count(), 2, "both attempts ran: {logs}");
+    server.no_step_processes().await;
 
     // A step that fails twice then succeeds, with retries: 2.
     let doc = r#"
@@ -120,16 +120,13 @@ steps:
 async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
     let server = Server::start("cancel", StoreKind::Sqlite).await;
     server.apply(POOL).await;
-    let pids = PidFile::new("cancel-pids");
-    let doc = format!(
-        "kind: Pipeline\nname: long\ntenant: t\nsteps:\n  - {{name: s, run: 'echo $$ >> {}; echo up; exec sleep 120', resources: {{cpu: 4, memory: 1Gi}}}}\n",
-        pids.path()
-    );
-    let id = server.submit(&doc).await["id"].as_i64().expect("id");
-    let waiting = server.submit(&doc).await["id"].as_i64().expect("id");
+    let doc = "kind: Pipeline\nname: long\ntenant: t\nsteps:\n  - {name: s, run: 'echo up; exec sleep 120', resources: {cpu: 4, memory: 1Gi}}\n";
+    let id = server.submit(doc).await["id"].as_i64().expect("id");
+    let waiting = server.submit(doc).await["id"].as_i64().expect("id");
     server
         .wait_for_output(id, "up", Duration::from_secs(20))
         .await;
+    let mut running = server.running_steps(1).await;
     let (status, run) = server
         .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
         .await;
@@ -152,17 +149,18 @@ async fn cancelling_a_running_run_kills_it_and_releases_at_once() {
     assert_eq!(status, 409, "cancelling an ended run conflicts: {body}");
     let (status, _) = server.send("POST", "/api/v1/runs/999999/cancel", "").await;
     assert_eq!(status, 404);
-    // Its shell has written its pid once it prints.
     server
         .wait_for_output(waiting, "up", Duration::from_secs(20))
         .await;
+    running.extend(server.running_steps(1).await);
     let (status, run) = server
         .send("POST", &format!("/api/v1/runs/{waiting}/cancel"), "")
         .await;
     assert_eq!(status, 200);
     assert_eq!(run["state"], "cancelled");
-    // Both processes are gone.
-    pids.all_ended(2).await;
+    // Both processes are gone, and nothing of either step is left.
+    processes_end(&running).await;
+    server.no_step_processes().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,38 +18,39 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::harness::{Agent, Scratch, Server, StoreKind, eventually};
+use crate::harness::{Agent, Server, StoreKind, descendants, eventually};
 
 /// How long each fault lasts.
 const FAULT: Duration = Duration::from_secs(30);
 
-/// A step that appends `ATTEMPT PID MILLIS` to `file` every 100 ms: for a
-/// minute in its first attempt (long past any fault), for 3 s in later ones.
-fn ticking(file: &Path) -> String {
-    format!(
-        "kind: Pipeline\nname: ticking\ntenant: t\nsteps:\n  - name: tick\n    pool: metal\n    retries: 1\n    resources: {{cpu: 2, memory: 1Gi}}\n    run: |\n      n=30; [ \"$CORRAL_ATTEMPT\" = 1 ] && n=600\n      i=0\n      while [ $i -lt $n ]; do echo \"$CORRAL_ATTEMPT $$ $(date +%s%3N)\" >> {f}; i=$((i+1)); sleep 0.1; done\n",
-        f = file.display()
-    )
-}
+/// A step that appends `ATTEMPT MILLIS` to `ticks` in its workspace every
+/// 100 ms: for a minute in its first attempt (long past any fault), for 3 s in
+/// later ones.
+const TICKING: &str = "kind: Pipeline\nname: ticking\ntenant: t\nsteps:\n  - name: tick\n    pool: metal\n    retries: 1\n    resources: {cpu: 2, memory: 1Gi}\n    run: |\n      n=30; [ \"$CORRAL_ATTEMPT\" = 1 ] && n=600\n      i=0\n      while [ $i -lt $n ]; do echo \"$CORRAL_ATTEMPT $(date +%s%3N)\" >> ticks; i=$((i+1)); sleep 0.1; done\n";
 
 /// A line a ticking step wrote.
 #[derive(Debug, Clone, Copy)]
 struct Tick {
     attempt: u32,
-    pid: i32,
     millis: i64,
 }
 
-fn ticks(file: &Path) -> Vec<Tick> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            Some(Tick {
-                attempt: fields.next()?.parse().ok()?,
-                pid: fields.next()?.parse().ok()?,
-                millis: fields.next()?.parse().ok()?,
-            })
+/// What the attempts of run `id` wrote, in each agent's workspace of it.
+fn ticks(server: &Server, id: i64) -> Vec<Tick> {
+    server
+        .workspaces(id)
+        .iter()
+        .flat_map(|dir| {
+            let text = std::fs::read_to_string(dir.join("ticks")).unwrap_or_default();
+            text.lines()
+                .filter_map(|line| {
+                    let mut fields = line.split_whitespace();
+                    Some(Tick {
+                        attempt: fields.next()?.parse().ok()?,
+                        millis: fields.next()?.parse().ok()?,
+                    })
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -78,36 +78,8 @@ fn overlap_ms(spans: &BTreeMap<u32, (i64, i64)>) -> i64 {
     overlap
 }
 
-fn alive(pid: i32) -> bool {
-    // A zombie has ended; only its parent has not read its status yet.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(") ")
-            .next()
-            .is_some_and(|rest| !rest.starts_with('Z'))
-    })
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// Every process below `pid`, parents before their children.
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut found = Vec::new();
-    let mut next = vec![pid];
-    while let Some(parent) = next.pop() {
-        let tasks = std::fs::read_dir(format!("/proc/{parent}/task"))
-            .into_iter()
-            .flatten();
-        for task in tasks.flatten() {
-            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in list.split_whitespace().filter_map(|p| p.parse().ok()) {
-                found.push(child);
-                next.push(child);
-            }
-        }
-    }
-    found
 }
 
 fn cmdline(pid: i32) -> String {
@@ -334,12 +306,10 @@ async fn fenced(label: &str, fault: Fault) {
     };
     pool_has_agents(&server, 1).await;
 
-    let scratch = Scratch::new(&format!("{label}-ticks"));
-    let file = scratch.join("ticks");
-    let run = server.submit(&ticking(&file)).await;
+    let run = server.submit(TICKING).await;
     let id = run["id"].as_i64().expect("id");
     eventually("the first attempt to tick", Duration::from_secs(20), || {
-        std::future::ready((ticks(&file).len() >= 3).then_some(()))
+        std::future::ready((ticks(&server, id).len() >= 3).then_some(()))
     })
     .await;
     let _second = server.start_agent("metal", "second", "2", "2Gi").await;
@@ -382,17 +352,11 @@ async fn fenced(label: &str, fault: Fault) {
     assert_eq!(done["state"], "succeeded", "{done:#}");
     let attempts = done["steps"][0]["attempts"].as_array().expect("attempts");
     assert_eq!(attempts[0]["state"], "lost", "{done:#}");
-    // Every attempt's shell has ended: nothing more will be written.
-    let shells: BTreeSet<i32> = ticks(&file).iter().map(|t| t.pid).collect();
-    eventually(
-        &format!("the attempts' shells {shells:?} to end"),
-        Duration::from_secs(20),
-        || std::future::ready(shells.iter().all(|&p| !alive(p)).then_some(())),
-    )
-    .await;
+    // Every attempt's processes have ended: nothing more will be written.
+    server.no_step_processes().await;
     drop(forward);
 
-    let ticks = ticks(&file);
+    let ticks = ticks(&server, id);
     let spans = spans(&ticks);
     assert!(
         spans.len() >= 2 && spans.contains_key(&1),
@@ -473,12 +437,10 @@ async fn a_store_outage_runs_no_finished_step_again_and_loses_no_agent() {
     let mut server = Server::start("outage", StoreKind::Postgres(proxied)).await;
     let _agents = server.static_pool_of_two("metal").await;
 
-    let scratch = Scratch::new("outage-starts");
-    let file = scratch.join("starts");
+    // Each step notes its start in its run's workspace, on its agent.
     let step = |name: &str, needs: &str| {
         format!(
-            "  - name: {name}\n    pool: metal\n    resources: {{cpu: 1, memory: 256Mi}}\n{needs}    run: echo \"$CORRAL_RUN_ID $CORRAL_STEP\" >> {f}; sleep 2\n",
-            f = file.display()
+            "  - name: {name}\n    pool: metal\n    resources: {{cpu: 1, memory: 256Mi}}\n{needs}    run: echo \"$CORRAL_RUN_ID $CORRAL_STEP\" >> starts; sleep 2\n"
         )
     };
     let pipeline = format!(
@@ -491,9 +453,14 @@ async fn a_store_outage_runs_no_finished_step_again_and_loses_no_agent() {
     for _ in 0..6 {
         runs.push(server.submit(&pipeline).await["id"].as_i64().expect("id"));
     }
+    let starts = |server: &Server| -> String {
+        runs.iter()
+            .flat_map(|&id| server.workspaces(id))
+            .map(|dir| std::fs::read_to_string(dir.join("starts")).unwrap_or_default())
+            .collect()
+    };
     eventually("steps to start", Duration::from_secs(20), || {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        std::future::ready((text.lines().count() >= 4).then_some(()))
+        std::future::ready((starts(&server).lines().count() >= 4).then_some(()))
     })
     .await;
     forward.cut();
@@ -511,7 +478,7 @@ async fn a_store_outage_runs_no_finished_step_again_and_loses_no_agent() {
             }
         }
     }
-    let text = std::fs::read_to_string(&file).expect("the steps' lines");
+    let text = starts(&server);
     let mut started: BTreeMap<&str, usize> = BTreeMap::new();
     for line in text.lines() {
         *started.entry(line).or_default() += 1;

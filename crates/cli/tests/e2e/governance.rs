@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{PidFile, Server, StoreKind, millis};
+use crate::harness::{Server, StoreKind, millis, processes_end};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_static_agent_is_lost_and_its_step_retried_on_the_other() {
@@ -115,11 +115,8 @@ name: open
 "#,
         )
         .await;
-    // Holders keep their room until cancelled at the end (no other test
-    // sleeps this long: tests look for their own processes by command line).
-    let pids = PidFile::new("reasons-pids");
-    let hold = format!("echo $$ >> {}; echo held; exec sleep 97", pids.path());
-    let hold = hold.as_str();
+    // Holders keep their room until cancelled at the end.
+    let hold = "echo held; exec sleep 97";
     let mut holders = Vec::new();
 
     // Tenant quota, summed across pools.
@@ -225,17 +222,18 @@ name: open
         text.contains("admitted together or not at all") && text.contains("in the queue"),
         "{text}"
     );
-    // Each holder's shell has written its pid once it prints.
     for &id in &holders {
         server
             .wait_for_output(id, "held", Duration::from_secs(20))
             .await;
     }
+    let running = server.running_steps(holders.len()).await;
     for &id in &holders {
         let (status, run) = server
             .send("POST", &format!("/api/v1/runs/{id}/cancel"), "")
             .await;
         assert_eq!(status, 200, "{run}");
     }
-    pids.all_ended(holders.len()).await;
+    processes_end(&running).await;
+    server.no_step_processes().await;
 }

@@ -371,16 +371,22 @@ impl Server {
                     .iter()
                     .flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]),
             )
-            .env("CORRAL_TOKEN", token)
+            // The token on its standard input, as the server hands local
+            // agents theirs: never in its environment or command line.
+            .args(["--token-file", "-"])
+            .env_remove("CORRAL_TOKEN")
             .env("CORRAL_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(self.data_dir.join(format!("agent-{name}.log")))
                     .expect("agent log"),
             );
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().expect("spawn corral agent");
+        let mut child = cmd.spawn().expect("spawn corral agent");
+        let mut stdin = child.stdin.take().expect("the agent's input");
+        std::io::Write::write_all(&mut stdin, format!("{token}\n").as_bytes())
+            .expect("the token written to the agent");
         let pid = i32::try_from(child.id()).expect("pid fits");
         self.groups.push(pid);
         Agent {
@@ -631,58 +637,6 @@ impl Drop for Server {
     }
 }
 
-/// A file a test's steps append their pids to (`echo $$ >> FILE`), so that the
-/// test checks those very processes, and no other test's.
-pub struct PidFile {
-    file: PathBuf,
-    _dir: Scratch,
-}
-
-impl PidFile {
-    pub fn new(label: &str) -> PidFile {
-        let dir = Scratch::new(label);
-        PidFile {
-            file: dir.join("pids"),
-            _dir: dir,
-        }
-    }
-
-    /// The file's path, for a step's command.
-    pub fn path(&self) -> String {
-        self.file.display().to_string()
-    }
-
-    /// Waits until `count` pids are written, then until each of those
-    /// processes has ended (a zombie counts as ended: it runs nothing; one
-    /// already gone when read counts as ended too).
-    pub async fn all_ended(&self, count: usize) {
-        let pids: Vec<(i32, String)> = eventually(
-            &format!("{count} pids in {}", self.file.display()),
-            Duration::from_secs(20),
-            || async {
-                let text = std::fs::read_to_string(&self.file).unwrap_or_default();
-                let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-                (pids.len() >= count).then(|| {
-                    pids.into_iter()
-                        .filter_map(|pid| Some((pid, start_of(pid)?)))
-                        .collect()
-                })
-            },
-        )
-        .await;
-        eventually(
-            &format!("the processes {pids:?} to end"),
-            Duration::from_secs(10),
-            || async {
-                pids.iter()
-                    .all(|(pid, start)| start_of(*pid).as_ref() != Some(start))
-                    .then_some(())
-            },
-        )
-        .await;
-    }
-}
-
 /// A live process's start time (which tells it from a later one with its pid);
 /// `None` once it has ended or is a zombie.
 fn start_of(pid: i32) -> Option<String> {
@@ -807,4 +761,144 @@ pub fn workspace_root() -> &'static Path {
         .parent()
         .and_then(Path::parent)
         .expect("the workspace root")
+}
+
+impl Server {
+    /// The workspaces of run `id` on this server's agents (local and static)
+    /// that exist: a step's directory, which the test may read and write
+    /// whether the step is confined or not.
+    pub fn workspaces(&self, id: i64) -> Vec<PathBuf> {
+        let name = format!("run-{id}");
+        let local = self.data_dir.join("workers");
+        let statics = std::fs::read_dir(self.data_dir.join("agents"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|agent| agent.path());
+        std::iter::once(local)
+            .chain(statics)
+            .map(|dir| dir.join("workspaces").join(&name))
+            .filter(|dir| dir.is_dir())
+            .collect()
+    }
+
+    /// Writes `name` into run `id`'s workspace, where its step waits for it
+    /// (`while [ ! -e go ]`): into each it has, or, for a run not started
+    /// yet, into the one its local agent will use.
+    pub fn open_gate(&self, id: i64, name: &str) {
+        let mut dirs = self.workspaces(id);
+        if dirs.is_empty() {
+            let local = self
+                .data_dir
+                .join("workers/workspaces")
+                .join(format!("run-{id}"));
+            std::fs::create_dir_all(&local).expect("the run's workspace");
+            dirs.push(local);
+        }
+        for dir in dirs {
+            std::fs::write(dir.join(name), "").expect("the gate opened");
+        }
+    }
+
+    /// The processes of this server's steps that run now: those working in
+    /// its data directory, where every workspace is (steps' pids are their
+    /// own when they are confined; where they work is not).
+    pub fn step_processes(&self) -> Vec<(i32, String)> {
+        let dir = self
+            .data_dir
+            .canonicalize()
+            .unwrap_or(self.data_dir.clone());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(&dir))
+            })
+            .filter_map(|pid| Some((pid, start_of(pid)?)))
+            .collect()
+    }
+
+    /// Waits until at least `count` processes of this server's steps run;
+    /// those, to wait for their end with [`processes_end`].
+    pub async fn running_steps(&self, count: usize) -> Vec<(i32, String)> {
+        eventually(
+            &format!("{count} processes of steps"),
+            Duration::from_secs(20),
+            || async {
+                let running = self.step_processes();
+                (running.len() >= count).then_some(running)
+            },
+        )
+        .await
+    }
+
+    /// Waits until no process of this server's steps runs.
+    pub async fn no_step_processes(&self) {
+        eventually(
+            "no process of a step left",
+            Duration::from_secs(10),
+            || async { self.step_processes().is_empty().then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// Waits until each of `processes` (pids with their start times) has ended (a
+/// zombie counts as ended: it runs nothing).
+pub async fn processes_end(processes: &[(i32, String)]) {
+    eventually(
+        &format!("the processes {processes:?} to end"),
+        Duration::from_secs(10),
+        || async {
+            processes
+                .iter()
+                .all(|(pid, start)| start_of(*pid).as_ref() != Some(start))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Every process below `pid`, parents before their children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{parent}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.flatten() {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in list.split_whitespace().filter_map(|p| p.parse().ok()) {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// Every string of `text` in the form of a corral secret: `corral_`,
+/// `corralw_` or `corrals_` and 64 hexadecimal digits.
+pub fn secrets_in(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices("corral") {
+        let rest = &text[at + "corral".len()..];
+        for prefix in ["_", "w_", "s_"] {
+            let Some(digits) = rest.strip_prefix(prefix) else {
+                continue;
+            };
+            let hex = digits.bytes().take_while(u8::is_ascii_hexdigit).count();
+            if hex >= 64 {
+                found.push(format!("corral{prefix}{}", &digits[..64]));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
 }

@@ -7,6 +7,7 @@ mod api;
 mod budget;
 mod campaign;
 mod cli;
+mod confinement;
 mod conformance;
 mod connections;
 mod console;

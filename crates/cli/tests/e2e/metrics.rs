@@ -285,11 +285,11 @@ fn collect_queries(value: &Value, into: &mut Vec<String>) {
     }
 }
 
-/// A run of one step on pool `work` that lasts until `gate` exists.
-fn gated(name: &str, tenant: &str, gate: &std::path::Path) -> String {
+/// A run of one step on pool `work` that lasts until `gate` is in its
+/// workspace.
+fn gated(name: &str, tenant: &str) -> String {
     format!(
-        "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, pool: work, run: 'while [ ! -e {} ]; do sleep 0.1; done', resources: {{cpu: 1, memory: 256Mi}}}}\n",
-        gate.display()
+        "kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n  - {{name: s, pool: work, run: 'while [ ! -e gate ]; do sleep 0.1; done', resources: {{cpu: 1, memory: 256Mi}}}}\n"
     )
 }
 
@@ -297,7 +297,6 @@ fn gated(name: &str, tenant: &str, gate: &std::path::Path) -> String {
 async fn metrics_agree_with_the_api_during_and_after_a_workload() {
     let server = Server::start("metrics", StoreKind::Sqlite).await;
     server.apply(CLUSTER).await;
-    let gate = server.data_dir.join("gate");
     let mut ids = Vec::new();
     // alpha's quota holds one of its three runs at a time; beta's two both fit.
     for (i, tenant) in ["alpha", "alpha", "alpha", "beta", "beta"]
@@ -305,9 +304,7 @@ async fn metrics_agree_with_the_api_during_and_after_a_workload() {
         .enumerate()
     {
         ids.push(
-            server
-                .submit(&gated(&format!("job{i}"), tenant, &gate))
-                .await["id"]
+            server.submit(&gated(&format!("job{i}"), tenant)).await["id"]
                 .as_i64()
                 .expect("id"),
         );
@@ -383,7 +380,9 @@ async fn metrics_agree_with_the_api_during_and_after_a_workload() {
     )
     .await;
 
-    std::fs::write(&gate, "").expect("open the gate");
+    for &id in &ids {
+        server.open_gate(id, "gate");
+    }
     for id in &ids {
         let run = server.wait_run_ended(*id, Duration::from_secs(60)).await;
         assert_eq!(run["state"], "succeeded", "{run:#}");

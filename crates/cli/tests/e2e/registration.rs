@@ -39,6 +39,8 @@ async fn a_second_agent_from_one_work_dir_is_refused_and_exits() {
         .create_token("agent-box-again", "agent", Some(("pool", "edge")))
         .await;
     let work_dir = first.work_dir.clone();
+    let token_file = server.data_dir.join("agent-box-again.token");
+    std::fs::write(&token_file, &token).expect("the token file");
     let second = tokio::process::Command::new(BIN)
         .args([
             "agent",
@@ -52,7 +54,9 @@ async fn a_second_agent_from_one_work_dir_is_refused_and_exits() {
         .args(["--cpu", "2", "--memory", "2Gi"])
         .arg("--work-dir")
         .arg(&work_dir)
-        .env("CORRAL_TOKEN", &token)
+        .arg("--token-file")
+        .arg(&token_file)
+        .env_remove("CORRAL_TOKEN")
         .env("CORRAL_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -23,7 +23,8 @@ kind: Tenant
 name: acme
 ";
 
-/// A step that prints `PRINTED` bytes of lines once `gate` exists.
+/// A step that prints `PRINTED` bytes of lines once `gate` is in its
+/// workspace.
 fn loud_step(name: &str, needs: &[&str], gate: Option<&str>) -> serde_json::Value {
     let wait = gate.map_or(String::new(), |g| {
         format!("while [ ! -e {g} ]; do sleep 0.1; done; ")
@@ -115,11 +116,9 @@ async fn a_runs_output_count_survives_a_restart_of_the_server() {
     )
     .await;
     server.apply(CLUSTER).await;
-    let gate = server.data_dir.join("gate");
-    let gate = gate.to_str().expect("utf-8 path");
     let pipeline = json!({
         "kind": "Pipeline", "name": "loud", "tenant": "acme",
-        "steps": [loud_step("a", &[], None), loud_step("b", &["a"], Some(gate))],
+        "steps": [loud_step("a", &[], None), loud_step("b", &["a"], Some("gate"))],
     });
     let id = server.submit(&pipeline.to_string()).await["id"]
         .as_i64()
@@ -134,7 +133,7 @@ async fn a_runs_output_count_survives_a_restart_of_the_server() {
     )
     .await;
     server.restart().await;
-    std::fs::write(gate, "").expect("open the gate");
+    server.open_gate(id, "gate");
     let ended = server.wait_run_ended(id, Duration::from_secs(60)).await;
     assert_eq!(ended["state"], "succeeded", "{ended:#}");
     cut_at_the_cap(&["a", "b"], &stored(&server, id, &["a", "b"]).await);

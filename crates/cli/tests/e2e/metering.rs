@@ -188,7 +188,7 @@ async fn usage_by_every_key_reconciles_with_allocations_and_prices() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "pool,cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost"
+        "pool,cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost,used_cpu_core_seconds,used_memory_gib_seconds,cpu_efficiency,memory_efficiency"
     );
     assert!(lines.iter().any(|l| l.starts_with("alpha,")), "{csv}");
     assert!(lines.iter().any(|l| l.starts_with("beta,")), "{csv}");

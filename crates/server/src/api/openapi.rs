@@ -495,8 +495,8 @@ mod tests {
             }
         }
         assert_eq!(
-            names, 8,
-            "pools and tenants: get, put, delete; tokens: delete; a tenant's summary"
+            names, 9,
+            "pools and tenants: get, put, delete; tokens: delete; a tenant's summary; a pipeline's recommendation"
         );
     }
 

@@ -285,6 +285,33 @@ fn a_step_reaches_nothing_of_the_agent_nor_of_another_attempt() {
     });
 }
 
+/// Parallel steps of a run share its workspace: they run as one uid (each as
+/// it came alone would have had another, and found the other's files not its
+/// own); a later step, as a fresh uid, is handed what they made.
+fn the_steps_of_a_run_share_its_workspace_and_what_is_in_it() {
+    let scratch = Scratch::new("shared");
+    let dir = scratch.workspace("run");
+    runtime().block_on(async {
+        let steps = confined(&scratch, 4096).await;
+        let wait = |mine: &str, other: &str| {
+            format!("mkdir {mine}; touch {mine}/made; while [ ! -e {other} ]; do sleep 0.05; done; id -u")
+        };
+        let a = run(&steps, &dir, &wait("a", "b"), Limits::default());
+        let b = run(&steps, &dir, &wait("b", "a"), Limits::default());
+        let both = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(finish(a), finish(b))
+        });
+        let ((a, a_uid, a_err), (b, b_uid, b_err)) = both.await.expect("each sees the other's");
+        assert_eq!(a.ended, Ended::Exited(0), "{a_err}");
+        assert_eq!(b.ended, Ended::Exited(0), "{b_err}");
+        assert_eq!(a_uid, b_uid, "one uid for the run's steps at once");
+        let later = "echo more >> a/made && rm -r b && mkdir c && id -u";
+        let (end, uid, err) = finish(run(&steps, &dir, later, Limits::default())).await;
+        assert_eq!(end.ended, Ended::Exited(0), "{err}");
+        println!("    two steps at once as {}, a later one as {}", a_uid.trim(), uid.trim());
+    });
+}
+
 fn cpu_is_held_to_the_steps_quota() {
     let scratch = Scratch::new("cpu");
     let dir = scratch.workspace("ws");
@@ -607,6 +634,7 @@ fn main() -> ExitCode {
     let tests = tests![
         steps_are_confined_and_the_supervisor_says_so,
         a_step_reaches_nothing_of_the_agent_nor_of_another_attempt,
+        the_steps_of_a_run_share_its_workspace_and_what_is_in_it,
         cpu_is_held_to_the_steps_quota,
         a_step_over_its_memory_is_killed_and_its_neighbour_runs_on,
         a_fork_bomb_is_held_by_the_pids_limit_and_the_supervisor_serves_on,

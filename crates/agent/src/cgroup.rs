@@ -170,7 +170,7 @@ impl Cgroups {
         };
         let v2 = layout.v2.as_deref().and_then(|own| {
             let dir = make(own)?;
-            let limits = delegate(own, &dir);
+            let limits = delegate(own, &dir, agent);
             Some((dir, limits))
         });
         let v1 = layout
@@ -274,18 +274,32 @@ impl Cgroups {
 }
 
 /// Hands the limits' controllers down from `own` to the agent's `dir`, and from
-/// it to attempts'. Refused where `own` holds processes and is not the root
-/// (the agent's own, at least): the limits are then not set in v2.
-fn delegate(own: &Path, dir: &Path) -> bool {
+/// it to attempts'. A cgroup that holds processes hands none down (but the
+/// root): where `own` refuses, the agent and its supervisor move to a leaf of
+/// their own (`dir/agent`), as systemd asks of a service it delegates a cgroup
+/// to, and `own` is asked again. Where it still refuses (it holds other
+/// processes), the limits are not set in v2.
+fn delegate(own: &Path, dir: &Path, agent: u32) -> bool {
     let available = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
     let available: Vec<&str> = available.split_whitespace().collect();
     if !V2_CONTROLLERS.iter().all(|c| available.contains(c)) {
         return false;
     }
     let enable = V2_CONTROLLERS.map(|c| format!("+{c}")).join(" ");
-    [own, dir]
-        .iter()
-        .all(|d| write(d, "cgroup.subtree_control", &enable).is_ok())
+    if write(own, "cgroup.subtree_control", &enable).is_err() {
+        let leaf = dir.join("agent");
+        let made = match std::fs::create_dir(&leaf) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        };
+        let moved = made
+            .and_then(|()| write(&leaf, "cgroup.procs", &agent.to_string()))
+            .and_then(|()| write(&leaf, "cgroup.procs", &std::process::id().to_string()));
+        if moved.is_err() || write(own, "cgroup.subtree_control", &enable).is_err() {
+            return false;
+        }
+    }
+    write(dir, "cgroup.subtree_control", &enable).is_ok()
 }
 
 /// Removes the cgroups of agents that are gone: `corral-<pid>` of no live
@@ -659,6 +673,23 @@ mod tests {
         assert_eq!(fake.read("own/corral-4242/s8/cpu.max"), "1000 100000");
         assert!(!fake.0.join("own/corral-4242/s8/memory.max").exists());
         assert_eq!(fake.read("own/corral-4242/s8/pids.max"), "512");
+    }
+
+    #[test]
+    fn an_agent_in_a_cgroup_that_cannot_hand_controllers_down_moves_to_a_leaf_first() {
+        let fake = FakeV2::new("leaf");
+        // A write that fails, as the kernel's does where the cgroup holds
+        // processes.
+        std::fs::create_dir(fake.0.join("own/cgroup.subtree_control")).expect("a refusal");
+        let cgroups = Cgroups::setup(&fake.layout(), 4246, 4096);
+        let moved = fake.read("own/corral-4246/agent/cgroup.procs");
+        assert_eq!(
+            moved,
+            std::process::id().to_string(),
+            "the supervisor moved"
+        );
+        assert_eq!(cgroups.mode(), "none", "refused again: no limits in v2");
+        assert!(cgroups.any(), "still tracked in v2");
     }
 
     #[test]

@@ -102,8 +102,9 @@ pub(crate) struct Reaper {
     /// Steps get namespaces and a uid of their own.
     namespaces: bool,
     cgroups: Option<Cgroups>,
-    /// Cgroups of reported steps not removed yet.
-    leftovers: Vec<cgroup::Attempt>,
+    /// Cgroups of reported steps not removed yet, with how many times their
+    /// removal failed.
+    leftovers: Vec<(cgroup::Attempt, u32)>,
     /// The uid each workspace's running steps share, by workspace: the steps
     /// of a run that run at once share its workspace, so they share its
     /// files' owner too.
@@ -240,7 +241,7 @@ impl Reaper {
                 if let Some(mut cgroup) = cgroup.take()
                     && !cgroup.remove()
                 {
-                    self.leftovers.push(cgroup);
+                    self.leftovers.push((cgroup, 1));
                 }
                 return Err(e);
             }
@@ -337,9 +338,12 @@ impl Reaper {
     }
 
     /// Whether ended steps wait for their cgroups to empty, or cgroups to be
-    /// removed: the supervisor then looks again soon.
+    /// removed (for a few seconds; then as steps end, and when the supervisor
+    /// does): the supervisor then looks again soon.
     pub(crate) fn draining(&self) -> bool {
-        !self.leftovers.is_empty()
+        self.leftovers
+            .iter()
+            .any(|(_, failed)| *failed < LEFTOVER_TRIES)
             || self
                 .steps
                 .iter()
@@ -411,7 +415,7 @@ impl Reaper {
                 None => {}
             }
         }
-        self.leftovers.retain_mut(|cgroup| !cgroup.remove());
+        self.remove_leftovers();
         if killed {
             return Vec::new();
         }
@@ -447,7 +451,7 @@ impl Reaper {
         });
         for mut cgroup in removing {
             if !cgroup.remove() {
-                self.leftovers.push(cgroup);
+                self.leftovers.push((cgroup, 1));
             }
         }
         reported
@@ -463,7 +467,7 @@ impl Reaper {
         let mut uids = Vec::new();
         for step in std::mem::take(&mut self.steps) {
             uids.extend(step.uid);
-            self.leftovers.extend(step.cgroup);
+            self.leftovers.extend(step.cgroup.map(|cgroup| (cgroup, 0)));
         }
         'reaping: loop {
             // Killed processes leave children of their own, which come to the
@@ -471,7 +475,7 @@ impl Reaper {
             for pid in children() {
                 let _ = kill(pid, Signal::SIGKILL);
             }
-            for cgroup in &self.leftovers {
+            for (cgroup, _) in &self.leftovers {
                 cgroup.kill();
             }
             loop {
@@ -486,10 +490,10 @@ impl Reaper {
         drop(uids);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !self.leftovers.is_empty() && std::time::Instant::now() < deadline {
-            self.leftovers.retain_mut(|cgroup| !cgroup.remove());
+            self.leftovers.retain_mut(|(cgroup, _)| !cgroup.remove());
             wait();
         }
-        for cgroup in &self.leftovers {
+        for (cgroup, _) in &self.leftovers {
             eprintln!("corral: cannot remove the cgroups {}", cgroup.describe());
         }
         if let Some(cgroups) = &self.cgroups {
@@ -504,6 +508,29 @@ impl Reaper {
             seconds * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0)
         });
         nanos / self.tick
+    }
+}
+
+/// How many times in a row (10 ms apart) the removal of an empty cgroup is
+/// tried before it is tried only as steps end.
+const LEFTOVER_TRIES: u32 = 300;
+
+impl Reaper {
+    /// Tries again to remove the cgroups of reported steps.
+    fn remove_leftovers(&mut self) {
+        self.leftovers.retain_mut(|(cgroup, failed)| {
+            if cgroup.remove() {
+                return false;
+            }
+            *failed += 1;
+            if *failed == LEFTOVER_TRIES {
+                eprintln!(
+                    "corral: cannot remove the cgroups {}; trying again as steps end",
+                    cgroup.describe()
+                );
+            }
+            true
+        });
     }
 }
 

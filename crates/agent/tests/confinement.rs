@@ -180,6 +180,31 @@ fn steps_are_confined_and_the_supervisor_says_so() {
     });
 }
 
+fn steps_run_as_the_step_user_when_one_is_given() {
+    let scratch = Scratch::new("user");
+    let dir = scratch.workspace("ws");
+    let nobody = StepUser::from_flags(None, Some("nobody")).expect("a user nobody");
+    let StepUser::Named { uid, .. } = nobody else {
+        panic!("{nobody:?}");
+    };
+    let setup = Setup {
+        user: nobody,
+        ..scratch.setup(4096)
+    };
+    runtime().block_on(async {
+        let steps = Steps::start(&[SECRET_VAR], setup).expect("the supervisor");
+        let confinement = steps.confinement().await.expect("the supervisor sets up");
+        assert!(confinement.namespaces, "{confinement:?}");
+        assert_eq!(confinement.user, "nobody");
+        let (end, out, err) =
+            finish(run(&steps, &dir, "id -u; touch mine", Limits::default())).await;
+        assert_eq!(end.ended, Ended::Exited(0), "{err}");
+        assert_eq!(out, format!("{uid}\n"));
+        let made = std::fs::metadata(dir.join("mine")).expect("its file");
+        assert_eq!(made.uid(), uid);
+    });
+}
+
 /// What a hostile step tries; each line that works says `ESCAPED`.
 const ESCAPES: &str = r#"
 escaped() { echo "ESCAPED: $*"; }
@@ -633,6 +658,7 @@ fn main() -> ExitCode {
     };
     let tests = tests![
         steps_are_confined_and_the_supervisor_says_so,
+        steps_run_as_the_step_user_when_one_is_given,
         a_step_reaches_nothing_of_the_agent_nor_of_another_attempt,
         the_steps_of_a_run_share_its_workspace_and_what_is_in_it,
         cpu_is_held_to_the_steps_quota,

@@ -141,7 +141,7 @@ async fn battery(server: &Server, pool: &str, agents: impl Fn() -> Vec<i32>) {
     // Whatever it printed in the form of a secret opens nothing.
     assert_eq!(
         secrets_in(&format!("a {} b", server.admin_token)),
-        [server.admin_token.clone()],
+        std::slice::from_ref(&server.admin_token),
         "a secret in the text is found"
     );
     let found = secrets_in(&logs);

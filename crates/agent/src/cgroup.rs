@@ -10,10 +10,12 @@
 //! controllers (a hybrid host) still tracks and kills: it has `cgroup.kill`,
 //! `cgroup.events` and `cpu.stat`'s `usage_usec` without any controller.
 //!
-//! An attempt's cgroup is `<own>/corral-<agent pid>/s<step>` in each hierarchy,
-//! `<own>` being the agent's (from `/proc/self/cgroup`). The supervisor removes
-//! it once it is empty, and a new supervisor removes what agents that are gone
-//! left. A few small files per attempt, written by hand: no library needed.
+//! An attempt's cgroup is `<own>/corral-<supervisor pid>/s<step>` in each
+//! hierarchy, `<own>` being the agent's (from `/proc/self/cgroup`): each
+//! supervisor has a tree of its own. It removes an attempt's once it is empty,
+//! and its own when it ends; its agent removes what a supervisor killed on its
+//! own left, and any supervisor what those of agents that are gone left. A few
+//! small files per attempt, written by hand: no library needed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,7 +142,7 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
-/// Where attempts' cgroups are made: the agent's `corral-<pid>` in each
+/// Where attempts' cgroups are made: this supervisor's `corral-<pid>` in each
 /// hierarchy where it could make one.
 #[derive(Debug)]
 pub(crate) struct Cgroups {
@@ -152,10 +154,10 @@ pub(crate) struct Cgroups {
 }
 
 impl Cgroups {
-    /// Makes the agent's cgroups (`corral-<agent>`) below its own, after
-    /// removing those of agents that are gone.
+    /// Makes this supervisor's cgroups (`corral-<pid>`) below its agent's
+    /// (`agent`), after removing those of supervisors that are gone.
     pub fn setup(layout: &Layout, agent: u32, pids_max: u64) -> Cgroups {
-        let name = format!("corral-{agent}");
+        let name = format!("corral-{}", std::process::id());
         let make = |own: &Path| {
             remove_stale(own);
             let dir = own.join(&name);
@@ -260,7 +262,7 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Removes the agent's cgroups (once its attempts' are gone).
+    /// Removes this supervisor's cgroups (once its attempts' are gone).
     pub fn remove(&self) {
         let dirs = self
             .v2
@@ -273,11 +275,11 @@ impl Cgroups {
     }
 }
 
-/// Hands the limits' controllers down from `own` to the agent's `dir`, and from
-/// it to attempts'. A cgroup that holds processes hands none down (but the
-/// root): where `own` refuses, the agent and its supervisor move to a leaf of
-/// their own (`dir/agent`), as systemd asks of a service it delegates a cgroup
-/// to, and `own` is asked again. Where it still refuses (it holds other
+/// Hands the limits' controllers down from `own` to the supervisor's `dir`, and
+/// from it to attempts'. A cgroup that holds processes hands none down (but
+/// the root): where `own` refuses, the agent and its supervisor move to a leaf
+/// of their own (`dir/agent`), as systemd asks of a service it delegates a
+/// cgroup to, and `own` is asked again. Where it still refuses (it holds other
 /// processes), the limits are not set in v2.
 fn delegate(own: &Path, dir: &Path, agent: u32) -> bool {
     let available = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
@@ -302,7 +304,7 @@ fn delegate(own: &Path, dir: &Path, agent: u32) -> bool {
     write(dir, "cgroup.subtree_control", &enable).is_ok()
 }
 
-/// Removes the cgroups of agents that are gone: `corral-<pid>` of no live
+/// Removes the cgroups of supervisors that are gone: `corral-<pid>` of no live
 /// process, with whatever empty attempts' cgroups they hold.
 fn remove_stale(own: &Path) {
     let Ok(entries) = std::fs::read_dir(own) else {
@@ -318,23 +320,23 @@ fn remove_stale(own: &Path) {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() && remove_tree(&entry.path()) {
-            tracing::info!(dir = %entry.path().display(), "removed the cgroups of an agent that is gone");
+            tracing::info!(dir = %entry.path().display(), "removed the cgroups of a supervisor that is gone");
         }
     }
 }
 
-/// Removes this agent's cgroups, and what attempts' cgroups they still hold
-/// (each must be empty): what a supervisor killed on its own left.
-pub(crate) fn remove_agent(agent: u32) {
+/// Removes the cgroups of `supervisor`, and what attempts' cgroups they still
+/// hold (each must be empty): what a supervisor killed on its own left.
+pub(crate) fn remove_supervisor(supervisor: u32) {
     let layout = Layout::of_this_process();
     let owns = layout.v2.iter().chain(layout.v1.iter().map(|(d, _)| d));
     for own in owns {
-        remove_tree(&own.join(format!("corral-{agent}")));
+        remove_tree(&own.join(format!("corral-{supervisor}")));
     }
 }
 
-/// Removes an agent's cgroup and its attempts' (each must be empty); whether
-/// it is gone.
+/// Removes a supervisor's cgroup and its attempts' (each must be empty);
+/// whether it is gone.
 fn remove_tree(dir: &Path) -> bool {
     if let Ok(attempts) = std::fs::read_dir(dir) {
         for attempt in attempts.flatten().filter(|a| a.path().is_dir()) {
@@ -624,8 +626,14 @@ mod tests {
             }
         }
 
-        fn read(&self, path: &str) -> String {
-            std::fs::read_to_string(self.0.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+        fn read(&self, path: impl AsRef<Path>) -> String {
+            let path = self.0.join(path);
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        }
+
+        /// This process's cgroup (it plays the supervisor) in the fake.
+        fn ours(&self) -> String {
+            format!("own/corral-{}", std::process::id())
         }
     }
 
@@ -645,7 +653,7 @@ mod tests {
             "+cpu +memory +pids"
         );
         assert_eq!(
-            fake.read("own/corral-4242/cgroup.subtree_control"),
+            fake.read(format!("{}/cgroup.subtree_control", fake.ours())),
             "+cpu +memory +pids"
         );
         let limits = Limits {
@@ -655,13 +663,22 @@ mod tests {
         let attempt = cgroups
             .attempt("s7", &limits)
             .expect("the attempt's cgroup");
-        assert_eq!(fake.read("own/corral-4242/s7/cpu.max"), "50000 100000");
-        assert_eq!(fake.read("own/corral-4242/s7/memory.max"), "134217728");
-        assert_eq!(fake.read("own/corral-4242/s7/memory.swap.max"), "0");
-        assert_eq!(fake.read("own/corral-4242/s7/pids.max"), "512");
+        assert_eq!(
+            fake.read(format!("{}/s7/cpu.max", fake.ours())),
+            "50000 100000"
+        );
+        assert_eq!(
+            fake.read(format!("{}/s7/memory.max", fake.ours())),
+            "134217728"
+        );
+        assert_eq!(
+            fake.read(format!("{}/s7/memory.swap.max", fake.ours())),
+            "0"
+        );
+        assert_eq!(fake.read(format!("{}/s7/pids.max", fake.ours())), "512");
         assert_eq!(
             attempt.procs(),
-            vec![fake.0.join("own/corral-4242/s7/cgroup.procs")]
+            vec![fake.0.join(format!("{}/s7/cgroup.procs", fake.ours()))]
         );
 
         // A tiny quota is raised to the kernel's least; no memory, no limit.
@@ -670,9 +687,17 @@ mod tests {
             memory_mib: None,
         };
         cgroups.attempt("s8", &tiny).expect("another");
-        assert_eq!(fake.read("own/corral-4242/s8/cpu.max"), "1000 100000");
-        assert!(!fake.0.join("own/corral-4242/s8/memory.max").exists());
-        assert_eq!(fake.read("own/corral-4242/s8/pids.max"), "512");
+        assert_eq!(
+            fake.read(format!("{}/s8/cpu.max", fake.ours())),
+            "1000 100000"
+        );
+        assert!(
+            !fake
+                .0
+                .join(format!("{}/s8/memory.max", fake.ours()))
+                .exists()
+        );
+        assert_eq!(fake.read(format!("{}/s8/pids.max", fake.ours())), "512");
     }
 
     #[test]
@@ -682,7 +707,7 @@ mod tests {
         // processes.
         std::fs::create_dir(fake.0.join("own/cgroup.subtree_control")).expect("a refusal");
         let cgroups = Cgroups::setup(&fake.layout(), 4246, 4096);
-        let moved = fake.read("own/corral-4246/agent/cgroup.procs");
+        let moved = fake.read(format!("{}/agent/cgroup.procs", fake.ours()));
         assert_eq!(
             moved,
             std::process::id().to_string(),
@@ -699,7 +724,7 @@ mod tests {
         let attempt = cgroups
             .attempt("s1", &Limits::default())
             .expect("the attempt's cgroup");
-        let dir = fake.0.join("own/corral-4243/s1");
+        let dir = fake.0.join(format!("{}/s1", fake.ours()));
         std::fs::write(
             dir.join("cpu.stat"),
             "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 40\nnr_throttled 20\nthrottled_usec 1250000\n",
@@ -740,7 +765,7 @@ mod tests {
         let mut attempt = cgroups
             .attempt("s1", &limits)
             .expect("the attempt's cgroup");
-        let dir = fake.0.join("own/corral-4244/s1");
+        let dir = fake.0.join(format!("{}/s1", fake.ours()));
         assert!(!dir.join("cpu.max").exists());
         assert!(!dir.join("memory.max").exists());
         std::fs::write(dir.join("cpu.stat"), "usage_usec 100\nthrottled_usec 7\n")
@@ -755,7 +780,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cgroups_of_agents_that_are_gone_are_removed_and_live_ones_kept() {
+    fn the_cgroups_of_supervisors_that_are_gone_are_removed_and_live_ones_kept() {
         let fake = FakeV2::new("stale");
         let own = fake.0.join("own");
         // No process has a pid this high.
@@ -764,8 +789,8 @@ mod tests {
         let live = own.join(format!("corral-{}", std::process::id()));
         std::fs::create_dir_all(live.join("s1")).expect("a live attempt");
         let _cgroups = Cgroups::setup(&fake.layout(), 4245, 4096);
-        assert!(!gone.exists(), "a gone agent's cgroups are removed");
-        assert!(live.join("s1").exists(), "a live agent's are kept");
+        assert!(!gone.exists(), "a gone supervisor's cgroups are removed");
+        assert!(live.join("s1").exists(), "a live one's are kept");
     }
 
     /// A shell in `attempt` that leaves processes behind: in the background,

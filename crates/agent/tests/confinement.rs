@@ -556,13 +556,47 @@ fn own_cgroups() -> Vec<PathBuf> {
     dirs
 }
 
-fn an_attempts_cgroups_go_when_it_ends_and_the_agents_when_the_supervisor_does() {
+/// The step supervisors this process (the agent, here) started that run.
+fn supervisors() -> Vec<u32> {
+    let me = std::process::id();
+    let tasks = std::fs::read_dir(format!("/proc/{me}/task")).expect("this process's threads");
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg == STEP_SUPERVISOR.as_bytes())
+            })
+        })
+        .collect()
+}
+
+fn an_attempts_cgroups_go_when_it_ends_and_the_supervisors_when_it_does() {
     let scratch = Scratch::new("cgroups");
     let dir = scratch.workspace("ws");
-    let agent = format!("corral-{}", std::process::id());
-    let ours: Vec<PathBuf> = own_cgroups().iter().map(|d| d.join(&agent)).collect();
+    let mut ours: Vec<PathBuf> = Vec::new();
     runtime().block_on(async {
         let steps = confined(&scratch, 4096).await;
+        // The supervisor's cgroups, in each hierarchy it uses.
+        ours = supervisors()
+            .iter()
+            .flat_map(|pid| {
+                own_cgroups()
+                    .into_iter()
+                    .map(move |d| d.join(format!("corral-{pid}")))
+            })
+            .filter(|d| d.exists())
+            .collect();
+        assert!(
+            ours.len() >= 2,
+            "the supervisor has cgroups in v2 and v1: {ours:?}"
+        );
         let held = run(&steps, &dir, "echo up; exec sleep 60", Limits::default());
         let Step {
             stdout,
@@ -599,7 +633,7 @@ fn an_attempts_cgroups_go_when_it_ends_and_the_agents_when_the_supervisor_does()
     while ours.iter().any(|d| d.exists()) {
         assert!(
             Instant::now() < deadline,
-            "the agent's cgroups are left: {ours:?}"
+            "the supervisor's cgroups are left: {ours:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -665,7 +699,7 @@ fn main() -> ExitCode {
         a_step_over_its_memory_is_killed_and_its_neighbour_runs_on,
         a_fork_bomb_is_held_by_the_pids_limit_and_the_supervisor_serves_on,
         what_a_step_uses_is_measured,
-        an_attempts_cgroups_go_when_it_ends_and_the_agents_when_the_supervisor_does,
+        an_attempts_cgroups_go_when_it_ends_and_the_supervisors_when_it_does,
         what_confinement_costs_a_step,
     ];
     // Arguments that are not flags select tests by substring, as with libtest.

@@ -114,7 +114,7 @@ pub(crate) struct Reaper {
 impl Reaper {
     /// Sets up what `setup` asks where it can: namespaces if the supervisor
     /// runs as root and a probe of them succeeds, cgroups where it can make
-    /// them (below the agent's own, named after `agent`).
+    /// them (below those of `agent`, this supervisor's parent).
     pub(crate) fn new(setup: &Setup, agent: Pid) -> Result<Reaper, String> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| format!("cannot become a subreaper: {e}"))?;

@@ -10,10 +10,12 @@
 //! controllers (a hybrid host) still tracks and kills: it has `cgroup.kill`,
 //! `cgroup.events` and `cpu.stat`'s `usage_usec` without any controller.
 //!
-//! An attempt's cgroup is `<own>/corral-<agent pid>/s<step>` in each hierarchy,
-//! `<own>` being the agent's (from `/proc/self/cgroup`). The supervisor removes
-//! it once it is empty, and a new supervisor removes what agents that are gone
-//! left. A few small files per attempt, written by hand: no library needed.
+//! An attempt's cgroup is `<own>/corral-<supervisor pid>/s<step>` in each
+//! hierarchy, `<own>` being the agent's (from `/proc/self/cgroup`): each
+//! supervisor has a tree of its own. It removes an attempt's once it is empty,
+//! and its own when it ends; its agent removes what a supervisor killed on its
+//! own left, and any supervisor what those of agents that are gone left. A few
+//! small files per attempt, written by hand: no library needed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,7 +142,7 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
-/// Where attempts' cgroups are made: the agent's `corral-<pid>` in each
+/// Where attempts' cgroups are made: this supervisor's `corral-<pid>` in each
 /// hierarchy where it could make one.
 #[derive(Debug)]
 pub(crate) struct Cgroups {
@@ -152,10 +154,10 @@ pub(crate) struct Cgroups {
 }
 
 impl Cgroups {
-    /// Makes the agent's cgroups (`corral-<agent>`) below its own, after
-    /// removing those of agents that are gone.
+    /// Makes this supervisor's cgroups (`corral-<pid>`) below its agent's
+    /// (`agent`), after removing those of supervisors that are gone.
     pub fn setup(layout: &Layout, agent: u32, pids_max: u64) -> Cgroups {
-        let name = format!("corral-{agent}");
+        let name = format!("corral-{}", std::process::id());
         let make = |own: &Path| {
             remove_stale(own);
             let dir = own.join(&name);
@@ -170,7 +172,7 @@ impl Cgroups {
         };
         let v2 = layout.v2.as_deref().and_then(|own| {
             let dir = make(own)?;
-            let limits = delegate(own, &dir);
+            let limits = delegate(own, &dir, agent);
             Some((dir, limits))
         });
         let v1 = layout
@@ -260,7 +262,7 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Removes the agent's cgroups (once its attempts' are gone).
+    /// Removes this supervisor's cgroups (once its attempts' are gone).
     pub fn remove(&self) {
         let dirs = self
             .v2
@@ -273,22 +275,36 @@ impl Cgroups {
     }
 }
 
-/// Hands the limits' controllers down from `own` to the agent's `dir`, and from
-/// it to attempts'. Refused where `own` holds processes and is not the root
-/// (the agent's own, at least): the limits are then not set in v2.
-fn delegate(own: &Path, dir: &Path) -> bool {
+/// Hands the limits' controllers down from `own` to the supervisor's `dir`, and
+/// from it to attempts'. A cgroup that holds processes hands none down (but
+/// the root): where `own` refuses, the agent and its supervisor move to a leaf
+/// of their own (`dir/agent`), as systemd asks of a service it delegates a
+/// cgroup to, and `own` is asked again. Where it still refuses (it holds other
+/// processes), the limits are not set in v2.
+fn delegate(own: &Path, dir: &Path, agent: u32) -> bool {
     let available = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
     let available: Vec<&str> = available.split_whitespace().collect();
     if !V2_CONTROLLERS.iter().all(|c| available.contains(c)) {
         return false;
     }
     let enable = V2_CONTROLLERS.map(|c| format!("+{c}")).join(" ");
-    [own, dir]
-        .iter()
-        .all(|d| write(d, "cgroup.subtree_control", &enable).is_ok())
+    if write(own, "cgroup.subtree_control", &enable).is_err() {
+        let leaf = dir.join("agent");
+        let made = match std::fs::create_dir(&leaf) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(()),
+        };
+        let moved = made
+            .and_then(|()| write(&leaf, "cgroup.procs", &agent.to_string()))
+            .and_then(|()| write(&leaf, "cgroup.procs", &std::process::id().to_string()));
+        if moved.is_err() || write(own, "cgroup.subtree_control", &enable).is_err() {
+            return false;
+        }
+    }
+    write(dir, "cgroup.subtree_control", &enable).is_ok()
 }
 
-/// Removes the cgroups of agents that are gone: `corral-<pid>` of no live
+/// Removes the cgroups of supervisors that are gone: `corral-<pid>` of no live
 /// process, with whatever empty attempts' cgroups they hold.
 fn remove_stale(own: &Path) {
     let Ok(entries) = std::fs::read_dir(own) else {
@@ -304,23 +320,23 @@ fn remove_stale(own: &Path) {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() && remove_tree(&entry.path()) {
-            tracing::info!(dir = %entry.path().display(), "removed the cgroups of an agent that is gone");
+            tracing::info!(dir = %entry.path().display(), "removed the cgroups of a supervisor that is gone");
         }
     }
 }
 
-/// Removes this agent's cgroups, and what attempts' cgroups they still hold
-/// (each must be empty): what a supervisor killed on its own left.
-pub(crate) fn remove_agent(agent: u32) {
+/// Removes the cgroups of `supervisor`, and what attempts' cgroups they still
+/// hold (each must be empty): what a supervisor killed on its own left.
+pub(crate) fn remove_supervisor(supervisor: u32) {
     let layout = Layout::of_this_process();
     let owns = layout.v2.iter().chain(layout.v1.iter().map(|(d, _)| d));
     for own in owns {
-        remove_tree(&own.join(format!("corral-{agent}")));
+        remove_tree(&own.join(format!("corral-{supervisor}")));
     }
 }
 
-/// Removes an agent's cgroup and its attempts' (each must be empty); whether
-/// it is gone.
+/// Removes a supervisor's cgroup and its attempts' (each must be empty);
+/// whether it is gone.
 fn remove_tree(dir: &Path) -> bool {
     if let Ok(attempts) = std::fs::read_dir(dir) {
         for attempt in attempts.flatten().filter(|a| a.path().is_dir()) {
@@ -515,334 +531,4 @@ fn pids(dir: &Path) -> Vec<Pid> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MOUNTINFO: &str = "\
-24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-35 24 0:30 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-36 35 0:31 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-37 35 0:32 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
-38 35 0:33 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
-39 35 0:34 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
-40 35 0:35 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
-41 35 0:36 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
-42 35 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-43 35 0:38 /outer /sys/fs/cgroup/sys\\040temd rw,relatime - cgroup cgroup rw,name=systemd
-";
-
-    const CGROUP: &str = "\
-9:name=systemd:/outer/x
-8:pids:/
-7:blkio:/
-6:freezer:/
-4:memory:/process_api/86acdc
-2:cpuacct:/
-1:cpu:/
-0::/
-";
-
-    #[test]
-    fn the_agents_cgroups_are_found_in_each_hierarchy_it_uses() {
-        let layout = Layout::parse(MOUNTINFO, CGROUP);
-        assert_eq!(layout.v2, Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let v1: Vec<(String, Vec<String>)> = layout
-            .v1
-            .iter()
-            .map(|(d, cs)| (d.display().to_string(), cs.clone()))
-            .collect();
-        let expected = [
-            ("/sys/fs/cgroup/pids", "pids"),
-            ("/sys/fs/cgroup/freezer", "freezer"),
-            ("/sys/fs/cgroup/memory/process_api/86acdc", "memory"),
-            ("/sys/fs/cgroup/cpuacct", "cpuacct"),
-            ("/sys/fs/cgroup/cpu", "cpu"),
-        ]
-        .map(|(d, c)| (d.to_string(), vec![c.to_string()]));
-        assert_eq!(v1, expected);
-    }
-
-    #[test]
-    fn a_combined_hierarchy_and_a_mount_of_a_subtree_are_found() {
-        let mountinfo = "\
-36 35 0:31 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
-42 35 0:37 /docker/abc /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
-";
-        let cgroup = "3:cpu,cpuacct:/a/b\n0::/docker/abc/inner\n";
-        let layout = Layout::parse(mountinfo, cgroup);
-        assert_eq!(
-            layout.v2,
-            Some(PathBuf::from("/sys/fs/cgroup/unified/inner"))
-        );
-        assert_eq!(
-            layout.v1,
-            vec![(
-                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/a/b"),
-                vec!["cpu".to_string(), "cpuacct".to_string()]
-            )]
-        );
-        assert_eq!(unescape("/a\\040b\\134c"), PathBuf::from("/a b\\c"));
-    }
-
-    /// A directory laid out as a v2 cgroupfs whose controllers can be handed
-    /// down, with the agent in `own`.
-    struct FakeV2(PathBuf);
-
-    impl FakeV2 {
-        fn new(test: &str) -> FakeV2 {
-            let root =
-                std::env::temp_dir().join(format!("corral-cgroup-{}-{test}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&root);
-            let own = root.join("own");
-            std::fs::create_dir_all(&own).expect("a fake cgroupfs");
-            std::fs::write(
-                own.join("cgroup.controllers"),
-                "cpuset cpu io memory pids\n",
-            )
-            .expect("controllers");
-            FakeV2(root)
-        }
-
-        fn layout(&self) -> Layout {
-            Layout {
-                v2: Some(self.0.join("own")),
-                v1: Vec::new(),
-            }
-        }
-
-        fn read(&self, path: &str) -> String {
-            std::fs::read_to_string(self.0.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-        }
-    }
-
-    impl Drop for FakeV2 {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    #[test]
-    fn v2_limits_are_written_where_the_controllers_are_handed_down() {
-        let fake = FakeV2::new("limits");
-        let cgroups = Cgroups::setup(&fake.layout(), 4242, 512);
-        assert_eq!(cgroups.mode(), "v2");
-        assert_eq!(
-            fake.read("own/cgroup.subtree_control"),
-            "+cpu +memory +pids"
-        );
-        assert_eq!(
-            fake.read("own/corral-4242/cgroup.subtree_control"),
-            "+cpu +memory +pids"
-        );
-        let limits = Limits {
-            cpu_millis: Some(500),
-            memory_mib: Some(128),
-        };
-        let attempt = cgroups
-            .attempt("s7", &limits)
-            .expect("the attempt's cgroup");
-        assert_eq!(fake.read("own/corral-4242/s7/cpu.max"), "50000 100000");
-        assert_eq!(fake.read("own/corral-4242/s7/memory.max"), "134217728");
-        assert_eq!(fake.read("own/corral-4242/s7/memory.swap.max"), "0");
-        assert_eq!(fake.read("own/corral-4242/s7/pids.max"), "512");
-        assert_eq!(
-            attempt.procs(),
-            vec![fake.0.join("own/corral-4242/s7/cgroup.procs")]
-        );
-
-        // A tiny quota is raised to the kernel's least; no memory, no limit.
-        let tiny = Limits {
-            cpu_millis: Some(1),
-            memory_mib: None,
-        };
-        cgroups.attempt("s8", &tiny).expect("another");
-        assert_eq!(fake.read("own/corral-4242/s8/cpu.max"), "1000 100000");
-        assert!(!fake.0.join("own/corral-4242/s8/memory.max").exists());
-        assert_eq!(fake.read("own/corral-4242/s8/pids.max"), "512");
-    }
-
-    #[test]
-    fn v2_counters_are_read_back() {
-        let fake = FakeV2::new("counters");
-        let cgroups = Cgroups::setup(&fake.layout(), 4243, 4096);
-        let attempt = cgroups
-            .attempt("s1", &Limits::default())
-            .expect("the attempt's cgroup");
-        let dir = fake.0.join("own/corral-4243/s1");
-        std::fs::write(
-            dir.join("cpu.stat"),
-            "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 40\nnr_throttled 20\nthrottled_usec 1250000\n",
-        )
-        .expect("cpu.stat");
-        std::fs::write(dir.join("memory.peak"), "209715200\n").expect("memory.peak");
-        std::fs::write(
-            dir.join("memory.events"),
-            "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n",
-        )
-        .expect("memory.events");
-        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").expect("events");
-        assert_eq!(
-            attempt.measured(),
-            Measured {
-                cpu_seconds: Some(2.5),
-                memory_peak_bytes: Some(209_715_200),
-                throttled_seconds: Some(1.25),
-                oom_kills: 1,
-            }
-        );
-        assert!(!attempt.is_empty());
-        std::fs::write(dir.join("cgroup.events"), "populated 0\nfrozen 0\n").expect("events");
-        assert!(attempt.is_empty());
-    }
-
-    #[test]
-    fn without_controllers_v2_tracks_but_sets_no_limits() {
-        let fake = FakeV2::new("tracking");
-        std::fs::write(fake.0.join("own/cgroup.controllers"), "").expect("no controllers");
-        let cgroups = Cgroups::setup(&fake.layout(), 4244, 4096);
-        assert_eq!(cgroups.mode(), "none");
-        assert!(cgroups.any());
-        let limits = Limits {
-            cpu_millis: Some(500),
-            memory_mib: Some(128),
-        };
-        let mut attempt = cgroups
-            .attempt("s1", &limits)
-            .expect("the attempt's cgroup");
-        let dir = fake.0.join("own/corral-4244/s1");
-        assert!(!dir.join("cpu.max").exists());
-        assert!(!dir.join("memory.max").exists());
-        std::fs::write(dir.join("cpu.stat"), "usage_usec 100\nthrottled_usec 7\n")
-            .expect("cpu.stat");
-        let measured = attempt.measured();
-        assert_eq!(measured.cpu_seconds, Some(0.0001));
-        assert_eq!(measured.throttled_seconds, None, "no quota, no throttling");
-        assert_eq!(measured.memory_peak_bytes, None);
-        std::fs::remove_file(dir.join("cpu.stat")).expect("emptied");
-        assert!(attempt.remove(), "an empty cgroup is removed");
-        assert!(!dir.exists());
-    }
-
-    #[test]
-    fn the_cgroups_of_agents_that_are_gone_are_removed_and_live_ones_kept() {
-        let fake = FakeV2::new("stale");
-        let own = fake.0.join("own");
-        // No process has a pid this high.
-        let gone = own.join(format!("corral-{}", u32::MAX - 1));
-        std::fs::create_dir_all(gone.join("s3")).expect("a stale attempt");
-        let live = own.join(format!("corral-{}", std::process::id()));
-        std::fs::create_dir_all(live.join("s1")).expect("a live attempt");
-        let _cgroups = Cgroups::setup(&fake.layout(), 4245, 4096);
-        assert!(!gone.exists(), "a gone agent's cgroups are removed");
-        assert!(live.join("s1").exists(), "a live agent's are kept");
-    }
-
-    /// A shell in `attempt` that leaves processes behind: in the background,
-    /// in a session of their own, orphaned at once. Their pids, once all run.
-    fn tree_in(attempt: &Attempt) -> (std::process::Child, Vec<Pid>) {
-        use std::io::BufRead;
-        let join: String = attempt
-            .procs()
-            .iter()
-            .map(|p| format!("echo $$ > {};", p.display()))
-            .collect();
-        let script = format!(
-            "{join} sleep 300 & echo $!; setsid sh -c 'echo $$; exec sleep 300' & \
-             ( sh -c 'echo $$; exec sleep 300' & ); sleep 0.2; echo $$; wait"
-        );
-        let mut shell = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("a shell");
-        let out = std::io::BufReader::new(shell.stdout.take().expect("its output"));
-        let pids = out
-            .lines()
-            .take(4)
-            .map(|l| Pid::from_raw(l.expect("a line").trim().parse().expect("a pid")))
-            .collect();
-        (shell, pids)
-    }
-
-    fn alive(pid: Pid) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            !stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, s)| s.starts_with('Z'))
-        })
-    }
-
-    /// Kills what `attempt` holds and waits until it is empty; the shell is
-    /// this process's to reap.
-    fn kill_and_empty(attempt: &Attempt, mut shell: std::process::Child, pids: &[Pid]) {
-        assert!(!attempt.is_empty(), "the tree runs in its cgroup");
-        attempt.kill();
-        shell.wait().expect("the shell is reaped");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !attempt.is_empty() || pids.iter().any(|&p| alive(p)) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the tree {pids:?} is still there"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    #[test]
-    fn cgroup_kill_in_v2_ends_a_whole_tree_and_populated_goes_to_0() {
-        let layout = Layout::of_this_process();
-        assert!(layout.v2.is_some(), "no cgroup v2 hierarchy: {layout:?}");
-        let own = Layout {
-            v2: layout.v2,
-            v1: Vec::new(),
-        };
-        let cgroups = Cgroups::setup(&own, std::process::id(), 64);
-        let mut attempt = cgroups
-            .attempt("s-real-v2", &Limits::default())
-            .expect("an attempt's cgroup below this process's (needs root)");
-        let dir = attempt.v2.clone().expect("in v2").0;
-        let (shell, pids) = tree_in(&attempt);
-        assert_eq!(keyed(&dir, "cgroup.events", "populated"), Some(1));
-        kill_and_empty(&attempt, shell, &pids);
-        assert_eq!(keyed(&dir, "cgroup.events", "populated"), Some(0));
-        let measured = attempt.measured();
-        assert!(
-            measured.cpu_seconds.is_some_and(|s| s > 0.0),
-            "{measured:?}"
-        );
-        assert!(attempt.remove(), "an emptied cgroup is removed");
-        assert!(!dir.exists());
-        cgroups.remove();
-    }
-
-    #[test]
-    fn without_v2_a_tree_is_frozen_then_killed_in_v1() {
-        let layout = Layout::of_this_process();
-        let own = Layout {
-            v2: None,
-            v1: layout.v1,
-        };
-        let cgroups = Cgroups::setup(&own, std::process::id(), 64);
-        assert_eq!(cgroups.mode(), "v1", "v1 cpu and memory: {own:?}");
-        let limits = Limits {
-            cpu_millis: Some(250),
-            memory_mib: Some(64),
-        };
-        let mut attempt = cgroups
-            .attempt("s-real-v1", &limits)
-            .expect("an attempt's cgroup below this process's (needs root)");
-        assert!(attempt.v1("freezer").is_some(), "a freezer: {attempt:?}");
-        let cpu = attempt.v1("cpu").expect("cpu").to_path_buf();
-        assert_eq!(number(&cpu, "cpu.cfs_quota_us"), Some(25_000));
-        let memory = attempt.v1("memory").expect("memory").to_path_buf();
-        assert_eq!(number(&memory, "memory.limit_in_bytes"), Some(64 << 20));
-        let (shell, pids) = tree_in(&attempt);
-        kill_and_empty(&attempt, shell, &pids);
-        let freezer = attempt.v1("freezer").expect("freezer").to_path_buf();
-        let state = std::fs::read_to_string(freezer.join("freezer.state")).expect("its state");
-        assert_eq!(state.trim(), "THAWED", "thawed to die");
-        assert!(attempt.remove(), "emptied cgroups are removed");
-        assert!(!cpu.exists() && !memory.exists() && !freezer.exists());
-        cgroups.remove();
-    }
-}
+mod tests;

@@ -174,6 +174,7 @@ pub(crate) struct Launch<'a> {
     pub report: BorrowedFd<'a>,
 }
 
+/// `sh -c COMMAND`, its environment, and its input and outputs.
 pub(crate) struct Program<'a> {
     pub argv: [&'a CStr; 3],
     pub envp: &'a [&'a CStr],
@@ -187,6 +188,7 @@ pub(crate) struct Workspace<'a> {
     pub fd: BorrowedFd<'a>,
 }
 
+/// How a confined step runs: as whom, and not seeing what.
 pub(crate) struct Confined<'a> {
     pub uid: u32,
     pub gid: u32,
@@ -257,6 +259,9 @@ fn fail(report: BorrowedFd, what: &str, error: impl std::fmt::Display) -> ! {
     exit_now(127)
 }
 
+/// The supervisor's child: joins the step's cgroups and starts its session;
+/// then becomes its shell, or (confined) hands it its workspace, makes its
+/// namespaces, forks their init and ends as the step does.
 fn intermediate(l: &Launch, supervisor: Pid) -> ! {
     let report = l.report;
     // It dies with the supervisor; one already gone is not waited for.

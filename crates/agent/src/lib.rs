@@ -192,8 +192,8 @@ fn warn_unless_confined(confinement: &Confinement) {
     if !confinement.namespaces {
         tracing::warn!(
             user = %confinement.user,
-            "STEPS ARE NOT CONFINED: they run as the agent's own user and see all it sees \
-             (the agent runs as root where namespaces are allowed to confine them)"
+            "STEPS ARE NOT CONFINED: they run as the agent's own user and see all it sees; \
+             run the agent as root, on a kernel that allows namespaces, to confine them"
         );
     }
     if confinement.cgroup == "none" {

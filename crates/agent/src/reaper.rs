@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
 
 use corral_api::Confinement;
 use nix::errno::Errno;
@@ -57,7 +58,7 @@ struct Step {
     fenced: bool,
     cgroup: Option<cgroup::Attempt>,
     /// The uid it runs as, held until its processes are gone.
-    uid: Option<UidLease>,
+    uid: Option<Rc<UidLease>>,
     /// Where its processes say why they could not set the step up.
     report: OwnedFd,
     /// The rusage of its processes the supervisor reaped.
@@ -76,7 +77,7 @@ struct Launched {
     leader: Pid,
     /// In clock ticks since boot, before the fork.
     started: u64,
-    uid: Option<UidLease>,
+    uid: Option<Rc<UidLease>>,
 }
 
 /// What starts a step.
@@ -101,14 +102,19 @@ pub(crate) struct Reaper {
     /// Steps get namespaces and a uid of their own.
     namespaces: bool,
     cgroups: Option<Cgroups>,
-    /// Cgroups of reported steps not removed yet.
-    leftovers: Vec<cgroup::Attempt>,
+    /// Cgroups of reported steps not removed yet, with how many times their
+    /// removal failed.
+    leftovers: Vec<(cgroup::Attempt, u32)>,
+    /// The uid each workspace's running steps share, by workspace: the steps
+    /// of a run that run at once share its workspace, so they share its
+    /// files' owner too.
+    uids: BTreeMap<PathBuf, Weak<UidLease>>,
 }
 
 impl Reaper {
     /// Sets up what `setup` asks where it can: namespaces if the supervisor
     /// runs as root and a probe of them succeeds, cgroups where it can make
-    /// them (below the agent's own, named after `agent`).
+    /// them (below those of `agent`, this supervisor's parent).
     pub(crate) fn new(setup: &Setup, agent: Pid) -> Result<Reaper, String> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| format!("cannot become a subreaper: {e}"))?;
@@ -155,6 +161,7 @@ impl Reaper {
             namespaces,
             cgroups,
             leftovers: Vec::new(),
+            uids: BTreeMap::new(),
         })
     }
 
@@ -185,6 +192,12 @@ impl Reaper {
         start: Start,
         [dir, stdin, stdout, stderr]: &[OwnedFd; 4],
     ) -> Result<(), String> {
+        let path = match self.namespaces {
+            true => std::fs::canonicalize(start.dir)
+                .map_err(|e| format!("cannot find {}: {e}", start.dir.display()))?,
+            false => start.dir.to_path_buf(),
+        };
+        let uid = self.uid_for(&path)?;
         let command =
             CString::new(start.command).map_err(|_| "the command holds a NUL byte".to_string())?;
         let given = start
@@ -202,11 +215,6 @@ impl Reaper {
             .map(|(_, pair)| pair.as_c_str())
             .collect();
         envp.extend(given.iter().map(CString::as_c_str));
-        let path = match self.namespaces {
-            true => std::fs::canonicalize(start.dir)
-                .map_err(|e| format!("cannot find {}: {e}", start.dir.display()))?,
-            false => start.dir.to_path_buf(),
-        };
         let (report, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
         let mut cgroup = match &self.cgroups {
@@ -217,15 +225,23 @@ impl Reaper {
             ),
             None => None,
         };
-        let fds = [dir, stdin, stdout, stderr];
-        let launched = self.launch(&command, &envp, &path, fds, cgroup.as_ref(), report_w);
+        let program = Program {
+            argv: [c"sh", c"-c", &command],
+            envp: &envp,
+            stdio: [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
+        };
+        let workspace = Workspace {
+            path: &path,
+            fd: dir.as_fd(),
+        };
+        let launched = self.launch(program, workspace, cgroup.as_ref(), report_w, uid);
         let launched = match launched {
             Ok(launched) => launched,
             Err(e) => {
                 if let Some(mut cgroup) = cgroup.take()
                     && !cgroup.remove()
                 {
-                    self.leftovers.push(cgroup);
+                    self.leftovers.push((cgroup, 1));
                 }
                 return Err(e);
             }
@@ -244,36 +260,44 @@ impl Reaper {
         Ok(())
     }
 
-    /// Forks the step's leader.
+    /// The uid a step in `workspace` runs as, with a range's: the one the
+    /// steps running there share, or a fresh one (with whether it is).
+    fn uid_for(&mut self, workspace: &Path) -> Result<Option<(Rc<UidLease>, bool)>, String> {
+        let (true, StepUser::Uids { first, last }) = (self.namespaces, &self.user) else {
+            return Ok(None);
+        };
+        if let Some(shared) = self.uids.get(workspace).and_then(Weak::upgrade) {
+            return Ok(Some((shared, false)));
+        }
+        let lease = Rc::new(confine::lease_uid(*first, *last)?);
+        self.uids.retain(|_, uid| uid.strong_count() > 0);
+        self.uids
+            .insert(workspace.to_path_buf(), Rc::downgrade(&lease));
+        Ok(Some((lease, true)))
+    }
+
+    /// Forks the step's leader, as `uid` where a range gives it (handing it
+    /// the workspace's files of earlier steps when it is fresh).
     fn launch(
         &self,
-        command: &CStr,
-        envp: &[&CStr],
-        path: &Path,
-        [dir, stdin, stdout, stderr]: [&OwnedFd; 4],
+        program: Program,
+        workspace: Workspace,
         cgroup: Option<&cgroup::Attempt>,
         report: OwnedFd,
+        uid: Option<(Rc<UidLease>, bool)>,
     ) -> Result<Launched, String> {
-        let (uid, confined) = match (self.namespaces, &self.user) {
-            (false, _) | (true, StepUser::Agent) => (None, None),
-            (true, StepUser::Uids { first, last }) => {
-                let lease = confine::lease_uid(*first, *last)?;
-                let (id, earlier) = (lease.uid, Some((*first, *last)));
-                (Some(lease), Some((id, id, earlier)))
+        let confined = match (self.namespaces, &self.user, &uid) {
+            (true, StepUser::Uids { first, last }, Some((lease, fresh))) => {
+                let earlier = fresh.then_some((*first, *last));
+                Some((lease.uid, lease.uid, earlier))
             }
-            (true, StepUser::Named { uid, gid, .. }) => (None, Some((*uid, *gid, None))),
+            (true, StepUser::Named { uid, gid, .. }, _) => Some((*uid, *gid, None)),
+            _ => None,
         };
         let procs = cgroup.map(cgroup::Attempt::procs).unwrap_or_default();
         let launch = Launch {
-            program: Some(Program {
-                argv: [c"sh", c"-c", command],
-                envp,
-                stdio: [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
-            }),
-            workspace: Some(Workspace {
-                path,
-                fd: dir.as_fd(),
-            }),
+            program: Some(program),
+            workspace: Some(workspace),
             cgroups: &procs,
             confined: confined.map(|(uid, gid, earlier)| Confined {
                 uid,
@@ -288,7 +312,7 @@ impl Reaper {
         Ok(Launched {
             leader,
             started,
-            uid,
+            uid: uid.map(|(lease, _)| lease),
         })
     }
 
@@ -314,9 +338,12 @@ impl Reaper {
     }
 
     /// Whether ended steps wait for their cgroups to empty, or cgroups to be
-    /// removed: the supervisor then looks again soon.
+    /// removed (for a few seconds; then as steps end, and when the supervisor
+    /// does): the supervisor then looks again soon.
     pub(crate) fn draining(&self) -> bool {
-        !self.leftovers.is_empty()
+        self.leftovers
+            .iter()
+            .any(|(_, failed)| *failed < LEFTOVER_TRIES)
             || self
                 .steps
                 .iter()
@@ -388,7 +415,7 @@ impl Reaper {
                 None => {}
             }
         }
-        self.leftovers.retain_mut(|cgroup| !cgroup.remove());
+        self.remove_leftovers();
         if killed {
             return Vec::new();
         }
@@ -424,7 +451,7 @@ impl Reaper {
         });
         for mut cgroup in removing {
             if !cgroup.remove() {
-                self.leftovers.push(cgroup);
+                self.leftovers.push((cgroup, 1));
             }
         }
         reported
@@ -440,7 +467,7 @@ impl Reaper {
         let mut uids = Vec::new();
         for step in std::mem::take(&mut self.steps) {
             uids.extend(step.uid);
-            self.leftovers.extend(step.cgroup);
+            self.leftovers.extend(step.cgroup.map(|cgroup| (cgroup, 0)));
         }
         'reaping: loop {
             // Killed processes leave children of their own, which come to the
@@ -448,7 +475,7 @@ impl Reaper {
             for pid in children() {
                 let _ = kill(pid, Signal::SIGKILL);
             }
-            for cgroup in &self.leftovers {
+            for (cgroup, _) in &self.leftovers {
                 cgroup.kill();
             }
             loop {
@@ -463,10 +490,10 @@ impl Reaper {
         drop(uids);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !self.leftovers.is_empty() && std::time::Instant::now() < deadline {
-            self.leftovers.retain_mut(|cgroup| !cgroup.remove());
+            self.leftovers.retain_mut(|(cgroup, _)| !cgroup.remove());
             wait();
         }
-        for cgroup in &self.leftovers {
+        for (cgroup, _) in &self.leftovers {
             eprintln!("corral: cannot remove the cgroups {}", cgroup.describe());
         }
         if let Some(cgroups) = &self.cgroups {
@@ -481,6 +508,29 @@ impl Reaper {
             seconds * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0)
         });
         nanos / self.tick
+    }
+}
+
+/// How many times in a row (10 ms apart) the removal of an empty cgroup is
+/// tried before it is tried only as steps end.
+const LEFTOVER_TRIES: u32 = 300;
+
+impl Reaper {
+    /// Tries again to remove the cgroups of reported steps.
+    fn remove_leftovers(&mut self) {
+        self.leftovers.retain_mut(|(cgroup, failed)| {
+            if cgroup.remove() {
+                return false;
+            }
+            *failed += 1;
+            if *failed == LEFTOVER_TRIES {
+                eprintln!(
+                    "corral: cannot remove the cgroups {}; trying again as steps end",
+                    cgroup.describe()
+                );
+            }
+            true
+        });
     }
 }
 

@@ -362,7 +362,9 @@ fn end_orphans(supervisor: Option<u32>) {
             .collect();
         if orphans.is_empty() {
             // What the supervisor made of cgroups is empty now.
-            crate::cgroup::remove_agent(std::process::id());
+            if let Some(supervisor) = supervisor {
+                crate::cgroup::remove_supervisor(supervisor);
+            }
             return;
         }
         for &pid in &orphans {

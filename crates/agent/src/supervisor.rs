@@ -253,7 +253,7 @@ fn serve(
     loop {
         // Ended steps whose cgroups still empty out are looked at again soon.
         let wait = match reaper.draining() {
-            true => PollTimeout::from(10u8),
+            true => PollTimeout::from(1u8),
             false => PollTimeout::NONE,
         };
         let (socket_ready, signal_ready) = {

@@ -180,6 +180,31 @@ fn steps_are_confined_and_the_supervisor_says_so() {
     });
 }
 
+fn steps_run_as_the_step_user_when_one_is_given() {
+    let scratch = Scratch::new("user");
+    let dir = scratch.workspace("ws");
+    let nobody = StepUser::from_flags(None, Some("nobody")).expect("a user nobody");
+    let StepUser::Named { uid, .. } = nobody else {
+        panic!("{nobody:?}");
+    };
+    let setup = Setup {
+        user: nobody,
+        ..scratch.setup(4096)
+    };
+    runtime().block_on(async {
+        let steps = Steps::start(&[SECRET_VAR], setup).expect("the supervisor");
+        let confinement = steps.confinement().await.expect("the supervisor sets up");
+        assert!(confinement.namespaces, "{confinement:?}");
+        assert_eq!(confinement.user, "nobody");
+        let (end, out, err) =
+            finish(run(&steps, &dir, "id -u; touch mine", Limits::default())).await;
+        assert_eq!(end.ended, Ended::Exited(0), "{err}");
+        assert_eq!(out, format!("{uid}\n"));
+        let made = std::fs::metadata(dir.join("mine")).expect("its file");
+        assert_eq!(made.uid(), uid);
+    });
+}
+
 /// What a hostile step tries; each line that works says `ESCAPED`.
 const ESCAPES: &str = r#"
 escaped() { echo "ESCAPED: $*"; }
@@ -282,6 +307,33 @@ fn a_step_reaches_nothing_of_the_agent_nor_of_another_attempt() {
         assert_eq!(field("pwd "), [real.display().to_string()]);
         let made = std::fs::metadata(mine.join("mine")).expect("the step's file");
         assert_eq!(made.uid(), uid, "made as its user");
+    });
+}
+
+/// Parallel steps of a run share its workspace: they run as one uid (each as
+/// it came alone would have had another, and found the other's files not its
+/// own); a later step, as a fresh uid, is handed what they made.
+fn the_steps_of_a_run_share_its_workspace_and_what_is_in_it() {
+    let scratch = Scratch::new("shared");
+    let dir = scratch.workspace("run");
+    runtime().block_on(async {
+        let steps = confined(&scratch, 4096).await;
+        let wait = |mine: &str, other: &str| {
+            format!("mkdir {mine}; touch {mine}/made; while [ ! -e {other} ]; do sleep 0.05; done; id -u")
+        };
+        let a = run(&steps, &dir, &wait("a", "b"), Limits::default());
+        let b = run(&steps, &dir, &wait("b", "a"), Limits::default());
+        let both = tokio::time::timeout(Duration::from_secs(30), async {
+            tokio::join!(finish(a), finish(b))
+        });
+        let ((a, a_uid, a_err), (b, b_uid, b_err)) = both.await.expect("each sees the other's");
+        assert_eq!(a.ended, Ended::Exited(0), "{a_err}");
+        assert_eq!(b.ended, Ended::Exited(0), "{b_err}");
+        assert_eq!(a_uid, b_uid, "one uid for the run's steps at once");
+        let later = "echo more >> a/made && rm -r b && mkdir c && id -u";
+        let (end, uid, err) = finish(run(&steps, &dir, later, Limits::default())).await;
+        assert_eq!(end.ended, Ended::Exited(0), "{err}");
+        println!("    two steps at once as {}, a later one as {}", a_uid.trim(), uid.trim());
     });
 }
 
@@ -504,13 +556,47 @@ fn own_cgroups() -> Vec<PathBuf> {
     dirs
 }
 
-fn an_attempts_cgroups_go_when_it_ends_and_the_agents_when_the_supervisor_does() {
+/// The step supervisors this process (the agent, here) started that run.
+fn supervisors() -> Vec<u32> {
+    let me = std::process::id();
+    let tasks = std::fs::read_dir(format!("/proc/{me}/task")).expect("this process's threads");
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg == STEP_SUPERVISOR.as_bytes())
+            })
+        })
+        .collect()
+}
+
+fn an_attempts_cgroups_go_when_it_ends_and_the_supervisors_when_it_does() {
     let scratch = Scratch::new("cgroups");
     let dir = scratch.workspace("ws");
-    let agent = format!("corral-{}", std::process::id());
-    let ours: Vec<PathBuf> = own_cgroups().iter().map(|d| d.join(&agent)).collect();
+    let mut ours: Vec<PathBuf> = Vec::new();
     runtime().block_on(async {
         let steps = confined(&scratch, 4096).await;
+        // The supervisor's cgroups, in each hierarchy it uses.
+        ours = supervisors()
+            .iter()
+            .flat_map(|pid| {
+                own_cgroups()
+                    .into_iter()
+                    .map(move |d| d.join(format!("corral-{pid}")))
+            })
+            .filter(|d| d.exists())
+            .collect();
+        assert!(
+            ours.len() >= 2,
+            "the supervisor has cgroups in v2 and v1: {ours:?}"
+        );
         let held = run(&steps, &dir, "echo up; exec sleep 60", Limits::default());
         let Step {
             stdout,
@@ -547,7 +633,7 @@ fn an_attempts_cgroups_go_when_it_ends_and_the_agents_when_the_supervisor_does()
     while ours.iter().any(|d| d.exists()) {
         assert!(
             Instant::now() < deadline,
-            "the agent's cgroups are left: {ours:?}"
+            "the supervisor's cgroups are left: {ours:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -606,12 +692,14 @@ fn main() -> ExitCode {
     };
     let tests = tests![
         steps_are_confined_and_the_supervisor_says_so,
+        steps_run_as_the_step_user_when_one_is_given,
         a_step_reaches_nothing_of_the_agent_nor_of_another_attempt,
+        the_steps_of_a_run_share_its_workspace_and_what_is_in_it,
         cpu_is_held_to_the_steps_quota,
         a_step_over_its_memory_is_killed_and_its_neighbour_runs_on,
         a_fork_bomb_is_held_by_the_pids_limit_and_the_supervisor_serves_on,
         what_a_step_uses_is_measured,
-        an_attempts_cgroups_go_when_it_ends_and_the_agents_when_the_supervisor_does,
+        an_attempts_cgroups_go_when_it_ends_and_the_supervisors_when_it_does,
         what_confinement_costs_a_step,
     ];
     // Arguments that are not flags select tests by substring, as with libtest.

@@ -1,6 +1,7 @@
 //! Confined steps end to end, as a tenant runs hostile code. On a local pool
-//! and on a static pool, a step that tries to read the server's admin token
-//! and store, every process's environment and command line, another running
+//! and on a static pool, no agent holds a credential in its environment or
+//! command line; a step that tries to read the server's admin token and
+//! store, every process's environment and command line, another running
 //! attempt's workspace, to write into the data directory and to signal its
 //! agent, gets none of it; and no string it printed in the form of a corral
 //! secret opens the API. A step over its memory limit fails, saying so, while
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Server, StoreKind, eventually, secrets_in};
+use crate::harness::{Server, StoreKind, descendants, eventually, secrets_in};
 
 /// What a hostile step tries; each line that works says `ESCAPED`. What it
 /// reads, it prints, for the test to look for secrets in.
@@ -86,8 +87,21 @@ async fn battery(server: &Server, pool: &str, agents: impl Fn() -> Vec<i32>) {
         .await;
     let other = server.workspaces(holder);
     let other = other.first().expect("the holder's workspace");
-    let agents: Vec<String> = agents().iter().map(i32::to_string).collect();
-    assert!(!agents.is_empty(), "the agents run");
+    let pids = agents();
+    assert!(!pids.is_empty(), "the agents run");
+    // No credential in what the host's processes may read of the agents and
+    // of what runs below them (their supervisors, the holder's step).
+    for pid in pids
+        .iter()
+        .flat_map(|&a| std::iter::once(a).chain(descendants(a)))
+    {
+        for file in ["environ", "cmdline"] {
+            let text = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+            let found = secrets_in(&String::from_utf8_lossy(&text));
+            assert!(found.is_empty(), "/proc/{pid}/{file} holds {found:?}");
+        }
+    }
+    let agents: Vec<String> = pids.iter().map(i32::to_string).collect();
     let files = data_files(&server.data_dir);
     assert!(
         files.iter().any(|f| f.ends_with("/admin.token")),
@@ -127,7 +141,7 @@ async fn battery(server: &Server, pool: &str, agents: impl Fn() -> Vec<i32>) {
     // Whatever it printed in the form of a secret opens nothing.
     assert_eq!(
         secrets_in(&format!("a {} b", server.admin_token)),
-        [server.admin_token.clone()],
+        std::slice::from_ref(&server.admin_token),
         "a secret in the text is found"
     );
     let found = secrets_in(&logs);

@@ -674,7 +674,7 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
     let cell = browser
         .client
         .find(Locator::XPath(
-            "//section[h3[starts-with(normalize-space(.), 'By tenant')]]//tr[td[1][normalize-space(.)='team-a']]/td[last()]",
+            "//section[h3[starts-with(normalize-space(.), 'By tenant')]]//tr[td[1][normalize-space(.)='team-a']]/td[5]",
         ))
         .await
         .unwrap_or_else(|e| panic!("team-a in the By tenant table: {e}"));

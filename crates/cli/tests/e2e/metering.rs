@@ -203,7 +203,7 @@ async fn usage_by_every_key_reconciles_with_allocations_and_prices() {
         &["usage", "--by", "tenant,day", "--since", "7d", "-o", "csv"],
     );
     assert!(
-        csv.starts_with("tenant,day,cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost\n"),
+        csv.starts_with("tenant,day,cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost,used_cpu_core_seconds,used_memory_gib_seconds,cpu_efficiency,memory_efficiency\n"),
         "{csv}"
     );
     assert_eq!(

@@ -78,7 +78,7 @@ fn table(by: &str, title: &str, view: &UsageView) -> Markup {
     html! {
         section {
             h3 { (title) " " a href={ "/dashboards/usage.csv?by=" (by) } download { "CSV" } }
-            div.table-wrap { table {
+            div.table-wrap tabindex="0" { table {
                 thead { tr {
                     th scope="col" { (by) } th.num scope="col" { "core-hours" }
                     th.num scope="col" { "GiB-hours" } th.num scope="col" { "gpu-hours" } th.num scope="col" { "Cost" }
@@ -116,7 +116,7 @@ fn idle_table(view: &UsageView) -> Markup {
     html! {
         section {
             h3 { "Idle capacity by pool " a href="/dashboards/usage.csv?by=pool" download { "CSV" } }
-            div.table-wrap { table {
+            div.table-wrap tabindex="0" { table {
                 thead { tr {
                     th scope="col" { "pool" } th.num scope="col" { "Capacity cost" }
                     th.num scope="col" { "Allocated" } th.num scope="col" { "Idle" }
@@ -138,7 +138,7 @@ fn waits_table(view: &WaitsView, range: charts::Range) -> Markup {
     html! {
         section {
             h3 { "Admission wait by tenant " a href={ "/dashboards/waits.csv?range=" (range.label()) } download { "CSV" } }
-            div.table-wrap { table {
+            div.table-wrap tabindex="0" { table {
                 thead { tr {
                     th scope="col" { "tenant" } th.num scope="col" { "Runs admitted" }
                     th.num scope="col" { "p50" } th.num scope="col" { "p99" }

@@ -136,7 +136,7 @@ fn pool_card(p: &PoolView) -> Markup {
 
 fn tenant_table(tenants: &[TenantLine]) -> Markup {
     html! {
-        div.table-wrap {
+        div.table-wrap tabindex="0" {
             table {
                 caption.muted style="text-align:left;padding:6px 10px" { "Queue and this month's spend" }
                 thead { tr {

@@ -66,7 +66,7 @@ pub async fn list(
             div.actions { a href="/pools/new" { "New pool" } }
         }
         (layout::live("pools", html! {
-            div.table-wrap { table {
+            div.table-wrap tabindex="0" { table {
                 thead { tr {
                     th scope="col" { "Pool" } th scope="col" { "Provider" } th scope="col" { "State" }
                     th.num scope="col" { "CPU used / capacity" } th.num scope="col" { "Memory used / capacity" }
@@ -342,7 +342,7 @@ pub async fn detail(
             }
             @if agents.is_empty() { p.muted { "No agent is registered." } }
             @else {
-                div.table-wrap { table {
+                div.table-wrap tabindex="0" { table {
                     thead { tr { th scope="col" { "Agent" } th scope="col" { "Offers" } th scope="col" { "Confinement" } th.num scope="col" { "Last heartbeat" } } }
                     tbody { @for (n, offers, ago, confined) in &agents {
                         tr { td { (n) } td { (offers) } td { (confined) } td.num { (layout::duration(*ago)) " ago" } }

@@ -26,7 +26,7 @@ pub async fn page(
     let r = recommendation_view(&engine, &session.principal, &name, &query).await?;
     let body = html! {
         p { "Tenant " a href={ "/tenants/" (r.tenant) } { (r.tenant) } ". " (r.method) "." }
-        div.table-wrap { table {
+        div.table-wrap tabindex="0" { table {
             thead { tr {
                 th scope="col" { "Step" }
                 th scope="col" { "Requested" }

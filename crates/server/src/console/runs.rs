@@ -131,7 +131,7 @@ pub async fn queue(
             h2 { "Waiting for admission (" (queued.len()) ")" }
             @if queued.is_empty() { p.muted { "Nothing waits." } }
             @else {
-                div.table-wrap { table {
+                div.table-wrap tabindex="0" { table {
                     thead { tr {
                         th.num scope="col" { "#" } th.num scope="col" { "In tenant" } th scope="col" { "Run" }
                         th scope="col" { "Tenant" } th.num scope="col" { "Waited" } th scope="col" { "Why it waits" }
@@ -149,7 +149,7 @@ pub async fn queue(
                 } }
             }
             h2 { "Recent runs" }
-            div.table-wrap { table {
+            div.table-wrap tabindex="0" { table {
                 thead { tr {
                     th scope="col" { "Run" } th scope="col" { "Tenant" } th scope="col" { "State" }
                     th.num scope="col" { "Estimate" } th scope="col" { "Created" }
@@ -314,7 +314,7 @@ pub async fn detail(
             }
             h2 { "Steps" }
             (dag(&view.steps))
-            div.table-wrap { table {
+            div.table-wrap tabindex="0" { table {
                 thead { tr { th scope="col" { "Step" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Used (last attempt)" } } }
                 tbody { @for step in &view.steps {
                     tr {
@@ -343,7 +343,7 @@ pub async fn detail(
             h2 { "Allocations" }
             @if view.allocations.is_empty() { p.muted { "None yet." } }
             @else {
-                div.table-wrap { table {
+                div.table-wrap tabindex="0" { table {
                     thead { tr { th scope="col" { "Pool" } th scope="col" { "Holds" } th scope="col" { "Opened" } th scope="col" { "Closed" } } }
                     tbody { @for a in &view.allocations {
                         tr {

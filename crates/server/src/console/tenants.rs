@@ -55,7 +55,7 @@ pub async fn list(
     let body = layout::live(
         "tenants",
         html! {
-            div.table-wrap { table {
+            div.table-wrap tabindex="0" { table {
                 thead { tr {
                     th scope="col" { "Tenant" } th.num scope="col" { "Weight" }
                     th.num scope="col" { "CPU held / quota" } th.num scope="col" { "Memory held / quota" }
@@ -90,7 +90,7 @@ fn quota_rows(quota: &QuotaView, used: &corral_api::ResourcesView) -> Markup {
 
 fn usage_table(title: &str, key: &str, rows: &[UsageRowView]) -> Markup {
     html! {
-        div.table-wrap { table {
+        div.table-wrap tabindex="0" { table {
             caption.muted style="text-align:left;padding:6px 10px" { (title) }
             thead { tr { th scope="col" { (key) } th.num scope="col" { "core-hours" } th.num scope="col" { "GiB-hours" } th.num scope="col" { "Cost" } th.num scope="col" { "CPU used" } th.num scope="col" { "Memory used" } } }
             tbody {
@@ -237,7 +237,7 @@ pub async fn detail(
             h2 { "Tokens" }
             @if tokens.is_empty() { p.muted { "No token is bound to this tenant." } }
             @else {
-                div.table-wrap { table {
+                div.table-wrap tabindex="0" { table {
                     thead { tr { th scope="col" { "Token" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Last used" } th scope="col" { "State" } } }
                     tbody { @for k in &tokens {
                         tr {

@@ -158,7 +158,7 @@ fn main() {
         let dir = std::env::temp_dir().join(format!("corral-console-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Arc::new(SqlStore::open_sqlite(&dir).await.expect("store"));
-        let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"));
+        let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"), dir.clone());
         let engine = Arc::new(
             Engine::load(store.clone(), Arc::new(SystemClock), EngineConfig::default(), provider)
                 .await

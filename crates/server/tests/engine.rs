@@ -1062,21 +1062,18 @@ async fn what_an_attempt_measured_is_kept_on_it_and_in_the_usage_facts() {
     let (attempt, on) = running_attempt(&h, run).await;
     assert_eq!(on, worker);
     h.clock.advance(4_000);
+    let succeeded = |cpu_seconds: f64| ReportRequest {
+        outcome: "succeeded".into(),
+        exit_code: Some(0),
+        error: None,
+        usage: Some(corral_api::AttemptUsage {
+            cpu_seconds,
+            memory_peak_bytes: 300 << 20,
+            throttled_seconds: 0.5,
+        }),
+    };
     h.engine
-        .report(
-            worker,
-            attempt,
-            ReportRequest {
-                outcome: "succeeded".into(),
-                exit_code: Some(0),
-                error: None,
-                usage: Some(corral_api::AttemptUsage {
-                    cpu_seconds: 1.25,
-                    memory_peak_bytes: 300 << 20,
-                    throttled_seconds: 0.5,
-                }),
-            },
-        )
+        .report(worker, attempt, succeeded(1.25))
         .await
         .expect("report");
     assert_eq!(h.state_of(run).await.0, RunState::Succeeded);
@@ -1111,20 +1108,7 @@ async fn what_an_attempt_measured_is_kept_on_it_and_in_the_usage_facts() {
     // A report past the bounds of a measure is refused, naming the field.
     let err = h
         .engine
-        .report(
-            worker,
-            attempt,
-            ReportRequest {
-                outcome: "succeeded".into(),
-                exit_code: Some(0),
-                error: None,
-                usage: Some(corral_api::AttemptUsage {
-                    cpu_seconds: f64::NAN,
-                    memory_peak_bytes: 0,
-                    throttled_seconds: 0.0,
-                }),
-            },
-        )
+        .report(worker, attempt, succeeded(f64::NAN))
         .await
         .expect_err("not a number of seconds");
     assert!(err.to_string().contains("usage.cpu_seconds"), "{err}");

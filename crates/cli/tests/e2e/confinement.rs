@@ -89,6 +89,14 @@ async fn battery(server: &Server, pool: &str, agents: impl Fn() -> Vec<i32>) {
     let other = other.first().expect("the holder's workspace");
     let pids = agents();
     assert!(!pids.is_empty(), "the agents run");
+    // The API says how each live agent of the pool confines its steps.
+    let listed: Value = server.get(&format!("/api/v1/pools/{pool}")).await;
+    let live = listed["live_agents"].as_array().expect("live agents");
+    assert!(!live.is_empty(), "{listed:#}");
+    for agent in live {
+        assert_eq!(agent["confinement"]["namespaces"], true, "{listed:#}");
+        assert_ne!(agent["confinement"]["cgroup"], "none", "{listed:#}");
+    }
     // No credential in what the host's processes may read of the agents and
     // of what runs below them (their supervisors, the holder's step).
     for pid in pids

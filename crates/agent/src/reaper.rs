@@ -449,11 +449,11 @@ impl Reaper {
             }
             false
         });
-        for mut cgroup in removing {
-            if !cgroup.remove() {
-                self.leftovers.push((cgroup, 1));
-            }
-        }
+        // Removed on the next look, a moment later: after the ends are
+        // reported, so that removing them (slow where the kernel waits for a
+        // grace period) does not hold the reports up.
+        self.leftovers
+            .extend(removing.into_iter().map(|cgroup| (cgroup, 0)));
         reported
     }
 

@@ -187,8 +187,6 @@ impl Harness {
             .register(
                 &Caller::Token(admin()),
                 RegisterRequest {
-                    pool: pool.into(),
-                    name: name.into(),
                     instance: Some(instance.into()),
                     incarnation: incarnation.map(String::from),
                     capacity: ResourcesView {
@@ -196,8 +194,7 @@ impl Harness {
                         memory_mib: 8192,
                         gpu: 0,
                     },
-                    labels: Default::default(),
-                    confinement: None,
+                    ..registration(pool, name, None)
                 },
             )
             .await
@@ -627,16 +624,7 @@ async fn a_spawned_agent_retrying_its_registration_finds_its_worker_even_after_a
         .await
         .expect_err("a used credential registers nothing else");
     // Once the worker has polled, the credential is no use at all.
-    h.engine
-        .poll(
-            worker,
-            PollRequest {
-                running: vec![],
-                wait_ms: 0,
-            },
-        )
-        .await
-        .expect("a poll");
+    h.heartbeat(worker).await;
     assert!(
         h.engine
             .credentials()

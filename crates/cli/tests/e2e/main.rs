@@ -4,6 +4,7 @@
 mod access;
 mod admission;
 mod api;
+mod browser;
 mod budget;
 mod campaign;
 mod cli;

@@ -426,4 +426,3 @@ pub(crate) fn quick_run(name: &str, tenant: &str, pool: &str) -> String {
 pub(crate) fn id_of(run: &Value) -> i64 {
     run["id"].as_i64().expect("a run id")
 }
-

@@ -11,11 +11,10 @@
 use std::time::Duration;
 
 use fantoccini::Locator;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::browser::{
     Browser, DASHBOARDS, Settings, VIEWPORTS, held_run, id_of, printing_held_run, quick_run,
-    screenshots_dir,
 };
 use crate::harness::{Server, StoreKind, eventually};
 

@@ -49,7 +49,7 @@ use crate::usage::Amount;
 mod budget;
 mod reason;
 pub use budget::BudgetView;
-pub use reason::{Limit, Reason, ReasonCode};
+pub use reason::{Blocker, Limit, Reason, ReasonCode};
 
 use budget::check_budget;
 

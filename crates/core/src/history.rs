@@ -7,15 +7,22 @@
 //! - `pool.utilization.{cpu,memory,gpu}`: allocated / capacity (a static
 //!   pool's capacity is its live agents'). No point when the capacity is zero:
 //!   a ratio over nothing has no value.
-//! - `pool.saturation.{cpu,memory,gpu}`: (allocated + queued demand) /
-//!   capacity, where the queued demand is the sum of the groups waiting in the
-//!   queue (queued runs, and groups of admitted runs that lost their worker)
-//!   that could be placed on the pool were it empty: it is active, their
-//!   selector matches it, their tenant may use it, and they fit its capacity. A
-//!   group that several pools could take counts in each. Above 1 the queued
-//!   demand exceeds the free capacity (`demand > capacity - allocated`); unlike
+//! - `pool.saturation.{cpu,memory,gpu}`: (allocated + capacity-bound demand) /
+//!   capacity. The capacity-bound demand is the sum of the groups waiting in
+//!   the queue (queued runs, and groups of admitted runs that lost their
+//!   worker) for room in pools (their reason: a pool full, at its
+//!   `max_workers`, without agents) that could be placed on the pool were it
+//!   empty: it is active, their selector matches it, their tenant may use it,
+//!   and they fit its capacity. It is the demand more capacity would admit. A
+//!   group that several pools could take counts in each. Above 1 the demand
+//!   exceeds the free capacity (`demand > capacity - allocated`); unlike
 //!   demand / free, it stays finite when the pool is full. No point when the
 //!   capacity is zero.
+//! - `pool.held.{cpu,memory,gpu}`: the demand the pool could take but that
+//!   more capacity would not admit, over capacity: groups held by their
+//!   tenant's quota, budget or per-pool limits, by a reservation for another
+//!   run, or by a gang partner on another pool. Runs not decided yet (queued
+//!   since the last cycle) count in neither.
 //! - `tenant.holdings.{cpu,memory,gpu}`: what the tenant's open allocations
 //!   hold across all pools, in base units (millicores, MiB, gpus).
 //! - `tenant.queued_runs`: runs waiting for their first admission.
@@ -24,11 +31,14 @@
 //!
 //! Pure: the time comes in, as everywhere in the core.
 
+use std::collections::BTreeMap;
+
 use crate::clock::Timestamp;
+use crate::controller::Reason;
 use crate::controller::Snapshot;
 use crate::error::FieldError;
 use crate::pool::PoolState;
-use crate::queue::RunQueue;
+use crate::queue::{ClassId, RunQueue};
 use crate::resources::{Dimension, Resources};
 
 const SECOND_MS: i64 = 1000;
@@ -70,19 +80,23 @@ pub enum SubjectKind {
 pub enum Series {
     PoolUtilization(Dimension),
     PoolSaturation(Dimension),
+    PoolHeld(Dimension),
     TenantHoldings(Dimension),
     TenantQueuedRuns,
     TenantAdmissionWait,
 }
 
 impl Series {
-    pub const ALL: [Series; 11] = [
+    pub const ALL: [Series; 14] = [
         Series::PoolUtilization(Dimension::Cpu),
         Series::PoolUtilization(Dimension::Memory),
         Series::PoolUtilization(Dimension::Gpu),
         Series::PoolSaturation(Dimension::Cpu),
         Series::PoolSaturation(Dimension::Memory),
         Series::PoolSaturation(Dimension::Gpu),
+        Series::PoolHeld(Dimension::Cpu),
+        Series::PoolHeld(Dimension::Memory),
+        Series::PoolHeld(Dimension::Gpu),
         Series::TenantHoldings(Dimension::Cpu),
         Series::TenantHoldings(Dimension::Memory),
         Series::TenantHoldings(Dimension::Gpu),
@@ -99,6 +113,9 @@ impl Series {
             Series::PoolSaturation(Cpu) => "pool.saturation.cpu",
             Series::PoolSaturation(Memory) => "pool.saturation.memory",
             Series::PoolSaturation(Gpu) => "pool.saturation.gpu",
+            Series::PoolHeld(Cpu) => "pool.held.cpu",
+            Series::PoolHeld(Memory) => "pool.held.memory",
+            Series::PoolHeld(Gpu) => "pool.held.gpu",
             Series::TenantHoldings(Cpu) => "tenant.holdings.cpu",
             Series::TenantHoldings(Memory) => "tenant.holdings.memory",
             Series::TenantHoldings(Gpu) => "tenant.holdings.gpu",
@@ -113,7 +130,9 @@ impl Series {
 
     pub fn subject(self) -> SubjectKind {
         match self {
-            Series::PoolUtilization(_) | Series::PoolSaturation(_) => SubjectKind::Pool,
+            Series::PoolUtilization(_) | Series::PoolSaturation(_) | Series::PoolHeld(_) => {
+                SubjectKind::Pool
+            }
             _ => SubjectKind::Tenant,
         }
     }
@@ -121,7 +140,7 @@ impl Series {
     /// The unit of its values.
     pub fn unit(self) -> &'static str {
         match self {
-            Series::PoolUtilization(_) | Series::PoolSaturation(_) => "ratio",
+            Series::PoolUtilization(_) | Series::PoolSaturation(_) | Series::PoolHeld(_) => "ratio",
             Series::TenantHoldings(Dimension::Cpu) => "millicores",
             Series::TenantHoldings(Dimension::Memory) => "MiB",
             Series::TenantHoldings(Dimension::Gpu) => "gpus",
@@ -142,8 +161,14 @@ pub struct Sample {
 }
 
 /// The samples of every series at `at`, from a snapshot charged with the open
-/// allocations and the queue. Pools, then tenants, each in name order.
-pub fn sample(snapshot: &Snapshot, queue: &RunQueue, at: Timestamp) -> Vec<Sample> {
+/// allocations, the queue and the reason each waiting class was last given.
+/// Pools, then tenants, each in name order.
+pub fn sample(
+    snapshot: &Snapshot,
+    queue: &RunQueue,
+    reasons: &BTreeMap<ClassId, Reason>,
+    at: Timestamp,
+) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut push = |series: Series, subject: &str, value: f64| {
         if value.is_finite() {
@@ -156,7 +181,7 @@ pub fn sample(snapshot: &Snapshot, queue: &RunQueue, at: Timestamp) -> Vec<Sampl
         }
     };
     for (name, pool) in &snapshot.pools {
-        let mut demand = Resources::ZERO;
+        let (mut capacity_bound, mut held) = (Resources::ZERO, Resources::ZERO);
         let active = pool.state == PoolState::Active;
         for class in queue.classes().filter(|_| active) {
             let allowed = snapshot.tenants.get(&class.tenant).is_some_and(|t| {
@@ -164,13 +189,18 @@ pub fn sample(snapshot: &Snapshot, queue: &RunQueue, at: Timestamp) -> Vec<Sampl
                     .as_ref()
                     .is_none_or(|p| p.iter().any(|x| x == name))
             });
-            if !allowed {
+            let Some(reason) = reasons.get(&class.id).filter(|_| allowed) else {
                 continue;
-            }
+            };
+            let demand = if reason.code.more_capacity_admits() {
+                &mut capacity_bound
+            } else {
+                &mut held
+            };
             let runs = class.runs.len() as u64;
             for g in &class.groups {
                 if g.selector.matches(name, &pool.labels) && g.resources.fits_in(&pool.capacity) {
-                    demand = demand.saturating_add(&scale(&g.resources, runs));
+                    *demand = demand.saturating_add(&scale(&g.resources, runs));
                 }
             }
         }
@@ -185,8 +215,9 @@ pub fn sample(snapshot: &Snapshot, queue: &RunQueue, at: Timestamp) -> Vec<Sampl
             push(
                 Series::PoolSaturation(d),
                 name,
-                (used + demand.get(d) as f64) / capacity,
+                (used + capacity_bound.get(d) as f64) / capacity,
             );
+            push(Series::PoolHeld(d), name, held.get(d) as f64 / capacity);
         }
     }
     for (name, tenant) in &snapshot.tenants {

@@ -41,7 +41,12 @@ pub async fn sample_loop(engine: Arc<Engine>) {
         let at = start.plus_millis(tick.saturating_mul(interval_ms));
         {
             let state = engine.read().await;
-            pending.extend(sample(&state.snapshot(engine.now()), &state.queue, at));
+            pending.extend(sample(
+                &state.snapshot(engine.now()),
+                &state.queue,
+                &state.waiting,
+                at,
+            ));
         }
         if pending.len() > MAX_PENDING {
             let dropped = pending.len() - MAX_PENDING;

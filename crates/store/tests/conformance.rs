@@ -1400,18 +1400,27 @@ mod history {
             ]
         );
 
-        // The rollup aggregates whole hours, not the one in progress.
+        // Before any rollup, an hourly read merges the raw samples per hour.
         let hourly = query(Source::Hourly, None);
+        let by_hour = vec![
+            point("a", BASE, 0.5, 0.75, 3),
+            point("a", BASE + HOUR_MS, 1.0, 1.0, 1),
+            point("b", BASE, 1.0, 1.0, 1),
+        ];
+        assert_eq!(read(store, &hourly).await, by_hour);
+        // The rollup aggregates whole hours, not the one in progress, which
+        // an hourly read still takes from the raw samples, once.
         let rollup = Rollup {
             until: Timestamp(BASE + HOUR_MS),
             raw_before: Timestamp(0),
             hourly_before: Timestamp(0),
         };
         store.roll_up_history(&rollup).await.expect("rollup");
+        assert_eq!(read(store, &hourly).await, by_hour);
         assert_eq!(
-            read(store, &hourly).await,
+            read(store, &query(Source::Hourly, Some(2 * HOUR_MS))).await,
             vec![
-                point("a", BASE, 0.5, 0.75, 3),
+                point("a", BASE, 0.625, 1.0, 4),
                 point("b", BASE, 1.0, 1.0, 1)
             ]
         );
@@ -1623,9 +1632,11 @@ mod history {
             .await
             .expect("rollup");
         // From mid-day and from a midnight; then again once retention has
-        // cut the first two days (at a midnight, as `Rollup::at` does).
-        compare_days(store, start, start + 5 * HOUR_MS, 2 * (4 * 24 + 7 - 5)).await;
-        compare_days(store, start, start + DAY, 2 * (3 * 24 + 7)).await;
+        // cut the first two days (at a midnight, as `Rollup::at` does). The
+        // hours after the rollup's cut-off are read from the raw samples:
+        // every hour to the fifth day's end is there.
+        compare_days(store, start, start + 5 * HOUR_MS, 2 * (5 * 24 - 5)).await;
+        compare_days(store, start, start + DAY, 2 * (4 * 24)).await;
         store
             .roll_up_history(&Rollup {
                 until,
@@ -1634,7 +1645,7 @@ mod history {
             })
             .await
             .expect("retention");
-        compare_days(store, start, start + 5 * HOUR_MS, 2 * (2 * 24 + 7)).await;
+        compare_days(store, start, start + 5 * HOUR_MS, 2 * (3 * 24)).await;
     }
 
     /// Reads from `from` to the fifth day's end, merged into whole days, give

@@ -82,7 +82,7 @@ fn subjects(answer: &Value) -> Vec<String> {
 /// than `after`, and returns that answer.
 async fn sampled_after(server: &Server, from: i64, after: i64) -> Value {
     let query = format!(
-        "series=pool.utilization.cpu,pool.saturation.cpu,tenant.holdings.cpu,tenant.queued_runs,tenant.admission_wait_seconds&from={}&step=raw",
+        "series=pool.utilization.cpu,pool.saturation.cpu,pool.held.cpu,tenant.holdings.cpu,tenant.queued_runs,tenant.admission_wait_seconds&from={}&step=raw",
         rfc3339(from)
     );
     eventually(
@@ -122,9 +122,18 @@ async fn check_against_the_api(server: &Server, answer: &Value, since: i64, wait
     for (at, value) in utilization {
         assert_eq!(value, used / capacity, "utilization at {}", rfc3339(at));
     }
-    // The waiting run's 1 cpu could use the pool: (2 + 1) / 4.
-    for (at, value) in after("pool.saturation.cpu", "histpool") {
-        assert_eq!(value, 0.75, "saturation at {}", rfc3339(at));
+    // The waiting run's 1 cpu could use the pool, but blue's quota holds it:
+    // more capacity would admit nothing, so the pool is no more saturated
+    // than it is used, and the run's cpu is held demand (1 / 4).
+    assert_eq!(waiting["reason"]["code"], "tenant_quota", "{waiting:#}");
+    let saturation = after("pool.saturation.cpu", "histpool");
+    let held = after("pool.held.cpu", "histpool");
+    assert!(!saturation.is_empty() && !held.is_empty(), "{answer:#}");
+    for (at, value) in saturation {
+        assert_eq!(value, used / capacity, "saturation at {}", rfc3339(at));
+    }
+    for (at, value) in held {
+        assert_eq!(value, 0.25, "held demand at {}", rfc3339(at));
     }
     for (at, value) in after("tenant.holdings.cpu", "blue") {
         assert_eq!(value, used, "blue's holdings at {}", rfc3339(at));
@@ -230,7 +239,11 @@ async fn sampled_across_a_crash(store: StoreKind) {
     )
     .await;
     let waiter = submit(&server, "waiter", "1", "true").await;
-    let since = opened_at.max(millis(&waiter["created_at"]));
+    let waiter_id = waiter["id"].as_i64().expect("id");
+    // Once the controller has said why it waits (the samples split demand by
+    // reason).
+    server.waits_with(waiter_id, "tenant_quota").await;
+    let since = opened_at.max(now_ms());
     // A second of samples (five) after both were in place.
     let answer = sampled_after(&server, started, since + 1_000).await;
     check_against_the_api(&server, &answer, since, &waiter).await;
@@ -286,6 +299,7 @@ async fn sampled_across_a_crash(store: StoreKind) {
     // kill -9, and a restart: sampling resumes at once.
     let killed = now_ms();
     server.restart().await;
+    server.waits_with(waiter_id, "tenant_quota").await;
     let up = now_ms();
     let answer = sampled_after(&server, started, up + 1_000).await;
     // The allocation and the queue were restored: the samples say so too.

@@ -31,6 +31,68 @@ pub enum ReasonCode {
     Reserved,
 }
 
+/// What holds a waiting run back, by kind: what an operator would change to
+/// let it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Blocker {
+    /// Room in pools: more capacity (or agents, or workers) would admit it.
+    Capacity,
+    /// Its tenant's quota, concurrent runs or per-pool limits.
+    Quota,
+    /// Its tenant's hard budget.
+    Budget,
+    /// Room held for another run that waited too long.
+    Reservation,
+    /// A group of its gang that another pool cannot take yet.
+    Gang,
+    /// The pools it may use: draining, disabled, not allowed or not matching.
+    Placement,
+}
+
+impl Blocker {
+    pub const ALL: [Blocker; 6] = [
+        Blocker::Capacity,
+        Blocker::Quota,
+        Blocker::Budget,
+        Blocker::Reservation,
+        Blocker::Gang,
+        Blocker::Placement,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Blocker::Capacity => "capacity",
+            Blocker::Quota => "quota",
+            Blocker::Budget => "budget",
+            Blocker::Reservation => "reservation",
+            Blocker::Gang => "gang",
+            Blocker::Placement => "placement",
+        }
+    }
+}
+
+impl ReasonCode {
+    /// What kind of limit this reason is.
+    pub fn blocker(self) -> Blocker {
+        use ReasonCode::*;
+        match self {
+            PoolFull | PoolMaxWorkers | NoAgents => Blocker::Capacity,
+            TenantQuota | TenantRuns | PoolLimit | LargerThanQuota => Blocker::Quota,
+            TenantBudget => Blocker::Budget,
+            Reserved => Blocker::Reservation,
+            GangPartnerFull => Blocker::Gang,
+            UnknownTenant | NoMatchingPool | PoolNotAllowed | LargerThanPools | PoolDraining
+            | PoolDisabled => Blocker::Placement,
+        }
+    }
+
+    /// Whether more capacity in the pools would admit a run waiting for this.
+    pub fn more_capacity_admits(self) -> bool {
+        self.blocker() == Blocker::Capacity
+    }
+}
+
 /// One limit that a run hits: `in_use` of `limit` taken, and the run needs
 /// `needs` more. Amounts in base units (millicores, MiB, gpus, runs, workers,
 /// and micro-units of money for a budget).

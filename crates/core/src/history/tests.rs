@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::controller::{OpenAllocation, PoolView, TenantView};
+use crate::controller::{OpenAllocation, PoolView, Reason, ReasonCode, TenantView};
 use crate::ids::RunId;
 use crate::money::Money;
 use crate::pool::{PoolSpec, Price, Provider};
@@ -72,6 +72,14 @@ fn queued(id: i64, tenant: &str, selector: PoolSelector, resources: Resources) -
     }
 }
 
+/// Every class of `queue` waiting with `code`.
+fn waiting_with(queue: &RunQueue, code: ReasonCode) -> BTreeMap<ClassId, Reason> {
+    queue
+        .classes()
+        .map(|c| (c.id, Reason::simple(code, "waits")))
+        .collect()
+}
+
 fn queue(runs: Vec<QueuedRun>) -> RunQueue {
     let mut queue = RunQueue::new();
     for run in runs {
@@ -104,7 +112,7 @@ fn utilization_is_allocated_over_capacity_and_absent_without_capacity() {
         vec![tenant("t", None)],
         &[held(1, "t", "a", Resources::new(1000, 2 * GI, 0))],
     );
-    let samples = sample(&s, &RunQueue::new(), Timestamp(5000));
+    let samples = sample(&s, &RunQueue::new(), &BTreeMap::new(), Timestamp(5000));
     assert_eq!(value(&samples, "pool.utilization.cpu", "a"), Some(0.25));
     assert_eq!(value(&samples, "pool.utilization.memory", "a"), Some(0.25));
     assert_eq!(value(&samples, "pool.utilization.gpu", "a"), None);
@@ -155,7 +163,12 @@ fn saturation_counts_the_queued_groups_each_pool_could_take() {
         // Its tenant may use `small` only.
         queued(6, "u", PoolSelector::default(), Resources::new(500, GI, 0)),
     ]);
-    let samples = sample(&s, &q, Timestamp(10_000));
+    let samples = sample(
+        &s,
+        &q,
+        &waiting_with(&q, ReasonCode::PoolFull),
+        Timestamp(10_000),
+    );
     // small: 2 held + 2 x 1 (t's class) + 0.5 (u) over 2.
     assert_eq!(value(&samples, "pool.saturation.cpu", "small"), Some(2.25));
     assert_eq!(value(&samples, "pool.utilization.cpu", "small"), Some(1.0));
@@ -168,6 +181,61 @@ fn saturation_counts_the_queued_groups_each_pool_could_take() {
     assert_eq!(value(&samples, "pool.utilization.cpu", "big"), Some(0.0));
     // A draining pool takes nothing new: no demand.
     assert_eq!(value(&samples, "pool.saturation.cpu", "closing"), Some(0.0));
+}
+
+#[test]
+fn demand_held_by_quotas_is_not_demand_for_capacity() {
+    let s = snapshot(
+        vec![pool(
+            "a",
+            Resources::new(4000, 8 * GI, 0),
+            &[],
+            PoolState::Active,
+        )],
+        vec![tenant("t", None), tenant("u", None)],
+        &[],
+    );
+    let q = queue(vec![
+        queued(1, "t", PoolSelector::default(), Resources::new(1000, GI, 0)),
+        queued(2, "t", PoolSelector::default(), Resources::new(1000, GI, 0)),
+        queued(3, "u", PoolSelector::default(), Resources::new(2000, GI, 0)),
+    ]);
+    // Every waiting run is held by its tenant's quota: the idle pool is not
+    // saturated, whatever waits.
+    let quota = sample(
+        &s,
+        &q,
+        &waiting_with(&q, ReasonCode::TenantQuota),
+        Timestamp(5000),
+    );
+    assert_eq!(value(&quota, "pool.saturation.cpu", "a"), Some(0.0));
+    assert_eq!(value(&quota, "pool.held.cpu", "a"), Some(1.0));
+    // Held by a reservation, a budget or a gang partner: held too.
+    for code in [
+        ReasonCode::Reserved,
+        ReasonCode::TenantBudget,
+        ReasonCode::GangPartnerFull,
+    ] {
+        let held = sample(&s, &q, &waiting_with(&q, code), Timestamp(5000));
+        assert_eq!(
+            value(&held, "pool.saturation.cpu", "a"),
+            Some(0.0),
+            "{code:?}"
+        );
+    }
+    // Waiting for room: the same runs are demand for capacity.
+    let full = sample(
+        &s,
+        &q,
+        &waiting_with(&q, ReasonCode::PoolFull),
+        Timestamp(5000),
+    );
+    assert_eq!(value(&full, "pool.saturation.cpu", "a"), Some(1.0));
+    assert_eq!(value(&full, "pool.held.cpu", "a"), Some(0.0));
+    // Not decided yet: neither.
+    let new = sample(&s, &q, &BTreeMap::new(), Timestamp(5000));
+    assert_eq!(value(&new, "pool.saturation.cpu", "a"), Some(0.0));
+    assert_eq!(value(&new, "pool.held.cpu", "a"), Some(0.0));
 }
 
 #[test]
@@ -199,7 +267,8 @@ fn tenants_hold_queue_and_wait() {
             Resources::new(2000, GI, 0),
         ),
     ]);
-    let samples = sample(&s, &q, Timestamp(10_500));
+    let reasons = waiting_with(&q, ReasonCode::TenantQuota);
+    let samples = sample(&s, &q, &reasons, Timestamp(10_500));
     assert_eq!(value(&samples, "tenant.holdings.cpu", "t"), Some(2000.0));
     assert_eq!(value(&samples, "tenant.holdings.memory", "t"), Some(1536.0));
     assert_eq!(value(&samples, "tenant.holdings.gpu", "t"), Some(0.0));
@@ -216,10 +285,10 @@ fn tenants_hold_queue_and_wait() {
         Some(0.0)
     );
     assert_eq!(value(&samples, "tenant.holdings.cpu", "idle"), Some(0.0));
-    // Five series per tenant, six per pool without gpus: four of them.
-    assert_eq!(samples.len(), 2 * 5 + 4);
+    // Five series per tenant, nine per pool without gpus: six of them.
+    assert_eq!(samples.len(), 2 * 5 + 6);
     // The same input gives the same samples, in the same order.
-    assert_eq!(sample(&s, &q, Timestamp(10_500)), samples);
+    assert_eq!(sample(&s, &q, &reasons, Timestamp(10_500)), samples);
 }
 
 #[test]

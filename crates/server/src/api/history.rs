@@ -37,8 +37,8 @@ const MAX_WAIT_COUNTS: usize = 200_000;
 /// its points oldest first.
 #[utoipa::path(get, path = "/api/v1/history",
     params(
-        ("series" = String, Query, description = "Series names, comma-separated: pool.utilization.{cpu,memory,gpu}, pool.saturation.{cpu,memory,gpu}, tenant.holdings.{cpu,memory,gpu}, tenant.queued_runs, tenant.admission_wait_seconds",
-            pattern = "^(pool\\.(utilization|saturation)\\.(cpu|memory|gpu)|tenant\\.(holdings\\.(cpu|memory|gpu)|queued_runs|admission_wait_seconds))(,(pool\\.(utilization|saturation)\\.(cpu|memory|gpu)|tenant\\.(holdings\\.(cpu|memory|gpu)|queued_runs|admission_wait_seconds))){0,10}$"),
+        ("series" = String, Query, description = "Series names, comma-separated: pool.utilization.{cpu,memory,gpu}, pool.saturation.{cpu,memory,gpu}, pool.held.{cpu,memory,gpu}, tenant.holdings.{cpu,memory,gpu}, tenant.queued_runs, tenant.admission_wait_seconds",
+            pattern = "^(pool\\.(utilization|saturation|held)\\.(cpu|memory|gpu)|tenant\\.(holdings\\.(cpu|memory|gpu)|queued_runs|admission_wait_seconds))(,(pool\\.(utilization|saturation|held)\\.(cpu|memory|gpu)|tenant\\.(holdings\\.(cpu|memory|gpu)|queued_runs|admission_wait_seconds))){0,10}$"),
         ("pool" = Option<String>, Query, description = "Only this pool's series", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
         ("tenant" = Option<String>, Query, description = "Only this tenant's series", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"),
         ("from" = Option<String>, Query, description = "An RFC 3339 time, or an age such as 90m or 7d (default: 1h)",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{Query, State};
 use corral_api::history::{HistoryView, WaitsView};
-use corral_core::history::MAX_BUCKETS;
+use corral_core::history::{MAX_BUCKETS, Step};
 use maud::{Markup, html};
 use serde_json::json;
 
@@ -133,6 +133,18 @@ fn seconds(time: &str) -> Option<i64> {
         .map(|d| d.timestamp())
 }
 
+/// Where a point of a read with `step` is drawn: a bucket at its middle (a
+/// bucket's time is its start), and never after the range's end `to` (the
+/// current bucket is not over yet); a raw sample at its time.
+fn placer(step: &str, to: &str) -> impl Fn(i64) -> i64 {
+    let half = match Step::parse(step) {
+        Ok(Step::Every(ms)) => ms / 2000,
+        _ => 0,
+    };
+    let end = seconds(to).unwrap_or(i64::MAX);
+    move |at| at.saturating_add(half).min(end.max(at))
+}
+
 /// A chart's data: one time axis (seconds) shared by every line, `null`
 /// where a line has no point, over the range `from` to `to`.
 fn data(lines: &[Line], unit: Option<&str>, from: &str, to: &str) -> serde_json::Value {
@@ -178,6 +190,7 @@ fn history_chart(
     view: &HistoryView,
     label: impl Fn(&str, &str) -> String,
 ) -> Markup {
+    let place = placer(&view.step, &view.to);
     let lines: Vec<Line> = view
         .series
         .iter()
@@ -186,7 +199,7 @@ fn history_chart(
             points: s
                 .points
                 .iter()
-                .filter_map(|p| Some((seconds(&p.at)?, p.value)))
+                .filter_map(|p| Some((place(seconds(&p.at)?), p.value)))
                 .collect(),
         })
         .collect();
@@ -225,6 +238,7 @@ pub async fn waits(
 
 /// A chart of admission waits: p50 and p99 of one tenant, or p99 per tenant.
 pub fn waits_chart(view: &WaitsView, one_tenant: bool) -> Markup {
+    let place = placer(&view.step, &view.to);
     let line = |label: String, t: &corral_api::history::TenantWaitsView, p99: bool| Line {
         label,
         points: t
@@ -232,7 +246,7 @@ pub fn waits_chart(view: &WaitsView, one_tenant: bool) -> Markup {
             .iter()
             .filter_map(|p| {
                 Some((
-                    seconds(&p.at)?,
+                    place(seconds(&p.at)?),
                     if p99 { p.p99_seconds } else { p.p50_seconds },
                 ))
             })
@@ -259,7 +273,14 @@ pub fn waits_chart(view: &WaitsView, one_tenant: bool) -> Markup {
     })
 }
 
-/// A pool's utilization and saturation per resource.
+/// What a pool's saturation chart shows.
+const SATURATION: &str =
+    "Saturation ((allocated + waiting runs more capacity would admit) / capacity)";
+/// What a pool's held-demand chart shows.
+const HELD: &str =
+    "Held demand (waiting runs held by quotas, budgets, reservations or gangs / capacity)";
+
+/// A pool's utilization, saturation and held demand per resource.
 pub async fn pool_charts(
     engine: &Arc<Engine>,
     who: &Principal,
@@ -285,9 +306,19 @@ pub async fn pool_charts(
         3,
     )
     .await?;
+    let held = history(
+        engine,
+        who,
+        "pool.held.cpu,pool.held.memory,pool.held.gpu",
+        Some(("pool", pool)),
+        range,
+        3,
+    )
+    .await?;
     Ok(html! {
         (history_chart("utilization", "Utilization (allocated / capacity)", &utilization, resource))
-        (history_chart("saturation", "Saturation (queued demand / free capacity)", &saturation, resource))
+        (history_chart("saturation", SATURATION, &saturation, resource))
+        (history_chart("held", HELD, &held, resource))
     })
 }
 
@@ -316,7 +347,7 @@ pub async fn tenant_charts(
     Ok((charts, waits))
 }
 
-/// Every pool's cpu utilization and saturation, one line per pool (each
+/// Every pool's cpu utilization, saturation and held demand, one line per pool (each
 /// pool's page has the other resources).
 pub async fn pools_charts(
     engine: &Arc<Engine>,
@@ -325,12 +356,14 @@ pub async fn pools_charts(
 ) -> Result<Markup, ApiError> {
     let by_pool = |_: &str, subject: &str| subject.to_string();
     let lines = engine.read().await.pools.len();
-    let (utilization, saturation) = tokio::join!(
+    let (utilization, saturation, held) = tokio::join!(
         history(engine, who, "pool.utilization.cpu", None, range, lines),
-        history(engine, who, "pool.saturation.cpu", None, range, lines)
+        history(engine, who, "pool.saturation.cpu", None, range, lines),
+        history(engine, who, "pool.held.cpu", None, range, lines)
     );
     Ok(html! {
         (history_chart("cpu-utilization", "CPU utilization", &utilization?, by_pool))
-        (history_chart("cpu-saturation", "CPU saturation", &saturation?, by_pool))
+        (history_chart("cpu-saturation", "CPU saturation: demand more capacity would admit", &saturation?, by_pool))
+        (history_chart("cpu-held", "CPU demand held by quotas, budgets, reservations or gangs", &held?, by_pool))
     })
 }

@@ -113,6 +113,17 @@ async fn rolled_until(pool: &AnyPool, table: &str, column: &str) -> Result<Optio
     Ok(latest.map(|d| Timestamp(d + DAY_MS)))
 }
 
+/// The end of the hours rolled up into `history_hourly`: the hour after the
+/// latest one there (the rollup aggregates every hour before its cut-off at
+/// once), or the beginning of time when none is.
+async fn rolled_hours_until(pool: &AnyPool) -> Result<Timestamp> {
+    let latest: Option<i64> = sqlx::query("SELECT MAX(at) AS m FROM history_hourly")
+        .fetch_one(pool)
+        .await?
+        .try_get("m")?;
+    Ok(Timestamp(latest.map_or(i64::MIN, |h| h + HOUR_MS)))
+}
+
 pub(super) async fn read(pool: &AnyPool, q: &HistoryQuery) -> Result<Vec<HistoryPoint>> {
     if q.series.is_empty() || q.subjects.as_ref().is_some_and(Vec::is_empty) {
         return Ok(Vec::new());
@@ -130,7 +141,7 @@ pub(super) async fn read(pool: &AnyPool, q: &HistoryQuery) -> Result<Vec<History
     // The rows read: one table's, or whole days from the daily aggregates and
     // the hours around them.
     const AGGREGATE: &str = "series, subject, at, mean_value, max_value, samples";
-    let rows = match (q.source, days) {
+    let mut rows = match (q.source, days) {
         (Source::Raw, _) => format!(
             "SELECT series, subject, at, value FROM history_samples WHERE {}",
             p.filter(q)
@@ -149,6 +160,24 @@ pub(super) async fn read(pool: &AnyPool, q: &HistoryQuery) -> Result<Vec<History
             p.next(),
             p.next()
         ),
+    };
+    // The hours not rolled up yet (the current one at least) are read from the
+    // raw samples, merged per hour as the rollup would: a range in hours or
+    // days shows what happened in the last minutes too.
+    let live_from = match q.source {
+        Source::Hourly => {
+            let live_from = rolled_hours_until(pool).await?;
+            rows.push_str(&format!(
+                " UNION ALL SELECT series, subject, (at / {HOUR_MS}) * {HOUR_MS} AS at, \
+                 AVG(value) AS mean_value, MAX(value) AS max_value, COUNT(*) AS samples \
+                 FROM history_samples WHERE {} AND at >= {} \
+                 GROUP BY series, subject, (at / {HOUR_MS}) * {HOUR_MS}",
+                p.filter(q),
+                p.next()
+            ));
+            Some(live_from)
+        }
+        Source::Raw => None,
     };
     let limit = p.next();
     // The bucket length is an integer we own, so it is inlined.
@@ -179,6 +208,9 @@ pub(super) async fn read(pool: &AnyPool, q: &HistoryQuery) -> Result<Vec<History
         query = bind_filter(query.bind(first.0).bind(end.0), q)
             .bind(first.0)
             .bind(end.0);
+    }
+    if let Some(live_from) = live_from {
+        query = bind_filter(query, q).bind(live_from.0);
     }
     let at = if q.bucket_ms.is_some() {
         "bucket"

@@ -645,6 +645,25 @@ pub struct TenantSummary {
     pub spent: f64,
     /// The month's spend at the burn rate of the last 7 days.
     pub forecast: f64,
+    /// The burn rate the forecast extrapolates, per day: the spend of the
+    /// last 7 days (or of the tenant's life, when younger) over their length.
+    pub daily_burn: f64,
+    /// How the forecast is made, in a sentence with its numbers.
+    pub forecast_basis: String,
+    /// When the spend reaches the budget at that rate, if it does this month
+    /// (now when it already has); none without a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_crosses_at: Option<String>,
+    /// How its budget stands: `ok`, `alerting` (past an alert threshold),
+    /// `over` (spent more than the budget) or `blocking` (a hard budget
+    /// holding runs back); none without a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_health: Option<String>,
+    /// Its waiting runs by what holds them back (`quota`, `budget`,
+    /// `capacity`, `reservation`, `gang`, `placement`), as the last cycle
+    /// decided.
+    #[serde(default)]
+    pub blocked_by: BTreeMap<String, u64>,
     /// Runs waiting for admission, and what they ask for in all.
     pub queued_runs: u64,
     pub queued_demand: ResourcesView,

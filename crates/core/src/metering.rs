@@ -35,7 +35,10 @@ use crate::money::Money;
 use crate::pool::Price;
 use crate::resources::{ResourceTime, Resources};
 
-pub use budget::{FORECAST_WINDOW_MS, alert_level, crossed_alerts, forecast, month_to_date};
+pub use budget::{
+    BudgetHealth, FORECAST_WINDOW_MS, alert_level, budget_crossing, budget_health, crossed_alerts,
+    daily_burn, forecast, month_to_date,
+};
 pub use calendar::{DAY_MS, Date, Month, day_start};
 pub use estimate::{estimate_cost, expected_duration_ms};
 pub use idle::{IdleRow, idle};

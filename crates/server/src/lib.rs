@@ -16,6 +16,7 @@ mod progress;
 pub mod provider;
 pub mod prune;
 pub mod state;
+mod trouble;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

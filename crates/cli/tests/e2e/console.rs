@@ -731,3 +731,49 @@ async fn pages_left_behind_do_not_hold_the_connections_of_the_next() {
     server.open_gate(held, "go");
     browser.close().await;
 }
+
+/// The overview answers "who is blocked, and by what" at a glance: tenants
+/// held back come first, with what holds them and their budget's health in
+/// words; a tenant's page says the same, with the forecast's basis.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_puts_tenants_in_trouble_first() {
+    let server = Server::start("console-trouble", StoreKind::Sqlite).await;
+    server
+        .apply(
+            "kind: Pool\nname: main\ncapacity: {cpu: 2, memory: 4Gi}\nprice: {cpu_hour: 0.5}\n---\nkind: Tenant\nname: aaa-calm\nbudget: {monthly: 100}\n---\nkind: Tenant\nname: team-a\nquota: {cpu: 1}\nbudget: {monthly: 100}\n",
+        )
+        .await;
+    let held = printing_held_run(&server).await;
+    let waiting = id_of(&server.submit(&quick_run("waiting", "team-a", "main")).await);
+    server.waits_with(waiting, "tenant_quota").await;
+
+    let browser = Browser::start(&server.url).await;
+    browser.login(&server.admin_token).await;
+    browser.goto("/").await;
+    let first_row = browser.text("#overview table tbody tr:first-child").await;
+    assert!(
+        first_row.starts_with("team-a")
+            && first_row.contains("quota 1")
+            && first_row.contains("ok"),
+        "the held-back tenant first, with what holds it: {first_row}"
+    );
+    let calm = browser.text("#overview table tbody tr:nth-child(2)").await;
+    assert!(calm.starts_with("aaa-calm"), "{calm}");
+
+    browser.goto("/tenants/team-a").await;
+    let facts = browser.text("#tenant dl.facts").await;
+    for words in [
+        "Blocked by",
+        "quota 1",
+        "Budget health",
+        "a day (the spend of the last",
+        "Reaches its budget",
+    ] {
+        assert!(
+            facts.contains(words),
+            "{words:?} on the tenant's page: {facts}"
+        );
+    }
+    server.open_gate(held, "go");
+    browser.close().await;
+}

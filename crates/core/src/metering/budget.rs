@@ -1,7 +1,10 @@
 //! A tenant's month: what it has spent, where the month is heading, and which
 //! alert thresholds its spend has crossed.
 
+use serde::{Deserialize, Serialize};
+
 use crate::money::Money;
+use crate::tenant::{BudgetSpec, Enforce};
 
 use super::calendar::DAY_MS;
 use super::pieces::Cutter;
@@ -90,4 +93,90 @@ pub fn crossed_alerts(
             before < level && level <= after && !fired.contains(&at)
         })
         .collect()
+}
+
+/// How a tenant's budget stands this month, from the best to the worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetHealth {
+    /// Below its first alert threshold.
+    Ok,
+    /// Past an alert threshold, within the budget.
+    Alerting,
+    /// Spent more than the budget (a soft budget lets runs in anyway).
+    Over,
+    /// A hard budget that keeps runs waiting.
+    Blocking,
+}
+
+impl BudgetHealth {
+    pub fn name(self) -> &'static str {
+        match self {
+            BudgetHealth::Ok => "ok",
+            BudgetHealth::Alerting => "alerting",
+            BudgetHealth::Over => "over",
+            BudgetHealth::Blocking => "blocking",
+        }
+    }
+}
+
+/// Where `budget` stands with `spent` this month and `held` runs of the
+/// tenant waiting because of it.
+pub fn budget_health(budget: &BudgetSpec, spent: Money, held: u64) -> BudgetHealth {
+    let first_alert = budget
+        .alert_at
+        .iter()
+        .map(|&at| alert_level(budget.monthly, at))
+        .min();
+    if budget.enforce == Enforce::Hard && held > 0 {
+        BudgetHealth::Blocking
+    } else if spent > budget.monthly {
+        BudgetHealth::Over
+    } else if first_alert.is_some_and(|level| spent >= level) {
+        BudgetHealth::Alerting
+    } else {
+        BudgetHealth::Ok
+    }
+}
+
+/// When the spend reaches `budget` at the burn rate [`forecast`] uses (the
+/// last seven days, or the history's age when younger): `now_ms` when it is
+/// already there, none when it does not before `month` ends (or nothing is
+/// spent at all).
+pub fn budget_crossing(
+    spent_month_to_date: Money,
+    spent_last_7_days: Money,
+    history_start_ms: i64,
+    now_ms: i64,
+    month: Month,
+    budget: Money,
+) -> Option<i64> {
+    if spent_month_to_date >= budget {
+        return Some(now_ms);
+    }
+    let observed = now_ms
+        .saturating_sub(history_start_ms)
+        .min(FORECAST_WINDOW_MS);
+    if observed <= 0 || spent_last_7_days <= Money::ZERO {
+        return None;
+    }
+    let missing = i128::from(budget.saturating_sub(spent_month_to_date).micros());
+    let rate = i128::from(spent_last_7_days.micros());
+    // Rounded up: the spend has reached the budget at that time, not before.
+    let after = (missing * i128::from(observed) + rate - 1) / rate;
+    let at = i128::from(now_ms) + after;
+    (at < i128::from(month.end_ms())).then(|| i64::try_from(at).unwrap_or(i64::MAX))
+}
+
+/// The burn rate [`forecast`] uses, per day.
+pub fn daily_burn(spent_last_7_days: Money, history_start_ms: i64, now_ms: i64) -> Money {
+    let observed = now_ms
+        .saturating_sub(history_start_ms)
+        .min(FORECAST_WINDOW_MS);
+    if observed <= 0 {
+        return Money::ZERO;
+    }
+    Money::saturating_from_i128(
+        i128::from(spent_last_7_days.micros()) * i128::from(DAY_MS) / i128::from(observed),
+    )
 }

@@ -488,3 +488,85 @@ proptest! {
         prop_assert_eq!(sum(whole.iter().map(|r| r.allocated)), by_pool.total);
     }
 }
+
+fn budget(monthly: i64, enforce: crate::tenant::Enforce) -> crate::tenant::BudgetSpec {
+    crate::tenant::BudgetSpec {
+        monthly: Money::from_whole_units(monthly),
+        enforce,
+        alert_at: vec![0.8, 1.0],
+    }
+}
+
+#[test]
+fn budget_health_says_how_a_budget_stands() {
+    use crate::tenant::Enforce::{Hard, Soft};
+    let units = Money::from_whole_units;
+    assert_eq!(
+        budget_health(&budget(100, Soft), units(10), 0),
+        BudgetHealth::Ok
+    );
+    assert_eq!(
+        budget_health(&budget(100, Soft), units(80), 0),
+        BudgetHealth::Alerting
+    );
+    assert_eq!(
+        budget_health(&budget(100, Soft), units(100), 0),
+        BudgetHealth::Alerting
+    );
+    // 143% of a budget is not a healthy row.
+    assert_eq!(
+        budget_health(&budget(100, Soft), units(143), 0),
+        BudgetHealth::Over
+    );
+    assert_eq!(
+        budget_health(&budget(100, Hard), units(143), 0),
+        BudgetHealth::Over
+    );
+    // A hard budget holding runs back, wherever its spend is.
+    assert_eq!(
+        budget_health(&budget(100, Hard), units(60), 2),
+        BudgetHealth::Blocking
+    );
+    // A soft budget holds nothing back.
+    assert_eq!(
+        budget_health(&budget(100, Soft), units(60), 2),
+        BudgetHealth::Ok
+    );
+    assert!(BudgetHealth::Blocking > BudgetHealth::Over);
+    assert!(BudgetHealth::Over > BudgetHealth::Alerting);
+}
+
+#[test]
+fn the_budget_is_crossed_at_the_forecasts_burn_rate() {
+    let month = Month::containing(NOV_28);
+    let units = Money::from_whole_units;
+    let week_ago = NOV_28 - FORECAST_WINDOW_MS;
+    // 70 in the last 7 days: 10 a day; 80 of 100 spent: two days to go.
+    assert_eq!(daily_burn(units(70), week_ago, NOV_28), units(10));
+    assert_eq!(
+        budget_crossing(units(80), units(70), week_ago, NOV_28, month, units(100)),
+        Some(NOV_28 + 2 * DAY_MS)
+    );
+    // Four days to go, but three days of November are left.
+    assert_eq!(
+        budget_crossing(units(60), units(70), week_ago, NOV_28, month, units(100)),
+        None
+    );
+    // Already there.
+    assert_eq!(
+        budget_crossing(units(100), units(70), week_ago, NOV_28, month, units(100)),
+        Some(NOV_28)
+    );
+    // Nothing spent lately: never.
+    assert_eq!(
+        budget_crossing(units(50), Money::ZERO, week_ago, NOV_28, month, units(100)),
+        None
+    );
+    // A day-old history burns its day's spend per day.
+    let day_ago = NOV_28 - DAY_MS;
+    assert_eq!(daily_burn(units(5), day_ago, NOV_28), units(5));
+    assert_eq!(
+        budget_crossing(units(95), units(5), day_ago, NOV_28, month, units(100)),
+        Some(NOV_28 + DAY_MS)
+    );
+}

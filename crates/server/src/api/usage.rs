@@ -13,9 +13,11 @@ use corral_api::{
     UsageRowView, UsageView, UsedAmounts,
 };
 use corral_core::clock::Timestamp;
+use corral_core::controller::Blocker;
 use corral_core::error::FieldError;
 use corral_core::metering::{
-    DAY_MS, Date, FORECAST_WINDOW_MS, Grouping, Key, Month, Usage, Window, forecast, group, idle,
+    DAY_MS, Date, FORECAST_WINDOW_MS, Grouping, Key, Month, Usage, Window, budget_crossing,
+    budget_health, daily_burn, forecast, group, idle,
 };
 use corral_core::rightsizing;
 use corral_store::{AlertFilter, AlertRecord, MeasuredSum, SpanFilter, UsageQuery, metered_usage};
@@ -235,14 +237,21 @@ pub(crate) async fn tenant_summary(
     let tenant = tenant_view(&engine, &who, &name).await?;
     let now = engine.now();
     let month = Month::containing(now.0);
-    let (created, queued_runs, queued_demand) = {
+    let (created, budget, queued_runs, queued_demand, blocked) = {
         let state = engine.read().await;
         let record = state
             .tenants
             .get(&name)
             .ok_or_else(|| ApiError::not_found("tenant", &name))?;
         let (runs, demand) = state.queued_by_tenant().remove(&name).unwrap_or_default();
-        (record.created_at, runs, demand)
+        let blocked = state.blocked_by_tenant().remove(&name).unwrap_or_default();
+        (
+            record.created_at,
+            record.spec.budget.clone(),
+            runs,
+            demand,
+            blocked,
+        )
     };
     let store = engine.store();
     let week_ago = Timestamp(now.0.saturating_sub(FORECAST_WINDOW_MS));
@@ -274,6 +283,11 @@ pub(crate) async fn tenant_summary(
         .await?;
     let (used_by_pool, _) = used_by(&measured, &[Key::Pool]);
     let spent = this_month.total.cost;
+    let burned = last_week.total.cost;
+    // A tenant made minutes ago would have its first minutes extrapolated to
+    // the month: its history counts as a day at least.
+    let history_start = created.0.min(now.0.saturating_sub(DAY_MS));
+    let daily = daily_burn(burned, history_start, now.0);
     let alerts = store
         .alerts(&AlertFilter {
             tenant: Some(name.clone()),
@@ -302,16 +316,28 @@ pub(crate) async fn tenant_summary(
             })
             .collect(),
         spent: spent.to_units_f64(),
-        // A tenant made minutes ago would have its first minutes extrapolated to
-        // the month: its history counts as a day at least.
-        forecast: forecast(
+        forecast: forecast(spent, burned, history_start, now.0, month).to_units_f64(),
+        daily_burn: daily.to_units_f64(),
+        forecast_basis: format!(
+            "{} spent this month, plus {daily} a day (the spend of the last {}) for the {} left of the month",
             spent,
-            last_week.total.cost,
-            created.0.min(now.0.saturating_sub(DAY_MS)),
-            now.0,
-            month,
-        )
-        .to_units_f64(),
+            span_text(now.0 - history_start.max(week_ago.0)),
+            span_text(month.end_ms().saturating_sub(now.0).max(0)),
+        ),
+        budget_crosses_at: budget.as_ref().and_then(|b| {
+            budget_crossing(spent, burned, history_start, now.0, month, b.monthly)
+                .map(|at| rfc3339(Timestamp(at)))
+        }),
+        budget_health: budget.as_ref().map(|b| {
+            budget_health(b, spent, blocked.count(Blocker::Budget))
+                .name()
+                .to_string()
+        }),
+        blocked_by: blocked
+            .by
+            .iter()
+            .map(|(b, n)| (b.name().to_string(), *n))
+            .collect(),
         queued_runs,
         queued_demand: queued_demand.into(),
         alerts: alerts.iter().map(alert_view).collect(),
@@ -455,5 +481,15 @@ mod tests {
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(micros_text(12_340_005), "12.340005");
         assert_eq!(micros_text(-5), "-0.000005");
+    }
+}
+
+/// A length of time in days, or hours under two days: `7 days`, `36 hours`.
+fn span_text(ms: i64) -> String {
+    let hours = ms / 3_600_000;
+    if hours < 48 {
+        format!("{hours} hours")
+    } else {
+        format!("{} days", hours / 24)
     }
 }

@@ -15,7 +15,7 @@ use maud::{Markup, html};
 
 use super::layout::{self, Section};
 use super::session::Session;
-use super::{PageResult, charts};
+use super::{PageResult, charts, spend};
 use crate::api::error::ApiError;
 use crate::api::usage::{csv_field, usage_report};
 use crate::engine::Engine;
@@ -26,6 +26,12 @@ const TABLES: [(&str, &str); 4] = [
     ("pool", "By pool"),
     ("pipeline", "By pipeline"),
     ("day", "By day"),
+];
+
+/// The spend charts: per day, stacked by tenant and by pool.
+const SPEND: [(&str, &str); 2] = [
+    ("tenant", "Spend per day by tenant"),
+    ("pool", "Spend per day by pool"),
 ];
 
 /// This month's usage as `query` asks, through the API's own handler; CSV
@@ -173,10 +179,15 @@ pub async fn page(
         for (by, title) in TABLES {
             views.push((by, title, usage(&engine, &session, by, None).await?));
         }
-        Ok::<_, ApiError>(views)
+        let mut spend = Vec::new();
+        for (by, title) in SPEND {
+            let view = usage(&engine, &session, &format!("{by},day"), None).await?;
+            spend.push(spend::stacked(&format!("spend-{by}"), title, by, &view));
+        }
+        Ok::<_, ApiError>((views, spend))
     };
     let (series, reports) = tokio::join!(series, reports);
-    let ((pools, (tenants, waits)), reports) = (series?, reports?);
+    let ((pools, (tenants, waits)), (reports, spend)) = (series?, reports?);
     let mut tables = Vec::new();
     let mut idle = None;
     for (by, title, view) in &reports {
@@ -191,6 +202,8 @@ pub async fn page(
         div.grid { (pools) }
         h2 { "Tenants" }
         div.grid { (tenants) (waits_table(&waits, range)) }
+        h2 { "Spend this month, per day" }
+        div.grid { @for chart in &spend { (chart) } }
         h2 { "Cost this month" }
         div.grid {
             @for t in &tables { (t) }

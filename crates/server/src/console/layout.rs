@@ -183,9 +183,28 @@ pub fn memory(mib: u64) -> String {
     }
 }
 
-/// An amount of money.
+/// An amount of money: two decimals, and under 1 as many more (up to the
+/// micro-unit) as make two significant digits, so that a small cost never
+/// reads `0.00`: `483.10`, `0.05`, `0.00042`.
 pub fn money(units: f64) -> String {
-    format!("{units:.2}")
+    let size = units.abs();
+    let decimals = if size == 0.0 || size >= 1.0 || !size.is_finite() {
+        2
+    } else {
+        ((-size.log10()).floor() as usize + 2).clamp(2, 6)
+    };
+    let text = format!("{units:.decimals$}");
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let kept = fraction.trim_end_matches('0');
+    format!("{whole}.{kept:0<2}")
+}
+
+/// A time the API wrote (RFC 3339, UTC), readable, in UTC with its zone.
+pub fn time(rfc3339: &str) -> Markup {
+    let text = chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| rfc3339.to_string());
+    html! { time datetime=(rfc3339) { (text) } }
 }
 
 /// A wait or a duration in ms, in the unit that reads well.
@@ -289,5 +308,21 @@ pub fn efficiency(ratio: Option<f64>) -> Markup {
     match ratio {
         Some(r) => html! { (format!("{:.0}%", r * 100.0)) },
         None => html! { span.muted title="nothing measured" { "—" } },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_amounts_of_money_are_not_zero() {
+        assert_eq!(money(483.1), "483.10");
+        assert_eq!(money(0.0), "0.00");
+        assert_eq!(money(0.05), "0.05");
+        assert_eq!(money(0.000417), "0.00042");
+        assert_eq!(money(0.0000004), "0.00");
+        assert_eq!(money(0.0123), "0.012");
+        assert_eq!(money(12.345), "12.35");
     }
 }

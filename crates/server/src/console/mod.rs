@@ -18,6 +18,7 @@ mod pools;
 mod rightsizing;
 mod runs;
 mod session;
+mod spend;
 mod tenants;
 
 use std::sync::Arc;

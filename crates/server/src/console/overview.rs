@@ -2,6 +2,7 @@
 //! month-to-date spend against its budget, and the latest alerts; refreshed
 //! live. Also the event stream that tells pages the state changed.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,6 +13,9 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use corral_api::{PoolView, TenantView};
+use corral_core::controller::Blocker;
+use corral_core::metering::{BudgetHealth, budget_health};
+use corral_core::money::Money;
 use corral_store::AlertFilter;
 use futures_util::Stream;
 use maud::{Markup, html};
@@ -22,13 +26,29 @@ use super::session::Session;
 use crate::api::routes::may_use_pool;
 use crate::api::views;
 use crate::engine::Engine;
+use crate::trouble::Blocked;
 
 /// A tenant's line on the overview.
 struct TenantLine {
     view: TenantView,
     queued: u64,
     oldest_wait_ms: i64,
-    spent: f64,
+    spent: Money,
+    blocked: Blocked,
+    health: Option<BudgetHealth>,
+}
+
+impl TenantLine {
+    /// Tenants in trouble first: the worst budget, then the most runs held
+    /// back, then the longest wait; then by name.
+    fn trouble(&self) -> impl Ord + use<> {
+        (
+            Reverse(self.health),
+            Reverse(self.blocked.total()),
+            Reverse(self.oldest_wait_ms),
+            self.view.name.clone(),
+        )
+    }
 }
 
 pub async fn page(
@@ -62,20 +82,31 @@ pub async fn page(
             }
         }
         let spent = state.spend_by_tenant(now);
-        let tenants: Vec<TenantLine> = state
+        let mut blocked = state.blocked_by_tenant();
+        let mut tenants: Vec<TenantLine> = state
             .tenants
             .values()
             .filter(|t| who.may_touch_tenant(&t.spec.name))
             .map(|t| {
                 let (queued, oldest_wait_ms) = waits.get(&t.spec.name).copied().unwrap_or_default();
+                let spent = spent.get(&t.spec.name).copied().unwrap_or_default();
+                let blocked = blocked.remove(&t.spec.name).unwrap_or_default();
+                let health = t
+                    .spec
+                    .budget
+                    .as_ref()
+                    .map(|b| budget_health(b, spent, blocked.count(Blocker::Budget)));
                 TenantLine {
                     view: views::tenant(t, &snapshot),
                     queued,
                     oldest_wait_ms,
-                    spent: spent.get(&t.spec.name).map_or(0.0, |m| m.to_units_f64()),
+                    spent,
+                    blocked,
+                    health,
                 }
             })
             .collect();
+        tenants.sort_by_key(TenantLine::trouble);
         (pools, tenants)
     };
     let alerts = engine
@@ -138,9 +169,11 @@ fn tenant_table(tenants: &[TenantLine]) -> Markup {
     html! {
         div.table-wrap tabindex="0" {
             table {
-                caption.muted style="text-align:left;padding:6px 10px" { "Queue and this month's spend" }
+                caption.table-caption { "Tenants, those in trouble first: what holds their runs back, and this month's spend against their budget" }
                 thead { tr {
                     th scope="col" { "Tenant" }
+                    th scope="col" { "Budget health" }
+                    th scope="col" { "Blocked by" }
                     th.num scope="col" { "Queued" }
                     th.num scope="col" { "Oldest wait" }
                     th.num scope="col" { "Spent this month" }
@@ -150,15 +183,26 @@ fn tenant_table(tenants: &[TenantLine]) -> Markup {
                     @for t in tenants {
                         tr {
                             td { a href={ "/tenants/" (t.view.name) } { (t.view.name) } }
+                            td { @match t.health {
+                                Some(h) => (health(h)),
+                                None => span.muted { "no budget" },
+                            } }
+                            td {
+                                @if t.blocked.total() == 0 {
+                                    span.muted { "—" }
+                                } @else {
+                                    (t.blocked.summary())
+                                }
+                            }
                             td.num { (t.queued) }
                             td.num { @if t.queued > 0 { (layout::duration(t.oldest_wait_ms)) } @else { "—" } }
-                            td.num { (layout::money(t.spent)) }
+                            td.num { (layout::money(t.spent.to_units_f64())) }
                             td.num {
                                 @match &t.view.budget {
                                     Some(b) => {
                                         (layout::money(b.monthly)) " " (b.enforce)
                                         @if b.monthly > 0.0 {
-                                            " (" (format!("{:.0}", t.spent * 100.0 / b.monthly)) "%)"
+                                            " (" (format!("{:.0}", t.spent.to_units_f64() * 100.0 / b.monthly)) "%)"
                                         }
                                     }
                                     None => "—",
@@ -170,6 +214,17 @@ fn tenant_table(tenants: &[TenantLine]) -> Markup {
             }
         }
     }
+}
+
+/// A budget's health as a badge whose text says it (colour only adds).
+pub fn health(h: BudgetHealth) -> Markup {
+    let title = match h {
+        BudgetHealth::Ok => "below its first alert threshold",
+        BudgetHealth::Alerting => "past an alert threshold, within the budget",
+        BudgetHealth::Over => "spent more than its budget",
+        BudgetHealth::Blocking => "its hard budget keeps runs waiting",
+    };
+    html! { span class={ "badge health-" (h.name()) } title=(title) { (h.name()) } }
 }
 
 /// Tells a page that the state changed (a `change` event carrying the state's

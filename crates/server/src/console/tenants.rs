@@ -10,6 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use corral_api::{QuotaView, TenantSummary, TenantView, UsageRowView};
+use corral_core::metering::BudgetHealth;
 use corral_core::tenant::TenantSpec;
 use maud::{Markup, html};
 use serde_json::Value;
@@ -17,7 +18,7 @@ use serde_json::Value;
 use super::forms::{self, Kind};
 use super::layout::{self, Section};
 use super::session::Session;
-use super::{PageResult, charts, dashboards};
+use super::{PageResult, charts, dashboards, overview};
 use crate::api::error::{ApiError, PathParam};
 use crate::api::usage::tenant_summary;
 use crate::api::views;
@@ -205,14 +206,36 @@ pub async fn detail(
                     h2 { "Spend in " (summary.month) }
                     dl.facts {
                         dt { "Spent" } dd { (layout::money(summary.spent)) }
-                        dt { "Forecast" } dd { (layout::money(summary.forecast)) " by the month's end" }
+                        dt { "Forecast" } dd {
+                            (layout::money(summary.forecast)) " by the month's end"
+                            p.hint { (summary.forecast_basis) "." }
+                        }
                         dt { "Budget" } dd {
                             @match &t.budget {
                                 Some(b) => { (layout::money(b.monthly)) " (" (b.enforce) ")" }
                                 None => "none",
                             }
                         }
+                        @if let Some(h) = summary.budget_health.as_deref().and_then(health_of) {
+                            dt { "Budget health" } dd { (overview::health(h)) }
+                        }
+                        @if t.budget.is_some() {
+                            dt { "Reaches its budget" } dd {
+                                @match &summary.budget_crosses_at {
+                                    Some(at) => (layout::time(at)),
+                                    None => "not this month, at this rate",
+                                }
+                            }
+                        }
                         dt { "Queued" } dd { (summary.queued_runs) " runs" }
+                        @if !summary.blocked_by.is_empty() {
+                            dt { "Blocked by" } dd {
+                                @for (i, (what, runs)) in summary.blocked_by.iter().enumerate() {
+                                    @if i > 0 { " · " }
+                                    (what) " " (runs)
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -313,4 +336,16 @@ pub async fn update(
             }
         }
     }
+}
+
+/// A budget health as the API names it.
+fn health_of(name: &str) -> Option<BudgetHealth> {
+    [
+        BudgetHealth::Ok,
+        BudgetHealth::Alerting,
+        BudgetHealth::Over,
+        BudgetHealth::Blocking,
+    ]
+    .into_iter()
+    .find(|h| h.name() == name)
 }

@@ -462,6 +462,16 @@ fn micros_text(micros: i64) -> String {
     format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
 }
 
+/// A length of time in days, or hours under two days: `7 days`, `36 hours`.
+fn span_text(ms: i64) -> String {
+    let hours = ms / 3_600_000;
+    if hours < 48 {
+        format!("{hours} hours")
+    } else {
+        format!("{} days", hours / 24)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,12 +494,3 @@ mod tests {
     }
 }
 
-/// A length of time in days, or hours under two days: `7 days`, `36 hours`.
-fn span_text(ms: i64) -> String {
-    let hours = ms / 3_600_000;
-    if hours < 48 {
-        format!("{hours} hours")
-    } else {
-        format!("{} days", hours / 24)
-    }
-}

@@ -493,4 +493,3 @@ mod tests {
         assert_eq!(micros_text(-5), "-0.000005");
     }
 }
-

@@ -183,6 +183,15 @@ pub fn memory(mib: u64) -> String {
     }
 }
 
+/// Resources as people read them: `2 cpu, 4 GiB, 1 gpu` (gpus when any).
+pub fn resources(r: &ResourcesView) -> String {
+    let mut text = format!("{} cpu, {}", cores(r.cpu_millis), memory(r.memory_mib));
+    if r.gpu > 0 {
+        text.push_str(&format!(", {} gpu", r.gpu));
+    }
+    text
+}
+
 /// An amount of money: two decimals, and under 1 as many more (up to the
 /// micro-unit) as make two significant digits, so that a small cost never
 /// reads `0.00`: `483.10`, `0.05`, `0.00042`.

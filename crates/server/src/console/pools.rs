@@ -70,7 +70,7 @@ pub async fn list(
                 thead { tr {
                     th scope="col" { "Pool" } th scope="col" { "Provider" } th scope="col" { "State" }
                     th.num scope="col" { "CPU used / capacity" } th.num scope="col" { "Memory used / capacity" }
-                    th.num scope="col" { "Workers" } th.num scope="col" { "Price (cpu-hour)" }
+                    th.num scope="col" { "GPU used / capacity" } th.num scope="col" { "Workers" } th.num scope="col" { "Price (cpu-hour)" }
                 } }
                 tbody {
                     @for p in &pools {
@@ -80,6 +80,7 @@ pub async fn list(
                             td { (layout::state(&p.state)) }
                             td.num { (layout::cores(p.used.cpu_millis)) " / " (layout::cores(p.capacity.cpu_millis)) }
                             td.num { (layout::memory(p.used.memory_mib)) " / " (layout::memory(p.capacity.memory_mib)) }
+                            td.num { (p.used.gpu) " / " (p.capacity.gpu) }
                             td.num { (p.workers) "/" (p.max_workers) }
                             td.num { (format!("{:.4}", p.price.cpu_hour)) }
                         }

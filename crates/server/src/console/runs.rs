@@ -348,7 +348,7 @@ pub async fn detail(
                     tbody { @for a in &view.allocations {
                         tr {
                             td { (a.pool) }
-                            td { (layout::cores(a.resources.cpu_millis)) " cpu, " (layout::memory(a.resources.memory_mib)) }
+                            td { (layout::resources(&a.resources)) }
                             td { (a.opened_at) }
                             td { (a.closed_at.clone().unwrap_or_else(|| "open".into())) }
                         }

@@ -60,7 +60,7 @@ pub async fn list(
                 thead { tr {
                     th scope="col" { "Tenant" } th.num scope="col" { "Weight" }
                     th.num scope="col" { "CPU held / quota" } th.num scope="col" { "Memory held / quota" }
-                    th.num scope="col" { "Runs holding" } th.num scope="col" { "Budget" }
+                    th.num scope="col" { "GPU held / quota" } th.num scope="col" { "Runs holding" } th.num scope="col" { "Budget" }
                 } }
                 tbody { @for t in &tenants {
                     tr {
@@ -68,6 +68,7 @@ pub async fn list(
                         td.num { (t.weight) }
                         td.num { (layout::cores(t.used.cpu_millis)) " / " (limit(t.quota.cpu_millis, layout::cores)) }
                         td.num { (layout::memory(t.used.memory_mib)) " / " (limit(t.quota.memory_mib, layout::memory)) }
+                        td.num { (t.used.gpu) " / " (limit(t.quota.gpu, |g| g.to_string())) }
                         td.num { (t.runs) }
                         td.num { @match &t.budget { Some(b) => { (layout::money(b.monthly)) " " (b.enforce) }, None => "—" } }
                     }
@@ -267,7 +268,7 @@ pub async fn detail(
                             td { (k.name) }
                             td { (views::time(k.created_at)) }
                             td { (k.expires_at.map(views::time).unwrap_or_else(|| "never".into())) }
-                            td { (k.last_used_at.map(views::time).unwrap_or_else(|| "never".into())) }
+                            td { (engine.credentials().last_used(&k.name).or(k.last_used_at).map(views::time).unwrap_or_else(|| "never".into())) }
                             td { @if k.revoked_at.is_some() { "revoked" } @else { "active" } }
                         }
                     } }

@@ -374,6 +374,7 @@ pub fn parse_single(text: &str, expected: &str) -> Result<Value, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const OVER_BUDGET: &str = "more than a manifest may hold (at most 32 levels of nesting, 100000 parser events replayed by aliases): ";
 
@@ -386,6 +387,57 @@ mod tests {
             text.push_str(&format!("l{i}: &l{i} [{aliases}]\n"));
         }
         text
+    }
+
+    #[test]
+    fn serdes_words_become_plain_ones() {
+        let cases = [
+            (
+                json!({"steps": [{"name": "a"}]}),
+                "steps[0].run: is required",
+            ),
+            (json!({"name": 5, "steps": []}), "name: must be text, not 5"),
+            (
+                json!({"name": "p", "steps": {}}),
+                "steps: must be a list, not a mapping",
+            ),
+            (
+                json!({"name": "p", "steps": [{"name": "a", "run": "x", "retries": -1}]}),
+                "steps[0].retries: must be a whole number from 0 to 4294967295, not -1",
+            ),
+        ];
+        for (value, expected) in cases {
+            let err = from_value::<PipelineSpec>(value.clone(), "").expect_err("invalid");
+            assert_eq!(err.to_string(), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_read_and_the_rest_kept() {
+        use crate::tenant::TenantSpec;
+        // A bad item leaves its list out; a bad required field, its object.
+        let (spec, problems) = TenantSpec::read(json!({"name": "acme", "weight": "heavy",
+            "allowed_pools": ["a", 7, true], "budget": {"monthly": "x", "alert_at": [0.5]},
+            "quota": {"runs": 2}}));
+        let found: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "allowed_pools[1]: must be text, not 7",
+                "budget.monthly: must be an amount of money, a number such as 500 or 12.5, not \"x\"",
+                "weight: must be a whole number from 0 to 4294967295, not \"heavy\"",
+            ]
+        );
+        let spec = spec.expect("the rest is read");
+        assert_eq!(
+            (spec.allowed_pools, spec.budget, spec.quota.runs),
+            (None, None, Some(2))
+        );
+        // Without its name, a document cannot be read, but its problems are found.
+        let (spec, problems) = TenantSpec::read(json!({"weight": 0, "colour": 1}));
+        assert!(spec.is_none());
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["colour", "name"]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Tenants: quota against holdings, limits, weight, budget, spend and
-//! forecast, usage by pool and pipeline, their tokens; and the form that
-//! edits them, validated as the API validates a Tenant.
+//! forecast, usage by pool and pipeline, their tokens; and the forms that
+//! create, edit and delete them, validated as the API validates a Tenant.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

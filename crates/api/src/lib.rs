@@ -50,7 +50,9 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
     /// For `invalid`, `too_large` and `unsupported_media_type`: the `path` of
-    /// the field or parameter, e.g. `{"path": "steps[2].resources.cpu"}`.
+    /// the field or parameter, e.g. `{"path": "steps[2].resources.cpu"}`; for
+    /// `invalid`, also `errors`, every problem found (`[{"path", "message"}]`),
+    /// the first of which is the `message`.
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }

@@ -20,6 +20,58 @@ impl FieldError {
     }
 }
 
+/// Every problem found in one document, in the order found; never empty. It
+/// reads as its first problem (the summary an error's message carries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    /// The problems, if there is one.
+    pub fn new(problems: Vec<FieldError>) -> Option<FieldErrors> {
+        (!problems.is_empty()).then_some(FieldErrors(problems))
+    }
+
+    /// `value` when nothing is wrong with it, else every problem.
+    pub fn check<T>(value: Option<T>, problems: Vec<FieldError>) -> Result<T, FieldErrors> {
+        match (value, FieldErrors::new(problems)) {
+            (_, Some(problems)) => Err(problems),
+            (Some(value), None) => Ok(value),
+            (None, None) => Err(FieldError::new("document", "could not be read").into()),
+        }
+    }
+
+    /// The first problem.
+    pub fn first(&self) -> &FieldError {
+        self.0
+            .first()
+            .expect("never empty: made only with a problem")
+    }
+
+    /// Every problem.
+    pub fn all(&self) -> &[FieldError] {
+        &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<FieldError> {
+        self.0
+    }
+}
+
+impl std::fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.first().fmt(f)
+    }
+}
+
+impl std::error::Error for FieldErrors {}
+
+impl From<FieldError> for FieldErrors {
+    fn from(e: FieldError) -> Self {
+        FieldErrors(vec![e])
+    }
+}
+
 /// Checks a name used as an identifier (pool, tenant, pipeline, step): 1 to 63
 /// characters of letters, digits, `-`, `_` and `.`, starting with a letter or digit.
 pub fn check_name(path: &str, name: &str) -> Result<(), FieldError> {

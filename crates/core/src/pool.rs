@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{FieldError, check_name};
-use crate::manifest::from_value;
+use crate::error::{FieldError, FieldErrors, check_name};
+use crate::manifest::read_all;
 use crate::money::Money;
 use crate::resources::{MAX_QUANTITY, ResourceSpec, ResourceTime, Resources};
 use crate::selector::check_label;
@@ -153,22 +153,37 @@ fn default_max_workers() -> u32 {
 }
 
 impl PoolSpec {
-    /// Parses and validates a pool document (without its `kind`).
-    pub fn parse(value: Value) -> Result<PoolSpec, FieldError> {
-        let spec: PoolSpec = from_value(value, "")?;
-        spec.validate()?;
-        Ok(spec)
+    /// Parses and validates a pool document (without its `kind`), with every
+    /// problem it has.
+    pub fn parse(value: Value) -> Result<PoolSpec, FieldErrors> {
+        let (spec, problems) = PoolSpec::read(value);
+        FieldErrors::check(spec, problems)
     }
 
+    /// A pool document read as far as it can be, with every problem found
+    /// (see [`read_all`]).
+    pub fn read(value: Value) -> (Option<PoolSpec>, Vec<FieldError>) {
+        read_all(value, PoolSpec::problems)
+    }
+
+    /// The first problem of the pool, if it has one.
     pub fn validate(&self) -> Result<(), FieldError> {
-        check_name("name", &self.name)?;
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem of the pool, each with its field.
+    pub fn problems(&self) -> Vec<FieldError> {
+        let mut problems = Vec::new();
+        if let Err(e) = check_name("name", &self.name) {
+            problems.push(e);
+        }
         match self.provider {
             Provider::Local => {
                 if self.capacity.cpu.unwrap_or(0) == 0 {
-                    return Err(FieldError::new("capacity.cpu", "must be greater than zero"));
+                    problems.push(FieldError::new("capacity.cpu", "must be greater than zero"));
                 }
                 if self.capacity.memory.unwrap_or(0) == 0 {
-                    return Err(FieldError::new(
+                    problems.push(FieldError::new(
                         "capacity.memory",
                         "must be greater than zero",
                     ));
@@ -176,30 +191,32 @@ impl PoolSpec {
             }
             Provider::Static => {
                 if self.capacity != ResourceSpec::default() {
-                    return Err(FieldError::new(
+                    problems.push(FieldError::new(
                         "capacity",
                         "a static pool's capacity is the sum of its live agents: leave it out",
                     ));
                 }
             }
             Provider::Kubernetes => {
-                return Err(FieldError::new(
+                problems.push(FieldError::new(
                     "provider",
                     "provider kubernetes is not available yet (supported: local, static)",
                 ));
             }
         }
         if let Some(gpu) = self.capacity.gpu.filter(|g| *g > MAX_QUANTITY) {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "capacity.gpu",
                 format!("{gpu} is too large"),
             ));
         }
         if self.max_workers == 0 {
-            return Err(FieldError::new("max_workers", "must be at least 1"));
+            problems.push(FieldError::new("max_workers", "must be at least 1"));
         }
         for (key, value) in &self.labels {
-            check_label("labels", key, value)?;
+            if let Err(e) = check_label("labels", key, value) {
+                problems.push(e);
+            }
         }
         for (field, value) in [
             ("max_agent.cpu", self.max_agent.cpu),
@@ -207,9 +224,9 @@ impl PoolSpec {
             ("max_agent.gpu", self.max_agent.gpu),
         ] {
             match value {
-                Some(0) => return Err(FieldError::new(field, "must be greater than zero")),
+                Some(0) => problems.push(FieldError::new(field, "must be greater than zero")),
                 Some(v) if v > MAX_QUANTITY => {
-                    return Err(FieldError::new(field, format!("{v} is too large")));
+                    problems.push(FieldError::new(field, format!("{v} is too large")));
                 }
                 _ => {}
             }
@@ -220,19 +237,18 @@ impl PoolSpec {
             ("price.gpu_hour", self.price.gpu_hour),
         ] {
             if !v.is_finite() || v < 0.0 {
-                return Err(FieldError::new(
+                problems.push(FieldError::new(
                     field,
                     format!("{v} is not a price (a number zero or more)"),
                 ));
-            }
-            if v > MAX_PRICE {
-                return Err(FieldError::new(
+            } else if v > MAX_PRICE {
+                problems.push(FieldError::new(
                     field,
                     format!("{} is above the largest price, {MAX_PRICE}", short(v)),
                 ));
             }
         }
-        Ok(())
+        problems
     }
 
     /// The written capacity (zero for a static pool, whose agents bring theirs).
@@ -255,9 +271,40 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The first problem, as the tests below look at one at a time.
+    fn parse(value: Value) -> Result<PoolSpec, FieldError> {
+        PoolSpec::parse(value).map_err(|e| e.first().clone())
+    }
+
+    #[test]
+    fn every_problem_is_found_at_once() {
+        let err = PoolSpec::parse(json!({
+            "name": "bad name", "capacity": {"cpu": "2x", "memory": true},
+            "max_workers": -3, "labels": {"os": "lin ux"},
+            "price": {"gpu_hour": -1}, "max_agent": {"cpu": 0}, "colour": 1
+        }))
+        .expect_err("invalid");
+        let found: Vec<String> = err.all().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "capacity.cpu: \"2x\" is not a cpu quantity (examples: 500m, 2, 1.5)",
+                "capacity.memory: must be a memory quantity such as 512Mi or 4Gi, not true",
+                "colour: unknown field `colour`, expected one of `name`, `provider`, `capacity`, `max_workers`, `labels`, `price`, `state`, `max_agent`, `require_confinement`",
+                "max_workers: must be a whole number from 0 to 4294967295, not -3",
+                "name: \"bad name\" is not a valid name (1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit)",
+                "labels.os: ' ' is not allowed in a label value (letters, digits, '-', '_' and '.')",
+                "max_agent.cpu: must be greater than zero",
+                "price.gpu_hour: -1 is not a price (a number zero or more)",
+            ],
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), found[0], "reads as its first problem");
+    }
+
     #[test]
     fn parses_the_design_example() {
-        let spec = PoolSpec::parse(json!({
+        let spec = parse(json!({
             "name": "linux-small", "provider": "local",
             "capacity": {"cpu": 8, "memory": "16Gi"}, "max_workers": 8,
             "labels": {"os": "linux"},
@@ -270,21 +317,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": "8x", "memory": "1Gi"}}))
+        let err = parse(json!({"name": "p", "capacity": {"cpu": "8x", "memory": "1Gi"}}))
             .expect_err("bad cpu");
         assert_eq!(err.path, "capacity.cpu");
-        let err = PoolSpec::parse(
-            json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "colour": 1}),
-        )
-        .expect_err("unknown field");
+        let err = parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "colour": 1}))
+            .expect_err("unknown field");
         assert!(err.message.contains("colour"), "{err}");
-        let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 0, "memory": "1Gi"}}))
+        let err = parse(json!({"name": "p", "capacity": {"cpu": 0, "memory": "1Gi"}}))
             .expect_err("zero cpu");
         assert_eq!(err.path, "capacity.cpu");
-        let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"cpu_hour": -1}}))
+        let err = parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"cpu_hour": -1}}))
             .expect_err("negative price");
         assert_eq!(err.path, "price.cpu_hour");
-        let err = PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"gpu_hour": 1e300}}))
+        let err = parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"gpu_hour": 1e300}}))
             .expect_err("too dear");
         assert_eq!(
             (err.path.as_str(), err.message.as_str()),
@@ -293,13 +338,12 @@ mod tests {
                 "1e300 is above the largest price, 1000000"
             )
         );
-        PoolSpec::parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"cpu_hour": MAX_PRICE}}))
+        parse(json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "price": {"cpu_hour": MAX_PRICE}}))
             .expect("the largest price");
-        let err =
-            PoolSpec::parse(json!({"name": "p", "provider": "static", "capacity": {"cpu": 1}}))
-                .expect_err("static with capacity");
+        let err = parse(json!({"name": "p", "provider": "static", "capacity": {"cpu": 1}}))
+            .expect_err("static with capacity");
         assert_eq!(err.path, "capacity");
-        let err = PoolSpec::parse(
+        let err = parse(
             json!({"name": "p", "provider": "kubernetes", "capacity": {"cpu": 1, "memory": "1Gi"}}),
         )
         .expect_err("kubernetes");
@@ -308,9 +352,8 @@ mod tests {
 
     #[test]
     fn labels_are_names_with_values_free_of_nul() {
-        let pool = |labels: Value| {
-            PoolSpec::parse(json!({"name": "p", "provider": "static", "labels": labels}))
-        };
+        let pool =
+            |labels: Value| parse(json!({"name": "p", "provider": "static", "labels": labels}));
         assert!(pool(json!({"os": "linux"})).is_ok());
         let err = pool(json!({"os": "lin\0ux"})).expect_err("NUL in a value");
         assert_eq!(err.to_string(), "labels.os: the value contains a NUL byte");
@@ -356,7 +399,7 @@ mod tests {
 
     #[test]
     fn static_pools_have_no_written_capacity() {
-        let spec = PoolSpec::parse(json!({"name": "metal", "provider": "static"})).expect("valid");
+        let spec = parse(json!({"name": "metal", "provider": "static"})).expect("valid");
         assert_eq!(spec.capacity(), Resources::ZERO);
         assert_eq!(spec.provider, Provider::Static);
     }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{FieldError, check_name};
-use crate::manifest::from_value;
+use crate::error::{FieldError, FieldErrors, check_name};
+use crate::manifest::read_all;
 use crate::money::Money;
 use crate::resources::{Resources, cpu_quantity, memory_quantity};
 
@@ -112,16 +112,17 @@ fn default_alert_at() -> Vec<f64> {
 }
 
 impl BudgetSpec {
-    /// Checks the budget; error paths start with `budget.`.
-    pub fn validate(&self) -> Result<(), FieldError> {
+    /// Every problem of the budget; their paths start with `budget.`.
+    pub fn problems(&self) -> Vec<FieldError> {
+        let mut problems = Vec::new();
         if self.monthly <= Money::ZERO {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "budget.monthly",
                 "must be greater than zero",
             ));
         }
         if self.monthly > MAX_MONTHLY {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "budget.monthly",
                 format!(
                     "{} is more than a budget may be (at most {MAX_MONTHLY})",
@@ -130,28 +131,28 @@ impl BudgetSpec {
             ));
         }
         if self.alert_at.len() > MAX_ALERTS {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "budget.alert_at",
                 format!(
                     "{} thresholds; at most {MAX_ALERTS} are allowed",
                     self.alert_at.len()
                 ),
             ));
+            return problems;
         }
         for (i, &at) in self.alert_at.iter().enumerate() {
             let path = || format!("budget.alert_at[{i}]");
             if !(at > 0.0 && at <= MAX_ALERT_AT) {
-                return Err(FieldError::new(
+                problems.push(FieldError::new(
                     path(),
                     format!(
                         "{at} is not a threshold (a fraction of the budget, more than 0 and at most {MAX_ALERT_AT})"
                     ),
                 ));
-            }
-            if let Some(&before) = i.checked_sub(1).and_then(|j| self.alert_at.get(j))
+            } else if let Some(&before) = i.checked_sub(1).and_then(|j| self.alert_at.get(j))
                 && at <= before
             {
-                return Err(FieldError::new(
+                problems.push(FieldError::new(
                     path(),
                     format!(
                         "{at} does not come after {before}: thresholds are listed in increasing order, each once"
@@ -159,7 +160,7 @@ impl BudgetSpec {
                 ));
             }
         }
-        Ok(())
+        problems
     }
 }
 
@@ -188,11 +189,17 @@ fn default_weight() -> u32 {
 }
 
 impl TenantSpec {
-    /// Parses and validates a tenant document (without its `kind`).
-    pub fn parse(value: Value) -> Result<TenantSpec, FieldError> {
-        let spec: TenantSpec = from_value(value, "")?;
-        spec.validate()?;
-        Ok(spec)
+    /// Parses and validates a tenant document (without its `kind`), with
+    /// every problem it has.
+    pub fn parse(value: Value) -> Result<TenantSpec, FieldErrors> {
+        let (spec, problems) = TenantSpec::read(value);
+        FieldErrors::check(spec, problems)
+    }
+
+    /// A tenant document read as far as it can be, with every problem found
+    /// (see [`read_all`]).
+    pub fn read(value: Value) -> (Option<TenantSpec>, Vec<FieldError>) {
+        read_all(value, TenantSpec::problems)
     }
 
     /// A tenant with no limits, as created on first start.
@@ -207,23 +214,53 @@ impl TenantSpec {
         }
     }
 
+    /// The first problem of the tenant, if it has one.
     pub fn validate(&self) -> Result<(), FieldError> {
-        check_name("name", &self.name)?;
-        if self.weight == 0 {
-            return Err(FieldError::new("weight", "must be at least 1"));
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem of the tenant, each with its field. Whether the pools
+    /// it names exist is for [`TenantSpec::unknown_pools`].
+    pub fn problems(&self) -> Vec<FieldError> {
+        let mut problems = Vec::new();
+        if let Err(e) = check_name("name", &self.name) {
+            problems.push(e);
         }
-        if let Some(pools) = &self.allowed_pools {
-            for (i, pool) in pools.iter().enumerate() {
-                check_name(&format!("allowed_pools[{i}]"), pool)?;
+        if self.weight == 0 {
+            problems.push(FieldError::new("weight", "must be at least 1"));
+        }
+        for (path, pool) in self.named_pools() {
+            if let Err(e) = check_name(&path, pool) {
+                problems.push(e);
             }
         }
-        for pool in self.pool_limits.keys() {
-            check_name(&format!("pool_limits.{pool}"), pool)?;
-        }
         if let Some(budget) = &self.budget {
-            budget.validate()?;
+            problems.extend(budget.problems());
         }
-        Ok(())
+        problems
+    }
+
+    /// The pools the tenant names, each with the field that names it.
+    pub fn named_pools(&self) -> Vec<(String, &str)> {
+        let allowed = self.allowed_pools.iter().flatten().enumerate();
+        allowed
+            .map(|(i, pool)| (format!("allowed_pools[{i}]"), pool.as_str()))
+            .chain(
+                self.pool_limits
+                    .keys()
+                    .map(|pool| (format!("pool_limits.{pool}"), pool.as_str())),
+            )
+            .collect()
+    }
+
+    /// A problem for each pool the tenant names that `exists` does not know
+    /// (a typo would otherwise refuse every run of the tenant).
+    pub fn unknown_pools(&self, exists: impl Fn(&str) -> bool) -> Vec<FieldError> {
+        self.named_pools()
+            .into_iter()
+            .filter(|(_, pool)| !exists(pool))
+            .map(|(path, pool)| FieldError::new(path, format!("there is no pool {pool:?}")))
+            .collect()
     }
 
     pub fn quota(&self) -> Quota {
@@ -250,12 +287,55 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The first problem, as most tests below look at one at a time.
+    fn parse(value: Value) -> Result<TenantSpec, FieldError> {
+        TenantSpec::parse(value).map_err(|e| e.first().clone())
+    }
+
+    #[test]
+    fn every_problem_is_found_at_once() {
+        // A budget without its amount is left out as a whole.
+        let err = TenantSpec::parse(json!({
+            "name": "acme", "weight": 0, "quota": {"cpu": "x", "gpu": -1},
+            "allowed_pools": ["ok", "not ok"], "pool_limits": {"gpu": {"runs": 1.5}},
+            "budget": {"monthly": "lots", "alert_at": [0.8, 0.5]}
+        }))
+        .expect_err("invalid");
+        let found: Vec<String> = err.all().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "budget.monthly: must be an amount of money, a number such as 500 or 12.5, not \"lots\"",
+                "pool_limits.gpu.runs: must be a whole number, 0 or more, not 1.5",
+                "quota.cpu: \"x\" is not a cpu quantity (examples: 500m, 2, 1.5)",
+                "quota.gpu: must be a whole number, 0 or more, not -1",
+                "weight: must be at least 1",
+                "allowed_pools[1]: \"not ok\" is not a valid name (1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit)",
+            ],
+            "{err:?}"
+        );
+        // Pools are known to the server, not the document.
+        let spec = parse(json!({"name": "acme", "allowed_pools": ["a", "b"],
+            "pool_limits": {"c": {"runs": 1}}}))
+        .expect("valid");
+        let unknown: Vec<String> = spec
+            .unknown_pools(|p| p == "a")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                "allowed_pools[1]: there is no pool \"b\"",
+                "pool_limits.c: there is no pool \"c\""
+            ]
+        );
+    }
+
     #[test]
     fn quota_fields_left_out_are_unlimited() {
-        let spec = TenantSpec::parse(
-            json!({"name": "acme", "weight": 2, "quota": {"cpu": 6, "runs": 10}}),
-        )
-        .expect("valid tenant");
+        let spec = parse(json!({"name": "acme", "weight": 2, "quota": {"cpu": 6, "runs": 10}}))
+            .expect("valid tenant");
         let quota = spec.quota();
         assert_eq!(quota.resources.cpu_millis, 6000);
         assert_eq!(quota.resources.memory_mib, u64::MAX);
@@ -264,33 +344,33 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let err = TenantSpec::parse(json!({"name": "acme", "quota": {"memory": "12GB"}}))
-            .expect_err("bad memory");
+        let err =
+            parse(json!({"name": "acme", "quota": {"memory": "12GB"}})).expect_err("bad memory");
         assert_eq!(err.path, "quota.memory");
-        let err = TenantSpec::parse(json!({"name": "acme", "weight": 0})).expect_err("zero weight");
+        let err = parse(json!({"name": "acme", "weight": 0})).expect_err("zero weight");
         assert_eq!(err.path, "weight");
-        let err = TenantSpec::parse(json!({"name": "acme", "pool_limits": {"gpu": {"cpu": "x"}}}))
+        let err = parse(json!({"name": "acme", "pool_limits": {"gpu": {"cpu": "x"}}}))
             .expect_err("bad pool limit");
         assert_eq!(err.path, "pool_limits.gpu.cpu");
     }
 
     #[test]
     fn budgets_default_to_soft_with_two_alerts() {
-        let spec = TenantSpec::parse(json!({"name": "acme", "budget": {"monthly": 500}}))
-            .expect("valid tenant");
+        let spec =
+            parse(json!({"name": "acme", "budget": {"monthly": 500}})).expect("valid tenant");
         let budget = spec.budget.expect("a budget");
         assert_eq!(budget.monthly, Money::from_whole_units(500));
         assert_eq!(budget.enforce, Enforce::Soft);
         assert_eq!(budget.alert_at, vec![0.8, 1.0]);
-        let spec = TenantSpec::parse(json!({"name": "acme",
+        let spec = parse(json!({"name": "acme",
             "budget": {"monthly": 12.5, "enforce": "hard", "alert_at": [0.5, 0.9, 1.0, 2.0]}}))
         .expect("valid tenant");
         let budget = spec.budget.clone().expect("a budget");
         assert_eq!(budget.monthly, Money::from_micros(12_500_000));
         assert_eq!(budget.enforce.as_str(), "hard");
-        let back = TenantSpec::parse(serde_json::to_value(&spec).expect("json")).expect("valid");
+        let back = parse(serde_json::to_value(&spec).expect("json")).expect("valid");
         assert_eq!(back, spec);
-        let none = TenantSpec::parse(json!({"name": "acme"})).expect("valid tenant");
+        let none = parse(json!({"name": "acme"})).expect("valid tenant");
         assert_eq!(none.budget, None);
         assert!(
             serde_json::to_value(&none)
@@ -315,13 +395,10 @@ mod tests {
                 json!({"monthly": 2e9}),
                 "budget.monthly: 2000000000.00 is more than a budget may be (at most 1000000000.00)",
             ),
-            (
-                json!({"alert_at": [0.5]}),
-                "budget: missing field `monthly`",
-            ),
+            (json!({"alert_at": [0.5]}), "budget.monthly: is required"),
             (
                 json!({"monthly": 1, "enforce": "strict"}),
-                "budget.enforce: unknown variant `strict`, expected `soft` or `hard`",
+                "budget.enforce: must be `soft` or `hard`, not `strict`",
             ),
             (
                 json!({"monthly": 1, "alert_at": [0.8, 0.0]}),
@@ -349,8 +426,7 @@ mod tests {
             ),
         ];
         for (budget, expected) in cases {
-            let err = TenantSpec::parse(json!({"name": "acme", "budget": budget}))
-                .expect_err("invalid budget");
+            let err = parse(json!({"name": "acme", "budget": budget})).expect_err("invalid budget");
             assert_eq!(err.to_string(), expected, "{budget}");
         }
         // Checked when built in code too.
@@ -372,10 +448,8 @@ mod tests {
 
     #[test]
     fn pool_limits_are_per_pool() {
-        let spec = TenantSpec::parse(
-            json!({"name": "acme", "pool_limits": {"gpu": {"gpu": 2, "runs": 1}}}),
-        )
-        .expect("valid tenant");
+        let spec = parse(json!({"name": "acme", "pool_limits": {"gpu": {"gpu": 2, "runs": 1}}}))
+            .expect("valid tenant");
         let limits = spec.pool_limits();
         assert_eq!(limits["gpu"].resources.gpu, 2);
         assert_eq!(limits["gpu"].runs, 1);

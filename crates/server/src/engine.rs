@@ -10,7 +10,7 @@ use std::time::Duration;
 use corral_api::{Assignment, PollRequest, PollResponse, RegisterRequest, ReportRequest};
 use corral_core::clock::{Clock, Timestamp};
 use corral_core::controller::{Policy, check_ever_fits, decide};
-use corral_core::error::FieldError;
+use corral_core::error::{FieldError, FieldErrors};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::manifest::{from_value, parse_single};
 use corral_core::metering::expected_duration_ms;
@@ -52,8 +52,9 @@ pub use catalog::{Bootstrap, token_json};
 /// Errors of engine operations; the API maps each to an HTTP status in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// Every problem of the input, each with its field.
     #[error("{0}")]
-    Invalid(FieldError),
+    Invalid(FieldErrors),
     #[error("{what} {name} not found")]
     NotFound { what: &'static str, name: String },
     #[error("{0}")]
@@ -71,6 +72,12 @@ pub enum EngineError {
 
 impl From<FieldError> for EngineError {
     fn from(e: FieldError) -> Self {
+        EngineError::Invalid(e.into())
+    }
+}
+
+impl From<FieldErrors> for EngineError {
+    fn from(e: FieldErrors) -> Self {
         EngineError::Invalid(e)
     }
 }

@@ -408,7 +408,7 @@ async fn priorities_are_named_classes_or_numbers() {
     let corral_server::engine::EngineError::Invalid(field) = err else {
         panic!("a field error: {err}");
     };
-    assert_eq!(field.path, "priority");
+    assert_eq!(field.first().path, "priority");
     // The one free cpu goes to the highest priority, though it came later.
     h.engine.cycle().await.expect("cycle");
     assert_eq!(h.state_of(high.run.id).await.0, RunState::Provisioning);
@@ -735,7 +735,7 @@ async fn tokens_are_checked_against_the_catalog_survive_a_restart_and_the_last_a
         .admin_secret
         .expect("an admin token on an empty store");
     let field = |e: EngineError| match e {
-        EngineError::Invalid(f) => f.path,
+        EngineError::Invalid(f) => f.first().path.clone(),
         other => panic!("expected a field error, got {other}"),
     };
     let unknown = Role::Tenant {

@@ -1055,14 +1055,16 @@ fn console_allowed(method: &str, path: &str) -> Option<&'static [Who]> {
             | "/pipelines/{name}/recommendation",
         ) => READERS,
         ("GET", "/tenants/{name}" | "/runs/{id}" | "/runs/{id}/log") => OWNER_READERS,
-        ("GET", "/pools/new") => ADMIN,
+        ("GET", "/pools/new" | "/tenants/new") => ADMIN,
         (
             "POST",
             "/pools"
             | "/pools/{name}"
             | "/pools/{name}/state"
             | "/pools/{name}/delete"
-            | "/tenants/{name}",
+            | "/tenants"
+            | "/tenants/{name}"
+            | "/tenants/{name}/delete",
         ) => ADMIN,
         ("POST", "/runs/{id}/cancel") => OWNER,
         _ => return None,
@@ -1112,7 +1114,7 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
                     .post(format!("{}{path}", m.server.url))
                     .header("content-type", "application/x-www-form-urlencoded")
                     .body(format!(
-                        "csrf={}&capacity.memory=lots&name=nope",
+                        "csrf={}&capacity.memory=lots&quota.memory=lots&name=nope",
                         csrf_of(token)
                     )),
             };

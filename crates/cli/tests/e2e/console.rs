@@ -455,7 +455,7 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
     }
     // The same form with the page's CSRF token is taken: the refusals above
     // were for the token alone.
-    let (status, page) = post(cancel, Some(&token), format!("csrf={csrf}")).await;
+    let (status, page) = post(cancel, Some(&token), format!("csrf={csrf}&confirm=yes")).await;
     assert_eq!(status, 303, "a cancel from the console's own form: {page}");
     let run = server.wait_run_ended(own, Duration::from_secs(20)).await;
     assert_eq!(run["state"], "cancelled", "{run:#}");
@@ -505,8 +505,10 @@ async fn every_page_passes_axe(dark: bool) {
         ("pool", "/pools/main"),
         ("new-pool", "/pools/new"),
         ("new-pool-error", "/pools/new"),
+        ("delete-pool-confirm", "/pools/main"),
         ("tenants", "/tenants"),
         ("tenant", "/tenants/team-a"),
+        ("new-tenant", "/tenants/new"),
         ("queue", "/queue"),
         ("run", &run),
         ("dashboards", DASHBOARDS),
@@ -525,6 +527,11 @@ async fn every_page_passes_axe(dark: bool) {
                 browser.fill("capacity.memory", "lots").await;
                 browser.submit("form.stack button.primary").await;
                 status = 422;
+            }
+            if name == "delete-pool-confirm" {
+                browser
+                    .submit("form[action='/pools/main/delete'] button")
+                    .await;
             }
             assert_eq!(browser.status().await, status, "{name}: {path}");
             let at = format!(

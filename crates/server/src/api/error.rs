@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use corral_api::{ErrorBody, ErrorDetail};
-use corral_core::error::FieldError;
+use corral_core::error::{FieldError, FieldErrors};
 use serde_json::json;
 
 use crate::engine::EngineError;
@@ -19,11 +19,17 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn invalid(e: FieldError) -> ApiError {
+        ApiError::invalid_all(e.into())
+    }
+
+    /// Every problem of an input: the first in `message` and `details.path`,
+    /// all of them in `details.errors`.
+    pub fn invalid_all(e: FieldErrors) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid",
             message: e.to_string(),
-            details: json!({ "path": e.path }),
+            details: json!({ "path": e.first().path, "errors": e }),
         }
     }
 
@@ -96,10 +102,16 @@ impl From<FieldError> for ApiError {
     }
 }
 
+impl From<FieldErrors> for ApiError {
+    fn from(e: FieldErrors) -> Self {
+        ApiError::invalid_all(e)
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Invalid(f) => ApiError::invalid(f),
+            EngineError::Invalid(f) => ApiError::invalid_all(f),
             EngineError::NotFound { what, name } => ApiError::not_found(what, name),
             EngineError::Conflict(message) => ApiError {
                 status: StatusCode::CONFLICT,

@@ -600,7 +600,8 @@ async fn delete_tenant(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Apply a manifest of Pool and Tenant documents: all are checked before any is applied.
+/// Apply a manifest of Pool and Tenant documents: all are checked before any is applied
+/// (a tenant may name a pool the same manifest creates), and every problem is reported.
 #[utoipa::path(post, path = "/api/v1/apply",
     request_body(content((Option<ManifestDocument> = "application/json"), (Option<ManifestDocument> = "application/yaml")),
         description = "Pools and Tenants: one JSON document, or YAML documents separated by `---`; none applies nothing"),
@@ -618,25 +619,16 @@ async fn apply(
         )
         .into());
     }
-    let mut applied = Vec::with_capacity(docs.len());
-    for doc in docs {
-        let (kind, name, action) = match doc {
-            Document::Pool(spec) => {
-                let (r, a) = engine.put_pool(&who, spec, false).await?;
-                ("Pool", r.spec.name, a)
-            }
-            Document::Tenant(spec) => {
-                let (r, a) = engine.put_tenant(&who, spec, false).await?;
-                ("Tenant", r.spec.name, a)
-            }
-            Document::Pipeline(_) => continue,
-        };
-        applied.push(Applied {
+    let applied = engine
+        .apply(&who, docs)
+        .await?
+        .into_iter()
+        .map(|(kind, name, action)| Applied {
             kind: kind.into(),
             name,
             action: action.as_str().into(),
-        });
-    }
+        })
+        .collect();
     Ok(Json(applied))
 }
 

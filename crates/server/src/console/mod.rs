@@ -10,6 +10,7 @@
 
 mod assets;
 mod charts;
+mod confirm;
 mod dashboards;
 mod forms;
 mod layout;
@@ -74,8 +75,16 @@ fn table() -> Vec<(PageSpec, Handler)> {
         p("POST", "/pools/{name}/state", Admin, post(pools::set_state)),
         p("POST", "/pools/{name}/delete", Admin, post(pools::delete)),
         p("GET", "/tenants", Read, get(tenants::list)),
+        p("GET", "/tenants/new", Admin, get(tenants::new_form)),
+        p("POST", "/tenants", Admin, post(tenants::create)),
         p("GET", "/tenants/{name}", Read, get(tenants::detail)),
         p("POST", "/tenants/{name}", Admin, post(tenants::update)),
+        p(
+            "POST",
+            "/tenants/{name}/delete",
+            Admin,
+            post(tenants::delete),
+        ),
         p("GET", "/queue", Read, get(runs::queue)),
         p("GET", "/runs/{id}", Read, get(runs::detail)),
         p(
@@ -122,25 +131,47 @@ pub fn router(engine: Arc<Engine>, body_timeout: std::time::Duration) -> Router 
         .layer(DefaultBodyLimit::max(session::MAX_FORM_BYTES))
 }
 
-/// What a console handler answers when it fails: the API's error as a page.
-pub struct PageError(ApiError);
+/// What a console handler answers when it fails: the API's error as a page,
+/// under a title that says what was not done when the handler gives one.
+pub struct PageError {
+    error: ApiError,
+    title: Option<String>,
+}
+
+impl PageError {
+    /// The page's title, such as `Pool main was not deleted`.
+    pub fn titled(self, title: impl Into<String>) -> PageError {
+        PageError {
+            title: Some(title.into()),
+            ..self
+        }
+    }
+}
 
 impl<E: Into<ApiError>> From<E> for PageError {
     fn from(e: E) -> Self {
-        PageError(e.into())
+        PageError {
+            error: e.into(),
+            title: None,
+        }
     }
 }
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let e = self.0;
-        let title = match e.status {
-            StatusCode::NOT_FOUND => "Not found",
-            StatusCode::FORBIDDEN => "Not allowed",
-            StatusCode::SERVICE_UNAVAILABLE => "The store is unavailable",
-            _ => "Something went wrong",
-        };
-        (e.status, layout::bare(title, &e.message)).into_response()
+        let e = self.error;
+        let title = self.title.unwrap_or_else(|| {
+            match e.status {
+                StatusCode::NOT_FOUND => "Not found",
+                StatusCode::FORBIDDEN => "Not allowed",
+                StatusCode::CONFLICT => "Refused",
+                StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "Not valid",
+                StatusCode::SERVICE_UNAVAILABLE => "The store is unavailable",
+                _ => "Something went wrong",
+            }
+            .to_string()
+        });
+        (e.status, layout::bare(&title, &e.message)).into_response()
     }
 }
 

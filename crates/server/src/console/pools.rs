@@ -11,21 +11,22 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use corral_api::PoolView;
+use corral_core::error::FieldError;
 use corral_core::pool::PoolSpec;
 use maud::{Markup, html};
 use serde_json::Value;
 
-use super::forms::{self, Kind};
+use super::forms::{self, Kind, Problems};
 use super::layout::{self, Section};
 use super::session::Session;
-use super::{PageError, PageResult, charts};
+use super::{PageError, PageResult, charts, confirm};
 use crate::api::error::{ApiError, PathParam};
 use crate::api::routes::{may_use_pool, pool_view};
 use crate::api::views;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 
 /// The fields of the pool form, by their path in a Pool document.
-const FIELDS: [(&str, Kind); 12] = [
+const FIELDS: [(&str, Kind); 15] = [
     ("name", Kind::Text),
     ("provider", Kind::Text),
     ("capacity.cpu", Kind::Text),
@@ -38,6 +39,9 @@ const FIELDS: [(&str, Kind); 12] = [
     ("price.gpu_hour", Kind::Number),
     ("state", Kind::Text),
     ("require_confinement", Kind::Bool),
+    ("max_agent.cpu", Kind::Text),
+    ("max_agent.memory", Kind::Text),
+    ("max_agent.gpu", Kind::Number),
 ];
 
 pub async fn list(
@@ -92,24 +96,24 @@ pub async fn list(
     Ok(layout::page(&session, Section::Pools, "Pools", body).into_response())
 }
 
-/// The pool form, filled with `doc`'s values, with `error` next to its field.
+/// The pool form, its fields showing `values`, each with its problem.
 fn form(
     session: &Session,
     action: &str,
-    doc: &Value,
-    error: Option<(&str, &str)>,
+    values: &BTreeMap<String, String>,
+    problems: &Problems,
     creating: bool,
 ) -> Markup {
-    let err = |field: &str| error.and_then(|(f, m)| (f == field).then_some(m));
+    let value = |field: &str| values.get(field).map_or("", String::as_str);
     let text = |field: &str, label: &str, hint: &str| {
-        layout::text_field(field, label, &forms::text_at(doc, field), err(field), hint)
+        layout::text_field(field, label, value(field), problems.of(field), hint)
     };
     let select = |field: &str, label: &str, options: &[&str]| {
-        let current = forms::text_at(doc, field);
+        let current = value(field);
         layout::field_with(
             field,
             label,
-            err(field),
+            problems.of(field),
             html! {
                 select id=(field) name=(field) {
                     @for o in options {
@@ -119,17 +123,16 @@ fn form(
             },
         )
     };
-    let general = error.filter(|(f, _)| !FIELDS.iter().any(|(p, _)| p == f));
     html! {
         form.stack method="post" action=(action) novalidate {
             (layout::csrf(session))
-            @if let Some((_, message)) = general {
+            @for message in &problems.general {
                 p.alert role="alert" { (message) }
             }
             @if creating {
                 (text("name", "Name", "Letters, digits, '.', '_' and '-', at most 63."))
             } @else {
-                input type="hidden" name="name" value=(forms::text_at(doc, "name"));
+                input type="hidden" name="name" value=(value("name"));
             }
             div.row {
                 (select("provider", "Provider", &["local", "static"]))
@@ -146,6 +149,11 @@ fn form(
                 (select("require_confinement", "Require confined agents", &["false", "true"]))
             }
             div.row {
+                (text("max_agent.cpu", "Most CPU one agent may offer", "Empty: the server's --max-agent."))
+                (text("max_agent.memory", "Most memory one agent may offer", ""))
+                (text("max_agent.gpu", "Most GPUs one agent may offer", ""))
+            }
+            div.row {
                 (text("price.cpu_hour", "Price per cpu-hour", ""))
                 (text("price.memory_gib_hour", "Price per GiB-hour", ""))
                 (text("price.gpu_hour", "Price per gpu-hour", ""))
@@ -159,73 +167,67 @@ fn form(
 
 pub async fn new_form(Extension(session): Extension<Session>) -> Response {
     let doc = serde_json::json!({"provider": "local", "state": "active"});
-    let body = form(&session, "/pools", &doc, None, true);
+    let values = forms::shown(&doc, &FIELDS);
+    let body = form(&session, "/pools", &values, &Problems::default(), true);
     layout::page(&session, Section::Pools, "New pool", body).into_response()
 }
 
-/// The pool the form describes, or the field and message of what is wrong.
-fn parse(body: &[u8]) -> Result<PoolSpec, (Value, String, String)> {
-    let fields = forms::fields(body);
-    let doc = match forms::document(&fields, &FIELDS) {
-        Ok(doc) => doc,
-        Err((field, message)) => {
-            let doc = forms::document(
-                &fields.into_iter().filter(|(k, _)| *k != field).collect(),
-                &FIELDS,
-            )
-            .unwrap_or_default();
-            return Err((doc, field, message));
+/// Saves the pool a form describes over the `stored` one (none for a new
+/// pool), keeping what the form does not show; on problems, the form again
+/// as it was typed, with every problem beside its field.
+async fn save(
+    engine: &Engine,
+    session: &Session,
+    fields: BTreeMap<String, String>,
+    stored: Option<PoolSpec>,
+) -> PageResult {
+    let creating = stored.is_none();
+    let base = stored.map_or_else(|| serde_json::json!({}), |s| spec_json(&s));
+    let (doc, mut problems) = forms::merge(base, &fields, &FIELDS);
+    let (spec, found) = PoolSpec::read(doc);
+    problems.extend(found);
+    let name = fields.get("name").cloned().unwrap_or_default();
+    if let (true, Some(spec)) = (problems.is_empty(), spec) {
+        match engine.put_pool(&session.principal, spec, creating).await {
+            Ok(_) => return Ok(Redirect::to(&format!("/pools/{name}?saved=1")).into_response()),
+            Err(EngineError::Invalid(all)) => problems = all.into_vec(),
+            Err(EngineError::Conflict(message)) => {
+                problems = vec![FieldError::new("name", message)]
+            }
+            Err(e) => return Err(e.into()),
         }
-    };
-    PoolSpec::parse(doc.clone()).map_err(|e| {
-        let field = forms::field_of(&e.path, &FIELDS)
-            .unwrap_or(&e.path)
-            .to_string();
-        (doc, field, e.message)
-    })
-}
-
-/// Saves the pool a form describes; on a bad field, the form again with its error.
-async fn save(engine: &Engine, session: &Session, body: &[u8], creating: bool) -> PageResult {
+    }
     let (title, action) = if creating {
         ("New pool".to_string(), "/pools".to_string())
     } else {
-        let name = forms::text_at(
-            &forms::document(&forms::fields(body), &FIELDS).unwrap_or_default(),
-            "name",
-        );
         (format!("Pool {name}"), format!("/pools/{name}"))
     };
-    let refused = |doc: &Value, field: &str, message: &str| {
-        let body = form(session, &action, doc, Some((field, message)), creating);
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            layout::page(session, Section::Pools, &title, body),
-        )
-            .into_response()
-    };
-    let spec = match parse(body) {
-        Ok(spec) => spec,
-        Err((doc, field, message)) => return Ok(refused(&doc, &field, &message)),
-    };
-    let name = spec.name.clone();
-    let doc = serde_json::to_value(&spec).unwrap_or_default();
-    match engine.put_pool(&session.principal, spec, creating).await {
-        Ok(_) => Ok(Redirect::to(&format!("/pools/{name}?saved=1")).into_response()),
-        Err(e) => {
-            let e = ApiError::from(e);
-            if e.status == StatusCode::UNPROCESSABLE_ENTITY
-                || e.status == StatusCode::BAD_REQUEST
-                || e.status == StatusCode::CONFLICT
-            {
-                let path = e.details.get("path").and_then(Value::as_str).unwrap_or("");
-                let field = forms::field_of(path, &FIELDS).unwrap_or("name");
-                Ok(refused(&doc, field, &e.message))
-            } else {
-                Err(PageError::from(e))
-            }
-        }
-    }
+    let body = form(
+        session,
+        &action,
+        &fields,
+        &Problems::new(problems, &FIELDS),
+        creating,
+    );
+    Ok((
+        StatusCode::UNPROCESSABLE_ENTITY,
+        layout::page(session, Section::Pools, &title, body),
+    )
+        .into_response())
+}
+
+fn spec_json(spec: &PoolSpec) -> Value {
+    serde_json::to_value(spec).expect("a pool serializes to JSON: plain data, string keys")
+}
+
+/// The pool `name` as stored.
+async fn stored(engine: &Engine, name: &str) -> Result<PoolSpec, ApiError> {
+    let state = engine.read().await;
+    state
+        .pools
+        .get(name)
+        .map(|p| p.spec.clone())
+        .ok_or_else(|| ApiError::not_found("pool", name))
 }
 
 pub async fn create(
@@ -233,7 +235,7 @@ pub async fn create(
     Extension(session): Extension<Session>,
     body: Bytes,
 ) -> PageResult {
-    save(&engine, &session, &body, true).await
+    save(&engine, &session, forms::fields(&body), None).await
 }
 
 pub async fn update(
@@ -242,15 +244,14 @@ pub async fn update(
     PathParam(name): PathParam<String>,
     body: Bytes,
 ) -> PageResult {
+    let spec = stored(&engine, &name).await?;
     let mut fields = forms::fields(&body);
     fields.insert("name".into(), name);
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields.iter())
-        .finish();
-    save(&engine, &session, body.as_bytes(), false).await
+    save(&engine, &session, fields, Some(spec)).await
 }
 
-/// Sets only a pool's state (drain, disable, activate), keeping the rest.
+/// Sets only a pool's state (drain, disable, activate), keeping the rest;
+/// draining and disabling ask first.
 pub async fn set_state(
     State(engine): State<Arc<Engine>>,
     Extension(session): Extension<Session>,
@@ -258,27 +259,67 @@ pub async fn set_state(
     body: Bytes,
 ) -> PageResult {
     let fields = forms::fields(&body);
-    let spec = {
-        let state = engine.read().await;
-        state
-            .pools
-            .get(&name)
-            .map(|p| p.spec.clone())
-            .ok_or_else(|| ApiError::not_found("pool", &name))?
+    let target = fields.get("state").cloned().unwrap_or_default();
+    let spec = stored(&engine, &name).await?;
+    let verb = match target.as_str() {
+        "draining" => Some("Drain"),
+        "disabled" => Some("Disable"),
+        _ => None,
     };
-    let mut doc = serde_json::to_value(&spec).unwrap_or_default();
-    doc["state"] = Value::String(fields.get("state").cloned().unwrap_or_default());
-    let spec = PoolSpec::parse(doc).map_err(ApiError::from)?;
-    engine.put_pool(&session.principal, spec, false).await?;
+    if let Some(verb) = verb
+        && !confirm::confirmed(&fields)
+    {
+        let action = format!("/pools/{name}/state");
+        let title = format!("{verb} pool {name}?");
+        let button = format!("{verb} pool");
+        let back = format!("/pools/{name}");
+        let question = confirm::Question {
+            title: &title,
+            consequence: "The pool takes no new runs; the runs it holds now go on until they end. Activate it to take runs again.",
+            action: &action,
+            fields: &[("state", &target)],
+            button: &button,
+            back: &back,
+        };
+        return Ok(confirm::ask(&session, Section::Pools, &question));
+    }
+    let not_done = || format!("Pool {name} was not changed");
+    let mut doc = spec_json(&spec);
+    doc["state"] = Value::String(target.clone());
+    let spec = PoolSpec::parse(doc).map_err(|e| PageError::from(e).titled(not_done()))?;
+    engine
+        .put_pool(&session.principal, spec, false)
+        .await
+        .map_err(|e| PageError::from(e).titled(not_done()))?;
     Ok(Redirect::to(&format!("/pools/{name}?saved=1")).into_response())
 }
 
+/// Deletes a pool once confirmed; a refusal (it holds allocations) says why.
 pub async fn delete(
     State(engine): State<Arc<Engine>>,
     Extension(session): Extension<Session>,
     PathParam(name): PathParam<String>,
+    body: Bytes,
 ) -> PageResult {
-    engine.delete_pool(&session.principal, &name).await?;
+    if !confirm::confirmed(&forms::fields(&body)) {
+        stored(&engine, &name).await?;
+        let action = format!("/pools/{name}/delete");
+        let title = format!("Delete pool {name}?");
+        let back = format!("/pools/{name}");
+        let question = confirm::Question {
+            title: &title,
+            consequence: "The pool is removed with the records of its agents; runs that ask for it can no longer be placed. This cannot be undone.",
+            action: &action,
+            fields: &[],
+            button: "Delete pool",
+            back: &back,
+        };
+        return Ok(confirm::ask(&session, Section::Pools, &question));
+    }
+    engine
+        .delete_pool(&session.principal, &name)
+        .await
+        .map_err(|e| PageError::from(e).titled(format!("Pool {name} was not deleted")))?;
     Ok(Redirect::to("/pools").into_response())
 }
 
@@ -371,7 +412,7 @@ pub async fn detail(
                     button.danger type="submit" { "Delete pool" }
                 }
             }
-            (form(&session, &format!("/pools/{name}"), &doc, None, false))
+            (form(&session, &format!("/pools/{name}"), &forms::shown(&doc, &FIELDS), &Problems::default(), false))
         }
     };
     Ok(layout::page(&session, Section::Pools, &format!("Pool {name}"), body).into_response())
@@ -392,5 +433,31 @@ fn confinement_text(c: Option<&corral_store::WorkerConfinement>) -> String {
             c.cgroup,
             c.user
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_round_trips_every_field_of_a_pool() {
+        let spec = PoolSpec::parse(serde_json::json!({
+            "name": "full", "provider": "local",
+            "capacity": {"cpu": "2500m", "memory": "6Gi", "gpu": 2}, "max_workers": 3,
+            "labels": {"os": "linux", "zone": "b"},
+            "price": {"cpu_hour": 0.04, "memory_gib_hour": 0.005, "gpu_hour": 2.5},
+            "state": "draining", "max_agent": {"cpu": 4, "memory": "8Gi", "gpu": 1},
+            "require_confinement": true
+        }))
+        .expect("a pool");
+        let shown = forms::shown(&spec_json(&spec), &FIELDS);
+        // What the form shows makes the whole pool on its own...
+        let (doc, problems) = forms::merge(serde_json::json!({}), &shown, &FIELDS);
+        assert_eq!(problems, []);
+        assert_eq!(PoolSpec::parse(doc).expect("valid"), spec);
+        // ...and saved over the stored pool, changes nothing.
+        let (doc, _) = forms::merge(spec_json(&spec), &shown, &FIELDS);
+        assert_eq!(PoolSpec::parse(doc).expect("valid"), spec);
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -20,7 +21,7 @@ use maud::{Markup, PreEscaped, html};
 
 use super::layout::{self, Section};
 use super::session::Session;
-use super::{PageError, PageResult};
+use super::{PageError, PageResult, confirm, forms};
 use crate::api::error::{ApiError, PathParam};
 use crate::api::routes::{detail_of, run_view};
 use crate::api::stream::{LogRequest, log_body};
@@ -399,12 +400,32 @@ pub async fn log(
         .into_response())
 }
 
+/// Cancels a run once confirmed; a refusal says why.
 pub async fn cancel(
     State(engine): State<Arc<Engine>>,
     Extension(session): Extension<Session>,
     PathParam(id): PathParam<String>,
+    body: Bytes,
 ) -> PageResult {
     let id = run_id(&id)?;
-    engine.cancel(&session.principal, id).await?;
+    if !confirm::confirmed(&forms::fields(&body)) {
+        detail_of(&engine, &session.principal, id).await?;
+        let action = format!("/runs/{}/cancel", id.0);
+        let title = format!("Cancel run {}?", id.0);
+        let back = format!("/runs/{}", id.0);
+        let question = confirm::Question {
+            title: &title,
+            consequence: "Its running steps are stopped and it gives back what it holds; it cannot be resumed.",
+            action: &action,
+            fields: &[],
+            button: "Cancel run",
+            back: &back,
+        };
+        return Ok(confirm::ask(&session, Section::Queue, &question));
+    }
+    engine
+        .cancel(&session.principal, id)
+        .await
+        .map_err(|e| PageError::from(e).titled(format!("Run {} was not cancelled", id.0)))?;
     Ok(Redirect::to(&format!("/runs/{}", id.0)).into_response())
 }

@@ -1,7 +1,8 @@
 //! Tenants: quota against holdings, limits, weight, budget, spend and
-//! forecast, usage by pool and pipeline, their tokens; and the form that
-//! edits them, validated as the API validates a Tenant.
+//! forecast, usage by pool and pipeline, their tokens; and the forms that
+//! create, edit and delete them, validated as the API validates a Tenant.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Extension;
@@ -10,22 +11,24 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use corral_api::{QuotaView, TenantSummary, TenantView, UsageRowView};
+use corral_core::error::FieldError;
 use corral_core::metering::BudgetHealth;
 use corral_core::tenant::TenantSpec;
 use maud::{Markup, html};
 use serde_json::Value;
 
-use super::forms::{self, Kind};
+use super::forms::{self, Kind, Problems};
 use super::layout::{self, Section};
 use super::session::Session;
-use super::{PageResult, charts, dashboards, overview};
+use super::{PageError, PageResult, charts, confirm, dashboards, overview};
 use crate::api::error::{ApiError, PathParam};
 use crate::api::usage::tenant_summary;
 use crate::api::views;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 
 /// The tenant form's fields, by their path in a Tenant document.
-const FIELDS: [(&str, Kind); 10] = [
+const FIELDS: [(&str, Kind); 11] = [
+    ("name", Kind::Text),
     ("weight", Kind::Number),
     ("quota.cpu", Kind::Text),
     ("quota.memory", Kind::Text),
@@ -53,7 +56,7 @@ pub async fn list(
             .collect()
     };
     let limit = |v: Option<u64>, show: fn(u64) -> String| v.map_or("—".to_string(), show);
-    let body = layout::live(
+    let table = layout::live(
         "tenants",
         html! {
             div.table-wrap tabindex="0" { table {
@@ -76,6 +79,12 @@ pub async fn list(
             } }
         },
     );
+    let body = html! {
+        @if session.is_admin() {
+            div.actions { a href="/tenants/new" { "New tenant" } }
+        }
+        (table)
+    };
     Ok(layout::page(&session, Section::Tenants, "Tenants", body).into_response())
 }
 
@@ -112,22 +121,28 @@ fn usage_table(title: &str, key: &str, rows: &[UsageRowView]) -> Markup {
     }
 }
 
-fn form(session: &Session, name: &str, doc: &Value, error: Option<(&str, &str)>) -> Markup {
-    let err = |field: &str| error.and_then(|(f, m)| (f == field).then_some(m));
+/// The tenant form, its fields showing `values`, each with its problem.
+fn form(
+    session: &Session,
+    action: &str,
+    values: &BTreeMap<String, String>,
+    problems: &Problems,
+    creating: bool,
+) -> Markup {
+    let value = |field: &str| values.get(field).map_or("", String::as_str);
     let text = |field: &str, label: &str, hint: &str| {
-        layout::text_field(field, label, &forms::text_at(doc, field), err(field), hint)
+        layout::text_field(field, label, value(field), problems.of(field), hint)
     };
-    let general = error.filter(|(f, _)| !FIELDS.iter().any(|(p, _)| p == f));
-    let enforce = forms::text_at(doc, "budget.enforce");
-    // No pool at all is a list of none, which an empty field would lose.
-    let allowed_pools = match doc.get("allowed_pools") {
-        Some(Value::Array(names)) if names.is_empty() => forms::NONE.to_string(),
-        _ => forms::text_at(doc, "allowed_pools"),
-    };
+    let enforce = value("budget.enforce");
     html! {
-        form.stack method="post" action={ "/tenants/" (name) } novalidate {
+        form.stack method="post" action=(action) novalidate {
             (layout::csrf(session))
-            @if let Some((_, message)) = general { p.alert role="alert" { (message) } }
+            @for message in &problems.general { p.alert role="alert" { (message) } }
+            @if creating {
+                (text("name", "Name", "Letters, digits, '.', '_' and '-', at most 63."))
+            } @else {
+                input type="hidden" name="name" value=(value("name"));
+            }
             div.row {
                 (text("quota.cpu", "CPU quota", "Cores; empty: no quota."))
                 (text("quota.memory", "Memory quota", "Such as 64Gi."))
@@ -137,8 +152,8 @@ fn form(session: &Session, name: &str, doc: &Value, error: Option<(&str, &str)>)
             div.row {
                 (text("weight", "Fair-share weight", ""))
                 (text("budget.monthly", "Monthly budget", "Empty: no budget."))
-                (text("budget.alert_at", "Alert at", "Fractions of the budget, such as 0.8, 1.0."))
-                (layout::field_with("budget.enforce", "Budget enforcement", err("budget.enforce"), html! {
+                (text("budget.alert_at", "Alert at", "Fractions of the budget, such as 0.8, 1.0; a dash (-): no alert."))
+                (layout::field_with("budget.enforce", "Budget enforcement", problems.of("budget.enforce"), html! {
                     select id="budget.enforce" name="budget.enforce" {
                         option value="soft" selected[enforce != "hard"] { "soft (alerts only)" }
                         option value="hard" selected[enforce == "hard"] { "hard (new runs wait)" }
@@ -146,14 +161,22 @@ fn form(session: &Session, name: &str, doc: &Value, error: Option<(&str, &str)>)
                 }))
             }
             div.row {
-                (layout::text_field("allowed_pools", "Allowed pools", &allowed_pools, err("allowed_pools"),
+                (text("allowed_pools", "Allowed pools",
                     "Names separated by commas; empty: every pool; a dash (-): no pool."))
-                (layout::text_area("pool_limits", "Limits per pool", &forms::text_at(doc, "pool_limits"), err("pool_limits"),
+                (layout::text_area("pool_limits", "Limits per pool", value("pool_limits"), problems.of("pool_limits"),
                     "One line per pool, such as gpu: cpu=8, memory=32Gi, gpu=2, runs=3."))
             }
-            div.actions { button.primary type="submit" { "Save tenant" } }
+            div.actions {
+                button.primary type="submit" { @if creating { "Create tenant" } @else { "Save tenant" } }
+            }
         }
     }
+}
+
+pub async fn new_form(Extension(session): Extension<Session>) -> Response {
+    let values = forms::shown(&serde_json::json!({}), &FIELDS);
+    let body = form(&session, "/tenants", &values, &Problems::default(), true);
+    layout::page(&session, Section::Tenants, "New tenant", body).into_response()
 }
 
 pub async fn detail(
@@ -275,10 +298,83 @@ pub async fn detail(
                 } }
             }
             h2 { "Change" }
-            (form(&session, &name, &doc, None))
+            (form(&session, &format!("/tenants/{name}"), &forms::shown(&doc, &FIELDS), &Problems::default(), false))
+            form method="post" action={ "/tenants/" (name) "/delete" } {
+                (layout::csrf(&session))
+                div.actions { button.danger type="submit" { "Delete tenant" } }
+            }
         }
     };
     Ok(layout::page(&session, Section::Tenants, &format!("Tenant {name}"), body).into_response())
+}
+
+/// Saves the tenant a form describes over the `stored` one (none for a new
+/// tenant), keeping what the form does not show; on problems, the form again
+/// as it was typed, with every problem beside its field (the pools it names
+/// that do not exist among them).
+async fn save(
+    engine: &Engine,
+    session: &Session,
+    fields: BTreeMap<String, String>,
+    stored: Option<TenantSpec>,
+) -> PageResult {
+    let creating = stored.is_none();
+    let base = stored.map_or_else(|| serde_json::json!({}), |s| spec_json(&s));
+    let (mut doc, mut problems) = forms::merge(base, &fields, &FIELDS);
+    // A budget is its amount: without one, the tenant has no budget.
+    if doc.pointer("/budget/monthly").is_none()
+        && let Some(object) = doc.as_object_mut()
+    {
+        object.remove("budget");
+    }
+    let (spec, found) = TenantSpec::read(doc);
+    problems.extend(found);
+    let name = fields.get("name").cloned().unwrap_or_default();
+    match spec {
+        Some(spec) if problems.is_empty() => {
+            match engine.put_tenant(&session.principal, spec, creating).await {
+                Ok(_) => {
+                    return Ok(Redirect::to(&format!("/tenants/{name}?saved=1")).into_response());
+                }
+                Err(EngineError::Invalid(all)) => problems = all.into_vec(),
+                Err(EngineError::Conflict(message)) => {
+                    problems = vec![FieldError::new("name", message)];
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some(spec) => problems.extend(engine.unknown_pools(&spec).await),
+        None => {}
+    }
+    let (title, action) = if creating {
+        ("New tenant".to_string(), "/tenants".to_string())
+    } else {
+        (format!("Tenant {name}"), format!("/tenants/{name}"))
+    };
+    let body = form(
+        session,
+        &action,
+        &fields,
+        &Problems::new(problems, &FIELDS),
+        creating,
+    );
+    Ok((
+        StatusCode::UNPROCESSABLE_ENTITY,
+        layout::page(session, Section::Tenants, &title, body),
+    )
+        .into_response())
+}
+
+fn spec_json(spec: &TenantSpec) -> Value {
+    serde_json::to_value(spec).expect("a tenant serializes to JSON: plain data, string keys")
+}
+
+pub async fn create(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    body: Bytes,
+) -> PageResult {
+    save(&engine, &session, forms::fields(&body), None).await
 }
 
 pub async fn update(
@@ -295,46 +391,65 @@ pub async fn update(
             .map(|t| t.spec.clone())
             .ok_or_else(|| ApiError::not_found("tenant", &name))?
     };
-    let base = serde_json::to_value(&spec).unwrap_or_default();
-    let refused = |doc: &Value, field: &str, message: &str| -> Response {
-        let body = form(&session, &name, doc, Some((field, message)));
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            layout::page(&session, Section::Tenants, &format!("Tenant {name}"), body),
-        )
-            .into_response()
-    };
-    let fields = forms::fields(&body);
-    let mut doc = match forms::merge(base.clone(), &fields, &FIELDS) {
-        Ok(doc) => doc,
-        Err((field, message)) => return Ok(refused(&base, &field, &message)),
-    };
-    // A budget needs its amount: without one, the tenant has no budget.
-    if doc.pointer("/budget/monthly").is_none()
-        && let Some(object) = doc.as_object_mut()
-    {
-        object.remove("budget");
-    }
-    let spec = match TenantSpec::parse(doc.clone()) {
-        Ok(spec) => spec,
-        Err(e) => {
-            let field = forms::field_of(&e.path, &FIELDS)
-                .unwrap_or(&e.path)
-                .to_string();
-            return Ok(refused(&doc, &field, &e.message));
+    let mut fields = forms::fields(&body);
+    fields.insert("name".into(), name);
+    save(&engine, &session, fields, Some(spec)).await
+}
+
+/// Deletes a tenant once confirmed; a refusal (it holds allocations) says why.
+pub async fn delete(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+    PathParam(name): PathParam<String>,
+    body: Bytes,
+) -> PageResult {
+    if !confirm::confirmed(&forms::fields(&body)) {
+        if !engine.read().await.tenants.contains_key(&name) {
+            return Err(ApiError::not_found("tenant", &name).into());
         }
-    };
-    match engine.put_tenant(&session.principal, spec, false).await {
-        Ok(_) => Ok(Redirect::to(&format!("/tenants/{name}?saved=1")).into_response()),
-        Err(e) => {
-            let e = ApiError::from(e);
-            if e.status.is_client_error() {
-                let path = e.details.get("path").and_then(Value::as_str).unwrap_or("");
-                let field = forms::field_of(path, &FIELDS).unwrap_or(path).to_string();
-                Ok(refused(&doc, &field, &e.message))
-            } else {
-                Err(e.into())
-            }
+        let action = format!("/tenants/{name}/delete");
+        let title = format!("Delete tenant {name}?");
+        let back = format!("/tenants/{name}");
+        let question = confirm::Question {
+            title: &title,
+            consequence: "The tenant is removed with its quota, limits and budget; its runs can no longer be submitted. Its tokens stay until they are revoked. This cannot be undone.",
+            action: &action,
+            fields: &[],
+            button: "Delete tenant",
+            back: &back,
+        };
+        return Ok(confirm::ask(&session, Section::Tenants, &question));
+    }
+    engine
+        .delete_tenant(&session.principal, &name)
+        .await
+        .map_err(|e| PageError::from(e).titled(format!("Tenant {name} was not deleted")))?;
+    Ok(Redirect::to("/tenants").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_round_trips_every_field_of_a_tenant() {
+        for spec in [
+            serde_json::json!({
+                "name": "full", "weight": 3,
+                "quota": {"cpu": "4", "memory": "8Gi", "gpu": 2, "runs": 5},
+                "allowed_pools": ["a", "b"],
+                "pool_limits": {"a": {"cpu": "500m", "memory": "1Gi", "gpu": 1, "runs": 2}, "b": {}},
+                "budget": {"monthly": 250.5, "enforce": "hard", "alert_at": [0.5, 0.9, 1.2]}
+            }),
+            serde_json::json!({"name": "bare", "allowed_pools": [],
+                "budget": {"monthly": 10, "alert_at": []}}),
+            serde_json::json!({"name": "open"}),
+        ] {
+            let spec = TenantSpec::parse(spec).expect("a tenant");
+            let shown = forms::shown(&spec_json(&spec), &FIELDS);
+            let (doc, problems) = forms::merge(serde_json::json!({}), &shown, &FIELDS);
+            assert_eq!(problems, []);
+            assert_eq!(TenantSpec::parse(doc).expect("valid"), spec);
         }
     }
 }

@@ -2,6 +2,8 @@
 //! first start. Every change is audited in the transaction that makes it.
 
 use corral_core::access::Role;
+use corral_core::error::FieldErrors;
+use corral_core::manifest::Document;
 use corral_store::{AuditRecord, TokenRecord};
 use serde_json::{Value, json};
 
@@ -62,7 +64,11 @@ trait Entry: serde::Serialize + PartialEq + Sized {
     const KIND: &'static str;
     type Record;
     fn name(&self) -> &str;
-    fn validate(&self) -> std::result::Result<(), FieldError>;
+    fn problems(&self) -> Vec<FieldError>;
+    /// A problem for each object the entry names that does not exist, nor
+    /// is in `also` (what the same apply creates). A name the stored entry
+    /// already had is let be, so that an entry saved unchanged is never refused.
+    fn unknown_names(&self, state: &State, also: &BTreeSet<&str>) -> Vec<FieldError>;
     /// The stored spec of `name`, with its creation and update times.
     fn stored<'a>(state: &'a State, name: &str) -> Option<(&'a Self, Timestamp, Timestamp)>;
     fn into_record(self, created_at: Timestamp, updated_at: Timestamp) -> Self::Record;
@@ -80,8 +86,11 @@ impl Entry for PoolSpec {
     fn name(&self) -> &str {
         &self.name
     }
-    fn validate(&self) -> std::result::Result<(), FieldError> {
-        PoolSpec::validate(self)
+    fn problems(&self) -> Vec<FieldError> {
+        PoolSpec::problems(self)
+    }
+    fn unknown_names(&self, _: &State, _: &BTreeSet<&str>) -> Vec<FieldError> {
+        Vec::new()
     }
     fn stored<'a>(state: &'a State, name: &str) -> Option<(&'a Self, Timestamp, Timestamp)> {
         state
@@ -128,8 +137,16 @@ impl Entry for TenantSpec {
     fn name(&self) -> &str {
         &self.name
     }
-    fn validate(&self) -> std::result::Result<(), FieldError> {
-        TenantSpec::validate(self)
+    fn problems(&self) -> Vec<FieldError> {
+        TenantSpec::problems(self)
+    }
+    fn unknown_names(&self, state: &State, also: &BTreeSet<&str>) -> Vec<FieldError> {
+        let stored = state.tenants.get(&self.name).map(|t| t.spec.named_pools());
+        self.unknown_pools(|pool| {
+            state.pools.contains_key(pool)
+                || also.contains(pool)
+                || stored.iter().flatten().any(|(_, named)| *named == pool)
+        })
     }
     fn stored<'a>(state: &'a State, name: &str) -> Option<(&'a Self, Timestamp, Timestamp)> {
         state
@@ -304,28 +321,112 @@ impl Engine {
         self.delete_entry::<TenantSpec>(who, name).await
     }
 
+    /// The pools a tenant names that do not exist (nor did when it was
+    /// last saved), for a form that shows them beside its other problems.
+    pub async fn unknown_pools(&self, spec: &TenantSpec) -> Vec<FieldError> {
+        let state = self.read().await;
+        spec.unknown_names(&state, &BTreeSet::new())
+    }
+
+    /// Applies pools and tenants together: every problem of every document is
+    /// found before anything is applied (a tenant may name a pool the same
+    /// apply creates), then all are staged under one lock, in order.
+    pub async fn apply(
+        &self,
+        who: &Principal,
+        docs: Vec<Document>,
+    ) -> Result<Vec<(&'static str, String, Action)>> {
+        let mut problems: Vec<FieldError> = Vec::new();
+        for doc in &docs {
+            match doc {
+                Document::Pool(spec) => problems.extend(spec.problems()),
+                Document::Tenant(spec) => problems.extend(spec.problems()),
+                Document::Pipeline(_) => {}
+            }
+        }
+        let mut state = self.state.lock().await;
+        let created: BTreeSet<&str> = docs
+            .iter()
+            .filter_map(|d| match d {
+                Document::Pool(p) => Some(p.name.as_str()),
+                _ => None,
+            })
+            .collect();
+        for doc in &docs {
+            if let Document::Tenant(spec) = doc {
+                problems.extend(spec.unknown_names(&state, &created));
+            }
+        }
+        if let Some(problems) = FieldErrors::new(problems) {
+            return Err(problems.into());
+        }
+        let now = self.now();
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
+        let mut applied = Vec::with_capacity(docs.len());
+        for doc in docs {
+            match doc {
+                Document::Pool(spec) => {
+                    let (r, a) = self.stage_entry(&mut state, who, spec, false, now, &mut fx)?;
+                    applied.push(("Pool", r.spec.name, a));
+                }
+                Document::Tenant(spec) => {
+                    let (r, a) = self.stage_entry(&mut state, who, spec, false, now, &mut fx)?;
+                    applied.push(("Tenant", r.spec.name, a));
+                }
+                Document::Pipeline(_) => {}
+            }
+        }
+        drop(state);
+        self.finish(fx).await?;
+        Ok(applied)
+    }
+
     /// Stages a pool or tenant write with its audit entry unless nothing
-    /// changed; the controller looks again, since limits may have moved.
+    /// changed (an unchanged entry writes nothing, audit included); the
+    /// controller looks again, since limits may have moved.
     async fn put_entry<E: Entry>(
         &self,
         who: &Principal,
         spec: E,
         create_only: bool,
     ) -> Result<(E::Record, Action)> {
-        spec.validate()?;
+        let mut problems = spec.problems();
         let mut state = self.state.lock().await;
+        problems.extend(spec.unknown_names(&state, &BTreeSet::new()));
+        if let Some(problems) = FieldErrors::new(problems) {
+            return Err(problems.into());
+        }
         let now = self.now();
-        let old = E::stored(&state, spec.name());
+        let mut fx = Effects {
+            controller: true,
+            ..Effects::default()
+        };
+        let done = self.stage_entry(&mut state, who, spec, create_only, now, &mut fx)?;
+        drop(state);
+        self.finish(fx).await?;
+        Ok(done)
+    }
+
+    /// Stages an entry checked already, with its audit entry, unless nothing changed.
+    fn stage_entry<E: Entry>(
+        &self,
+        state: &mut State,
+        who: &Principal,
+        spec: E,
+        create_only: bool,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(E::Record, Action)> {
+        let old = E::stored(state, spec.name());
         let before = old.map(|(s, _, _)| spec_json(s));
         let (created_at, updated_at, action) =
             upsert(E::KIND, spec.name(), old, &spec, create_only, now)?;
         let name = spec.name().to_string();
         let after = spec_json(&spec);
         let record = spec.into_record(created_at, updated_at);
-        let mut fx = Effects {
-            controller: true,
-            ..Effects::default()
-        };
         if action != Action::Unchanged {
             let audit = Change {
                 kind: E::KIND,
@@ -334,11 +435,9 @@ impl Engine {
                 before,
                 after: Some(after),
             }
-            .write(&mut state, who, now);
-            self.stage(&mut state, vec![audit, E::put(&record)], &mut fx);
+            .write(state, who, now);
+            self.stage(state, vec![audit, E::put(&record)], fx);
         }
-        drop(state);
-        self.finish(fx).await?;
         Ok((record, action))
     }
 

@@ -195,7 +195,10 @@ pub struct SessionRecord {
 pub enum SessionWrite {
     Open(SessionRecord),
     /// Records when the session of this id hash was last used.
-    Touch { id_hash: String, at: Timestamp },
+    Touch {
+        id_hash: String,
+        at: Timestamp,
+    },
     /// Ends the session of this id hash (a logout).
     End(String),
     /// Ends every session opened with the token of this hash (its revocation).

@@ -1093,7 +1093,10 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
     // Valid tokens log in; the others' cookie is their token, which is no session.
     let mut sessions = BTreeMap::new();
     for who in [Who::TenantA, Who::TenantB, Who::Viewer, Who::Admin] {
-        sessions.insert(who, console_sessions::login(&m.server, &m.tokens[&who]).await);
+        sessions.insert(
+            who,
+            console_sessions::login(&m.server, &m.tokens[&who]).await,
+        );
     }
     // Forms go last (and cancel, which ends the run, after every other one):
     // each one's target is harmless where it passes (a pool or tenant that

@@ -167,7 +167,10 @@ async fn ends(mut stream: reqwest::Response) {
         }
     })
     .await;
-    assert!(end.is_ok(), "the event stream goes on after its session ended");
+    assert!(
+        end.is_ok(),
+        "the event stream goes on after its session ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,7 +303,10 @@ async fn a_login_or_logout_posted_from_another_origin_does_nothing() {
         vec![("origin", "http://evil.example".into())],
         // Same site, another port: another origin.
         vec![("origin", neighbour.clone())],
-        vec![("origin", format!("https://{}", own.trim_start_matches("http://")))],
+        vec![(
+            "origin",
+            format!("https://{}", own.trim_start_matches("http://")),
+        )],
         vec![("origin", "null".into())],
         vec![("referer", "http://evil.example/login".into())],
         vec![("referer", format!("{neighbour}/"))],
@@ -400,6 +406,20 @@ async fn next_never_leads_off_the_site() {
         blocked.iter().any(|b| b.starts_with("style-src")),
         "{blocked:?}"
     );
+    // And one made while the page loaded, before any script of the test ran.
+    browser
+        .client
+        .goto(
+            "data:text/html,<meta http-equiv='Content-Security-Policy' content=\"style-src 'self'\">\
+             <p style='color: red'>inline</p>",
+        )
+        .await
+        .expect("a page with an inline style");
+    let blocked = browser.csp_violations().await;
+    assert!(
+        blocked.iter().any(|b| b.starts_with("style-src")),
+        "{blocked:?}"
+    );
     browser.close().await;
 }
 
@@ -494,7 +514,9 @@ async fn missing_headers(server: &Server) -> (Vec<String>, String) {
         for (name, want) in expected {
             let got = value(name);
             if got.as_deref() != want {
-                missing.push(format!("{what} ({status}): {name} is {got:?}, not {want:?}"));
+                missing.push(format!(
+                    "{what} ({status}): {name} is {got:?}, not {want:?}"
+                ));
             }
         }
     }

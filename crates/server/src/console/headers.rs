@@ -2,8 +2,8 @@
 //! an error, the login, an asset, a redirect): a Content-Security-Policy that
 //! lets the page load only this server's files and be framed by nobody, the
 //! older framing and sniffing protections beside it, no referrer sent
-//! elsewhere, nothing kept by caches unless the response says otherwise (a
-//! page's CSRF token must not outlive it), and HSTS when served over TLS.
+//! elsewhere, nothing kept by caches but the assets (a page's CSRF token must
+//! not outlive it), and HSTS when served over TLS.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
@@ -21,6 +21,7 @@ const STRICT_TRANSPORT_SECURITY: &str = "max-age=31536000";
 /// Adds the console's security headers to a response; `tls` says whether the
 /// server serves TLS.
 pub async fn secure(State(tls): State<bool>, request: Request, next: Next) -> Response {
+    let asset = request.uri().path().starts_with("/assets/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     let set = |headers: &mut axum::http::HeaderMap, name: HeaderName, value: &'static str| {
@@ -34,7 +35,9 @@ pub async fn secure(State(tls): State<bool>, request: Request, next: Next) -> Re
     set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::REFERRER_POLICY, "same-origin");
-    if !headers.contains_key(header::CACHE_CONTROL) {
+    // Assets say how long they keep; everything else, the event stream's
+    // `no-cache` included, is not stored at all.
+    if !asset || !headers.contains_key(header::CACHE_CONTROL) {
         set(headers, header::CACHE_CONTROL, "no-store");
     }
     if tls {

@@ -3,7 +3,7 @@
 //! used, when its token expires or is revoked, and at logout; and it outlives
 //! a restart of the server.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use corral_core::access::Role;
@@ -13,9 +13,9 @@ use corral_server::engine::{Engine, EngineConfig};
 use corral_server::provider::LocalProvider;
 use corral_store::SqlStore;
 
-async fn engine(dir: &PathBuf, clock: Arc<ManualClock>) -> Arc<Engine> {
+async fn engine(dir: &Path, clock: Arc<ManualClock>) -> Arc<Engine> {
     let store = Arc::new(SqlStore::open_sqlite(dir).await.expect("store"));
-    let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"), dir.clone());
+    let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"), dir.to_path_buf());
     let engine = Arc::new(
         Engine::load(store, clock, EngineConfig::default(), provider)
             .await

@@ -29,7 +29,6 @@ impl Engine {
     /// recently used session past the cap, and every stale one.
     pub async fn open_session(&self, token_hash: &str) -> Result<String> {
         let id = sessions::new_id();
-        let mut state = self.state.lock().await;
         let now = self.now();
         let record = SessionRecord {
             id_hash: auth::hash(&id),
@@ -37,8 +36,10 @@ impl Engine {
             created_at: now,
             last_used_at: now,
         };
+        // Worked out before the state's lock: it looks at every session.
         let changes = self.sessions.open_writes(&record, now);
         let writes = changes.iter().cloned().map(Write::Session).collect();
+        let mut state = self.state.lock().await;
         let mut fx = Effects::default();
         self.stage(&mut state, writes, &mut fx);
         drop(state);

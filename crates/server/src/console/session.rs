@@ -304,7 +304,8 @@ pub async fn logout(
     if !origin::same_origin(&headers, &uri, transport.tls) {
         return foreign("log out");
     }
-    if let Some(id) = cookie(&headers, transport.cookie_name())
+    if let Some(id) =
+        cookie(&headers, transport.cookie_name()).filter(|id| id.len() == SESSION_ID_CHARS)
         && let Err(e) = engine.end_session(&auth::hash(&id)).await
     {
         return PageError::from(e).into_response();

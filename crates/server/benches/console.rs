@@ -180,7 +180,11 @@ fn main() {
             "seeded {POOLS} pools, {TENANTS} tenants, {RUNS} runs and 30 days of hourly history in {:.1?}",
             seeding.elapsed()
         );
-        let router = corral_server::console::router(engine.clone(), Duration::from_secs(10));
+        let session = engine
+            .open_session(&corral_server::auth::hash(&secret))
+            .await
+            .expect("a console session");
+        let router = corral_server::console::router(engine.clone(), Duration::from_secs(10), false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("port");
         let addr = listener.local_addr().expect("address");
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -216,7 +220,7 @@ fn main() {
                 let t = Instant::now();
                 let answer = http
                     .get(format!("http://{addr}{page}"))
-                    .header("cookie", format!("{SESSION_COOKIE}={secret}"))
+                    .header("cookie", format!("{SESSION_COOKIE}={session}"))
                     .send()
                     .await
                     .expect("page");

@@ -138,6 +138,21 @@ pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
     }
 }
 
+/// The holder of the token of hash `digest`, unless it is revoked or expired.
+fn token_principal(index: &Index, digest: &str, now: Timestamp) -> Result<Principal, AuthError> {
+    let token = index.tokens.get(digest).ok_or(AuthError::Unknown)?;
+    if token.revoked_at.is_some() {
+        return Err(AuthError::Revoked(token.name.clone()));
+    }
+    if token.expires_at.is_some_and(|at| at <= now) {
+        return Err(AuthError::Expired(token.name.clone()));
+    }
+    Ok(Principal {
+        name: token.name.clone(),
+        role: token.role.clone(),
+    })
+}
+
 #[derive(Default)]
 struct Index {
     /// Every token by the hash of its secret.
@@ -225,17 +240,13 @@ impl Credentials {
                 _ => Err(AuthError::Unknown),
             };
         }
-        let token = index.tokens.get(&digest).ok_or(AuthError::Unknown)?;
-        if token.revoked_at.is_some() {
-            return Err(AuthError::Revoked(token.name.clone()));
-        }
-        if token.expires_at.is_some_and(|at| at <= now) {
-            return Err(AuthError::Expired(token.name.clone()));
-        }
-        Ok(Caller::Token(Principal {
-            name: token.name.clone(),
-            role: token.role.clone(),
-        }))
+        token_principal(&index, &digest, now).map(Caller::Token)
+    }
+
+    /// Who holds the token whose secret has hash `digest`, at `now`: what a
+    /// console session opened with that token acts as.
+    pub fn resolve_token_hash(&self, digest: &str, now: Timestamp) -> Result<Principal, AuthError> {
+        token_principal(&self.read(), digest, now)
     }
 
     /// Whether `worker` holds `secret`.

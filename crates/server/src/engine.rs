@@ -34,6 +34,7 @@ use crate::meter::SpendBook;
 use crate::metrics::{Metrics, Observed};
 use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
+use crate::sessions::Sessions;
 use crate::state::State;
 
 mod agent_fields;
@@ -43,6 +44,7 @@ mod catalog;
 mod health;
 mod heartbeats;
 mod logs;
+mod sessions;
 
 pub use health::Readiness;
 pub use logs::{LogArrival, OutputLimits};
@@ -169,6 +171,8 @@ pub struct Engine {
     pending: std::sync::Mutex<BTreeMap<String, PendingSpawn>>,
     /// Tokens, workers' secrets and spawned agents' credentials.
     credentials: Credentials,
+    /// Console sessions, checked without the state's lock.
+    sessions: Sessions,
     /// Wakes the controller loop.
     pub wake_controller: Notify,
     /// Announces stored log chunks to followers.
@@ -267,6 +271,8 @@ impl Engine {
         let mut live = store.load_live().await?;
         let credentials = Credentials::default();
         credentials.load_live(&live);
+        let sessions = Sessions::default();
+        sessions.load(&live.sessions);
         let spend = SpendBook::replay(store.as_ref(), &mut live, now, config.limits).await?;
         let mut state = State::from_live(
             live,
@@ -288,6 +294,7 @@ impl Engine {
             commits: CommitQueue::new(0),
             pending: std::sync::Mutex::new(BTreeMap::new()),
             credentials,
+            sessions,
             wake_controller: Notify::new(),
             log_arrivals: tokio::sync::broadcast::Sender::new(1024),
             run_outputs: logs::RunOutputs::default(),
@@ -475,6 +482,7 @@ impl Engine {
         let spend =
             SpendBook::replay(self.store.as_ref(), &mut live, now, self.config.limits).await?;
         self.credentials.load_live(&live);
+        self.sessions.load(&live.sessions);
         let seq = state.seq;
         *state = State::from_live(live, ledger, spend, now);
         state.seq = seq;

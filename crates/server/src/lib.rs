@@ -15,6 +15,7 @@ mod metrics;
 mod progress;
 pub mod provider;
 pub mod prune;
+pub mod sessions;
 pub mod state;
 mod trouble;
 
@@ -247,6 +248,7 @@ pub async fn serve(
     .merge(console::router(
         engine_for_console,
         config.http.body_timeout,
+        config.tls.is_some(),
     ));
     let open_files = http::raise_open_files_limit();
     let needed = (config.http.max_connections as u64).saturating_add(http::FILES_KEPT);

@@ -373,6 +373,7 @@ impl State {
             Write::PutAlert(a) => self.spend.record_alert(a),
             Write::PutToken(_)
             | Write::TouchToken { .. }
+            | Write::Session(_)
             | Write::AppendAudit(_)
             | Write::Meter(_)
             | Write::CountWait(_)

@@ -177,6 +177,40 @@ pub struct TokenRecord {
     pub last_used_at: Option<Timestamp>,
 }
 
+/// A console session: only the SHA-256 of its random id is kept, with the
+/// hash of the token it was opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// SHA-256 of the session's id, hex.
+    pub id_hash: String,
+    /// The hash of the token the session was opened with.
+    pub token_hash: String,
+    pub created_at: Timestamp,
+    /// As the store last heard of it: about once a minute while in use.
+    pub last_used_at: Timestamp,
+}
+
+/// A change to console sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionWrite {
+    Open(SessionRecord),
+    /// Records when the session of this id hash was last used.
+    Touch {
+        id_hash: String,
+        at: Timestamp,
+    },
+    /// Ends the session of this id hash (a logout).
+    End(String),
+    /// Ends every session opened with the token of this hash (its revocation).
+    EndOfToken(String),
+    /// Ends the sessions opened before `opened_before` or last used before
+    /// `used_before`: those past their lifetime or idle timeout.
+    EndStale {
+        opened_before: Timestamp,
+        used_before: Timestamp,
+    },
+}
+
 /// One change to pools, tenants or tokens, or a cancel: who made it, when, and
 /// what the object was before and after.
 #[derive(Debug, Clone, PartialEq)]
@@ -243,6 +277,8 @@ pub enum Write {
         at: Timestamp,
     },
     AppendAudit(AuditRecord),
+    /// A console session opened, used, or ended.
+    Session(SessionWrite),
     /// A pool's price from a time on (a later change at the same time wins).
     PutPrice(PriceChange),
     /// A pool's capacity from a time on (a later change at the same time wins).
@@ -323,6 +359,8 @@ pub struct Live {
     pub workers: Vec<WorkerRecord>,
     /// Every token, revoked and expired ones included.
     pub tokens: Vec<TokenRecord>,
+    /// Every console session not ended (some may be past their timeouts).
+    pub sessions: Vec<SessionRecord>,
     /// Every pool's price history, by pool and time.
     pub prices: Vec<PriceChange>,
     /// Every pool's latest capacity.

@@ -24,6 +24,7 @@ mod history;
 mod measured;
 mod metering;
 mod rows;
+mod sessions;
 mod tx;
 
 use rows::*;
@@ -550,6 +551,7 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
                 .execute(conn)
                 .await?;
         }
+        Write::Session(s) => sessions::apply(conn, s).await?,
         Write::PutPrice(p) => metering::put_price(conn, p).await?,
         Write::PutCapacity(c) => metering::put_capacity(conn, c).await?,
         Write::PutAlert(a) => metering::put_alert(conn, a).await?,
@@ -735,6 +737,7 @@ impl Store for SqlStore {
             token_from,
         )
         .await?;
+        let sessions = sessions::all(&mut conn).await?;
         let prices = metering::prices(&mut conn).await?;
         let capacities = metering::latest_capacities(&mut conn).await?;
         let max = |table: &'static str| format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}");
@@ -760,6 +763,7 @@ impl Store for SqlStore {
             open_allocations,
             workers,
             tokens,
+            sessions,
             prices,
             capacities,
             max_ids,

@@ -1193,6 +1193,77 @@ async fn measured_usage(store: &dyn Store) {
     assert_eq!(recent[1], first);
 }
 
+/// Console sessions: opened, touched, and ended one at a time, by their
+/// token, and when stale; only the hashes are kept, and they load with the
+/// live state.
+async fn console_sessions(store: &dyn Store) {
+    let session = |id: &str, token: &str, at: i64| SessionRecord {
+        id_hash: id.repeat(32),
+        token_hash: token.repeat(32),
+        created_at: Timestamp(at),
+        last_used_at: Timestamp(at),
+    };
+    let loaded = async || store.load_live().await.expect("load").sessions;
+    let (a, b, c, d) = (
+        session("a1", "t1", 1_000),
+        session("b2", "t1", 2_000),
+        session("c3", "t2", 3_000),
+        session("d4", "t2", 4_000),
+    );
+    store
+        .commit(&[
+            Write::Session(SessionWrite::Open(a.clone())),
+            Write::Session(SessionWrite::Open(b.clone())),
+            Write::Session(SessionWrite::Open(c.clone())),
+            Write::Session(SessionWrite::Open(d.clone())),
+            Write::Session(SessionWrite::Touch {
+                id_hash: c.id_hash.clone(),
+                at: Timestamp(9_000),
+            }),
+        ])
+        .await
+        .expect("open sessions");
+    let touched = SessionRecord {
+        last_used_at: Timestamp(9_000),
+        ..c.clone()
+    };
+    assert_eq!(
+        loaded().await,
+        vec![a.clone(), b.clone(), touched.clone(), d.clone()]
+    );
+    // One id is never opened twice.
+    assert!(
+        store
+            .commit(&[Write::Session(SessionWrite::Open(a.clone()))])
+            .await
+            .is_err()
+    );
+    store
+        .commit(&[Write::Session(SessionWrite::End(a.id_hash.clone()))])
+        .await
+        .expect("logout");
+    assert_eq!(loaded().await, vec![b.clone(), touched.clone(), d.clone()]);
+    // A revoked token's sessions go with it; the others stay.
+    store
+        .commit(&[Write::Session(SessionWrite::EndOfToken("t1".repeat(32)))])
+        .await
+        .expect("revoke");
+    assert_eq!(loaded().await, vec![touched.clone(), d.clone()]);
+    // Stale: opened too long ago, or unused for too long (at the bounds, kept).
+    let sweep = |opened_before: i64, used_before: i64| {
+        [Write::Session(SessionWrite::EndStale {
+            opened_before: Timestamp(opened_before),
+            used_before: Timestamp(used_before),
+        })]
+    };
+    store.commit(&sweep(3_000, 4_000)).await.expect("sweep");
+    assert_eq!(loaded().await, vec![touched.clone(), d.clone()]);
+    store.commit(&sweep(2_500, 4_500)).await.expect("sweep");
+    assert_eq!(loaded().await, vec![touched.clone()]);
+    store.commit(&sweep(3_001, 0)).await.expect("sweep");
+    assert_eq!(loaded().await, vec![]);
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -1205,6 +1276,7 @@ async fn conformance_sqlite() {
     rows_moved_within_one_batch(&store).await;
     lost_workers_are_pruned(&store).await;
     measured_usage(&store).await;
+    console_sessions(&store).await;
     a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
         SqlStore::open_sqlite(&dir).await.expect("open beside")
     })
@@ -1227,6 +1299,7 @@ async fn conformance_postgres() {
     rows_moved_within_one_batch(&store).await;
     lost_workers_are_pruned(&store).await;
     measured_usage(&store).await;
+    console_sessions(&store).await;
     a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
         SqlStore::connect(&url).await.expect("connect beside")
     })

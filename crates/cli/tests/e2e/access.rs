@@ -10,6 +10,7 @@ use corral_core::access::Access;
 use corral_server::api::routes::{RouteSpec, openapi_document, route_table};
 use serde_json::{Value, json};
 
+use crate::console_sessions;
 use crate::harness::{BIN, Server, StoreKind, eventually};
 
 const CLUSTER: &str = "\
@@ -1091,6 +1092,14 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
+    // Valid tokens log in; the others' cookie is their token, which is no session.
+    let mut sessions = BTreeMap::new();
+    for who in [Who::TenantA, Who::TenantB, Who::Viewer, Who::Admin] {
+        sessions.insert(
+            who,
+            console_sessions::login(&m.server, &m.tokens[&who]).await,
+        );
+    }
     // Forms go last (and cancel, which ends the run, after every other one):
     // each one's target is harmless where it passes (a pool or tenant that
     // does not exist, a form the validation refuses).
@@ -1108,18 +1117,21 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
         );
         for who in EVERYONE {
             let token = &m.tokens[&who];
+            let (cookie, csrf) = match sessions.get(&who) {
+                Some(s) => (s.id.clone(), s.csrf.clone()),
+                None => (token.clone(), csrf_of(token)),
+            };
             let mut request = match page.method {
                 "GET" => http.get(format!("{}{path}", m.server.url)),
                 _ => http
                     .post(format!("{}{path}", m.server.url))
                     .header("content-type", "application/x-www-form-urlencoded")
                     .body(format!(
-                        "csrf={}&capacity.memory=lots&quota.memory=lots&name=nope",
-                        csrf_of(token)
+                        "csrf={csrf}&capacity.memory=lots&quota.memory=lots&name=nope"
                     )),
             };
             if who != Who::NoToken {
-                request = request.header("cookie", format!("{SESSION_COOKIE}={token}"));
+                request = request.header("cookie", format!("{SESSION_COOKIE}={cookie}"));
             }
             let answer = request.send().await.expect("request");
             let status = answer.status().as_u16();
@@ -1166,7 +1178,7 @@ async fn every_console_page_answers_every_kind_of_visitor_as_its_rule_says() {
         .post(format!("{}/pools/parked/delete", m.server.url))
         .header(
             "cookie",
-            format!("{SESSION_COOKIE}={}", m.tokens[&Who::Admin]),
+            format!("{SESSION_COOKIE}={}", sessions[&Who::Admin].id),
         )
         .header("content-type", "application/x-www-form-urlencoded")
         .body("csrf=0123456789abcdef0123456789abcdef")
@@ -1224,7 +1236,7 @@ fn with_id_replaced_replaces_mentions_of_the_run_only() {
 /// runs and their owners.
 #[tokio::test(flavor = "multi_thread")]
 async fn another_tenants_run_answers_exactly_as_a_run_that_does_not_exist() {
-    use corral_server::console::{SESSION_COOKIE, csrf_of, page_table};
+    use corral_server::console::{SESSION_COOKIE, page_table};
     let server = Server::start("access-hidden", StoreKind::Sqlite).await;
     server.apply(CLUSTER).await;
     let beta = server
@@ -1241,6 +1253,7 @@ async fn another_tenants_run_answers_exactly_as_a_run_that_does_not_exist() {
         .await;
     assert_eq!(status, 200, "{body}");
     let missing = 987_654_321;
+    let beta_session = console_sessions::login(&server, &beta).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -1279,14 +1292,14 @@ async fn another_tenants_run_answers_exactly_as_a_run_that_does_not_exist() {
             other => panic!("no run route is {other}"),
         };
         request = if console {
-            request.header("cookie", format!("{SESSION_COOKIE}={beta}"))
+            request.header("cookie", format!("{SESSION_COOKIE}={}", beta_session.id))
         } else {
             request.bearer_auth(&beta)
         };
         if console && method == "POST" {
             request = request
                 .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("csrf={}", csrf_of(&beta)));
+                .body(format!("csrf={}", beta_session.csrf));
         }
         async move {
             let answer = request.send().await.expect("answer");

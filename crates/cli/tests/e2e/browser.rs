@@ -239,6 +239,35 @@ impl Browser {
         }
     }
 
+    /// What Chromium reported the page's Content-Security-Policy blocked
+    /// since it loaded (the reports it keeps for a `ReportingObserver` that
+    /// asks for them, `buffered`), each as the directive and what it blocked.
+    pub(crate) async fn csp_violations(&self) -> Vec<String> {
+        let answer = self
+            .client
+            .execute_async(
+                r#"const done = arguments[arguments.length - 1];
+                const seen = [];
+                const note = (reports) => {
+                  for (const r of reports) {
+                    seen.push(`${r.body.effectiveDirective} blocked ${r.body.blockedURL || ""} ${r.body.sample || ""}`.trim());
+                  }
+                };
+                const observer = new ReportingObserver(note, { types: ["csp-violation"], buffered: true });
+                observer.observe();
+                setTimeout(() => { note(observer.takeRecords()); observer.disconnect(); done(seen); }, 200);"#,
+                vec![],
+            )
+            .await
+            .expect("the page's CSP reports");
+        answer
+            .as_array()
+            .expect("a list of reports")
+            .iter()
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     /// The HTTP status the page shown was answered with.
     pub(crate) async fn status(&self) -> u64 {
         let status = self

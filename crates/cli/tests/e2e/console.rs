@@ -347,13 +347,14 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
     assert_eq!(browser.path().await, "/");
     assert_eq!(browser.text("main h1").await, "Overview");
 
-    // The session is the token, in a cookie scripts cannot read.
+    // The session is a random id, not the token, in a cookie scripts cannot read.
     let cookie = browser
         .client
         .get_named_cookie("corral_session")
         .await
         .expect("the session cookie");
-    assert_eq!(cookie.value(), token);
+    let session = cookie.value().to_string();
+    assert_ne!(session, token);
     assert_eq!(cookie.http_only(), Some(true));
     assert_eq!(format!("{:?}", cookie.same_site()), "Some(Strict)");
     let scripts_see = browser.js("return document.cookie").await;
@@ -404,8 +405,8 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
             .post(format!("{}{path}", server.url))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(body);
-        if let Some(token) = cookie {
-            request = request.header("cookie", format!("corral_session={token}"));
+        if let Some(session) = cookie {
+            request = request.header("cookie", format!("corral_session={session}"));
         }
         async move {
             let answer = request.send().await.expect("a POST");
@@ -417,16 +418,16 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
     };
     let cancel = format!("/runs/{own}/cancel");
     let forged = [
-        ("no csrf field", Some(token.as_str()), String::new()),
+        ("no csrf field", Some(session.as_str()), String::new()),
         (
             "an empty csrf field",
-            Some(token.as_str()),
+            Some(session.as_str()),
             "csrf=".to_string(),
         ),
         (
             "a wrong csrf field",
-            Some(token.as_str()),
-            format!("csrf={}", "0".repeat(32)),
+            Some(session.as_str()),
+            format!("csrf={}", "0".repeat(64)),
         ),
         ("no session", None, format!("csrf={csrf}")),
     ];
@@ -437,7 +438,7 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
     // Another tenant's run, even with this session's own token.
     let (status, page) = post(
         format!("/runs/{other}/cancel"),
-        Some(&token),
+        Some(&session),
         format!("csrf={csrf}"),
     )
     .await;
@@ -445,7 +446,7 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
     // Its log is not found either.
     let log = http
         .get(format!("{}/runs/{other}/log", server.url))
-        .header("cookie", format!("corral_session={token}"))
+        .header("cookie", format!("corral_session={session}"))
         .send()
         .await
         .expect("a GET");
@@ -455,7 +456,7 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
     }
     // The same form with the page's CSRF token is taken: the refusals above
     // were for the token alone.
-    let (status, page) = post(cancel, Some(&token), format!("csrf={csrf}&confirm=yes")).await;
+    let (status, page) = post(cancel, Some(&session), format!("csrf={csrf}&confirm=yes")).await;
     assert_eq!(status, 303, "a cancel from the console's own form: {page}");
     let run = server.wait_run_ended(own, Duration::from_secs(20)).await;
     assert_eq!(run["state"], "cancelled", "{run:#}");
@@ -466,8 +467,8 @@ async fn a_tenant_sees_only_its_runs_and_forged_forms_are_refused() {
 }
 
 /// Every page, logged out and in, at each viewport: no serious or critical
-/// axe-core violation, and a screenshot of each (`-dark` in its name when
-/// `dark`).
+/// axe-core violation, nothing its Content-Security-Policy blocked, and a
+/// screenshot of each (`-dark` in its name when `dark`).
 async fn every_page_passes_axe(dark: bool) {
     let server = Server::start("console-axe", StoreKind::Sqlite).await;
     server
@@ -540,6 +541,9 @@ async fn every_page_passes_axe(dark: bool) {
             );
             for violation in browser.axe().await {
                 failures.push(format!("{at}: {violation}"));
+            }
+            for blocked in browser.csp_violations().await {
+                failures.push(format!("{at}: the CSP blocked {blocked}"));
             }
             // WCAG 1.4.10 (reflow): the page scrolls down only; wide tables
             // scroll in their own box.

@@ -239,7 +239,8 @@ pub fn wait(seconds: f64) -> Markup {
 }
 
 /// One resource of a pool as a bar: allocated, reserved for a starving run,
-/// and free, out of capacity.
+/// and free, out of capacity. Drawn in SVG, whose widths are attributes, so
+/// it needs neither script nor inline style (which the CSP forbids).
 pub fn bar(
     label: &str,
     used: u64,
@@ -265,9 +266,11 @@ pub fn bar(
     html! {
         div.bar-row {
             span.bar-label { (label) }
-            div.bar role="img" aria-label=(text) title=(text) {
-                span.used style={ "width:" (format!("{:.1}", pct(used))) "%" } {}
-                span.reserved style={ "width:" (format!("{:.1}", pct(reserved))) "%" } {}
+            svg.bar role="img" aria-label=(text) viewBox="0 0 100 1" preserveAspectRatio="none" {
+                title { (text) }
+                rect.used x="0" y="0" width=(format!("{:.1}", pct(used))) height="1" {}
+                rect.reserved x=(format!("{:.1}", pct(used))) y="0"
+                    width=(format!("{:.1}", pct(reserved).min(100.0 - pct(used)))) height="1" {}
             }
             span.bar-value { (show(used)) " / " (show(capacity)) }
         }

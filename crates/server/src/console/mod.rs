@@ -1,19 +1,26 @@
 //! The web console at `/`: server-rendered pages over the same engine calls
 //! and views as the API, for people with a browser.
 //!
-//! A visitor logs in with an API token; the session is an `HttpOnly`,
-//! `SameSite=Strict` cookie holding that token, so that revoking or expiring the
-//! token ends the session, and a restart of the server does not. Every form
-//! carries a CSRF token derived from the session's, checked before any handler
-//! runs. Each page has an access rule, like every API route; a page hides what
-//! the visitor's role may not do, and the server refuses it anyway.
+//! A visitor logs in with an API token into a server-side session: the
+//! cookie (`HttpOnly`, `SameSite=Strict`, `__Host-` and `Secure` under TLS)
+//! holds a random session id whose hash the store keeps; the session ends on
+//! logout, with its token (revoked or expired), when idle too long and at the
+//! end of its lifetime, and survives a restart. Login and logout refuse forms
+//! posted from other origins, and a login returns only to a path of this
+//! site. Every form carries a CSRF token keyed by the session, checked before
+//! any handler runs; every response carries a Content-Security-Policy and the
+//! other protections of `headers.rs`. Each page has an access rule, like
+//! every API route; a page hides what the visitor's role may not do, and the
+//! server refuses it anyway.
 
 mod assets;
 mod charts;
 mod confirm;
 mod dashboards;
 mod forms;
+mod headers;
 mod layout;
+mod origin;
 mod overview;
 mod pools;
 mod rightsizing;
@@ -24,19 +31,20 @@ mod tenants;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use axum::{Extension, Router};
 use corral_core::access::Access;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::api::error::ApiError;
 use crate::engine::Engine;
 
-pub use session::{SESSION_COOKIE, csrf_of};
+pub use headers::CONTENT_SECURITY_POLICY;
+pub use session::{SECURE_SESSION_COOKIE, SESSION_COOKIE, csrf_of};
 
 type Handler = MethodRouter<Arc<Engine>>;
 
@@ -118,8 +126,9 @@ pub fn page_table() -> Vec<PageSpec> {
 
 /// The console's routes; merged with the API's, which keep `/api`, `/metrics`
 /// and `/healthz`. A form's body is read within `body_timeout`, and is at most
-/// 64 KiB (the login's too).
-pub fn router(engine: Arc<Engine>, body_timeout: std::time::Duration) -> Router {
+/// 64 KiB (the login's too). `tls` says whether the server serves TLS (the
+/// session cookie is then `Secure`, and HSTS is sent).
+pub fn router(engine: Arc<Engine>, body_timeout: std::time::Duration, tls: bool) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
         let gate = from_fn_with_state((engine.clone(), spec.access), session::gate);
@@ -129,6 +138,8 @@ pub fn router(engine: Arc<Engine>, body_timeout: std::time::Duration) -> Router 
     router
         .with_state(engine)
         .layer(DefaultBodyLimit::max(session::MAX_FORM_BYTES))
+        .layer(Extension(session::Transport { tls }))
+        .layer(from_fn_with_state(tls, headers::secure))
 }
 
 /// What a console handler answers when it fails: the API's error as a page,

@@ -122,9 +122,9 @@ pub async fn page(
         (layout::live("overview", html! {
             h2 { "Pools" }
             div.legend aria-hidden="true" {
-                span { i style="background:var(--used)" {} "allocated" }
-                span { i style="background:var(--reserved)" {} "reserved for a waiting run" }
-                span { i style="background:var(--free)" {} "free" }
+                span { i.used {} "allocated" }
+                span { i.reserved {} "reserved for a waiting run" }
+                span { i.free {} "free" }
             }
             @if pools.is_empty() {
                 p.muted { "No pools yet." }
@@ -169,7 +169,7 @@ fn tenant_table(tenants: &[TenantLine]) -> Markup {
     html! {
         div.table-wrap tabindex="0" {
             table {
-                caption.table-caption { "Tenants, those in trouble first: what holds their runs back, and this month's spend against their budget" }
+                caption.muted.table-title { "Tenants, those in trouble first: what holds their runs back, and this month's spend against their budget" }
                 thead { tr {
                     th scope="col" { "Tenant" }
                     th scope="col" { "Budget health" }
@@ -228,22 +228,31 @@ pub fn health(h: BudgetHealth) -> Markup {
 }
 
 /// Tells a page that the state changed (a `change` event carrying the state's
-/// sequence number), so that it refreshes its live regions.
-pub async fn events(State(engine): State<Arc<Engine>>) -> Response {
-    Sse::new(changes(engine))
+/// sequence number), so that it refreshes its live regions. The stream ends
+/// when its session does (logout, its token revoked or expired, idle or past
+/// its lifetime): its session is checked at each tick.
+pub async fn events(
+    State(engine): State<Arc<Engine>>,
+    Extension(session): Extension<Session>,
+) -> Response {
+    Sse::new(changes(engine, session.id_hash))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
-fn changes(engine: Arc<Engine>) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold((engine, None::<u64>), |(engine, last)| async move {
-        loop {
-            let seq = engine.read().await.seq;
-            if last != Some(seq) {
-                let event = Event::default().event("change").data(seq.to_string());
-                return Some((Ok(event), (engine, Some(seq))));
+fn changes(engine: Arc<Engine>, session: String) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold((engine, None::<u64>), move |(engine, last)| {
+        let session = session.clone();
+        async move {
+            loop {
+                engine.session_principal(&session)?;
+                let seq = engine.read().await.seq;
+                if last != Some(seq) {
+                    let event = Event::default().event("change").data(seq.to_string());
+                    return Some((Ok(event), (engine, Some(seq))));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     })
 }

@@ -240,7 +240,7 @@ fn dag(steps: &[StepView]) -> Markup {
                         title { (s.name) ": " (s.state) }
                         rect x=(x(i)) y=(y(i)) width=(w) height=(h) rx="6" {}
                         text x=(x(i) + 8) y=(y(i) + 15) { (label(s)) }
-                        text x=(x(i) + 8) y=(y(i) + 28) style="font-size:10px" { (s.state) }
+                        text.node-state x=(x(i) + 8) y=(y(i) + 28) { (s.state) }
                     }
                 }
             }

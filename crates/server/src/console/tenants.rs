@@ -102,7 +102,7 @@ fn quota_rows(quota: &QuotaView, used: &corral_api::ResourcesView) -> Markup {
 fn usage_table(title: &str, key: &str, rows: &[UsageRowView]) -> Markup {
     html! {
         div.table-wrap tabindex="0" { table {
-            caption.muted style="text-align:left;padding:6px 10px" { (title) }
+            caption.muted.table-title { (title) }
             thead { tr { th scope="col" { (key) } th.num scope="col" { "core-hours" } th.num scope="col" { "GiB-hours" } th.num scope="col" { "Cost" } th.num scope="col" { "CPU used" } th.num scope="col" { "Memory used" } } }
             tbody {
                 @for r in rows {

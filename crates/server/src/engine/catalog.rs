@@ -4,7 +4,7 @@
 use corral_core::access::Role;
 use corral_core::error::FieldErrors;
 use corral_core::manifest::Document;
-use corral_store::{AuditRecord, TokenRecord};
+use corral_store::{AuditRecord, SessionWrite, TokenRecord};
 use serde_json::{Value, json};
 
 use super::*;
@@ -578,6 +578,8 @@ impl Engine {
             }
             .write(&mut state, who, now),
             Write::PutToken(record.clone()),
+            // Its console sessions end with it.
+            Write::Session(SessionWrite::EndOfToken(record.hash.clone())),
         ];
         let mut fx = Effects::default();
         self.stage(&mut state, writes, &mut fx);
@@ -594,6 +596,8 @@ impl Engine {
         // both count the other's token as the admin that stays; nor can the
         // workers' secrets be used.
         self.credentials.put_token(record.clone());
+        self.sessions
+            .apply(&SessionWrite::EndOfToken(record.hash.clone()));
         for worker in &registered {
             self.credentials.forget_worker(*worker);
         }

@@ -337,6 +337,7 @@ pub async fn detail(
                 }
             }
             h2 { "Agents" }
+            p { a href={ "/agents?pool=" (name) } { "What each agent holds now" } }
             @if view.require_confinement {
                 p { "Agents that cannot confine their steps are refused (" code { "require_confinement: true" } ")." }
             }

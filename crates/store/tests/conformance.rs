@@ -486,9 +486,15 @@ async fn suite(store: &dyn Store) {
     };
     let first = store.audit(&page(None, None, true)).await.expect("audit");
     assert_eq!(ids(first), vec![3, 2]);
-    let older = store.audit(&page(Some(2), None, true)).await.expect("audit");
+    let older = store
+        .audit(&page(Some(2), None, true))
+        .await
+        .expect("audit");
     assert_eq!(ids(older), vec![1]);
-    let newer = store.audit(&page(None, Some(1), false)).await.expect("audit");
+    let newer = store
+        .audit(&page(None, Some(1), false))
+        .await
+        .expect("audit");
     assert_eq!(ids(newer), vec![2, 3]);
     let in_range = store
         .audit(&AuditFilter {
@@ -505,8 +511,17 @@ async fn suite(store: &dyn Store) {
         limit: 10,
         ..Default::default()
     };
-    assert_eq!(ids(store.audit(&named("linux")).await.expect("audit")), vec![1, 2, 3]);
-    assert!(store.audit(&named("other")).await.expect("audit").is_empty());
+    assert_eq!(
+        ids(store.audit(&named("linux")).await.expect("audit")),
+        vec![1, 2, 3]
+    );
+    assert!(
+        store
+            .audit(&named("other"))
+            .await
+            .expect("audit")
+            .is_empty()
+    );
     assert_eq!(store.load_live().await.expect("load").max_ids.audit, 3);
 
     // Deletes.

@@ -12,6 +12,7 @@ mod confinement;
 mod conformance;
 mod connections;
 mod console;
+mod console_pages;
 mod crash;
 mod disk;
 mod dying;

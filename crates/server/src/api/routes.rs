@@ -1009,7 +1009,10 @@ async fn create_token(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     let req: TokenCreate = json_body(&body)?;
-    Ok((StatusCode::CREATED, Json(make_token(&engine, &who, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(make_token(&engine, &who, req).await?),
+    ))
 }
 
 /// Creates the token `req` describes; the answer carries its secret, once.

@@ -25,8 +25,16 @@ const PAGE: usize = 50;
 /// The filters of the page, in the order of its form.
 const FILTERS: [(&str, &str, &str); 4] = [
     ("who", "Who", "A token's name."),
-    ("name", "Object name", "A pool, tenant or token, or a run's id."),
-    ("since", "From", "RFC 3339 (2026-12-01T09:00:00Z) or an age (90m, 7d)."),
+    (
+        "name",
+        "Object name",
+        "A pool, tenant or token, or a run's id.",
+    ),
+    (
+        "since",
+        "From",
+        "RFC 3339 (2026-12-01T09:00:00Z) or an age (90m, 7d).",
+    ),
     ("until", "Until", "The same; entries before it."),
 ];
 
@@ -97,7 +105,7 @@ fn diff(entry: &AuditView) -> Markup {
 /// The link to this page with `query`'s filters and `page` (`before` or
 /// `after` an entry).
 fn link(query: &BTreeMap<String, String>, page: (&str, i64)) -> String {
-    let mut url = form_urlencoded::Serializer::new(String::from("/audit?"));
+    let mut url = form_urlencoded::Serializer::for_suffix(String::from("/audit?"), "/audit?".len());
     for (k, v) in query {
         if !matches!(k.as_str(), "before" | "after") && !v.is_empty() {
             url.append_pair(k, v);
@@ -112,10 +120,8 @@ pub async fn page(
     Extension(session): Extension<Session>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> PageResult {
-    let query: BTreeMap<String, String> = query
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
+    let query: BTreeMap<String, String> =
+        query.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     // One more than a page: whether there is another page that way.
     let mut asked = query.clone();
     asked.insert("limit".into(), (PAGE + 1).to_string());
@@ -211,8 +217,10 @@ mod tests {
 
     #[test]
     fn a_change_lists_the_fields_set_changed_and_removed() {
-        let before = json!({"name": "p", "capacity": {"cpu": "2", "memory": "4Gi"}, "labels": {"a": "1"}});
-        let after = json!({"name": "p", "capacity": {"cpu": "4", "memory": "4Gi"}, "state": "draining"});
+        let before =
+            json!({"name": "p", "capacity": {"cpu": "2", "memory": "4Gi"}, "labels": {"a": "1"}});
+        let after =
+            json!({"name": "p", "capacity": {"cpu": "4", "memory": "4Gi"}, "state": "draining"});
         let some = |s: &str| Some(s.to_string());
         assert_eq!(
             changes(Some(&before), Some(&after)),

@@ -122,7 +122,8 @@ pub async fn queue(
     };
     let pages = waiting.div_ceil(QUEUE_PAGE).max(1);
     let page_link = |n: usize| {
-        let mut url = form_urlencoded::Serializer::new(String::from("/queue?"));
+        let mut url =
+            form_urlencoded::Serializer::for_suffix(String::from("/queue?"), "/queue?".len());
         for (k, v) in &query {
             if k != "page" && !v.is_empty() {
                 url.append_pair(k, v);

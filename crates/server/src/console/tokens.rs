@@ -219,12 +219,21 @@ pub async fn create(
             Ok((
                 StatusCode::CREATED,
                 [(header::CACHE_CONTROL, "no-store")],
-                layout::page(&session, Section::Tokens, &format!("Token {}", t.name), body),
+                layout::page(
+                    &session,
+                    Section::Tokens,
+                    &format!("Token {}", t.name),
+                    body,
+                ),
             )
                 .into_response())
         }
         Err(e) if matches!(e.status, StatusCode::BAD_REQUEST | StatusCode::CONFLICT) => {
-            let path = e.details.get("path").and_then(Value::as_str).unwrap_or("name");
+            let path = e
+                .details
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or("name");
             let choices = choices(&engine).await;
             let body = form(&session, &choices, &typed, Some((path, &e.message)));
             Ok((
@@ -272,7 +281,7 @@ pub async fn revoke(
         .into_response());
     }
     engine.revoke_token(&session.principal, &name).await?;
-    let to = form_urlencoded::Serializer::new(String::from("/tokens?"))
+    let to = form_urlencoded::Serializer::for_suffix(String::from("/tokens?"), "/tokens?".len())
         .append_pair("revoked", &name)
         .finish();
     Ok(Redirect::to(&to).into_response())

@@ -176,17 +176,17 @@ pub async fn page(
         }
         @if entries.is_empty() { p.muted { "No entry." } }
         @else {
-            div.table-wrap tabindex="0" { table #audit {
+            div.table-wrap tabindex="0" { table.cards #audit {
                 thead { tr {
                     th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "Object" }
                     th scope="col" { "Action" } th scope="col" { "What changed" }
                 } }
                 tbody { @for e in &entries {
                     tr data-id=(e.id) {
-                        td { (layout::time(&e.at)) }
-                        td { (e.who) }
-                        td { (e.kind) " " (e.name) }
-                        td { (e.action) }
+                        td data-label="When" { (layout::time(&e.at)) }
+                        td data-label="Who" { (e.who) }
+                        td data-label="Object" { (e.kind) " " (e.name) }
+                        td data-label="Action" { (e.action) }
                         td { (diff(e)) }
                     }
                 } }

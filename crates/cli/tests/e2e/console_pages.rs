@@ -512,3 +512,48 @@ async fn ten_tabs_of_one_browser_all_load_and_follow_a_run_live() {
     }
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn price_history_shows_each_price_of_a_pool_from_when_it_took_effect() {
+    let server = Server::start("pages-prices", StoreKind::Sqlite).await;
+    let pool = |cpu_hour: &str| {
+        format!(
+            "kind: Pool\nname: main\ncapacity: {{cpu: 2, memory: 4Gi}}\nprice: {{cpu_hour: {cpu_hour}, memory_gib_hour: 0.01}}\n"
+        )
+    };
+    server.apply(&pool("0.5")).await;
+    server.apply(&pool("0.75")).await;
+    let history: Vec<Value> = server.get("/api/v1/prices").await;
+    let main: Vec<&Value> = history.iter().filter(|p| p["pool"] == "main").collect();
+    assert_eq!(main.len(), 2, "{history:#?}");
+
+    let browser = Browser::start(&server.url).await;
+    browser.viewport(1280, 800).await;
+    browser.login(&server.admin_token).await;
+    browser.goto("/prices").await;
+    let rows = texts(&browser, "section[aria-labelledby='prices-main'] tbody tr").await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].contains("current") && rows[0].contains("0.7500"),
+        "the newest first: {rows:?}"
+    );
+    assert!(rows[1].contains("0.5000"), "{rows:?}");
+    // Each from when it took effect, as the API has it.
+    let effective = browser
+        .js(
+            "return [...document.querySelectorAll(\"section[aria-labelledby='prices-main'] time\")]
+               .map((t) => t.getAttribute('datetime'))",
+        )
+        .await;
+    let mut expected: Vec<&Value> = main.iter().map(|p| &p["at"]).collect();
+    expected.reverse();
+    assert_eq!(
+        effective
+            .as_array()
+            .expect("times")
+            .iter()
+            .collect::<Vec<_>>(),
+        expected
+    );
+    browser.close().await;
+}

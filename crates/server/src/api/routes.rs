@@ -1098,8 +1098,8 @@ pub(super) fn time_param(
         ("kind" = Option<String>, Query, pattern = "^(pool|tenant|token|run)$"),
         ("name" = Option<String>, Query, description = "Entries about the object of this name (a run's id for a run)"),
         ("order" = Option<String>, Query, pattern = "^(oldest|newest)$"),
-        ("before" = Option<i64>, Query, description = "Entries with an id below this one", minimum = 0),
-        ("after" = Option<i64>, Query, description = "Entries with an id above this one", minimum = 0),
+        ("before" = Option<i64>, Query, description = "Entries with an id below this one", minimum = 0, maximum = 1_000_000_000_000_000_i64),
+        ("after" = Option<i64>, Query, description = "Entries with an id above this one", minimum = 0, maximum = 1_000_000_000_000_000_i64),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100_000)),
     responses((status = 200, body = [AuditView]), (status = 503, body = ErrorBody)))]
 async fn list_audit(

@@ -1139,9 +1139,15 @@ pub(crate) async fn audit_entries(
         query
             .get(field)
             .map(|text| {
-                text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                    FieldError::new(field, format!("{text:?} is not an audit entry's id"))
-                })
+                text.parse::<i64>()
+                    .ok()
+                    .filter(|n| (0..=MAX_AUDIT_ID).contains(n))
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            field,
+                            format!("{text:?} is not an audit entry's id (0 to {MAX_AUDIT_ID})"),
+                        )
+                    })
             })
             .transpose()
     };
@@ -1180,5 +1186,8 @@ pub(crate) async fn audit_entries(
         })
         .collect())
 }
+
+/// The largest audit entry id a page may start from (as the OpenAPI document says).
+const MAX_AUDIT_ID: i64 = 1_000_000_000_000_000;
 
 pub(crate) const AUDIT_KINDS: [&str; 4] = ["pool", "tenant", "token", "run"];

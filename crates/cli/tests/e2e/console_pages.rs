@@ -254,7 +254,7 @@ async fn a_pool_page_leads_to_its_agents_and_what_each_holds() {
         .await;
     assert_eq!(link, "/agents?pool=metal");
     browser.goto("/agents?pool=metal").await;
-    assert_eq!(browser.text("main h1").await, "Agents of pool metal");
+    assert_eq!(text(&browser, "main h1").await, "Agents of pool metal");
     let rows = texts(&browser, "table.agents tbody tr").await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     for agent in ["left", "right"] {

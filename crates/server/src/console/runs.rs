@@ -192,12 +192,15 @@ pub async fn queue(
                     } }
                 } }
             }
-            @if pages > 1 {
-                nav.pager aria-label="Pages of the queue" {
-                    @if page > 1 { a rel="prev" href=(page_link(page - 1)) { "← Previous " (QUEUE_PAGE) } }
-                    @if page < pages { a rel="next" href=(page_link(page + 1)) { "Next " (QUEUE_PAGE.min(waiting - page * QUEUE_PAGE)) " →" } }
-                }
+        }))
+        // Outside the live regions: a link is not replaced while it is clicked.
+        @if pages > 1 {
+            nav.pager aria-label="Pages of the queue" {
+                @if page > 1 { a rel="prev" href=(page_link(page - 1)) { "← Previous " (QUEUE_PAGE) } }
+                @if page < pages { a rel="next" href=(page_link(page + 1)) { "Next " (QUEUE_PAGE.min(waiting - page * QUEUE_PAGE)) " →" } }
             }
+        }
+        (layout::live("recent", html! {
             h2 { "Recent runs" }
             div.table-wrap tabindex="0" { table {
                 thead { tr {

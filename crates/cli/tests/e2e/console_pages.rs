@@ -226,7 +226,7 @@ async fn the_audit_log_filters_by_object_and_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_pool_page_leads_to_its_agents_and_what_each_holds() {
+async fn a_pool_page_lists_its_agents_and_what_each_holds() {
     let mut server = Server::start("pages-agents", StoreKind::Sqlite).await;
     let _agents = server.static_pool_of_two("metal").await;
     let run = id_of(&server.submit(&held_run("held", "t", "metal")).await);
@@ -247,28 +247,29 @@ async fn a_pool_page_leads_to_its_agents_and_what_each_holds() {
     let browser = Browser::start(&server.url).await;
     browser.viewport(1280, 800).await;
     browser.login(&server.admin_token).await;
-    browser.goto("/pools/metal").await;
-    // The pool's page links to its agents (in a region that refreshes live).
-    let link = browser
-        .js("return document.querySelector(\"#pool a[href^='/agents']\").getAttribute('href')")
-        .await;
-    assert_eq!(link, "/agents?pool=metal");
-    browser.goto("/agents?pool=metal").await;
-    assert_eq!(text(&browser, "main h1").await, "Agents of pool metal");
-    let rows = texts(&browser, "table.agents tbody tr").await;
-    assert_eq!(rows.len(), 2, "{rows:?}");
-    for agent in ["left", "right"] {
-        let row = browser.text(&format!("tr[data-agent='{agent}']")).await;
-        assert!(row.contains("2 cpu, 2 GiB"), "what {agent} offers: {row}");
-        assert!(row.contains("ago"), "its last poll: {row}");
-        let holds = text(&browser, &format!("tr[data-agent='{agent}'] td.holds")).await;
-        if agent == holder {
-            assert_eq!(
-                holds,
-                format!("run {run} (group 0) · tenant t · 1 cpu, 256 MiB")
-            );
-        } else {
-            assert_eq!(holds, "nothing");
+    // The pool's page, then the page of every pool's agents narrowed to it.
+    for (page, title) in [
+        ("/pools/metal", "Pool metal"),
+        ("/agents?pool=metal", "Agents of pool metal"),
+    ] {
+        browser.goto(page).await;
+        assert_eq!(text(&browser, "main h1").await, title);
+        let rows = texts(&browser, "table.agents tbody tr").await;
+        assert_eq!(rows.len(), 2, "{page}: {rows:?}");
+        for agent in ["left", "right"] {
+            let row = text(&browser, &format!("tr[data-agent='{agent}']")).await;
+            assert!(row.contains("2 cpu, 2 GiB"), "what {agent} offers: {row}");
+            assert!(row.contains("ago"), "its last poll: {row}");
+            let holds = text(&browser, &format!("tr[data-agent='{agent}'] td.holds")).await;
+            if agent == holder {
+                assert_eq!(
+                    holds,
+                    format!("run {run} (group 0) · tenant t · 1 cpu, 256 MiB"),
+                    "{page}"
+                );
+            } else {
+                assert_eq!(holds, "nothing", "{page}");
+            }
         }
     }
     server.open_gate(run, "go");

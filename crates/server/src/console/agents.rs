@@ -51,7 +51,9 @@ fn confinement(c: Option<&Confinement>) -> Markup {
     }
 }
 
-fn agent_table(agents: &[AgentView], now_ms: i64) -> Markup {
+/// A pool's live agents as a table: what each offers and holds, its last
+/// poll and its confinement (the pool's page shows it too).
+pub(super) fn agent_table(agents: &[AgentView], now_ms: i64) -> Markup {
     let ago = |t: &str| {
         chrono::DateTime::parse_from_rfc3339(t)
             .map(|t| layout::duration(now_ms - t.timestamp_millis()))

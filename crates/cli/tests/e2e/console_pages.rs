@@ -243,6 +243,21 @@ async fn a_pool_page_lists_its_agents_and_what_each_holds() {
     assert_eq!(holders.len(), 1, "{pool:#}");
     assert_eq!(holders[0]["holds"][0]["run_id"], run, "{pool:#}");
     let holder = holders[0]["name"].as_str().expect("a name").to_string();
+    // Another tenant sees the agents, not what they hold for others.
+    server.apply("kind: Tenant\nname: u\n").await;
+    let other = server
+        .create_token("team-u", "tenant", Some(("tenant", "u")))
+        .await;
+    let (status, seen) = server
+        .send_as(&other, "GET", "/api/v1/pools/metal", "", None)
+        .await;
+    assert_eq!(status, 200, "{seen}");
+    let agents = seen["live_agents"].as_array().expect("live agents");
+    assert_eq!(agents.len(), 2, "{seen:#}");
+    assert!(
+        agents.iter().all(|a| a["holds"] == serde_json::json!([])),
+        "{seen:#}"
+    );
 
     let browser = Browser::start(&server.url).await;
     browser.viewport(1280, 800).await;

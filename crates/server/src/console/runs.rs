@@ -132,7 +132,7 @@ pub async fn queue(
         url.append_pair("page", &n.to_string());
         url.finish()
     };
-    let first = (page - 1) * QUEUE_PAGE + 1;
+    let first = (page - 1).saturating_mul(QUEUE_PAGE).saturating_add(1);
     let wanted_state = state_filter
         .as_deref()
         .and_then(|s| s.parse::<RunState>().ok());

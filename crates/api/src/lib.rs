@@ -281,13 +281,34 @@ impl Confinement {
     }
 }
 
-/// A live agent of a pool, and how it confines its steps.
+/// A live agent of a pool: what it offers, what it holds now, when it last
+/// polled, and how it confines its steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AgentView {
     pub worker_id: i64,
     pub name: String,
     /// Null for an agent that did not say (an older one): not confined.
     pub confinement: Option<Confinement>,
+    /// What it offers the pool.
+    #[serde(default)]
+    pub capacity: ResourcesView,
+    /// When it last polled (since this server started).
+    #[serde(default)]
+    pub last_poll_at: Option<String>,
+    /// The open allocations bound to it (a tenant's token sees its own only).
+    #[serde(default)]
+    pub holds: Vec<HoldingView>,
+}
+
+/// An open allocation an agent holds for a run's group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HoldingView {
+    pub allocation_id: i64,
+    pub run_id: i64,
+    pub group: u32,
+    pub tenant: String,
+    pub resources: ResourcesView,
+    pub opened_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

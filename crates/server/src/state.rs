@@ -113,12 +113,31 @@ pub struct LiveWorker {
 
 impl State {
     /// A pool's live agents, as the API shows them (a pool's workers only:
-    /// at most its `max_workers`, or its static agents).
+    /// at most its `max_workers`, or its static agents), each with the open
+    /// allocations bound to it.
     pub fn agents_of(&self, pool: &str) -> Vec<corral_api::AgentView> {
-        self.workers
+        let live: Vec<&LiveWorker> = self
+            .workers
             .values()
             .filter(|w| w.record.pool == pool && w.record.state == WorkerState::Ready)
-            .map(|w| crate::api::views::agent(&w.record))
+            .collect();
+        if live.is_empty() {
+            return Vec::new();
+        }
+        // The live runs' open allocations: what the snapshot walks too.
+        let mut held: HashMap<WorkerId, Vec<&AllocationRecord>> = HashMap::new();
+        for a in self.runs.values().flat_map(|r| r.allocations.iter()) {
+            if let Some(w) = a.worker_id
+                && a.pool == pool
+            {
+                held.entry(w).or_default().push(a);
+            }
+        }
+        live.into_iter()
+            .map(|w| {
+                let holds = held.remove(&w.record.id).unwrap_or_default();
+                crate::api::views::agent(&w.record, w.last_seen, &holds)
+            })
             .collect()
     }
 }

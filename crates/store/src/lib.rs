@@ -113,7 +113,7 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<u64>;
 
-    /// The audit log, oldest first.
+    /// The audit log, oldest first (or newest first, as the filter says).
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
 
     /// Every pool's price history, by pool and time.

@@ -410,9 +410,19 @@ pub struct AllocationFilter {
 pub struct AuditFilter {
     /// Only entries at or after this time.
     pub since: Option<Timestamp>,
+    /// Only entries before this time.
+    pub until: Option<Timestamp>,
     pub who: Option<String>,
     pub kind: Option<String>,
-    /// Oldest first; at most this many.
+    /// Only entries about the object of this name.
+    pub name: Option<String>,
+    /// Only entries with an id below this one (the next page, newest first).
+    pub before_id: Option<i64>,
+    /// Only entries with an id above this one (the next page, oldest first).
+    pub after_id: Option<i64>,
+    /// Newest first, else oldest first.
+    pub newest_first: bool,
+    /// At most this many.
     pub limit: u32,
 }
 

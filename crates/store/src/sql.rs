@@ -986,13 +986,22 @@ impl Store for SqlStore {
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
         let filters = [
             ("at >=", filter.since.map(|t| Param::Int(t.0))),
+            ("at <", filter.until.map(|t| Param::Int(t.0))),
             ("who =", filter.who.clone().map(Param::Text)),
             ("kind =", filter.kind.clone().map(Param::Text)),
+            ("name =", filter.name.clone().map(Param::Text)),
+            ("id <", filter.before_id.map(Param::Int)),
+            ("id >", filter.after_id.map(Param::Int)),
         ];
+        let order = if filter.newest_first {
+            "ORDER BY id DESC"
+        } else {
+            "ORDER BY id"
+        };
         filtered(
             "SELECT id, at, who, kind, name, action, before_spec, after_spec FROM audit",
             filters,
-            "ORDER BY id",
+            order,
             filter.limit,
         )
         .fetch_all(&self.pool)

@@ -470,10 +470,58 @@ async fn suite(store: &dyn Store) {
             who: Some("ops".into()),
             kind: Some("pool".into()),
             limit: 10,
+            ..Default::default()
         })
         .await
         .expect("audit");
     assert_eq!(ops_pools, vec![entry(3, "ops", "pool")]);
+    // Newest first, a page at a time, by object and time range.
+    let ids = |entries: Vec<AuditRecord>| entries.iter().map(|a| a.id).collect::<Vec<_>>();
+    let page = |before_id: Option<i64>, after_id: Option<i64>, newest_first: bool| AuditFilter {
+        before_id,
+        after_id,
+        newest_first,
+        limit: 2,
+        ..Default::default()
+    };
+    let first = store.audit(&page(None, None, true)).await.expect("audit");
+    assert_eq!(ids(first), vec![3, 2]);
+    let older = store
+        .audit(&page(Some(2), None, true))
+        .await
+        .expect("audit");
+    assert_eq!(ids(older), vec![1]);
+    let newer = store
+        .audit(&page(None, Some(1), false))
+        .await
+        .expect("audit");
+    assert_eq!(ids(newer), vec![2, 3]);
+    let in_range = store
+        .audit(&AuditFilter {
+            since: Some(Timestamp(402)),
+            until: Some(Timestamp(403)),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    assert_eq!(ids(in_range), vec![2]);
+    let named = |name: &str| AuditFilter {
+        name: Some(name.into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.audit(&named("linux")).await.expect("audit")),
+        vec![1, 2, 3]
+    );
+    assert!(
+        store
+            .audit(&named("other"))
+            .await
+            .expect("audit")
+            .is_empty()
+    );
     assert_eq!(store.load_live().await.expect("load").max_ids.audit, 3);
 
     // Deletes.

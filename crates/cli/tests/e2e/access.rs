@@ -1053,10 +1053,14 @@ fn console_allowed(method: &str, path: &str) -> Option<&'static [Who]> {
             | "/dashboards"
             | "/dashboards/usage.csv"
             | "/dashboards/waits.csv"
-            | "/pipelines/{name}/recommendation",
+            | "/pipelines/{name}/recommendation"
+            | "/agents"
+            | "/prices",
         ) => READERS,
         ("GET", "/tenants/{name}" | "/runs/{id}" | "/runs/{id}/log") => OWNER_READERS,
+        ("GET", "/tokens" | "/audit") => &[Viewer, Admin],
         ("GET", "/pools/new" | "/tenants/new") => ADMIN,
+        ("POST", "/tokens" | "/tokens/{name}/revoke") => ADMIN,
         (
             "POST",
             "/pools"

@@ -513,6 +513,12 @@ async fn every_page_passes_axe(dark: bool) {
         ("queue", "/queue"),
         ("run", &run),
         ("dashboards", DASHBOARDS),
+        ("agents", "/agents"),
+        ("prices", "/prices"),
+        ("tokens", "/tokens"),
+        ("token-created", "/tokens"),
+        ("revoke-token", "/tokens"),
+        ("audit", "/audit"),
     ];
     let mut failures = Vec::new();
     for (name, path) in pages {
@@ -532,6 +538,18 @@ async fn every_page_passes_axe(dark: bool) {
             if name == "delete-pool-confirm" {
                 browser
                     .submit("form[action='/pools/main/delete'] button")
+                    .await;
+            }
+            // A token made at this size, then asked to be revoked.
+            let token = format!("axe-{}", size.0);
+            if name == "token-created" {
+                browser.fill("name", &token).await;
+                browser.submit("form.stack button.primary").await;
+                status = 201;
+            }
+            if name == "revoke-token" {
+                browser
+                    .submit(&format!("tr[data-token='{token}'] form button"))
                     .await;
             }
             assert_eq!(browser.status().await, status, "{name}: {path}");

@@ -13,6 +13,7 @@ mod conformance;
 mod connections;
 mod console;
 mod console_forms;
+mod console_pages;
 mod console_sessions;
 mod crash;
 mod disk;

@@ -385,11 +385,27 @@ async fn list_pools(
                     p,
                     &snapshot,
                     state.reserved_on(&p.spec.name, &snapshot),
-                    state.agents_of(&p.spec.name),
+                    agents_seen_by(&state, &who, &p.spec.name),
                 )
             })
             .collect(),
     )
+}
+
+/// A pool's live agents as `who` may see them: a tenant's token sees what
+/// they hold for its own runs only.
+pub(crate) fn agents_seen_by(
+    state: &crate::state::State,
+    who: &Principal,
+    pool: &str,
+) -> Vec<AgentView> {
+    let mut agents = state.agents_of(pool);
+    if let Some(tenant) = who.role.tenant() {
+        for agent in &mut agents {
+            agent.holds.retain(|h| h.tenant == tenant);
+        }
+    }
+    agents
 }
 
 /// Whether `who` may see pool `name`: a tenant sees the pools it may use.
@@ -420,7 +436,7 @@ pub(crate) async fn pool_view(engine: &Engine, who: &Principal, name: &str) -> A
         pool,
         &snapshot,
         state.reserved_on(name, &snapshot),
-        state.agents_of(name),
+        agents_seen_by(&state, who, name),
     ))
 }
 
@@ -946,7 +962,7 @@ async fn report_attempt(
 
 // ---- tokens and the audit log ----
 
-fn token_view(engine: &Engine, t: &corral_store::TokenRecord) -> TokenView {
+pub(crate) fn token_view(engine: &Engine, t: &corral_store::TokenRecord) -> TokenView {
     let last_used = engine.credentials().last_used(&t.name).or(t.last_used_at);
     TokenView {
         name: t.name.clone(),
@@ -985,6 +1001,18 @@ async fn create_token(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     let req: TokenCreate = json_body(&body)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(make_token(&engine, &who, req).await?),
+    ))
+}
+
+/// Creates the token `req` describes; the answer carries its secret, once.
+pub(crate) async fn make_token(
+    engine: &Engine,
+    who: &Principal,
+    req: TokenCreate,
+) -> ApiResult<TokenCreated> {
     let role = Role::parse(&req.role, req.tenant.as_deref(), req.pool.as_deref())?;
     let expires_at = match req.expires.as_deref() {
         None => None,
@@ -1005,15 +1033,12 @@ async fn create_token(
         }
     };
     let (record, secret) = engine
-        .create_token(&who, &req.name, role, expires_at)
+        .create_token(who, &req.name, role, expires_at)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenCreated {
-            token: token_view(&engine, &record),
-            secret,
-        }),
-    ))
+    Ok(TokenCreated {
+        token: token_view(engine, &record),
+        secret,
+    })
 }
 
 /// Revoke a token: it is refused from this answer on.
@@ -1051,21 +1076,42 @@ pub(super) fn time_param(
         })
 }
 
-/// The audit log, oldest first: who changed pools, tenants and tokens, and
-/// who cancelled runs, with the object before and after.
+/// The audit log, oldest first (newest first with `order=newest`): who changed
+/// pools, tenants and tokens, and who cancelled runs, with the object before
+/// and after. Paged with `before` (newest first) or `after` (oldest first): the
+/// id of the last entry of the page before.
 #[utoipa::path(get, path = "/api/v1/audit",
     params(
-        ("since" = Option<String>, Query, description = "An RFC 3339 time, or an age such as 90m, 1h30m or 7d",
+        ("since" = Option<String>, Query, description = "Entries at or after this time: an RFC 3339 time, or an age such as 90m, 1h30m or 7d",
+            pattern = "^([0-9]{1,15}|([0-9]{1,9}[smhd]){1,8}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"),
+        ("until" = Option<String>, Query, description = "Entries before this time: an RFC 3339 time, or an age such as 90m, 1h30m or 7d",
             pattern = "^([0-9]{1,15}|([0-9]{1,9}[smhd]){1,8}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"),
         ("who" = Option<String>, Query),
         ("kind" = Option<String>, Query, pattern = "^(pool|tenant|token|run)$"),
+        ("name" = Option<String>, Query, description = "Entries about the object of this name (a run's id for a run)"),
+        ("order" = Option<String>, Query, pattern = "^(oldest|newest)$"),
+        ("before" = Option<i64>, Query, description = "Entries with an id below this one", minimum = 0, maximum = 1_000_000_000_000_000_i64),
+        ("after" = Option<i64>, Query, description = "Entries with an id above this one", minimum = 0, maximum = 1_000_000_000_000_000_i64),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100_000)),
     responses((status = 200, body = [AuditView]), (status = 503, body = ErrorBody)))]
 async fn list_audit(
     State(engine): State<AppState>,
     Query(query): Params,
 ) -> ApiResult<Json<Vec<AuditView>>> {
-    params(&query, &["since", "who", "kind", "limit"])?;
+    Ok(Json(audit_entries(&engine, &query).await?))
+}
+
+/// The audit entries `query` asks for (the parameters of `GET /api/v1/audit`).
+pub(crate) async fn audit_entries(
+    engine: &Engine,
+    query: &BTreeMap<String, String>,
+) -> ApiResult<Vec<AuditView>> {
+    params(
+        query,
+        &[
+            "since", "until", "who", "kind", "name", "order", "before", "after", "limit",
+        ],
+    )?;
     if let Some(kind) = query.get("kind")
         && !AUDIT_KINDS.contains(&kind.as_str())
     {
@@ -1075,31 +1121,65 @@ async fn list_audit(
         )
         .into());
     }
+    let time = |field: &str| {
+        query
+            .get(field)
+            .map(|t| time_param(engine, field, t))
+            .transpose()
+    };
+    let id = |field: &str| {
+        query
+            .get(field)
+            .map(|text| {
+                text.parse::<i64>()
+                    .ok()
+                    .filter(|n| (0..=MAX_AUDIT_ID).contains(n))
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            field,
+                            format!("{text:?} is not an audit entry's id (0 to {MAX_AUDIT_ID})"),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    let newest_first = match query.get("order").map(String::as_str) {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(
+                FieldError::new("order", format!("{other:?} is not oldest or newest")).into(),
+            );
+        }
+    };
     let filter = AuditFilter {
-        since: query
-            .get("since")
-            .map(|t| time_param(&engine, "since", t))
-            .transpose()?,
+        since: time("since")?,
+        until: time("until")?,
         who: query.get("who").cloned(),
         kind: query.get("kind").cloned(),
-        limit: limit(&query, 1000, 100_000)?,
+        name: query.get("name").cloned(),
+        before_id: id("before")?,
+        after_id: id("after")?,
+        newest_first,
+        limit: limit(query, 1000, 100_000)?,
     };
     let entries = engine.store().audit(&filter).await?;
-    Ok(Json(
-        entries
-            .into_iter()
-            .map(|a| AuditView {
-                id: a.id,
-                at: views::time(a.at),
-                who: a.who,
-                kind: a.kind,
-                name: a.name,
-                action: a.action,
-                before: a.before,
-                after: a.after,
-            })
-            .collect(),
-    ))
+    Ok(entries
+        .into_iter()
+        .map(|a| AuditView {
+            id: a.id,
+            at: views::time(a.at),
+            who: a.who,
+            kind: a.kind,
+            name: a.name,
+            action: a.action,
+            before: a.before,
+            after: a.after,
+        })
+        .collect())
 }
 
-const AUDIT_KINDS: [&str; 4] = ["pool", "tenant", "token", "run"];
+/// The largest audit entry id a page may start from (as the OpenAPI document says).
+const MAX_AUDIT_ID: i64 = 1_000_000_000_000_000;
+
+pub(crate) const AUDIT_KINDS: [&str; 4] = ["pool", "tenant", "token", "run"];

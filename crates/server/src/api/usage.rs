@@ -165,7 +165,7 @@ pub(crate) async fn usage_report(
 /// Every pool's price history, by pool and time: what usage is priced by.
 #[utoipa::path(get, path = "/api/v1/prices",
     responses((status = 200, body = [PriceChangeView]), (status = 503, body = ErrorBody)))]
-pub(super) async fn price_history(
+pub(crate) async fn price_history(
     State(engine): State<std::sync::Arc<Engine>>,
     Query(query): Params,
 ) -> Result<axum::Json<Vec<PriceChangeView>>, ApiError> {

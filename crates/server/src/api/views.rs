@@ -49,8 +49,8 @@ fn quota(q: &QuotaSpec) -> QuotaView {
     }
 }
 
-/// A live agent and how it confines its steps.
-pub fn agent(w: &WorkerRecord) -> AgentView {
+/// A live agent, how it confines its steps, and the allocations it holds.
+pub fn agent(w: &WorkerRecord, last_poll: Timestamp, holds: &[&AllocationRecord]) -> AgentView {
     AgentView {
         worker_id: w.id.0,
         name: w.name.clone(),
@@ -59,6 +59,19 @@ pub fn agent(w: &WorkerRecord) -> AgentView {
             cgroup: c.cgroup.clone(),
             user: c.user.clone(),
         }),
+        capacity: w.capacity.into(),
+        last_poll_at: Some(time(last_poll)),
+        holds: holds
+            .iter()
+            .map(|a| HoldingView {
+                allocation_id: a.id.0,
+                run_id: a.run_id.0,
+                group: a.group,
+                tenant: a.tenant.clone(),
+                resources: a.resources.into(),
+                opened_at: time(a.opened_at),
+            })
+            .collect(),
     }
 }
 

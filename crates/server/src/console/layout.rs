@@ -14,15 +14,32 @@ pub enum Section {
     Tenants,
     Queue,
     Dashboards,
+    Agents,
+    Prices,
+    Tokens,
+    Audit,
 }
 
-const SECTIONS: [(Section, &str, &str); 5] = [
+const SECTIONS: [(Section, &str, &str); 9] = [
     (Section::Overview, "/", "Overview"),
     (Section::Pools, "/pools", "Pools"),
     (Section::Tenants, "/tenants", "Tenants"),
     (Section::Queue, "/queue", "Queue & runs"),
     (Section::Dashboards, "/dashboards", "Dashboards"),
+    (Section::Agents, "/agents", "Agents"),
+    (Section::Prices, "/prices", "Prices"),
+    (Section::Tokens, "/tokens", "Tokens"),
+    (Section::Audit, "/audit", "Audit log"),
 ];
+
+/// Whether the navigation lists `section` for the visitor: tokens and the
+/// audit log are for `admin` and `viewer` only.
+fn listed(section: Section, session: &Session) -> bool {
+    match section {
+        Section::Tokens | Section::Audit => session.principal.role.tenant().is_none(),
+        _ => true,
+    }
+}
 
 fn head(title: &str) -> Markup {
     html! {
@@ -52,7 +69,7 @@ pub fn page(session: &Session, section: Section, title: &str, body: Markup) -> M
                     a.brand href="/" { "corral" }
                     nav aria-label="Sections" {
                         ul {
-                            @for (s, href, label) in SECTIONS {
+                            @for (s, href, label) in SECTIONS.into_iter().filter(|(s, _, _)| listed(*s, session)) {
                                 li {
                                     a href=(href) aria-current=[(s == section).then_some("page")] { (label) }
                                 }
@@ -163,6 +180,19 @@ fn input_field(
     )
 }
 
+/// A time the API gives (RFC 3339, UTC) as plain HTML shows it, in UTC with
+/// its zone; the console's script shows it in the viewer's local time.
+pub fn time(rfc3339: &str) -> Markup {
+    let text = chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()
+        })
+        .unwrap_or_else(|_| rfc3339.to_string());
+    html! { time datetime=(rfc3339) { (text) } }
+}
+
 /// Cores, as people write them.
 pub fn cores(millis: u64) -> String {
     if millis.is_multiple_of(1000) {
@@ -206,14 +236,6 @@ pub fn money(units: f64) -> String {
     let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
     let kept = fraction.trim_end_matches('0');
     format!("{whole}.{kept:0<2}")
-}
-
-/// A time the API wrote (RFC 3339, UTC), readable, in UTC with its zone.
-pub fn time(rfc3339: &str) -> Markup {
-    let text = chrono::DateTime::parse_from_rfc3339(rfc3339)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_else(|_| rfc3339.to_string());
-    html! { time datetime=(rfc3339) { (text) } }
 }
 
 /// A wait or a duration in ms, in the unit that reads well.

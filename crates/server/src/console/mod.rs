@@ -13,7 +13,9 @@
 //! every API route; a page hides what the visitor's role may not do, and the
 //! server refuses it anyway.
 
+mod agents;
 mod assets;
+mod audit;
 mod charts;
 mod confirm;
 mod dashboards;
@@ -23,11 +25,13 @@ mod layout;
 mod origin;
 mod overview;
 mod pools;
+mod prices;
 mod rightsizing;
 mod runs;
 mod session;
 mod spend;
 mod tenants;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -116,6 +120,12 @@ fn table() -> Vec<(PageSpec, Handler)> {
             Read,
             get(dashboards::waits_csv),
         ),
+        p("GET", "/agents", Read, get(agents::page)),
+        p("GET", "/prices", Read, get(prices::page)),
+        p("GET", "/tokens", ReadAll, get(tokens::list)),
+        p("POST", "/tokens", Admin, post(tokens::create)),
+        p("POST", "/tokens/{name}/revoke", Admin, post(tokens::revoke)),
+        p("GET", "/audit", ReadAll, get(audit::page)),
     ]
 }
 

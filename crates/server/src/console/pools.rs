@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::forms::{self, Kind, Problems};
 use super::layout::{self, Section};
 use super::session::Session;
-use super::{PageError, PageResult, charts, confirm};
+use super::{PageError, PageResult, agents, charts, confirm};
 use crate::api::error::{ApiError, PathParam};
 use crate::api::routes::{may_use_pool, pool_view};
 use crate::api::views;
@@ -330,28 +330,9 @@ pub async fn detail(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> PageResult {
     let view = pool_view(&engine, &session.principal, &name).await?;
-    let (spec, agents) = {
+    let spec = {
         let state = engine.read().await;
-        let now = engine.now();
-        let spec = state.pools.get(&name).map(|p| p.spec.clone());
-        let agents: Vec<(String, String, i64, String)> = state
-            .workers
-            .values()
-            .filter(|w| w.record.pool == name)
-            .map(|w| {
-                (
-                    w.record.name.clone(),
-                    format!(
-                        "{} cpu, {}",
-                        layout::cores(w.record.capacity.cpu_millis),
-                        layout::memory(w.record.capacity.memory_mib)
-                    ),
-                    now.millis_since(w.last_seen),
-                    confinement_text(w.record.confinement.as_ref()),
-                )
-            })
-            .collect();
-        (spec, agents)
+        state.pools.get(&name).map(|p| p.spec.clone())
     };
     let range = charts::Range::from_query(&query);
     let charts = charts::pool_charts(&engine, &session.principal, &name, range).await?;
@@ -379,18 +360,12 @@ pub async fn detail(
                 }
             }
             h2 { "Agents" }
+            p { a href={ "/agents?pool=" (name) } { "Every agent of the pool" } }
             @if view.require_confinement {
                 p { "Agents that cannot confine their steps are refused (" code { "require_confinement: true" } ")." }
             }
-            @if agents.is_empty() { p.muted { "No agent is registered." } }
-            @else {
-                div.table-wrap tabindex="0" { table {
-                    thead { tr { th scope="col" { "Agent" } th scope="col" { "Offers" } th scope="col" { "Confinement" } th.num scope="col" { "Last heartbeat" } } }
-                    tbody { @for (n, offers, ago, confined) in &agents {
-                        tr { td { (n) } td { (offers) } td { (confined) } td.num { (layout::duration(*ago)) " ago" } }
-                    } }
-                } }
-            }
+            @if view.live_agents.is_empty() { p.muted { "No live agent." } }
+            @else { (agents::agent_table(&view.live_agents, engine.now().0)) }
         }))
         h2 { "Utilization and saturation" }
         (charts::range_links(&format!("/pools/{name}"), range))
@@ -417,25 +392,6 @@ pub async fn detail(
     };
     Ok(layout::page(&session, Section::Pools, &format!("Pool {name}"), body).into_response())
 }
-
-/// How an agent confines its steps, in words: `namespaces, cgroup v1, as uids
-/// 2000000000-2000065535`, or what it lacks.
-fn confinement_text(c: Option<&corral_store::WorkerConfinement>) -> String {
-    match c {
-        None => "none (the agent did not say)".into(),
-        Some(c) => format!(
-            "{}, cgroup {}, as {}",
-            if c.namespaces {
-                "namespaces"
-            } else {
-                "no namespaces"
-            },
-            c.cgroup,
-            c.user
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

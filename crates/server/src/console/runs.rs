@@ -1,6 +1,9 @@
-//! The queue in admission order (with each run's reason, limits and places),
-//! recent runs, and a run's page: its DAG, steps and attempts, the log that
-//! follows while it runs, allocations, estimated and actual cost, and cancel.
+//! The queue in admission order, a page at a time (with each run's reason,
+//! limits and places; on a phone each run a card, its reason first), recent
+//! runs, and a run's page: its request and each group's envelope, how long it
+//! waited for admission, its DAG, steps with their durations and attempts, the
+//! log that follows while it runs, allocations, estimated and actual cost,
+//! and cancel. Times are in UTC; the console's script shows them local.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +34,9 @@ use crate::engine::Engine;
 /// Recent runs listed under the queue.
 const RECENT: u32 = 50;
 
+/// Waiting runs on a page of the queue.
+const QUEUE_PAGE: usize = 50;
+
 fn run_id(text: &str) -> Result<RunId, ApiError> {
     text.parse::<i64>().map(RunId).map_err(|_| {
         ApiError::invalid(corral_core::error::FieldError::new(
@@ -56,13 +62,28 @@ pub async fn queue(
     let who = &session.principal;
     let filter = |key: &str| query.get(key).filter(|v| !v.is_empty()).cloned();
     let (tenant, pool, state_filter) = (filter("tenant"), filter("pool"), filter("state"));
-    let (queued, tenants, pools) = {
+    let page = match query.get("page").filter(|v| !v.is_empty()) {
+        None => 1,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                ApiError::invalid(corral_core::error::FieldError::new(
+                    "page",
+                    format!("{text:?} is not a page number (1, 2, ...)"),
+                ))
+            })?,
+    };
+    let (queued, waiting, tenants, pools) = {
         let state = engine.read().await;
         let places = state.queue_places(engine.now());
-        let queued: Vec<RunSummary> = places
+        let wanted: Vec<_> = places
             .iter()
-            .filter_map(|p| {
-                let run = state.runs.get(&p.run)?;
+            .filter(|p| {
+                let Some(run) = state.runs.get(&p.run) else {
+                    return false;
+                };
                 let record = &run.record;
                 // A run may land on a pool when one of its steps' selectors
                 // matches it (a step without one may land anywhere).
@@ -75,11 +96,17 @@ pub async fn queue(
                         })
                     })
                 };
-                (who.may_touch_tenant(&record.tenant)
+                who.may_touch_tenant(&record.tenant)
                     && tenant.as_ref().is_none_or(|t| *t == record.tenant)
-                    && pool.as_ref().is_none_or(may_land))
-                .then(|| views::run_summary(record, Some(p)))
+                    && pool.as_ref().is_none_or(may_land)
             })
+            .collect();
+        // Only the page shown is made into views.
+        let queued: Vec<RunSummary> = wanted
+            .iter()
+            .skip((page - 1).saturating_mul(QUEUE_PAGE))
+            .take(QUEUE_PAGE)
+            .filter_map(|p| Some(views::run_summary(&state.runs.get(&p.run)?.record, Some(p))))
             .collect();
         let tenants: Vec<String> = state
             .tenants
@@ -89,10 +116,24 @@ pub async fn queue(
             .collect();
         (
             queued,
+            wanted.len(),
             tenants,
             state.pools.keys().cloned().collect::<Vec<_>>(),
         )
     };
+    let pages = waiting.div_ceil(QUEUE_PAGE).max(1);
+    let page_link = |n: usize| {
+        let mut url =
+            form_urlencoded::Serializer::for_suffix(String::from("/queue?"), "/queue?".len());
+        for (k, v) in &query {
+            if k != "page" && !v.is_empty() {
+                url.append_pair(k, v);
+            }
+        }
+        url.append_pair("page", &n.to_string());
+        url.finish()
+    };
+    let first = (page - 1).saturating_mul(QUEUE_PAGE).saturating_add(1);
     let wanted_state = state_filter
         .as_deref()
         .and_then(|s| s.parse::<RunState>().ok());
@@ -129,26 +170,38 @@ pub async fn queue(
             button type="submit" { "Filter" }
         }
         (layout::live("queue", html! {
-            h2 { "Waiting for admission (" (queued.len()) ")" }
-            @if queued.is_empty() { p.muted { "Nothing waits." } }
+            h2 { "Waiting for admission (" (waiting) ")" }
+            @if queued.is_empty() { p.muted { @if waiting == 0 { "Nothing waits." } @else { "No run on this page." } } }
             @else {
-                div.table-wrap tabindex="0" { table {
+                @if pages > 1 {
+                    p.muted { "Runs " (first) "–" (first + queued.len() - 1) " of " (waiting) ", page " (page) " of " (pages) "." }
+                }
+                div.table-wrap tabindex="0" { table.cards #waiting {
                     thead { tr {
                         th.num scope="col" { "#" } th.num scope="col" { "In tenant" } th scope="col" { "Run" }
                         th scope="col" { "Tenant" } th.num scope="col" { "Waited" } th scope="col" { "Why it waits" }
                     } }
                     tbody { @for r in &queued {
                         tr {
-                            td.num { (r.queue.as_ref().map_or(0, |q| q.position)) }
-                            td.num { (r.queue.as_ref().map_or(0, |q| q.tenant_position)) }
-                            td { a href={ "/runs/" (r.id) } { (r.id) " " (r.pipeline) } }
-                            td { (r.tenant) }
-                            td.num { (layout::duration(r.queue.as_ref().map_or(0, |q| q.waited_ms))) }
-                            td { (reason(r)) }
+                            td.num data-label="Position" { (r.queue.as_ref().map_or(0, |q| q.position)) }
+                            td.num data-label="In tenant" { (r.queue.as_ref().map_or(0, |q| q.tenant_position)) }
+                            td.run data-label="Run" { a href={ "/runs/" (r.id) } { (r.id) " " (r.pipeline) } }
+                            td data-label="Tenant" { (r.tenant) }
+                            td.num data-label="Waited" { (layout::duration(r.queue.as_ref().map_or(0, |q| q.waited_ms))) }
+                            td.why { (reason(r)) }
                         }
                     } }
                 } }
             }
+        }))
+        // Outside the live regions: a link is not replaced while it is clicked.
+        @if pages > 1 {
+            nav.pager aria-label="Pages of the queue" {
+                @if page > 1 { a rel="prev" href=(page_link(page - 1)) { "← Previous " (QUEUE_PAGE) } }
+                @if page < pages { a rel="next" href=(page_link(page + 1)) { "Next " (QUEUE_PAGE.min(waiting - page * QUEUE_PAGE)) " →" } }
+            }
+        }
+        (layout::live("recent", html! {
             h2 { "Recent runs" }
             div.table-wrap tabindex="0" { table {
                 thead { tr {
@@ -162,7 +215,7 @@ pub async fn queue(
                         td { (s.tenant) }
                         td { (layout::state(&s.state)) }
                         td.num { (layout::money(s.estimated_cost)) }
-                        td { (s.created_at) }
+                        td { (layout::time(&s.created_at)) }
                     }
                 } }
             } }
@@ -248,6 +301,36 @@ fn dag(steps: &[StepView]) -> Markup {
     }
 }
 
+/// A duration in ms as people read it: `340 ms`, `4.2 s`, `3m 5s`.
+fn elapsed(ms: i64) -> String {
+    match ms.max(0) {
+        ms @ 0..1000 => format!("{ms} ms"),
+        ms @ 1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        ms => layout::duration(ms),
+    }
+}
+
+/// Milliseconds since the epoch of a time the API gives (0 if unreadable).
+fn millis(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|d| d.timestamp_millis())
+        .unwrap_or(0)
+}
+
+/// How long a step's last attempt ran (so far, while it runs).
+fn step_duration(step: &StepView, now_ms: i64) -> Markup {
+    let Some(attempt) = step.attempts.last() else {
+        return html! { span.muted { "—" } };
+    };
+    let Some(started) = attempt.started_at.as_deref().map(millis) else {
+        return html! { span.muted { "not started" } };
+    };
+    match attempt.finished_at.as_deref().map(millis) {
+        Some(finished) => html! { (elapsed(finished - started)) },
+        None => html! { (elapsed(now_ms - started)) " so far" },
+    }
+}
+
 /// What a run's allocations cost so far, priced like usage.
 async fn actual_cost(engine: &Engine, view: &RunView) -> Result<f64, ApiError> {
     let parse = |t: &str| {
@@ -293,6 +376,15 @@ pub async fn detail(
     let cost = actual_cost(&engine, &view).await?;
     let s = &view.summary;
     let ended = s.finished_at.is_some();
+    let now_ms = engine.now().0;
+    // Admitted when its first allocation opened (a group placed again after
+    // its worker was lost opens a later one).
+    let admitted = view
+        .allocations
+        .iter()
+        .min_by_key(|a| millis(&a.opened_at))
+        .map(|a| a.opened_at.as_str());
+    let admission_wait = admitted.map(|at| millis(at) - millis(&s.created_at));
     let body = html! {
         (layout::live("run", html! {
             div.grid {
@@ -301,8 +393,15 @@ pub async fn detail(
                         dt { "State" } dd { (layout::state(&s.state)) }
                         dt { "Tenant" } dd { (s.tenant) }
                         dt { "Priority" } dd { (s.priority) }
-                        dt { "Created" } dd { (s.created_at) }
-                        @if let Some(f) = &s.finished_at { dt { "Finished" } dd { (f) } }
+                        dt { "Submitted" } dd { (layout::time(&s.created_at)) }
+                        dt { "Admission wait" } dd #admission-wait {
+                            @match (admitted, admission_wait) {
+                                (Some(at), Some(wait)) => { (elapsed(wait)) ", admitted " (layout::time(at)) },
+                                _ if ended => { span.muted { "never admitted" } },
+                                _ => { (elapsed(now_ms - millis(&s.created_at))) " so far" },
+                            }
+                        }
+                        @if let Some(f) = &s.finished_at { dt { "Finished" } dd { (layout::time(f)) } }
                         dt { "Estimated cost" } dd { (layout::money(s.estimated_cost)) }
                         dt { "Cost so far" } dd { (layout::money(cost)) }
                     }
@@ -313,18 +412,35 @@ pub async fn detail(
                     @if let Some(e) = &view.explanation { p.muted { (e) } }
                 }
             }
+            h2 { "Request" }
+            p.muted { "Steps sharing a pool selector form a group; a group's envelope is its peak concurrent demand, what it asks a pool for." }
+            div.table-wrap tabindex="0" { table #request {
+                thead { tr {
+                    th.num scope="col" { "Group" } th scope="col" { "Pools" } th scope="col" { "Envelope" } th scope="col" { "Steps" }
+                } }
+                tbody { @for g in &view.request.groups {
+                    tr {
+                        td.num { (g.index) }
+                        td { (g.pool) }
+                        td.envelope { (layout::resources(&g.resources)) }
+                        td { (g.steps.join(", ")) }
+                    }
+                } }
+            } }
             h2 { "Steps" }
             (dag(&view.steps))
-            div.table-wrap tabindex="0" { table {
-                thead { tr { th scope="col" { "Step" } th scope="col" { "State" } th scope="col" { "Attempts" } th scope="col" { "Used (last attempt)" } } }
+            div.table-wrap tabindex="0" { table #steps {
+                thead { tr { th scope="col" { "Step" } th scope="col" { "State" } th.num scope="col" { "Duration" } th scope="col" { "Attempts" } th scope="col" { "Used (last attempt)" } } }
                 tbody { @for step in &view.steps {
                     tr {
                         td { (step.name) }
                         td { (layout::state(&step.state)) }
+                        td.num.duration { (step_duration(step, now_ms)) }
                         td { @for a in &step.attempts {
                             span.badge { "#" (a.number) " " (a.state)
                                 @if let Some(code) = a.exit_code { " exit " (code) }
                                 @if let Some(e) = &a.error { " — " (e) } }
+                            @if let Some(t) = &a.started_at { " from " (layout::time(t)) }
                             " "
                         } }
                         td { @match step.attempts.last().and_then(|a| a.usage.as_ref()) {
@@ -350,8 +466,8 @@ pub async fn detail(
                         tr {
                             td { (a.pool) }
                             td { (layout::resources(&a.resources)) }
-                            td { (a.opened_at) }
-                            td { (a.closed_at.clone().unwrap_or_else(|| "open".into())) }
+                            td { (layout::time(&a.opened_at)) }
+                            td { @match &a.closed_at { Some(t) => (layout::time(t)), None => "open" } }
                         }
                     } }
                 } }
@@ -373,27 +489,47 @@ pub async fn detail(
 }
 
 /// The run's log as it is written: what was stored, then each new chunk as
-/// it comes, until the run ends.
+/// it comes, until the run ends. With `follow=false`, what is stored so far,
+/// and whether the run has ended (`Corral-Run-Ended`): a page that may not
+/// hold a stream open reads the log so, again and again.
 pub async fn log(
     State(engine): State<Arc<Engine>>,
     Extension(session): Extension<Session>,
     PathParam(id): PathParam<String>,
+    Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Response, PageError> {
     let id = run_id(&id)?;
+    let follow = match query.get("follow").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(ApiError::invalid(corral_core::error::FieldError::new(
+                "follow",
+                format!("{other:?} is not true or false"),
+            ))
+            .into());
+        }
+    };
     let detail = detail_of(&engine, &session.principal, id).await?;
+    let ended = if detail.run.state.is_terminal() {
+        "true"
+    } else {
+        "false"
+    };
     let body = log_body(
         engine,
         detail,
         LogRequest {
             run: id,
             step: None,
-            follow: true,
+            follow,
         },
     );
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            (header::HeaderName::from_static("corral-run-ended"), ended),
         ],
         body,
     )

@@ -1,4 +1,5 @@
-//! Metering: what the allocation history cost, grouped as asked; idle capacity;
+//! Metering: what the allocation history cost, grouped as asked; idle capacity,
+//! and its cost shared back to those who used each pool (`share.rs`);
 //! month-to-date spend, forecasts, run estimates and budget alerts.
 //!
 //! Usage is computed from *spans* (an allocation held from its start to its end,
@@ -21,6 +22,7 @@ mod estimate;
 mod idle;
 mod ledger;
 mod pieces;
+mod share;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +42,7 @@ pub use calendar::{DAY_MS, Date, Month, day_start};
 pub use estimate::{estimate_cost, expected_duration_ms};
 pub use idle::{IdleRow, idle};
 pub use ledger::{Grouping, Plan, SlotPiece, plan, slot_pieces};
+pub use share::{IdleShares, apportion, share_idle};
 
 use pieces::Cutter;
 

@@ -268,22 +268,25 @@ pub fn usage(
     group(&pieces(spans, prices, window, now_ms), by)
 }
 
+/// The values of `by` for a piece: the key of the report's row it counts in.
+pub fn key_values(piece: &SlotUsage, by: &[Key]) -> Vec<String> {
+    by.iter()
+        .map(|k| match k {
+            Key::Tenant => piece.tenant.clone(),
+            Key::Pool => piece.pool.clone(),
+            Key::Pipeline => piece.pipeline.clone(),
+            Key::Day => Date::containing(piece.slot_ms).to_string(),
+            Key::Month => Month::containing(piece.slot_ms).label(),
+        })
+        .collect()
+}
+
 /// Pieces (or sums of pieces) of usage grouped by `by`.
 pub fn group(held: &[SlotUsage], by: &[Key]) -> UsageReport {
     let mut rows: BTreeMap<Vec<String>, Usage> = BTreeMap::new();
     let mut total = Usage::ZERO;
     for piece in held {
-        let key = by
-            .iter()
-            .map(|k| match k {
-                Key::Tenant => piece.tenant.clone(),
-                Key::Pool => piece.pool.clone(),
-                Key::Pipeline => piece.pipeline.clone(),
-                Key::Day => Date::containing(piece.slot_ms).to_string(),
-                Key::Month => Month::containing(piece.slot_ms).label(),
-            })
-            .collect();
-        let row = rows.entry(key).or_default();
+        let row = rows.entry(key_values(piece, by)).or_default();
         *row = row.saturating_add(&piece.usage);
         total = total.saturating_add(&piece.usage);
     }

@@ -496,7 +496,12 @@ fn governance(state: &State, snapshot: &Snapshot) -> [Gauge; 4] {
         "Room a pool holds for runs that waited too long (their demand, up to what it has free), by resource: cpu in cores, memory in bytes, gpu; as of the last controller cycle.",
     );
     for name in snapshot.pools.keys() {
-        add_by_resource(&mut reserved, "pool", name, &state.reserved_on(name, snapshot));
+        add_by_resource(
+            &mut reserved,
+            "pool",
+            name,
+            &state.reserved_on(name, snapshot),
+        );
     }
     let mut queued = Gauge::new(
         "corral_queued_runs",

@@ -75,8 +75,11 @@ pub trait Store: Send + Sync {
 
     /// Runs older than `before` (with a smaller id), newest first: the page
     /// after one that ended at `before`. All of them, without it.
-    async fn runs_before(&self, filter: &RunFilter, before: Option<RunId>)
-    -> Result<Vec<RunRecord>>;
+    async fn runs_before(
+        &self,
+        filter: &RunFilter,
+        before: Option<RunId>,
+    ) -> Result<Vec<RunRecord>>;
 
     /// The allocation history, open and closed, oldest first.
     async fn allocations(&self, filter: &AllocationFilter) -> Result<Vec<AllocationRecord>>;

@@ -354,7 +354,10 @@ async fn suite(store: &dyn Store) {
         )
         .await
         .expect("runs before");
-    assert_eq!(acme_before_2.iter().map(|r| r.id.0).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        acme_before_2.iter().map(|r| r.id.0).collect::<Vec<_>>(),
+        vec![1]
+    );
 
     // Logs: appends are idempotent per offset and come back in order.
     let chunk = |offset: u64, data: &str| LogChunk {

@@ -357,7 +357,10 @@ async fn metrics_agree_with_the_api_during_and_after_a_workload() {
         ),
         2.0
     );
-    assert_eq!(during.sum("corral_queued_runs", &[("tenant", "beta")]), None);
+    assert_eq!(
+        during.sum("corral_queued_runs", &[("tenant", "beta")]),
+        None
+    );
     let alpha_cpu = [("tenant", "alpha"), ("resource", "cpu")];
     assert_eq!(during.value("corral_tenant_quota", &alpha_cpu), 1.0);
     assert_eq!(
@@ -366,11 +369,17 @@ async fn metrics_agree_with_the_api_during_and_after_a_workload() {
         "alpha holds its whole quota"
     );
     assert_eq!(
-        during.value("corral_tenant_allocated", &[("tenant", "alpha"), ("resource", "runs")]),
+        during.value(
+            "corral_tenant_allocated",
+            &[("tenant", "alpha"), ("resource", "runs")]
+        ),
         1.0
     );
     assert_eq!(
-        during.value("corral_tenant_allocated", &[("tenant", "beta"), ("resource", "cpu")]),
+        during.value(
+            "corral_tenant_allocated",
+            &[("tenant", "beta"), ("resource", "cpu")]
+        ),
         2.0
     );
     assert_eq!(
@@ -381,13 +390,22 @@ async fn metrics_agree_with_the_api_during_and_after_a_workload() {
         256.0 * 1048576.0
     );
     assert_eq!(
-        during.sum("corral_tenant_quota", &[("tenant", "alpha"), ("resource", "memory")]),
+        during.sum(
+            "corral_tenant_quota",
+            &[("tenant", "alpha"), ("resource", "memory")]
+        ),
         None,
         "an unlimited quota has no sample"
     );
-    assert_eq!(during.sum("corral_tenant_quota", &[("tenant", "beta")]), None);
     assert_eq!(
-        during.value("corral_pool_reserved", &[("pool", "work"), ("resource", "cpu")]),
+        during.sum("corral_tenant_quota", &[("tenant", "beta")]),
+        None
+    );
+    assert_eq!(
+        during.value(
+            "corral_pool_reserved",
+            &[("pool", "work"), ("resource", "cpu")]
+        ),
         0.0
     );
     assert_eq!(

@@ -430,10 +430,7 @@ fn shares_by_row(
     tenant: Option<&str>,
 ) -> RowShares {
     let shares = share_idle(idle, everyone, |piece| {
-        (
-            key_values(piece, by),
-            tenant.map(|_| piece.tenant.clone()),
-        )
+        (key_values(piece, by), tenant.map(|_| piece.tenant.clone()))
     });
     let mut by_row: BTreeMap<Vec<String>, Money> = BTreeMap::new();
     for ((key, owner), share) in shares.by_key {

@@ -798,7 +798,9 @@ async fn list_runs(
         .get("before")
         .map(|text| {
             text.parse::<RunId>()
-                .map_err(|_| FieldError::new("before", format!("{text:?} is not a run id")))
+                .ok()
+                .filter(|id| id.0 >= 1)
+                .ok_or_else(|| FieldError::new("before", format!("{text:?} is not a run id")))
         })
         .transpose()?;
     let state = query

@@ -96,6 +96,11 @@ pub struct PoolView {
     /// The pool's live agents, with how each confines its steps.
     #[serde(default)]
     pub live_agents: Vec<AgentView>,
+    /// The pool's document as it was applied, without its `kind`: what
+    /// `apply` takes back unchanged (no status).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -136,6 +141,11 @@ pub struct TenantView {
     /// Its budget per calendar month, if it has one.
     #[serde(default)]
     pub budget: Option<BudgetSummary>,
+    /// The tenant's document as it was applied, without its `kind`: what
+    /// `apply` takes back unchanged (no status).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -197,6 +207,9 @@ pub struct RunSummary {
     /// timeouts, or the server's default duration).
     #[serde(default)]
     pub estimated_cost: f64,
+    /// What the run asks for in all: its groups' envelopes summed.
+    #[serde(default)]
+    pub demand: ResourcesView,
     pub created_at: String,
     pub finished_at: Option<String>,
 }
@@ -592,6 +605,18 @@ pub struct UsageRowView {
     pub used: UsedAmounts,
     #[serde(default)]
     pub efficiency: EfficiencyView,
+    /// With `idle=share`: the group's share of the idle cost of the pools it
+    /// used (null otherwise), in the operator's currency and exactly in
+    /// micro-units.
+    #[serde(default)]
+    pub idle_share: Option<f64>,
+    #[serde(default)]
+    pub idle_share_micros: Option<i64>,
+    /// With `idle=share`: its cost and its idle share together.
+    #[serde(default)]
+    pub total_with_idle: Option<f64>,
+    #[serde(default)]
+    pub total_with_idle_micros: Option<i64>,
 }
 
 /// A pool's capacity over the window, what was allocated of it and what
@@ -604,6 +629,12 @@ pub struct IdleView {
     pub capacity: UsageAmounts,
     pub allocated: UsageAmounts,
     pub idle: UsageAmounts,
+    /// With `idle=share`: what of the idle cost was shared among the rows
+    /// (all of it, unless nobody used the pool at some cost); null otherwise.
+    #[serde(default)]
+    pub shared: Option<f64>,
+    #[serde(default)]
+    pub shared_micros: Option<i64>,
 }
 
 /// Usage and cost of the allocations held within `[from, to)`, grouped as
@@ -621,6 +652,17 @@ pub struct UsageView {
     pub total_efficiency: EfficiencyView,
     /// Idle capacity per pool (and day); empty for a tenant's token.
     pub idle: Vec<IdleView>,
+    /// `separate` (idle cost in `idle` only) or `share` (each row also gets
+    /// its share of the idle cost of the pools it used).
+    #[serde(default = "separate")]
+    pub idle_mode: String,
+    /// The code of the currency amounts are in (the server's `--currency`).
+    #[serde(default)]
+    pub currency: String,
+}
+
+fn separate() -> String {
+    "separate".into()
 }
 
 /// A budget threshold a tenant's spend crossed (once per month each), and its
@@ -692,6 +734,16 @@ pub struct TenantSummary {
     pub queued_demand: ResourcesView,
     /// This month's budget alerts.
     pub alerts: Vec<AlertView>,
+    /// Its share this month of the idle cost of the pools it used, in
+    /// proportion to what its use of each cost (as `GET /api/v1/usage?idle=share`),
+    /// and exactly in micro-units.
+    #[serde(default)]
+    pub idle_share: f64,
+    #[serde(default)]
+    pub idle_share_micros: i64,
+    /// The code of the currency amounts are in (the server's `--currency`).
+    #[serde(default)]
+    pub currency: String,
 }
 
 /// A right-sizing recommendation for one step of a pipeline.

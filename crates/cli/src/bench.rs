@@ -51,8 +51,9 @@ async fn wait_all_ended(client: &Client, ids: &[i64]) -> Result<Vec<RunSummary>>
     }
     loop {
         let ended: Vec<RunSummary> = client
-            .runs(None, None, 10_000)
+            .runs(None, None, Some(10_000))
             .await?
+            .0
             .into_iter()
             .filter(|r| wanted.contains(&r.id) && r.finished_at.is_some())
             .collect();

@@ -1,6 +1,5 @@
 //! The CLI's HTTP client for the corral API.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,6 +68,9 @@ pub struct Client {
     base: String,
     token: String,
 }
+
+/// The most runs the CLI asks for in one request; longer lists are paged.
+pub const PAGE: usize = 1000;
 
 /// Bodies of YAML documents (JSON is YAML too).
 const YAML: &str = "application/yaml";
@@ -203,35 +205,74 @@ impl Client {
         self.json(self.http.get(self.url("/tenants"))).await
     }
 
+    /// Runs, newest first: `want` of them (all, without), a page of at most
+    /// [`PAGE`] per request; and whether there are more than `want`.
     pub async fn runs(
         &self,
         tenant: Option<&str>,
         state: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<RunSummary>> {
-        let limit = limit.to_string();
-        let mut query = BTreeMap::new();
-        query.insert("limit", limit.as_str());
-        if let Some(t) = tenant {
-            query.insert("tenant", t);
+        want: Option<u32>,
+    ) -> Result<(Vec<RunSummary>, bool)> {
+        let mut runs: Vec<RunSummary> = Vec::new();
+        loop {
+            // One more than wanted says whether there are more.
+            let ask = want.map_or(PAGE, |n| (n as usize + 1 - runs.len()).min(PAGE));
+            let mut query = vec![("limit", ask.to_string())];
+            for (key, value) in [("tenant", tenant), ("state", state)] {
+                if let Some(v) = value {
+                    query.push((key, v.to_string()));
+                }
+            }
+            if let Some(last) = runs.last() {
+                query.push(("before", last.id.to_string()));
+            }
+            let page: Vec<RunSummary> = self
+                .json(self.http.get(self.url("/runs")).query(&query))
+                .await?;
+            let ended = page.len() < ask;
+            runs.extend(page);
+            if ended || want.is_some_and(|n| runs.len() > n as usize) {
+                break;
+            }
         }
-        if let Some(s) = state {
-            query.insert("state", s);
-        }
-        self.json(self.http.get(self.url("/runs")).query(&query))
-            .await
+        let more = want.is_some_and(|n| runs.len() > n as usize);
+        runs.truncate(want.map_or(usize::MAX, |n| n as usize));
+        Ok((runs, more))
     }
 
-    /// Queued runs in admission order.
-    pub async fn queue(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<RunSummary>> {
-        let limit = limit.to_string();
-        let mut query = BTreeMap::new();
-        query.insert("limit", limit.as_str());
-        if let Some(t) = tenant {
-            query.insert("tenant", t);
+    /// Queued runs in admission order: `want` of them (all, without), a page
+    /// of at most [`PAGE`] per request; and how many wait in all.
+    pub async fn queue(
+        &self,
+        tenant: Option<&str>,
+        want: Option<u32>,
+    ) -> Result<(Vec<RunSummary>, u64)> {
+        let mut runs: Vec<RunSummary> = Vec::new();
+        loop {
+            let ask = want.map_or(PAGE, |n| (n as usize - runs.len()).min(PAGE));
+            let mut query = vec![("limit", ask.to_string())];
+            if let Some(t) = tenant {
+                query.push(("tenant", t.to_string()));
+            }
+            if let Some(place) = runs.last().and_then(|r| r.queue.as_ref()) {
+                query.push(("after", place.position.to_string()));
+            }
+            let answer = self
+                .send(self.http.get(self.url("/queue")).query(&query))
+                .await?;
+            let total = answer
+                .headers()
+                .get("x-total-count")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .context("the server's queue answer has no X-Total-Count")?;
+            let page: Vec<RunSummary> = answer.json().await?;
+            let ended = page.len() < ask;
+            runs.extend(page);
+            if ended || want.is_some_and(|n| runs.len() >= n as usize) {
+                return Ok((runs, total));
+            }
         }
-        self.json(self.http.get(self.url("/queue")).query(&query))
-            .await
     }
 
     pub async fn run(&self, id: i64) -> Result<RunView> {

@@ -119,6 +119,16 @@ enum DescribeKind {
     Tenant,
 }
 
+/// Whether `corral usage` shares idle cost back to its rows.
+#[derive(Clone, Copy, ValueEnum)]
+enum IdleMode {
+    /// Each pool's idle cost in a table of its own.
+    Separate,
+    /// Each row also gets its share of the idle cost of the pools it used,
+    /// in proportion to what its use of each cost.
+    Share,
+}
+
 /// How `corral usage` prints its report.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum UsageFormat {
@@ -185,6 +195,10 @@ enum Command {
         /// sampled, from 100ms to 1h.
         #[arg(long, default_value = "10s", value_parser = parse_sample_interval)]
         sample_interval: Duration,
+        /// The currency prices and budgets are in (an ISO 4217 code, such as
+        /// EUR): shown beside amounts, never converted.
+        #[arg(long, default_value = "USD", value_parser = currency_code)]
+        currency: String,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -282,9 +296,13 @@ enum Command {
         #[arg(long)]
         state: Option<String>,
         /// For runs and the queue: at most this many (runs newest first, the
-        /// queue in admission order).
-        #[arg(long, default_value_t = 100)]
+        /// queue in admission order), asked for a thousand at a time; a line
+        /// on stderr says when there are more.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         limit: u32,
+        /// For runs and the queue: every one, however many.
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
     },
     /// Show a run in detail, with why it waits; or a tenant at a glance.
     Describe {
@@ -314,6 +332,9 @@ enum Command {
         tenant: Option<String>,
         #[arg(long)]
         pool: Option<String>,
+        /// Share each pool's idle cost back to the rows that used it.
+        #[arg(long, value_enum, default_value_t = IdleMode::Separate)]
+        idle: IdleMode,
         #[arg(short = 'o', long, value_enum, default_value_t = UsageFormat::Table)]
         output: UsageFormat,
     },
@@ -400,6 +421,16 @@ fn webhook_url(text: &str) -> Result<String, String> {
     }
 }
 
+fn currency_code(text: &str) -> Result<String, String> {
+    if text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a currency code (three capital letters, such as USD or EUR)"
+        ))
+    }
+}
+
 fn parse_sample_interval(text: &str) -> Result<Duration, String> {
     corral_core::history::parse_interval_ms(text).map(Duration::from_millis)
 }
@@ -475,6 +506,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             alert_webhook,
             limits,
             sample_interval,
+            currency,
         } => {
             let policy = Policy {
                 placement: PlacementPolicy::parse(&placement)
@@ -502,6 +534,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     max_agent: limits.max_agent(),
                     limits: limits.pipeline()?,
                     sample_interval,
+                    currency,
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),
@@ -622,22 +655,41 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             tenant,
             state,
             limit,
+            all,
         } => {
             let client = server.client()?;
+            let want = (!all).then_some(limit);
+            let mut more = None;
             let text = match kind {
                 Kind::Pools => output::pools(&client.pools().await?, output)?,
                 Kind::Tenants => output::tenants(&client.tenants().await?, output)?,
-                Kind::Runs => output::runs(
-                    &client
-                        .runs(tenant.as_deref(), state.as_deref(), limit)
-                        .await?,
-                    output,
-                )?,
+                Kind::Runs => {
+                    let (runs, beyond) = client
+                        .runs(tenant.as_deref(), state.as_deref(), want)
+                        .await?;
+                    if beyond {
+                        more = Some(format!(
+                            "showing the newest {} runs; there are more: --limit N or --all for more",
+                            runs.len()
+                        ));
+                    }
+                    output::runs(&runs, output)?
+                }
                 Kind::Queue => {
-                    output::queue(&client.queue(tenant.as_deref(), limit).await?, output)?
+                    let (runs, total) = client.queue(tenant.as_deref(), want).await?;
+                    if total > runs.len() as u64 {
+                        more = Some(format!(
+                            "showing {} of {total} queued runs: --limit N or --all for more",
+                            runs.len()
+                        ));
+                    }
+                    output::queue(&runs, output)?
                 }
             };
             print!("{}", escapes::neutralise(&text));
+            if let Some(note) = more {
+                eprintln!("{note}");
+            }
             Ok(ok)
         }
         Command::Describe {
@@ -668,10 +720,15 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             until,
             tenant,
             pool,
+            idle,
             output,
         } => {
             let client = server.client()?;
-            let mut query = vec![("by", by)];
+            let idle = match idle {
+                IdleMode::Separate => "separate",
+                IdleMode::Share => "share",
+            };
+            let mut query = vec![("by", by), ("idle", idle.to_string())];
             for (key, value) in [
                 ("from", since),
                 ("to", until),

@@ -8,7 +8,8 @@ use corral_api::{
     AttemptUsage, AuditView, PoolView, RecommendationView, ResourcesView, RunSummary, RunView,
     TenantSummary, TenantView, TokenView, UsageView,
 };
-use corral_core::resources::{format_cpu, format_memory};
+use corral_core::money::Money;
+use corral_core::resources::{UNLIMITED, format_count, format_cpu, format_memory};
 use serde::Serialize;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,16 +65,51 @@ fn resources(r: &ResourcesView) -> String {
 }
 
 fn usage(used: &ResourcesView, capacity: &ResourcesView) -> String {
-    format!(
+    let mut s = format!(
         "cpu {}/{}, mem {}/{}",
         format_cpu(used.cpu_millis),
         format_cpu(capacity.cpu_millis),
         format_memory(used.memory_mib),
         format_memory(capacity.memory_mib)
-    )
+    );
+    if capacity.gpu > 0 || used.gpu > 0 {
+        let _ = write!(
+            s,
+            ", gpu {}/{}",
+            format_count(used.gpu),
+            format_count(capacity.gpu)
+        );
+    }
+    s
 }
 
+/// An amount of the operator's currency given in units, to the micro-unit
+/// (a cost of 0.000417 is not `0.00`).
+pub fn money(units: f64) -> String {
+    // `as` saturates: amounts are far inside i64 micro-units.
+    Money::from_micros((units * 1e6).round() as i64).to_string()
+}
+
+/// Specs as documents `corral apply -f` takes back unchanged: `kind` first,
+/// then the spec as it was applied, `---` between documents.
+fn documents<'a>(kind: &str, specs: impl Iterator<Item = &'a serde_json::Value>) -> Result<String> {
+    let mut out = String::new();
+    for (i, spec) in specs.enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        let _ = writeln!(out, "kind: {kind}");
+        out.push_str(&serde_saphyr::to_string(spec)?);
+    }
+    Ok(out)
+}
+
+/// Pools as a table, their views as JSON (status included), or their specs as
+/// YAML documents for `corral apply -f`.
 pub fn pools(pools: &[PoolView], format: Format) -> Result<String> {
+    if format == Format::Yaml {
+        return documents("Pool", pools.iter().map(|p| &p.spec));
+    }
     if let Some(s) = structured(&pools, format)? {
         return Ok(s);
     }
@@ -144,11 +180,33 @@ fn measured(u: &AttemptUsage) -> String {
     s
 }
 
+/// A quota's limits, those set only: `cpu 2, gpu 1`, or `unlimited`.
+fn quota(q: &corral_api::QuotaView) -> String {
+    let limits: Vec<String> = [
+        ("cpu", q.cpu_millis.map(format_cpu)),
+        ("mem", q.memory_mib.map(format_memory)),
+        ("gpu", q.gpu.map(format_count)),
+        ("runs", q.runs.map(format_count)),
+    ]
+    .into_iter()
+    .filter_map(|(name, limit)| limit.map(|l| format!("{name} {l}")))
+    .collect();
+    if limits.is_empty() {
+        UNLIMITED.to_string()
+    } else {
+        limits.join(", ")
+    }
+}
+
+/// Tenants as a table, their views as JSON (status included), or their specs
+/// as YAML documents for `corral apply -f`.
 pub fn tenants(tenants: &[TenantView], format: Format) -> Result<String> {
+    if format == Format::Yaml {
+        return documents("Tenant", tenants.iter().map(|t| &t.spec));
+    }
     if let Some(s) = structured(&tenants, format)? {
         return Ok(s);
     }
-    let limit = |v: Option<u64>, f: fn(u64) -> String| v.map_or("-".to_string(), f);
     let rows = tenants
         .iter()
         .map(|t| {
@@ -156,12 +214,7 @@ pub fn tenants(tenants: &[TenantView], format: Format) -> Result<String> {
                 t.name.clone(),
                 t.weight.to_string(),
                 resources(&t.used),
-                format!(
-                    "cpu {}, mem {}, runs {}",
-                    limit(t.quota.cpu_millis, format_cpu),
-                    limit(t.quota.memory_mib, format_memory),
-                    limit(t.quota.runs, |n| n.to_string())
-                ),
+                quota(&t.quota),
                 t.runs.to_string(),
             ]
         })
@@ -215,6 +268,7 @@ pub fn queue(runs: &[RunSummary], format: Format) -> Result<String> {
                 q.map_or("-".into(), |q| q.tenant_position.to_string()),
                 r.priority.to_string(),
                 q.map_or("-".into(), |q| format!("{}s", q.waited_ms / 1000)),
+                resources(&r.demand),
                 r.reason
                     .as_ref()
                     .map(|x| x.code.clone())
@@ -231,6 +285,7 @@ pub fn queue(runs: &[RunSummary], format: Format) -> Result<String> {
             "TENANT-POS",
             "PRIORITY",
             "WAITED",
+            "DEMAND",
             "CODE",
             "REASON",
         ],
@@ -406,22 +461,22 @@ pub fn audit(entries: &[AuditView], format: Format) -> Result<String> {
     ))
 }
 
-/// A usage report as a table: a column per key, then the amounts and the cost.
+/// A usage report as a table: a column per key, then the amounts and the
+/// cost (with `idle=share`, each row's share of the idle cost and the two
+/// together); then, for those who see every tenant, each pool's idle capacity.
 pub fn usage_report(report: &UsageView) -> String {
+    let share = report.idle_mode == "share";
+    let cost = format!("COST ({})", report.currency);
     let mut header: Vec<String> = report.by.iter().map(|k| k.to_uppercase()).collect();
-    header.extend(
-        [
-            "CPU CORE-H",
-            "MEMORY GIB-H",
-            "GPU-H",
-            "COST",
-            "CPU EFF",
-            "MEM EFF",
-        ]
-        .map(String::from),
-    );
+    header.extend(["CPU CORE-H", "MEMORY GIB-H", "GPU-H", &cost].map(String::from));
+    if share {
+        header.extend(["IDLE SHARE", "WITH IDLE"].map(String::from));
+    }
+    header.extend(["CPU EFF", "MEM EFF"].map(String::from));
     let hours = |seconds: f64| format!("{:.2}", seconds / 3600.0);
     let percent = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
+    let micros = |m: i64| Money::from_micros(m).to_string();
+    let (mut shares, mut with_idle) = (Money::ZERO, Money::ZERO);
     let mut rows: Vec<Vec<String>> = report
         .rows
         .iter()
@@ -435,10 +490,18 @@ pub fn usage_report(report: &UsageView) -> String {
                 hours(r.usage.cpu_core_seconds),
                 hours(r.usage.memory_gib_seconds),
                 hours(r.usage.gpu_seconds),
-                format!("{:.2}", r.usage.cost),
-                percent(r.efficiency.cpu),
-                percent(r.efficiency.memory),
+                micros(r.usage.cost_micros),
             ]);
+            if share {
+                let (idle, total) = (
+                    r.idle_share_micros.unwrap_or_default(),
+                    r.total_with_idle_micros.unwrap_or_default(),
+                );
+                shares = shares.saturating_add(Money::from_micros(idle));
+                with_idle = with_idle.saturating_add(Money::from_micros(total));
+                row.extend([micros(idle), micros(total)]);
+            }
+            row.extend([percent(r.efficiency.cpu), percent(r.efficiency.memory)]);
             row
         })
         .collect();
@@ -451,13 +514,48 @@ pub fn usage_report(report: &UsageView) -> String {
         hours(t.cpu_core_seconds),
         hours(t.memory_gib_seconds),
         hours(t.gpu_seconds),
-        format!("{:.2}", t.cost),
+        micros(t.cost_micros),
+    ]);
+    if share {
+        total.extend([shares.to_string(), with_idle.to_string()]);
+    }
+    total.extend([
         percent(report.total_efficiency.cpu),
         percent(report.total_efficiency.memory),
     ]);
     rows.push(total);
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    table(&header, rows)
+    let mut out = table(&header, rows);
+    if !report.idle.is_empty() {
+        let mut header = vec!["POOL", "DAY", "CAPACITY", "ALLOCATED", "IDLE"];
+        if share {
+            header.push("SHARED");
+        }
+        let rows = report
+            .idle
+            .iter()
+            .map(|i| {
+                let mut row = vec![
+                    i.pool.clone(),
+                    i.day.clone().unwrap_or_else(|| "-".into()),
+                    micros(i.capacity.cost_micros),
+                    micros(i.allocated.cost_micros),
+                    micros(i.idle.cost_micros),
+                ];
+                if share {
+                    row.push(micros(i.shared_micros.unwrap_or_default()));
+                }
+                row
+            })
+            .collect();
+        let _ = write!(
+            out,
+            "\nIdle capacity (cost in {}):\n{}",
+            report.currency,
+            table(&header, rows)
+        );
+    }
+    out
 }
 
 /// A tenant at a glance.
@@ -477,24 +575,42 @@ pub fn describe_tenant(s: &TenantSummary, format: Format) -> Result<String> {
         s.queued_runs,
         resources(&s.queued_demand)
     ));
+    let currency = &s.currency;
     match &t.budget {
         Some(b) => out.push_str(&format!(
-            "Spend:      {:.2} of {:.2} ({}) in {}, heading for {:.2}\n",
-            s.spent, b.monthly, b.enforce, s.month, s.forecast
+            "Spend:      {} {currency} of {} ({}) in {}, heading for {}\n",
+            money(s.spent),
+            money(b.monthly),
+            b.enforce,
+            s.month,
+            money(s.forecast)
         )),
         None => out.push_str(&format!(
-            "Spend:      {:.2} in {} (no budget), heading for {:.2}\n",
-            s.spent, s.month, s.forecast
+            "Spend:      {} {currency} in {} (no budget), heading for {}\n",
+            money(s.spent),
+            s.month,
+            money(s.forecast)
         )),
     }
+    out.push_str(&format!(
+        "Idle share: {} {currency} of the idle cost of the pools it used, in proportion to what its use of each cost\n",
+        Money::from_micros(s.idle_share_micros)
+    ));
     if !s.usage_by_pool.is_empty() {
-        out.push_str("By pool:\n");
-        for row in &s.usage_by_pool {
-            out.push_str(&format!(
-                "  {:<20} {:>10.2}\n",
-                row.key.get("pool").map_or("", String::as_str),
-                row.usage.cost
-            ));
+        out.push_str(&format!("By pool ({currency}):\n"));
+        let rows = s
+            .usage_by_pool
+            .iter()
+            .map(|row| {
+                vec![
+                    row.key.get("pool").cloned().unwrap_or_default(),
+                    Money::from_micros(row.usage.cost_micros).to_string(),
+                    Money::from_micros(row.idle_share_micros.unwrap_or_default()).to_string(),
+                ]
+            })
+            .collect();
+        for line in table(&["POOL", "COST", "IDLE SHARE"], rows).lines() {
+            let _ = writeln!(out, "  {line}");
         }
     }
     for alert in &s.alerts {
@@ -522,7 +638,7 @@ pub fn recommendation(r: &RecommendationView, format: Format) -> Result<String> 
                     format_memory(s.peak_memory_mib)
                 ),
                 format!("{} ({} runs)", s.samples, s.runs.len()),
-                format!("{:.2}", s.monthly_saving),
+                money(s.monthly_saving),
             ]
         })
         .collect();
@@ -540,8 +656,8 @@ pub fn recommendation(r: &RecommendationView, format: Format) -> Result<String> 
     ));
     let _ = write!(
         out,
-        "\nSaving per month: {:.2}\nMethod: {}\n",
-        r.monthly_saving,
+        "\nSaving per month: {}\nMethod: {}\n",
+        money(r.monthly_saving),
         wrap(&r.method, 80)
     );
     Ok(out)

@@ -1,4 +1,5 @@
-//! Metering: what the allocation history cost, grouped as asked; idle capacity;
+//! Metering: what the allocation history cost, grouped as asked; idle capacity,
+//! and its cost shared back to those who used each pool (`share.rs`);
 //! month-to-date spend, forecasts, run estimates and budget alerts.
 //!
 //! Usage is computed from *spans* (an allocation held from its start to its end,
@@ -21,6 +22,7 @@ mod estimate;
 mod idle;
 mod ledger;
 mod pieces;
+mod share;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +45,7 @@ pub use calendar::{DAY_MS, Date, Month, day_start};
 pub use estimate::{estimate_cost, expected_duration_ms};
 pub use idle::{IdleRow, idle};
 pub use ledger::{Grouping, Plan, SlotPiece, plan, slot_pieces};
+pub use share::{IdleShares, apportion, share_idle};
 
 use pieces::Cutter;
 
@@ -268,22 +271,25 @@ pub fn usage(
     group(&pieces(spans, prices, window, now_ms), by)
 }
 
+/// The values of `by` for a piece: the key of the report's row it counts in.
+pub fn key_values(piece: &SlotUsage, by: &[Key]) -> Vec<String> {
+    by.iter()
+        .map(|k| match k {
+            Key::Tenant => piece.tenant.clone(),
+            Key::Pool => piece.pool.clone(),
+            Key::Pipeline => piece.pipeline.clone(),
+            Key::Day => Date::containing(piece.slot_ms).to_string(),
+            Key::Month => Month::containing(piece.slot_ms).label(),
+        })
+        .collect()
+}
+
 /// Pieces (or sums of pieces) of usage grouped by `by`.
 pub fn group(held: &[SlotUsage], by: &[Key]) -> UsageReport {
     let mut rows: BTreeMap<Vec<String>, Usage> = BTreeMap::new();
     let mut total = Usage::ZERO;
     for piece in held {
-        let key = by
-            .iter()
-            .map(|k| match k {
-                Key::Tenant => piece.tenant.clone(),
-                Key::Pool => piece.pool.clone(),
-                Key::Pipeline => piece.pipeline.clone(),
-                Key::Day => Date::containing(piece.slot_ms).to_string(),
-                Key::Month => Month::containing(piece.slot_ms).label(),
-            })
-            .collect();
-        let row = rows.entry(key).or_default();
+        let row = rows.entry(key_values(piece, by)).or_default();
         *row = row.saturating_add(&piece.usage);
         total = total.saturating_add(&piece.usage);
     }

@@ -99,12 +99,16 @@ impl Sum for Money {
 }
 
 impl fmt::Display for Money {
-    /// Two decimals, rounded half away from zero: `483.10`, `-0.01`.
+    /// Exactly, with two decimals at least and up to six: `483.10`, `0.000417`,
+    /// `-0.01`, `12.345678`. Money is kept to the micro-unit, so nothing is
+    /// rounded: a small cost never shows as `0.00`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let micros = i128::from(self.0);
-        let cents = (micros.abs() + 5_000) / 10_000;
-        let sign = if micros < 0 && cents > 0 { "-" } else { "" };
-        write!(f, "{sign}{}.{:02}", cents / 100, cents % 100)
+        let micros = self.0.unsigned_abs();
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let units = micros / MICROS_PER_UNIT.unsigned_abs();
+        let fraction = format!("{:06}", micros % MICROS_PER_UNIT.unsigned_abs());
+        let fraction = fraction.trim_end_matches('0');
+        write!(f, "{sign}{units}.{fraction:0<2}")
     }
 }
 
@@ -161,19 +165,19 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn displays_two_decimals_rounded_half_away_from_zero() {
+    fn displays_every_micro_unit_with_two_decimals_at_least() {
         let cases = [
             (483_100_000, "483.10"),
             (0, "0.00"),
-            (4_999, "0.00"),
-            (5_000, "0.01"),
-            (12_404_999, "12.40"),
-            (12_405_000, "12.41"),
-            (-5_000, "-0.01"),
-            (-4_999, "0.00"),
+            (417, "0.000417"),
+            (4_999, "0.004999"),
+            (5_000, "0.005"),
+            (12_400_000, "12.40"),
+            (12_345_678, "12.345678"),
+            (-5_000, "-0.005"),
             (-1_500_000, "-1.50"),
-            (i64::MAX, "9223372036854.78"),
-            (i64::MIN, "-9223372036854.78"),
+            (i64::MAX, "9223372036854.775807"),
+            (i64::MIN, "-9223372036854.775808"),
         ];
         for (micros, text) in cases {
             assert_eq!(Money::from_micros(micros).to_string(), text, "{micros}");

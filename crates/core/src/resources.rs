@@ -39,12 +39,13 @@ impl Dimension {
         }
     }
 
-    /// Formats an amount of this dimension the way a user writes it.
+    /// Formats an amount of this dimension the way a user writes it
+    /// (`unlimited` above any quantity, see [`format_count`]).
     pub fn format(self, amount: u64) -> String {
         match self {
             Dimension::Cpu => format_cpu(amount),
             Dimension::Memory => format_memory(amount),
-            Dimension::Gpu => amount.to_string(),
+            Dimension::Gpu => format_count(amount),
         }
     }
 }
@@ -154,7 +155,7 @@ impl fmt::Display for Resources {
             format_memory(self.memory_mib)
         )?;
         if self.gpu > 0 {
-            write!(f, ", gpu {}", self.gpu)?;
+            write!(f, ", gpu {}", format_count(self.gpu))?;
         }
         Ok(())
     }
@@ -310,18 +311,37 @@ pub fn parse_memory(input: &str) -> Result<u64, QuantityError> {
     parse_scaled(number, unit).ok_or_else(err)
 }
 
-/// Formats millicores: whole cores as `2`, the rest as `1500m`.
+/// What an amount above any quantity ([`MAX_QUANTITY`]) reads as: such an
+/// amount is a limit left out (a quota's `u64::MAX`), or a sum that reached it.
+pub const UNLIMITED: &str = "unlimited";
+
+/// Formats a count (gpus, runs): the number, or `unlimited`.
+pub fn format_count(n: u64) -> String {
+    if n > MAX_QUANTITY {
+        UNLIMITED.to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+/// Formats millicores: whole cores as `2`, the rest as `1500m`; `unlimited`
+/// above any quantity.
 pub fn format_cpu(millis: u64) -> String {
-    if millis.is_multiple_of(1000) {
+    if millis > MAX_QUANTITY {
+        UNLIMITED.to_string()
+    } else if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
     }
 }
 
-/// Formats MiB: `4Gi` when it is a whole number of GiB, otherwise `512Mi`.
+/// Formats MiB: `4Gi` when it is a whole number of GiB, otherwise `512Mi`;
+/// `unlimited` above any quantity.
 pub fn format_memory(mib: u64) -> String {
-    if mib != 0 && mib.is_multiple_of(1024 * 1024) {
+    if mib > MAX_QUANTITY {
+        UNLIMITED.to_string()
+    } else if mib != 0 && mib.is_multiple_of(1024 * 1024) {
         format!("{}Ti", mib / (1024 * 1024))
     } else if mib != 0 && mib.is_multiple_of(1024) {
         format!("{}Gi", mib / 1024)
@@ -450,6 +470,24 @@ pub(crate) mod memory_quantity {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_unlimited_amount_reads_unlimited_never_its_integer() {
+        let unlimited = Resources::new(u64::MAX, u64::MAX, u64::MAX);
+        assert_eq!(
+            unlimited.to_string(),
+            "cpu unlimited, memory unlimited, gpu unlimited"
+        );
+        for d in Dimension::ALL {
+            assert_eq!(d.format(u64::MAX), "unlimited");
+            assert_ne!(d.format(MAX_QUANTITY), "unlimited");
+        }
+        assert_eq!(format_count(3), "3");
+        assert_eq!(
+            Resources::new(1500, 4096, 2).to_string(),
+            "cpu 1500m, memory 4Gi, gpu 2"
+        );
+    }
 
     #[test]
     fn parses_cpu_forms() {

@@ -114,6 +114,8 @@ pub struct EngineConfig {
     pub default_run_duration: Duration,
     /// How often the governance time series are sampled (`history.rs`).
     pub sample_interval: Duration,
+    /// The code of the currency prices and budgets are in, shown beside amounts.
+    pub currency: String,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +133,7 @@ impl Default for EngineConfig {
             limits: corral_core::limits::Limits::default(),
             default_run_duration: Duration::from_secs(600),
             sample_interval: Duration::from_secs(10),
+            currency: "USD".into(),
         }
     }
 }

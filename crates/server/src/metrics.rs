@@ -20,7 +20,7 @@ use axum::extract::State as AxumState;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use corral_core::clock::Timestamp;
-use corral_core::controller::ReasonCode;
+use corral_core::controller::{ReasonCode, Snapshot};
 use corral_core::pool::Provider;
 use corral_core::resources::Resources;
 use corral_core::run::RunState;
@@ -279,8 +279,15 @@ impl Gauge {
     }
 
     fn add(&mut self, label: &str, value: &str, sample: f64) {
-        self.samples
-            .push((format!("{label}=\"{}\"", escape(value)), sample));
+        self.add_labelled(&[(label, value)], sample);
+    }
+
+    fn add_labelled(&mut self, labels: &[(&str, &str)], sample: f64) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(label, value)| format!("{label}=\"{}\"", escape(value)))
+            .collect();
+        self.samples.push((labels.join(","), sample));
     }
 
     fn write(&self, out: &mut String) {
@@ -327,6 +334,21 @@ fn resource_gauges(prefix: &str, what: &str) -> [Gauge; 3] {
 fn add_resources(gauges: &mut [Gauge; 3], label: &str, value: &str, r: &Resources) {
     for (gauge, amount) in gauges.iter_mut().zip(amounts(r)) {
         gauge.add(label, value, amount);
+    }
+}
+
+/// The `resource` label of the gauges that carry one: cpu in cores, memory in
+/// bytes, gpu and runs as counts.
+const RESOURCES: [&str; 3] = ["cpu", "memory", "gpu"];
+
+/// One sample per resource of `r`, labelled `{label}` and `resource`; an
+/// unlimited amount (a quota left out) has none.
+fn add_by_resource(gauge: &mut Gauge, label: &str, value: &str, r: &Resources) {
+    let unlimited = [r.cpu_millis, r.memory_mib, r.gpu].map(|a| a == u64::MAX);
+    for ((resource, amount), unlimited) in RESOURCES.iter().zip(amounts(r)).zip(unlimited) {
+        if !unlimited {
+            gauge.add_labelled(&[(label, value), ("resource", resource)], amount);
+        }
     }
 }
 
@@ -424,6 +446,7 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
         }
     }
 
+    let governance = governance(state, &snapshot);
     let mut out = String::new();
     for gauge in capacity
         .iter()
@@ -433,16 +456,78 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
         .chain(&demand)
         .chain(&holdings)
         .chain([&budget, &spend])
+        .chain(&governance)
     {
         gauge.write(&mut out);
     }
     out
 }
 
+/// Quotas against holdings, room reserved, and waiting runs by reason, each
+/// family with a `resource` or `code` label so that PromQL can divide and sum
+/// them: `corral_tenant_allocated / corral_tenant_quota` is how full a quota
+/// is. From the snapshot, the reservations and the queue's classes, so a
+/// scrape costs O(pools + tenants + classes).
+fn governance(state: &State, snapshot: &Snapshot) -> [Gauge; 4] {
+    let mut quota = Gauge::new(
+        "corral_tenant_quota",
+        "A tenant's quota by resource: cpu in cores, memory in bytes, gpu and runs as counts; an unlimited one has no sample.",
+    );
+    let mut held = Gauge::new(
+        "corral_tenant_allocated",
+        "What a tenant holds now by resource (its open allocations across pools: cpu in cores, memory in bytes, gpu; runs holding allocations), to set against corral_tenant_quota.",
+    );
+    for (name, tenant) in &snapshot.tenants {
+        add_by_resource(&mut quota, "tenant", name, &tenant.quota.resources);
+        if tenant.quota.runs != u64::MAX {
+            quota.add_labelled(
+                &[("tenant", name), ("resource", "runs")],
+                tenant.quota.runs as f64,
+            );
+        }
+        add_by_resource(&mut held, "tenant", name, &tenant.used);
+        held.add_labelled(
+            &[("tenant", name), ("resource", "runs")],
+            tenant.runs as f64,
+        );
+    }
+    let mut reserved = Gauge::new(
+        "corral_pool_reserved",
+        "Room a pool holds for runs that waited too long (their demand, up to what it has free), by resource: cpu in cores, memory in bytes, gpu; as of the last controller cycle.",
+    );
+    for name in snapshot.pools.keys() {
+        add_by_resource(
+            &mut reserved,
+            "pool",
+            name,
+            &state.reserved_on(name, snapshot),
+        );
+    }
+    let mut queued = Gauge::new(
+        "corral_queued_runs",
+        "Runs waiting for admission now (queued, or admitted and waiting for a group whose worker was lost), by tenant and the reason code of the last controller cycle (pending: not looked at by a cycle yet).",
+    );
+    let mut by_code: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    for class in state.queue.classes() {
+        let code = state
+            .waiting
+            .get(&class.id)
+            .map_or_else(|| "pending".to_string(), |r| code_name(Some(r.code)));
+        *by_code.entry((class.tenant.as_str(), code)).or_default() += class.runs.len() as u64;
+    }
+    for ((tenant, code), runs) in by_code {
+        if runs > 0 {
+            queued.add_labelled(&[("tenant", tenant), ("code", &code)], runs as f64);
+        }
+    }
+    [quota, held, reserved, queued]
+}
+
 /// Prometheus metrics, in the text format.
 ///
-/// Gauges of pools (capacity, allocated, free, agents, workers) and tenants
-/// (queued runs and demand, holdings, budgets, spend this month), counters of admissions,
+/// Gauges of pools (capacity, allocated, free, agents, workers, reserved) and tenants
+/// (queued runs and demand, holdings, quotas, budgets, spend this month), waiting
+/// runs by tenant and reason code, counters of admissions,
 /// rejections, waits and ends, and histograms of admission waits and run
 /// durations; every metric has HELP and TYPE lines. Takes a `viewer` or `admin`
 /// token, or none when the server runs with `--metrics-public`.
@@ -490,7 +575,8 @@ mod tests {
                 pool(json!({"name": "metal", "provider": "static"})),
             ],
             tenants: vec![
-                tenant(json!({"name": "acme", "budget": {"monthly": 12.5}})),
+                tenant(json!({"name": "acme", "budget": {"monthly": 12.5},
+                    "quota": {"cpu": "1500m", "gpu": 2, "runs": 3}})),
                 tenant(json!({"name": "free"})),
             ],
             ..Live::default()
@@ -543,6 +629,30 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         assert!(!text.contains("corral_tenant_budget_monthly{tenant=\"free\"}"));
+    }
+
+    #[test]
+    fn quotas_have_a_sample_per_limited_resource_and_holdings_one_per_resource() {
+        let text = current(&state(), Timestamp(0));
+        for line in [
+            "corral_tenant_quota{tenant=\"acme\",resource=\"cpu\"} 1.5",
+            "corral_tenant_quota{tenant=\"acme\",resource=\"gpu\"} 2",
+            "corral_tenant_quota{tenant=\"acme\",resource=\"runs\"} 3",
+            "corral_tenant_allocated{tenant=\"acme\",resource=\"cpu\"} 0",
+            "corral_tenant_allocated{tenant=\"free\",resource=\"memory\"} 0",
+            "corral_tenant_allocated{tenant=\"free\",resource=\"runs\"} 0",
+            "corral_pool_reserved{pool=\"gpu\",resource=\"gpu\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        for unlimited in [
+            "corral_tenant_quota{tenant=\"acme\",resource=\"memory\"}",
+            "corral_tenant_quota{tenant=\"free\"",
+        ] {
+            assert!(!text.contains(unlimited), "{unlimited} in\n{text}");
+        }
+        // Nothing waits: no family of waiting runs at all.
+        assert!(!text.contains("corral_queued_runs"), "{text}");
     }
 
     #[test]

@@ -69,7 +69,17 @@ pub trait Store: Send + Sync {
     async fn run(&self, id: RunId) -> Result<Option<RunDetail>>;
 
     /// Runs, newest first.
-    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>>;
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+        self.runs_before(filter, None).await
+    }
+
+    /// Runs older than `before` (with a smaller id), newest first: the page
+    /// after one that ended at `before`. All of them, without it.
+    async fn runs_before(
+        &self,
+        filter: &RunFilter,
+        before: Option<RunId>,
+    ) -> Result<Vec<RunRecord>>;
 
     /// The allocation history, open and closed, oldest first.
     async fn allocations(&self, filter: &AllocationFilter) -> Result<Vec<AllocationRecord>>;

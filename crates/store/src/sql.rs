@@ -812,7 +812,11 @@ impl Store for SqlStore {
         }))
     }
 
-    async fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>> {
+    async fn runs_before(
+        &self,
+        filter: &RunFilter,
+        before: Option<RunId>,
+    ) -> Result<Vec<RunRecord>> {
         let select = format!("SELECT {RUN_COLUMNS} FROM runs");
         let filters = [
             ("tenant =", filter.tenant.clone().map(Param::Text)),
@@ -820,6 +824,7 @@ impl Store for SqlStore {
                 "state =",
                 filter.state.map(|s| Param::Text(s.as_str().into())),
             ),
+            ("id <", before.map(|id| Param::Int(id.0))),
         ];
         filtered(&select, filters, "ORDER BY id DESC", filter.limit)
             .fetch_all(&self.pool)

@@ -316,6 +316,48 @@ async fn suite(store: &dyn Store) {
         .await
         .expect("runs");
     assert_eq!(limited.len(), 1);
+    // Paging: the runs before the last of a page, newest first.
+    let all = store
+        .runs(&RunFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("runs");
+    let first = store
+        .runs(&RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("runs");
+    let rest = store
+        .runs_before(
+            &RunFilter {
+                limit: 100,
+                ..Default::default()
+            },
+            Some(first[0].id),
+        )
+        .await
+        .expect("runs before");
+    assert!(all.len() >= 2, "{all:?}");
+    assert_eq!([first, rest].concat(), all);
+    let acme_before_2 = store
+        .runs_before(
+            &RunFilter {
+                tenant: Some("acme".into()),
+                state: None,
+                limit: 10,
+            },
+            Some(RunId(2)),
+        )
+        .await
+        .expect("runs before");
+    assert_eq!(
+        acme_before_2.iter().map(|r| r.id.0).collect::<Vec<_>>(),
+        vec![1]
+    );
 
     // Logs: appends are idempotent per offset and come back in order.
     let chunk = |offset: u64, data: &str| LogChunk {

@@ -525,3 +525,167 @@ async fn usage_and_spend_survive_a_kill_of_the_server_and_count_nothing_twice() 
         "a restart adds no price change"
     );
 }
+
+/// The `column`th cell of the line of `table` that starts with `first`.
+fn cell(table: &str, first: &str, column: usize) -> String {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(first))
+        .and_then(|l| l.split_whitespace().nth(column))
+        .unwrap_or_else(|| panic!("no {first} row with {column} cells in\n{table}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_cost_shared_back_sums_to_each_pools_idle_cost_in_json_csv_and_the_cli() {
+    let server = Server::start("idle-share", StoreKind::Sqlite).await;
+    let from = chrono::Utc::now() - chrono::Duration::seconds(30);
+    server
+        .apply("kind: Pool\nname: alpha\ncapacity: {cpu: 4, memory: 4Gi}\nprice: {cpu_hour: 36, memory_gib_hour: 3.6}\n---\nkind: Pool\nname: beta\ncapacity: {cpu: 2, memory: 2Gi}\nprice: {cpu_hour: 72, memory_gib_hour: 1}\n---\nkind: Pool\nname: unused\ncapacity: {cpu: 1, memory: 1Gi}\nprice: {cpu_hour: 1}\n---\nkind: Tenant\nname: t1\n---\nkind: Tenant\nname: t2\n---\nkind: Tenant\nname: t3\n")
+        .await;
+    submit_all(&server, &workload(0)).await;
+    submit_all(&server, &workload(1)).await;
+    let to = chrono::Utc::now();
+    let (since, until) = (
+        from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    );
+    let window = |by: &str| {
+        format!("/api/v1/usage?by={by}&idle=share&from={since}&to={until}").replace('+', "%2B")
+    };
+
+    // JSON: each used pool's idle cost is shared whole; the rows' shares sum
+    // to it, and each row's total is its cost and its share.
+    let report: Value = server.get(&window("tenant")).await;
+    assert_eq!(report["idle_mode"], "share");
+    assert_eq!(report["currency"], "USD");
+    let mut idle_of_used = 0;
+    for row in report["idle"].as_array().expect("idle") {
+        let idle = row["idle"]["cost_micros"].as_i64().expect("idle cost");
+        let shared = row["shared_micros"].as_i64().expect("shared");
+        if row["allocated"]["cost_micros"].as_i64() > Some(0) {
+            assert_eq!(shared, idle, "{row:#}");
+            assert!(idle > 0, "{row:#}");
+            idle_of_used += idle;
+        } else {
+            assert_eq!(shared, 0, "nobody used it: {row:#}");
+        }
+    }
+    let rows = report["rows"].as_array().expect("rows");
+    let mut shares = 0;
+    for row in rows {
+        let share = row["idle_share_micros"].as_i64().expect("a share");
+        let cost = row["usage"]["cost_micros"].as_i64().expect("cost");
+        assert_eq!(
+            row["total_with_idle_micros"].as_i64(),
+            Some(cost + share),
+            "{row:#}"
+        );
+        assert!(share > 0, "{row:#}");
+        shares += share;
+    }
+    assert_eq!(shares, idle_of_used, "{report:#}");
+    // By tenant and day, and by pool, the same idle cost is shared.
+    for by in ["tenant,day", "pool"] {
+        let other: Value = server.get(&window(by)).await;
+        let sum: i64 = other["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["idle_share_micros"].as_i64().expect("share"))
+            .sum();
+        assert_eq!(sum, idle_of_used, "by {by}: {other:#}");
+    }
+    // Without idle=share, rows have no share.
+    let separate: Value = server
+        .get(&window("tenant").replace("idle=share", "idle=separate"))
+        .await;
+    assert_eq!(separate["idle_mode"], "separate");
+    assert!(separate["rows"][0]["idle_share"].is_null(), "{separate:#}");
+
+    // A tenant's own report shares against everyone's use: the same share.
+    let t1 = server
+        .create_token("t1", "tenant", Some(("tenant", "t1")))
+        .await;
+    let (status, own) = server
+        .send_as(&t1, "GET", &window("tenant"), "", None)
+        .await;
+    assert_eq!(status, 200, "{own}");
+    let t1_share = |r: &Value| {
+        r["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|row| row["key"]["tenant"] == "t1")
+            .map(|row| row["idle_share_micros"].clone())
+    };
+    assert_eq!(t1_share(&own), t1_share(&report), "{own:#}");
+    assert_eq!(own["idle"].as_array().map(Vec::len), Some(0));
+
+    // CSV: the same shares to the micro-unit.
+    let (status, csv) = server
+        .get_text_accepting(&window("tenant"), "text/csv")
+        .await;
+    assert_eq!(status, 200, "{csv}");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    assert_eq!(
+        header[header.len() - 2..],
+        ["idle_share", "total_with_idle"]
+    );
+    let micros = |text: &str| -> i64 {
+        let (units, fraction) = text.split_once('.').expect("a decimal");
+        units.parse::<i64>().expect("units") * 1_000_000 + fraction.parse::<i64>().expect("micros")
+    };
+    let csv_shares: i64 = lines
+        .map(|l| micros(l.split(',').nth(header.len() - 2).expect("idle_share")))
+        .sum();
+    assert_eq!(csv_shares, idle_of_used, "{csv}");
+
+    // The CLI: the TOTAL row's idle share is the pools' idle cost, and each
+    // pool's SHARED column says all of it was shared.
+    let table = corral(
+        &server,
+        &[
+            "usage", "--by", "tenant", "--idle", "share", "--since", &since, "--until", &until,
+        ],
+    );
+    let money = |micros: i64| corral_core::money::Money::from_micros(micros).to_string();
+    assert!(
+        table.contains("IDLE SHARE") && table.contains("COST (USD)"),
+        "{table}"
+    );
+    assert_eq!(cell(&table, "TOTAL", 5), money(idle_of_used), "{table}");
+    for row in report["idle"].as_array().expect("idle") {
+        let pool = row["pool"].as_str().expect("pool");
+        let shared = row["shared_micros"].as_i64().expect("shared");
+        assert_eq!(cell(&table, pool, 5), money(shared), "{table}");
+    }
+    let plain = corral(
+        &server,
+        &[
+            "usage", "--by", "tenant", "--since", &since, "--until", &until,
+        ],
+    );
+    assert!(
+        plain.contains("Idle capacity") && !plain.contains("IDLE SHARE"),
+        "{plain}"
+    );
+
+    // The tenant summary: its share of this month's idle cost, by pool too.
+    let summary: Value = server.get("/api/v1/tenants/t1/summary").await;
+    let share = summary["idle_share_micros"].as_i64().expect("idle share");
+    assert!(share > 0, "{summary:#}");
+    let by_pool: i64 = summary["usage_by_pool"]
+        .as_array()
+        .expect("by pool")
+        .iter()
+        .map(|r| r["idle_share_micros"].as_i64().expect("share"))
+        .sum();
+    assert_eq!(by_pool, share, "{summary:#}");
+    let described = corral(&server, &["describe", "tenant", "t1"]);
+    assert!(
+        described.contains("Idle share:") && described.contains("USD"),
+        "{described}"
+    );
+}

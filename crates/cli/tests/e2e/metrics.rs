@@ -228,8 +228,9 @@ async fn tenants_agree(server: &Server, scrape: &Scrape) {
     }
 }
 
-/// Every metric the dashboard's queries (and its variables) name is in `scrape`.
-fn dashboard_queries_exist(scrape: &Scrape) {
+/// Every metric the dashboard's queries (and its variables) name is in one of
+/// `scrapes`.
+fn dashboard_queries_exist(scrapes: &[&Scrape]) {
     let path = workspace_root().join("deploy/grafana/corral.json");
     let text = std::fs::read_to_string(&path).expect("the dashboard");
     let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
@@ -257,7 +258,7 @@ fn dashboard_queries_exist(scrape: &Scrape) {
         }
     }
     assert!(named.len() >= 20, "the dashboard queries {named:?}");
-    let present = scrape.names();
+    let present: BTreeSet<&str> = scrapes.iter().flat_map(|s| s.names()).collect();
     let missing: Vec<&String> = named
         .iter()
         .filter(|n| !present.contains(n.as_str()))
@@ -265,7 +266,7 @@ fn dashboard_queries_exist(scrape: &Scrape) {
     assert!(
         missing.is_empty(),
         "the dashboard queries metrics /metrics does not have: {missing:?}\n{}",
-        scrape.text
+        scrapes.iter().map(|s| s.text.as_str()).collect::<String>()
     );
 }
 
@@ -347,6 +348,66 @@ async fn metrics_agree_with_the_api_during_and_after_a_workload() {
         during.value("corral_tenant_allocated_cpu_cores", &alpha),
         1.0
     );
+    // alpha is at its quota with two runs waiting for it: a gauge of the
+    // queue as it is, not a count of cycles.
+    assert_eq!(
+        during.value(
+            "corral_queued_runs",
+            &[("tenant", "alpha"), ("code", "tenant_quota")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        during.sum("corral_queued_runs", &[("tenant", "beta")]),
+        None
+    );
+    let alpha_cpu = [("tenant", "alpha"), ("resource", "cpu")];
+    assert_eq!(during.value("corral_tenant_quota", &alpha_cpu), 1.0);
+    assert_eq!(
+        during.value("corral_tenant_allocated", &alpha_cpu),
+        during.value("corral_tenant_quota", &alpha_cpu),
+        "alpha holds its whole quota"
+    );
+    assert_eq!(
+        during.value(
+            "corral_tenant_allocated",
+            &[("tenant", "alpha"), ("resource", "runs")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        during.value(
+            "corral_tenant_allocated",
+            &[("tenant", "beta"), ("resource", "cpu")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        during.value(
+            "corral_tenant_allocated",
+            &[("tenant", "alpha"), ("resource", "memory")]
+        ),
+        256.0 * 1048576.0
+    );
+    assert_eq!(
+        during.sum(
+            "corral_tenant_quota",
+            &[("tenant", "alpha"), ("resource", "memory")]
+        ),
+        None,
+        "an unlimited quota has no sample"
+    );
+    assert_eq!(
+        during.sum("corral_tenant_quota", &[("tenant", "beta")]),
+        None
+    );
+    assert_eq!(
+        during.value(
+            "corral_pool_reserved",
+            &[("pool", "work"), ("resource", "cpu")]
+        ),
+        0.0
+    );
     assert_eq!(
         during.value("corral_pool_allocated_cpu_cores", &[("pool", "work")]),
         3.0
@@ -419,7 +480,11 @@ async fn metrics_agree_with_the_api_during_and_after_a_workload() {
         Some(1.0)
     );
     assert_eq!(after.value("corral_tenant_queued_runs", &alpha), 0.0);
-    dashboard_queries_exist(&after);
+    assert_eq!(after.sum("corral_queued_runs", &[]), None, "nothing waits");
+    assert_eq!(after.value("corral_tenant_allocated", &alpha_cpu), 0.0);
+    // Waiting runs have samples only while some wait: the dashboard's
+    // queries are found in one scrape or the other.
+    dashboard_queries_exist(&[&during, &after]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::Money;
 use crate::request::GroupRequest;
-use crate::resources::{Dimension, Resources};
+use crate::resources::{Dimension, Resources, format_count};
 
 use super::Placement;
 
@@ -148,7 +148,7 @@ impl Limit {
         Dimension::ALL
             .into_iter()
             .find(|d| d.name() == self.dimension)
-            .map_or_else(|| amount.to_string(), |d| d.format(amount))
+            .map_or_else(|| format_count(amount), |d| d.format(amount))
     }
 
     /// `cpu 6/6 in use, run needs 3`.

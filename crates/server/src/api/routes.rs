@@ -698,34 +698,60 @@ async fn queue_places(engine: &Engine) -> BTreeMap<RunId, QueuePlace> {
         .collect()
 }
 
+/// The header that says how many items a list has in all, of which the
+/// answer is a page.
+pub(super) const TOTAL_COUNT: &str = "x-total-count";
+
 /// The runs waiting for admission, in admission order, each with its position
 /// in the whole queue and in its tenant's, how long it has waited, and why.
+///
+/// A page: those after position `after` (of the whole queue), at most
+/// `limit`; the `X-Total-Count` header says how many are waiting in all (of
+/// the tenant's, with `tenant`). The next page starts after the last
+/// position of this one.
 #[utoipa::path(get, path = "/api/v1/queue",
-    params(("tenant" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100_000)),
-    responses((status = 200, body = [RunSummary])))]
+    params(("tenant" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100_000),
+        ("after" = Option<u64>, Query, minimum = 0, maximum = 1_000_000_000, description = "Only runs at a later position of the whole queue")),
+    responses((status = 200, body = [RunSummary],
+        headers(("X-Total-Count" = u64, description = "Runs waiting in all (of the tenant's, with `tenant`)")))))]
 async fn list_queue(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
     Query(query): Params,
-) -> ApiResult<Json<Vec<RunSummary>>> {
-    params(&query, &["tenant", "limit"])?;
+) -> ApiResult<([(&'static str, String); 1], Json<Vec<RunSummary>>)> {
+    params(&query, &["tenant", "limit", "after"])?;
     let limit = limit(&query, 1000, 100_000)? as usize;
+    let after = match query.get("after") {
+        None => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= 1_000_000_000)
+            .ok_or_else(|| {
+                FieldError::new(
+                    "after",
+                    format!("{text:?} is not a position from 0 to 1000000000"),
+                )
+            })?,
+    };
     let tenant = tenant_scope(&who, &query)?;
     let tenant = tenant.as_ref();
     let state = engine.read().await;
     let places = state.queue_places(engine.now());
-    Ok(Json(
-        places
-            .iter()
-            .filter_map(|p| {
-                let run = &state.runs.get(&p.run)?.record;
-                tenant
-                    .is_none_or(|t| &run.tenant == t)
-                    .then(|| views::run_summary(run, Some(p)))
-            })
-            .take(limit)
-            .collect(),
-    ))
+    let mine: Vec<(&QueuePlace, &corral_store::RunRecord)> = places
+        .iter()
+        .filter_map(|p| {
+            let run = &state.runs.get(&p.run)?.record;
+            tenant.is_none_or(|t| &run.tenant == t).then_some((p, run))
+        })
+        .collect();
+    let page = mine
+        .iter()
+        .filter(|(p, _)| p.position > after)
+        .take(limit)
+        .map(|(p, run)| views::run_summary(run, Some(p)))
+        .collect();
+    Ok(([(TOTAL_COUNT, mine.len().to_string())], Json(page)))
 }
 
 /// Submit a pipeline: answers 201 with the run, `queued`, or `rejected` with its
@@ -760,17 +786,31 @@ pub(super) fn tenant_scope(
 }
 
 /// Runs, newest first.
+///
+/// A page: at most `limit`, of those with an id below `before` when given.
+/// The next page is `before` the last id of this one; a page shorter than
+/// `limit` is the last.
 #[utoipa::path(get, path = "/api/v1/runs",
     params(("tenant" = Option<String>, Query),
         ("state" = Option<String>, Query, pattern = "^(queued|admitted|provisioning|running|succeeded|failed|cancelled|rejected)$"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10_000)),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10_000),
+        ("before" = Option<i64>, Query, minimum = 1, description = "Only runs with a smaller id (older)")),
     responses((status = 200, body = [RunSummary]), (status = 503, body = ErrorBody)))]
 async fn list_runs(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
     Query(query): Params,
 ) -> ApiResult<Json<Vec<RunSummary>>> {
-    params(&query, &["tenant", "state", "limit"])?;
+    params(&query, &["tenant", "state", "limit", "before"])?;
+    let before = query
+        .get("before")
+        .map(|text| {
+            text.parse::<RunId>()
+                .ok()
+                .filter(|id| id.0 >= 1)
+                .ok_or_else(|| FieldError::new("before", format!("{text:?} is not a run id")))
+        })
+        .transpose()?;
     let state = query
         .get("state")
         .map(|s| {
@@ -783,7 +823,7 @@ async fn list_runs(
         state,
         limit: limit(&query, 100, 10_000)?,
     };
-    let runs = engine.store().runs(&filter).await?;
+    let runs = engine.store().runs_before(&filter, before).await?;
     let places = if runs.iter().any(|r| !r.state.is_terminal()) {
         queue_places(&engine).await
     } else {

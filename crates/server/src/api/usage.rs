@@ -1,6 +1,7 @@
 //! Usage reports: what the allocation history held and cost, grouped by
 //! tenant, pool, pipeline, day or month, as JSON or CSV; with the idle
-//! capacity of each pool for those who may see every tenant.
+//! capacity of each pool for those who may see every tenant, and (with
+//! `idle=share`) that idle cost shared back to the rows that used each pool.
 
 use axum::Extension;
 use axum::extract::{Query, State};
@@ -16,9 +17,10 @@ use corral_core::clock::Timestamp;
 use corral_core::controller::Blocker;
 use corral_core::error::FieldError;
 use corral_core::metering::{
-    DAY_MS, Date, FORECAST_WINDOW_MS, Grouping, Key, Month, Usage, Window, budget_crossing,
-    budget_health, daily_burn, forecast, group, idle,
+    DAY_MS, Date, FORECAST_WINDOW_MS, Grouping, IdleRow, Key, Month, SlotUsage, Usage, Window,
+    budget_crossing, budget_health, daily_burn, forecast, group, idle, key_values, share_idle,
 };
+use corral_core::money::Money;
 use corral_core::rightsizing;
 use corral_store::{AlertFilter, AlertRecord, MeasuredSum, SpanFilter, UsageQuery, metered_usage};
 
@@ -38,6 +40,15 @@ const MAX_WINDOW_MS: i64 = 400 * 86_400_000;
 /// A tenant's token reports on its own tenant only. Costs are computed from
 /// the allocation history and each pool's price in force over each interval,
 /// so every grouping adds up to the same total.
+///
+/// With `idle=share`, each pool's idle cost over the window (over each day,
+/// when by day) is shared back among those who used the pool then, in
+/// proportion to what their use of it cost: each row gets `idle_share` and
+/// `total_with_idle`, and the CSV two columns of the same names. Shares are
+/// exact to the micro-unit (largest remainder), so a pool's shares sum to its
+/// idle cost exactly (`shared` on its idle row); a pool nobody used keeps its
+/// idle cost unshared. A tenant's shares are computed against every tenant's
+/// use, so they are the same in its own report as in the operator's.
 #[utoipa::path(get, path = "/api/v1/usage",
     params(
         ("by" = Option<String>, Query, description = "Comma-separated keys among tenant, pool, pipeline, day, month (default tenant)",
@@ -47,7 +58,9 @@ const MAX_WINDOW_MS: i64 = 400 * 86_400_000;
         ("to" = Option<String>, Query, description = "An RFC 3339 time or an age (default: now); after `from`, at most 400 days later",
             pattern = "^([0-9]{1,15}|([0-9]{1,9}[smhd]){1,8}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"),
         ("tenant" = Option<String>, Query),
-        ("pool" = Option<String>, Query)),
+        ("pool" = Option<String>, Query),
+        ("idle" = Option<String>, Query, description = "`separate` (the default: idle cost in `idle` only) or `share` (shared back to the rows in proportion to what their use of each pool cost)",
+            pattern = "^(separate|share)$")),
     responses(
         (status = 200, content((UsageView = "application/json"), (String = "text/csv"))),
         (status = 503, body = ErrorBody)))]
@@ -57,8 +70,17 @@ pub(crate) async fn usage_report(
     headers: HeaderMap,
     Query(query): Params,
 ) -> Result<Response, ApiError> {
-    params(&query, &["by", "from", "to", "tenant", "pool"])?;
+    params(&query, &["by", "from", "to", "tenant", "pool", "idle"])?;
     let by = keys(query.get("by").map_or("tenant", String::as_str))?;
+    let share = match query.get("idle").map(String::as_str) {
+        None | Some("separate") => false,
+        Some("share") => true,
+        Some(other) => {
+            return Err(
+                FieldError::new("idle", format!("{other:?} is not separate or share")).into(),
+            );
+        }
+    };
     let now = engine.now();
     let from = match query.get("from") {
         Some(t) => time_param(&engine, "from", t)?,
@@ -85,7 +107,6 @@ pub(crate) async fn usage_report(
     };
     let store = engine.store();
     let prices = store.prices().await?;
-    // Idle capacity is every tenant's business, so only theirs who see all.
     let with_idle = who.role.tenant().is_none() && tenant.is_none();
     let grouping = Grouping::of(&by, with_idle);
     let held = metered_usage(store.as_ref(), &filter, grouping, &prices, now.0).await?;
@@ -100,12 +121,28 @@ pub(crate) async fn usage_report(
         })
         .await?;
     let (used_by_key, total_used) = used_by(&measured, &by);
-    let idle_rows = if with_idle {
+    // Every tenant's use of the pools, by pool and slot: what idle capacity
+    // is measured against and shared by. Without a tenant filter, the report's own.
+    let everyone = if share && tenant.is_some() {
+        let everyone = SpanFilter {
+            tenant: None,
+            ..filter.clone()
+        };
+        let grouping = Grouping {
+            tenant: true,
+            ..Grouping::of(&by, true)
+        };
+        metered_usage(store.as_ref(), &everyone, grouping, &prices, now.0).await?
+    } else {
+        Vec::new()
+    };
+    let everyone: &[SlotUsage] = if tenant.is_some() { &everyone } else { &held };
+    let idle_rows = if with_idle || share {
         let mut capacities = store.capacities().await?;
         capacities.retain(|c| pool.as_ref().is_none_or(|p| *p == c.pool));
         idle(
             &capacities,
-            &held,
+            everyone,
             &prices,
             window,
             now.0,
@@ -114,6 +151,7 @@ pub(crate) async fn usage_report(
     } else {
         Vec::new()
     };
+    let shares = share.then(|| shares_by_row(&idle_rows, everyone, &by, tenant.as_deref()));
     let names: Vec<String> = by.iter().map(|k| k.as_str().to_string()).collect();
     let view = UsageView {
         rows: report
@@ -122,30 +160,48 @@ pub(crate) async fn usage_report(
             .map(|r| {
                 let usage = amounts(&r.usage);
                 let used = used_by_key.get(&r.key).copied().unwrap_or_default();
+                let idle_share = shares
+                    .as_ref()
+                    .map(|s| s.by_row.get(&r.key).copied().unwrap_or_default());
+                let total = idle_share.map(|s| r.usage.cost.saturating_add(s));
                 UsageRowView {
                     key: names.iter().cloned().zip(r.key.iter().cloned()).collect(),
                     efficiency: efficiency_of(&used, &usage),
                     usage,
                     used,
+                    idle_share: idle_share.map(Money::to_units_f64),
+                    idle_share_micros: idle_share.map(Money::micros),
+                    total_with_idle: total.map(Money::to_units_f64),
+                    total_with_idle_micros: total.map(Money::micros),
                 }
             })
             .collect(),
         total_efficiency: efficiency_of(&total_used, &amounts(&report.total)),
         total_used,
         total: amounts(&report.total),
+        // Idle capacity is every tenant's business, so only theirs who see all.
         idle: idle_rows
             .iter()
-            .map(|r| IdleView {
-                pool: r.pool.clone(),
-                day: r.day.clone(),
-                capacity: amounts(&r.capacity),
-                allocated: amounts(&r.allocated),
-                idle: amounts(&r.idle),
+            .enumerate()
+            .take(if with_idle { idle_rows.len() } else { 0 })
+            .map(|(i, r)| {
+                let shared = shares.as_ref().map(|s| s.shared[i]);
+                IdleView {
+                    pool: r.pool.clone(),
+                    day: r.day.clone(),
+                    capacity: amounts(&r.capacity),
+                    allocated: amounts(&r.allocated),
+                    idle: amounts(&r.idle),
+                    shared: shared.map(Money::to_units_f64),
+                    shared_micros: shared.map(Money::micros),
+                }
             })
             .collect(),
         by: names,
         from: rfc3339(from),
         to: rfc3339(to),
+        idle_mode: if share { "share" } else { "separate" }.into(),
+        currency: engine.config().currency.clone(),
     };
     let wants_csv = headers
         .get(header::ACCEPT)
@@ -288,6 +344,34 @@ pub(crate) async fn tenant_summary(
     // the month: its history counts as a day at least.
     let history_start = created.0.min(now.0.saturating_sub(DAY_MS));
     let daily = daily_burn(burned, history_start, now.0);
+    // Its share of the month's idle cost, against every tenant's use.
+    let everyone = metered_usage(
+        store.as_ref(),
+        &SpanFilter {
+            from: Timestamp(month.start_ms()),
+            to: Timestamp(month.end_ms()),
+            tenant: None,
+            pool: None,
+            unmetered: false,
+        },
+        Grouping {
+            tenant: true,
+            ..Grouping::of(&[Key::Pool], true)
+        },
+        &prices,
+        now.0,
+    )
+    .await?;
+    let idle_rows = idle(
+        &store.capacities().await?,
+        &everyone,
+        &prices,
+        Window::month(month),
+        now.0,
+        false,
+    );
+    let idle_by_pool = shares_by_row(&idle_rows, &everyone, &[Key::Pool], Some(&name)).by_row;
+    let idle_share: Money = idle_by_pool.values().copied().sum();
     let alerts = store
         .alerts(&AlertFilter {
             tenant: Some(name.clone()),
@@ -305,6 +389,8 @@ pub(crate) async fn tenant_summary(
             .map(|r| {
                 let usage = amounts(&r.usage);
                 let used = used_by_pool.get(&r.key).copied().unwrap_or_default();
+                let share = idle_by_pool.get(&r.key).copied().unwrap_or_default();
+                let total = r.usage.cost.saturating_add(share);
                 UsageRowView {
                     key: std::iter::once("pool".to_string())
                         .zip(r.key.iter().cloned())
@@ -312,6 +398,10 @@ pub(crate) async fn tenant_summary(
                     efficiency: efficiency_of(&used, &usage),
                     usage,
                     used,
+                    idle_share: Some(share.to_units_f64()),
+                    idle_share_micros: Some(share.micros()),
+                    total_with_idle: Some(total.to_units_f64()),
+                    total_with_idle_micros: Some(total.micros()),
                 }
             })
             .collect(),
@@ -341,7 +431,43 @@ pub(crate) async fn tenant_summary(
         queued_runs,
         queued_demand: queued_demand.into(),
         alerts: alerts.iter().map(alert_view).collect(),
+        idle_share: idle_share.to_units_f64(),
+        idle_share_micros: idle_share.micros(),
+        currency: engine.config().currency.clone(),
     }))
+}
+
+/// A report's idle cost shared back: each row's share (by its key values),
+/// and what of each idle row was shared.
+struct RowShares {
+    by_row: BTreeMap<Vec<String>, Money>,
+    shared: Vec<Money>,
+}
+
+/// Shares `idle` among the rows of a report by `by`, from every tenant's
+/// usage `everyone` (by pool and slot, and by tenant when `tenant` is set);
+/// with `tenant`, only that tenant's shares are kept, but they are computed
+/// against everyone's use.
+fn shares_by_row(
+    idle: &[IdleRow],
+    everyone: &[SlotUsage],
+    by: &[Key],
+    tenant: Option<&str>,
+) -> RowShares {
+    let shares = share_idle(idle, everyone, |piece| {
+        (key_values(piece, by), tenant.map(|_| piece.tenant.clone()))
+    });
+    let mut by_row: BTreeMap<Vec<String>, Money> = BTreeMap::new();
+    for ((key, owner), share) in shares.by_key {
+        if owner.as_deref() == tenant {
+            let row = by_row.entry(key).or_default();
+            *row = row.saturating_add(share);
+        }
+    }
+    RowShares {
+        by_row,
+        shared: shares.shared,
+    }
 }
 
 /// What the measured attempts used, summed by the report's keys (an
@@ -423,7 +549,12 @@ fn csv(view: &UsageView) -> String {
     if !out.is_empty() {
         out.push(',');
     }
-    out.push_str("cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost,used_cpu_core_seconds,used_memory_gib_seconds,cpu_efficiency,memory_efficiency\n");
+    out.push_str("cpu_core_seconds,memory_gib_seconds,gpu_seconds,cost,used_cpu_core_seconds,used_memory_gib_seconds,cpu_efficiency,memory_efficiency");
+    let share = view.idle_mode == "share";
+    if share {
+        out.push_str(",idle_share,total_with_idle");
+    }
+    out.push('\n');
     for row in &view.rows {
         for key in &view.by {
             out.push_str(&csv_field(row.key.get(key).map_or("", String::as_str)));
@@ -442,6 +573,15 @@ fn csv(view: &UsageView) -> String {
             ratio(row.efficiency.cpu),
             ratio(row.efficiency.memory),
         ));
+        if share {
+            out.pop();
+            let micros = |m: Option<i64>| micros_text(m.unwrap_or_default());
+            out.push_str(&format!(
+                ",{},{}\n",
+                micros(row.idle_share_micros),
+                micros(row.total_with_idle_micros)
+            ));
+        }
     }
     out
 }

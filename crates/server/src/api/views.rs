@@ -121,9 +121,15 @@ pub fn pool(
         },
         require_confinement: p.spec.require_confinement,
         live_agents: agents,
+        spec: spec_document(&p.spec),
         created_at: time(p.created_at),
         updated_at: time(p.updated_at),
     }
+}
+
+/// A spec as the JSON document `apply` reads back (specs always serialize).
+fn spec_document<T: serde::Serialize>(spec: &T) -> serde_json::Value {
+    serde_json::to_value(spec).unwrap_or_default()
 }
 
 pub fn tenant(t: &TenantRecord, snapshot: &Snapshot) -> TenantView {
@@ -151,6 +157,7 @@ pub fn tenant(t: &TenantRecord, snapshot: &Snapshot) -> TenantView {
             enforce: b.enforce.as_str().to_string(),
             alert_at: b.alert_at.clone(),
         }),
+        spec: spec_document(&t.spec),
         created_at: time(t.created_at),
         updated_at: time(t.updated_at),
     }
@@ -175,6 +182,7 @@ pub fn run_summary(r: &RunRecord, place: Option<&QueuePlace>) -> RunSummary {
             reserved: p.reserved.clone(),
         }),
         estimated_cost: r.estimate.to_units_f64(),
+        demand: r.request.total().into(),
         created_at: time(r.created_at),
         finished_at: r.finished_at.map(time),
     }

@@ -98,7 +98,7 @@ pub fn stacked(id: &str, title: &str, by: &str, view: &UsageView) -> Markup {
     );
     html! {
         figure.chart.spend id=(id) {
-            figcaption { (title) }
+            figcaption { (title) " (" (view.currency) ")" }
             svg viewBox={ "0 0 " (WIDTH) " " (HEIGHT + 20.0) } role="img" aria-label=(summary) {
                 text.axis x="0" y="12" { (layout::money(top)) }
                 line.axis x1=(AXIS) y1=(HEIGHT) x2=(WIDTH) y2=(HEIGHT) {}
@@ -157,6 +157,10 @@ mod tests {
             usage: amounts(cost),
             used: Default::default(),
             efficiency: Default::default(),
+            idle_share: None,
+            idle_share_micros: None,
+            total_with_idle: None,
+            total_with_idle_micros: None,
         }
     }
 
@@ -185,6 +189,8 @@ mod tests {
             total_used: Default::default(),
             total_efficiency: Default::default(),
             idle: Vec::new(),
+            idle_mode: "separate".into(),
+            currency: "EUR".into(),
         };
         let days = per_day(&view, "tenant");
         assert_eq!(days["2026-12-01"]["b"], 3.0);
@@ -198,5 +204,6 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("style="), "{html}");
+        assert!(html.contains("Spend (EUR)"), "{html}");
     }
 }

@@ -427,6 +427,18 @@ pub async fn delete(
     Ok(Redirect::to("/tenants").into_response())
 }
 
+/// A budget health as the API names it.
+fn health_of(name: &str) -> Option<BudgetHealth> {
+    [
+        BudgetHealth::Ok,
+        BudgetHealth::Alerting,
+        BudgetHealth::Over,
+        BudgetHealth::Blocking,
+    ]
+    .into_iter()
+    .find(|h| h.name() == name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,16 +464,4 @@ mod tests {
             assert_eq!(TenantSpec::parse(doc).expect("valid"), spec);
         }
     }
-}
-
-/// A budget health as the API names it.
-fn health_of(name: &str) -> Option<BudgetHealth> {
-    [
-        BudgetHealth::Ok,
-        BudgetHealth::Alerting,
-        BudgetHealth::Over,
-        BudgetHealth::Blocking,
-    ]
-    .into_iter()
-    .find(|h| h.name() == name)
 }

@@ -49,3 +49,27 @@ pub fn ask(session: &Session, section: Section, question: &Question<'_>) -> Resp
     };
     layout::page(session, section, question.title, body).into_response()
 }
+
+/// Asks before deleting the `kind` (`pool`, `tenant`) named `name`, whose
+/// page is `/{kind}s/{name}`: what happens is `consequence`.
+pub fn ask_delete(
+    session: &Session,
+    section: Section,
+    kind: &str,
+    name: &str,
+    consequence: &str,
+) -> Response {
+    let back = format!("/{kind}s/{name}");
+    let action = format!("{back}/delete");
+    let title = format!("Delete {kind} {name}?");
+    let button = format!("Delete {kind}");
+    let question = Question {
+        title: &title,
+        consequence,
+        action: &action,
+        fields: &[],
+        button: &button,
+        back: &back,
+    };
+    ask(session, section, &question)
+}

@@ -303,18 +303,13 @@ pub async fn delete(
 ) -> PageResult {
     if !confirm::confirmed(&forms::fields(&body)) {
         stored(&engine, &name).await?;
-        let action = format!("/pools/{name}/delete");
-        let title = format!("Delete pool {name}?");
-        let back = format!("/pools/{name}");
-        let question = confirm::Question {
-            title: &title,
-            consequence: "The pool is removed with the records of its agents; runs that ask for it can no longer be placed. This cannot be undone.",
-            action: &action,
-            fields: &[],
-            button: "Delete pool",
-            back: &back,
-        };
-        return Ok(confirm::ask(&session, Section::Pools, &question));
+        return Ok(confirm::ask_delete(
+            &session,
+            Section::Pools,
+            "pool",
+            &name,
+            "The pool is removed with the records of its agents; runs that ask for it can no longer be placed. This cannot be undone.",
+        ));
     }
     engine
         .delete_pool(&session.principal, &name)

@@ -407,18 +407,13 @@ pub async fn delete(
         if !engine.read().await.tenants.contains_key(&name) {
             return Err(ApiError::not_found("tenant", &name).into());
         }
-        let action = format!("/tenants/{name}/delete");
-        let title = format!("Delete tenant {name}?");
-        let back = format!("/tenants/{name}");
-        let question = confirm::Question {
-            title: &title,
-            consequence: "The tenant is removed with its quota, limits and budget; its runs can no longer be submitted. Its tokens stay until they are revoked. This cannot be undone.",
-            action: &action,
-            fields: &[],
-            button: "Delete tenant",
-            back: &back,
-        };
-        return Ok(confirm::ask(&session, Section::Tenants, &question));
+        return Ok(confirm::ask_delete(
+            &session,
+            Section::Tenants,
+            "tenant",
+            &name,
+            "The tenant is removed with its quota, limits and budget; its runs can no longer be submitted. Its tokens stay until they are revoked. This cannot be undone.",
+        ));
     }
     engine
         .delete_tenant(&session.principal, &name)

@@ -267,6 +267,27 @@ async fn an_admin_makes_a_pool_and_a_quota_then_follows_a_run_to_its_cost() {
         .await
         .unwrap_or_else(|e| panic!("team-a in the By tenant table: {e}"));
     assert_eq!(cell.text().await.expect("a cell"), format!("{cost:.2}"));
+    // Each run's own cost in the list of recent runs: together, the tenant's.
+    browser.goto("/queue").await;
+    let mut listed = 0.0;
+    for id in [held, behind] {
+        let cell = browser
+            .client
+            .find(Locator::XPath(&format!(
+                "//*[@id='recent']//tr[td/a[@href='/runs/{id}']]/td[5]"
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("run {id} in the recent runs: {e}"));
+        let text = cell.text().await.expect("a cell");
+        listed += text
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("run {id}'s cost {text:?}"));
+    }
+    assert!(
+        (listed - cost).abs() < 0.011,
+        "the runs' costs {listed} make the tenant's {cost}"
+    );
+    browser.goto(DASHBOARDS).await;
     // Both runs' admission waits, as the API has them.
     let (status, waits) = server
         .send_as(

@@ -15,11 +15,10 @@ use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use corral_api::{RunSummary, RunView, StepView};
 use corral_core::clock::Timestamp;
-use corral_core::ids::{AllocationId, RunId};
-use corral_core::metering::{Span, Window, usage};
-use corral_core::resources::Resources;
+use corral_core::ids::RunId;
+use corral_core::metering::{PriceChange, Span, Window, usage};
 use corral_core::run::RunState;
-use corral_store::RunFilter;
+use corral_store::{AllocationFilter, AllocationRecord, RunFilter};
 use maud::{Markup, PreEscaped, html};
 
 use super::layout::{self, Section};
@@ -31,7 +30,7 @@ use crate::api::stream::{LogRequest, log_body};
 use crate::api::views;
 use crate::engine::Engine;
 
-/// Recent runs listed under the queue.
+/// Recent runs listed under the queue, each with its estimate and cost.
 const RECENT: u32 = 50;
 
 /// Waiting runs on a page of the queue.
@@ -145,6 +144,14 @@ pub async fn queue(
             limit: RECENT,
         })
         .await?;
+    // What each recent run cost, priced like usage (one small read each).
+    let prices = engine.store().prices().await?;
+    let mut costs = BTreeMap::new();
+    for r in &recent {
+        let held = allocations_of(&engine, r.id.0).await?;
+        let cost = (!held.is_empty()).then(|| cost_of(&held, &r.pipeline, &prices, engine.now()));
+        costs.insert(r.id, cost);
+    }
     let select = |name: &str, label: &str, options: &[String], current: &Option<String>| {
         layout::field_with(
             name,
@@ -206,7 +213,7 @@ pub async fn queue(
             div.table-wrap tabindex="0" { table {
                 thead { tr {
                     th scope="col" { "Run" } th scope="col" { "Tenant" } th scope="col" { "State" }
-                    th.num scope="col" { "Estimate" } th scope="col" { "Created" }
+                    th.num scope="col" { "Estimate" } th.num scope="col" { "Cost" } th scope="col" { "Created" }
                 } }
                 tbody { @for r in &recent {
                     @let s = views::run_summary(r, None);
@@ -215,6 +222,10 @@ pub async fn queue(
                         td { (s.tenant) }
                         td { (layout::state(&s.state)) }
                         td.num { (layout::money(s.estimated_cost)) }
+                        td.num { @match costs.get(&r.id).copied().flatten() {
+                            Some(cost) => (layout::money(cost)),
+                            None => span.muted title="never held resources" { "—" },
+                        } }
                         td { (layout::time(&s.created_at)) }
                     }
                 } }
@@ -332,38 +343,56 @@ fn step_duration(step: &StepView, now_ms: i64) -> Markup {
 }
 
 /// What a run's allocations cost so far, priced like usage.
-async fn actual_cost(engine: &Engine, view: &RunView) -> Result<f64, ApiError> {
-    let parse = |t: &str| {
-        chrono::DateTime::parse_from_rfc3339(t)
-            .map(|d| d.timestamp_millis())
-            .unwrap_or(0)
-    };
-    let spans: Vec<Span> = view
-        .allocations
+pub(super) fn cost_of(
+    allocations: &[AllocationRecord],
+    pipeline: &str,
+    prices: &[PriceChange],
+    now: Timestamp,
+) -> f64 {
+    let spans: Vec<Span> = allocations
         .iter()
         .map(|a| Span {
-            allocation: AllocationId(a.id),
-            run: RunId(a.run_id),
+            allocation: a.id,
+            run: a.run_id,
             tenant: a.tenant.clone(),
             pool: a.pool.clone(),
-            pipeline: view.summary.pipeline.clone(),
-            resources: Resources::new(
-                a.resources.cpu_millis,
-                a.resources.memory_mib,
-                a.resources.gpu,
-            ),
-            start_ms: parse(&a.opened_at),
-            end_ms: a.closed_at.as_deref().map(parse),
+            pipeline: pipeline.to_string(),
+            resources: a.resources,
+            start_ms: a.opened_at.0,
+            end_ms: a.closed_at.map(|t| t.0),
         })
         .collect();
+    usage(&spans, prices, Window::new(i64::MIN, i64::MAX), now.0, &[])
+        .total
+        .cost
+        .to_units_f64()
+}
+
+/// The allocations run `id` held or holds (a run holds one per group, and
+/// again after a lost worker: far fewer than this).
+pub(super) async fn allocations_of(
+    engine: &Engine,
+    id: i64,
+) -> Result<Vec<AllocationRecord>, ApiError> {
+    Ok(engine
+        .store()
+        .allocations(&AllocationFilter {
+            run: Some(RunId(id)),
+            limit: 1000,
+            ..AllocationFilter::default()
+        })
+        .await?)
+}
+
+async fn actual_cost(engine: &Engine, view: &RunView) -> Result<f64, ApiError> {
+    let allocations = allocations_of(engine, view.summary.id).await?;
     let prices = engine.store().prices().await?;
-    let now: Timestamp = engine.now();
-    Ok(
-        usage(&spans, &prices, Window::new(i64::MIN, i64::MAX), now.0, &[])
-            .total
-            .cost
-            .to_units_f64(),
-    )
+    Ok(cost_of(
+        &allocations,
+        &view.summary.pipeline,
+        &prices,
+        engine.now(),
+    ))
 }
 
 pub async fn detail(

@@ -211,6 +211,10 @@ fn main() {
             "/dashboards?range=30d".into(),
             "/dashboards?range=7d".into(),
             "/dashboards?range=24h".into(),
+            "/agents".into(),
+            "/prices".into(),
+            "/tokens".into(),
+            "/audit".into(),
         ];
         println!("{:<28} {:>10} {:>10} {:>10} {:>12}", "page", "median", "max", "bytes", "chart data");
         for page in pages {

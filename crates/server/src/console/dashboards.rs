@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use corral_api::UsageView;
 use corral_api::history::WaitsView;
+use futures_util::future::try_join_all;
 use maud::{Markup, html};
 
 use super::layout::{self, Section};
@@ -162,6 +163,26 @@ fn waits_table(view: &WaitsView, range: charts::Range) -> Markup {
     }
 }
 
+/// This month's usage tables, read at once (each on a reader of its own).
+async fn usage_tables(
+    engine: &Arc<Engine>,
+    session: &Session,
+) -> Result<Vec<(&'static str, &'static str, UsageView)>, ApiError> {
+    try_join_all(TABLES.map(|(by, title)| async move {
+        Ok::<_, ApiError>((by, title, usage(engine, session, by, None).await?))
+    }))
+    .await
+}
+
+/// This month's spend per day, stacked by tenant and by pool, read at once.
+async fn spend_charts(engine: &Arc<Engine>, session: &Session) -> Result<Vec<Markup>, ApiError> {
+    try_join_all(SPEND.map(|(by, title)| async move {
+        let view = usage(engine, session, &format!("{by},day"), None).await?;
+        Ok::<_, ApiError>(spend::stacked(&format!("spend-{by}"), title, by, &view))
+    }))
+    .await
+}
+
 pub async fn page(
     State(engine): State<Arc<Engine>>,
     Extension(session): Extension<Session>,
@@ -175,16 +196,10 @@ pub async fn page(
         Ok::<_, ApiError>((pools, tenants))
     };
     let reports = async {
-        let mut views = Vec::new();
-        for (by, title) in TABLES {
-            views.push((by, title, usage(&engine, &session, by, None).await?));
-        }
-        let mut spend = Vec::new();
-        for (by, title) in SPEND {
-            let view = usage(&engine, &session, &format!("{by},day"), None).await?;
-            spend.push(spend::stacked(&format!("spend-{by}"), title, by, &view));
-        }
-        Ok::<_, ApiError>((views, spend))
+        tokio::try_join!(
+            usage_tables(&engine, &session),
+            spend_charts(&engine, &session)
+        )
     };
     let (series, reports) = tokio::join!(series, reports);
     let ((pools, (tenants, waits)), (reports, spend)) = (series?, reports?);

@@ -356,14 +356,35 @@ pub async fn pools_charts(
 ) -> Result<Markup, ApiError> {
     let by_pool = |_: &str, subject: &str| subject.to_string();
     let lines = engine.read().await.pools.len();
-    let (utilization, saturation, held) = tokio::join!(
+    // Saturation and held demand are read together (one read, two charts).
+    let (utilization, demand) = tokio::join!(
         history(engine, who, "pool.utilization.cpu", None, range, lines),
-        history(engine, who, "pool.saturation.cpu", None, range, lines),
-        history(engine, who, "pool.held.cpu", None, range, lines)
+        history(
+            engine,
+            who,
+            "pool.saturation.cpu,pool.held.cpu",
+            None,
+            range,
+            2 * lines
+        )
     );
+    let (saturation, held) = split(demand?, "pool.saturation.cpu");
     Ok(html! {
         (history_chart("cpu-utilization", "CPU utilization", &utilization?, by_pool))
-        (history_chart("cpu-saturation", "CPU saturation: demand more capacity would admit", &saturation?, by_pool))
-        (history_chart("cpu-held", "CPU demand held by quotas, budgets, reservations or gangs", &held?, by_pool))
+        (history_chart("cpu-saturation", "CPU saturation: demand more capacity would admit", &saturation, by_pool))
+        (history_chart("cpu-held", "CPU demand held by quotas, budgets, reservations or gangs", &held, by_pool))
     })
+}
+
+/// A history answer split in two: the series named `first`, and the others.
+fn split(view: HistoryView, first: &str) -> (HistoryView, HistoryView) {
+    let (ours, rest): (Vec<_>, Vec<_>) = view.series.into_iter().partition(|s| s.series == first);
+    let with = |series| HistoryView {
+        from: view.from.clone(),
+        to: view.to.clone(),
+        step: view.step.clone(),
+        source: view.source.clone(),
+        series,
+    };
+    (with(ours), with(rest))
 }

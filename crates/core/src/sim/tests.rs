@@ -503,7 +503,7 @@ fn invariants_hold_and_runs_are_deterministic_over_random_workloads() {
             .iter()
             .filter(|r| r.placements.len() == 2)
             .count();
-        let (second, again) = run_all(&spec);
+        let (second, again) = run_to_end(Simulation::new(&spec).expect("a valid simulation"));
         assert_eq!(logs, again, "{}", repro());
         assert_eq!(report, second.report(), "{}", repro());
     }

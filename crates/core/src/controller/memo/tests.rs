@@ -163,6 +163,9 @@ enum Step {
     Arrive(Vec<QueuedRun>),
     /// The nth queued run is cancelled.
     Cancel(usize),
+    /// Prices changed: the queued runs of the nth tenant are estimated
+    /// again, their bounds scaled by this many per mille.
+    Rebound { tenant: usize, permille: i64 },
     Quota { tenant: usize, cpu: u64, runs: u64 },
     PoolLimit { tenant: usize, cpu: u64, runs: u64 },
     Budget { tenant: usize, monthly: u64 },
@@ -192,6 +195,13 @@ impl Step {
                 if let Some(&id) = ids.get(n % ids.len().max(1)) {
                     world.runs.remove(&id);
                     world.queue.remove(id);
+                }
+            }
+            Step::Rebound { tenant, permille } => {
+                let name = format!("t{}", tenant % world.base.tenants.len().max(1));
+                for run in world.runs.values_mut().filter(|r| r.tenant == name) {
+                    run.bound = Money::from_micros(run.bound.micros() * permille / 1000);
+                    world.queue.insert(run.clone());
                 }
             }
             Step::Quota { tenant, cpu, runs } => {
@@ -318,6 +328,8 @@ fn arb_step() -> impl Strategy<Value = Step> {
         4 => (0usize..64).prop_map(Step::End),
         2 => arb_runs(8).prop_map(Step::Arrive),
         1 => (0usize..64).prop_map(Step::Cancel),
+        1 => (0usize..4, 0i64..3000)
+            .prop_map(|(tenant, permille)| Step::Rebound { tenant, permille }),
         1 => (0usize..4, 0u64..14, 0u64..7)
             .prop_map(|(tenant, cpu, runs)| Step::Quota { tenant, cpu, runs }),
         1 => (0usize..4, 0u64..6, 0u64..4)

@@ -522,10 +522,13 @@ fn incremental(reps: usize, policy: &Policy, fingerprints: &mut Vec<(String, Str
         || controller.clone(),
         |mut c| {
             let outcome = c.decide(&steady, &queue, NOW, policy);
-            (outcome, c.last_cycle())
+            (outcome, c.last_cycle(), c)
         },
     );
     assert_eq!(same.0, full, "nothing changed: the same decisions");
+    let (t_copy, _) = time(reps, || full.clone());
+    let limits: usize = full.waiting.values().map(|r| r.limits.len()).sum();
+    let bytes: usize = full.waiting.values().map(|r| r.message.len()).sum();
     // One run ends: the one holding the middle allocation of a pool that is
     // not static (a static agent frees room only on itself).
     let ended = open
@@ -543,7 +546,7 @@ fn incremental(reps: usize, policy: &Policy, fingerprints: &mut Vec<(String, Str
         || controller.clone(),
         |mut c| {
             let outcome = c.decide(&after_snap, &queue, NOW, policy);
-            (outcome, c.last_cycle())
+            (outcome, c.last_cycle(), c)
         },
     );
     assert_eq!(one.0, full_after, "one run ended: the same decisions");
@@ -556,6 +559,12 @@ fn incremental(reps: usize, policy: &Policy, fingerprints: &mut Vec<(String, Str
         "    full cycle                        {:>8.1} ms ({:.1})",
         ms(t_full.median),
         ms(t_full.min)
+    );
+    println!(
+        "    copying its outcome               {:>8.1} ms ({:.1}): {} reasons, {limits} limits, {bytes} bytes of messages",
+        ms(t_copy.median),
+        ms(t_copy.min),
+        full.waiting.len()
     );
     println!(
         "    incremental, nothing changed      {:>8.1} ms ({:.1}): {} verdicts reused, {} evaluated",

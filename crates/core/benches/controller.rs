@@ -7,14 +7,18 @@
 //! - (b) the time of one cycle for 10k, 100k and 1M queued runs with pools
 //!   nearly full, to show that it follows the number of classes, not of runs;
 //! - (c) the cost of `RunQueue` insert and remove per run, and of
-//!   `admission_order` at 100k.
+//!   `admission_order` at 100k;
+//! - (d) the incremental controller at 100k queued runs, pools nearly full:
+//!   the full cycle beside the incremental one after nothing changed and
+//!   after one run ended (its allocation released), each checked equal to
+//!   the full decision on the same input.
 //!
 //! Generation is seeded: every run of the bench decides on the same input, and
 //! a fingerprint of each outcome is printed so that a change meant to be
 //! behaviour-preserving can be checked. `CORRAL_BENCH_DUMP=dir` also writes
 //! each outcome in full to `dir`. `CORRAL_BENCH_REPS=n` sets the repetitions
 //! (default 7): times are their median, with the fastest in parentheses (the
-//! less disturbed by other work on the machine). `CORRAL_BENCH_ONLY=a`, `b` or `c` runs
+//! less disturbed by other work on the machine). `CORRAL_BENCH_ONLY=a`, `b`, `c` or `d` runs
 //! one part and `CORRAL_BENCH_SIZES=100000` sets the queue lengths of (b) (for
 //! profiling).
 
@@ -26,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use corral_core::clock::Timestamp;
 use corral_core::controller::{
-    AgentView, OpenAllocation, Outcome, Policy, PoolView, Snapshot, TenantView, admission_order,
-    decide,
+    AgentView, Controller, OpenAllocation, Outcome, Policy, PoolView, Snapshot, TenantView,
+    admission_order, decide,
 };
 use corral_core::ids::{RunId, WorkerId};
 use corral_core::money::Money;
@@ -458,6 +462,135 @@ fn per_sec(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// The snapshot and queue a server has after applying `outcome`: admitted
+/// runs hold allocations, rejected ones are gone.
+fn applied(
+    runs: &[QueuedRun],
+    open: &mut Vec<OpenAllocation>,
+    queue: &mut RunQueue,
+    outcome: &Outcome,
+) {
+    for a in &outcome.admitted {
+        let Some(run) = usize::try_from(a.run.0 - 1).ok().and_then(|i| runs.get(i)) else {
+            continue;
+        };
+        queue.remove(a.run);
+        for p in &a.placements {
+            open.push(OpenAllocation {
+                run: a.run,
+                tenant: run.tenant.clone(),
+                pool: p.pool.clone(),
+                resources: p.resources,
+                worker: p.worker,
+            });
+        }
+    }
+    for (run, _) in &outcome.rejected {
+        queue.remove(*run);
+    }
+}
+
+/// (d): the world of (b) at 100,000 queued runs. The controller is kept from
+/// a first cycle; its decisions are applied; the cycles timed are the next
+/// one with nothing changed, and the next one after one run ended.
+fn incremental(reps: usize, policy: &Policy, fingerprints: &mut Vec<(String, String)>) {
+    let n = std::env::var("CORRAL_BENCH_SIZES")
+        .ok()
+        .and_then(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).last())
+        .unwrap_or(100_000);
+    let normal = world(1);
+    let empty = pools(1, 2_000);
+    let mut open = normal.fill(&empty);
+    let base = normal.snapshot(empty);
+    let runs = normal.runs(n, 2);
+    let mut queue = queue_of(&runs);
+    let snapshot = |open: &[OpenAllocation]| {
+        let mut snap = base.clone();
+        snap.charge(open);
+        snap
+    };
+    let mut controller = Controller::new();
+    let first = controller.decide(&snapshot(&open), &queue, NOW, policy);
+    applied(&runs, &mut open, &mut queue, &first);
+    let steady = snapshot(&open);
+    let classes = queue.classes().count();
+    let settled = controller.decide(&steady, &queue, NOW, policy);
+    let (t_full, full) = time(reps, || decide(&steady, &queue, NOW, policy));
+    assert_eq!(settled, full, "the incremental controller decides as decide");
+    let (t_same, same) = time_with(
+        reps,
+        || controller.clone(),
+        |mut c| {
+            let outcome = c.decide(&steady, &queue, NOW, policy);
+            (outcome, c.last_cycle(), c)
+        },
+    );
+    assert_eq!(same.0, full, "nothing changed: the same decisions");
+    let (t_copy, _) = time(reps, || full.clone());
+    let limits: usize = full.waiting.values().map(|r| r.limits.len()).sum();
+    let bytes: usize = full.waiting.values().map(|r| r.message.len()).sum();
+    // One run ends: the one holding the middle allocation of a pool that is
+    // not static (a static agent frees room only on itself).
+    let ended = open
+        .iter()
+        .filter(|a| a.worker.is_none())
+        .nth(open.len() / 3)
+        .map(|a| a.run)
+        .expect("allocations on pools that are not static");
+    let after: Vec<OpenAllocation> = open.iter().filter(|a| a.run != ended).cloned().collect();
+    let freed: Vec<&OpenAllocation> = open.iter().filter(|a| a.run == ended).collect();
+    let after_snap = snapshot(&after);
+    let (t_full_after, full_after) = time(reps, || decide(&after_snap, &queue, NOW, policy));
+    let (t_one, one) = time_with(
+        reps,
+        || controller.clone(),
+        |mut c| {
+            let outcome = c.decide(&after_snap, &queue, NOW, policy);
+            (outcome, c.last_cycle(), c)
+        },
+    );
+    assert_eq!(one.0, full_after, "one run ended: the same decisions");
+    println!();
+    println!(
+        "(d) incremental controller: {} queued runs in {classes} classes, pools nearly full",
+        queue.len()
+    );
+    println!(
+        "    full cycle                        {:>8.1} ms ({:.1})",
+        ms(t_full.median),
+        ms(t_full.min)
+    );
+    println!(
+        "    copying its outcome               {:>8.1} ms ({:.1}): {} reasons, {limits} limits, {bytes} bytes of messages",
+        ms(t_copy.median),
+        ms(t_copy.min),
+        full.waiting.len()
+    );
+    println!(
+        "    incremental, nothing changed      {:>8.1} ms ({:.1}): {} verdicts reused, {} evaluated",
+        ms(t_same.median),
+        ms(t_same.min),
+        same.1.reused,
+        same.1.evaluated
+    );
+    println!(
+        "    full cycle after one run ended    {:>8.1} ms ({:.1}): admitted {}",
+        ms(t_full_after.median),
+        ms(t_full_after.min),
+        full_after.admitted.len()
+    );
+    println!(
+        "    incremental, after one run ended  {:>8.1} ms ({:.1}): {} verdicts reused, {} evaluated (run {ended} freed {} in pool {})",
+        ms(t_one.median),
+        ms(t_one.min),
+        one.1.reused,
+        one.1.evaluated,
+        freed.first().map(|a| a.resources).unwrap_or_default(),
+        freed.first().map(|a| a.pool.as_str()).unwrap_or_default()
+    );
+    fingerprints.push(("d".into(), fingerprint("d", &one.0)));
+}
+
 fn main() {
     let reps = reps();
     let policy = Policy::default();
@@ -624,6 +757,11 @@ fn main() {
             positions.hash(&mut h);
             fingerprints.push(("order".into(), format!("{:016x}", h.finish())));
         }
+    }
+
+    // (d) The incremental controller.
+    if part("d") {
+        incremental(reps, &policy, &mut fingerprints);
     }
 
     println!();

@@ -34,6 +34,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
 
 use crate::clock::Timestamp;
 use crate::ids::{RunId, WorkerId};
@@ -47,11 +48,14 @@ use crate::tenant::{Quota, TenantSpec};
 use crate::usage::Amount;
 
 mod budget;
+mod memo;
 mod reason;
 pub use budget::BudgetView;
+pub use memo::{Controller, CycleStats};
 pub use reason::{Blocker, Limit, Reason, ReasonCode};
 
 use budget::check_budget;
+use memo::{Keys, Memo, Probe, Verdict};
 
 /// A live agent of a static pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,10 +346,26 @@ impl PartialOrd for Share {
 }
 
 /// Decides which queued runs are admitted (and where), rejected, or left
-/// waiting with a reason. Deterministic: same input, same output.
+/// waiting with a reason. Deterministic: same input, same output. A
+/// [`Controller`] kept across cycles decides the same, evaluating only what
+/// changed.
 pub fn decide(snapshot: &Snapshot, queue: &RunQueue, now: Timestamp, policy: &Policy) -> Outcome {
+    walk(snapshot, queue, now, policy, None)
+}
+
+/// The one walk of a cycle, with the verdicts of earlier cycles in `memo` (the
+/// incremental controller) or none (the full decision).
+fn walk(
+    snapshot: &Snapshot,
+    queue: &RunQueue,
+    now: Timestamp,
+    policy: &Policy,
+    memo: Option<&mut Memo>,
+) -> Outcome {
+    let work = snapshot.clone();
+    let keys = memo.map(|memo| Keys::new(memo, &work, policy));
     let mut cycle = Cycle {
-        work: snapshot.clone(),
+        work,
         total: snapshot.total_capacity(),
         queue,
         now,
@@ -355,14 +375,18 @@ pub fn decide(snapshot: &Snapshot, queue: &RunQueue, now: Timestamp, policy: &Po
         masks: Masks::default(),
         empty: None,
         reasons: FastMap::default(),
+        keys,
     };
     for (level, tenants) in queue.levels() {
         cycle.level(level, tenants);
     }
+    if let Some(keys) = cycle.keys {
+        keys.finish();
+    }
     cycle.outcome
 }
 
-struct Cycle<'a> {
+struct Cycle<'a, 'm> {
     work: Snapshot,
     total: Resources,
     queue: &'a RunQueue,
@@ -375,6 +399,8 @@ struct Cycle<'a> {
     /// The pools emptied, to check that gangs fit them (see [`empty_pools`]).
     empty: Option<Snapshot>,
     reasons: ReasonCache,
+    /// The verdicts of earlier cycles, for the incremental controller.
+    keys: Option<Keys<'m>>,
 }
 
 /// A queued run, ordered by when it was enqueued.
@@ -387,7 +413,7 @@ struct ClassFacts {
     matching: Matching,
 }
 
-impl<'a> Cycle<'a> {
+impl<'a> Cycle<'a, '_> {
     fn level(&mut self, _level: Level, tenants: &'a BTreeMap<String, BTreeSet<ClassId>>) {
         let queue: &'a RunQueue = self.queue;
         // Per class: its runs not yet admitted this cycle, oldest first.
@@ -465,72 +491,92 @@ impl<'a> Cycle<'a> {
             self.reject_class(class, reason);
             return false;
         };
-        let facts = self.classes.entry(class.id).or_insert_with(|| {
-            let matching = self.masks.matching(&self.work, tenant, &class.groups);
-            // Readmissions too: their pool may have gone or shrunk meanwhile.
-            ClassFacts {
-                fits: ever_fits(
-                    &self.work,
-                    tenant,
-                    &class.groups,
-                    &matching,
-                    &mut self.empty,
-                ),
-                matching,
-            }
-        });
-        if let Err(reason) = &facts.fits {
-            let reason = reason.clone();
-            self.reject_class(class, reason);
-            return false;
-        }
-        let policy = self.policy.placement;
-        let placed = place(
-            &self.work,
-            tenant,
-            &class.groups,
-            &facts.matching,
-            policy,
-            Some(run),
-            Some(&mut self.reasons),
-        );
         // The budget per run, with its own bound (see the module's header).
-        // A readmission's run was admitted on its bound already: money does
-        // not hold back a run that is under way.
         let bound = if tenant.budget.is_some() {
             self.queue.bound(run)
         } else {
             Money::ZERO
         };
-        let budget = if class.readmit {
-            Ok(())
-        } else {
-            check_budget(tenant, bound)
+        // A verdict remembered under the same inputs is the verdict.
+        let mut probe: Option<Probe> = None;
+        let remembered = match self.keys.as_mut() {
+            Some(keys) => match keys.lookup(tenant, class, run, bound) {
+                Ok(verdict) => Some(verdict),
+                Err(p) => {
+                    probe = Some(p);
+                    None
+                }
+            },
+            None => None,
         };
-        let tenant_limits = match (budget, check_tenant(tenant, class, run)) {
-            (Ok(()), quota) => quota,
-            (Err(budget), Ok(())) => Err(budget),
-            (Err(budget), Err(quota)) => Err(budget.and(quota)),
-        };
-        // Every limit in the way is named: the tenant's first, then the pools'.
-        let verdict = match (tenant_limits, placed) {
-            (Ok(()), placed) => placed,
-            (Err(tenant), Ok(_)) => Err(tenant),
-            (Err(tenant), Err(pools)) => Err(tenant.and(pools)),
+        let verdict = match remembered {
+            Some(verdict) => Err(verdict),
+            None => {
+                let facts = self.classes.entry(class.id).or_insert_with(|| {
+                    let matching = self.masks.matching(&self.work, tenant, &class.groups);
+                    // Readmissions too: their pool may have gone or shrunk meanwhile.
+                    ClassFacts {
+                        fits: ever_fits(
+                            &self.work,
+                            tenant,
+                            &class.groups,
+                            &matching,
+                            &mut self.empty,
+                        ),
+                        matching,
+                    }
+                });
+                let verdict = match &facts.fits {
+                    Err(reason) => Err(Verdict::Reject(reason.clone())),
+                    Ok(()) => evaluate(
+                        &self.work,
+                        tenant,
+                        class,
+                        &facts.matching,
+                        self.policy.placement,
+                        run,
+                        bound,
+                        &mut self.reasons,
+                    )
+                    .map_err(Verdict::Wait),
+                };
+                if let (Err(v), Some(keys), Some(probe)) = (&verdict, self.keys.as_mut(), probe) {
+                    keys.store(class.id, probe, &facts.matching, v.clone());
+                }
+                verdict
+            }
         };
         match verdict {
             Ok(placements) => {
                 self.work
                     .admit(run, &class.tenant, class.readmit, bound, &placements);
+                if let Some(keys) = self.keys.as_mut() {
+                    for p in &placements {
+                        keys.pool_changed(&self.work, &p.pool);
+                    }
+                    keys.tenant_changed(&class.tenant);
+                }
                 self.outcome.admitted.push(Admission { run, placements });
                 true
             }
-            Err(mut reason) => {
+            Err(Verdict::Reject(reason)) => {
+                self.reject_class(class, reason);
+                false
+            }
+            Err(Verdict::Wait(mut reason)) => {
+                // Always decided afresh: the reservation depends on the time,
+                // and on what earlier starving runs of the cycle hold.
                 if starving && reason.code != ReasonCode::Reserved {
                     let waited = self
                         .now
                         .millis_since(self.queue.enqueued_at(run).unwrap_or(self.now));
                     if let Some(reservation) = self.reserve(class, run, &reason) {
+                        if let Some(keys) = self.keys.as_mut() {
+                            for pool in &reservation.pools {
+                                keys.pool_changed(&self.work, pool);
+                            }
+                            keys.tenant_changed(&class.tenant);
+                        }
                         reason.message = format!(
                             "{}; it has waited {}, so {} room is held for it",
                             reason.message,
@@ -628,6 +674,50 @@ fn format_wait(ms: i64) -> String {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
         s => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The verdict of a class that can fit, for `run`: its placements, or why it
+/// waits. Every limit in the way is named: the tenant's first, then the pools'.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of the cycle a verdict reads, borrowed apart from the cycle's memo"
+)]
+fn evaluate(
+    work: &Snapshot,
+    tenant: &TenantView,
+    class: &Class,
+    matching: &Matching,
+    policy: PlacementPolicy,
+    run: RunId,
+    bound: Money,
+    reasons: &mut ReasonCache,
+) -> Result<Vec<Placement>, Reason> {
+    let placed = place(
+        work,
+        tenant,
+        &class.groups,
+        matching,
+        policy,
+        Some(run),
+        Some(reasons),
+    );
+    // A readmission's run was admitted on its bound already: money does not
+    // hold back a run that is under way.
+    let budget = if class.readmit {
+        Ok(())
+    } else {
+        check_budget(tenant, bound)
+    };
+    let tenant_limits = match (budget, check_tenant(tenant, class, run)) {
+        (Ok(()), quota) => quota,
+        (Err(budget), Ok(())) => Err(budget),
+        (Err(budget), Err(quota)) => Err(budget.and(quota)),
+    };
+    match (tenant_limits, placed) {
+        (Ok(()), placed) => placed,
+        (Err(tenant), Ok(_)) => Err(tenant),
+        (Err(tenant), Err(pools)) => Err(tenant.and(pools)),
     }
 }
 
@@ -1022,7 +1112,8 @@ fn pool_blocker(
 
 /// Reasons of blocked pools, by position of the pool in the snapshot, block and
 /// need: the many classes that find the same pools full in one cycle share them.
-type ReasonCache = FastMap<(usize, Block, Resources), Reason>;
+/// Shared, not copied: a class's reason copies only the parts it keeps.
+type ReasonCache = FastMap<(usize, Block, Resources), Rc<Reason>>;
 
 impl Block {
     /// Does its reason follow from the pool's position, the block and the need
@@ -1221,19 +1312,20 @@ fn place(
                         return None;
                     }
                     Some(match reasons.as_deref_mut() {
-                        Some(cache) if block.of_pool_only() => cache
-                            .entry((i, block, g.resources))
-                            .or_insert_with(|| block.reason(p, tenant, &g.resources))
-                            .clone(),
-                        _ => block.reason(p, tenant, &g.resources),
+                        Some(cache) if block.of_pool_only() => Rc::clone(
+                            cache
+                                .entry((i, block, g.resources))
+                                .or_insert_with(|| Rc::new(block.reason(p, tenant, &g.resources))),
+                        ),
+                        _ => Rc::new(block.reason(p, tenant, &g.resources)),
                     })
                 })
-                .collect();
+                .collect::<Vec<Rc<Reason>>>();
             return Err(Reason::blocked_group(
                 g,
                 groups.len(),
                 &placements,
-                blockers,
+                &blockers,
             ));
         };
         let worker = pool

@@ -1,4 +1,5 @@
-//! A deterministic simulator: the real controller ([`decide`]) driven by a
+//! A deterministic simulator: the real controller (the incremental
+//! [`Controller`] the server runs, which decides what [`decide`] does) driven by a
 //! virtual clock over a synthetic workload, to see what a change of quotas,
 //! weights or pools does before making it.
 //!
@@ -39,8 +40,8 @@ pub use spec::{Arrival, GangSpec, RunDuration, SimSpec, Span, WorkloadSpec};
 
 use crate::clock::Timestamp;
 use crate::controller::{
-    Admission, AgentView, OpenAllocation, Placement, Policy, PoolView, Reason, Reservation,
-    Snapshot, TenantView, decide,
+    Admission, AgentView, Controller, OpenAllocation, Placement, Policy, PoolView, Reason,
+    Reservation, Snapshot, TenantView, decide,
 };
 use crate::error::FieldError;
 use crate::ids::{RunId, WorkerId};
@@ -183,6 +184,9 @@ pub struct Simulation {
     spec: SimSpec,
     workloads: Vec<Workload>,
     policy: Policy,
+    /// Kept across cycles, as the server keeps it; `None` decides each cycle
+    /// with the full [`decide`] (the reference the tests compare it with).
+    controller: Option<Controller>,
     /// Pools (static ones with their agents) and tenants, nothing held.
     base: Snapshot,
     sources: Vec<Source>,
@@ -243,6 +247,7 @@ impl Simulation {
             spec: spec.clone(),
             workloads,
             policy: spec.policy(),
+            controller: Some(Controller::new()),
             base: Snapshot { pools, tenants },
             sources,
             queue: RunQueue::new(),
@@ -255,6 +260,13 @@ impl Simulation {
             cycles: 0,
             violations: Vec::new(),
         })
+    }
+
+    /// The same simulation deciding every cycle with the full [`decide`].
+    #[cfg(test)]
+    fn with_full_decision(mut self) -> Simulation {
+        self.controller = None;
+        self
     }
 
     pub fn is_done(&self) -> bool {
@@ -316,7 +328,11 @@ impl Simulation {
             violations: Vec::new(),
         };
         if !self.queue.is_empty() {
-            let outcome = decide(&self.snapshot(now), &self.queue, now, &self.policy);
+            let snapshot = self.snapshot(now);
+            let outcome = match self.controller.as_mut() {
+                Some(controller) => controller.decide(&snapshot, &self.queue, now, &self.policy),
+                None => decide(&snapshot, &self.queue, now, &self.policy),
+            };
             log.violations = self.check(now, &outcome.admitted, &outcome.rejected);
             self.apply(now, &outcome.admitted, &outcome.rejected);
             log.rejected = outcome.rejected.into_iter().map(|(id, _)| id).collect();

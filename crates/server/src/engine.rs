@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use corral_api::{Assignment, PollRequest, PollResponse, RegisterRequest, ReportRequest};
 use corral_core::clock::{Clock, Timestamp};
-use corral_core::controller::{Policy, check_ever_fits, decide};
+use corral_core::controller::{Controller, Policy, check_ever_fits};
 use corral_core::error::{FieldError, FieldErrors};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::manifest::{from_value, parse_single};
@@ -170,6 +170,9 @@ pub struct Engine {
     config: EngineConfig,
     provider: LocalProvider,
     state: Mutex<State>,
+    /// The incremental controller, kept across cycles; taken only by a cycle,
+    /// which holds the state's lock.
+    controller: std::sync::Mutex<Controller>,
     commits: CommitQueue,
     pending: std::sync::Mutex<BTreeMap<String, PendingSpawn>>,
     /// Tokens, workers' secrets and spawned agents' credentials.
@@ -294,6 +297,7 @@ impl Engine {
             config,
             provider,
             state: Mutex::new(state),
+            controller: std::sync::Mutex::new(Controller::new()),
             commits: CommitQueue::new(0),
             pending: std::sync::Mutex::new(BTreeMap::new()),
             credentials,
@@ -691,13 +695,14 @@ impl Engine {
     /// queue, commit the decisions, then provision workers for new allocations.
     pub async fn cycle(&self) -> Result<()> {
         let mut state = self.state.lock().await;
+        let started = std::time::Instant::now();
         state.prune_settled(self.commits.settled());
         let mut fx = Effects::default();
         self.lose_silent_workers(&mut state, &mut fx);
         self.retire_idle_workers(&mut state, &mut fx);
         let now = self.now();
         let snapshot = state.snapshot(now);
-        let outcome = decide(&snapshot, &state.queue, now, &self.config.policy);
+        let outcome = self.controller().decide(&snapshot, &state.queue, now, &self.config.policy);
         state.ledger.prune(now, &snapshot.total_capacity());
         let mut writes = Vec::new();
         let mut assigned = BTreeSet::new();
@@ -756,7 +761,20 @@ impl Engine {
         fx.observed.waits(&state);
         self.provision(&mut state, &mut fx);
         drop(state);
+        self.metrics.cycle(started.elapsed());
         self.finish(fx).await
+    }
+
+    /// The controller. A cycle that panicked may have left it halfway: it
+    /// starts afresh, without what it remembered (the next cycle evaluates
+    /// every class).
+    fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
+        self.controller.lock().unwrap_or_else(|poisoned| {
+            self.controller.clear_poison();
+            let mut controller = poisoned.into_inner();
+            *controller = Controller::new();
+            controller
+        })
     }
 
     /// Binds allocations that have no worker to idle workers that fit, and spawns

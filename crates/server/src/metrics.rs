@@ -42,6 +42,7 @@ const FINISHED: &str = "corral_runs_finished_total";
 const ADMISSION_WAIT: &str = "corral_admission_wait_seconds";
 const RUN_DURATION: &str = "corral_run_duration_seconds";
 const REGISTRATIONS: &str = "corral_agent_registrations_total";
+const CYCLE_DURATION: &str = "corral_cycle_duration_seconds";
 
 /// From a cycle's half second to a day.
 const ADMISSION_WAIT_BUCKETS: [f64; 18] = [
@@ -53,6 +54,11 @@ const ADMISSION_WAIT_BUCKETS: [f64; 18] = [
 const RUN_DURATION_BUCKETS: [f64; 16] = [
     0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
     28800.0, 86400.0,
+];
+
+/// From an idle queue's cycle to one that re-decides 100,000 runs.
+const CYCLE_DURATION_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// How often recorded observations are folded into the histograms between
@@ -74,6 +80,12 @@ impl Metrics {
             )
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(RUN_DURATION.into()), &RUN_DURATION_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(CYCLE_DURATION.into()),
+                    &CYCLE_DURATION_BUCKETS,
+                )
             })
             .expect("the bucket lists are not empty")
             .build_recorder();
@@ -105,6 +117,10 @@ impl Metrics {
             metrics::describe_histogram!(
                 RUN_DURATION,
                 "Seconds from the start of a run's first step to the run's end, by tenant and final state; runs that started no step are not counted."
+            );
+            metrics::describe_histogram!(
+                CYCLE_DURATION,
+                "Seconds each controller cycle held the engine: deciding on the queue and staging its decisions, without the commit."
             );
         });
         let handle = recorder.handle();
@@ -151,6 +167,13 @@ impl Metrics {
                     }
                 }
             }
+        });
+    }
+
+    /// Records how long a controller cycle took.
+    pub(crate) fn cycle(&self, took: Duration) {
+        metrics::with_local_recorder(&self.recorder, || {
+            metrics::histogram!(CYCLE_DURATION).record(took.as_secs_f64());
         });
     }
 
@@ -610,6 +633,7 @@ mod tests {
                 runs: 3,
             },
         ]));
+        metrics.cycle(Duration::from_millis(3));
         metrics
     }
 
@@ -694,6 +718,7 @@ mod tests {
             (FINISHED, "counter"),
             (ADMISSION_WAIT, "histogram"),
             (RUN_DURATION, "histogram"),
+            (CYCLE_DURATION, "histogram"),
         ] {
             assert_eq!(kinds.get(name).map(String::as_str), Some(kind), "{name}");
         }
@@ -701,6 +726,8 @@ mod tests {
         assert!(
             text.contains("corral_admission_wait_seconds_bucket{tenant=\"acme\",le=\"2.5\"} 1\n")
         );
+        assert!(text.contains("corral_cycle_duration_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("corral_cycle_duration_seconds_bucket{le=\"0.005\"} 1\n"));
     }
 
     #[test]

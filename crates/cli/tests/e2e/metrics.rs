@@ -475,6 +475,15 @@ async fn metrics_agree_with_the_api_during_and_after_a_workload() {
         ),
         Some(5.0)
     );
+    // Every controller cycle is timed; the workload took several.
+    let cycles = after
+        .sum("corral_cycle_duration_seconds_count", &[])
+        .expect("cycles timed");
+    assert!(cycles >= 2.0, "{cycles} cycles");
+    assert_eq!(
+        after.value("corral_cycle_duration_seconds_bucket", &[("le", "+Inf")]),
+        cycles
+    );
     assert_eq!(
         after.sum("corral_runs_finished_total", &[("state", "rejected")]),
         Some(1.0)

@@ -1,6 +1,8 @@
 //! Why a run waits or was rejected: a stable code, a sentence with the numbers,
 //! and the limits that block it.
 
+use std::rc::Rc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::money::Money;
@@ -245,7 +247,7 @@ impl Reason {
         g: &GroupRequest,
         groups: usize,
         placed: &[Placement],
-        blockers: Vec<Reason>,
+        blockers: &[Rc<Reason>],
     ) -> Reason {
         let code = blockers
             .iter()
@@ -261,7 +263,10 @@ impl Reason {
         if blockers.is_empty() {
             message = format!("no {} matches", g.selector);
         }
-        let limits: Vec<Limit> = blockers.into_iter().flat_map(|b| b.limits).collect();
+        let limits: Vec<Limit> = blockers
+            .iter()
+            .flat_map(|b| b.limits.iter().cloned())
+            .collect();
         if groups == 1 {
             return Reason {
                 code,

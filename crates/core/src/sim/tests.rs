@@ -13,12 +13,30 @@ fn sim(yaml: &str) -> SimSpec {
     SimSpec::from_yaml(yaml).expect("a valid simulation")
 }
 
-fn run_all(spec: &SimSpec) -> (Simulation, Vec<CycleLog>) {
-    let mut sim = Simulation::new(spec).expect("a valid simulation");
+fn run_to_end(mut sim: Simulation) -> (Simulation, Vec<CycleLog>) {
     let mut logs = Vec::new();
     while let Some(log) = sim.step() {
         logs.push(log);
     }
+    (sim, logs)
+}
+
+/// Runs a simulation to its end with the incremental controller, after
+/// checking that every cycle decides what the full decision does.
+fn run_all(spec: &SimSpec) -> (Simulation, Vec<CycleLog>) {
+    let (sim, logs) = run_to_end(Simulation::new(spec).expect("a valid simulation"));
+    let (full, full_logs) =
+        run_to_end(Simulation::new(spec).expect("a valid simulation").with_full_decision());
+    if let Some((i, (a, b))) = logs
+        .iter()
+        .zip(&full_logs)
+        .enumerate()
+        .find(|(_, (a, b))| a != b)
+    {
+        panic!("cycle {i}: the incremental controller decided\n{a:#?}\nthe full one\n{b:#?}");
+    }
+    assert_eq!(logs.len(), full_logs.len());
+    assert_eq!(sim.report(), full.report());
     (sim, logs)
 }
 
@@ -485,7 +503,7 @@ fn invariants_hold_and_runs_are_deterministic_over_random_workloads() {
             .iter()
             .filter(|r| r.placements.len() == 2)
             .count();
-        let (second, again) = run_all(&spec);
+        let (second, again) = run_to_end(Simulation::new(&spec).expect("a valid simulation"));
         assert_eq!(logs, again, "{}", repro());
         assert_eq!(report, second.report(), "{}", repro());
     }
@@ -516,7 +534,7 @@ workload:
   - {{tenant: three, arrival: {{backlog: 3000}}, resources: {{cpu: 1, memory: 1Gi}}, duration: {{min: 30s, max: 3m}}}}
 "#
     ));
-    let report = simulate(&spec).expect("valid");
+    let report = run_all(&spec).0.report();
     assert!(report.violations.is_empty());
     let cpu: Vec<f64> = ["one", "two", "three"]
         .iter()
@@ -668,6 +686,7 @@ fn the_example_simulation_runs_clean() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sim.yaml");
     let text = std::fs::read_to_string(&path).expect("examples/sim.yaml");
     let report = simulate(&sim(&text)).expect("valid");
+    assert_eq!(report, run_all(&sim(&text)).0.report());
     assert!(report.violations.is_empty(), "{report}");
     for t in &report.tenants {
         assert!(t.runs.admitted > 0, "{report}");
@@ -786,4 +805,33 @@ fn a_hard_budget_holds_its_tenant_while_others_run_until_it_is_raised() {
         missing.to_string(),
         "name: there is no tenant \"gamma\" in the simulation"
     );
+}
+
+#[test]
+fn a_tenant_changed_mid_simulation_is_decided_on_as_the_full_decision_does() {
+    // The budget is raised at 6m: verdicts remembered under the old one must
+    // not be reused.
+    let spec = sim(BUDGETS);
+    let mut incremental = Simulation::new(&spec).expect("valid");
+    let mut full = Simulation::new(&spec).expect("valid").with_full_decision();
+    let mut raised = spec.tenants[0].clone();
+    if let Some(budget) = raised.budget.as_mut() {
+        budget.monthly = Money::from_whole_units(10);
+    }
+    let mut budget_waits = 0;
+    while !incremental.is_done() {
+        if incremental.now == Timestamp(6 * MIN) {
+            incremental.set_tenant(raised.clone()).expect("a valid tenant");
+            full.set_tenant(raised.clone()).expect("a valid tenant");
+        }
+        let (a, b) = (incremental.step(), full.step());
+        assert_eq!(a, b);
+        budget_waits += a
+            .iter()
+            .flat_map(|log| log.waiting.values())
+            .filter(|r| r.code == ReasonCode::TenantBudget)
+            .count();
+    }
+    assert!(budget_waits >= 12, "{budget_waits} waits for the budget");
+    assert_eq!(incremental.report(), full.report());
 }

@@ -331,6 +331,9 @@ async fn serve(
     running: &Running,
 ) {
     let mut unreachable_since: Option<Instant> = None;
+    // Well inside the lease, so that a poll that gets through after a blip
+    // still renews it in time.
+    let mut retry = Backoff::new(Duration::from_millis(100), terms.lease / 4);
     loop {
         let req = PollRequest {
             running: lock(running)
@@ -346,6 +349,7 @@ async fn serve(
         let response = match client.poll(worker, &req, terms.lease).await {
             Ok(r) => {
                 unreachable_since = None;
+                retry.reset();
                 if !r.shutdown && r.lease_ms > 0 {
                     steps.renew(sent.saturating_add(r.lease_ms.saturating_mul(1_000_000)));
                 }
@@ -364,8 +368,9 @@ async fn serve(
                     tracing::warn!("the server has been unreachable for too long; exiting");
                     return;
                 }
-                tracing::debug!(error = %e, "poll failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                let pause = retry.next_pause();
+                tracing::debug!(error = %e, ?pause, "poll failed; retrying");
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };

@@ -549,6 +549,25 @@ pub struct TokenCreated {
     pub secret: String,
 }
 
+/// One of the server's background workers (its committer, its controller...;
+/// not an agent, which the glossary calls a worker).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackgroundWorkerView {
+    pub name: String,
+    /// While a vital one is down (backing off or failed), `/healthz` is not ready.
+    pub vital: bool,
+    /// `running`, `idle`, `backing_off` (failed, runs again after a pause) or
+    /// `failed` (for good).
+    pub status: String,
+    /// What its last failure (an error, or a panic) said, kept after it recovers.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// How many times it ran again after a failure.
+    pub restarts: u64,
+    /// When a round of its work last ended well.
+    pub last_run_at: Option<String>,
+}
+
 /// One change recorded in the audit log.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditView {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use corral_api::{
-    Applied, AuditView, ErrorBody, PoolView, RecommendationView, RunSummary, RunView,
-    TenantSummary, TenantView, TokenCreate, TokenCreated, TokenView, UsageView,
+    Applied, AuditView, BackgroundWorkerView, ErrorBody, PoolView, RecommendationView, RunSummary,
+    RunView, TenantSummary, TenantView, TokenCreate, TokenCreated, TokenView, UsageView,
 };
 use serde::de::DeserializeOwned;
 
@@ -147,6 +147,11 @@ impl Client {
     pub async fn create_token(&self, req: &TokenCreate) -> Result<TokenCreated> {
         self.json(self.http.post(self.url("/tokens")).json(req))
             .await
+    }
+
+    /// The server's background workers (not agents).
+    pub async fn background_workers(&self) -> Result<Vec<BackgroundWorkerView>> {
+        self.json(self.http.get(self.url("/workers"))).await
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenView>> {

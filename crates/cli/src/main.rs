@@ -111,6 +111,9 @@ enum Kind {
     Runs,
     /// Queued runs in admission order, with their positions and reasons.
     Queue,
+    /// The server's background workers (its committer, controller, sampler...;
+    /// not agents): status, last error, restarts.
+    Workers,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -282,7 +285,7 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
-    /// List pools, tenants or runs.
+    /// List pools, tenants, runs, the queue or the server's background workers.
     Get {
         #[command(flatten)]
         server: ServerArg,
@@ -684,6 +687,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         ));
                     }
                     output::queue(&runs, output)?
+                }
+                Kind::Workers => {
+                    output::background_workers(&client.background_workers().await?, output)?
                 }
             };
             print!("{}", escapes::neutralise(&text));

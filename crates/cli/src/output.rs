@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use clap::ValueEnum;
 use corral_api::{
-    AttemptUsage, AuditView, PoolView, RecommendationView, ResourcesView, RunSummary, RunView,
-    TenantSummary, TenantView, TokenView, UsageView,
+    AttemptUsage, AuditView, BackgroundWorkerView, PoolView, RecommendationView, ResourcesView,
+    RunSummary, RunView, TenantSummary, TenantView, TokenView, UsageView,
 };
 use corral_core::money::Money;
 use corral_core::resources::{UNLIMITED, format_count, format_cpu, format_memory};
@@ -429,6 +429,44 @@ pub fn tokens(tokens: &[TokenView], format: Format) -> Result<String> {
         .collect();
     Ok(table(
         &["NAME", "ROLE", "FOR", "STATE", "EXPIRES", "LAST USED"],
+        rows,
+    ))
+}
+
+/// The server's background workers: a failed or backing-off one with its
+/// last error, and when.
+pub fn background_workers(workers: &[BackgroundWorkerView], format: Format) -> Result<String> {
+    if let Some(s) = structured(&workers, format)? {
+        return Ok(s);
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows = workers
+        .iter()
+        .map(|w| {
+            let error = match (&w.last_error, &w.last_error_at) {
+                (Some(error), Some(at)) => format!("{at}: {error}"),
+                (Some(error), None) => error.clone(),
+                (None, _) => "-".into(),
+            };
+            vec![
+                w.name.clone(),
+                if w.vital { "yes" } else { "no" }.into(),
+                w.status.clone(),
+                w.restarts.to_string(),
+                opt(&w.last_run_at),
+                error,
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "NAME",
+            "VITAL",
+            "STATUS",
+            "RESTARTS",
+            "LAST RUN",
+            "LAST ERROR",
+        ],
         rows,
     ))
 }

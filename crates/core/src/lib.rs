@@ -4,6 +4,7 @@
 //! Nothing here does I/O or reads the clock: time comes in as a [`clock::Timestamp`].
 
 pub mod access;
+pub mod backoff;
 pub mod clock;
 pub mod controller;
 pub mod envelope;

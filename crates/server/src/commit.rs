@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use corral_store::Write;
 use tokio::sync::{Notify, watch};
 
+use crate::background::{Job, JobError, Progress};
+
 /// Writes staged by one operation, numbered in staging order.
 pub struct Batch {
     pub seq: u64,
@@ -98,5 +100,38 @@ impl CommitQueue {
             Some(f) => Err(f.message.clone()),
             None => Ok(()),
         }
+    }
+}
+
+/// The committer as a background worker: idle until batches are queued, then
+/// one round writes them all. Its failure (the store cannot even be read back)
+/// is for good: the server exits.
+pub(crate) struct Committer {
+    engine: std::sync::Arc<crate::engine::Engine>,
+    batches: Vec<Batch>,
+}
+
+impl Committer {
+    pub fn new(engine: std::sync::Arc<crate::engine::Engine>) -> Committer {
+        Committer {
+            engine,
+            batches: Vec::new(),
+        }
+    }
+}
+
+impl Job for Committer {
+    async fn work(&mut self) -> Result<Progress, JobError> {
+        let batches = std::mem::take(&mut self.batches);
+        if !batches.is_empty() {
+            self.engine.commit_batches(batches).await?;
+        }
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        // Taken whole once `next_batches` returns: nothing is lost if this
+        // wait is dropped.
+        self.batches = self.engine.next_batches().await;
     }
 }

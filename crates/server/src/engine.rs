@@ -29,6 +29,7 @@ use corral_store::{
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::auth::{self, Credentials, Principal, SpawnGrant};
+use crate::background::{Background, Restart};
 use crate::commit::{Batch, CommitQueue};
 use crate::meter::SpendBook;
 use crate::metrics::{Metrics, Observed};
@@ -46,7 +47,7 @@ mod heartbeats;
 mod logs;
 mod sessions;
 
-pub use health::Readiness;
+pub use health::{BackgroundWorkerDown, Readiness, StoreWatch};
 pub use logs::{LogArrival, OutputLimits};
 
 pub use catalog::{Bootstrap, token_json};
@@ -191,6 +192,8 @@ pub struct Engine {
     metrics: Metrics,
     /// When each worker last polled, recorded without the state's lock.
     heartbeats: heartbeats::Heartbeats,
+    /// The server's background workers (the committer, the controller...).
+    background: Background,
 }
 
 /// What an operation does once its writes are settled.
@@ -293,6 +296,7 @@ impl Engine {
         }
         Ok(Engine {
             store,
+            background: Background::new(clock.clone()),
             clock,
             config,
             provider,
@@ -313,6 +317,10 @@ impl Engine {
 
     pub fn provider(&self) -> &LocalProvider {
         &self.provider
+    }
+
+    pub fn background(&self) -> &Background {
+        &self.background
     }
 
     pub fn credentials(&self) -> &Credentials {
@@ -436,44 +444,61 @@ impl Engine {
         Ok(())
     }
 
-    /// The committer: writes every queued batch in one transaction, again and
-    /// again. When a transaction fails, the memory holds writes the store does
-    /// not: the state is rebuilt from the store and the operations fail. It
-    /// returns only when the state cannot be rebuilt for `RELOAD_PATIENCE`: the
-    /// server cannot go on and must exit (a supervisor restarts it).
-    pub async fn run_committer(&self) -> String {
+    /// Runs the committer as the background worker `committer` (batches are
+    /// written only while it runs) until it fails for good; returns why. Then
+    /// nothing can be written any more, and the server must exit.
+    pub async fn run_committer(self: &Arc<Self>) -> String {
+        self.start_committer();
+        self.background.fatal().await
+    }
+
+    /// Starts the committer as the background worker `committer`; the
+    /// background's `fatal` says when it has failed for good.
+    pub fn start_committer(self: &Arc<Self>) {
+        let engine = self.clone();
+        self.background
+            .start("committer", true, Restart::Never, move || {
+                crate::commit::Committer::new(engine.clone())
+            });
+    }
+
+    /// What the committer writes next: every batch queued, once there is one.
+    pub(crate) async fn next_batches(&self) -> Vec<Batch> {
+        self.commits.next().await
+    }
+
+    /// The committer's round: writes `batches` in one transaction. When it
+    /// fails, the memory holds writes the store does not: the state is
+    /// rebuilt from the store and the operations fail. It fails only when the
+    /// state cannot be rebuilt for `RELOAD_PATIENCE`: the server cannot go on
+    /// and must exit (a supervisor restarts it).
+    pub(crate) async fn commit_batches(&self, batches: Vec<Batch>) -> Result<(), String> {
+        let first = batches.first().map_or(0, |b| b.seq);
+        let last = batches.last().map_or(0, |b| b.seq);
+        let writes: Vec<Write> = batches.into_iter().flat_map(|b| b.writes).collect();
+        let Err(e) = self.store.commit(&writes).await else {
+            self.health.committed();
+            self.commits.mark_committed(last);
+            return Ok(());
+        };
+        tracing::error!(error = %e, "commit failed; reloading the state from the store");
+        self.health.failed(self.now(), e.to_string());
+        let mut state = self.state.lock().await;
+        let later = self.commits.drain();
+        let last = later.last().map_or(last, |b| b.seq);
+        // Their operations answer now (503); new ones wait for the
+        // state, which holds writes the store does not, to be reloaded.
+        self.commits.mark_failed(first, last, e.to_string());
+        let started = std::time::Instant::now();
         loop {
-            let batches = self.commits.next().await;
-            let first = batches.first().map_or(0, |b| b.seq);
-            let last = batches.last().map_or(0, |b| b.seq);
-            let writes: Vec<Write> = batches.into_iter().flat_map(|b| b.writes).collect();
-            match self.store.commit(&writes).await {
-                Ok(()) => {
-                    self.health.committed();
-                    self.commits.mark_committed(last);
+            match self.reload(&mut state).await {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() > health::RELOAD_PATIENCE => {
+                    return Err(format!("cannot reload the state from the store: {e}"));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "commit failed; reloading the state from the store");
-                    self.health.failed(self.now(), e.to_string());
-                    let mut state = self.state.lock().await;
-                    let later = self.commits.drain();
-                    let last = later.last().map_or(last, |b| b.seq);
-                    // Their operations answer now (503); new ones wait for the
-                    // state, which holds writes the store does not, to be reloaded.
-                    self.commits.mark_failed(first, last, e.to_string());
-                    let started = std::time::Instant::now();
-                    loop {
-                        match self.reload(&mut state).await {
-                            Ok(()) => break,
-                            Err(e) if started.elapsed() > health::RELOAD_PATIENCE => {
-                                return format!("cannot reload the state from the store: {e}");
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot reload the state; retrying");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
-                    }
+                    tracing::error!(error = %e, "cannot reload the state; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use corral_core::history::{Rollup, Sample, sample};
 
+use crate::background::{Job, JobError, Progress};
 use crate::engine::Engine;
 
 /// Samples kept while the store does not take them.
@@ -26,64 +27,97 @@ const MAX_PENDING: usize = 100_000;
 /// How often the rollup runs (it recomputes only the hours since its last run).
 const ROLLUP_EVERY: Duration = Duration::from_secs(600);
 
-/// Samples the state every sampling interval, for ever.
-pub async fn sample_loop(engine: Arc<Engine>) {
-    let interval = engine.config().sample_interval;
-    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
-    let start = engine.now();
-    // The first tick is at once; late ticks fire as soon as they can, each
-    // with its own stamp (tokio's default, `Burst`).
-    let mut ticks = tokio::time::interval(interval);
-    let mut pending: Vec<Sample> = Vec::new();
-    let mut failing = false;
-    for tick in 0i64.. {
-        ticks.tick().await;
-        let at = start.plus_millis(tick.saturating_mul(interval_ms));
-        {
-            let state = engine.read().await;
-            pending.extend(sample(
-                &state.snapshot(engine.now()),
+/// The sampler: a round takes the sample of a tick that came (the first at
+/// once) and stores what is pending.
+pub struct Sampler {
+    engine: Arc<Engine>,
+    interval_ms: i64,
+    start: corral_core::clock::Timestamp,
+    /// Late ticks fire as soon as they can, each with its own stamp (tokio's
+    /// default, `Burst`).
+    ticks: tokio::time::Interval,
+    next_tick: i64,
+    /// The stamp of a tick not sampled yet.
+    due: Option<corral_core::clock::Timestamp>,
+    pending: Vec<Sample>,
+}
+
+impl Sampler {
+    pub fn new(engine: Arc<Engine>) -> Sampler {
+        let interval = engine.config().sample_interval;
+        let start = engine.now();
+        Sampler {
+            interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+            start,
+            ticks: tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+            next_tick: 1,
+            due: Some(start),
+            pending: Vec::new(),
+            engine,
+        }
+    }
+}
+
+impl Job for Sampler {
+    /// A batch that cannot be written is kept and retried by the next round
+    /// (after the supervisor's pause, or with the next tick's).
+    async fn work(&mut self) -> Result<Progress, JobError> {
+        if let Some(at) = self.due.take() {
+            let state = self.engine.read().await;
+            self.pending.extend(sample(
+                &state.snapshot(self.engine.now()),
                 &state.queue,
                 &state.waiting,
                 at,
             ));
         }
-        if pending.len() > MAX_PENDING {
-            let dropped = pending.len() - MAX_PENDING;
-            pending.drain(..dropped);
+        if self.pending.len() > MAX_PENDING {
+            let dropped = self.pending.len() - MAX_PENDING;
+            self.pending.drain(..dropped);
             tracing::warn!(dropped, "history: samples dropped while the store fails");
         }
-        match engine.store().append_samples(&pending).await {
-            Ok(()) => {
-                pending.clear();
-                if failing {
-                    tracing::info!("history: samples are stored again");
-                    failing = false;
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "history: cannot store samples; retrying with the next");
-                    failing = true;
-                }
-            }
-        }
+        self.engine.store().append_samples(&self.pending).await?;
+        self.pending.clear();
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.ticks.tick().await;
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        self.due = Some(
+            self.start
+                .plus_millis(tick.saturating_mul(self.interval_ms)),
+        );
     }
 }
 
-/// Rolls raw samples up into hourly aggregates and applies retention, at
-/// start and then every `ROLLUP_EVERY`, for ever.
-pub async fn rollup_loop(engine: Arc<Engine>) {
-    let mut ticks = tokio::time::interval(ROLLUP_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if let Err(e) = engine
+/// The rollup: raw samples into hourly aggregates, and retention, at start and
+/// then every `ROLLUP_EVERY`.
+pub struct HistoryRollup {
+    engine: Arc<Engine>,
+    ticks: tokio::time::Interval,
+}
+
+impl HistoryRollup {
+    pub fn new(engine: Arc<Engine>) -> HistoryRollup {
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + ROLLUP_EVERY, ROLLUP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        HistoryRollup { engine, ticks }
+    }
+}
+
+impl Job for HistoryRollup {
+    async fn work(&mut self) -> Result<Progress, JobError> {
+        self.engine
             .store()
-            .roll_up_history(&Rollup::at(engine.now()))
-            .await
-        {
-            tracing::warn!(error = %e, "history: the rollup failed; it runs again later");
-        }
+            .roll_up_history(&Rollup::at(self.engine.now()))
+            .await?;
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.ticks.tick().await;
     }
 }

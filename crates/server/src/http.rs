@@ -30,6 +30,8 @@ use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::background::{Job, JobError, Progress};
+
 /// What one connection and one request may take.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
@@ -229,14 +231,27 @@ impl CappedAcceptor {
 
 /// Logs, every [`REPORT_EVERY`], how many connections the caps refused since
 /// the last report, if any: one line however many there were.
-pub async fn report_refusals() {
-    let mut reported = [0u64; 3];
-    let mut tick = tokio::time::interval(REPORT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
+pub struct RefusalReport {
+    reported: [u64; 3],
+    tick: tokio::time::Interval,
+}
+
+impl Default for RefusalReport {
+    fn default() -> RefusalReport {
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + REPORT_EVERY, REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        RefusalReport {
+            reported: std::array::from_fn(|i| REFUSED[i].load(Ordering::Relaxed)),
+            tick,
+        }
+    }
+}
+
+impl Job for RefusalReport {
+    async fn work(&mut self) -> Result<Progress, JobError> {
         let now: [u64; 3] = std::array::from_fn(|i| REFUSED[i].load(Ordering::Relaxed));
-        let new: [u64; 3] = std::array::from_fn(|i| now[i] - reported[i]);
+        let new: [u64; 3] = std::array::from_fn(|i| now[i] - self.reported[i]);
         if new.iter().any(|n| *n > 0) {
             tracing::warn!(
                 per_address = new[Refusal::Address as usize],
@@ -247,7 +262,12 @@ pub async fn report_refusals() {
                 REPORT_EVERY.as_secs()
             );
         }
-        reported = now;
+        self.reported = now;
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.tick.tick().await;
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod background;
 mod commit;
 pub mod console;
 pub mod engine;
@@ -10,7 +11,7 @@ mod history;
 pub mod http;
 mod logs;
 mod meter;
-pub use meter::meter_backlog;
+pub use meter::MeterBacklog;
 mod metrics;
 mod progress;
 pub mod provider;
@@ -28,7 +29,8 @@ use corral_core::clock::{Clock, Timestamp};
 use corral_core::resources::Resources;
 use corral_store::{SqlStore, Store, StoreError, WriterLock};
 
-use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::background::{Faults, Job, JobError, Progress, Restart};
+use crate::engine::{Engine, EngineConfig, EngineError, StoreWatch};
 use crate::provider::LocalProvider;
 
 /// The wall clock, for the running server. The core only sees [`Clock`].
@@ -146,10 +148,23 @@ pub fn machine_resources() -> Resources {
     Resources::new(cpus * 1000, mem_kib / 1024, 0)
 }
 
+/// How long the background workers have to stop at shutdown.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Opens the store, loads the state, and serves until `shutdown` completes.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    serve_with_faults(config, shutdown, None).await
+}
+
+/// [`serve`], with a test's fault hook in the background workers.
+#[doc(hidden)]
+pub async fn serve_with_faults(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    faults: Option<Faults>,
 ) -> Result<(), ServerError> {
     // One writer per store: the lock comes before anything is read or written.
     let lock = match &config.database_url {
@@ -177,8 +192,14 @@ pub async fn serve(
     );
     let engine =
         Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
-    let committer = engine.clone();
-    let committer = tokio::spawn(async move { committer.run_committer().await });
+    // Kept for the shutdown, after the router took the engine.
+    let supervised = engine.clone();
+    let background = supervised.background();
+    if let Some(faults) = faults {
+        background.inject(faults);
+    }
+    // Started first, so stopped last: what the others stage is written.
+    engine.start_committer();
     let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
     let first = engine
         .bootstrap(machine_resources(), |secret| {
@@ -192,10 +213,22 @@ pub async fn serve(
         tracing::info!(path = %token_path.display(), "the admin token is in this file (mode 0600); the CLI reads it from there");
     }
     // The governance time series resume before the API answers.
-    tokio::spawn(history::sample_loop(engine.clone()));
-    tokio::spawn(history::rollup_loop(engine.clone()));
-    tokio::spawn(meter::meter_backlog(engine.store().clone()));
-    tokio::spawn(engine.clone().watch_store());
+    let e = engine.clone();
+    background.start("store-watch", false, Restart::WithBackoff, move || {
+        StoreWatch(e.clone())
+    });
+    let store = engine.store().clone();
+    background.start("metering-backlog", false, Restart::WithBackoff, move || {
+        meter::MeterBacklog::new(store.clone())
+    });
+    let e = engine.clone();
+    background.start("history-sampler", false, Restart::WithBackoff, move || {
+        history::Sampler::new(e.clone())
+    });
+    let e = engine.clone();
+    background.start("history-rollup", false, Restart::WithBackoff, move || {
+        history::HistoryRollup::new(e.clone())
+    });
     let cors_origins = config
         .cors_origins
         .iter()
@@ -226,15 +259,30 @@ pub async fn serve(
         config.tls.as_ref().map(|t| t.cert.clone()),
     );
     tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");
-    tokio::spawn(controller_loop(engine.clone(), config.tick));
+    let (e, tick) = (engine.clone(), config.tick);
+    background.start("controller", true, Restart::WithBackoff, move || {
+        Controller {
+            engine: e.clone(),
+            tick,
+        }
+    });
     if let Some(url) = config.alert_webhook.clone() {
-        tokio::spawn(engine.clone().deliver_alerts(url));
+        let e = engine.clone();
+        background.start("alert-delivery", false, Restart::WithBackoff, move || {
+            engine::alerts::AlertDelivery::new(e.clone(), url.clone())
+        });
     }
-    tokio::spawn(engine.metrics().upkeep());
-    tokio::spawn(prune::lost_workers(
-        engine.clone(),
-        config.lost_worker_retention,
-    ));
+    let e = engine.clone();
+    background.start("metrics-upkeep", false, Restart::WithBackoff, move || {
+        e.metrics().upkeep()
+    });
+    let (e, retention) = (engine.clone(), config.lost_worker_retention);
+    background.start(
+        "lost-worker-prune",
+        false,
+        Restart::WithBackoff,
+        move || prune::LostWorkerPrune::new(e.clone(), retention),
+    );
     let engine_for_console = engine.clone();
     let app = api::routes::router(
         engine,
@@ -261,7 +309,12 @@ pub async fn serve(
         );
     }
     let acceptor = http::CappedAcceptor::new(&config.http);
-    tokio::spawn(http::report_refusals());
+    background.start(
+        "refusal-report",
+        false,
+        Restart::WithBackoff,
+        http::RefusalReport::default,
+    );
     // On shutdown, stop taking connections; held long-polls get a short grace,
     // then the server exits (agents ride it out and re-attach to the next one).
     let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
@@ -311,7 +364,10 @@ pub async fn serve(
             None => std::future::pending().await,
         }
     };
-    until_committer_fails(serving, committer, lost).await
+    let committer = async { background.fatal().await };
+    let served = until_committer_fails(serving, committer, lost).await;
+    background.shutdown(STOP_DEADLINE).await;
+    served
 }
 
 /// Serves until `shutdown`, or fails when the committer gives up (or dies):
@@ -319,28 +375,66 @@ pub async fn serve(
 /// than hang. So it does when another server took the store's writer lock.
 async fn until_committer_fails(
     serving: impl std::future::Future<Output = Result<(), ServerError>>,
-    committer: tokio::task::JoinHandle<String>,
+    committer: impl std::future::Future<Output = String>,
     lock_lost: impl std::future::Future<Output = String>,
 ) -> Result<(), ServerError> {
     tokio::select! {
         served = serving => served,
         reason = lock_lost => Err(ServerError::LockLost(reason)),
-        ended = committer => Err(ServerError::Committer(match ended {
-            Ok(reason) => reason,
-            Err(e) => format!("the committer task ended: {e}"),
-        })),
+        reason = committer => Err(ServerError::Committer(reason)),
     }
 }
 
-/// The controller loop: one cycle whenever something changed, or every `tick`.
-async fn controller_loop(engine: Arc<Engine>, tick: Duration) {
-    loop {
-        if let Err(e) = engine.cycle().await {
-            tracing::error!(error = %e, "controller cycle failed; retrying");
-        }
+/// The controller: one cycle whenever something changed, or every `tick`.
+struct Controller {
+    engine: Arc<Engine>,
+    tick: Duration,
+}
+
+impl Job for Controller {
+    async fn work(&mut self) -> Result<Progress, JobError> {
+        self.engine.cycle().await?;
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
         tokio::select! {
-            _ = engine.wake_controller.notified() => {}
-            _ = tokio::time::sleep(tick) => {}
+            _ = self.engine.wake_controller.notified() => {}
+            _ = tokio::time::sleep(self.tick) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A committer whose first round finds the store gone for good.
+    struct GivesUp;
+
+    impl Job for GivesUp {
+        async fn work(&mut self) -> Result<Progress, JobError> {
+            Err("cannot reload the state from the store: gone".into())
+        }
+
+        async fn wait_for_work(&mut self) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_server_exits_when_the_committer_gives_up() {
+        let background = background::Background::new(Arc::new(SystemClock));
+        background.start("committer", true, Restart::Never, || GivesUp);
+        let served = until_committer_fails(
+            std::future::pending(),
+            background.fatal(),
+            std::future::pending(),
+        )
+        .await;
+        assert!(
+            matches!(&served, Err(ServerError::Committer(why)) if why.ends_with("store: gone")),
+            "{served:?}"
+        );
     }
 }

@@ -27,6 +27,7 @@ use corral_store::{
     UsageQuery, Write,
 };
 
+use crate::background::{Job, JobError, Progress};
 use crate::state::State;
 
 /// Prices, capacities and this month's closed spend.
@@ -592,49 +593,56 @@ const BACKLOG_BATCH: u32 = 200;
 const BACKLOG_RECHECK: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Meters the allocations closed before metering was (or closed while their
-/// run was not in memory), a batch at a time, so that reports stop pricing
+/// run was not in memory), a batch per round, so that reports stop pricing
 /// them live. Safe beside the engine: metering an allocation twice counts it
 /// once.
-pub async fn meter_backlog(store: Arc<dyn Store>) {
-    let mut metered = 0usize;
-    loop {
-        let batch = async {
-            let spans = store.unmetered(BACKLOG_BATCH).await?;
-            if !spans.is_empty() {
-                let prices = store.prices().await?;
-                let writes: Vec<Write> = spans
-                    .into_iter()
-                    .map(|span| {
-                        let pieces = slot_pieces(&span, &prices);
-                        Write::Meter(Metered { span, pieces })
-                    })
-                    .collect();
-                store.commit(&writes).await?;
-                return Ok::<_, corral_store::StoreError>(writes.len());
+pub struct MeterBacklog {
+    store: Arc<dyn Store>,
+    /// Metered since the backlog was last found empty.
+    metered: usize,
+}
+
+impl MeterBacklog {
+    pub fn new(store: Arc<dyn Store>) -> MeterBacklog {
+        MeterBacklog { store, metered: 0 }
+    }
+}
+
+impl Job for MeterBacklog {
+    async fn work(&mut self) -> Result<Progress, JobError> {
+        let spans = self.store.unmetered(BACKLOG_BATCH).await?;
+        if spans.is_empty() {
+            if self.metered > 0 {
+                tracing::info!(
+                    metered = self.metered,
+                    "metered the allocations closed before metering"
+                );
+                self.metered = 0;
             }
-            Ok(0)
+            return Ok(Progress::Idle);
         }
-        .await;
-        match batch {
-            Ok(0) => {
-                if metered > 0 {
-                    tracing::info!(metered, "metered the allocations closed before metering");
-                    metered = 0;
-                }
-                tokio::time::sleep(BACKLOG_RECHECK).await;
-            }
-            Ok(n) => {
-                metered += n;
-                if metered % 10_000 < n {
-                    tracing::info!(metered, "metering allocations closed before metering");
-                }
-                tokio::task::yield_now().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metering closed allocations failed; trying again");
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            }
+        let prices = self.store.prices().await?;
+        let writes: Vec<Write> = spans
+            .into_iter()
+            .map(|span| {
+                let pieces = slot_pieces(&span, &prices);
+                Write::Meter(Metered { span, pieces })
+            })
+            .collect();
+        self.store.commit(&writes).await?;
+        let n = writes.len();
+        self.metered += n;
+        if self.metered % 10_000 < n {
+            tracing::info!(
+                metered = self.metered,
+                "metering allocations closed before metering"
+            );
         }
+        Ok(Progress::Busy)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(BACKLOG_RECHECK).await;
     }
 }
 

@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::background::{Job, JobError, Progress};
 use axum::extract::State as AxumState;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -177,16 +178,24 @@ impl Metrics {
         });
     }
 
-    /// The upkeep task: folds observations into the histograms now and then
-    /// (a scrape does it too), for as long as the server runs.
-    pub(crate) fn upkeep(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let handle = self.handle.clone();
-        async move {
-            loop {
-                tokio::time::sleep(UPKEEP_EVERY).await;
-                handle.run_upkeep();
-            }
-        }
+    /// The upkeep worker: folds observations into the histograms now and
+    /// then (a scrape does it too).
+    pub(crate) fn upkeep(&self) -> MetricsUpkeep {
+        MetricsUpkeep(self.handle.clone())
+    }
+}
+
+/// The background worker of [`Metrics::upkeep`].
+pub(crate) struct MetricsUpkeep(PrometheusHandle);
+
+impl Job for MetricsUpkeep {
+    async fn work(&mut self) -> Result<Progress, JobError> {
+        self.0.run_upkeep();
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(UPKEEP_EVERY).await;
     }
 }
 

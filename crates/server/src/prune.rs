@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use corral_store::StoreError;
 
+use crate::background::{Job, JobError, Progress};
 use crate::engine::Engine;
 
 /// Lost workers deleted at most per statement.
@@ -27,26 +28,41 @@ pub async fn prune_lost_workers(engine: &Engine, retention: Duration) -> Result<
 }
 
 /// The background worker: a batch at a time, sooner while there is a backlog.
-pub async fn lost_workers(engine: Arc<Engine>, retention: Duration) {
-    loop {
-        let pause = match prune_lost_workers(&engine, retention).await {
-            Ok(n) if n >= u64::from(BATCH) => {
-                tracing::info!(
-                    pruned = n,
-                    "lost workers past the retention deleted; more to go"
-                );
-                BUSY_TICK
-            }
-            Ok(0) => IDLE_TICK,
-            Ok(n) => {
-                tracing::info!(pruned = n, "lost workers past the retention deleted");
-                IDLE_TICK
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot delete lost workers; trying again later");
-                IDLE_TICK
-            }
-        };
-        tokio::time::sleep(pause).await;
+pub struct LostWorkerPrune {
+    engine: Arc<Engine>,
+    retention: Duration,
+    /// Until the next batch.
+    pause: Duration,
+}
+
+impl LostWorkerPrune {
+    pub fn new(engine: Arc<Engine>, retention: Duration) -> LostWorkerPrune {
+        LostWorkerPrune {
+            engine,
+            retention,
+            pause: IDLE_TICK,
+        }
+    }
+}
+
+impl Job for LostWorkerPrune {
+    async fn work(&mut self) -> Result<Progress, JobError> {
+        // Failed, it is tried again after the supervisor's pause.
+        self.pause = IDLE_TICK;
+        let pruned = prune_lost_workers(&self.engine, self.retention).await?;
+        if pruned >= u64::from(BATCH) {
+            tracing::info!(
+                pruned,
+                "lost workers past the retention deleted; more to go"
+            );
+            self.pause = BUSY_TICK;
+        } else if pruned > 0 {
+            tracing::info!(pruned, "lost workers past the retention deleted");
+        }
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.pause).await;
     }
 }

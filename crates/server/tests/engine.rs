@@ -938,7 +938,13 @@ async fn allocations_closed_before_metering_are_metered_in_the_background() {
         .await
         .expect("old allocations");
     assert_eq!(store.unmetered(1_000).await.expect("backlog").len(), 450);
-    let backlog = tokio::spawn(corral_server::meter_backlog(store.clone()));
+    let backlog = store.clone();
+    h.engine.background().start(
+        "metering-backlog",
+        false,
+        corral_server::background::Restart::WithBackoff,
+        move || corral_server::MeterBacklog::new(backlog.clone()),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !store.unmetered(1).await.expect("backlog").is_empty() {
         assert!(
@@ -947,7 +953,10 @@ async fn allocations_closed_before_metering_are_metered_in_the_background() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    backlog.abort();
+    h.engine
+        .background()
+        .shutdown(std::time::Duration::from_secs(10))
+        .await;
     let day = corral_core::metering::day_start(now);
     let sums = store
         .slot_sums(&corral_store::UsageQuery {

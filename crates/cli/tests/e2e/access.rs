@@ -111,6 +111,8 @@ fn allowed(method: &str, path: &str) -> Option<&'static [Who]> {
         ("GET", "/api/v1/runs/{id}" | "/api/v1/runs/{id}/logs") => OWNER_READERS,
         ("POST", "/api/v1/runs/{id}/cancel") => OWNER,
         ("GET", "/api/v1/tokens" | "/api/v1/audit") => AUDITORS,
+        // The server's own background workers: server-wide, like the audit.
+        ("GET", "/api/v1/workers") => AUDITORS,
         ("GET", "/metrics") => AUDITORS,
         ("POST", "/api/v1/tokens") => ADMIN,
         ("DELETE", "/api/v1/tokens/{name}") => ADMIN,

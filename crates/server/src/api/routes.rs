@@ -142,6 +142,13 @@ fn table(config: &RouterConfig) -> Vec<(RouteSpec, Handler)> {
             delete(revoke_token),
         ),
         r("GET", "/api/v1/audit", ReadAll, get(list_audit)),
+        // Server-wide, like the audit: not a tenant's business.
+        r(
+            "GET",
+            "/api/v1/workers",
+            ReadAll,
+            get(list_background_workers),
+        ),
         r(
             "POST",
             "/api/v1/agents/register",
@@ -279,6 +286,7 @@ async fn healthz(State(engine): State<AppState>, headers: axum::http::HeaderMap)
         create_token,
         revoke_token,
         list_audit,
+        list_background_workers,
         register_agent,
         poll_agent,
         append_log,
@@ -1025,6 +1033,32 @@ async fn list_tokens(State(engine): State<AppState>) -> Json<Vec<TokenView>> {
             .tokens()
             .iter()
             .map(|t| token_view(&engine, t))
+            .collect(),
+    )
+}
+
+/// The server's background workers (not agents), in the order they started.
+#[utoipa::path(get, path = "/api/v1/workers", responses((status = 200, body = [BackgroundWorkerView])))]
+async fn list_background_workers(
+    State(engine): State<AppState>,
+) -> Json<Vec<BackgroundWorkerView>> {
+    Json(
+        engine
+            .background()
+            .list()
+            .into_iter()
+            .map(|w| {
+                let (last_error_at, last_error) = w.last_error.unzip();
+                BackgroundWorkerView {
+                    name: w.name.into(),
+                    vital: w.vital,
+                    status: w.status.as_str().into(),
+                    last_error,
+                    last_error_at: last_error_at.map(views::time),
+                    restarts: w.restarts,
+                    last_run_at: w.last_run_at.map(views::time),
+                }
+            })
             .collect(),
     )
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use corral_store::{AlertFilter, AlertRecord, Write};
 
 use super::{Effects, Engine, Result};
+use crate::background::{Job, JobError, Progress};
 
 /// How often pending alerts are looked for.
 const POLL: Duration = Duration::from_millis(500);
@@ -47,71 +48,98 @@ fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.min(16)).min(MAX_BACKOFF)
 }
 
-impl Engine {
-    /// Delivers budget alerts to `url` for as long as the server runs.
-    pub async fn deliver_alerts(self: Arc<Self>, url: String) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the alert webhook's client");
-                return;
-            }
-        };
-        let mut next_try: HashMap<(String, String, i64), Instant> = HashMap::new();
-        loop {
-            tokio::time::sleep(POLL).await;
-            let filter = AlertFilter {
-                undelivered: true,
-                limit: 100,
-                ..AlertFilter::default()
-            };
-            let Ok(mut pending) = self.store.alerts(&filter).await else {
-                continue;
-            };
-            pending.reverse();
-            for alert in pending {
-                let key = (
-                    alert.tenant.clone(),
-                    alert.month.clone(),
-                    alert.threshold_milli,
-                );
-                if next_try.get(&key).is_some_and(|at| *at > Instant::now()) {
-                    continue;
-                }
-                let sent = client
-                    .post(&url)
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(payload(&alert).to_string())
-                    .send()
-                    .await;
-                let failure = match sent {
-                    Ok(r) if r.status().is_success() => None,
-                    Ok(r) => Some(format!("the webhook answered {}", r.status())),
-                    Err(e) => Some(format!("the webhook is unreachable: {e}")),
-                };
-                let updated = AlertRecord {
-                    attempts: alert.attempts.saturating_add(1),
-                    delivered_at: failure.is_none().then(|| self.now()),
-                    last_error: failure.clone(),
-                    ..alert
-                };
-                if let Some(why) = &failure {
-                    tracing::warn!(tenant = %updated.tenant, attempts = updated.attempts, %why, "budget alert not delivered");
-                    next_try.insert(key, Instant::now() + backoff(updated.attempts));
-                } else {
-                    next_try.remove(&key);
-                }
-                if let Err(e) = self.record_alert(updated).await {
-                    tracing::warn!(error = %e, "cannot record a budget alert's delivery");
-                }
-            }
+/// Delivers budget alerts to the webhook: a round sends what is pending and
+/// due (each alert backs off on its own; the round fails only when the
+/// pending alerts cannot be read).
+pub struct AlertDelivery {
+    engine: Arc<Engine>,
+    url: String,
+    /// Built by the first round (a failure to build it is the round's).
+    client: Option<reqwest::Client>,
+    next_try: HashMap<(String, String, i64), Instant>,
+}
+
+impl AlertDelivery {
+    pub fn new(engine: Arc<Engine>, url: String) -> AlertDelivery {
+        AlertDelivery {
+            engine,
+            url,
+            client: None,
+            next_try: HashMap::new(),
         }
     }
+}
 
+impl Job for AlertDelivery {
+    async fn work(&mut self) -> std::result::Result<Progress, JobError> {
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()?;
+                self.client = Some(client.clone());
+                client
+            }
+        };
+        let filter = AlertFilter {
+            undelivered: true,
+            limit: 100,
+            ..AlertFilter::default()
+        };
+        let mut pending = self.engine.store.alerts(&filter).await?;
+        pending.reverse();
+        for alert in pending {
+            let key = (
+                alert.tenant.clone(),
+                alert.month.clone(),
+                alert.threshold_milli,
+            );
+            if self
+                .next_try
+                .get(&key)
+                .is_some_and(|at| *at > Instant::now())
+            {
+                continue;
+            }
+            let sent = client
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(payload(&alert).to_string())
+                .send()
+                .await;
+            let failure = match sent {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("the webhook answered {}", r.status())),
+                Err(e) => Some(format!("the webhook is unreachable: {e}")),
+            };
+            let updated = AlertRecord {
+                attempts: alert.attempts.saturating_add(1),
+                delivered_at: failure.is_none().then(|| self.engine.now()),
+                last_error: failure.clone(),
+                ..alert
+            };
+            if let Some(why) = &failure {
+                tracing::warn!(tenant = %updated.tenant, attempts = updated.attempts, %why, "budget alert not delivered");
+                self.next_try
+                    .insert(key, Instant::now() + backoff(updated.attempts));
+            } else {
+                self.next_try.remove(&key);
+            }
+            if let Err(e) = self.engine.record_alert(updated).await {
+                tracing::warn!(error = %e, "cannot record a budget alert's delivery");
+            }
+        }
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+impl Engine {
     async fn record_alert(&self, alert: AlertRecord) -> Result<()> {
         let mut state = self.state.lock().await;
         let mut fx = Effects::default();

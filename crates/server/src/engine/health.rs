@@ -1,8 +1,9 @@
-//! The store's health as the server sees it: readiness (`/healthz`) is a write
-//! read back on another connection than the writer's, so it says what the
-//! store really keeps, not what the writer's own transaction would show. The
+//! The server's health as it sees it: readiness (`/healthz`) is a write read
+//! back on another connection than the writer's, so it says what the store
+//! really keeps, not what the writer's own transaction would show; and no
+//! vital background worker (the committer, the controller) may be down. The
 //! public answer is a status alone; the store's error (which may name the
-//! database) goes only to `viewer` and `admin` tokens.
+//! database) and the workers down go only to `viewer` and `admin` tokens.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -11,13 +12,15 @@ use corral_core::access::Access;
 use serde::Serialize;
 
 use super::*;
+use crate::background::{Job, JobError, Progress};
 
 /// How long the committer tries to rebuild the state from a failing store
 /// before the server gives up and exits.
 pub const RELOAD_PATIENCE: Duration = Duration::from_secs(60);
 
-/// How often the store is probed in the background ([`Engine::watch_store`]),
-/// so that a readiness check answers at once, however many there are.
+/// How often the store is probed in the background (the `store-watch`
+/// background worker, [`StoreWatch`]), so that a readiness check answers at
+/// once, however many there are.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a probe may take before it counts as failed: long enough that a
@@ -59,10 +62,27 @@ impl StoreHealth {
     }
 }
 
+/// Probes the store every [`PROBE_EVERY`], for readiness to read. A failed
+/// probe is the store's failure, not this worker's: readiness tells it.
+pub struct StoreWatch(pub Arc<Engine>);
+
+impl Job for StoreWatch {
+    async fn work(&mut self) -> std::result::Result<Progress, JobError> {
+        // Kept for readiness, which reads it.
+        let _ = self.0.probe().await;
+        Ok(Progress::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
 /// Whether the server can take work: `/healthz`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
-    /// `ok`, or `unavailable` while the store cannot write.
+    /// `ok`, or `unavailable` while the store cannot write or a vital
+    /// background worker is down.
     pub status: &'static str,
     /// What the store last said, when it failed (to `viewer` and `admin` only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +91,20 @@ pub struct Readiness {
     /// `admin` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since_ms: Option<i64>,
+    /// The vital background workers that are down (to `viewer` and `admin`
+    /// only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub background_workers_down: Vec<BackgroundWorkerDown>,
+}
+
+/// A vital background worker that is down, and why.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BackgroundWorkerDown {
+    pub name: &'static str,
+    /// `backing_off` (it runs again after a pause) or `failed` (for good).
+    pub status: &'static str,
+    /// What its last failure said.
+    pub last_error: Option<String>,
 }
 
 impl Engine {
@@ -88,11 +122,13 @@ impl Engine {
         if !detailed {
             readiness.store_error = None;
             readiness.failing_since_ms = None;
+            readiness.background_workers_down.clear();
         }
         readiness
     }
 
-    /// Ready when a probe write is seen committed from another connection.
+    /// Ready when a probe write is seen committed from another connection,
+    /// and no vital background worker is down.
     pub async fn readiness(&self) -> Readiness {
         let recent = lock(&self.health.probed)
             .as_ref()
@@ -102,28 +138,31 @@ impl Engine {
             Some(found) => found,
             None => self.probe().await,
         };
-        match found {
-            Ok(()) => Readiness {
-                status: "ok",
-                store_error: None,
-                failing_since_ms: None,
-            },
-            Err(e) => Readiness {
-                status: "unavailable",
-                store_error: Some(e),
-                failing_since_ms: lock(&self.health.failing)
+        let background_workers_down: Vec<BackgroundWorkerDown> = self
+            .background
+            .vital_down()
+            .into_iter()
+            .map(|w| BackgroundWorkerDown {
+                name: w.name,
+                status: w.status.as_str(),
+                last_error: w.last_error.map(|(_, e)| e),
+            })
+            .collect();
+        let (store_error, failing_since_ms) = match found {
+            Ok(()) => (None, None),
+            Err(e) => (
+                Some(e),
+                lock(&self.health.failing)
                     .as_ref()
                     .map(|(since, _)| since.0),
-            },
-        }
-    }
-
-    /// Probes the store every [`PROBE_EVERY`], for the server's life.
-    pub async fn watch_store(self: Arc<Self>) {
-        loop {
-            // Kept for readiness, which reads it.
-            let _ = self.probe().await;
-            tokio::time::sleep(PROBE_EVERY).await;
+            ),
+        };
+        let ready = store_error.is_none() && background_workers_down.is_empty();
+        Readiness {
+            status: if ready { "ok" } else { "unavailable" },
+            store_error,
+            failing_since_ms,
+            background_workers_down,
         }
     }
 

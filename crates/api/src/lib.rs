@@ -359,6 +359,39 @@ pub struct RunView {
     /// For a waiting or rejected run: why, in sentences, and what would let it in.
     #[serde(default)]
     pub explanation: Option<String>,
+    /// For a run of a pipeline with a `matrix`: its value of each axis, which its
+    /// steps see as `CORRAL_MATRIX_<AXIS>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matrix: BTreeMap<String, String>,
+}
+
+/// The answer to a bulk submit (`count`, or a pipeline with a `matrix`): every
+/// run it made, in order (the matrix's combinations, first axis by name varying
+/// slowest, each `count` times), all written in one transaction.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SubmittedRuns {
+    pub runs: Vec<SubmittedRun>,
+}
+
+/// One run of a bulk submit.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SubmittedRun {
+    pub id: i64,
+    /// `queued`, or `rejected` when it can never fit (then every run of the
+    /// submit is, and `reason` says why).
+    pub state: String,
+    pub reason: Option<ReasonView>,
+    /// Its value of each matrix axis.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matrix: BTreeMap<String, String>,
+}
+
+/// What a submit answers: the run, or for a bulk submit the list of its runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Submitted {
+    Runs(SubmittedRuns),
+    Run(Box<RunView>),
 }
 
 /// What `apply` did with one document.

@@ -2,7 +2,9 @@
 //! directory, with local workers, and measures (1) submit-to-succeeded latency
 //! of one-step `true` pipelines on warm workers and (2) the throughput of many
 //! such runs from 4 tenants. Times come from the server's own records (created
-//! at submit, finished at the final report), in milliseconds.
+//! at submit, finished at the final report), in milliseconds. With `--bulk-runs`,
+//! (3) that many runs submitted in one request beside `corral submit`
+//! processes, one run each, timed on a sample and extrapolated.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,10 @@ pub struct BenchConfig {
     /// Give every tenant a hard budget (one that is never reached), so that
     /// each admission is checked against it.
     pub budgets: bool,
+    /// Runs of the bulk comparison (0: none).
+    pub bulk_runs: u32,
+    /// `corral submit` processes timed for it.
+    pub sample_submits: u32,
 }
 
 const TENANTS: [&str; 4] = ["t1", "t2", "t3", "t4"];
@@ -218,12 +224,78 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         ids.len() as f64 / submitted.as_secs_f64(),
         config.workers
     );
+    if config.bulk_runs > 0 {
+        bulk(&client, &format!("http://{addr}"), &dir, &config).await?;
+    }
     // Retire the bench's workers before the server goes, so none is left polling.
     client.delete_pool("bench").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Times `corral submit` processes (a sample of `sample_submits`, one run
+/// each) and one request of `bulk_runs` runs (`--count`), each until its runs
+/// have succeeded, and prints both, the processes' time extrapolated.
+async fn bulk(client: &Client, url: &str, dir: &std::path::Path, config: &BenchConfig) -> Result<()> {
+    let runs = config.bulk_runs as usize;
+    let sample = config.sample_submits as usize;
+    let file = dir.join("bulk.yaml");
+    std::fs::write(&file, pipeline("t2", 0))?;
+    let token = dir.join(corral_server::ADMIN_TOKEN_FILE);
+    let exe = std::env::current_exe()?;
+    eprintln!("bulk: {sample} `corral submit` processes, one at a time...");
+    let wall = Instant::now();
+    let mut singles = Vec::with_capacity(sample);
+    for _ in 0..sample {
+        let out = std::process::Command::new(&exe)
+            .arg("submit")
+            .arg(&file)
+            .arg("--server")
+            .arg(url)
+            .arg("--token-file")
+            .arg(&token)
+            .env_remove("CORRAL_CA_CERT")
+            .output()?;
+        if !out.status.success() {
+            bail!("corral submit: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        singles.push(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<i64>()
+                .context("corral submit prints the run's id")?,
+        );
+    }
+    let per_call = wall.elapsed().as_secs_f64() / sample as f64;
+    wait_all_ended(client, &singles).await?;
+
+    eprintln!("bulk: {runs} runs in one request...");
+    let wall = Instant::now();
+    let answer = client.submit_runs(&pipeline("t3", 0), Some(config.bulk_runs)).await?;
+    let submitted = wall.elapsed().as_secs_f64();
+    let ids: Vec<i64> = match answer {
+        corral_api::Submitted::Runs(bulk) => bulk.runs.iter().map(|r| r.id).collect(),
+        corral_api::Submitted::Run(_) => bail!("a bulk submit answered one run"),
+    };
+    if ids.len() != runs {
+        bail!("{} runs asked, {} made", runs, ids.len());
+    }
+    wait_all_ended(client, &ids).await?;
+    let ran = wall.elapsed().as_secs_f64();
+    let calls = per_call * runs as f64;
+    println!(
+        "bulk: {runs} runs in one request (--count): submitted in {submitted:.3} s, all succeeded after {ran:.2} s ({:.0} runs/s)",
+        runs as f64 / ran
+    );
+    println!(
+        "bulk: {runs} `corral submit` calls: {calls:.1} s of submitting alone (extrapolated from {sample} processes at {:.1} ms each): {:.0}x the bulk submit, {:.1}x its submit-to-last-success",
+        per_call * 1000.0,
+        calls / submitted,
+        calls / ran
+    );
     Ok(())
 }
 

@@ -1,13 +1,16 @@
 //! The CLI's HTTP client for the corral API.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use corral_api::{
     Applied, AuditView, BackgroundWorkerView, ErrorBody, PoolView, RecommendationView, RunSummary,
-    RunView, TenantSummary, TenantView, TokenCreate, TokenCreated, TokenView, UsageView,
+    RunView, Submitted, TenantSummary, TenantView, TokenCreate, TokenCreated, TokenView, UsageView,
 };
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
 
 /// Where the server's first start leaves the admin token, under the default
@@ -46,19 +49,67 @@ pub fn resolve_token(
     }
 }
 
-/// A reqwest client builder with corral's TLS set-up: ring as rustls's
-/// provider, and the certificates of `ca_cert` trusted besides the system's.
-pub fn http_builder(ca_cert: Option<&Path>) -> Result<reqwest::ClientBuilder> {
-    // Installing twice is refused, harmlessly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder();
-    if let Some(path) = ca_cert {
-        let pem = std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?;
-        builder = builder.tls_certs_merge(certs);
+/// How the CLI's clients talk to the server. Certificates are read only for an
+/// `https://` server, and then once for all its clients: the platform's roots are
+/// hundreds of files (`/etc/ssl/certs`), which would cost each command several
+/// times what the command itself does.
+#[derive(Clone)]
+pub enum Tls {
+    /// An `http://` server: no certificate is read (`--ca-cert` included).
+    Plain,
+    /// An `https://` server: ring as rustls's provider, the platform's roots and
+    /// those of `--ca-cert`, loaded into one verifier that every client shares.
+    Verified(Box<rustls::ClientConfig>),
+}
+
+impl Tls {
+    /// The set-up for talking to `server`.
+    pub fn for_server(server: &str, ca_cert: Option<&Path>) -> Result<Tls> {
+        // reqwest takes rustls's default provider even for a client that never
+        // talks TLS; installing twice is refused, harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if !server
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        {
+            return Ok(Tls::Plain);
+        }
+        let mut extra = Vec::new();
+        if let Some(path) = ca_cert {
+            let pem =
+                std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                extra.push(
+                    cert.with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?,
+                );
+            }
+            if extra.is_empty() {
+                bail!("--ca-cert {}: holds no PEM certificate", path.display());
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+                .context("loading the trusted certificates")?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("TLS versions")?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Tls::Verified(Box::new(config)))
     }
-    Ok(builder)
+
+    /// A reqwest client builder with this set-up.
+    pub fn builder(&self) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder();
+        match self {
+            // No roots at all, so reqwest does not load the platform's either: the
+            // client never talks TLS.
+            Tls::Plain => builder.tls_certs_only(Vec::new()),
+            Tls::Verified(config) => builder.tls_backend_preconfigured(config.as_ref().clone()),
+        }
+    }
 }
 
 pub struct Client {
@@ -77,11 +128,14 @@ const YAML: &str = "application/yaml";
 
 impl Client {
     pub fn new(server: &str, token: String, ca_cert: Option<PathBuf>) -> Result<Client> {
-        let http = http_builder(ca_cert.as_deref())?
+        let tls = Tls::for_server(server, ca_cert.as_deref())?;
+        let http = tls
+            .builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build()?;
-        let stream = http_builder(ca_cert.as_deref())?
+        let stream = tls
+            .builder()
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Duration::from_secs(30))
             .build()?;
@@ -142,6 +196,20 @@ impl Client {
                 .body(text.to_string()),
         )
         .await
+    }
+
+    /// Submits `count` runs of each combination of the pipeline's matrix (a bulk
+    /// submit), or without `count` the pipeline as it is: its run, or its matrix's runs.
+    pub async fn submit_runs(&self, text: &str, count: Option<u32>) -> Result<Submitted> {
+        let mut request = self
+            .http
+            .post(self.url("/runs"))
+            .header(reqwest::header::CONTENT_TYPE, YAML)
+            .body(text.to_string());
+        if let Some(count) = count {
+            request = request.query(&[("count", count)]);
+        }
+        self.json(request).await
     }
 
     pub async fn create_token(&self, req: &TokenCreate) -> Result<TokenCreated> {

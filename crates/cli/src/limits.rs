@@ -61,6 +61,9 @@ pub struct LimitArgs {
     /// Bytes a step's `env` adds to its environment.
     #[arg(long, default_value_t = Limits::default().max_env_bytes)]
     max_env_bytes: usize,
+    /// Runs one submit may make: a matrix's combinations times `count`.
+    #[arg(long, default_value_t = Limits::default().max_runs_per_submit)]
+    max_runs_per_submit: usize,
     /// How long a lost worker is kept in the store before it is deleted.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     lost_worker_retention: Duration,
@@ -123,6 +126,8 @@ impl LimitArgs {
             max_command_bytes: self.max_command_bytes,
             max_env_bytes: self.max_env_bytes,
             max_step_secs: self.max_step_duration.as_secs(),
+            max_runs_per_submit: self.max_runs_per_submit,
+            ..Limits::default()
         };
         limits
             .validate()

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use corral_api::ResourcesView;
+use corral_api::{ResourcesView, Submitted, SubmittedRuns};
+use corral_core::limits::MAX_RUNS_PER_SUBMIT;
 use corral_core::controller::Policy;
 use corral_core::pipeline::PriorityClasses;
 use corral_core::resources::{parse_cpu, parse_memory};
@@ -282,8 +283,13 @@ enum Command {
         server: ServerArg,
         file: String,
         /// Stream the logs until the run ends; exit 0 only if it succeeded.
-        #[arg(long)]
+        /// Only for a submit that makes one run.
+        #[arg(long, conflicts_with = "count")]
         follow: bool,
+        /// Make N runs of the pipeline (of each combination of its matrix) in one
+        /// request, and print their ids, one a line.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_RUNS_PER_SUBMIT as i64))]
+        count: Option<u32>,
     },
     /// List pools, tenants, runs, the queue or the server's background workers.
     Get {
@@ -388,6 +394,14 @@ enum Command {
         /// so that every admission checks it.
         #[arg(long)]
         budgets: bool,
+        /// Then submit this many one-step runs in one request (`--count`) and
+        /// time them beside `corral submit` processes, one run each (0: skip).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+        bulk_runs: u32,
+        /// How many `corral submit` processes are timed for the comparison; their
+        /// time is extrapolated to `--bulk-runs` calls.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        sample_submits: u32,
     },
     /// Simulate a workload on the real controller with a virtual clock (`-` for stdin).
     Sim {
@@ -406,6 +420,36 @@ fn read_input(file: &str) -> Result<String> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))
     }
+}
+
+/// Prints the ids of a bulk submit's runs, one a line; fails when they were
+/// rejected (all are, or none: they ask for the same), saying why once.
+fn print_submitted(bulk: &SubmittedRuns, follow: bool) -> std::process::ExitCode {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for run in &bulk.runs {
+        // A closed stdout (`| head`) ends the listing, not the command.
+        if writeln!(out, "{}", run.id).is_err() {
+            break;
+        }
+    }
+    drop(out);
+    if let Some(rejected) = bulk.runs.iter().find(|r| r.state == "rejected") {
+        let reason = rejected.reason.as_ref().map(|r| r.message.as_str());
+        eprintln!(
+            "{} runs rejected: {}",
+            bulk.runs.len(),
+            escapes::neutralise(reason.unwrap_or_default())
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    if follow {
+        eprintln!(
+            "{} runs submitted; --follow follows a submit of one run (see `corral get runs`)",
+            bulk.runs.len()
+        );
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -627,9 +671,13 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             server,
             file,
             follow,
+            count,
         } => {
             let client = server.client()?;
-            let run = client.submit(&read_input(&file)?).await?;
+            let run = match client.submit_runs(&read_input(&file)?, count).await? {
+                Submitted::Run(run) => run,
+                Submitted::Runs(bulk) => return Ok(print_submitted(&bulk, follow)),
+            };
             println!("{}", run.summary.id);
             if run.summary.state == "rejected" {
                 let reason = run.summary.reason.map(|r| r.message).unwrap_or_default();
@@ -786,12 +834,16 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             throughput_runs,
             workers,
             budgets,
+            bulk_runs,
+            sample_submits,
         } => {
             bench::run(bench::BenchConfig {
                 latency_runs,
                 throughput_runs,
                 workers,
                 budgets,
+                bulk_runs,
+                sample_submits,
             })
             .await?;
             Ok(ok)

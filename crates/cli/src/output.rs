@@ -321,6 +321,10 @@ pub fn describe_run(run: &RunView, format: Format) -> Result<String> {
     let _ = writeln!(out, "Pipeline:  {}", s.pipeline);
     let _ = writeln!(out, "Tenant:    {}", s.tenant);
     let _ = writeln!(out, "Priority:  {}", s.priority);
+    if !run.matrix.is_empty() {
+        let values: Vec<String> = run.matrix.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "Matrix:    {}", values.join(", "));
+    }
     let _ = writeln!(out, "State:     {}", s.state);
     let _ = writeln!(out, "Created:   {}", s.created_at);
     if let Some(f) = &s.finished_at {

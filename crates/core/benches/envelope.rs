@@ -93,6 +93,7 @@ fn pipeline(n: usize, chain: bool) -> PipelineSpec {
         tenant: "default".into(),
         priority: Priority::default(),
         steps,
+        matrix: Default::default(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod history;
 pub mod ids;
 pub mod limits;
 pub mod manifest;
+pub mod matrix;
 pub mod metering;
 pub mod money;
 pub mod pipeline;

@@ -40,7 +40,16 @@ pub struct Limits {
     /// Seconds a step may run (default a day): the timeout of a step that sets none,
     /// and the largest one a step may set. A hard budget counts on it.
     pub max_step_secs: u64,
+    /// Axes of a pipeline's `matrix` (default 8).
+    pub max_matrix_axes: usize,
+    /// Runs one submit may make, a matrix's combinations times `count` (default 10,000);
+    /// also the most values of one matrix axis.
+    pub max_runs_per_submit: usize,
 }
+
+/// The largest [`Limits::max_runs_per_submit`]: all the runs of one submit are written in one
+/// transaction and answered in one response.
+pub const MAX_RUNS_PER_SUBMIT: usize = 100_000;
 
 /// The largest [`Limits::max_step_secs`]: a year.
 pub const MAX_STEP_SECS: u64 = 366 * 86_400;
@@ -53,6 +62,8 @@ impl Default for Limits {
             max_command_bytes: MAX_ARG_STRLEN - 1,
             max_env_bytes: 256 * 1024,
             max_step_secs: 86_400,
+            max_matrix_axes: 8,
+            max_runs_per_submit: 10_000,
         }
     }
 }
@@ -68,6 +79,15 @@ impl Limits {
                 format!(
                     "{}s is not a step duration (at least 1s, at most {MAX_STEP_SECS}s)",
                     self.max_step_secs
+                ),
+            ));
+        }
+        if !(1..=MAX_RUNS_PER_SUBMIT).contains(&self.max_runs_per_submit) {
+            return Err(FieldError::new(
+                "max_runs_per_submit",
+                format!(
+                    "{} is not a number of runs (at least 1, at most {MAX_RUNS_PER_SUBMIT})",
+                    self.max_runs_per_submit
                 ),
             ));
         }
@@ -153,7 +173,6 @@ impl Limits {
         i: usize,
         env: &BTreeMap<String, String>,
     ) -> Result<(), FieldError> {
-        let mut total: usize = 0;
         for (key, value) in env {
             let path = || format!("steps[{i}].env.{}", key.escape_debug());
             if key.is_empty() {
@@ -194,8 +213,8 @@ impl Limits {
                     ),
                 ));
             }
-            total += entry;
         }
+        let total = env_entry_bytes(env);
         if total > self.env_bytes() {
             return Err(FieldError::new(
                 format!("steps[{i}].env"),
@@ -221,6 +240,11 @@ impl Limits {
     }
 }
 
+/// What `env` adds to a process's environment: `KEY=VALUE` and a NUL per variable.
+pub(crate) fn env_entry_bytes(env: &BTreeMap<String, String>) -> usize {
+    env.iter().map(|(k, v)| k.len() + 1 + v.len() + 1).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +258,8 @@ mod tests {
         assert_eq!(limits.max_command_bytes, 131_071);
         assert_eq!(limits.max_env_bytes, 262_144);
         assert_eq!(limits.max_step_secs, 86_400);
+        assert_eq!(limits.max_matrix_axes, 8);
+        assert_eq!(limits.max_runs_per_submit, 10_000);
         assert_eq!(limits.command_bytes(), limits.max_command_bytes);
         assert_eq!(limits.env_bytes(), limits.max_env_bytes);
     }
@@ -268,6 +294,15 @@ mod tests {
             let err = limits.validate().expect_err("out of range");
             assert_eq!(err.path, "max_step_duration");
             assert!(err.message.contains("at most 31622400s"), "{err}");
+        }
+        for bad in [0, MAX_RUNS_PER_SUBMIT + 1] {
+            let limits = Limits {
+                max_runs_per_submit: bad,
+                ..Limits::default()
+            };
+            let err = limits.validate().expect_err("out of range");
+            assert_eq!(err.path, "max_runs_per_submit");
+            assert!(err.message.contains("at most 100000"), "{err}");
         }
     }
 

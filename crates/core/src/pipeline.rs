@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::error::{FieldError, check_name};
 use crate::limits::Limits;
 use crate::manifest::from_value;
+use crate::matrix::Matrix;
 use crate::resources::{ResourceSpec, Resources};
 use crate::selector::{PoolSelector, check_label};
 
@@ -86,6 +87,9 @@ pub struct PipelineSpec {
     #[serde(default)]
     pub priority: Priority,
     pub steps: Vec<StepSpec>,
+    /// Axes of values: the pipeline stands for one run per combination.
+    #[serde(default, skip_serializing_if = "Matrix::is_empty")]
+    pub matrix: Matrix,
 }
 
 fn default_tenant() -> String {
@@ -225,6 +229,42 @@ impl Pipeline {
             .map(|s| s.timeout.map(secs_to_ms))
             .collect::<Option<_>>()?;
         Some(critical_path(&self.needs, &weights))
+    }
+}
+
+impl Pipeline {
+    /// The specs of the runs one submit of this pipeline makes: one per combination of its
+    /// matrix (keeping that combination as its matrix), each `count` times (1..=
+    /// [`Limits::max_runs_per_submit`] in all). Nothing is validated again: the copies differ
+    /// from the checked pipeline only in their matrix.
+    pub fn runs(&self, count: usize, limits: &Limits) -> Result<Vec<PipelineSpec>, FieldError> {
+        let max = limits.max_runs_per_submit;
+        if !(1..=max).contains(&count) {
+            return Err(FieldError::new(
+                "count",
+                format!("{count} runs; at least 1 and at most {max} are allowed"),
+            ));
+        }
+        let combinations = self.spec.matrix.combinations();
+        if combinations.len().saturating_mul(count) > max {
+            return Err(FieldError::new(
+                "count",
+                format!(
+                    "{count} runs of each of the matrix's {} combinations make {}; at most {max} are allowed",
+                    combinations.len(),
+                    combinations.len().saturating_mul(count)
+                ),
+            ));
+        }
+        let mut runs = Vec::with_capacity(combinations.len() * count);
+        for combination in &combinations {
+            let spec = PipelineSpec {
+                matrix: Matrix::of(combination),
+                ..self.spec.clone()
+            };
+            runs.extend(std::iter::repeat_n(spec, count));
+        }
+        Ok(runs)
     }
 }
 
@@ -432,6 +472,7 @@ impl PipelineSpec {
                 format!("the needs form a cycle: {}", self.describe_cycle(&cycle)),
             ));
         }
+        self.matrix.check(limits, &self.steps)?;
         Ok(needs)
     }
 
@@ -874,5 +915,46 @@ mod tests {
         assert_eq!(parse_duration_secs("1h30m"), Some(5400));
         assert_eq!(parse_duration_secs("10x"), None);
         assert_eq!(parse_duration_secs("m"), None);
+    }
+
+    #[test]
+    fn a_submit_makes_one_run_per_combination_count_times() {
+        let p = parse(json!({"name": "p", "matrix": {"os": ["linux", "mac"], "n": [1, 2, 3]},
+            "steps": [{"name": "a", "run": "echo $CORRAL_MATRIX_OS"}]}))
+        .expect("valid");
+        let runs = p.runs(2, &Limits::default()).expect("12 runs");
+        assert_eq!(runs.len(), 12);
+        assert_eq!(runs[0], runs[1]);
+        assert_ne!(runs[1], runs[2]);
+        assert_eq!(
+            runs[11].matrix.values(),
+            BTreeMap::from([("n".into(), "3".into()), ("os".into(), "mac".into())])
+        );
+        assert!(runs.iter().all(|r| r.steps == p.spec.steps));
+        // A run's spec is a pipeline of its own combination, submitted again as it is.
+        let again = parse(serde_json::to_value(&runs[11]).expect("json")).expect("valid");
+        assert_eq!(again.runs(1, &Limits::default()).expect("one"), vec![runs[11].clone()]);
+
+        let few = Limits {
+            max_runs_per_submit: 10,
+            ..Limits::default()
+        };
+        let err = p.runs(2, &few).expect_err("12 > 10");
+        assert_eq!(err.path, "count");
+        assert!(err.message.contains("make 12; at most 10"), "{err}");
+        for bad in [0, 11] {
+            let plain = parse(json!({"name": "p", "steps": [{"name": "a", "run": "true"}]}))
+                .expect("valid");
+            let err = plain.runs(bad, &few).expect_err("out of range");
+            assert_eq!(err.path, "count");
+        }
+        let err = parse(json!({"name": "p", "matrix": {"os": ["a", 1.5]},
+            "steps": [{"name": "a", "run": "true"}]}))
+        .expect_err("a fraction");
+        assert_eq!(err.path, "matrix.os[1]");
+        let err = parse(json!({"name": "p", "matrix": {"os": "linux"},
+            "steps": [{"name": "a", "run": "true"}]}))
+        .expect_err("not a list");
+        assert_eq!(err.path, "matrix.os");
     }
 }

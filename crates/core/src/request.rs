@@ -226,6 +226,7 @@ steps:
             tenant: "t".into(),
             priority: Priority::default(),
             steps,
+            matrix: Default::default(),
         };
         let limits = Limits {
             max_steps: 20_001,

@@ -14,7 +14,7 @@ use corral_core::error::{FieldError, FieldErrors};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::manifest::{from_value, parse_single};
 use corral_core::metering::expected_duration_ms;
-use corral_core::pipeline::{PipelineSpec, PriorityClasses};
+use corral_core::pipeline::{Pipeline, PipelineSpec, PriorityClasses};
 use corral_core::pool::{PoolSpec, PoolState, Provider};
 use corral_core::request::{ResourceRequest, WorkerTemplate};
 use corral_core::resources::{Dimension, MAX_QUANTITY, Resources};
@@ -539,13 +539,47 @@ impl Engine {
 
     /// Validates a pipeline spec (YAML or JSON) and queues a run of it, or stores
     /// it as rejected when it can never fit. Nothing is stored for an invalid spec.
-    ///
-    /// A tenant token submits for its own tenant only: a pipeline without
-    /// `tenant:` gets it, and another tenant's name is refused.
+    /// A pipeline whose matrix makes several runs is refused: [`Engine::submit_runs`]
+    /// makes them.
     ///
     /// Returns the run as submitted (with its steps, before any attempt or
     /// allocation), so the answer needs no read of the store.
     pub async fn submit(&self, who: &Principal, text: &str) -> Result<RunDetail> {
+        let pipeline = self.compile_submitted(who, text)?;
+        let specs = pipeline.runs(1, &self.config.limits)?;
+        if specs.len() != 1 {
+            return Err(FieldError::new(
+                "matrix",
+                format!("makes {} runs; submit it as a bulk submit", specs.len()),
+            )
+            .into());
+        }
+        let mut runs = self.queue_runs(&pipeline, specs).await?;
+        Ok(runs.pop().expect("one spec makes one run"))
+    }
+
+    /// Validates a pipeline spec once and queues the runs it makes: one per
+    /// combination of its matrix, `count` times each, all staged in one batch
+    /// (one transaction) and answered together, in order. Each run is admitted
+    /// by the controller like any other; the checks made at submit (that it can
+    /// ever fit, that its cost bound is within a hard budget) are the same for
+    /// every run, which differ only in their matrix values, so they are made
+    /// once and hold for each.
+    pub async fn submit_runs(
+        &self,
+        who: &Principal,
+        text: &str,
+        count: usize,
+    ) -> Result<Vec<RunDetail>> {
+        let pipeline = self.compile_submitted(who, text)?;
+        let specs = pipeline.runs(count, &self.config.limits)?;
+        self.queue_runs(&pipeline, specs).await
+    }
+
+    /// Parses and validates a submitted pipeline, its tenant being a tenant
+    /// token's own: a pipeline without `tenant:` gets it, and another tenant's
+    /// name is refused.
+    fn compile_submitted(&self, who: &Principal, text: &str) -> Result<Pipeline> {
         let mut value = parse_single(text, "Pipeline")?;
         if let Some(own) = who.role.tenant() {
             match value.get("tenant") {
@@ -564,12 +598,21 @@ impl Engine {
             }
         }
         let spec: PipelineSpec = from_value(value, "")?;
-        let pipeline = spec.compile_with(&self.config.limits)?;
+        Ok(spec.compile_with(&self.config.limits)?)
+    }
+
+    /// Queues a run of each of `specs` (copies of `pipeline` but for their
+    /// matrix), or stores them as rejected when they can never fit.
+    async fn queue_runs(
+        &self,
+        pipeline: &Pipeline,
+        specs: Vec<PipelineSpec>,
+    ) -> Result<Vec<RunDetail>> {
         let priority = self
             .config
             .priority_classes
             .resolve(&pipeline.spec.priority)?;
-        let request = ResourceRequest::for_pipeline(&pipeline);
+        let request = ResourceRequest::for_pipeline(pipeline);
         let timeouts = pipeline.critical_path_timeouts_ms();
         let mut state = self.state.lock().await;
         if !state.tenants.contains_key(&pipeline.spec.tenant) {
@@ -594,29 +637,10 @@ impl Engine {
             return Err(EngineError::Conflict(why));
         }
         let now = self.now();
-        let id = state.next_run_id();
         let (run_state, reason, finished_at) = match verdict {
             Ok(()) => (RunState::Queued, None, None),
             Err(reason) => (RunState::Rejected, Some(reason), Some(now)),
         };
-        let steps: Vec<StepRecord> = pipeline
-            .spec
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| StepRecord {
-                run_id: id,
-                idx: u32::try_from(i).unwrap_or(u32::MAX),
-                name: s.name.clone(),
-                group: request.group_of(i).unwrap_or(0),
-                state: if run_state == RunState::Rejected {
-                    StepState::Cancelled
-                } else {
-                    StepState::Pending
-                },
-                attempts: 0,
-            })
-            .collect();
         // What the pipeline's last successful runs held, for its estimate.
         let duration = expected_duration_ms(
             state.spend.durations(
@@ -628,24 +652,51 @@ impl Engine {
             ms(self.config.default_run_duration),
         );
         let estimate = state.estimate(&pipeline.spec.tenant, &request, duration);
-        let record = RunRecord {
-            id,
-            pipeline: pipeline.spec.name.clone(),
-            tenant: pipeline.spec.tenant.clone(),
-            priority,
-            state: run_state,
-            reason,
-            spec: pipeline.spec,
-            request,
-            estimate,
-            created_at: now,
-            updated_at: now,
-            finished_at,
-        };
-        // The run goes first so the steps find it when applied in memory.
-        let writes = std::iter::once(Write::PutRun(record.clone()))
-            .chain(steps.iter().cloned().map(Write::PutStep))
-            .collect();
+        let mut runs = Vec::with_capacity(specs.len());
+        let mut writes = Vec::with_capacity(specs.len() * (1 + pipeline.spec.steps.len()));
+        for spec in specs {
+            let id = state.next_run_id();
+            let steps: Vec<StepRecord> = spec
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepRecord {
+                    run_id: id,
+                    idx: u32::try_from(i).unwrap_or(u32::MAX),
+                    name: s.name.clone(),
+                    group: request.group_of(i).unwrap_or(0),
+                    state: if run_state == RunState::Rejected {
+                        StepState::Cancelled
+                    } else {
+                        StepState::Pending
+                    },
+                    attempts: 0,
+                })
+                .collect();
+            let record = RunRecord {
+                id,
+                pipeline: spec.name.clone(),
+                tenant: spec.tenant.clone(),
+                priority,
+                state: run_state,
+                reason: reason.clone(),
+                spec,
+                request: request.clone(),
+                estimate,
+                created_at: now,
+                updated_at: now,
+                finished_at,
+            };
+            // The run goes first so the steps find it when applied in memory.
+            writes.push(Write::PutRun(record.clone()));
+            writes.extend(steps.iter().cloned().map(Write::PutStep));
+            runs.push(RunDetail {
+                run: record,
+                steps,
+                attempts: Vec::new(),
+                allocations: Vec::new(),
+            });
+        }
         let mut fx = Effects {
             controller: true,
             ..Effects::default()
@@ -653,12 +704,7 @@ impl Engine {
         self.stage(&mut state, writes, &mut fx);
         drop(state);
         self.finish(fx).await?;
-        Ok(RunDetail {
-            run: record,
-            steps,
-            attempts: Vec::new(),
-            allocations: Vec::new(),
-        })
+        Ok(runs)
     }
 
     /// Cancels a run that has not ended: releases everything it holds at once

@@ -26,6 +26,7 @@ mod metering;
 mod rows;
 mod sessions;
 mod tx;
+mod upsert;
 
 use rows::*;
 use tx::Tx;
@@ -98,7 +99,27 @@ impl SqlStore {
             READERS,
         )
         .await?;
+        store.optimize(true).await?;
         Ok(store)
+    }
+
+    /// SQLite's `PRAGMA optimize`: gathers the planner's statistics (`ANALYZE`) of
+    /// the tables whose statistics are missing or stale, in the main file and the
+    /// history's. At the first start every table is considered (`0x10002`), as
+    /// SQLite advises for long-lived connections; later (after each hourly rollup)
+    /// those the connection used. Nothing on PostgreSQL, whose autovacuum does it.
+    async fn optimize(&self, first: bool) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let pragma = if first {
+            "PRAGMA optimize=0x10002"
+        } else {
+            "PRAGMA optimize"
+        };
+        sqlx::query(pragma).execute(&self.pool).await?;
+        sqlx::query(pragma).execute(&self.history).await?;
+        Ok(())
     }
 
     /// Stores made before logs had their own file kept them in the main one:
@@ -387,70 +408,6 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .await?;
         }
         Write::DeleteTenant(name) => delete_named(conn, "tenants", name).await?,
-        Write::PutRun(r) => {
-            sqlx::query(
-                "INSERT INTO runs (id, pipeline, tenant, priority, state, reason_code, reason, spec, request, created_at, updated_at, finished_at, estimate) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason_code = excluded.reason_code, \
-                 reason = excluded.reason, updated_at = excluded.updated_at, finished_at = excluded.finished_at",
-            )
-            .bind(r.id.0)
-            .bind(&r.pipeline)
-            .bind(&r.tenant)
-            .bind(i64::from(r.priority))
-            .bind(r.state.as_str())
-            .bind(r.reason.as_ref().map(|x| reason_code_text(x.code)))
-            .bind(r.reason.as_ref().map(|x| x.message.clone()))
-            .bind(to_json(&r.spec))
-            .bind(to_json(&r.request))
-            .bind(r.created_at.0)
-            .bind(r.updated_at.0)
-            .bind(r.finished_at.map(|t| t.0))
-            .bind(r.estimate.micros())
-            .execute(conn)
-            .await?;
-        }
-        Write::PutStep(s) => {
-            sqlx::query(
-                "INSERT INTO steps (run_id, idx, name, grp, state, attempts) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (run_id, idx) DO UPDATE SET state = excluded.state, attempts = excluded.attempts",
-            )
-            .bind(s.run_id.0)
-            .bind(i64::from(s.idx))
-            .bind(&s.name)
-            .bind(i64::from(s.group))
-            .bind(s.state.as_str())
-            .bind(i64::from(s.attempts))
-            .execute(conn)
-            .await?;
-        }
-        Write::PutAttempt(a) => {
-            sqlx::query(
-                "INSERT INTO attempts (id, run_id, step_idx, number, worker_id, state, exit_code, error, created_at, started_at, finished_at, \
-                 cpu_micros, memory_peak_bytes, throttled_micros) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, exit_code = excluded.exit_code, \
-                 error = excluded.error, started_at = excluded.started_at, finished_at = excluded.finished_at, \
-                 cpu_micros = excluded.cpu_micros, memory_peak_bytes = excluded.memory_peak_bytes, \
-                 throttled_micros = excluded.throttled_micros",
-            )
-            .bind(a.id.0)
-            .bind(a.run_id.0)
-            .bind(i64::from(a.step_idx))
-            .bind(i64::from(a.number))
-            .bind(a.worker_id.0)
-            .bind(a.state.as_str())
-            .bind(a.exit_code.map(i64::from))
-            .bind(a.error.clone())
-            .bind(a.created_at.0)
-            .bind(a.started_at.map(|t| t.0))
-            .bind(a.finished_at.map(|t| t.0))
-            .bind(a.usage.map(|u| saturate(u.cpu_micros)))
-            .bind(a.usage.map(|u| saturate(u.memory_peak_bytes)))
-            .bind(a.usage.map(|u| saturate(u.throttled_micros)))
-            .execute(conn)
-            .await?;
-        }
         Write::PutMeasured(m) => {
             sqlx::query(
                 "INSERT INTO measured_usage (attempt, run_id, tenant, pool, pipeline, step, succeeded, day, ended_at, \
@@ -474,26 +431,6 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
             .bind(saturate(m.usage.memory_peak_bytes))
             .bind(saturate(m.usage.throttled_micros))
             .execute(conn)
-            .await?;
-        }
-        Write::PutAllocation(a) => {
-            sqlx::query(
-                "INSERT INTO allocations (id, run_id, grp, tenant, pool, cpu_millis, memory_mib, gpu, worker_id, opened_at, closed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (id) DO UPDATE SET worker_id = excluded.worker_id, closed_at = excluded.closed_at",
-            )
-            .bind(a.id.0)
-            .bind(a.run_id.0)
-            .bind(i64::from(a.group))
-            .bind(&a.tenant)
-            .bind(&a.pool)
-            .bind(int("cpu_millis", a.resources.cpu_millis)?)
-            .bind(int("memory_mib", a.resources.memory_mib)?)
-            .bind(int("gpu", a.resources.gpu)?)
-            .bind(a.worker_id.map(|w| w.0))
-            .bind(a.opened_at.0)
-            .bind(a.closed_at.map(|t| t.0))
-            .execute(&mut *conn)
             .await?;
         }
         Write::PutWorker(w) => {
@@ -555,8 +492,13 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
         Write::PutPrice(p) => metering::put_price(conn, p).await?,
         Write::PutCapacity(c) => metering::put_capacity(conn, c).await?,
         Write::PutAlert(a) => metering::put_alert(conn, a).await?,
-        // Applied for the whole batch at its end (see `commit`).
-        Write::Meter(_) | Write::CountWait(_) => {}
+        // Written for the whole batch, in statements of many rows (see `commit`).
+        Write::PutRun(_)
+        | Write::PutStep(_)
+        | Write::PutAttempt(_)
+        | Write::PutAllocation(_)
+        | Write::Meter(_)
+        | Write::CountWait(_) => {}
         Write::AppendAudit(a) => {
             sqlx::query(
                 "INSERT INTO audit (id, at, who, kind, name, action, before_spec, after_spec) \
@@ -637,19 +579,25 @@ impl Store for SqlStore {
         // Metering and admission counts go last, each in a few statements for
         // the whole batch: they read what the rest writes (an allocation's
         // close) and nothing reads them back within it.
+        // Runs, steps, attempts and allocations go in statements of many rows
+        // each, after the rest (which reads none of them).
         let (mut metered, mut waits, mut allocations) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rows = upsert::Rows::default();
         for write in coalesce(writes) {
             match write {
                 Write::Meter(m) => metered.push(m),
                 Write::CountWait(w) => waits.push(w),
-                other => {
-                    if let Write::PutAllocation(a) = other {
-                        allocations.push(a.id.0);
-                    }
-                    apply(&mut tx, other).await?;
+                Write::PutRun(r) => rows.runs.push(r),
+                Write::PutStep(s) => rows.steps.push(s),
+                Write::PutAttempt(a) => rows.attempts.push(a),
+                Write::PutAllocation(a) => {
+                    allocations.push(a.id.0);
+                    rows.allocations.push(a);
                 }
+                other => apply(&mut tx, other).await?,
             }
         }
+        rows.write(&mut tx).await?;
         metering::note_unmetered(&mut tx, &allocations).await?;
         metering::meter_all(&mut tx, &metered).await?;
         history::count_waits(&mut tx, &waits).await?;
@@ -1100,7 +1048,9 @@ impl Store for SqlStore {
     async fn roll_up_history(&self, rollup: &Rollup) -> Result<()> {
         history::roll_up(&self.history, rollup).await?;
         // The wait histograms are kept with the state; they go with the hours.
-        history::roll_up_waits(&self.pool, rollup).await
+        history::roll_up_waits(&self.pool, rollup).await?;
+        // Once an hour, the planner's statistics catch up with the tables.
+        self.optimize(false).await
     }
 
     async fn admission_waits(&self, query: &WaitQuery) -> Result<Vec<WaitCount>> {

@@ -1163,6 +1163,129 @@ async fn lost_workers_are_pruned(store: &dyn Store) {
 /// its first statements went through) keeps none of its writes, and the store
 /// goes on: the next commit is kept and read back, also by `reopened`, a store
 /// opened afresh on the same database.
+/// A batch of thousands of rows of each kind (a bulk submit, a drain), written
+/// in statements of many rows: every row is there, as written, and a second
+/// large batch moves them all on, an allocation closed and its group's next one
+/// opened in the same batch included.
+async fn a_large_batch(store: &dyn Store) {
+    const RUNS: i64 = 5_000;
+    const FIRST: i64 = 500_000;
+    let ids = || FIRST..FIRST + RUNS;
+    let step = |run: i64, idx: u32, state: StepState| StepRecord {
+        run_id: RunId(run),
+        idx,
+        name: ["a", "b"][idx as usize].into(),
+        group: 0,
+        state,
+        attempts: u32::from(state != StepState::Pending),
+    };
+    let attempt = |run: i64, finished: Option<i64>| AttemptRecord {
+        id: AttemptId(run),
+        run_id: RunId(run),
+        step_idx: 0,
+        number: 1,
+        worker_id: WorkerId(run % 7),
+        state: if finished.is_some() {
+            AttemptState::Succeeded
+        } else {
+            AttemptState::Running
+        },
+        exit_code: finished.map(|_| 0),
+        error: None,
+        created_at: Timestamp(150),
+        started_at: Some(Timestamp(150)),
+        finished_at: finished.map(Timestamp),
+        usage: None,
+    };
+    let mut first = Vec::new();
+    for id in ids() {
+        first.push(Write::PutRun(run_record(id, "acme", RunState::Running)));
+        first.push(Write::PutStep(step(id, 0, StepState::Running)));
+        first.push(Write::PutStep(step(id, 1, StepState::Pending)));
+        first.push(Write::PutAttempt(attempt(id, None)));
+        first.push(Write::PutAllocation(allocation(id, id, 0, None)));
+    }
+    store.commit(&first).await.expect("a large batch");
+    let live = store.load_live().await.expect("load");
+    let mine = |id: &RunId| ids().contains(&id.0);
+    let runs: Vec<&RunRecord> = live.runs.iter().filter(|r| mine(&r.id)).collect();
+    assert_eq!(runs.len(), RUNS as usize);
+    assert_eq!(runs[4_321], &run_record(FIRST + 4_321, "acme", RunState::Running));
+    assert_eq!(
+        live.steps.iter().filter(|s| mine(&s.run_id)).count(),
+        2 * RUNS as usize
+    );
+    assert_eq!(
+        live.attempts.iter().filter(|a| mine(&a.run_id)).count(),
+        RUNS as usize
+    );
+    assert_eq!(
+        live.open_allocations
+            .iter()
+            .filter(|a| mine(&a.run_id))
+            .count(),
+        RUNS as usize
+    );
+    let last = store
+        .run(RunId(FIRST + RUNS - 1))
+        .await
+        .expect("read")
+        .expect("the last run");
+    assert_eq!(
+        last.steps,
+        vec![
+            step(FIRST + RUNS - 1, 0, StepState::Running),
+            step(FIRST + RUNS - 1, 1, StepState::Pending)
+        ]
+    );
+    assert_eq!(last.attempts, vec![attempt(FIRST + RUNS - 1, None)]);
+
+    // Every run ends, each allocation closes; the first run's group takes a
+    // new allocation in the same batch, after its old one closed.
+    let mut second = Vec::new();
+    for id in ids() {
+        second.push(Write::PutAttempt(attempt(id, Some(300))));
+        second.push(Write::PutStep(step(id, 0, StepState::Succeeded)));
+        second.push(Write::PutAllocation(allocation(id, id, 0, Some(300))));
+        if id != FIRST {
+            second.push(Write::PutStep(step(id, 1, StepState::Succeeded)));
+            second.push(Write::PutRun(RunRecord {
+                finished_at: Some(Timestamp(300)),
+                updated_at: Timestamp(300),
+                reason: None,
+                ..run_record(id, "acme", RunState::Succeeded)
+            }));
+        }
+    }
+    second.push(Write::PutAllocation(allocation(FIRST + RUNS, FIRST, 0, None)));
+    store.commit(&second).await.expect("a large batch of updates");
+    let live = store.load_live().await.expect("load");
+    assert_eq!(
+        live.runs.iter().filter(|r| mine(&r.id)).count(),
+        1,
+        "only the first run is left"
+    );
+    let open: Vec<&AllocationRecord> = live
+        .open_allocations
+        .iter()
+        .filter(|a| mine(&a.run_id))
+        .collect();
+    assert_eq!(open, vec![&allocation(FIRST + RUNS, FIRST, 0, None)]);
+    let ended = store
+        .run(RunId(FIRST + 2_500))
+        .await
+        .expect("read")
+        .expect("a run");
+    assert_eq!(ended.run.state, RunState::Succeeded);
+    assert_eq!(ended.run.finished_at, Some(Timestamp(300)));
+    assert_eq!(ended.attempts, vec![attempt(FIRST + 2_500, Some(300))]);
+    assert_eq!(
+        ended.allocations,
+        vec![allocation(FIRST + 2_500, FIRST + 2_500, 0, Some(300))]
+    );
+    assert!(ended.steps.iter().all(|s| s.state == StepState::Succeeded));
+}
+
 async fn a_failed_commit_keeps_nothing_and_the_next_is_kept(
     store: &dyn Store,
     reopened: impl AsyncFnOnce() -> SqlStore,
@@ -1371,6 +1494,7 @@ async fn conformance_sqlite() {
         SqlStore::open_sqlite(&dir).await.expect("open beside")
     })
     .await;
+    a_large_batch(&store).await;
     // Reopening finds the same data and does not re-run migrations.
     store.close().await;
     let again = SqlStore::open_sqlite(&dir).await.expect("reopen sqlite");
@@ -1394,6 +1518,7 @@ async fn conformance_postgres() {
         SqlStore::connect(&url).await.expect("connect beside")
     })
     .await;
+    a_large_batch(&store).await;
 }
 
 #[tokio::test]

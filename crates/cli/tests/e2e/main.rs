@@ -6,6 +6,7 @@ mod admission;
 mod api;
 mod browser;
 mod budget;
+mod bulk;
 mod campaign;
 mod cli;
 mod confinement;

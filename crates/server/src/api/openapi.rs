@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 
 use axum::http::StatusCode;
+use corral_core::limits::Limits;
+use corral_core::matrix;
 use corral_core::pool::MAX_PRICE;
 use corral_core::resources::MAX_QUANTITY;
 use corral_core::tenant::{MAX_ALERT_AT, MAX_ALERTS, MAX_MONTHLY};
@@ -326,6 +328,19 @@ impl PartialSchema for PipelineDocument {
                             },
                             "retries": {"type": "integer", "minimum": 0, "maximum": u32::MAX},
                         },
+                    },
+                },
+                "matrix": {
+                    "type": "object",
+                    "description": "Axes of values: one run per combination (at most 10,000 by default), each step seeing its values as `CORRAL_MATRIX_<AXIS>`",
+                    "maxProperties": Limits::default().max_matrix_axes,
+                    "propertyNames": {"pattern": format!("^[A-Za-z][A-Za-z0-9_]{{0,{}}}$", matrix::MAX_AXIS_NAME - 1)},
+                    "additionalProperties": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": Limits::default().max_runs_per_submit,
+                        "uniqueItems": true,
+                        "items": {"type": ["string", "integer", "boolean"], "maxLength": matrix::MAX_VALUE_BYTES},
                     },
                 },
             },

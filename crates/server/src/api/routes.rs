@@ -765,15 +765,45 @@ async fn list_queue(
 /// Submit a pipeline: answers 201 with the run, `queued`, or `rejected` with its
 /// reason when it can never fit; 409 when it may cost more than its tenant's
 /// whole hard budget.
+///
+/// A bulk submit (`count`, or a pipeline with a `matrix`) makes one run per
+/// combination of the matrix, `count` times each, in one transaction, and
+/// answers the list of their ids (`runs`); each run is admitted as a run
+/// submitted alone would be.
 #[utoipa::path(post, path = "/api/v1/runs", request_body(content((PipelineDocument = "application/json"), (PipelineDocument = "application/yaml")), description = "A Pipeline document, YAML or JSON"),
-    responses((status = 201, body = RunView), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    params(("count" = Option<u32>, Query, minimum = 1, maximum = 10_000,
+        description = "Runs of each combination of the matrix (1 without one); the server bounds the total (10,000 by default)")),
+    responses((status = 201, body = Submitted, description = "The run; for a bulk submit, `runs`"), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn submit_run(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
+    Query(query): Params,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<RunView>)> {
-    let submitted = engine.submit(&who, body_text(&body)?).await?;
-    Ok((StatusCode::CREATED, Json(views::run(&submitted, None))))
+) -> ApiResult<(StatusCode, Json<Submitted>)> {
+    params(&query, &["count"])?;
+    let count = query
+        .get("count")
+        .map(|text| {
+            text.parse::<usize>().map_err(|_| {
+                FieldError::new("count", format!("{text:?} is not a number of runs"))
+            })
+        })
+        .transpose()?;
+    let mut runs = engine
+        .submit_runs(&who, body_text(&body)?, count.unwrap_or(1))
+        .await?;
+    // A plain pipeline submitted alone is answered with its run, as it always was.
+    let plain = count.is_none() && runs.len() == 1 && runs[0].run.spec.matrix.is_empty();
+    let answer = match runs.pop() {
+        Some(run) if plain => Submitted::Run(Box::new(views::run(&run, None))),
+        last => {
+            runs.extend(last);
+            Submitted::Runs(SubmittedRuns {
+                runs: runs.iter().map(|d| views::submitted(&d.run)).collect(),
+            })
+        }
+    };
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// The tenant a list is limited to: a tenant token's own (asking for another

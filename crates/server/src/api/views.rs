@@ -202,10 +202,21 @@ pub fn allocation(a: &AllocationRecord) -> AllocationView {
     }
 }
 
+/// One run of a bulk submit, as answered.
+pub fn submitted(r: &RunRecord) -> SubmittedRun {
+    SubmittedRun {
+        id: r.id.0,
+        state: r.state.as_str().into(),
+        reason: r.reason.as_ref().map(reason),
+        matrix: r.spec.matrix.values(),
+    }
+}
+
 pub fn run(d: &RunDetail, place: Option<&QueuePlace>) -> RunView {
     let spec = &d.run.spec;
     RunView {
         explanation: explain(&d.run, place),
+        matrix: spec.matrix.values(),
         summary: run_summary(&d.run, place),
         request: RequestView {
             groups: d

@@ -415,6 +415,7 @@ impl Engine {
         }) {
             let step = &run.record.spec.steps[attempt.step_idx as usize];
             let mut env = step.env.clone();
+            env.extend(run.record.spec.matrix.env());
             env.insert("CORRAL_RUN_ID".into(), run.record.id.to_string());
             env.insert("CORRAL_PIPELINE".into(), run.record.pipeline.clone());
             env.insert("CORRAL_TENANT".into(), run.record.tenant.clone());

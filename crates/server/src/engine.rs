@@ -34,6 +34,7 @@ use crate::meter::SpendBook;
 use crate::metrics::{Metrics, Observed};
 use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
+use crate::read_model::{ReadModel, View};
 use crate::sessions::Sessions;
 use crate::state::State;
 
@@ -188,6 +189,8 @@ pub struct Engine {
     metrics: Metrics,
     /// When each worker last polled, recorded without the state's lock.
     heartbeats: heartbeats::Heartbeats,
+    /// What readers see: the state as of the last commit.
+    read_model: Arc<ReadModel>,
 }
 
 /// What an operation does once its writes are settled.
@@ -288,6 +291,7 @@ impl Engine {
             store.commit(&backfill).await?;
             state.apply_all(&backfill, now, 0);
         }
+        let read_model = Arc::new(ReadModel::new(View::of(&state, now)));
         Ok(Engine {
             store,
             clock,
@@ -304,7 +308,18 @@ impl Engine {
             health: health::StoreHealth::default(),
             metrics: Metrics::new(),
             heartbeats: heartbeats::Heartbeats::default(),
+            read_model,
         })
+    }
+
+    /// The committed read model, which readers use without the engine's lock.
+    pub fn read_model(&self) -> &Arc<ReadModel> {
+        &self.read_model
+    }
+
+    /// When worker `id` last polled, as far as is known without the lock.
+    pub fn last_poll(&self, id: WorkerId) -> Option<Timestamp> {
+        self.heartbeats.last(id)
     }
 
     pub fn provider(&self) -> &LocalProvider {
@@ -391,6 +406,10 @@ impl Engine {
                 seq: state.seq,
                 writes,
             });
+            // The view of this batch, published once it is committed.
+            self.read_model.staged(View::of(state, now));
+        } else if !self.read_model.is_current(state) {
+            self.read_model.staged(View::of(state, self.clock.now()));
         }
         fx.seq = state.seq;
     }
@@ -446,6 +465,9 @@ impl Engine {
             match self.store.commit(&writes).await {
                 Ok(()) => {
                     self.health.committed();
+                    // Published before anyone is told: an operation's answer
+                    // reads what it wrote.
+                    self.read_model.committed(last);
                     self.commits.mark_committed(last);
                 }
                 Err(e) => {
@@ -460,7 +482,10 @@ impl Engine {
                     let started = std::time::Instant::now();
                     loop {
                         match self.reload(&mut state).await {
-                            Ok(()) => break,
+                            Ok(()) => {
+                                self.read_model.reloaded(View::of(&state, self.now()));
+                                break;
+                            }
                             Err(e) if started.elapsed() > health::RELOAD_PATIENCE => {
                                 return format!("cannot reload the state from the store: {e}");
                             }
@@ -747,8 +772,8 @@ impl Engine {
         }
 
         writes.extend(state.alert_writes(&snapshot, now));
-        state.waiting = outcome.waiting;
-        state.reservations = outcome.reservations;
+        state.waiting = Arc::new(outcome.waiting);
+        state.reservations = Arc::new(outcome.reservations);
         fx.wake.extend(Self::wake_handles(&state, assigned));
         // The decisions are staged before any provisioning, and nothing is
         // spawned until both are committed.

@@ -40,11 +40,13 @@ pub async fn sample_loop(engine: Arc<Engine>) {
         ticks.tick().await;
         let at = start.plus_millis(tick.saturating_mul(interval_ms));
         {
-            let state = engine.read().await;
+            // The committed view, and the queue as of its last positions.
+            let view = engine.read_model().view();
+            let positions = engine.read_model().positions();
             pending.extend(sample(
-                &state.snapshot(engine.now()),
-                &state.queue,
-                &state.waiting,
+                &view.snapshot,
+                positions.queue(),
+                positions.waiting(),
                 at,
             ));
         }

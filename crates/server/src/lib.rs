@@ -15,6 +15,7 @@ mod metrics;
 mod progress;
 pub mod provider;
 pub mod prune;
+pub mod read_model;
 pub mod sessions;
 pub mod state;
 mod trouble;
@@ -192,6 +193,7 @@ pub async fn serve(
         tracing::info!(path = %token_path.display(), "the admin token is in this file (mode 0600); the CLI reads it from there");
     }
     // The governance time series resume before the API answers.
+    tokio::spawn(read_model::positions_loop(engine.read_model().clone()));
     tokio::spawn(history::sample_loop(engine.clone()));
     tokio::spawn(history::rollup_loop(engine.clone()));
     tokio::spawn(meter::meter_backlog(engine.store().clone()));

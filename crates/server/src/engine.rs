@@ -35,6 +35,7 @@ use crate::meter::SpendBook;
 use crate::metrics::{Metrics, Observed};
 use crate::progress::RunUpdate;
 use crate::provider::LocalProvider;
+use crate::read_model::{ReadModel, View};
 use crate::sessions::Sessions;
 use crate::state::State;
 
@@ -194,6 +195,8 @@ pub struct Engine {
     heartbeats: heartbeats::Heartbeats,
     /// The server's background workers (the committer, the controller...).
     background: Background,
+    /// What readers see: the state as of the last commit.
+    read_model: Arc<ReadModel>,
 }
 
 /// What an operation does once its writes are settled.
@@ -294,6 +297,7 @@ impl Engine {
             store.commit(&backfill).await?;
             state.apply_all(&backfill, now, 0);
         }
+        let read_model = Arc::new(ReadModel::new(View::of(&state, now)));
         Ok(Engine {
             store,
             background: Background::new(clock.clone()),
@@ -312,7 +316,18 @@ impl Engine {
             health: health::StoreHealth::default(),
             metrics: Metrics::new(),
             heartbeats: heartbeats::Heartbeats::default(),
+            read_model,
         })
+    }
+
+    /// The committed read model, which readers use without the engine's lock.
+    pub fn read_model(&self) -> &Arc<ReadModel> {
+        &self.read_model
+    }
+
+    /// When worker `id` last polled, as far as is known without the lock.
+    pub fn last_poll(&self, id: WorkerId) -> Option<Timestamp> {
+        self.heartbeats.last(id)
     }
 
     pub fn provider(&self) -> &LocalProvider {
@@ -403,6 +418,10 @@ impl Engine {
                 seq: state.seq,
                 writes,
             });
+            // The view of this batch, published once it is committed.
+            self.read_model.staged(View::of(state, now));
+        } else if !self.read_model.is_current(state) {
+            self.read_model.staged(View::of(state, self.clock.now()));
         }
         fx.seq = state.seq;
     }
@@ -478,6 +497,9 @@ impl Engine {
         let writes: Vec<Write> = batches.into_iter().flat_map(|b| b.writes).collect();
         let Err(e) = self.store.commit(&writes).await else {
             self.health.committed();
+            // Published before anyone is told: an operation's answer
+            // reads what it wrote.
+            self.read_model.committed(last);
             self.commits.mark_committed(last);
             return Ok(());
         };
@@ -492,7 +514,10 @@ impl Engine {
         let started = std::time::Instant::now();
         loop {
             match self.reload(&mut state).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.read_model.reloaded(View::of(&state, self.now()));
+                    return Ok(());
+                }
                 Err(e) if started.elapsed() > health::RELOAD_PATIENCE => {
                     return Err(format!("cannot reload the state from the store: {e}"));
                 }
@@ -823,8 +848,8 @@ impl Engine {
         }
 
         writes.extend(state.alert_writes(&snapshot, now));
-        state.waiting = outcome.waiting;
-        state.reservations = outcome.reservations;
+        state.waiting = Arc::new(outcome.waiting);
+        state.reservations = Arc::new(outcome.reservations);
         fx.wake.extend(Self::wake_handles(&state, assigned));
         // The decisions are staged before any provisioning, and nothing is
         // spawned until both are committed.

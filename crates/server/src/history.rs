@@ -63,11 +63,13 @@ impl Job for Sampler {
     /// (after the supervisor's pause, or with the next tick's).
     async fn work(&mut self) -> Result<Progress, JobError> {
         if let Some(at) = self.due.take() {
-            let state = self.engine.read().await;
+            // The committed view, and the queue as of its last positions.
+            let view = self.engine.read_model().view();
+            let positions = self.engine.read_model().positions();
             self.pending.extend(sample(
-                &state.snapshot(self.engine.now()),
-                &state.queue,
-                &state.waiting,
+                &view.snapshot,
+                positions.queue(),
+                positions.waiting(),
                 at,
             ));
         }

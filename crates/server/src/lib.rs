@@ -16,6 +16,7 @@ mod metrics;
 mod progress;
 pub mod provider;
 pub mod prune;
+pub mod read_model;
 pub mod sessions;
 pub mod state;
 mod trouble;
@@ -213,6 +214,10 @@ pub async fn serve_with_faults(
         tracing::info!(path = %token_path.display(), "the admin token is in this file (mode 0600); the CLI reads it from there");
     }
     // The governance time series resume before the API answers.
+    let model = engine.read_model().clone();
+    background.start("queue-positions", false, Restart::WithBackoff, move || {
+        read_model::QueuePositions::new(model.clone())
+    });
     let e = engine.clone();
     background.start("store-watch", false, Restart::WithBackoff, move || {
         StoreWatch(e.clone())

@@ -19,6 +19,7 @@ use corral_core::metering::{
 use corral_core::money::Money;
 use corral_core::pipeline::{StepSpec, longest_run_ms};
 use corral_core::pool::{Price, Provider};
+use corral_core::queue::RunQueue;
 use corral_core::request::ResourceRequest;
 use corral_core::resources::Resources;
 use corral_core::tenant::Enforce;
@@ -292,7 +293,12 @@ impl State {
     ) -> (BTreeMap<&str, Vec<Span>>, BTreeMap<&str, Money>) {
         let mut open: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
         let mut running: BTreeMap<&str, Money> = BTreeMap::new();
-        for run in self.runs.values() {
+        // The runs holding allocations, not every live run.
+        for run in self
+            .usage
+            .runs_holding()
+            .filter_map(|id| self.runs.get(&id))
+        {
             if run.allocations.is_empty() {
                 continue;
             }
@@ -316,22 +322,7 @@ impl State {
     /// Per tenant, its runs waiting for admission and what they ask for in
     /// all (the groups of admitted runs waiting for a new worker included).
     pub fn queued_by_tenant(&self) -> BTreeMap<String, (u64, Resources)> {
-        let mut waiting: BTreeMap<String, (u64, Resources)> = BTreeMap::new();
-        for class in self.queue.classes() {
-            let entry = waiting.entry(class.tenant.clone()).or_default();
-            let runs = class.runs.len() as u64;
-            if !class.readmit {
-                entry.0 += runs;
-            }
-            let each = class.total();
-            let all = Resources {
-                cpu_millis: each.cpu_millis.saturating_mul(runs),
-                memory_mib: each.memory_mib.saturating_mul(runs),
-                gpu: each.gpu.saturating_mul(runs),
-            };
-            entry.1 = entry.1.saturating_add(&all);
-        }
-        waiting
+        queued_by_tenant(&self.queue)
     }
 
     /// What every tenant spent in `now`'s month, open allocations included.
@@ -644,6 +635,27 @@ impl Job for MeterBacklog {
     async fn wait_for_work(&mut self) {
         tokio::time::sleep(BACKLOG_RECHECK).await;
     }
+}
+
+/// Per tenant, its runs waiting in `queue` and what they ask for in all
+/// (the groups of admitted runs waiting for a new worker included).
+pub fn queued_by_tenant(queue: &RunQueue) -> BTreeMap<String, (u64, Resources)> {
+    let mut waiting: BTreeMap<String, (u64, Resources)> = BTreeMap::new();
+    for class in queue.classes() {
+        let entry = waiting.entry(class.tenant.clone()).or_default();
+        let runs = class.runs.len() as u64;
+        if !class.readmit {
+            entry.0 += runs;
+        }
+        let each = class.total();
+        let all = Resources {
+            cpu_millis: each.cpu_millis.saturating_mul(runs),
+            memory_mib: each.memory_mib.saturating_mul(runs),
+            gpu: each.gpu.saturating_mul(runs),
+        };
+        entry.1 = entry.1.saturating_add(&all);
+    }
+    waiting
 }
 
 #[cfg(test)]

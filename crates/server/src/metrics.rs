@@ -2,8 +2,9 @@
 //!
 //! Two kinds, kept apart so that neither can drift from the API:
 //! - What describes the present (pools' capacity and allocations, tenants'
-//!   queues, holdings and budgets) is computed at each scrape from the engine's
-//!   [`State`], the same state the API answers from: nothing is kept twice.
+//!   queues, holdings and budgets) is computed at each scrape from the
+//!   committed read model's view, the same the API answers from: nothing is
+//!   kept twice.
 //! - What counts events (admissions, rejections, waits, ends, and the
 //!   histograms of waits and run durations) is recorded as it happens: the
 //!   engine notes each event in its operation's effects ([`Observed`]) and they
@@ -21,7 +22,8 @@ use axum::extract::State as AxumState;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use corral_core::clock::Timestamp;
-use corral_core::controller::{ReasonCode, Snapshot};
+use corral_core::controller::ReasonCode;
+use corral_core::money::Money;
 use corral_core::pool::Provider;
 use corral_core::resources::Resources;
 use corral_core::run::RunState;
@@ -31,6 +33,7 @@ use metrics_exporter_prometheus::{
 };
 
 use crate::engine::Engine;
+use crate::read_model::{QueueModel, View};
 use crate::state::State;
 
 /// The media type of the Prometheus text format.
@@ -271,7 +274,7 @@ impl Observed {
 
     /// The runs still waiting after a cycle, each with its class's reason.
     pub fn waits(&mut self, state: &State) {
-        for (class, reason) in &state.waiting {
+        for (class, reason) in state.waiting.iter() {
             let Some(class) = state.queue.class(*class) else {
                 continue;
             };
@@ -384,11 +387,12 @@ fn add_by_resource(gauge: &mut Gauge, label: &str, value: &str, r: &Resources) {
     }
 }
 
-/// The gauges of the present, from the state (read under the engine's lock):
-/// the same snapshot of pools and tenants that `GET /api/v1/pools` and
-/// `/tenants` show, and the queue that `GET /api/v1/queue` lists.
-pub(crate) fn current(state: &State, now: Timestamp) -> String {
-    let snapshot = state.snapshot(now);
+/// The gauges of the present, from the committed view: the same snapshot of
+/// pools and tenants that `GET /api/v1/pools` and `/tenants` show, and the
+/// queue (`queue`, as of its positions) that `GET /api/v1/queue` lists;
+/// `spent` is this month's spend per tenant.
+pub(crate) fn current(view: &View, queue: &QueueModel, spent: &BTreeMap<String, Money>) -> String {
+    let snapshot = &view.snapshot;
     let mut capacity = resource_gauges(
         "corral_pool_capacity",
         "a pool has (a static pool: its live agents')",
@@ -413,10 +417,6 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
         "corral_pool_max_workers",
         "Open allocations a pool takes at most (its max_workers).",
     );
-    let mut live_agents: BTreeMap<&str, u64> = Default::default();
-    for w in state.workers.values() {
-        *live_agents.entry(w.record.pool.as_str()).or_default() += 1;
-    }
     for (name, pool) in &snapshot.pools {
         add_resources(&mut capacity, "pool", name, &pool.capacity);
         add_resources(&mut allocated, "pool", name, &pool.used);
@@ -426,13 +426,13 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
             name,
             &pool.capacity.saturating_sub(&pool.used),
         );
-        let static_pool = state
+        let static_pool = view
             .pools
             .get(name)
             .is_some_and(|p| p.spec.provider == Provider::Static);
         let count = match &pool.agents {
             Some(live) if static_pool => live.len() as u64,
-            _ => live_agents.get(name.as_str()).copied().unwrap_or(0),
+            _ => view.agents.get(name).map_or(0, Vec::len) as u64,
         };
         agents.add("pool", name, count as f64);
         workers.add("pool", name, f64::from(pool.workers));
@@ -459,11 +459,11 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
         "corral_tenant_spend_month",
         "What a tenant spent in the current UTC calendar month, open allocations included up to now, in units of the operator's currency.",
     );
-    for (name, spent) in state.spend_by_tenant(now) {
-        spend.add("tenant", &name, spent.to_units_f64());
+    for (name, spent) in spent {
+        spend.add("tenant", name, spent.to_units_f64());
     }
-    let waiting = state.queued_by_tenant();
-    for (name, tenant) in &state.tenants {
+    let waiting = crate::meter::queued_by_tenant(queue.queue());
+    for (name, tenant) in &view.tenants {
         let (queued, asked) = waiting.get(name).copied().unwrap_or_default();
         queued_runs.add("tenant", name, queued as f64);
         add_resources(&mut demand, "tenant", name, &asked);
@@ -478,7 +478,7 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
         }
     }
 
-    let governance = governance(state, &snapshot);
+    let governance = governance(view, queue);
     let mut out = String::new();
     for gauge in capacity
         .iter()
@@ -500,7 +500,8 @@ pub(crate) fn current(state: &State, now: Timestamp) -> String {
 /// them: `corral_tenant_allocated / corral_tenant_quota` is how full a quota
 /// is. From the snapshot, the reservations and the queue's classes, so a
 /// scrape costs O(pools + tenants + classes).
-fn governance(state: &State, snapshot: &Snapshot) -> [Gauge; 4] {
+fn governance(view: &View, queue: &QueueModel) -> [Gauge; 4] {
+    let snapshot = &view.snapshot;
     let mut quota = Gauge::new(
         "corral_tenant_quota",
         "A tenant's quota by resource: cpu in cores, memory in bytes, gpu and runs as counts; an unlimited one has no sample.",
@@ -532,7 +533,7 @@ fn governance(state: &State, snapshot: &Snapshot) -> [Gauge; 4] {
             &mut reserved,
             "pool",
             name,
-            &state.reserved_on(name, snapshot),
+            &view.reserved.get(name).copied().unwrap_or_default(),
         );
     }
     let mut queued = Gauge::new(
@@ -540,9 +541,9 @@ fn governance(state: &State, snapshot: &Snapshot) -> [Gauge; 4] {
         "Runs waiting for admission now (queued, or admitted and waiting for a group whose worker was lost), by tenant and the reason code of the last controller cycle (pending: not looked at by a cycle yet).",
     );
     let mut by_code: BTreeMap<(&str, String), u64> = BTreeMap::new();
-    for class in state.queue.classes() {
-        let code = state
-            .waiting
+    for class in queue.queue().classes() {
+        let code = queue
+            .waiting()
             .get(&class.id)
             .map_or_else(|| "pending".to_string(), |r| code_name(Some(r.code)));
         *by_code.entry((class.tenant.as_str(), code)).or_default() += class.runs.len() as u64;
@@ -567,10 +568,14 @@ fn governance(state: &State, snapshot: &Snapshot) -> [Gauge; 4] {
     responses((status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8", body = String,
         description = "The Prometheus text format, version 0.0.4")))]
 pub(crate) async fn scrape(AxumState(engine): AxumState<Arc<Engine>>) -> Response {
-    let mut text = {
-        let state = engine.read().await;
-        current(&state, engine.now())
-    };
+    // This month's spend is priced from the engine's spend book, under its
+    // lock; everything else is read from the committed view.
+    let spent = engine.read().await.spend_by_tenant(engine.now());
+    let mut text = current(
+        &engine.read_model().view(),
+        &engine.read_model().positions(),
+        &spent,
+    );
     text.push_str(&engine.metrics().handle.render());
     text.push_str(&crate::http::metrics_text());
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
@@ -616,6 +621,13 @@ mod tests {
         State::from_live(live, UsageLedger::new(3_600_000), SpendBook::default(), t)
     }
 
+    /// The gauges of `state`'s view.
+    fn text(state: &State) -> String {
+        let view = Arc::new(View::of(state, Timestamp(0)));
+        let queue = QueueModel::of(view.clone());
+        current(&view, &queue, &state.spend_by_tenant(Timestamp(0)))
+    }
+
     fn recorded() -> Metrics {
         let metrics = Metrics::new();
         let tenant = || "acme".to_string();
@@ -648,7 +660,7 @@ mod tests {
 
     #[test]
     fn gauges_are_in_base_units_and_budgets_only_where_there_is_one() {
-        let text = current(&state(), Timestamp(0));
+        let text = text(&state());
         for line in [
             "corral_pool_capacity_cpu_cores{pool=\"gpu\"} 1.5",
             "corral_pool_capacity_memory_bytes{pool=\"gpu\"} 2147483648",
@@ -666,7 +678,7 @@ mod tests {
 
     #[test]
     fn quotas_have_a_sample_per_limited_resource_and_holdings_one_per_resource() {
-        let text = current(&state(), Timestamp(0));
+        let text = text(&state());
         for line in [
             "corral_tenant_quota{tenant=\"acme\",resource=\"cpu\"} 1.5",
             "corral_tenant_quota{tenant=\"acme\",resource=\"gpu\"} 2",
@@ -691,7 +703,7 @@ mod tests {
     #[test]
     fn every_sample_belongs_to_a_family_with_help_and_type() {
         let metrics = recorded();
-        let text = current(&state(), Timestamp(0)) + &metrics.handle.render();
+        let text = text(&state()) + &metrics.handle.render();
         let mut help = BTreeSet::new();
         let mut kinds = BTreeMap::new();
         let mut samples = 0;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use corral_core::clock::Timestamp;
 use corral_core::controller::{
-    AgentView, OpenAllocation, PoolView, Reason, Reservation, Snapshot, TenantView, admission_order,
+    AgentView, PoolView, Reason, Reservation, Snapshot, TenantView, admission_order,
 };
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::money::Money;
@@ -24,6 +24,11 @@ use corral_store::{
 use tokio::sync::Notify;
 
 use crate::meter::SpendBook;
+use crate::read_model::{Mirror, Queued};
+
+mod usage;
+
+pub use usage::Usage;
 
 /// An unfinished run with its steps, attempts and open allocations.
 #[derive(Debug, Clone)]
@@ -116,29 +121,27 @@ impl State {
     /// at most its `max_workers`, or its static agents), each with the open
     /// allocations bound to it.
     pub fn agents_of(&self, pool: &str) -> Vec<corral_api::AgentView> {
-        let live: Vec<&LiveWorker> = self
-            .workers
-            .values()
-            .filter(|w| w.record.pool == pool && w.record.state == WorkerState::Ready)
-            .collect();
-        if live.is_empty() {
-            return Vec::new();
-        }
-        // The live runs' open allocations: what the snapshot walks too.
-        let mut held: HashMap<WorkerId, Vec<&AllocationRecord>> = HashMap::new();
-        for a in self.runs.values().flat_map(|r| r.allocations.iter()) {
-            if let Some(w) = a.worker_id
-                && a.pool == pool
-            {
-                held.entry(w).or_default().push(a);
-            }
-        }
-        live.into_iter()
+        self.workers_of(pool)
+            .filter(|w| w.record.state == WorkerState::Ready)
             .map(|w| {
-                let holds = held.remove(&w.record.id).unwrap_or_default();
+                let mut holds: Vec<&AllocationRecord> = self
+                    .usage
+                    .bound_to(w.record.id)
+                    .filter(|a| a.pool == pool)
+                    .collect();
+                holds.sort_by_key(|a| (a.run_id, a.id));
                 crate::api::views::agent(&w.record, w.last_seen, &holds)
             })
             .collect()
+    }
+
+    /// The live workers of pool `pool`, by id.
+    pub fn workers_of(&self, pool: &str) -> impl Iterator<Item = &LiveWorker> {
+        self.pool_workers
+            .get(pool)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.workers.get(id))
     }
 }
 
@@ -170,10 +173,17 @@ pub struct State {
     pub ledger: UsageLedger,
     /// Prices, capacities and this month's spend, for budgets.
     pub spend: SpendBook,
-    /// Why each class of the queue waits, as of the last controller cycle.
-    pub waiting: BTreeMap<ClassId, Reason>,
+    /// Why each class of the queue waits, as of the last controller cycle
+    /// (shared with the read model's views).
+    pub waiting: Arc<BTreeMap<ClassId, Reason>>,
     /// Room held for starving runs in the last controller cycle.
-    pub reservations: Vec<Reservation>,
+    pub reservations: Arc<Vec<Reservation>>,
+    /// What the open allocations use, kept as they change.
+    pub usage: Usage,
+    /// The live workers of each pool.
+    pub pool_workers: BTreeMap<String, BTreeSet<WorkerId>>,
+    /// Live runs and the queue, as the read model's views share them.
+    pub mirror: Mirror,
 }
 
 impl State {
@@ -212,8 +222,11 @@ impl State {
             queue: RunQueue::new(),
             ledger,
             spend,
-            waiting: BTreeMap::new(),
-            reservations: Vec::new(),
+            waiting: Arc::default(),
+            reservations: Arc::default(),
+            mirror: Mirror::default(),
+            usage: Usage::default(),
+            pool_workers: BTreeMap::new(),
         };
         let writes = live
             .pools
@@ -286,6 +299,8 @@ impl State {
                 self.tenants.remove(name);
             }
             Write::PutRun(r) if r.state.is_terminal() => {
+                self.usage.release_run(r.id);
+                self.mirror.runs.remove(&r.id);
                 if let Some(run) = self.runs.remove(&r.id) {
                     if let (RunState::Succeeded, Some(since), Some(end)) =
                         (r.state, run.held_since, r.finished_at)
@@ -304,14 +319,17 @@ impl State {
                     }
                 }
             }
-            Write::PutRun(r) => match self.runs.get_mut(&r.id) {
-                Some(run) => run.record = r.clone(),
-                None => {
-                    let mut run = LiveRun::new(r.clone());
-                    run.bound = self.upper_bound(&run.record, &run.needs);
-                    self.runs.insert(r.id, run);
+            Write::PutRun(r) => {
+                self.mirror.runs.insert(r.id, Arc::new(r.clone()));
+                match self.runs.get_mut(&r.id) {
+                    Some(run) => run.record = r.clone(),
+                    None => {
+                        let mut run = LiveRun::new(r.clone());
+                        run.bound = self.upper_bound(&run.record, &run.needs);
+                        self.runs.insert(r.id, run);
+                    }
                 }
-            },
+            }
             Write::PutStep(s) => {
                 if let Some(run) = self.runs.get_mut(&s.run_id) {
                     match run.steps.get_mut(s.idx as usize) {
@@ -340,8 +358,13 @@ impl State {
             }
             Write::PutAllocation(a) => {
                 let Some(run) = self.runs.get_mut(&a.run_id) else {
+                    self.usage.release(a.id);
                     return;
                 };
+                match a.closed_at {
+                    None => self.usage.hold(a),
+                    Some(_) => self.usage.release(a.id),
+                }
                 let previous = run.allocations.iter().position(|x| x.id == a.id);
                 if a.closed_at.is_none() {
                     run.held_since =
@@ -367,6 +390,15 @@ impl State {
                 }
             }
             Write::PutWorker(w) if w.state == WorkerState::Ready => {
+                if let Some(old) = self.workers.get(&w.id)
+                    && old.record.pool != w.pool
+                {
+                    self.unlist_worker(&old.record.pool.clone(), w.id);
+                }
+                self.pool_workers
+                    .entry(w.pool.clone())
+                    .or_default()
+                    .insert(w.id);
                 match self.workers.get_mut(&w.id) {
                     Some(live) => live.record = w.clone(),
                     None => {
@@ -384,7 +416,9 @@ impl State {
                 }
             }
             Write::PutWorker(w) => {
-                self.workers.remove(&w.id);
+                if let Some(old) = self.workers.remove(&w.id) {
+                    self.unlist_worker(&old.record.pool, w.id);
+                }
                 self.retiring.insert(w.id, seq);
             }
             Write::PutPrice(p) => self.spend.record_price(p),
@@ -397,6 +431,15 @@ impl State {
             | Write::Meter(_)
             | Write::CountWait(_)
             | Write::PutMeasured(_) => {}
+        }
+    }
+
+    fn unlist_worker(&mut self, pool: &str, id: WorkerId) {
+        if let Some(ids) = self.pool_workers.get_mut(pool) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.pool_workers.remove(pool);
+            }
         }
     }
 
@@ -432,13 +475,8 @@ impl State {
 
     /// A worker is idle when no open allocation is bound to it.
     fn refresh_idle(&mut self, now: Timestamp) {
-        let busy: std::collections::BTreeSet<WorkerId> = self
-            .runs
-            .values()
-            .flat_map(|r| r.allocations.iter().filter_map(|a| a.worker_id))
-            .collect();
         for (id, w) in &mut self.workers {
-            if busy.contains(id) {
+            if self.usage.is_bound(*id) {
                 w.idle_since = None;
             } else {
                 w.idle_since.get_or_insert(now);
@@ -452,6 +490,7 @@ impl State {
     fn sync_queue(&mut self, id: RunId) {
         let Some(run) = self.runs.get(&id) else {
             self.queue.remove(id);
+            self.mirror.queued.remove(&id);
             return;
         };
         let record = &run.record;
@@ -476,6 +515,7 @@ impl State {
         };
         if groups.is_empty() {
             self.queue.remove(id);
+            self.mirror.queued.remove(&id);
             return;
         }
         let queued = QueuedRun {
@@ -499,7 +539,13 @@ impl State {
                 && shape(&c.groups) == shape(&queued.groups)
         });
         if !same {
-            self.queue.insert(queued);
+            self.queue.insert(queued.clone());
+            if let Some(class) = self.queue.class_of(id) {
+                let class = class.id;
+                self.mirror
+                    .queued
+                    .insert(id, Arc::new(Queued { run: queued, class }));
+            }
         }
     }
 
@@ -515,35 +561,17 @@ impl State {
 
     /// The controller's snapshot of pools (a static pool with its live agents),
     /// tenants (with their recent usage) and open allocations.
+    ///
+    /// Costs O(pools + tenants + agents + open allocations): what they use is
+    /// kept in `usage`, not summed from the runs.
     pub fn snapshot(&self, now: Timestamp) -> Snapshot {
-        let open: Vec<OpenAllocation> = self
-            .runs
-            .values()
-            .flat_map(|r| r.allocations.iter())
-            .map(|a| OpenAllocation {
-                run: a.run_id,
-                tenant: a.tenant.clone(),
-                pool: a.pool.clone(),
-                resources: a.resources,
-                worker: a.worker_id,
-            })
-            .collect();
-        let mut opened: BTreeMap<&str, Vec<(&corral_core::resources::Resources, Timestamp)>> =
-            BTreeMap::new();
-        for a in self.runs.values().flat_map(|r| r.allocations.iter()) {
-            opened
-                .entry(a.tenant.as_str())
-                .or_default()
-                .push((&a.resources, a.opened_at));
-        }
         let mut snapshot = self.capacities();
         let mut budgets = self.budgets(now);
         for (name, t) in &mut snapshot.tenants {
-            let mine = opened.get(name.as_str()).cloned().unwrap_or_default();
-            t.recent = self.ledger.recent(name, mine, now);
+            t.recent = self.ledger.recent(name, self.usage.opened_by(name), now);
             t.budget = budgets.remove(name);
         }
-        snapshot.charge(&open);
+        self.usage.charge(&mut snapshot);
         snapshot
     }
 
@@ -561,9 +589,8 @@ impl State {
             .values()
             .map(|p| {
                 let agents = if p.spec.provider == Provider::Static {
-                    self.workers
-                        .values()
-                        .filter(|w| w.record.pool == p.spec.name && w.polled)
+                    self.workers_of(&p.spec.name)
+                        .filter(|w| w.polled)
                         .map(|w| AgentView {
                             id: w.record.id,
                             capacity: w.record.capacity,
@@ -607,6 +634,7 @@ impl State {
                         .iter()
                         .find(|r| r.run == run)
                         .map(|r| r.pools.clone()),
+                    as_of: self.seq,
                 })
             })
             .collect()
@@ -627,4 +655,9 @@ pub struct QueuePlace {
     pub reason: Option<Reason>,
     /// Pools holding room for it (empty: its tenant's quota), if any.
     pub reserved: Option<Vec<String>>,
+    /// The batch of writes the position is as of.
+    pub as_of: u64,
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,9 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use corral_core::controller::Blocker;
-
-use crate::state::State;
+use corral_core::controller::{Blocker, Reason};
+use corral_core::queue::{ClassId, RunQueue};
 
 /// A tenant's waiting runs (first admissions and readmissions alike), by
 /// what holds them; `undecided` ones came after the last cycle.
@@ -41,20 +40,22 @@ impl Blocked {
     }
 }
 
-impl State {
-    /// Every tenant with waiting runs, and what holds them.
-    pub fn blocked_by_tenant(&self) -> BTreeMap<String, Blocked> {
-        let mut blocked: BTreeMap<String, Blocked> = BTreeMap::new();
-        for class in self.queue.classes() {
-            let entry = blocked.entry(class.tenant.clone()).or_default();
-            let runs = class.runs.len() as u64;
-            match self.waiting.get(&class.id) {
-                Some(reason) => *entry.by.entry(reason.code.blocker()).or_default() += runs,
-                None => entry.undecided += runs,
-            }
+/// Every tenant with runs waiting in `queue`, and what holds them, by the
+/// reasons given to its classes.
+pub fn blocked_by_tenant(
+    queue: &RunQueue,
+    waiting: &BTreeMap<ClassId, Reason>,
+) -> BTreeMap<String, Blocked> {
+    let mut blocked: BTreeMap<String, Blocked> = BTreeMap::new();
+    for class in queue.classes() {
+        let entry = blocked.entry(class.tenant.clone()).or_default();
+        let runs = class.runs.len() as u64;
+        match waiting.get(&class.id) {
+            Some(reason) => *entry.by.entry(reason.code.blocker()).or_default() += runs,
+            None => entry.undecided += runs,
         }
-        blocked
     }
+    blocked
 }
 
 #[cfg(test)]

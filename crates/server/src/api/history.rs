@@ -293,7 +293,7 @@ async fn subjects(
     if who.role.tenant().is_none() {
         return Ok(asked.map(|p| vec![p.clone()]));
     }
-    let state = engine.read().await;
+    let state = engine.read_model().view();
     let visible: Vec<String> = state
         .pools
         .keys()

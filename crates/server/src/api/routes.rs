@@ -21,7 +21,7 @@ use corral_core::manifest::{Document, parse_documents, parse_single};
 use corral_core::pool::PoolSpec;
 use corral_core::run::RunState;
 use corral_core::tenant::TenantSpec;
-use corral_store::{AllocationFilter, AuditFilter, RunDetail, RunFilter};
+use corral_store::{AllocationFilter, AuditFilter, PoolRecord, RunDetail, RunFilter};
 use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -36,6 +36,7 @@ use super::views;
 use crate::auth::{Caller, Principal};
 use crate::engine::Engine;
 use crate::metrics::{__path_scrape, scrape};
+use crate::read_model::View;
 use crate::state::QueuePlace;
 
 type AppState = Arc<Engine>;
@@ -381,35 +382,45 @@ async fn list_pools(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Json<Vec<PoolView>> {
-    let state = engine.read().await;
-    let snapshot = state.snapshot(engine.now());
+    let view = engine.read_model().view();
     Json(
-        state
-            .pools
+        view.pools
             .values()
-            .filter(|p| may_use_pool(&state, &who, &p.spec.name))
-            .map(|p| {
-                views::pool(
-                    p,
-                    &snapshot,
-                    state.reserved_on(&p.spec.name, &snapshot),
-                    agents_seen_by(&state, &who, &p.spec.name),
-                )
-            })
+            .filter(|p| may_use_pool(&view, &who, &p.spec.name))
+            .map(|p| pool_of(&engine, &view, &who, p))
             .collect(),
     )
 }
 
+/// A pool as `who` sees it in `view`.
+fn pool_of(engine: &Engine, view: &View, who: &Principal, pool: &PoolRecord) -> PoolView {
+    let name = &pool.spec.name;
+    views::pool(
+        pool,
+        &view.snapshot,
+        view.reserved.get(name).copied().unwrap_or_default(),
+        agents_seen_by(engine, view, who, name),
+    )
+}
+
 /// A pool's live agents as `who` may see them: a tenant's token sees what
-/// they hold for its own runs only.
+/// they hold for its own runs only. Their last polls are read apart from the
+/// view, which is not rebuilt for a poll.
 pub(crate) fn agents_seen_by(
-    state: &crate::state::State,
+    engine: &Engine,
+    view: &View,
     who: &Principal,
     pool: &str,
 ) -> Vec<AgentView> {
-    let mut agents = state.agents_of(pool);
-    if let Some(tenant) = who.role.tenant() {
-        for agent in &mut agents {
+    let mut agents = view.agents.get(pool).cloned().unwrap_or_default();
+    for agent in &mut agents {
+        if let Some(polled) = engine.last_poll(WorkerId(agent.worker_id)) {
+            let polled = views::time(polled);
+            if agent.last_poll_at.as_ref().is_none_or(|t| *t < polled) {
+                agent.last_poll_at = Some(polled);
+            }
+        }
+        if let Some(tenant) = who.role.tenant() {
             agent.holds.retain(|h| h.tenant == tenant);
         }
     }
@@ -417,10 +428,10 @@ pub(crate) fn agents_seen_by(
 }
 
 /// Whether `who` may see pool `name`: a tenant sees the pools it may use.
-pub(crate) fn may_use_pool(state: &crate::state::State, who: &Principal, name: &str) -> bool {
+pub(crate) fn may_use_pool(view: &View, who: &Principal, name: &str) -> bool {
     match who.role.tenant() {
         None => true,
-        Some(tenant) => state
+        Some(tenant) => view
             .tenants
             .get(tenant)
             .is_some_and(|t| t.spec.allows_pool(name)),
@@ -428,24 +439,18 @@ pub(crate) fn may_use_pool(state: &crate::state::State, who: &Principal, name: &
 }
 
 pub(crate) async fn pool_view(engine: &Engine, who: &Principal, name: &str) -> ApiResult<PoolView> {
-    let state = engine.read().await;
-    let pool = state
+    let view = engine.read_model().view();
+    let pool = view
         .pools
         .get(name)
         .ok_or_else(|| ApiError::not_found("pool", name))?;
-    if !may_use_pool(&state, who, name) {
+    if !may_use_pool(&view, who, name) {
         return Err(ApiError::forbidden(format!(
             "token {} may not use pool {name}",
             who.name
         )));
     }
-    let snapshot = state.snapshot(engine.now());
-    Ok(views::pool(
-        pool,
-        &snapshot,
-        state.reserved_on(name, &snapshot),
-        agents_seen_by(&state, who, name),
-    ))
+    Ok(pool_of(engine, &view, who, pool))
 }
 
 fn parse_pool(body: &Bytes) -> ApiResult<PoolSpec> {
@@ -519,14 +524,12 @@ async fn list_tenants(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Json<Vec<TenantView>> {
-    let state = engine.read().await;
-    let snapshot = state.snapshot(engine.now());
+    let view = engine.read_model().view();
     Json(
-        state
-            .tenants
+        view.tenants
             .values()
             .filter(|t| who.may_touch_tenant(&t.spec.name))
-            .map(|t| views::tenant(t, &snapshot))
+            .map(|t| views::tenant(t, &view.snapshot))
             .collect(),
     )
 }
@@ -549,12 +552,12 @@ pub(crate) async fn tenant_view(
     name: &str,
 ) -> ApiResult<TenantView> {
     check_tenant(who, name)?;
-    let state = engine.read().await;
-    let tenant = state
+    let view = engine.read_model().view();
+    let tenant = view
         .tenants
         .get(name)
         .ok_or_else(|| ApiError::not_found("tenant", name))?;
-    Ok(views::tenant(tenant, &state.snapshot(engine.now())))
+    Ok(views::tenant(tenant, &view.snapshot))
 }
 
 fn parse_tenant(body: &Bytes) -> ApiResult<TenantSpec> {
@@ -681,34 +684,18 @@ pub(crate) async fn run_view(engine: &Engine, who: &Principal, id: RunId) -> Api
     Ok(views::run(&detail, place.as_ref()))
 }
 
-/// A run's place in the queue, if it waits there.
+/// A run's place in the queue, if it waits there (as of the positions'
+/// batch, which may be older than the last commit for a long queue).
 async fn queue_place(engine: &Engine, id: RunId) -> Option<QueuePlace> {
-    let state = engine.read().await;
-    if !state.queue.contains(id) {
-        return None;
-    }
-    state
-        .queue_places(engine.now())
-        .into_iter()
-        .find(|p| p.run == id)
-}
-
-/// The place of every queued run, by id.
-async fn queue_places(engine: &Engine) -> BTreeMap<RunId, QueuePlace> {
-    let state = engine.read().await;
-    if state.queue.is_empty() {
-        return BTreeMap::new();
-    }
-    state
-        .queue_places(engine.now())
-        .into_iter()
-        .map(|p| (p.run, p))
-        .collect()
+    engine.read_model().positions().place(id, engine.now())
 }
 
 /// The header that says how many items a list has in all, of which the
 /// answer is a page.
 pub(super) const TOTAL_COUNT: &str = "x-total-count";
+
+/// The header that says which committed batch queue positions are as of.
+pub(super) const QUEUE_AS_OF: &str = "x-queue-as-of";
 
 /// The runs waiting for admission, in admission order, each with its position
 /// in the whole queue and in its tenant's, how long it has waited, and why.
@@ -721,12 +708,13 @@ pub(super) const TOTAL_COUNT: &str = "x-total-count";
     params(("tenant" = Option<String>, Query), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100_000),
         ("after" = Option<u64>, Query, minimum = 0, maximum = 1_000_000_000, description = "Only runs at a later position of the whole queue")),
     responses((status = 200, body = [RunSummary],
-        headers(("X-Total-Count" = u64, description = "Runs waiting in all (of the tenant's, with `tenant`)")))))]
+        headers(("X-Total-Count" = u64, description = "Runs waiting in all (of the tenant's, with `tenant`)"),
+            ("X-Queue-As-Of" = u64, description = "The committed batch of writes the positions are as of: a long queue's positions are computed in the background and may lag the last commit")))))]
 async fn list_queue(
     State(engine): State<AppState>,
     Extension(who): Extension<Principal>,
     Query(query): Params,
-) -> ApiResult<([(&'static str, String); 1], Json<Vec<RunSummary>>)> {
+) -> ApiResult<([(&'static str, String); 2], Json<Vec<RunSummary>>)> {
     params(&query, &["tenant", "limit", "after"])?;
     let limit = limit(&query, 1000, 100_000)? as usize;
     let after = match query.get("after") {
@@ -744,22 +732,23 @@ async fn list_queue(
     };
     let tenant = tenant_scope(&who, &query)?;
     let tenant = tenant.as_ref();
-    let state = engine.read().await;
-    let places = state.queue_places(engine.now());
-    let mine: Vec<(&QueuePlace, &corral_store::RunRecord)> = places
+    let view = engine.read_model().view();
+    let positions = engine.read_model().positions();
+    let tenant = tenant.map(String::as_str);
+    // Positions are as of their batch; each run shows its committed record
+    // (one that ended since is left out).
+    let page = positions
+        .page(tenant, after, limit, engine.now())
         .iter()
-        .filter_map(|p| {
-            let run = &state.runs.get(&p.run)?.record;
-            tenant.is_none_or(|t| &run.tenant == t).then_some((p, run))
-        })
+        .filter_map(|p| Some(views::run_summary(view.run(p.run)?, Some(p))))
         .collect();
-    let page = mine
-        .iter()
-        .filter(|(p, _)| p.position > after)
-        .take(limit)
-        .map(|(p, run)| views::run_summary(run, Some(p)))
-        .collect();
-    Ok(([(TOTAL_COUNT, mine.len().to_string())], Json(page)))
+    Ok((
+        [
+            (TOTAL_COUNT, positions.len(tenant).to_string()),
+            (QUEUE_AS_OF, positions.seq().to_string()),
+        ],
+        Json(page),
+    ))
 }
 
 /// Submit a pipeline: answers 201 with the run, `queued`, or `rejected` with its
@@ -862,14 +851,16 @@ async fn list_runs(
         limit: limit(&query, 100, 10_000)?,
     };
     let runs = engine.store().runs_before(&filter, before).await?;
-    let places = if runs.iter().any(|r| !r.state.is_terminal()) {
-        queue_places(&engine).await
-    } else {
-        BTreeMap::new()
-    };
+    let positions = engine.read_model().positions();
+    let now = engine.now();
     Ok(Json(
         runs.iter()
-            .map(|r| views::run_summary(r, places.get(&r.id)))
+            .map(|r| {
+                let place = (!r.state.is_terminal())
+                    .then(|| positions.place(r.id, now))
+                    .flatten();
+                views::run_summary(r, place.as_ref())
+            })
             .collect(),
     ))
 }

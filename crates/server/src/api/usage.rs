@@ -294,13 +294,18 @@ pub(crate) async fn tenant_summary(
     let now = engine.now();
     let month = Month::containing(now.0);
     let (created, budget, queued_runs, queued_demand, blocked) = {
-        let state = engine.read().await;
-        let record = state
+        let view = engine.read_model().view();
+        let record = view
             .tenants
             .get(&name)
             .ok_or_else(|| ApiError::not_found("tenant", &name))?;
-        let (runs, demand) = state.queued_by_tenant().remove(&name).unwrap_or_default();
-        let blocked = state.blocked_by_tenant().remove(&name).unwrap_or_default();
+        let positions = engine.read_model().positions();
+        let (runs, demand) = crate::meter::queued_by_tenant(positions.queue())
+            .remove(&name)
+            .unwrap_or_default();
+        let blocked = crate::trouble::blocked_by_tenant(positions.queue(), positions.waiting())
+            .remove(&name)
+            .unwrap_or_default();
         (
             record.created_at,
             record.spec.budget.clone(),

@@ -94,7 +94,7 @@ pub async fn page(
     let only = query.get("pool").filter(|p| !p.is_empty());
     let now = engine.now();
     let pools: Vec<PoolAgents> = {
-        let state = engine.read().await;
+        let state = engine.read_model().view();
         if let Some(name) = only
             && !state.pools.contains_key(name.as_str())
         {
@@ -112,7 +112,7 @@ pub async fn page(
                     Provider::Static => "static",
                     Provider::Kubernetes => "kubernetes",
                 },
-                agents: agents_seen_by(&state, who, &p.spec.name),
+                agents: agents_seen_by(&engine, &state, who, &p.spec.name),
             })
             .collect()
     };

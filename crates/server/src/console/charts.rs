@@ -331,7 +331,7 @@ pub async fn tenant_charts(
 ) -> Result<(Markup, WaitsView), ApiError> {
     let lines = match tenant {
         Some(_) => 1,
-        None => engine.read().await.tenants.len(),
+        None => engine.read_model().view().tenants.len(),
     };
     let by_tenant = |_: &str, subject: &str| subject.to_string();
     let subject = tenant.map(|t| ("tenant", t));
@@ -355,7 +355,7 @@ pub async fn pools_charts(
     range: Range,
 ) -> Result<Markup, ApiError> {
     let by_pool = |_: &str, subject: &str| subject.to_string();
-    let lines = engine.read().await.pools.len();
+    let lines = engine.read_model().view().pools.len();
     // Saturation and held demand are read together (one read, two charts).
     let (utilization, demand) = tokio::join!(
         history(engine, who, "pool.utilization.cpu", None, range, lines),

@@ -26,7 +26,7 @@ use super::session::Session;
 use crate::api::routes::may_use_pool;
 use crate::api::views;
 use crate::engine::Engine;
-use crate::trouble::Blocked;
+use crate::trouble::{Blocked, blocked_by_tenant};
 
 /// A tenant's line on the overview.
 struct TenantLine {
@@ -58,32 +58,36 @@ pub async fn page(
     let who = &session.principal;
     let now = engine.now();
     let (pools, tenants) = {
-        let state = engine.read().await;
-        let snapshot = state.snapshot(now);
-        let pools: Vec<PoolView> = state
+        let view = engine.read_model().view();
+        let snapshot = &view.snapshot;
+        let pools: Vec<PoolView> = view
             .pools
             .values()
-            .filter(|p| may_use_pool(&state, who, &p.spec.name))
+            .filter(|p| may_use_pool(&view, who, &p.spec.name))
             .map(|p| {
                 views::pool(
                     p,
-                    &snapshot,
-                    state.reserved_on(&p.spec.name, &snapshot),
-                    state.agents_of(&p.spec.name),
+                    snapshot,
+                    view.reserved.get(&p.spec.name).copied().unwrap_or_default(),
+                    view.agents.get(&p.spec.name).cloned().unwrap_or_default(),
                 )
             })
             .collect();
+        // Per tenant, its waiting runs and the longest wait: from the queue's
+        // classes, whose runs are kept oldest first.
+        let positions = engine.read_model().positions();
         let mut waits: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-        for place in state.queue_places(now) {
-            if let Some(run) = state.runs.get(&place.run) {
-                let w = waits.entry(run.record.tenant.clone()).or_default();
-                w.0 += 1;
-                w.1 = w.1.max(place.waited_ms);
+        for class in positions.queue().classes() {
+            let w = waits.entry(class.tenant.clone()).or_default();
+            w.0 += class.runs.len() as u64;
+            if let Some((at, _)) = class.runs.first() {
+                w.1 = w.1.max(now.millis_since(*at));
             }
         }
-        let spent = state.spend_by_tenant(now);
-        let mut blocked = state.blocked_by_tenant();
-        let mut tenants: Vec<TenantLine> = state
+        // This month's spend is priced from the engine's spend book.
+        let spent = engine.read().await.spend_by_tenant(now);
+        let mut blocked = blocked_by_tenant(positions.queue(), positions.waiting());
+        let mut tenants: Vec<TenantLine> = view
             .tenants
             .values()
             .filter(|t| who.may_touch_tenant(&t.spec.name))
@@ -97,7 +101,7 @@ pub async fn page(
                     .as_ref()
                     .map(|b| budget_health(b, spent, blocked.count(Blocker::Budget)));
                 TenantLine {
-                    view: views::tenant(t, &snapshot),
+                    view: views::tenant(t, snapshot),
                     queued,
                     oldest_wait_ms,
                     spent,
@@ -241,18 +245,27 @@ pub async fn events(
 }
 
 fn changes(engine: Arc<Engine>, session: String) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold((engine, None::<u64>), move |(engine, last)| {
+    let published = engine.read_model().subscribe();
+    let start = (engine, published, None::<u64>);
+    futures_util::stream::unfold(start, move |(engine, mut published, last)| {
         let session = session.clone();
         async move {
             loop {
                 engine.session_principal(&session)?;
-                let seq = engine.read().await.seq;
+                let seq = *published.borrow_and_update();
                 if last != Some(seq) {
                     let event = Event::default().event("change").data(seq.to_string());
-                    return Some((Ok(event), (engine, Some(seq))));
+                    return Some((Ok(event), (engine, published, Some(seq))));
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // The next commit, or a tick to check the session again.
+                let next = tokio::time::timeout(SESSION_CHECK, published.changed()).await;
+                if matches!(next, Ok(Err(_))) {
+                    return None;
+                }
             }
         }
     })
 }
+
+/// How often an idle event stream checks that its session still holds.
+const SESSION_CHECK: Duration = Duration::from_millis(500);

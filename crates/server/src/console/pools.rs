@@ -49,8 +49,7 @@ pub async fn list(
     Extension(session): Extension<Session>,
 ) -> PageResult {
     let pools: Vec<PoolView> = {
-        let state = engine.read().await;
-        let snapshot = state.snapshot(engine.now());
+        let state = engine.read_model().view();
         state
             .pools
             .values()
@@ -58,9 +57,13 @@ pub async fn list(
             .map(|p| {
                 views::pool(
                     p,
-                    &snapshot,
-                    state.reserved_on(&p.spec.name, &snapshot),
-                    state.agents_of(&p.spec.name),
+                    &state.snapshot,
+                    state
+                        .reserved
+                        .get(&p.spec.name)
+                        .copied()
+                        .unwrap_or_default(),
+                    state.agents.get(&p.spec.name).cloned().unwrap_or_default(),
                 )
             })
             .collect()
@@ -222,7 +225,7 @@ fn spec_json(spec: &PoolSpec) -> Value {
 
 /// The pool `name` as stored.
 async fn stored(engine: &Engine, name: &str) -> Result<PoolSpec, ApiError> {
-    let state = engine.read().await;
+    let state = engine.read_model().view();
     state
         .pools
         .get(name)
@@ -326,7 +329,7 @@ pub async fn detail(
 ) -> PageResult {
     let view = pool_view(&engine, &session.principal, &name).await?;
     let spec = {
-        let state = engine.read().await;
+        let state = engine.read_model().view();
         state.pools.get(&name).map(|p| p.spec.clone())
     };
     let range = charts::Range::from_query(&query);

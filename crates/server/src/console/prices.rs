@@ -29,7 +29,7 @@ pub async fn page(
     let axum::Json(changes) = price_history(State(engine.clone()), Query(BTreeMap::new())).await?;
     let mut by_pool: BTreeMap<String, Vec<PriceChangeView>> = BTreeMap::new();
     {
-        let state = engine.read().await;
+        let state = engine.read_model().view();
         for change in changes {
             // A tenant sees the prices of the pools it may use.
             if may_use_pool(&state, &session.principal, &change.pool) {

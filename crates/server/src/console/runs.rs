@@ -75,15 +75,14 @@ pub async fn queue(
             })?,
     };
     let (queued, waiting, tenants, pools) = {
-        let state = engine.read().await;
-        let places = state.queue_places(engine.now());
+        let state = engine.read_model().view();
+        let places = engine.read_model().positions().places(engine.now());
         let wanted: Vec<_> = places
             .iter()
             .filter(|p| {
-                let Some(run) = state.runs.get(&p.run) else {
+                let Some(record) = state.run(p.run) else {
                     return false;
                 };
-                let record = &run.record;
                 // A run may land on a pool when one of its steps' selectors
                 // matches it (a step without one may land anywhere).
                 let may_land = |name: &String| {
@@ -105,7 +104,7 @@ pub async fn queue(
             .iter()
             .skip((page - 1).saturating_mul(QUEUE_PAGE))
             .take(QUEUE_PAGE)
-            .filter_map(|p| Some(views::run_summary(&state.runs.get(&p.run)?.record, Some(p))))
+            .filter_map(|p| Some(views::run_summary(state.run(p.run)?, Some(p))))
             .collect();
         let tenants: Vec<String> = state
             .tenants

@@ -46,13 +46,12 @@ pub async fn list(
     Extension(session): Extension<Session>,
 ) -> PageResult {
     let tenants: Vec<TenantView> = {
-        let state = engine.read().await;
-        let snapshot = state.snapshot(engine.now());
+        let state = engine.read_model().view();
         state
             .tenants
             .values()
             .filter(|t| session.principal.may_touch_tenant(&t.spec.name))
-            .map(|t| views::tenant(t, &snapshot))
+            .map(|t| views::tenant(t, &state.snapshot))
             .collect()
     };
     let limit = |v: Option<u64>, show: fn(u64) -> String| v.map_or("—".to_string(), show);
@@ -193,7 +192,7 @@ pub async fn detail(
     .await?;
     let by_pipeline = dashboards::usage(&engine, &session, "pipeline", Some(&name)).await?;
     let spec = {
-        let state = engine.read().await;
+        let state = engine.read_model().view();
         state.tenants.get(&name).map(|t| t.spec.clone())
     };
     let doc = spec
@@ -384,7 +383,7 @@ pub async fn update(
     body: Bytes,
 ) -> PageResult {
     let spec = {
-        let state = engine.read().await;
+        let state = engine.read_model().view();
         state
             .tenants
             .get(&name)
@@ -404,7 +403,7 @@ pub async fn delete(
     body: Bytes,
 ) -> PageResult {
     if !confirm::confirmed(&forms::fields(&body)) {
-        if !engine.read().await.tenants.contains_key(&name) {
+        if !engine.read_model().view().tenants.contains_key(&name) {
             return Err(ApiError::not_found("tenant", &name).into());
         }
         return Ok(confirm::ask_delete(

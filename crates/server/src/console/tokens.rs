@@ -63,7 +63,7 @@ impl Typed {
 
 /// The tenants a token may be bound to, and the static pools.
 async fn choices(engine: &Engine) -> (Vec<String>, Vec<String>) {
-    let state = engine.read().await;
+    let state = engine.read_model().view();
     (
         state.tenants.keys().cloned().collect(),
         state

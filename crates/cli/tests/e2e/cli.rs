@@ -382,3 +382,39 @@ async fn an_unlimited_quota_reads_unlimited_never_its_integer() {
     }
     assert!(texts[1].contains("Rejected:"), "{}", texts[1]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_workers_lists_the_servers_background_workers() {
+    let server = Server::start("cli-workers", StoreKind::Sqlite).await;
+    let out = corral(&server, &["get", "workers", "-o", "json"], None);
+    assert!(out.status.success(), "{out:?}");
+    let workers: Vec<Value> = serde_json::from_str(&stdout(&out)).expect("json");
+    let controller = workers
+        .iter()
+        .find(|w| w["name"] == "controller")
+        .unwrap_or_else(|| panic!("no controller in {workers:?}"));
+    assert_eq!(controller["vital"], true);
+    assert_eq!(controller["restarts"], 0);
+    assert!(
+        workers
+            .iter()
+            .all(|w| w["status"] == "running" || w["status"] == "idle"),
+        "{workers:?}"
+    );
+    let yaml = stdout(&corral(&server, &["get", "workers", "-o", "yaml"], None));
+    assert!(yaml.contains("name: committer"), "{yaml}");
+    let table = stdout(&corral(&server, &["get", "workers"], None));
+    assert!(
+        table.starts_with("NAME ") && table.contains("LAST ERROR"),
+        "{table}"
+    );
+    let committer = table
+        .lines()
+        .find(|l| l.starts_with("committer "))
+        .unwrap_or_else(|| panic!("no committer row in {table}"));
+    assert_eq!(
+        committer.split_whitespace().take(2).collect::<Vec<_>>(),
+        ["committer", "yes"],
+        "{table}"
+    );
+}

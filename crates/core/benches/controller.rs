@@ -516,7 +516,10 @@ fn incremental(reps: usize, policy: &Policy, fingerprints: &mut Vec<(String, Str
     let classes = queue.classes().count();
     let settled = controller.decide(&steady, &queue, NOW, policy);
     let (t_full, full) = time(reps, || decide(&steady, &queue, NOW, policy));
-    assert_eq!(settled, full, "the incremental controller decides as decide");
+    assert_eq!(
+        settled, full,
+        "the incremental controller decides as decide"
+    );
     let (t_same, same) = time_with(
         reps,
         || controller.clone(),

@@ -496,7 +496,11 @@ fn applied(
 fn incremental(reps: usize, policy: &Policy, fingerprints: &mut Vec<(String, String)>) {
     let n = std::env::var("CORRAL_BENCH_SIZES")
         .ok()
-        .and_then(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).last())
+        .and_then(|v| {
+            v.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .next_back()
+        })
         .unwrap_or(100_000);
     let normal = world(1);
     let empty = pools(1, 2_000);

@@ -496,7 +496,11 @@ fn applied(
 fn incremental(reps: usize, policy: &Policy, fingerprints: &mut Vec<(String, String)>) {
     let n = std::env::var("CORRAL_BENCH_SIZES")
         .ok()
-        .and_then(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).last())
+        .and_then(|v| {
+            v.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .next_back()
+        })
         .unwrap_or(100_000);
     let normal = world(1);
     let empty = pools(1, 2_000);
@@ -516,7 +520,10 @@ fn incremental(reps: usize, policy: &Policy, fingerprints: &mut Vec<(String, Str
     let classes = queue.classes().count();
     let settled = controller.decide(&steady, &queue, NOW, policy);
     let (t_full, full) = time(reps, || decide(&steady, &queue, NOW, policy));
-    assert_eq!(settled, full, "the incremental controller decides as decide");
+    assert_eq!(
+        settled, full,
+        "the incremental controller decides as decide"
+    );
     let (t_same, same) = time_with(
         reps,
         || controller.clone(),

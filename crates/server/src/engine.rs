@@ -798,7 +798,9 @@ impl Engine {
         self.retire_idle_workers(&mut state, &mut fx);
         let now = self.now();
         let snapshot = state.snapshot(now);
-        let outcome = self.controller().decide(&snapshot, &state.queue, now, &self.config.policy);
+        let outcome = self
+            .controller()
+            .decide(&snapshot, &state.queue, now, &self.config.policy);
         state.ledger.prune(now, &snapshot.total_capacity());
         let mut writes = Vec::new();
         let mut assigned = BTreeSet::new();

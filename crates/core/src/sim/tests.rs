@@ -25,8 +25,11 @@ fn run_to_end(mut sim: Simulation) -> (Simulation, Vec<CycleLog>) {
 /// checking that every cycle decides what the full decision does.
 fn run_all(spec: &SimSpec) -> (Simulation, Vec<CycleLog>) {
     let (sim, logs) = run_to_end(Simulation::new(spec).expect("a valid simulation"));
-    let (full, full_logs) =
-        run_to_end(Simulation::new(spec).expect("a valid simulation").with_full_decision());
+    let (full, full_logs) = run_to_end(
+        Simulation::new(spec)
+            .expect("a valid simulation")
+            .with_full_decision(),
+    );
     if let Some((i, (a, b))) = logs
         .iter()
         .zip(&full_logs)
@@ -821,7 +824,9 @@ fn a_tenant_changed_mid_simulation_is_decided_on_as_the_full_decision_does() {
     let mut budget_waits = 0;
     while !incremental.is_done() {
         if incremental.now == Timestamp(6 * MIN) {
-            incremental.set_tenant(raised.clone()).expect("a valid tenant");
+            incremental
+                .set_tenant(raised.clone())
+                .expect("a valid tenant");
             full.set_tenant(raised.clone()).expect("a valid tenant");
         }
         let (a, b) = (incremental.step(), full.step());

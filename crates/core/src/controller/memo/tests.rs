@@ -133,7 +133,11 @@ impl World {
             .and_then(|t| t.budget.as_mut())
         {
             budget.running = Money::from_micros(
-                budget.running.micros().saturating_sub(bound.micros()).max(0),
+                budget
+                    .running
+                    .micros()
+                    .saturating_sub(bound.micros())
+                    .max(0),
             );
             budget.spent = budget
                 .spent
@@ -165,17 +169,46 @@ enum Step {
     Cancel(usize),
     /// Prices changed: the queued runs of the nth tenant are estimated
     /// again, their bounds scaled by this many per mille.
-    Rebound { tenant: usize, permille: i64 },
-    Quota { tenant: usize, cpu: u64, runs: u64 },
-    PoolLimit { tenant: usize, cpu: u64, runs: u64 },
-    Budget { tenant: usize, monthly: u64 },
+    Rebound {
+        tenant: usize,
+        permille: i64,
+    },
+    Quota {
+        tenant: usize,
+        cpu: u64,
+        runs: u64,
+    },
+    PoolLimit {
+        tenant: usize,
+        cpu: u64,
+        runs: u64,
+    },
+    Budget {
+        tenant: usize,
+        monthly: u64,
+    },
     /// Recent usage: changes the fair-share order only.
-    Recent { tenant: usize, cpu: u64 },
-    Capacity { pool: usize, cpu: u64 },
-    State { pool: usize, state: u8 },
-    MaxWorkers { pool: usize, workers: u32 },
+    Recent {
+        tenant: usize,
+        cpu: u64,
+    },
+    Capacity {
+        pool: usize,
+        cpu: u64,
+    },
+    State {
+        pool: usize,
+        state: u8,
+    },
+    MaxWorkers {
+        pool: usize,
+        workers: u32,
+    },
     /// An agent joins a static pool, or (`None`) its last one leaves.
-    Agent { pool: usize, cpu: Option<u64> },
+    Agent {
+        pool: usize,
+        cpu: Option<u64>,
+    },
 }
 
 impl Step {
@@ -448,7 +481,10 @@ fn check_same_decisions(mut world: World, steps: &[Step]) -> Result<CycleStats, 
     };
     let mut controller = Controller::new();
     let mut total = CycleStats::default();
-    for (i, step) in std::iter::once(None).chain(steps.iter().map(Some)).enumerate() {
+    for (i, step) in std::iter::once(None)
+        .chain(steps.iter().map(Some))
+        .enumerate()
+    {
         if let Some(step) = step {
             step.apply(&mut world);
         }
@@ -538,7 +574,12 @@ fn room_freed_in_a_pool_re_evaluates_only_the_classes_that_may_use_it() {
     let mut world = two_full_pools();
     let policy = Policy::default();
     let mut controller = Controller::new();
-    controller.decide(&world.snapshot(), &world.queue, Timestamp(world.now), &policy);
+    controller.decide(
+        &world.snapshot(),
+        &world.queue,
+        Timestamp(world.now),
+        &policy,
+    );
     // One cpu more in b: tb's three classes and the one of `any` read b, ta's
     // three read only a.
     if let Some(b) = world.base.pools.get_mut("b") {
@@ -546,7 +587,10 @@ fn room_freed_in_a_pool_re_evaluates_only_the_classes_that_may_use_it() {
     }
     let snap = world.snapshot();
     let outcome = controller.decide(&snap, &world.queue, Timestamp(world.now), &policy);
-    assert_eq!(outcome, decide(&snap, &world.queue, Timestamp(world.now), &policy));
+    assert_eq!(
+        outcome,
+        decide(&snap, &world.queue, Timestamp(world.now), &policy)
+    );
     assert_eq!(outcome.admitted.len(), 1, "tb's 2-cpu run fits b now");
     assert_eq!(
         controller.last_cycle(),
@@ -583,12 +627,22 @@ fn verdicts_of_classes_that_left_the_queue_are_forgotten() {
     let mut world = two_full_pools();
     let policy = Policy::default();
     let mut controller = Controller::new();
-    controller.decide(&world.snapshot(), &world.queue, Timestamp(world.now), &policy);
+    controller.decide(
+        &world.snapshot(),
+        &world.queue,
+        Timestamp(world.now),
+        &policy,
+    );
     assert_eq!(controller.memo.entries.len(), 7);
     let ids: BTreeSet<RunId> = world.runs.keys().copied().collect();
     for id in ids.into_iter().take(4) {
         world.queue.remove(id);
     }
-    controller.decide(&world.snapshot(), &world.queue, Timestamp(world.now), &policy);
+    controller.decide(
+        &world.snapshot(),
+        &world.queue,
+        Timestamp(world.now),
+        &policy,
+    );
     assert_eq!(controller.memo.entries.len(), 3);
 }

@@ -239,7 +239,12 @@ pub async fn run(config: BenchConfig) -> Result<()> {
 /// Times `corral submit` processes (a sample of `sample_submits`, one run
 /// each) and one request of `bulk_runs` runs (`--count`), each until its runs
 /// have succeeded, and prints both, the processes' time extrapolated.
-async fn bulk(client: &Client, url: &str, dir: &std::path::Path, config: &BenchConfig) -> Result<()> {
+async fn bulk(
+    client: &Client,
+    url: &str,
+    dir: &std::path::Path,
+    config: &BenchConfig,
+) -> Result<()> {
     let runs = config.bulk_runs as usize;
     let sample = config.sample_submits as usize;
     let file = dir.join("bulk.yaml");
@@ -274,7 +279,9 @@ async fn bulk(client: &Client, url: &str, dir: &std::path::Path, config: &BenchC
 
     eprintln!("bulk: {runs} runs in one request...");
     let wall = Instant::now();
-    let answer = client.submit_runs(&pipeline("t3", 0), Some(config.bulk_runs)).await?;
+    let answer = client
+        .submit_runs(&pipeline("t3", 0), Some(config.bulk_runs))
+        .await?;
     let submitted = wall.elapsed().as_secs_f64();
     let ids: Vec<i64> = match answer {
         corral_api::Submitted::Runs(bulk) => bulk.runs.iter().map(|r| r.id).collect(),

@@ -79,9 +79,9 @@ impl Tls {
             let pem =
                 std::fs::read(path).with_context(|| format!("--ca-cert {}", path.display()))?;
             for cert in CertificateDer::pem_slice_iter(&pem) {
-                extra.push(
-                    cert.with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?,
-                );
+                extra.push(cert.with_context(|| {
+                    format!("--ca-cert {}: not PEM certificates", path.display())
+                })?);
             }
             if extra.is_empty() {
                 bail!("--ca-cert {}: holds no PEM certificate", path.display());

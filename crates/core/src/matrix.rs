@@ -255,7 +255,10 @@ mod tests {
         assert_eq!(all.len(), 6);
         assert_eq!(
             all[0],
-            BTreeMap::from([("os".into(), "linux".into()), ("rust".into(), "1.80".into())])
+            BTreeMap::from([
+                ("os".into(), "linux".into()),
+                ("rust".into(), "1.80".into())
+            ])
         );
         assert_eq!(
             all[5],
@@ -283,18 +286,50 @@ mod tests {
             ..Limits::default()
         };
         let cases = [
-            (json!({"a": [1], "b": [1], "c": [1]}), "matrix", "3 axes; at most 2"),
-            (json!({"os": ["a", "b", "c", 1.5]}), "matrix.os[3]", "quote a version"),
-            (json!({"os": ["a", null]}), "matrix.os[1]", "must be a string"),
-            (json!({"os": ["a", "b", "a"]}), "matrix.os[2]", "repeats os[0]"),
+            (
+                json!({"a": [1], "b": [1], "c": [1]}),
+                "matrix",
+                "3 axes; at most 2",
+            ),
+            (
+                json!({"os": ["a", "b", "c", 1.5]}),
+                "matrix.os[3]",
+                "quote a version",
+            ),
+            (
+                json!({"os": ["a", null]}),
+                "matrix.os[1]",
+                "must be a string",
+            ),
+            (
+                json!({"os": ["a", "b", "a"]}),
+                "matrix.os[2]",
+                "repeats os[0]",
+            ),
             (json!({"os": []}), "matrix.os", "at least one value"),
             (json!({"1os": ["a"]}), "matrix.1os", "not an axis name"),
             (json!({"o-s": ["a"]}), "matrix.o-s", "not an axis name"),
-            (json!({"os": ["a"], "OS": ["b"]}), "matrix.os", "CORRAL_MATRIX_OS"),
-            (json!({"i": (0..101).collect::<Vec<_>>()}), "matrix.i", "101 values"),
-            (json!({"i": (0..20).collect::<Vec<_>>(), "j": (0..6).collect::<Vec<_>>()}), "matrix", "more than 100 runs"),
+            (
+                json!({"os": ["a"], "OS": ["b"]}),
+                "matrix.os",
+                "CORRAL_MATRIX_OS",
+            ),
+            (
+                json!({"i": (0..101).collect::<Vec<_>>()}),
+                "matrix.i",
+                "101 values",
+            ),
+            (
+                json!({"i": (0..20).collect::<Vec<_>>(), "j": (0..6).collect::<Vec<_>>()}),
+                "matrix",
+                "more than 100 runs",
+            ),
             (json!({"os": ["a\u{0}"]}), "matrix.os[0]", "NUL"),
-            (json!({"os": ["x".repeat(257)]}), "matrix.os[0]", "257 bytes"),
+            (
+                json!({"os": ["x".repeat(257)]}),
+                "matrix.os[0]",
+                "257 bytes",
+            ),
         ];
         for (m, path, message) in cases {
             let err = matrix(m.clone())

@@ -919,8 +919,10 @@ mod tests {
 
     #[test]
     fn a_submit_makes_one_run_per_combination_count_times() {
-        let p = parse(json!({"name": "p", "matrix": {"os": ["linux", "mac"], "n": [1, 2, 3]},
-            "steps": [{"name": "a", "run": "echo $CORRAL_MATRIX_OS"}]}))
+        let p = parse(
+            json!({"name": "p", "matrix": {"os": ["linux", "mac"], "n": [1, 2, 3]},
+            "steps": [{"name": "a", "run": "echo $CORRAL_MATRIX_OS"}]}),
+        )
         .expect("valid");
         let runs = p.runs(2, &Limits::default()).expect("12 runs");
         assert_eq!(runs.len(), 12);
@@ -933,7 +935,10 @@ mod tests {
         assert!(runs.iter().all(|r| r.steps == p.spec.steps));
         // A run's spec is a pipeline of its own combination, submitted again as it is.
         let again = parse(serde_json::to_value(&runs[11]).expect("json")).expect("valid");
-        assert_eq!(again.runs(1, &Limits::default()).expect("one"), vec![runs[11].clone()]);
+        assert_eq!(
+            again.runs(1, &Limits::default()).expect("one"),
+            vec![runs[11].clone()]
+        );
 
         let few = Limits {
             max_runs_per_submit: 10,

@@ -1210,7 +1210,10 @@ async fn a_large_batch(store: &dyn Store) {
     let mine = |id: &RunId| ids().contains(&id.0);
     let runs: Vec<&RunRecord> = live.runs.iter().filter(|r| mine(&r.id)).collect();
     assert_eq!(runs.len(), RUNS as usize);
-    assert_eq!(runs[4_321], &run_record(FIRST + 4_321, "acme", RunState::Running));
+    assert_eq!(
+        runs[4_321],
+        &run_record(FIRST + 4_321, "acme", RunState::Running)
+    );
     assert_eq!(
         live.steps.iter().filter(|s| mine(&s.run_id)).count(),
         2 * RUNS as usize
@@ -1257,8 +1260,16 @@ async fn a_large_batch(store: &dyn Store) {
             }));
         }
     }
-    second.push(Write::PutAllocation(allocation(FIRST + RUNS, FIRST, 0, None)));
-    store.commit(&second).await.expect("a large batch of updates");
+    second.push(Write::PutAllocation(allocation(
+        FIRST + RUNS,
+        FIRST,
+        0,
+        None,
+    )));
+    store
+        .commit(&second)
+        .await
+        .expect("a large batch of updates");
     let live = store.load_live().await.expect("load");
     assert_eq!(
         live.runs.iter().filter(|r| mine(&r.id)).count(),

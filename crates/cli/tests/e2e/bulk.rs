@@ -41,7 +41,9 @@ async fn a_matrix_of_10000_runs_is_one_request_and_each_is_admitted_under_quota(
         values.join(", ")
     );
     let answer = server.submit(&pipeline).await;
-    let runs = answer["runs"].as_array().expect("the runs of a bulk submit");
+    let runs = answer["runs"]
+        .as_array()
+        .expect("the runs of a bulk submit");
     assert_eq!(runs.len(), RUNS);
     let ids: Vec<i64> = runs.iter().map(|r| r["id"].as_i64().expect("id")).collect();
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids in order");
@@ -56,13 +58,14 @@ async fn a_matrix_of_10000_runs_is_one_request_and_each_is_admitted_under_quota(
         .wait_run_ended(ids[RUNS - 1], Duration::from_secs(900))
         .await;
     assert_eq!(last["state"], "succeeded", "{last:#}");
-    let ended: Vec<Value> = eventually("every run to succeed", Duration::from_secs(120), || async {
-        let ended: Vec<Value> = server
-            .get("/api/v1/runs?tenant=bulk&state=succeeded&limit=10000")
-            .await;
-        (ended.len() == RUNS).then_some(ended)
-    })
-    .await;
+    let ended: Vec<Value> =
+        eventually("every run to succeed", Duration::from_secs(120), || async {
+            let ended: Vec<Value> = server
+                .get("/api/v1/runs?tenant=bulk&state=succeeded&limit=10000")
+                .await;
+            (ended.len() == RUNS).then_some(ended)
+        })
+        .await;
     assert_eq!(ended.len(), RUNS);
     let history: Vec<Value> = server
         .get("/api/v1/allocations?tenant=bulk&limit=20000")
@@ -76,7 +79,9 @@ async fn a_matrix_of_10000_runs_is_one_request_and_each_is_admitted_under_quota(
 async fn count_and_matrix_runs_from_the_cli_and_their_steps_see_their_values() {
     let server = Server::start("bulk-count", StoreKind::Sqlite).await;
     server
-        .apply("kind: Pool\nname: box\ncapacity: {cpu: 2, memory: 2Gi}\n---\nkind: Tenant\nname: t\n")
+        .apply(
+            "kind: Pool\nname: box\ncapacity: {cpu: 2, memory: 2Gi}\n---\nkind: Tenant\nname: t\n",
+        )
         .await;
     let dir = server.data_dir.join("pipelines");
     std::fs::create_dir_all(&dir).expect("a directory");
@@ -86,7 +91,10 @@ async fn count_and_matrix_runs_from_the_cli_and_their_steps_see_their_values() {
         "kind: Pipeline\nname: plain\ntenant: t\nsteps:\n  - {name: s, run: 'echo plain', resources: {cpu: 100m, memory: 64Mi}}\n",
     )
     .expect("write");
-    let out = corral(&server, &["submit", &plain.display().to_string(), "--count", "3"]);
+    let out = corral(
+        &server,
+        &["submit", &plain.display().to_string(), "--count", "3"],
+    );
     assert!(out.status.success(), "{out:?}");
     let ids: Vec<i64> = stdout(&out)
         .lines()
@@ -110,7 +118,10 @@ async fn count_and_matrix_runs_from_the_cli_and_their_steps_see_their_values() {
         "kind: Pipeline\nname: grid\ntenant: t\nmatrix: {os: [linux, mac], n: [1, 2]}\nsteps:\n  - {name: s, run: 'echo \"os=$CORRAL_MATRIX_OS n=$CORRAL_MATRIX_N\"', resources: {cpu: 100m, memory: 64Mi}}\n",
     )
     .expect("write");
-    let out = corral(&server, &["submit", &matrix.display().to_string(), "--count", "2"]);
+    let out = corral(
+        &server,
+        &["submit", &matrix.display().to_string(), "--count", "2"],
+    );
     assert!(out.status.success(), "{out:?}");
     let ids: Vec<i64> = stdout(&out)
         .lines()

@@ -334,7 +334,7 @@ impl PartialSchema for PipelineDocument {
                     "type": "object",
                     "description": "Axes of values: one run per combination (at most 10,000 by default), each step seeing its values as `CORRAL_MATRIX_<AXIS>`",
                     "maxProperties": Limits::default().max_matrix_axes,
-                    "propertyNames": {"pattern": format!("^[A-Za-z][A-Za-z0-9_]{{0,{}}}$", matrix::MAX_AXIS_NAME - 1)},
+                    "propertyNames": {"type": "string", "pattern": format!("^[A-Za-z][A-Za-z0-9_]{{0,{}}}$", matrix::MAX_AXIS_NAME - 1)},
                     "additionalProperties": {
                         "type": "array",
                         "minItems": 1,

@@ -773,9 +773,8 @@ async fn submit_run(
     let count = query
         .get("count")
         .map(|text| {
-            text.parse::<usize>().map_err(|_| {
-                FieldError::new("count", format!("{text:?} is not a number of runs"))
-            })
+            text.parse::<usize>()
+                .map_err(|_| FieldError::new("count", format!("{text:?} is not a number of runs")))
         })
         .transpose()?;
     let mut runs = engine

@@ -10,7 +10,7 @@ mod history;
 pub mod http;
 mod logs;
 mod meter;
-pub use meter::meter_backlog;
+pub use meter::{SpendBook, meter_backlog};
 mod metrics;
 mod progress;
 pub mod provider;

@@ -128,7 +128,6 @@ fn main() {
     // Per batch: one run ends, one is submitted, and the view is built.
     let mut snapshots = Vec::new();
     let mut views = Vec::new();
-    let mut next = RUNS + 1;
     for i in 0..500 {
         let ended = HELD + 1 + i;
         let mut run = record(ended, now, &shapes);
@@ -137,12 +136,11 @@ fn main() {
         state.apply_all(
             &[
                 Write::PutRun(run),
-                Write::PutRun(record(next, now, &shapes)),
+                Write::PutRun(record(RUNS + 1 + i, now, &shapes)),
             ],
             now,
             2 + i as u64,
         );
-        next += 1;
         let t = Instant::now();
         std::hint::black_box(state.snapshot(now));
         snapshots.push(t.elapsed());

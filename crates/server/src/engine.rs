@@ -414,12 +414,13 @@ impl Engine {
             state.apply_all(&history, now, state.seq);
             writes.extend(history);
             writes.extend(metered);
+            // The view of this batch, published once it is committed: kept
+            // before the committer can see the batch.
+            self.read_model.staged(View::of(state, now));
             self.commits.enqueue(Batch {
                 seq: state.seq,
                 writes,
             });
-            // The view of this batch, published once it is committed.
-            self.read_model.staged(View::of(state, now));
         } else if !self.read_model.is_current(state) {
             self.read_model.staged(View::of(state, self.clock.now()));
         }

@@ -11,7 +11,7 @@ mod history;
 pub mod http;
 mod logs;
 mod meter;
-pub use meter::MeterBacklog;
+pub use meter::{MeterBacklog, SpendBook};
 mod metrics;
 mod progress;
 pub mod provider;

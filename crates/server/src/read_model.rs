@@ -33,8 +33,10 @@ use crate::state::{QueuePlace, State};
 /// when they are out of date; a longer one waits for the background task.
 pub const SYNC_QUEUE_LIMIT: usize = 2_000;
 
-/// The least time between two background computations of the positions.
-pub const POSITIONS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// The least time between two background computations of the positions: a
+/// long queue's admission order costs a good part of a core, and positions a
+/// second old serve a reader as well.
+pub const POSITIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A queued run as the queue holds it, with the class it is in there (the
 /// key of its waiting reason).

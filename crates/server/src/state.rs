@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use corral_core::clock::Timestamp;
-use corral_core::controller::{
-    AgentView, PoolView, Reason, Reservation, Snapshot, TenantView, admission_order,
-};
+use corral_core::controller::{AgentView, PoolView, Reason, Reservation, Snapshot, TenantView};
 use corral_core::ids::{AllocationId, AttemptId, RunId, WorkerId};
 use corral_core::money::Money;
 
@@ -609,35 +607,6 @@ impl State {
             .map(|t| (t.spec.name.clone(), TenantView::new(&t.spec, [0.0; 3])))
             .collect();
         Snapshot { pools, tenants }
-    }
-
-    /// The queue in admission order, each run with its place and why it waits.
-    pub fn queue_places(&self, now: Timestamp) -> Vec<QueuePlace> {
-        let order = admission_order(&self.snapshot(now), &self.queue);
-        let mut per_tenant: HashMap<&str, u64> = HashMap::new();
-        order
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, run)| {
-                let class = self.queue.class_of(run)?;
-                let n = per_tenant.entry(class.tenant.as_str()).or_insert(0);
-                *n += 1;
-                Some(QueuePlace {
-                    run,
-                    position: i as u64 + 1,
-                    tenant_position: *n,
-                    waited_ms: now.millis_since(self.queue.enqueued_at(run)?),
-                    regroup: class.readmit,
-                    reason: self.waiting.get(&class.id).cloned(),
-                    reserved: self
-                        .reservations
-                        .iter()
-                        .find(|r| r.run == run)
-                        .map(|r| r.pools.clone()),
-                    as_of: self.seq,
-                })
-            })
-            .collect()
     }
 }
 

@@ -131,10 +131,12 @@ impl Harness {
         let state = self.engine.read().await;
         match state.runs.get(&run) {
             Some(r) => {
-                let reason = state
-                    .queue_places(self.clock.now())
-                    .into_iter()
-                    .find(|p| p.run == run)
+                // The reason as readers see it: from the committed read model.
+                let reason = self
+                    .engine
+                    .read_model()
+                    .positions()
+                    .place(run, self.clock.now())
                     .and_then(|p| p.reason);
                 (
                     r.record.state,

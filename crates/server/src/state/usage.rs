@@ -207,22 +207,12 @@ impl Usage {
         self.pools.get(name).map_or(0, |p| p.allocations)
     }
 
-    /// How many open allocations tenant `name` holds.
-    pub fn of_tenant(&self, name: &str) -> usize {
-        self.tenants.get(name).map_or(0, |t| t.open.len())
-    }
-
     /// Tenant `name`'s open allocations with when they opened.
     pub fn opened_by(&self, name: &str) -> impl Iterator<Item = (&Resources, Timestamp)> {
         self.tenants
             .get(name)
             .into_iter()
             .flat_map(|t| t.open.values().map(|(r, at)| (r, *at)))
-    }
-
-    /// Every open allocation, in no particular order.
-    pub fn allocations(&self) -> impl Iterator<Item = &AllocationRecord> {
-        self.open.values()
     }
 
     /// Adds what is counted to the pools, agents and tenants of `snapshot`,

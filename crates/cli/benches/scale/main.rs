@@ -165,7 +165,7 @@ async fn seed(api: &Api, plan: &Plan, runs: usize) -> Result<Vec<i64>> {
             async move {
                 let run: RunSummary = api.post_yaml("/api/v1/runs", plan.pipeline(k)).await?;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 10_000 == 0 {
+                if n.is_multiple_of(10_000) {
                     eprintln!(
                         "  {n} submitted in {:.0} s",
                         started.elapsed().as_secs_f64()

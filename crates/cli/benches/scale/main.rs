@@ -165,7 +165,7 @@ async fn seed(api: &Api, plan: &Plan, runs: usize) -> Result<Vec<i64>> {
             async move {
                 let run: RunSummary = api.post_yaml("/api/v1/runs", plan.pipeline(k)).await?;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 10_000 == 0 {
+                if n.is_multiple_of(10_000) {
                     eprintln!(
                         "  {n} submitted in {:.0} s",
                         started.elapsed().as_secs_f64()
@@ -368,7 +368,10 @@ fn spawn_churn(
     } = churn;
     tokio::spawn(async move {
         let mut held = held.into_iter();
+        // Each run's end, aborted with the rest when the churn stops.
+        let mut ends = tokio::task::JoinSet::new();
         loop {
+            while ends.try_join_next().is_some() {}
             let assignment = match held.next() {
                 Some(a) => a,
                 None => tokio::select! {
@@ -386,7 +389,7 @@ fn spawn_churn(
                 Arc::clone(&next),
                 Arc::clone(&counts),
             );
-            tokio::spawn(async move {
+            ends.spawn(async move {
                 tokio::time::sleep(hold).await;
                 let replaced = async {
                     work.succeed(assignment.attempt_id).await?;
@@ -588,13 +591,14 @@ async fn bench(config: Config) -> Result<()> {
     ])
     .await?;
     println!(
-        "corral scale bench: server pid {} ({}), {} runs of {} tenants x {} shapes ({} classes)",
+        "corral scale bench: server pid {} ({}), {} runs of {} tenants x {} shapes ({} classes); load average {}",
         server.pid,
         server.url,
         config.runs,
         config.tenants,
         config.shapes,
-        plan.classes(config.runs)
+        plan.classes(config.runs),
+        load_average()
     );
     let admin = Api::new(&server.url, &server.admin_token)?;
     let _: serde_json::Value = admin.post_yaml("/api/v1/apply", plan.catalog()).await?;
@@ -694,32 +698,36 @@ async fn bench(config: Config) -> Result<()> {
     let idle_api = agents_api.as_bearer(&agent_token(&admin, "idle").await?);
     let idle_counts = Arc::new(PollCounts::default());
     let registering = Instant::now();
-    let idle: Vec<Arc<SimAgent>> = futures::stream::iter(0..config.agents)
-        .map(|i| {
-            let idle_api = &idle_api;
-            async move {
-                SimAgent::register(
-                    idle_api,
-                    "idle",
-                    &format!("idle-{i}"),
-                    ResourcesView {
-                        cpu_millis: 1_000,
-                        memory_mib: 1_024,
-                        gpu: 0,
-                    },
-                )
-                .await
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
+    // Each agent polls from its registration on, as a real one does, so
+    // none is lost while the others register.
+    let idle: Vec<(Arc<SimAgent>, tokio::task::JoinHandle<()>)> =
+        futures::stream::iter(0..config.agents)
+            .map(|i| {
+                let (idle_api, idle_counts, stop) = (&idle_api, &idle_counts, &stop);
+                async move {
+                    let agent = SimAgent::register(
+                        idle_api,
+                        "idle",
+                        &format!("idle-{i}"),
+                        ResourcesView {
+                            cpu_millis: 1_000,
+                            memory_mib: 1_024,
+                            gpu: 0,
+                        },
+                    )
+                    .await?;
+                    let polls = agent.spawn_polls(None, Arc::clone(idle_counts), stop.clone());
+                    Ok::<_, anyhow::Error>((agent, polls))
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
     let registered = registering.elapsed();
-    for agent in &idle {
-        polls.push(agent.spawn_polls(None, Arc::clone(&idle_counts), stop.clone()));
-    }
+    let (idle, idle_polls): (Vec<Arc<SimAgent>>, Vec<_>) = idle.into_iter().unzip();
+    polls.extend(idle_polls);
     // Let every agent's first poll in before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_polls_before = idle_counts.polls.load(Ordering::Relaxed);
@@ -739,7 +747,7 @@ async fn bench(config: Config) -> Result<()> {
     for poll in polls {
         let _ = poll.await;
     }
-    churner.abort();
+    let _ = churner.await;
 
     println!(
         "seeding: {} runs in {:.1} s ({:.0} submits/s, {CONCURRENCY} at a time, one POST /api/v1/runs each)",
@@ -788,5 +796,14 @@ async fn bench(config: Config) -> Result<()> {
         work_counts.polls.load(Ordering::Relaxed),
         work_counts.errors.load(Ordering::Relaxed)
     );
+    println!("load average at the end: {}", load_average());
     server.stop()
+}
+
+/// The machine's load (`/proc/loadavg`): the figures are taken beside
+/// whatever else it runs.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }

@@ -60,9 +60,10 @@ fn committer(engine: &Arc<Engine>) -> JoinHandle<String> {
     tokio::spawn(async move { engine.run_committer().await })
 }
 
-/// Stops the committer while it waits for a batch: what is staged from now
-/// on stays uncommitted.
-async fn hold(committer: JoinHandle<String>) {
+/// Stops the committer (a background worker) while it waits for a batch:
+/// what is staged from now on stays uncommitted.
+async fn hold(engine: &Engine, committer: JoinHandle<String>) {
+    engine.background().shutdown(Duration::from_secs(5)).await;
     committer.abort();
     assert!(committer.await.is_err_and(|e| e.is_cancelled()));
 }
@@ -110,7 +111,7 @@ async fn a_reader_sees_a_write_only_once_it_is_committed() {
     let model = engine.read_model().clone();
     let before = model.view();
     assert!(before.pools.contains_key("small"), "applied and committed");
-    hold(running).await;
+    hold(&engine, running).await;
 
     // A submit stages its run, and waits for a commit that does not come.
     let submitting = {

@@ -29,7 +29,7 @@ use corral_core::resources::Resources;
 use corral_store::{SqlStore, Store, StoreError, WriterLock};
 
 use crate::engine::{Engine, EngineConfig, EngineError};
-use crate::provider::LocalProvider;
+use crate::provider::{LocalProvider, Providers};
 
 /// The wall clock, for the running server. The core only sees [`Clock`].
 pub struct SystemClock;
@@ -170,13 +170,20 @@ pub async fn serve(
         store.hold(lock.clone());
     }
     let store: Arc<dyn Store> = Arc::new(store);
-    let provider = LocalProvider::new(
+    let local = Arc::new(LocalProvider::new(
         config.exe.clone(),
         config.data_dir.join("workers"),
         config.data_dir.clone(),
+    ));
+    let engine = Arc::new(
+        Engine::load(
+            store,
+            Arc::new(SystemClock),
+            config.engine,
+            Providers::standard(local.clone()),
+        )
+        .await?,
     );
-    let engine =
-        Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
     let committer = engine.clone();
     let committer = tokio::spawn(async move { committer.run_committer().await });
     let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
@@ -221,11 +228,15 @@ pub async fn serve(
     } else {
         "http"
     };
-    engine.provider().set_server(
+    local.set_server(
         format!("{scheme}://{host}:{}", addr.port()),
         config.tls.as_ref().map(|t| t.cert.clone()),
     );
     tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");
+    // What the providers hold is set against the stored worker requests
+    // before the first cycle plans anything.
+    tokio::spawn(engine.clone().run_provisioner());
+    engine.reconcile().await?;
     tokio::spawn(controller_loop(engine.clone(), config.tick));
     if let Some(url) = config.alert_webhook.clone() {
         tokio::spawn(engine.clone().deliver_alerts(url));

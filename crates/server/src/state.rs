@@ -25,6 +25,9 @@ use tokio::sync::Notify;
 
 use crate::meter::SpendBook;
 
+mod unbound;
+pub use unbound::{Unbound, UnboundAllocation};
+
 /// An unfinished run with its steps, attempts and open allocations.
 #[derive(Debug, Clone)]
 pub struct LiveRun {
@@ -174,6 +177,8 @@ pub struct State {
     pub waiting: BTreeMap<ClassId, Reason>,
     /// Room held for starving runs in the last controller cycle.
     pub reservations: Vec<Reservation>,
+    /// Allocations waiting for a worker, and the worker requests made for them.
+    pub unbound: Unbound,
 }
 
 impl State {
@@ -214,6 +219,7 @@ impl State {
             spend,
             waiting: BTreeMap::new(),
             reservations: Vec::new(),
+            unbound: Unbound::default(),
         };
         let writes = live
             .pools
@@ -224,7 +230,12 @@ impl State {
             .chain(live.steps.into_iter().map(Write::PutStep))
             .chain(live.attempts.into_iter().map(Write::PutAttempt))
             .chain(live.open_allocations.into_iter().map(Write::PutAllocation))
-            .chain(live.workers.into_iter().map(Write::PutWorker));
+            .chain(live.workers.into_iter().map(Write::PutWorker))
+            .chain(
+                live.worker_requests
+                    .into_iter()
+                    .map(Write::PutWorkerRequest),
+            );
         let writes: Vec<Write> = writes.collect();
         state.apply_all(&writes, now, 0);
         for w in state.workers.values_mut() {
@@ -272,6 +283,7 @@ impl State {
 
     /// Applies one committed write.
     fn apply(&mut self, write: &Write, now: Timestamp, seq: u64) {
+        self.unbound.apply(write);
         match write {
             Write::PutPool(p) => {
                 self.pools.insert(p.spec.name.clone(), p.clone());
@@ -396,7 +408,9 @@ impl State {
             | Write::AppendAudit(_)
             | Write::Meter(_)
             | Write::CountWait(_)
-            | Write::PutMeasured(_) => {}
+            | Write::PutMeasured(_)
+            | Write::PutWorkerRequest(_)
+            | Write::DeleteWorkerRequest(_) => {}
         }
     }
 

@@ -28,6 +28,7 @@ mod hostile;
 mod metering;
 mod metrics;
 mod one_writer;
+mod provisioning;
 mod quick_start;
 mod registration;
 mod rightsizing;

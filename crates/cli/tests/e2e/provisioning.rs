@@ -248,7 +248,7 @@ async fn a_pending_spawn_is_waited_for_and_an_orphan_deleted_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pending_spawn_is_waited_for_and_an_orphan_deleted_postgres() {
-    a_pending_spawn_is_waited_for_and_an_orphan_deleted(StoreKind::postgres("spawn-pending").await)
+    a_pending_spawn_is_waited_for_and_an_orphan_deleted(StoreKind::postgres("spawn_pending").await)
         .await;
 }
 

@@ -526,19 +526,20 @@ impl Engine {
                 .collect();
             for r in &requests {
                 match existing.get(&r.name) {
-                    Some(reference) => {
+                    // It exists: waited for until its deadline.
+                    Some(reference)
                         if r.state != WorkerRequestState::Created
-                            || r.reference.as_ref() != Some(reference)
-                        {
-                            plan.writes
-                                .push(Write::PutWorkerRequest(WorkerRequestRecord {
-                                    state: WorkerRequestState::Created,
-                                    reference: Some(reference.clone()),
-                                    updated_at: now,
-                                    ..r.clone()
-                                }));
-                        }
+                            || r.reference.as_ref() != Some(reference) =>
+                    {
+                        plan.writes
+                            .push(Write::PutWorkerRequest(WorkerRequestRecord {
+                                state: WorkerRequestState::Created,
+                                reference: Some(reference.clone()),
+                                updated_at: now,
+                                ..r.clone()
+                            }));
                     }
+                    Some(_) => {}
                     None if now < r.deadline => {
                         if let Some(template) = template_of(&state, r.run_id, r.group, &r.pool) {
                             tracing::info!(worker = %r.name, "the requested worker is missing; creating it again");

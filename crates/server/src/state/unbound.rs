@@ -38,14 +38,15 @@ impl Unbound {
                     },
                 );
             }
-            Write::PutAllocation(a) => {
+            // Bound or closed: only this allocation of its group, not a
+            // later one (a stale write never takes a successor out).
+            Write::PutAllocation(a)
                 if self
                     .allocations
                     .get(&(a.run_id, a.group))
-                    .is_some_and(|u| u.id == a.id)
-                {
-                    self.allocations.remove(&(a.run_id, a.group));
-                }
+                    .is_some_and(|u| u.id == a.id) =>
+            {
+                self.allocations.remove(&(a.run_id, a.group));
             }
             Write::PutWorkerRequest(r) => {
                 self.by_allocation.insert(r.allocation_id, r.name.clone());

@@ -203,6 +203,15 @@ enum Command {
         /// EUR): shown beside amounts, never converted.
         #[arg(long, default_value = "USD", value_parser = currency_code)]
         currency: String,
+        /// A worker asked of a provider that has not registered after this
+        /// long is deleted and asked for again, from 1s to 1h.
+        #[arg(long, default_value = "30s", value_parser = parse_spawn_timeout)]
+        spawn_timeout: Duration,
+        /// The program the local provider starts as `PROGRAM agent ...` (by
+        /// default this binary): a wrapper that prepares each local agent's
+        /// host, say, and execs corral.
+        #[arg(long)]
+        local_agent_exe: Option<PathBuf>,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -482,6 +491,15 @@ fn parse_sample_interval(text: &str) -> Result<Duration, String> {
     corral_core::history::parse_interval_ms(text).map(Duration::from_millis)
 }
 
+fn parse_spawn_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err(format!("{text:?} is not between 1s and 1h"))
+    }
+}
+
 fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
     text.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -554,6 +572,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             limits,
             sample_interval,
             currency,
+            spawn_timeout,
+            local_agent_exe,
         } => {
             let policy = Policy {
                 placement: PlacementPolicy::parse(&placement)
@@ -570,7 +590,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 listen,
                 data_dir,
                 database_url,
-                exe: std::env::current_exe().context("locating the corral binary")?,
+                exe: match local_agent_exe {
+                    Some(exe) => exe,
+                    None => std::env::current_exe().context("locating the corral binary")?,
+                },
                 engine: EngineConfig {
                     heartbeat_timeout: Duration::from_secs(heartbeat_timeout),
                     idle_ttl: Duration::from_secs(idle_ttl),
@@ -582,6 +605,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     limits: limits.pipeline()?,
                     sample_interval,
                     currency,
+                    spawn_timeout,
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),

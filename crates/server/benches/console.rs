@@ -21,7 +21,7 @@ use corral_server::SystemClock;
 use corral_server::auth::Principal;
 use corral_server::console::SESSION_COOKIE;
 use corral_server::engine::{Engine, EngineConfig};
-use corral_server::provider::LocalProvider;
+use corral_server::provider::{LocalProvider, Providers};
 use corral_store::{AdmissionWait, SqlStore, Store, Write};
 
 const POOLS: usize = 50;
@@ -160,7 +160,7 @@ fn main() {
         let store = Arc::new(SqlStore::open_sqlite(&dir).await.expect("store"));
         let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"), dir.clone());
         let engine = Arc::new(
-            Engine::load(store.clone(), Arc::new(SystemClock), EngineConfig::default(), provider)
+            Engine::load(store.clone(), Arc::new(SystemClock), EngineConfig::default(), Providers::standard(Arc::new(provider)))
                 .await
                 .expect("engine"),
         );

@@ -1,5 +1,5 @@
 //! Credentials: API tokens, workers' secrets and the one-time credentials of
-//! spawned local agents. Secrets are 256 random bits; only their SHA-256 is
+//! agents created by a provider. Secrets are 256 random bits; only their SHA-256 is
 //! kept (a fast hash is right for random secrets: nothing to brute-force), and
 //! every verified credential is one hash and one map lookup.
 //!
@@ -22,8 +22,6 @@ const WORKER_PREFIX: &str = "corralw_";
 /// A spawned local agent's one-time registration credential.
 const SPAWN_PREFIX: &str = "corrals_";
 
-/// How long a spawned agent's credential stays valid.
-pub const SPAWN_GRANT_MS: i64 = 10 * 60 * 1000;
 /// `last_used_at` is written to the store at most this often per token.
 const TOUCH_EVERY_MS: i64 = 60 * 1000;
 
@@ -54,7 +52,8 @@ impl Principal {
     }
 }
 
-/// What a local agent spawned by this server may register as.
+/// What an agent created by a provider for this server may register as: its
+/// worker request's pool and name, until the request's deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnGrant {
     pub pool: String,
@@ -153,13 +152,24 @@ fn token_principal(index: &Index, digest: &str, now: Timestamp) -> Result<Princi
     })
 }
 
+/// What the agent of worker request `r` may register as.
+pub fn grant_of(r: &corral_store::WorkerRequestRecord) -> SpawnGrant {
+    SpawnGrant {
+        pool: r.pool.clone(),
+        name: r.name.clone(),
+        expires_at: r.deadline,
+    }
+}
+
 #[derive(Default)]
 struct Index {
     /// Every token by the hash of its secret.
     tokens: HashMap<String, TokenRecord>,
     /// Live workers by the hash of their secret.
     workers: HashMap<String, WorkerId>,
-    /// Spawned agents' credentials, by hash, until used or expired.
+    /// Created agents' credentials, by hash, until used, expired or revoked:
+    /// the hashes of the worker requests' credentials, which the store keeps,
+    /// so that an agent created before a restart still registers after it.
     spawns: HashMap<String, SpawnGrant>,
     /// Used spawn credentials by hash, each good for retrying its worker's
     /// registration until the worker first polls.
@@ -189,9 +199,10 @@ impl Credentials {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Replaces what is known with what the store holds: every token, and the
-    /// secrets of the workers that are ready. Their spawn credentials retry
-    /// their registration again until they poll (after a restart, the server
+    /// Replaces what is known with what the store holds: every token, the
+    /// secrets of the workers that are ready, and the credentials of the
+    /// worker requests. The workers' spawn credentials retry their
+    /// registration again until they poll (after a restart, the server
     /// cannot tell whether they had).
     pub fn load_live(&self, live: &corral_store::Live) {
         self.load(
@@ -204,6 +215,11 @@ impl Credentials {
             .workers
             .iter()
             .filter_map(|w| Some((w.spawn_hash.clone()?, w.id)))
+            .collect();
+        self.write().spawns = live
+            .worker_requests
+            .iter()
+            .map(|r| (r.spawn_hash.clone(), grant_of(r)))
             .collect();
     }
 
@@ -351,6 +367,11 @@ impl Credentials {
         let mut index = self.write();
         index.spawns.retain(|_, g| g.expires_at > now);
         index.spawns.insert(secret_hash, grant);
+    }
+
+    /// A spawn credential is no good any more (its request was replaced).
+    pub fn revoke_spawn(&self, secret_hash: &str) {
+        self.write().spawns.remove(secret_hash);
     }
 
     /// Uses up a spawn credential; false if it was used already.

@@ -34,7 +34,7 @@ use crate::commit::{Batch, CommitQueue};
 use crate::meter::SpendBook;
 use crate::metrics::{Metrics, Observed};
 use crate::progress::RunUpdate;
-use crate::provider::LocalProvider;
+use crate::provider::Providers;
 use crate::read_model::{ReadModel, View};
 use crate::sessions::Sessions;
 use crate::state::State;
@@ -46,6 +46,7 @@ mod catalog;
 mod health;
 mod heartbeats;
 mod logs;
+mod provision;
 mod sessions;
 
 pub use health::{BackgroundWorkerDown, Readiness, StoreWatch};
@@ -158,25 +159,19 @@ impl Action {
     }
 }
 
-/// A local worker spawned for an allocation that has not registered yet.
-#[derive(Debug, Clone)]
-struct PendingSpawn {
-    pool: String,
-    allocation: AllocationId,
-    at: Timestamp,
-}
-
 pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: EngineConfig,
-    provider: LocalProvider,
+    /// The provider of each kind of pool.
+    providers: Providers,
     state: Mutex<State>,
     /// The incremental controller, kept across cycles; taken only by a cycle,
     /// which holds the state's lock.
     controller: std::sync::Mutex<Controller>,
     commits: CommitQueue,
-    pending: std::sync::Mutex<BTreeMap<String, PendingSpawn>>,
+    /// Provider calls for the provisioning worker.
+    orders: provision::Orders,
     /// Tokens, workers' secrets and spawned agents' credentials.
     credentials: Credentials,
     /// Console sessions, checked without the state's lock.
@@ -205,7 +200,8 @@ struct Effects {
     /// The last batch the answer depends on.
     seq: u64,
     wake: Vec<Arc<Notify>>,
-    spawns: Vec<(String, WorkerTemplate)>,
+    /// Provider calls to make once the writes are committed.
+    orders: Vec<provision::Order>,
     controller: bool,
     /// Events to count once the writes are committed.
     observed: Observed,
@@ -277,7 +273,7 @@ impl Engine {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
-        provider: LocalProvider,
+        providers: Providers,
     ) -> Result<Engine> {
         let now = clock.now();
         let mut live = store.load_live().await?;
@@ -303,11 +299,11 @@ impl Engine {
             background: Background::new(clock.clone()),
             clock,
             config,
-            provider,
+            providers,
             state: Mutex::new(state),
             controller: std::sync::Mutex::new(Controller::new()),
             commits: CommitQueue::new(0),
-            pending: std::sync::Mutex::new(BTreeMap::new()),
+            orders: provision::Orders::default(),
             credentials,
             sessions,
             wake_controller: Notify::new(),
@@ -328,10 +324,6 @@ impl Engine {
     /// When worker `id` last polled, as far as is known without the lock.
     pub fn last_poll(&self, id: WorkerId) -> Option<Timestamp> {
         self.heartbeats.last(id)
-    }
-
-    pub fn provider(&self) -> &LocalProvider {
-        &self.provider
     }
 
     pub fn background(&self) -> &Background {
@@ -444,23 +436,7 @@ impl Engine {
         for wake in fx.wake {
             wake.notify_one();
         }
-        for (name, template) in fx.spawns {
-            // A one-time credential lets the spawned agent, and only it, register.
-            let credential = auth::new_spawn_secret();
-            let now = self.now();
-            self.credentials.grant_spawn(
-                auth::hash(&credential),
-                SpawnGrant {
-                    pool: template.pool.clone(),
-                    name: name.clone(),
-                    expires_at: now.plus_millis(auth::SPAWN_GRANT_MS),
-                },
-                now,
-            );
-            if let Err(e) = self.provider.spawn(&name, &template, &credential) {
-                tracing::error!(worker = %name, error = %e, "cannot spawn a local worker");
-            }
-        }
+        self.dispatch(fx.orders);
         Ok(())
     }
 
@@ -544,10 +520,6 @@ impl Engine {
         let seq = state.seq;
         *state = State::from_live(live, ledger, spend, now);
         state.seq = seq;
-        self.pending
-            .lock()
-            .expect("the pending-spawn lock is never held across a panic")
-            .clear();
         Ok(())
     }
 
@@ -874,130 +846,6 @@ impl Engine {
             *controller = Controller::new();
             controller
         })
-    }
-
-    /// Binds allocations that have no worker to idle workers that fit, and spawns
-    /// local workers for the rest. Idempotent: re-driven on every cycle.
-    fn provision(&self, state: &mut State, fx: &mut Effects) {
-        let (writes, spawns) = self.plan_provision(state);
-        let assigned: BTreeSet<WorkerId> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::PutAttempt(a) => Some(a.worker_id),
-                _ => None,
-            })
-            .collect();
-        self.stage(state, writes, fx);
-        fx.wake.extend(Self::wake_handles(state, assigned));
-        fx.spawns.extend(spawns);
-    }
-
-    /// The writes that bind allocations to workers, and the workers to spawn.
-    fn plan_provision(&self, state: &mut State) -> (Vec<Write>, Vec<(String, WorkerTemplate)>) {
-        let now = self.now();
-        let mut writes = Vec::new();
-        let mut spawns: Vec<(String, WorkerTemplate)> = Vec::new();
-        let mut taken: BTreeSet<WorkerId> = BTreeSet::new();
-        let mut retired: BTreeSet<WorkerId> = BTreeSet::new();
-        let run_ids: Vec<RunId> = state
-            .runs
-            .values()
-            .filter(|r| r.allocations.iter().any(|a| a.worker_id.is_none()))
-            .map(|r| r.record.id)
-            .collect();
-        let mut pending = self
-            .pending
-            .lock()
-            .expect("the pending-spawn lock is never held across a panic");
-        pending.retain(|_, p| now.millis_since(p.at) < ms(self.config.spawn_timeout));
-        for run_id in run_ids {
-            let Some(mut update) = RunUpdate::take(state, run_id, now) else {
-                continue;
-            };
-            let unbound: Vec<AllocationRecord> = update
-                .run
-                .allocations
-                .iter()
-                .filter(|a| a.worker_id.is_none())
-                .cloned()
-                .collect();
-            let mut spawned = false;
-            for alloc in unbound {
-                let idle = state
-                    .workers
-                    .values()
-                    .filter(|w| {
-                        w.idle_since.is_some()
-                            && w.record.pool == alloc.pool
-                            && !taken.contains(&w.record.id)
-                            && !retired.contains(&w.record.id)
-                            && alloc.resources.fits_in(&w.record.capacity)
-                    })
-                    .min_by_key(|w| (w.record.capacity, w.record.id));
-                if let Some(worker) = idle {
-                    taken.insert(worker.record.id);
-                    update.bind(alloc.group, Some(worker.record.id));
-                    continue;
-                }
-                if pending.values().any(|p| p.allocation == alloc.id) {
-                    continue;
-                }
-                let Some(pool) = state.pools.get(&alloc.pool) else {
-                    continue;
-                };
-                if pool.spec.provider != Provider::Local {
-                    continue;
-                }
-                // Make room under max_workers by retiring idle workers of other shapes.
-                let alive = state
-                    .workers
-                    .values()
-                    .filter(|w| w.record.pool == alloc.pool && !retired.contains(&w.record.id))
-                    .count()
-                    + pending.values().filter(|p| p.pool == alloc.pool).count();
-                if alive >= pool.spec.max_workers as usize {
-                    let victim = state
-                        .workers
-                        .values()
-                        .filter(|w| {
-                            w.idle_since.is_some()
-                                && w.record.pool == alloc.pool
-                                && !taken.contains(&w.record.id)
-                                && !retired.contains(&w.record.id)
-                        })
-                        .min_by_key(|w| w.record.id);
-                    let Some(victim) = victim else { continue };
-                    retired.insert(victim.record.id);
-                    writes.push(Write::PutWorker(WorkerRecord {
-                        state: WorkerState::Gone,
-                        updated_at: now,
-                        ..victim.record.clone()
-                    }));
-                }
-                let name = crate::provider::worker_name(&alloc.pool, alloc.id, now);
-                let template = WorkerTemplate::for_group(
-                    &update.run.record.request.groups[alloc.group as usize],
-                    &alloc.pool,
-                    &pool.spec.labels,
-                );
-                pending.insert(
-                    name.clone(),
-                    PendingSpawn {
-                        pool: alloc.pool.clone(),
-                        allocation: alloc.id,
-                        at: now,
-                    },
-                );
-                spawns.push((name, template));
-                spawned = true;
-            }
-            if spawned && update.run.record.state == RunState::Admitted {
-                update.set_run_state(RunState::Provisioning);
-            }
-            update.advance(state);
-            writes.append(&mut update.done(state));
-        }
-        (writes, spawns)
     }
 
     fn lose_silent_workers(&self, state: &mut State, fx: &mut Effects) {

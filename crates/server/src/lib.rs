@@ -32,7 +32,7 @@ use corral_store::{SqlStore, Store, StoreError, WriterLock};
 
 use crate::background::{Faults, Job, JobError, Progress, Restart};
 use crate::engine::{Engine, EngineConfig, EngineError, StoreWatch};
-use crate::provider::LocalProvider;
+use crate::provider::{LocalProvider, Providers};
 
 /// The wall clock, for the running server. The core only sees [`Clock`].
 pub struct SystemClock;
@@ -186,13 +186,20 @@ pub async fn serve_with_faults(
         store.hold(lock.clone());
     }
     let store: Arc<dyn Store> = Arc::new(store);
-    let provider = LocalProvider::new(
+    let local = Arc::new(LocalProvider::new(
         config.exe.clone(),
         config.data_dir.join("workers"),
         config.data_dir.clone(),
+    ));
+    let engine = Arc::new(
+        Engine::load(
+            store,
+            Arc::new(SystemClock),
+            config.engine,
+            Providers::standard(local.clone()),
+        )
+        .await?,
     );
-    let engine =
-        Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, provider).await?);
     // Kept for the shutdown, after the router took the engine.
     let supervised = engine.clone();
     let background = supervised.background();
@@ -259,11 +266,15 @@ pub async fn serve_with_faults(
     } else {
         "http"
     };
-    engine.provider().set_server(
+    local.set_server(
         format!("{scheme}://{host}:{}", addr.port()),
         config.tls.as_ref().map(|t| t.cert.clone()),
     );
     tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");
+    // What the providers hold is set against the stored worker requests
+    // before the first cycle plans anything.
+    engine.start_provisioner();
+    engine.reconcile().await?;
     let (e, tick) = (engine.clone(), config.tick);
     background.start("controller", true, Restart::WithBackoff, move || {
         Controller {

@@ -1,165 +1,209 @@
-//! The `local` provider: spawns `corral agent` processes on the server's host,
-//! each shaped by a WorkerTemplate. Providers only create workers; the agents
-//! register themselves and are retired through the protocol.
+//! Provisioning behind the [`Provider`] trait: a provider creates, deletes and
+//! lists the workers of the pools it serves, and nothing else (the agents it
+//! starts register themselves through the protocol). The engine holds one per
+//! kind of pool (`local`, `static`) and calls it only from its provisioning
+//! worker, never under its lock nor on a request's path.
+//!
+//! Implementations: [`local::LocalProvider`] spawns `corral agent` processes on
+//! the server's host, [`operated::OperatedProvider`] does nothing (a static
+//! pool's operators start its agents), and [`fake::FakeProvider`] is an
+//! in-memory provider for tests that can be told to fail or hang.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use async_trait::async_trait;
+use corral_core::ids::AllocationId;
+use corral_core::pool::Provider as PoolProvider;
 use corral_core::request::WorkerTemplate;
-use corral_core::resources::{format_cpu, format_memory};
 
-/// The variables of the server's environment a local agent inherits.
-const INHERITED: [&str; 8] = [
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LC_ALL",
-    "TMPDIR",
-    "CORRAL_LOG",
-];
+pub mod fake;
+pub mod local;
+pub mod operated;
 
-pub struct LocalProvider {
-    /// The `corral` binary.
-    exe: PathBuf,
-    /// Where agents keep their workspaces and logs.
-    work_dir: PathBuf,
-    /// What agents hide from their steps: the server's data directory.
-    hide: PathBuf,
-    /// The server's own URL, known once it listens, and the certificates its
-    /// agents trust when it serves TLS.
-    server: OnceLock<(String, Option<PathBuf>)>,
+pub use local::LocalProvider;
+
+/// A worker to create: its name (a DNS-1123 label, the same for every create
+/// of one request), its shape, and the one-time credential its agent
+/// registers with.
+#[derive(Clone)]
+pub struct WorkerRequest {
+    pub name: String,
+    pub template: WorkerTemplate,
+    pub credential: String,
 }
 
-impl LocalProvider {
-    pub fn new(exe: PathBuf, work_dir: PathBuf, hide: PathBuf) -> LocalProvider {
-        LocalProvider {
-            exe,
-            work_dir,
-            hide,
-            server: OnceLock::new(),
-        }
-    }
-
-    pub fn set_server(&self, url: String, ca_cert: Option<PathBuf>) {
-        let _ = self.server.set((url, ca_cert));
-    }
-
-    /// Starts an agent named `name` shaped by `template`; its environment is the
-    /// template's, which its steps inherit. It registers with `credential`, written
-    /// on its standard input (never in its environment or on its command line,
-    /// which its host's processes may read), and then holds a secret of its own.
-    /// It outlives the server: a restart does not kill running steps.
-    pub fn spawn(
-        &self,
-        name: &str,
-        template: &WorkerTemplate,
-        credential: &str,
-    ) -> std::io::Result<()> {
-        let resources = template.resources;
-        let labels: Vec<String> = template
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let (url, ca_cert) = self
-            .server
-            .get()
-            .ok_or_else(|| std::io::Error::other("the server is not listening yet"))?;
-        let logs = self.work_dir.join("logs");
-        std::fs::create_dir_all(&logs)?;
-        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-        let mut command = tokio::process::Command::new(&self.exe);
-        command
-            .arg("agent")
-            .args(["--server", url])
-            .args(["--pool", &template.pool])
-            .args(["--name", name])
-            .args(["--cpu", &format_cpu(resources.cpu_millis)])
-            .args(["--memory", &format_memory(resources.memory_mib)])
-            .args(["--gpu", &resources.gpu.to_string()])
-            .args(["--labels", &labels.join(",")])
-            // Nothing of the server's environment (a database URL, say)
-            // reaches the agent or its steps but what a process needs.
-            .env_clear()
-            .envs(
-                INHERITED
-                    .iter()
-                    .filter_map(|k| Some((*k, std::env::var_os(k)?))),
-            )
-            .envs(&template.env)
-            .args(["--token-file", "-"])
-            .arg("--work-dir")
-            .arg(&self.work_dir)
-            .arg("--hide")
-            .arg(&self.hide)
-            .arg("--ephemeral")
-            .args(
-                ca_cert
-                    .iter()
-                    .flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]),
-            )
-            .stdin(Stdio::piped())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(false);
-        let mut child = command.spawn()?;
-        tracing::info!(worker = %name, pool = %template.pool, %resources, pid = child.id(), "spawned a local worker");
-        let stdin = child.stdin.take();
-        let credential = format!("{credential}\n");
-        let name = name.to_string();
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            // A line far below a pipe's buffer: written at once, then closed.
-            if let Some(mut stdin) = stdin
-                && let Err(e) = stdin.write_all(credential.as_bytes()).await
-            {
-                tracing::warn!(worker = %name, "cannot hand the local worker its credential: {e}");
-            }
-            // Reap it when it exits so it does not linger as a zombie.
-            let _ = child.wait().await;
-        });
-        Ok(())
+impl std::fmt::Debug for WorkerRequest {
+    /// Everything but the credential, which no log may hold.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerRequest")
+            .field("name", &self.name)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
     }
 }
 
-/// The name of a local worker spawned for an allocation: the pool's name (cut
-/// to fit), the allocation and a stamp, so that a respawn gets a new name. It
-/// is a valid name for every valid pool name.
-pub fn worker_name(
-    pool: &str,
-    allocation: corral_core::ids::AllocationId,
-    now: corral_core::clock::Timestamp,
-) -> String {
-    let suffix = format!("-{allocation}-{}", now.0.rem_euclid(100_000));
-    let room = 63usize.saturating_sub(suffix.len());
-    // Names are ASCII, so any byte is a character boundary.
-    let head = &pool[..pool.len().min(room)];
+/// A worker a provider holds: its name and the provider's reference to it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Existing {
+    pub name: String,
+    pub reference: String,
+}
+
+/// Why a provider could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// The provider is not ready for work yet (the server's URL is not known).
+    #[error("{0}")]
+    NotReady(String),
+    /// A failure a fake provider was told to give.
+    #[error("{0}")]
+    Injected(String),
+}
+
+/// Creates, deletes and lists workers. `create` is idempotent by name: a
+/// worker of that name that exists already is the one created, so a request
+/// created again after a restart never makes two.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Whether it creates workers for allocations; a static pool's agents are
+    /// started by its operators, and its allocations wait for them.
+    fn provisions(&self) -> bool;
+
+    /// Creates the worker (or finds it, by name) and returns its reference.
+    async fn create(&self, request: &WorkerRequest) -> Result<String, ProviderError>;
+
+    /// Deletes the worker of `reference`; one that is gone already is no error.
+    async fn delete(&self, reference: &str) -> Result<(), ProviderError>;
+
+    /// The workers it holds now, by name: what a restarted server reconciles
+    /// its worker requests with.
+    async fn list(&self) -> Result<Vec<Existing>, ProviderError>;
+}
+
+/// The provider of each kind of pool; a kind without one (`kubernetes`)
+/// creates nothing.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_kind: BTreeMap<&'static str, (PoolProvider, Arc<dyn Provider>)>,
+}
+
+impl Providers {
+    /// `local` pools on `local`, `static` ones operated by hand.
+    pub fn standard(local: Arc<local::LocalProvider>) -> Providers {
+        Providers::default()
+            .with(PoolProvider::Local, local)
+            .with(PoolProvider::Static, Arc::new(operated::OperatedProvider))
+    }
+
+    /// These providers, with `provider` serving the pools of `kind`.
+    pub fn with(mut self, kind: PoolProvider, provider: Arc<dyn Provider>) -> Providers {
+        self.by_kind.insert(kind_name(kind), (kind, provider));
+        self
+    }
+
+    /// The provider of pools of `kind`.
+    pub fn of(&self, kind: PoolProvider) -> Option<&Arc<dyn Provider>> {
+        self.by_kind.get(kind_name(kind)).map(|(_, p)| p)
+    }
+
+    /// Every kind with its provider.
+    pub fn all(&self) -> impl Iterator<Item = (PoolProvider, &Arc<dyn Provider>)> {
+        self.by_kind.values().map(|(k, p)| (*k, p))
+    }
+}
+
+fn kind_name(kind: PoolProvider) -> &'static str {
+    match kind {
+        PoolProvider::Local => "local",
+        PoolProvider::Static => "static",
+        PoolProvider::Kubernetes => "kubernetes",
+    }
+}
+
+/// The name of the worker of an allocation's `generation`-th request: the
+/// pool's name (lowercased, other characters than letters and digits as `-`,
+/// cut to fit), the allocation and the generation. A DNS-1123 label (at most
+/// 63 lowercase letters, digits and `-`, starting and ending with a letter or
+/// digit) for every pool name, as a Kubernetes pod's name must be; the same
+/// for every create of one request, and another for the next request.
+pub fn worker_name(pool: &str, allocation: AllocationId, generation: u32) -> String {
+    let suffix = format!("-{}-{generation}", allocation.0.unsigned_abs());
+    let room = 63 - suffix.len();
+    let head: String = pool
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect();
+    let head = head.trim_start_matches('-');
+    // ASCII now, so any byte is a character boundary.
+    let head = head[..head.len().min(room)].trim_end_matches('-');
+    let head = if head.is_empty() { "worker" } else { head };
     format!("{head}{suffix}")
 }
 
 #[cfg(test)]
 mod tests {
-    use corral_core::clock::Timestamp;
     use corral_core::error::check_name;
     use corral_core::ids::AllocationId;
+    use proptest::prelude::*;
 
     use super::worker_name;
 
+    /// A DNS-1123 label, as Kubernetes checks a pod's name.
+    fn is_dns_label(name: &str) -> bool {
+        let bytes = name.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+    }
+
     #[test]
-    fn worker_names_are_valid_for_the_longest_pool_names() {
+    fn worker_names_are_dns_labels_for_awkward_pool_names() {
         let longest = format!("p{}", "-".repeat(62));
-        for pool in ["local", longest.as_str(), &"a".repeat(63)] {
-            let name = worker_name(pool, AllocationId(i64::MAX), Timestamp(i64::MAX));
-            check_name("name", &name).expect("a valid worker name");
-            assert!(name.starts_with(&pool[..pool.len().min(20)]));
+        let cases = [
+            ("local", 7, 0, "local-7-0"),
+            ("GPU_Pool.eu", 12, 3, "gpu-pool-eu-12-3"),
+            ("_x", 1, 0, "x-1-0"),
+            ("---", 1, 0, "worker-1-0"),
+            (longest.as_str(), 5, 1, "p-5-1"),
+            ("Z", i64::MIN, u32::MAX, "z-9223372036854775808-4294967295"),
+        ];
+        for (pool, allocation, generation, expected) in cases {
+            let name = worker_name(pool, AllocationId(allocation), generation);
+            assert_eq!(name, expected, "{pool:?}");
+            assert!(is_dns_label(&name), "{name:?}");
         }
-        assert_ne!(
-            worker_name("local", AllocationId(7), Timestamp(1)),
-            worker_name("local", AllocationId(7), Timestamp(2)),
-            "a respawn gets a new name"
-        );
+        let long = worker_name(&"a".repeat(63), AllocationId(i64::MAX), u32::MAX);
+        assert_eq!(long.len(), 63);
+        assert!(is_dns_label(&long), "{long:?}");
+        assert!(!is_dns_label("Local-1-0") && !is_dns_label("a-") && !is_dns_label(""));
+    }
+
+    proptest! {
+        #[test]
+        fn every_valid_pool_name_gives_dns_labels_one_per_request(
+            pool in "[A-Za-z0-9][A-Za-z0-9._-]{0,62}",
+            allocation in any::<i64>(),
+            generation in 0u32..u32::MAX,
+        ) {
+            prop_assume!(check_name("name", &pool).is_ok());
+            let name = worker_name(&pool, AllocationId(allocation), generation);
+            prop_assert!(is_dns_label(&name), "{name:?}");
+            prop_assert_eq!(&name, &worker_name(&pool, AllocationId(allocation), generation));
+            prop_assert_ne!(name, worker_name(&pool, AllocationId(allocation), generation + 1));
+        }
     }
 }

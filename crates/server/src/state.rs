@@ -28,6 +28,9 @@ mod usage;
 
 pub use usage::Usage;
 
+mod unbound;
+pub use unbound::{Unbound, UnboundAllocation};
+
 /// An unfinished run with its steps, attempts and open allocations.
 #[derive(Debug, Clone)]
 pub struct LiveRun {
@@ -182,6 +185,8 @@ pub struct State {
     pub pool_workers: BTreeMap<String, BTreeSet<WorkerId>>,
     /// Live runs and the queue, as the read model's views share them.
     pub mirror: Mirror,
+    /// Allocations waiting for a worker, and the worker requests made for them.
+    pub unbound: Unbound,
 }
 
 impl State {
@@ -225,6 +230,7 @@ impl State {
             mirror: Mirror::default(),
             usage: Usage::default(),
             pool_workers: BTreeMap::new(),
+            unbound: Unbound::default(),
         };
         let writes = live
             .pools
@@ -235,7 +241,12 @@ impl State {
             .chain(live.steps.into_iter().map(Write::PutStep))
             .chain(live.attempts.into_iter().map(Write::PutAttempt))
             .chain(live.open_allocations.into_iter().map(Write::PutAllocation))
-            .chain(live.workers.into_iter().map(Write::PutWorker));
+            .chain(live.workers.into_iter().map(Write::PutWorker))
+            .chain(
+                live.worker_requests
+                    .into_iter()
+                    .map(Write::PutWorkerRequest),
+            );
         let writes: Vec<Write> = writes.collect();
         state.apply_all(&writes, now, 0);
         for w in state.workers.values_mut() {
@@ -283,6 +294,7 @@ impl State {
 
     /// Applies one committed write.
     fn apply(&mut self, write: &Write, now: Timestamp, seq: u64) {
+        self.unbound.apply(write);
         match write {
             Write::PutPool(p) => {
                 self.pools.insert(p.spec.name.clone(), p.clone());
@@ -428,7 +440,9 @@ impl State {
             | Write::AppendAudit(_)
             | Write::Meter(_)
             | Write::CountWait(_)
-            | Write::PutMeasured(_) => {}
+            | Write::PutMeasured(_)
+            | Write::PutWorkerRequest(_)
+            | Write::DeleteWorkerRequest(_) => {}
         }
     }
 

@@ -13,7 +13,7 @@ use corral_core::run::{AttemptState, RunState};
 use corral_core::selector::PlacementPolicy;
 use corral_server::auth::{self, Caller, Principal};
 use corral_server::engine::{Engine, EngineConfig};
-use corral_server::provider::LocalProvider;
+use corral_server::provider::{LocalProvider, Providers};
 use corral_store::SqlStore;
 
 /// The principal the tests act as.
@@ -86,9 +86,14 @@ impl Harness {
         let store = Arc::new(SqlStore::open_sqlite(&dir.0).await.expect("store"));
         let provider = LocalProvider::new("/bin/true".into(), dir.0.join("workers"), dir.0.clone());
         let engine = Arc::new(
-            Engine::load(store, clock.clone(), config, provider)
-                .await
-                .expect("engine"),
+            Engine::load(
+                store,
+                clock.clone(),
+                config,
+                Providers::standard(Arc::new(provider)),
+            )
+            .await
+            .expect("engine"),
         );
         let committer = engine.clone();
         tokio::spawn(async move { committer.run_committer().await });

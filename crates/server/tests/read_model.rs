@@ -10,7 +10,7 @@ use corral_core::clock::{ManualClock, Timestamp};
 use corral_core::manifest::{Document, parse_documents};
 use corral_server::auth::Principal;
 use corral_server::engine::{Engine, EngineConfig};
-use corral_server::provider::LocalProvider;
+use corral_server::provider::{LocalProvider, Providers};
 use corral_store::SqlStore;
 use tokio::task::JoinHandle;
 
@@ -49,9 +49,14 @@ async fn engine(dir: &Scratch) -> Arc<Engine> {
     let provider = LocalProvider::new("/bin/true".into(), dir.0.join("workers"), dir.0.clone());
     let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
     Arc::new(
-        Engine::load(store, clock, EngineConfig::default(), provider)
-            .await
-            .expect("engine"),
+        Engine::load(
+            store,
+            clock,
+            EngineConfig::default(),
+            Providers::standard(Arc::new(provider)),
+        )
+        .await
+        .expect("engine"),
     )
 }
 

@@ -10,16 +10,21 @@ use corral_core::access::Role;
 use corral_core::clock::{Clock, ManualClock, Timestamp};
 use corral_server::auth::{self, Principal};
 use corral_server::engine::{Engine, EngineConfig};
-use corral_server::provider::LocalProvider;
+use corral_server::provider::{LocalProvider, Providers};
 use corral_store::SqlStore;
 
 async fn engine(dir: &Path, clock: Arc<ManualClock>) -> Arc<Engine> {
     let store = Arc::new(SqlStore::open_sqlite(dir).await.expect("store"));
     let provider = LocalProvider::new("/bin/true".into(), dir.join("workers"), dir.to_path_buf());
     let engine = Arc::new(
-        Engine::load(store, clock, EngineConfig::default(), provider)
-            .await
-            .expect("engine"),
+        Engine::load(
+            store,
+            clock,
+            EngineConfig::default(),
+            Providers::standard(Arc::new(provider)),
+        )
+        .await
+        .expect("engine"),
     );
     let committer = engine.clone();
     tokio::spawn(async move { committer.run_committer().await });

@@ -292,6 +292,77 @@ pub enum Write {
     CountWait(AdmissionWait),
     /// An ended attempt's measured usage, kept once.
     PutMeasured(MeasuredAttempt),
+    /// Creates or replaces a worker request by its worker's name.
+    PutWorkerRequest(WorkerRequestRecord),
+    /// A worker request is done with (its worker registered, or its
+    /// allocation is bound or closed), by its worker's name.
+    DeleteWorkerRequest(String),
+}
+
+/// Where a worker request stands with its provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WorkerRequestState {
+    /// Decided and committed; the provider has not answered a create yet.
+    Pending,
+    /// The provider created the worker; its agent has not registered yet.
+    Created,
+    /// The provider's last create failed; it is asked again before the deadline.
+    Failed,
+}
+
+impl WorkerRequestState {
+    pub const ALL: [WorkerRequestState; 3] = [
+        WorkerRequestState::Pending,
+        WorkerRequestState::Created,
+        WorkerRequestState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerRequestState::Pending => "pending",
+            WorkerRequestState::Created => "created",
+            WorkerRequestState::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for WorkerRequestState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkerRequestState::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| format!("unknown worker request state {s:?}"))
+    }
+}
+
+/// A worker asked of a pool's provider for an open allocation, until its
+/// agent registers: what a restarted server reconciles with the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRequestRecord {
+    /// The worker's name (a DNS-1123 label), the same for every create of
+    /// this request, so that the provider never holds two.
+    pub name: String,
+    pub allocation_id: AllocationId,
+    pub run_id: RunId,
+    pub group: u32,
+    pub pool: String,
+    /// What the provider calls the worker, once it has created it.
+    pub reference: Option<String>,
+    pub state: WorkerRequestState,
+    /// Unregistered past this, the worker is deleted and the allocation gets
+    /// a new request.
+    pub deadline: Timestamp,
+    /// How many times the provider was asked to create it.
+    pub attempts: u32,
+    /// Which request this is for its allocation (0 for the first): the
+    /// next one after a deadline gets a new name.
+    pub generation: u32,
+    /// The SHA-256 of the one-time credential its agent registers with.
+    pub spawn_hash: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 /// A run first admitted at `at` after waiting `wait_ms` since it was
@@ -361,6 +432,8 @@ pub struct Live {
     pub tokens: Vec<TokenRecord>,
     /// Every console session not ended (some may be past their timeouts).
     pub sessions: Vec<SessionRecord>,
+    /// Every worker request not done with, by name.
+    pub worker_requests: Vec<WorkerRequestRecord>,
     /// Every pool's price history, by pool and time.
     pub prices: Vec<PriceChange>,
     /// Every pool's latest capacity.

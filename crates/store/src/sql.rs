@@ -27,6 +27,7 @@ mod rows;
 mod sessions;
 mod tx;
 mod upsert;
+mod worker_requests;
 
 use rows::*;
 use tx::Tx;
@@ -489,6 +490,8 @@ async fn apply(conn: &mut sqlx::AnyConnection, write: &Write) -> Result<()> {
                 .await?;
         }
         Write::Session(s) => sessions::apply(conn, s).await?,
+        Write::PutWorkerRequest(r) => worker_requests::put(conn, r).await?,
+        Write::DeleteWorkerRequest(name) => worker_requests::delete(conn, name).await?,
         Write::PutPrice(p) => metering::put_price(conn, p).await?,
         Write::PutCapacity(c) => metering::put_capacity(conn, c).await?,
         Write::PutAlert(a) => metering::put_alert(conn, a).await?,
@@ -686,6 +689,7 @@ impl Store for SqlStore {
         )
         .await?;
         let sessions = sessions::all(&mut conn).await?;
+        let worker_requests = worker_requests::all(&mut conn).await?;
         let prices = metering::prices(&mut conn).await?;
         let capacities = metering::latest_capacities(&mut conn).await?;
         let max = |table: &'static str| format!("SELECT COALESCE(MAX(id), 0) AS m FROM {table}");
@@ -712,6 +716,7 @@ impl Store for SqlStore {
             workers,
             tokens,
             sessions,
+            worker_requests,
             prices,
             capacities,
             max_ids,

@@ -1488,6 +1488,74 @@ async fn console_sessions(store: &dyn Store) {
     assert_eq!(loaded().await, vec![]);
 }
 
+/// Worker requests: put with the decision, updated as the provider answers
+/// (the name, allocation and generation never change), deleted when done
+/// with, and loaded with the live state by name.
+async fn worker_requests(store: &dyn Store) {
+    let request = |name: &str, allocation: i64| WorkerRequestRecord {
+        name: name.into(),
+        allocation_id: AllocationId(allocation),
+        run_id: RunId(allocation * 10),
+        group: 1,
+        pool: "local".into(),
+        reference: None,
+        state: WorkerRequestState::Pending,
+        deadline: Timestamp(30_000),
+        attempts: 0,
+        generation: 0,
+        spawn_hash: "ab".repeat(32),
+        created_at: Timestamp(1_000),
+        updated_at: Timestamp(1_000),
+    };
+    let loaded = async || store.load_live().await.expect("load").worker_requests;
+    let (b, a) = (request("local-2-0", 2), request("local-1-0", 1));
+    store
+        .commit(&[
+            Write::PutWorkerRequest(b.clone()),
+            Write::PutWorkerRequest(a.clone()),
+        ])
+        .await
+        .expect("put requests");
+    assert_eq!(loaded().await, vec![a.clone(), b.clone()]);
+    let created = WorkerRequestRecord {
+        reference: Some("local-1-0".into()),
+        state: WorkerRequestState::Created,
+        attempts: 1,
+        deadline: Timestamp(40_000),
+        spawn_hash: "cd".repeat(32),
+        updated_at: Timestamp(2_000),
+        ..a.clone()
+    };
+    store
+        .commit(&[Write::PutWorkerRequest(created.clone())])
+        .await
+        .expect("update a request");
+    assert_eq!(loaded().await, vec![created.clone(), b.clone()]);
+    let failed = WorkerRequestRecord {
+        state: WorkerRequestState::Failed,
+        attempts: u32::MAX,
+        ..b.clone()
+    };
+    store
+        .commit(&[
+            Write::PutWorkerRequest(failed.clone()),
+            Write::DeleteWorkerRequest(created.name.clone()),
+        ])
+        .await
+        .expect("fail one, delete the other");
+    assert_eq!(loaded().await, vec![failed.clone()]);
+    // Deleting what is not there is no error: a batch may close an
+    // allocation whose request a registration already deleted.
+    store
+        .commit(&[
+            Write::DeleteWorkerRequest(failed.name.clone()),
+            Write::DeleteWorkerRequest(failed.name),
+        ])
+        .await
+        .expect("delete twice");
+    assert_eq!(loaded().await, vec![]);
+}
+
 #[tokio::test]
 async fn conformance_sqlite() {
     let dir = std::env::temp_dir().join(format!("corral-conformance-{}", std::process::id()));
@@ -1501,6 +1569,7 @@ async fn conformance_sqlite() {
     lost_workers_are_pruned(&store).await;
     measured_usage(&store).await;
     console_sessions(&store).await;
+    worker_requests(&store).await;
     a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
         SqlStore::open_sqlite(&dir).await.expect("open beside")
     })
@@ -1525,6 +1594,7 @@ async fn conformance_postgres() {
     lost_workers_are_pruned(&store).await;
     measured_usage(&store).await;
     console_sessions(&store).await;
+    worker_requests(&store).await;
     a_failed_commit_keeps_nothing_and_the_next_is_kept(&store, async || {
         SqlStore::connect(&url).await.expect("connect beside")
     })

@@ -29,6 +29,7 @@ mod hostile;
 mod metering;
 mod metrics;
 mod one_writer;
+mod provisioning;
 mod quick_start;
 mod registration;
 mod rightsizing;

@@ -182,29 +182,23 @@ impl Engine {
         };
         fx.observed.registered(&record.pool);
         let mut writes = vec![Write::PutWorker(record)];
-        // A worker spawned for an allocation serves that allocation: only the
-        // agent holding that spawn's credential, not any agent of its name.
-        let spawned_for = match caller {
-            Caller::Spawned { grant, .. } => {
-                let mut pending = self
-                    .pending
-                    .lock()
-                    .expect("the pending-spawn lock is never held across a panic");
-                pending.remove(&grant.name).filter(|p| p.pool == grant.pool)
-            }
+        // A worker created for an allocation's request serves that allocation:
+        // only the agent holding that request's credential, not any agent of
+        // its name. Its request is done with, in the same batch.
+        let requested = match caller {
+            Caller::Spawned { grant, .. } => state
+                .unbound
+                .request(&grant.name)
+                .filter(|r| r.pool == grant.pool)
+                .cloned(),
             _ => None,
         };
-        if let Some(p) = spawned_for {
-            let target = state.runs.values().find_map(|r| {
-                r.allocations
-                    .iter()
-                    .find(|a| a.id == p.allocation && a.worker_id.is_none())
-                    .map(|a| (r.record.id, a.group))
-            });
-            if let Some((run_id, group)) = target
-                && let Some(mut update) = RunUpdate::take(&mut state, run_id, now)
+        if let Some(r) = requested {
+            writes.push(Write::DeleteWorkerRequest(r.name.clone()));
+            if state.unbound.waits(r.run_id, r.group, r.allocation_id)
+                && let Some(mut update) = RunUpdate::take(&mut state, r.run_id, now)
             {
-                update.bind(group, Some(id));
+                update.bind(r.group, Some(id));
                 update.advance(&mut state);
                 writes.append(&mut update.done(&mut state));
             }

@@ -1,0 +1,125 @@
+//! An in-memory provider for tests: it keeps the names of the workers it
+//! "created", records every call, and can be told to fail its next creates or
+//! to hang in them (a create that never answers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::{Existing, Provider, ProviderError, WorkerRequest};
+
+#[derive(Default)]
+struct Book {
+    workers: BTreeSet<String>,
+    /// The credential of each worker's last create, as its agent would get it.
+    credentials: BTreeMap<String, String>,
+    creates: Vec<String>,
+    deletes: Vec<String>,
+    failing: u32,
+    hanging: bool,
+}
+
+/// A provider whose workers are names in memory.
+#[derive(Default)]
+pub struct FakeProvider {
+    book: Mutex<Book>,
+}
+
+impl FakeProvider {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next `n` creates fail.
+    pub fn fail_next(&self, n: u32) {
+        self.book().failing = n;
+    }
+
+    /// Creates hang (never answer) until told otherwise.
+    pub fn hang(&self, hanging: bool) {
+        self.book().hanging = hanging;
+    }
+
+    /// A worker it holds that nobody asked for (as one left by a crash).
+    pub fn insert(&self, name: &str) {
+        self.book().workers.insert(name.to_string());
+    }
+
+    /// A worker that went away by itself.
+    pub fn remove(&self, name: &str) {
+        self.book().workers.remove(name);
+    }
+
+    /// The workers it holds, by name.
+    pub fn workers(&self) -> Vec<String> {
+        self.book().workers.iter().cloned().collect()
+    }
+
+    /// The credential the last create of worker `name` handed its agent.
+    pub fn credential(&self, name: &str) -> Option<String> {
+        self.book().credentials.get(name).cloned()
+    }
+
+    /// The names it was asked to create, in order (failed and hung ones too).
+    pub fn creates(&self) -> Vec<String> {
+        self.book().creates.clone()
+    }
+
+    /// The references it was asked to delete, in order.
+    pub fn deletes(&self) -> Vec<String> {
+        self.book().deletes.clone()
+    }
+}
+
+#[async_trait]
+impl Provider for FakeProvider {
+    fn provisions(&self) -> bool {
+        true
+    }
+
+    async fn create(&self, request: &WorkerRequest) -> Result<String, ProviderError> {
+        let hanging = {
+            let mut book = self.book();
+            book.creates.push(request.name.clone());
+            book.credentials
+                .insert(request.name.clone(), request.credential.clone());
+            if book.failing > 0 {
+                book.failing -= 1;
+                return Err(ProviderError::Injected(format!(
+                    "told to fail creating {}",
+                    request.name
+                )));
+            }
+            if !book.hanging {
+                book.workers.insert(request.name.clone());
+            }
+            book.hanging
+        };
+        if hanging {
+            std::future::pending::<()>().await;
+        }
+        Ok(request.name.clone())
+    }
+
+    async fn delete(&self, reference: &str) -> Result<(), ProviderError> {
+        let mut book = self.book();
+        book.deletes.push(reference.to_string());
+        book.workers.remove(reference);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Existing>, ProviderError> {
+        Ok(self
+            .book()
+            .workers
+            .iter()
+            .map(|name| Existing {
+                name: name.clone(),
+                reference: name.clone(),
+            })
+            .collect())
+    }
+}

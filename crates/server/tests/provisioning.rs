@@ -1,0 +1,313 @@
+//! Provisioning through a fake provider, with a manual clock and explicit
+//! cycles: creates that fail or hang, deadlines, and what a restarted engine
+//! reconciles with what the provider holds.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_api::{RegisterRequest, ResourcesView};
+use corral_core::clock::{ManualClock, Timestamp};
+use corral_core::ids::{RunId, WorkerId};
+use corral_core::manifest::{Document, parse_documents};
+use corral_core::pool::Provider as PoolProvider;
+use corral_core::run::RunState;
+use corral_server::auth::Principal;
+use corral_server::engine::{Engine, EngineConfig};
+use corral_server::provider::Providers;
+use corral_server::provider::fake::FakeProvider;
+use corral_store::{SqlStore, WorkerRequestRecord, WorkerRequestState};
+
+const CLUSTER: &str = "kind: Pool\nname: box\ncapacity: {cpu: 4, memory: 8Gi}\nmax_workers: 2\n---\nkind: Tenant\nname: t\n";
+
+fn admin() -> Principal {
+    Principal {
+        name: "test-admin".into(),
+        role: corral_core::access::Role::Admin,
+    }
+}
+
+/// A test's own directory, removed at the end unless the test failed.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+struct Harness {
+    engine: Arc<Engine>,
+    clock: Arc<ManualClock>,
+    fake: Arc<FakeProvider>,
+    dir: Arc<Scratch>,
+}
+
+impl Harness {
+    async fn new(label: &str) -> Harness {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "corral-provisioning-{label}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
+        let h = Harness::load(Arc::new(Scratch(dir)), clock, Arc::default()).await;
+        for doc in parse_documents(CLUSTER).expect("yaml") {
+            match doc {
+                Document::Pool(p) => {
+                    h.engine.put_pool(&admin(), p, false).await.expect("pool");
+                }
+                Document::Tenant(t) => {
+                    h.engine
+                        .put_tenant(&admin(), t, false)
+                        .await
+                        .expect("tenant");
+                }
+                Document::Pipeline(_) => unreachable!("no pipelines here"),
+            }
+        }
+        h
+    }
+
+    /// An engine on `dir`'s store whose local pools are `fake`'s, with its
+    /// committer and provisioning worker running, reconciled as at start.
+    async fn load(dir: Arc<Scratch>, clock: Arc<ManualClock>, fake: Arc<FakeProvider>) -> Harness {
+        let store = Arc::new(SqlStore::open_sqlite(&dir.0).await.expect("store"));
+        let providers = Providers::default().with(PoolProvider::Local, fake.clone());
+        let engine = Arc::new(
+            Engine::load(store, clock.clone(), EngineConfig::default(), providers)
+                .await
+                .expect("engine"),
+        );
+        let committer = engine.clone();
+        tokio::spawn(async move { committer.run_committer().await });
+        engine.start_provisioner();
+        engine.reconcile().await.expect("reconcile");
+        Harness {
+            engine,
+            clock,
+            fake,
+            dir,
+        }
+    }
+
+    /// The engine of a restarted server on the same store and provider.
+    async fn restart(&self) -> Harness {
+        Harness::load(self.dir.clone(), self.clock.clone(), self.fake.clone()).await
+    }
+
+    async fn submit(&self) -> RunId {
+        let yaml = "kind: Pipeline\nname: job\ntenant: t\nsteps:\n  - {name: s, run: 'true', resources: {cpu: 1, memory: 1Gi}}\n";
+        self.engine
+            .submit(&admin(), yaml)
+            .await
+            .expect("submit")
+            .run
+            .id
+    }
+
+    async fn requests(&self) -> Vec<WorkerRequestRecord> {
+        self.engine
+            .read()
+            .await
+            .unbound
+            .requests()
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until the one worker request is in `state`, and returns it.
+    async fn request_in(&self, state: WorkerRequestState) -> WorkerRequestRecord {
+        for _ in 0..400 {
+            let requests = self.requests().await;
+            if let [r] = requests.as_slice()
+                && r.state == state
+            {
+                return r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no request in state {state:?}: {:?}", self.requests().await);
+    }
+
+    /// Registers the agent of worker `name` with the credential its last
+    /// create handed it.
+    async fn register_created(&self, name: &str) -> WorkerId {
+        let credential = self.fake.credential(name).expect("created");
+        let caller = self
+            .engine
+            .credentials()
+            .resolve(&credential, self.engine.now())
+            .expect("the created agent's credential");
+        let request = RegisterRequest {
+            pool: "box".into(),
+            name: name.into(),
+            instance: Some("workers".into()),
+            incarnation: Some(format!("{name}-process")),
+            capacity: ResourcesView {
+                cpu_millis: 1000,
+                memory_mib: 1024,
+                gpu: 0,
+            },
+            labels: Default::default(),
+            confinement: None,
+        };
+        self.engine
+            .register(&caller, request)
+            .await
+            .expect("register")
+            .0
+    }
+
+    async fn bound_to(&self, run: RunId) -> Option<WorkerId> {
+        self.engine.read().await.worker_of(run, 0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_create_is_asked_again_under_its_name_and_its_agent_binds_the_allocation() {
+    let h = Harness::new("failed").await;
+    h.fake.fail_next(1);
+    let run = h.submit().await;
+    h.engine.cycle().await.expect("cycle");
+    let failed = h.request_in(WorkerRequestState::Failed).await;
+    assert_eq!(failed.name, "box-1-0");
+    assert_eq!(failed.attempts, 1);
+    h.engine.cycle().await.expect("cycle");
+    let created = h.request_in(WorkerRequestState::Created).await;
+    assert_eq!((created.name.as_str(), created.attempts), ("box-1-0", 2));
+    assert_eq!(h.fake.creates(), vec!["box-1-0", "box-1-0"]);
+    assert_ne!(
+        created.spawn_hash, failed.spawn_hash,
+        "each create hands a new credential"
+    );
+    let worker = h.register_created("box-1-0").await;
+    assert_eq!(h.bound_to(run).await, Some(worker));
+    assert!(h.requests().await.is_empty(), "done with once registered");
+    assert_eq!(h.fake.deletes(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_hanging_past_the_deadline_is_deleted_and_the_allocation_asked_for_again() {
+    let h = Harness::new("hang").await;
+    h.fake.hang(true);
+    let run = h.submit().await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(
+        h.engine.read().await.runs[&run].record.state,
+        RunState::Provisioning
+    );
+    // The create hangs; an agent's registration does not wait for it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while h.fake.creates().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let request = RegisterRequest {
+            pool: "box".into(),
+            name: "static-looking".into(),
+            instance: Some("elsewhere".into()),
+            incarnation: None,
+            capacity: ResourcesView {
+                cpu_millis: 500,
+                memory_mib: 512,
+                gpu: 0,
+            },
+            labels: Default::default(),
+            confinement: None,
+        };
+        h.engine
+            .register(&corral_server::auth::Caller::Token(admin()), request)
+            .await
+            .expect("register while a create hangs");
+    })
+    .await
+    .expect("registration answers while the provider hangs");
+    let first = h.request_in(WorkerRequestState::Pending).await;
+    // Before its deadline, it is waited for.
+    h.clock.advance(29_000);
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.requests().await, vec![first.clone()]);
+    h.clock.advance(1_000);
+    h.fake.hang(false);
+    h.engine.cycle().await.expect("cycle");
+    let second = h.request_in(WorkerRequestState::Created).await;
+    assert_eq!(second.name, "box-1-1", "a new request, under a new name");
+    assert_eq!(second.allocation_id, first.allocation_id);
+    for _ in 0..400 {
+        if !h.fake.deletes().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        h.fake.deletes(),
+        vec!["box-1-0"],
+        "the late worker is deleted"
+    );
+    // Its credential is dead with it.
+    assert!(
+        h.engine
+            .credentials()
+            .resolve(
+                &h.fake.credential("box-1-0").expect("asked"),
+                h.engine.now()
+            )
+            .is_err()
+    );
+    let worker = h.register_created("box-1-1").await;
+    assert_eq!(h.bound_to(run).await, Some(worker));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_waits_for_a_created_worker_creates_a_missing_one_again_and_deletes_orphans() {
+    let h = Harness::new("restart").await;
+    let first = h.submit().await;
+    let second = h.submit().await;
+    h.engine.cycle().await.expect("cycle");
+    for _ in 0..400 {
+        let requests = h.requests().await;
+        if requests.len() == 2
+            && requests
+                .iter()
+                .all(|r| r.state == WorkerRequestState::Created)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(h.fake.workers(), vec!["box-1-0", "box-2-0"]);
+    // The server dies; one worker dies with it, and one that nobody asked
+    // for is left behind.
+    h.fake.remove("box-2-0");
+    h.fake.insert("box-77-0");
+    let restarted = h.restart().await;
+    let h = restarted;
+    for _ in 0..400 {
+        if h.fake.deletes() == vec!["box-77-0"] && h.fake.creates().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(h.fake.deletes(), vec!["box-77-0"], "the orphan is deleted");
+    // The first two creates ran at once, in either order.
+    let mut creates = h.fake.creates();
+    creates[..2].sort();
+    assert_eq!(
+        creates,
+        vec!["box-1-0", "box-2-0", "box-2-0"],
+        "only the missing worker is created again, under its name"
+    );
+    assert_eq!(h.fake.workers(), vec!["box-1-0", "box-2-0"]);
+    // The worker created before the restart registers with the credential
+    // it was started with; the one created again with its new one.
+    let a = h.register_created("box-1-0").await;
+    let b = h.register_created("box-2-0").await;
+    assert_eq!(h.bound_to(first).await, Some(a));
+    assert_eq!(h.bound_to(second).await, Some(b));
+    assert!(h.requests().await.is_empty());
+}

@@ -35,6 +35,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::clock::Timestamp;
 use crate::ids::{RunId, WorkerId};
@@ -323,7 +324,8 @@ pub struct Outcome {
     pub rejected: Vec<(RunId, Reason)>,
     /// Why the runs of each class still queued wait. The runs of a class wait
     /// behind its oldest one; a budget's numbers are that run's (its bound).
-    pub waiting: BTreeMap<ClassId, Reason>,
+    /// Shared, so that a verdict the incremental controller reuses is not copied.
+    pub waiting: BTreeMap<ClassId, Arc<Reason>>,
     pub reservations: Vec<Reservation>,
 }
 
@@ -488,7 +490,7 @@ impl<'a> Cycle<'a, '_> {
                 ReasonCode::UnknownTenant,
                 format!("tenant {} does not exist", class.tenant),
             );
-            self.reject_class(class, reason);
+            self.reject_class(class, &reason);
             return false;
         };
         // The budget per run, with its own bound (see the module's header).
@@ -527,7 +529,7 @@ impl<'a> Cycle<'a, '_> {
                     }
                 });
                 let verdict = match &facts.fits {
-                    Err(reason) => Err(Verdict::Reject(reason.clone())),
+                    Err(reason) => Err(Verdict::Reject(Arc::new(reason.clone()))),
                     Ok(()) => evaluate(
                         &self.work,
                         tenant,
@@ -538,7 +540,7 @@ impl<'a> Cycle<'a, '_> {
                         bound,
                         &mut self.reasons,
                     )
-                    .map_err(Verdict::Wait),
+                    .map_err(|reason| Verdict::Wait(Arc::new(reason))),
                 };
                 if let (Err(v), Some(keys), Some(probe)) = (&verdict, self.keys.as_mut(), probe) {
                     keys.store(class.id, probe, &facts.matching, v.clone());
@@ -560,7 +562,7 @@ impl<'a> Cycle<'a, '_> {
                 true
             }
             Err(Verdict::Reject(reason)) => {
-                self.reject_class(class, reason);
+                self.reject_class(class, &reason);
                 false
             }
             Err(Verdict::Wait(mut reason)) => {
@@ -577,6 +579,7 @@ impl<'a> Cycle<'a, '_> {
                             }
                             keys.tenant_changed(&class.tenant);
                         }
+                        let reason = Arc::make_mut(&mut reason);
                         reason.message = format!(
                             "{}; it has waited {}, so {} room is held for it",
                             reason.message,
@@ -596,7 +599,7 @@ impl<'a> Cycle<'a, '_> {
         }
     }
 
-    fn reject_class(&mut self, class: &Class, reason: Reason) {
+    fn reject_class(&mut self, class: &Class, reason: &Reason) {
         for (_, run) in &class.runs {
             self.outcome.rejected.push((*run, reason.clone()));
         }

@@ -171,7 +171,7 @@ pub struct State {
     /// Prices, capacities and this month's spend, for budgets.
     pub spend: SpendBook,
     /// Why each class of the queue waits, as of the last controller cycle.
-    pub waiting: BTreeMap<ClassId, Reason>,
+    pub waiting: BTreeMap<ClassId, Arc<Reason>>,
     /// Room held for starving runs in the last controller cycle.
     pub reservations: Vec<Reservation>,
 }
@@ -601,7 +601,7 @@ impl State {
                     tenant_position: *n,
                     waited_ms: now.millis_since(self.queue.enqueued_at(run)?),
                     regroup: class.readmit,
-                    reason: self.waiting.get(&class.id).cloned(),
+                    reason: self.waiting.get(&class.id).map(|r| Reason::clone(r)),
                     reserved: self
                         .reservations
                         .iter()

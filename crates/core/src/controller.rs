@@ -376,7 +376,7 @@ fn walk(
         classes: FastMap::default(),
         masks: Masks::default(),
         empty: None,
-        reasons: FastMap::default(),
+        reasons: ReasonCache::default(),
         keys,
     };
     for (level, tenants) in queue.levels() {
@@ -540,7 +540,7 @@ impl<'a> Cycle<'a, '_> {
                         bound,
                         &mut self.reasons,
                     )
-                    .map_err(|reason| Verdict::Wait(Arc::new(reason))),
+                    .map_err(Verdict::Wait),
                 };
                 if let (Err(v), Some(keys), Some(probe)) = (&verdict, self.keys.as_mut(), probe) {
                     keys.store(class.id, probe, &facts.matching, v.clone());
@@ -695,7 +695,7 @@ fn evaluate(
     run: RunId,
     bound: Money,
     reasons: &mut ReasonCache,
-) -> Result<Vec<Placement>, Reason> {
+) -> Result<Vec<Placement>, Arc<Reason>> {
     let placed = place(
         work,
         tenant,
@@ -715,12 +715,12 @@ fn evaluate(
     let tenant_limits = match (budget, check_tenant(tenant, class, run)) {
         (Ok(()), quota) => quota,
         (Err(budget), Ok(())) => Err(budget),
-        (Err(budget), Err(quota)) => Err(budget.and(quota)),
+        (Err(budget), Err(quota)) => Err(budget.and(&quota)),
     };
     match (tenant_limits, placed) {
         (Ok(()), placed) => placed,
-        (Err(tenant), Ok(_)) => Err(tenant),
-        (Err(tenant), Err(pools)) => Err(tenant.and(pools)),
+        (Err(tenant), Ok(_)) => Err(Arc::new(tenant)),
+        (Err(tenant), Err(pools)) => Err(Arc::new(tenant.and(&pools))),
     }
 }
 
@@ -1113,10 +1113,18 @@ fn pool_blocker(
     None
 }
 
-/// Reasons of blocked pools, by position of the pool in the snapshot, block and
-/// need: the many classes that find the same pools full in one cycle share them.
-/// Shared, not copied: a class's reason copies only the parts it keeps.
-type ReasonCache = FastMap<(usize, Block, Resources), Rc<Reason>>;
+/// Reasons built once in a cycle and shared by the classes that get them.
+#[derive(Default)]
+struct ReasonCache {
+    /// Reasons of blocked pools, by position of the pool in the snapshot, block
+    /// and need: the many classes that find the same pools full share them.
+    pools: FastMap<(usize, Block, Resources), Rc<Reason>>,
+    /// The reason of a one-group class that no pool takes, by need and the
+    /// blocks of its pools (positions and blocks, all of the pool's alone): the
+    /// classes that differ only in what the reason does not read (tenant,
+    /// level) share it, so re-evaluating one that still waits copies a pointer.
+    groups: FastMap<(Resources, Vec<(usize, Block)>), Arc<Reason>>,
+}
 
 impl Block {
     /// Does its reason follow from the pool's position, the block and the need
@@ -1258,7 +1266,7 @@ fn place(
     default_policy: PlacementPolicy,
     run: Option<RunId>,
     mut reasons: Option<&mut ReasonCache>,
-) -> Result<Vec<Placement>, Reason> {
+) -> Result<Vec<Placement>, Arc<Reason>> {
     let mut extra: BTreeMap<&str, (Resources, u32)> = BTreeMap::new();
     let mut taken: BTreeMap<WorkerId, Resources> = BTreeMap::new();
     let mut placements = Vec::with_capacity(groups.len());
@@ -1308,28 +1316,52 @@ fn place(
             // the tenant may not use are named only when the group asked for
             // them (by name or labels), not when any pool would do.
             let any_pool = g.selector.name.is_none() && g.selector.labels.is_empty();
-            let blockers = candidates
+            let blocks: Vec<(usize, &PoolView, Block)> = candidates
                 .filter_map(|(i, p, allowed)| {
                     let block = judge(p, allowed).err()?;
                     if any_pool && matches!(block, Block::NotAllowed) {
                         return None;
                     }
-                    Some(match reasons.as_deref_mut() {
-                        Some(cache) if block.of_pool_only() => Rc::clone(
-                            cache
-                                .entry((i, block, g.resources))
-                                .or_insert_with(|| Rc::new(block.reason(p, tenant, &g.resources))),
-                        ),
-                        _ => Rc::new(block.reason(p, tenant, &g.resources)),
-                    })
+                    Some((i, p, block))
+                })
+                .collect();
+            // A one-group class's reason is its pools' reasons alone.
+            let shared = groups.len() == 1
+                && !blocks.is_empty()
+                && blocks.iter().all(|(_, _, b)| b.of_pool_only());
+            let key = shared.then(|| {
+                (
+                    g.resources,
+                    blocks.iter().map(|&(i, _, b)| (i, b)).collect::<Vec<_>>(),
+                )
+            });
+            if let (Some(key), Some(cache)) = (&key, reasons.as_deref())
+                && let Some(reason) = cache.groups.get(key)
+            {
+                return Err(Arc::clone(reason));
+            }
+            let blockers = blocks
+                .into_iter()
+                .map(|(i, p, block)| match reasons.as_deref_mut() {
+                    Some(cache) if block.of_pool_only() => Rc::clone(
+                        cache
+                            .pools
+                            .entry((i, block, g.resources))
+                            .or_insert_with(|| Rc::new(block.reason(p, tenant, &g.resources))),
+                    ),
+                    _ => Rc::new(block.reason(p, tenant, &g.resources)),
                 })
                 .collect::<Vec<Rc<Reason>>>();
-            return Err(Reason::blocked_group(
+            let reason = Arc::new(Reason::blocked_group(
                 g,
                 groups.len(),
                 &placements,
                 &blockers,
             ));
+            if let (Some(key), Some(cache)) = (key, reasons.as_deref_mut()) {
+                cache.groups.insert(key, Arc::clone(&reason));
+            }
+            return Err(reason);
         };
         let worker = pool
             .agents

@@ -1123,8 +1123,11 @@ struct ReasonCache {
     /// blocks of its pools (positions and blocks, all of the pool's alone): the
     /// classes that differ only in what the reason does not read (tenant,
     /// level) share it, so re-evaluating one that still waits copies a pointer.
-    groups: FastMap<(Resources, Vec<(usize, Block)>), Arc<Reason>>,
+    groups: FastMap<GroupBlocks, Arc<Reason>>,
 }
+
+/// A group's need and, for each pool in its way, the pool's position and block.
+type GroupBlocks = (Resources, Vec<(usize, Block)>);
 
 impl Block {
     /// Does its reason follow from the pool's position, the block and the need

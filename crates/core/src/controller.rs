@@ -1119,15 +1119,18 @@ struct ReasonCache {
     /// Reasons of blocked pools, by position of the pool in the snapshot, block
     /// and need: the many classes that find the same pools full share them.
     pools: FastMap<(usize, Block, Resources), Rc<Reason>>,
-    /// The reason of a one-group class that no pool takes, by need and the
-    /// blocks of its pools (positions and blocks, all of the pool's alone): the
-    /// classes that differ only in what the reason does not read (tenant,
-    /// level) share it, so re-evaluating one that still waits copies a pointer.
+    /// The reason of a group that no pool takes, with no group of its gang
+    /// placed before it, by need, the group's index and selector when it has
+    /// partners, and the blocks of its pools (positions and blocks, all of the
+    /// pool's alone): the classes that differ only in what the reason does not
+    /// read (tenant, level) share it, so re-evaluating one that still waits
+    /// copies a pointer.
     groups: FastMap<GroupBlocks, Arc<Reason>>,
 }
 
-/// A group's need and, for each pool in its way, the pool's position and block.
-type GroupBlocks = (Resources, Vec<(usize, Block)>);
+/// A group's need, its index and selector in a gang, and for each pool in its
+/// way, the pool's position and block.
+type GroupBlocks = (Resources, Option<(u32, PoolSelector)>, Vec<(usize, Block)>);
 
 impl Block {
     /// Does its reason follow from the pool's position, the block and the need
@@ -1328,13 +1331,15 @@ fn place(
                     Some((i, p, block))
                 })
                 .collect();
-            // A one-group class's reason is its pools' reasons alone.
-            let shared = groups.len() == 1
+            // With no partner placed, the reason is the pools' reasons and,
+            // in a gang, the group's index and selector.
+            let shared = (groups.len() == 1 || placements.is_empty())
                 && !blocks.is_empty()
                 && blocks.iter().all(|(_, _, b)| b.of_pool_only());
             let key = shared.then(|| {
                 (
                     g.resources,
+                    (groups.len() > 1).then(|| (g.index, g.selector.clone())),
                     blocks.iter().map(|&(i, _, b)| (i, b)).collect::<Vec<_>>(),
                 )
             });

@@ -1308,29 +1308,26 @@ fn place(
             };
             Ok(score)
         };
-        let candidates = candidates(work, tenant, g, matching.get(index));
+        // Pools the tenant may not use are named only when the group asked for
+        // them (by name or labels), not when any pool would do.
+        let any_pool = g.selector.name.is_none() && g.selector.labels.is_empty();
         let mut best: Option<(&PoolView, (i64, u128))> = None;
-        for (_, pool, allowed) in candidates.clone() {
-            if let Ok(score) = judge(pool, allowed)
-                && best.as_ref().is_none_or(|(_, s)| score > *s)
-            {
-                best = Some((pool, score));
+        // What blocks each pool, kept from the one pass over them for the
+        // reason should no pool take the group.
+        let mut blocks: Vec<(usize, &PoolView, Block)> = Vec::new();
+        for (i, pool, allowed) in candidates(work, tenant, g, matching.get(index)) {
+            match judge(pool, allowed) {
+                Ok(score) => {
+                    if best.as_ref().is_none_or(|(_, s)| score > *s) {
+                        best = Some((pool, score));
+                    }
+                }
+                Err(Block::NotAllowed) if any_pool => {}
+                Err(block) => blocks.push((i, pool, block)),
             }
         }
         let Some((pool, _)) = best else {
-            // No pool takes the group: only now say why, pool by pool. Pools
-            // the tenant may not use are named only when the group asked for
-            // them (by name or labels), not when any pool would do.
-            let any_pool = g.selector.name.is_none() && g.selector.labels.is_empty();
-            let blocks: Vec<(usize, &PoolView, Block)> = candidates
-                .filter_map(|(i, p, allowed)| {
-                    let block = judge(p, allowed).err()?;
-                    if any_pool && matches!(block, Block::NotAllowed) {
-                        return None;
-                    }
-                    Some((i, p, block))
-                })
-                .collect();
+            // No pool takes the group: only now say why, pool by pool.
             // With no partner placed, the reason is the pools' reasons and,
             // in a gang, the group's index and selector.
             let shared = (groups.len() == 1 || placements.is_empty())

@@ -35,6 +35,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::clock::Timestamp;
 use crate::ids::{RunId, WorkerId};
@@ -323,7 +324,8 @@ pub struct Outcome {
     pub rejected: Vec<(RunId, Reason)>,
     /// Why the runs of each class still queued wait. The runs of a class wait
     /// behind its oldest one; a budget's numbers are that run's (its bound).
-    pub waiting: BTreeMap<ClassId, Reason>,
+    /// Shared, so that a verdict the incremental controller reuses is not copied.
+    pub waiting: BTreeMap<ClassId, Arc<Reason>>,
     pub reservations: Vec<Reservation>,
 }
 
@@ -374,7 +376,7 @@ fn walk(
         classes: FastMap::default(),
         masks: Masks::default(),
         empty: None,
-        reasons: FastMap::default(),
+        reasons: ReasonCache::default(),
         keys,
     };
     for (level, tenants) in queue.levels() {
@@ -488,7 +490,7 @@ impl<'a> Cycle<'a, '_> {
                 ReasonCode::UnknownTenant,
                 format!("tenant {} does not exist", class.tenant),
             );
-            self.reject_class(class, reason);
+            self.reject_class(class, &reason);
             return false;
         };
         // The budget per run, with its own bound (see the module's header).
@@ -527,7 +529,7 @@ impl<'a> Cycle<'a, '_> {
                     }
                 });
                 let verdict = match &facts.fits {
-                    Err(reason) => Err(Verdict::Reject(reason.clone())),
+                    Err(reason) => Err(Verdict::Reject(Arc::new(reason.clone()))),
                     Ok(()) => evaluate(
                         &self.work,
                         tenant,
@@ -560,7 +562,7 @@ impl<'a> Cycle<'a, '_> {
                 true
             }
             Err(Verdict::Reject(reason)) => {
-                self.reject_class(class, reason);
+                self.reject_class(class, &reason);
                 false
             }
             Err(Verdict::Wait(mut reason)) => {
@@ -577,6 +579,7 @@ impl<'a> Cycle<'a, '_> {
                             }
                             keys.tenant_changed(&class.tenant);
                         }
+                        let reason = Arc::make_mut(&mut reason);
                         reason.message = format!(
                             "{}; it has waited {}, so {} room is held for it",
                             reason.message,
@@ -596,7 +599,7 @@ impl<'a> Cycle<'a, '_> {
         }
     }
 
-    fn reject_class(&mut self, class: &Class, reason: Reason) {
+    fn reject_class(&mut self, class: &Class, reason: &Reason) {
         for (_, run) in &class.runs {
             self.outcome.rejected.push((*run, reason.clone()));
         }
@@ -692,7 +695,7 @@ fn evaluate(
     run: RunId,
     bound: Money,
     reasons: &mut ReasonCache,
-) -> Result<Vec<Placement>, Reason> {
+) -> Result<Vec<Placement>, Arc<Reason>> {
     let placed = place(
         work,
         tenant,
@@ -712,12 +715,12 @@ fn evaluate(
     let tenant_limits = match (budget, check_tenant(tenant, class, run)) {
         (Ok(()), quota) => quota,
         (Err(budget), Ok(())) => Err(budget),
-        (Err(budget), Err(quota)) => Err(budget.and(quota)),
+        (Err(budget), Err(quota)) => Err(budget.and(&quota)),
     };
     match (tenant_limits, placed) {
         (Ok(()), placed) => placed,
-        (Err(tenant), Ok(_)) => Err(tenant),
-        (Err(tenant), Err(pools)) => Err(tenant.and(pools)),
+        (Err(tenant), Ok(_)) => Err(Arc::new(tenant)),
+        (Err(tenant), Err(pools)) => Err(Arc::new(tenant.and(&pools))),
     }
 }
 
@@ -1110,10 +1113,24 @@ fn pool_blocker(
     None
 }
 
-/// Reasons of blocked pools, by position of the pool in the snapshot, block and
-/// need: the many classes that find the same pools full in one cycle share them.
-/// Shared, not copied: a class's reason copies only the parts it keeps.
-type ReasonCache = FastMap<(usize, Block, Resources), Rc<Reason>>;
+/// Reasons built once in a cycle and shared by the classes that get them.
+#[derive(Default)]
+struct ReasonCache {
+    /// Reasons of blocked pools, by position of the pool in the snapshot, block
+    /// and need: the many classes that find the same pools full share them.
+    pools: FastMap<(usize, Block, Resources), Rc<Reason>>,
+    /// The reason of a group that no pool takes, with no group of its gang
+    /// placed before it, by need, the group's index and selector when it has
+    /// partners, and the blocks of its pools (positions and blocks, all of the
+    /// pool's alone): the classes that differ only in what the reason does not
+    /// read (tenant, level) share it, so re-evaluating one that still waits
+    /// copies a pointer.
+    groups: FastMap<GroupBlocks, Arc<Reason>>,
+}
+
+/// A group's need, its index and selector in a gang, and for each pool in its
+/// way, the pool's position and block.
+type GroupBlocks = (Resources, Option<(u32, PoolSelector)>, Vec<(usize, Block)>);
 
 impl Block {
     /// Does its reason follow from the pool's position, the block and the need
@@ -1255,7 +1272,7 @@ fn place(
     default_policy: PlacementPolicy,
     run: Option<RunId>,
     mut reasons: Option<&mut ReasonCache>,
-) -> Result<Vec<Placement>, Reason> {
+) -> Result<Vec<Placement>, Arc<Reason>> {
     let mut extra: BTreeMap<&str, (Resources, u32)> = BTreeMap::new();
     let mut taken: BTreeMap<WorkerId, Resources> = BTreeMap::new();
     let mut placements = Vec::with_capacity(groups.len());
@@ -1291,42 +1308,65 @@ fn place(
             };
             Ok(score)
         };
-        let candidates = candidates(work, tenant, g, matching.get(index));
+        // Pools the tenant may not use are named only when the group asked for
+        // them (by name or labels), not when any pool would do.
+        let any_pool = g.selector.name.is_none() && g.selector.labels.is_empty();
         let mut best: Option<(&PoolView, (i64, u128))> = None;
-        for (_, pool, allowed) in candidates.clone() {
-            if let Ok(score) = judge(pool, allowed)
-                && best.as_ref().is_none_or(|(_, s)| score > *s)
-            {
-                best = Some((pool, score));
+        // What blocks each pool, kept from the one pass over them for the
+        // reason should no pool take the group.
+        let mut blocks: Vec<(usize, &PoolView, Block)> = Vec::new();
+        for (i, pool, allowed) in candidates(work, tenant, g, matching.get(index)) {
+            match judge(pool, allowed) {
+                Ok(score) => {
+                    if best.as_ref().is_none_or(|(_, s)| score > *s) {
+                        best = Some((pool, score));
+                    }
+                }
+                Err(Block::NotAllowed) if any_pool => {}
+                Err(block) => blocks.push((i, pool, block)),
             }
         }
         let Some((pool, _)) = best else {
-            // No pool takes the group: only now say why, pool by pool. Pools
-            // the tenant may not use are named only when the group asked for
-            // them (by name or labels), not when any pool would do.
-            let any_pool = g.selector.name.is_none() && g.selector.labels.is_empty();
-            let blockers = candidates
-                .filter_map(|(i, p, allowed)| {
-                    let block = judge(p, allowed).err()?;
-                    if any_pool && matches!(block, Block::NotAllowed) {
-                        return None;
-                    }
-                    Some(match reasons.as_deref_mut() {
-                        Some(cache) if block.of_pool_only() => Rc::clone(
-                            cache
-                                .entry((i, block, g.resources))
-                                .or_insert_with(|| Rc::new(block.reason(p, tenant, &g.resources))),
-                        ),
-                        _ => Rc::new(block.reason(p, tenant, &g.resources)),
-                    })
+            // No pool takes the group: only now say why, pool by pool.
+            // With no partner placed, the reason is the pools' reasons and,
+            // in a gang, the group's index and selector.
+            let shared = (groups.len() == 1 || placements.is_empty())
+                && !blocks.is_empty()
+                && blocks.iter().all(|(_, _, b)| b.of_pool_only());
+            let key = shared.then(|| {
+                (
+                    g.resources,
+                    (groups.len() > 1).then(|| (g.index, g.selector.clone())),
+                    blocks.iter().map(|&(i, _, b)| (i, b)).collect::<Vec<_>>(),
+                )
+            });
+            if let (Some(key), Some(cache)) = (&key, reasons.as_deref())
+                && let Some(reason) = cache.groups.get(key)
+            {
+                return Err(Arc::clone(reason));
+            }
+            let blockers = blocks
+                .into_iter()
+                .map(|(i, p, block)| match reasons.as_deref_mut() {
+                    Some(cache) if block.of_pool_only() => Rc::clone(
+                        cache
+                            .pools
+                            .entry((i, block, g.resources))
+                            .or_insert_with(|| Rc::new(block.reason(p, tenant, &g.resources))),
+                    ),
+                    _ => Rc::new(block.reason(p, tenant, &g.resources)),
                 })
                 .collect::<Vec<Rc<Reason>>>();
-            return Err(Reason::blocked_group(
+            let reason = Arc::new(Reason::blocked_group(
                 g,
                 groups.len(),
                 &placements,
                 &blockers,
             ));
+            if let (Some(key), Some(cache)) = (key, reasons.as_deref_mut()) {
+                cache.groups.insert(key, Arc::clone(&reason));
+            }
+            return Err(reason);
         };
         let worker = pool
             .agents

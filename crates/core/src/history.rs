@@ -32,6 +32,7 @@
 //! Pure: the time comes in, as everywhere in the core.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::clock::Timestamp;
 use crate::controller::Reason;
@@ -166,7 +167,7 @@ pub struct Sample {
 pub fn sample(
     snapshot: &Snapshot,
     queue: &RunQueue,
-    reasons: &BTreeMap<ClassId, Reason>,
+    reasons: &BTreeMap<ClassId, Arc<Reason>>,
     at: Timestamp,
 ) -> Vec<Sample> {
     let mut samples = Vec::new();

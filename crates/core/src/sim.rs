@@ -28,6 +28,7 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -109,7 +110,7 @@ pub struct CycleLog {
     pub rejected: Vec<RunId>,
     pub reservations: Vec<Reservation>,
     /// Why the runs of each class still queued wait.
-    pub waiting: BTreeMap<ClassId, Reason>,
+    pub waiting: BTreeMap<ClassId, Arc<Reason>>,
     pub violations: Vec<Violation>,
 }
 

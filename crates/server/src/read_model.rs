@@ -74,7 +74,7 @@ pub struct View {
     /// Runs waiting for admission.
     pub queued: imbl::OrdMap<RunId, Arc<Queued>>,
     /// Why each class waits, as of the last cycle (keys: `Queued::class`).
-    pub waiting: Arc<BTreeMap<ClassId, Reason>>,
+    pub waiting: Arc<BTreeMap<ClassId, Arc<Reason>>>,
     pub reservations: Arc<Vec<Reservation>>,
 }
 
@@ -142,7 +142,7 @@ pub struct QueueModel {
     source: Arc<View>,
     queue: RunQueue,
     /// Why each class of `queue` waits.
-    waiting: BTreeMap<ClassId, Reason>,
+    waiting: BTreeMap<ClassId, Arc<Reason>>,
     order: Vec<RunId>,
     places: HashMap<RunId, Place>,
     /// Per tenant, the indices in `order` of its runs.
@@ -205,7 +205,7 @@ impl QueueModel {
     }
 
     /// Why each class of [`QueueModel::queue`] waits.
-    pub fn waiting(&self) -> &BTreeMap<ClassId, Reason> {
+    pub fn waiting(&self) -> &BTreeMap<ClassId, Arc<Reason>> {
         &self.waiting
     }
 
@@ -233,7 +233,7 @@ impl QueueModel {
             tenant_position: place.tenant_position,
             waited_ms: now.millis_since(self.queue.enqueued_at(run)?),
             regroup: class.readmit,
-            reason: self.waiting.get(&class.id).cloned(),
+            reason: self.waiting.get(&class.id).map(|r| Reason::clone(r)),
             reserved: self
                 .source
                 .reservations

@@ -176,7 +176,7 @@ pub struct State {
     pub spend: SpendBook,
     /// Why each class of the queue waits, as of the last controller cycle
     /// (shared with the read model's views).
-    pub waiting: Arc<BTreeMap<ClassId, Reason>>,
+    pub waiting: Arc<BTreeMap<ClassId, Arc<Reason>>>,
     /// Room held for starving runs in the last controller cycle.
     pub reservations: Arc<Vec<Reservation>>,
     /// What the open allocations use, kept as they change.

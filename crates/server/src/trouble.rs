@@ -44,7 +44,7 @@ impl Blocked {
 /// reasons given to its classes.
 pub fn blocked_by_tenant(
     queue: &RunQueue,
-    waiting: &BTreeMap<ClassId, Reason>,
+    waiting: &BTreeMap<ClassId, std::sync::Arc<Reason>>,
 ) -> BTreeMap<String, Blocked> {
     let mut blocked: BTreeMap<String, Blocked> = BTreeMap::new();
     for class in queue.classes() {

@@ -21,6 +21,7 @@
 //! its message, which says how long it waited).
 
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use crate::clock::Timestamp;
 use crate::ids::RunId;
@@ -82,8 +83,8 @@ pub(super) struct Memo {
 /// What a class that was not admitted got.
 #[derive(Debug, Clone)]
 pub(super) enum Verdict {
-    Wait(Reason),
-    Reject(Reason),
+    Wait(Arc<Reason>),
+    Reject(Arc<Reason>),
 }
 
 #[derive(Debug, Clone)]

@@ -298,9 +298,9 @@ impl Reason {
     }
 
     /// This reason and, after it, another limit that also blocks the run.
-    pub fn and(mut self, other: Reason) -> Reason {
+    pub fn and(mut self, other: &Reason) -> Reason {
         self.message = format!("{}; also {}", self.message, other.message);
-        self.limits.extend(other.limits);
+        self.limits.extend(other.limits.iter().cloned());
         self
     }
 

@@ -67,7 +67,7 @@ impl Decided {
         self.outcome
             .waiting
             .get(&class)
-            .cloned()
+            .map(|r| Reason::clone(r))
             .expect("the run has a reason")
     }
 

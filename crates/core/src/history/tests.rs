@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::*;
 use crate::controller::{OpenAllocation, PoolView, Reason, ReasonCode, TenantView};
@@ -73,10 +74,10 @@ fn queued(id: i64, tenant: &str, selector: PoolSelector, resources: Resources) -
 }
 
 /// Every class of `queue` waiting with `code`.
-fn waiting_with(queue: &RunQueue, code: ReasonCode) -> BTreeMap<ClassId, Reason> {
+fn waiting_with(queue: &RunQueue, code: ReasonCode) -> BTreeMap<ClassId, Arc<Reason>> {
     queue
         .classes()
-        .map(|c| (c.id, Reason::simple(code, "waits")))
+        .map(|c| (c.id, Arc::new(Reason::simple(code, "waits"))))
         .collect()
 }
 

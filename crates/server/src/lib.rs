@@ -409,7 +409,12 @@ struct Controller {
 
 impl Job for Controller {
     async fn work(&mut self) -> Result<Progress, JobError> {
-        self.engine.cycle().await?;
+        // A cycle whose writes the store refused does not mean the controller
+        // is down: readiness already says the store is, and the next cycle
+        // tries again. Only a panic sends the controller into backoff.
+        if let Err(e) = self.engine.cycle().await {
+            tracing::error!(error = %e, "controller cycle failed; retrying");
+        }
         Ok(Progress::Idle)
     }
 

@@ -743,15 +743,31 @@ pub fn check_history(
             }
         }
     }
-    let mut seen = std::collections::BTreeSet::new();
+    // One open allocation per run and group at a time: a group granted again
+    // (after its worker was lost) only once the earlier grant was closed.
+    type Spans<'a> = Vec<(&'a str, Option<&'a str>)>;
+    let mut grants: std::collections::BTreeMap<(Option<i64>, Option<u64>), Spans> =
+        std::collections::BTreeMap::new();
     for a in allocations {
-        let key = (a["run_id"].as_i64(), a["group"].as_u64());
-        assert!(
-            seen.insert(key),
-            "run {:?} group {:?} was granted twice",
-            key.0,
-            key.1
-        );
+        grants
+            .entry((a["run_id"].as_i64(), a["group"].as_u64()))
+            .or_default()
+            .push((
+                a["opened_at"].as_str().expect("opened_at"),
+                a["closed_at"].as_str(),
+            ));
+    }
+    for (key, mut spans) in grants {
+        spans.sort();
+        for pair in spans.windows(2) {
+            let ((_, closed), (opened, _)) = (pair[0], pair[1]);
+            assert!(
+                closed.is_some_and(|closed| closed <= opened),
+                "run {:?} group {:?} was granted twice at once: {spans:?}",
+                key.0,
+                key.1
+            );
+        }
     }
     peak
 }

@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use corral_core::ids::AllocationId;
-use corral_core::pool::Provider as PoolProvider;
+use corral_core::ids::{AllocationId, RunId};
+use corral_core::pool::{PoolSpec, Provider as PoolProvider};
 use corral_core::request::WorkerTemplate;
+use corral_core::resources::Resources;
 
 pub mod fake;
 pub mod local;
@@ -24,12 +25,15 @@ pub mod operated;
 pub use local::LocalProvider;
 
 /// A worker to create: its name (a DNS-1123 label, the same for every create
-/// of one request), its shape, and the one-time credential its agent
-/// registers with.
+/// of one request), its shape, the pool as applied, the run and allocation it
+/// serves, and the one-time credential its agent registers with.
 #[derive(Clone)]
 pub struct WorkerRequest {
     pub name: String,
     pub template: WorkerTemplate,
+    pub pool: PoolSpec,
+    pub run: RunId,
+    pub allocation: AllocationId,
     pub credential: String,
 }
 
@@ -39,15 +43,29 @@ impl std::fmt::Debug for WorkerRequest {
         f.debug_struct("WorkerRequest")
             .field("name", &self.name)
             .field("template", &self.template)
+            .field("run", &self.run)
+            .field("allocation", &self.allocation)
             .finish_non_exhaustive()
     }
 }
 
-/// A worker a provider holds: its name and the provider's reference to it.
+/// A worker a provider holds: its name, the provider's reference to it, and
+/// why it is not up, when the provider can tell.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Existing {
     pub name: String,
     pub reference: String,
+    pub problem: Option<Problem>,
+}
+
+/// Why a worker the provider holds is not up, in the provider's words
+/// (`pod corral-42-1: 0/3 nodes are available: 3 Insufficient cpu.`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub message: String,
+    /// It will never come up (it ended, or its image cannot be pulled): its
+    /// request is replaced, as a lost worker's step is run again.
+    pub fatal: bool,
 }
 
 /// Why a provider could not do what it was asked.
@@ -81,9 +99,21 @@ pub trait Provider: Send + Sync {
     /// Deletes the worker of `reference`; one that is gone already is no error.
     async fn delete(&self, reference: &str) -> Result<(), ProviderError>;
 
-    /// The workers it holds now, by name: what a restarted server reconciles
-    /// its worker requests with.
-    async fn list(&self) -> Result<Vec<Existing>, ProviderError>;
+    /// The workers it holds now for `pools` (the pools of its kind), by
+    /// name: what a restarted server reconciles its worker requests with.
+    async fn list(&self, pools: &[PoolSpec]) -> Result<Vec<Existing>, ProviderError>;
+
+    /// Whether `list` is kept current by a watch (cheap to call), so the
+    /// provisioning worker reads it every second for workers' problems.
+    fn watches(&self) -> bool {
+        false
+    }
+
+    /// The capacity a pool whose spec says `capacity: auto` has now; `None`
+    /// when this provider does not size pools.
+    async fn capacity(&self, _pool: &PoolSpec) -> Result<Option<Resources>, ProviderError> {
+        Ok(None)
+    }
 }
 
 /// The provider of each kind of pool; a kind without one (`kubernetes`)

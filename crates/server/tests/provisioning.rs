@@ -40,6 +40,7 @@ impl Drop for Scratch {
 
 struct Harness {
     engine: Arc<Engine>,
+    committer: tokio::task::JoinHandle<String>,
     clock: Arc<ManualClock>,
     fake: Arc<FakeProvider>,
     dir: Arc<Scratch>,
@@ -84,12 +85,15 @@ impl Harness {
                 .await
                 .expect("engine"),
         );
-        let committer = engine.clone();
-        tokio::spawn(async move { committer.run_committer().await });
+        let committer = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.run_committer().await })
+        };
         engine.start_provisioner();
         engine.reconcile().await.expect("reconcile");
         Harness {
             engine,
+            committer,
             clock,
             fake,
             dir,
@@ -162,6 +166,18 @@ impl Harness {
             .await
             .expect("register")
             .0
+    }
+
+    /// Stops the committer (and the provisioning worker): what is staged from
+    /// now on stays uncommitted.
+    async fn hold(self) -> Arc<Engine> {
+        self.engine
+            .background()
+            .shutdown(Duration::from_secs(5))
+            .await;
+        self.committer.abort();
+        assert!(self.committer.await.is_err_and(|e| e.is_cancelled()));
+        self.engine
     }
 
     async fn bound_to(&self, run: RunId) -> Option<WorkerId> {
@@ -310,4 +326,74 @@ async fn a_restart_waits_for_a_created_worker_creates_a_missing_one_again_and_de
     assert_eq!(h.bound_to(first).await, Some(a));
     assert_eq!(h.bound_to(second).await, Some(b));
     assert!(h.requests().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_request_s_credential_is_refused_before_the_drop_commits() {
+    let h = Harness::new("dropped").await;
+    h.submit().await;
+    h.engine.cycle().await.expect("cycle");
+    let request = h.request_in(WorkerRequestState::Created).await;
+    let created = h
+        .engine
+        .credentials()
+        .resolve(
+            &h.fake.credential(&request.name).expect("created"),
+            h.engine.now(),
+        )
+        .expect("the created agent's credential");
+    let idle = |name: &str| RegisterRequest {
+        pool: "box".into(),
+        name: name.into(),
+        instance: Some(format!("{name}-host")),
+        incarnation: Some(format!("{name}-process")),
+        capacity: ResourcesView {
+            cpu_millis: 1000,
+            memory_mib: 1024,
+            gpu: 0,
+        },
+        labels: Default::default(),
+        confinement: None,
+    };
+    let engine = h.hold().await;
+    // An operator's agent that fits registers: its batch binds the allocation
+    // to it and drops the request, and waits for a commit that does not come.
+    let operated = {
+        let engine = engine.clone();
+        let request = idle("operated");
+        tokio::spawn(async move {
+            engine
+                .register(&corral_server::auth::Caller::Token(admin()), request)
+                .await
+        })
+    };
+    for _ in 0..400 {
+        if engine.read().await.unbound.requests().next().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        engine.read().await.unbound.requests().count(),
+        0,
+        "the request is dropped in memory"
+    );
+    // The created agent registers in that window: it is refused at once,
+    // rather than joining the pool as an idle worker that its request's
+    // delete would kill under a run.
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        engine.register(&created, idle(&request.name)),
+    )
+    .await
+    .expect("answered without waiting for the commit");
+    assert!(
+        matches!(
+            refused,
+            Err(corral_server::engine::EngineError::Forbidden(_))
+        ),
+        "{refused:?}"
+    );
+    assert!(!operated.is_finished());
+    operated.abort();
 }

@@ -30,7 +30,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) enum Order {
     Create {
         kind: PoolProvider,
-        request: WorkerRequest,
+        request: Box<WorkerRequest>,
         /// The request's attempt this create is: its outcome is kept only
         /// if the request is still at that attempt.
         attempts: u32,
@@ -43,8 +43,6 @@ pub(super) enum Order {
         kind: PoolProvider,
         name: String,
         reference: String,
-        /// The hash of its agent's credential, if it had a request.
-        revoke: Option<String>,
     },
 }
 
@@ -82,9 +80,14 @@ impl Orders {
     }
 }
 
-/// The shape of the worker that serves a run's group on `pool`, while the
-/// run is live (in the state) and the pool exists.
-fn template_of(state: &State, run: RunId, group: u32, pool: &str) -> Option<WorkerTemplate> {
+/// The shape of the worker that serves a run's group on `pool`, with the pool
+/// as applied, while the run is live (in the state) and the pool exists.
+fn template_of(
+    state: &State,
+    run: RunId,
+    group: u32,
+    pool: &str,
+) -> Option<(WorkerTemplate, PoolSpec)> {
     let group = state
         .runs
         .get(&run)?
@@ -92,8 +95,11 @@ fn template_of(state: &State, run: RunId, group: u32, pool: &str) -> Option<Work
         .request
         .groups
         .get(group as usize)?;
-    let labels = &state.pools.get(pool)?.spec.labels;
-    Some(WorkerTemplate::for_group(group, pool, labels))
+    let spec = &state.pools.get(pool)?.spec;
+    Some((
+        WorkerTemplate::for_group(group, pool, &spec.labels),
+        spec.clone(),
+    ))
 }
 
 /// The writes and calls of planning: what is staged, then called once committed.
@@ -101,6 +107,11 @@ fn template_of(state: &State, run: RunId, group: u32, pool: &str) -> Option<Work
 struct Plan {
     writes: Vec<Write>,
     orders: Vec<Order>,
+    /// The credentials of dropped requests, refused from the moment they are
+    /// dropped rather than from their commit: an agent registering in
+    /// between would find no request, join its pool as a plain idle worker,
+    /// take a run, and then be killed by its request's delete.
+    revoke: Vec<String>,
 }
 
 impl Plan {
@@ -108,12 +119,12 @@ impl Plan {
     /// made one) is deleted.
     fn drop_request(&mut self, kind: Option<PoolProvider>, r: &WorkerRequestRecord) {
         self.writes.push(Write::DeleteWorkerRequest(r.name.clone()));
+        self.revoke.push(r.spawn_hash.clone());
         if let Some(kind) = kind {
             self.orders.push(Order::Delete {
                 kind,
                 name: r.name.clone(),
                 reference: r.reference.clone().unwrap_or_else(|| r.name.clone()),
-                revoke: Some(r.spawn_hash.clone()),
             });
         }
     }
@@ -124,7 +135,7 @@ impl Plan {
         &mut self,
         kind: PoolProvider,
         r: &WorkerRequestRecord,
-        template: WorkerTemplate,
+        (template, pool): (WorkerTemplate, PoolSpec),
         now: Timestamp,
     ) {
         let credential = auth::new_spawn_secret();
@@ -138,7 +149,7 @@ impl Plan {
         self.ask(
             kind,
             record,
-            template,
+            (template, pool),
             credential,
             Some(r.spawn_hash.clone()),
         );
@@ -148,17 +159,20 @@ impl Plan {
         &mut self,
         kind: PoolProvider,
         record: WorkerRequestRecord,
-        template: WorkerTemplate,
+        (template, pool): (WorkerTemplate, PoolSpec),
         credential: String,
         revoke: Option<String>,
     ) {
         self.orders.push(Order::Create {
             kind,
-            request: WorkerRequest {
+            request: Box::new(WorkerRequest {
                 name: record.name.clone(),
                 template,
+                pool,
+                run: record.run_id,
+                allocation: record.allocation_id,
                 credential,
-            },
+            }),
             attempts: record.attempts,
             deadline: record.deadline,
             revoke,
@@ -176,6 +190,9 @@ impl Engine {
     /// providers for workers for the rest. Idempotent: re-driven on every cycle.
     pub(super) fn provision(&self, state: &mut State, fx: &mut Effects) {
         let plan = self.plan_provision(state);
+        for hash in &plan.revoke {
+            self.credentials.revoke_spawn(hash);
+        }
         let assigned: BTreeSet<WorkerId> = plan
             .writes
             .iter()
@@ -279,7 +296,7 @@ impl Engine {
                 let generation = match &request {
                     Some(r) if now < r.deadline => {
                         if r.state == WorkerRequestState::Failed {
-                            plan.retry(kind, r, template, now);
+                            plan.retry(kind, r, (template, pool.spec.clone()), now);
                         }
                         provisioning = true;
                         continue;
@@ -329,7 +346,13 @@ impl Engine {
                     created_at: now,
                     updated_at: now,
                 };
-                plan.ask(kind, record, template, credential, None);
+                plan.ask(
+                    kind,
+                    record,
+                    (template, pool.spec.clone()),
+                    credential,
+                    None,
+                );
                 *alive += 1;
                 provisioning = true;
             }
@@ -347,30 +370,25 @@ impl Engine {
     pub(super) fn dispatch(&self, orders: Vec<Order>) {
         let now = self.now();
         for order in &orders {
-            match order {
-                Order::Create {
-                    request,
-                    deadline,
-                    revoke,
-                    ..
-                } => {
-                    if let Some(old) = revoke {
-                        self.credentials.revoke_spawn(old);
-                    }
-                    self.credentials.grant_spawn(
-                        auth::hash(&request.credential),
-                        SpawnGrant {
-                            pool: request.template.pool.clone(),
-                            name: request.name.clone(),
-                            expires_at: *deadline,
-                        },
-                        now,
-                    );
+            if let Order::Create {
+                request,
+                deadline,
+                revoke,
+                ..
+            } = order
+            {
+                if let Some(old) = revoke {
+                    self.credentials.revoke_spawn(old);
                 }
-                Order::Delete {
-                    revoke: Some(old), ..
-                } => self.credentials.revoke_spawn(old),
-                Order::Delete { .. } => {}
+                self.credentials.grant_spawn(
+                    auth::hash(&request.credential),
+                    SpawnGrant {
+                        pool: request.template.pool.clone(),
+                        name: request.name.clone(),
+                        expires_at: *deadline,
+                    },
+                    now,
+                );
             }
         }
         self.orders.push(orders);
@@ -480,7 +498,8 @@ impl Engine {
             if !provider.provisions() {
                 continue;
             }
-            let existing = match tokio::time::timeout(CALL_TIMEOUT, provider.list()).await {
+            let pools = self.pools_of(kind);
+            let existing = match tokio::time::timeout(CALL_TIMEOUT, provider.list(&pools)).await {
                 Ok(Ok(existing)) => existing,
                 Ok(Err(e)) => {
                     tracing::error!(?kind, error = %e, "cannot list the provider's workers; not reconciling them");
@@ -530,9 +549,9 @@ impl Engine {
                     }
                     Some(_) => {}
                     None if now < r.deadline => {
-                        if let Some(template) = template_of(&state, r.run_id, r.group, &r.pool) {
+                        if let Some(shape) = template_of(&state, r.run_id, r.group, &r.pool) {
                             tracing::info!(worker = %r.name, "the requested worker is missing; creating it again");
-                            plan.retry(kind, r, template, now);
+                            plan.retry(kind, r, shape, now);
                         }
                     }
                     // Past its deadline: the next cycle replaces it.
@@ -557,7 +576,6 @@ impl Engine {
                         kind,
                         name: name.clone(),
                         reference: reference.clone(),
-                        revoke: None,
                     });
                 }
             }
@@ -571,6 +589,19 @@ impl Engine {
             self.finish(fx).await?;
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    /// The pools of `kind`, as committed.
+    fn pools_of(&self, kind: PoolProvider) -> Vec<PoolSpec> {
+        self.read_model()
+            .view()
+            .pools
+            .values()
+            .filter(|p| p.spec.provider == kind)
+            .map(|p| p.spec.clone())
+            .collect()
     }
 }
 

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use corral_core::pool::PoolSpec;
 
-use super::{Existing, Provider, ProviderError, WorkerRequest};
+use super::{Existing, Problem, Provider, ProviderError, WorkerRequest};
 
 #[derive(Default)]
 struct Book {
@@ -16,6 +17,8 @@ struct Book {
     credentials: BTreeMap<String, String>,
     creates: Vec<String>,
     deletes: Vec<String>,
+    /// What `list` says of a worker that is not up.
+    problems: BTreeMap<String, Problem>,
     failing: u32,
     hanging: bool,
 }
@@ -51,6 +54,16 @@ impl FakeProvider {
     /// A worker that went away by itself.
     pub fn remove(&self, name: &str) {
         self.book().workers.remove(name);
+    }
+
+    /// From now on, `list` says worker `name` is not up because of `problem`
+    /// (or, with `None`, says nothing of it).
+    pub fn set_problem(&self, name: &str, problem: Option<Problem>) {
+        let mut book = self.book();
+        match problem {
+            Some(p) => book.problems.insert(name.to_string(), p),
+            None => book.problems.remove(name),
+        };
     }
 
     /// The workers it holds, by name.
@@ -111,15 +124,21 @@ impl Provider for FakeProvider {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<Existing>, ProviderError> {
-        Ok(self
-            .book()
+    async fn list(&self, _pools: &[PoolSpec]) -> Result<Vec<Existing>, ProviderError> {
+        let book = self.book();
+        Ok(book
             .workers
             .iter()
             .map(|name| Existing {
                 name: name.clone(),
                 reference: name.clone(),
+                problem: book.problems.get(name).cloned(),
             })
             .collect())
+    }
+
+    /// Its book is always current.
+    fn watches(&self) -> bool {
+        true
     }
 }

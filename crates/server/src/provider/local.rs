@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 
 use async_trait::async_trait;
+use corral_core::pool::PoolSpec;
 use corral_core::resources::{format_cpu, format_memory};
 
 use super::{Existing, Provider, ProviderError, WorkerRequest};
@@ -217,12 +218,13 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<Existing>, ProviderError> {
+    async fn list(&self, _pools: &[PoolSpec]) -> Result<Vec<Existing>, ProviderError> {
         let mut existing: Vec<Existing> = agents_in(&self.work_dir)
             .into_iter()
             .map(|(name, _)| Existing {
                 reference: name.clone(),
                 name,
+                problem: None,
             })
             .collect();
         existing.dedup();
@@ -257,12 +259,13 @@ mod tests {
         let provider = LocalProvider::new("/bin/true".into(), dir.clone(), dir.clone());
         let mut mine = lookalike(&dir, "local-1-0");
         let mut theirs = lookalike(&other, "local-2-0");
-        let listed = provider.list().await.expect("list");
+        let listed = provider.list(&[]).await.expect("list");
         assert_eq!(
             listed,
             vec![Existing {
                 name: "local-1-0".into(),
-                reference: "local-1-0".into()
+                reference: "local-1-0".into(),
+                problem: None,
             }],
             "only the agents of this work directory"
         );
@@ -276,6 +279,12 @@ mod tests {
                 labels: Default::default(),
                 env: Default::default(),
             },
+            pool: PoolSpec::parse(serde_json::json!({
+                "name": "local", "capacity": {"cpu": 1, "memory": "1Gi"}
+            }))
+            .expect("a pool"),
+            run: corral_core::ids::RunId(1),
+            allocation: corral_core::ids::AllocationId(1),
             credential: "x".into(),
         };
         assert_eq!(provider.create(&request).await.expect("found"), "local-1-0");
@@ -290,7 +299,7 @@ mod tests {
         provider.delete("local-1-0").await.expect("delete");
         let status = mine.wait().expect("wait");
         assert!(!status.success(), "ended by a signal: {status:?}");
-        assert_eq!(provider.list().await.expect("list"), vec![]);
+        assert_eq!(provider.list(&[]).await.expect("list"), vec![]);
         provider
             .delete("local-1-0")
             .await

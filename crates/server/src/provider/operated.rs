@@ -3,6 +3,7 @@
 //! agent token; its allocations are placed on those agents at admission.
 
 use async_trait::async_trait;
+use corral_core::pool::PoolSpec;
 
 use super::{Existing, Provider, ProviderError, WorkerRequest};
 
@@ -25,7 +26,7 @@ impl Provider for OperatedProvider {
     }
 
     /// It holds nothing of its own.
-    async fn list(&self) -> Result<Vec<Existing>, ProviderError> {
+    async fn list(&self, _pools: &[PoolSpec]) -> Result<Vec<Existing>, ProviderError> {
         Ok(Vec::new())
     }
 }

@@ -48,6 +48,7 @@ mod heartbeats;
 mod logs;
 mod provision;
 mod sessions;
+mod watch;
 
 pub use health::{BackgroundWorkerDown, Readiness, StoreWatch};
 pub use logs::{LogArrival, OutputLimits};

@@ -21,6 +21,7 @@ struct Book {
     problems: BTreeMap<String, Problem>,
     failing: u32,
     hanging: bool,
+    watching: bool,
 }
 
 /// A provider whose workers are names in memory.
@@ -44,6 +45,12 @@ impl FakeProvider {
     /// Creates hang (never answer) until told otherwise.
     pub fn hang(&self, hanging: bool) {
         self.book().hanging = hanging;
+    }
+
+    /// From now on it says it watches its workers, so that the engine reads
+    /// its list every second (set before the provisioning worker starts).
+    pub fn watch(&self) {
+        self.book().watching = true;
     }
 
     /// A worker it holds that nobody asked for (as one left by a crash).
@@ -137,8 +144,8 @@ impl Provider for FakeProvider {
             .collect())
     }
 
-    /// Its book is always current.
+    /// Its book is always current; it says so once told to.
     fn watches(&self) -> bool {
-        true
+        self.book().watching
     }
 }

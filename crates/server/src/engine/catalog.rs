@@ -212,6 +212,7 @@ impl Engine {
                 state: Default::default(),
                 max_agent: Default::default(),
                 require_confinement: false,
+                kubernetes: None,
             };
             done.created
                 .push(format!("pool local ({machine}, 16 workers)"));

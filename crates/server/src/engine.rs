@@ -42,6 +42,7 @@ use crate::state::State;
 mod agent_fields;
 mod agents;
 pub mod alerts;
+mod capacity;
 mod catalog;
 mod health;
 mod heartbeats;
@@ -101,6 +102,8 @@ pub struct EngineConfig {
     pub max_poll_wait: Duration,
     /// A spawned worker that has not registered after this long is spawned again.
     pub spawn_timeout: Duration,
+    /// How often a `capacity: auto` pool is sized again.
+    pub capacity_refresh: Duration,
     /// Placement policy and when a waiting run gets a reservation.
     pub policy: Policy,
     /// Half-life of the recent usage that fair share counts.
@@ -129,6 +132,7 @@ impl Default for EngineConfig {
             idle_ttl: Duration::from_secs(120),
             max_poll_wait: Duration::from_secs(20),
             spawn_timeout: Duration::from_secs(30),
+            capacity_refresh: Duration::from_secs(30),
             policy: Policy::default(),
             fair_share_half_life: Duration::from_secs(3600),
             priority_classes: PriorityClasses::default(),

@@ -44,6 +44,8 @@ struct Harness {
     committer: tokio::task::JoinHandle<String>,
     clock: Arc<ManualClock>,
     fake: Arc<FakeProvider>,
+    /// The provider of `kubernetes` pools: it only sizes auto pools here.
+    kube: Arc<FakeProvider>,
     dir: Arc<Scratch>,
 }
 
@@ -70,7 +72,7 @@ impl Harness {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
-        let h = Harness::load(Arc::new(Scratch(dir)), clock, fake).await;
+        let h = Harness::load(Arc::new(Scratch(dir)), clock, fake, Arc::default()).await;
         for doc in parse_documents(CLUSTER).expect("yaml") {
             match doc {
                 Document::Pool(p) => {
@@ -90,13 +92,28 @@ impl Harness {
 
     /// An engine on `dir`'s store whose local pools are `fake`'s, with its
     /// committer and provisioning worker running, reconciled as at start.
-    async fn load(dir: Arc<Scratch>, clock: Arc<ManualClock>, fake: Arc<FakeProvider>) -> Harness {
+    async fn load(
+        dir: Arc<Scratch>,
+        clock: Arc<ManualClock>,
+        fake: Arc<FakeProvider>,
+        kube: Arc<FakeProvider>,
+    ) -> Harness {
         let store = Arc::new(SqlStore::open_sqlite(&dir.0).await.expect("store"));
-        let providers = Providers::default().with(PoolProvider::Local, fake.clone());
+        let providers = Providers::default()
+            .with(PoolProvider::Local, fake.clone())
+            .with(PoolProvider::Kubernetes, kube.clone());
         let engine = Arc::new(
-            Engine::load(store, clock.clone(), EngineConfig::default(), providers)
-                .await
-                .expect("engine"),
+            Engine::load(
+                store,
+                clock.clone(),
+                EngineConfig {
+                    capacity_refresh: Duration::from_secs(1),
+                    ..EngineConfig::default()
+                },
+                providers,
+            )
+            .await
+            .expect("engine"),
         );
         let committer = {
             let engine = engine.clone();
@@ -109,13 +126,20 @@ impl Harness {
             committer,
             clock,
             fake,
+            kube,
             dir,
         }
     }
 
     /// The engine of a restarted server on the same store and provider.
     async fn restart(&self) -> Harness {
-        Harness::load(self.dir.clone(), self.clock.clone(), self.fake.clone()).await
+        Harness::load(
+            self.dir.clone(),
+            self.clock.clone(),
+            self.fake.clone(),
+            self.kube.clone(),
+        )
+        .await
     }
 
     async fn submit(&self) -> RunId {
@@ -538,4 +562,73 @@ async fn a_worker_neither_asked_for_nor_registered_is_deleted() {
     assert_eq!(h.bound_to(run).await, Some(worker));
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(h.fake.deletes(), vec!["box-99-0".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_pool_offers_what_its_provider_finds_and_a_run_larger_waits_for_it() {
+    let h = Harness::new("auto").await;
+    let gib = |g: u64| g * 1024;
+    h.kube
+        .set_capacity(Some(corral_core::resources::Resources::new(
+            2000,
+            gib(4),
+            0,
+        )));
+    let pool = "kind: Pool\nname: kube\nprovider: kubernetes\ncapacity: auto\nkubernetes: {namespace: workers, image: 'corral:test'}\n";
+    for doc in parse_documents(pool).expect("yaml") {
+        let Document::Pool(p) = doc else {
+            unreachable!("a pool")
+        };
+        h.engine.put_pool(&admin(), p, false).await.expect("pool");
+    }
+    let offered = async || {
+        h.engine
+            .read_model()
+            .view()
+            .snapshot
+            .pools
+            .get("kube")
+            .map(|p| p.capacity)
+    };
+    until("the pool is sized", async || {
+        offered().await == Some(corral_core::resources::Resources::new(2000, gib(4), 0))
+    })
+    .await;
+    // Larger than the pool is now: it waits (nodes may come), never rejected.
+    let yaml = "kind: Pipeline\nname: big\ntenant: t\nsteps:\n  - {name: s, run: 'true', pool: kube, resources: {cpu: 4, memory: 1Gi}}\n";
+    let run = h
+        .engine
+        .submit(&admin(), yaml)
+        .await
+        .expect("submit")
+        .run
+        .id;
+    h.engine.cycle().await.expect("cycle");
+    let waiting = h.engine.read().await.runs[&run].record.clone();
+    assert_eq!(waiting.state, RunState::Queued);
+    let reason = h
+        .engine
+        .read_model()
+        .view()
+        .waiting
+        .values()
+        .next()
+        .map(|r| r.code);
+    assert_eq!(reason, Some(ReasonCode::PoolFull));
+    h.kube
+        .set_capacity(Some(corral_core::resources::Resources::new(
+            8000,
+            gib(16),
+            0,
+        )));
+    until("the pool is sized again", async || {
+        offered().await == Some(corral_core::resources::Resources::new(8000, gib(16), 0))
+    })
+    .await;
+    h.engine.cycle().await.expect("cycle");
+    assert_ne!(
+        h.engine.read().await.runs[&run].record.state,
+        RunState::Queued,
+        "admitted on the capacity found"
+    );
 }

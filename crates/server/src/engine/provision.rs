@@ -453,6 +453,16 @@ impl Engine {
                     super::watch::ProviderWatch::new(engine.clone())
                 });
         }
+        if self.providers.of(PoolProvider::Kubernetes).is_some() {
+            let engine = self.clone();
+            self.background
+                .start("pool-capacity", false, Restart::WithBackoff, move || {
+                    super::capacity::PoolCapacity::new(
+                        engine.clone(),
+                        engine.config.capacity_refresh,
+                    )
+                });
+        }
     }
 
     async fn carry_out(&self, order: Order) {

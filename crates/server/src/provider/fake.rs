@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use corral_core::pool::PoolSpec;
+use corral_core::resources::Resources;
 
 use super::{Existing, Problem, Provider, ProviderError, WorkerRequest};
 
@@ -22,6 +23,8 @@ struct Book {
     failing: u32,
     hanging: bool,
     watching: bool,
+    /// What `capacity` finds for an auto pool.
+    capacity: Option<Resources>,
 }
 
 /// A provider whose workers are names in memory.
@@ -51,6 +54,11 @@ impl FakeProvider {
     /// its list every second (set before the provisioning worker starts).
     pub fn watch(&self) {
         self.book().watching = true;
+    }
+
+    /// From now on `capacity` finds `capacity` for every auto pool.
+    pub fn set_capacity(&self, capacity: Option<Resources>) {
+        self.book().capacity = capacity;
     }
 
     /// A worker it holds that nobody asked for (as one left by a crash).
@@ -142,6 +150,10 @@ impl Provider for FakeProvider {
                 problem: book.problems.get(name).cloned(),
             })
             .collect())
+    }
+
+    async fn capacity(&self, _pool: &PoolSpec) -> Result<Option<Resources>, ProviderError> {
+        Ok(self.book().capacity)
     }
 
     /// Its book is always current; it says so once told to.

@@ -17,6 +17,7 @@ mod selector;
 mod state;
 mod status;
 mod validate;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -37,6 +37,26 @@ use tokio::task::JoinHandle;
 use crate::kubelet::{EVICTED_MESSAGE, LOCALHOST, refresh, signal};
 use crate::state::{Kill, State, lock, now};
 
+/// Reads a JSON object as its k8s-openapi type, as the fake reads what it is sent: a
+/// field that does not survive the round trip (deserialized, serialized back and
+/// compared, nulls and empty collections aside) is an error naming it, so an unknown,
+/// misspelt or mistyped field is refused.
+///
+/// # Errors
+///
+/// The problems, one `field: problem` per line.
+pub fn parse_object<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: &serde_json::Value,
+) -> Result<T, String> {
+    validate::typed(value).map_err(|causes| {
+        causes
+            .iter()
+            .map(|cause| format!("{}: {}", cause.field, cause.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
 /// Where the fake kubelet finds what it runs, and where it keeps pods' files.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -43,9 +43,9 @@ impl Cause {
         }
     }
 
-    fn unknown(field: String) -> Self {
+    fn unknown(field: String, key: &str) -> Self {
         Self {
-            message: format!("unknown field {field:?}"),
+            message: format!("unknown field {key:?}"),
             field,
             reason: "FieldValueUnknown",
         }
@@ -105,7 +105,7 @@ fn compare(sent: &Value, back: &Value, path: &str, causes: &mut Vec<Cause>) {
                 match back.get(key) {
                     Some(typed) => compare(value, typed, &field, causes),
                     None if is_empty(value) => {}
-                    None => causes.push(Cause::unknown(field)),
+                    None => causes.push(Cause::unknown(field, key)),
                 }
             }
         }

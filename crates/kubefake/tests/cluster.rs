@@ -23,6 +23,7 @@ struct Fixture {
     cluster: FakeCluster,
     client: Client,
     dir: PathBuf,
+    _cleanup: Cleanup,
 }
 
 impl Fixture {
@@ -45,6 +46,7 @@ impl Fixture {
         Self {
             cluster,
             client,
+            _cleanup: Cleanup(dir.clone()),
             dir,
         }
     }
@@ -136,9 +138,12 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
+/// Removes a test's directory when the test ends.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -869,4 +874,53 @@ async fn a_watch_with_a_field_selector_sees_pods_come_and_go() {
         }
     }
     assert_eq!(seen, ["ADDED Running", "DELETED Succeeded"]);
+}
+
+/// Whether a process is gone or only waits to be reaped.
+fn ended(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ")
+        .is_none_or(|(_, rest)| rest.starts_with('Z'))
+}
+
+#[tokio::test]
+async fn dropping_the_cluster_kills_its_processes() {
+    let fixture = Fixture::new("drop").await;
+    fixture.node("n1", "4", &[]);
+    fixture
+        .pods()
+        .create(
+            &PostParams::default(),
+            &pod("lingering", "sleep 1000 & sleep 1000", json!({})),
+        )
+        .await
+        .expect("created");
+    fixture
+        .wait_pod("lingering", |p| phase(p) == "Running")
+        .await;
+    let pids = fixture.cluster.pids();
+    assert_eq!(pids.len(), 1);
+    let group = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit_once(") ")
+                .map(|(_, rest)| rest.split(' ').collect())
+                .unwrap_or_default();
+            fields.get(2) == Some(&pids[0].to_string().as_str())
+        })
+        .collect::<Vec<_>>();
+    assert!(group.len() >= 2, "the pod's process group: {group:?}");
+    let Fixture { cluster, .. } = fixture;
+    drop(cluster);
+    let deadline = Instant::now() + PATIENCE;
+    while !group.iter().all(|pid| ended(*pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes outlived the cluster: {group:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -25,6 +25,9 @@ use crate::status::ApiError;
 use crate::validate::{check_pod, check_secret, typed};
 use crate::watch::list_or_watch;
 
+/// The most pods, and the most secrets, the fake keeps.
+const MAX_OBJECTS: usize = 10_000;
+
 /// The Kubernetes version the fake says it is.
 const MINOR: &str = "37";
 
@@ -194,6 +197,9 @@ async fn create_pod(
         return Err(invalid(&causes));
     }
     let mut state = lock(&shared.state);
+    if state.pods.len() >= MAX_OBJECTS {
+        return Err(ApiError::too_many("pods", MAX_OBJECTS));
+    }
     state.stamp_new(&mut pod.metadata);
     let name = pod.metadata.name.clone().unwrap_or_default();
     let key = (ns.clone(), name.clone());
@@ -439,6 +445,9 @@ async fn create_secret(
 ) -> Answer {
     let mut secret = secret_body(&body, &ns)?;
     let mut state = lock(&shared.state);
+    if state.secrets.len() >= MAX_OBJECTS {
+        return Err(ApiError::too_many("secrets", MAX_OBJECTS));
+    }
     state.stamp_new(&mut secret.metadata);
     let name = secret.metadata.name.clone().unwrap_or_default();
     let key = (ns.clone(), name.clone());

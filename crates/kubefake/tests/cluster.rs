@@ -924,3 +924,107 @@ async fn dropping_the_cluster_kills_its_processes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn secrets_are_replaced_from_their_latest_version_and_deleted() {
+    let fixture = Fixture::new("secrets").await;
+    let generated: Secret = serde_json::from_value(
+        json!({"metadata": {"generateName": "cred-"}, "stringData": {"a": "1"}}),
+    )
+    .expect("a secret");
+    let created = fixture
+        .secrets()
+        .create(&PostParams::default(), &generated)
+        .await
+        .expect("created");
+    let name = created.metadata.name.clone().expect("a generated name");
+    assert!(
+        name.starts_with("cred-") && name.len() > "cred-".len(),
+        "{name}"
+    );
+    assert_eq!(created.type_.as_deref(), Some("Opaque"));
+    assert!(created.string_data.is_none());
+    assert_eq!(
+        created
+            .data
+            .as_ref()
+            .and_then(|d| d.get("a"))
+            .map(|b| b.0.as_slice()),
+        Some(b"1".as_slice())
+    );
+
+    let mut newer = created.clone();
+    newer.data = Some(BTreeMap::from([(
+        "a".to_owned(),
+        k8s_openapi::ByteString(b"2".to_vec()),
+    )]));
+    let replaced = fixture
+        .secrets()
+        .replace(&name, &PostParams::default(), &newer)
+        .await
+        .expect("replaced");
+    assert_ne!(
+        replaced.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    assert_eq!(replaced.metadata.uid, created.metadata.uid);
+    let stale = fixture
+        .secrets()
+        .replace(&name, &PostParams::default(), &newer)
+        .await
+        .expect_err("a stale version");
+    assert!(
+        matches!(stale, kube::Error::Api(status) if status.code == 409 && status.reason == "Conflict")
+    );
+
+    let deleted = fixture
+        .secrets()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let status = deleted
+        .right()
+        .expect("a Status, as for any object deleted at once");
+    assert_eq!(
+        status.status,
+        Some(kube::core::response::StatusSummary::Success)
+    );
+    assert!(
+        fixture
+            .secrets()
+            .get_opt(&name)
+            .await
+            .expect("a get")
+            .is_none()
+    );
+    assert!(fixture.cluster.secrets().is_empty());
+}
+
+#[tokio::test]
+async fn a_pods_log_is_its_output() {
+    let fixture = Fixture::new("log").await;
+    fixture.node("n1", "4", &[]);
+    let spec = pod("talker", "echo hello; echo oops >&2; exit 3", json!({}));
+    fixture
+        .pods()
+        .create(&PostParams::default(), &spec)
+        .await
+        .expect("created");
+    let failed = fixture.wait_pod("talker", |p| phase(p) == "Failed").await;
+    let terminated = failed
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|s| s[0].state.clone())
+        .and_then(|s| s.terminated);
+    let terminated = terminated.expect("terminated");
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (3, Some("Error"))
+    );
+    let log = fixture
+        .pods()
+        .logs("talker", &kube::api::LogParams::default())
+        .await
+        .expect("a log");
+    assert_eq!(log, "hello\noops\n");
+}

@@ -408,12 +408,14 @@ fn existing_ancestor(path: &Path) -> Option<(PathBuf, PathBuf)> {
 
 /// The shell that prepares a container's mount namespace (run under `unshare --mount
 /// --propagation private`, so nothing it mounts is seen on the host) and then execs the
-/// command in `workdir`. A missing mount point is made on a tmpfs laid over its nearest
+/// command in `workdir`, with `env` as it is (the shell's own `PWD` and `OLDPWD` are
+/// not passed on). A missing mount point is made on a tmpfs laid over its nearest
 /// existing directory, whose entries are bind-mounted back.
 fn mount_script(
     dir: &Path,
     mounts: &[(PathBuf, String, bool)],
     workdir: &str,
+    env: &BTreeMap<String, String>,
 ) -> Result<String, String> {
     let mut script = String::from("set -e\n");
     let mut covered: Vec<PathBuf> = Vec::new();
@@ -475,7 +477,15 @@ fn mount_script(
             script.push_str(&format!("mount -n -o remount,bind,ro {t}\n"));
         }
     }
-    script.push_str(&format!("cd {}\nexec \"$@\"\n", quote(workdir)));
+    script.push_str(&format!("cd {}\n", quote(workdir)));
+    // `cd` sets these in the shell's environment: the command gets the container's.
+    for name in ["OLDPWD", "PWD"] {
+        match env.get(name) {
+            Some(value) => script.push_str(&format!("export {name}={}\n", quote(value))),
+            None => script.push_str(&format!("unset {name}\n")),
+        }
+    }
+    script.push_str("exec \"$@\"\n");
     Ok(script)
 }
 
@@ -550,7 +560,7 @@ fn spawn(
         .working_dir
         .clone()
         .unwrap_or_else(|| entry.dir.display().to_string());
-    let script = mount_script(&entry.dir, &mounts, &workdir)?;
+    let script = mount_script(&entry.dir, &mounts, &workdir, &env)?;
     let words: Vec<String> = container
         .command
         .iter()

@@ -230,8 +230,7 @@ async fn a_pod_reads_its_mounted_secret_and_succeeds() {
         .create(&PostParams::default(), &secret)
         .await
         .expect("the secret is created");
-    let script =
-        "cat /var/run/x/key > \"$HOME/out\" && env > \"$HOME/env\" && ! touch /var/run/x/new";
+    let script = "cat /var/run/x/key > \"$HOME/out\" && env > \"$HOME/env\" && stat -c %a /var/run/x/key > \"$HOME/mode\" && ! touch /var/run/x/new";
     let spec = pod(
         "reader",
         "unused",
@@ -286,6 +285,10 @@ async fn a_pod_reads_its_mounted_secret_and_succeeds() {
     assert_eq!(
         std::fs::read_to_string(dir.join("out")).expect("the pod wrote out"),
         "one-time"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("mode")).expect("the pod wrote the mode"),
+        "400\n"
     );
     assert!(
         !Path::new("/var/run/x").exists(),
@@ -503,25 +506,37 @@ async fn a_failing_image_pull_backs_off_until_it_works() {
         "sleep 1000",
         json!({"spec": {"containers": [{"name": "agent", "image": "corral:missing"}]}}),
     );
+    let mut events = fixture
+        .pods()
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("a watch")
+        .boxed();
     fixture
         .pods()
         .create(&PostParams::default(), &spec)
         .await
         .expect("created");
-    let pulling = fixture
-        .wait_pod("puller", |p| waiting_reason(p).is_some())
-        .await;
-    assert_eq!(waiting_reason(&pulling).as_deref(), Some("ErrImagePull"));
-    let backing_off = fixture
-        .wait_pod("puller", |p| {
-            waiting_reason(p).as_deref() == Some("ImagePullBackOff")
-        })
-        .await;
-    let waiting = backing_off
-        .status
-        .and_then(|s| s.container_statuses)
-        .and_then(|s| s[0].state.clone());
-    let message = waiting.and_then(|s| s.waiting).and_then(|w| w.message);
+    let mut reasons: Vec<String> = Vec::new();
+    let mut message = None;
+    while reasons.last().map(String::as_str) != Some("ImagePullBackOff") {
+        let next = tokio::time::timeout(PATIENCE, events.try_next())
+            .await
+            .expect("an event in time");
+        if let WatchEvent::Added(pod) | WatchEvent::Modified(pod) =
+            next.expect("an event").expect("not the end")
+            && let Some(reason) = waiting_reason(&pod)
+            && reasons.last() != Some(&reason)
+        {
+            let state = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|s| s[0].state.clone());
+            message = state.and_then(|s| s.waiting).and_then(|w| w.message);
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(reasons, ["ErrImagePull", "ImagePullBackOff"]);
     assert_eq!(
         message.as_deref(),
         Some("Back-off pulling image \"corral:missing\"")
@@ -883,6 +898,23 @@ fn ended(pid: u32) -> bool {
         .is_none_or(|(_, rest)| rest.starts_with('Z'))
 }
 
+/// The live processes of the process group `leader` leads.
+fn process_group(leader: u32) -> Vec<u32> {
+    let leader = leader.to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit_once(") ")
+                .map(|(_, rest)| rest.split(' ').collect())
+                .unwrap_or_default();
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&leader.as_str())
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn dropping_the_cluster_kills_its_processes() {
     let fixture = Fixture::new("drop").await;
@@ -900,19 +932,16 @@ async fn dropping_the_cluster_kills_its_processes() {
         .await;
     let pids = fixture.cluster.pids();
     assert_eq!(pids.len(), 1);
-    let group = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let fields: Vec<&str> = stat
-                .rsplit_once(") ")
-                .map(|(_, rest)| rest.split(' ').collect())
-                .unwrap_or_default();
-            fields.get(2) == Some(&pids[0].to_string().as_str())
-        })
-        .collect::<Vec<_>>();
-    assert!(group.len() >= 2, "the pod's process group: {group:?}");
+    let deadline = Instant::now() + PATIENCE;
+    let mut group = process_group(pids[0]);
+    while group.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the pod's process group: {group:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        group = process_group(pids[0]);
+    }
     let Fixture { cluster, .. } = fixture;
     drop(cluster);
     let deadline = Instant::now() + PATIENCE;
@@ -1027,4 +1056,57 @@ async fn a_pods_log_is_its_output() {
         .await
         .expect("a log");
     assert_eq!(log, "hello\noops\n");
+}
+
+#[tokio::test]
+async fn the_environment_is_exactly_the_containers() {
+    let fixture = Fixture::new("env").await;
+    fixture.node("n1", "4", &[]);
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "s"}, "stringData": {"k": "from-secret"}}),
+    )
+    .expect("a secret");
+    fixture
+        .secrets()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("created");
+    let spec = pod(
+        "plain",
+        "unused",
+        json!({"spec": {"containers": [{"name": "agent", "image": "corral:test", "command": ["env"],
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+        ]}]}}),
+    );
+    fixture
+        .pods()
+        .create(&PostParams::default(), &spec)
+        .await
+        .expect("created");
+    let done = fixture
+        .wait_pod("plain", |p| phase(p) == "Succeeded" || phase(p) == "Failed")
+        .await;
+    assert_eq!(phase(&done), "Succeeded");
+    let out =
+        std::fs::read_to_string(pod_dir(&fixture, &done).join("agent.stdout")).expect("stdout");
+    let mut names: Vec<&str> = out
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["A", "HOME", "HOSTNAME", "IP", "NS", "PATH", "S"],
+        "{out}"
+    );
+    for expected in ["A=1", &format!("NS={NS}"), "IP=127.0.0.1", "S=from-secret"] {
+        assert!(
+            out.lines().any(|line| line == expected),
+            "{expected} not in {out}"
+        );
+    }
 }

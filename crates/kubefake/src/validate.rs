@@ -623,6 +623,25 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_needs_containers_with_names_and_images() {
+        let empty: Pod = typed(&json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
+            .expect("well-formed");
+        let fields: Vec<String> = check_pod(&empty).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["spec.containers"]);
+        let unnamed: Pod =
+            typed(&json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": ""}]}}))
+                .expect("well-formed");
+        let fields: Vec<String> = check_pod(&unnamed).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            ["spec.containers[0].name", "spec.containers[0].image"]
+        );
+        let no_spec: Pod = typed(&json!({"metadata": {"name": "p"}})).expect("well-formed");
+        let fields: Vec<String> = check_pod(&no_spec).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["spec"]);
+    }
+
+    #[test]
     fn names_and_keys() {
         assert!(subdomain_problem("corral-42-1.a").is_none());
         assert!(subdomain_problem("Corral").is_some());

@@ -1110,3 +1110,51 @@ async fn the_environment_is_exactly_the_containers() {
         );
     }
 }
+
+#[tokio::test]
+async fn commands_are_found_in_the_image_first() {
+    let fixture = Fixture::new("image-bin").await;
+    fixture.node("n1", "4", &[]);
+    let program = fixture.dir.join("bin").join("corral");
+    std::fs::write(&program, "#!/bin/sh\necho \"image corral $*\"\n")
+        .expect("a program in the image");
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("executable");
+    let spec = pod(
+        "agent",
+        "unused",
+        json!({"spec": {"containers": [{"name": "agent", "image": "corral:test",
+        "command": ["corral"], "args": ["agent", "--server", "http://x"]}]}}),
+    );
+    fixture
+        .pods()
+        .create(&PostParams::default(), &spec)
+        .await
+        .expect("created");
+    let done = fixture
+        .wait_pod("agent", |p| phase(p) == "Succeeded" || phase(p) == "Failed")
+        .await;
+    let out =
+        std::fs::read_to_string(pod_dir(&fixture, &done).join("agent.stdout")).expect("stdout");
+    assert_eq!(out, "image corral agent --server http://x\n");
+    let missing = pod(
+        "missing",
+        "unused",
+        json!({"spec": {"containers": [{"name": "agent", "image": "corral:test",
+        "command": ["no-such-program-anywhere"]}]}}),
+    );
+    fixture
+        .pods()
+        .create(&PostParams::default(), &missing)
+        .await
+        .expect("created");
+    let failed = fixture
+        .wait_pod("missing", |p| {
+            phase(p) == "Succeeded" || phase(p) == "Failed"
+        })
+        .await;
+    assert_eq!(phase(&failed), "Failed");
+}

@@ -151,3 +151,27 @@ async fn a_watch_with_a_field_selector_sees_pods_come_and_go() {
     }
     assert_eq!(seen, ["ADDED Running", "DELETED Succeeded"]);
 }
+
+#[tokio::test]
+async fn a_node_watch_ends_at_its_timeout() {
+    let fixture = Fixture::new("node-watch").await;
+    fixture.node("n1", "4", &[("pool", "ci")]);
+    let watch = fixture.raw(
+        "GET",
+        "/api/v1/nodes?watch=true&timeoutSeconds=1&labelSelector=pool%3Dci",
+        None,
+        true,
+    );
+    let (code, body) = tokio::time::timeout(PATIENCE, watch)
+        .await
+        .expect("the watch ends");
+    assert_eq!(code, 200);
+    let body = body
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.to_string());
+    assert!(
+        body.contains("\"type\":\"ADDED\"") && body.contains("\"name\":\"n1\""),
+        "{body}"
+    );
+}

@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -22,7 +22,7 @@ use crate::kubelet::{MAX_GRACE, signal};
 use crate::scheduler::set_condition;
 use crate::state::{Key, Kill, Kind, PodEntry, lock, now};
 use crate::status::ApiError;
-use crate::validate::{check_pod, check_secret, typed};
+use crate::validate::{Cause, check_pod, check_secret, typed};
 use crate::watch::list_or_watch;
 
 /// The most pods, and the most secrets, the fake keeps.
@@ -183,6 +183,19 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
+/// The metadata a create must leave to the server: a `resourceVersion` is refused, as
+/// the API server refuses it.
+fn unset_on_create(meta: &ObjectMeta) -> Vec<Cause> {
+    match meta.resource_version.as_deref() {
+        Some(rv) if !rv.is_empty() => vec![Cause {
+            field: "metadata.resourceVersion".to_owned(),
+            message: format!("Invalid value: {rv:?}: must be empty on create"),
+            reason: "FieldValueInvalid",
+        }],
+        _ => Vec::new(),
+    }
+}
+
 async fn create_pod(
     State(shared): State<Arc<Shared>>,
     Path(ns): Path<String>,
@@ -192,7 +205,8 @@ async fn create_pod(
     let invalid = |causes: &[_]| ApiError::invalid("Pod", "pods", &named(&body), causes);
     let mut pod: Pod = typed(&body).map_err(|causes| invalid(&causes))?;
     same_namespace(pod.metadata.namespace.as_ref(), &ns)?;
-    let causes = check_pod(&pod);
+    let mut causes = check_pod(&pod);
+    causes.extend(unset_on_create(&pod.metadata));
     if !causes.is_empty() {
         return Err(invalid(&causes));
     }
@@ -444,6 +458,11 @@ async fn create_secret(
     body: Bytes,
 ) -> Answer {
     let mut secret = secret_body(&body, &ns)?;
+    let causes = unset_on_create(&secret.metadata);
+    if !causes.is_empty() {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        return Err(ApiError::invalid("Secret", "secrets", &name, &causes));
+    }
     let mut state = lock(&shared.state);
     if state.secrets.len() >= MAX_OBJECTS {
         return Err(ApiError::too_many("secrets", MAX_OBJECTS));
@@ -501,8 +520,16 @@ async fn replace_secret(
         return Err(ApiError::conflict("secrets", &name));
     }
     normalize_secret(&mut secret);
+    if secret.type_ != old.type_ {
+        let cause = Cause {
+            field: "type".to_owned(),
+            message: "Invalid value: field is immutable".to_owned(),
+            reason: "FieldValueInvalid",
+        };
+        return Err(ApiError::invalid("Secret", "secrets", &name, &[cause]));
+    }
     if old.immutable == Some(true) && (secret.data != old.data || secret.immutable != Some(true)) {
-        let cause = crate::validate::Cause {
+        let cause = Cause {
             field: "data".to_owned(),
             message: "Forbidden: field is immutable when `immutable` is set".to_owned(),
             reason: "FieldValueForbidden",

@@ -143,6 +143,25 @@ fn blocked(state: &mut State, key: &Key, retry: &mut Option<Duration>) -> Option
                     ),
                 ));
             }
+            let data = secrets
+                .get(&(namespace.clone(), name.clone()))
+                .and_then(|s| s.data.as_ref());
+            let missing = source
+                .items
+                .iter()
+                .flatten()
+                .find(|item| !data.is_some_and(|d| d.contains_key(&item.key)));
+            if let Some(item) = missing
+                && source.optional != Some(true)
+            {
+                return Some((
+                    "ContainerCreating",
+                    format!(
+                        "MountVolume.SetUp failed for volume {:?} : references non-existent secret key: {}",
+                        volume.name, item.key
+                    ),
+                ));
+            }
         } else if volume.empty_dir.is_none() {
             return Some((
                 "CreateContainerError",
@@ -368,6 +387,9 @@ fn write_volumes(
             };
             for (key, path, file_mode) in files {
                 let Some(bytes) = data.get(&key) else {
+                    if source.optional == Some(true) {
+                        continue;
+                    }
                     return Err(format!(
                         "secret {name:?} has no key {key:?} (volume {:?})",
                         volume.name

@@ -50,6 +50,21 @@ async fn an_unknown_field_is_refused_naming_it() {
         "{status}"
     );
 
+    let versioned = json!({"metadata": {"name": "s", "resourceVersion": "7"}});
+    let (code, status) = fixture
+        .raw(
+            "POST",
+            &format!("/api/v1/namespaces/{NS}/secrets"),
+            Some(&versioned),
+            true,
+        )
+        .await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["field"],
+        "metadata.resourceVersion"
+    );
+
     let no_secret_name = json!({"metadata": {"name": "p"}, "spec": {
         "containers": [{"name": "c", "image": "i"}], "volumes": [{"name": "v", "secret": {}}]}});
     let (code, status) = fixture

@@ -203,14 +203,48 @@ async fn a_pod_waits_for_its_secret() {
         waiting_reason(&waiting).as_deref(),
         Some("ContainerCreating")
     );
-    let secret: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "late"}, "data": {"k": "c2VjcmV0"}}))
+    let message = |pod: &Pod| {
+        let state = pod
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .state
+            .clone()?;
+        state.waiting?.message
+    };
+    assert_eq!(
+        message(&waiting).as_deref(),
+        Some("MountVolume.SetUp failed for volume \"cred\" : secret \"late\" not found")
+    );
+    let without_key: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "late"}, "data": {"other": "eA=="}}))
             .expect("a secret");
-    fixture
+    let created = fixture
         .secrets()
-        .create(&PostParams::default(), &secret)
+        .create(&PostParams::default(), &without_key)
         .await
         .expect("created");
+    let waiting = fixture
+        .wait_pod("early", |p| {
+            message(p).is_some_and(|m| m.contains("non-existent secret key"))
+        })
+        .await;
+    assert_eq!(
+        waiting_reason(&waiting).as_deref(),
+        Some("ContainerCreating")
+    );
+    let mut with_key = created;
+    with_key.data = Some(BTreeMap::from([(
+        "k".to_owned(),
+        k8s_openapi::ByteString(b"secret".to_vec()),
+    )]));
+    fixture
+        .secrets()
+        .replace("late", &PostParams::default(), &with_key)
+        .await
+        .expect("replaced");
     let done = fixture
         .wait_pod("early", |p| phase(p) == "Succeeded" || phase(p) == "Failed")
         .await;

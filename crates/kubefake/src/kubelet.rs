@@ -173,6 +173,17 @@ fn blocked(state: &mut State, key: &Key, retry: &mut Option<Duration>) -> Option
         }
     }
     for container in &spec.containers {
+        if container
+            .env_from
+            .as_ref()
+            .is_some_and(|from| !from.is_empty())
+        {
+            let message = format!(
+                "the fake kubelet does not read envFrom: container {:?}",
+                container.name
+            );
+            return Some(("CreateContainerConfigError", message));
+        }
         if let Err(message) = environment(
             &entry.pod,
             container,

@@ -1,42 +1,37 @@
 //! The HTTP API: core/v1 pods, secrets and nodes at their real paths, with the real
 //! query parameters and JSON shapes; lists and watches; discovery; bearer-token auth.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::stream;
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::Shared;
 use crate::kubelet::{MAX_GRACE, signal};
 use crate::scheduler::set_condition;
-use crate::selector::{FieldSelector, LabelSelector};
-use crate::state::{Key, Kill, Kind, PodEntry, State as Store, lock, now};
-use crate::status::{ApiError, gone};
-use crate::validate::{check_pod, check_secret, typed};
+use crate::state::{Key, Kill, Kind, PodEntry, lock, now};
+use crate::status::ApiError;
+use crate::validate::{Cause, check_pod, check_secret, typed};
+use crate::watch::list_or_watch;
 
-/// The longest a watch lasts, whatever `timeoutSeconds` asks.
-const MAX_WATCH: Duration = Duration::from_secs(3600);
-
-/// How often an idle watch that allows bookmarks gets one.
-const BOOKMARK_EVERY: Duration = Duration::from_secs(2);
+/// The most pods, and the most secrets, the fake keeps.
+const MAX_OBJECTS: usize = 10_000;
 
 /// The Kubernetes version the fake says it is.
 const MINOR: &str = "37";
 
-type Answer = Result<Response, ApiError>;
+pub(crate) type Answer = Result<Response, ApiError>;
 type Params = Query<BTreeMap<String, String>>;
 
 /// The router of the fake API server.
@@ -91,7 +86,7 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     next.run(request).await
 }
 
-fn json(code: StatusCode, value: &impl serde::Serialize) -> Response {
+pub(crate) fn json(code: StatusCode, value: &impl serde::Serialize) -> Response {
     (code, axum::Json(value)).into_response()
 }
 
@@ -188,6 +183,19 @@ fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
+/// The metadata a create must leave to the server: a `resourceVersion` is refused, as
+/// the API server refuses it.
+fn unset_on_create(meta: &ObjectMeta) -> Vec<Cause> {
+    match meta.resource_version.as_deref() {
+        Some(rv) if !rv.is_empty() => vec![Cause {
+            field: "metadata.resourceVersion".to_owned(),
+            message: format!("Invalid value: {rv:?}: must be empty on create"),
+            reason: "FieldValueInvalid",
+        }],
+        _ => Vec::new(),
+    }
+}
+
 async fn create_pod(
     State(shared): State<Arc<Shared>>,
     Path(ns): Path<String>,
@@ -197,11 +205,15 @@ async fn create_pod(
     let invalid = |causes: &[_]| ApiError::invalid("Pod", "pods", &named(&body), causes);
     let mut pod: Pod = typed(&body).map_err(|causes| invalid(&causes))?;
     same_namespace(pod.metadata.namespace.as_ref(), &ns)?;
-    let causes = check_pod(&pod);
+    let mut causes = check_pod(&pod);
+    causes.extend(unset_on_create(&pod.metadata));
     if !causes.is_empty() {
         return Err(invalid(&causes));
     }
     let mut state = lock(&shared.state);
+    if state.pods.len() >= MAX_OBJECTS {
+        return Err(ApiError::too_many("pods", MAX_OBJECTS));
+    }
     state.stamp_new(&mut pod.metadata);
     let name = pod.metadata.name.clone().unwrap_or_default();
     let key = (ns.clone(), name.clone());
@@ -446,7 +458,15 @@ async fn create_secret(
     body: Bytes,
 ) -> Answer {
     let mut secret = secret_body(&body, &ns)?;
+    let causes = unset_on_create(&secret.metadata);
+    if !causes.is_empty() {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        return Err(ApiError::invalid("Secret", "secrets", &name, &causes));
+    }
     let mut state = lock(&shared.state);
+    if state.secrets.len() >= MAX_OBJECTS {
+        return Err(ApiError::too_many("secrets", MAX_OBJECTS));
+    }
     state.stamp_new(&mut secret.metadata);
     let name = secret.metadata.name.clone().unwrap_or_default();
     let key = (ns.clone(), name.clone());
@@ -500,8 +520,16 @@ async fn replace_secret(
         return Err(ApiError::conflict("secrets", &name));
     }
     normalize_secret(&mut secret);
+    if secret.type_ != old.type_ {
+        let cause = Cause {
+            field: "type".to_owned(),
+            message: "Invalid value: field is immutable".to_owned(),
+            reason: "FieldValueInvalid",
+        };
+        return Err(ApiError::invalid("Secret", "secrets", &name, &[cause]));
+    }
     if old.immutable == Some(true) && (secret.data != old.data || secret.immutable != Some(true)) {
-        let cause = crate::validate::Cause {
+        let cause = Cause {
             field: "data".to_owned(),
             message: "Forbidden: field is immutable when `immutable` is set".to_owned(),
             reason: "FieldValueForbidden",
@@ -573,234 +601,4 @@ async fn list_all_secrets(State(shared): State<Arc<Shared>>, Query(params): Para
 
 async fn list_nodes(State(shared): State<Arc<Shared>>, Query(params): Params) -> Answer {
     list_or_watch(shared, Kind::Node, None, &params)
-}
-
-/// Which objects a list or watch wants.
-struct Filter {
-    kind: Kind,
-    namespace: Option<String>,
-    labels: LabelSelector,
-    fields: FieldSelector,
-}
-
-impl Filter {
-    fn matches(&self, object: &Value) -> bool {
-        let namespace = object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
-        self.namespace
-            .as_deref()
-            .is_none_or(|ns| namespace == Some(ns))
-            && self.labels.matches(object)
-            && self.fields.matches(object)
-    }
-
-    /// The objects of the kind in the store, as served, that match.
-    fn current(&self, state: &Store) -> Vec<Value> {
-        let values: Vec<Value> = match self.kind {
-            Kind::Pod => state
-                .pods
-                .values()
-                .map(|e| serde_json::to_value(&e.pod))
-                .collect::<Result<_, _>>(),
-            Kind::Secret => state
-                .secrets
-                .values()
-                .map(serde_json::to_value)
-                .collect::<Result<_, _>>(),
-            Kind::Node => state
-                .nodes
-                .values()
-                .map(serde_json::to_value)
-                .collect::<Result<_, _>>(),
-        }
-        .unwrap_or_default();
-        values
-            .into_iter()
-            .filter(|value| self.matches(value))
-            .collect()
-    }
-}
-
-fn flag(params: &BTreeMap<String, String>, name: &str) -> Result<bool, ApiError> {
-    match params.get(name).map(String::as_str) {
-        None | Some("" | "false" | "0") => Ok(false),
-        Some("true" | "1") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "{name}: {other:?} is not a boolean"
-        ))),
-    }
-}
-
-fn list_or_watch(
-    shared: Arc<Shared>,
-    kind: Kind,
-    namespace: Option<String>,
-    params: &BTreeMap<String, String>,
-) -> Answer {
-    let text = |name: &str| params.get(name).map_or("", String::as_str);
-    let filter = Filter {
-        kind,
-        namespace,
-        labels: LabelSelector::parse(text("labelSelector")).map_err(ApiError::bad_request)?,
-        fields: FieldSelector::parse(text("fieldSelector"), kind.field_labels())
-            .map_err(ApiError::bad_request)?,
-    };
-    let resource_version = match text("resourceVersion") {
-        "" => None,
-        rv => Some(rv.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("resourceVersion: {rv:?} is not a resource version"))
-        })?),
-    };
-    if !flag(params, "watch")? {
-        let state = lock(&shared.state);
-        let list = json!({
-            "kind": format!("{}List", kind.name()),
-            "apiVersion": "v1",
-            "metadata": {"resourceVersion": state.rv().to_string()},
-            "items": filter.current(&state),
-        });
-        return Ok(json(StatusCode::OK, &list));
-    }
-    let timeout = match text("timeoutSeconds") {
-        "" => MAX_WATCH,
-        seconds => Duration::from_secs(seconds.parse().map_err(|_| {
-            ApiError::bad_request(format!(
-                "timeoutSeconds: {seconds:?} is not a number of seconds"
-            ))
-        })?)
-        .min(MAX_WATCH),
-    };
-    let bookmarks = flag(params, "allowWatchBookmarks")?;
-    let initial = flag(params, "sendInitialEvents")?;
-    let state = lock(&shared.state);
-    let mut pending = VecDeque::new();
-    let mut done = false;
-    let last = match resource_version {
-        Some(rv) if rv != 0 && !initial => {
-            if rv < state.oldest_watchable() {
-                pending.push_back(line("ERROR", &gone(rv, state.oldest_watchable())));
-                done = true;
-            }
-            rv
-        }
-        _ => {
-            for object in filter.current(&state) {
-                pending.push_back(line("ADDED", &object));
-            }
-            if initial && bookmarks {
-                pending.push_back(bookmark(kind, state.rv(), true));
-            }
-            state.rv()
-        }
-    };
-    let watch = Watch {
-        shared: shared.clone(),
-        changes: state.changes.subscribe(),
-        filter,
-        last,
-        pending,
-        done,
-        deadline: Instant::now() + timeout,
-        bookmarks,
-    };
-    drop(state);
-    let lines = stream::unfold(watch, Watch::next);
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(futures_util::StreamExt::map(lines, Ok::<_, Infallible>)),
-    )
-        .into_response())
-}
-
-/// One watch event as a line of the stream.
-fn line(change: &str, object: &Value) -> Bytes {
-    let mut text = json!({"type": change, "object": object}).to_string();
-    text.push('\n');
-    Bytes::from(text)
-}
-
-/// A `BOOKMARK` event at `rv` (the end of the initial events when `initial`).
-fn bookmark(kind: Kind, rv: u64, initial: bool) -> Bytes {
-    let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if initial {
-        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-    }
-    line(
-        "BOOKMARK",
-        &json!({"kind": kind.name(), "apiVersion": "v1", "metadata": metadata}),
-    )
-}
-
-/// A watch in progress.
-struct Watch {
-    shared: Arc<Shared>,
-    changes: tokio::sync::watch::Receiver<u64>,
-    filter: Filter,
-    /// The newest resource version looked at.
-    last: u64,
-    pending: VecDeque<Bytes>,
-    done: bool,
-    deadline: Instant,
-    bookmarks: bool,
-}
-
-impl Watch {
-    /// The next line to send, or `None` when the watch ends.
-    async fn next(mut self) -> Option<(Bytes, Self)> {
-        loop {
-            if let Some(line) = self.pending.pop_front() {
-                return Some((line, self));
-            }
-            if self.done || Instant::now() >= self.deadline {
-                return None;
-            }
-            self.collect();
-            if !self.pending.is_empty() {
-                continue;
-            }
-            let wake = self.deadline.min(Instant::now() + BOOKMARK_EVERY);
-            tokio::select! {
-                changed = self.changes.changed() => {
-                    if changed.is_err() {
-                        return None;
-                    }
-                }
-                () = tokio::time::sleep_until(wake) => {
-                    if self.bookmarks && Instant::now() < self.deadline {
-                        self.pending.push_back(bookmark(self.filter.kind, self.last, false));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Queues the changes after `last` that this watch wants: a change that makes an
-    /// object match is `ADDED`, one that makes it stop matching `DELETED`.
-    fn collect(&mut self) {
-        self.changes.borrow_and_update();
-        let state = lock(&self.shared.state);
-        if self.last < state.oldest_watchable() {
-            self.pending
-                .push_back(line("ERROR", &gone(self.last, state.oldest_watchable())));
-            self.done = true;
-            return;
-        }
-        for event in state.events_after(self.last) {
-            if event.kind != self.filter.kind {
-                continue;
-            }
-            let now = self.filter.matches(&event.object);
-            let before = event.previous.as_ref().map(|p| self.filter.matches(p));
-            let change = match (event.change, before, now) {
-                ("MODIFIED", Some(false), true) => "ADDED",
-                ("MODIFIED", Some(true), false) => "DELETED",
-                (change, Some(true) | None, true) => change,
-                _ => continue,
-            };
-            self.pending.push_back(line(change, &event.object));
-        }
-        self.last = state.rv();
-    }
 }

@@ -143,6 +143,25 @@ fn blocked(state: &mut State, key: &Key, retry: &mut Option<Duration>) -> Option
                     ),
                 ));
             }
+            let data = secrets
+                .get(&(namespace.clone(), name.clone()))
+                .and_then(|s| s.data.as_ref());
+            let missing = source
+                .items
+                .iter()
+                .flatten()
+                .find(|item| !data.is_some_and(|d| d.contains_key(&item.key)));
+            if let Some(item) = missing
+                && source.optional != Some(true)
+            {
+                return Some((
+                    "ContainerCreating",
+                    format!(
+                        "MountVolume.SetUp failed for volume {:?} : references non-existent secret key: {}",
+                        volume.name, item.key
+                    ),
+                ));
+            }
         } else if volume.empty_dir.is_none() {
             return Some((
                 "CreateContainerError",
@@ -154,6 +173,17 @@ fn blocked(state: &mut State, key: &Key, retry: &mut Option<Duration>) -> Option
         }
     }
     for container in &spec.containers {
+        if container
+            .env_from
+            .as_ref()
+            .is_some_and(|from| !from.is_empty())
+        {
+            let message = format!(
+                "the fake kubelet does not read envFrom: container {:?}",
+                container.name
+            );
+            return Some(("CreateContainerConfigError", message));
+        }
         if let Err(message) = environment(
             &entry.pod,
             container,
@@ -368,6 +398,9 @@ fn write_volumes(
             };
             for (key, path, file_mode) in files {
                 let Some(bytes) = data.get(&key) else {
+                    if source.optional == Some(true) {
+                        continue;
+                    }
                     return Err(format!(
                         "secret {name:?} has no key {key:?} (volume {:?})",
                         volume.name
@@ -408,12 +441,14 @@ fn existing_ancestor(path: &Path) -> Option<(PathBuf, PathBuf)> {
 
 /// The shell that prepares a container's mount namespace (run under `unshare --mount
 /// --propagation private`, so nothing it mounts is seen on the host) and then execs the
-/// command in `workdir`. A missing mount point is made on a tmpfs laid over its nearest
+/// command in `workdir`, with `env` as it is (the shell's own `PWD` and `OLDPWD` are
+/// not passed on). A missing mount point is made on a tmpfs laid over its nearest
 /// existing directory, whose entries are bind-mounted back.
 fn mount_script(
     dir: &Path,
     mounts: &[(PathBuf, String, bool)],
     workdir: &str,
+    env: &BTreeMap<String, String>,
 ) -> Result<String, String> {
     let mut script = String::from("set -e\n");
     let mut covered: Vec<PathBuf> = Vec::new();
@@ -475,7 +510,15 @@ fn mount_script(
             script.push_str(&format!("mount -n -o remount,bind,ro {t}\n"));
         }
     }
-    script.push_str(&format!("cd {}\nexec \"$@\"\n", quote(workdir)));
+    script.push_str(&format!("cd {}\n", quote(workdir)));
+    // `cd` sets these in the shell's environment: the command gets the container's.
+    for name in ["OLDPWD", "PWD"] {
+        match env.get(name) {
+            Some(value) => script.push_str(&format!("export {name}={}\n", quote(value))),
+            None => script.push_str(&format!("unset {name}\n")),
+        }
+    }
+    script.push_str("exec \"$@\"\n");
     Ok(script)
 }
 
@@ -550,7 +593,7 @@ fn spawn(
         .working_dir
         .clone()
         .unwrap_or_else(|| entry.dir.display().to_string());
-    let script = mount_script(&entry.dir, &mounts, &workdir)?;
+    let script = mount_script(&entry.dir, &mounts, &workdir, &env)?;
     let words: Vec<String> = container
         .command
         .iter()

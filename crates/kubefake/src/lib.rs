@@ -17,6 +17,7 @@ mod selector;
 mod state;
 mod status;
 mod validate;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -33,8 +34,28 @@ use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::kubelet::{EVICTED_MESSAGE, LOCALHOST, refresh, signal};
+use crate::kubelet::{EVICTED_MESSAGE, LOCALHOST, signal};
 use crate::state::{Kill, State, lock, now};
+
+/// Reads a JSON object as its k8s-openapi type, as the fake reads what it is sent: a
+/// field that does not survive the round trip (deserialized, serialized back and
+/// compared, nulls and empty collections aside) is an error naming it, so an unknown,
+/// misspelt or mistyped field is refused.
+///
+/// # Errors
+///
+/// The problems, one `field: problem` per line.
+pub fn parse_object<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: &serde_json::Value,
+) -> Result<T, String> {
+    validate::typed(value).map_err(|causes| {
+        causes
+            .iter()
+            .map(|cause| format!("{}: {}", cause.field, cause.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
 
 /// Where the fake kubelet finds what it runs, and where it keeps pods' files.
 #[derive(Debug, Clone)]
@@ -254,24 +275,26 @@ impl FakeCluster {
         let Some(entry) = state.pods.get_mut(&key) else {
             panic!("no pod {namespace}/{pod} to kill");
         };
-        entry.kill = Some(why);
         if entry.running().next().is_some() {
+            entry.kill = Some(why);
             signal(entry, Signal::SIGKILL);
             return;
         }
-        if why == Kill::Evicted {
-            let status = entry.pod.status.get_or_insert_with(Default::default);
-            status.phase = Some("Failed".to_owned());
-            status.reason = Some("Evicted".to_owned());
-            status.message = Some(EVICTED_MESSAGE.to_owned());
-        } else if !entry.processes.is_empty() {
-            refresh(entry);
+        if why != Kill::Evicted || scheduler::is_terminal(&entry.pod) || !entry.processes.is_empty()
+        {
+            return;
         }
+        entry.kill = Some(why);
+        let status = entry.pod.status.get_or_insert_with(Default::default);
+        status.phase = Some("Failed".to_owned());
+        status.reason = Some("Evicted".to_owned());
+        status.message = Some(EVICTED_MESSAGE.to_owned());
         state.pod_changed(&key, "MODIFIED");
     }
 
     /// Evicts a pod: its processes are killed (SIGKILL to their process groups) and it
-    /// fails with reason `Evicted`.
+    /// fails with reason `Evicted`; a pod not started yet fails at once. A pod that has
+    /// ended is left as it is.
     ///
     /// # Panics
     ///
@@ -281,7 +304,8 @@ impl FakeCluster {
     }
 
     /// Kills a pod's processes as the kernel's OOM killer would: its containers end
-    /// `OOMKilled` with exit code 137, and the pod fails.
+    /// `OOMKilled` with exit code 137, and the pod fails. A pod with no running
+    /// container is left as it is.
     ///
     /// # Panics
     ///

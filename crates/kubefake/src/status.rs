@@ -86,6 +86,18 @@ impl ApiError {
         }
     }
 
+    /// 403 `Forbidden`: more objects of a kind than the fake keeps.
+    pub(crate) fn too_many(resource: &str, most: usize) -> Self {
+        Self {
+            code: StatusCode::FORBIDDEN,
+            reason: "Forbidden",
+            message: format!(
+                "{resource} is forbidden: the fake cluster keeps at most {most} {resource}"
+            ),
+            details: json!({"kind": resource}),
+        }
+    }
+
     /// 401 `Unauthorized`.
     pub(crate) fn unauthorized() -> Self {
         Self {

@@ -43,9 +43,9 @@ impl Cause {
         }
     }
 
-    fn unknown(field: String) -> Self {
+    fn unknown(field: String, key: &str) -> Self {
         Self {
-            message: format!("unknown field {field:?}"),
+            message: format!("unknown field {key:?}"),
             field,
             reason: "FieldValueUnknown",
         }
@@ -105,7 +105,7 @@ fn compare(sent: &Value, back: &Value, path: &str, causes: &mut Vec<Cause>) {
                 match back.get(key) {
                     Some(typed) => compare(value, typed, &field, causes),
                     None if is_empty(value) => {}
-                    None => causes.push(Cause::unknown(field)),
+                    None => causes.push(Cause::unknown(field, key)),
                 }
             }
         }
@@ -620,6 +620,25 @@ mod tests {
                 "spec.containers[0].resources.requests[cpu]",
             ]
         );
+    }
+
+    #[test]
+    fn a_pod_needs_containers_with_names_and_images() {
+        let empty: Pod = typed(&json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
+            .expect("well-formed");
+        let fields: Vec<String> = check_pod(&empty).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["spec.containers"]);
+        let unnamed: Pod =
+            typed(&json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": ""}]}}))
+                .expect("well-formed");
+        let fields: Vec<String> = check_pod(&unnamed).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            ["spec.containers[0].name", "spec.containers[0].image"]
+        );
+        let no_spec: Pod = typed(&json!({"metadata": {"name": "p"}})).expect("well-formed");
+        let fields: Vec<String> = check_pod(&no_spec).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["spec"]);
     }
 
     #[test]

@@ -188,3 +188,179 @@ pub fn auto_capacity(pool: &PoolSpec, nodes: &[Node], pods: &[Pod]) -> Resources
         });
     total.saturating_sub(&taken)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn quantities_read_as_kubernetes_writes_them() {
+        let cases = [
+            ("1500m", Some(1.5)),
+            ("2", Some(2.0)),
+            ("0.5", Some(0.5)),
+            ("4Gi", Some(4.0 * 1024.0 * 1024.0 * 1024.0)),
+            ("512Mi", Some(512.0 * 1024.0 * 1024.0)),
+            ("128974848", Some(128_974_848.0)),
+            ("129M", Some(129e6)),
+            ("1e3", Some(1000.0)),
+            ("1E-3", Some(0.001)),
+            ("100k", Some(100_000.0)),
+            ("250u", Some(0.00025)),
+            ("", None),
+            ("Gi", None),
+            ("2x", None),
+            ("1.2.3", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(quantity(text), expected, "{text:?}");
+        }
+    }
+
+    fn node(name: &str, labels: Value, allocatable: Value, extra: Value) -> Node {
+        let mut node = json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {},
+            "status": {"allocatable": allocatable, "conditions": [{"type": "Ready", "status": "True"}]},
+        });
+        merge(&mut node, extra);
+        serde_json::from_value(node).expect("a node")
+    }
+
+    fn merge(into: &mut Value, extra: Value) {
+        match (into, extra) {
+            (Value::Object(into), Value::Object(extra)) => {
+                for (k, v) in extra {
+                    match into.get_mut(&k) {
+                        Some(at) if v.is_object() => merge(at, v),
+                        _ => {
+                            into.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (into, extra) => *into = extra,
+        }
+    }
+
+    fn pod(node: &str, labels: Value, requests: Value, phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": requests}}]},
+            "status": {"phase": phase},
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn auto_capacity_is_what_the_pools_nodes_have_left_for_it() {
+        let pool = PoolSpec::parse(json!({
+            "name": "ci_pool", "provider": "kubernetes", "capacity": "auto",
+            "kubernetes": {
+                "namespace": "ci", "image": "corral:1", "node_selector": {"node-pool": "ci"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ci", "effect": "NoSchedule"}],
+            },
+        }))
+        .expect("a pool");
+        let ci = json!({"node-pool": "ci"});
+        let room = json!({"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2"});
+        let nodes = [
+            node("a", ci.clone(), room.clone(), json!({})),
+            node(
+                "tainted-tolerated",
+                ci.clone(),
+                json!({"cpu": "3900m", "memory": "1Gi"}),
+                json!({"spec": {"taints": [{"key": "dedicated", "value": "ci", "effect": "NoSchedule"}]}}),
+            ),
+            node(
+                "tainted",
+                ci.clone(),
+                room.clone(),
+                json!({"spec": {"taints": [{"key": "gpu", "effect": "NoExecute"}]}}),
+            ),
+            node(
+                "soft-taint",
+                ci.clone(),
+                json!({"cpu": "1", "memory": "1Gi"}),
+                json!({"spec": {"taints": [{"key": "x", "effect": "PreferNoSchedule"}]}}),
+            ),
+            node(
+                "other-pool",
+                json!({"node-pool": "web"}),
+                room.clone(),
+                json!({}),
+            ),
+            node(
+                "cordoned",
+                ci.clone(),
+                room.clone(),
+                json!({"spec": {"unschedulable": true}}),
+            ),
+            node(
+                "not-ready",
+                ci.clone(),
+                room.clone(),
+                json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+            ),
+        ];
+        let ours = json!({"app.kubernetes.io/managed-by": "corral", "corral.dev/pool": label_value("ci_pool")});
+        let theirs = json!({"app.kubernetes.io/managed-by": "corral", "corral.dev/pool": "web"});
+        let mut with_init = pod("a", json!({}), json!({"cpu": "100m"}), "Running");
+        if let Some(spec) = with_init.spec.as_mut() {
+            spec.init_containers = serde_json::from_value(
+                json!([{"name": "init", "resources": {"requests": {"cpu": "1", "memory": "100Mi"}}}]),
+            )
+            .expect("init containers");
+        }
+        let pods = [
+            pod(
+                "a",
+                json!({}),
+                json!({"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": "1"}),
+                "Running",
+            ),
+            pod(
+                "a",
+                theirs,
+                json!({"cpu": "250m", "memory": "256Mi"}),
+                "Pending",
+            ),
+            pod("a", ours, json!({"cpu": "3", "memory": "4Gi"}), "Running"),
+            pod(
+                "a",
+                json!({}),
+                json!({"cpu": "2", "memory": "2Gi"}),
+                "Succeeded",
+            ),
+            pod(
+                "a",
+                json!({}),
+                json!({"cpu": "2", "memory": "2Gi"}),
+                "Failed",
+            ),
+            pod("other-pool", json!({}), json!({"cpu": "1"}), "Running"),
+            pod(
+                "tainted-tolerated",
+                json!({}),
+                json!({"memory": "1000.5Ki"}),
+                "Running",
+            ),
+            with_init,
+        ];
+        // Nodes a, tainted-tolerated and soft-taint: 8.9 cores, 10Gi, 2 gpus;
+        // less 0.5 + 0.25 + 1 (the init container's) cores, 1Gi + 256Mi +
+        // 100Mi + 1Mi (1000.5Ki, rounded up) and 1 gpu.
+        assert_eq!(
+            auto_capacity(&pool, &nodes, &pods),
+            Resources::new(8900 - 500 - 250 - 1000, 10 * 1024 - 1024 - 256 - 100 - 1, 1)
+        );
+        let crowded = [pod("a", json!({}), json!({"cpu": "64"}), "Running")];
+        assert_eq!(
+            auto_capacity(&pool, &nodes[..1], &crowded),
+            Resources::new(0, 8192, 2),
+            "never below zero"
+        );
+    }
+}

@@ -80,3 +80,66 @@ fn dropped(path: &str, given: &Value, kept: &Value, problems: &mut Vec<FieldErro
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn problems(section: Value) -> Vec<String> {
+        let mut kubernetes = json!({"namespace": "ci", "image": "corral:1"});
+        if let (Value::Object(base), Value::Object(extra)) = (&mut kubernetes, section) {
+            base.extend(extra);
+        }
+        let pool = PoolSpec::parse(json!({
+            "name": "k", "provider": "kubernetes", "capacity": "auto", "kubernetes": kubernetes,
+        }))
+        .expect("a pool of the right shape");
+        check(&pool).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn tolerations_and_the_pod_template_read_as_kubernetes_types() {
+        assert_eq!(
+            problems(json!({
+                "tolerations": [{"key": "ci", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 30}],
+                "pod_template": {
+                    "metadata": {"labels": {"team": "ci"}},
+                    "spec": {"priorityClassName": "ci", "containers": [{"name": "agent",
+                        "securityContext": {"privileged": true}, "resources": {"limits": {"example.com/fpga": "1"}}}]},
+                },
+            })),
+            Vec::<String>::new()
+        );
+        let cases = [
+            (
+                json!({"tolerations": [{"key": "a"}, {"key": "b", "tolerationSeconds": "soon"}]}),
+                "kubernetes.tolerations[1].tolerationSeconds: invalid type: string \"soon\", expected i64",
+            ),
+            (
+                json!({"tolerations": [{"key": "a", "efect": "NoSchedule"}]}),
+                "kubernetes.tolerations[0].efect: unknown field",
+            ),
+            (
+                json!({"pod_template": {"spec": {"containerz": []}}}),
+                "kubernetes.pod_template.spec.containerz: unknown field",
+            ),
+            (
+                json!({"pod_template": {"spec": {"containers": [{"name": "agent", "imagePullPolicyy": "Always"}]}}}),
+                "kubernetes.pod_template.spec.containers[0].imagePullPolicyy: unknown field",
+            ),
+            (
+                json!({"pod_template": {"spec": {"priority": "high"}}}),
+                "kubernetes.pod_template.spec.priority: invalid type: string \"high\", expected i32",
+            ),
+            (
+                json!({"pod_template": {"kind": "Pod"}}),
+                "kubernetes.pod_template.kind: unknown field",
+            ),
+        ];
+        for (section, expected) in cases {
+            assert_eq!(problems(section.clone()), [expected], "{section}");
+        }
+    }
+}

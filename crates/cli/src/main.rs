@@ -216,6 +216,16 @@ enum Command {
         /// host, say, and execs corral.
         #[arg(long)]
         local_agent_exe: Option<PathBuf>,
+        /// The kubeconfig of the cluster kubernetes pools make pods in (else
+        /// $KUBECONFIG, else the in-cluster service account). Needs a build
+        /// with the kubernetes feature.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The URL agents in kubernetes pods reach this server at (default:
+        /// its listen address, which pods rarely reach), e.g.
+        /// http://corral.corral-system.svc:7700.
+        #[arg(long, value_parser = advertise_url)]
+        advertise_url: Option<String>,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -481,6 +491,14 @@ fn webhook_url(text: &str) -> Result<String, String> {
     }
 }
 
+/// An http:// or https:// URL of at most 2048 characters.
+fn advertise_url(text: &str) -> Result<String, String> {
+    if text.len() > 2048 {
+        return Err("the URL is longer than 2048 characters".into());
+    }
+    webhook_url(text)
+}
+
 fn currency_code(text: &str) -> Result<String, String> {
     if text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(text.to_string())
@@ -580,6 +598,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             spawn_timeout,
             capacity_refresh,
             local_agent_exe,
+            kubeconfig,
+            advertise_url,
         } => {
             let policy = Policy {
                 placement: PlacementPolicy::parse(&placement)
@@ -624,6 +644,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 metrics_public,
                 alert_webhook,
                 lost_worker_retention: limits.lost_worker_retention(),
+                kubernetes: corral_server::KubernetesConfig {
+                    kubeconfig,
+                    advertise_url,
+                },
             };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;

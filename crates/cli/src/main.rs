@@ -157,7 +157,7 @@ enum Command {
         /// retried).
         #[arg(long, default_value_t = 6)]
         heartbeat_timeout: u64,
-        /// Seconds an idle local worker is kept warm.
+        /// Seconds an idle worker a provider made (a local agent, a pod) is kept warm.
         #[arg(long, default_value_t = 120)]
         idle_ttl: u64,
         /// How groups are placed among pools (and static agents) with room.

@@ -945,8 +945,9 @@ impl Engine {
         fx.controller = true;
     }
 
-    /// Retires local workers idle for longer than `idle_ttl`, or idle in a
-    /// pool that is not active. Static agents stay: their operators own them.
+    /// Retires the workers providers made (local agents, pods) idle for longer
+    /// than `idle_ttl`, or idle in a pool that is not active. Static agents
+    /// stay: their operators own them.
     fn retire_idle_workers(&self, state: &mut State, fx: &mut Effects) {
         let now = self.now();
         let ttl = ms(self.config.idle_ttl);
@@ -955,11 +956,11 @@ impl Engine {
             .values()
             .filter(|w| {
                 let pool = state.pools.get(&w.record.pool);
-                let local = pool.is_none_or(|p| p.spec.provider == Provider::Local);
+                let made = pool.is_none_or(|p| p.spec.provider != Provider::Static);
                 let active = pool.is_some_and(|p| p.spec.state == PoolState::Active);
-                local
-                    && w.idle_since
-                        .is_some_and(|t| !active || now.millis_since(t) > ttl)
+                made && w
+                    .idle_since
+                    .is_some_and(|t| !active || now.millis_since(t) > ttl)
             })
             .map(|w| {
                 Write::PutWorker(WorkerRecord {

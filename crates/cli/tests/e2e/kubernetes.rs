@@ -25,7 +25,11 @@ async fn cluster(dir: &Path, cpu: &str) -> (FakeCluster, String) {
         work_dir: dir.join("pods"),
     })
     .await;
-    fake.add_node("node-1", labels(&[("node-pool", "ci")]), resources(cpu, "16Gi"));
+    fake.add_node(
+        "node-1",
+        labels(&[("node-pool", "ci")]),
+        resources(cpu, "16Gi"),
+    );
     let kubeconfig = dir.join("kubeconfig");
     fake.write_kubeconfig(&kubeconfig);
     (fake, kubeconfig.display().to_string())
@@ -143,10 +147,7 @@ async fn a_pipeline_on_a_kubernetes_pool_runs_in_a_pod_shaped_by_its_envelope() 
     let name = pod.metadata.name.clone().expect("a name");
     let spec = pod.spec.clone().expect("a spec");
     assert_eq!(spec.containers.len(), 1);
-    let limits = spec.containers[0]
-        .resources
-        .clone()
-        .expect("resources");
+    let limits = spec.containers[0].resources.clone().expect("resources");
     for set in [
         limits.requests.clone().expect("requests"),
         limits.limits.clone().expect("limits"),
@@ -189,9 +190,11 @@ async fn a_pipeline_on_a_kubernetes_pool_runs_in_a_pod_shaped_by_its_envelope() 
     assert_eq!(fake.pods_created(), 1, "one pod for the one group");
 
     // Its worker retires; its pod and the pod's secret go.
-    eventually("the pod and its secret gone", Duration::from_secs(60), || async {
-        (fake.pods().is_empty() && fake.secrets().is_empty()).then_some(())
-    })
+    eventually(
+        "the pod and its secret gone",
+        Duration::from_secs(60),
+        || async { (fake.pods().is_empty() && fake.secrets().is_empty()).then_some(()) },
+    )
     .await;
     fake.shutdown().await;
 }
@@ -208,7 +211,13 @@ async fn an_unschedulable_pod_is_why_its_run_waits_until_the_cluster_has_room() 
             pool("k8s", "{cpu: 4, memory: 8Gi}", "")
         ))
         .await;
-    let id = submit(&server, "big", "t", &step("s", "k8s", "2", "echo scheduled")).await;
+    let id = submit(
+        &server,
+        "big",
+        "t",
+        &step("s", "k8s", "2", "echo scheduled"),
+    )
+    .await;
     let reason = eventually("the Kubernetes reason", Duration::from_secs(30), || async {
         let run = server.run(id).await;
         (run["reason"]["code"] == "worker_pending").then(|| run)
@@ -232,7 +241,11 @@ async fn an_unschedulable_pod_is_why_its_run_waits_until_the_cluster_has_room() 
     browser.close().await;
 
     // Room appears: the same pod is scheduled and the run proceeds.
-    fake.add_node("node-2", labels(&[("node-pool", "ci")]), resources("8", "16Gi"));
+    fake.add_node(
+        "node-2",
+        labels(&[("node-pool", "ci")]),
+        resources("8", "16Gi"),
+    );
     let done = server.wait_run_ended(id, Duration::from_secs(60)).await;
     assert_eq!(done["state"], "succeeded", "{done:#}");
     assert_eq!(fake.pods_created(), 1, "waited for, not replaced");
@@ -281,7 +294,7 @@ async fn quotas_budgets_and_gangs_hold_across_a_kubernetes_and_a_local_pool() {
     let price = "price: {cpu_hour: 3600}\n";
     server
         .apply(&format!(
-            "{}---\nkind: Pool\nname: host\ncapacity: {{cpu: 2, memory: 4Gi}}\n{price}---\nkind: Tenant\nname: capped\nquota: {{cpu: 2}}\n---\nkind: Tenant\nname: open\n---\nkind: Tenant\nname: lean\nbudget: {{monthly: 15, enforce: hard}}\n",
+            "{}---\nkind: Pool\nname: host\ncapacity: {{cpu: 2, memory: 4Gi}}\n{price}---\nkind: Tenant\nname: capped\nquota: {{cpu: 2}}\n---\nkind: Tenant\nname: open\n---\nkind: Tenant\nname: lean\nbudget: {{monthly: 18, enforce: hard}}\n",
             pool("kube", "{cpu: 2, memory: 4Gi}", price)
         ))
         .await;
@@ -302,8 +315,8 @@ async fn quotas_budgets_and_gangs_hold_across_a_kubernetes_and_a_local_pool() {
     // A gang across both: the local group has no room, so neither is held.
     let gang = format!(
         "{}{}",
-        step("x", "kube", "1", "echo x ran"),
-        step("y", "host", "2", "echo y ran")
+        step("in-pod", "kube", "1", "echo in a pod"),
+        step("on-host", "host", "2", "echo on the host")
     );
     let g = submit(&server, "gang", "open", &gang).await;
     let r = server.waits_with(g, "gang_partner_full").await;
@@ -315,11 +328,12 @@ async fn quotas_budgets_and_gangs_hold_across_a_kubernetes_and_a_local_pool() {
     );
     assert_eq!(pods_of(&fake, g).len(), 0, "no pod while the gang waits");
 
-    // A hard budget admits on upper bounds on either pool: a 10 s step of one
-    // cpu may cost 10.00 (and slack); a second cannot fit in 15.00 meanwhile.
+    // A hard budget admits on upper bounds on either pool: a step of one cpu
+    // with a 5 s timeout may cost 10.00 (its timeout and 5 s of slack); a
+    // second cannot fit in 18.00 beside it, and fits once it has ended.
     let bounded = |pool: &str| {
         format!(
-            "  - {{name: s, run: 'echo spent; sleep 4', timeout: 10s, pool: {pool}, resources: {{cpu: 1, memory: 256Mi}}}}\n"
+            "  - {{name: s, run: 'echo spent; sleep 2', timeout: 5s, pool: {pool}, resources: {{cpu: 1, memory: 256Mi}}}}\n"
         )
     };
     let first = submit(&server, "first", "lean", &bounded("kube")).await;
@@ -352,7 +366,12 @@ async fn quotas_budgets_and_gangs_hold_across_a_kubernetes_and_a_local_pool() {
 
     // Never more than the quota, nor a pool's capacity, at any instant.
     let allocations: Vec<Value> = server.get("/api/v1/allocations?limit=1000").await;
-    let peak = check_history(&allocations, "capped", 2000, &[("kube", 2000), ("host", 2000)]);
+    let peak = check_history(
+        &allocations,
+        "capped",
+        2000,
+        &[("kube", 2000), ("host", 2000)],
+    );
     assert_eq!(peak, 2000);
     fake.shutdown().await;
 }

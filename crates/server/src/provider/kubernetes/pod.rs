@@ -30,7 +30,7 @@ pub const WORKER_LABEL: &str = "corral.dev/worker";
 /// The agent's container.
 pub const CONTAINER: &str = "agent";
 /// Where the credential's Secret is mounted, and its file there.
-pub const CREDENTIAL_DIR: &str = "/var/run/corral";
+pub const CREDENTIAL_DIR: &str = "/var/run/secrets/corral";
 pub const CREDENTIAL_KEY: &str = "credential";
 const CREDENTIAL_VOLUME: &str = "corral-credential";
 /// Read by the owner only (0400).
@@ -460,9 +460,9 @@ mod tests {
                 "--labels",
                 "os=linux",
                 "--token-file",
-                "/var/run/corral/credential",
+                "/var/run/secrets/corral/credential",
                 "--hide",
-                "/var/run/corral",
+                "/var/run/secrets/corral",
                 "--ephemeral",
             ])
         );
@@ -477,7 +477,7 @@ mod tests {
         );
         assert_eq!(
             container["volumeMounts"],
-            json!([{"name": "corral-credential", "mountPath": "/var/run/corral", "readOnly": true}])
+            json!([{"name": "corral-credential", "mountPath": "/var/run/secrets/corral", "readOnly": true}])
         );
         assert_eq!(
             spec["volumes"],

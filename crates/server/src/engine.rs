@@ -921,12 +921,11 @@ impl Engine {
                 .cloned()
                 .collect();
             for attempt in lost_attempts {
-                update.end_attempt(
-                    attempt,
-                    AttemptState::Lost,
-                    None,
-                    Some("worker lost".into()),
-                );
+                let error = match state.ended.get(&attempt.worker_id) {
+                    Some(why) => format!("worker lost: {why}"),
+                    None => "worker lost".into(),
+                };
+                update.end_attempt(attempt, AttemptState::Lost, None, Some(error));
             }
             let released: Vec<u32> = update
                 .run

@@ -187,6 +187,9 @@ pub struct State {
     pub mirror: Mirror,
     /// Allocations waiting for a worker, and the worker requests made for them.
     pub unbound: Unbound,
+    /// What a provider said of a live worker that has ended (a pod OOM-killed
+    /// or evicted): the error of the attempts lost with it, once it is lost.
+    pub ended: BTreeMap<WorkerId, String>,
 }
 
 impl State {
@@ -231,6 +234,7 @@ impl State {
             usage: Usage::default(),
             pool_workers: BTreeMap::new(),
             unbound: Unbound::default(),
+            ended: BTreeMap::new(),
         };
         let writes = live
             .pools
@@ -429,6 +433,7 @@ impl State {
                 if let Some(old) = self.workers.remove(&w.id) {
                     self.unlist_worker(&old.record.pool, w.id);
                 }
+                self.ended.remove(&w.id);
                 self.retiring.insert(w.id, seq);
             }
             Write::PutPrice(p) => self.spend.record_price(p),

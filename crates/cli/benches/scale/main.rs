@@ -31,6 +31,8 @@
 //!    static pool of their own.
 
 mod agents;
+mod histogram;
+#[path = "../support/server.rs"]
 mod server;
 
 use std::collections::BTreeMap;
@@ -44,7 +46,8 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use agents::{PollCounts, SimAgent};
-use server::{Api, Histogram, ServerProcess, histograms};
+use histogram::{Histogram, histograms};
+use server::{Api, ServerProcess};
 
 /// The histogram the incremental controller's server exports.
 const CYCLE_HISTOGRAM: &str = "corral_cycle_duration_seconds";
@@ -593,7 +596,7 @@ async fn bench(config: Config) -> Result<()> {
     });
     // One client address holds every simulated agent's poll, readers and
     // submits: lift the per-address cap above them.
-    let server = ServerProcess::start(&[
+    let server = ServerProcess::start("scale", &[
         "--max-connections-per-address",
         "3500",
         "--starvation-after",

@@ -375,3 +375,50 @@ async fn quotas_budgets_and_gangs_hold_across_a_kubernetes_and_a_local_pool() {
     assert_eq!(peak, 2000);
     fake.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_oom_killed_under_its_step_is_why_the_step_ran_again_on_another() {
+    let dir = temp_dir("kube-oom");
+    let (fake, kubeconfig) = cluster(&dir, "8").await;
+    let server = Server::start_with(
+        "kube-oom-server",
+        StoreKind::Sqlite,
+        &["--kubeconfig", &kubeconfig, "--heartbeat-timeout", "3"],
+    )
+    .await;
+    server
+        .apply(&format!(
+            "{}---\nkind: Tenant\nname: t\n",
+            pool("k8s", "{cpu: 4, memory: 8Gi}", "")
+        ))
+        .await;
+    // The first attempt is killed with its pod; the second, on a new pod, ends.
+    let id = submit(
+        &server,
+        "killed",
+        "t",
+        &step("s", "k8s", "1", "echo attempt; sleep 4; echo survived"),
+    )
+    .await;
+    server
+        .wait_for_output(id, "attempt", Duration::from_secs(60))
+        .await;
+    let first = pods_of(&fake, id).pop().expect("the run's pod");
+    let namespace = first.metadata.namespace.clone().expect("a namespace");
+    let name = first.metadata.name.clone().expect("a name");
+    fake.oom_kill(&namespace, &name);
+
+    let done = server.wait_run_ended(id, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let attempts = done["steps"][0]["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{done:#}");
+    assert_eq!(attempts[0]["state"], "lost");
+    let error = attempts[0]["error"].as_str().expect("an error");
+    assert!(
+        error.starts_with("worker lost: pod ") && error.contains("OOMKilled"),
+        "{error}"
+    );
+    assert_eq!(attempts[1]["state"], "succeeded");
+    assert_eq!(fake.pods_created(), 2, "a new pod for the retry");
+    fake.shutdown().await;
+}

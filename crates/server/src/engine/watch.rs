@@ -107,6 +107,18 @@ impl Engine {
                 writes.append(&mut update.done(&mut state));
             }
         }
+        // A live worker the provider says has ended is lost once its lease
+        // has surely lapsed, as any other; its attempts then say why.
+        let ended: Vec<(WorkerId, String)> = state
+            .workers
+            .values()
+            .filter(|w| of_kind(&state, &w.record.pool))
+            .filter_map(|w| {
+                let problem = listed.get(w.record.name.as_str())?.problem.as_ref()?;
+                problem.fatal.then(|| (w.record.id, problem.message.clone()))
+            })
+            .collect();
+        state.ended.extend(ended);
         // Nobody needs a worker with neither a request nor a live worker of
         // its name.
         let known: BTreeSet<&str> = state

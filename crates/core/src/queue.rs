@@ -12,6 +12,7 @@
 //! checks a budget per run, after its class's verdict (see `controller.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::clock::Timestamp;
 use crate::ids::RunId;
@@ -62,9 +63,18 @@ pub struct Class {
     /// Its runs, oldest first.
     pub runs: BTreeSet<(Timestamp, RunId)>,
     key: ClassKey,
+    /// A hash of `key`, taken once.
+    fingerprint: u64,
 }
 
 impl Class {
+    /// A fingerprint of what makes the class: its tenant, level and groups.
+    /// Class ids are not reused within a queue, but a queue built afresh
+    /// numbers its classes from zero again: the fingerprint tells them apart.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
     pub fn total(&self) -> Resources {
         self.groups
             .iter()
@@ -128,6 +138,8 @@ impl RunQueue {
             None => {
                 let id = ClassId(self.next);
                 self.next += 1;
+                let mut h = DefaultHasher::new();
+                key.hash(&mut h);
                 self.keys.insert(key.clone(), id);
                 self.classes.insert(
                     id,
@@ -139,6 +151,7 @@ impl RunQueue {
                         groups: run.groups.clone(),
                         runs: BTreeSet::new(),
                         key,
+                        fingerprint: h.finish(),
                     },
                 );
                 self.levels

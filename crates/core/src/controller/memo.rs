@@ -30,7 +30,10 @@ use crate::pool::PoolState;
 use crate::queue::{Class, ClassId, RunQueue};
 use crate::tenant::Enforce;
 
-use super::{FastMap, FxHasher, Matching, Outcome, Policy, PoolView, Reason, Snapshot, TenantView};
+use super::{
+    ClassFacts, FastMap, FxHasher, Matching, Outcome, Policy, PoolView, Reason, Snapshot,
+    TenantView,
+};
 
 /// The controller kept across cycles: decides as [`super::decide`] does, and
 /// reuses the verdict of every class whose inputs did not change since it last
@@ -90,8 +93,9 @@ pub(super) enum Verdict {
 #[derive(Debug, Clone)]
 struct Entry {
     key: Key,
-    /// Positions of the pools the verdict read (see [`pools_read`]).
-    pools: Vec<usize>,
+    /// The class's facts, with the positions of the pools the verdict read
+    /// (see [`pools_read`]).
+    facts: Arc<ClassFacts>,
     verdict: Verdict,
     seen: u64,
 }
@@ -119,16 +123,28 @@ pub(super) struct Keys<'m> {
     memo: &'m mut Memo,
     /// What is fixed for the cycle of all pools, and the default policy.
     fixed: u64,
+    /// What of all pools [`ClassFacts`] read: `fixed` and their capacities.
+    facts: u64,
     /// Pool names in snapshot order, to find a pool's position.
     names: Vec<String>,
     /// Per pool in snapshot order, its dynamic state's fingerprint.
     pools: Vec<u64>,
-    /// Per tenant, its fingerprint, taken when first needed in the cycle.
-    tenants: FastMap<String, u64>,
+    /// Per tenant by position in the snapshot, its fingerprint, taken when
+    /// first needed in the cycle.
+    tenants: Vec<Option<u64>>,
+    /// Per tenant by position, the fingerprint of what [`ClassFacts`] read of
+    /// it, which no cycle changes.
+    fixed_tenants: Vec<Option<u64>>,
 }
 
 impl<'m> Keys<'m> {
-    pub(super) fn new(memo: &'m mut Memo, work: &Snapshot, policy: &Policy) -> Keys<'m> {
+    /// `tenants` is the number of the snapshot's tenants.
+    pub(super) fn new(
+        memo: &'m mut Memo,
+        work: &Snapshot,
+        tenants: usize,
+        policy: &Policy,
+    ) -> Keys<'m> {
         memo.cycle += 1;
         memo.stats = CycleStats::default();
         let mut h = FxHasher::default();
@@ -136,35 +152,40 @@ impl<'m> Keys<'m> {
         for pool in work.pools.values() {
             fixed_of_pool(pool, &mut h);
         }
+        let fixed = h.finish();
+        for pool in work.pools.values() {
+            pool.capacity.hash(&mut h);
+        }
         Keys {
             memo,
-            fixed: h.finish(),
+            fixed,
+            facts: h.finish(),
             names: work.pools.keys().cloned().collect(),
             pools: work.pools.values().map(pool_fingerprint).collect(),
-            tenants: FastMap::default(),
+            tenants: vec![None; tenants],
+            fixed_tenants: vec![None; tenants],
         }
     }
 
     /// The remembered verdict of `class` tried with `run` (whose bound is
     /// `bound`, zero when its tenant has no budget), if its inputs are those it
     /// was evaluated under; else the probe to store the new verdict with.
+    /// `view` is the position of `tenant` in the snapshot.
     pub(super) fn lookup(
         &mut self,
+        view: usize,
         tenant: &TenantView,
         class: &Class,
         run: RunId,
         bound: Money,
     ) -> Result<Verdict, Probe> {
-        let tenant_fp = match self.tenants.get(tenant.name.as_str()) {
-            Some(&fp) => fp,
-            None => {
-                let fp = tenant_fingerprint(tenant);
-                self.tenants.insert(tenant.name.clone(), fp);
-                fp
-            }
+        let tenant_fp = match self.tenants.get_mut(view) {
+            Some(Some(fp)) => *fp,
+            Some(slot) => *slot.insert(tenant_fingerprint(tenant)),
+            None => tenant_fingerprint(tenant),
         };
         let mut key = Key {
-            shape: shape_fingerprint(class),
+            shape: class.fingerprint(),
             head: run,
             bound,
             tenant: tenant_fp,
@@ -173,7 +194,7 @@ impl<'m> Keys<'m> {
         };
         let cycle = self.memo.cycle;
         if let Some(entry) = self.memo.entries.get_mut(&class.id) {
-            key.pools = combine(&self.pools, &entry.pools);
+            key.pools = combine(&self.pools, &entry.facts.pools);
             if entry.key == key {
                 entry.seen = cycle;
                 self.memo.stats.reused += 1;
@@ -184,25 +205,48 @@ impl<'m> Keys<'m> {
         Err(Probe { key })
     }
 
-    /// Remembers the verdict `class` got under `probe`; `matching` is the
-    /// class's [`super::Masks::matching`] in this cycle.
+    /// The facts of `class` (of the tenant at position `view`) kept from an
+    /// earlier cycle, if what they read is as it was; else the key to keep new
+    /// ones under.
+    pub(super) fn facts(
+        &mut self,
+        view: usize,
+        tenant: &TenantView,
+        class: &Class,
+    ) -> Result<Arc<ClassFacts>, u64> {
+        let tenant_fp = match self.fixed_tenants.get_mut(view) {
+            Some(Some(fp)) => *fp,
+            Some(slot) => *slot.insert(fixed_of_tenant(tenant)),
+            None => fixed_of_tenant(tenant),
+        };
+        let mut h = FxHasher::default();
+        h.write_u64(class.fingerprint());
+        h.write_u64(tenant_fp);
+        h.write_u64(self.facts);
+        let key = h.finish();
+        match self.memo.entries.get(&class.id) {
+            Some(entry) if entry.facts.key == key => Ok(Arc::clone(&entry.facts)),
+            _ => Err(key),
+        }
+    }
+
+    /// Remembers the verdict `class` got under `probe`, with its facts.
     pub(super) fn store(
         &mut self,
         class: ClassId,
         probe: Probe,
-        matching: &Matching,
+        facts: &Arc<ClassFacts>,
         verdict: Verdict,
     ) {
-        let pools = pools_read(matching);
         let key = Key {
-            pools: combine(&self.pools, &pools),
+            pools: combine(&self.pools, &facts.pools),
             ..probe.key
         };
         self.memo.entries.insert(
             class,
             Entry {
                 key,
-                pools,
+                facts: Arc::clone(facts),
                 verdict,
                 seen: self.memo.cycle,
             },
@@ -220,9 +264,12 @@ impl<'m> Keys<'m> {
         }
     }
 
-    /// Forgets the fingerprint of tenant `name`: the cycle charged it.
-    pub(super) fn tenant_changed(&mut self, name: &str) {
-        self.tenants.remove(name);
+    /// Forgets the fingerprint of the tenant at position `view`: the cycle
+    /// charged it.
+    pub(super) fn tenant_changed(&mut self, view: usize) {
+        if let Some(slot) = self.tenants.get_mut(view) {
+            *slot = None;
+        }
     }
 
     /// Drops the verdicts of classes the cycle did not try: they left the queue.
@@ -235,7 +282,7 @@ impl<'m> Keys<'m> {
 /// The positions of the pools a class's verdict reads: those a group's
 /// selector matches and its tenant may use. A pool the tenant may not use
 /// blocks with a reason of names only, fixed for the cycle and the tenant.
-fn pools_read(matching: &Matching) -> Vec<usize> {
+pub(super) fn pools_read(matching: &Matching) -> Vec<usize> {
     let mut pools: Vec<usize> = matching
         .iter()
         .flat_map(|row| {
@@ -255,22 +302,6 @@ fn combine(fingerprints: &[u64], pools: &[usize]) -> u64 {
     for &i in pools {
         h.write_usize(i);
         h.write_u64(fingerprints.get(i).copied().unwrap_or(u64::MAX));
-    }
-    h.finish()
-}
-
-/// What the verdict reads of the class: its tenant, level and groups. Class ids
-/// are not reused within a queue, but a queue built afresh (a server that
-/// reloads) numbers its classes from zero again.
-fn shape_fingerprint(class: &Class) -> u64 {
-    let mut h = FxHasher::default();
-    class.tenant.hash(&mut h);
-    class.priority.hash(&mut h);
-    class.readmit.hash(&mut h);
-    for g in &class.groups {
-        g.index.hash(&mut h);
-        g.selector.hash(&mut h);
-        g.resources.hash(&mut h);
     }
     h.finish()
 }
@@ -307,6 +338,22 @@ fn pool_fingerprint(pool: &PoolView) -> u64 {
             a.capacity.hash(&mut h);
             a.used.hash(&mut h);
         }
+    }
+    h.finish()
+}
+
+/// What [`ClassFacts`] read of a tenant: its quota, limits and allowed pools.
+fn fixed_of_tenant(t: &TenantView) -> u64 {
+    let mut h = FxHasher::default();
+    t.name.hash(&mut h);
+    t.quota.resources.hash(&mut h);
+    h.write_u64(t.quota.runs);
+    t.allowed_pools.hash(&mut h);
+    h.write_usize(t.pool_limits.len());
+    for (pool, limit) in &t.pool_limits {
+        pool.hash(&mut h);
+        limit.resources.hash(&mut h);
+        h.write_u64(limit.runs);
     }
     h.finish()
 }

@@ -381,7 +381,7 @@ fn walk(
         classes: FastMap::default(),
         masks: Masks::default(),
         empty: None,
-        reasons: ReasonCache::default(),
+        reasons: ReasonCache::new(snapshot),
         keys,
     };
     for (_, tenants) in queue.levels() {
@@ -621,6 +621,7 @@ impl<'a> Cycle<'a, '_> {
         match verdict {
             Ok(placements) => {
                 self.work.admit(&placements);
+                self.reasons.pools_changed(None);
                 if let Some(t) = self.tenants.get_mut(view) {
                     t.to_mut().admit(run, class.readmit, bound, &placements);
                 }
@@ -684,11 +685,11 @@ impl<'a> Cycle<'a, '_> {
         run: RunId,
         reason: &Reason,
     ) -> Option<Reservation> {
-        let total = class.total();
         if matches!(
             reason.code,
             ReasonCode::TenantQuota | ReasonCode::TenantRuns
         ) {
+            let total = class.total();
             let tenant = self.tenants.get_mut(view)?;
             if tenant.reserved.is_some() {
                 return None;
@@ -739,6 +740,9 @@ impl<'a> Cycle<'a, '_> {
             if let Some(p) = self.work.pools.get_mut(name) {
                 p.reserved = Some((run, *need));
             }
+        }
+        if !chosen.is_empty() {
+            self.reasons.pools_changed(Some(run));
         }
         Some(Reservation {
             run,
@@ -1191,10 +1195,31 @@ fn pool_blocker(
 
 /// Reasons built once in a cycle and shared by the classes that get them,
 /// and the blocks of the pools [`place`] looks at, kept from call to call.
-#[derive(Default)]
 struct ReasonCache {
     shared: SharedReasons,
     blocks: Vec<(usize, Block)>,
+}
+
+impl ReasonCache {
+    fn new(snapshot: &Snapshot) -> ReasonCache {
+        ReasonCache {
+            shared: SharedReasons {
+                holders: snapshot
+                    .pools
+                    .values()
+                    .filter_map(|p| p.reserved.map(|(run, _)| run))
+                    .collect(),
+                ..SharedReasons::default()
+            },
+            blocks: Vec::new(),
+        }
+    }
+
+    /// The cycle charged pools, or reserved room in them for `holder`.
+    fn pools_changed(&mut self, holder: Option<RunId>) {
+        self.shared.state += 1;
+        self.shared.holders.extend(holder);
+    }
 }
 
 /// Reasons built once in a cycle and shared by the classes that get them.
@@ -1211,9 +1236,40 @@ struct SharedReasons {
     /// copies a pointer. Kept by [`group_blocks_hash`], so that finding one
     /// builds no key.
     groups: FastMap<u64, Vec<(GroupBlocks, Arc<Reason>)>>,
+    /// The reasons of lone groups of tenants with no per-pool limits, by
+    /// [`LoneKey`], with the rows of [`Masks::matching`] they were found for.
+    lone: FastMap<LoneKey, Vec<LoneReason>>,
+    /// Counts the changes to pools in the cycle: a lone group's reason holds
+    /// for one state of the pools.
+    state: u64,
+    /// Runs that hold room in a pool: a pool's reservation does not block its
+    /// holder, so their reasons are their own.
+    holders: Vec<RunId>,
 }
 
+/// A lone group's need, whether any pool would do, the [`row_hash`] of its
+/// row of [`Masks::matching`] and the state of the pools.
+type LoneKey = (Resources, bool, u64, u64);
+
+/// A lone group's row of [`Masks::matching`] and its reason.
+type LoneReason = (Vec<Option<bool>>, Arc<Reason>);
+
 impl SharedReasons {
+    /// The reason kept for a lone group of `key` and `row`.
+    fn lone(&self, key: &LoneKey, row: &[Option<bool>]) -> Option<&Arc<Reason>> {
+        self.lone
+            .get(key)?
+            .iter()
+            .find_map(|(r, reason)| (r.as_slice() == row).then_some(reason))
+    }
+
+    fn keep_lone(&mut self, key: LoneKey, row: &[Option<bool>], reason: &Arc<Reason>) {
+        self.lone
+            .entry(key)
+            .or_default()
+            .push((row.to_vec(), Arc::clone(reason)));
+    }
+
     /// The reason kept for a group of need `need`, `gang` (its index and
     /// selector in a gang) and `blocks`, whose [`group_blocks_hash`] is `key`.
     fn group(
@@ -1231,6 +1287,24 @@ impl SharedReasons {
                     .then_some(reason)
             })
     }
+}
+
+/// A hash of a row of [`Masks::matching`], two bits a pool.
+fn row_hash(row: &[Option<bool>]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write_usize(row.len());
+    for chunk in row.chunks(32) {
+        let word = chunk.iter().fold(0u64, |w, m| {
+            (w << 2)
+                | match m {
+                    None => 0,
+                    Some(false) => 1,
+                    Some(true) => 2,
+                }
+        });
+        h.write_u64(word);
+    }
+    h.finish()
 }
 
 /// A hash of a [`GroupBlocks`]: the blocks are hashed each on its own and
@@ -1441,6 +1515,25 @@ fn place(
         // Pools the tenant may not use are named only when the group asked for
         // them (by name or labels), not when any pool would do.
         let any_pool = g.selector.name.is_none() && g.selector.labels.is_empty();
+        // A lone group that no pool takes, where each pool's block is the
+        // pool's alone, has a reason that follows from its need and the pools
+        // it may use: found once for each state of the pools.
+        let row = matching.get(index).map(Vec::as_slice);
+        let lone = match (&shared, row) {
+            (Some(cache), Some(row))
+                if groups.len() == 1
+                    && tenant.pool_limits.is_empty()
+                    && run.is_none_or(|r| !cache.holders.contains(&r)) =>
+            {
+                Some((g.resources, any_pool, row_hash(row), cache.state))
+            }
+            _ => None,
+        };
+        if let (Some(key), Some(cache), Some(row)) = (&lone, shared.as_deref(), row)
+            && let Some(reason) = cache.lone(key, row)
+        {
+            return Err(Arc::clone(reason));
+        }
         let mut best: Option<(&PoolView, (i64, u128))> = None;
         // What blocks each pool, by position, kept from the one pass over them
         // for the reason should no pool take the group.
@@ -1465,10 +1558,14 @@ fn place(
                 && !blocks.is_empty()
                 && blocks.iter().all(|(_, b)| b.of_pool_only()))
             .then(|| group_blocks_hash(&g.resources, gang, blocks));
-            if let (Some(key), Some(cache)) = (key, shared.as_deref())
+            if let (Some(key), Some(cache)) = (key, shared.as_deref_mut())
                 && let Some(reason) = cache.group(key, &g.resources, gang, blocks)
             {
-                return Err(Arc::clone(reason));
+                let reason = Arc::clone(reason);
+                if let (Some(lone), Some(row)) = (lone, row) {
+                    cache.keep_lone(lone, row, &reason);
+                }
+                return Err(reason);
             }
             let pools: Vec<&PoolView> = work.pools.values().collect();
             let blockers = blocks
@@ -1493,6 +1590,9 @@ fn place(
                 &blockers,
             ));
             if let (Some(key), Some(cache)) = (key, shared) {
+                if let (Some(lone), Some(row)) = (lone, row) {
+                    cache.keep_lone(lone, row, &reason);
+                }
                 cache.groups.entry(key).or_default().push((
                     (
                         g.resources,

@@ -78,6 +78,8 @@ impl Controller {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Memo {
     entries: FastMap<ClassId, Entry>,
+    /// The sets of pools the entries' verdicts read.
+    sets: PoolSets,
     /// Counts cycles: entries not seen in the last one are dropped.
     cycle: u64,
     stats: CycleStats,
@@ -93,6 +95,8 @@ pub(super) enum Verdict {
 #[derive(Debug, Clone)]
 struct Entry {
     key: Key,
+    /// The set of the pools the verdict read, in [`Memo::sets`].
+    set: usize,
     /// The class's facts, with the positions of the pools the verdict read
     /// (see [`pools_read`]).
     facts: Arc<ClassFacts>,
@@ -109,6 +113,38 @@ pub(super) struct Key {
     tenant: u64,
     fixed: u64,
     pools: u64,
+}
+
+/// The sets of pools verdicts read, each kept once: classes that may use the
+/// same pools share one, and a cycle combines the fingerprints of each set's
+/// pools once, not once per class.
+#[derive(Debug, Clone, Default)]
+struct PoolSets {
+    /// Each set's positions of pools, by set.
+    sets: Vec<Vec<usize>>,
+    ids: FastMap<Vec<usize>, usize>,
+    /// Per pool position, the sets that hold it.
+    holding: Vec<Vec<usize>>,
+}
+
+impl PoolSets {
+    fn id(&mut self, pools: &[usize]) -> usize {
+        if let Some(&id) = self.ids.get(pools) {
+            return id;
+        }
+        let id = self.sets.len();
+        for &i in pools {
+            if self.holding.len() <= i {
+                self.holding.resize_with(i + 1, Vec::new);
+            }
+            if let Some(sets) = self.holding.get_mut(i) {
+                sets.push(id);
+            }
+        }
+        self.sets.push(pools.to_vec());
+        self.ids.insert(pools.to_vec(), id);
+        id
+    }
 }
 
 /// A class's key before its pools' part is known: the pools a verdict reads
@@ -129,6 +165,9 @@ pub(super) struct Keys<'m> {
     names: Vec<String>,
     /// Per pool in snapshot order, its dynamic state's fingerprint.
     pools: Vec<u64>,
+    /// Per set of [`Memo::sets`], the combined fingerprint of its pools, once
+    /// taken in the cycle and until one of them changes.
+    combined: Vec<Option<u64>>,
     /// Per tenant by position in the snapshot, its fingerprint, taken when
     /// first needed in the cycle.
     tenants: Vec<Option<u64>>,
@@ -162,6 +201,7 @@ impl<'m> Keys<'m> {
             facts: h.finish(),
             names: work.pools.keys().cloned().collect(),
             pools: work.pools.values().map(pool_fingerprint).collect(),
+            combined: Vec::new(),
             tenants: vec![None; tenants],
             fixed_tenants: vec![None; tenants],
         }
@@ -194,7 +234,7 @@ impl<'m> Keys<'m> {
         };
         let cycle = self.memo.cycle;
         if let Some(entry) = self.memo.entries.get_mut(&class.id) {
-            key.pools = combine(&self.pools, &entry.facts.pools);
+            key.pools = combined(&mut self.combined, &self.memo.sets, &self.pools, entry.set);
             if entry.key == key {
                 entry.seen = cycle;
                 self.memo.stats.reused += 1;
@@ -238,14 +278,16 @@ impl<'m> Keys<'m> {
         facts: &Arc<ClassFacts>,
         verdict: Verdict,
     ) {
+        let set = self.memo.sets.id(&facts.pools);
         let key = Key {
-            pools: combine(&self.pools, &facts.pools),
+            pools: combined(&mut self.combined, &self.memo.sets, &self.pools, set),
             ..probe.key
         };
         self.memo.entries.insert(
             class,
             Entry {
                 key,
+                set,
                 facts: Arc::clone(facts),
                 verdict,
                 seen: self.memo.cycle,
@@ -260,7 +302,15 @@ impl<'m> Keys<'m> {
             work.pools.get(name),
         ) && let Some(fp) = self.pools.get_mut(i)
         {
-            *fp = pool_fingerprint(pool);
+            let new = pool_fingerprint(pool);
+            if *fp != new {
+                *fp = new;
+                for &set in self.memo.sets.holding.get(i).map_or(&[][..], Vec::as_slice) {
+                    if let Some(c) = self.combined.get_mut(set) {
+                        *c = None;
+                    }
+                }
+            }
         }
     }
 
@@ -275,7 +325,16 @@ impl<'m> Keys<'m> {
     /// Drops the verdicts of classes the cycle did not try: they left the queue.
     pub(super) fn finish(self) {
         let cycle = self.memo.cycle;
-        self.memo.entries.retain(|_, e| e.seen == cycle);
+        let memo = self.memo;
+        memo.entries.retain(|_, e| e.seen == cycle);
+        // Sets no entry reads any more are dropped once they are many.
+        if memo.sets.sets.len() > 2 * memo.entries.len() + 64 {
+            let mut sets = PoolSets::default();
+            for e in memo.entries.values_mut() {
+                e.set = sets.id(&e.facts.pools);
+            }
+            memo.sets = sets;
+        }
     }
 }
 
@@ -295,6 +354,27 @@ pub(super) fn pools_read(matching: &Matching) -> Vec<usize> {
     pools.sort_unstable();
     pools.dedup();
     pools
+}
+
+/// The combined fingerprint of set `set`'s pools, taken once until one of them
+/// changes (see [`Keys::pool_changed`]).
+fn combined(
+    cache: &mut Vec<Option<u64>>,
+    sets: &PoolSets,
+    fingerprints: &[u64],
+    set: usize,
+) -> u64 {
+    if cache.len() <= set {
+        cache.resize(sets.sets.len().max(set + 1), None);
+    }
+    match cache.get_mut(set) {
+        Some(Some(fp)) => *fp,
+        Some(slot) => *slot.insert(combine(
+            fingerprints,
+            sets.sets.get(set).map_or(&[][..], Vec::as_slice),
+        )),
+        None => u64::MAX,
+    }
 }
 
 fn combine(fingerprints: &[u64], pools: &[usize]) -> u64 {

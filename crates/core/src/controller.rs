@@ -35,7 +35,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::rc::Rc;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::clock::Timestamp;
@@ -367,7 +367,11 @@ fn walk(
         pools: snapshot.pools.clone(),
         tenants: BTreeMap::new(),
     };
-    let keys = memo.map(|memo| Keys::new(memo, &work, snapshot.tenants.len(), policy));
+    let mut keys = memo.map(|memo| Keys::new(memo, &work, snapshot.tenants.len(), policy));
+    let mut reasons = ReasonCache::new(snapshot);
+    if let Some(keys) = keys.as_mut() {
+        reasons.shared.kept = keys.pool_reasons();
+    }
     let mut cycle = Cycle {
         work,
         tenants: snapshot.tenants.values().map(Cow::Borrowed).collect(),
@@ -381,14 +385,14 @@ fn walk(
         classes: FastMap::default(),
         masks: Masks::default(),
         empty: None,
-        reasons: ReasonCache::new(snapshot),
+        reasons,
         keys,
     };
     for (_, tenants) in queue.levels() {
         cycle.level(tenants);
     }
     if let Some(keys) = cycle.keys {
-        keys.finish();
+        keys.finish(std::mem::take(&mut cycle.reasons.shared.pools));
     }
     // Each class waits at most once: built at once, in class order.
     cycle.outcome.waiting = cycle.waiting.into_iter().collect();
@@ -429,8 +433,9 @@ struct TenantRuns<'a> {
     /// The oldest run not yet tried of each of its classes, oldest first
     /// (ties by class), with the class's position in `classes`.
     heads: BinaryHeap<std::cmp::Reverse<(Queued, ClassId, usize)>>,
-    /// Its classes, each with its runs after its head.
-    classes: Vec<(&'a Class, std::collections::btree_set::Iter<'a, Queued>)>,
+    /// Its classes, each with its fingerprint, read while the class is at
+    /// hand: a class whose verdict is reused is not read again.
+    classes: Vec<(&'a Class, u64)>,
 }
 
 /// What a cycle learns of a class the first time it tries one of its runs:
@@ -482,13 +487,11 @@ impl<'a> Cycle<'a, '_> {
             let mut classes = Vec::with_capacity(ids.len());
             let mut heads = Vec::with_capacity(ids.len());
             for &id in ids {
-                let Some(class) = queue.class(id) else {
-                    continue;
-                };
-                let mut runs = class.runs.iter();
-                if let Some(&head) = runs.next() {
+                if let Some(class) = queue.class(id)
+                    && let Some(head) = class.head()
+                {
                     heads.push(std::cmp::Reverse((head, id, classes.len())));
-                    classes.push((class, runs));
+                    classes.push((class, class.fingerprint()));
                 }
             }
             if !heads.is_empty() {
@@ -515,11 +518,14 @@ impl<'a> Cycle<'a, '_> {
             let Some(std::cmp::Reverse(((at, run), id, c))) = fifo.heads.pop() else {
                 continue;
             };
-            let Some((class, rest)) = fifo.classes.get_mut(c) else {
+            let Some(&(class, shape)) = fifo.classes.get(c) else {
                 continue;
             };
-            if self.try_run(class, fifo.view, run, at, at.0 <= starve_before)
-                && let Some(&next) = rest.next()
+            if self.try_run(class, shape, fifo.view, run, at, at.0 <= starve_before)
+                && let Some(&next) = class
+                    .runs
+                    .range((Bound::Excluded((at, run)), Bound::Unbounded))
+                    .next()
             {
                 fifo.heads.push(std::cmp::Reverse((next, id, c)));
             }
@@ -542,6 +548,7 @@ impl<'a> Cycle<'a, '_> {
     fn try_run(
         &mut self,
         class: &Class,
+        shape: u64,
         view: Option<usize>,
         run: RunId,
         enqueued_at: Timestamp,
@@ -564,7 +571,7 @@ impl<'a> Cycle<'a, '_> {
         // A verdict remembered under the same inputs is the verdict.
         let mut probe: Option<Probe> = None;
         let remembered = match self.keys.as_mut() {
-            Some(keys) => match keys.lookup(view, tenant, class, run, bound) {
+            Some(keys) => match keys.lookup(view, tenant, class.id, shape, run, bound) {
                 Ok(verdict) => Some(verdict),
                 Err(p) => {
                     probe = Some(p);
@@ -1222,12 +1229,20 @@ impl ReasonCache {
     }
 }
 
+/// Reasons of blocked pools, by position of the pool in the snapshot, block
+/// and need. Such a reason reads of its pool only its name, capacity and
+/// `max_workers` besides the block.
+type PoolReasons = FastMap<(usize, Block, Resources), Arc<Reason>>;
+
 /// Reasons built once in a cycle and shared by the classes that get them.
 #[derive(Default)]
 struct SharedReasons {
     /// Reasons of blocked pools, by position of the pool in the snapshot, block
     /// and need: the many classes that find the same pools full share them.
-    pools: FastMap<(usize, Block, Resources), Rc<Reason>>,
+    pools: PoolReasons,
+    /// Reasons of blocked pools the incremental controller kept from its last
+    /// cycle, taken into `pools` as the cycle finds them again.
+    kept: PoolReasons,
     /// The reason of a group that no pool takes, with no group of its gang
     /// placed before it, by need, the group's index and selector when it has
     /// partners, and the blocks of its pools (positions and blocks, all of the
@@ -1573,16 +1588,23 @@ fn place(
                 .filter_map(|&(i, block)| {
                     let p = pools.get(i)?;
                     Some(match shared.as_deref_mut() {
-                        Some(cache) if block.of_pool_only() => Rc::clone(
-                            cache
-                                .pools
-                                .entry((i, block, g.resources))
-                                .or_insert_with(|| Rc::new(block.reason(p, tenant, &g.resources))),
-                        ),
-                        _ => Rc::new(block.reason(p, tenant, &g.resources)),
+                        Some(cache) if block.of_pool_only() => {
+                            let key = (i, block, g.resources);
+                            match cache.pools.get(&key) {
+                                Some(reason) => Arc::clone(reason),
+                                None => {
+                                    let reason = cache.kept.remove(&key).unwrap_or_else(|| {
+                                        Arc::new(block.reason(p, tenant, &g.resources))
+                                    });
+                                    cache.pools.insert(key, Arc::clone(&reason));
+                                    reason
+                                }
+                            }
+                        }
+                        _ => Arc::new(block.reason(p, tenant, &g.resources)),
                     })
                 })
-                .collect::<Vec<Rc<Reason>>>();
+                .collect::<Vec<Arc<Reason>>>();
             let reason = Arc::new(Reason::blocked_group(
                 g,
                 groups.len(),

@@ -65,6 +65,9 @@ pub struct Class {
     key: ClassKey,
     /// A hash of `key`, taken once.
     fingerprint: u64,
+    /// The first of `runs`, kept as they change: a cycle reads it of every
+    /// class.
+    head: Option<(Timestamp, RunId)>,
 }
 
 impl Class {
@@ -73,6 +76,11 @@ impl Class {
     /// numbers its classes from zero again: the fingerprint tells them apart.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
+    }
+
+    /// Its oldest run.
+    pub fn head(&self) -> Option<(Timestamp, RunId)> {
+        self.head
     }
 
     pub fn total(&self) -> Resources {
@@ -152,6 +160,7 @@ impl RunQueue {
                         runs: BTreeSet::new(),
                         key,
                         fingerprint: h.finish(),
+                        head: None,
                     },
                 );
                 self.levels
@@ -165,6 +174,7 @@ impl RunQueue {
         };
         if let Some(class) = self.classes.get_mut(&id) {
             class.runs.insert((run.enqueued_at, run.id));
+            class.head = class.runs.first().copied();
         }
         self.runs.insert(
             run.id,
@@ -190,6 +200,7 @@ impl RunQueue {
             return;
         };
         class.runs.remove(&(at, run));
+        class.head = class.runs.first().copied();
         if !class.runs.is_empty() {
             return;
         }

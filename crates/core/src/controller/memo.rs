@@ -20,6 +20,7 @@
 //! run that fits, and the reservation of a starving run that must wait (with
 //! its message, which says how long it waited).
 
+use std::collections::hash_map;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -31,8 +32,8 @@ use crate::queue::{Class, ClassId, RunQueue};
 use crate::tenant::Enforce;
 
 use super::{
-    ClassFacts, FastMap, FxHasher, Matching, Outcome, Policy, PoolView, Reason, Snapshot,
-    TenantView,
+    ClassFacts, FastMap, FxHasher, Matching, Outcome, Policy, PoolReasons, PoolView, Reason,
+    Snapshot, TenantView,
 };
 
 /// The controller kept across cycles: decides as [`super::decide`] does, and
@@ -80,6 +81,9 @@ pub(super) struct Memo {
     entries: FastMap<ClassId, Entry>,
     /// The sets of pools the entries' verdicts read.
     sets: PoolSets,
+    /// The reasons of blocked pools the last cycle found, with the
+    /// fingerprint of what of the pools they read (the facts of `Keys`).
+    pool_reasons: (u64, PoolReasons),
     /// Counts cycles: entries not seen in the last one are dropped.
     cycle: u64,
     stats: CycleStats,
@@ -207,15 +211,17 @@ impl<'m> Keys<'m> {
         }
     }
 
-    /// The remembered verdict of `class` tried with `run` (whose bound is
-    /// `bound`, zero when its tenant has no budget), if its inputs are those it
-    /// was evaluated under; else the probe to store the new verdict with.
-    /// `view` is the position of `tenant` in the snapshot.
+    /// The remembered verdict of class `class` (of fingerprint `shape`, see
+    /// [`Class::fingerprint`]) tried with `run` (whose bound is `bound`, zero
+    /// when its tenant has no budget), if its inputs are those it was
+    /// evaluated under; else the probe to store the new verdict with. `view`
+    /// is the position of `tenant` in the snapshot.
     pub(super) fn lookup(
         &mut self,
         view: usize,
         tenant: &TenantView,
-        class: &Class,
+        class: ClassId,
+        shape: u64,
         run: RunId,
         bound: Money,
     ) -> Result<Verdict, Probe> {
@@ -225,7 +231,7 @@ impl<'m> Keys<'m> {
             None => tenant_fingerprint(tenant),
         };
         let mut key = Key {
-            shape: class.fingerprint(),
+            shape,
             head: run,
             bound,
             tenant: tenant_fp,
@@ -233,7 +239,7 @@ impl<'m> Keys<'m> {
             pools: 0,
         };
         let cycle = self.memo.cycle;
-        if let Some(entry) = self.memo.entries.get_mut(&class.id) {
+        if let Some(entry) = self.memo.entries.get_mut(&class) {
             key.pools = combined(&mut self.combined, &self.memo.sets, &self.pools, entry.set);
             if entry.key == key {
                 entry.seen = cycle;
@@ -278,21 +284,40 @@ impl<'m> Keys<'m> {
         facts: &Arc<ClassFacts>,
         verdict: Verdict,
     ) {
-        let set = self.memo.sets.id(&facts.pools);
-        let key = Key {
-            pools: combined(&mut self.combined, &self.memo.sets, &self.pools, set),
-            ..probe.key
-        };
-        self.memo.entries.insert(
-            class,
-            Entry {
-                key,
-                set,
-                facts: Arc::clone(facts),
-                verdict,
-                seen: self.memo.cycle,
-            },
-        );
+        let seen = self.memo.cycle;
+        match self.memo.entries.entry(class) {
+            // Facts kept from an earlier cycle keep their set.
+            hash_map::Entry::Occupied(mut kept) if Arc::ptr_eq(&kept.get().facts, facts) => {
+                let entry = kept.get_mut();
+                entry.key = Key {
+                    pools: combined(&mut self.combined, &self.memo.sets, &self.pools, entry.set),
+                    ..probe.key
+                };
+                entry.verdict = verdict;
+                entry.seen = seen;
+            }
+            slot => {
+                let set = self.memo.sets.id(&facts.pools);
+                let entry = Entry {
+                    key: Key {
+                        pools: combined(&mut self.combined, &self.memo.sets, &self.pools, set),
+                        ..probe.key
+                    },
+                    set,
+                    facts: Arc::clone(facts),
+                    verdict,
+                    seen,
+                };
+                match slot {
+                    hash_map::Entry::Occupied(mut kept) => {
+                        kept.insert(entry);
+                    }
+                    hash_map::Entry::Vacant(free) => {
+                        free.insert(entry);
+                    }
+                }
+            }
+        }
     }
 
     /// Takes the fingerprint of pool `name` again: the cycle charged it.
@@ -322,10 +347,23 @@ impl<'m> Keys<'m> {
         }
     }
 
-    /// Drops the verdicts of classes the cycle did not try: they left the queue.
-    pub(super) fn finish(self) {
+    /// The reasons of blocked pools kept from the last cycle, if what of the
+    /// pools they read is as it was.
+    pub(super) fn pool_reasons(&mut self) -> PoolReasons {
+        let (fp, reasons) = std::mem::take(&mut self.memo.pool_reasons);
+        if fp == self.facts {
+            reasons
+        } else {
+            PoolReasons::default()
+        }
+    }
+
+    /// Drops the verdicts of classes the cycle did not try: they left the
+    /// queue. Keeps the reasons of blocked pools the cycle found, `pools`.
+    pub(super) fn finish(self, pools: PoolReasons) {
         let cycle = self.memo.cycle;
         let memo = self.memo;
+        memo.pool_reasons = (self.facts, pools);
         memo.entries.retain(|_, e| e.seen == cycle);
         // Sets no entry reads any more are dropped once they are many.
         if memo.sets.sets.len() > 2 * memo.entries.len() + 64 {

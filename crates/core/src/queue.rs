@@ -249,3 +249,37 @@ impl RunQueue {
         self.levels.iter().map(|(l, t)| (l.0, t))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: i64, at: i64) -> QueuedRun {
+        QueuedRun {
+            id: RunId(id),
+            tenant: "a".into(),
+            priority: 0,
+            enqueued_at: Timestamp(at),
+            groups: Vec::new(),
+            readmit: false,
+            bound: Money::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_class_keeps_its_oldest_run_as_runs_come_and_go() {
+        let mut queue = RunQueue::new();
+        queue.insert(run(1, 20));
+        queue.insert(run(2, 10));
+        queue.insert(run(3, 30));
+        let head = |q: &RunQueue| q.class_of(RunId(3)).and_then(Class::head);
+        assert_eq!(head(&queue), Some((Timestamp(10), RunId(2))));
+        queue.remove(RunId(2));
+        assert_eq!(head(&queue), Some((Timestamp(20), RunId(1))));
+        queue.remove(RunId(1));
+        assert_eq!(head(&queue), Some((Timestamp(30), RunId(3))));
+        // Queued again, earlier: it is the head again.
+        queue.insert(run(1, 5));
+        assert_eq!(head(&queue), Some((Timestamp(5), RunId(1))));
+    }
+}

@@ -98,6 +98,7 @@ pub async fn run(config: BenchConfig) -> Result<()> {
         metrics_public: false,
         alert_webhook: None,
         lost_worker_retention: Duration::from_secs(24 * 3600),
+        kubernetes: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(corral_server::serve(server_config, async {

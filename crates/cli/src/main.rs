@@ -157,7 +157,7 @@ enum Command {
         /// retried).
         #[arg(long, default_value_t = 6)]
         heartbeat_timeout: u64,
-        /// Seconds an idle local worker is kept warm.
+        /// Seconds an idle worker a provider made (a local agent, a pod) is kept warm.
         #[arg(long, default_value_t = 120)]
         idle_ttl: u64,
         /// How groups are placed among pools (and static agents) with room.
@@ -207,11 +207,25 @@ enum Command {
         /// long is deleted and asked for again, from 1s to 1h.
         #[arg(long, default_value = "30s", value_parser = parse_spawn_timeout)]
         spawn_timeout: Duration,
+        /// How often a `capacity: auto` pool is sized again by its provider,
+        /// from 1s to 1h.
+        #[arg(long, default_value = "30s", value_parser = parse_spawn_timeout)]
+        capacity_refresh: Duration,
         /// The program the local provider starts as `PROGRAM agent ...` (by
         /// default this binary): a wrapper that prepares each local agent's
         /// host, say, and execs corral.
         #[arg(long)]
         local_agent_exe: Option<PathBuf>,
+        /// The kubeconfig of the cluster kubernetes pools make pods in (else
+        /// $KUBECONFIG, else the in-cluster service account). Needs a build
+        /// with the kubernetes feature.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The URL agents in kubernetes pods reach this server at (default:
+        /// its listen address, which pods rarely reach), e.g.
+        /// http://corral.corral-system.svc:7700.
+        #[arg(long, value_parser = advertise_url)]
+        advertise_url: Option<String>,
     },
     /// Run an agent that joins a pool and runs its steps.
     Agent {
@@ -477,6 +491,14 @@ fn webhook_url(text: &str) -> Result<String, String> {
     }
 }
 
+/// An http:// or https:// URL of at most 2048 characters.
+fn advertise_url(text: &str) -> Result<String, String> {
+    if text.len() > 2048 {
+        return Err("the URL is longer than 2048 characters".into());
+    }
+    webhook_url(text)
+}
+
 fn currency_code(text: &str) -> Result<String, String> {
     if text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(text.to_string())
@@ -491,6 +513,7 @@ fn parse_sample_interval(text: &str) -> Result<Duration, String> {
     corral_core::history::parse_interval_ms(text).map(Duration::from_millis)
 }
 
+/// A duration from 1s to 1h.
 fn parse_spawn_timeout(text: &str) -> Result<Duration, String> {
     let timeout = parse_duration(text)?;
     if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&timeout) {
@@ -573,7 +596,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             sample_interval,
             currency,
             spawn_timeout,
+            capacity_refresh,
             local_agent_exe,
+            kubeconfig,
+            advertise_url,
         } => {
             let policy = Policy {
                 placement: PlacementPolicy::parse(&placement)
@@ -606,6 +632,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     sample_interval,
                     currency,
                     spawn_timeout,
+                    capacity_refresh,
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),
@@ -617,6 +644,10 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 metrics_public,
                 alert_webhook,
                 lost_worker_retention: limits.lost_worker_retention(),
+                kubernetes: corral_server::KubernetesConfig {
+                    kubeconfig,
+                    advertise_url,
+                },
             };
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -1,8 +1,10 @@
 //! Pools: named capacity for workers.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::{FieldError, FieldErrors, check_name};
@@ -10,6 +12,10 @@ use crate::manifest::read_all;
 use crate::money::Money;
 use crate::resources::{MAX_QUANTITY, ResourceSpec, ResourceTime, Resources};
 use crate::selector::check_label;
+
+pub mod kubernetes;
+
+pub use kubernetes::KubernetesPool;
 
 /// Who creates the workers of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -119,6 +125,70 @@ impl Price {
     }
 }
 
+/// A pool's capacity as written: resources, or `auto` (a `kubernetes` pool
+/// sized by its provider from the nodes it may use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolCapacity {
+    Written(ResourceSpec),
+    /// What the provider finds, refreshed periodically.
+    Auto,
+}
+
+impl Default for PoolCapacity {
+    /// Nothing written.
+    fn default() -> Self {
+        PoolCapacity::Written(ResourceSpec::default())
+    }
+}
+
+impl From<ResourceSpec> for PoolCapacity {
+    fn from(spec: ResourceSpec) -> Self {
+        PoolCapacity::Written(spec)
+    }
+}
+
+impl From<Resources> for PoolCapacity {
+    fn from(r: Resources) -> Self {
+        PoolCapacity::Written(r.into())
+    }
+}
+
+impl Serialize for PoolCapacity {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PoolCapacity::Written(spec) => spec.serialize(s),
+            PoolCapacity::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PoolCapacity {
+    /// `auto`, or resources read field by field (so a bad one is named by
+    /// its path, `capacity.cpu`).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PoolCapacity, D::Error> {
+        struct Capacity;
+        impl<'de> Visitor<'de> for Capacity {
+            type Value = PoolCapacity;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("resources such as {cpu: 8, memory: 16Gi}, or auto")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PoolCapacity, E> {
+                match v {
+                    "auto" => Ok(PoolCapacity::Auto),
+                    _ => Err(E::custom(format!(
+                        "must be resources such as {{cpu: 8, memory: 16Gi}}, or auto, not {v:?}"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PoolCapacity, A::Error> {
+                ResourceSpec::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(PoolCapacity::Written)
+            }
+        }
+        d.deserialize_any(Capacity)
+    }
+}
+
 /// A pool as written by an operator (kind `Pool`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,9 +197,10 @@ pub struct PoolSpec {
     #[serde(default)]
     pub provider: Provider,
     /// Required for `local` pools; a `static` pool's capacity is the sum of its
-    /// live agents' and is not written.
+    /// live agents' and is not written; a `kubernetes` pool's is written or
+    /// `auto`.
     #[serde(default)]
-    pub capacity: ResourceSpec,
+    pub capacity: PoolCapacity,
     #[serde(default = "default_max_workers")]
     pub max_workers: u32,
     #[serde(default)]
@@ -146,6 +217,9 @@ pub struct PoolSpec {
     /// limits) are refused at registration.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_confinement: bool,
+    /// Where a `kubernetes` pool's pods go; required for those, and only those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesPool>,
 }
 
 fn default_max_workers() -> u32 {
@@ -177,34 +251,58 @@ impl PoolSpec {
         if let Err(e) = check_name("name", &self.name) {
             problems.push(e);
         }
-        match self.provider {
-            Provider::Local => {
-                if self.capacity.cpu.unwrap_or(0) == 0 {
-                    problems.push(FieldError::new("capacity.cpu", "must be greater than zero"));
+        let written = match self.capacity {
+            PoolCapacity::Written(spec) => Some(spec),
+            PoolCapacity::Auto => None,
+        };
+        match (self.provider, written) {
+            (Provider::Local | Provider::Kubernetes, Some(spec)) => {
+                let or_auto = match self.provider {
+                    Provider::Kubernetes => " (or capacity: auto)",
+                    _ => "",
+                };
+                if spec.cpu.unwrap_or(0) == 0 {
+                    problems.push(FieldError::new(
+                        "capacity.cpu",
+                        format!("must be greater than zero{or_auto}"),
+                    ));
                 }
-                if self.capacity.memory.unwrap_or(0) == 0 {
+                if spec.memory.unwrap_or(0) == 0 {
                     problems.push(FieldError::new(
                         "capacity.memory",
-                        "must be greater than zero",
+                        format!("must be greater than zero{or_auto}"),
                     ));
                 }
             }
-            Provider::Static => {
-                if self.capacity != ResourceSpec::default() {
+            (Provider::Static, Some(spec)) => {
+                if spec != ResourceSpec::default() {
                     problems.push(FieldError::new(
                         "capacity",
                         "a static pool's capacity is the sum of its live agents: leave it out",
                     ));
                 }
             }
-            Provider::Kubernetes => {
+            (Provider::Kubernetes, None) => {}
+            (Provider::Local | Provider::Static, None) => {
                 problems.push(FieldError::new(
-                    "provider",
-                    "provider kubernetes is not available yet (supported: local, static)",
+                    "capacity",
+                    "capacity: auto is only for kubernetes pools",
                 ));
             }
         }
-        if let Some(gpu) = self.capacity.gpu.filter(|g| *g > MAX_QUANTITY) {
+        match (self.provider, &self.kubernetes) {
+            (Provider::Kubernetes, Some(section)) => problems.extend(section.problems()),
+            (Provider::Kubernetes, None) => problems.push(FieldError::new(
+                "kubernetes",
+                "is required for a kubernetes pool (namespace and image at least)",
+            )),
+            (_, Some(_)) => problems.push(FieldError::new(
+                "kubernetes",
+                "only a kubernetes pool takes this section (provider: kubernetes)",
+            )),
+            (_, None) => {}
+        }
+        if let Some(gpu) = written.and_then(|c| c.gpu).filter(|g| *g > MAX_QUANTITY) {
             problems.push(FieldError::new(
                 "capacity.gpu",
                 format!("{gpu} is too large"),
@@ -251,9 +349,18 @@ impl PoolSpec {
         problems
     }
 
-    /// The written capacity (zero for a static pool, whose agents bring theirs).
+    /// The written capacity (zero for a static pool, whose agents bring
+    /// theirs, and for `capacity: auto`, which its provider finds).
     pub fn capacity(&self) -> Resources {
-        self.capacity.or(Resources::ZERO)
+        match self.capacity {
+            PoolCapacity::Written(spec) => spec.or(Resources::ZERO),
+            PoolCapacity::Auto => Resources::ZERO,
+        }
+    }
+
+    /// Whether the pool says `capacity: auto`: its provider sizes it.
+    pub fn auto_capacity(&self) -> bool {
+        self.capacity == PoolCapacity::Auto
     }
 }
 
@@ -290,7 +397,7 @@ mod tests {
             [
                 "capacity.cpu: \"2x\" is not a cpu quantity (examples: 500m, 2, 1.5)",
                 "capacity.memory: must be a memory quantity such as 512Mi or 4Gi, not true",
-                "colour: unknown field `colour`, expected one of `name`, `provider`, `capacity`, `max_workers`, `labels`, `price`, `state`, `max_agent`, `require_confinement`",
+                "colour: unknown field `colour`, expected one of `name`, `provider`, `capacity`, `max_workers`, `labels`, `price`, `state`, `max_agent`, `require_confinement`, `kubernetes`",
                 "max_workers: must be a whole number from 0 to 4294967295, not -3",
                 "name: \"bad name\" is not a valid name (1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit)",
                 "labels.os: ' ' is not allowed in a label value (letters, digits, '-', '_' and '.')",
@@ -346,8 +453,252 @@ mod tests {
         let err = parse(
             json!({"name": "p", "provider": "kubernetes", "capacity": {"cpu": 1, "memory": "1Gi"}}),
         )
-        .expect_err("kubernetes");
-        assert_eq!(err.path, "provider");
+        .expect_err("kubernetes without its section");
+        assert_eq!(err.path, "kubernetes");
+    }
+
+    /// A kubernetes pool with `section` merged over a valid one.
+    fn kube_pool(capacity: Value, section: Value) -> Result<PoolSpec, FieldErrors> {
+        let mut kubernetes =
+            json!({"namespace": "corral-workers", "image": "registry.example/corral:0.4"});
+        if let (Value::Object(base), Value::Object(extra)) = (&mut kubernetes, section) {
+            base.extend(extra);
+        }
+        PoolSpec::parse(json!({
+            "name": "k8s", "provider": "kubernetes", "capacity": capacity, "kubernetes": kubernetes
+        }))
+    }
+
+    #[test]
+    fn parses_the_issues_kubernetes_pool() {
+        let spec = kube_pool(
+            json!({"cpu": 16, "memory": "64Gi"}),
+            json!({
+                "service_account": "corral-worker", "node_selector": {"node-pool": "ci"},
+                "tolerations": [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}],
+                "image_pull_secrets": ["regcred", {"name": "other"}],
+                "pod_template": {"metadata": {"annotations": {"a": "b"}}}
+            }),
+        )
+        .expect("valid pool");
+        assert_eq!(spec.capacity(), Resources::new(16_000, 65_536, 0));
+        assert!(!spec.auto_capacity());
+        let k = spec.kubernetes.as_ref().expect("the section");
+        assert_eq!(k.image_pull_secrets, ["regcred", "other"]);
+        assert_eq!(k.gpu_resource, "nvidia.com/gpu");
+        assert_eq!(k.node_selector["node-pool"], "ci");
+        let again: PoolSpec =
+            serde_json::from_value(serde_json::to_value(&spec).expect("serializes"))
+                .expect("reads back");
+        assert_eq!(again, spec, "round trip");
+
+        let auto = kube_pool(json!("auto"), json!({})).expect("capacity: auto");
+        assert!(auto.auto_capacity());
+        assert_eq!(auto.capacity(), Resources::ZERO, "nothing written");
+        assert_eq!(
+            serde_json::to_value(&auto).expect("serializes")["capacity"],
+            json!("auto")
+        );
+    }
+
+    #[test]
+    fn kubernetes_sections_name_the_field_of_each_problem() {
+        let long = "a".repeat(64);
+        let deep = (0..20).fold(json!(1), |v, _| json!({"x": v}));
+        let cases: Vec<(Value, Value, &str, &str)> = vec![
+            (
+                json!({"namespace": "Corral"}),
+                json!("auto"),
+                "kubernetes.namespace",
+                "'C' is not allowed",
+            ),
+            (
+                json!({"namespace": long}),
+                json!("auto"),
+                "kubernetes.namespace",
+                "longer than 63",
+            ),
+            (
+                json!({"namespace": "-x"}),
+                json!("auto"),
+                "kubernetes.namespace",
+                "start and end",
+            ),
+            (
+                json!({"image": ""}),
+                json!("auto"),
+                "kubernetes.image",
+                "is required",
+            ),
+            (
+                json!({"image": "a b"}),
+                json!("auto"),
+                "kubernetes.image",
+                "' ' is not allowed",
+            ),
+            (
+                json!({"image": "a".repeat(1025)}),
+                json!("auto"),
+                "kubernetes.image",
+                "longer than 1024",
+            ),
+            (
+                json!({"service_account": "a..b"}),
+                json!("auto"),
+                "kubernetes.service_account",
+                "is empty",
+            ),
+            (
+                json!({"node_selector": {"bad key!": "x"}}),
+                json!("auto"),
+                "kubernetes.node_selector.bad key!",
+                "not a label key",
+            ),
+            (
+                json!({"node_selector": {"ex.com/pool": "-ci"}}),
+                json!("auto"),
+                "kubernetes.node_selector.ex.com/pool",
+                "not a label value",
+            ),
+            (
+                json!({"node_selector": {"Ex_.com/pool": "ci"}}),
+                json!("auto"),
+                "kubernetes.node_selector.Ex_.com/pool",
+                "its prefix",
+            ),
+            (
+                json!({"tolerations": [{"key": "a"}, 3]}),
+                json!("auto"),
+                "kubernetes.tolerations[1]",
+                "a mapping",
+            ),
+            (
+                json!({"tolerations": (0..33).map(|_| json!({})).collect::<Vec<_>>()}),
+                json!("auto"),
+                "kubernetes.tolerations",
+                "more than the 32",
+            ),
+            (
+                json!({"image_pull_secrets": [{"nom": "x"}]}),
+                json!("auto"),
+                "kubernetes.image_pull_secrets[0].nom",
+                "unknown field",
+            ),
+            (
+                json!({"image_pull_secrets": [7]}),
+                json!("auto"),
+                "kubernetes.image_pull_secrets[0]",
+                "a secret name",
+            ),
+            (
+                json!({"image_pull_secrets": ["Reg"]}),
+                json!("auto"),
+                "kubernetes.image_pull_secrets[0]",
+                "not a secret name",
+            ),
+            (
+                json!({"image_pull_secrets": (0..17).map(|i| format!("s{i}")).collect::<Vec<_>>()}),
+                json!("auto"),
+                "kubernetes.image_pull_secrets",
+                "more than the 16",
+            ),
+            (
+                json!({"pod_template": []}),
+                json!("auto"),
+                "kubernetes.pod_template",
+                "a mapping",
+            ),
+            (
+                json!({"pod_template": deep}),
+                json!("auto"),
+                "kubernetes.pod_template",
+                "nests 20 levels deep",
+            ),
+            (
+                json!({"pod_template": {"spec": {"x": "y".repeat(70_000)}}}),
+                json!("auto"),
+                "kubernetes.pod_template",
+                "more than the 65536",
+            ),
+            (
+                json!({"gpu_resource": "gpu"}),
+                json!("auto"),
+                "kubernetes.gpu_resource",
+                "a domain and a name",
+            ),
+            (
+                json!({"gpu_resource": "x.kubernetes.io/gpu"}),
+                json!("auto"),
+                "kubernetes.gpu_resource",
+                "kubernetes.io",
+            ),
+            (
+                json!({"colour": 1}),
+                json!("auto"),
+                "kubernetes.colour",
+                "unknown field",
+            ),
+            (
+                json!({}),
+                json!({"cpu": 0, "memory": "1Gi"}),
+                "capacity.cpu",
+                "or capacity: auto",
+            ),
+            (json!({}), json!("big"), "capacity", "or auto, not \"big\""),
+            (
+                json!({}),
+                json!({"cpu": "2x"}),
+                "capacity.cpu",
+                "not a cpu quantity",
+            ),
+        ];
+        for (section, capacity, path, message) in cases {
+            let err = kube_pool(capacity, section.clone()).expect_err("invalid");
+            let found = err.first();
+            assert_eq!(found.path, path, "{section}: {err:?}");
+            assert!(found.message.contains(message), "{section}: {found}");
+        }
+        let missing = PoolSpec::parse(
+            json!({"name": "k", "provider": "kubernetes", "capacity": "auto",
+            "kubernetes": {"image": "x"}}),
+        )
+        .expect_err("no namespace");
+        assert_eq!(
+            missing.first().to_string(),
+            "kubernetes.namespace: is required"
+        );
+    }
+
+    #[test]
+    fn only_kubernetes_pools_take_its_section_and_auto_capacity() {
+        let section = json!({"namespace": "ns", "image": "img"});
+        let cases = [
+            (
+                json!({"name": "p", "capacity": "auto"}),
+                "capacity",
+                "only for kubernetes pools",
+            ),
+            (
+                json!({"name": "p", "provider": "static", "capacity": "auto"}),
+                "capacity",
+                "only for kubernetes pools",
+            ),
+            (
+                json!({"name": "p", "capacity": {"cpu": 1, "memory": "1Gi"}, "kubernetes": section}),
+                "kubernetes",
+                "only a kubernetes pool",
+            ),
+            (
+                json!({"name": "p", "provider": "kubernetes", "capacity": "auto"}),
+                "kubernetes",
+                "is required",
+            ),
+        ];
+        for (doc, path, message) in cases {
+            let err = parse(doc.clone()).expect_err("invalid");
+            assert_eq!(err.path, path, "{doc}");
+            assert!(err.message.contains(message), "{doc}: {err}");
+        }
     }
 
     #[test]

@@ -70,6 +70,20 @@ pub struct ServerConfig {
     pub alert_webhook: Option<String>,
     /// How long a lost worker's row is kept before it is deleted.
     pub lost_worker_retention: Duration,
+    /// Where `kubernetes` pools' pods are made, and how their agents reach
+    /// the server.
+    pub kubernetes: KubernetesConfig,
+}
+
+/// The `kubernetes` provider's settings (used when the server is built with
+/// the feature `kubernetes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    /// The cluster's kubeconfig file; else `$KUBECONFIG`, else the in-cluster
+    /// service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// The URL agents in pods reach the server at; else its listen address.
+    pub advertise_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +117,9 @@ pub enum ServerError {
     LockLost(String),
     #[error("--cors-origin {0:?} is not a valid origin")]
     CorsOrigin(String),
+    #[cfg(feature = "kubernetes")]
+    #[error("the kubernetes provider cannot start: {0}")]
+    Kubernetes(provider::ProviderError),
 }
 
 /// Where the first start writes the admin token, under the data directory.
@@ -191,15 +208,38 @@ pub async fn serve_with_faults(
         config.data_dir.join("workers"),
         config.data_dir.clone(),
     ));
-    let engine = Arc::new(
-        Engine::load(
-            store,
-            Arc::new(SystemClock),
-            config.engine,
-            Providers::standard(local.clone()),
-        )
-        .await?,
-    );
+    let providers = Providers::standard(local.clone());
+    #[cfg(feature = "kubernetes")]
+    let (providers, kubernetes) = {
+        use provider::kubernetes::KubernetesProvider;
+        let settings = config.kubernetes.clone();
+        match KubernetesProvider::connect(settings.kubeconfig, settings.advertise_url)
+            .await
+            .map_err(ServerError::Kubernetes)?
+        {
+            Some(k) => {
+                let k = Arc::new(k);
+                (
+                    providers.with(corral_core::pool::Provider::Kubernetes, k.clone()),
+                    Some(k),
+                )
+            }
+            None => {
+                tracing::info!(
+                    "no Kubernetes cluster found (no --kubeconfig, $KUBECONFIG or in-cluster service account): kubernetes pools cannot be applied"
+                );
+                (providers, None)
+            }
+        }
+    };
+    #[cfg(not(feature = "kubernetes"))]
+    if config.kubernetes != KubernetesConfig::default() {
+        tracing::warn!(
+            "this server is built without the kubernetes feature: --kubeconfig and --advertise-url are ignored"
+        );
+    }
+    let engine =
+        Arc::new(Engine::load(store, Arc::new(SystemClock), config.engine, providers).await?);
     // Kept for the shutdown, after the router took the engine.
     let supervised = engine.clone();
     let background = supervised.background();
@@ -266,10 +306,12 @@ pub async fn serve_with_faults(
     } else {
         "http"
     };
-    local.set_server(
-        format!("{scheme}://{host}:{}", addr.port()),
-        config.tls.as_ref().map(|t| t.cert.clone()),
-    );
+    let own_url = format!("{scheme}://{host}:{}", addr.port());
+    #[cfg(feature = "kubernetes")]
+    if let Some(k) = &kubernetes {
+        k.set_server(own_url.clone());
+    }
+    local.set_server(own_url, config.tls.as_ref().map(|t| t.cert.clone()));
     tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");
     // What the providers hold is set against the stored worker requests
     // before the first cycle plans anything.

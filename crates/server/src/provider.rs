@@ -5,20 +5,25 @@
 //! worker, never under its lock nor on a request's path.
 //!
 //! Implementations: [`local::LocalProvider`] spawns `corral agent` processes on
-//! the server's host, [`operated::OperatedProvider`] does nothing (a static
-//! pool's operators start its agents), and [`fake::FakeProvider`] is an
-//! in-memory provider for tests that can be told to fail or hang.
+//! the server's host, `kubernetes::KubernetesProvider` (with the feature
+//! `kubernetes`) creates a pod per worker, [`operated::OperatedProvider`] does
+//! nothing (a static pool's operators start its agents), and
+//! [`fake::FakeProvider`] is an in-memory provider for tests that can be told
+//! to fail or hang.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use corral_core::error::FieldError;
 use corral_core::ids::{AllocationId, RunId};
 use corral_core::pool::{PoolSpec, Provider as PoolProvider};
 use corral_core::request::WorkerTemplate;
 use corral_core::resources::Resources;
 
 pub mod fake;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod local;
 pub mod operated;
 
@@ -82,6 +87,19 @@ pub enum ProviderError {
     /// A failure a fake provider was told to give.
     #[error("{0}")]
     Injected(String),
+    /// A Kubernetes API call failed: what was asked, and the answer.
+    #[cfg(feature = "kubernetes")]
+    #[error("{what}: {source}")]
+    Kubernetes { what: String, source: kube::Error },
+    /// The Kubernetes client configuration cannot be used.
+    #[cfg(feature = "kubernetes")]
+    #[error("kubernetes config: {0}")]
+    KubeConfig(String),
+    /// The worker cannot be described to the provider (a pool's pod
+    /// template that does not make a pod).
+    #[cfg(feature = "kubernetes")]
+    #[error("{0}")]
+    Spec(String),
 }
 
 /// Creates, deletes and lists workers. `create` is idempotent by name: a
@@ -114,10 +132,18 @@ pub trait Provider: Send + Sync {
     async fn capacity(&self, _pool: &PoolSpec) -> Result<Option<Resources>, ProviderError> {
         Ok(None)
     }
+
+    /// What is wrong with `pool` for this provider beyond what the pool's
+    /// own checks find, each problem with its field; checked when the pool
+    /// is applied.
+    fn check(&self, _pool: &PoolSpec) -> Vec<FieldError> {
+        Vec::new()
+    }
 }
 
-/// The provider of each kind of pool; a kind without one (`kubernetes`)
-/// creates nothing.
+/// The provider of each kind of pool; a pool of a kind without one
+/// (`kubernetes` on a server built without it, or without a cluster) cannot
+/// be applied.
 #[derive(Clone, Default)]
 pub struct Providers {
     by_kind: BTreeMap<&'static str, (PoolProvider, Arc<dyn Provider>)>,
@@ -148,7 +174,8 @@ impl Providers {
     }
 }
 
-fn kind_name(kind: PoolProvider) -> &'static str {
+/// The name of a kind of pool, as written in its `provider`.
+pub fn kind_name(kind: PoolProvider) -> &'static str {
     match kind {
         PoolProvider::Local => "local",
         PoolProvider::Static => "static",

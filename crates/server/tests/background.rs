@@ -130,6 +130,7 @@ async fn a_panicking_controller_is_restarted_and_readiness_says_so_meanwhile() {
         metrics_public: false,
         alert_webhook: None,
         lost_worker_retention: Duration::from_secs(3600),
+        kubernetes: Default::default(),
     };
     let faults = Faults::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -16,6 +16,7 @@ fn pool(name: &str, cpu: u64, mem_gi: u64) -> PoolView {
         state: PoolState::Active,
         max_agent: Default::default(),
         require_confinement: false,
+        kubernetes: None,
     };
     PoolView::new(&spec, Vec::new())
 }
@@ -414,6 +415,7 @@ fn static_pools_place_on_agents() {
         state: PoolState::Active,
         max_agent: Default::default(),
         require_confinement: false,
+        kubernetes: None,
     };
     let agents = vec![
         AgentView {
@@ -947,6 +949,7 @@ fn static_pool(name: &str, agents: &[(i64, u64)]) -> PoolView {
         state: PoolState::Active,
         max_agent: Default::default(),
         require_confinement: false,
+        kubernetes: None,
     };
     let agents = agents
         .iter()

@@ -27,6 +27,7 @@ fn pool(name: &str, capacity: Resources, labels: &[(&str, &str)], state: PoolSta
         state,
         max_agent: Default::default(),
         require_confinement: false,
+        kubernetes: None,
     };
     PoolView::new(&spec, Vec::new())
 }

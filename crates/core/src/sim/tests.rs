@@ -309,7 +309,7 @@ fn random_spec(seed: u64) -> SimSpec {
         pools.push(PoolSpec {
             name,
             provider,
-            capacity,
+            capacity: capacity.into(),
             max_workers: rng.random_range(2..=20),
             labels,
             price: Price {
@@ -323,6 +323,7 @@ fn random_spec(seed: u64) -> SimSpec {
             },
             max_agent: Default::default(),
             require_confinement: false,
+            kubernetes: None,
         });
     }
     let pool_names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();

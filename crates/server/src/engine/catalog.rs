@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::auth::{self, Principal};
+use crate::provider::kind_name as provider_name;
 
 /// What the server created on its first start.
 #[derive(Debug, Default)]
@@ -65,6 +66,10 @@ trait Entry: serde::Serialize + PartialEq + Sized {
     type Record;
     fn name(&self) -> &str;
     fn problems(&self) -> Vec<FieldError>;
+    /// What the providers of this server find wrong with the entry.
+    fn provider_problems(&self, _providers: &Providers) -> Vec<FieldError> {
+        Vec::new()
+    }
     /// A problem for each object the entry names that does not exist, nor
     /// is in `also` (what the same apply creates). A name the stored entry
     /// already had is let be, so that an entry saved unchanged is never refused.
@@ -88,6 +93,26 @@ impl Entry for PoolSpec {
     }
     fn problems(&self) -> Vec<FieldError> {
         PoolSpec::problems(self)
+    }
+    /// A pool whose kind this server has no provider for is refused; one it
+    /// has is checked by it.
+    fn provider_problems(&self, providers: &Providers) -> Vec<FieldError> {
+        match providers.of(self.provider) {
+            Some(provider) => provider.check(self),
+            None => vec![FieldError::new(
+                "provider",
+                format!(
+                    "this server has no {} provider{}",
+                    provider_name(self.provider),
+                    match self.provider {
+                        Provider::Kubernetes => {
+                            ": it was built without the kubernetes feature, or found no cluster (--kubeconfig, $KUBECONFIG, or in-cluster)"
+                        }
+                        _ => "",
+                    }
+                ),
+            )],
+        }
     }
     fn unknown_names(&self, _: &State, _: &BTreeSet<&str>) -> Vec<FieldError> {
         Vec::new()
@@ -212,6 +237,7 @@ impl Engine {
                 state: Default::default(),
                 max_agent: Default::default(),
                 require_confinement: false,
+                kubernetes: None,
             };
             done.created
                 .push(format!("pool local ({machine}, 16 workers)"));
@@ -339,7 +365,10 @@ impl Engine {
         let mut problems: Vec<FieldError> = Vec::new();
         for doc in &docs {
             match doc {
-                Document::Pool(spec) => problems.extend(spec.problems()),
+                Document::Pool(spec) => {
+                    problems.extend(spec.problems());
+                    problems.extend(spec.provider_problems(&self.providers));
+                }
                 Document::Tenant(spec) => problems.extend(spec.problems()),
                 Document::Pipeline(_) => {}
             }
@@ -394,6 +423,7 @@ impl Engine {
         create_only: bool,
     ) -> Result<(E::Record, Action)> {
         let mut problems = spec.problems();
+        problems.extend(spec.provider_problems(&self.providers));
         let mut state = self.state.lock().await;
         problems.extend(spec.unknown_names(&state, &BTreeSet::new()));
         if let Some(problems) = FieldErrors::new(problems) {

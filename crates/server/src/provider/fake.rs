@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use corral_core::pool::PoolSpec;
+use corral_core::resources::Resources;
 
 use super::{Existing, Problem, Provider, ProviderError, WorkerRequest};
 
@@ -21,6 +22,9 @@ struct Book {
     problems: BTreeMap<String, Problem>,
     failing: u32,
     hanging: bool,
+    watching: bool,
+    /// What `capacity` finds for an auto pool.
+    capacity: Option<Resources>,
 }
 
 /// A provider whose workers are names in memory.
@@ -44,6 +48,17 @@ impl FakeProvider {
     /// Creates hang (never answer) until told otherwise.
     pub fn hang(&self, hanging: bool) {
         self.book().hanging = hanging;
+    }
+
+    /// From now on it says it watches its workers, so that the engine reads
+    /// its list every second (set before the provisioning worker starts).
+    pub fn watch(&self) {
+        self.book().watching = true;
+    }
+
+    /// From now on `capacity` finds `capacity` for every auto pool.
+    pub fn set_capacity(&self, capacity: Option<Resources>) {
+        self.book().capacity = capacity;
     }
 
     /// A worker it holds that nobody asked for (as one left by a crash).
@@ -137,8 +152,12 @@ impl Provider for FakeProvider {
             .collect())
     }
 
-    /// Its book is always current.
+    async fn capacity(&self, _pool: &PoolSpec) -> Result<Option<Resources>, ProviderError> {
+        Ok(self.book().capacity)
+    }
+
+    /// Its book is always current; it says so once told to.
     fn watches(&self) -> bool {
-        true
+        self.book().watching
     }
 }

@@ -25,6 +25,7 @@ fn pool(name: &str, cpu: u64) -> PoolView {
         state: PoolState::Active,
         max_agent: Default::default(),
         require_confinement: false,
+        kubernetes: None,
     };
     PoolView::new(&spec, Vec::new())
 }

@@ -220,7 +220,7 @@ async fn an_unschedulable_pod_is_why_its_run_waits_until_the_cluster_has_room() 
     .await;
     let reason = eventually("the Kubernetes reason", Duration::from_secs(30), || async {
         let run = server.run(id).await;
-        (run["reason"]["code"] == "worker_pending").then(|| run)
+        (run["reason"]["code"] == "worker_pending").then_some(run)
     })
     .await;
     assert_eq!(reason["state"], "provisioning", "{reason:#}");

@@ -82,7 +82,8 @@ pub(super) struct Memo {
     /// The sets of pools the entries' verdicts read.
     sets: PoolSets,
     /// The reasons of blocked pools the last cycle found, with the
-    /// fingerprint of what of the pools they read (the facts of `Keys`).
+    /// fingerprint of the pools' fixed fields and capacities they were found
+    /// under: what such a reason reads of its pool.
     pool_reasons: (u64, PoolReasons),
     /// Counts cycles: entries not seen in the last one are dropped.
     cycle: u64,

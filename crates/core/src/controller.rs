@@ -389,6 +389,11 @@ fn walk(
         policy,
         outcome: Outcome::default(),
         waiting: Vec::new(),
+        open_pools: snapshot
+            .pools
+            .values()
+            .filter(|p| p.state == PoolState::Active && p.reserved.is_none())
+            .count(),
         classes: FastMap::default(),
         masks: Masks::default(),
         empty: None,
@@ -420,6 +425,8 @@ struct Cycle<'a, 'm> {
     outcome: Outcome,
     /// The reasons of classes that wait, in the order they got them.
     waiting: Vec<(ClassId, Arc<Reason>)>,
+    /// Active pools that hold no room yet: a starving run may reserve them.
+    open_pools: usize,
     /// Per class tried: what does not change within the cycle.
     classes: FastMap<ClassId, Arc<ClassFacts>>,
     masks: Masks,
@@ -724,6 +731,10 @@ impl<'a> Cycle<'a, '_> {
         ) {
             return None;
         }
+        // Each group holds a pool of its own.
+        if self.open_pools < class.groups.len() {
+            return None;
+        }
         let tenant = self.tenants.get(view)?;
         let mut chosen: Vec<(String, Resources)> = Vec::new();
         for g in &class.groups {
@@ -739,13 +750,13 @@ impl<'a> Cycle<'a, '_> {
                         && tenant.allows(&p.name)
                         && g.resources.fits_in(&p.capacity)
                 })
-                .min_by_key(|p| {
+                .min_by_key(|&p| {
                     (
                         std::cmp::Reverse(fullness(
                             &p.capacity,
                             &p.capacity.saturating_sub(&p.used),
                         )),
-                        p.name.clone(),
+                        p.name.as_str(),
                     )
                 })?;
             chosen.push((pool.name.clone(), g.resources));
@@ -753,6 +764,7 @@ impl<'a> Cycle<'a, '_> {
         for (name, need) in &chosen {
             if let Some(p) = self.work.pools.get_mut(name) {
                 p.reserved = Some((run, *need));
+                self.open_pools = self.open_pools.saturating_sub(1);
             }
         }
         if !chosen.is_empty() {

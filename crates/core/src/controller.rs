@@ -31,17 +31,18 @@
 //! other: its class waits behind it for the rest of the cycle (FIFO within a
 //! class), and the class's reason gives that run's numbers.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use crate::clock::Timestamp;
 use crate::ids::{RunId, WorkerId};
 use crate::money::Money;
 use crate::pool::{PoolSpec, PoolState, Price, Provider};
-use crate::queue::{Class, ClassId, Level, QueuedRun, RunQueue};
+use crate::queue::{Class, ClassId, QueuedRun, RunQueue};
 use crate::request::GroupRequest;
 use crate::resources::{Dimension, Resources};
 use crate::selector::{PlacementPolicy, PoolSelector};
@@ -51,12 +52,14 @@ use crate::usage::Amount;
 mod budget;
 mod memo;
 mod reason;
+mod shared;
 pub use budget::BudgetView;
 pub use memo::{Controller, CycleStats};
 pub use reason::{Blocker, Limit, Reason, ReasonCode};
 
 use budget::check_budget;
 use memo::{Keys, Memo, Probe, Verdict};
+use shared::{PoolReasons, ReasonCache, group_blocks_hash, row_hash};
 
 /// A live agent of a static pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,20 +243,18 @@ impl Snapshot {
         }
     }
 
-    fn admit(
-        &mut self,
-        run: RunId,
-        tenant: &str,
-        readmit: bool,
-        bound: Money,
-        placements: &[Placement],
-    ) {
+    /// Charges an admitted run's placements to the pools.
+    fn admit(&mut self, placements: &[Placement]) {
         for p in placements {
             self.charge_pool(&p.pool, &p.resources, p.worker);
         }
-        let Some(t) = self.tenants.get_mut(tenant) else {
-            return;
-        };
+    }
+}
+
+impl TenantView {
+    /// Charges an admitted run to its tenant.
+    fn admit(&mut self, run: RunId, readmit: bool, bound: Money, placements: &[Placement]) {
+        let t = self;
         let mut pools_of_run: BTreeSet<&str> = BTreeSet::new();
         for p in placements {
             t.used = t.used.saturating_add(&p.resources);
@@ -369,39 +370,65 @@ fn walk(
     policy: &Policy,
     memo: Option<&mut Memo>,
 ) -> Outcome {
-    let work = snapshot.clone();
-    let keys = memo.map(|memo| Keys::new(memo, &work, policy));
+    let work = Snapshot {
+        pools: snapshot.pools.clone(),
+        tenants: BTreeMap::new(),
+    };
+    let mut keys = memo.map(|memo| Keys::new(memo, &work, snapshot.tenants.len(), policy));
+    let mut reasons = ReasonCache::new(snapshot);
+    if let Some(keys) = keys.as_mut() {
+        reasons.shared.kept = keys.pool_reasons();
+    }
     let mut cycle = Cycle {
         work,
+        tenants: snapshot.tenants.values().map(Cow::Borrowed).collect(),
+        names: snapshot.tenants.keys().map(String::as_str).collect(),
         total: snapshot.total_capacity(),
         queue,
         now,
         policy,
         outcome: Outcome::default(),
+        waiting: Vec::new(),
+        open_pools: snapshot
+            .pools
+            .values()
+            .filter(|p| p.state == PoolState::Active && p.reserved.is_none())
+            .count(),
         classes: FastMap::default(),
         masks: Masks::default(),
         empty: None,
-        reasons: ReasonCache::default(),
+        reasons,
         keys,
     };
-    for (level, tenants) in queue.levels() {
-        cycle.level(level, tenants);
+    for (_, tenants) in queue.levels() {
+        cycle.level(tenants);
     }
     if let Some(keys) = cycle.keys {
-        keys.finish();
+        keys.finish(std::mem::take(&mut cycle.reasons.shared.pools));
     }
+    // Each class waits at most once: built at once, in class order.
+    cycle.outcome.waiting = cycle.waiting.into_iter().collect();
     cycle.outcome
 }
 
 struct Cycle<'a, 'm> {
+    /// The pools as the cycle charges them; the tenants are in `tenants`.
     work: Snapshot,
+    /// The snapshot's tenants in name order, copied once the cycle charges one.
+    tenants: Vec<Cow<'a, TenantView>>,
+    /// Their names, in the same order.
+    names: Vec<&'a str>,
     total: Resources,
     queue: &'a RunQueue,
     now: Timestamp,
     policy: &'a Policy,
     outcome: Outcome,
+    /// The reasons of classes that wait, in the order they got them.
+    waiting: Vec<(ClassId, Arc<Reason>)>,
+    /// Active pools that hold no room yet: a starving run may reserve them.
+    open_pools: usize,
     /// Per class tried: what does not change within the cycle.
-    classes: FastMap<ClassId, ClassFacts>,
+    classes: FastMap<ClassId, Arc<ClassFacts>>,
     masks: Masks,
     /// The pools emptied, to check that gangs fit them (see [`empty_pools`]).
     empty: Option<Snapshot>,
@@ -413,84 +440,135 @@ struct Cycle<'a, 'm> {
 /// A queued run, ordered by when it was enqueued.
 type Queued = (Timestamp, RunId);
 
-/// What a cycle learns of a class the first time it tries one of its runs.
-struct ClassFacts {
+/// A tenant's queued runs in one level.
+struct TenantRuns<'a> {
+    /// Its position in [`Cycle::tenants`], if the snapshot has it.
+    view: Option<usize>,
+    /// The oldest run not yet tried of each of its classes, oldest first
+    /// (ties by class), with the class's position in `classes`.
+    heads: BinaryHeap<std::cmp::Reverse<(Queued, ClassId, usize)>>,
+    /// Its classes, each with its fingerprint, read while the class is at
+    /// hand: a class whose verdict is reused is not read again.
+    classes: Vec<(&'a Class, u64)>,
+}
+
+/// What a cycle learns of a class the first time it tries one of its runs:
+/// what stays as it is while the class, its tenant's quota, limits and allowed
+/// pools, and the pools' fixed fields and capacities do. The incremental
+/// controller keeps them across cycles under `key`, a fingerprint of those.
+#[derive(Debug)]
+pub(super) struct ClassFacts {
+    key: u64,
     /// Can it ever fit?
     fits: Result<(), Reason>,
     matching: Matching,
+    /// Positions of the pools its verdicts read, for the incremental
+    /// controller (see [`memo::pools_read`]).
+    pools: Vec<usize>,
+}
+
+impl ClassFacts {
+    /// The facts of a class of `groups` and `tenant`; `kept` is the key the
+    /// incremental controller keeps them under, if it does.
+    fn of(
+        work: &Snapshot,
+        tenant: &TenantView,
+        groups: &[GroupRequest],
+        masks: &mut Masks,
+        empty: &mut Option<Snapshot>,
+        kept: Option<u64>,
+    ) -> ClassFacts {
+        let matching = masks.matching(work, tenant, groups);
+        // Readmissions too: their pool may have gone or shrunk meanwhile.
+        ClassFacts {
+            key: kept.unwrap_or_default(),
+            fits: ever_fits(work, tenant, groups, &matching, empty),
+            pools: kept
+                .map(|_| memo::pools_read(&matching))
+                .unwrap_or_default(),
+            matching,
+        }
+    }
 }
 
 impl<'a> Cycle<'a, '_> {
-    fn level(&mut self, _level: Level, tenants: &'a BTreeMap<String, BTreeSet<ClassId>>) {
+    fn level(&mut self, tenants: &'a BTreeMap<String, BTreeSet<ClassId>>) {
         let queue: &'a RunQueue = self.queue;
-        // Per class: its runs not yet admitted this cycle, oldest first.
-        let mut cursors: BTreeMap<
-            ClassId,
-            std::collections::btree_set::Iter<'a, (Timestamp, RunId)>,
-        > = BTreeMap::new();
-        let mut heads: BTreeMap<ClassId, Queued> = BTreeMap::new();
-        for classes in tenants.values() {
-            for &id in classes {
-                let Some(class) = queue.class(id) else {
-                    continue;
-                };
-                let mut iter = class.runs.iter();
-                if let Some(&head) = iter.next() {
-                    heads.insert(id, head);
-                    cursors.insert(id, iter);
+        // Per tenant of the level, in name order: its classes with the runs
+        // not yet tried of each.
+        let mut fifos: Vec<TenantRuns<'a>> = Vec::with_capacity(tenants.len());
+        for (tenant, ids) in tenants {
+            let mut classes = Vec::with_capacity(ids.len());
+            let mut heads = Vec::with_capacity(ids.len());
+            for &id in ids {
+                if let Some(class) = queue.class(id)
+                    && let Some(head) = class.head()
+                {
+                    heads.push(std::cmp::Reverse((head, id, classes.len())));
+                    classes.push((class, class.fingerprint()));
                 }
+            }
+            if !heads.is_empty() {
+                fifos.push(TenantRuns {
+                    view: self.names.binary_search(&tenant.as_str()).ok(),
+                    heads: BinaryHeap::from(heads),
+                    classes,
+                });
             }
         }
         // Fair share across tenants, FIFO within each. A run that has waited
         // too long and must still wait reserves the room it waits for.
         let starve_before = self.now.0.saturating_sub(self.policy.starvation_after_ms);
-        let mut per_tenant: BTreeMap<&'a str, BTreeSet<(Queued, ClassId)>> = BTreeMap::new();
-        for (&class_id, &head) in &heads {
-            if let Some(class) = queue.class(class_id) {
-                per_tenant
-                    .entry(class.tenant.as_str())
-                    .or_default()
-                    .insert((head, class_id));
-            }
-        }
-        let mut turn: BinaryHeap<std::cmp::Reverse<(Share, &'a str)>> = per_tenant
-            .keys()
-            .map(|&t| std::cmp::Reverse((self.share(t), t)))
+        // Lowest share first; ties in name order, as positions follow names.
+        let mut turn: BinaryHeap<std::cmp::Reverse<(Share, usize)>> = fifos
+            .iter()
+            .enumerate()
+            .map(|(k, f)| std::cmp::Reverse((self.share(f.view), k)))
             .collect();
-        while let Some(std::cmp::Reverse((_, tenant))) = turn.pop() {
-            let Some(candidates) = per_tenant.get_mut(tenant) else {
+        while let Some(std::cmp::Reverse((_, k))) = turn.pop() {
+            let Some(fifo) = fifos.get_mut(k) else {
                 continue;
             };
-            let Some(((at, run), class_id)) = candidates.pop_first() else {
+            let Some(std::cmp::Reverse(((at, run), id, c))) = fifo.heads.pop() else {
                 continue;
             };
-            let Some(class) = queue.class(class_id) else {
+            let Some(&(class, shape)) = fifo.classes.get(c) else {
                 continue;
             };
-            if self.try_run(class, run, at.0 <= starve_before)
-                && let Some(&next) = cursors.get_mut(&class_id).and_then(Iterator::next)
+            if self.try_run(class, shape, fifo.view, run, at, at.0 <= starve_before)
+                && let Some(&next) = class
+                    .runs
+                    .range((Bound::Excluded((at, run)), Bound::Unbounded))
+                    .next()
             {
-                candidates.insert((next, class_id));
+                fifo.heads.push(std::cmp::Reverse((next, id, c)));
             }
-            if !candidates.is_empty() {
-                turn.push(std::cmp::Reverse((self.share(tenant), tenant)));
+            if !fifo.heads.is_empty() {
+                turn.push(std::cmp::Reverse((self.share(fifo.view), k)));
             }
         }
     }
 
-    fn share(&self, tenant: &str) -> Share {
+    fn share(&self, tenant: Option<usize>) -> Share {
         Share(
-            self.work
-                .tenants
-                .get(tenant)
+            tenant
+                .and_then(|i| self.tenants.get(i))
                 .map_or(0.0, |t| self.work.weighted_share(t, &self.total)),
         )
     }
 
     /// Decides one run, the oldest of its class still queued. Returns whether
     /// it was admitted; if not, the class has its verdict (wait or reject).
-    fn try_run(&mut self, class: &Class, run: RunId, starving: bool) -> bool {
-        let Some(tenant) = self.work.tenants.get(&class.tenant) else {
+    fn try_run(
+        &mut self,
+        class: &Class,
+        shape: u64,
+        view: Option<usize>,
+        run: RunId,
+        enqueued_at: Timestamp,
+        starving: bool,
+    ) -> bool {
+        let Some((view, tenant)) = view.and_then(|i| Some((i, &**self.tenants.get(i)?))) else {
             let reason = Reason::simple(
                 ReasonCode::UnknownTenant,
                 format!("tenant {} does not exist", class.tenant),
@@ -507,7 +585,7 @@ impl<'a> Cycle<'a, '_> {
         // A verdict remembered under the same inputs is the verdict.
         let mut probe: Option<Probe> = None;
         let remembered = match self.keys.as_mut() {
-            Some(keys) => match keys.lookup(tenant, class, run, bound) {
+            Some(keys) => match keys.lookup(view, tenant, class.id, shape, run, bound) {
                 Ok(verdict) => Some(verdict),
                 Err(p) => {
                     probe = Some(p);
@@ -519,20 +597,28 @@ impl<'a> Cycle<'a, '_> {
         let verdict = match remembered {
             Some(verdict) => Err(verdict),
             None => {
-                let facts = self.classes.entry(class.id).or_insert_with(|| {
-                    let matching = self.masks.matching(&self.work, tenant, &class.groups);
-                    // Readmissions too: their pool may have gone or shrunk meanwhile.
-                    ClassFacts {
-                        fits: ever_fits(
-                            &self.work,
-                            tenant,
-                            &class.groups,
-                            &matching,
-                            &mut self.empty,
-                        ),
-                        matching,
+                let facts = match self.classes.get(&class.id) {
+                    Some(facts) => Arc::clone(facts),
+                    None => {
+                        let kept = self
+                            .keys
+                            .as_mut()
+                            .map(|keys| keys.facts(view, tenant, class));
+                        let facts = match kept {
+                            Some(Ok(facts)) => facts,
+                            kept => Arc::new(ClassFacts::of(
+                                &self.work,
+                                tenant,
+                                &class.groups,
+                                &mut self.masks,
+                                &mut self.empty,
+                                kept.and_then(Result::err),
+                            )),
+                        };
+                        self.classes.insert(class.id, Arc::clone(&facts));
+                        facts
                     }
-                });
+                };
                 let verdict = match &facts.fits {
                     Err(reason) => Err(Verdict::Reject(Arc::new(reason.clone()))),
                     Ok(()) => evaluate(
@@ -548,20 +634,23 @@ impl<'a> Cycle<'a, '_> {
                     .map_err(Verdict::Wait),
                 };
                 if let (Err(v), Some(keys), Some(probe)) = (&verdict, self.keys.as_mut(), probe) {
-                    keys.store(class.id, probe, &facts.matching, v.clone());
+                    keys.store(class.id, probe, &facts, v.clone());
                 }
                 verdict
             }
         };
         match verdict {
             Ok(placements) => {
-                self.work
-                    .admit(run, &class.tenant, class.readmit, bound, &placements);
+                self.work.admit(&placements);
+                self.reasons.pools_changed(None);
+                if let Some(t) = self.tenants.get_mut(view) {
+                    t.to_mut().admit(run, class.readmit, bound, &placements);
+                }
                 if let Some(keys) = self.keys.as_mut() {
                     for p in &placements {
                         keys.pool_changed(&self.work, &p.pool);
                     }
-                    keys.tenant_changed(&class.tenant);
+                    keys.tenant_changed(view);
                 }
                 self.outcome.admitted.push(Admission { run, placements });
                 true
@@ -574,15 +663,13 @@ impl<'a> Cycle<'a, '_> {
                 // Always decided afresh: the reservation depends on the time,
                 // and on what earlier starving runs of the cycle hold.
                 if starving && reason.code != ReasonCode::Reserved {
-                    let waited = self
-                        .now
-                        .millis_since(self.queue.enqueued_at(run).unwrap_or(self.now));
-                    if let Some(reservation) = self.reserve(class, run, &reason) {
+                    let waited = self.now.millis_since(enqueued_at);
+                    if let Some(reservation) = self.reserve(class, view, run, &reason) {
                         if let Some(keys) = self.keys.as_mut() {
                             for pool in &reservation.pools {
                                 keys.pool_changed(&self.work, pool);
                             }
-                            keys.tenant_changed(&class.tenant);
+                            keys.tenant_changed(view);
                         }
                         let reason = Arc::make_mut(&mut reason);
                         reason.message = format!(
@@ -598,7 +685,7 @@ impl<'a> Cycle<'a, '_> {
                         self.outcome.reservations.push(reservation);
                     }
                 }
-                self.outcome.waiting.insert(class.id, reason);
+                self.waiting.push((class.id, reason));
                 false
             }
         }
@@ -612,17 +699,23 @@ impl<'a> Cycle<'a, '_> {
 
     /// Holds room for a starving run: in its tenant's quota when that blocks
     /// it, else in one pool per group (the one with most room, not already held).
-    fn reserve(&mut self, class: &Class, run: RunId, reason: &Reason) -> Option<Reservation> {
-        let total = class.total();
+    fn reserve(
+        &mut self,
+        class: &Class,
+        view: usize,
+        run: RunId,
+        reason: &Reason,
+    ) -> Option<Reservation> {
         if matches!(
             reason.code,
             ReasonCode::TenantQuota | ReasonCode::TenantRuns
         ) {
-            let tenant = self.work.tenants.get_mut(&class.tenant)?;
+            let total = class.total();
+            let tenant = self.tenants.get_mut(view)?;
             if tenant.reserved.is_some() {
                 return None;
             }
-            tenant.reserved = Some((run, total));
+            tenant.to_mut().reserved = Some((run, total));
             return Some(Reservation {
                 run,
                 pools: Vec::new(),
@@ -638,7 +731,11 @@ impl<'a> Cycle<'a, '_> {
         ) {
             return None;
         }
-        let tenant = self.work.tenants.get(&class.tenant)?;
+        // Each group holds a pool of its own.
+        if self.open_pools < class.groups.len() {
+            return None;
+        }
+        let tenant = self.tenants.get(view)?;
         let mut chosen: Vec<(String, Resources)> = Vec::new();
         for g in &class.groups {
             let pool = self
@@ -653,13 +750,13 @@ impl<'a> Cycle<'a, '_> {
                         && tenant.allows(&p.name)
                         && g.resources.fits_in(&p.capacity)
                 })
-                .min_by_key(|p| {
+                .min_by_key(|&p| {
                     (
                         std::cmp::Reverse(fullness(
                             &p.capacity,
                             &p.capacity.saturating_sub(&p.used),
                         )),
-                        p.name.clone(),
+                        p.name.as_str(),
                     )
                 })?;
             chosen.push((pool.name.clone(), g.resources));
@@ -667,7 +764,11 @@ impl<'a> Cycle<'a, '_> {
         for (name, need) in &chosen {
             if let Some(p) = self.work.pools.get_mut(name) {
                 p.reserved = Some((run, *need));
+                self.open_pools = self.open_pools.saturating_sub(1);
             }
+        }
+        if !chosen.is_empty() {
+            self.reasons.pools_changed(Some(run));
         }
         Some(Reservation {
             run,
@@ -1118,25 +1219,6 @@ fn pool_blocker(
     None
 }
 
-/// Reasons built once in a cycle and shared by the classes that get them.
-#[derive(Default)]
-struct ReasonCache {
-    /// Reasons of blocked pools, by position of the pool in the snapshot, block
-    /// and need: the many classes that find the same pools full share them.
-    pools: FastMap<(usize, Block, Resources), Rc<Reason>>,
-    /// The reason of a group that no pool takes, with no group of its gang
-    /// placed before it, by need, the group's index and selector when it has
-    /// partners, and the blocks of its pools (positions and blocks, all of the
-    /// pool's alone): the classes that differ only in what the reason does not
-    /// read (tenant, level) share it, so re-evaluating one that still waits
-    /// copies a pointer.
-    groups: FastMap<GroupBlocks, Arc<Reason>>,
-}
-
-/// A group's need, its index and selector in a gang, and for each pool in its
-/// way, the pool's position and block.
-type GroupBlocks = (Resources, Option<(u32, PoolSelector)>, Vec<(usize, Block)>);
-
 impl Block {
     /// Does its reason follow from the pool's position, the block and the need
     /// alone (given pools whose names, capacities and limits stay as they are)?
@@ -1276,11 +1358,17 @@ fn place(
     matching: &[Vec<Option<bool>>],
     default_policy: PlacementPolicy,
     run: Option<RunId>,
-    mut reasons: Option<&mut ReasonCache>,
+    reasons: Option<&mut ReasonCache>,
 ) -> Result<Vec<Placement>, Arc<Reason>> {
     let mut extra: BTreeMap<&str, (Resources, u32)> = BTreeMap::new();
     let mut taken: BTreeMap<WorkerId, Resources> = BTreeMap::new();
-    let mut placements = Vec::with_capacity(groups.len());
+    // Allocated once a group is placed: most calls place none.
+    let mut placements = Vec::new();
+    let mut own = Vec::new();
+    let (blocks, mut shared) = match reasons {
+        Some(cache) => (&mut cache.blocks, Some(&mut cache.shared)),
+        None => (&mut own, None),
+    };
     for (index, g) in groups.iter().enumerate() {
         let policy = g.selector.placement.unwrap_or(default_policy);
         // How well the pool takes the group (higher is better), or what blocks
@@ -1316,10 +1404,29 @@ fn place(
         // Pools the tenant may not use are named only when the group asked for
         // them (by name or labels), not when any pool would do.
         let any_pool = g.selector.name.is_none() && g.selector.labels.is_empty();
+        // A lone group that no pool takes, where each pool's block is the
+        // pool's alone, has a reason that follows from its need and the pools
+        // it may use: found once for each state of the pools.
+        let row = matching.get(index).map(Vec::as_slice);
+        let lone = match (&shared, row) {
+            (Some(cache), Some(row))
+                if groups.len() == 1
+                    && tenant.pool_limits.is_empty()
+                    && run.is_none_or(|r| !cache.holders.contains(&r)) =>
+            {
+                Some((g.resources, any_pool, row_hash(row), cache.state))
+            }
+            _ => None,
+        };
+        if let (Some(key), Some(cache), Some(row)) = (&lone, shared.as_deref(), row)
+            && let Some(reason) = cache.lone(key, row)
+        {
+            return Err(Arc::clone(reason));
+        }
         let mut best: Option<(&PoolView, (i64, u128))> = None;
-        // What blocks each pool, kept from the one pass over them for the
-        // reason should no pool take the group.
-        let mut blocks: Vec<(usize, &PoolView, Block)> = Vec::new();
+        // What blocks each pool, by position, kept from the one pass over them
+        // for the reason should no pool take the group.
+        blocks.clear();
         for (i, pool, allowed) in candidates(work, tenant, g, matching.get(index)) {
             match judge(pool, allowed) {
                 Ok(score) => {
@@ -1328,48 +1435,68 @@ fn place(
                     }
                 }
                 Err(Block::NotAllowed) if any_pool => {}
-                Err(block) => blocks.push((i, pool, block)),
+                Err(block) => blocks.push((i, block)),
             }
         }
         let Some((pool, _)) = best else {
             // No pool takes the group: only now say why, pool by pool.
             // With no partner placed, the reason is the pools' reasons and,
             // in a gang, the group's index and selector.
-            let shared = (groups.len() == 1 || placements.is_empty())
+            let gang = (groups.len() > 1).then_some((g.index, &g.selector));
+            let key = ((groups.len() == 1 || placements.is_empty())
                 && !blocks.is_empty()
-                && blocks.iter().all(|(_, _, b)| b.of_pool_only());
-            let key = shared.then(|| {
-                (
-                    g.resources,
-                    (groups.len() > 1).then(|| (g.index, g.selector.clone())),
-                    blocks.iter().map(|&(i, _, b)| (i, b)).collect::<Vec<_>>(),
-                )
-            });
-            if let (Some(key), Some(cache)) = (&key, reasons.as_deref())
-                && let Some(reason) = cache.groups.get(key)
+                && blocks.iter().all(|(_, b)| b.of_pool_only()))
+            .then(|| group_blocks_hash(&g.resources, gang, blocks));
+            if let (Some(key), Some(cache)) = (key, shared.as_deref_mut())
+                && let Some(reason) = cache.group(key, &g.resources, gang, blocks)
             {
-                return Err(Arc::clone(reason));
+                let reason = Arc::clone(reason);
+                if let (Some(lone), Some(row)) = (lone, row) {
+                    cache.keep_lone(lone, row, &reason);
+                }
+                return Err(reason);
             }
+            let pools: Vec<&PoolView> = work.pools.values().collect();
             let blockers = blocks
-                .into_iter()
-                .map(|(i, p, block)| match reasons.as_deref_mut() {
-                    Some(cache) if block.of_pool_only() => Rc::clone(
-                        cache
-                            .pools
-                            .entry((i, block, g.resources))
-                            .or_insert_with(|| Rc::new(block.reason(p, tenant, &g.resources))),
-                    ),
-                    _ => Rc::new(block.reason(p, tenant, &g.resources)),
+                .iter()
+                .filter_map(|&(i, block)| {
+                    let p = pools.get(i)?;
+                    Some(match shared.as_deref_mut() {
+                        Some(cache) if block.of_pool_only() => {
+                            let key = (i, block, g.resources);
+                            match cache.pools.get(&key) {
+                                Some(reason) => Arc::clone(reason),
+                                None => {
+                                    let reason = cache.kept.remove(&key).unwrap_or_else(|| {
+                                        Arc::new(block.reason(p, tenant, &g.resources))
+                                    });
+                                    cache.pools.insert(key, Arc::clone(&reason));
+                                    reason
+                                }
+                            }
+                        }
+                        _ => Arc::new(block.reason(p, tenant, &g.resources)),
+                    })
                 })
-                .collect::<Vec<Rc<Reason>>>();
+                .collect::<Vec<Arc<Reason>>>();
             let reason = Arc::new(Reason::blocked_group(
                 g,
                 groups.len(),
                 &placements,
                 &blockers,
             ));
-            if let (Some(key), Some(cache)) = (key, reasons.as_deref_mut()) {
-                cache.groups.insert(key, Arc::clone(&reason));
+            if let (Some(key), Some(cache)) = (key, shared) {
+                if let (Some(lone), Some(row)) = (lone, row) {
+                    cache.keep_lone(lone, row, &reason);
+                }
+                cache.groups.entry(key).or_default().push((
+                    (
+                        g.resources,
+                        gang.map(|(i, s)| (i, s.clone())),
+                        blocks.clone(),
+                    ),
+                    Arc::clone(&reason),
+                ));
             }
             return Err(reason);
         };

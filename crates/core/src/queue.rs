@@ -12,6 +12,7 @@
 //! checks a budget per run, after its class's verdict (see `controller.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::clock::Timestamp;
 use crate::ids::RunId;
@@ -62,9 +63,26 @@ pub struct Class {
     /// Its runs, oldest first.
     pub runs: BTreeSet<(Timestamp, RunId)>,
     key: ClassKey,
+    /// A hash of `key`, taken once.
+    fingerprint: u64,
+    /// The first of `runs`, kept as they change: a cycle reads it of every
+    /// class.
+    head: Option<(Timestamp, RunId)>,
 }
 
 impl Class {
+    /// A fingerprint of what makes the class: its tenant, level and groups.
+    /// Class ids are not reused within a queue, but a queue built afresh
+    /// numbers its classes from zero again: the fingerprint tells them apart.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Its oldest run.
+    pub fn head(&self) -> Option<(Timestamp, RunId)> {
+        self.head
+    }
+
     pub fn total(&self) -> Resources {
         self.groups
             .iter()
@@ -128,6 +146,8 @@ impl RunQueue {
             None => {
                 let id = ClassId(self.next);
                 self.next += 1;
+                let mut h = DefaultHasher::new();
+                key.hash(&mut h);
                 self.keys.insert(key.clone(), id);
                 self.classes.insert(
                     id,
@@ -139,6 +159,8 @@ impl RunQueue {
                         groups: run.groups.clone(),
                         runs: BTreeSet::new(),
                         key,
+                        fingerprint: h.finish(),
+                        head: None,
                     },
                 );
                 self.levels
@@ -152,6 +174,7 @@ impl RunQueue {
         };
         if let Some(class) = self.classes.get_mut(&id) {
             class.runs.insert((run.enqueued_at, run.id));
+            class.head = class.runs.first().copied();
         }
         self.runs.insert(
             run.id,
@@ -177,6 +200,7 @@ impl RunQueue {
             return;
         };
         class.runs.remove(&(at, run));
+        class.head = class.runs.first().copied();
         if !class.runs.is_empty() {
             return;
         }
@@ -223,5 +247,39 @@ impl RunQueue {
     /// Levels, highest first, each with its tenants' classes.
     pub fn levels(&self) -> impl Iterator<Item = (Level, &BTreeMap<String, BTreeSet<ClassId>>)> {
         self.levels.iter().map(|(l, t)| (l.0, t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: i64, at: i64) -> QueuedRun {
+        QueuedRun {
+            id: RunId(id),
+            tenant: "a".into(),
+            priority: 0,
+            enqueued_at: Timestamp(at),
+            groups: Vec::new(),
+            readmit: false,
+            bound: Money::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_class_keeps_its_oldest_run_as_runs_come_and_go() {
+        let mut queue = RunQueue::new();
+        queue.insert(run(1, 20));
+        queue.insert(run(2, 10));
+        queue.insert(run(3, 30));
+        let head = |q: &RunQueue| q.class_of(RunId(3)).and_then(Class::head);
+        assert_eq!(head(&queue), Some((Timestamp(10), RunId(2))));
+        queue.remove(RunId(2));
+        assert_eq!(head(&queue), Some((Timestamp(20), RunId(1))));
+        queue.remove(RunId(1));
+        assert_eq!(head(&queue), Some((Timestamp(30), RunId(3))));
+        // Queued again, earlier: it is the head again.
+        queue.insert(run(1, 5));
+        assert_eq!(head(&queue), Some((Timestamp(5), RunId(1))));
     }
 }

@@ -20,6 +20,7 @@
 //! run that fits, and the reservation of a starving run that must wait (with
 //! its message, which says how long it waited).
 
+use std::collections::hash_map;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -30,7 +31,10 @@ use crate::pool::PoolState;
 use crate::queue::{Class, ClassId, RunQueue};
 use crate::tenant::Enforce;
 
-use super::{FastMap, FxHasher, Matching, Outcome, Policy, PoolView, Reason, Snapshot, TenantView};
+use super::{
+    ClassFacts, FastMap, FxHasher, Matching, Outcome, Policy, PoolReasons, PoolView, Reason,
+    Snapshot, TenantView,
+};
 
 /// The controller kept across cycles: decides as [`super::decide`] does, and
 /// reuses the verdict of every class whose inputs did not change since it last
@@ -75,6 +79,12 @@ impl Controller {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Memo {
     entries: FastMap<ClassId, Entry>,
+    /// The sets of pools the entries' verdicts read.
+    sets: PoolSets,
+    /// The reasons of blocked pools the last cycle found, with the
+    /// fingerprint of the pools' fixed fields and capacities they were found
+    /// under: what such a reason reads of its pool.
+    pool_reasons: (u64, PoolReasons),
     /// Counts cycles: entries not seen in the last one are dropped.
     cycle: u64,
     stats: CycleStats,
@@ -90,8 +100,11 @@ pub(super) enum Verdict {
 #[derive(Debug, Clone)]
 struct Entry {
     key: Key,
-    /// Positions of the pools the verdict read (see [`pools_read`]).
-    pools: Vec<usize>,
+    /// The set of the pools the verdict read, in [`Memo::sets`].
+    set: usize,
+    /// The class's facts, with the positions of the pools the verdict read
+    /// (see [`pools_read`]).
+    facts: Arc<ClassFacts>,
     verdict: Verdict,
     seen: u64,
 }
@@ -107,6 +120,38 @@ pub(super) struct Key {
     pools: u64,
 }
 
+/// The sets of pools verdicts read, each kept once: classes that may use the
+/// same pools share one, and a cycle combines the fingerprints of each set's
+/// pools once, not once per class.
+#[derive(Debug, Clone, Default)]
+struct PoolSets {
+    /// Each set's positions of pools, by set.
+    sets: Vec<Vec<usize>>,
+    ids: FastMap<Vec<usize>, usize>,
+    /// Per pool position, the sets that hold it.
+    holding: Vec<Vec<usize>>,
+}
+
+impl PoolSets {
+    fn id(&mut self, pools: &[usize]) -> usize {
+        if let Some(&id) = self.ids.get(pools) {
+            return id;
+        }
+        let id = self.sets.len();
+        for &i in pools {
+            if self.holding.len() <= i {
+                self.holding.resize_with(i + 1, Vec::new);
+            }
+            if let Some(sets) = self.holding.get_mut(i) {
+                sets.push(id);
+            }
+        }
+        self.sets.push(pools.to_vec());
+        self.ids.insert(pools.to_vec(), id);
+        id
+    }
+}
+
 /// A class's key before its pools' part is known: the pools a verdict reads
 /// are known once it is evaluated.
 #[derive(Debug, Clone, Copy)]
@@ -119,16 +164,31 @@ pub(super) struct Keys<'m> {
     memo: &'m mut Memo,
     /// What is fixed for the cycle of all pools, and the default policy.
     fixed: u64,
+    /// What of all pools [`ClassFacts`] read: `fixed` and their capacities.
+    facts: u64,
     /// Pool names in snapshot order, to find a pool's position.
     names: Vec<String>,
     /// Per pool in snapshot order, its dynamic state's fingerprint.
     pools: Vec<u64>,
-    /// Per tenant, its fingerprint, taken when first needed in the cycle.
-    tenants: FastMap<String, u64>,
+    /// Per set of [`Memo::sets`], the combined fingerprint of its pools, once
+    /// taken in the cycle and until one of them changes.
+    combined: Vec<Option<u64>>,
+    /// Per tenant by position in the snapshot, its fingerprint, taken when
+    /// first needed in the cycle.
+    tenants: Vec<Option<u64>>,
+    /// Per tenant by position, the fingerprint of what [`ClassFacts`] read of
+    /// it, which no cycle changes.
+    fixed_tenants: Vec<Option<u64>>,
 }
 
 impl<'m> Keys<'m> {
-    pub(super) fn new(memo: &'m mut Memo, work: &Snapshot, policy: &Policy) -> Keys<'m> {
+    /// `tenants` is the number of the snapshot's tenants.
+    pub(super) fn new(
+        memo: &'m mut Memo,
+        work: &Snapshot,
+        tenants: usize,
+        policy: &Policy,
+    ) -> Keys<'m> {
         memo.cycle += 1;
         memo.stats = CycleStats::default();
         let mut h = FxHasher::default();
@@ -136,35 +196,43 @@ impl<'m> Keys<'m> {
         for pool in work.pools.values() {
             fixed_of_pool(pool, &mut h);
         }
+        let fixed = h.finish();
+        for pool in work.pools.values() {
+            pool.capacity.hash(&mut h);
+        }
         Keys {
             memo,
-            fixed: h.finish(),
+            fixed,
+            facts: h.finish(),
             names: work.pools.keys().cloned().collect(),
             pools: work.pools.values().map(pool_fingerprint).collect(),
-            tenants: FastMap::default(),
+            combined: Vec::new(),
+            tenants: vec![None; tenants],
+            fixed_tenants: vec![None; tenants],
         }
     }
 
-    /// The remembered verdict of `class` tried with `run` (whose bound is
-    /// `bound`, zero when its tenant has no budget), if its inputs are those it
-    /// was evaluated under; else the probe to store the new verdict with.
+    /// The remembered verdict of class `class` (of fingerprint `shape`, see
+    /// [`Class::fingerprint`]) tried with `run` (whose bound is `bound`, zero
+    /// when its tenant has no budget), if its inputs are those it was
+    /// evaluated under; else the probe to store the new verdict with. `view`
+    /// is the position of `tenant` in the snapshot.
     pub(super) fn lookup(
         &mut self,
+        view: usize,
         tenant: &TenantView,
-        class: &Class,
+        class: ClassId,
+        shape: u64,
         run: RunId,
         bound: Money,
     ) -> Result<Verdict, Probe> {
-        let tenant_fp = match self.tenants.get(tenant.name.as_str()) {
-            Some(&fp) => fp,
-            None => {
-                let fp = tenant_fingerprint(tenant);
-                self.tenants.insert(tenant.name.clone(), fp);
-                fp
-            }
+        let tenant_fp = match self.tenants.get_mut(view) {
+            Some(Some(fp)) => *fp,
+            Some(slot) => *slot.insert(tenant_fingerprint(tenant)),
+            None => tenant_fingerprint(tenant),
         };
         let mut key = Key {
-            shape: shape_fingerprint(class),
+            shape,
             head: run,
             bound,
             tenant: tenant_fp,
@@ -172,8 +240,8 @@ impl<'m> Keys<'m> {
             pools: 0,
         };
         let cycle = self.memo.cycle;
-        if let Some(entry) = self.memo.entries.get_mut(&class.id) {
-            key.pools = combine(&self.pools, &entry.pools);
+        if let Some(entry) = self.memo.entries.get_mut(&class) {
+            key.pools = combined(&mut self.combined, &self.memo.sets, &self.pools, entry.set);
             if entry.key == key {
                 entry.seen = cycle;
                 self.memo.stats.reused += 1;
@@ -184,29 +252,73 @@ impl<'m> Keys<'m> {
         Err(Probe { key })
     }
 
-    /// Remembers the verdict `class` got under `probe`; `matching` is the
-    /// class's [`super::Masks::matching`] in this cycle.
+    /// The facts of `class` (of the tenant at position `view`) kept from an
+    /// earlier cycle, if what they read is as it was; else the key to keep new
+    /// ones under.
+    pub(super) fn facts(
+        &mut self,
+        view: usize,
+        tenant: &TenantView,
+        class: &Class,
+    ) -> Result<Arc<ClassFacts>, u64> {
+        let tenant_fp = match self.fixed_tenants.get_mut(view) {
+            Some(Some(fp)) => *fp,
+            Some(slot) => *slot.insert(fixed_of_tenant(tenant)),
+            None => fixed_of_tenant(tenant),
+        };
+        let mut h = FxHasher::default();
+        h.write_u64(class.fingerprint());
+        h.write_u64(tenant_fp);
+        h.write_u64(self.facts);
+        let key = h.finish();
+        match self.memo.entries.get(&class.id) {
+            Some(entry) if entry.facts.key == key => Ok(Arc::clone(&entry.facts)),
+            _ => Err(key),
+        }
+    }
+
+    /// Remembers the verdict `class` got under `probe`, with its facts.
     pub(super) fn store(
         &mut self,
         class: ClassId,
         probe: Probe,
-        matching: &Matching,
+        facts: &Arc<ClassFacts>,
         verdict: Verdict,
     ) {
-        let pools = pools_read(matching);
-        let key = Key {
-            pools: combine(&self.pools, &pools),
-            ..probe.key
-        };
-        self.memo.entries.insert(
-            class,
-            Entry {
-                key,
-                pools,
-                verdict,
-                seen: self.memo.cycle,
-            },
-        );
+        let seen = self.memo.cycle;
+        match self.memo.entries.entry(class) {
+            // Facts kept from an earlier cycle keep their set.
+            hash_map::Entry::Occupied(mut kept) if Arc::ptr_eq(&kept.get().facts, facts) => {
+                let entry = kept.get_mut();
+                entry.key = Key {
+                    pools: combined(&mut self.combined, &self.memo.sets, &self.pools, entry.set),
+                    ..probe.key
+                };
+                entry.verdict = verdict;
+                entry.seen = seen;
+            }
+            slot => {
+                let set = self.memo.sets.id(&facts.pools);
+                let entry = Entry {
+                    key: Key {
+                        pools: combined(&mut self.combined, &self.memo.sets, &self.pools, set),
+                        ..probe.key
+                    },
+                    set,
+                    facts: Arc::clone(facts),
+                    verdict,
+                    seen,
+                };
+                match slot {
+                    hash_map::Entry::Occupied(mut kept) => {
+                        kept.insert(entry);
+                    }
+                    hash_map::Entry::Vacant(free) => {
+                        free.insert(entry);
+                    }
+                }
+            }
+        }
     }
 
     /// Takes the fingerprint of pool `name` again: the cycle charged it.
@@ -216,26 +328,59 @@ impl<'m> Keys<'m> {
             work.pools.get(name),
         ) && let Some(fp) = self.pools.get_mut(i)
         {
-            *fp = pool_fingerprint(pool);
+            let new = pool_fingerprint(pool);
+            if *fp != new {
+                *fp = new;
+                for &set in self.memo.sets.holding.get(i).map_or(&[][..], Vec::as_slice) {
+                    if let Some(c) = self.combined.get_mut(set) {
+                        *c = None;
+                    }
+                }
+            }
         }
     }
 
-    /// Forgets the fingerprint of tenant `name`: the cycle charged it.
-    pub(super) fn tenant_changed(&mut self, name: &str) {
-        self.tenants.remove(name);
+    /// Forgets the fingerprint of the tenant at position `view`: the cycle
+    /// charged it.
+    pub(super) fn tenant_changed(&mut self, view: usize) {
+        if let Some(slot) = self.tenants.get_mut(view) {
+            *slot = None;
+        }
     }
 
-    /// Drops the verdicts of classes the cycle did not try: they left the queue.
-    pub(super) fn finish(self) {
+    /// The reasons of blocked pools kept from the last cycle, if what of the
+    /// pools they read is as it was.
+    pub(super) fn pool_reasons(&mut self) -> PoolReasons {
+        let (fp, reasons) = std::mem::take(&mut self.memo.pool_reasons);
+        if fp == self.facts {
+            reasons
+        } else {
+            PoolReasons::default()
+        }
+    }
+
+    /// Drops the verdicts of classes the cycle did not try: they left the
+    /// queue. Keeps the reasons of blocked pools the cycle found, `pools`.
+    pub(super) fn finish(self, pools: PoolReasons) {
         let cycle = self.memo.cycle;
-        self.memo.entries.retain(|_, e| e.seen == cycle);
+        let memo = self.memo;
+        memo.pool_reasons = (self.facts, pools);
+        memo.entries.retain(|_, e| e.seen == cycle);
+        // Sets no entry reads any more are dropped once they are many.
+        if memo.sets.sets.len() > 2 * memo.entries.len() + 64 {
+            let mut sets = PoolSets::default();
+            for e in memo.entries.values_mut() {
+                e.set = sets.id(&e.facts.pools);
+            }
+            memo.sets = sets;
+        }
     }
 }
 
 /// The positions of the pools a class's verdict reads: those a group's
 /// selector matches and its tenant may use. A pool the tenant may not use
 /// blocks with a reason of names only, fixed for the cycle and the tenant.
-fn pools_read(matching: &Matching) -> Vec<usize> {
+pub(super) fn pools_read(matching: &Matching) -> Vec<usize> {
     let mut pools: Vec<usize> = matching
         .iter()
         .flat_map(|row| {
@@ -250,27 +395,32 @@ fn pools_read(matching: &Matching) -> Vec<usize> {
     pools
 }
 
+/// The combined fingerprint of set `set`'s pools, taken once until one of them
+/// changes (see [`Keys::pool_changed`]).
+fn combined(
+    cache: &mut Vec<Option<u64>>,
+    sets: &PoolSets,
+    fingerprints: &[u64],
+    set: usize,
+) -> u64 {
+    if cache.len() <= set {
+        cache.resize(sets.sets.len().max(set + 1), None);
+    }
+    match cache.get_mut(set) {
+        Some(Some(fp)) => *fp,
+        Some(slot) => *slot.insert(combine(
+            fingerprints,
+            sets.sets.get(set).map_or(&[][..], Vec::as_slice),
+        )),
+        None => u64::MAX,
+    }
+}
+
 fn combine(fingerprints: &[u64], pools: &[usize]) -> u64 {
     let mut h = FxHasher::default();
     for &i in pools {
         h.write_usize(i);
         h.write_u64(fingerprints.get(i).copied().unwrap_or(u64::MAX));
-    }
-    h.finish()
-}
-
-/// What the verdict reads of the class: its tenant, level and groups. Class ids
-/// are not reused within a queue, but a queue built afresh (a server that
-/// reloads) numbers its classes from zero again.
-fn shape_fingerprint(class: &Class) -> u64 {
-    let mut h = FxHasher::default();
-    class.tenant.hash(&mut h);
-    class.priority.hash(&mut h);
-    class.readmit.hash(&mut h);
-    for g in &class.groups {
-        g.index.hash(&mut h);
-        g.selector.hash(&mut h);
-        g.resources.hash(&mut h);
     }
     h.finish()
 }
@@ -308,6 +458,22 @@ fn pool_fingerprint(pool: &PoolView) -> u64 {
             a.capacity.hash(&mut h);
             a.used.hash(&mut h);
         }
+    }
+    h.finish()
+}
+
+/// What [`ClassFacts`] read of a tenant: its quota, limits and allowed pools.
+fn fixed_of_tenant(t: &TenantView) -> u64 {
+    let mut h = FxHasher::default();
+    t.name.hash(&mut h);
+    t.quota.resources.hash(&mut h);
+    h.write_u64(t.quota.runs);
+    t.allowed_pools.hash(&mut h);
+    h.write_usize(t.pool_limits.len());
+    for (pool, limit) in &t.pool_limits {
+        pool.hash(&mut h);
+        limit.resources.hash(&mut h);
+        h.write_u64(limit.runs);
     }
     h.finish()
 }

@@ -1,7 +1,7 @@
 //! Why a run waits or was rejected: a stable code, a sentence with the numbers,
 //! and the limits that block it.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -251,7 +251,7 @@ impl Reason {
         g: &GroupRequest,
         groups: usize,
         placed: &[Placement],
-        blockers: &[Rc<Reason>],
+        blockers: &[Arc<Reason>],
     ) -> Reason {
         let code = blockers
             .iter()

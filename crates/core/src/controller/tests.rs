@@ -1025,6 +1025,70 @@ fn blocked_pools_are_explained_for_each_tenant_and_need() {
 }
 
 #[test]
+fn a_lone_groups_reason_is_shared_only_where_it_reads_nothing_of_the_tenant_or_the_run() {
+    // Pool p has cpu 2 free, held for run 3; b uses the rest. Runs of a, b
+    // and c need 2 cpu each and are tried in that order with the pool as it
+    // is: a's waits behind the hold, b's would pass b's limit in p, c's
+    // holds the room.
+    let mut p = pool("p", 4, 64);
+    p.used = Resources::new(2000, 0, 0);
+    p.workers = 1;
+    p.reserved = Some((RunId(3), Resources::new(2000, 0, 0)));
+    let mut b = tenant("b");
+    b.pool_limits.insert(
+        "p".into(),
+        Quota {
+            resources: Resources::new(3000, u64::MAX, u64::MAX),
+            runs: 10,
+        },
+    );
+    b.used = p.used;
+    b.runs = 1;
+    b.held.insert(
+        "p".into(),
+        Held {
+            resources: p.used,
+            runs: 1,
+        },
+    );
+    // In fair share b goes before c: c has used more of late.
+    let mut c = tenant("c");
+    c.recent = [3000.0, 0.0, 0.0];
+    let snap = snapshot(vec![p], vec![tenant("a"), b, c]);
+    let d = decide_list(&snap, vec![run(1, "a", 2), run(2, "b", 2), run(3, "c", 2)]);
+    assert_eq!(d.admitted(), vec![3]);
+    assert_eq!(d.reason(1).code, ReasonCode::Reserved, "{:?}", d.reason(1));
+    assert_eq!(d.reason(2).code, ReasonCode::PoolLimit, "{:?}", d.reason(2));
+}
+
+#[test]
+fn a_group_that_names_its_pools_is_told_those_its_tenant_may_not_use() {
+    // Both runs may only use q of the pools they select, both full; the one
+    // whose group would take any pool is tried first.
+    let mut p = pool("p", 4, 64);
+    p.used = Resources::new(4000, 0, 0);
+    p.labels.insert("zone".into(), "z".into());
+    let mut q = pool("q", 4, 64);
+    q.used = Resources::new(4000, 0, 0);
+    q.labels.insert("zone".into(), "z".into());
+    let mut a = tenant("a");
+    a.allowed_pools = Some(vec!["q".into()]);
+    let snap = snapshot(vec![p, q], vec![a]);
+    let mut labelled = run(2, "a", 1);
+    labelled.groups[0]
+        .selector
+        .labels
+        .insert("zone".into(), "z".into());
+    let d = decide_list(&snap, vec![run(1, "a", 1), labelled]);
+    let full = "pool q: cpu 4/4 in use, run needs 1";
+    assert_eq!(d.reason(1).message, full);
+    assert_eq!(
+        d.reason(2).message,
+        format!("pool p: tenant a is not allowed to use it (allowed pools: q); {full}")
+    );
+}
+
+#[test]
 fn no_agent_room_is_told_as_agents_are_after_earlier_admissions() {
     let snap = snapshot(
         vec![static_pool("metal", &[(1, 4), (2, 3)])],

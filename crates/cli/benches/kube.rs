@@ -15,6 +15,8 @@
 //!    submit, each needing a worker of its own, timed from the submit until
 //!    the fake has created every pod.
 
+// Shared with the scale bench, which uses all of it; this one, a part.
+#[allow(dead_code)]
 #[path = "support/server.rs"]
 mod server;
 
@@ -23,7 +25,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use corral_api::{SubmittedRuns, RunSummary};
+use corral_api::{RunSummary, SubmittedRuns};
 use corral_kubefake::{FakeCluster, Options};
 
 use server::{Api, ServerProcess};
@@ -85,7 +87,11 @@ async fn main() -> Result<()> {
         work_dir: dir.join("pods"),
     })
     .await;
-    fake.add_node("node-1", BTreeMap::new(), map(&[("cpu", "512"), ("memory", "2Ti")]));
+    fake.add_node(
+        "node-1",
+        BTreeMap::new(),
+        map(&[("cpu", "512"), ("memory", "2Ti")]),
+    );
     let kubeconfig = dir.join("kubeconfig");
     fake.write_kubeconfig(&kubeconfig);
     let kubeconfig = kubeconfig.display().to_string();

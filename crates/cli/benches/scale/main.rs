@@ -596,12 +596,15 @@ async fn bench(config: Config) -> Result<()> {
     });
     // One client address holds every simulated agent's poll, readers and
     // submits: lift the per-address cap above them.
-    let server = ServerProcess::start("scale", &[
-        "--max-connections-per-address",
-        "3500",
-        "--starvation-after",
-        "24h",
-    ])
+    let server = ServerProcess::start(
+        "scale",
+        &[
+            "--max-connections-per-address",
+            "3500",
+            "--starvation-after",
+            "24h",
+        ],
+    )
     .await?;
     println!(
         "corral scale bench: server pid {} ({}), {} runs of {} tenants x {} shapes ({} classes); load average {}",

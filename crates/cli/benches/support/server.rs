@@ -3,7 +3,6 @@
 //! when dropped), HTTP calls to it, and what is read from outside the process
 //! (its RSS).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -115,7 +115,9 @@ impl Engine {
             .filter(|w| of_kind(&state, &w.record.pool))
             .filter_map(|w| {
                 let problem = listed.get(w.record.name.as_str())?.problem.as_ref()?;
-                problem.fatal.then(|| (w.record.id, problem.message.clone()))
+                problem
+                    .fatal
+                    .then(|| (w.record.id, problem.message.clone()))
             })
             .collect();
         state.ended.extend(ended);

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use corral_core::error::FieldError;
 use corral_core::pool::PoolSpec;
 
 use super::{Existing, Problem, Provider, ProviderError, WorkerRequest};
@@ -21,6 +22,8 @@ struct Book {
     problems: BTreeMap<String, Problem>,
     failing: u32,
     hanging: bool,
+    /// What `check` finds wrong with every pool.
+    refusals: Vec<FieldError>,
 }
 
 /// A provider whose workers are names in memory.
@@ -64,6 +67,11 @@ impl FakeProvider {
             Some(p) => book.problems.insert(name.to_string(), p),
             None => book.problems.remove(name),
         };
+    }
+
+    /// From now on, `check` finds `problems` in every pool.
+    pub fn refuse_pools(&self, problems: Vec<FieldError>) {
+        self.book().refusals = problems;
     }
 
     /// The workers it holds, by name.
@@ -140,5 +148,9 @@ impl Provider for FakeProvider {
     /// Its book is always current.
     fn watches(&self) -> bool {
         true
+    }
+
+    fn check(&self, _pool: &PoolSpec) -> Vec<FieldError> {
+        self.book().refusals.clone()
     }
 }

@@ -286,6 +286,42 @@ async fn pods_are_made_read_their_credential_are_listed_adopted_and_deleted() {
     .expect("a written pool");
     assert_eq!(provider.capacity(&written).await.expect("capacity"), None);
 
+    // A pod evicted, or whose agent is OOM-killed, will never come up.
+    for (name, ends, expected) in [
+        (
+            "box-10-0",
+            "evict",
+            "pod box-10-0: evicted: The node was low on resource: memory.",
+        ),
+        (
+            "box-11-0",
+            "oom",
+            "pod box-11-0: container agent was killed for using more memory than its limit (OOMKilled)",
+        ),
+    ] {
+        let small = request(&box_pool, name, Resources::new(500, 512, 0), "small");
+        provider.create(&small).await.expect("create a small one");
+        let started = seen.join(format!("{name}.credential"));
+        until("the small pod's agent to start", || async {
+            std::fs::read_to_string(&started)
+                .ok()
+                .filter(|c| !c.is_empty())
+        })
+        .await;
+        match ends {
+            "evict" => cluster.evict("ci", name),
+            _ => cluster.oom_kill("ci", name),
+        }
+        let problem = until("the ended pod's problem", || async {
+            listed(&provider, &pools, name)
+                .await
+                .pop()
+                .and_then(|e| e.problem)
+        })
+        .await;
+        assert_eq!((problem.message.as_str(), problem.fatal), (expected, true));
+    }
+
     // Deleted: the pod, its process and its secret go.
     let pid_count = cluster.pids().len();
     provider.delete(&reference).await.expect("delete");

@@ -351,3 +351,14 @@ async fn pods_are_made_read_their_credential_are_listed_adopted_and_deleted() {
         .expect("deleting what is gone");
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_kubeconfig_that_cannot_be_read_stops_the_provider_with_its_path() {
+    let missing = std::env::temp_dir().join(format!("corral-no-kubeconfig-{}", std::process::id()));
+    let err = match KubernetesProvider::connect(Some(missing.clone()), None).await {
+        Ok(_) => panic!("a missing kubeconfig is an error"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.starts_with("kubernetes config: "), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+}

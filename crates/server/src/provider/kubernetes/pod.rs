@@ -570,7 +570,11 @@ mod tests {
         let agent = &spec["containers"][0];
         assert_eq!(agent["image"], "registry.example/corral:0.4");
         assert_eq!(agent["securityContext"]["runAsNonRoot"], true);
-        assert_eq!(agent["args"], json!([]), "the agent's command line is corral's");
+        assert_eq!(
+            agent["args"],
+            json!([]),
+            "the agent's command line is corral's"
+        );
         assert_eq!(
             agent["env"],
             json!([{"name": "CORRAL_POOL", "value": "box"}, {"name": "EXTRA", "value": "1"}])

@@ -174,6 +174,21 @@ async fn pods_are_made_read_their_credential_are_listed_adopted_and_deleted() {
         "ci/box-7-0"
     );
     assert_eq!(cluster.pods_created(), 1, "one pod made for two creates");
+    // A restarted server's provider finds the pod, and adopts it.
+    let restarted = KubernetesProvider::connect(
+        Some(kubeconfig.clone()),
+        Some("http://corral.example:7700".into()),
+    )
+    .await
+    .expect("connects again")
+    .expect("a cluster is configured");
+    assert_eq!(listed(&restarted, &pools, "box-7-0").await, up);
+    assert_eq!(
+        restarted.create(&again).await.expect("adopted"),
+        "ci/box-7-0"
+    );
+    assert_eq!(cluster.pods_created(), 1, "still one pod after a restart");
+    drop(restarted);
     let secret = cluster
         .secrets()
         .into_iter()

@@ -157,7 +157,7 @@ enum Command {
         /// retried).
         #[arg(long, default_value_t = 6)]
         heartbeat_timeout: u64,
-        /// Seconds an idle local worker is kept warm.
+        /// Seconds an idle worker a provider made (a local agent, a pod) is kept warm.
         #[arg(long, default_value_t = 120)]
         idle_ttl: u64,
         /// How groups are placed among pools (and static agents) with room.
@@ -207,6 +207,10 @@ enum Command {
         /// long is deleted and asked for again, from 1s to 1h.
         #[arg(long, default_value = "30s", value_parser = parse_spawn_timeout)]
         spawn_timeout: Duration,
+        /// How often a `capacity: auto` pool is sized again by its provider,
+        /// from 1s to 1h.
+        #[arg(long, default_value = "30s", value_parser = parse_spawn_timeout)]
+        capacity_refresh: Duration,
         /// The program the local provider starts as `PROGRAM agent ...` (by
         /// default this binary): a wrapper that prepares each local agent's
         /// host, say, and execs corral.
@@ -509,6 +513,7 @@ fn parse_sample_interval(text: &str) -> Result<Duration, String> {
     corral_core::history::parse_interval_ms(text).map(Duration::from_millis)
 }
 
+/// A duration from 1s to 1h.
 fn parse_spawn_timeout(text: &str) -> Result<Duration, String> {
     let timeout = parse_duration(text)?;
     if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&timeout) {
@@ -591,6 +596,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             sample_interval,
             currency,
             spawn_timeout,
+            capacity_refresh,
             local_agent_exe,
             kubeconfig,
             advertise_url,
@@ -626,6 +632,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     sample_interval,
                     currency,
                     spawn_timeout,
+                    capacity_refresh,
                     ..EngineConfig::default()
                 },
                 tick: Duration::from_millis(500),

@@ -145,6 +145,7 @@ fn pools(scale: u64, max_workers: u32) -> Vec<PoolView> {
                 max_workers,
                 used: Resources::ZERO,
                 workers: 0,
+                elastic: agents.is_some(),
                 agents,
                 reserved: None,
             }

@@ -82,6 +82,10 @@ pub struct PoolView {
     pub workers: u32,
     /// A static pool's live agents: a group must fit on one of them.
     pub agents: Option<Vec<AgentView>>,
+    /// Its capacity comes and goes (a static pool's agents, the nodes of a
+    /// `capacity: auto` pool): a group larger than it now may fit later, so
+    /// it is waited for, never rejected.
+    pub elastic: bool,
     /// Held for a starving run during this cycle.
     pub reserved: Option<(RunId, Resources)>,
 }
@@ -98,6 +102,7 @@ impl PoolView {
             _ => (spec.capacity(), None),
         };
         PoolView {
+            elastic: spec.provider == Provider::Static || spec.auto_capacity(),
             name: spec.name.clone(),
             state: spec.state,
             labels: spec.labels.clone(),
@@ -957,7 +962,7 @@ fn ever_fits(
         };
         if !allowed
             .clone()
-            .any(|p| (p.agents.is_some() || g.resources.fits_in(&p.capacity)) && within(p))
+            .any(|p| (p.elastic || g.resources.fits_in(&p.capacity)) && within(p))
         {
             let largest = allowed
                 .map(|p| match tenant.pool_limits.get(&p.name) {

@@ -42,12 +42,14 @@ use crate::state::State;
 mod agent_fields;
 mod agents;
 pub mod alerts;
+mod capacity;
 mod catalog;
 mod health;
 mod heartbeats;
 mod logs;
 mod provision;
 mod sessions;
+mod watch;
 
 pub use health::{BackgroundWorkerDown, Readiness, StoreWatch};
 pub use logs::{LogArrival, OutputLimits};
@@ -100,6 +102,8 @@ pub struct EngineConfig {
     pub max_poll_wait: Duration,
     /// A spawned worker that has not registered after this long is spawned again.
     pub spawn_timeout: Duration,
+    /// How often a `capacity: auto` pool is sized again.
+    pub capacity_refresh: Duration,
     /// Placement policy and when a waiting run gets a reservation.
     pub policy: Policy,
     /// Half-life of the recent usage that fair share counts.
@@ -128,6 +132,7 @@ impl Default for EngineConfig {
             idle_ttl: Duration::from_secs(120),
             max_poll_wait: Duration::from_secs(20),
             spawn_timeout: Duration::from_secs(30),
+            capacity_refresh: Duration::from_secs(30),
             policy: Policy::default(),
             fair_share_half_life: Duration::from_secs(3600),
             priority_classes: PriorityClasses::default(),
@@ -940,8 +945,9 @@ impl Engine {
         fx.controller = true;
     }
 
-    /// Retires local workers idle for longer than `idle_ttl`, or idle in a
-    /// pool that is not active. Static agents stay: their operators own them.
+    /// Retires the workers providers made (local agents, pods) idle for longer
+    /// than `idle_ttl`, or idle in a pool that is not active. Static agents
+    /// stay: their operators own them.
     fn retire_idle_workers(&self, state: &mut State, fx: &mut Effects) {
         let now = self.now();
         let ttl = ms(self.config.idle_ttl);
@@ -950,11 +956,11 @@ impl Engine {
             .values()
             .filter(|w| {
                 let pool = state.pools.get(&w.record.pool);
-                let local = pool.is_none_or(|p| p.spec.provider == Provider::Local);
+                let made = pool.is_none_or(|p| p.spec.provider != Provider::Static);
                 let active = pool.is_some_and(|p| p.spec.state == PoolState::Active);
-                local
-                    && w.idle_since
-                        .is_some_and(|t| !active || now.millis_since(t) > ttl)
+                made && w
+                    .idle_since
+                    .is_some_and(|t| !active || now.millis_since(t) > ttl)
             })
             .map(|w| {
                 Write::PutWorker(WorkerRecord {

@@ -239,6 +239,12 @@ impl SpendBook {
         self.capacities.insert(change.pool.clone(), change.capacity);
     }
 
+    /// The last capacity recorded for `pool`: a `capacity: auto` pool's is
+    /// what its provider last found.
+    pub fn capacity(&self, pool: &str) -> Option<Resources> {
+        self.capacities.get(pool).copied()
+    }
+
     /// Counts a successful run of a pipeline (its name and `content_key`) that
     /// held its allocations for `ms`.
     pub fn record_duration(&mut self, tenant: &str, pipeline: &str, content: u64, ms: i64) {
@@ -468,10 +474,13 @@ impl State {
         })
     }
 
-    /// What a pool offers now: a static pool its live agents' capacity, any
-    /// other its own.
+    /// What a pool offers now: a static pool its live agents' capacity, a
+    /// `capacity: auto` pool what its provider last found, any other its own.
     fn pool_capacity(&self, pool: &str) -> Option<Resources> {
         let p = self.pools.get(pool)?;
+        if p.spec.auto_capacity() {
+            return Some(self.spend.capacity(pool).unwrap_or(Resources::ZERO));
+        }
         Some(match p.spec.provider {
             Provider::Static => self
                 .workers

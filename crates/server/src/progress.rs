@@ -2,7 +2,7 @@
 //! collects the writes that persist the result.
 
 use corral_core::clock::Timestamp;
-use corral_core::controller::Reason;
+use corral_core::controller::{Reason, ReasonCode};
 use corral_core::ids::{RunId, WorkerId};
 use corral_core::run::{
     AttemptState, RunState, StepState, after_attempt, outcome, ready_steps, skip_unreachable,
@@ -213,11 +213,32 @@ impl RunUpdate {
         }
     }
 
-    /// Binds a group's allocation to a worker.
+    /// Binds a group's allocation to a worker. A run that said it waits for
+    /// its worker no longer does once every group has one.
     pub fn bind(&mut self, group: u32, worker: Option<WorkerId>) {
         if let Some(alloc) = self.run.allocations.iter_mut().find(|a| a.group == group) {
             alloc.worker_id = worker;
             self.writes.push(Write::PutAllocation(alloc.clone()));
         }
+        let waits_for_worker = self
+            .run
+            .record
+            .reason
+            .as_ref()
+            .is_some_and(|r| r.code == ReasonCode::WorkerPending);
+        if waits_for_worker && self.run.allocations.iter().all(|a| a.worker_id.is_some()) {
+            self.set_reason(None);
+        }
+    }
+
+    /// Says why the run waits while its state stays (an admitted run waiting
+    /// for its worker), or that it no longer does.
+    pub fn set_reason(&mut self, reason: Option<Reason>) {
+        if self.run.record.reason == reason {
+            return;
+        }
+        self.run.record.reason = reason;
+        self.run.record.updated_at = self.now;
+        self.writes.push(Write::PutRun(self.run.record.clone()));
     }
 }

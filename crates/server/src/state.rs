@@ -594,7 +594,8 @@ impl State {
     }
 
     /// The snapshot with nothing in use: pools' capacities (a static pool's from
-    /// its live agents) and tenants' quotas.
+    /// its live agents, an auto pool's as its provider last found it) and
+    /// tenants' quotas.
     pub fn capacities(&self) -> Snapshot {
         let pools = self
             .pools
@@ -612,7 +613,14 @@ impl State {
                 } else {
                     Vec::new()
                 };
-                (p.spec.name.clone(), PoolView::new(&p.spec, agents))
+                let mut view = PoolView::new(&p.spec, agents);
+                if p.spec.auto_capacity() {
+                    view.capacity = self
+                        .spend
+                        .capacity(&p.spec.name)
+                        .unwrap_or(corral_core::resources::Resources::ZERO);
+                }
+                (p.spec.name.clone(), view)
             })
             .collect();
         let tenants = self

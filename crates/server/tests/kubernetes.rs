@@ -37,7 +37,7 @@ impl Drop for Cleanup {
 fn write_agent(bin: &Path, seen: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let script = format!(
-        "#!/bin/sh\ncat /var/run/corral/credential > {seen}/$HOSTNAME.credential\necho \"$@\" > {seen}/$HOSTNAME.args\nexec sleep 300\n",
+        "#!/bin/sh\ncat /var/run/secrets/corral/credential > {seen}/$HOSTNAME.credential\necho \"$@\" > {seen}/$HOSTNAME.args\nexec sleep 300\n",
         seen = seen.display()
     );
     let path = bin.join("corral");

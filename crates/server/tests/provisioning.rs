@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use corral_api::{RegisterRequest, ResourcesView};
 use corral_core::clock::{ManualClock, Timestamp};
+use corral_core::controller::ReasonCode;
 use corral_core::ids::{RunId, WorkerId};
 use corral_core::manifest::{Document, parse_documents};
 use corral_core::pool::Provider as PoolProvider;
 use corral_core::run::RunState;
 use corral_server::auth::Principal;
 use corral_server::engine::{Engine, EngineConfig};
-use corral_server::provider::Providers;
 use corral_server::provider::fake::FakeProvider;
+use corral_server::provider::{Problem, Providers};
 use corral_store::{SqlStore, WorkerRequestRecord, WorkerRequestState};
 
 const CLUSTER: &str = "kind: Pool\nname: box\ncapacity: {cpu: 4, memory: 8Gi}\nmax_workers: 2\n---\nkind: Tenant\nname: t\n";
@@ -43,11 +44,25 @@ struct Harness {
     committer: tokio::task::JoinHandle<String>,
     clock: Arc<ManualClock>,
     fake: Arc<FakeProvider>,
+    /// The provider of `kubernetes` pools: it only sizes auto pools here.
+    kube: Arc<FakeProvider>,
     dir: Arc<Scratch>,
 }
 
 impl Harness {
     async fn new(label: &str) -> Harness {
+        Harness::with(label, Arc::default()).await
+    }
+
+    /// A harness whose fake provider says it watches its workers, so that the
+    /// engine reads what it says of them every second.
+    async fn watching(label: &str) -> Harness {
+        let fake = Arc::new(FakeProvider::default());
+        fake.watch();
+        Harness::with(label, fake).await
+    }
+
+    async fn with(label: &str, fake: Arc<FakeProvider>) -> Harness {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -57,7 +72,7 @@ impl Harness {
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
-        let h = Harness::load(Arc::new(Scratch(dir)), clock, Arc::default()).await;
+        let h = Harness::load(Arc::new(Scratch(dir)), clock, fake, Arc::default()).await;
         for doc in parse_documents(CLUSTER).expect("yaml") {
             match doc {
                 Document::Pool(p) => {
@@ -77,13 +92,28 @@ impl Harness {
 
     /// An engine on `dir`'s store whose local pools are `fake`'s, with its
     /// committer and provisioning worker running, reconciled as at start.
-    async fn load(dir: Arc<Scratch>, clock: Arc<ManualClock>, fake: Arc<FakeProvider>) -> Harness {
+    async fn load(
+        dir: Arc<Scratch>,
+        clock: Arc<ManualClock>,
+        fake: Arc<FakeProvider>,
+        kube: Arc<FakeProvider>,
+    ) -> Harness {
         let store = Arc::new(SqlStore::open_sqlite(&dir.0).await.expect("store"));
-        let providers = Providers::default().with(PoolProvider::Local, fake.clone());
+        let providers = Providers::default()
+            .with(PoolProvider::Local, fake.clone())
+            .with(PoolProvider::Kubernetes, kube.clone());
         let engine = Arc::new(
-            Engine::load(store, clock.clone(), EngineConfig::default(), providers)
-                .await
-                .expect("engine"),
+            Engine::load(
+                store,
+                clock.clone(),
+                EngineConfig {
+                    capacity_refresh: Duration::from_secs(1),
+                    ..EngineConfig::default()
+                },
+                providers,
+            )
+            .await
+            .expect("engine"),
         );
         let committer = {
             let engine = engine.clone();
@@ -96,13 +126,20 @@ impl Harness {
             committer,
             clock,
             fake,
+            kube,
             dir,
         }
     }
 
     /// The engine of a restarted server on the same store and provider.
     async fn restart(&self) -> Harness {
-        Harness::load(self.dir.clone(), self.clock.clone(), self.fake.clone()).await
+        Harness::load(
+            self.dir.clone(),
+            self.clock.clone(),
+            self.fake.clone(),
+            self.kube.clone(),
+        )
+        .await
     }
 
     async fn submit(&self) -> RunId {
@@ -396,4 +433,202 @@ async fn a_dropped_request_s_credential_is_refused_before_the_drop_commits() {
     );
     assert!(!operated.is_finished());
     operated.abort();
+}
+
+/// Waits until `check` holds, polling; panics with `what` after ten seconds.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_provider_says_of_a_worker_is_its_run_s_reason_and_a_worker_that_cannot_start_is_replaced_until_the_third()
+ {
+    let h = Harness::watching("problems").await;
+    let run = h.submit().await;
+    h.engine.cycle().await.expect("cycle");
+    let first = h.request_in(WorkerRequestState::Created).await;
+    let reason = async || {
+        h.engine.read().await.runs[&run]
+            .record
+            .reason
+            .as_ref()
+            .map(|r| (r.code, r.message.clone()))
+    };
+    let unschedulable = "pod box-1-0: 0/3 nodes are available: 3 Insufficient cpu.";
+    h.fake.set_problem(
+        &first.name,
+        Some(Problem {
+            message: unschedulable.into(),
+            fatal: false,
+        }),
+    );
+    until("the run says why its worker is not up", async || {
+        reason().await == Some((ReasonCode::WorkerPending, unschedulable.into()))
+    })
+    .await;
+    assert_eq!(
+        h.engine.read().await.runs[&run].record.state,
+        RunState::Provisioning
+    );
+    // Past its deadline it is waited for, not replaced: another pod would
+    // wait for the same nodes.
+    h.clock.advance(60_000);
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(
+        h.requests()
+            .await
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>(),
+        vec![first.name.clone()]
+    );
+    // Scheduled at last: the reason goes, and its agent registers.
+    h.fake.set_problem(&first.name, None);
+    until("the reason is gone", async || reason().await.is_none()).await;
+    h.engine.cycle().await.expect("cycle");
+    assert_eq!(h.requests().await.len(), 1, "not replaced once going");
+
+    // A worker that will never come up is replaced at once, under a new name,
+    // and the third that does not fails the run with the last one's reason.
+    for (generation, name) in ["box-1-0", "box-1-1", "box-1-2"].into_iter().enumerate() {
+        until("the request of this generation is created", async || {
+            h.requests()
+                .await
+                .first()
+                .is_some_and(|r| r.name == name && r.state == WorkerRequestState::Created)
+        })
+        .await;
+        h.fake.set_problem(
+            name,
+            Some(Problem {
+                message: format!("pod {name}: ErrImagePull: image \"nope:1\" not found"),
+                fatal: true,
+            }),
+        );
+        until("the worker is deleted", async || {
+            h.fake.deletes().iter().any(|d| d == name)
+        })
+        .await;
+        assert_eq!(h.fake.deletes().len(), generation + 1);
+    }
+    until("the run fails", async || {
+        h.engine
+            .read()
+            .await
+            .runs
+            .get(&run)
+            .is_none_or(|r| r.record.state.is_terminal())
+    })
+    .await;
+    let stored = h
+        .engine
+        .store()
+        .run(run)
+        .await
+        .expect("read")
+        .expect("the run");
+    assert_eq!(stored.run.state, RunState::Failed);
+    let why = stored.run.reason.expect("a reason");
+    assert_eq!(why.code, ReasonCode::WorkerPending);
+    assert!(
+        why.message.contains("none of the 3 workers")
+            && why.message.contains("pod box-1-2: ErrImagePull"),
+        "{}",
+        why.message
+    );
+    assert!(h.requests().await.is_empty());
+    assert_eq!(h.fake.creates(), vec!["box-1-0", "box-1-1", "box-1-2"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_neither_asked_for_nor_registered_is_deleted() {
+    let h = Harness::watching("unneeded").await;
+    h.fake.insert("box-99-0");
+    until("the stray worker is deleted", async || {
+        h.fake.deletes() == vec!["box-99-0".to_string()]
+    })
+    .await;
+    // A worker that registered is needed while it lives.
+    let run = h.submit().await;
+    h.engine.cycle().await.expect("cycle");
+    let request = h.request_in(WorkerRequestState::Created).await;
+    let worker = h.register_created(&request.name).await;
+    assert_eq!(h.bound_to(run).await, Some(worker));
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(h.fake.deletes(), vec!["box-99-0".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_pool_offers_what_its_provider_finds_and_a_run_larger_waits_for_it() {
+    let h = Harness::new("auto").await;
+    let gib = |g: u64| g * 1024;
+    h.kube
+        .set_capacity(Some(corral_core::resources::Resources::new(
+            2000,
+            gib(4),
+            0,
+        )));
+    let pool = "kind: Pool\nname: kube\nprovider: kubernetes\ncapacity: auto\nkubernetes: {namespace: workers, image: 'corral:test'}\n";
+    for doc in parse_documents(pool).expect("yaml") {
+        let Document::Pool(p) = doc else {
+            unreachable!("a pool")
+        };
+        h.engine.put_pool(&admin(), p, false).await.expect("pool");
+    }
+    let offered = async || {
+        h.engine
+            .read_model()
+            .view()
+            .snapshot
+            .pools
+            .get("kube")
+            .map(|p| p.capacity)
+    };
+    until("the pool is sized", async || {
+        offered().await == Some(corral_core::resources::Resources::new(2000, gib(4), 0))
+    })
+    .await;
+    // Larger than the pool is now: it waits (nodes may come), never rejected.
+    let yaml = "kind: Pipeline\nname: big\ntenant: t\nsteps:\n  - {name: s, run: 'true', pool: kube, resources: {cpu: 4, memory: 1Gi}}\n";
+    let run = h
+        .engine
+        .submit(&admin(), yaml)
+        .await
+        .expect("submit")
+        .run
+        .id;
+    h.engine.cycle().await.expect("cycle");
+    let waiting = h.engine.read().await.runs[&run].record.clone();
+    assert_eq!(waiting.state, RunState::Queued);
+    let reason = h
+        .engine
+        .read_model()
+        .view()
+        .waiting
+        .values()
+        .next()
+        .map(|r| r.code);
+    assert_eq!(reason, Some(ReasonCode::PoolFull));
+    h.kube
+        .set_capacity(Some(corral_core::resources::Resources::new(
+            8000,
+            gib(16),
+            0,
+        )));
+    until("the pool is sized again", async || {
+        offered().await == Some(corral_core::resources::Resources::new(8000, gib(16), 0))
+    })
+    .await;
+    h.engine.cycle().await.expect("cycle");
+    assert_ne!(
+        h.engine.read().await.runs[&run].record.state,
+        RunState::Queued,
+        "admitted on the capacity found"
+    );
 }

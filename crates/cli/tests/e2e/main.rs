@@ -26,6 +26,8 @@ mod governance;
 mod harness;
 mod history;
 mod hostile;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod metering;
 mod metrics;
 mod one_writer;

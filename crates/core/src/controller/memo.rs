@@ -286,6 +286,7 @@ fn fixed_of_pool(pool: &PoolView, h: &mut FxHasher) {
     h.write_u64(pool.price.gpu_hour.to_bits());
     h.write_u32(pool.max_workers);
     pool.agents.is_some().hash(h);
+    pool.elastic.hash(h);
 }
 
 /// A pool's state, capacity, use and reservation, its agents' included.

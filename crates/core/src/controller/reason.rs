@@ -31,6 +31,10 @@ pub enum ReasonCode {
     NoAgents,
     GangPartnerFull,
     Reserved,
+    /// Admitted, and its worker has not come up: the provider says why (a pod
+    /// that cannot be scheduled, an image that cannot be pulled), or, for a
+    /// failed run, none of the workers asked for it did.
+    WorkerPending,
 }
 
 /// What holds a waiting run back, by kind: what an operator would change to
@@ -79,7 +83,7 @@ impl ReasonCode {
     pub fn blocker(self) -> Blocker {
         use ReasonCode::*;
         match self {
-            PoolFull | PoolMaxWorkers | NoAgents => Blocker::Capacity,
+            PoolFull | PoolMaxWorkers | NoAgents | WorkerPending => Blocker::Capacity,
             TenantQuota | TenantRuns | PoolLimit | LargerThanQuota => Blocker::Quota,
             TenantBudget => Blocker::Budget,
             Reserved => Blocker::Reservation,
@@ -339,6 +343,10 @@ impl Reason {
             ),
             ReasonCode::GangPartnerFull => format!(
                 "It waits because its groups are admitted together or not at all: {}.",
+                self.message
+            ),
+            ReasonCode::WorkerPending => format!(
+                "It waits for its worker to start: {}. It runs once the worker registers; a worker that cannot start is deleted and asked for again, and the run fails after three.",
                 self.message
             ),
             ReasonCode::Reserved => format!(

@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 
+use corral_core::controller::{Reason, ReasonCode};
 use corral_core::pool::Provider as PoolProvider;
 use corral_store::{WorkerRequestRecord, WorkerRequestState};
 
@@ -21,6 +22,10 @@ use super::*;
 use crate::background::{Job, JobError, Progress, Restart};
 use crate::provider::{Providers, WorkerRequest, worker_name};
 
+/// How many workers an allocation is given, each asked for when the last did
+/// not come up (past its deadline, or ended before registering), before its
+/// run fails: as a step lost with its worker runs at most three times.
+const WORKER_TRIES: u32 = 3;
 /// How many provider calls run at once.
 const CONCURRENT_CALLS: usize = 8;
 /// The longest a provider's delete or list may take.
@@ -259,6 +264,7 @@ impl Engine {
                 continue;
             };
             let mut provisioning = false;
+            let mut failed = None;
             for (group, id) in groups {
                 let Some(alloc) = update.run.allocations.iter().find(|a| a.id == id).cloned()
                 else {
@@ -293,6 +299,9 @@ impl Engine {
                     continue;
                 };
                 let template = WorkerTemplate::for_group(g, &alloc.pool, &pool.spec.labels);
+                let problem = request
+                    .as_ref()
+                    .and_then(|r| state.unbound.problem(&r.name));
                 let generation = match &request {
                     Some(r) if now < r.deadline => {
                         if r.state == WorkerRequestState::Failed {
@@ -301,10 +310,37 @@ impl Engine {
                         provisioning = true;
                         continue;
                     }
+                    // Its provider says why it is not up yet and that it may
+                    // still come (a pod waiting to be scheduled): another
+                    // would wait for the same.
+                    Some(_) if problem.is_some_and(|p| !p.fatal) => {
+                        provisioning = true;
+                        continue;
+                    }
                     Some(r) => {
-                        tracing::warn!(worker = %r.name, allocation = %alloc.id, attempts = r.attempts, "the worker did not register before its deadline; deleting it and asking for another");
+                        let why = problem.map_or_else(
+                            || {
+                                format!(
+                                    "worker {} did not register within {}s",
+                                    r.name,
+                                    self.config.spawn_timeout.as_secs()
+                                )
+                            },
+                            |p| p.message.clone(),
+                        );
                         plan.drop_request(Some(kind), r);
                         *alive = alive.saturating_sub(1);
+                        if r.generation.saturating_add(1) >= WORKER_TRIES {
+                            tracing::warn!(worker = %r.name, allocation = %alloc.id, "no worker asked for the allocation came up; failing its run: {why}");
+                            failed = Some(Reason::simple(
+                                ReasonCode::WorkerPending,
+                                format!(
+                                    "none of the {WORKER_TRIES} workers asked for group {group} came up; the last: {why}"
+                                ),
+                            ));
+                            break;
+                        }
+                        tracing::warn!(worker = %r.name, allocation = %alloc.id, attempts = r.attempts, "deleting a worker that did not come up and asking for another: {why}");
                         r.generation.saturating_add(1)
                     }
                     None => 0,
@@ -356,10 +392,14 @@ impl Engine {
                 *alive += 1;
                 provisioning = true;
             }
-            if provisioning && update.run.record.state == RunState::Admitted {
-                update.set_run_state(RunState::Provisioning);
+            if let Some(reason) = failed {
+                update.finish_with(RunState::Failed, Some(reason));
+            } else {
+                if provisioning && update.run.record.state == RunState::Admitted {
+                    update.set_run_state(RunState::Provisioning);
+                }
+                update.advance(state);
             }
-            update.advance(state);
             plan.writes.append(&mut update.done(state));
         }
         plan
@@ -394,13 +434,35 @@ impl Engine {
         self.orders.push(orders);
     }
 
-    /// Starts the provisioning worker, which makes the provider calls.
+    /// Starts the provisioning worker, which makes the provider calls, and,
+    /// when a provider watches its workers, the provider watch.
     pub fn start_provisioner(self: &Arc<Self>) {
         let engine = self.clone();
         self.background
             .start("provisioning", true, Restart::WithBackoff, move || {
                 Provisioner::new(engine.clone())
             });
+        if self
+            .providers
+            .all()
+            .any(|(_, p)| p.provisions() && p.watches())
+        {
+            let engine = self.clone();
+            self.background
+                .start("provider-watch", false, Restart::WithBackoff, move || {
+                    super::watch::ProviderWatch::new(engine.clone())
+                });
+        }
+        if self.providers.of(PoolProvider::Kubernetes).is_some() {
+            let engine = self.clone();
+            self.background
+                .start("pool-capacity", false, Restart::WithBackoff, move || {
+                    super::capacity::PoolCapacity::new(
+                        engine.clone(),
+                        engine.config.capacity_refresh,
+                    )
+                });
+        }
     }
 
     async fn carry_out(&self, order: Order) {
@@ -594,7 +656,7 @@ impl Engine {
 
 impl Engine {
     /// The pools of `kind`, as committed.
-    fn pools_of(&self, kind: PoolProvider) -> Vec<PoolSpec> {
+    pub(super) fn pools_of(&self, kind: PoolProvider) -> Vec<PoolSpec> {
         self.read_model()
             .view()
             .pools

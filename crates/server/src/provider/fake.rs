@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use corral_core::error::FieldError;
 use corral_core::pool::PoolSpec;
+use corral_core::resources::Resources;
 
 use super::{Existing, Problem, Provider, ProviderError, WorkerRequest};
 
@@ -24,6 +25,9 @@ struct Book {
     hanging: bool,
     /// What `check` finds wrong with every pool.
     refusals: Vec<FieldError>,
+    watching: bool,
+    /// What `capacity` finds for an auto pool.
+    capacity: Option<Resources>,
 }
 
 /// A provider whose workers are names in memory.
@@ -47,6 +51,17 @@ impl FakeProvider {
     /// Creates hang (never answer) until told otherwise.
     pub fn hang(&self, hanging: bool) {
         self.book().hanging = hanging;
+    }
+
+    /// From now on it says it watches its workers, so that the engine reads
+    /// its list every second (set before the provisioning worker starts).
+    pub fn watch(&self) {
+        self.book().watching = true;
+    }
+
+    /// From now on `capacity` finds `capacity` for every auto pool.
+    pub fn set_capacity(&self, capacity: Option<Resources>) {
+        self.book().capacity = capacity;
     }
 
     /// A worker it holds that nobody asked for (as one left by a crash).
@@ -145,9 +160,13 @@ impl Provider for FakeProvider {
             .collect())
     }
 
-    /// Its book is always current.
+    async fn capacity(&self, _pool: &PoolSpec) -> Result<Option<Resources>, ProviderError> {
+        Ok(self.book().capacity)
+    }
+
+    /// Its book is always current; it says so once told to.
     fn watches(&self) -> bool {
-        true
+        self.book().watching
     }
 
     fn check(&self, _pool: &PoolSpec) -> Vec<FieldError> {

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use corral_core::ids::{AllocationId, RunId};
 use corral_store::{WorkerRequestRecord, Write};
 
+use crate::provider::Problem;
+
 /// An open allocation without a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnboundAllocation {
@@ -22,6 +24,9 @@ pub struct Unbound {
     requests: BTreeMap<String, WorkerRequestRecord>,
     /// The name of each allocation's request.
     by_allocation: BTreeMap<AllocationId, String>,
+    /// What its provider said last of a request's worker that is not up; in
+    /// memory only, as a restarted server hears it again.
+    problems: BTreeMap<String, Problem>,
 }
 
 impl Unbound {
@@ -53,6 +58,7 @@ impl Unbound {
                 self.requests.insert(r.name.clone(), r.clone());
             }
             Write::DeleteWorkerRequest(name) => {
+                self.problems.remove(name);
                 if let Some(r) = self.requests.remove(name)
                     && self.by_allocation.get(&r.allocation_id) == Some(name)
                 {
@@ -90,6 +96,24 @@ impl Unbound {
     /// The request made for `allocation`, if any.
     pub fn request_for(&self, allocation: AllocationId) -> Option<&WorkerRequestRecord> {
         self.requests.get(self.by_allocation.get(&allocation)?)
+    }
+
+    /// Why request `name`'s worker is not up, as its provider said last.
+    pub fn problem(&self, name: &str) -> Option<&Problem> {
+        self.problems.get(name)
+    }
+
+    /// Notes what the provider says of request `name`'s worker (nothing: it
+    /// has no problem); kept only while the request is.
+    pub fn set_problem(&mut self, name: &str, problem: Option<Problem>) {
+        match problem {
+            Some(p) if self.requests.contains_key(name) => {
+                self.problems.insert(name.to_string(), p);
+            }
+            _ => {
+                self.problems.remove(name);
+            }
+        }
     }
 }
 

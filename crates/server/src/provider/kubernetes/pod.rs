@@ -30,7 +30,7 @@ pub const WORKER_LABEL: &str = "corral.dev/worker";
 /// The agent's container.
 pub const CONTAINER: &str = "agent";
 /// Where the credential's Secret is mounted, and its file there.
-pub const CREDENTIAL_DIR: &str = "/var/run/corral";
+pub const CREDENTIAL_DIR: &str = "/var/run/secrets/corral";
 pub const CREDENTIAL_KEY: &str = "credential";
 const CREDENTIAL_VOLUME: &str = "corral-credential";
 /// Read by the owner only (0400).
@@ -335,6 +335,9 @@ pub fn problem_of(pod: &Pod) -> Option<Problem> {
         }
         _ => {}
     }
+    // A container still being made (its image pulled, its volumes mounted)
+    // is said, and waited for: a slow pull outlasts the spawn timeout.
+    let mut starting = None;
     for c in containers {
         let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
             continue;
@@ -342,20 +345,25 @@ pub fn problem_of(pod: &Pod) -> Option<Problem> {
         let Some(reason) = waiting.reason.as_deref() else {
             continue;
         };
+        let detail = waiting
+            .message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        let message = format!("container {}: {reason}{detail}", c.name);
         if FATAL_WAITING.contains(&reason) {
-            let detail = waiting
-                .message
-                .as_deref()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
-            return problem(format!("container {}: {reason}{detail}", c.name), true);
+            return problem(message, true);
         }
+        starting.get_or_insert(message);
     }
     let unscheduled = status
         .conditions
         .iter()
         .flatten()
-        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    let Some(unscheduled) = unscheduled else {
+        return starting.and_then(|message| problem(message, false));
+    };
     let message = unscheduled
         .message
         .clone()
@@ -462,9 +470,9 @@ mod tests {
                 "--labels",
                 "os=linux",
                 "--token-file",
-                "/var/run/corral/credential",
+                "/var/run/secrets/corral/credential",
                 "--hide",
-                "/var/run/corral",
+                "/var/run/secrets/corral",
                 "--ephemeral",
             ])
         );
@@ -479,7 +487,7 @@ mod tests {
         );
         assert_eq!(
             container["volumeMounts"],
-            json!([{"name": "corral-credential", "mountPath": "/var/run/corral", "readOnly": true}])
+            json!([{"name": "corral-credential", "mountPath": "/var/run/secrets/corral", "readOnly": true}])
         );
         assert_eq!(
             spec["volumes"],
@@ -710,7 +718,13 @@ mod tests {
                     true,
                 )),
             ),
-            (waiting("ContainerCreating"), None),
+            (
+                waiting("ContainerCreating"),
+                Some((
+                    "pod box-7-0: container agent: ContainerCreating: back-off pulling image \"x\"",
+                    false,
+                )),
+            ),
             (
                 json!({"phase": "Failed", "reason": "Evicted",
                     "message": "The node was low on resource: memory."}),

@@ -1219,3 +1219,79 @@ async fn a_pool_that_requires_confinement_refuses_agents_that_cannot_confine() {
     assert_eq!(agents[0].worker_id, worker.0);
     assert_eq!(agents[0].confinement, confined(true, "v1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_is_applied_only_where_its_provider_is_and_as_the_provider_checks_it() {
+    use corral_core::error::FieldError;
+    use corral_core::pool::{PoolSpec, Provider as PoolProvider};
+    use corral_server::engine::EngineError;
+    use corral_server::provider::fake::FakeProvider;
+
+    let refused = |e: EngineError| match e {
+        EngineError::Invalid(problems) => problems
+            .all()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        other => panic!("not refused as invalid: {other}"),
+    };
+    let pool = PoolSpec::parse(serde_json::json!({
+        "name": "k8s", "provider": "kubernetes", "capacity": "auto",
+        "kubernetes": {"namespace": "ci", "image": "corral:1"},
+    }))
+    .expect("a kubernetes pool");
+    let h = Harness::new("kubernetes-pool", "").await;
+    let err = h
+        .engine
+        .put_pool(&admin(), pool.clone(), false)
+        .await
+        .expect_err("no provider");
+    assert_eq!(
+        refused(err),
+        [
+            "provider: this server has no kubernetes provider: it was built without the kubernetes feature, or found no cluster (--kubeconfig, $KUBECONFIG, or in-cluster)"
+        ]
+    );
+    let err = h
+        .engine
+        .apply(&admin(), vec![Document::Pool(pool.clone())])
+        .await
+        .expect_err("no provider, applied");
+    assert_eq!(refused(err).len(), 1);
+
+    let scratch = Scratch::new("kubernetes-pool-provided");
+    let store = Arc::new(SqlStore::open_sqlite(&scratch.0).await.expect("store"));
+    let local = LocalProvider::new(
+        "/bin/true".into(),
+        scratch.0.join("workers"),
+        scratch.0.clone(),
+    );
+    let kubernetes = Arc::new(FakeProvider::default());
+    let providers =
+        Providers::standard(Arc::new(local)).with(PoolProvider::Kubernetes, kubernetes.clone());
+    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
+    let engine = Arc::new(
+        Engine::load(store, clock, EngineConfig::default(), providers)
+            .await
+            .expect("engine"),
+    );
+    let committer = engine.clone();
+    tokio::spawn(async move { committer.run_committer().await });
+    kubernetes.refuse_pools(vec![FieldError::new(
+        "kubernetes.pod_template.spec.x",
+        "unknown field",
+    )]);
+    let err = engine
+        .put_pool(&admin(), pool.clone(), false)
+        .await
+        .expect_err("checked");
+    assert_eq!(
+        refused(err),
+        ["kubernetes.pod_template.spec.x: unknown field"]
+    );
+    kubernetes.refuse_pools(Vec::new());
+    engine
+        .put_pool(&admin(), pool, false)
+        .await
+        .expect("applied where its provider is");
+}

@@ -174,6 +174,21 @@ async fn pods_are_made_read_their_credential_are_listed_adopted_and_deleted() {
         "ci/box-7-0"
     );
     assert_eq!(cluster.pods_created(), 1, "one pod made for two creates");
+    // A restarted server's provider finds the pod, and adopts it.
+    let restarted = KubernetesProvider::connect(
+        Some(kubeconfig.clone()),
+        Some("http://corral.example:7700".into()),
+    )
+    .await
+    .expect("connects again")
+    .expect("a cluster is configured");
+    assert_eq!(listed(&restarted, &pools, "box-7-0").await, up);
+    assert_eq!(
+        restarted.create(&again).await.expect("adopted"),
+        "ci/box-7-0"
+    );
+    assert_eq!(cluster.pods_created(), 1, "still one pod after a restart");
+    drop(restarted);
     let secret = cluster
         .secrets()
         .into_iter()
@@ -286,6 +301,42 @@ async fn pods_are_made_read_their_credential_are_listed_adopted_and_deleted() {
     .expect("a written pool");
     assert_eq!(provider.capacity(&written).await.expect("capacity"), None);
 
+    // A pod evicted, or whose agent is OOM-killed, will never come up.
+    for (name, ends, expected) in [
+        (
+            "box-10-0",
+            "evict",
+            "pod box-10-0: evicted: The node was low on resource: memory.",
+        ),
+        (
+            "box-11-0",
+            "oom",
+            "pod box-11-0: container agent was killed for using more memory than its limit (OOMKilled)",
+        ),
+    ] {
+        let small = request(&box_pool, name, Resources::new(500, 512, 0), "small");
+        provider.create(&small).await.expect("create a small one");
+        let started = seen.join(format!("{name}.credential"));
+        until("the small pod's agent to start", || async {
+            std::fs::read_to_string(&started)
+                .ok()
+                .filter(|c| !c.is_empty())
+        })
+        .await;
+        match ends {
+            "evict" => cluster.evict("ci", name),
+            _ => cluster.oom_kill("ci", name),
+        }
+        let problem = until("the ended pod's problem", || async {
+            listed(&provider, &pools, name)
+                .await
+                .pop()
+                .and_then(|e| e.problem)
+        })
+        .await;
+        assert_eq!((problem.message.as_str(), problem.fatal), (expected, true));
+    }
+
     // Deleted: the pod, its process and its secret go.
     let pid_count = cluster.pids().len();
     provider.delete(&reference).await.expect("delete");
@@ -314,4 +365,15 @@ async fn pods_are_made_read_their_credential_are_listed_adopted_and_deleted() {
         .await
         .expect("deleting what is gone");
     cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kubeconfig_that_cannot_be_read_stops_the_provider_with_its_path() {
+    let missing = std::env::temp_dir().join(format!("corral-no-kubeconfig-{}", std::process::id()));
+    let err = match KubernetesProvider::connect(Some(missing.clone()), None).await {
+        Ok(_) => panic!("a missing kubeconfig is an error"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.starts_with("kubernetes config: "), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
 }

@@ -182,14 +182,20 @@ fn pool_schema(kind_required: bool) -> serde_json::Value {
     json!({
         "type": "object",
         "description": "A Pool. A `local` pool needs `capacity.cpu` and `capacity.memory` \
-            above zero; a `static` pool has no written capacity.",
+            above zero; a `static` pool has no written capacity; a `kubernetes` pool needs \
+            its `kubernetes` section and a server with a Kubernetes provider, and its \
+            capacity is written or `auto`.",
         "additionalProperties": false,
         "required": required,
         "properties": {
             "kind": kind_schema("Pool", kind_required),
             "name": name_schema("The pool's name"),
-            "provider": {"type": "string", "enum": ["local", "static"]},
-            "capacity": resources_schema("`cpu` (2, 1.5, 500m), `memory` (512Mi, 4Gi), `gpu`", 0),
+            "provider": {"type": "string", "enum": ["local", "static", "kubernetes"]},
+            "capacity": {"anyOf": [
+                resources_schema("`cpu` (2, 1.5, 500m), `memory` (512Mi, 4Gi), `gpu`", 0),
+                {"type": "string", "enum": ["auto"], "description": "Sized from the cluster's nodes (kubernetes pools)"},
+            ]},
+            "kubernetes": kubernetes_schema(),
             "max_workers": {"type": "integer", "minimum": 1, "maximum": u32::MAX},
             "max_agent": resources_schema("The most one agent may declare: `cpu`, `memory`, `gpu`, each above zero", 1),
             "labels": {
@@ -200,6 +206,45 @@ fn pool_schema(kind_required: bool) -> serde_json::Value {
             "price": price_schema(),
             "state": {"type": "string", "enum": ["active", "draining", "disabled"]},
             "require_confinement": {"type": "boolean", "description": "Refuse agents that cannot confine their steps"},
+        },
+    })
+}
+
+/// A `kubernetes` pool's section, with the bounds `corral_core::pool::kubernetes` checks.
+fn kubernetes_schema() -> serde_json::Value {
+    use corral_core::pool::kubernetes as k;
+    let dns_label = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+    let object = json!({"type": "object"});
+    json!({
+        "type": "object",
+        "description": "Where a kubernetes pool's pods go: its namespace, the image holding corral, \
+            and what else each pod carries (tolerations and the pod template as in a pod spec).",
+        "additionalProperties": false,
+        "required": ["namespace", "image"],
+        "properties": {
+            "namespace": {"type": "string", "pattern": dns_label},
+            "image": {"type": "string", "minLength": 1, "maxLength": k::MAX_IMAGE},
+            "service_account": {"type": "string", "maxLength": 253},
+            "node_selector": {
+                "type": "object",
+                "maxProperties": k::MAX_NODE_SELECTOR,
+                "additionalProperties": {"type": "string", "maxLength": 63},
+            },
+            "tolerations": {"type": "array", "maxItems": k::MAX_TOLERATIONS, "items": object},
+            "image_pull_secrets": {
+                "type": "array",
+                "maxItems": k::MAX_PULL_SECRETS,
+                "items": {"anyOf": [
+                    {"type": "string", "maxLength": 253},
+                    {"type": "object", "required": ["name"], "additionalProperties": false,
+                     "properties": {"name": {"type": "string", "maxLength": 253}}},
+                ]},
+            },
+            "pod_template": {
+                "type": "object",
+                "description": "A PodTemplateSpec (`metadata`, `spec`) each pod is merged over",
+            },
+            "gpu_resource": {"type": "string", "description": "Default nvidia.com/gpu"},
         },
     })
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use corral_core::error::FieldError;
 use corral_core::pool::PoolSpec;
 use corral_core::resources::Resources;
 
@@ -22,6 +23,8 @@ struct Book {
     problems: BTreeMap<String, Problem>,
     failing: u32,
     hanging: bool,
+    /// What `check` finds wrong with every pool.
+    refusals: Vec<FieldError>,
     watching: bool,
     /// What `capacity` finds for an auto pool.
     capacity: Option<Resources>,
@@ -79,6 +82,11 @@ impl FakeProvider {
             Some(p) => book.problems.insert(name.to_string(), p),
             None => book.problems.remove(name),
         };
+    }
+
+    /// From now on, `check` finds `problems` in every pool.
+    pub fn refuse_pools(&self, problems: Vec<FieldError>) {
+        self.book().refusals = problems;
     }
 
     /// The workers it holds, by name.
@@ -159,5 +167,9 @@ impl Provider for FakeProvider {
     /// Its book is always current; it says so once told to.
     fn watches(&self) -> bool {
         self.book().watching
+    }
+
+    fn check(&self, _pool: &PoolSpec) -> Vec<FieldError> {
+        self.book().refusals.clone()
     }
 }

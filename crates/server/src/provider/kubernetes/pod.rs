@@ -158,6 +158,8 @@ pub fn pod_for(request: &WorkerRequest, server: &str) -> Result<Pod, String> {
             "name": CONTAINER,
             "image": section.image,
             "command": command,
+            // Nothing is added to the agent's command line.
+            "args": [],
             "env": env,
             "resources": {"requests": limits, "limits": limits},
             "volumeMounts": [{
@@ -540,7 +542,7 @@ mod tests {
                 "automountServiceAccountToken": true,
                 "containers": [
                     {"name": "sidecar", "image": "proxy:1"},
-                    {"name": "agent", "image": "evil:1",
+                    {"name": "agent", "image": "evil:1", "args": ["--server", "http://evil"],
                      "securityContext": {"runAsNonRoot": true},
                      "env": [{"name": "CORRAL_POOL", "value": "evil"}, {"name": "EXTRA", "value": "1"}],
                      "resources": {"limits": {"cpu": "64", "example.com/fpga": "1"}}},
@@ -576,6 +578,11 @@ mod tests {
         let agent = &spec["containers"][0];
         assert_eq!(agent["image"], "registry.example/corral:0.4");
         assert_eq!(agent["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            agent["args"],
+            json!([]),
+            "the agent's command line is corral's"
+        );
         assert_eq!(
             agent["env"],
             json!([{"name": "CORRAL_POOL", "value": "box"}, {"name": "EXTRA", "value": "1"}])

@@ -77,6 +77,8 @@ fn line(what: &str, mut samples: Vec<Duration>) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // reqwest is built with no TLS provider of its own: ring, as the server.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let samples = setting("CORRAL_KUBE_SAMPLES", 20)?;
     let pods = setting("CORRAL_KUBE_PODS", 50)?;
     let dir = std::env::temp_dir().join(format!("corral-kube-bench-{}", std::process::id()));
@@ -95,8 +97,11 @@ async fn main() -> Result<()> {
     let kubeconfig = dir.join("kubeconfig");
     fake.write_kubeconfig(&kubeconfig);
     let kubeconfig = kubeconfig.display().to_string();
-    let server =
-        ServerProcess::start("kube", &["--kubeconfig", &kubeconfig, "--idle-ttl", "600"]).await?;
+    let server = ServerProcess::start(
+        "kube-server",
+        &["--kubeconfig", &kubeconfig, "--idle-ttl", "600"],
+    )
+    .await?;
     let api = Api::new(&server.url, &server.admin_token)?;
     let _: serde_json::Value = api
         .post_yaml(

@@ -8,17 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{BIN, Server, StoreKind, check_history, eventually};
-
-fn corral(server: &Server, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("CORRAL_SERVER", &server.url)
-        .env("CORRAL_TOKEN", &server.admin_token)
-        .env_remove("CORRAL_CA_CERT")
-        .output()
-        .expect("run corral")
-}
+use crate::harness::{BIN, Server, StoreKind, check_history, corral, eventually};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

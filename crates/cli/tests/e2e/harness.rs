@@ -568,6 +568,17 @@ impl Agent {
 }
 
 /// An HTTP client for tests: ring as rustls's provider, trusting `ca_cert`.
+/// Runs the `corral` CLI against `server` as its admin, over plain HTTP.
+pub fn corral(server: &Server, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("CORRAL_SERVER", &server.url)
+        .env("CORRAL_TOKEN", &server.admin_token)
+        .env_remove("CORRAL_CA_CERT")
+        .output()
+        .expect("run corral")
+}
+
 pub fn http_client(ca_cert: Option<&Path>) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));

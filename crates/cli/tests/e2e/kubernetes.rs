@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use corral_kubefake::{FakeCluster, Options};
@@ -14,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 use crate::browser::Browser;
-use crate::harness::{BIN, Server, StoreKind, check_history, eventually, temp_dir};
+use crate::harness::{BIN, Server, StoreKind, check_history, corral, eventually, temp_dir};
 
 /// A fake cluster with one node of `cpu` cores and 16Gi labelled `node-pool:
 /// ci`, and the kubeconfig that reaches it, in `dir`.
@@ -65,6 +64,16 @@ fn pool(name: &str, capacity: &str, extra: &str) -> String {
     )
 }
 
+/// The pool `k8s` (4 cpu, 8Gi) and the tenant `t`.
+async fn apply_k8s(server: &Server) {
+    server
+        .apply(&format!(
+            "{}---\nkind: Tenant\nname: t\n",
+            pool("k8s", "{cpu: 4, memory: 8Gi}", "")
+        ))
+        .await;
+}
+
 fn step(name: &str, pool: &str, cpu: &str, run: &str) -> String {
     format!(
         "  - {{name: {name}, run: '{run}', pool: {pool}, resources: {{cpu: {cpu}, memory: 256Mi}}}}\n"
@@ -75,16 +84,6 @@ async fn submit(server: &Server, name: &str, tenant: &str, steps: &str) -> i64 {
     let yaml = format!("kind: Pipeline\nname: {name}\ntenant: {tenant}\nsteps:\n{steps}");
     let run = server.submit(&yaml).await;
     run["id"].as_i64().unwrap_or_else(|| panic!("{run:#}"))
-}
-
-fn corral(server: &Server, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("CORRAL_SERVER", &server.url)
-        .env("CORRAL_TOKEN", &server.admin_token)
-        .env_remove("CORRAL_CA_CERT")
-        .output()
-        .expect("run corral")
 }
 
 /// The pods of run `id`, by the label the provider puts on them.
@@ -124,12 +123,7 @@ async fn a_pipeline_on_a_kubernetes_pool_runs_in_a_pod_shaped_by_its_envelope() 
     let dir = temp_dir("kube-run");
     let (fake, kubeconfig) = cluster(&dir, "8").await;
     let server = server("kube-run-server", &kubeconfig, StoreKind::Sqlite).await;
-    server
-        .apply(&format!(
-            "{}---\nkind: Tenant\nname: t\n",
-            pool("k8s", "{cpu: 4, memory: 8Gi}", "")
-        ))
-        .await;
+    apply_k8s(&server).await;
     // Two steps at once: the envelope is their sum, 1500m and 512Mi.
     let steps = format!(
         "{}{}",
@@ -205,12 +199,7 @@ async fn an_unschedulable_pod_is_why_its_run_waits_until_the_cluster_has_room() 
     // The node is smaller than the pool says it may use.
     let (fake, kubeconfig) = cluster(&dir, "1").await;
     let server = server("kube-unschedulable-server", &kubeconfig, StoreKind::Sqlite).await;
-    server
-        .apply(&format!(
-            "{}---\nkind: Tenant\nname: t\n",
-            pool("k8s", "{cpu: 4, memory: 8Gi}", "")
-        ))
-        .await;
+    apply_k8s(&server).await;
     let id = submit(
         &server,
         "big",
@@ -257,12 +246,7 @@ async fn a_server_killed_while_pods_run_adopts_them_after_its_restart() {
     let dir = temp_dir("kube-crash");
     let (fake, kubeconfig) = cluster(&dir, "8").await;
     let mut server = server("kube-crash-server", &kubeconfig, StoreKind::Sqlite).await;
-    server
-        .apply(&format!(
-            "{}---\nkind: Tenant\nname: t\n",
-            pool("k8s", "{cpu: 4, memory: 8Gi}", "")
-        ))
-        .await;
+    apply_k8s(&server).await;
     let id = submit(
         &server,
         "long",
@@ -386,12 +370,7 @@ async fn a_pod_oom_killed_under_its_step_is_why_the_step_ran_again_on_another() 
         &["--kubeconfig", &kubeconfig, "--heartbeat-timeout", "3"],
     )
     .await;
-    server
-        .apply(&format!(
-            "{}---\nkind: Tenant\nname: t\n",
-            pool("k8s", "{cpu: 4, memory: 8Gi}", "")
-        ))
-        .await;
+    apply_k8s(&server).await;
     // The first attempt is killed with its pod; the second, on a new pod, ends.
     let id = submit(
         &server,

@@ -259,20 +259,38 @@ const REGISTRATION_SETTLED: Duration = Duration::from_secs(60);
 
 /// The id of this agent's work directory, made on first use: the server tells
 /// a restart of this agent (same id) from another agent with the same name.
+///
+/// Agents started at once in one work directory (a run's groups on local
+/// workers) agree on it: it is written whole under a name of its own and
+/// linked into place, so a reader sees the whole id or none, and the first
+/// linked is everyone's.
 fn instance(work_dir: &std::path::Path) -> Option<String> {
     let path = work_dir.join("instance");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        return Some(id.trim().to_string());
+    let read = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty())
+    };
+    if let Some(id) = read() {
+        return Some(id);
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let id = format!("{nanos:x}-{:x}", std::process::id());
-    std::fs::create_dir_all(work_dir)
-        .and_then(|()| std::fs::write(&path, &id))
+    let whole = work_dir.join(format!("instance.{id}-{:?}", std::thread::current().id()));
+    let linked = std::fs::create_dir_all(work_dir)
+        .and_then(|()| std::fs::write(&whole, &id))
+        .and_then(|()| match std::fs::hard_link(&whole, &path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            linked => linked,
+        });
+    let _ = std::fs::remove_file(&whole);
+    linked
         .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot keep the agent's instance id"))
         .ok()?;
-    Some(id)
+    read()
 }
 
 /// Random, once per start of this process: the server tells a registration
@@ -444,6 +462,32 @@ mod tests {
             (0, 200),
         ] {
             assert_eq!(poll_wait_ms(lease), wait, "lease {lease} ms");
+        }
+    }
+
+    #[test]
+    fn agents_started_at_once_in_one_work_dir_agree_on_its_instance() {
+        for round in 0..20 {
+            let dir = std::env::temp_dir()
+                .join(format!("corral-instance-{}-{round}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let ids: Vec<Option<String>> = std::thread::scope(|scope| {
+                let readers: Vec<_> = (0..8).map(|_| scope.spawn(|| instance(&dir))).collect();
+                readers
+                    .into_iter()
+                    .map(|r| r.join().expect("no panic"))
+                    .collect()
+            });
+            let first = ids[0].clone().expect("an instance");
+            assert!(!first.is_empty());
+            assert!(ids.iter().all(|id| id.as_ref() == Some(&first)), "{ids:?}");
+            assert_eq!(instance(&dir), Some(first), "kept");
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .expect("the dir")
+                .map(|e| e.expect("an entry").file_name())
+                .collect();
+            assert_eq!(left, vec![std::ffi::OsString::from("instance")]);
+            std::fs::remove_dir_all(&dir).expect("cleaned up");
         }
     }
 

@@ -309,7 +309,10 @@ pub async fn serve_with_faults(
     let own_url = format!("{scheme}://{host}:{}", addr.port());
     #[cfg(feature = "kubernetes")]
     if let Some(k) = &kubernetes {
-        k.set_server(own_url.clone());
+        k.set_server(
+            own_url.clone(),
+            config.tls.as_ref().map(|t| t.cert.as_path()),
+        );
     }
     local.set_server(own_url, config.tls.as_ref().map(|t| t.cert.clone()));
     tracing::info!(%addr, tls = config.tls.is_some(), "corral server listening");

@@ -102,18 +102,22 @@ impl Server {
     /// Starts a server over TLS with certificates made for the test: a CA and
     /// a server certificate for 127.0.0.1 and localhost that it signed.
     pub async fn start_tls(label: &str, store: StoreKind) -> Server {
+        Server::start_tls_with(label, store, &[]).await
+    }
+
+    /// [`Server::start_tls`] with more arguments.
+    pub async fn start_tls_with(label: &str, store: StoreKind, extra_args: &[&str]) -> Server {
         // In the data directory, which goes with the server.
         let data_dir = temp_dir(label);
         let dir = data_dir.join("certs");
         std::fs::create_dir_all(&dir).expect("a directory for the certificates");
         let certs = crate::harness::make_certs(&dir);
-        let args = [
-            "--tls-cert".to_string(),
+        let (cert, key) = (
             certs.cert.display().to_string(),
-            "--tls-key".to_string(),
             certs.key.display().to_string(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        );
+        let mut args = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+        args.extend_from_slice(extra_args);
         Server::start_full(data_dir, store, &args, Some(certs.ca)).await
     }
 

@@ -401,3 +401,24 @@ async fn a_pod_oom_killed_under_its_step_is_why_the_step_ran_again_on_another() 
     assert_eq!(fake.pods_created(), 2, "a new pod for the retry");
     fake.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_agents_in_pods_trust_the_servers_certificate() {
+    let dir = temp_dir("kube-tls");
+    let (fake, kubeconfig) = cluster(&dir, "8").await;
+    let server = Server::start_tls_with(
+        "kube-tls-server",
+        StoreKind::Sqlite,
+        &["--kubeconfig", &kubeconfig],
+    )
+    .await;
+    assert!(server.url.starts_with("https://"));
+    apply_k8s(&server).await;
+    let id = submit(&server, "tls", "t", &step("s", "k8s", "1", "echo over tls")).await;
+    let done = server.wait_run_ended(id, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    server
+        .wait_for_output(id, "over tls", Duration::from_secs(10))
+        .await;
+    fake.shutdown().await;
+}

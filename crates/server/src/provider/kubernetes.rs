@@ -41,6 +41,9 @@ pub struct KubernetesProvider {
     /// The URL agents in pods reach the server at: `--advertise-url`, else
     /// the server's own once it listens.
     server: OnceLock<String>,
+    /// The certificates agents in pods trust for the server besides the
+    /// public roots: the server's own, when it serves TLS.
+    ca: OnceLock<Vec<u8>>,
     watches: Mutex<BTreeMap<String, Watch>>,
 }
 
@@ -91,12 +94,26 @@ impl KubernetesProvider {
         Ok(Some(KubernetesProvider {
             client,
             server,
+            ca: OnceLock::new(),
             watches: Mutex::new(BTreeMap::new()),
         }))
     }
 
-    /// The server's own URL, which agents use unless `--advertise-url` was given.
-    pub fn set_server(&self, url: String) {
+    /// The server's own URL, which agents use unless `--advertise-url` was
+    /// given, and, when it serves TLS, its certificate chain (`ca_cert`),
+    /// which agents in pods trust besides the public roots.
+    pub fn set_server(&self, url: String, ca_cert: Option<&std::path::Path>) {
+        if let Some(path) = ca_cert {
+            match std::fs::read(path) {
+                Ok(pem) => {
+                    let _ = self.ca.set(pem);
+                }
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    "kubernetes provider: cannot read the server's certificate for agents in pods: {e}"
+                ),
+            }
+        }
         if self.server.set(url).is_ok() {
             tracing::warn!(
                 "kubernetes provider: no --advertise-url; agents in pods are told the server's listen address, which pods may not reach"
@@ -201,7 +218,8 @@ impl Provider for KubernetesProvider {
         let server = self.server.get().ok_or_else(|| {
             ProviderError::NotReady("the server's URL for agents is not known yet".into())
         })?;
-        let wanted = pod::pod_for(request, server).map_err(ProviderError::Spec)?;
+        let ca = self.ca.get().map(Vec::as_slice);
+        let wanted = pod::pod_for(request, server, ca.is_some()).map_err(ProviderError::Spec)?;
         let namespace = wanted.metadata.namespace.clone().unwrap_or_default();
         let name = &request.name;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
@@ -218,7 +236,7 @@ impl Provider for KubernetesProvider {
             .metadata
             .uid
             .ok_or_else(|| ProviderError::Spec(format!("pod {namespace}/{name} has no uid")))?;
-        let secret = pod::secret_for(request, &namespace, &uid);
+        let secret = pod::secret_for(request, &namespace, &uid, ca);
         let secret_name = pod::secret_name(name);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         match secrets.create(&post, &secret).await {

@@ -32,6 +32,9 @@ pub const CONTAINER: &str = "agent";
 /// Where the credential's Secret is mounted, and its file there.
 pub const CREDENTIAL_DIR: &str = "/var/run/secrets/corral";
 pub const CREDENTIAL_KEY: &str = "credential";
+/// The certificates the agent trusts for the server besides the public roots
+/// (the server's own, when it serves TLS), beside the credential.
+pub const CA_KEY: &str = "ca.crt";
 const CREDENTIAL_VOLUME: &str = "corral-credential";
 /// Read by the owner only (0400).
 const CREDENTIAL_MODE: i32 = 0o400;
@@ -85,12 +88,13 @@ pub fn labels(request: &WorkerRequest) -> BTreeMap<String, String> {
     ])
 }
 
-/// The pod of `request`, whose agent reaches the server at `server`: corral's
+/// The pod of `request`, whose agent reaches the server at `server` (trusting
+/// the certificates in its Secret's `ca.crt` too, with `ca`): corral's
 /// fields over the pool's `pod_template` (the template fills what corral
 /// does not set; containers, volumes and other named items are matched by
 /// name). Fails when the pool has no `kubernetes` section or the merged pod
 /// is not a pod.
-pub fn pod_for(request: &WorkerRequest, server: &str) -> Result<Pod, String> {
+pub fn pod_for(request: &WorkerRequest, server: &str, ca: bool) -> Result<Pod, String> {
     let Some(section) = &request.pool.kubernetes else {
         return Err(format!(
             "pool {} has no kubernetes section",
@@ -110,7 +114,12 @@ pub fn pod_for(request: &WorkerRequest, server: &str) -> Result<Pod, String> {
     let memory = format_memory(resources.memory_mib);
     let gpu = resources.gpu.to_string();
     let worker_labels = worker_labels.join(",");
-    let command = [
+    let ca_file = format!("{CREDENTIAL_DIR}/{CA_KEY}");
+    let trust = ca
+        .then_some(["--ca-cert", ca_file.as_str()])
+        .into_iter()
+        .flatten();
+    let command: Vec<&str> = [
         "corral",
         "agent",
         "--server",
@@ -133,7 +142,10 @@ pub fn pod_for(request: &WorkerRequest, server: &str) -> Result<Pod, String> {
         "--hide",
         CREDENTIAL_DIR,
         "--ephemeral",
-    ];
+    ]
+    .into_iter()
+    .chain(trust)
+    .collect();
     let mut limits = Map::new();
     limits.insert("cpu".into(), json!(format!("{}m", resources.cpu_millis)));
     limits.insert(
@@ -258,9 +270,22 @@ fn named(items: &[Value]) -> bool {
         .all(|i| i.get("name").is_some_and(Value::is_string))
 }
 
-/// The Secret of `request`'s credential, owned by its pod (uid `pod_uid`) so
-/// that it goes with the pod.
-pub fn secret_for(request: &WorkerRequest, namespace: &str, pod_uid: &str) -> Secret {
+/// The Secret of `request`'s credential (and of the certificates `ca` its
+/// agent trusts for the server), owned by its pod (uid `pod_uid`) so that it
+/// goes with the pod.
+pub fn secret_for(
+    request: &WorkerRequest,
+    namespace: &str,
+    pod_uid: &str,
+    ca: Option<&[u8]>,
+) -> Secret {
+    let mut data = BTreeMap::from([(
+        CREDENTIAL_KEY.to_string(),
+        ByteString(request.credential.as_bytes().to_vec()),
+    )]);
+    if let Some(ca) = ca {
+        data.insert(CA_KEY.to_string(), ByteString(ca.to_vec()));
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(&request.name)),
@@ -276,10 +301,7 @@ pub fn secret_for(request: &WorkerRequest, namespace: &str, pod_uid: &str) -> Se
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            CREDENTIAL_KEY.to_string(),
-            ByteString(request.credential.as_bytes().to_vec()),
-        )])),
+        data: Some(data),
         ..Secret::default()
     }
 }
@@ -411,7 +433,7 @@ mod tests {
     }
 
     fn pod_json(request: &WorkerRequest) -> Value {
-        let pod = pod_for(request, "http://corral.example:7700").expect("a pod");
+        let pod = pod_for(request, "http://corral.example:7700", false).expect("a pod");
         serde_json::to_value(&pod).expect("serializes")
     }
 
@@ -607,7 +629,7 @@ mod tests {
             Resources::new(1000, 1024, 0),
             json!({"pod_template": {"spec": {"priority": "high"}}}),
         );
-        let err = pod_for(&bad, "http://x").expect_err("not a pod");
+        let err = pod_for(&bad, "http://x", false).expect_err("not a pod");
         assert!(
             err.starts_with("pool box: its pod_template does not make a pod"),
             "{err}"
@@ -637,7 +659,7 @@ mod tests {
     #[test]
     fn the_secret_holds_the_credential_and_belongs_to_the_pod() {
         let request = request("box", Resources::new(1000, 1024, 0), json!({}));
-        let secret = secret_for(&request, "ci", "uid-1");
+        let secret = secret_for(&request, "ci", "uid-1", None);
         assert_eq!(secret.metadata.name.as_deref(), Some("box-7-0-credential"));
         assert_eq!(secret.metadata.namespace.as_deref(), Some("ci"));
         assert_eq!(secret.type_.as_deref(), Some("Opaque"));
@@ -649,6 +671,31 @@ mod tests {
         );
         let data = secret.data.expect("data");
         assert_eq!(data["credential"].0, b"s3cret-credential");
+        assert_eq!(data.len(), 1, "no certificates for a plain HTTP server");
+    }
+
+    #[test]
+    fn over_tls_the_agent_trusts_the_servers_certificate_from_its_secret() {
+        let request = request("box", Resources::new(1000, 1024, 0), json!({}));
+        let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let data = secret_for(&request, "ci", "uid-1", Some(pem))
+            .data
+            .expect("data");
+        assert_eq!(data[CA_KEY].0, pem);
+        let pod = pod_for(&request, "https://corral.example:7700", true).expect("a pod");
+        let container = &pod.spec.expect("a spec").containers[0];
+        let command = container.command.clone().expect("a command");
+        let at = command
+            .iter()
+            .position(|a| a == "--ca-cert")
+            .expect("--ca-cert");
+        assert_eq!(command[at + 1], "/var/run/secrets/corral/ca.crt");
+        let plain = pod_for(&request, "http://corral.example:7700", false).expect("a pod");
+        let command = plain.spec.expect("a spec").containers[0]
+            .command
+            .clone()
+            .expect("a command");
+        assert!(!command.iter().any(|a| a == "--ca-cert"), "{command:?}");
     }
 
     fn pod_with(status: Value) -> Pod {

@@ -560,7 +560,12 @@ async fn a_worker_neither_asked_for_nor_registered_is_deleted() {
     let request = h.request_in(WorkerRequestState::Created).await;
     let worker = h.register_created(&request.name).await;
     assert_eq!(h.bound_to(run).await, Some(worker));
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Two more rounds of the watch: neither deletes it.
+    let seen = h.fake.lists();
+    until("two more rounds of the watch", async || {
+        h.fake.lists() >= seen + 2
+    })
+    .await;
     assert_eq!(h.fake.deletes(), vec!["box-99-0".to_string()]);
 }
 

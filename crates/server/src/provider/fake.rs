@@ -26,6 +26,8 @@ struct Book {
     /// What `check` finds wrong with every pool.
     refusals: Vec<FieldError>,
     watching: bool,
+    /// How many times it was listed.
+    lists: u64,
     /// What `capacity` finds for an auto pool.
     capacity: Option<Resources>,
 }
@@ -89,6 +91,11 @@ impl FakeProvider {
         self.book().refusals = problems;
     }
 
+    /// How many times it was listed (the engine's rounds of reading it).
+    pub fn lists(&self) -> u64 {
+        self.book().lists
+    }
+
     /// The workers it holds, by name.
     pub fn workers(&self) -> Vec<String> {
         self.book().workers.iter().cloned().collect()
@@ -148,7 +155,8 @@ impl Provider for FakeProvider {
     }
 
     async fn list(&self, _pools: &[PoolSpec]) -> Result<Vec<Existing>, ProviderError> {
-        let book = self.book();
+        let mut book = self.book();
+        book.lists += 1;
         Ok(book
             .workers
             .iter()
